@@ -1,1 +1,111 @@
-pub fn x(){}
+//! # dcutr-core
+//!
+//! The Sans-IO core of libp2p **DCUtR** (Direct Connection Upgrade through
+//! Relay, protocol `/libp2p/dcutr`): two peers that talk through a relay
+//! swap their observed addresses over the relayed stream, time a
+//! simultaneous dial from the relay's round trip, punch through both NATs
+//! (TCP simultaneous open, or a QUIC dial met by a UDP spray), and move to
+//! the direct connection.
+//!
+//! This crate is only the protocol: a deterministic state machine,
+//! [`Upgrade`], with no sockets, no clock, no threads and no OS
+//! randomness. Time is an [`Instant`](std::time::Instant) you pass in;
+//! randomness comes from a seed. The runtime adapters (`dcutr-tokio`,
+//! `dcutr-async-std`) bind its commands to real sockets.
+//!
+//! ## Roles
+//! | spec | here | does | direct connection |
+//! |------|------|------|-------------------|
+//! | B | [`Side::Initiator`] | opens the stream, sends Connect, measures RTT, sends Sync, punches after rtt/2 (TCP dial; QUIC: UDP spray) | server |
+//! | A | [`Side::Responder`] | answers Connect, punches when Sync arrives (TCP and QUIC dials) | client |
+//!
+//! ## Example
+//! Two upgrades wired back to back with no delay; the "network" lets
+//! every dial through.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use dcutr_core::{AddressPolicy, Candidate, Config, Event, Output, Side, Upgrade};
+//!
+//! let mut config = Config::default();
+//! config.address_policy = AddressPolicy::permissive();
+//! let now = Instant::now();
+//! let a_addr = Candidate::tcp("10.0.0.1:4001".parse().unwrap());
+//! let b_addr = Candidate::tcp("10.0.0.2:4001".parse().unwrap());
+//! let mut b = Upgrade::builder(Side::Initiator, config.clone(), [1; 32])
+//!     .local_addrs([b_addr])
+//!     .start(now)
+//!     .unwrap();
+//! let mut a = Upgrade::builder(Side::Responder, config, [2; 32])
+//!     .local_addrs([a_addr])
+//!     .start(now)
+//!     .unwrap();
+//!
+//! let mut upgraded = 0;
+//! for _ in 0..10 {
+//!     // Carry each side's commands to the other side.
+//!     while let Some(out) = b.poll_output() {
+//!         match out {
+//!             Output::OpenStream => {
+//!                 b.handle_stream_opened(now);
+//!                 a.handle_stream_opened(now);
+//!             }
+//!             Output::WriteStream(bytes) => a.handle_stream_data(now, &bytes),
+//!             Output::Dial(dial) => b.handle_dial_succeeded(now, dial.id),
+//!             Output::Event(Event::Upgraded(up)) => {
+//!                 assert_eq!(up.remote, a_addr.addr);
+//!                 upgraded += 1;
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//!     while let Some(out) = a.poll_output() {
+//!         match out {
+//!             Output::WriteStream(bytes) => b.handle_stream_data(now, &bytes),
+//!             Output::Dial(dial) => a.handle_dial_succeeded(now, dial.id),
+//!             Output::Event(Event::Upgraded(_)) => upgraded += 1,
+//!             _ => {}
+//!         }
+//!     }
+//!     // B waits rtt/2 (zero here) before it punches.
+//!     b.handle_timeout(now);
+//! }
+//! assert_eq!(upgraded, 2);
+//! ```
+//!
+//! See [`Upgrade`] for the driving rules, [`Config`] for every limit and
+//! its default, and the `addr` module for the address filtering that
+//! keeps a hostile peer from aiming our dials and datagrams at third
+//! parties.
+
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod codec;
+mod config;
+mod direct;
+mod error;
+mod initiator;
+mod output;
+mod responder;
+mod timeline;
+mod timer;
+mod upgrade;
+
+pub use addr::{
+    AddrRejection, AddressPolicy, AddressPredictor, Candidate, Dialable, NoPrediction,
+    ObservedAddrs, RejectionCounts, Transport,
+};
+pub use codec::CodecError;
+pub use config::{
+    Config, ConfigError, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DURATION, RelayChannel,
+    SPRAY_PACKET_LEN,
+};
+pub use direct::CHECK_LEN;
+pub use error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
+pub use output::{
+    Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
+    Side, Timeout, TimerKind, Upgraded,
+};
+pub use timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
+pub use upgrade::{Upgrade, UpgradeBuilder};

@@ -1,0 +1,812 @@
+//! Addresses: parsing `ObsAddrs` into typed candidates, filtering them, and
+//! choosing what we advertise.
+//!
+//! A peer's Connect tells us where to dial and where to spray UDP. A
+//! hostile peer could name anyone, so every entry passes
+//! [`filter_remote`] before it can become a dial or a datagram:
+//!
+//! * only `/ip4|ip6/…/tcp/PORT` and `/ip4|ip6/…/udp/PORT/quic-v1` are
+//!   accepted (an optional trailing `/p2p/ID` is ignored); relayed
+//!   (`/p2p-circuit`), DNS, WebSocket, WebTransport and other transports
+//!   are dropped;
+//! * unspecified, multicast, broadcast, reserved and IPv4-mapped IPv6
+//!   addresses, and port 0, are always dropped;
+//! * loopback and private/link-local/CGNAT ranges are dropped unless
+//!   [`AddressPolicy`] allows them (tests on one machine need that);
+//! * duplicates are dropped and the count is capped.
+//!
+//! The same rules apply to the addresses we send, so we never advertise
+//! what the peer would refuse.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use multiaddr::{Multiaddr, Protocol};
+
+/// Most remote addresses accepted from one Connect, after filtering.
+///
+/// Every accepted address costs a dial or a spray target, so this bounds
+/// the work (and traffic) one Connect can cause. 16 covers TCP and QUIC
+/// over IPv4 and IPv6 with room for predicted ports.
+pub const MAX_REMOTE_ADDRS: usize = 16;
+
+/// Most local observed addresses remembered (and sent).
+///
+/// rust-libp2p keeps the 20 most recent candidates; we do the same.
+pub const MAX_LOCAL_CANDIDATES: usize = 20;
+
+/// The transports a hole punch can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// TCP, punched by a simultaneous open.
+    Tcp,
+    /// QUIC v1 over UDP, punched by a client dial plus a UDP spray.
+    Quic,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        })
+    }
+}
+
+/// A typed address: a transport and a socket address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Candidate {
+    /// How to reach it.
+    pub transport: Transport,
+    /// Where.
+    pub addr: SocketAddr,
+}
+
+impl Candidate {
+    /// A TCP candidate.
+    #[must_use]
+    pub const fn tcp(addr: SocketAddr) -> Self {
+        Candidate {
+            transport: Transport::Tcp,
+            addr,
+        }
+    }
+
+    /// A QUIC v1 candidate.
+    #[must_use]
+    pub const fn quic(addr: SocketAddr) -> Self {
+        Candidate {
+            transport: Transport::Quic,
+            addr,
+        }
+    }
+
+    /// The multiaddr form: `/ip4/A/tcp/P` or `/ip4/A/udp/P/quic-v1`.
+    #[must_use]
+    pub fn to_multiaddr(&self) -> Multiaddr {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) => Protocol::Ip4(ip),
+            IpAddr::V6(ip) => Protocol::Ip6(ip),
+        };
+        let port = self.addr.port();
+        let addr = Multiaddr::empty().with(ip);
+        match self.transport {
+            Transport::Tcp => addr.with(Protocol::Tcp(port)),
+            Transport::Quic => addr.with(Protocol::Udp(port)).with(Protocol::QuicV1),
+        }
+    }
+
+    /// Parses the structure of a multiaddr (no IP range checks; see
+    /// [`AddressPolicy::check`] for those).
+    ///
+    /// # Errors
+    /// [`AddrRejection::Relayed`] for circuit addresses,
+    /// [`AddrRejection::UnsupportedTransport`] for anything that is not
+    /// plain TCP or QUIC v1 over an IP address.
+    pub fn from_multiaddr(addr: &Multiaddr) -> Result<Self, AddrRejection> {
+        if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+            return Err(AddrRejection::Relayed);
+        }
+        let mut parts = addr.iter();
+        let ip = match parts.next() {
+            Some(Protocol::Ip4(ip)) => IpAddr::V4(ip),
+            Some(Protocol::Ip6(ip)) => IpAddr::V6(ip),
+            _ => return Err(AddrRejection::UnsupportedTransport),
+        };
+        let candidate = match (parts.next(), parts.next()) {
+            (Some(Protocol::Tcp(port)), next) => (Candidate::tcp(SocketAddr::new(ip, port)), next),
+            (Some(Protocol::Udp(port)), Some(Protocol::QuicV1)) => {
+                (Candidate::quic(SocketAddr::new(ip, port)), parts.next())
+            }
+            _ => return Err(AddrRejection::UnsupportedTransport),
+        };
+        match candidate {
+            (c, None) => Ok(c),
+            (c, Some(Protocol::P2p(_))) if parts.next().is_none() => Ok(c),
+            _ => Err(AddrRejection::UnsupportedTransport),
+        }
+    }
+
+    /// Parses a binary multiaddr as found in `ObsAddrs`.
+    ///
+    /// # Errors
+    /// [`AddrRejection::Malformed`] when the bytes are not a multiaddr, and
+    /// the errors of [`Candidate::from_multiaddr`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AddrRejection> {
+        let addr = Multiaddr::try_from(bytes.to_vec()).map_err(|_| AddrRejection::Malformed)?;
+        Candidate::from_multiaddr(&addr)
+    }
+}
+
+impl fmt::Display for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_multiaddr())
+    }
+}
+
+/// Why an address was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddrRejection {
+    /// Not a valid binary multiaddr.
+    #[error("not a valid multiaddr")]
+    Malformed,
+    /// A relayed (`/p2p-circuit`) address: punching it is meaningless.
+    #[error("relayed address")]
+    Relayed,
+    /// Not plain TCP or QUIC v1 over an IP address.
+    #[error("unsupported transport")]
+    UnsupportedTransport,
+    /// We have no socket for this transport and IP family.
+    #[error("no local socket for this transport and address family")]
+    NotDialable,
+    /// `0.0.0.0`, `::` or `0.0.0.0/8`.
+    #[error("unspecified address")]
+    Unspecified,
+    /// Port 0.
+    #[error("port 0")]
+    PortZero,
+    /// Loopback, refused unless [`AddressPolicy::allow_loopback`].
+    #[error("loopback address")]
+    Loopback,
+    /// Private, link-local, CGNAT or unique-local, refused unless
+    /// [`AddressPolicy::allow_private`].
+    #[error("private address")]
+    Private,
+    /// Multicast or broadcast: one datagram would reach many hosts.
+    #[error("multicast or broadcast address")]
+    Multicast,
+    /// Reserved ranges and IPv4-mapped IPv6 (advertise `/ip4` instead).
+    #[error("reserved address")]
+    Reserved,
+    /// Already listed.
+    #[error("duplicate address")]
+    Duplicate,
+    /// Beyond [`MAX_REMOTE_ADDRS`] (or the configured cap).
+    #[error("over the address limit")]
+    OverLimit,
+}
+
+impl AddrRejection {
+    /// Every variant, in a fixed order, for counters.
+    pub const ALL: [AddrRejection; 12] = [
+        AddrRejection::Malformed,
+        AddrRejection::Relayed,
+        AddrRejection::UnsupportedTransport,
+        AddrRejection::NotDialable,
+        AddrRejection::Unspecified,
+        AddrRejection::PortZero,
+        AddrRejection::Loopback,
+        AddrRejection::Private,
+        AddrRejection::Multicast,
+        AddrRejection::Reserved,
+        AddrRejection::Duplicate,
+        AddrRejection::OverLimit,
+    ];
+
+    fn index(self) -> usize {
+        AddrRejection::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or_default()
+    }
+}
+
+/// Which IP ranges we accept, beyond the public ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AddressPolicy {
+    /// Accept `127.0.0.0/8` and `::1`. Off by default: a peer naming our
+    /// own loopback would make us dial ourselves. Tests on one machine
+    /// switch it on.
+    pub allow_loopback: bool,
+    /// Accept private (`10/8`, `172.16/12`, `192.168/16`), CGNAT
+    /// (`100.64/10`), link-local and unique-local ranges. Off by default:
+    /// a peer naming them could make us probe our own LAN. Peers on one
+    /// LAN, and NAT labs, switch it on.
+    pub allow_private: bool,
+}
+
+impl AddressPolicy {
+    /// Public addresses only (the default).
+    #[must_use]
+    pub const fn public_only() -> Self {
+        AddressPolicy {
+            allow_loopback: false,
+            allow_private: false,
+        }
+    }
+
+    /// Every unicast range, loopback included: for tests on one machine.
+    #[must_use]
+    pub const fn permissive() -> Self {
+        AddressPolicy {
+            allow_loopback: true,
+            allow_private: true,
+        }
+    }
+
+    /// Checks the IP range and port of a candidate.
+    ///
+    /// # Errors
+    /// The [`AddrRejection`] that applies.
+    pub fn check(&self, candidate: &Candidate) -> Result<(), AddrRejection> {
+        if candidate.addr.port() == 0 {
+            return Err(AddrRejection::PortZero);
+        }
+        match ip_class(candidate.addr.ip()) {
+            IpClass::Global => Ok(()),
+            IpClass::Loopback if self.allow_loopback => Ok(()),
+            IpClass::Private if self.allow_private => Ok(()),
+            IpClass::Loopback => Err(AddrRejection::Loopback),
+            IpClass::Private => Err(AddrRejection::Private),
+            IpClass::Unspecified => Err(AddrRejection::Unspecified),
+            IpClass::Multicast => Err(AddrRejection::Multicast),
+            IpClass::Reserved => Err(AddrRejection::Reserved),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IpClass {
+    Global,
+    Loopback,
+    Private,
+    Unspecified,
+    Multicast,
+    Reserved,
+}
+
+fn ip_class(ip: IpAddr) -> IpClass {
+    match ip {
+        IpAddr::V4(ip) => ipv4_class(ip),
+        IpAddr::V6(ip) => ipv6_class(ip),
+    }
+}
+
+fn ipv4_class(ip: Ipv4Addr) -> IpClass {
+    let [a, b, ..] = ip.octets();
+    if a == 0 {
+        IpClass::Unspecified
+    } else if ip.is_loopback() {
+        IpClass::Loopback
+    } else if ip.is_broadcast() || ip.is_multicast() {
+        IpClass::Multicast
+    } else if a >= 240 {
+        IpClass::Reserved
+    } else if ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b)) {
+        IpClass::Private
+    } else {
+        // Documentation ranges (192.0.2/24, 198.51.100/24, 203.0.113/24)
+        // count as global: they route nowhere on the internet, and the NAT
+        // lab uses 203.0.113/24 as its "public" segment.
+        IpClass::Global
+    }
+}
+
+fn ipv6_class(ip: Ipv6Addr) -> IpClass {
+    let first = ip.segments()[0];
+    if ip.is_unspecified() {
+        IpClass::Unspecified
+    } else if ip.is_loopback() {
+        IpClass::Loopback
+    } else if ip.is_multicast() {
+        IpClass::Multicast
+    } else if ip.to_ipv4_mapped().is_some() {
+        IpClass::Reserved
+    } else if (first & 0xffc0) == 0xfe80 || (first & 0xfe00) == 0xfc00 {
+        IpClass::Private
+    } else {
+        IpClass::Global
+    }
+}
+
+/// The transports and IP families we have local sockets for.
+///
+/// A candidate we cannot dial (QUIC without a QUIC endpoint, IPv6 with an
+/// IPv4-only socket) is dropped rather than dialled and failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Dialable {
+    /// TCP over IPv4.
+    pub tcp_v4: bool,
+    /// TCP over IPv6.
+    pub tcp_v6: bool,
+    /// QUIC over IPv4.
+    pub quic_v4: bool,
+    /// QUIC over IPv6.
+    pub quic_v6: bool,
+}
+
+impl Default for Dialable {
+    fn default() -> Self {
+        Dialable::all()
+    }
+}
+
+impl Dialable {
+    /// Everything.
+    #[must_use]
+    pub const fn all() -> Self {
+        Dialable {
+            tcp_v4: true,
+            tcp_v6: true,
+            quic_v4: true,
+            quic_v6: true,
+        }
+    }
+
+    /// Nothing; combine with [`Dialable::with`].
+    #[must_use]
+    pub const fn none() -> Self {
+        Dialable {
+            tcp_v4: false,
+            tcp_v6: false,
+            quic_v4: false,
+            quic_v6: false,
+        }
+    }
+
+    /// Adds one transport for one family (`ipv6` false means IPv4).
+    #[must_use]
+    pub const fn with(mut self, transport: Transport, ipv6: bool) -> Self {
+        match (transport, ipv6) {
+            (Transport::Tcp, false) => self.tcp_v4 = true,
+            (Transport::Tcp, true) => self.tcp_v6 = true,
+            (Transport::Quic, false) => self.quic_v4 = true,
+            (Transport::Quic, true) => self.quic_v6 = true,
+        }
+        self
+    }
+
+    /// Whether `candidate` can be dialled.
+    #[must_use]
+    pub fn allows(&self, candidate: &Candidate) -> bool {
+        match (candidate.transport, candidate.addr.is_ipv6()) {
+            (Transport::Tcp, false) => self.tcp_v4,
+            (Transport::Tcp, true) => self.tcp_v6,
+            (Transport::Quic, false) => self.quic_v4,
+            (Transport::Quic, true) => self.quic_v6,
+        }
+    }
+}
+
+/// How many addresses were dropped, per reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejectionCounts([u32; AddrRejection::ALL.len()]);
+
+impl RejectionCounts {
+    /// Counts one rejection.
+    pub fn add(&mut self, reason: AddrRejection) {
+        let slot = &mut self.0[reason.index()];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// Rejections for `reason`.
+    #[must_use]
+    pub fn get(&self, reason: AddrRejection) -> u32 {
+        self.0[reason.index()]
+    }
+
+    /// All rejections.
+    #[must_use]
+    pub fn total(&self) -> u32 {
+        self.0.iter().fold(0, |sum, n| sum.saturating_add(*n))
+    }
+
+    /// The non-zero counts, in the order of [`AddrRejection::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (AddrRejection, u32)> + '_ {
+        AddrRejection::ALL
+            .iter()
+            .zip(self.0)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (*r, n))
+    }
+}
+
+/// The usable addresses of one Connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteAddrs {
+    /// Accepted candidates, in the peer's order.
+    pub accepted: Vec<Candidate>,
+    /// Dropped entries, per reason.
+    pub rejected: RejectionCounts,
+}
+
+/// Parses and filters the raw `ObsAddrs` of a peer's Connect.
+///
+/// Keeps at most `max` candidates that pass structure, `policy` and
+/// `dialable`, dropping duplicates; never allocates more than `max`
+/// candidates whatever the peer sent.
+#[must_use]
+pub fn filter_remote<'a, I>(
+    raw: I,
+    policy: &AddressPolicy,
+    dialable: &Dialable,
+    max: usize,
+) -> RemoteAddrs
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut out = RemoteAddrs::default();
+    for bytes in raw {
+        let verdict = Candidate::from_bytes(bytes)
+            .and_then(|c| policy.check(&c).map(|()| c))
+            .and_then(|c| {
+                if dialable.allows(&c) {
+                    Ok(c)
+                } else {
+                    Err(AddrRejection::NotDialable)
+                }
+            })
+            .and_then(|c| {
+                if out.accepted.contains(&c) {
+                    Err(AddrRejection::Duplicate)
+                } else if out.accepted.len() >= max {
+                    Err(AddrRejection::OverLimit)
+                } else {
+                    Ok(c)
+                }
+            });
+        match verdict {
+            Ok(c) => out.accepted.push(c),
+            Err(reason) => {
+                tracing::trace!(%reason, len = bytes.len(), "dropped a remote address");
+                out.rejected.add(reason);
+            }
+        }
+    }
+    out
+}
+
+/// Our own observed addresses, most recently observed first, deduplicated
+/// and capped (an LRU).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedAddrs {
+    cap: usize,
+    list: Vec<Candidate>,
+}
+
+impl Default for ObservedAddrs {
+    fn default() -> Self {
+        ObservedAddrs::new(MAX_LOCAL_CANDIDATES)
+    }
+}
+
+impl ObservedAddrs {
+    /// An empty set remembering at most `cap` addresses.
+    #[must_use]
+    pub fn new(cap: usize) -> Self {
+        ObservedAddrs {
+            cap,
+            list: Vec::new(),
+        }
+    }
+
+    /// Records that `candidate` was observed now: it moves to the front,
+    /// and the least recently observed address falls out when full.
+    pub fn observe(&mut self, candidate: Candidate) {
+        if let Some(pos) = self.list.iter().position(|c| *c == candidate) {
+            self.list.remove(pos);
+        }
+        self.list.insert(0, candidate);
+        self.list.truncate(self.cap);
+    }
+
+    /// The addresses, most recent first.
+    #[must_use]
+    pub fn as_slice(&self) -> &[Candidate] {
+        &self.list
+    }
+}
+
+/// Adds predicted addresses to the observed ones we send.
+///
+/// The protocol sends "observed and possibly predicted" addresses: a NAT
+/// that allocates ports in sequence can be punched through a guess of the
+/// next port. Implementations append guesses to `out`; the core filters,
+/// deduplicates and caps them like any other address, after the observed
+/// ones. The default is [`NoPrediction`].
+pub trait AddressPredictor: Send {
+    /// Appends predicted candidates for the next attempt to `out`.
+    fn predict(&mut self, observed: &[Candidate], out: &mut Vec<Candidate>);
+}
+
+/// Predicts nothing: only observed addresses are sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoPrediction;
+
+impl AddressPredictor for NoPrediction {
+    fn predict(&mut self, _observed: &[Candidate], _out: &mut Vec<Candidate>) {}
+}
+
+/// The addresses to put into our Connect: observed first (most recent
+/// first), then predicted, each passing `policy`, without duplicates, at
+/// most `max`.
+#[must_use]
+pub fn local_addrs_to_send(
+    observed: &ObservedAddrs,
+    predictor: &mut dyn AddressPredictor,
+    policy: &AddressPolicy,
+    max: usize,
+) -> Vec<Candidate> {
+    let mut predicted = Vec::new();
+    predictor.predict(observed.as_slice(), &mut predicted);
+    let mut out: Vec<Candidate> =
+        Vec::with_capacity(max.min(observed.list.len() + predicted.len()));
+    for c in observed.as_slice().iter().chain(&predicted) {
+        if out.len() >= max {
+            break;
+        }
+        if policy.check(c).is_ok() && !out.contains(c) {
+            out.push(*c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ma(s: &str) -> Vec<u8> {
+        s.parse::<Multiaddr>().unwrap().to_vec()
+    }
+
+    fn one(s: &str, policy: AddressPolicy) -> Result<Candidate, AddrRejection> {
+        let r = filter_remote([&ma(s)[..]], &policy, &Dialable::all(), MAX_REMOTE_ADDRS);
+        match r.accepted.first() {
+            Some(c) => Ok(*c),
+            None => Err(r.rejected.iter().next().unwrap().0),
+        }
+    }
+
+    const PUBLIC: AddressPolicy = AddressPolicy::public_only();
+
+    #[test]
+    fn tcp_and_quic_v1_are_accepted() {
+        assert_eq!(
+            one("/ip4/1.2.3.4/tcp/4001", PUBLIC),
+            Ok(Candidate::tcp("1.2.3.4:4001".parse().unwrap()))
+        );
+        assert_eq!(
+            one("/ip6/2001:4860::1/udp/443/quic-v1", PUBLIC),
+            Ok(Candidate::quic("[2001:4860::1]:443".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn trailing_peer_id_is_ignored() {
+        let s = "/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWGzBGDWBJ3DDtb4cdA1LzT6pKwRjX2pT8ZbR9W5vNMLyx";
+        assert_eq!(
+            one(s, PUBLIC),
+            Ok(Candidate::tcp("1.2.3.4:4001".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn relayed_addresses_are_dropped() {
+        let s = "/ip4/1.2.3.4/tcp/4001/p2p/12D3KooWGzBGDWBJ3DDtb4cdA1LzT6pKwRjX2pT8ZbR9W5vNMLyx/p2p-circuit";
+        assert_eq!(one(s, PUBLIC), Err(AddrRejection::Relayed));
+    }
+
+    #[test]
+    fn other_transports_are_dropped() {
+        for s in [
+            "/ip4/1.2.3.4/udp/4001/quic",
+            "/ip4/1.2.3.4/udp/4001",
+            "/ip4/1.2.3.4/tcp/4001/ws",
+            "/ip4/1.2.3.4/udp/4001/quic-v1/webtransport",
+            "/dns4/example.com/tcp/4001",
+            "/ip4/1.2.3.4",
+        ] {
+            assert_eq!(
+                one(s, PUBLIC),
+                Err(AddrRejection::UnsupportedTransport),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_bytes_are_malformed() {
+        let r = filter_remote(
+            [&[0xff, 0xff, 0xff][..], &[][..]],
+            &PUBLIC,
+            &Dialable::all(),
+            16,
+        );
+        assert!(r.accepted.is_empty());
+        assert_eq!(r.rejected.get(AddrRejection::Malformed), 1);
+        // An empty multiaddr parses, but names no transport.
+        assert_eq!(r.rejected.get(AddrRejection::UnsupportedTransport), 1);
+    }
+
+    #[test]
+    fn unspecified_and_port_zero_are_dropped() {
+        assert_eq!(
+            one("/ip4/0.0.0.0/tcp/1", PUBLIC),
+            Err(AddrRejection::Unspecified)
+        );
+        assert_eq!(
+            one("/ip6/::/tcp/1", PUBLIC),
+            Err(AddrRejection::Unspecified)
+        );
+        assert_eq!(
+            one("/ip4/1.2.3.4/tcp/0", PUBLIC),
+            Err(AddrRejection::PortZero)
+        );
+    }
+
+    #[test]
+    fn multicast_broadcast_and_reserved_are_always_dropped() {
+        let all = AddressPolicy::permissive();
+        assert_eq!(
+            one("/ip4/224.0.0.1/udp/9/quic-v1", all),
+            Err(AddrRejection::Multicast)
+        );
+        assert_eq!(
+            one("/ip4/255.255.255.255/tcp/9", all),
+            Err(AddrRejection::Multicast)
+        );
+        assert_eq!(
+            one("/ip6/ff02::1/tcp/9", all),
+            Err(AddrRejection::Multicast)
+        );
+        assert_eq!(
+            one("/ip4/240.0.0.1/tcp/9", all),
+            Err(AddrRejection::Reserved)
+        );
+        assert_eq!(
+            one("/ip6/::ffff:1.2.3.4/tcp/9", all),
+            Err(AddrRejection::Reserved)
+        );
+    }
+
+    #[test]
+    fn loopback_only_when_allowed() {
+        assert_eq!(
+            one("/ip4/127.0.0.1/tcp/9", PUBLIC),
+            Err(AddrRejection::Loopback)
+        );
+        assert_eq!(one("/ip6/::1/tcp/9", PUBLIC), Err(AddrRejection::Loopback));
+        let lo = AddressPolicy {
+            allow_loopback: true,
+            allow_private: false,
+        };
+        assert!(one("/ip4/127.0.0.1/tcp/9", lo).is_ok());
+        assert_eq!(one("/ip4/10.0.0.1/tcp/9", lo), Err(AddrRejection::Private));
+    }
+
+    #[test]
+    fn private_ranges_only_when_allowed() {
+        let private = AddressPolicy {
+            allow_loopback: false,
+            allow_private: true,
+        };
+        for s in [
+            "/ip4/10.1.2.3/tcp/9",
+            "/ip4/172.16.0.1/tcp/9",
+            "/ip4/192.168.1.1/tcp/9",
+            "/ip4/100.64.0.1/tcp/9",
+            "/ip4/169.254.1.1/tcp/9",
+            "/ip6/fe80::1/tcp/9",
+            "/ip6/fd00::1/tcp/9",
+        ] {
+            assert_eq!(one(s, PUBLIC), Err(AddrRejection::Private), "{s}");
+            assert!(one(s, private).is_ok(), "{s}");
+        }
+        assert!(
+            one("/ip4/100.128.0.1/tcp/9", PUBLIC).is_ok(),
+            "just above CGNAT"
+        );
+        assert!(
+            one("/ip4/172.32.0.1/tcp/9", PUBLIC).is_ok(),
+            "just above 172.16/12"
+        );
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_the_count_is_capped() {
+        let a = ma("/ip4/1.2.3.4/tcp/1");
+        let many: Vec<Vec<u8>> = (1..=40u16)
+            .map(|p| ma(&format!("/ip4/1.2.3.4/tcp/{p}")))
+            .collect();
+        let raw = std::iter::once(&a[..])
+            .chain(std::iter::once(&a[..]))
+            .chain(many.iter().map(|v| &v[..]));
+        let r = filter_remote(raw, &PUBLIC, &Dialable::all(), 16);
+        assert_eq!(r.accepted.len(), 16);
+        assert_eq!(
+            r.rejected.get(AddrRejection::Duplicate),
+            2,
+            "the repeat of port 1, twice"
+        );
+        assert_eq!(r.rejected.get(AddrRejection::OverLimit), 24);
+        assert_eq!(r.rejected.total(), 26);
+    }
+
+    #[test]
+    fn addresses_we_cannot_dial_are_dropped() {
+        let tcp4 = Dialable::none().with(Transport::Tcp, false);
+        let raw = [
+            ma("/ip6/2001:4860::1/tcp/1"),
+            ma("/ip4/1.2.3.4/udp/1/quic-v1"),
+            ma("/ip4/1.2.3.4/tcp/1"),
+        ];
+        let r = filter_remote(raw.iter().map(|v| &v[..]), &PUBLIC, &tcp4, 16);
+        assert_eq!(
+            r.accepted,
+            vec![Candidate::tcp("1.2.3.4:1".parse().unwrap())]
+        );
+        assert_eq!(r.rejected.get(AddrRejection::NotDialable), 2);
+    }
+
+    #[test]
+    fn observed_addresses_are_most_recent_first_and_capped() {
+        let mut o = ObservedAddrs::new(3);
+        let c = |p: u16| Candidate::tcp(SocketAddr::from(([1, 2, 3, 4], p)));
+        for p in [1, 2, 3, 1, 4] {
+            o.observe(c(p));
+        }
+        assert_eq!(o.as_slice(), &[c(4), c(1), c(3)]);
+    }
+
+    struct NextPort;
+    impl AddressPredictor for NextPort {
+        fn predict(&mut self, observed: &[Candidate], out: &mut Vec<Candidate>) {
+            for c in observed {
+                let mut next = *c;
+                next.addr.set_port(c.addr.port() + 1);
+                out.push(next);
+            }
+        }
+    }
+
+    #[test]
+    fn predicted_addresses_follow_observed_ones_and_obey_the_rules() {
+        let mut o = ObservedAddrs::default();
+        o.observe(Candidate::tcp("10.0.0.1:5".parse().unwrap()));
+        o.observe(Candidate::tcp("1.2.3.4:5".parse().unwrap()));
+        o.observe(Candidate::tcp("1.2.3.4:6".parse().unwrap()));
+        let sent = local_addrs_to_send(&o, &mut NextPort, &PUBLIC, 16);
+        let ports: Vec<u16> = sent.iter().map(|c| c.addr.port()).collect();
+        // Observed, most recent first: :6 and :5 (10.0.0.1:5 is private).
+        // Predicted: :7 is new, :6 a duplicate, 10.0.0.1:6 private.
+        assert_eq!(ports, vec![6, 5, 7]);
+    }
+
+    #[test]
+    fn candidate_multiaddr_round_trips() {
+        for c in [
+            Candidate::tcp("1.2.3.4:80".parse().unwrap()),
+            Candidate::quic("[2001:db8::1]:443".parse().unwrap()),
+        ] {
+            assert_eq!(Candidate::from_bytes(&c.to_multiaddr().to_vec()), Ok(c));
+        }
+        assert_eq!(
+            Candidate::quic("1.2.3.4:443".parse().unwrap()).to_string(),
+            "/ip4/1.2.3.4/udp/443/quic-v1"
+        );
+    }
+}

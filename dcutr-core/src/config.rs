@@ -1,0 +1,301 @@
+//! Every limit and timeout of an upgrade, with its default and the reason
+//! for it.
+
+use std::time::Duration;
+
+use crate::addr::{AddressPolicy, Dialable, MAX_LOCAL_CANDIDATES, MAX_REMOTE_ADDRS};
+use crate::codec::MAX_MESSAGE_SIZE;
+
+/// Bytes of random payload in each spray datagram.
+///
+/// go-libp2p and rust-libp2p send 64 random bytes: enough to open a NAT
+/// mapping, small enough that a spray is cheap, and not a valid QUIC packet
+/// so the receiver's endpoint drops it.
+pub const SPRAY_PACKET_LEN: usize = 64;
+
+/// Upper bound for every configured duration (one hour).
+///
+/// Keeps `Instant + Duration` far away from overflow and catches unit
+/// mistakes (seconds given as milliseconds) at construction.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// Hard ceiling for [`Config::max_attempts`].
+pub const MAX_ATTEMPTS_LIMIT: u8 = 10;
+
+/// How the `/libp2p/dcutr` messages travel over the relayed connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayChannel {
+    /// One new stream per attempt, as in libp2p: the initiator opens a
+    /// stream ([`Output::OpenStream`](crate::Output::OpenStream)) for each
+    /// attempt and finishes it after Sync. A protocol error ends only that
+    /// attempt.
+    #[default]
+    StreamPerAttempt,
+    /// One byte stream carries all attempts, one after the other (a relay
+    /// that splices two TCP connections gives you exactly this). The core
+    /// never reads past its own messages (see
+    /// [`Upgrade::stream_bytes_wanted`](crate::Upgrade::stream_bytes_wanted)),
+    /// so the stream stays usable for the application after a failure. A
+    /// protocol error or step timeout ends the whole upgrade, since the
+    /// framing can no longer be trusted.
+    SharedStream,
+}
+
+/// How a direct connection is shown to reach the peer at the other end of
+/// the relayed connection rather than a stranger (a scanner, or another
+/// host behind the same NAT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdentityCheck {
+    /// The caller's own handshake on the direct connection authenticates
+    /// the peer (libp2p's Noise or TLS does). The first direct connection
+    /// that the caller reports as established wins.
+    #[default]
+    CallerAuthenticates,
+    /// dcutr-rs proves it: both sides send a random 16-byte token in a
+    /// `Hello` frame over the relayed stream, and the first bytes on a
+    /// direct connection must echo the token (client first, then server).
+    /// A connection that fails the check is closed. Requires
+    /// [`RelayChannel::SharedStream`] and dcutr-rs on both ends.
+    ///
+    /// This proves "the same party as the relayed stream"; the relay
+    /// itself sees the tokens. Use an authenticated handshake when the
+    /// relay is not trusted.
+    Token,
+}
+
+/// Limits and timeouts of one upgrade.
+///
+/// `Config::default()` follows the specification and the field's numbers;
+/// each field documents its default and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest frame accepted from the peer, and largest we send.
+    /// Default [`MAX_MESSAGE_SIZE`] (4 KiB, the spec's limit); may be
+    /// lowered, not raised.
+    pub max_message_size: usize,
+    /// Most usable remote addresses taken from one Connect. Default
+    /// [`MAX_REMOTE_ADDRS`] (16): each one costs a dial or spray target.
+    pub max_remote_addrs: usize,
+    /// Most local addresses remembered and sent. Default
+    /// [`MAX_LOCAL_CANDIDATES`] (20, as rust-libp2p).
+    pub max_local_addrs: usize,
+    /// Hole-punch attempts before giving up. Default 3 (the spec: the
+    /// initiator retries twice). 97.6 % of successes in the field come on
+    /// the first attempt, so more rarely pays.
+    pub max_attempts: u8,
+    /// How long to wait for each message of the exchange (Hello, Connect,
+    /// Sync) and for a stream to open. Default 10 s, as rust-libp2p.
+    pub step_timeout: Duration,
+    /// How long an attempt's direct phase lasts after the punch: dials,
+    /// spray and waiting for inbound connections. Default 5 s: a punch
+    /// that works does so within a few round trips, and TCP retransmits
+    /// its SYN twice (1 s, 3 s) in that time. go-libp2p allows 10 s per
+    /// dial, js-libp2p 5 s per attempt.
+    pub direct_timeout: Duration,
+    /// Dial the peer's public addresses directly before hole punching, if
+    /// the caller knows any. Default on (the spec's step 0).
+    pub unilateral: bool,
+    /// How long the unilateral direct dial may take. Default 5 s.
+    pub unilateral_timeout: Duration,
+    /// How long a direct connection has to pass the identity check once
+    /// connected. Default 3 s: the check is one round trip.
+    pub confirm_timeout: Duration,
+    /// Shortest pause between two spray rounds. Default 10 ms (the spec).
+    pub spray_interval_min: Duration,
+    /// Longest pause between two spray rounds. Default 200 ms (the spec).
+    /// Pauses are uniform between the two, drawn from the seeded RNG.
+    pub spray_interval_max: Duration,
+    /// Most spray datagrams in one attempt, all targets together. Default
+    /// 200: about 5 s of spraying to two addresses at the mean interval.
+    /// With [`SPRAY_PACKET_LEN`] bytes each this caps what a hostile peer
+    /// can make us send to an address it names at 12.8 KiB per attempt.
+    pub max_spray_packets_per_attempt: u32,
+    /// Most inbound direct connections waiting for the identity check at
+    /// once; more are refused. Default 8: a stranger flooding the punch
+    /// port cannot hold more.
+    pub max_pending_inbound: usize,
+    /// How long the relayed connection stays open after the upgrade, so
+    /// data in flight on it drains. Default 5 s.
+    pub relay_grace_period: Duration,
+    /// Which IP ranges are acceptable (default: public only).
+    pub address_policy: AddressPolicy,
+    /// Which transports and IP families we have sockets for (default: all).
+    pub dialable: Dialable,
+    /// How messages travel over the relayed connection.
+    pub channel: RelayChannel,
+    /// How a direct connection is shown to reach the right peer.
+    pub identity_check: IdentityCheck,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: MAX_MESSAGE_SIZE,
+            max_remote_addrs: MAX_REMOTE_ADDRS,
+            max_local_addrs: MAX_LOCAL_CANDIDATES,
+            max_attempts: 3,
+            step_timeout: Duration::from_secs(10),
+            direct_timeout: Duration::from_secs(5),
+            unilateral: true,
+            unilateral_timeout: Duration::from_secs(5),
+            confirm_timeout: Duration::from_secs(3),
+            spray_interval_min: Duration::from_millis(10),
+            spray_interval_max: Duration::from_millis(200),
+            max_spray_packets_per_attempt: 200,
+            max_pending_inbound: 8,
+            relay_grace_period: Duration::from_secs(5),
+            address_policy: AddressPolicy::public_only(),
+            dialable: Dialable::all(),
+            channel: RelayChannel::StreamPerAttempt,
+            identity_check: IdentityCheck::CallerAuthenticates,
+        }
+    }
+}
+
+impl Config {
+    /// The defaults for one shared relayed byte stream with the token
+    /// identity check: what the standalone adapters use.
+    #[must_use]
+    pub fn shared_stream() -> Self {
+        Config {
+            channel: RelayChannel::SharedStream,
+            identity_check: IdentityCheck::Token,
+            ..Config::default()
+        }
+    }
+
+    /// Checks every field against its bounds.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(64..=MAX_MESSAGE_SIZE).contains(&self.max_message_size) {
+            return Err(ConfigError::OutOfRange {
+                field: "max_message_size",
+                reason: "must be between 64 and 4096 bytes",
+            });
+        }
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {
+            return Err(ConfigError::OutOfRange {
+                field: "max_attempts",
+                reason: "must be between 1 and 10",
+            });
+        }
+        for (field, value) in [
+            ("max_remote_addrs", self.max_remote_addrs),
+            ("max_local_addrs", self.max_local_addrs),
+            ("max_pending_inbound", self.max_pending_inbound),
+        ] {
+            if !(1..=256).contains(&value) {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    reason: "must be between 1 and 256",
+                });
+            }
+        }
+        for (field, value) in [
+            ("step_timeout", self.step_timeout),
+            ("direct_timeout", self.direct_timeout),
+            ("unilateral_timeout", self.unilateral_timeout),
+            ("confirm_timeout", self.confirm_timeout),
+            ("spray_interval_min", self.spray_interval_min),
+            ("spray_interval_max", self.spray_interval_max),
+            ("relay_grace_period", self.relay_grace_period),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    reason: "must be above zero and at most one hour",
+                });
+            }
+        }
+        if self.spray_interval_min > self.spray_interval_max {
+            return Err(ConfigError::OutOfRange {
+                field: "spray_interval_min",
+                reason: "must not exceed spray_interval_max",
+            });
+        }
+        if self.identity_check == IdentityCheck::Token && self.channel != RelayChannel::SharedStream
+        {
+            return Err(ConfigError::TokenNeedsSharedStream);
+        }
+        Ok(())
+    }
+}
+
+/// A [`Config`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A field is outside its bounds.
+    #[error("config field `{field}` {reason}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The bound it breaks.
+        reason: &'static str,
+    },
+    /// [`IdentityCheck::Token`] needs [`RelayChannel::SharedStream`]: the
+    /// tokens ride in the first frame of the one shared stream.
+    #[error("the token identity check needs the shared-stream relay channel")]
+    TokenNeedsSharedStream,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::shared_stream().validate(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_fields_are_named() {
+        let c = Config {
+            max_attempts: 0,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "max_attempts",
+                ..
+            })
+        ));
+        let c = Config {
+            step_timeout: Duration::from_secs(7200),
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "step_timeout",
+                ..
+            })
+        ));
+        let c = Config {
+            max_message_size: 1 << 20,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            spray_interval_min: Duration::from_secs(1),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn token_check_needs_a_shared_stream() {
+        let c = Config {
+            identity_check: IdentityCheck::Token,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::TokenNeedsSharedStream));
+    }
+}

@@ -1,0 +1,122 @@
+//! The initiator's side of the exchange (the spec's **B**): it opens the
+//! stream, sends the first Connect, measures the round trip, sends Sync,
+//! and punches half a round trip later, when Sync reaches the responder.
+
+use crate::codec::{self, Message};
+use crate::config::RelayChannel;
+use crate::error::{AttemptFailure, ProtocolError};
+use crate::output::{DialPurpose, Event, Output, Role, TimerKind};
+use crate::upgrade::{State, Upgrade};
+
+impl Upgrade {
+    /// Unilateral dial first when the peer's public addresses are known,
+    /// else the first attempt.
+    pub(crate) fn initiator_begin(&mut self) {
+        if !self.config.unilateral || self.unilateral_targets.is_empty() {
+            self.start_attempt();
+            return;
+        }
+        self.state = State::Unilateral;
+        let deadline = self.now + self.config.unilateral_timeout;
+        self.timers.set(TimerKind::Unilateral, deadline);
+        self.timeline.unilateral = Some((self.now, None));
+        let targets = self.unilateral_targets.clone();
+        tracing::debug!(dials = targets.len(), "unilateral direct dial");
+        self.outputs
+            .push_back(Output::Event(Event::UnilateralStarted {
+                dials: targets.len(),
+            }));
+        for to in targets {
+            // A plain dial: we are the dialer, so the client.
+            self.dial(to, Role::Client, DialPurpose::Unilateral, deadline);
+        }
+    }
+
+    /// Starts the next attempt: a new stream, or the next Connect on the
+    /// shared one.
+    pub(crate) fn start_attempt(&mut self) {
+        self.begin_attempt_record();
+        self.timers
+            .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
+        match self.config.channel {
+            RelayChannel::StreamPerAttempt => {
+                self.state = State::AwaitStream;
+                self.outputs.push_back(Output::OpenStream);
+            }
+            RelayChannel::SharedStream => self.initiator_send_connect(),
+        }
+    }
+
+    pub(crate) fn initiator_send_connect(&mut self) {
+        self.send_connect();
+        self.state = State::AwaitConnect { sent_at: self.now };
+        self.timers
+            .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
+    }
+
+    /// The only message an initiator may receive is the responder's
+    /// Connect, once, after its own.
+    pub(crate) fn initiator_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+        let (State::AwaitConnect { sent_at }, Message::Connect(raw)) = (self.state, &msg) else {
+            return Err(ProtocolError::UnexpectedMessage {
+                step: self.step(),
+                got: msg.kind(),
+            });
+        };
+        let rtt = self.now.saturating_duration_since(sent_at);
+        self.timers.clear(TimerKind::StepTimeout);
+        if let Some(a) = self.timeline.attempt_mut() {
+            a.rtt = Some(rtt);
+            a.sync = Some(self.now);
+        }
+        self.outputs.push_back(Output::Event(Event::RttMeasured {
+            attempt: self.attempt,
+            rtt,
+        }));
+        self.take_remote_addrs(raw);
+        self.outputs
+            .push_back(Output::WriteStream(codec::encode_sync()));
+        if self.config.channel == RelayChannel::StreamPerAttempt {
+            self.outputs.push_back(Output::FinishStream);
+            self.stream_open = false;
+        }
+        // Sync needs half a round trip to reach the responder, who punches
+        // on arrival; punching after rtt/2 makes both punches meet.
+        let punch_at = self.now + rtt / 2;
+        tracing::debug!(attempt = self.attempt, ?rtt, "Sync sent");
+        self.outputs.push_back(Output::Event(Event::SyncSent {
+            attempt: self.attempt,
+            punch_at,
+        }));
+        if punch_at <= self.now {
+            self.punch();
+        } else {
+            self.state = State::SyncDelay;
+            self.timers.set(TimerKind::SyncDelay, punch_at);
+        }
+        Ok(())
+    }
+
+    /// The stream of the current attempt opened (per-attempt streams).
+    pub(crate) fn initiator_stream_opened(&mut self) {
+        if self.state == State::AwaitStream {
+            self.stream_open = true;
+            self.initiator_send_connect();
+        } else {
+            // Not asked for: refuse it.
+            self.outputs.push_back(Output::ResetStream);
+        }
+    }
+
+    /// The relayed stream closed or could not be opened.
+    pub(crate) fn initiator_stream_closed(&mut self) {
+        let err = match self.state {
+            State::AwaitStream => ProtocolError::StreamOpenFailed,
+            State::AwaitConnect { .. } => ProtocolError::StreamClosed { step: self.step() },
+            // After Sync the stream has done its job.
+            _ => return,
+        };
+        self.stream_open = false;
+        self.fail_attempt(AttemptFailure::Protocol(err));
+    }
+}

@@ -1,0 +1,311 @@
+//! What the core asks its driver to do, and what it reports.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::addr::{Candidate, RejectionCounts, Transport};
+use crate::config::SPRAY_PACKET_LEN;
+use crate::error::{AttemptFailure, DialError, Failure};
+
+/// Which end of the relayed connection we are.
+///
+/// The specification calls them B and A; we name them by what they do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The spec's **B**: usually the peer behind a NAT that accepted the
+    /// relayed connection. Opens the `/libp2p/dcutr` stream, sends the
+    /// first Connect, measures the round trip, sends Sync, and punches
+    /// half a round trip later. Server of the direct connection (except
+    /// in the unilateral dial, where it is the dialer and client).
+    Initiator,
+    /// The spec's **A**: dialled B through the relay. Answers the stream,
+    /// replies with its own Connect, and punches the moment Sync arrives.
+    /// Client of the direct connection.
+    Responder,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Initiator => "initiator",
+            Side::Responder => "responder",
+        })
+    }
+}
+
+/// Our role on a direct connection, for everything layered on top of it
+/// (security handshake, muxer, QUIC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The dialer: QUIC client, TLS/Noise initiator.
+    Client,
+    /// The listener: QUIC server, TLS/Noise responder.
+    Server,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        })
+    }
+}
+
+/// Names one direct connection or dial. Assigned by the core, unique
+/// within one [`Upgrade`](crate::Upgrade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DirectId(pub u64);
+
+impl fmt::Display for DirectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Why a dial is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DialPurpose {
+    /// The plain direct dial before any hole punch (the spec's step 0).
+    Unilateral,
+    /// Part of a synchronised hole punch.
+    HolePunch,
+}
+
+/// A dial to make now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dial {
+    /// Report the result with this id.
+    pub id: DirectId,
+    /// Transport and address to dial. For TCP the dial must leave from
+    /// the local port the peer observed (port reuse).
+    pub to: Candidate,
+    /// Our role on the resulting connection. For QUIC this is always
+    /// [`Role::Client`]: the server side sprays instead of dialling.
+    pub role: Role,
+    /// Why.
+    pub purpose: DialPurpose,
+    /// The attempt this dial belongs to (0 for the unilateral dial).
+    pub attempt: u8,
+}
+
+/// A command for the driver. Drain them with
+/// [`Upgrade::poll_output`](crate::Upgrade::poll_output) after every input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Open a new `/libp2p/dcutr` stream on the relayed connection, then
+    /// report it with `handle_stream_opened` (or its failure with
+    /// `handle_stream_closed`). Only with
+    /// [`RelayChannel::StreamPerAttempt`](crate::RelayChannel::StreamPerAttempt).
+    OpenStream,
+    /// Write these bytes to the relayed stream.
+    WriteStream(Bytes),
+    /// Finish (half-close) the relayed stream after the queued writes.
+    FinishStream,
+    /// Reset the relayed stream: the current exchange is abandoned.
+    ResetStream,
+    /// Dial now.
+    Dial(Dial),
+    /// Send this datagram from the UDP socket the QUIC endpoint listens on
+    /// (the socket whose NAT mapping the peer observed).
+    SendDatagram {
+        /// Destination, always a QUIC address from the peer's Connect.
+        to: SocketAddr,
+        /// Random bytes from the seeded RNG.
+        payload: [u8; SPRAY_PACKET_LEN],
+    },
+    /// Write these bytes to a direct connection (the identity check).
+    WriteDirect {
+        /// Which connection.
+        id: DirectId,
+        /// What to write.
+        data: Bytes,
+    },
+    /// Cancel this dial, or close this direct connection: it timed out,
+    /// failed the identity check, or lost to another one.
+    CloseDirect {
+        /// Which connection.
+        id: DirectId,
+    },
+    /// Close the relayed connection: the grace period after the upgrade
+    /// is over.
+    CloseRelay,
+    /// Something happened; see [`Event`].
+    Event(Event),
+}
+
+/// The winning direct connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upgraded {
+    /// The connection (a dial of ours, or an inbound one).
+    pub id: DirectId,
+    /// Its transport.
+    pub transport: Transport,
+    /// The peer's address on it.
+    pub remote: SocketAddr,
+    /// Our role on it.
+    pub role: Role,
+    /// The attempt that produced it; 0 for the unilateral dial.
+    pub attempt: u8,
+}
+
+/// How the upgrade ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A direct connection won.
+    Upgraded(Upgraded),
+    /// No direct connection; keep using the relay.
+    Failed(Failure),
+}
+
+/// Why an inbound connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboundRejected {
+    /// The upgrade is already decided.
+    #[error("the upgrade is already over")]
+    Finished,
+    /// Too many inbound connections are waiting for the identity check.
+    #[error("too many inbound connections pending the identity check")]
+    TooManyPending,
+    /// The transport cannot be used by this upgrade.
+    #[error("transport not enabled")]
+    TransportDisabled,
+}
+
+/// Why a direct connection was closed before it could win.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DirectRejection {
+    /// The first bytes did not carry our token: a stranger.
+    IdentityMismatch,
+    /// The identity check did not finish in time.
+    ConfirmTimeout,
+    /// The peer sent more than the identity check allows.
+    Oversized,
+    /// Another connection already won.
+    Lost,
+}
+
+/// Something that happened, for logs, metrics and timelines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The peer's `Hello` arrived (token identity check).
+    HelloReceived,
+    /// The unilateral direct dial started, to this many addresses.
+    UnilateralStarted {
+        /// Number of dials.
+        dials: usize,
+    },
+    /// The unilateral dial failed; hole punching follows.
+    UnilateralFailed,
+    /// A hole-punch attempt started.
+    AttemptStarted {
+        /// Attempt number, from 1.
+        attempt: u8,
+    },
+    /// The peer's Connect arrived and was filtered.
+    RemoteAddrs {
+        /// Attempt number.
+        attempt: u8,
+        /// What we will dial or spray.
+        accepted: Vec<Candidate>,
+        /// What we dropped, per reason.
+        rejected: RejectionCounts,
+    },
+    /// The initiator measured the relayed round trip.
+    RttMeasured {
+        /// Attempt number.
+        attempt: u8,
+        /// Connect sent to Connect received.
+        rtt: Duration,
+    },
+    /// The initiator sent Sync; it punches at `punch_at`.
+    SyncSent {
+        /// Attempt number.
+        attempt: u8,
+        /// When the punch starts (now + rtt/2).
+        punch_at: Instant,
+    },
+    /// The responder received Sync and punches now.
+    SyncReceived {
+        /// Attempt number.
+        attempt: u8,
+    },
+    /// The punch started: dials issued and spray started.
+    Punch {
+        /// Attempt number.
+        attempt: u8,
+        /// Dials issued.
+        dials: usize,
+        /// Addresses sprayed.
+        spray_targets: usize,
+    },
+    /// A dial failed.
+    DialFailed {
+        /// The dial.
+        id: DirectId,
+        /// Where it went.
+        to: Candidate,
+        /// Why.
+        error: DialError,
+    },
+    /// A direct connection was closed before it could win.
+    DirectRejected {
+        /// The connection.
+        id: DirectId,
+        /// Its remote address.
+        remote: SocketAddr,
+        /// Why.
+        reason: DirectRejection,
+    },
+    /// A hole-punch attempt failed.
+    AttemptFailed {
+        /// Attempt number.
+        attempt: u8,
+        /// Why.
+        reason: AttemptFailure,
+    },
+    /// The upgrade succeeded. Final.
+    Upgraded(Upgraded),
+    /// The upgrade failed. Final.
+    Failed(Failure),
+}
+
+/// The named timers of an upgrade; [`Upgrade::poll_timeout`] says which
+/// one it wants to wake for.
+///
+/// [`Upgrade::poll_timeout`]: crate::Upgrade::poll_timeout
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimerKind {
+    /// Waiting for the peer's next message or a stream.
+    StepTimeout,
+    /// The initiator's wait of rtt/2 between Sync and its punch.
+    SyncDelay,
+    /// End of the current attempt's direct phase.
+    PunchWindow,
+    /// The next spray round.
+    SprayTick,
+    /// End of the unilateral dial.
+    Unilateral,
+    /// End of the grace period; then the relay closes.
+    GracePeriod,
+    /// A dial or identity check of one direct connection times out.
+    DirectDeadline,
+}
+
+/// When to call [`Upgrade::handle_timeout`](crate::Upgrade::handle_timeout)
+/// next, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeout {
+    /// The deadline.
+    pub at: Instant,
+    /// The timer that wants it.
+    pub kind: TimerKind,
+}

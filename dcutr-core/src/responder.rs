@@ -1,0 +1,109 @@
+//! The responder's side of the exchange (the spec's **A**): it answers
+//! each Connect with its own and punches the moment Sync arrives.
+
+use crate::codec::Message;
+use crate::error::{AttemptFailure, ProtocolError};
+use crate::output::{Event, Output, TimerKind};
+use crate::upgrade::{State, Upgrade};
+
+impl Upgrade {
+    /// Waits for the first Connect. The initiator may first spend its
+    /// unilateral dial, so the wait covers that too.
+    pub(crate) fn responder_begin(&mut self) {
+        self.state = State::AwaitPeerConnect;
+        let mut wait = self.config.step_timeout;
+        if self.config.unilateral {
+            wait += self.config.unilateral_timeout;
+        }
+        self.timers.set(TimerKind::StepTimeout, self.now + wait);
+    }
+
+    /// After a failed attempt: the initiator retries without pause once its
+    /// own direct phase is over, which can end up to a direct timeout
+    /// after ours.
+    pub(crate) fn await_next_attempt(&mut self) {
+        self.state = State::AwaitPeerConnect;
+        let wait = self.config.direct_timeout + self.config.step_timeout;
+        self.timers.set(TimerKind::StepTimeout, self.now + wait);
+    }
+
+    pub(crate) fn responder_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
+        match (self.state, msg) {
+            (State::AwaitPeerConnect | State::Punching, Message::Connect(raw)) => {
+                if self.attempt >= self.config.max_attempts {
+                    return Err(ProtocolError::TooManyAttempts {
+                        attempt: self.attempt.saturating_add(1),
+                        max: self.config.max_attempts,
+                    });
+                }
+                if self.state == State::Punching {
+                    // Shared stream: the initiator gave up on the previous
+                    // attempt before we did.
+                    self.abandon_attempt(AttemptFailure::Superseded);
+                }
+                self.begin_attempt_record();
+                self.seen_connect = true;
+                self.take_remote_addrs(&raw);
+                self.send_connect();
+                self.state = State::AwaitSync;
+                self.timers
+                    .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
+                Ok(())
+            }
+            (State::AwaitSync, Message::Sync) => {
+                self.timers.clear(TimerKind::StepTimeout);
+                if let Some(a) = self.timeline.attempt_mut() {
+                    a.sync = Some(self.now);
+                }
+                tracing::debug!(attempt = self.attempt, "Sync received; punching");
+                self.outputs.push_back(Output::Event(Event::SyncReceived {
+                    attempt: self.attempt,
+                }));
+                self.punch();
+                Ok(())
+            }
+            (_, msg) => Err(ProtocolError::UnexpectedMessage {
+                step: self.step(),
+                got: msg.kind(),
+            }),
+        }
+    }
+
+    /// The initiator opened a new stream (per-attempt streams).
+    pub(crate) fn responder_stream_opened(&mut self) {
+        let attempt_running = matches!(self.state, State::AwaitSync | State::Punching);
+        if self.state == State::AwaitPeerConnect || attempt_running {
+            if self.attempt >= self.config.max_attempts {
+                self.outputs.push_back(Output::ResetStream);
+                return;
+            }
+            if attempt_running {
+                // One exchange at a time: the newer stream wins.
+                self.abandon_attempt(AttemptFailure::Superseded);
+            }
+            self.state = State::AwaitPeerConnect;
+            self.stream_open = true;
+            self.timers
+                .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
+        } else {
+            self.outputs.push_back(Output::ResetStream);
+        }
+    }
+
+    /// The relayed stream closed (per-attempt streams).
+    pub(crate) fn responder_stream_closed(&mut self, was_open: bool) {
+        match self.state {
+            State::AwaitSync => {
+                let err = ProtocolError::StreamClosed { step: self.step() };
+                self.fail_attempt(AttemptFailure::Protocol(err));
+            }
+            State::AwaitPeerConnect if was_open => {
+                let err = ProtocolError::StreamClosed { step: self.step() };
+                self.begin_attempt_record();
+                self.fail_attempt(AttemptFailure::Protocol(err));
+            }
+            // The initiator finishes its stream after Sync: normal.
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,1218 @@
+//! The orchestrator of one relayed connection: the unilateral dial,
+//! attempts, the punch, direct connections, and the outcome.
+//!
+//! Role-specific handling of the exchange lives in `initiator.rs` and
+//! `responder.rs`; this module holds what both sides share.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::addr::{
+    AddressPredictor, Candidate, NoPrediction, ObservedAddrs, Transport, local_addrs_to_send,
+};
+use crate::codec::{self, FrameDecoder, TOKEN_LEN};
+use crate::config::{Config, ConfigError, IdentityCheck, RelayChannel, SPRAY_PACKET_LEN};
+use crate::direct::{self, CHECK_LEN, DirectState, Directs, Origin};
+use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
+use crate::output::{
+    Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
+    Side, Timeout, TimerKind, Upgraded,
+};
+use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
+use crate::timer::Timers;
+
+/// Where one upgrade stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Token check: waiting for the peer's `Hello`.
+    AwaitHello,
+    /// Initiator: the unilateral dial is running.
+    Unilateral,
+    /// Initiator: waiting for the attempt's stream to open.
+    AwaitStream,
+    /// Initiator: Connect sent at `sent_at`, waiting for the peer's.
+    AwaitConnect { sent_at: Instant },
+    /// Responder: waiting for a Connect (first or next attempt).
+    AwaitPeerConnect,
+    /// Responder: Connect answered, waiting for Sync.
+    AwaitSync,
+    /// Initiator: Sync sent, waiting rtt/2 before punching.
+    SyncDelay,
+    /// Dials and spray of the current attempt are in flight.
+    Punching,
+    /// Every attempt is over; identity checks still running may win.
+    Draining,
+    /// The outcome is decided.
+    Done,
+}
+
+/// What the next frame on the relayed stream must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    Hello,
+    Message,
+    Nothing,
+}
+
+/// The spray of one attempt: rounds of one datagram per target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Spray {
+    targets: Vec<SocketAddr>,
+    sent: u32,
+}
+
+/// One DCUtR upgrade of one relayed connection, on one side.
+///
+/// A pure state machine in the style of quinn-proto and str0m: it never
+/// reads a clock, touches a socket or draws OS randomness. The driver
+/// feeds it timestamped inputs and carries out the [`Output`]s.
+///
+/// # Methods by group
+/// * **Construction:** [`Upgrade::builder`], then
+///   [`UpgradeBuilder::start`].
+/// * **Inputs (`handle_*`):** [`handle_stream_opened`],
+///   [`handle_stream_data`], [`handle_stream_closed`],
+///   [`handle_dial_succeeded`], [`handle_dial_failed`], [`handle_inbound`],
+///   [`handle_direct_data`], [`handle_direct_closed`], [`handle_timeout`];
+///   also [`observe_local`] for a newly observed address of ours.
+/// * **Outputs (`poll_*`):** [`poll_output`] and [`poll_timeout`].
+/// * **Getters:** [`outcome`], [`timeline`], [`is_finished`],
+///   [`stream_bytes_wanted`], [`direct_bytes_wanted`], [`side`].
+///
+/// # Driving it
+/// 1. After **every** `handle_*` call (and after `start`), drain
+///    [`poll_output`] until it returns `None`, carrying out each command in
+///    order (a `WriteDirect` before the `Upgraded` event that follows it
+///    matters).
+/// 2. Then ask [`poll_timeout`] and arrange to call [`handle_timeout`] at
+///    that instant (or earlier: early calls are harmless).
+/// 3. Pass `now` from one monotonic clock. Time must not go backwards; if
+///    it does, the core treats it as the latest time it has seen.
+/// 4. On a shared stream, read at most [`stream_bytes_wanted`] bytes before
+///    each `handle_stream_data`, so that bytes meant for the application
+///    are never consumed; likewise [`direct_bytes_wanted`] on direct
+///    connections.
+/// 5. Stop when [`is_finished`] is true. The winning connection (if any)
+///    is named in the outcome and now belongs to the application.
+///
+/// [`handle_stream_opened`]: Upgrade::handle_stream_opened
+/// [`handle_stream_data`]: Upgrade::handle_stream_data
+/// [`handle_stream_closed`]: Upgrade::handle_stream_closed
+/// [`handle_dial_succeeded`]: Upgrade::handle_dial_succeeded
+/// [`handle_dial_failed`]: Upgrade::handle_dial_failed
+/// [`handle_inbound`]: Upgrade::handle_inbound
+/// [`handle_direct_data`]: Upgrade::handle_direct_data
+/// [`handle_direct_closed`]: Upgrade::handle_direct_closed
+/// [`handle_timeout`]: Upgrade::handle_timeout
+/// [`observe_local`]: Upgrade::observe_local
+/// [`poll_output`]: Upgrade::poll_output
+/// [`poll_timeout`]: Upgrade::poll_timeout
+/// [`outcome`]: Upgrade::outcome
+/// [`timeline`]: Upgrade::timeline
+/// [`is_finished`]: Upgrade::is_finished
+/// [`stream_bytes_wanted`]: Upgrade::stream_bytes_wanted
+/// [`direct_bytes_wanted`]: Upgrade::direct_bytes_wanted
+/// [`side`]: Upgrade::side
+pub struct Upgrade {
+    pub(crate) side: Side,
+    pub(crate) config: Config,
+    rng: ChaCha8Rng,
+    pub(crate) now: Instant,
+    pub(crate) state: State,
+    /// The current (or last) attempt number; 0 before the first.
+    pub(crate) attempt: u8,
+    pub(crate) failures: Vec<AttemptFailure>,
+    pending_failure: Option<Failure>,
+    pub(crate) decoder: FrameDecoder,
+    pub(crate) stream_open: bool,
+    pub(crate) relay_closed: bool,
+    own_token: [u8; TOKEN_LEN],
+    peer_token: Option<[u8; TOKEN_LEN]>,
+    observed: ObservedAddrs,
+    predictor: Box<dyn AddressPredictor>,
+    pub(crate) unilateral_targets: Vec<Candidate>,
+    /// Usable addresses from the peer's Connect in the current attempt.
+    pub(crate) remote: Vec<Candidate>,
+    /// Responder: whether any Connect arrived yet (decides the role of
+    /// inbound connections).
+    pub(crate) seen_connect: bool,
+    directs: Directs,
+    spray: Option<Spray>,
+    pub(crate) timers: Timers,
+    pub(crate) outputs: VecDeque<Output>,
+    outcome: Option<Outcome>,
+    pub(crate) timeline: Timeline,
+}
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("side", &self.side)
+            .field("state", &self.state)
+            .field("attempt", &self.attempt)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets up an [`Upgrade`]; see [`Upgrade::builder`].
+#[must_use = "an upgrade does nothing until `start` is called"]
+pub struct UpgradeBuilder {
+    side: Side,
+    config: Config,
+    seed: [u8; 32],
+    observed: Vec<Candidate>,
+    remote_public: Vec<Candidate>,
+    predictor: Box<dyn AddressPredictor>,
+}
+
+impl UpgradeBuilder {
+    /// Our observed addresses, **most recently observed first** (what
+    /// identify or a rendezvous server saw). Later calls to
+    /// [`Upgrade::observe_local`] refresh the list between attempts.
+    pub fn local_addrs(mut self, addrs: impl IntoIterator<Item = Candidate>) -> Self {
+        self.observed.extend(addrs);
+        self
+    }
+
+    /// The peer's public addresses, known from elsewhere (identify, a
+    /// rendezvous server). On the initiator, with
+    /// [`Config::unilateral`], they are dialled directly before any hole
+    /// punch. Filtered like any remote address.
+    pub fn remote_public_addrs(mut self, addrs: impl IntoIterator<Item = Candidate>) -> Self {
+        self.remote_public.extend(addrs);
+        self
+    }
+
+    /// Adds predicted addresses to the ones we send (default: none).
+    pub fn predictor(mut self, predictor: Box<dyn AddressPredictor>) -> Self {
+        self.predictor = predictor;
+        self
+    }
+
+    /// Validates the config and starts the upgrade at `now`. Drain
+    /// [`Upgrade::poll_output`] next.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the config is out of bounds.
+    pub fn start(self, now: Instant) -> Result<Upgrade, ConfigError> {
+        self.config.validate()?;
+        let mut rng = ChaCha8Rng::from_seed(self.seed);
+        let mut own_token = [0u8; TOKEN_LEN];
+        rng.fill_bytes(&mut own_token);
+        let mut observed = ObservedAddrs::new(self.config.max_local_addrs);
+        for c in self.observed.iter().rev() {
+            observed.observe(*c);
+        }
+        let mut unilateral_targets = Vec::new();
+        for c in self.remote_public {
+            let usable = self.config.address_policy.check(&c).is_ok()
+                && self.config.dialable.allows(&c)
+                && !unilateral_targets.contains(&c);
+            if usable && unilateral_targets.len() < self.config.max_remote_addrs {
+                unilateral_targets.push(c);
+            }
+        }
+        let shared = self.config.channel == RelayChannel::SharedStream;
+        let mut up = Upgrade {
+            side: self.side,
+            decoder: FrameDecoder::new(self.config.max_message_size),
+            config: self.config,
+            rng,
+            now,
+            state: State::AwaitHello,
+            attempt: 0,
+            failures: Vec::new(),
+            pending_failure: None,
+            stream_open: shared,
+            relay_closed: false,
+            own_token,
+            peer_token: None,
+            observed,
+            predictor: self.predictor,
+            unilateral_targets,
+            remote: Vec::new(),
+            seen_connect: false,
+            directs: Directs::default(),
+            spray: None,
+            timers: Timers::default(),
+            outputs: VecDeque::new(),
+            outcome: None,
+            timeline: Timeline::new(now),
+        };
+        tracing::debug!(side = %up.side, "dcutr upgrade started");
+        if up.config.identity_check == IdentityCheck::Token {
+            let hello = codec::encode_hello(&up.own_token);
+            up.outputs.push_back(Output::WriteStream(hello));
+            up.timers
+                .set(TimerKind::StepTimeout, now + up.config.step_timeout);
+        } else {
+            up.begin();
+        }
+        Ok(up)
+    }
+}
+
+impl Upgrade {
+    /// Prepares an upgrade for `side`.
+    ///
+    /// `seed` drives every random choice (token, spray payloads and
+    /// pauses): the same seed and inputs give the same outputs, byte for
+    /// byte. In production pass 32 bytes from the OS's random source; the
+    /// token check is only as unguessable as the seed.
+    pub fn builder(side: Side, config: Config, seed: [u8; 32]) -> UpgradeBuilder {
+        UpgradeBuilder {
+            side,
+            config,
+            seed,
+            observed: Vec::new(),
+            remote_public: Vec::new(),
+            predictor: Box::new(NoPrediction),
+        }
+    }
+
+    // ----- getters -------------------------------------------------------
+
+    /// Which side we are.
+    #[must_use]
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The outcome, once decided.
+    #[must_use]
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// What happened when.
+    #[must_use]
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// The config in use.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// True once the outcome is decided, every output drained and no timer
+    /// (such as the grace period) is left.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.outcome.is_some()
+            && self.outputs.is_empty()
+            && self.timers.earliest().is_none()
+            && self.directs.is_empty()
+    }
+
+    /// How many bytes of the relayed stream the core will take now; 0 when
+    /// it expects none. Reading no more than this keeps the application's
+    /// bytes on a shared stream untouched.
+    #[must_use]
+    pub fn stream_bytes_wanted(&self) -> usize {
+        match self.expecting() {
+            Expect::Nothing => 0,
+            Expect::Hello | Expect::Message => self.decoder.bytes_wanted(),
+        }
+    }
+
+    /// How many bytes of direct connection `id` the core will take now
+    /// (the rest of the identity check); 0 when none.
+    #[must_use]
+    pub fn direct_bytes_wanted(&self, id: DirectId) -> usize {
+        self.directs.get(id).map_or(0, direct::Direct::bytes_wanted)
+    }
+
+    /// Heap bytes held by this upgrade's own buffers, roughly: for the
+    /// memory benchmark.
+    #[must_use]
+    pub fn heap_estimate(&self) -> usize {
+        use std::mem::size_of;
+        self.decoder.allocated()
+            + self.remote.capacity() * size_of::<Candidate>()
+            + self.unilateral_targets.capacity() * size_of::<Candidate>()
+            + self.outputs.capacity() * size_of::<Output>()
+            + self.timeline.dials.capacity() * size_of::<DialRecord>()
+            + self.timeline.attempts.capacity() * size_of::<AttemptRecord>()
+    }
+
+    // ----- outputs -------------------------------------------------------
+
+    /// The next command, if any. Drain after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When to call [`Upgrade::handle_timeout`] next, and for which timer.
+    /// Never earlier than the latest `now` passed in.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timeout> {
+        let direct = self.directs.earliest_deadline().map(|at| Timeout {
+            at,
+            kind: TimerKind::DirectDeadline,
+        });
+        let earliest = match (self.timers.earliest(), direct) {
+            (Some(a), Some(b)) => Some(if b.at < a.at { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        earliest.map(|t| Timeout {
+            at: t.at.max(self.now),
+            kind: t.kind,
+        })
+    }
+
+    // ----- inputs --------------------------------------------------------
+
+    /// Records a newly observed address of ours; it is sent from the next
+    /// Connect on.
+    pub fn observe_local(&mut self, candidate: Candidate) {
+        self.observed.observe(candidate);
+    }
+
+    /// The relayed stream for the current attempt is open: on the
+    /// initiator, the one [`Output::OpenStream`] asked for; on the
+    /// responder, a new inbound `/libp2p/dcutr` stream. Only with
+    /// [`RelayChannel::StreamPerAttempt`]; a shared stream is open from the
+    /// start. A stream that is not wanted is answered with
+    /// [`Output::ResetStream`].
+    pub fn handle_stream_opened(&mut self, now: Instant) {
+        self.advance(now);
+        if self.config.channel == RelayChannel::SharedStream {
+            tracing::trace!("stream opened on a shared stream: ignored");
+            return;
+        }
+        if self.outcome.is_some() {
+            self.outputs.push_back(Output::ResetStream);
+            return;
+        }
+        self.decoder = FrameDecoder::new(self.config.max_message_size);
+        match self.side {
+            Side::Initiator => self.initiator_stream_opened(),
+            Side::Responder => self.responder_stream_opened(),
+        }
+    }
+
+    /// The relayed stream ended: the peer finished or reset it, or (on the
+    /// initiator) it could not be opened. Ending the stream is how either
+    /// side stops the protocol; there is no Close message.
+    pub fn handle_stream_closed(&mut self, now: Instant) {
+        self.advance(now);
+        let was_open = self.stream_open;
+        self.stream_open = false;
+        self.decoder = FrameDecoder::new(self.config.max_message_size);
+        if self.outcome.is_some() {
+            return;
+        }
+        match self.config.channel {
+            RelayChannel::StreamPerAttempt => match self.side {
+                Side::Initiator => self.initiator_stream_closed(),
+                Side::Responder => self.responder_stream_closed(was_open),
+            },
+            RelayChannel::SharedStream => {
+                self.relay_closed = true;
+                let step = self.step();
+                match self.state {
+                    State::AwaitHello
+                    | State::AwaitStream
+                    | State::AwaitConnect { .. }
+                    | State::AwaitSync => self.final_failure(Failure::RelayClosed { step }),
+                    State::AwaitPeerConnect if self.attempt == 0 => {
+                        self.final_failure(Failure::RelayClosed { step });
+                    }
+                    State::AwaitPeerConnect => {
+                        let attempts = self.failures.clone();
+                        self.final_failure(Failure::PeerGaveUp { attempts });
+                    }
+                    // The punch (or unilateral dial) in flight may still
+                    // win; no further attempt can follow.
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Bytes arrived on the relayed stream.
+    pub fn handle_stream_data(&mut self, now: Instant, data: &[u8]) {
+        self.advance(now);
+        let mut input = data;
+        while !input.is_empty() {
+            let expect = self.expecting();
+            if expect == Expect::Nothing {
+                if self.outcome.is_none() {
+                    self.protocol_error(ProtocolError::TrailingBytes { len: input.len() });
+                } else {
+                    tracing::trace!(
+                        len = input.len(),
+                        "ignoring relayed bytes after the outcome"
+                    );
+                }
+                return;
+            }
+            let frame = match self.decoder.decode(&mut input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(err) => {
+                    self.protocol_error(err.into());
+                    return;
+                }
+            };
+            let handled = match expect {
+                Expect::Hello => codec::decode_hello(&frame)
+                    .map_err(ProtocolError::from)
+                    .map(|token| self.on_hello(token)),
+                _ => codec::decode_message(&frame)
+                    .map_err(ProtocolError::from)
+                    .and_then(|msg| match self.side {
+                        Side::Initiator => self.initiator_on_message(msg),
+                        Side::Responder => self.responder_on_message(msg),
+                    }),
+            };
+            if let Err(err) = handled {
+                self.protocol_error(err);
+                return;
+            }
+        }
+    }
+
+    /// Our dial `id` connected.
+    pub fn handle_dial_succeeded(&mut self, now: Instant, id: DirectId) {
+        self.advance(now);
+        match self.directs.get(id) {
+            Some(d) if d.is_dialing() => {
+                self.timeline.end_dial(id, now, DialResult::Connected);
+                self.connected(id);
+            }
+            _ => tracing::trace!(%id, "result for a dial that is no longer wanted"),
+        }
+    }
+
+    /// Our dial `id` failed.
+    pub fn handle_dial_failed(&mut self, now: Instant, id: DirectId, error: DialError) {
+        self.advance(now);
+        let Some(d) = self.directs.remove(id) else {
+            tracing::trace!(%id, "failure of a dial that is no longer wanted");
+            return;
+        };
+        tracing::debug!(%id, to = %d.to, %error, "direct dial failed");
+        self.timeline.end_dial(id, now, DialResult::Failed(error));
+        self.outputs.push_back(Output::Event(Event::DialFailed {
+            id,
+            to: d.to,
+            error,
+        }));
+        self.check_progress();
+    }
+
+    /// A direct connection arrived at one of our listening sockets (the
+    /// TCP listener, or the QUIC endpoint) from `from`.
+    ///
+    /// # Errors
+    /// [`InboundRejected`] when the connection must be closed right away.
+    pub fn handle_inbound(
+        &mut self,
+        now: Instant,
+        from: Candidate,
+    ) -> Result<DirectId, InboundRejected> {
+        self.advance(now);
+        if self.outcome.is_some() || self.state == State::Draining {
+            self.timeline.inbound_rejected += 1;
+            return Err(InboundRejected::Finished);
+        }
+        if self.config.identity_check == IdentityCheck::Token
+            && self.directs.pending_inbound() >= self.config.max_pending_inbound
+        {
+            self.timeline.inbound_rejected += 1;
+            return Err(InboundRejected::TooManyPending);
+        }
+        let role = match self.side {
+            Side::Initiator => Role::Server,
+            Side::Responder if self.seen_connect => Role::Client,
+            // Before any Connect the only direct connection the responder
+            // can expect is the initiator's unilateral dial, where the
+            // initiator is the client.
+            Side::Responder => Role::Server,
+        };
+        let id = self.directs.insert(
+            from,
+            role,
+            Origin::Inbound,
+            self.attempt,
+            DirectState::Dialing,
+            now,
+        );
+        self.timeline.inbound_accepted += 1;
+        tracing::debug!(%id, %from, %role, "inbound direct connection");
+        self.connected(id);
+        Ok(id)
+    }
+
+    /// Bytes arrived on direct connection `id` (the identity check).
+    pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
+        self.advance(now);
+        let Some(d) = self.directs.get_mut(id) else {
+            return;
+        };
+        let DirectState::Checking { mut received, len } = d.state else {
+            if !data.is_empty() {
+                self.reject(id, DirectRejection::Oversized);
+            }
+            return;
+        };
+        if data.len() > CHECK_LEN - len {
+            self.reject(id, DirectRejection::Oversized);
+            return;
+        }
+        received[len..len + data.len()].copy_from_slice(data);
+        let len = len + data.len();
+        d.state = DirectState::Checking { received, len };
+        if len < CHECK_LEN {
+            return;
+        }
+        let role = d.role;
+        if !direct::check_is_valid(role, &self.own_token, &received) {
+            self.reject(id, DirectRejection::IdentityMismatch);
+            return;
+        }
+        match (role, self.peer_token) {
+            (Role::Client, _) => self.win(id),
+            (Role::Server, Some(peer)) => {
+                self.write_check(id, Role::Server, &peer);
+                self.win(id);
+            }
+            (Role::Server, None) => {
+                if let Some(d) = self.directs.get_mut(id) {
+                    d.state = DirectState::AwaitingPeerToken;
+                }
+            }
+        }
+    }
+
+    /// Direct connection `id` closed (before it won, or we do not care).
+    pub fn handle_direct_closed(&mut self, now: Instant, id: DirectId) {
+        self.advance(now);
+        if let Some(d) = self.directs.remove(id) {
+            let error = DialError::Io(std::io::ErrorKind::UnexpectedEof);
+            self.timeline.end_dial(id, now, DialResult::Failed(error));
+            if d.origin == Origin::Inbound {
+                self.timeline.inbound_rejected += 1;
+            }
+            self.check_progress();
+        }
+    }
+
+    /// Call at (or after) the instant [`Upgrade::poll_timeout`] gave.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        while let Some(kind) = self.timers.take_expired(self.now) {
+            self.on_timer(kind);
+        }
+        while let Some(id) = self.directs.first_expired(self.now) {
+            self.direct_expired(id);
+        }
+    }
+
+    // ----- shared machinery ----------------------------------------------
+
+    fn advance(&mut self, now: Instant) {
+        if now < self.now {
+            tracing::debug!("time went backwards; using the latest time seen");
+        }
+        self.now = self.now.max(now);
+    }
+
+    pub(crate) fn expecting(&self) -> Expect {
+        if !self.stream_open {
+            return Expect::Nothing;
+        }
+        match self.state {
+            State::AwaitHello => Expect::Hello,
+            State::AwaitConnect { .. } | State::AwaitPeerConnect | State::AwaitSync => {
+                Expect::Message
+            }
+            // On a shared stream the next attempt's Connect may arrive
+            // while the responder still punches.
+            State::Punching
+                if self.side == Side::Responder
+                    && self.config.channel == RelayChannel::SharedStream =>
+            {
+                Expect::Message
+            }
+            _ => Expect::Nothing,
+        }
+    }
+
+    /// The step we are waiting at, for errors.
+    pub(crate) fn step(&self) -> Step {
+        match self.state {
+            State::AwaitHello => Step::Hello,
+            State::AwaitStream => Step::OpenStream,
+            State::AwaitConnect { .. } => Step::Connect,
+            State::AwaitPeerConnect if self.attempt == 0 => Step::Connect,
+            State::AwaitPeerConnect => Step::NextAttempt,
+            State::AwaitSync => Step::Sync,
+            _ => Step::Done,
+        }
+    }
+
+    fn on_hello(&mut self, token: [u8; TOKEN_LEN]) {
+        self.peer_token = Some(token);
+        self.timers.clear(TimerKind::StepTimeout);
+        self.outputs.push_back(Output::Event(Event::HelloReceived));
+        // A client whose check passed before the token arrived can be
+        // answered now.
+        let waiting: Vec<DirectId> = self
+            .directs
+            .iter()
+            .filter(|d| d.state == DirectState::AwaitingPeerToken)
+            .map(|d| d.id)
+            .collect();
+        if let Some(first) = waiting.first() {
+            self.write_check(*first, Role::Server, &token);
+            self.win(*first);
+            return;
+        }
+        self.begin();
+    }
+
+    /// Starts the role's work once any `Hello` exchange is done.
+    fn begin(&mut self) {
+        match self.side {
+            Side::Initiator => self.initiator_begin(),
+            Side::Responder => self.responder_begin(),
+        }
+    }
+
+    /// Opens a new attempt record.
+    pub(crate) fn begin_attempt_record(&mut self) {
+        self.attempt = self.attempt.saturating_add(1);
+        self.timeline
+            .attempts
+            .push(AttemptRecord::new(self.attempt, self.now));
+        self.outputs.push_back(Output::Event(Event::AttemptStarted {
+            attempt: self.attempt,
+        }));
+        tracing::debug!(side = %self.side, attempt = self.attempt, "attempt started");
+    }
+
+    /// Sends our Connect with the addresses we currently know.
+    pub(crate) fn send_connect(&mut self) {
+        let addrs = local_addrs_to_send(
+            &self.observed,
+            self.predictor.as_mut(),
+            &self.config.address_policy,
+            self.config.max_local_addrs,
+        );
+        let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
+        let (frame, sent) =
+            codec::encode_connect(raw.iter().map(Vec::as_slice), self.config.max_message_size);
+        if sent < raw.len() {
+            tracing::debug!(
+                sent,
+                dropped = raw.len() - sent,
+                "Connect cut to the size limit"
+            );
+        }
+        self.outputs.push_back(Output::WriteStream(frame));
+        if let Some(a) = self.timeline.attempt_mut() {
+            a.connect_sent = Some(self.now);
+        }
+    }
+
+    /// Parses the peer's Connect into `self.remote` and reports it.
+    pub(crate) fn take_remote_addrs(&mut self, raw: &[Vec<u8>]) {
+        let filtered = crate::addr::filter_remote(
+            raw.iter().map(Vec::as_slice),
+            &self.config.address_policy,
+            &self.config.dialable,
+            self.config.max_remote_addrs,
+        );
+        if let Some(a) = self.timeline.attempt_mut() {
+            a.connect_received = Some(self.now);
+            a.remote_addrs = filtered.accepted.len();
+        }
+        tracing::debug!(
+            attempt = self.attempt,
+            accepted = filtered.accepted.len(),
+            rejected = filtered.rejected.total(),
+            "peer's addresses"
+        );
+        self.remote.clone_from(&filtered.accepted);
+        self.outputs.push_back(Output::Event(Event::RemoteAddrs {
+            attempt: self.attempt,
+            accepted: filtered.accepted,
+            rejected: filtered.rejected,
+        }));
+    }
+
+    /// Dials and sprays the peer's addresses of this attempt.
+    pub(crate) fn punch(&mut self) {
+        self.state = State::Punching;
+        let window_end = self.now + self.config.direct_timeout;
+        self.timers.set(TimerKind::PunchWindow, window_end);
+        if let Some(a) = self.timeline.attempt_mut() {
+            a.punch = Some(self.now);
+        }
+        let role = match self.side {
+            Side::Initiator => Role::Server,
+            Side::Responder => Role::Client,
+        };
+        let mut dials = 0;
+        let mut spray_targets: Vec<SocketAddr> = Vec::new();
+        for to in std::mem::take(&mut self.remote) {
+            match (to.transport, self.side) {
+                // The server side of QUIC must not dial: it sprays so that
+                // the client's Initial finds its NAT mapping open.
+                (Transport::Quic, Side::Initiator) => {
+                    if !spray_targets.contains(&to.addr) {
+                        spray_targets.push(to.addr);
+                    }
+                }
+                _ => {
+                    self.dial(to, role, DialPurpose::HolePunch, window_end);
+                    dials += 1;
+                }
+            }
+        }
+        let spray_count = spray_targets.len();
+        tracing::debug!(
+            attempt = self.attempt,
+            dials,
+            spray_targets = spray_count,
+            "punch"
+        );
+        self.outputs.push_back(Output::Event(Event::Punch {
+            attempt: self.attempt,
+            dials,
+            spray_targets: spray_count,
+        }));
+        if !spray_targets.is_empty() {
+            self.spray = Some(Spray {
+                targets: spray_targets,
+                sent: 0,
+            });
+            self.spray_round();
+        }
+        self.check_progress();
+    }
+
+    pub(crate) fn dial(
+        &mut self,
+        to: Candidate,
+        role: Role,
+        purpose: DialPurpose,
+        deadline: Instant,
+    ) {
+        let attempt = match purpose {
+            DialPurpose::Unilateral => 0,
+            DialPurpose::HolePunch => self.attempt,
+        };
+        let id = self.directs.insert(
+            to,
+            role,
+            Origin::Dial(purpose),
+            attempt,
+            DirectState::Dialing,
+            deadline,
+        );
+        self.timeline.dials.push(DialRecord {
+            id,
+            to,
+            role,
+            purpose,
+            attempt,
+            started: self.now,
+            ended: None,
+            result: None,
+        });
+        self.outputs.push_back(Output::Dial(Dial {
+            id,
+            to,
+            role,
+            purpose,
+            attempt,
+        }));
+    }
+
+    fn spray_round(&mut self) {
+        let Some(spray) = self.spray.as_mut() else {
+            return;
+        };
+        let budget = self.config.max_spray_packets_per_attempt;
+        for to in &spray.targets {
+            if spray.sent >= budget {
+                break;
+            }
+            let mut payload = [0u8; SPRAY_PACKET_LEN];
+            self.rng.fill_bytes(&mut payload);
+            self.outputs
+                .push_back(Output::SendDatagram { to: *to, payload });
+            spray.sent += 1;
+        }
+        if let Some(a) = self.timeline.attempts.last_mut() {
+            a.spray_packets = spray.sent;
+        }
+        if spray.sent < budget {
+            let pause = self
+                .rng
+                .random_range(self.config.spray_interval_min..=self.config.spray_interval_max);
+            self.timers.set(TimerKind::SprayTick, self.now + pause);
+        }
+    }
+
+    /// A direct connection is up: run the identity check, or win.
+    fn connected(&mut self, id: DirectId) {
+        if self.config.identity_check == IdentityCheck::CallerAuthenticates {
+            self.win(id);
+            return;
+        }
+        let deadline = self.now + self.config.confirm_timeout;
+        let Some(d) = self.directs.get_mut(id) else {
+            return;
+        };
+        d.state = DirectState::Checking {
+            received: [0; CHECK_LEN],
+            len: 0,
+        };
+        d.deadline = deadline;
+        if d.role == Role::Client {
+            match self.peer_token {
+                Some(peer) => self.write_check(id, Role::Client, &peer),
+                // Cannot happen in a correct exchange: clients only dial
+                // after the Hello. Refuse rather than guess.
+                None => self.reject(id, DirectRejection::IdentityMismatch),
+            }
+        }
+    }
+
+    fn write_check(&mut self, id: DirectId, role: Role, peer_token: &[u8; TOKEN_LEN]) {
+        let data = Bytes::copy_from_slice(&direct::check_message(role, peer_token));
+        self.outputs.push_back(Output::WriteDirect { id, data });
+    }
+
+    fn reject(&mut self, id: DirectId, reason: DirectRejection) {
+        let Some(d) = self.directs.remove(id) else {
+            return;
+        };
+        tracing::debug!(%id, remote = %d.remote(), ?reason, "direct connection rejected");
+        match d.origin {
+            Origin::Dial(_) => self
+                .timeline
+                .end_dial(id, self.now, DialResult::Rejected(reason)),
+            Origin::Inbound => self.timeline.inbound_rejected += 1,
+        }
+        self.outputs.push_back(Output::CloseDirect { id });
+        self.outputs.push_back(Output::Event(Event::DirectRejected {
+            id,
+            remote: d.remote(),
+            reason,
+        }));
+        self.check_progress();
+    }
+
+    fn win(&mut self, id: DirectId) {
+        let Some(d) = self.directs.remove(id) else {
+            return;
+        };
+        if matches!(d.origin, Origin::Dial(_)) {
+            self.timeline.end_dial(id, self.now, DialResult::Won);
+        }
+        let upgraded = Upgraded {
+            id,
+            transport: d.to.transport,
+            remote: d.remote(),
+            role: d.role,
+            attempt: d.attempt,
+        };
+        tracing::info!(
+            side = %self.side,
+            %id,
+            transport = %upgraded.transport,
+            remote = %upgraded.remote,
+            role = %upgraded.role,
+            attempt = upgraded.attempt,
+            "direct connection established"
+        );
+        self.finish(Outcome::Upgraded(upgraded));
+    }
+
+    fn direct_expired(&mut self, id: DirectId) {
+        let Some(d) = self.directs.get(id) else {
+            return;
+        };
+        if d.is_dialing() {
+            let d = self.directs.remove(id).expect("just found");
+            self.timeline
+                .end_dial(id, self.now, DialResult::Failed(DialError::TimedOut));
+            self.outputs.push_back(Output::CloseDirect { id });
+            self.outputs.push_back(Output::Event(Event::DialFailed {
+                id,
+                to: d.to,
+                error: DialError::TimedOut,
+            }));
+            self.check_progress();
+        } else {
+            self.reject(id, DirectRejection::ConfirmTimeout);
+        }
+    }
+
+    fn on_timer(&mut self, kind: TimerKind) {
+        match kind {
+            TimerKind::StepTimeout => self.step_timed_out(),
+            TimerKind::Unilateral => self.unilateral_over(),
+            TimerKind::SyncDelay => {
+                if self.state == State::SyncDelay {
+                    self.punch();
+                }
+            }
+            TimerKind::SprayTick => self.spray_round(),
+            TimerKind::PunchWindow => {
+                if self.state == State::Punching {
+                    let after = self.config.direct_timeout;
+                    self.fail_attempt(AttemptFailure::DirectTimeout { after });
+                }
+            }
+            TimerKind::GracePeriod => {
+                tracing::debug!("grace period over; closing the relayed connection");
+                self.outputs.push_back(Output::CloseRelay);
+            }
+            TimerKind::DirectDeadline => {}
+        }
+    }
+
+    fn step_timed_out(&mut self) {
+        let err = ProtocolError::StepTimeout {
+            step: self.step(),
+            after: self.config.step_timeout,
+        };
+        match self.state {
+            State::AwaitPeerConnect => {
+                tracing::debug!(
+                    attempts = self.attempt,
+                    "the initiator started no further attempt"
+                );
+                let attempts = self.failures.clone();
+                self.final_failure(Failure::PeerGaveUp { attempts });
+            }
+            State::AwaitHello
+            | State::AwaitStream
+            | State::AwaitConnect { .. }
+            | State::AwaitSync => self.protocol_error(err),
+            _ => {}
+        }
+    }
+
+    /// The peer broke the protocol or the stream failed.
+    pub(crate) fn protocol_error(&mut self, err: ProtocolError) {
+        tracing::debug!(side = %self.side, %err, step = %self.step(), "protocol error");
+        if self.stream_open || self.state == State::AwaitStream {
+            self.outputs.push_back(Output::ResetStream);
+        }
+        self.stream_open = false;
+        self.decoder = FrameDecoder::new(self.config.max_message_size);
+        if self.config.channel == RelayChannel::SharedStream {
+            self.relay_closed = true;
+            self.final_failure(Failure::Protocol(err));
+            return;
+        }
+        if self.state == State::AwaitPeerConnect {
+            // A stream that breaks before its Connect still counts as an
+            // attempt, so a hostile initiator cannot open streams forever.
+            self.begin_attempt_record();
+        }
+        self.fail_attempt(AttemptFailure::Protocol(err));
+    }
+
+    /// Ends the current attempt's punch without deciding what comes next.
+    pub(crate) fn abandon_attempt(&mut self, reason: AttemptFailure) {
+        let attempt = self.attempt;
+        for d in self
+            .directs
+            .drain_where(|d| d.is_dialing() && d.attempt == attempt)
+        {
+            self.timeline
+                .end_dial(d.id, self.now, DialResult::Cancelled);
+            self.outputs.push_back(Output::CloseDirect { id: d.id });
+        }
+        self.spray = None;
+        self.remote.clear();
+        for kind in [
+            TimerKind::SprayTick,
+            TimerKind::PunchWindow,
+            TimerKind::SyncDelay,
+            TimerKind::StepTimeout,
+        ] {
+            self.timers.clear(kind);
+        }
+        tracing::debug!(side = %self.side, attempt, %reason, "attempt failed");
+        if let Some(a) = self.timeline.attempt_mut() {
+            a.ended = Some(self.now);
+            a.failure = Some(reason.clone());
+        }
+        self.failures.push(reason.clone());
+        self.outputs
+            .push_back(Output::Event(Event::AttemptFailed { attempt, reason }));
+    }
+
+    /// Ends the current attempt and moves on: the next attempt, waiting
+    /// for one, or the final failure.
+    pub(crate) fn fail_attempt(&mut self, reason: AttemptFailure) {
+        self.abandon_attempt(reason);
+        let more = self.attempt < self.config.max_attempts;
+        if self.relay_closed && self.config.channel == RelayChannel::SharedStream {
+            self.final_failure(Failure::RelayClosed {
+                step: Step::NextAttempt,
+            });
+        } else if !more {
+            let attempts = self.failures.clone();
+            self.final_failure(Failure::AllAttemptsFailed { attempts });
+        } else {
+            match self.side {
+                Side::Initiator => self.start_attempt(),
+                Side::Responder => self.await_next_attempt(),
+            }
+        }
+    }
+
+    /// Fails the upgrade, once no identity check that could still win is
+    /// running.
+    pub(crate) fn final_failure(&mut self, failure: Failure) {
+        self.spray = None;
+        self.timers.clear_all();
+        let attempt = self.attempt;
+        for d in self
+            .directs
+            .drain_where(|d| d.is_dialing() && d.attempt == attempt)
+        {
+            self.timeline
+                .end_dial(d.id, self.now, DialResult::Cancelled);
+            self.outputs.push_back(Output::CloseDirect { id: d.id });
+        }
+        if self.directs.is_empty() {
+            self.finish(Outcome::Failed(failure));
+        } else {
+            tracing::debug!("waiting for identity checks before failing");
+            self.state = State::Draining;
+            self.pending_failure = Some(failure);
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        for d in self.directs.drain_where(|_| true) {
+            self.timeline
+                .end_dial(d.id, self.now, DialResult::Cancelled);
+            self.outputs.push_back(Output::CloseDirect { id: d.id });
+        }
+        if self.state != State::Done
+            && self.stream_open
+            && self.config.channel == RelayChannel::StreamPerAttempt
+            && matches!(
+                self.state,
+                State::AwaitStream
+                    | State::AwaitConnect { .. }
+                    | State::AwaitPeerConnect
+                    | State::AwaitSync
+            )
+        {
+            self.outputs.push_back(Output::ResetStream);
+            self.stream_open = false;
+        }
+        self.spray = None;
+        self.remote.clear();
+        self.timers.clear_all();
+        self.state = State::Done;
+        self.timeline.decided = Some(self.now);
+        if let Some(a) = self.timeline.attempt_mut() {
+            a.ended.get_or_insert(self.now);
+        }
+        let event = match &outcome {
+            Outcome::Upgraded(up) => {
+                self.timers.set(
+                    TimerKind::GracePeriod,
+                    self.now + self.config.relay_grace_period,
+                );
+                Event::Upgraded(*up)
+            }
+            Outcome::Failed(failure) => {
+                tracing::info!(side = %self.side, %failure, "upgrade failed");
+                Event::Failed(failure.clone())
+            }
+        };
+        self.outcome = Some(outcome);
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    /// Re-evaluates whether the current phase is over after a dial or
+    /// connection went away.
+    pub(crate) fn check_progress(&mut self) {
+        match self.state {
+            State::Draining if self.directs.is_empty() => {
+                let failure = self.pending_failure.take().unwrap_or(Failure::PeerGaveUp {
+                    attempts: self.failures.clone(),
+                });
+                self.finish(Outcome::Failed(failure));
+            }
+            State::Unilateral if !self.directs.iter().any(|d| d.attempt == 0) => {
+                self.unilateral_over();
+            }
+            State::Punching => {
+                // A spray keeps the attempt open until its window ends: the
+                // client's dial may still arrive.
+                let attempt = self.attempt;
+                let busy = self.spray.is_some()
+                    || self
+                        .directs
+                        .iter()
+                        .any(|d| d.attempt == attempt || !d.is_dialing());
+                if !busy {
+                    let dials = self
+                        .timeline
+                        .dials
+                        .iter()
+                        .filter(|d| d.attempt == attempt && d.purpose == DialPurpose::HolePunch)
+                        .count();
+                    let reason = if dials == 0 {
+                        AttemptFailure::NoUsableAddresses
+                    } else {
+                        AttemptFailure::AllDialsFailed { dials }
+                    };
+                    self.fail_attempt(reason);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the unilateral dial and starts hole punching.
+    pub(crate) fn unilateral_over(&mut self) {
+        if self.state != State::Unilateral {
+            return;
+        }
+        for d in self.directs.drain_where(|d| d.attempt == 0) {
+            self.timeline
+                .end_dial(d.id, self.now, DialResult::Cancelled);
+            self.outputs.push_back(Output::CloseDirect { id: d.id });
+        }
+        self.timers.clear(TimerKind::Unilateral);
+        if let Some((_, ended)) = self.timeline.unilateral.as_mut() {
+            *ended = Some(self.now);
+        }
+        tracing::debug!("unilateral dial failed; hole punching");
+        self.outputs
+            .push_back(Output::Event(Event::UnilateralFailed));
+        if self.relay_closed {
+            self.final_failure(Failure::RelayClosed {
+                step: Step::Connect,
+            });
+        } else {
+            self.start_attempt();
+        }
+    }
+}
