@@ -1,1 +1,344 @@
-fn main() {}
+//! `natlab`: a real-NAT lab for dcutr-rs.
+//!
+//! Builds Linux network namespaces joined by a bridge, NATs them with
+//! nftables, optionally delays them with a user-space delay line, checks
+//! itself with real traffic (`natlab selftest`) and drives the `dcutr` CLI
+//! through a matrix of NAT pairs (`natlab matrix`). See README.md.
+
+mod cmd;
+mod contract;
+mod delayline;
+mod matrix;
+mod names;
+mod nat;
+mod probe;
+mod proc;
+mod rawsock;
+mod report;
+mod selftest;
+mod stats;
+mod topo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::nat::Site;
+use crate::topo::{DelaySpec, Lab, TopologySpec};
+
+/// Real-NAT lab for dcutr-rs.
+#[derive(Debug, Parser)]
+#[command(name = "natlab", version, about)]
+struct Cli {
+    /// More logs (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build topologies and check NAT, firewall, delay line and teardown with real traffic.
+    Selftest(selftest::Args),
+    /// Run the dcutr CLI through the NAT-pair matrix.
+    Matrix(matrix::Args),
+    /// Remove every leftover lab namespace (nlXXXXXX-*) and the processes in it.
+    Cleanup,
+    /// Build one topology, print its namespaces, hold it, tear it down.
+    Up {
+        /// Site 1: cone, cone-no-firewall, symmetric, symmetric-no-firewall, public.
+        #[arg(long, default_value = "cone")]
+        site1: Site,
+        /// Site 2.
+        #[arg(long, default_value = "cone")]
+        site2: Site,
+        /// One-way delay of a delay line in front of site 1 (none if absent).
+        #[arg(long)]
+        delay1_ms: Option<f64>,
+        /// One-way delay of a delay line in front of site 2.
+        #[arg(long)]
+        delay2_ms: Option<f64>,
+        /// How long to keep it up.
+        #[arg(long, default_value_t = 0.0)]
+        hold_s: f64,
+    },
+    /// Measure topology build and teardown time.
+    Timing {
+        /// Topologies to build.
+        #[arg(long, default_value_t = 10)]
+        iterations: u32,
+        /// Put delay lines in front of both sites.
+        #[arg(long)]
+        with_delay: bool,
+    },
+    /// Forward frames between two interfaces with a delay (runs inside a lab namespace).
+    Delayline {
+        /// First interface.
+        #[arg(long)]
+        a: String,
+        /// Second interface.
+        #[arg(long)]
+        b: String,
+        /// One-way delay in ms.
+        #[arg(long, default_value_t = 0.0)]
+        delay_ms: f64,
+        /// Uniform +/- jitter in ms (no reordering).
+        #[arg(long, default_value_t = 0.0)]
+        jitter_ms: f64,
+        /// Drop probability per frame.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// RNG seed for jitter and loss.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Traffic probes (run inside lab namespaces).
+    #[command(subcommand)]
+    Probe(Probe),
+}
+
+#[derive(Debug, Subcommand)]
+enum Probe {
+    /// UDP server that answers each request with the source address it saw.
+    UdpEcho {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Send one request to this address first (repeatable).
+        #[arg(long)]
+        hello: Vec<SocketAddr>,
+        /// Exit after this many seconds.
+        #[arg(long, default_value_t = probe::SERVER_LIFETIME.as_secs())]
+        lifetime_s: u64,
+    },
+    /// Send UDP requests to each destination from one socket; print RTTs and mappings.
+    UdpPing {
+        /// Local address (fixes the source port).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: SocketAddr,
+        /// Destination (repeatable; pinged in order).
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
+        /// Requests per destination.
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+        /// Gap between requests, ms.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// Wait for late replies after the last request, ms.
+        #[arg(long, default_value_t = 300)]
+        linger_ms: u64,
+        /// Exit 1 if some destination never answered.
+        #[arg(long)]
+        require_reply: bool,
+    },
+    /// TCP server that writes the client's address and closes.
+    TcpEcho {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Exit after this many seconds.
+        #[arg(long, default_value_t = probe::SERVER_LIFETIME.as_secs())]
+        lifetime_s: u64,
+    },
+    /// Connect to each destination from one local port; print the mapping seen.
+    TcpConnect {
+        /// Local address (fixes the source port).
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Destination (repeatable).
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
+        /// Per-connection timeout, ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.verbose {
+        0 => "natlab=info",
+        1 => "natlab=debug",
+        _ => "natlab=trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("natlab: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn needs_root() -> Option<ExitCode> {
+    if cmd::can_build_labs() {
+        None
+    } else {
+        println!("natlab: skipped (needs root)");
+        Some(ExitCode::SUCCESS)
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Selftest(args) => {
+            if let Some(code) = needs_root() {
+                return Ok(code);
+            }
+            cmd::ensure_tools()?;
+            selftest::run(&args)
+        }
+        Command::Matrix(args) => {
+            if let Some(code) = needs_root() {
+                return Ok(code);
+            }
+            cmd::ensure_tools()?;
+            matrix::run(&args)
+        }
+        Command::Cleanup => {
+            if let Some(code) = needs_root() {
+                return Ok(code);
+            }
+            let removed = topo::cleanup_all()?;
+            println!(
+                "natlab: removed {} namespace(s){}",
+                removed.len(),
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", removed.join(" "))
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up {
+            site1,
+            site2,
+            delay1_ms,
+            delay2_ms,
+            hold_s,
+        } => {
+            if let Some(code) = needs_root() {
+                return Ok(code);
+            }
+            cmd::ensure_tools()?;
+            let mut spec = TopologySpec::new(site1, site2);
+            spec.delay = [
+                delay1_ms.map(DelaySpec::fixed),
+                delay2_ms.map(DelaySpec::fixed),
+            ];
+            let prefix = names::RunNames::random().next_topology();
+            let lab = Lab::build(&prefix, spec)?;
+            println!(
+                "built in {:.1} ms: {}",
+                ms(lab.setup_time()),
+                lab.namespaces().join(" ")
+            );
+            std::thread::sleep(Duration::from_secs_f64(hold_s.max(0.0)));
+            let t = lab.teardown()?;
+            println!("torn down in {:.1} ms", ms(t));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Timing {
+            iterations,
+            with_delay,
+        } => {
+            if let Some(code) = needs_root() {
+                return Ok(code);
+            }
+            cmd::ensure_tools()?;
+            let t = selftest::measure_setup_teardown(iterations, with_delay)?;
+            println!("{}", t.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delayline {
+            a,
+            b,
+            delay_ms,
+            jitter_ms,
+            loss,
+            seed,
+        } => {
+            let params = delayline::Params::new(delay_ms, jitter_ms, loss, seed)?;
+            delayline::run(&a, &b, params)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Probe(p) => run_probe(p),
+    }
+}
+
+fn run_probe(p: Probe) -> Result<ExitCode> {
+    match p {
+        Probe::UdpEcho {
+            listen,
+            hello,
+            lifetime_s,
+        } => {
+            probe::udp_echo(listen, &hello, Duration::from_secs(lifetime_s))?;
+        }
+        Probe::UdpPing {
+            bind,
+            to,
+            count,
+            interval_ms,
+            linger_ms,
+            require_reply,
+        } => {
+            let reports = probe::udp_ping(
+                bind,
+                &to,
+                count,
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(linger_ms),
+            )?;
+            for r in &reports {
+                println!("{}", serde_json::to_string(r).context("serialising")?);
+            }
+            if require_reply && reports.iter().any(|r| r.received == 0) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Probe::TcpEcho { listen, lifetime_s } => {
+            probe::tcp_echo(listen, Duration::from_secs(lifetime_s))?;
+        }
+        Probe::TcpConnect {
+            bind,
+            to,
+            timeout_ms,
+        } => {
+            for r in probe::tcp_connect(bind, &to, Duration::from_millis(timeout_ms))? {
+                println!("{}", serde_json::to_string(&r).context("serialising")?);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Milliseconds of a duration, for printing.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A path to the natlab binary itself (probes and delay lines run it).
+pub fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("locating the natlab binary")
+}
+
+/// Seconds since `t`, for printing.
+pub fn secs_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}

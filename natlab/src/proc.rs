@@ -1,0 +1,279 @@
+//! Processes the lab starts inside its namespaces, with their output captured
+//! line by line (bounded) so a failing case can show it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tracing::debug;
+
+/// Lines of stdout and of stderr kept per process: enough for every JSON event
+/// of a DCUtR run with verbose logs; a runaway process cannot eat the memory.
+pub const MAX_CAPTURED_LINES: usize = 5_000;
+
+/// Longest line kept; the rest of a longer line is cut (and marked).
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// How often we poll a child for its exit while waiting with a deadline.
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Default)]
+struct Captured {
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+impl Captured {
+    fn push(&mut self, line: String) {
+        if self.lines.len() < MAX_CAPTURED_LINES {
+            self.lines.push(line);
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+/// A process started inside a lab namespace. Killed (with its whole process
+/// group) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    label: String,
+    child: Child,
+    stdout_rx: Receiver<String>,
+    stdout: Arc<Mutex<Captured>>,
+    stderr: Arc<Mutex<Captured>>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Start `program args...` in network namespace `ns` (`ip netns exec`,
+    /// which execs the program, so the child pid is the program's own). The
+    /// child leads a new process group so that kill reaches its children too.
+    pub fn spawn(label: &str, ns: &str, program: &str, args: &[String]) -> Result<Self> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        debug!(%label, %ns, %program, ?args, "spawn");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {label}: {program} in {ns}"))?;
+        let stdout = Arc::new(Mutex::new(Captured::default()));
+        let stderr = Arc::new(Mutex::new(Captured::default()));
+        let (tx, stdout_rx) = mpsc::channel();
+        let out_pipe = child.stdout.take().context("stdout pipe")?;
+        let err_pipe = child.stderr.take().context("stderr pipe")?;
+        {
+            let stdout = Arc::clone(&stdout);
+            thread::spawn(move || {
+                for_each_line(out_pipe, |line| {
+                    stdout.lock().expect("capture lock").push(line.clone());
+                    let _ = tx.send(line);
+                })
+            });
+        }
+        {
+            let stderr = Arc::clone(&stderr);
+            thread::spawn(move || {
+                for_each_line(err_pipe, |line| {
+                    stderr.lock().expect("capture lock").push(line)
+                })
+            });
+        }
+        Ok(Self {
+            label: label.to_owned(),
+            child,
+            stdout_rx,
+            stdout,
+            stderr,
+            status: None,
+        })
+    }
+
+    /// What this process is, for logs.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The next stdout line, waiting at most until `deadline`. `None` on
+    /// timeout or when stdout has closed.
+    pub fn next_line(&self, deadline: Instant) -> Option<String> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.stdout_rx.recv_timeout(wait).ok()
+    }
+
+    /// Wait until a stdout line satisfies `pred`; return it. Fails on timeout
+    /// or when the process closes stdout first (usually: it died).
+    pub fn wait_for_line(
+        &self,
+        deadline: Instant,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        loop {
+            match self.next_line(deadline) {
+                Some(line) if pred(&line) => return Ok(line),
+                Some(_) => continue,
+                None if Instant::now() >= deadline => {
+                    bail!("{}: no {what} before the deadline", self.label)
+                }
+                None => bail!("{}: stdout closed before {what}", self.label),
+            }
+        }
+    }
+
+    /// Wait for the process to exit, at most until `deadline`.
+    pub fn wait_exit(&mut self, deadline: Instant) -> Result<Option<ExitStatus>> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            thread::sleep(EXIT_POLL_INTERVAL);
+        }
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.label))?;
+        }
+        Ok(self.status)
+    }
+
+    /// SIGKILL the process group and reap the child.
+    pub fn kill(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        // The child is its own group leader (process_group(0)), unreaped, so
+        // the group id cannot have been reused.
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+
+    /// Everything captured on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        snapshot(&self.stdout)
+    }
+
+    /// Everything captured on stderr so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        snapshot(&self.stderr)
+    }
+
+    /// Both streams, labelled, for a diagnostics dump.
+    pub fn dump(&self) -> String {
+        let mut out = format!(
+            "----- {} (exit: {}) -----\n",
+            self.label,
+            match self.status {
+                Some(s) => s.to_string(),
+                None => "still running".into(),
+            }
+        );
+        for (name, lines) in [
+            ("stdout", self.stdout_lines()),
+            ("stderr", self.stderr_lines()),
+        ] {
+            out.push_str(&format!("[{name}: {} lines]\n", lines.len()));
+            for line in lines {
+                out.push_str("  ");
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn snapshot(captured: &Mutex<Captured>) -> Vec<String> {
+    let c = captured.lock().expect("capture lock");
+    let mut lines = c.lines.clone();
+    if c.dropped > 0 {
+        lines.push(format!("[... {} more lines not kept]", c.dropped));
+    }
+    lines
+}
+
+/// Split a pipe into lines, each at most [`MAX_LINE_BYTES`], lossily decoded.
+fn for_each_line(pipe: impl Read, mut f: impl FnMut(String)) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader
+            .by_ref()
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buf)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let complete = buf.last() == Some(&b'\n');
+                let mut line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
+                if !complete && buf.len() >= MAX_LINE_BYTES {
+                    line.push_str(" [line cut]");
+                    // Skip the rest of the overlong line.
+                    let mut rest = Vec::new();
+                    if reader.read_until(b'\n', &mut rest).is_err() {
+                        return;
+                    }
+                }
+                f(line);
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_trimmed_and_capped() {
+        let long = "x".repeat(MAX_LINE_BYTES + 10);
+        let input = format!("a\r\nb\n{long}\nc");
+        let mut lines = Vec::new();
+        for_each_line(input.as_bytes(), |l| lines.push(l));
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], "a");
+        assert_eq!(lines[1], "b");
+        assert!(lines[2].ends_with("[line cut]"));
+        assert_eq!(lines[3], "c");
+    }
+
+    #[test]
+    fn capture_keeps_a_bounded_number_of_lines() {
+        let mut c = Captured::default();
+        for i in 0..MAX_CAPTURED_LINES + 3 {
+            c.push(i.to_string());
+        }
+        assert_eq!(c.lines.len(), MAX_CAPTURED_LINES);
+        assert_eq!(c.dropped, 3);
+    }
+}

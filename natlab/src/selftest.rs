@@ -1,0 +1,667 @@
+//! `natlab selftest`: build topologies and check, with real traffic, that
+//! they behave as the matrix assumes. Every check compares what packets did
+//! with what the configuration should make them do, so each one fails when
+//! the lab is wrong.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::names::{self, RunNames};
+use crate::nat::Site;
+use crate::probe::{ConnectReport, PingReport};
+use crate::proc::Proc;
+use crate::topo::{self, DelaySpec, Lab, RELAY_IP, TopologySpec};
+use crate::{ms, self_exe};
+
+/// Topology build and teardown must each stay under this (the brief: "well
+/// under a second"), or a 20-case matrix spends its budget on plumbing.
+pub const SETUP_TEARDOWN_BUDGET: Duration = Duration::from_secs(1);
+
+/// Extra RTT the delay line may add beyond twice its one-way delay: thread
+/// wake-up latency, twice per direction, on a loaded 2-core machine.
+pub const DELAY_TOLERANCE_MS: f64 = 5.0;
+
+/// How long a probe server may take to print `ready`.
+const PROBE_READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// UDP port of the echo servers.
+const ECHO_PORT: u16 = 3478;
+/// TCP port of the echo servers.
+const TCP_ECHO_PORT: u16 = 3479;
+/// Inside source port used by the NAT checks (free on a fresh host, so cone
+/// masquerade keeps it).
+const INSIDE_PORT: u16 = 40_000;
+/// Port of the public peer in the early-packet checks.
+const PEER_PORT: u16 = 7_000;
+
+/// `natlab selftest` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One-way delay of the delay-line check, ms.
+    #[arg(long, default_value_t = 50.0)]
+    pub delay_ms: f64,
+    /// Topologies built for the timing check.
+    #[arg(long, default_value_t = 5)]
+    pub timing_iterations: u32,
+    /// Only run checks whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+struct Outcome {
+    name: String,
+    passed: bool,
+    detail: String,
+}
+
+struct Checks {
+    filter: Option<String>,
+    results: Vec<Outcome>,
+}
+
+impl Checks {
+    fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+
+    /// Run one check; an error counts as FAIL with the error as detail.
+    fn check(&mut self, name: &str, f: impl FnOnce() -> Result<(bool, String)>) {
+        if !self.wants(name) {
+            return;
+        }
+        let started = Instant::now();
+        let (passed, detail) = match f() {
+            Ok(x) => x,
+            Err(e) => (false, format!("error: {e:#}")),
+        };
+        println!(
+            "{} {name} ({:.2} s): {detail}",
+            if passed { "PASS" } else { "FAIL" },
+            started.elapsed().as_secs_f64()
+        );
+        self.results.push(Outcome {
+            name: name.into(),
+            passed,
+            detail,
+        });
+    }
+}
+
+fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+/// Start a probe server in `ns` and wait for its ready line.
+fn server(lab: &Lab, label: &str, ns: &str, args: &[&str]) -> Result<Proc> {
+    let exe = self_exe()?;
+    let mut full = vec!["probe".to_string()];
+    full.extend(args.iter().map(|s| s.to_string()));
+    let p = lab.spawn(label, ns, &exe.to_string_lossy(), &full)?;
+    p.wait_for_line(Instant::now() + PROBE_READY_TIMEOUT, "ready line", |l| {
+        l.contains("\"event\":\"ready\"")
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", p.dump()))?;
+    Ok(p)
+}
+
+fn probe_lines<T: serde::de::DeserializeOwned>(
+    lab: &Lab,
+    ns: &str,
+    args: &[String],
+) -> Result<Vec<T>> {
+    let exe = self_exe()?;
+    let mut full = vec!["probe"];
+    full.extend(args.iter().map(String::as_str));
+    let out = lab.run(ns, &exe.to_string_lossy(), &full)?;
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("probe output {l:?}")))
+        .collect()
+}
+
+fn udp_ping(
+    lab: &Lab,
+    ns: &str,
+    bind: SocketAddr,
+    to: &[SocketAddr],
+    count: u32,
+    interval_ms: u64,
+) -> Result<Vec<PingReport>> {
+    let mut args = vec![
+        "udp-ping".into(),
+        "--bind".into(),
+        bind.to_string(),
+        "--count".into(),
+        count.to_string(),
+        "--interval-ms".into(),
+        interval_ms.to_string(),
+    ];
+    for t in to {
+        args.extend(["--to".into(), t.to_string()]);
+    }
+    probe_lines(lab, ns, &args)
+}
+
+fn tcp_connect(
+    lab: &Lab,
+    ns: &str,
+    bind: SocketAddr,
+    to: &[SocketAddr],
+) -> Result<Vec<ConnectReport>> {
+    let mut args = vec!["tcp-connect".into(), "--bind".into(), bind.to_string()];
+    for t in to {
+        args.extend(["--to".into(), t.to_string()]);
+    }
+    probe_lines(lab, ns, &args)
+}
+
+/// The single NAT mapping a ping report shows, or an error saying why not.
+fn single_mapping(r: &PingReport) -> Result<SocketAddr> {
+    ensure!(r.received > 0, "no reply from {} ({} sent)", r.to, r.sent);
+    ensure!(
+        r.observed.len() == 1,
+        "{} saw several mappings: {:?}",
+        r.to,
+        r.observed
+    );
+    Ok(r.observed[0])
+}
+
+fn build(names: &mut RunNames, site1: Site, site2: Site, delay1: Option<DelaySpec>) -> Result<Lab> {
+    let mut spec = TopologySpec::new(site1, site2);
+    spec.delay[0] = delay1;
+    Lab::build(&names.next_topology(), spec)
+}
+
+/// Echo servers (UDP and TCP) on the relay and on site 2's public host.
+fn echo_servers(lab: &Lab) -> Result<(Vec<Proc>, [SocketAddr; 2], [SocketAddr; 2])> {
+    let relay = lab.relay_ns();
+    let p2 = lab.host_ns(2);
+    let p2_ip = lab.host_ip(2);
+    let procs = vec![
+        server(
+            lab,
+            "udp-echo relay",
+            &relay,
+            &["udp-echo", "--listen", &sa(RELAY_IP, ECHO_PORT).to_string()],
+        )?,
+        server(
+            lab,
+            "udp-echo p2",
+            &p2,
+            &["udp-echo", "--listen", &sa(p2_ip, ECHO_PORT).to_string()],
+        )?,
+        server(
+            lab,
+            "tcp-echo relay",
+            &relay,
+            &[
+                "tcp-echo",
+                "--listen",
+                &sa(RELAY_IP, TCP_ECHO_PORT).to_string(),
+            ],
+        )?,
+        server(
+            lab,
+            "tcp-echo p2",
+            &p2,
+            &[
+                "tcp-echo",
+                "--listen",
+                &sa(p2_ip, TCP_ECHO_PORT).to_string(),
+            ],
+        )?,
+    ];
+    Ok((
+        procs,
+        [sa(RELAY_IP, ECHO_PORT), sa(p2_ip, ECHO_PORT)],
+        [sa(RELAY_IP, TCP_ECHO_PORT), sa(p2_ip, TCP_ECHO_PORT)],
+    ))
+}
+
+/// Mapping checks: the inside host talks to two destinations from one port.
+/// Returns (UDP mappings, TCP mappings) and the median UDP RTT to the relay.
+fn mappings(lab: &Lab) -> Result<([SocketAddr; 2], [SocketAddr; 2], f64)> {
+    let (_servers, udp, tcp) = echo_servers(lab)?;
+    let h1 = lab.host_ns(1);
+    let bind = sa(lab.host_ip(1), INSIDE_PORT);
+    let reports = udp_ping(lab, &h1, bind, &udp, 10, 10)?;
+    let u = [single_mapping(&reports[0])?, single_mapping(&reports[1])?];
+    let rtt = reports[0].median_ms().context("no RTT")?;
+    let conns = tcp_connect(lab, &h1, sa(lab.host_ip(1), INSIDE_PORT + 1), &tcp)?;
+    let mut t = Vec::new();
+    for c in &conns {
+        match (c.ok, c.observed) {
+            (true, Some(o)) => t.push(o),
+            _ => bail!(
+                "TCP to {} failed: {}",
+                c.to,
+                c.error.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    Ok((u, [t[0], t[1]], rtt))
+}
+
+/// Send from `p2` to the inside host's address directly (routed via the
+/// router, no NAT involved) while it runs an echo server: does it answer?
+fn unsolicited_direct(lab: &Lab) -> Result<PingReport> {
+    let h1_ip = lab.host_ip(1);
+    let _echo = server(
+        lab,
+        "udp-echo h1",
+        &lab.host_ns(1),
+        &["udp-echo", "--listen", &sa(h1_ip, INSIDE_PORT).to_string()],
+    )?;
+    let p2 = lab.host_ns(2);
+    // An attacker on the public segment routing the LAN prefix via the router.
+    lab.run(
+        &p2,
+        "ip",
+        &[
+            "route",
+            "add",
+            "10.0.1.0/24",
+            "via",
+            &lab.public_ip(1).to_string(),
+        ],
+    )?;
+    let r = udp_ping(
+        lab,
+        &p2,
+        sa(lab.host_ip(2), PEER_PORT),
+        &[sa(h1_ip, INSIDE_PORT)],
+        5,
+        20,
+    )?;
+    r.into_iter().next().context("no report")
+}
+
+/// The early-packet scenario: the public peer sends to our router's WAN
+/// address and port *before* we send to it; then we send from that port.
+/// Returns the mapping the peer saw and whether our ping got replies.
+fn early_peer_packet(lab: &Lab) -> Result<PingReport> {
+    let p2 = lab.host_ns(2);
+    let peer = sa(lab.host_ip(2), PEER_PORT);
+    let our_wan = sa(lab.public_ip(1), INSIDE_PORT);
+    let _peer = server(
+        lab,
+        "udp-echo p2 (early hello)",
+        &p2,
+        &[
+            "udp-echo",
+            "--listen",
+            &peer.to_string(),
+            "--hello",
+            &our_wan.to_string(),
+        ],
+    )?;
+    // Let the hello cross the bridge and reach the router.
+    std::thread::sleep(Duration::from_millis(50));
+    let r = udp_ping(
+        lab,
+        &lab.host_ns(1),
+        sa(lab.host_ip(1), INSIDE_PORT),
+        &[peer],
+        5,
+        20,
+    )?;
+    r.into_iter().next().context("no report")
+}
+
+fn conntrack_udp(lab: &Lab, site: u8) -> String {
+    lab.router_ns(site)
+        .and_then(|ns| lab.run(&ns, "conntrack", &["-L", "-p", "udp"]).ok())
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Build and tear down `iterations` topologies; timings in ms.
+pub struct Timing {
+    /// Build times.
+    pub setup_ms: Vec<f64>,
+    /// Teardown times.
+    pub teardown_ms: Vec<f64>,
+    /// Whether delay lines were included.
+    pub with_delay: bool,
+}
+
+impl Timing {
+    /// One line for humans.
+    pub fn summary(&self) -> String {
+        let f = |v: &[f64]| {
+            format!(
+                "median {:.1} ms, max {:.1} ms",
+                crate::stats::median(v).unwrap_or(f64::NAN),
+                v.iter().copied().fold(f64::NAN, f64::max)
+            )
+        };
+        format!(
+            "{} topologies (cone/cone{}): setup {}; teardown {}",
+            self.setup_ms.len(),
+            if self.with_delay {
+                " + 2 delay lines"
+            } else {
+                ""
+            },
+            f(&self.setup_ms),
+            f(&self.teardown_ms)
+        )
+    }
+}
+
+/// Measure setup and teardown of cone/cone topologies.
+pub fn measure_setup_teardown(iterations: u32, with_delay: bool) -> Result<Timing> {
+    let mut names = RunNames::random();
+    let mut t = Timing {
+        setup_ms: vec![],
+        teardown_ms: vec![],
+        with_delay,
+    };
+    for _ in 0..iterations.max(1) {
+        let mut spec = TopologySpec::new(Site::CONE, Site::CONE);
+        if with_delay {
+            spec.delay = [Some(DelaySpec::fixed(10.0)), Some(DelaySpec::fixed(10.0))];
+        }
+        let lab = Lab::build(&names.next_topology(), spec)?;
+        t.setup_ms.push(ms(lab.setup_time()));
+        t.teardown_ms.push(ms(lab.teardown()?));
+    }
+    Ok(t)
+}
+
+/// Run every check; exit 1 if any failed.
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let mut names = RunNames::random();
+    let run_prefix = names.run_prefix();
+    let mut c = Checks {
+        filter: args.filter.clone(),
+        results: vec![],
+    };
+    let d = args.delay_ms;
+    let mut baseline_rtt = None;
+
+    // Cone: endpoint-independent mapping, port preserved.
+    if c.wants("cone keeps") {
+        let lab = build(&mut names, Site::CONE, Site::Public, None)?;
+        let m = mappings(&lab);
+        let want_udp = sa(lab.public_ip(1), INSIDE_PORT);
+        let want_tcp = sa(lab.public_ip(1), INSIDE_PORT + 1);
+        let (udp, tcp) = match &m {
+            Ok((u, t, rtt)) => {
+                baseline_rtt = Some(*rtt);
+                (Ok(*u), Ok(*t))
+            }
+            Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(anyhow::anyhow!("{e:#}"))),
+        };
+        c.check(
+            "cone keeps the UDP source port towards two destinations",
+            || {
+                let u = udp?;
+                Ok((
+                    u[0] == want_udp && u[1] == want_udp,
+                    format!(
+                        "relay saw {}, public host saw {} (want {want_udp} for both)",
+                        u[0], u[1]
+                    ),
+                ))
+            },
+        );
+        c.check(
+            "cone keeps the TCP source port towards two destinations",
+            || {
+                let t = tcp?;
+                Ok((
+                    t[0] == want_tcp && t[1] == want_tcp,
+                    format!(
+                        "relay saw {}, public host saw {} (want {want_tcp} for both)",
+                        t[0], t[1]
+                    ),
+                ))
+            },
+        );
+        drop(lab);
+    }
+
+    // Symmetric: endpoint-dependent mapping.
+    if c.wants("symmetric") {
+        let lab = build(&mut names, Site::SYMMETRIC, Site::Public, None)?;
+        let m = mappings(&lab);
+        let (udp, tcp) = match &m {
+            Ok((u, t, _)) => (Ok(*u), Ok(*t)),
+            Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(anyhow::anyhow!("{e:#}"))),
+        };
+        let wan = std::net::IpAddr::V4(lab.public_ip(1));
+        c.check(
+            "symmetric changes the UDP source port per destination",
+            || {
+                let u = udp?;
+                Ok((
+                    u[0].port() != u[1].port() && u[0].ip() == wan && u[1].ip() == wan,
+                    format!("relay saw {}, public host saw {}", u[0], u[1]),
+                ))
+            },
+        );
+        c.check(
+            "symmetric changes the TCP source port per destination",
+            || {
+                let t = tcp?;
+                Ok((
+                    t[0].port() != t[1].port() && t[0].ip() == wan && t[1].ip() == wan,
+                    format!("relay saw {}, public host saw {}", t[0], t[1]),
+                ))
+            },
+        );
+        drop(lab);
+    }
+
+    // Firewall: unsolicited inbound never reaches the host.
+    c.check("firewall drops unsolicited inbound (mapped port and routed inside address)", || {
+        let lab = build(&mut names, Site::CONE, Site::Public, None)?;
+        let h1_ip = lab.host_ip(1);
+        let wan_port = sa(lab.public_ip(1), INSIDE_PORT);
+        // A mapping towards the relay exists; a third party tries to use it.
+        let _echo = server(&lab, "udp-echo h1", &lab.host_ns(1), &["udp-echo", "--listen", &sa(h1_ip, INSIDE_PORT).to_string(), "--hello", &sa(RELAY_IP, ECHO_PORT).to_string()])?;
+        let third = udp_ping(&lab, &lab.host_ns(2), sa(lab.host_ip(2), PEER_PORT), &[wan_port], 5, 20)?;
+        drop(_echo);
+        let direct = unsolicited_direct(&lab)?;
+        Ok((
+            third[0].received == 0 && direct.received == 0 && third[0].sent > 0 && direct.sent > 0,
+            format!(
+                "to the mapped port {wan_port}: {}/{} answered; to {h1_ip} routed via the router: {}/{} answered (want 0 and 0)",
+                third[0].received, third[0].sent, direct.received, direct.sent
+            ),
+        ))
+    });
+    c.check(
+        "without firewall, unsolicited inbound reaches the inside host",
+        || {
+            let lab = build(&mut names, Site::CONE_NO_FIREWALL, Site::Public, None)?;
+            let direct = unsolicited_direct(&lab)?;
+            Ok((
+                direct.received > 0,
+                format!(
+                    "{}/{} answered (want > 0: proves the firewall check above can fail)",
+                    direct.received, direct.sent
+                ),
+            ))
+        },
+    );
+
+    // The early-packet quirk.
+    c.check(
+        "firewall: a peer's early packet is dropped, our port is kept and the punch works",
+        || {
+            let lab = build(&mut names, Site::CONE, Site::Public, None)?;
+            let r = early_peer_packet(&lab)?;
+            let want = sa(lab.public_ip(1), INSIDE_PORT);
+            let m = single_mapping(&r)?;
+            Ok((
+                m == want,
+                format!(
+                    "peer saw {m} (want {want}), {}/{} replies came back in",
+                    r.received, r.sent
+                ),
+            ))
+        },
+    );
+    c.check(
+        "no firewall: a peer's early packet moves our mapping to another port (Linux quirk)",
+        || {
+            let lab = build(&mut names, Site::CONE_NO_FIREWALL, Site::Public, None)?;
+            let r = early_peer_packet(&lab)?;
+            let planned = sa(lab.public_ip(1), INSIDE_PORT);
+            let m = single_mapping(&r)?;
+            let ct = conntrack_udp(&lab, 1);
+            Ok((
+                m.ip() == planned.ip() && m.port() != INSIDE_PORT,
+                format!("peer saw {m}, not {planned}; router conntrack: {ct}"),
+            ))
+        },
+    );
+
+    // Delay line.
+    c.check(&format!("delay line adds {d} ms each way (UDP RTT)"), || {
+        let lab = build(&mut names, Site::CONE, Site::Public, Some(DelaySpec::fixed(d)))?;
+        let _echo = server(&lab, "udp-echo relay", &lab.relay_ns(), &["udp-echo", "--listen", &sa(RELAY_IP, ECHO_PORT).to_string()])?;
+        let r = udp_ping(&lab, &lab.host_ns(1), sa(lab.host_ip(1), INSIDE_PORT), &[sa(RELAY_IP, ECHO_PORT)], 20, 20)?;
+        let r = &r[0];
+        ensure!(r.received > 0, "no reply through the delay line");
+        let med = r.median_ms().expect("replies");
+        let (min, max) = (r.rtts_ms[0], r.rtts_ms[r.rtts_ms.len() - 1]);
+        let base = baseline_rtt.unwrap_or(0.0);
+        let added = med - base;
+        let ok = r.received == r.sent && min >= 2.0 * d && added <= 2.0 * d + DELAY_TOLERANCE_MS;
+        Ok((ok, format!(
+            "RTT median {med:.2} ms (min {min:.2}, max {max:.2}, {}/{} replies), baseline without delay line {base:.2} ms: added {added:.2} ms for 2x{d} ms configured (tolerance +{DELAY_TOLERANCE_MS} ms)",
+            r.received, r.sent
+        )))
+    });
+    c.check(
+        "delay line carries TCP (checksum offload off) with the delay",
+        || {
+            let lab = build(
+                &mut names,
+                Site::CONE,
+                Site::Public,
+                Some(DelaySpec::fixed(d)),
+            )?;
+            let _echo = server(
+                &lab,
+                "tcp-echo relay",
+                &lab.relay_ns(),
+                &[
+                    "tcp-echo",
+                    "--listen",
+                    &sa(RELAY_IP, TCP_ECHO_PORT).to_string(),
+                ],
+            )?;
+            let r = tcp_connect(
+                &lab,
+                &lab.host_ns(1),
+                sa(lab.host_ip(1), INSIDE_PORT),
+                &[sa(RELAY_IP, TCP_ECHO_PORT)],
+            )?;
+            let r = &r[0];
+            let t = r.connect_ms.unwrap_or(f64::NAN);
+            Ok((
+                r.ok && t >= 2.0 * d && t <= 2.0 * d + DELAY_TOLERANCE_MS,
+                format!(
+                    "connect {t:.2} ms (want {:.0}..{:.0}), observed {:?}, error {:?}",
+                    2.0 * d,
+                    2.0 * d + DELAY_TOLERANCE_MS,
+                    r.observed,
+                    r.error
+                ),
+            ))
+        },
+    );
+    c.check("delay line applies jitter without reordering and seeded loss", || {
+        let (jitter, loss) = (d / 5.0, 0.2);
+        let spec = DelaySpec { delay_ms: d, jitter_ms: jitter, loss, seed: 42 };
+        let lab = build(&mut names, Site::CONE, Site::Public, Some(spec))?;
+        let _echo = server(&lab, "udp-echo relay", &lab.relay_ns(), &["udp-echo", "--listen", &sa(RELAY_IP, ECHO_PORT).to_string()])?;
+        let r = udp_ping(&lab, &lab.host_ns(1), sa(lab.host_ip(1), INSIDE_PORT), &[sa(RELAY_IP, ECHO_PORT)], 100, 5)?;
+        let r = &r[0];
+        ensure!(r.received > 0, "no reply through the delay line");
+        let (min, max) = (r.rtts_ms[0], r.rtts_ms[r.rtts_ms.len() - 1]);
+        let rate = f64::from(r.received) / f64::from(r.sent);
+        // Each request and reply crosses the line once: P(reply) = (1-loss)^2 = 0.64.
+        let ok = (0.45..=0.85).contains(&rate) && min >= 2.0 * (d - jitter) && max <= 2.0 * (d + jitter) + DELAY_TOLERANCE_MS && max - min > 1.0;
+        Ok((ok, format!("{}/{} replies ({:.0} %, expect ~64 %), RTT {min:.2}..{max:.2} ms (want within {:.0}..{:.0})", r.received, r.sent, rate * 100.0, 2.0 * (d - jitter), 2.0 * (d + jitter) + DELAY_TOLERANCE_MS)))
+    });
+
+    // Timing.
+    c.check("setup and teardown each take under 1 s", || {
+        let t = measure_setup_teardown(args.timing_iterations, false)?;
+        let td = measure_setup_teardown(args.timing_iterations.min(3), true)?;
+        let budget = ms(SETUP_TEARDOWN_BUDGET);
+        let worst = t
+            .setup_ms
+            .iter()
+            .chain(&t.teardown_ms)
+            .chain(&td.setup_ms)
+            .chain(&td.teardown_ms)
+            .copied()
+            .fold(0.0, f64::max);
+        Ok((worst < budget, format!("{}; {}", t.summary(), td.summary())))
+    });
+
+    // Teardown on panic, and nothing left behind.
+    c.check("teardown runs on panic", || {
+        let prefix = names.next_topology();
+        let spec = TopologySpec::new(Site::CONE, Site::Public);
+        let p = prefix.clone();
+        // Keep the deliberate panic's message and backtrace out of the output.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let caught = std::panic::catch_unwind(move || {
+            let _lab = Lab::build(&p, spec).expect("build");
+            panic!("deliberate panic inside a lab");
+        });
+        std::panic::set_hook(hook);
+        let left: Vec<String> = topo::list_namespaces()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        Ok((
+            caught.is_err() && left.is_empty(),
+            format!("namespaces left after the panic: {left:?}"),
+        ))
+    });
+    c.check("teardown leaves no namespace behind", || {
+        let left: Vec<String> = topo::list_namespaces()
+            .into_iter()
+            .filter(|n| names::belongs_to_run(n, &run_prefix))
+            .collect();
+        Ok((
+            left.is_empty(),
+            format!(
+                "{} namespaces of this run ({run_prefix}*) left: {left:?}",
+                left.len()
+            ),
+        ))
+    });
+
+    let failed: Vec<&Outcome> = c.results.iter().filter(|o| !o.passed).collect();
+    println!();
+    for f in &failed {
+        println!("failed: {}: {}", f.name, f.detail);
+    }
+    println!(
+        "selftest: {} passed, {} failed",
+        c.results.len() - failed.len(),
+        failed.len()
+    );
+    Ok(if failed.is_empty() && !c.results.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

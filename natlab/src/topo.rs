@@ -1,0 +1,600 @@
+//! Building and tearing down one lab topology.
+//!
+//! ```text
+//!                          <p>pub: bridge br0, 203.0.113.0/24
+//!        +-----------------------+------------------------+
+//!        | relay                 | s1                     | s2
+//!   <p>relay                [<p>d1 delay line]       [<p>d2 delay line]
+//!   eth0 203.0.113.1             |                        |
+//!                           <p>r1 (NAT)              <p>r2 (NAT)        or  <p>p1 / <p>p2:
+//!                           wan 203.0.113.11         wan 203.0.113.12       public host eth0
+//!                           lan 10.0.1.1             lan 10.0.2.1           203.0.113.21 / .22
+//!                                |                        |
+//!                           <p>h1 eth0 10.0.1.2      <p>h2 eth0 10.0.2.2
+//! ```
+//!
+//! Every interface has a fixed MAC derived from its IPv4 address, and every
+//! host knows its neighbours' MACs as permanent entries, so no packet waits
+//! for ARP. IPv6 address generation is off on every interface (no DAD, no
+//! router solicitations wandering through the delay lines).
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+use crate::cmd;
+use crate::names;
+use crate::nat::{Site, router_ruleset};
+use crate::proc::Proc;
+
+/// Where `ip netns` keeps its namespace handles.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The relay's address on the public segment.
+pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+/// Prefix length of both the public segment and the LANs.
+const PREFIX_LEN: u8 = 24;
+
+/// How long a freshly started delay line may take to open its sockets: it is
+/// a local exec plus two socket calls, normally a few milliseconds.
+pub const DELAYLINE_READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Optional user-space delay line between a site and the public bridge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DelaySpec {
+    /// One-way delay added in each direction.
+    pub delay_ms: f64,
+    /// Uniform jitter (+/-) around the delay; frames are never reordered.
+    pub jitter_ms: f64,
+    /// Probability of dropping each frame, in each direction.
+    pub loss: f64,
+    /// Seed of the loss/jitter RNG.
+    pub seed: u64,
+}
+
+impl DelaySpec {
+    /// A fixed delay without jitter or loss.
+    pub fn fixed(delay_ms: f64) -> Self {
+        Self {
+            delay_ms,
+            jitter_ms: 0.0,
+            loss: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// What to build: two sites (index 0 is site 1, index 1 is site 2) and an
+/// optional delay line in front of each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopologySpec {
+    /// Site 1 and site 2.
+    pub sites: [Site; 2],
+    /// Delay line between each site and the bridge.
+    pub delay: [Option<DelaySpec>; 2],
+}
+
+impl TopologySpec {
+    /// Two sites, no delay lines.
+    pub fn new(site1: Site, site2: Site) -> Self {
+        Self {
+            sites: [site1, site2],
+            delay: [None, None],
+        }
+    }
+}
+
+/// Site number (1 or 2) to array index.
+fn idx(site: u8) -> usize {
+    assert!(site == 1 || site == 2, "sites are numbered 1 and 2");
+    usize::from(site - 1)
+}
+
+/// The address a site shows on the public segment: the router's WAN address
+/// for a NAT site, the host's own address for a public site.
+pub fn site_public_ip(site: u8, kind: Site) -> Ipv4Addr {
+    let _ = idx(site);
+    match kind {
+        Site::Nat { .. } => Ipv4Addr::new(203, 0, 113, 10 + site),
+        Site::Public => Ipv4Addr::new(203, 0, 113, 20 + site),
+    }
+}
+
+/// The router's LAN address at a NAT site.
+pub fn lan_router_ip(site: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, site, 1)
+}
+
+/// The host's address at a NAT site.
+pub fn lan_host_ip(site: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, site, 2)
+}
+
+/// The fixed MAC of the interface that holds `ip`: locally administered
+/// (`02:`), then `6c` for "lab", then the four address bytes. Unique because
+/// the lab's addresses are.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:6c:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// One built topology. Dropping it tears everything down (processes first,
+/// then namespaces), also on panic or error paths.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    spec: TopologySpec,
+    namespaces: Vec<String>,
+    delay_lines: Vec<Proc>,
+    setup: Duration,
+    torn_down: bool,
+}
+
+impl Lab {
+    /// Build `spec` in fresh namespaces named `<prefix><role>`.
+    pub fn build(prefix: &str, spec: TopologySpec) -> Result<Self> {
+        let started = Instant::now();
+        let mut lab = Lab {
+            prefix: prefix.to_owned(),
+            spec,
+            namespaces: Vec::new(),
+            delay_lines: Vec::new(),
+            setup: Duration::ZERO,
+            torn_down: false,
+        };
+        lab.build_inner()
+            .with_context(|| format!("building lab {prefix}*"))?;
+        lab.setup = started.elapsed();
+        debug!(
+            prefix,
+            setup_ms = lab.setup.as_secs_f64() * 1e3,
+            "lab built"
+        );
+        Ok(lab)
+    }
+
+    fn role(&self, role: &str) -> String {
+        names::ns_name(&self.prefix, role).expect("the lab's roles are valid")
+    }
+
+    /// Namespace of the bridge.
+    pub fn pub_ns(&self) -> String {
+        self.role("pub")
+    }
+
+    /// Namespace of the relay host (203.0.113.1).
+    pub fn relay_ns(&self) -> String {
+        self.role("relay")
+    }
+
+    /// Namespace of site `site`'s router, if it has one.
+    pub fn router_ns(&self, site: u8) -> Option<String> {
+        match self.spec.sites[idx(site)] {
+            Site::Nat { .. } => Some(self.role(&format!("r{site}"))),
+            Site::Public => None,
+        }
+    }
+
+    /// Namespace of the host at site `site` (behind the NAT, or public).
+    pub fn host_ns(&self, site: u8) -> String {
+        match self.spec.sites[idx(site)] {
+            Site::Nat { .. } => self.role(&format!("h{site}")),
+            Site::Public => self.role(&format!("p{site}")),
+        }
+    }
+
+    /// Namespace of the delay line of site `site`, if it has one.
+    pub fn delay_ns(&self, site: u8) -> Option<String> {
+        self.spec.delay[idx(site)].map(|_| self.role(&format!("d{site}")))
+    }
+
+    /// The host's own address at site `site`.
+    pub fn host_ip(&self, site: u8) -> Ipv4Addr {
+        match self.spec.sites[idx(site)] {
+            Site::Nat { .. } => lan_host_ip(site),
+            Site::Public => site_public_ip(site, Site::Public),
+        }
+    }
+
+    /// The address site `site` shows on the public segment.
+    pub fn public_ip(&self, site: u8) -> Ipv4Addr {
+        site_public_ip(site, self.spec.sites[idx(site)])
+    }
+
+    /// Every namespace of this lab, in creation order.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// How long [`Lab::build`] took.
+    pub fn setup_time(&self) -> Duration {
+        self.setup
+    }
+
+    /// Start a process in namespace `ns`; the caller owns it, and teardown
+    /// kills whatever is still running in the lab's namespaces anyway.
+    pub fn spawn(&self, label: &str, ns: &str, program: &str, args: &[String]) -> Result<Proc> {
+        Proc::spawn(label, ns, program, args)
+    }
+
+    /// Run a command to completion in namespace `ns`.
+    pub fn run(&self, ns: &str, program: &str, args: &[&str]) -> Result<String> {
+        cmd::netns_run(ns, program, args, None)
+    }
+
+    fn build_inner(&mut self) -> Result<()> {
+        let spec = self.spec;
+        // 1. Namespaces. Recorded before creation so a partial failure is
+        //    still cleaned up by Drop (deleting a missing one is harmless).
+        let mut roles = vec!["pub".to_owned(), "relay".to_owned()];
+        for site in [1u8, 2] {
+            if spec.delay[idx(site)].is_some() {
+                roles.push(format!("d{site}"));
+            }
+            match spec.sites[idx(site)] {
+                Site::Nat { .. } => {
+                    roles.push(format!("r{site}"));
+                    roles.push(format!("h{site}"));
+                }
+                Site::Public => roles.push(format!("p{site}")),
+            }
+        }
+        let all: Vec<String> = roles.iter().map(|r| self.role(r)).collect();
+        for ns in &all {
+            if std::path::Path::new(NETNS_DIR).join(ns).exists() {
+                bail!("namespace {ns} already exists (another run with the same id?)");
+            }
+        }
+        self.namespaces = all.clone();
+        let mut script = String::new();
+        for ns in &all {
+            writeln!(script, "netns add {ns}")?;
+        }
+        cmd::ip_batch(None, &script, false)?;
+
+        // Public segment members: (ip, namespace, interface).
+        let mut members = vec![(RELAY_IP, self.relay_ns(), "eth0".to_owned())];
+        for site in [1u8, 2] {
+            let ifname = match spec.sites[idx(site)] {
+                Site::Nat { .. } => "wan",
+                Site::Public => "eth0",
+            };
+            let ns = self.router_ns(site).unwrap_or_else(|| self.host_ns(site));
+            members.push((self.public_ip(site), ns, ifname.to_owned()));
+        }
+
+        // 2. The bridge and every veth with one end on it.
+        let pub_ns = self.pub_ns();
+        let mut script = String::new();
+        writeln!(script, "link set lo up")?;
+        writeln!(script, "link add name br0 type bridge")?;
+        writeln!(script, "link set br0 addrgenmode none")?;
+        writeln!(script, "link set br0 up")?;
+        let mut ports = vec![("relay".to_owned(), self.relay_ns(), "eth0".to_owned())];
+        for site in [1u8, 2] {
+            let (ns, ifname) = match self.delay_ns(site) {
+                Some(d) => (d, "pub".to_owned()),
+                None => (
+                    members[usize::from(site)].1.clone(),
+                    members[usize::from(site)].2.clone(),
+                ),
+            };
+            ports.push((format!("s{site}"), ns, ifname));
+        }
+        for (port, peer_ns, peer_if) in &ports {
+            writeln!(
+                script,
+                "link add name {port} type veth peer name {peer_if} netns {peer_ns}"
+            )?;
+            writeln!(script, "link set {port} master br0")?;
+            writeln!(script, "link set {port} addrgenmode none")?;
+            writeln!(script, "link set {port} up")?;
+        }
+        cmd::ip_batch(Some(&pub_ns), &script, false)?;
+
+        // 3. Delay-line namespaces: pass-through veth towards the site.
+        for site in [1u8, 2] {
+            let Some(dns) = self.delay_ns(site) else {
+                continue;
+            };
+            let (site_ns, site_if) = (&members[usize::from(site)].1, &members[usize::from(site)].2);
+            let mut script = String::new();
+            writeln!(script, "link set lo up")?;
+            writeln!(
+                script,
+                "link add name site type veth peer name {site_if} netns {site_ns}"
+            )?;
+            for ifname in ["site", "pub"] {
+                writeln!(script, "link set {ifname} addrgenmode none")?;
+                writeln!(script, "link set {ifname} up")?;
+            }
+            cmd::ip_batch(Some(&dns), &script, false)?;
+        }
+
+        // 4. Public segment members: address, MAC, static neighbours.
+        for (ip, ns, ifname) in &members {
+            let mut script = String::new();
+            writeln!(script, "link set lo up")?;
+            if ifname == "wan" {
+                let site = if ns.ends_with("r1") { 1 } else { 2 };
+                writeln!(
+                    script,
+                    "link add name lan type veth peer name eth0 netns {}",
+                    self.host_ns(site)
+                )?;
+            }
+            writeln!(script, "link set {ifname} address {}", mac_for(*ip))?;
+            writeln!(script, "link set {ifname} addrgenmode none")?;
+            writeln!(script, "addr add {ip}/{PREFIX_LEN} dev {ifname}")?;
+            writeln!(script, "link set {ifname} up")?;
+            for (other, _, _) in &members {
+                if other != ip {
+                    writeln!(
+                        script,
+                        "neigh replace {other} lladdr {} dev {ifname} nud permanent",
+                        mac_for(*other)
+                    )?;
+                }
+            }
+            cmd::ip_batch(Some(ns), &script, false)?;
+        }
+
+        // 5. NAT sites: router LAN side, inside host, forwarding, nftables.
+        for site in [1u8, 2] {
+            let Site::Nat { kind, firewall } = spec.sites[idx(site)] else {
+                continue;
+            };
+            let rns = self.router_ns(site).expect("NAT site has a router");
+            let hns = self.host_ns(site);
+            let (rip, hip) = (lan_router_ip(site), lan_host_ip(site));
+            let mut script = String::new();
+            writeln!(script, "link set lan address {}", mac_for(rip))?;
+            writeln!(script, "link set lan addrgenmode none")?;
+            writeln!(script, "addr add {rip}/{PREFIX_LEN} dev lan")?;
+            writeln!(script, "link set lan up")?;
+            writeln!(
+                script,
+                "neigh replace {hip} lladdr {} dev lan nud permanent",
+                mac_for(hip)
+            )?;
+            cmd::ip_batch(Some(&rns), &script, false)?;
+
+            let mut script = String::new();
+            writeln!(script, "link set lo up")?;
+            writeln!(script, "link set eth0 address {}", mac_for(hip))?;
+            writeln!(script, "link set eth0 addrgenmode none")?;
+            writeln!(script, "addr add {hip}/{PREFIX_LEN} dev eth0")?;
+            writeln!(script, "link set eth0 up")?;
+            writeln!(script, "route add default via {rip} dev eth0")?;
+            writeln!(
+                script,
+                "neigh replace {rip} lladdr {} dev eth0 nud permanent",
+                mac_for(rip)
+            )?;
+            cmd::ip_batch(Some(&hns), &script, false)?;
+
+            cmd::netns_run(&rns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)?;
+            let rules = router_ruleset(kind, firewall, "wan");
+            cmd::netns_run(&rns, "nft", &["-f", "-"], Some(&rules))
+                .with_context(|| format!("loading the ruleset of {rns}"))?;
+        }
+
+        // 6. Delay lines: checksum offload off on every veth that feeds one
+        //    (AF_PACKET would otherwise see and re-send frames whose checksum
+        //    the kernel meant to finish later), then start and await them.
+        for site in [1u8, 2] {
+            let (Some(dspec), Some(dns)) = (spec.delay[idx(site)], self.delay_ns(site)) else {
+                continue;
+            };
+            let (site_ns, site_if) = (&members[usize::from(site)].1, &members[usize::from(site)].2);
+            for (ns, ifname) in [
+                (dns.as_str(), "site"),
+                (dns.as_str(), "pub"),
+                (pub_ns.as_str(), &format!("s{site}")),
+                (site_ns.as_str(), site_if.as_str()),
+            ] {
+                cmd::netns_run(ns, "ethtool", &["-K", ifname, "tx", "off"], None)
+                    .with_context(|| format!("disabling tx checksum offload on {ns}/{ifname}"))?;
+            }
+            let exe = std::env::current_exe().context("locating the natlab binary")?;
+            let args: Vec<String> = [
+                "delayline",
+                "--a",
+                "site",
+                "--b",
+                "pub",
+                "--delay-ms",
+                &dspec.delay_ms.to_string(),
+                "--jitter-ms",
+                &dspec.jitter_ms.to_string(),
+                "--loss",
+                &dspec.loss.to_string(),
+                "--seed",
+                &dspec.seed.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let proc = Proc::spawn(
+                &format!("delayline d{site}"),
+                &dns,
+                &exe.to_string_lossy(),
+                &args,
+            )?;
+            self.delay_lines.push(proc);
+            let proc = self.delay_lines.last().expect("just pushed");
+            proc.wait_for_line(
+                Instant::now() + DELAYLINE_READY_TIMEOUT,
+                "ready line",
+                |l| l.contains("\"event\":\"ready\""),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", proc.dump()))?;
+        }
+        Ok(())
+    }
+
+    /// The routers' nftables rulesets and conntrack tables, the delay lines'
+    /// logs and every namespace's addresses: enough to diagnose a failed case
+    /// from a CI log.
+    pub fn diagnostics(&self) -> String {
+        let mut out = format!("===== lab {}* =====\n", self.prefix);
+        for site in [1u8, 2] {
+            let Some(rns) = self.router_ns(site) else {
+                continue;
+            };
+            let _ = writeln!(out, "----- {rns}: nft list ruleset -----");
+            out.push_str(&cmd::run_for_diagnostics(
+                "ip",
+                &["netns", "exec", &rns, "nft", "list", "ruleset"],
+            ));
+            let _ = writeln!(out, "----- {rns}: conntrack -L -----");
+            out.push_str(&cmd::run_for_diagnostics(
+                "ip",
+                &["netns", "exec", &rns, "conntrack", "-L"],
+            ));
+        }
+        for ns in &self.namespaces {
+            let _ = writeln!(out, "----- {ns}: ip -br addr -----");
+            out.push_str(&cmd::run_for_diagnostics("ip", &["-n", ns, "-br", "addr"]));
+        }
+        for proc in &self.delay_lines {
+            out.push_str(&proc.dump());
+        }
+        out
+    }
+
+    /// Kill every process in the lab's namespaces and delete them. Returns
+    /// how long that took.
+    pub fn teardown(mut self) -> Result<Duration> {
+        self.teardown_inner()
+    }
+
+    fn teardown_inner(&mut self) -> Result<Duration> {
+        if self.torn_down {
+            return Ok(Duration::ZERO);
+        }
+        self.torn_down = true;
+        let started = Instant::now();
+        for mut p in self.delay_lines.drain(..) {
+            p.kill();
+        }
+        destroy_namespaces(&self.namespaces)?;
+        let left: Vec<&String> = self.namespaces.iter().filter(|ns| ns_exists(ns)).collect();
+        if !left.is_empty() {
+            bail!("namespaces still present after teardown: {left:?}");
+        }
+        Ok(started.elapsed())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown_inner() {
+            warn!("lab teardown: {e:#}");
+        }
+    }
+}
+
+/// Whether namespace `ns` exists.
+pub fn ns_exists(ns: &str) -> bool {
+    std::path::Path::new(NETNS_DIR).join(ns).exists()
+}
+
+/// Every namespace `ip netns` knows.
+pub fn list_namespaces() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// SIGKILL every process inside `namespaces`, then delete them. Missing
+/// namespaces are skipped. Only processes that live in these namespaces are
+/// touched: `ip netns pids` lists exactly those.
+pub fn destroy_namespaces(namespaces: &[String]) -> Result<()> {
+    let present: Vec<&String> = namespaces.iter().filter(|ns| ns_exists(ns)).collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let mut script = String::new();
+    for ns in &present {
+        writeln!(script, "netns pids {ns}")?;
+    }
+    // -force: keep going past a namespace that vanished meanwhile.
+    let pids = cmd::ip_batch(None, &script, true).unwrap_or_default();
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let mut script = String::new();
+    for ns in &present {
+        writeln!(script, "netns del {ns}")?;
+    }
+    if let Err(e) = cmd::ip_batch(None, &script, true) {
+        // Report below only if something really stayed behind.
+        debug!("netns del: {e:#}");
+    }
+    Ok(())
+}
+
+/// Remove every leftover lab namespace (the `natlab cleanup` subcommand).
+pub fn cleanup_all() -> Result<Vec<String>> {
+    let ours: Vec<String> = list_namespaces()
+        .into_iter()
+        .filter(|n| names::is_lab_namespace(n))
+        .collect();
+    destroy_namespaces(&ours)?;
+    let left: Vec<&String> = ours.iter().filter(|ns| ns_exists(ns)).collect();
+    if !left.is_empty() {
+        bail!("could not remove: {left:?}");
+    }
+    Ok(ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_plan() {
+        assert_eq!(
+            site_public_ip(1, Site::CONE),
+            Ipv4Addr::new(203, 0, 113, 11)
+        );
+        assert_eq!(
+            site_public_ip(2, Site::SYMMETRIC),
+            Ipv4Addr::new(203, 0, 113, 12)
+        );
+        assert_eq!(
+            site_public_ip(1, Site::Public),
+            Ipv4Addr::new(203, 0, 113, 21)
+        );
+        assert_eq!(lan_host_ip(2), Ipv4Addr::new(10, 0, 2, 2));
+        assert_eq!(lan_router_ip(1), Ipv4Addr::new(10, 0, 1, 1));
+    }
+
+    #[test]
+    fn macs_are_locally_administered_and_derived_from_the_address() {
+        assert_eq!(mac_for(Ipv4Addr::new(203, 0, 113, 11)), "02:6c:cb:00:71:0b");
+        assert_ne!(mac_for(lan_router_ip(1)), mac_for(lan_host_ip(1)));
+    }
+
+    #[test]
+    #[should_panic(expected = "sites are numbered 1 and 2")]
+    fn site_numbers_outside_one_and_two_are_a_bug() {
+        site_public_ip(3, Site::Public);
+    }
+}
