@@ -24,12 +24,12 @@
 //! every dial through.
 //!
 //! ```
-//! use std::time::{Duration, Instant};
 //! use dcutr_core::{AddressPolicy, Candidate, Config, Event, Output, Side, Upgrade};
 //!
 //! let mut config = Config::default();
 //! config.address_policy = AddressPolicy::permissive();
-//! let now = Instant::now();
+//! // Any `Instant` from your runtime's monotonic clock; the core never reads one.
+//! let now = dcutr_sim::epoch();
 //! let a_addr = Candidate::tcp("10.0.0.1:4001".parse().unwrap());
 //! let b_addr = Candidate::tcp("10.0.0.2:4001".parse().unwrap());
 //! let mut b = Upgrade::builder(Side::Initiator, config.clone(), [1; 32])

@@ -132,6 +132,14 @@ impl Timeline {
             .map(|t| t.saturating_duration_since(self.started))
     }
 
+    /// From the last attempt's Connect to the outcome: the figure that the
+    /// bound `1.5 * relayed RTT + direct RTT` applies to.
+    #[must_use]
+    pub fn since_last_connect(&self) -> Option<Duration> {
+        let sent = self.attempts.last()?.connect_sent?;
+        self.decided.map(|t| t.saturating_duration_since(sent))
+    }
+
     /// The round trip measured in the last attempt that measured one.
     #[must_use]
     pub fn last_rtt(&self) -> Option<Duration> {

@@ -246,9 +246,16 @@ impl UpgradeBuilder {
             timeline: Timeline::new(now),
         };
         tracing::debug!(side = %up.side, "dcutr upgrade started");
-        if up.config.identity_check == IdentityCheck::Token {
+        if up.token_check() {
             let hello = codec::encode_hello(&up.own_token);
             up.outputs.push_back(Output::WriteStream(hello));
+        }
+        let dials_first = up.side == Side::Initiator
+            && up.config.unilateral
+            && !up.unilateral_targets.is_empty();
+        if up.token_check() && dials_first {
+            // The unilateral dial makes us the client, and a client must
+            // echo the peer's token: wait for its Hello first.
             up.timers
                 .set(TimerKind::StepTimeout, now + up.config.step_timeout);
         } else {
@@ -628,12 +635,26 @@ impl Upgrade {
         self.now = self.now.max(now);
     }
 
+    fn token_check(&self) -> bool {
+        self.config.identity_check == IdentityCheck::Token
+    }
+
+    /// Whether the peer's `Hello` is still due: it is the first frame of
+    /// the stream in token mode.
+    fn hello_due(&self) -> bool {
+        self.token_check()
+            && self.peer_token.is_none()
+            && !matches!(self.state, State::Draining | State::Done)
+    }
+
     pub(crate) fn expecting(&self) -> Expect {
         if !self.stream_open {
             return Expect::Nothing;
         }
+        if self.hello_due() {
+            return Expect::Hello;
+        }
         match self.state {
-            State::AwaitHello => Expect::Hello,
             State::AwaitConnect { .. } | State::AwaitPeerConnect | State::AwaitSync => {
                 Expect::Message
             }
@@ -651,8 +672,10 @@ impl Upgrade {
 
     /// The step we are waiting at, for errors.
     pub(crate) fn step(&self) -> Step {
+        if self.hello_due() {
+            return Step::Hello;
+        }
         match self.state {
-            State::AwaitHello => Step::Hello,
             State::AwaitStream => Step::OpenStream,
             State::AwaitConnect { .. } => Step::Connect,
             State::AwaitPeerConnect if self.attempt == 0 => Step::Connect,
@@ -664,7 +687,6 @@ impl Upgrade {
 
     fn on_hello(&mut self, token: [u8; TOKEN_LEN]) {
         self.peer_token = Some(token);
-        self.timers.clear(TimerKind::StepTimeout);
         self.outputs.push_back(Output::Event(Event::HelloReceived));
         // A client whose check passed before the token arrived can be
         // answered now.
@@ -679,7 +701,10 @@ impl Upgrade {
             self.win(*first);
             return;
         }
-        self.begin();
+        if self.state == State::AwaitHello {
+            self.timers.clear(TimerKind::StepTimeout);
+            self.begin();
+        }
     }
 
     /// Starts the role's work once any `Hello` exchange is done.
@@ -992,6 +1017,10 @@ impl Upgrade {
             step: self.step(),
             after: self.config.step_timeout,
         };
+        if self.step() == Step::Hello {
+            self.protocol_error(err);
+            return;
+        }
         match self.state {
             State::AwaitPeerConnect => {
                 tracing::debug!(
