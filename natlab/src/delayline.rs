@@ -42,6 +42,11 @@ pub const MAX_DELAY_MS: f64 = 10_000.0;
 /// How often the delay line prints its counters to stderr while running.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often the delay line checks that natlab (its parent) is still alive:
+/// if natlab is killed before its teardown runs, the delay line exits by
+/// itself within this time instead of forwarding forever.
+pub const PARENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Settings of one delay line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
@@ -204,13 +209,23 @@ pub fn run(a: &str, b: &str, params: Params) -> Result<()> {
         params.loss,
         params.seed
     );
+    let parent = std::os::unix::process::parent_id();
+    let mut last_stats = Instant::now();
     loop {
-        thread::sleep(STATS_INTERVAL);
+        thread::sleep(PARENT_CHECK_INTERVAL);
         if threads.iter().any(|t| t.is_finished()) {
             anyhow::bail!("a delay-line thread stopped");
         }
-        eprintln!("{}", stats_ab.json(&format!("{a}->{b}")));
-        eprintln!("{}", stats_ba.json(&format!("{b}->{a}")));
+        if std::os::unix::process::parent_id() != parent {
+            eprintln!("{}", stats_ab.json(&format!("{a}->{b}")));
+            eprintln!("{}", stats_ba.json(&format!("{b}->{a}")));
+            anyhow::bail!("parent process {parent} is gone; stopping");
+        }
+        if last_stats.elapsed() >= STATS_INTERVAL {
+            last_stats = Instant::now();
+            eprintln!("{}", stats_ab.json(&format!("{a}->{b}")));
+            eprintln!("{}", stats_ba.json(&format!("{b}->{a}")));
+        }
     }
 }
 

@@ -1,0 +1,213 @@
+//! Root-only tests: the selftest, and the matrix runner driving the fake
+//! `dcutr` (tests/fake-dcutr) through real namespaces. Without root they
+//! print why and pass.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// The lab tests share the machine's namespaces and CPU: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    // Effective uid from /proc: no libc call needed in a test.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn natlab() -> &'static str {
+    env!("CARGO_BIN_EXE_natlab")
+}
+
+fn fake() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dcutr")
+}
+
+fn lab_namespaces() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return vec![];
+    };
+    let mut v: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("nl"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn matrix(mode: &str, args: &[&str]) -> Output {
+    let out = Command::new(natlab())
+        .arg("matrix")
+        .arg("--dcutr")
+        .arg(fake())
+        .arg("--json")
+        .args(args)
+        .env("FAKE_DCUTR_MODE", mode)
+        .env("NATLAB_BIN", natlab())
+        .output()
+        .expect("run natlab matrix");
+    eprintln!(
+        "--- natlab matrix {args:?} (mode {mode}) -> {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn records(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|v| v.get("case").is_some())
+        .collect()
+}
+
+macro_rules! root_only {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+#[test]
+fn selftest_passes_every_check() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(natlab())
+        .arg("selftest")
+        .output()
+        .expect("run selftest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "selftest failed:\n{stdout}");
+    assert!(stdout.contains(" passed, 0 failed"));
+    assert!(!stdout.contains("FAIL"));
+}
+
+#[test]
+fn matrix_passes_a_good_upgrade_and_tears_down() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = lab_namespaces();
+    let md = std::env::temp_dir().join(format!("natlab-test-{}.md", std::process::id()));
+    let out = matrix(
+        "ok",
+        &[
+            "--filter",
+            "cone/cone tcp",
+            "--markdown",
+            md.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    let recs = records(&out);
+    // "cone/cone tcp" matches rtt0 and rtt100 of cone/cone only.
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        assert_eq!(r["outcome"], "upgraded");
+        assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r}");
+        // The fake measured a real RTT through the NAT to the relay.
+        assert!(r["rtt_ms"].as_f64().unwrap() > 0.0);
+        assert!(r["teardown_ms"].as_f64().is_some());
+    }
+    let table = std::fs::read_to_string(&md).expect("markdown file");
+    let _ = std::fs::remove_file(&md);
+    assert!(
+        table.contains("| cone/cone tcp rtt0 | cone | cone | 1/1 | upgraded |"),
+        "{table}"
+    );
+    assert!(table.contains("PASS"));
+    assert_eq!(lab_namespaces(), before, "namespaces left behind");
+}
+
+#[test]
+fn matrix_expects_symmetric_pairs_to_fail_cleanly() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = matrix("fail", &["--filter", "symmetric/symmetric quic rtt0"]);
+    assert!(out.status.success());
+    let recs = records(&out);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"], "failed-clean");
+    assert_eq!(recs[0]["attempts"], 3);
+}
+
+#[test]
+fn matrix_reports_a_failed_case_with_the_lab_state() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = matrix("fail", &["--filter", "cone/cone tcp rtt0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "FAIL (failed-clean)",
+        "expected an upgrade, got failed-clean",
+        "nft list ruleset",
+        "masquerade",
+        "conntrack -L",
+        "----- peer A (exit: exit status: 1) -----",
+        "----- peer B",
+        "----- relay",
+        "\"event\":\"result\"",
+    ] {
+        assert!(err.contains(needle), "diagnostics lack {needle:?}");
+    }
+}
+
+#[test]
+fn matrix_times_out_a_hanging_peer_and_kills_everything() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = lab_namespaces();
+    let started = std::time::Instant::now();
+    let out = matrix(
+        "hang",
+        &["--filter", "cone/cone quic rtt0", "--case-timeout-s", "2"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "took {:?}",
+        started.elapsed()
+    );
+    let recs = records(&out);
+    assert_eq!(recs[0]["outcome"], "timeout");
+    assert_eq!(lab_namespaces(), before, "namespaces left behind");
+}
+
+#[test]
+fn matrix_catches_swapped_roles_crashes_and_a_missing_unilateral_flag() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = matrix("swap-roles", &["--filter", "cone/cone tcp rtt0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = records(&out)[0]["violations"].to_string();
+    assert!(v.contains("A reported role server, expected client"), "{v}");
+
+    let out = matrix("crash", &["--filter", "symmetric/cone tcp rtt0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = &records(&out)[0];
+    assert_eq!(r["outcome"], "error");
+    assert!(r["violations"].to_string().contains("exit code 101"));
+
+    let out = matrix("ok", &["--filter", "cone/public tcp rtt0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "cone/public without unilateral must fail"
+    );
+    let out = matrix("ok-unilateral", &["--filter", "cone/public tcp rtt0"]);
+    assert!(
+        out.status.success(),
+        "cone/public with unilateral must pass"
+    );
+}
