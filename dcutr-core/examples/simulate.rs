@@ -23,8 +23,11 @@ fn describe(record: &Record) -> Option<String> {
         Output::SendDatagram { to, payload } => {
             format!("sprays {} random bytes to {to}", payload.len())
         }
+        Output::WriteDirect { id, data } if data.len() == 1 => {
+            format!("selects connection {id} (select byte)")
+        }
         Output::WriteDirect { id, data } => {
-            format!("sends the {}-byte identity check on {id}", data.len())
+            format!("sends its {}-byte identity check on {id}", data.len())
         }
         Output::CloseRelay => "closes the relayed connection (grace period over)".to_owned(),
         Output::Event(Event::RttMeasured { rtt, .. }) => format!("measures RTT {rtt:?}"),
@@ -42,7 +45,10 @@ fn describe(record: &Record) -> Option<String> {
         Output::Event(Event::AttemptStarted { attempt }) => format!("starts attempt {attempt}"),
         _ => return None,
     };
-    Some(format!("  t={:>7.1} ms  {who:<14} {what}", record.at.as_secs_f64() * 1e3))
+    Some(format!(
+        "  t={:>7.1} ms  {who:<14} {what}",
+        record.at.as_secs_f64() * 1e3
+    ))
 }
 
 fn main() {
@@ -52,11 +58,15 @@ fn main() {
         .unwrap_or(100);
     let rtt = Duration::from_millis(rtt_ms);
     let direct_one_way = Duration::from_millis(15);
-    println!("DCUtR over a simulated relay: relayed RTT {rtt_ms} ms, direct RTT {} ms", 2 * direct_one_way.as_millis());
+    println!(
+        "DCUtR over a simulated relay: relayed RTT {rtt_ms} ms, direct RTT {} ms",
+        2 * direct_one_way.as_millis()
+    );
     println!("both peers behind firewalled NATs; time is simulated, nothing sleeps\n");
     for transport in [Transport::Tcp, Transport::Quic] {
         println!("== {} ==", transport.to_string().to_uppercase());
-        let cfg = SimConfig::two_nats(&Config::shared_stream(), rtt / 2, direct_one_way).only(transport);
+        let cfg =
+            SimConfig::two_nats(&Config::shared_stream(), rtt / 2, direct_one_way).only(transport);
         let mut sim = Sim::new(cfg);
         let finished = sim.run(Duration::from_secs(120));
         let mut sprays = 0;

@@ -1,18 +1,23 @@
 //! Direct connections and dials in flight, and the token identity check
 //! that runs first on each of them.
 //!
-//! With [`IdentityCheck::Token`](crate::IdentityCheck::Token) the first
-//! bytes on a direct connection are a fixed-size check message:
+//! With [`IdentityCheck::Token`](crate::IdentityCheck::Token) each side
+//! learned the other's random token from the `Hello` frame on the relayed
+//! stream. The first bytes on a direct connection are:
 //!
 //! ```text
-//! client -> server: "dcutr/c1" || server's token   (24 bytes)
-//! server -> client: "dcutr/s1" || client's token   (24 bytes)
+//! each side:  "dcutr/v1" || the peer's token      (CHECK_LEN = 24 bytes)
+//! server:     0x01 "selected"                     (1 byte, on the winner only)
 //! ```
 //!
-//! Each side learned the other's token from the `Hello` frame on the
-//! relayed stream, so a stranger on the punch port cannot produce it. The
-//! server answers only the first valid client on any connection, which
-//! makes both sides pick the same winner when several connections form.
+//! * On a connection **we dialled** (to an address the peer named) we send
+//!   our check at once; on an **inbound** connection we send ours only
+//!   after the other end's check proved it knows our token. A stranger who
+//!   connects to us therefore learns nothing it could replay elsewhere.
+//! * The server (the initiator in a hole punch, the responder in a
+//!   unilateral dial) picks the first verified connection and marks it
+//!   with the select byte; the client takes the connection that carries
+//!   it. Both sides thus keep the same one when several connections form.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -21,40 +26,28 @@ use crate::addr::Candidate;
 use crate::codec::TOKEN_LEN;
 use crate::output::{DialPurpose, DirectId, Role};
 
-/// Length of each identity-check message on a direct connection.
+/// Length of the check message on a direct connection.
 pub const CHECK_LEN: usize = 8 + TOKEN_LEN;
 
-const CLIENT_MAGIC: &[u8; 8] = b"dcutr/c1";
-const SERVER_MAGIC: &[u8; 8] = b"dcutr/s1";
+/// The byte with which the server marks the connection it keeps.
+pub(crate) const SELECT: u8 = 0x01;
 
-/// The check message the side with `role` sends, carrying the peer's token.
+const MAGIC: &[u8; 8] = b"dcutr/v1";
+
+/// The check message that proves we know `peer_token`.
 #[must_use]
-pub(crate) fn check_message(role: Role, peer_token: &[u8; TOKEN_LEN]) -> [u8; CHECK_LEN] {
-    let magic = match role {
-        Role::Client => CLIENT_MAGIC,
-        Role::Server => SERVER_MAGIC,
-    };
+pub(crate) fn check_message(peer_token: &[u8; TOKEN_LEN]) -> [u8; CHECK_LEN] {
     let mut out = [0u8; CHECK_LEN];
-    out[..8].copy_from_slice(magic);
+    out[..8].copy_from_slice(MAGIC);
     out[8..].copy_from_slice(peer_token);
     out
 }
 
-/// Whether `received` is the check message that the peer of a side with
-/// `our_role` must send us, carrying our own token. Compares every byte so
-/// the time taken does not depend on where a mismatch is.
+/// Whether `received` proves knowledge of our own token. Compares every
+/// byte, so the time taken does not depend on where a mismatch is.
 #[must_use]
-pub(crate) fn check_is_valid(
-    our_role: Role,
-    own_token: &[u8; TOKEN_LEN],
-    received: &[u8; CHECK_LEN],
-) -> bool {
-    let peer_role = match our_role {
-        Role::Client => Role::Server,
-        Role::Server => Role::Client,
-    };
-    let expected = check_message(peer_role, own_token);
-    expected
+pub(crate) fn check_is_valid(own_token: &[u8; TOKEN_LEN], received: &[u8; CHECK_LEN]) -> bool {
+    check_message(own_token)
         .iter()
         .zip(received)
         .fold(0u8, |diff, (a, b)| diff | (a ^ b))
@@ -73,14 +66,18 @@ pub(crate) enum Origin {
 pub(crate) enum DirectState {
     /// Our dial is in flight.
     Dialing,
-    /// Connected; the peer's check message is arriving.
+    /// Connected; the peer's check message is arriving. `sent` tells
+    /// whether ours went out already.
     Checking {
         received: [u8; CHECK_LEN],
         len: usize,
+        sent: bool,
     },
-    /// Server: the client's check passed, but the peer's `Hello` (and so
-    /// the token for our answer) has not arrived yet.
+    /// Inbound: the peer's check passed, but its `Hello` (and so the token
+    /// for our answer) has not arrived yet.
     AwaitingPeerToken,
+    /// Client: both checks done; waiting for the server's select byte.
+    AwaitingSelect,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +104,7 @@ impl Direct {
     pub fn bytes_wanted(&self) -> usize {
         match self.state {
             DirectState::Checking { len, .. } => CHECK_LEN - len,
+            DirectState::AwaitingSelect => 1,
             DirectState::Dialing | DirectState::AwaitingPeerToken => 0,
         }
     }
@@ -201,19 +199,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_check_accepts_only_our_own_token_from_the_other_role() {
+    fn the_check_accepts_only_our_own_token() {
         let ours = [1u8; TOKEN_LEN];
         let theirs = [2u8; TOKEN_LEN];
-        // The client sends the server's token; the server checks it.
-        let from_client = check_message(Role::Client, &ours);
-        assert!(check_is_valid(Role::Server, &ours, &from_client));
-        assert!(!check_is_valid(Role::Server, &theirs, &from_client));
-        // A client message is never a valid server answer.
-        assert!(!check_is_valid(Role::Client, &ours, &from_client));
-        let from_server = check_message(Role::Server, &ours);
-        assert!(check_is_valid(Role::Client, &ours, &from_server));
-        let mut tampered = from_server;
+        // The peer proves it knows our token.
+        let from_peer = check_message(&ours);
+        assert!(check_is_valid(&ours, &from_peer));
+        assert!(!check_is_valid(&theirs, &from_peer));
+        let mut tampered = from_peer;
         tampered[CHECK_LEN - 1] ^= 1;
-        assert!(!check_is_valid(Role::Client, &ours, &tampered));
+        assert!(!check_is_valid(&ours, &tampered));
+        let mut wrong_magic = from_peer;
+        wrong_magic[0] ^= 1;
+        assert!(!check_is_valid(&ours, &wrong_magic));
     }
 }

@@ -250,9 +250,8 @@ impl UpgradeBuilder {
             let hello = codec::encode_hello(&up.own_token);
             up.outputs.push_back(Output::WriteStream(hello));
         }
-        let dials_first = up.side == Side::Initiator
-            && up.config.unilateral
-            && !up.unilateral_targets.is_empty();
+        let dials_first =
+            up.side == Side::Initiator && up.config.unilateral && !up.unilateral_targets.is_empty();
         if up.token_check() && dials_first {
             // The unilateral dial makes us the client, and a client must
             // echo the peer's token: wait for its Hello first.
@@ -564,39 +563,37 @@ impl Upgrade {
     /// Bytes arrived on direct connection `id` (the identity check).
     pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
         self.advance(now);
-        let Some(d) = self.directs.get_mut(id) else {
-            return;
-        };
-        let DirectState::Checking { mut received, len } = d.state else {
-            if !data.is_empty() {
-                self.reject(id, DirectRejection::Oversized);
-            }
-            return;
-        };
-        if data.len() > CHECK_LEN - len {
-            self.reject(id, DirectRejection::Oversized);
-            return;
-        }
-        received[len..len + data.len()].copy_from_slice(data);
-        let len = len + data.len();
-        d.state = DirectState::Checking { received, len };
-        if len < CHECK_LEN {
-            return;
-        }
-        let role = d.role;
-        if !direct::check_is_valid(role, &self.own_token, &received) {
-            self.reject(id, DirectRejection::IdentityMismatch);
-            return;
-        }
-        match (role, self.peer_token) {
-            (Role::Client, _) => self.win(id),
-            (Role::Server, Some(peer)) => {
-                self.write_check(id, Role::Server, &peer);
-                self.win(id);
-            }
-            (Role::Server, None) => {
-                if let Some(d) = self.directs.get_mut(id) {
-                    d.state = DirectState::AwaitingPeerToken;
+        let mut input = data;
+        while !input.is_empty() {
+            let Some(d) = self.directs.get_mut(id) else {
+                return;
+            };
+            match d.state {
+                DirectState::Checking {
+                    mut received,
+                    len,
+                    sent,
+                } => {
+                    let take = (CHECK_LEN - len).min(input.len());
+                    received[len..len + take].copy_from_slice(&input[..take]);
+                    input = &input[take..];
+                    let len = len + take;
+                    d.state = DirectState::Checking {
+                        received,
+                        len,
+                        sent,
+                    };
+                    if len == CHECK_LEN {
+                        self.peer_check_arrived(id, &received, sent);
+                    }
+                }
+                DirectState::AwaitingSelect if input == [direct::SELECT] => {
+                    self.win(id);
+                    return;
+                }
+                _ => {
+                    self.reject(id, DirectRejection::Oversized);
+                    return;
                 }
             }
         }
@@ -688,18 +685,19 @@ impl Upgrade {
     fn on_hello(&mut self, token: [u8; TOKEN_LEN]) {
         self.peer_token = Some(token);
         self.outputs.push_back(Output::Event(Event::HelloReceived));
-        // A client whose check passed before the token arrived can be
-        // answered now.
+        // Inbound connections whose check passed before the token arrived
+        // can be answered now.
         let waiting: Vec<DirectId> = self
             .directs
             .iter()
             .filter(|d| d.state == DirectState::AwaitingPeerToken)
             .map(|d| d.id)
             .collect();
-        if let Some(first) = waiting.first() {
-            self.write_check(*first, Role::Server, &token);
-            self.win(*first);
-            return;
+        for id in waiting {
+            self.answer_verified(id, &token);
+            if self.outcome.is_some() {
+                return;
+            }
         }
         if self.state == State::AwaitHello {
             self.timers.clear(TimerKind::StepTimeout);
@@ -894,31 +892,77 @@ impl Upgrade {
 
     /// A direct connection is up: run the identity check, or win.
     fn connected(&mut self, id: DirectId) {
-        if self.config.identity_check == IdentityCheck::CallerAuthenticates {
+        if !self.token_check() {
             self.win(id);
             return;
         }
         let deadline = self.now + self.config.confirm_timeout;
+        let peer_token = self.peer_token;
         let Some(d) = self.directs.get_mut(id) else {
             return;
         };
+        d.deadline = d.deadline.max(deadline);
+        let dialled = matches!(d.origin, Origin::Dial(_));
         d.state = DirectState::Checking {
             received: [0; CHECK_LEN],
             len: 0,
+            sent: dialled,
         };
-        d.deadline = deadline;
-        if d.role == Role::Client {
-            match self.peer_token {
-                Some(peer) => self.write_check(id, Role::Client, &peer),
-                // Cannot happen in a correct exchange: clients only dial
-                // after the Hello. Refuse rather than guess.
+        // We speak first only where we dialled an address the peer named;
+        // on inbound connections we wait, so a stranger learns nothing.
+        if dialled {
+            match peer_token {
+                Some(peer) => self.write_check(id, &peer),
+                // Cannot happen in a correct exchange: we only dial after
+                // the peer's Hello. Refuse rather than guess.
                 None => self.reject(id, DirectRejection::IdentityMismatch),
             }
         }
     }
 
-    fn write_check(&mut self, id: DirectId, role: Role, peer_token: &[u8; TOKEN_LEN]) {
-        let data = Bytes::copy_from_slice(&direct::check_message(role, peer_token));
+    /// The peer's full check message arrived on `id`.
+    fn peer_check_arrived(&mut self, id: DirectId, received: &[u8; CHECK_LEN], sent: bool) {
+        if !direct::check_is_valid(&self.own_token, received) {
+            self.reject(id, DirectRejection::IdentityMismatch);
+            return;
+        }
+        match (sent, self.peer_token) {
+            (true, _) => self.after_checks(id),
+            (false, Some(peer)) => self.answer_verified(id, &peer),
+            (false, None) => {
+                if let Some(d) = self.directs.get_mut(id) {
+                    d.state = DirectState::AwaitingPeerToken;
+                }
+            }
+        }
+    }
+
+    /// Sends our check on an inbound connection that proved itself.
+    fn answer_verified(&mut self, id: DirectId, peer_token: &[u8; TOKEN_LEN]) {
+        self.write_check(id, peer_token);
+        self.after_checks(id);
+    }
+
+    /// Both checks are done on `id`: the server selects it, the client
+    /// waits for the selection.
+    fn after_checks(&mut self, id: DirectId) {
+        let Some(d) = self.directs.get_mut(id) else {
+            return;
+        };
+        match d.role {
+            Role::Server => {
+                self.outputs.push_back(Output::WriteDirect {
+                    id,
+                    data: Bytes::from_static(&[direct::SELECT]),
+                });
+                self.win(id);
+            }
+            Role::Client => d.state = DirectState::AwaitingSelect,
+        }
+    }
+
+    fn write_check(&mut self, id: DirectId, peer_token: &[u8; TOKEN_LEN]) {
+        let data = Bytes::copy_from_slice(&direct::check_message(peer_token));
         self.outputs.push_back(Output::WriteDirect { id, data });
     }
 

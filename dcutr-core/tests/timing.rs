@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dcutr_core::{Config, Event, Output, RelayChannel, Role, Side, Transport, Outcome};
+use dcutr_core::{Config, Event, Outcome, Output, RelayChannel, Role, Side, Transport};
 use dcutr_sim::{Sim, SimConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -28,16 +28,23 @@ struct Timing {
 }
 
 fn run(transport: Transport, rtt: Duration, channel: RelayChannel) -> (Sim, Timing) {
-    let cfg = SimConfig::two_nats(&config(channel), rtt / 2, Duration::from_millis(20)).only(transport);
+    let cfg =
+        SimConfig::two_nats(&config(channel), rtt / 2, Duration::from_millis(20)).only(transport);
     let mut sim = Sim::new(cfg);
     assert!(sim.run(LIMIT), "both sides finish");
-    let connect = sim.first(Side::Initiator, is_connect).expect("Connect sent");
+    let connect = sim
+        .first(Side::Initiator, is_connect)
+        .expect("Connect sent");
     let sync = sim
-        .first(Side::Initiator, |o| matches!(o, Output::Event(Event::SyncSent { .. })))
+        .first(Side::Initiator, |o| {
+            matches!(o, Output::Event(Event::SyncSent { .. }))
+        })
         .expect("Sync sent");
     let initiator_punch = match transport {
         Transport::Tcp => sim.first(Side::Initiator, |o| matches!(o, Output::Dial(_))),
-        Transport::Quic => sim.first(Side::Initiator, |o| matches!(o, Output::SendDatagram { .. })),
+        Transport::Quic => sim.first(Side::Initiator, |o| {
+            matches!(o, Output::SendDatagram { .. })
+        }),
     }
     .expect("initiator punched");
     let responder_punch = sim
@@ -59,7 +66,11 @@ fn assert_timing(transport: Transport, rtt_ms: u64) {
     for channel in [RelayChannel::StreamPerAttempt, RelayChannel::SharedStream] {
         let (sim, t) = run(transport, rtt, channel);
         let ctx = format!("{transport} rtt={rtt_ms}ms {channel:?}");
-        assert_eq!(t.sync - t.connect, rtt, "Sync leaves one RTT after Connect ({ctx})");
+        assert_eq!(
+            t.sync - t.connect,
+            rtt,
+            "Sync leaves one RTT after Connect ({ctx})"
+        );
         assert_eq!(
             t.initiator_punch - t.sync,
             rtt / 2,
@@ -71,12 +82,19 @@ fn assert_timing(transport: Transport, rtt_ms: u64) {
             "responder punches when Sync arrives ({ctx})"
         );
         let gap = t.initiator_punch.abs_diff(t.responder_punch);
-        assert!(gap <= Duration::from_millis(1), "punches {gap:?} apart ({ctx})");
+        assert!(
+            gap <= Duration::from_millis(1),
+            "punches {gap:?} apart ({ctx})"
+        );
 
         let (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) = sim.outcomes() else {
             panic!("both sides upgrade ({ctx}): {:?}", sim.outcomes());
         };
-        assert_eq!((a.role, b.role), (Role::Client, Role::Server), "A is client, B is server ({ctx})");
+        assert_eq!(
+            (a.role, b.role),
+            (Role::Client, Role::Server),
+            "A is client, B is server ({ctx})"
+        );
         assert_eq!((a.transport, b.transport), (transport, transport), "{ctx}");
         assert_eq!((a.attempt, b.attempt), (1, 1), "first attempt ({ctx})");
     }

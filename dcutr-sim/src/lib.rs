@@ -169,16 +169,48 @@ pub struct Record {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Ev {
-    StreamOpened { to: usize, generation: u64 },
-    StreamData { to: usize, generation: u64, data: Bytes },
-    StreamClosed { to: usize, generation: u64 },
+    StreamOpened {
+        to: usize,
+        generation: u64,
+    },
+    StreamData {
+        to: usize,
+        generation: u64,
+        data: Bytes,
+    },
+    StreamClosed {
+        to: usize,
+        generation: u64,
+    },
     /// A SYN or Initial of `from`'s dial reaches the other peer's NAT.
-    Arrive { from: usize, dial: DirectId, to: Candidate },
-    DialSucceeded { to: usize, id: DirectId },
-    DialFailed { to: usize, id: DirectId, error: DialError },
-    DirectData { to: usize, id: DirectId, data: Bytes },
-    DirectClosed { to: usize, id: DirectId },
-    Stranger { to: usize, from: Candidate, data: Bytes },
+    Arrive {
+        from: usize,
+        dial: DirectId,
+        to: Candidate,
+    },
+    DialSucceeded {
+        to: usize,
+        id: DirectId,
+    },
+    DialFailed {
+        to: usize,
+        id: DirectId,
+        error: DialError,
+    },
+    DirectData {
+        to: usize,
+        id: DirectId,
+        data: Bytes,
+    },
+    DirectClosed {
+        to: usize,
+        id: DirectId,
+    },
+    Stranger {
+        to: usize,
+        from: Candidate,
+        data: Bytes,
+    },
 }
 
 struct Peer {
@@ -369,7 +401,10 @@ impl Sim {
         self.now = self.now.max(at);
         if next_event == Some(at) {
             let Reverse((_, seq)) = self.queue.pop().expect("peeked");
-            let ev = self.events.remove(&seq).expect("every queued entry has an event");
+            let ev = self
+                .events
+                .remove(&seq)
+                .expect("every queued entry has an event");
             self.deliver(ev);
         } else {
             for i in [INITIATOR, RESPONDER] {
@@ -490,9 +525,7 @@ impl Sim {
                 self.peers[other]
                     .dials
                     .iter()
-                    .find(|(id, c)| {
-                        **c == src && !self.peers[other].links.contains_key(*id)
-                    })
+                    .find(|(id, c)| **c == src && !self.peers[other].links.contains_key(*id))
                     .map(|(id, _)| *id)
             })
             .flatten();
@@ -547,7 +580,13 @@ impl Sim {
                 self.peers[i].generation += 1;
                 let generation = self.peers[i].generation;
                 self.peers[i].upgrade.handle_stream_opened(now);
-                self.schedule(relay, Ev::StreamOpened { to: other, generation });
+                self.schedule(
+                    relay,
+                    Ev::StreamOpened {
+                        to: other,
+                        generation,
+                    },
+                );
             }
             Output::WriteStream(data) => {
                 let generation = self.peers[i].generation;
@@ -562,12 +601,24 @@ impl Sim {
             }
             Output::FinishStream | Output::ResetStream => {
                 let generation = self.peers[i].generation;
-                self.schedule(relay, Ev::StreamClosed { to: other, generation });
+                self.schedule(
+                    relay,
+                    Ev::StreamClosed {
+                        to: other,
+                        generation,
+                    },
+                );
             }
             Output::CloseRelay => {
                 self.relay_closed[i] = Some(self.elapsed());
                 let generation = self.peers[other].generation;
-                self.schedule(relay, Ev::StreamClosed { to: other, generation });
+                self.schedule(
+                    relay,
+                    Ev::StreamClosed {
+                        to: other,
+                        generation,
+                    },
+                );
             }
             Output::Dial(dial) => {
                 self.dialled.push((i, dial.to));
@@ -625,7 +676,13 @@ impl Sim {
                 if let Some((peer, peer_id)) = self.peers[i].links.remove(&id)
                     && peer < 2
                 {
-                    self.schedule(d, Ev::DirectClosed { to: peer, id: peer_id });
+                    self.schedule(
+                        d,
+                        Ev::DirectClosed {
+                            to: peer,
+                            id: peer_id,
+                        },
+                    );
                 }
             }
             Output::Event(Event::Upgraded(up)) => {

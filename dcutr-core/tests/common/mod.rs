@@ -1,0 +1,54 @@
+//! Helpers shared by the core's integration tests.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dcutr_core::codec::{encode_connect, encode_sync};
+use dcutr_core::{Candidate, Config, Event, Output, Side, Upgrade};
+
+pub fn t0() -> Instant {
+    dcutr_sim::epoch()
+}
+
+pub fn at(ms: u64) -> Instant {
+    t0() + Duration::from_millis(ms)
+}
+
+pub fn tcp(s: &str) -> Candidate {
+    Candidate::tcp(s.parse().unwrap())
+}
+
+pub fn quic(s: &str) -> Candidate {
+    Candidate::quic(s.parse().unwrap())
+}
+
+pub fn start(side: Side, config: Config) -> Upgrade {
+    Upgrade::builder(side, config, [7; 32])
+        .local_addrs([tcp("198.51.100.9:4001"), quic("198.51.100.9:4001")])
+        .start(t0())
+        .unwrap()
+}
+
+pub fn drain(up: &mut Upgrade) -> Vec<Output> {
+    std::iter::from_fn(|| up.poll_output()).collect()
+}
+
+pub fn events(outputs: &[Output]) -> Vec<Event> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn connect_frame(addrs: &[Candidate]) -> Bytes {
+    let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
+    encode_connect(raw.iter().map(Vec::as_slice), 4096).0
+}
+
+pub fn sync_frame() -> Bytes {
+    encode_sync()
+}

@@ -1,0 +1,146 @@
+//! The token identity check: strangers on the punch port are refused and
+//! the real peer still wins.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use dcutr_core::{
+    CHECK_LEN, Candidate, Config, DirectRejection, Event, InboundRejected, Outcome, Output, Side,
+    Transport,
+};
+use dcutr_sim::{INITIATOR, RESPONDER, Sim, SimConfig};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn world(transport: Transport) -> SimConfig {
+    SimConfig::two_nats(
+        &Config::shared_stream(),
+        Duration::from_millis(50),
+        Duration::from_millis(10),
+    )
+    .only(transport)
+}
+
+fn rejections(sim: &Sim, side: Side) -> Vec<DirectRejection> {
+    sim.log
+        .iter()
+        .filter(|r| r.side == side)
+        .filter_map(|r| match &r.output {
+            Output::Event(Event::DirectRejected { reason, .. }) => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_real_peer_won(sim: &Sim, transport: Transport) {
+    let (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) = sim.outcomes() else {
+        panic!("{:?}", sim.outcomes());
+    };
+    assert_eq!(b.remote, sim_addr(RESPONDER, transport));
+    assert_eq!(a.remote, sim_addr(INITIATOR, transport));
+}
+
+/// The address the simulation gives side `index` for `transport`.
+fn sim_addr(index: usize, transport: Transport) -> std::net::SocketAddr {
+    let cfg = world(transport);
+    let spec = if index == INITIATOR {
+        cfg.initiator
+    } else {
+        cfg.responder
+    };
+    spec.addrs[0].addr
+}
+
+fn stranger(transport: Transport) -> Candidate {
+    Candidate {
+        transport,
+        addr: "192.0.2.66:40000".parse().unwrap(),
+    }
+}
+
+#[test]
+fn a_stranger_with_garbage_is_refused_and_the_peer_wins() {
+    for transport in [Transport::Tcp, Transport::Quic] {
+        let mut sim = Sim::new(world(transport));
+        // The stranger reaches the initiator's punch port before the peer.
+        sim.inject_stranger(
+            INITIATOR,
+            Duration::from_millis(120),
+            stranger(transport),
+            Bytes::from_static(&[0x42; CHECK_LEN]),
+        );
+        assert!(sim.run(LIMIT));
+        assert_eq!(
+            rejections(&sim, Side::Initiator),
+            vec![DirectRejection::IdentityMismatch],
+            "{transport}"
+        );
+        assert_real_peer_won(&sim, transport);
+    }
+}
+
+#[test]
+fn a_silent_stranger_times_out_without_blocking_the_peer() {
+    let mut sim = Sim::new(world(Transport::Tcp));
+    sim.inject_stranger(
+        INITIATOR,
+        Duration::from_millis(120),
+        stranger(Transport::Tcp),
+        Bytes::new(),
+    );
+    assert!(sim.run(LIMIT));
+    assert_real_peer_won(&sim, Transport::Tcp);
+}
+
+#[test]
+fn a_stranger_at_the_responder_learns_no_token() {
+    let mut sim = Sim::new(world(Transport::Tcp));
+    sim.inject_stranger(
+        RESPONDER,
+        Duration::from_millis(120),
+        stranger(Transport::Tcp),
+        Bytes::new(),
+    );
+    assert!(sim.run(LIMIT));
+    assert_real_peer_won(&sim, Transport::Tcp);
+    // Nothing was written to the stranger's connection: the responder only
+    // speaks first on connections it dialled itself.
+    let stranger_id = sim.log.iter().find_map(|r| match &r.output {
+        Output::Event(Event::DirectRejected { id, remote, .. })
+            if r.side == Side::Responder && remote.port() == 40000 =>
+        {
+            Some(*id)
+        }
+        _ => None,
+    });
+    let wrote_to_stranger = sim.log.iter().any(|r| {
+        r.side == Side::Responder
+            && matches!(&r.output, Output::WriteDirect { id, .. } if Some(*id) == stranger_id)
+    });
+    assert!(!wrote_to_stranger);
+}
+
+#[test]
+fn a_flood_of_strangers_is_capped() {
+    let mut up = start(Side::Initiator, Config::shared_stream());
+    drain(&mut up);
+    let max = Config::shared_stream().max_pending_inbound;
+    let mut accepted = 0;
+    let mut refused = 0;
+    for port in 1..=(max as u16 * 4) {
+        match up.handle_inbound(at(1), tcp(&format!("192.0.2.66:{port}"))) {
+            Ok(_) => accepted += 1,
+            Err(InboundRejected::TooManyPending) => refused += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(accepted, max);
+    assert_eq!(refused, 3 * max);
+    // After the confirm timeout the slots free up again.
+    up.handle_timeout(at(1) + Config::default().confirm_timeout);
+    drain(&mut up);
+    assert!(up.handle_inbound(at(3500), tcp("192.0.2.66:1")).is_ok());
+}

@@ -1,0 +1,146 @@
+//! Attempts, retries and the unilateral dial, on the simulated network.
+
+mod common;
+
+use std::time::Duration;
+
+use dcutr_core::{AttemptFailure, Config, Event, Failure, Outcome, Output, Role, Side, Transport};
+use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER, Sim, SimConfig};
+
+const RELAY_ONE_WAY: Duration = Duration::from_millis(50);
+const DIRECT_ONE_WAY: Duration = Duration::from_millis(10);
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn world(config: &Config, transport: Transport) -> SimConfig {
+    SimConfig::two_nats(config, RELAY_ONE_WAY, DIRECT_ONE_WAY).only(transport)
+}
+
+fn attempt_failures(outcome: Option<&Outcome>) -> Vec<AttemptFailure> {
+    match outcome {
+        Some(Outcome::Failed(Failure::AllAttemptsFailed { attempts })) => attempts.clone(),
+        other => panic!("expected all attempts to fail, got {other:?}"),
+    }
+}
+
+#[test]
+fn attempts_one_and_two_fail_and_the_third_succeeds() {
+    for config in [Config::default(), Config::shared_stream()] {
+        for transport in [Transport::Tcp, Transport::Quic] {
+            let mut cfg = world(&config, transport);
+            cfg.blocked_attempts = vec![1, 2];
+            let mut sim = Sim::new(cfg);
+            assert!(sim.run(LIMIT));
+            let (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) = sim.outcomes() else {
+                panic!("{transport}: {:?}", sim.outcomes());
+            };
+            assert_eq!((b.attempt, a.attempt), (3, 3), "{transport}");
+            let timeline = sim.upgrade(INITIATOR).timeline();
+            assert_eq!(timeline.attempts.len(), 3);
+            for record in &timeline.attempts[..2] {
+                assert_eq!(
+                    record.failure,
+                    Some(AttemptFailure::DirectTimeout {
+                        after: Duration::from_secs(5)
+                    }),
+                    "{transport}"
+                );
+            }
+            assert_eq!(timeline.attempts[2].failure, None);
+        }
+    }
+}
+
+#[test]
+fn three_failed_attempts_end_the_upgrade_after_the_expected_time() {
+    let rtt = 2 * RELAY_ONE_WAY;
+    let direct_timeout = Config::default().direct_timeout;
+    for config in [Config::default(), Config::shared_stream()] {
+        let mut cfg = world(&config, Transport::Tcp);
+        cfg.blocked_attempts = vec![1, 2, 3];
+        let mut sim = Sim::new(cfg);
+        assert!(sim.run(LIMIT));
+        let b = attempt_failures(sim.upgrade(INITIATOR).outcome());
+        let a = attempt_failures(sim.upgrade(RESPONDER).outcome());
+        assert_eq!(b.len(), 3);
+        assert_eq!(a.len(), 3);
+        // Each attempt: Connect, one RTT to the answer, RTT/2 to the punch,
+        // then the whole direct window.
+        let per_attempt = rtt + rtt / 2 + direct_timeout;
+        let decided = sim.upgrade(INITIATOR).timeline().duration().unwrap();
+        assert_eq!(decided, 3 * per_attempt, "{:?}", config.channel);
+        // The relay stays in use: nobody reset or closed it.
+        assert!(
+            !sim.log
+                .iter()
+                .any(|r| matches!(r.output, Output::ResetStream | Output::CloseRelay)),
+            "a failed upgrade leaves the relayed stream alone"
+        );
+        assert_eq!(sim.upgrade(INITIATOR).stream_bytes_wanted(), 0);
+        assert_eq!(sim.upgrade(RESPONDER).stream_bytes_wanted(), 0);
+    }
+}
+
+#[test]
+fn refused_dials_end_an_attempt_early() {
+    let mut cfg = world(&Config::shared_stream(), Transport::Tcp);
+    cfg.blocked_attempts = vec![1, 2, 3];
+    cfg.block = Block::Refuse;
+    let mut sim = Sim::new(cfg);
+    assert!(sim.run(LIMIT));
+    let failures = attempt_failures(sim.upgrade(INITIATOR).outcome());
+    assert_eq!(
+        failures,
+        vec![AttemptFailure::AllDialsFailed { dials: 1 }; 3]
+    );
+    // Three exchanges of 1.5 RTT plus one direct round trip each.
+    let expected = 3 * (3 * RELAY_ONE_WAY + 2 * DIRECT_ONE_WAY);
+    assert_eq!(sim.upgrade(INITIATOR).timeline().duration(), Some(expected));
+}
+
+#[test]
+fn a_unilateral_dial_that_works_skips_the_hole_punch() {
+    for config in [Config::default(), Config::shared_stream()] {
+        let mut cfg = world(&config, Transport::Tcp);
+        cfg.responder.nat = Nat::Public;
+        cfg.initiator.remote_public = cfg.responder.addrs.clone();
+        let mut sim = Sim::new(cfg);
+        assert!(sim.run(LIMIT));
+        let (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) = sim.outcomes() else {
+            panic!("{:?}", sim.outcomes());
+        };
+        assert_eq!((b.attempt, a.attempt), (0, 0));
+        assert_eq!(
+            (b.role, a.role),
+            (Role::Client, Role::Server),
+            "B dials, so B is the client"
+        );
+        assert!(
+            !sim.log
+                .iter()
+                .any(|r| matches!(r.output, Output::Event(Event::AttemptStarted { .. }))),
+            "no hole-punch attempt was started"
+        );
+    }
+}
+
+#[test]
+fn a_unilateral_dial_that_fails_falls_back_to_hole_punching() {
+    let config = Config::shared_stream();
+    let mut cfg = world(&config, Transport::Tcp);
+    cfg.initiator.remote_public = cfg.responder.addrs.clone();
+    // The responder is firewalled: the unilateral SYNs are dropped.
+    let mut sim = Sim::new(cfg);
+    assert!(sim.run(LIMIT));
+    let (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) = sim.outcomes() else {
+        panic!("{:?}", sim.outcomes());
+    };
+    assert_eq!((b.attempt, a.attempt), (1, 1));
+    assert_eq!((b.role, a.role), (Role::Server, Role::Client));
+    let failed_at = sim
+        .first(Side::Initiator, |o| {
+            matches!(o, Output::Event(Event::UnilateralFailed))
+        })
+        .unwrap();
+    // Hello first (one way), then the whole unilateral timeout.
+    assert_eq!(failed_at, RELAY_ONE_WAY + config.unilateral_timeout);
+}
