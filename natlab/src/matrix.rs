@@ -40,6 +40,14 @@ pub const PEER_READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// runs must fit in [`MATRIX_BUDGET`] when most of them succeed quickly.
 pub const DEFAULT_CASE_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// Once one peer has exited, the other must follow within this: both learn
+/// the outcome within a relayed round trip or two (the relay closes when a
+/// side leaves), and a crashed peer should not cost the whole case timeout.
+pub const OTHER_PEER_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the runner polls the peers for their exit.
+const PEER_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
 /// A symmetric/symmetric run must report its clean failure within this: the
 /// 3 attempts with per-step timeouts of ~10 s (rust-libp2p's) at most.
 pub const FAIL_CLEAN_BOUND: Duration = Duration::from_secs(35);
@@ -71,6 +79,9 @@ pub struct Args {
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = DEFAULT_CASE_TIMEOUT.as_secs_f64())]
     pub case_timeout_s: f64,
+    /// Once one peer exited, how long the other may still run, in seconds.
+    #[arg(long, default_value_t = OTHER_PEER_GRACE.as_secs_f64())]
+    pub peer_grace_s: f64,
     /// Put a delay line of this one-way delay in front of A's site (raises D and R).
     #[arg(long)]
     pub direct_delay_ms: Option<f64>,
@@ -574,7 +585,7 @@ fn run_case(
         }
     };
     let setup_ms = lab.setup_time().as_secs_f64() * 1e3;
-    let (mut record, procs) = drive(dcutr, case, run, timeout, &lab);
+    let (mut record, procs) = drive(dcutr, case, run, timeout, args, &lab);
     record.setup_ms = setup_ms;
     if !record.passed() || args.always_diagnose {
         let verdict = if record.passed() { "PASS" } else { "FAIL" };
@@ -602,6 +613,32 @@ fn run_case(
     record
 }
 
+/// Wait until both peers exit or `deadline`; once one has exited the other
+/// gets at most `grace` ([`OTHER_PEER_GRACE`] by default). Returns whether time ran out.
+fn wait_peers(peers: &mut [Proc], deadline: Instant, grace: Duration) -> Result<bool> {
+    let mut deadline = deadline;
+    let mut grace_started = false;
+    loop {
+        let mut exited = 0;
+        for p in peers.iter_mut() {
+            if p.try_wait()?.is_some() {
+                exited += 1;
+            }
+        }
+        if exited == peers.len() {
+            return Ok(false);
+        }
+        if exited > 0 && !grace_started {
+            grace_started = true;
+            deadline = deadline.min(Instant::now() + grace);
+        }
+        if Instant::now() >= deadline {
+            return Ok(true);
+        }
+        std::thread::sleep(PEER_POLL_INTERVAL);
+    }
+}
+
 fn dcutr_args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
@@ -613,6 +650,7 @@ fn drive(
     case: &Case,
     run: u32,
     timeout: Duration,
+    args: &Args,
     lab: &Lab,
 ) -> (RunRecord, Vec<Proc>) {
     let exe = dcutr.to_string_lossy().into_owned();
@@ -696,15 +734,18 @@ fn drive(
         Err(e) => return fail(format!("peer A: {e:#}"), procs, started.elapsed()),
     }
 
-    let mut timed_out = false;
-    for i in [1, 2] {
-        match procs[i].wait_exit(deadline) {
-            Ok(Some(_)) => {}
-            Ok(None) => timed_out = true,
-            Err(e) => lab_problems.push(format!("{}: {e:#}", procs[i].label())),
+    let grace = Duration::from_secs_f64(args.peer_grace_s.max(0.0));
+    let timed_out = match wait_peers(&mut procs[1..3], deadline, grace) {
+        Ok(t) => t,
+        Err(e) => {
+            lab_problems.push(format!("{e:#}"));
+            true
         }
-    }
+    };
     let duration = started.elapsed();
+    if let Ok(Some(status)) = procs[0].try_wait() {
+        lab_problems.push(format!("relay exited during the run ({status})"));
+    }
     if timed_out {
         for p in procs.iter_mut().skip(1) {
             p.kill();

@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, killpg};
@@ -20,9 +20,6 @@ pub const MAX_CAPTURED_LINES: usize = 5_000;
 
 /// Longest line kept; the rest of a longer line is cut (and marked).
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
-
-/// How often we poll a child for its exit while waiting with a deadline.
-const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Default)]
 struct Captured {
@@ -100,11 +97,6 @@ impl Proc {
         })
     }
 
-    /// What this process is, for logs.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
     /// The next stdout line, waiting at most until `deadline`. `None` on
     /// timeout or when stdout has closed.
     pub fn next_line(&self, deadline: Instant) -> Option<String> {
@@ -129,19 +121,6 @@ impl Proc {
                 }
                 None => bail!("{}: stdout closed before {what}", self.label),
             }
-        }
-    }
-
-    /// Wait for the process to exit, at most until `deadline`.
-    pub fn wait_exit(&mut self, deadline: Instant) -> Result<Option<ExitStatus>> {
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            thread::sleep(EXIT_POLL_INTERVAL);
         }
     }
 

@@ -211,3 +211,33 @@ fn matrix_catches_swapped_roles_crashes_and_a_missing_unilateral_flag() {
         "cone/public with unilateral must pass"
     );
 }
+
+#[test]
+fn matrix_stops_waiting_for_b_soon_after_a_crashed() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let started = std::time::Instant::now();
+    let out = matrix(
+        "crash-a",
+        &[
+            "--filter",
+            "cone/cone tcp rtt0",
+            "--case-timeout-s",
+            "30",
+            "--peer-grace-s",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "took {:?}",
+        started.elapsed()
+    );
+    let r = &records(&out)[0];
+    assert_eq!(r["outcome"], "timeout");
+    assert!(
+        r["violations"].to_string().contains("A: exit code 101"),
+        "{r}"
+    );
+}
