@@ -535,6 +535,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         ensure!(r.received > 0, "no reply through the delay line");
         let med = r.median_ms().expect("replies");
         let (min, max) = (r.rtts_ms[0], r.rtts_ms[r.rtts_ms.len() - 1]);
+        // Without the cone check (filtered out) there is no baseline: 0.
         let base = baseline_rtt.unwrap_or(0.0);
         let added = med - base;
         let ok = r.received == r.sent && min >= 2.0 * d && added <= 2.0 * d + DELAY_TOLERANCE_MS;
@@ -562,22 +563,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     &sa(RELAY_IP, TCP_ECHO_PORT).to_string(),
                 ],
             )?;
-            let r = tcp_connect(
-                &lab,
-                &lab.host_ns(1),
-                sa(lab.host_ip(1), INSIDE_PORT),
-                &[sa(RELAY_IP, TCP_ECHO_PORT)],
-            )?;
-            let r = &r[0];
-            let t = r.connect_ms.unwrap_or(f64::NAN);
+            // Three connections from ephemeral ports; judge the median handshake.
+            let dest = sa(RELAY_IP, TCP_ECHO_PORT);
+            let r = tcp_connect(&lab, &lab.host_ns(1), sa(lab.host_ip(1), 0), &[dest, dest, dest])?;
+            let errors: Vec<&str> = r.iter().filter_map(|c| c.error.as_deref()).collect();
+            let times: Vec<f64> = r.iter().filter_map(|c| c.connect_ms).collect();
+            let med = crate::stats::median(&times).unwrap_or(f64::NAN);
             Ok((
-                r.ok && t >= 2.0 * d && t <= 2.0 * d + DELAY_TOLERANCE_MS,
+                errors.is_empty() && r.iter().all(|c| c.ok) && med >= 2.0 * d && med <= 2.0 * d + DELAY_TOLERANCE_MS,
                 format!(
-                    "connect {t:.2} ms (want {:.0}..{:.0}), observed {:?}, error {:?}",
+                    "connect median {med:.2} ms of {times:.2?} (want {:.0}..{:.0}), errors {errors:?}",
                     2.0 * d,
-                    2.0 * d + DELAY_TOLERANCE_MS,
-                    r.observed,
-                    r.error
+                    2.0 * d + DELAY_TOLERANCE_MS
                 ),
             ))
         },
@@ -590,11 +587,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         let r = udp_ping(&lab, &lab.host_ns(1), sa(lab.host_ip(1), INSIDE_PORT), &[sa(RELAY_IP, ECHO_PORT)], 100, 5)?;
         let r = &r[0];
         ensure!(r.received > 0, "no reply through the delay line");
-        let (min, max) = (r.rtts_ms[0], r.rtts_ms[r.rtts_ms.len() - 1]);
+        // p95 rather than max: one late wake-up on a busy CI machine is not a jitter bug.
+        let (min, p95) = (r.rtts_ms[0], crate::stats::quantile(&r.rtts_ms, 0.95).expect("replies"));
         let rate = f64::from(r.received) / f64::from(r.sent);
         // Each request and reply crosses the line once: P(reply) = (1-loss)^2 = 0.64.
-        let ok = (0.45..=0.85).contains(&rate) && min >= 2.0 * (d - jitter) && max <= 2.0 * (d + jitter) + DELAY_TOLERANCE_MS && max - min > 1.0;
-        Ok((ok, format!("{}/{} replies ({:.0} %, expect ~64 %), RTT {min:.2}..{max:.2} ms (want within {:.0}..{:.0})", r.received, r.sent, rate * 100.0, 2.0 * (d - jitter), 2.0 * (d + jitter) + DELAY_TOLERANCE_MS)))
+        let ok = (0.45..=0.85).contains(&rate) && min >= 2.0 * (d - jitter) && p95 <= 2.0 * (d + jitter) + DELAY_TOLERANCE_MS && p95 - min > 1.0;
+        Ok((ok, format!("{}/{} replies ({:.0} %, expect ~64 %), RTT min {min:.2} ms, p95 {p95:.2} ms (want within {:.0}..{:.0})", r.received, r.sent, rate * 100.0, 2.0 * (d - jitter), 2.0 * (d + jitter) + DELAY_TOLERANCE_MS)))
     });
 
     // Timing.
