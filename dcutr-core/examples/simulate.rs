@@ -21,7 +21,7 @@ fn describe(record: &Record) -> Option<String> {
         Output::FinishStream => "finishes the stream".to_owned(),
         Output::Dial(d) => format!("dials {} as {} (attempt {})", d.to, d.role, d.attempt),
         Output::SendDatagram { to, payload } => {
-            format!("sprays {} random bytes to {to}", payload.len())
+            format!("sprays {} random bytes to {to}", payload.bytes().len())
         }
         Output::WriteDirect { id, data } if data.len() == 1 => {
             format!("selects connection {id} (select byte)")

@@ -393,7 +393,7 @@ impl Dialable {
 
 /// How many addresses were dropped, per reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RejectionCounts([u32; AddrRejection::ALL.len()]);
+pub struct RejectionCounts([u16; AddrRejection::ALL.len()]);
 
 impl RejectionCounts {
     /// Counts one rejection.
@@ -402,16 +402,17 @@ impl RejectionCounts {
         *slot = slot.saturating_add(1);
     }
 
-    /// Rejections for `reason`.
+    /// Rejections for `reason` (saturating at `u16::MAX`; one frame of
+    /// 4 KiB holds at most about 2000 entries).
     #[must_use]
     pub fn get(&self, reason: AddrRejection) -> u32 {
-        self.0[reason.index()]
+        u32::from(self.0[reason.index()])
     }
 
     /// All rejections.
     #[must_use]
     pub fn total(&self) -> u32 {
-        self.0.iter().fold(0, |sum, n| sum.saturating_add(*n))
+        self.0.iter().map(|n| u32::from(*n)).sum()
     }
 
     /// The non-zero counts, in the order of [`AddrRejection::ALL`].
@@ -420,7 +421,7 @@ impl RejectionCounts {
             .iter()
             .zip(self.0)
             .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| (*r, n))
+            .map(|(r, n)| (*r, u32::from(n)))
     }
 }
 
@@ -511,6 +512,12 @@ impl ObservedAddrs {
         }
         self.list.insert(0, candidate);
         self.list.truncate(self.cap);
+    }
+
+    /// Heap bytes held.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.list.capacity() * std::mem::size_of::<Candidate>()
     }
 
     /// The addresses, most recent first.

@@ -176,6 +176,11 @@ impl Directs {
         self.list.is_empty()
     }
 
+    /// Heap bytes held by the table.
+    pub fn heap_bytes(&self) -> usize {
+        self.list.capacity() * std::mem::size_of::<Direct>()
+    }
+
     pub fn pending_inbound(&self) -> usize {
         self.list
             .iter()

@@ -115,8 +115,8 @@ pub enum Output {
     SendDatagram {
         /// Destination, always a QUIC address from the peer's Connect.
         to: SocketAddr,
-        /// Random bytes from the seeded RNG.
-        payload: [u8; SPRAY_PACKET_LEN],
+        /// The random bytes to send; see [`SprayPayload::bytes`].
+        payload: SprayPayload,
     },
     /// Write these bytes to a direct connection (the identity check).
     WriteDirect {
@@ -136,6 +136,26 @@ pub enum Output {
     CloseRelay,
     /// Something happened; see [`Event`].
     Event(Event),
+}
+
+/// The random content of one spray datagram.
+///
+/// Held as a 64-bit seed drawn from the upgrade's RNG, so that a queued
+/// [`Output`] stays small and a spray tick allocates nothing; the driver
+/// expands it with [`SprayPayload::bytes`] when it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SprayPayload(pub(crate) u64);
+
+impl SprayPayload {
+    /// The [`SPRAY_PACKET_LEN`] bytes to send: a deterministic expansion
+    /// of the seed, so replays send the same bytes.
+    #[must_use]
+    pub fn bytes(&self) -> [u8; SPRAY_PACKET_LEN] {
+        use rand::{RngCore, SeedableRng};
+        let mut out = [0u8; SPRAY_PACKET_LEN];
+        rand_chacha::ChaCha8Rng::seed_from_u64(self.0).fill_bytes(&mut out);
+        out
+    }
 }
 
 /// The winning direct connection.

@@ -16,15 +16,19 @@ use crate::addr::{
     AddressPredictor, Candidate, NoPrediction, ObservedAddrs, Transport, local_addrs_to_send,
 };
 use crate::codec::{self, FrameDecoder, TOKEN_LEN};
-use crate::config::{Config, ConfigError, IdentityCheck, RelayChannel, SPRAY_PACKET_LEN};
+use crate::config::{Config, ConfigError, IdentityCheck, RelayChannel};
 use crate::direct::{self, CHECK_LEN, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
-    Side, Timeout, TimerKind, Upgraded,
+    Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 use crate::timer::Timers;
+
+/// Output slots kept allocated between bursts (at least; a spray round to
+/// more targets keeps room for itself).
+const OUTPUT_QUEUE_RETAINED: usize = 8;
 
 /// Where one upgrade stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,6 +346,9 @@ impl Upgrade {
     pub fn heap_estimate(&self) -> usize {
         use std::mem::size_of;
         self.decoder.allocated()
+            + self.directs.heap_bytes()
+            + self.observed.heap_bytes()
+            + self.failures.capacity() * size_of::<AttemptFailure>()
             + self.remote.capacity() * size_of::<Candidate>()
             + self.unilateral_targets.capacity() * size_of::<Candidate>()
             + self.outputs.capacity() * size_of::<Output>()
@@ -354,7 +361,16 @@ impl Upgrade {
     /// The next command, if any. Drain after every input.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let next = self.outputs.pop_front();
+        // A punch queues a burst of dials; do not keep that much room for
+        // the rest of the upgrade. Keep enough for a whole spray round,
+        // so spray ticks never allocate.
+        let spray_round = self.spray.as_ref().map_or(0, |s| s.targets.len());
+        let retained = OUTPUT_QUEUE_RETAINED.max(spray_round + 2);
+        if next.is_none() && self.outputs.capacity() > retained {
+            self.outputs.shrink_to(retained);
+        }
+        next
     }
 
     /// When to call [`Upgrade::handle_timeout`] next, and for which timer.
@@ -716,6 +732,9 @@ impl Upgrade {
     /// Opens a new attempt record.
     pub(crate) fn begin_attempt_record(&mut self) {
         self.attempt = self.attempt.saturating_add(1);
+        // Most upgrades end in their first attempt (97.6 % of successes in
+        // the field): grow one record at a time.
+        self.timeline.attempts.reserve_exact(1);
         self.timeline
             .attempts
             .push(AttemptRecord::new(self.attempt, self.now));
@@ -873,8 +892,7 @@ impl Upgrade {
             if spray.sent >= budget {
                 break;
             }
-            let mut payload = [0u8; SPRAY_PACKET_LEN];
-            self.rng.fill_bytes(&mut payload);
+            let payload = SprayPayload(self.rng.next_u64());
             self.outputs
                 .push_back(Output::SendDatagram { to: *to, payload });
             spray.sent += 1;

@@ -27,7 +27,7 @@ fn wire_bytes(log: &[Record]) -> Vec<(Duration, Vec<u8>)> {
             Output::WriteStream(b) | Output::WriteDirect { data: b, .. } => {
                 Some((r.at, b.to_vec()))
             }
-            Output::SendDatagram { payload, .. } => Some((r.at, payload.to_vec())),
+            Output::SendDatagram { payload, .. } => Some((r.at, payload.bytes().to_vec())),
             _ => None,
         })
         .collect()
