@@ -79,7 +79,7 @@ fn complete_upgrade(now: Instant, seed: u8) -> (Upgrade, Upgrade) {
 }
 
 fn report_memory() {
-    let now = Instant::now();
+    let now = dcutr_sim::epoch();
     const N: usize = 1000;
     let live: Vec<(Upgrade, Upgrade)> = (0..N).map(|i| complete_upgrade(now, i as u8)).collect();
     // What dropping them frees is exactly what they held.
@@ -140,7 +140,7 @@ fn report_memory() {
 }
 
 fn bench_upgrades(c: &mut Criterion) {
-    let now = Instant::now();
+    let now = dcutr_sim::epoch();
     let mut group = c.benchmark_group("upgrade");
     group.throughput(Throughput::Elements(1));
     group.bench_function("complete_pair_8_addrs", |bench| {
