@@ -8,6 +8,9 @@
 //! The memory figures are counted by an instrumented global allocator
 //! and printed before the timing runs.
 
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
 use std::alloc::System;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
