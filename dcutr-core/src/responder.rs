@@ -71,6 +71,15 @@ impl Upgrade {
 
     /// The initiator opened a new stream (per-attempt streams).
     pub(crate) fn responder_stream_opened(&mut self) {
+        if self.state == State::AwaitPeerConnect && self.stream_open {
+            // The previous stream never carried a Connect. It counts as a
+            // failed attempt, or a peer could open streams forever.
+            self.responder_stream_closed(true);
+            if self.outcome().is_some() {
+                self.outputs.push_back(Output::ResetStream);
+                return;
+            }
+        }
         let attempt_running = matches!(self.state, State::AwaitSync | State::Punching);
         if self.state == State::AwaitPeerConnect || attempt_running {
             if self.attempt >= self.config.max_attempts {

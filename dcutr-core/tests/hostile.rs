@@ -326,3 +326,23 @@ fn a_fourth_attempt_is_refused() {
         "pending dials cancelled"
     );
 }
+
+#[test]
+fn streams_that_never_carry_a_connect_count_as_attempts() {
+    let mut up = start(Side::Responder, Config::default());
+    drain(&mut up);
+    // A new empty stream every 9 s, just inside the step timeout.
+    for i in 0..10u64 {
+        up.handle_stream_opened(at(9_000 * i));
+        drain(&mut up);
+    }
+    assert!(
+        matches!(
+            up.outcome(),
+            Some(Outcome::Failed(Failure::AllAttemptsFailed { attempts })) if attempts.len() == 3
+        ),
+        "{:?}",
+        up.outcome()
+    );
+    assert!(up.is_finished());
+}
