@@ -21,7 +21,7 @@ pub const MAX_MESSAGE_SIZE: usize = 4096;
 pub const TOKEN_LEN: usize = 16;
 
 /// The longest unsigned varint that [`unsigned_varint`] accepts for a `u64`.
-const MAX_PREFIX_LEN: usize = 9;
+pub const MAX_PREFIX_LEN: usize = 9;
 
 /// The `HolePunch` message of the specification.
 ///

@@ -105,7 +105,7 @@ pub use direct::CHECK_LEN;
 pub use error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 pub use output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
-    Side, Timeout, TimerKind, Upgraded,
+    Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
 pub use timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 pub use upgrade::{Upgrade, UpgradeBuilder};
