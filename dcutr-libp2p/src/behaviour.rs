@@ -1,0 +1,779 @@
+//! The [`NetworkBehaviour`]: one [`Upgrade`] per relayed connection, driven
+//! by swarm events, handler events and one timer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use dcutr_core::{
+    Candidate, DialError, DirectId, Event as CoreEvent, ObservedAddrs, Output, Role, Side, Upgrade,
+};
+use either::Either;
+use futures::FutureExt;
+use futures_timer::Delay;
+use libp2p_core::connection::ConnectedPoint;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_core::transport::{PortUse, TransportError};
+use libp2p_core::{Endpoint, Multiaddr};
+use libp2p_identity::PeerId;
+use libp2p_swarm::behaviour::{
+    ConnectionClosed, ConnectionEstablished, DialFailure, FromSwarm, NewExternalAddrCandidate,
+    NewExternalAddrOfPeer,
+};
+use libp2p_swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p_swarm::{
+    CloseConnection, ConnectionDenied, ConnectionId, NetworkBehaviour, NotifyHandler, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+};
+
+use crate::config::{Config, ConfigError};
+use crate::event::{Error, Event, FromReport, Progress, Report};
+use crate::handler::{self, Command, HandlerEvent, Opener};
+
+/// Most peers whose advertised addresses are remembered for the unilateral
+/// dial; the least recently updated peer is forgotten first.
+const MAX_PEERS_REMEMBERED: usize = 256;
+
+/// Most advertised addresses remembered per peer, most recent first.
+const MAX_ADDRS_PER_PEER: usize = 16;
+
+type ToSwarmEvent<E> = ToSwarm<E, Either<Command, std::convert::Infallible>>;
+
+/// DCUtR hole punching for rust-libp2p, driven by the `dcutr-core` state
+/// machine; a drop-in replacement for `libp2p::dcutr::Behaviour`.
+///
+/// On every relayed connection it runs one upgrade:
+/// * the side that **accepted** the relayed connection (holds the
+///   reservation; the spec's B, [`Side::Initiator`]) first dials the
+///   peer's advertised public addresses if it knows any (the spec's
+///   unilateral upgrade), then opens a `/libp2p/dcutr` stream per attempt,
+///   measures the RTT, sends Sync and dials half a round trip later with
+///   `override_role()` (it is the listener for security and muxer
+///   negotiation) and port reuse;
+/// * the side that **dialled** it (the spec's A, [`Side::Responder`])
+///   accepts `/libp2p/dcutr` streams on relayed connections only, answers,
+///   and dials on Sync as a normal dialer.
+///
+/// Every dial uses [`PeerCondition::Always`]. Our addresses come from
+/// [`FromSwarm::NewExternalAddrCandidate`] (identify), relayed ones
+/// dropped, the 20 most recent kept and read afresh for each attempt; the
+/// peer's advertised addresses from [`FromSwarm::NewExternalAddrOfPeer`].
+///
+/// The first direct connection to the peer wins (our dial, or one the peer
+/// made to us) and both sides report it. After the grace period the
+/// relayed connection is closed.
+///
+/// `E` is the event type: [`Event`] (default, stock-shaped outcomes) or
+/// [`Report`] (outcomes with their timeline plus per-attempt progress).
+pub struct Behaviour<E = Event> {
+    local_peer_id: PeerId,
+    config: Config,
+    /// Our observed addresses, most recent first.
+    own_addrs: ObservedAddrs,
+    /// Peers' advertised addresses, for the unilateral dial.
+    peer_addrs: PeerAddrs,
+    /// One entry per relayed connection, in connection order.
+    upgrades: BTreeMap<ConnectionId, Relayed>,
+    /// Our dials in flight: direct connection → (relayed connection, dial).
+    dials: HashMap<ConnectionId, (ConnectionId, DirectId)>,
+    queued: VecDeque<ToSwarmEvent<E>>,
+    timer: Option<(Instant, Delay)>,
+    upgrades_started: u64,
+    _event: PhantomData<fn() -> E>,
+}
+
+/// One relayed connection and its upgrade.
+struct Relayed {
+    peer: PeerId,
+    side: Side,
+    phase: Phase,
+    /// The handler's number of the current stream.
+    stream: Option<u64>,
+    /// The core's dials and inbound connections, by their libp2p id.
+    directs: HashMap<DirectId, ConnectionId>,
+    /// The relayed connection is gone.
+    closed: bool,
+}
+
+enum Phase {
+    /// Spec B waits for the peer's identify addresses.
+    AwaitPeerAddrs {
+        deadline: Instant,
+        /// An address arrived since the last poll (more may follow in the
+        /// same burst).
+        fresh: bool,
+        /// Some address arrived.
+        seen: bool,
+    },
+    Running(Box<Upgrade>),
+}
+
+impl Behaviour<Event> {
+    /// A behaviour with [`Config::default`], reporting stock-shaped
+    /// [`Event`]s: the same signature as `libp2p::dcutr::Behaviour::new`.
+    #[must_use]
+    pub fn new(local_peer_id: PeerId) -> Self {
+        Self::with_valid_config(local_peer_id, Config::default())
+    }
+}
+
+impl<E: FromReport> Behaviour<E> {
+    /// A behaviour with `config`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the config cannot work.
+    pub fn with_config(local_peer_id: PeerId, config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::with_valid_config(local_peer_id, config))
+    }
+
+    fn with_valid_config(local_peer_id: PeerId, config: Config) -> Self {
+        Behaviour {
+            local_peer_id,
+            own_addrs: ObservedAddrs::new(config.core.max_local_addrs),
+            config,
+            peer_addrs: PeerAddrs::default(),
+            upgrades: BTreeMap::new(),
+            dials: HashMap::new(),
+            queued: VecDeque::new(),
+            timer: None,
+            upgrades_started: 0,
+            _event: PhantomData,
+        }
+    }
+
+    /// Records a public address of `peer` learnt elsewhere (a rendezvous
+    /// server, a DHT): spec B dials it directly before hole punching.
+    pub fn add_peer_address(&mut self, peer: PeerId, address: &Multiaddr) {
+        if let Some(candidate) = candidate(address) {
+            self.peer_addrs.add(peer, candidate);
+        }
+    }
+
+    /// Our observed addresses as they will be sent in the next Connect
+    /// (before the core's policy filter), most recent first.
+    pub fn observed_addresses(&self) -> impl Iterator<Item = Multiaddr> + '_ {
+        self.own_addrs.as_slice().iter().filter_map(to_libp2p)
+    }
+
+    fn seed(&mut self) -> [u8; 32] {
+        self.upgrades_started += 1;
+        let mut seed = [0u8; 32];
+        match self.config.seed {
+            Some(base) => {
+                seed = base;
+                for (s, c) in seed.iter_mut().zip(self.upgrades_started.to_le_bytes()) {
+                    *s ^= c;
+                }
+            }
+            None => {
+                if let Err(err) = getrandom::fill(&mut seed) {
+                    // Only spray payloads and pauses depend on it (the
+                    // token check is off under libp2p): degrade, not fail.
+                    tracing::warn!(%err, "no OS randomness; seeding from the hasher");
+                    use std::hash::{BuildHasher, RandomState};
+                    let state = RandomState::new();
+                    for (i, chunk) in seed.chunks_mut(8).enumerate() {
+                        let v = state.hash_one((self.upgrades_started, i));
+                        chunk.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
+        seed
+    }
+
+    fn on_relayed_established(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        endpoint: &ConnectedPoint,
+    ) {
+        let side = match endpoint {
+            ConnectedPoint::Listener { .. } => Side::Initiator,
+            ConnectedPoint::Dialer { .. } => Side::Responder,
+        };
+        let now = Instant::now();
+        let wait = side == Side::Initiator
+            && self.config.core.unilateral
+            && self.peer_addrs.get(&peer).is_empty();
+        let phase = if wait {
+            tracing::debug!(%peer, "waiting for the peer's advertised addresses");
+            Phase::AwaitPeerAddrs {
+                deadline: now + self.config.peer_addrs_wait,
+                fresh: false,
+                seen: false,
+            }
+        } else {
+            Phase::AwaitPeerAddrs {
+                deadline: now,
+                fresh: false,
+                seen: true,
+            }
+        };
+        self.upgrades.insert(
+            id,
+            Relayed {
+                peer,
+                side,
+                phase,
+                stream: None,
+                directs: HashMap::new(),
+                closed: false,
+            },
+        );
+        if !wait {
+            self.start(id, now);
+        }
+    }
+
+    /// Starts the core of relayed connection `id`.
+    fn start(&mut self, id: ConnectionId, now: Instant) {
+        let seed = self.seed();
+        let Some(rel) = self.upgrades.get_mut(&id) else {
+            return;
+        };
+        let mut builder = Upgrade::builder(rel.side, self.config.core.clone(), seed)
+            .local_addrs(self.own_addrs.as_slice().iter().copied());
+        if rel.side == Side::Initiator {
+            builder = builder.remote_public_addrs(self.peer_addrs.get(&rel.peer).iter().copied());
+        }
+        match builder.start(now) {
+            Ok(upgrade) => {
+                tracing::debug!(peer = %rel.peer, side = %rel.side, relayed = %id, "dcutr upgrade started");
+                rel.phase = Phase::Running(Box::new(upgrade));
+                self.drain(id, now);
+            }
+            Err(err) => {
+                // The config was validated at construction.
+                tracing::error!(%err, "dcutr upgrade could not start");
+                self.upgrades.remove(&id);
+            }
+        }
+    }
+
+    /// Runs `input` on the core of relayed connection `id`, then carries
+    /// out its outputs.
+    fn with_upgrade(&mut self, id: ConnectionId, now: Instant, input: impl FnOnce(&mut Upgrade)) {
+        let Some(Relayed {
+            phase: Phase::Running(up),
+            ..
+        }) = self.upgrades.get_mut(&id)
+        else {
+            return;
+        };
+        input(up);
+        self.drain(id, now);
+    }
+
+    /// Drains the core's outputs (the str0m rule: after every input).
+    fn drain(&mut self, id: ConnectionId, now: Instant) {
+        let Some(rel) = self.upgrades.get_mut(&id) else {
+            return;
+        };
+        let Phase::Running(up) = &mut rel.phase else {
+            return;
+        };
+        let peer = rel.peer;
+        let notify = |event: Command| ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::One(id),
+            event: Either::Left(event),
+        };
+        while let Some(output) = up.poll_output() {
+            match output {
+                Output::OpenStream if rel.closed => up.handle_stream_closed(now),
+                Output::OpenStream => self.queued.push_back(notify(Command::Open)),
+                Output::WriteStream(data) => match rel.stream {
+                    Some(stream) if !rel.closed => {
+                        self.queued
+                            .push_back(notify(Command::Write { stream, data }));
+                    }
+                    _ => tracing::trace!("write for a stream that is gone"),
+                },
+                Output::FinishStream => {
+                    if let (Some(stream), false) = (rel.stream, rel.closed) {
+                        self.queued.push_back(notify(Command::Finish { stream }));
+                    }
+                }
+                Output::ResetStream => {
+                    if let (Some(stream), false) = (rel.stream.take(), rel.closed) {
+                        self.queued.push_back(notify(Command::Reset { stream }));
+                    }
+                }
+                Output::Dial(dial) => {
+                    let Some(address) = to_libp2p(&dial.to) else {
+                        up.handle_dial_failed(now, dial.id, DialError::Unreachable);
+                        continue;
+                    };
+                    let address = address.with(Protocol::P2p(peer));
+                    let mut opts = DialOpts::peer_id(peer)
+                        .addresses(vec![address])
+                        .condition(PeerCondition::Always);
+                    if dial.role == Role::Server {
+                        // Spec B is the listener for everything on top of
+                        // the TCP connection; the dial keeps port reuse so
+                        // it leaves from the port the peer was told.
+                        opts = opts.override_role();
+                    }
+                    let opts = opts.build();
+                    let conn = opts.connection_id();
+                    tracing::debug!(to = %dial.to, role = %dial.role, attempt = dial.attempt, %conn, "direct dial");
+                    self.dials.insert(conn, (id, dial.id));
+                    rel.directs.insert(dial.id, conn);
+                    self.queued.push_back(ToSwarm::Dial { opts });
+                }
+                Output::SendDatagram { to, .. } => {
+                    // Unreachable with QUIC off in `Dialable` (the default).
+                    tracing::warn!(%to, "UDP spray is not available through libp2p; skipped");
+                }
+                Output::WriteDirect { id: direct, .. } => {
+                    tracing::warn!(%direct, "token check bytes requested; not supported here");
+                }
+                Output::CloseDirect { id: direct } => {
+                    // libp2p cannot abort a pending dial, and a connection
+                    // that lost here may be the one the peer picked: both
+                    // are authenticated connections to the right peer, so
+                    // they are left to the application's keep-alive.
+                    if let Some(conn) = rel.directs.get(&direct) {
+                        self.dials.remove(conn);
+                    }
+                }
+                Output::CloseRelay => {
+                    if !rel.closed {
+                        tracing::debug!(relayed = %id, "grace period over; closing the relayed connection");
+                        self.queued.push_back(ToSwarm::CloseConnection {
+                            peer_id: peer,
+                            connection: CloseConnection::One(id),
+                        });
+                    }
+                }
+                Output::Event(event) => {
+                    let direct = direct_of(&event).and_then(|d| rel.directs.get(&d).copied());
+                    let report = match event {
+                        CoreEvent::Upgraded(up_event) => {
+                            let Some(conn) = rel.directs.get(&up_event.id).copied() else {
+                                tracing::error!(id = %up_event.id, "winner unknown to the adapter");
+                                continue;
+                            };
+                            Report::Outcome {
+                                event: Event {
+                                    remote_peer_id: peer,
+                                    result: Ok(conn),
+                                },
+                                relayed_connection_id: id,
+                                side: rel.side,
+                                timeline: Some(Box::new(up.timeline().clone())),
+                            }
+                        }
+                        CoreEvent::Failed(failure) => Report::Outcome {
+                            event: Event {
+                                remote_peer_id: peer,
+                                result: Err(Error::Failed(failure)),
+                            },
+                            relayed_connection_id: id,
+                            side: rel.side,
+                            timeline: Some(Box::new(up.timeline().clone())),
+                        },
+                        event => Report::Progress(Progress {
+                            remote_peer_id: peer,
+                            relayed_connection_id: id,
+                            side: rel.side,
+                            event,
+                            direct_connection_id: direct,
+                        }),
+                    };
+                    if let Some(e) = E::from_report(report) {
+                        self.queued.push_back(ToSwarm::GenerateEvent(e));
+                    }
+                }
+                other => tracing::debug!(?other, "unknown core output ignored"),
+            }
+        }
+        self.retire(id);
+    }
+
+    /// Forgets an upgrade that has nothing left to do.
+    fn retire(&mut self, id: ConnectionId) {
+        let Some(rel) = self.upgrades.get(&id) else {
+            return;
+        };
+        let done = match &rel.phase {
+            Phase::Running(up) => up.is_finished() || (rel.closed && up.outcome().is_some()),
+            Phase::AwaitPeerAddrs { .. } => rel.closed,
+        };
+        if !done {
+            return;
+        }
+        let rel = self.upgrades.remove(&id).expect("just found");
+        self.dials.retain(|_, (relayed, _)| *relayed != id);
+        if !rel.closed {
+            self.queued.push_back(ToSwarm::NotifyHandler {
+                peer_id: rel.peer,
+                handler: NotifyHandler::One(id),
+                event: Either::Left(Command::Done),
+            });
+        }
+    }
+
+    fn on_direct_established(&mut self, e: &ConnectionEstablished<'_>, now: Instant) {
+        if let Some((relayed, dial)) = self.dials.remove(&e.connection_id) {
+            self.with_upgrade(relayed, now, |up| up.handle_dial_succeeded(now, dial));
+            return;
+        }
+        let ConnectedPoint::Listener { send_back_addr, .. } = e.endpoint else {
+            return;
+        };
+        // A direct connection the peer made to us: its unilateral dial, a
+        // punch of ours that the other side's dial met, or the winner of a
+        // TCP simultaneous open seen from the listening socket.
+        let Some(from) = candidate(send_back_addr) else {
+            tracing::debug!(%send_back_addr, "inbound direct connection over a transport the core does not know");
+            return;
+        };
+        let relayed = self.upgrades.iter().find_map(|(id, rel)| {
+            let running = matches!(&rel.phase, Phase::Running(up) if up.outcome().is_none());
+            (rel.peer == e.peer_id && running).then_some(*id)
+        });
+        let Some(relayed) = relayed else {
+            return;
+        };
+        let Some(Relayed {
+            phase: Phase::Running(up),
+            directs,
+            ..
+        }) = self.upgrades.get_mut(&relayed)
+        else {
+            return;
+        };
+        // Under `CallerAuthenticates` the core may declare this connection
+        // the winner right away: map its id before draining the outputs.
+        if let Ok(direct) = up.handle_inbound(now, from) {
+            directs.insert(direct, e.connection_id);
+        }
+        self.drain(relayed, now);
+    }
+
+    fn on_connection_closed(&mut self, e: &ConnectionClosed<'_>, now: Instant) {
+        if let Some(rel) = self.upgrades.get_mut(&e.connection_id) {
+            rel.closed = true;
+            let stream_open = rel.stream.take().is_some();
+            match &rel.phase {
+                Phase::Running(up) if up.outcome().is_none() => {
+                    if stream_open {
+                        self.with_upgrade(e.connection_id, now, |up| up.handle_stream_closed(now));
+                    }
+                }
+                Phase::Running(_) => {}
+                Phase::AwaitPeerAddrs { .. } => {
+                    let event = Event {
+                        remote_peer_id: e.peer_id,
+                        result: Err(Error::RelayedConnectionClosed),
+                    };
+                    if let Some(ev) = E::from_report(Report::Outcome {
+                        event,
+                        relayed_connection_id: e.connection_id,
+                        side: Side::Initiator,
+                        timeline: None,
+                    }) {
+                        self.queued.push_back(ToSwarm::GenerateEvent(ev));
+                    }
+                }
+            }
+            self.retire(e.connection_id);
+            return;
+        }
+        let found = self.upgrades.iter().find_map(|(relayed, rel)| {
+            rel.directs
+                .iter()
+                .find(|(_, c)| **c == e.connection_id)
+                .map(|(d, _)| (*relayed, *d))
+        });
+        if let Some((relayed, direct)) = found {
+            self.with_upgrade(relayed, now, |up| up.handle_direct_closed(now, direct));
+        }
+    }
+
+    fn on_dial_failure(&mut self, e: &DialFailure<'_>, now: Instant) {
+        let Some((relayed, dial)) = self.dials.remove(&e.connection_id) else {
+            return;
+        };
+        let error = dial_error(e.error);
+        tracing::debug!(conn = %e.connection_id, %error, "direct dial failed");
+        self.with_upgrade(relayed, now, |up| up.handle_dial_failed(now, dial, error));
+    }
+
+    fn on_own_candidate(&mut self, addr: &Multiaddr, now: Instant) {
+        let Some(c) = candidate(addr) else {
+            return;
+        };
+        self.own_addrs.observe(c);
+        let ids: Vec<ConnectionId> = self.upgrades.keys().copied().collect();
+        for id in ids {
+            self.with_upgrade(id, now, |up| up.observe_local(c));
+        }
+    }
+
+    fn on_peer_address(&mut self, peer: PeerId, addr: &Multiaddr) {
+        if peer == self.local_peer_id {
+            return;
+        }
+        let Some(c) = candidate(addr) else {
+            return;
+        };
+        self.peer_addrs.add(peer, c);
+        for rel in self.upgrades.values_mut() {
+            if let Phase::AwaitPeerAddrs { fresh, .. } = &mut rel.phase
+                && rel.peer == peer
+            {
+                *fresh = true;
+            }
+        }
+    }
+
+    /// Starts the waiting upgrades that are ready, handles expired core
+    /// timers, and arms the timer for the next deadline.
+    fn tick(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let now = Instant::now();
+            let mut to_start = Vec::new();
+            let mut expired = Vec::new();
+            let mut next: Option<Instant> = None;
+            for (id, rel) in &mut self.upgrades {
+                let at = match &mut rel.phase {
+                    Phase::AwaitPeerAddrs {
+                        deadline,
+                        fresh,
+                        seen,
+                    } => {
+                        if *fresh {
+                            // More addresses of the same identify message
+                            // may be on their way through the swarm: look
+                            // again on the next poll.
+                            *fresh = false;
+                            *seen = true;
+                            cx.waker().wake_by_ref();
+                            None
+                        } else if *seen || *deadline <= now {
+                            to_start.push(*id);
+                            None
+                        } else {
+                            Some(*deadline)
+                        }
+                    }
+                    Phase::Running(up) => match up.poll_timeout() {
+                        Some(t) if t.at <= now => {
+                            expired.push(*id);
+                            None
+                        }
+                        Some(t) => Some(t.at),
+                        None => None,
+                    },
+                };
+                if let Some(at) = at {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+            for id in &to_start {
+                self.start(*id, now);
+            }
+            for id in &expired {
+                self.with_upgrade(*id, now, |up| up.handle_timeout(now));
+            }
+            if !to_start.is_empty() || !expired.is_empty() {
+                // Work done may have armed earlier deadlines.
+                continue;
+            }
+            let Some(at) = next else {
+                self.timer = None;
+                return;
+            };
+            match &mut self.timer {
+                Some((armed, _)) if *armed == at => {}
+                slot => *slot = Some((at, Delay::new(at.saturating_duration_since(now)))),
+            }
+            let (_, delay) = self.timer.as_mut().expect("just armed");
+            if delay.poll_unpin(cx).is_pending() {
+                return;
+            }
+            self.timer = None;
+        }
+    }
+}
+
+impl<E: FromReport> NetworkBehaviour for Behaviour<E> {
+    type ConnectionHandler = Either<handler::Handler, dummy::ConnectionHandler>;
+    type ToSwarm = E;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _peer: PeerId,
+        local_addr: &Multiaddr,
+        _remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if is_relayed(local_addr) {
+            return Ok(Either::Left(handler::Handler::new(Opener::Us)));
+        }
+        Ok(Either::Right(dummy::ConnectionHandler))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _peer: PeerId,
+        addr: &Multiaddr,
+        _role_override: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if is_relayed(addr) {
+            return Ok(Either::Left(handler::Handler::new(Opener::Peer)));
+        }
+        Ok(Either::Right(dummy::ConnectionHandler))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        let now = Instant::now();
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                if e.endpoint.is_relayed() {
+                    self.on_relayed_established(e.connection_id, e.peer_id, e.endpoint);
+                } else {
+                    self.on_direct_established(&e, now);
+                }
+            }
+            FromSwarm::ConnectionClosed(e) => self.on_connection_closed(&e, now),
+            FromSwarm::DialFailure(e) => self.on_dial_failure(&e, now),
+            FromSwarm::NewExternalAddrCandidate(NewExternalAddrCandidate { addr }) => {
+                self.on_own_candidate(addr, now);
+            }
+            FromSwarm::NewExternalAddrOfPeer(NewExternalAddrOfPeer { peer_id, addr }) => {
+                self.on_peer_address(peer_id, addr);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        let event = match event {
+            Either::Left(event) => event,
+            Either::Right(never) => libp2p_core::util::unreachable(never),
+        };
+        let now = Instant::now();
+        let Some(rel) = self.upgrades.get_mut(&connection_id) else {
+            return;
+        };
+        match event {
+            HandlerEvent::Opened { stream } => {
+                rel.stream = Some(stream);
+                self.with_upgrade(connection_id, now, |up| up.handle_stream_opened(now));
+            }
+            HandlerEvent::OpenFailed { unsupported } => {
+                tracing::debug!(unsupported, "dcutr stream could not be opened");
+                self.with_upgrade(connection_id, now, |up| up.handle_stream_closed(now));
+            }
+            HandlerEvent::Data { stream, data } => {
+                if rel.stream == Some(stream) {
+                    self.with_upgrade(connection_id, now, |up| up.handle_stream_data(now, &data));
+                }
+            }
+            HandlerEvent::Closed { stream } => {
+                if rel.stream == Some(stream) {
+                    rel.stream = None;
+                    self.with_upgrade(connection_id, now, |up| up.handle_stream_closed(now));
+                }
+            }
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        if let Some(event) = self.queued.pop_front() {
+            return Poll::Ready(event);
+        }
+        self.tick(cx);
+        match self.queued.pop_front() {
+            Some(event) => Poll::Ready(event),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The advertised addresses of peers, bounded in peers and per peer.
+#[derive(Default)]
+struct PeerAddrs {
+    by_peer: HashMap<PeerId, ObservedAddrs>,
+    /// Least recently updated first.
+    order: VecDeque<PeerId>,
+}
+
+impl PeerAddrs {
+    fn add(&mut self, peer: PeerId, c: Candidate) {
+        if let Some(pos) = self.order.iter().position(|p| *p == peer) {
+            self.order.remove(pos);
+        }
+        self.order.push_back(peer);
+        self.by_peer
+            .entry(peer)
+            .or_insert_with(|| ObservedAddrs::new(MAX_ADDRS_PER_PEER))
+            .observe(c);
+        while self.order.len() > MAX_PEERS_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.by_peer.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, peer: &PeerId) -> &[Candidate] {
+        self.by_peer.get(peer).map_or(&[], ObservedAddrs::as_slice)
+    }
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// A libp2p address as the core's typed candidate; `None` for relayed
+/// addresses and transports the core does not punch. Goes through bytes,
+/// so the two crates' `multiaddr` versions need not match.
+pub(crate) fn candidate(addr: &Multiaddr) -> Option<Candidate> {
+    Candidate::from_bytes(&addr.to_vec()).ok()
+}
+
+fn to_libp2p(c: &Candidate) -> Option<Multiaddr> {
+    Multiaddr::try_from(c.to_multiaddr().to_vec()).ok()
+}
+
+/// The dial a core event names, if any.
+fn direct_of(event: &CoreEvent) -> Option<DirectId> {
+    match event {
+        CoreEvent::DialFailed { id, .. } | CoreEvent::DirectRejected { id, .. } => Some(*id),
+        CoreEvent::Upgraded(up) => Some(up.id),
+        _ => None,
+    }
+}
+
+/// libp2p's dial error in the core's terms.
+fn dial_error(error: &libp2p_swarm::DialError) -> DialError {
+    use libp2p_swarm::DialError as E;
+    match error {
+        E::WrongPeerId { .. } => DialError::IdentityMismatch,
+        E::Transport(errors) => errors
+            .iter()
+            .find_map(|(_, e)| match e {
+                TransportError::Other(io) => Some(DialError::from(io.kind())),
+                TransportError::MultiaddrNotSupported(_) => None,
+            })
+            .unwrap_or(DialError::Unreachable),
+        E::Aborted => DialError::Io(std::io::ErrorKind::Interrupted),
+        _ => DialError::Io(std::io::ErrorKind::Other),
+    }
+}

@@ -1,0 +1,139 @@
+//! The behaviour's configuration: the core's limits plus the few knobs
+//! that only exist because libp2p is around it.
+
+use std::time::Duration;
+
+use dcutr_core::{AddressPolicy, Dialable, IdentityCheck, RelayChannel, Transport};
+
+/// How long the side that opens the stream (spec B) waits, by default, for
+/// the peer's addresses from identify before it starts.
+///
+/// Identify arrives about one relayed round trip after the relayed
+/// connection; waiting for it is what lets B dial A's public addresses
+/// directly (the spec's unilateral upgrade) instead of hole punching. One
+/// second covers a slow relay; a peer that advertises nothing costs this
+/// much delay once.
+pub const DEFAULT_PEER_ADDRS_WAIT: Duration = Duration::from_secs(1);
+
+/// Configuration of a [`Behaviour`](crate::Behaviour).
+///
+/// `Config::default()` is the core's [`dcutr_core::Config::default()`]
+/// (three attempts, 10 s per step, public addresses only, one
+/// `/libp2p/dcutr` stream per attempt, libp2p's own handshake as the
+/// identity check), restricted to TCP (see [`Config::core`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// The core's limits and timeouts. Its `channel` must stay
+    /// [`RelayChannel::StreamPerAttempt`] and its `identity_check`
+    /// [`IdentityCheck::CallerAuthenticates`]: that is how libp2p carries
+    /// DCUtR, and Noise/TLS authenticate every direct connection.
+    ///
+    /// Its `dialable` defaults to TCP only: libp2p gives a behaviour no way
+    /// to send the spec's UDP spray from the QUIC socket, so QUIC
+    /// candidates are neither sent nor dialled.
+    ///
+    /// Its `address_policy` defaults to public addresses only. Tests on one
+    /// machine (loopback) need [`AddressPolicy::permissive`]; see
+    /// [`Config::with_address_policy`].
+    pub core: dcutr_core::Config,
+    /// How long spec B waits for the peer's identify addresses before it
+    /// starts without them; it starts as soon as they arrive. Only used
+    /// when `core.unilateral` is on. Default [`DEFAULT_PEER_ADDRS_WAIT`].
+    pub peer_addrs_wait: Duration,
+    /// Seed for the upgrades' randomness. `None` (the default) draws 32
+    /// bytes from the OS for each upgrade; tests may fix it.
+    pub seed: Option<[u8; 32]>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut core = dcutr_core::Config::default();
+        core.dialable = Dialable::none()
+            .with(Transport::Tcp, false)
+            .with(Transport::Tcp, true);
+        Config {
+            core,
+            peer_addrs_wait: DEFAULT_PEER_ADDRS_WAIT,
+            seed: None,
+        }
+    }
+}
+
+impl Config {
+    /// Sets which IP ranges are acceptable, for both directions.
+    /// [`AddressPolicy::permissive`] is needed on loopback and in LAN
+    /// tests; keep the default in production, so that a peer cannot aim
+    /// our dials at our own network.
+    #[must_use]
+    pub fn with_address_policy(mut self, policy: AddressPolicy) -> Self {
+        self.core.address_policy = policy;
+        self
+    }
+
+    /// Switches the unilateral direct dial (the spec's step 0) on or off.
+    #[must_use]
+    pub fn with_unilateral(mut self, on: bool) -> Self {
+        self.core.unilateral = on;
+        self
+    }
+
+    /// Sets how long the relayed connection stays open after the upgrade.
+    #[must_use]
+    pub fn with_relay_grace_period(mut self, grace: Duration) -> Self {
+        self.core.relay_grace_period = grace;
+        self
+    }
+
+    /// Sets how long spec B waits for the peer's identify addresses.
+    #[must_use]
+    pub fn with_peer_addrs_wait(mut self, wait: Duration) -> Self {
+        self.peer_addrs_wait = wait;
+        self
+    }
+
+    /// Fixes the seed of the upgrades' randomness.
+    #[must_use]
+    pub fn with_seed(mut self, seed: [u8; 32]) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the core rejects its part or a setting cannot
+    /// work over libp2p.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.core.validate().map_err(ConfigError::Core)?;
+        if self.core.channel != RelayChannel::StreamPerAttempt {
+            return Err(ConfigError::SharedStream);
+        }
+        if self.core.identity_check != IdentityCheck::CallerAuthenticates {
+            return Err(ConfigError::TokenCheck);
+        }
+        if self.peer_addrs_wait > dcutr_core::MAX_DURATION {
+            return Err(ConfigError::PeerAddrsWait);
+        }
+        Ok(())
+    }
+}
+
+/// A [`Config`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The core's part is out of bounds.
+    #[error(transparent)]
+    Core(dcutr_core::ConfigError),
+    /// libp2p carries DCUtR on one stream per attempt.
+    #[error("libp2p needs RelayChannel::StreamPerAttempt")]
+    SharedStream,
+    /// libp2p authenticates direct connections itself; the token check
+    /// needs a shared stream that libp2p does not have.
+    #[error("libp2p needs IdentityCheck::CallerAuthenticates")]
+    TokenCheck,
+    /// `peer_addrs_wait` above an hour.
+    #[error("peer_addrs_wait must be at most one hour")]
+    PeerAddrsWait,
+}

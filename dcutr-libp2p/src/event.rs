@@ -1,0 +1,100 @@
+//! What the behaviour reports to the swarm.
+
+use dcutr_core::{Failure, Side, Timeline};
+use libp2p_identity::PeerId;
+use libp2p_swarm::ConnectionId;
+
+/// The outcome of one upgrade, shaped like `libp2p::dcutr::Event` so that
+/// code matching on the stock event keeps compiling.
+///
+/// Unlike stock, both peers get one: the side whose dial won and the side
+/// that accepted the winning connection.
+///
+/// Deliberately not `#[non_exhaustive]`: a pattern such as
+/// `Event { remote_peer_id, result: Ok(id) }` written for the stock event
+/// must keep matching.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The peer at the other end of the relayed connection.
+    pub remote_peer_id: PeerId,
+    /// The direct connection that won, or why there is none.
+    pub result: Result<ConnectionId, Error>,
+}
+
+/// Why an upgrade produced no direct connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The core gave up: every attempt failed (one typed reason per
+    /// attempt), the peer stopped trying, or the relayed stream broke.
+    #[error("failed to hole-punch connection: {0}")]
+    Failed(Failure),
+    /// The relayed connection closed before the upgrade was decided and
+    /// no direct connection was in the making.
+    #[error("relayed connection closed before the upgrade was decided")]
+    RelayedConnectionClosed,
+}
+
+/// Everything the behaviour can report: pick it with
+/// `Behaviour::<Report>::with_config`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Report {
+    /// The final outcome of one upgrade, with its record.
+    Outcome {
+        /// The stock-shaped event.
+        event: Event,
+        /// The relayed connection the upgrade ran on.
+        relayed_connection_id: ConnectionId,
+        /// Our role in it.
+        side: Side,
+        /// What happened when: attempts, RTTs, dials and their results.
+        /// `None` when the relayed connection closed before the upgrade
+        /// started.
+        timeline: Option<Box<Timeline>>,
+    },
+    /// A step of one upgrade.
+    Progress(Progress),
+}
+
+/// One step of an upgrade: attempt started or failed (with its typed
+/// reason), the peer's addresses and what was dropped, the measured RTT,
+/// the punch, each failed dial.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The peer.
+    pub remote_peer_id: PeerId,
+    /// The relayed connection the upgrade runs on.
+    pub relayed_connection_id: ConnectionId,
+    /// Our role.
+    pub side: Side,
+    /// The core's event. Its `DirectId`s are the core's names for dials;
+    /// [`Progress::direct_connection_id`] gives the libp2p one.
+    pub event: dcutr_core::Event,
+    /// The libp2p connection the event is about, for events that name a
+    /// dial or a direct connection.
+    pub direct_connection_id: Option<ConnectionId>,
+}
+
+/// Turns reports into the behaviour's `ToSwarm` type; [`Event`] keeps the
+/// outcomes only, [`Report`] keeps everything.
+pub trait FromReport: Send + 'static + Sized {
+    /// `None` drops the report.
+    fn from_report(report: Report) -> Option<Self>;
+}
+
+impl FromReport for Event {
+    fn from_report(report: Report) -> Option<Self> {
+        match report {
+            Report::Outcome { event, .. } => Some(event),
+            Report::Progress(_) => None,
+        }
+    }
+}
+
+impl FromReport for Report {
+    fn from_report(report: Report) -> Option<Self> {
+        Some(report)
+    }
+}

@@ -1,0 +1,75 @@
+//! # dcutr-libp2p
+//!
+//! DCUtR hole punching (Direct Connection Upgrade through Relay,
+//! `/libp2p/dcutr`) for rust-libp2p, as a [`NetworkBehaviour`] driven by the
+//! Sans-IO state machine of `dcutr-core`. It speaks the same wire protocol
+//! as `libp2p-dcutr` and interoperates with it in both roles.
+//!
+//! ## Switching from `libp2p::dcutr`
+//! One line: where you had
+//!
+//! ```text
+//! use libp2p::dcutr;
+//! ```
+//!
+//! write
+//!
+//! ```
+//! use dcutr_libp2p as dcutr;
+//! ```
+//!
+//! `dcutr::Behaviour::new(local_peer_id)`, the field type
+//! `dcutr::Behaviour` in your `#[derive(NetworkBehaviour)]` struct and
+//! patterns such as `dcutr::Event { remote_peer_id, result: Ok(connection_id) }`
+//! keep compiling. The error type differs: [`Error`] is a typed enum
+//! carrying the core's [`Failure`](dcutr_core::Failure) (one reason per
+//! attempt).
+//!
+//! ## What differs from the stock behaviour
+//! * **Unilateral dial first:** the side that accepted the relayed
+//!   connection (the spec's B) dials the peer's advertised public
+//!   addresses (from identify) before any hole punch.
+//! * **Both sides report success**, with the id of the winning connection,
+//!   whichever side dialled it.
+//! * **Repeated streams:** a new `/libp2p/dcutr` stream on the same relayed
+//!   connection supersedes the running exchange instead of being dropped.
+//! * **The relayed connection is closed** after a grace period (default
+//!   5 s) once the direct connection is up.
+//! * **Typed errors and per-attempt events:** use
+//!   `Behaviour::<Report>::with_config` to receive [`Report`]s (attempt
+//!   started/failed with its reason, the peer's addresses and what was
+//!   dropped, the RTT, each failed dial, and a timeline with the outcome).
+//! * **Address hygiene:** only public addresses by default (see
+//!   [`Config::with_address_policy`]; tests on loopback need
+//!   [`AddressPolicy::permissive`](dcutr_core::AddressPolicy::permissive)).
+//! * **TCP only:** QUIC candidates are neither sent nor dialled, because a
+//!   behaviour cannot send the spec's UDP spray (see [`Config::core`]).
+//!
+//! ## Example
+//! ```
+//! use dcutr_libp2p as dcutr;
+//! use libp2p_identity::PeerId;
+//!
+//! let peer = PeerId::random();
+//! // As with libp2p::dcutr:
+//! let _stock_shaped = dcutr::Behaviour::new(peer);
+//! // With per-attempt reports, and loopback allowed (tests on one host):
+//! let config = dcutr::Config::default()
+//!     .with_address_policy(dcutr_core::AddressPolicy::permissive());
+//! let _verbose = dcutr::Behaviour::<dcutr::Report>::with_config(peer, config).unwrap();
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod behaviour;
+mod config;
+mod event;
+mod handler;
+
+pub use behaviour::Behaviour;
+pub use config::{Config, ConfigError, DEFAULT_PEER_ADDRS_WAIT};
+pub use event::{Error, Event, FromReport, Progress, Report};
+
+/// The protocol name, `/libp2p/dcutr`.
+pub const PROTOCOL_NAME: libp2p_swarm::StreamProtocol =
+    libp2p_swarm::StreamProtocol::new("/libp2p/dcutr");

@@ -1,0 +1,133 @@
+//! Interop on the wire with stock `libp2p-dcutr`, over loopback TCP through
+//! a `libp2p-relay` relay: each case asserts a direct (not relayed)
+//! `ConnectionEstablished` between the two peers, our success event naming
+//! that connection, and data echoed over exactly that connection.
+//!
+//! The unilateral dial is switched off where ours is B: on loopback A's
+//! advertised listening address is reachable, so B would connect directly
+//! and never hole punch (that path has its own test in `better.rs`).
+
+mod common;
+
+use common::{
+    Dcutr, Pair, Seen, TEST_TIMEOUT, Who, build_client, init_tracing, loopback_config, setup,
+};
+use libp2p::Multiaddr;
+use libp2p::core::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
+
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+/// Asserts our success on `who` names a direct connection, then echoes
+/// over it.
+async fn assert_direct_and_echo(pair: &mut Pair, seen: &mut Seen, who: Who) -> ConnectionId {
+    pair.run_until(
+        seen,
+        TEST_TIMEOUT,
+        "our success on a direct connection",
+        |s| s.ours_ok(who).is_some_and(|c| s.is_direct(who, c)),
+    )
+    .await;
+    let conn = seen.ours_ok(who).expect("checked above");
+    assert!(
+        !seen.relayed.iter().any(|(w, c)| *w == who && *c == conn),
+        "the reported connection must not be the relayed one"
+    );
+    let payload = format!("hello over {conn} from {who:?}").into_bytes();
+    let peer = pair.peer(who);
+    pair.swarm(who)
+        .behaviour_mut()
+        .echo
+        .send(peer, conn, payload.clone());
+    pair.run_until(
+        seen,
+        TEST_TIMEOUT,
+        "the echo over the direct connection",
+        |s| s.echo_on(who, conn).is_some(),
+    )
+    .await;
+    assert_eq!(seen.echo_on(who, conn), Some(payload.as_slice()));
+    conn
+}
+
+#[tokio::test]
+async fn stock_dcutr_as_b_and_ours_as_a_reach_a_direct_connection() {
+    init_tracing();
+    let a = build_client(Dcutr::Ours(loopback_config()));
+    let b = build_client(Dcutr::Stock);
+    let mut pair = setup(a, b).await;
+    pair.dial_relayed();
+    let mut seen = Seen::default();
+    let conn = assert_direct_and_echo(&mut pair, &mut seen, Who::A).await;
+    // A is the spec's A: it dialled, so it is the dialer on the direct
+    // connection.
+    let endpoint = seen
+        .direct
+        .iter()
+        .find(|(w, c, _)| *w == Who::A && *c == conn)
+        .map(|(_, _, e)| e.clone())
+        .unwrap();
+    assert!(endpoint.is_dialer(), "A dials: {endpoint:?}");
+    assert!(matches!(
+        seen.ours_outcome(Who::A),
+        Some(common::ours::Report::Outcome {
+            side: dcutr_core::Side::Responder,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn ours_as_b_and_stock_dcutr_as_a_reach_a_direct_connection() {
+    init_tracing();
+    let a = build_client(Dcutr::Stock);
+    let b = build_client(Dcutr::Ours(loopback_config().with_unilateral(false)));
+    let mut pair = setup(a, b).await;
+    pair.dial_relayed();
+    let mut seen = Seen::default();
+    let conn = assert_direct_and_echo(&mut pair, &mut seen, Who::B).await;
+    assert!(matches!(
+        seen.ours_outcome(Who::B),
+        Some(common::ours::Report::Outcome {
+            side: dcutr_core::Side::Initiator,
+            ..
+        })
+    ));
+    // Stock A reports its own dial; it is a direct connection too.
+    pair.run_until(&mut seen, TEST_TIMEOUT, "stock A's success", |s| {
+        s.stock_ok(Who::A).is_some()
+    })
+    .await;
+    let stock_conn = seen.stock_ok(Who::A).unwrap();
+    assert!(seen.is_direct(Who::A, stock_conn));
+    assert!(seen.is_direct(Who::B, conn));
+}
+
+#[tokio::test]
+async fn ours_against_ours_reach_a_direct_connection_and_both_report_it() {
+    init_tracing();
+    let a = build_client(Dcutr::Ours(loopback_config()));
+    let b = build_client(Dcutr::Ours(loopback_config().with_unilateral(false)));
+    let mut pair = setup(a, b).await;
+    pair.dial_relayed();
+    let mut seen = Seen::default();
+    let on_a = assert_direct_and_echo(&mut pair, &mut seen, Who::A).await;
+    let on_b = assert_direct_and_echo(&mut pair, &mut seen, Who::B).await;
+    // The same TCP connection, seen from both ends: A dialled B's port.
+    let a_end = seen
+        .direct
+        .iter()
+        .find(|(w, c, _)| *w == Who::A && *c == on_a)
+        .unwrap();
+    let b_end = seen
+        .direct
+        .iter()
+        .find(|(w, c, _)| *w == Who::B && *c == on_b)
+        .unwrap();
+    assert_eq!(strip_p2p(a_end.2.get_remote_address()), pair.b_tcp);
+    assert_eq!(strip_p2p(b_end.2.get_remote_address()), pair.a_tcp);
+}
