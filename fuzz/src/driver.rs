@@ -1,0 +1,798 @@
+//! Drives one [`Upgrade`] through scripted, timestamped inputs and checks
+//! its invariants after every step.
+//!
+//! The driver plays the peer and the network at once: it feeds stream
+//! bytes (well-formed Hello/Connect/Sync frames mixed with garbage, in any
+//! chunking), opens and closes streams, reports dial results for ids the
+//! core handed out or made-up ones, delivers inbound connections and direct
+//! bytes, and fires timeouts. Time only moves forward.
+//!
+//! Invariants (each `assert!` names the one it guards):
+//! * no panic in the core;
+//! * after the outcome event only cleanup outputs follow (`CloseDirect`,
+//!   `CloseRelay`, `ResetStream`, `FinishStream`) and never a second
+//!   outcome; `CloseRelay` only after `Upgraded`, at most once;
+//! * `AttemptStarted` numbers run 1, 2, … and never pass `max_attempts`;
+//! * every hole-punch `Dial` and every `SendDatagram` goes to a candidate
+//!   that `filter_remote` accepts from a Connect frame the driver fed; a
+//!   unilateral dial only to a configured public address that passes the
+//!   policy; dial roles and transports follow the spec (the initiator never
+//!   dials QUIC in a punch, the responder never sprays);
+//! * per attempt at most `max_remote_addrs` dials and at most
+//!   `max_spray_packets_per_attempt` datagrams;
+//! * the winner is a connection the driver reported as connected; with the
+//!   token check it proved our token (and, on the client, carried the
+//!   select byte), and on an inbound connection nothing is written before
+//!   the other end proved itself;
+//! * `poll_timeout()` is never before the latest `now`, and after
+//!   `handle_timeout(t)` nothing is due at `t` any more (no busy loop);
+//! * `stream_bytes_wanted()` never exceeds the frame limit, and a driver
+//!   that reads no more than it is never told about trailing bytes;
+//! * `heap_estimate()` stays under a bound computed from the config;
+//! * every frame we write is a valid frame within the size limit;
+//! * the outcome is decided within a bound computed from the config, and
+//!   once the inputs stop, the timers alone finish the upgrade.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::mem::size_of;
+use std::time::{Duration, Instant};
+
+use dcutr_core::addr::filter_remote;
+use dcutr_core::codec::{self, FrameDecoder, Message, TOKEN_LEN};
+use dcutr_core::{
+    AttemptFailure, CHECK_LEN, Candidate, Config, Dial, DialError, DialPurpose, DirectId, Event,
+    IdentityCheck, Output, ProtocolError, RelayChannel, Role, Side, Transport, Upgrade,
+};
+
+/// How the upgrade under test is set up.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Which side the core plays; the driver plays the other one.
+    pub side: Side,
+    /// The core's config (must be valid).
+    pub config: Config,
+    /// The core's seed.
+    pub seed: [u8; 32],
+    /// Our observed addresses.
+    pub local: Vec<Candidate>,
+    /// The peer's public addresses (unilateral dial).
+    pub remote_public: Vec<Candidate>,
+    /// Feed stream bytes no faster than `stream_bytes_wanted()` allows,
+    /// as a careful driver on a shared stream does.
+    pub respect_wanted: bool,
+    /// Fire every timer that is due before the next input, as a driver
+    /// with a working event loop does. Without it timers fire only on
+    /// [`Input::Timeout`] (a late driver), and the time bound is not
+    /// checked.
+    pub punctual: bool,
+}
+
+/// One frame (or junk) the peer writes to the relayed stream.
+#[derive(Clone, Debug)]
+pub enum Frame {
+    /// A `Hello` with this token.
+    Hello([u8; TOKEN_LEN]),
+    /// A Connect carrying these raw `ObsAddrs` entries.
+    Connect(Vec<Vec<u8>>),
+    /// A Sync.
+    Sync,
+    /// Raw bytes, framed or not.
+    Raw(Vec<u8>),
+}
+
+/// Which direct connection an input is about.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// The n-th dial the core asked for (modulo the count).
+    Dial(usize),
+    /// The n-th id the driver knows (dials and accepted inbound ones).
+    Known(usize),
+    /// Any id, probably unknown to the core.
+    Raw(u64),
+}
+
+/// What arrives on a direct connection.
+#[derive(Clone, Debug)]
+pub enum DirectPayload {
+    /// The correct identity check for the core's own token.
+    Check,
+    /// The select byte.
+    Select,
+    /// The check immediately followed by the select byte.
+    CheckAndSelect,
+    /// Anything.
+    Bytes(Vec<u8>),
+}
+
+/// One input.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Frames written by the peer, delivered in chunks of `chunk` bytes
+    /// (0: all at once).
+    Stream {
+        /// The frames, concatenated.
+        frames: Vec<Frame>,
+        /// Chunk size.
+        chunk: usize,
+    },
+    /// A stream opened.
+    StreamOpened,
+    /// The stream closed.
+    StreamClosed,
+    /// A dial connected.
+    DialSucceeded(Target),
+    /// A dial failed.
+    DialFailed(Target, DialError),
+    /// A connection arrived from this address.
+    Inbound(Candidate),
+    /// Bytes on a direct connection.
+    DirectData(Target, DirectPayload),
+    /// A direct connection closed.
+    DirectClosed(Target),
+    /// Jump to the next timeout and fire it.
+    Timeout,
+    /// A newly observed address of ours.
+    ObserveLocal(Candidate),
+}
+
+/// An input after `advance` of time.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// How far time moves first.
+    pub advance: Duration,
+    /// The input.
+    pub input: Input,
+}
+
+const MAGIC: &[u8; 8] = b"dcutr/v1";
+const SELECT: u8 = 0x01;
+const CLEANUP_LIMIT: usize = 100_000;
+
+/// The harness around one upgrade.
+pub struct Driver {
+    up: Upgrade,
+    side: Side,
+    config: Config,
+    respect_wanted: bool,
+    punctual: bool,
+    start: Instant,
+    now: Instant,
+    /// The latest `now` handed to the core.
+    passed: Instant,
+    own_token: Option<[u8; TOKEN_LEN]>,
+    /// Every stream byte fed, for the fallback scan of Connect frames.
+    fed: Vec<u8>,
+    scanned_len: usize,
+    allowed: BTreeSet<Candidate>,
+    unilateral_ok: BTreeSet<Candidate>,
+    dials: Vec<Dial>,
+    dial_by_id: BTreeMap<DirectId, Dial>,
+    known: Vec<DirectId>,
+    inbound: BTreeMap<DirectId, (Candidate, Role)>,
+    connected: BTreeSet<DirectId>,
+    direct_rx: BTreeMap<DirectId, Vec<u8>>,
+    responder_took_connect: bool,
+    outcome: Option<bool>,
+    close_relay: u32,
+    attempts: u8,
+    spray_in_attempt: u32,
+    punch_dials_in_attempt: usize,
+    unilateral_dials: usize,
+    /// Every output, in order, for replay comparisons.
+    pub log: Vec<Output>,
+}
+
+impl Driver {
+    /// Starts the upgrade and checks its first outputs.
+    ///
+    /// # Panics
+    /// When the config is invalid (a harness bug) or an invariant breaks.
+    #[must_use]
+    pub fn new(setup: Setup, start: Instant) -> Self {
+        let config = setup.config.clone();
+        let up = Upgrade::builder(setup.side, config.clone(), setup.seed)
+            .local_addrs(setup.local.iter().copied())
+            .remote_public_addrs(setup.remote_public.iter().copied())
+            .start(start)
+            .expect("the harness builds valid configs");
+        let unilateral_ok = setup
+            .remote_public
+            .iter()
+            .copied()
+            .filter(|c| config.address_policy.check(c).is_ok() && config.dialable.allows(c))
+            .collect();
+        let mut d = Driver {
+            up,
+            side: setup.side,
+            config,
+            respect_wanted: setup.respect_wanted,
+            punctual: setup.punctual,
+            start,
+            now: start,
+            passed: start,
+            own_token: None,
+            fed: Vec::new(),
+            scanned_len: 0,
+            allowed: BTreeSet::new(),
+            unilateral_ok,
+            dials: Vec::new(),
+            dial_by_id: BTreeMap::new(),
+            known: Vec::new(),
+            inbound: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            direct_rx: BTreeMap::new(),
+            responder_took_connect: false,
+            outcome: None,
+            close_relay: 0,
+            attempts: 0,
+            spray_in_attempt: 0,
+            punch_dials_in_attempt: 0,
+            unilateral_dials: 0,
+            log: Vec::new(),
+        };
+        d.drain();
+        d.check_state();
+        d
+    }
+
+    /// The upgrade under test.
+    #[must_use]
+    pub fn upgrade(&self) -> &Upgrade {
+        &self.up
+    }
+
+    /// Runs every step, then lets the timers finish the upgrade.
+    pub fn run(&mut self, steps: &[Step]) {
+        for step in steps {
+            self.step(step);
+        }
+        self.finish();
+    }
+
+    /// Applies one input and checks every invariant.
+    pub fn step(&mut self, step: &Step) {
+        // Time only moves forward; cap it far below `Instant` overflow.
+        let mut target = self.now;
+        if self.now.duration_since(self.start) < Duration::from_secs(100_000) {
+            target += step.advance;
+        }
+        if self.punctual {
+            while let Some(t) = self.up.poll_timeout().filter(|t| t.at <= target) {
+                self.now = self.now.max(t.at);
+                self.fire_timeout();
+                self.check_state();
+            }
+        }
+        self.now = target;
+        let now = self.now;
+        if !matches!(step.input, Input::Stream { .. } | Input::ObserveLocal(_)) {
+            self.passed = now;
+        }
+        match &step.input {
+            Input::Stream { frames, chunk } => self.feed_stream(frames, *chunk),
+            Input::StreamOpened => self.up.handle_stream_opened(now),
+            Input::StreamClosed => self.up.handle_stream_closed(now),
+            Input::DialSucceeded(t) => {
+                let id = self.resolve(*t);
+                if self.dial_by_id.contains_key(&id) {
+                    self.connected.insert(id);
+                }
+                self.up.handle_dial_succeeded(now, id);
+            }
+            Input::DialFailed(t, err) => {
+                let id = self.resolve(*t);
+                self.up.handle_dial_failed(now, id, *err);
+            }
+            Input::Inbound(from) => {
+                let role = match self.side {
+                    Side::Initiator => Role::Server,
+                    Side::Responder if self.responder_took_connect => Role::Client,
+                    Side::Responder => Role::Server,
+                };
+                if let Ok(id) = self.up.handle_inbound(now, *from) {
+                    assert!(
+                        !self.dial_by_id.contains_key(&id) && !self.inbound.contains_key(&id),
+                        "inbound connection got an id already in use: {id}"
+                    );
+                    self.inbound.insert(id, (*from, role));
+                    self.connected.insert(id);
+                    self.known.push(id);
+                }
+            }
+            Input::DirectData(t, payload) => {
+                let id = self.resolve(*t);
+                let data = self.direct_payload(payload);
+                let rx = self.direct_rx.entry(id).or_default();
+                if rx.len() <= CHECK_LEN {
+                    rx.extend_from_slice(&data[..data.len().min(CHECK_LEN + 1 - rx.len())]);
+                }
+                self.up.handle_direct_data(now, id, &data);
+            }
+            Input::DirectClosed(t) => {
+                let id = self.resolve(*t);
+                self.up.handle_direct_closed(now, id);
+            }
+            Input::Timeout => {
+                if let Some(t) = self.up.poll_timeout() {
+                    self.now = self.now.max(t.at);
+                }
+                self.fire_timeout();
+            }
+            Input::ObserveLocal(c) => self.up.observe_local(*c),
+        }
+        self.drain();
+        self.check_state();
+    }
+
+    /// With no more input, only timers run: the upgrade must finish, in
+    /// time.
+    pub fn finish(&mut self) {
+        for _ in 0..CLEANUP_LIMIT {
+            let Some(t) = self.up.poll_timeout() else {
+                break;
+            };
+            self.now = self.now.max(t.at);
+            self.fire_timeout();
+            self.check_state();
+        }
+        assert!(
+            self.up.poll_timeout().is_none(),
+            "timers still armed after {CLEANUP_LIMIT} timeouts: {:?}",
+            self.up.poll_timeout()
+        );
+        assert!(
+            self.up.outcome().is_some(),
+            "no timer left but no outcome either: the upgrade hangs ({:?})",
+            self.up
+        );
+        assert!(self.up.is_finished(), "outcome decided but not finished");
+        if !self.punctual {
+            return;
+        }
+        let decided = self.up.timeline().decided.expect("decided");
+        let took = decided.duration_since(self.start);
+        assert!(
+            took <= self.decision_bound(),
+            "decided after {took:?}, beyond the bound of {:?}",
+            self.decision_bound()
+        );
+    }
+
+    fn fire_timeout(&mut self) {
+        let now = self.now;
+        self.passed = now;
+        self.up.handle_timeout(now);
+        self.drain();
+        if let Some(t) = self.up.poll_timeout() {
+            assert!(
+                t.at > now,
+                "after handle_timeout({:?}) the {:?} timer is still due: a driver would spin",
+                now.duration_since(self.start),
+                t.kind
+            );
+        }
+    }
+
+    fn feed_stream(&mut self, frames: &[Frame], chunk: usize) {
+        let mut bytes = Vec::new();
+        for f in frames {
+            match f {
+                Frame::Hello(token) => bytes.extend_from_slice(&codec::encode_hello(token)),
+                Frame::Connect(raw) => {
+                    let (frame, count) = codec::encode_connect(
+                        raw.iter().map(Vec::as_slice),
+                        self.config.max_message_size,
+                    );
+                    let accepted = filter_remote(
+                        raw[..count].iter().map(Vec::as_slice),
+                        &self.config.address_policy,
+                        &self.config.dialable,
+                        self.config.max_remote_addrs,
+                    )
+                    .accepted;
+                    self.allowed.extend(accepted);
+                    bytes.extend_from_slice(&frame);
+                }
+                Frame::Sync => bytes.extend_from_slice(&codec::encode_sync()),
+                Frame::Raw(raw) => bytes.extend_from_slice(raw),
+            }
+        }
+        let chunk = if chunk == 0 {
+            bytes.len().max(1)
+        } else {
+            chunk
+        };
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let mut take = chunk.min(rest.len());
+            if self.respect_wanted {
+                let wanted = self.up.stream_bytes_wanted();
+                if wanted == 0 {
+                    // The rest belongs to the application.
+                    break;
+                }
+                take = take.min(wanted);
+            }
+            let (now_part, later) = rest.split_at(take);
+            rest = later;
+            self.fed.extend_from_slice(now_part);
+            self.passed = self.now;
+            self.up.handle_stream_data(self.now, now_part);
+            self.drain();
+            self.check_state();
+        }
+    }
+
+    fn direct_payload(&self, payload: &DirectPayload) -> Vec<u8> {
+        let check = || {
+            let mut v = MAGIC.to_vec();
+            v.extend_from_slice(&self.own_token.unwrap_or([0; TOKEN_LEN]));
+            v
+        };
+        match payload {
+            DirectPayload::Check => check(),
+            DirectPayload::Select => vec![SELECT],
+            DirectPayload::CheckAndSelect => {
+                let mut v = check();
+                v.push(SELECT);
+                v
+            }
+            DirectPayload::Bytes(b) => b.clone(),
+        }
+    }
+
+    fn resolve(&self, t: Target) -> DirectId {
+        match t {
+            Target::Dial(n) if !self.dials.is_empty() => self.dials[n % self.dials.len()].id,
+            Target::Known(n) if !self.known.is_empty() => self.known[n % self.known.len()],
+            Target::Dial(n) | Target::Known(n) => DirectId(n as u64),
+            Target::Raw(id) => DirectId(id),
+        }
+    }
+
+    /// Whether `id` delivered the correct check of our token first.
+    fn proven(&self, id: DirectId) -> bool {
+        let Some(token) = self.own_token else {
+            return false;
+        };
+        let rx = self.direct_rx.get(&id).map_or(&[][..], Vec::as_slice);
+        rx.len() >= CHECK_LEN && &rx[..8] == MAGIC && rx[8..CHECK_LEN] == token
+    }
+
+    /// Makes sure `to` came from a Connect we fed: first among the frames
+    /// the driver built, then by scanning every byte offset of the stream
+    /// for a Connect that junk may have spelled out.
+    fn named_by_a_connect(&mut self, to: &Candidate) -> bool {
+        if self.allowed.contains(to) {
+            return true;
+        }
+        if self.scanned_len < self.fed.len() {
+            for i in 0..self.fed.len() {
+                let mut input = &self.fed[i..];
+                let mut decoder = FrameDecoder::new(self.config.max_message_size);
+                if let Ok(Some(payload)) = decoder.decode(&mut input)
+                    && let Ok(Message::Connect(raw)) = codec::decode_message(&payload)
+                {
+                    let accepted = filter_remote(
+                        raw.iter().map(Vec::as_slice),
+                        &self.config.address_policy,
+                        &self.config.dialable,
+                        self.config.max_remote_addrs,
+                    )
+                    .accepted;
+                    self.allowed.extend(accepted);
+                }
+            }
+            self.scanned_len = self.fed.len();
+        }
+        self.allowed.contains(to)
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.up.poll_output() {
+            self.check_output(&out);
+            self.log.push(out);
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn check_output(&mut self, out: &Output) {
+        let cfg = self.config.clone();
+        let cfg = &cfg;
+        if self.outcome.is_some() {
+            assert!(
+                matches!(
+                    out,
+                    Output::CloseDirect { .. }
+                        | Output::CloseRelay
+                        | Output::ResetStream
+                        | Output::FinishStream
+                ),
+                "{out:?} after the outcome"
+            );
+        }
+        match out {
+            Output::OpenStream => {
+                assert_eq!(
+                    self.side,
+                    Side::Initiator,
+                    "only the initiator opens streams"
+                );
+                assert_eq!(
+                    cfg.channel,
+                    RelayChannel::StreamPerAttempt,
+                    "OpenStream on a shared stream"
+                );
+            }
+            Output::WriteStream(bytes) => {
+                let mut input = &bytes[..];
+                let mut decoder = FrameDecoder::new(cfg.max_message_size);
+                let payload = decoder
+                    .decode(&mut input)
+                    .unwrap_or_else(|e| panic!("we wrote an invalid frame: {e}"))
+                    .expect("we wrote an incomplete frame");
+                assert!(input.is_empty(), "one write carries exactly one frame");
+                let token_mode = cfg.identity_check == IdentityCheck::Token;
+                if token_mode && self.own_token.is_none() {
+                    self.own_token =
+                        Some(codec::decode_hello(&payload).expect("the first write is a Hello"));
+                } else {
+                    let msg = codec::decode_message(&payload)
+                        .unwrap_or_else(|e| panic!("we wrote an undecodable message: {e}"));
+                    if let Message::Connect(raw) = msg {
+                        assert!(
+                            raw.len() <= cfg.max_local_addrs,
+                            "too many local addrs sent"
+                        );
+                    }
+                }
+            }
+            Output::FinishStream | Output::ResetStream => {}
+            Output::Dial(dial) => self.check_dial(dial),
+            Output::SendDatagram { to, payload } => {
+                assert_eq!(self.side, Side::Initiator, "the responder never sprays");
+                let candidate = Candidate::quic(*to);
+                assert!(
+                    self.named_by_a_connect(&candidate),
+                    "spray to {to}, which no Connect named"
+                );
+                self.spray_in_attempt += 1;
+                assert!(
+                    self.spray_in_attempt <= cfg.max_spray_packets_per_attempt,
+                    "{} datagrams in attempt {}, budget {}",
+                    self.spray_in_attempt,
+                    self.attempts,
+                    cfg.max_spray_packets_per_attempt
+                );
+                assert_eq!(payload.bytes().len(), dcutr_core::SPRAY_PACKET_LEN);
+            }
+            Output::WriteDirect { id, data } => {
+                assert_eq!(
+                    cfg.identity_check,
+                    IdentityCheck::Token,
+                    "direct writes only happen for the token check"
+                );
+                assert!(
+                    self.connected.contains(id),
+                    "write to {id}, which never connected"
+                );
+                if self.inbound.contains_key(id) {
+                    assert!(
+                        self.proven(*id),
+                        "wrote to inbound {id} before it proved it knows our token"
+                    );
+                }
+                assert!(
+                    data.len() == CHECK_LEN || data[..] == [SELECT],
+                    "unexpected direct write of {} bytes",
+                    data.len()
+                );
+            }
+            Output::CloseDirect { .. } => {}
+            Output::CloseRelay => {
+                assert_eq!(self.outcome, Some(true), "CloseRelay without an upgrade");
+                self.close_relay += 1;
+                assert_eq!(self.close_relay, 1, "CloseRelay twice");
+            }
+            Output::Event(event) => self.check_event(event),
+            other => panic!("unknown output {other:?}"),
+        }
+    }
+
+    fn check_dial(&mut self, dial: &Dial) {
+        let cfg = self.config.clone();
+        assert!(
+            !self.dial_by_id.contains_key(&dial.id) && !self.inbound.contains_key(&dial.id),
+            "dial id {} reused",
+            dial.id
+        );
+        match dial.purpose {
+            DialPurpose::Unilateral => {
+                assert_eq!(
+                    self.side,
+                    Side::Initiator,
+                    "the responder dials unilaterally"
+                );
+                assert_eq!(dial.attempt, 0);
+                assert_eq!(
+                    dial.role,
+                    Role::Client,
+                    "the unilateral dialer is the client"
+                );
+                assert!(
+                    self.unilateral_ok.contains(&dial.to),
+                    "unilateral dial to {} which is not a usable configured address",
+                    dial.to
+                );
+                self.unilateral_dials += 1;
+                assert!(self.unilateral_dials <= cfg.max_remote_addrs);
+            }
+            DialPurpose::HolePunch => {
+                assert!(
+                    self.named_by_a_connect(&dial.to),
+                    "hole-punch dial to {}, which no Connect named",
+                    dial.to
+                );
+                assert!(
+                    dial.attempt >= 1 && dial.attempt == self.attempts,
+                    "dial for attempt {} during attempt {}",
+                    dial.attempt,
+                    self.attempts
+                );
+                let role = match self.side {
+                    Side::Initiator => Role::Server,
+                    Side::Responder => Role::Client,
+                };
+                assert_eq!(dial.role, role, "hole-punch role of the {}", self.side);
+                assert!(
+                    !(self.side == Side::Initiator && dial.to.transport == Transport::Quic),
+                    "the QUIC server dialled instead of spraying"
+                );
+                self.punch_dials_in_attempt += 1;
+                assert!(
+                    self.punch_dials_in_attempt <= cfg.max_remote_addrs,
+                    "{} dials in one attempt",
+                    self.punch_dials_in_attempt
+                );
+            }
+        }
+        assert!(cfg.address_policy.check(&dial.to).is_ok());
+        assert!(cfg.dialable.allows(&dial.to));
+        self.dials.push(*dial);
+        self.dial_by_id.insert(dial.id, *dial);
+        self.known.push(dial.id);
+    }
+
+    fn check_event(&mut self, event: &Event) {
+        match event {
+            Event::AttemptStarted { attempt } => {
+                assert_eq!(
+                    *attempt,
+                    self.attempts + 1,
+                    "attempts are numbered in order"
+                );
+                self.attempts = *attempt;
+                assert!(
+                    self.attempts <= self.config.max_attempts,
+                    "attempt {} of at most {}",
+                    self.attempts,
+                    self.config.max_attempts
+                );
+                self.spray_in_attempt = 0;
+                self.punch_dials_in_attempt = 0;
+            }
+            Event::RemoteAddrs { accepted, .. } => {
+                assert!(accepted.len() <= self.config.max_remote_addrs);
+                if self.side == Side::Responder {
+                    self.responder_took_connect = true;
+                }
+            }
+            Event::AttemptFailed {
+                reason: AttemptFailure::Protocol(ProtocolError::TrailingBytes { len }),
+                ..
+            } if self.respect_wanted => {
+                panic!("told of {len} trailing bytes though we read only what was wanted");
+            }
+            Event::Upgraded(up) => {
+                assert!(self.outcome.is_none(), "a second outcome");
+                self.outcome = Some(true);
+                assert!(
+                    self.connected.contains(&up.id),
+                    "upgraded on {}, which never connected",
+                    up.id
+                );
+                let (to, role) = match (self.dial_by_id.get(&up.id), self.inbound.get(&up.id)) {
+                    (Some(d), _) => (d.to, d.role),
+                    (None, Some((from, role))) => (*from, *role),
+                    (None, None) => unreachable!("connected ids are dials or inbound"),
+                };
+                assert_eq!((up.transport, up.remote), (to.transport, to.addr));
+                assert_eq!(up.role, role, "role on the winning connection");
+                if self.config.identity_check == IdentityCheck::Token {
+                    assert!(self.proven(up.id), "won on {} without the check", up.id);
+                    if up.role == Role::Client {
+                        let rx = &self.direct_rx[&up.id];
+                        assert!(
+                            rx.len() > CHECK_LEN && rx[CHECK_LEN] == SELECT,
+                            "the client won without the select byte"
+                        );
+                    }
+                }
+            }
+            Event::Failed(_) => {
+                assert!(self.outcome.is_none(), "a second outcome");
+                self.outcome = Some(false);
+            }
+            _ => {}
+        }
+    }
+
+    /// The latest simulated time by which the outcome must be decided.
+    fn decision_bound(&self) -> Duration {
+        let c = &self.config;
+        let attempts = u32::from(c.max_attempts);
+        2 * c.step_timeout
+            + c.unilateral_timeout
+            + attempts * (2 * c.step_timeout + 2 * c.direct_timeout + c.confirm_timeout)
+            + c.confirm_timeout
+            + Duration::from_secs(1)
+    }
+
+    /// What `heap_estimate()` may reach: every table at twice its cap
+    /// (a `Vec` doubles), whatever the number of steps.
+    fn heap_bound(&self) -> usize {
+        /// Generous size of one entry of the core's private table of
+        /// direct connections.
+        const DIRECT_ENTRY: usize = 256;
+        let c = &self.config;
+        let attempts = usize::from(c.max_attempts) + 1;
+        let outputs = attempts * (c.max_remote_addrs * 3 + 16) + 64;
+        let directs = attempts * c.max_remote_addrs + c.max_pending_inbound + 1;
+        c.max_message_size
+            + 2 * directs * DIRECT_ENTRY
+            + 2 * c.max_local_addrs * size_of::<Candidate>()
+            + 2 * attempts * size_of::<AttemptFailure>()
+            + 4 * c.max_remote_addrs * size_of::<Candidate>()
+            + 2 * outputs * size_of::<Output>()
+            + 2 * attempts * c.max_remote_addrs * size_of::<dcutr_core::DialRecord>()
+            + 2 * attempts * size_of::<dcutr_core::AttemptRecord>()
+    }
+
+    fn check_state(&self) {
+        let c = &self.config;
+        if let Some(t) = self.up.poll_timeout() {
+            assert!(
+                t.at >= self.passed,
+                "poll_timeout {:?} is before the latest now passed in",
+                t.kind
+            );
+        }
+        let wanted = self.up.stream_bytes_wanted();
+        assert!(
+            wanted <= c.max_message_size,
+            "stream_bytes_wanted {wanted} beyond the frame limit"
+        );
+        for id in &self.known {
+            assert!(self.up.direct_bytes_wanted(*id) <= CHECK_LEN);
+        }
+        let heap = self.up.heap_estimate();
+        assert!(
+            heap <= self.heap_bound(),
+            "heap estimate {heap} beyond {}",
+            self.heap_bound()
+        );
+        let timeline = self.up.timeline();
+        assert!(timeline.attempts.len() <= usize::from(c.max_attempts));
+        for a in &timeline.attempts {
+            assert!(a.spray_packets <= c.max_spray_packets_per_attempt);
+        }
+        let elapsed = self.now.duration_since(self.start);
+        if self.punctual && elapsed > self.decision_bound() {
+            assert!(
+                self.up.outcome().is_some(),
+                "undecided after {elapsed:?}, beyond the bound of {:?}",
+                self.decision_bound()
+            );
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Shared harness code for the dcutr-core fuzz targets.
+//!
+//! * [`driver`] drives one [`dcutr_core::Upgrade`] through a scripted
+//!   sequence of timestamped inputs and checks the core's invariants after
+//!   every step (the `upgrade_initiator` and `upgrade_responder` targets).
+//! * [`world`] runs whole upgrades in [`dcutr_sim::Sim`] and checks that
+//!   both sides agree (the `orchestrator` target).
+//! * [`input`] holds the `arbitrary` input types that the targets decode
+//!   from libFuzzer's bytes and turn into the plain types above.
+//!
+//! Every check panics with a message naming the broken invariant, which
+//! libFuzzer records as a crash.
+
+pub mod driver;
+pub mod input;
+pub mod world;
+
+/// Switches off the tolerance for bugs that are already reported and kept
+/// as ignored regression tests in `dcutr-core/tests/fuzz_regressions.rs`.
+///
+/// By default the targets tolerate those known bugs, so that a long run
+/// keeps finding new ones instead of the same crash again and again. Set
+/// `DCUTR_FUZZ_STRICT=1` to check every invariant in full (for example to
+/// confirm that a fix holds).
+#[must_use]
+pub fn strict() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("DCUTR_FUZZ_STRICT").is_some_and(|v| v != "0"))
+}
