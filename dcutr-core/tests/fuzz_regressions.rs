@@ -169,10 +169,11 @@ fn ipv4_mapped_private_is_refused_and_public_ipv6_is_accepted() {
     );
 }
 
-/// Found by `upgrade_responder` while the target was being written
-/// (before b9807c5 fixed it): a new stream every 9 s, each without a
-/// Connect, re-armed the responder's step timeout forever. Kept as the
-/// regression test of the fuzz finding; `hostile.rs` has the lead's own.
+/// Found while writing the decision-time bound of `upgrade_responder`
+/// (by review and a scratch run, before the target ran; b9807c5 fixed it
+/// meanwhile): a new stream every 9 s, each without a Connect, re-armed
+/// the responder's step timeout forever. Kept with the harness's numbers;
+/// `hostile.rs` has the lead's own test.
 #[test]
 fn streams_reopened_before_any_connect_end_the_upgrade() {
     let mut up = start(Side::Responder, Config::default());

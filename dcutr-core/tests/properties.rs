@@ -437,3 +437,140 @@ fn blocked_paths_fail_on_both_sides() {
         (Some(Outcome::Failed(_)), Some(Outcome::Failed(_)))
     ));
 }
+
+// ----- amplification budget ------------------------------------------------
+
+/// Drives an initiator against a hostile responder that answers every
+/// attempt with `connect` and never lets a direct connection form.
+/// Returns every datagram (attempt, destination) and every dial.
+fn against_a_hostile_responder(
+    config: Config,
+    connect: &Bytes,
+) -> (
+    Vec<(u8, SocketAddr)>,
+    Vec<dcutr_core::Dial>,
+    Option<Outcome>,
+) {
+    let mut up = Upgrade::builder(Side::Initiator, config, [5; 32])
+        .local_addrs([common::quic("198.51.100.9:4001")])
+        .start(t0())
+        .unwrap();
+    let mut now = t0();
+    let mut attempt = 0;
+    let mut datagrams = Vec::new();
+    let mut dials = Vec::new();
+    // The first write on each new stream is our Connect; the next is Sync.
+    let mut connect_due = false;
+    for _ in 0..100_000 {
+        let outputs: Vec<Output> = std::iter::from_fn(|| up.poll_output()).collect();
+        let mut open = false;
+        let mut answer = false;
+        for out in outputs {
+            match out {
+                Output::OpenStream => open = true,
+                // Our Connect went out: the hostile peer answers at once.
+                Output::WriteStream(_) if connect_due => {
+                    answer = true;
+                    connect_due = false;
+                }
+                Output::SendDatagram { to, .. } => datagrams.push((attempt, to)),
+                Output::Dial(d) => dials.push(d),
+                Output::Event(dcutr_core::Event::AttemptStarted { attempt: a }) => attempt = a,
+                _ => {}
+            }
+        }
+        if open {
+            connect_due = true;
+            up.handle_stream_opened(now);
+        } else if answer {
+            now += Duration::from_millis(40);
+            up.handle_stream_data(now, connect);
+        } else if let Some(t) = up.poll_timeout() {
+            now = now.max(t.at);
+            up.handle_timeout(now);
+        } else {
+            break;
+        }
+    }
+    (datagrams, dials, up.outcome().cloned())
+}
+
+/// Victims: a few public QUIC and TCP addresses, named many times over,
+/// among addresses that must never be reached.
+fn hostile_entry() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => (0u8..24, any::<bool>()).prop_map(|(i, q)| {
+            let addr = SocketAddr::from(([203, 0, 113, 100 + i], 443));
+            let c = if q { Candidate::quic(addr) } else { Candidate::tcp(addr) };
+            c.to_multiaddr().to_vec()
+        }),
+        1 => candidate().prop_map(|c| c.to_multiaddr().to_vec()),
+        1 => vec(any::<u8>(), 0..16),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever a hostile responder names, the initiator sprays at most
+    /// `max_spray_packets_per_attempt` datagrams per attempt and
+    /// `max_attempts` times that per upgrade, only to distinct QUIC
+    /// addresses that pass the filter, round-robin; and it dials no more
+    /// than `max_remote_addrs` per attempt.
+    #[test]
+    fn a_hostile_connect_cannot_exceed_the_packet_budget(
+        entries in vec(hostile_entry(), 0..400),
+        max_spray in 1u32..=300,
+        max_remote in 1usize..=32,
+        attempts in 1u8..=3,
+    ) {
+        let mut config = Config::default();
+        config.max_spray_packets_per_attempt = max_spray;
+        config.max_remote_addrs = max_remote;
+        config.max_attempts = attempts;
+        let (connect, count) = encode_connect(entries.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE);
+        let allowed = dcutr_core::addr::filter_remote(
+            entries[..count].iter().map(Vec::as_slice),
+            &config.address_policy,
+            &config.dialable,
+            max_remote,
+        )
+        .accepted;
+        let (datagrams, dials, outcome) = against_a_hostile_responder(config.clone(), &connect);
+        prop_assert!(
+            matches!(outcome, Some(Outcome::Failed(_))),
+            "no connection can form: {:?}", outcome
+        );
+        let total_budget = u64::from(attempts) * u64::from(max_spray);
+        prop_assert!(datagrams.len() as u64 <= total_budget);
+        let bytes = datagrams.len() * dcutr_core::SPRAY_PACKET_LEN;
+        prop_assert!(bytes as u64 <= total_budget * 64, "{} bytes", bytes);
+        for a in 1..=attempts {
+            let mine: Vec<SocketAddr> =
+                datagrams.iter().filter(|(n, _)| *n == a).map(|(_, to)| *to).collect();
+            prop_assert!(mine.len() as u64 <= u64::from(max_spray), "attempt {}: {}", a, mine.len());
+            let mut per_target = std::collections::BTreeMap::<SocketAddr, usize>::new();
+            for to in &mine {
+                prop_assert!(allowed.contains(&Candidate::quic(*to)), "sprayed {} unnamed", to);
+                *per_target.entry(*to).or_default() += 1;
+            }
+            prop_assert!(per_target.len() <= max_remote);
+            let (lo, hi) = (per_target.values().min(), per_target.values().max());
+            if let (Some(lo), Some(hi)) = (lo, hi) {
+                prop_assert!(hi - lo <= 1, "targets are sprayed round-robin: {:?}", per_target);
+            }
+            let punch_dials = dials.iter().filter(|d| d.attempt == a).count();
+            prop_assert!(punch_dials <= max_remote);
+        }
+        // The initiator never dials QUIC in a punch (it is the server), and
+        // every dial target was named and passed the filter.
+        for d in &dials {
+            prop_assert_eq!(d.to.transport, Transport::Tcp);
+            prop_assert!(allowed.contains(&d.to));
+        }
+        // With victims named, the budget is used, so the bound is the one
+        // that holds (the assertions above can trip).
+        let quic_named = allowed.iter().any(|c| c.transport == Transport::Quic);
+        prop_assert_eq!(!datagrams.is_empty(), quic_named);
+    }
+}
