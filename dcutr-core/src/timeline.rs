@@ -113,7 +113,9 @@ pub struct DialRecord {
 }
 
 impl Timeline {
-    pub(crate) fn new(started: Instant) -> Self {
+    /// A timeline with nothing recorded yet, started at `started`.
+    #[must_use]
+    pub fn empty(started: Instant) -> Self {
         Timeline {
             started,
             unilateral: None,

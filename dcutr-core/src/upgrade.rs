@@ -247,7 +247,7 @@ impl UpgradeBuilder {
             timers: Timers::default(),
             outputs: VecDeque::new(),
             outcome: None,
-            timeline: Timeline::new(now),
+            timeline: Timeline::empty(now),
         };
         tracing::debug!(side = %up.side, "dcutr upgrade started");
         if up.token_check() {

@@ -1,0 +1,788 @@
+//! # dcutr-driver
+//!
+//! The one async loop that binds [`dcutr_core`]'s commands to real
+//! sockets, written once for every runtime. A runtime adapter
+//! (`dcutr-tokio`, `dcutr-async-std`) implements the small [`Runtime`]
+//! trait (clock, timers, TCP connect and accept) and wraps the types; the
+//! loop itself, [`drive`], lives here.
+//!
+//! The driver holds **no protocol logic**: it reads what the core wants,
+//! feeds it what happened with a timestamp from the runtime's clock, and
+//! carries out the commands. It spawns no task: every connection is a
+//! small future owned by the upgrade's future, so dropping the upgrade
+//! cancels every dial and closes every socket it opened.
+
+#![forbid(unsafe_code)]
+
+mod actor;
+pub mod net;
+pub mod quic;
+mod report;
+
+use std::io;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use dcutr_core::{
+    Candidate, Config, ConfigError, DialError, DirectId, Event, Failure, Outcome, Output,
+    RelayChannel, Role, Side, Transport, Upgrade,
+};
+use futures_channel::mpsc;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+
+use actor::{ActorEvent, Cmd, DirectConn, Key, QuicDirect, Start, Stream};
+pub use quic::{QuicSocket, SERVER_NAME, self_signed_configs};
+pub use report::Report;
+
+/// What a runtime adapter provides: a clock, timers, and TCP.
+///
+/// Streams use the `futures-io` traits; an adapter whose runtime has its
+/// own traits wraps its streams (tokio: `tokio_util::compat`).
+pub trait Runtime: Send + Sync + 'static {
+    /// A connected TCP stream.
+    type TcpStream: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static;
+    /// A TCP listener with port reuse (see [`net::reuse_listener`]).
+    type TcpListener: Send + 'static;
+
+    /// The runtime's monotonic clock (a paused test clock counts).
+    fn now(&self) -> Instant;
+
+    /// A future that completes at `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()>;
+
+    /// Connects to `remote` from `local`, with port reuse, so the dial
+    /// leaves from the port the peer observed (see
+    /// [`net::reuse_stream_socket`]).
+    fn connect_from(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, io::Result<Self::TcpStream>>;
+
+    /// Polls the listener for an inbound connection.
+    fn poll_accept(
+        &self,
+        listener: &mut Self::TcpListener,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Self::TcpStream, SocketAddr)>>;
+
+    /// The listener's local address.
+    ///
+    /// # Errors
+    /// When the socket has none.
+    fn listener_addr(&self, listener: &Self::TcpListener) -> io::Result<SocketAddr>;
+}
+
+/// Called with every event of the core and the time since the start.
+pub type EventCallback = Box<dyn FnMut(&Event, Duration) + Send>;
+
+/// Everything an upgrade needs besides the relayed stream.
+#[must_use]
+pub struct Options<L> {
+    side: Side,
+    config: Config,
+    local_addrs: Vec<Candidate>,
+    remote_public_addrs: Vec<Candidate>,
+    tcp: Option<L>,
+    quic: Option<QuicSocket>,
+    caller_authenticates: bool,
+    seed: Option<[u8; 32]>,
+    on_event: Option<EventCallback>,
+}
+
+impl<L> Options<L> {
+    /// Options for `side`, with [`Config::shared_stream`] (all attempts
+    /// on the one relayed stream, token identity check).
+    pub fn new(side: Side) -> Self {
+        Options {
+            side,
+            config: Config::shared_stream(),
+            local_addrs: Vec::new(),
+            remote_public_addrs: Vec::new(),
+            tcp: None,
+            quic: None,
+            caller_authenticates: false,
+            seed: None,
+            on_event: None,
+        }
+    }
+
+    /// Replaces the config. Its channel must be
+    /// [`RelayChannel::SharedStream`]: this driver has one relayed stream.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Our observed addresses, most recently observed first.
+    pub fn local_addrs(mut self, addrs: impl IntoIterator<Item = Candidate>) -> Self {
+        self.local_addrs.extend(addrs);
+        self
+    }
+
+    /// The peer's public addresses, for the unilateral dial (initiator).
+    pub fn remote_public_addrs(mut self, addrs: impl IntoIterator<Item = Candidate>) -> Self {
+        self.remote_public_addrs.extend(addrs);
+        self
+    }
+
+    /// The TCP listener to punch from (bound with port reuse).
+    pub fn tcp(mut self, listener: L) -> Self {
+        self.tcp = Some(listener);
+        self
+    }
+
+    /// The QUIC endpoint to punch from.
+    pub fn quic(mut self, socket: QuicSocket) -> Self {
+        self.quic = Some(socket);
+        self
+    }
+
+    /// Declares that the caller's own handshake on the direct connection
+    /// authenticates the peer (for example TLS with known certificates):
+    /// skips the token identity check. Off by default.
+    pub fn caller_authenticates(mut self, yes: bool) -> Self {
+        self.caller_authenticates = yes;
+        self
+    }
+
+    /// Fixes the seed of the core's RNG (tokens, spray). By default 32
+    /// bytes come from the OS; fix it only in tests.
+    pub fn seed(mut self, seed: [u8; 32]) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Calls `callback` with every event of the core, as it happens.
+    pub fn on_event(mut self, callback: impl FnMut(&Event, Duration) + Send + 'static) -> Self {
+        self.on_event = Some(Box::new(callback));
+        self
+    }
+}
+
+/// The direct connection that won.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DirectConnection<T> {
+    /// A TCP stream (from a simultaneous open, our dial, or our listener).
+    Tcp(T),
+    /// A QUIC connection.
+    Quic(quinn::Connection),
+}
+
+/// A successful upgrade.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Upgraded<T, S> {
+    /// The direct connection; the identity check's bytes are consumed, the
+    /// next byte is the peer application's.
+    pub connection: DirectConnection<T>,
+    /// Transport of the connection.
+    pub transport: Transport,
+    /// Our role on it: the spec's A is the client, B the server (in the
+    /// unilateral dial, B dials and is the client).
+    pub role: Role,
+    /// The peer's address on it.
+    pub remote: SocketAddr,
+    /// What happened when.
+    pub report: Report,
+    /// The relayed stream, still open: data in flight may drain during the
+    /// grace period. Close it by [`Upgraded::relay_close_at`].
+    pub relay: S,
+    /// End of the grace period after which the relayed stream should be
+    /// closed ([`Config::relay_grace_period`] after the upgrade).
+    pub relay_close_at: Instant,
+}
+
+impl<T, S> Upgraded<T, S> {
+    /// Converts the stream types, for adapters that wrap their runtime's
+    /// streams while driving.
+    pub fn map<T2, S2>(
+        self,
+        tcp: impl FnOnce(T) -> T2,
+        relay: impl FnOnce(S) -> S2,
+    ) -> Upgraded<T2, S2> {
+        Upgraded {
+            connection: match self.connection {
+                DirectConnection::Tcp(t) => DirectConnection::Tcp(tcp(t)),
+                DirectConnection::Quic(q) => DirectConnection::Quic(q),
+            },
+            transport: self.transport,
+            role: self.role,
+            remote: self.remote,
+            report: self.report,
+            relay: relay(self.relay),
+            relay_close_at: self.relay_close_at,
+        }
+    }
+}
+
+/// Why an upgrade did not produce a direct connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeFailure {
+    /// The protocol ended without a direct connection (all attempts
+    /// failed, the peer broke the protocol, the relay closed...). The
+    /// report's timeline has the reason of every attempt and dial.
+    #[error(transparent)]
+    Failed(Failure),
+    /// The options cannot work.
+    #[error(transparent)]
+    Config(ConfigError),
+    /// Neither a TCP listener nor a QUIC endpoint was given.
+    #[error("neither a TCP listener nor a QUIC endpoint was given")]
+    NoTransport,
+    /// A local socket failed.
+    #[error("local socket error: {0}")]
+    Io(io::Error),
+}
+
+/// A failed upgrade. The relayed stream comes back when it is still
+/// usable (a clean failure); after a protocol error it was reset.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct UpgradeError<S> {
+    /// Why.
+    pub reason: UpgradeFailure,
+    /// What happened when.
+    pub report: Report,
+    /// The relayed stream, if still usable.
+    pub relay: Option<S>,
+}
+
+impl<S> UpgradeError<S> {
+    /// Converts the relayed stream's type.
+    pub fn map<S2>(self, relay: impl FnOnce(S) -> S2) -> UpgradeError<S2> {
+        UpgradeError {
+            reason: self.reason,
+            report: self.report,
+            relay: self.relay.map(relay),
+        }
+    }
+}
+
+impl<S> std::fmt::Display for UpgradeError<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upgrade failed: {}", self.reason)
+    }
+}
+
+impl<S: std::fmt::Debug> std::error::Error for UpgradeError<S> {}
+
+/// Runs one upgrade over `relay` until its outcome.
+///
+/// # Errors
+/// [`UpgradeError`] with the reason, the report and (when usable) the
+/// relayed stream.
+pub async fn drive<R, S>(
+    runtime: &R,
+    relay: S,
+    options: Options<R::TcpListener>,
+) -> Result<Upgraded<R::TcpStream, S>, UpgradeError<S>>
+where
+    R: Runtime,
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    let start = runtime.now();
+    let side = options.side;
+    let fail = |reason, relay| UpgradeError {
+        reason,
+        report: Report::empty(side, start),
+        relay: Some(relay),
+    };
+    if options.config.channel != RelayChannel::SharedStream {
+        let error = ConfigError::OutOfRange {
+            field: "channel",
+            reason: "must be SharedStream: the driver carries every attempt on one stream",
+        };
+        return Err(fail(UpgradeFailure::Config(error), relay));
+    }
+    if options.tcp.is_none() && options.quic.is_none() {
+        return Err(fail(UpgradeFailure::NoTransport, relay));
+    }
+    match Driver::new(runtime, options, start) {
+        Ok(driver) => driver.run(relay).await,
+        Err(reason) => Err(fail(reason, relay)),
+    }
+}
+
+type ActorFuture<D> = BoxFuture<'static, (Key, Option<D>)>;
+
+struct DirectActor {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    /// Bytes the actor may still read, as we last told it minus what it
+    /// delivered since.
+    want: usize,
+}
+
+struct Driver<'r, R: Runtime> {
+    runtime: &'r R,
+    core: Upgrade,
+    start: Instant,
+    tcp: Option<R::TcpListener>,
+    tcp_local: Option<SocketAddr>,
+    quic: Option<QuicSocket>,
+    on_event: Option<EventCallback>,
+    events_tx: mpsc::UnboundedSender<(Key, ActorEvent)>,
+    events_rx: mpsc::UnboundedReceiver<(Key, ActorEvent)>,
+    directs: Vec<(DirectId, DirectActor)>,
+    actors: FuturesUnordered<ActorFuture<DirectConn<R::TcpStream>>>,
+    quic_accept: Option<BoxFuture<'static, Option<quinn::Incoming>>>,
+    quic_handshakes: FuturesUnordered<BoxFuture<'static, Option<(quinn::Connection, SocketAddr)>>>,
+    relay_cmds: mpsc::UnboundedSender<Cmd>,
+    relay_want: usize,
+    relay_reset: bool,
+    sleep: Option<(Instant, BoxFuture<'static, ()>)>,
+}
+
+/// One thing that happened, for the core.
+enum Wake<T> {
+    Timer,
+    Actor(Key, ActorEvent),
+    ActorEnded,
+    Inbound(DirectConn<T>, Candidate),
+    QuicIncoming(Box<quinn::Incoming>),
+    ListenerFailed(io::Error),
+}
+
+impl<'r, R: Runtime> Driver<'r, R> {
+    fn new(
+        runtime: &'r R,
+        options: Options<R::TcpListener>,
+        start: Instant,
+    ) -> Result<Self, UpgradeFailure> {
+        let mut config = options.config;
+        if options.caller_authenticates {
+            config.identity_check = dcutr_core::IdentityCheck::CallerAuthenticates;
+        }
+        let tcp_local = match &options.tcp {
+            Some(listener) => Some(
+                runtime
+                    .listener_addr(listener)
+                    .map_err(UpgradeFailure::Io)?,
+            ),
+            None => None,
+        };
+        let quic_local = match &options.quic {
+            Some(q) => Some(q.local_addr().map_err(UpgradeFailure::Io)?),
+            None => None,
+        };
+        // We can only dial what we have sockets for, in their families.
+        let mut dialable = dcutr_core::Dialable::none();
+        if let Some(addr) = tcp_local {
+            dialable = dialable.with(Transport::Tcp, addr.is_ipv6());
+        }
+        if let Some(addr) = quic_local {
+            dialable = dialable.with(Transport::Quic, addr.is_ipv6());
+        }
+        config.dialable = dialable;
+        let seed = match options.seed {
+            Some(seed) => seed,
+            None => {
+                let mut seed = [0u8; 32];
+                getrandom::fill(&mut seed)
+                    .map_err(|e| UpgradeFailure::Io(io::Error::other(e.to_string())))?;
+                seed
+            }
+        };
+        let core = Upgrade::builder(options.side, config, seed)
+            .local_addrs(options.local_addrs)
+            .remote_public_addrs(options.remote_public_addrs)
+            .start(start)
+            .map_err(UpgradeFailure::Config)?;
+        let (events_tx, events_rx) = mpsc::unbounded();
+        let (relay_cmds, _) = mpsc::unbounded();
+        let quic_accept = options.quic.as_ref().map(|q| accept_next(&q.endpoint));
+        Ok(Driver {
+            runtime,
+            core,
+            start,
+            tcp: options.tcp,
+            tcp_local,
+            quic: options.quic,
+            on_event: options.on_event,
+            events_tx,
+            events_rx,
+            directs: Vec::new(),
+            actors: FuturesUnordered::new(),
+            quic_accept,
+            quic_handshakes: FuturesUnordered::new(),
+            relay_cmds,
+            relay_want: 0,
+            relay_reset: false,
+            sleep: None,
+        })
+    }
+
+    async fn run<S>(mut self, relay: S) -> Result<Upgraded<R::TcpStream, S>, UpgradeError<S>>
+    where
+        S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let span = tracing::info_span!("dcutr", side = %self.core.side());
+        let _enter = span.enter();
+        let (relay_cmds, relay_rx) = mpsc::unbounded();
+        self.relay_cmds = relay_cmds;
+        let mut relay_actor = actor::run(
+            Key::Relay,
+            Start::Ready(Stream(relay)),
+            relay_rx,
+            self.events_tx.clone(),
+        )
+        .boxed();
+        let mut relay_done: Option<Option<Stream<S>>> = None;
+
+        loop {
+            self.carry_out_outputs();
+            if self.core.outcome().is_some() {
+                break;
+            }
+            self.update_wants();
+            self.arm_timer();
+            let wake = std::future::poll_fn(|cx| {
+                if relay_done.is_none()
+                    && let Poll::Ready((_, stream)) = relay_actor.poll_unpin(cx)
+                {
+                    relay_done = Some(stream);
+                }
+                self.poll_wake(cx)
+            })
+            .await;
+            self.handle(wake);
+        }
+
+        // The outcome is decided: hand the relayed stream back, release
+        // the winner, close everything else.
+        let winner = match self.core.outcome() {
+            Some(Outcome::Upgraded(up)) => Some(*up),
+            _ => None,
+        };
+        for (id, actor) in &self.directs {
+            let cmd = if Some(*id) == winner.map(|w| w.id) {
+                Cmd::Release
+            } else {
+                Cmd::Close
+            };
+            let _ = actor.cmds.unbounded_send(cmd);
+        }
+        let _ = self.relay_cmds.unbounded_send(if self.relay_reset {
+            Cmd::Close
+        } else {
+            Cmd::Release
+        });
+        let relay = match relay_done {
+            Some(stream) => stream,
+            None => relay_actor.await.1,
+        }
+        .map(|Stream(s)| s);
+        let mut won = None;
+        while let Some((key, conn)) = self.actors.next().await {
+            if let (Key::Direct(id), Some(conn)) = (key, conn)
+                && Some(id) == winner.map(|w| w.id)
+            {
+                won = Some(conn);
+            }
+        }
+        let report = Report::new(self.core.side(), self.start, self.core.timeline().clone());
+        match (self.core.outcome().cloned(), won, relay) {
+            (Some(Outcome::Upgraded(up)), Some(conn), Some(relay)) => {
+                let connection = match conn {
+                    DirectConn::Tcp(Stream(t)) => DirectConnection::Tcp(t),
+                    DirectConn::Quic(q) => DirectConnection::Quic(q.conn),
+                };
+                let decided = self.core.timeline().decided.unwrap_or(self.start);
+                Ok(Upgraded {
+                    connection,
+                    transport: up.transport,
+                    role: up.role,
+                    remote: up.remote,
+                    report,
+                    relay,
+                    relay_close_at: decided + self.core.config().relay_grace_period,
+                })
+            }
+            (Some(Outcome::Upgraded(_)), _, relay) => Err(UpgradeError {
+                reason: UpgradeFailure::Io(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the winning connection closed before it was handed over",
+                )),
+                report,
+                relay,
+            }),
+            (Some(Outcome::Failed(failure)), _, relay) => Err(UpgradeError {
+                reason: UpgradeFailure::Failed(failure),
+                report,
+                relay,
+            }),
+            (None, _, relay) => Err(UpgradeError {
+                reason: UpgradeFailure::Io(io::Error::other("upgrade ended without an outcome")),
+                report,
+                relay,
+            }),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.runtime.now()
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now().saturating_duration_since(self.start)
+    }
+
+    /// Polls every source once; the first ready one wakes the loop.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake<R::TcpStream>> {
+        if let Some((_, sleep)) = self.sleep.as_mut()
+            && sleep.poll_unpin(cx).is_ready()
+        {
+            self.sleep = None;
+            return Poll::Ready(Wake::Timer);
+        }
+        if let Poll::Ready(Some((key, event))) = self.events_rx.poll_next_unpin(cx) {
+            return Poll::Ready(Wake::Actor(key, event));
+        }
+        if let Poll::Ready(Some(_)) = self.actors.poll_next_unpin(cx) {
+            return Poll::Ready(Wake::ActorEnded);
+        }
+        if let Some(listener) = self.tcp.as_mut() {
+            match self.runtime.poll_accept(listener, cx) {
+                Poll::Ready(Ok((stream, from))) => {
+                    return Poll::Ready(Wake::Inbound(
+                        DirectConn::Tcp(Stream(stream)),
+                        Candidate::tcp(from),
+                    ));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Wake::ListenerFailed(e)),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(accept) = self.quic_accept.as_mut()
+            && let Poll::Ready(incoming) = accept.poll_unpin(cx)
+        {
+            match incoming {
+                Some(incoming) => {
+                    let endpoint = &self.quic.as_ref().expect("accepting needs it").endpoint;
+                    self.quic_accept = Some(accept_next(endpoint));
+                    return Poll::Ready(Wake::QuicIncoming(Box::new(incoming)));
+                }
+                None => self.quic_accept = None,
+            }
+        }
+        if let Poll::Ready(Some(Some((conn, from)))) = self.quic_handshakes.poll_next_unpin(cx) {
+            return Poll::Ready(Wake::Inbound(
+                DirectConn::Quic(QuicDirect::new(conn, false)),
+                Candidate::quic(from),
+            ));
+        }
+        Poll::Pending
+    }
+
+    fn handle(&mut self, wake: Wake<R::TcpStream>) {
+        let now = self.now();
+        match wake {
+            Wake::Timer => self.core.handle_timeout(now),
+            Wake::Actor(Key::Relay, ActorEvent::Data(data)) => {
+                self.relay_want = self.relay_want.saturating_sub(data.len());
+                self.core.handle_stream_data(now, &data);
+            }
+            Wake::Actor(Key::Relay, _) => self.core.handle_stream_closed(now),
+            Wake::Actor(Key::Direct(id), event) => match event {
+                ActorEvent::Connected => self.core.handle_dial_succeeded(now, id),
+                ActorEvent::DialFailed(error) => {
+                    self.forget(id);
+                    self.core.handle_dial_failed(now, id, error);
+                }
+                ActorEvent::Data(data) => {
+                    if let Some(actor) = self.actor_mut(id) {
+                        actor.want = actor.want.saturating_sub(data.len());
+                    }
+                    self.core.handle_direct_data(now, id, &data);
+                }
+                ActorEvent::Closed => {
+                    self.forget(id);
+                    self.core.handle_direct_closed(now, id);
+                }
+            },
+            Wake::ActorEnded => {}
+            Wake::Inbound(conn, from) => match self.core.handle_inbound(now, from) {
+                Ok(id) => self.start_actor(id, Start::Ready(conn)),
+                Err(reason) => {
+                    tracing::debug!(%from, %reason, "inbound connection refused");
+                    if let DirectConn::Quic(q) = conn {
+                        q.conn.close(0u32.into(), b"refused");
+                    }
+                }
+            },
+            Wake::QuicIncoming(incoming) => {
+                let limit = self.core.config().max_pending_inbound;
+                if self.quic_handshakes.len() >= limit {
+                    tracing::debug!("too many QUIC handshakes in flight; refusing one");
+                    incoming.refuse();
+                } else {
+                    let from = incoming.remote_address();
+                    let incoming = *incoming;
+                    self.quic_handshakes.push(
+                        async move {
+                            let conn = incoming.accept().ok()?.await.ok()?;
+                            Some((conn, from))
+                        }
+                        .boxed(),
+                    );
+                }
+            }
+            Wake::ListenerFailed(error) => {
+                tracing::warn!(%error, "TCP listener failed; no more inbound connections");
+                self.tcp = None;
+            }
+        }
+    }
+
+    fn actor_mut(&mut self, id: DirectId) -> Option<&mut DirectActor> {
+        self.directs
+            .iter_mut()
+            .find(|(i, _)| *i == id)
+            .map(|(_, a)| a)
+    }
+
+    fn forget(&mut self, id: DirectId) {
+        self.directs.retain(|(i, _)| *i != id);
+    }
+
+    fn start_actor(&mut self, id: DirectId, start: Start<DirectConn<R::TcpStream>>) {
+        let (cmds, rx) = mpsc::unbounded();
+        self.directs.push((id, DirectActor { cmds, want: 0 }));
+        self.actors
+            .push(actor::run(Key::Direct(id), start, rx, self.events_tx.clone()).boxed());
+    }
+
+    fn carry_out_outputs(&mut self) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::WriteStream(data) => {
+                    let _ = self.relay_cmds.unbounded_send(Cmd::Write(data));
+                }
+                Output::ResetStream => {
+                    self.relay_reset = true;
+                    let _ = self.relay_cmds.unbounded_send(Cmd::Close);
+                }
+                Output::Dial(dial) => self.dial(dial),
+                Output::SendDatagram { to, payload } => {
+                    if let Some(quic) = &self.quic {
+                        quic.spray(&payload.bytes(), to);
+                    }
+                }
+                Output::WriteDirect { id, data } => {
+                    if let Some(actor) = self.actor_mut(id) {
+                        let _ = actor.cmds.unbounded_send(Cmd::Write(data));
+                    }
+                }
+                Output::CloseDirect { id } => {
+                    if let Some(actor) = self.actor_mut(id) {
+                        let _ = actor.cmds.unbounded_send(Cmd::Close);
+                    }
+                    self.forget(id);
+                }
+                Output::Event(event) => {
+                    tracing::debug!(?event, "dcutr event");
+                    let elapsed = self.elapsed();
+                    if let Some(callback) = self.on_event.as_mut() {
+                        callback(&event, elapsed);
+                    }
+                }
+                // One shared stream: no per-attempt streams to open or
+                // finish. The relay's grace period is the caller's, via
+                // `relay_close_at`.
+                Output::OpenStream | Output::FinishStream | Output::CloseRelay => {}
+                other => tracing::debug!(?other, "command not used by this driver"),
+            }
+        }
+    }
+
+    fn dial(&mut self, dial: dcutr_core::Dial) {
+        let start = match dial.to.transport {
+            Transport::Tcp => {
+                let Some(local) = self.tcp_local else {
+                    return self.fail_dial_now(dial.id, DialError::Unreachable);
+                };
+                let connecting = self.runtime.connect_from(local, dial.to.addr);
+                Start::Dial(
+                    async move {
+                        connecting
+                            .await
+                            .map(|s| DirectConn::Tcp(Stream(s)))
+                            .map_err(|e| DialError::from(e.kind()))
+                    }
+                    .boxed(),
+                )
+            }
+            Transport::Quic => {
+                let Some(quic) = &self.quic else {
+                    return self.fail_dial_now(dial.id, DialError::Unreachable);
+                };
+                let connecting = quic.endpoint.connect_with(
+                    quic.client_config.clone(),
+                    dial.to.addr,
+                    SERVER_NAME,
+                );
+                Start::Dial(
+                    async move {
+                        let conn = connecting
+                            .map_err(|_| DialError::Unreachable)?
+                            .await
+                            .map_err(|e| match e {
+                                quinn::ConnectionError::TimedOut => DialError::TimedOut,
+                                quinn::ConnectionError::ConnectionClosed(_)
+                                | quinn::ConnectionError::ApplicationClosed(_)
+                                | quinn::ConnectionError::Reset => DialError::Refused,
+                                _ => DialError::Handshake,
+                            })?;
+                        Ok(DirectConn::Quic(QuicDirect::new(conn, true)))
+                    }
+                    .boxed(),
+                )
+            }
+        };
+        tracing::debug!(id = %dial.id, to = %dial.to, role = %dial.role, "dial");
+        self.start_actor(dial.id, start);
+    }
+
+    fn fail_dial_now(&mut self, id: DirectId, error: DialError) {
+        let now = self.now();
+        self.core.handle_dial_failed(now, id, error);
+    }
+
+    /// Tells the relay and every direct actor how much they may read.
+    fn update_wants(&mut self) {
+        let relay_want = self.core.stream_bytes_wanted();
+        if relay_want != self.relay_want {
+            self.relay_want = relay_want;
+            let _ = self.relay_cmds.unbounded_send(Cmd::Want(relay_want));
+        }
+        for (id, actor) in &mut self.directs {
+            let want = self.core.direct_bytes_wanted(*id);
+            if want != actor.want {
+                actor.want = want;
+                let _ = actor.cmds.unbounded_send(Cmd::Want(want));
+            }
+        }
+    }
+
+    fn arm_timer(&mut self) {
+        match self.core.poll_timeout() {
+            Some(timeout) => {
+                if self.sleep.as_ref().map(|(at, _)| *at) != Some(timeout.at) {
+                    let sleep = self.runtime.sleep_until(timeout.at);
+                    self.sleep = Some((timeout.at, sleep));
+                }
+            }
+            None => self.sleep = None,
+        }
+    }
+}
+
+fn accept_next(endpoint: &quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {
+    let endpoint = endpoint.clone();
+    async move { endpoint.accept().await }.boxed()
+}

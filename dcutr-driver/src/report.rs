@@ -1,0 +1,83 @@
+//! The measured timeline of one upgrade, in the terms users ask about.
+
+use std::time::{Duration, Instant};
+
+use dcutr_core::{DialPurpose, Side, Timeline};
+
+/// What happened when, from the core's timeline, with the figures people
+/// ask for: the relayed RTT, the attempts, the time to the direct
+/// connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Our side.
+    pub side: Side,
+    /// When the upgrade started (the adapter's clock).
+    pub started: Instant,
+    /// The core's own record.
+    pub timeline: Timeline,
+}
+
+impl Report {
+    pub(crate) fn new(side: Side, started: Instant, timeline: Timeline) -> Self {
+        Report {
+            side,
+            started,
+            timeline,
+        }
+    }
+
+    pub(crate) fn empty(side: Side, started: Instant) -> Self {
+        Report::new(side, started, dcutr_core::Timeline::empty(started))
+    }
+
+    /// Hole-punch attempts made (0 when the unilateral dial won).
+    #[must_use]
+    pub fn attempts(&self) -> usize {
+        self.timeline.attempts.len()
+    }
+
+    /// Whether a unilateral direct dial was made.
+    #[must_use]
+    pub fn unilateral(&self) -> bool {
+        self.timeline
+            .dials
+            .iter()
+            .any(|d| d.purpose == DialPurpose::Unilateral)
+    }
+
+    /// The relayed round trip the initiator measured last.
+    #[must_use]
+    pub fn rtt(&self) -> Option<Duration> {
+        self.timeline.last_rtt()
+    }
+
+    /// From the start of the upgrade to its outcome.
+    #[must_use]
+    pub fn total(&self) -> Option<Duration> {
+        self.timeline.duration()
+    }
+
+    /// From the last attempt's Connect (sent by the initiator, received
+    /// by the responder) to the direct connection: the figure that the
+    /// bound `1.5 * relayed RTT + direct RTT` applies to. For a unilateral
+    /// win, from the start.
+    #[must_use]
+    pub fn time_to_direct(&self) -> Option<Duration> {
+        let decided = self.timeline.decided?;
+        let from = match self.timeline.attempts.last() {
+            Some(a) => match self.side {
+                Side::Initiator => a.connect_sent,
+                Side::Responder => a.connect_received,
+            }
+            .unwrap_or(a.started),
+            None => self.timeline.started,
+        };
+        Some(decided.saturating_duration_since(from))
+    }
+
+    /// An instant as time since the start.
+    #[must_use]
+    pub fn offset(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.started)
+    }
+}

@@ -1,0 +1,60 @@
+//! Loopback peers for the end-to-end tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dcutr_tokio::{AddressPolicy, Candidate, Config, Options, Side, Transport};
+
+/// A config for two peers on one machine: loopback allowed, short
+/// timeouts so failure paths end quickly.
+pub fn loopback_config() -> Config {
+    let mut config = Config::shared_stream();
+    config.address_policy = AddressPolicy::permissive();
+    config.direct_timeout = Duration::from_secs(2);
+    config.relay_grace_period = Duration::from_millis(300);
+    config
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Options for one loopback peer punching over `transport`, and the
+/// address it advertises.
+pub fn peer(side: Side, transport: Transport, config: Config) -> (Options, SocketAddr) {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let options = Options::new(side).config(config);
+    match transport {
+        Transport::Tcp => {
+            let listener = dcutr_tokio::tcp_listener(any).unwrap();
+            let addr = listener.local_addr().unwrap();
+            (
+                options.local_addrs([Candidate::tcp(addr)]).tcp(listener),
+                addr,
+            )
+        }
+        Transport::Quic => {
+            let socket = dcutr_tokio::udp_socket(any).unwrap();
+            let (server, client) = dcutr_tokio::self_signed_configs();
+            let quic = dcutr_tokio::quic_socket(socket, server, client).unwrap();
+            let addr = quic.local_addr().unwrap();
+            (
+                options.local_addrs([Candidate::quic(addr)]).quic(quic),
+                addr,
+            )
+        }
+    }
+}
+
+/// A relayed stream: two ends of a loopback TCP connection (what a
+/// splicing relay gives each peer).
+pub async fn relayed_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (a.unwrap(), b.unwrap().0)
+}
