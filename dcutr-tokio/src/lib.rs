@@ -69,10 +69,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 pub use dcutr_core::{
-    self, AddressPolicy, Candidate, Config, DialError, Event, Failure, Role, Side, Transport,
+    self, AddressPolicy, AttemptFailure, Candidate, Config, DialError, Event, Failure, Role, Side,
+    Transport,
 };
 pub use dcutr_driver::net::udp_socket;
-pub use dcutr_driver::{QuicSocket, Report, UpgradeFailure, self_signed_configs};
+pub use dcutr_driver::{QuicSocket, Report, SERVER_NAME, UpgradeFailure, self_signed_configs};
 
 /// Options of one upgrade; see [`dcutr_driver::Options`].
 pub type Options = dcutr_driver::Options<tokio::net::TcpListener>;
