@@ -247,6 +247,33 @@ impl Driver {
             self.step(step);
         }
         self.finish();
+        if crate::trace() {
+            eprintln!("{}", self.summary());
+        }
+    }
+
+    /// One line on how far the upgrade got, for [`crate::trace`].
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let count = |f: fn(&Output) -> bool| self.log.iter().filter(|o| f(o)).count().min(9);
+        let outcome = match self.up.outcome() {
+            Some(dcutr_core::Outcome::Upgraded(u)) => format!("upgraded/{}/{}", u.attempt, u.role),
+            Some(dcutr_core::Outcome::Failed(f)) => {
+                let s = format!("{f:?}");
+                format!("failed/{}", s.split(['(', ' ', '{']).next().unwrap_or(""))
+            }
+            None => "none".to_owned(),
+        };
+        format!(
+            "trace {} {:?} attempts={} punch={} dials={} spray={} direct_writes={} {outcome}",
+            self.side,
+            self.config.identity_check,
+            self.attempts,
+            count(|o| matches!(o, Output::Event(Event::Punch { .. }))),
+            self.dials.len().min(9),
+            count(|o| matches!(o, Output::SendDatagram { .. })),
+            count(|o| matches!(o, Output::WriteDirect { .. })),
+        )
     }
 
     /// Applies one input and checks every invariant.

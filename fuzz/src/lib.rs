@@ -27,3 +27,13 @@ pub fn strict() -> bool {
     static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *STRICT.get_or_init(|| std::env::var_os("DCUTR_FUZZ_STRICT").is_some_and(|v| v != "0"))
 }
+
+/// Prints one line per input to stderr (outcome, attempts, dials,
+/// datagrams) when `DCUTR_FUZZ_TRACE=1`, so a corpus can be summarised:
+/// `DCUTR_FUZZ_TRACE=1 cargo +nightly fuzz run T corpus/T -- -runs=0 2>&1 |
+/// grep '^trace' | sort | uniq -c`. Shows how deep the inputs get.
+#[must_use]
+pub fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("DCUTR_FUZZ_TRACE").is_some_and(|v| v != "0"))
+}

@@ -95,6 +95,22 @@ pub fn run(world: &World) -> Run {
         sim.outcomes()
     );
     check(world, &sim);
+    if crate::trace() {
+        let kind = |o: Option<&Outcome>| match o {
+            Some(Outcome::Upgraded(u)) => format!("upgraded/{}/{}", u.attempt, u.transport),
+            Some(Outcome::Failed(_)) => "failed".to_owned(),
+            None => "none".to_owned(),
+        };
+        let (b, a) = sim.outcomes();
+        eprintln!(
+            "trace {:?}/{:?} strangers={} {} {}",
+            world.sim.initiator.config.channel,
+            world.sim.initiator.config.identity_check,
+            world.strangers.len().min(3),
+            kind(b),
+            kind(a)
+        );
+    }
     Run { sim, took }
 }
 
