@@ -45,7 +45,7 @@ async fn unreachable_addresses_fail_after_three_attempts_and_the_relay_stays_usa
     .expect("both give up in time");
     let elapsed = started.elapsed();
     for (name, result) in [("B", &b), ("A", &a)] {
-        let error = result.as_ref().err().expect("no direct connection");
+        let error = result.as_ref().expect_err("no direct connection");
         let UpgradeFailure::Failed(Failure::AllAttemptsFailed { attempts }) = &error.reason else {
             panic!("{name}: {:?}", error.reason);
         };
