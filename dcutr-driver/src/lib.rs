@@ -485,7 +485,12 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 won = Some(conn);
             }
         }
-        let report = Report::new(self.core.side(), self.start, self.core.timeline().clone());
+        let report = Report::new(
+            self.core.side(),
+            self.start,
+            self.core.timeline().clone(),
+            self.core.outcome().cloned(),
+        );
         match (self.core.outcome().cloned(), won, relay) {
             (Some(Outcome::Upgraded(up)), Some(conn), Some(relay)) => {
                 let connection = match conn {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use dcutr_core::{DialPurpose, Side, Timeline};
+use dcutr_core::{DialPurpose, Outcome, Side, Timeline};
 
 /// What happened when, from the core's timeline, with the figures people
 /// ask for: the relayed RTT, the attempts, the time to the direct
@@ -15,19 +15,27 @@ pub struct Report {
     pub started: Instant,
     /// The core's own record.
     pub timeline: Timeline,
+    /// How it ended, once it did.
+    pub outcome: Option<Outcome>,
 }
 
 impl Report {
-    pub(crate) fn new(side: Side, started: Instant, timeline: Timeline) -> Self {
+    pub(crate) fn new(
+        side: Side,
+        started: Instant,
+        timeline: Timeline,
+        outcome: Option<Outcome>,
+    ) -> Self {
         Report {
             side,
             started,
             timeline,
+            outcome,
         }
     }
 
     pub(crate) fn empty(side: Side, started: Instant) -> Self {
-        Report::new(side, started, dcutr_core::Timeline::empty(started))
+        Report::new(side, started, dcutr_core::Timeline::empty(started), None)
     }
 
     /// Hole-punch attempts made (0 when the unilateral dial won).
@@ -36,9 +44,16 @@ impl Report {
         self.timeline.attempts.len()
     }
 
-    /// Whether a unilateral direct dial was made.
+    /// Whether the direct connection came from the unilateral dial (the
+    /// initiator dialled the responder's public address; no hole punch).
     #[must_use]
     pub fn unilateral(&self) -> bool {
+        matches!(&self.outcome, Some(Outcome::Upgraded(up)) if up.attempt == 0)
+    }
+
+    /// Whether we tried a unilateral dial (initiator only).
+    #[must_use]
+    pub fn tried_unilateral(&self) -> bool {
         self.timeline
             .dials
             .iter()

@@ -100,3 +100,39 @@ async fn the_relayed_stream_is_released_after_the_grace_period() {
     assert!(seen_at >= close_at, "not before the grace period ended");
     release.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_public_responder_is_dialled_directly_without_a_hole_punch() {
+    init_tracing();
+    for transport in [Transport::Tcp, Transport::Quic] {
+        let (relay_b, relay_a) = relayed_pair().await;
+        let (a, a_addr) = peer(Side::Responder, transport, loopback_config());
+        let (b, _) = peer(Side::Initiator, transport, loopback_config());
+        let a_public = dcutr_tokio::Candidate {
+            transport,
+            addr: a_addr,
+        };
+        let b = b.remote_public_addrs([a_public]);
+        let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
+            tokio::join!(
+                dcutr_tokio::upgrade(relay_b, b),
+                dcutr_tokio::upgrade(relay_a, a)
+            )
+        })
+        .await
+        .unwrap();
+        let (mut b, mut a) = (b.unwrap(), a.unwrap());
+        assert!(
+            b.report.unilateral() && a.report.unilateral(),
+            "{transport}"
+        );
+        assert_eq!(b.report.attempts(), 0, "no hole punch ({transport})");
+        // B dialled, so B is the client here.
+        assert_eq!(
+            (b.role, a.role),
+            (Role::Client, Role::Server),
+            "{transport}"
+        );
+        round_trip(&mut b.connection, &mut a.connection).await;
+    }
+}
