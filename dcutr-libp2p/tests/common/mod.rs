@@ -337,6 +337,36 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// Drives both swarms, recording into `seen`, until `until` completes;
+    /// returns its output. Panics if `within` passes first.
+    pub async fn drive_until<F: std::future::Future>(
+        &mut self,
+        seen: &mut Seen,
+        within: Duration,
+        what: &str,
+        until: F,
+    ) -> F::Output {
+        let mut until = std::pin::pin!(until);
+        let result = tokio::time::timeout(within, async {
+            loop {
+                let (who, event) = tokio::select! {
+                    out = &mut until => return out,
+                    e = self.a.select_next_some() => (Who::A, e),
+                    e = self.b.select_next_some() => (Who::B, e),
+                };
+                let peer = self.peer(who);
+                record(seen, who, peer, event);
+            }
+        })
+        .await;
+        match result {
+            Ok(out) => out,
+            Err(_) => panic!("timed out waiting for {what}; seen: {seen:#?}"),
+        }
+    }
+}
+
 fn record(seen: &mut Seen, who: Who, peer: PeerId, event: SwarmEvent<ClientEvent>) {
     match event {
         SwarmEvent::ConnectionEstablished {
