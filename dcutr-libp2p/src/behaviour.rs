@@ -777,3 +777,79 @@ fn dial_error(error: &libp2p_swarm::DialError) -> DialError {
         _ => DialError::Io(std::io::ErrorKind::Other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(port: u16) -> Multiaddr {
+        format!("/ip4/198.51.100.7/tcp/{port}").parse().unwrap()
+    }
+
+    #[test]
+    fn own_candidates_keep_the_20_most_recent_without_relayed_ones() {
+        let mut b = Behaviour::new(PeerId::random());
+        for port in 1..=25 {
+            let addr = tcp(port);
+            b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+                NewExternalAddrCandidate { addr: &addr },
+            ));
+        }
+        let relayed: Multiaddr = format!("{}/p2p/{}/p2p-circuit", tcp(9), PeerId::random())
+            .parse()
+            .unwrap();
+        b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+            NewExternalAddrCandidate { addr: &relayed },
+        ));
+        // Seen again: moves to the front.
+        let again = tcp(10);
+        b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+            NewExternalAddrCandidate { addr: &again },
+        ));
+        let kept: Vec<Multiaddr> = b.observed_addresses().collect();
+        assert_eq!(kept.len(), 20);
+        assert_eq!(kept[0], tcp(10));
+        assert_eq!(kept[1], tcp(25));
+        assert!(!kept.contains(&tcp(5)), "the oldest fell out");
+        assert!(!kept.iter().any(is_relayed));
+    }
+
+    #[test]
+    fn peer_addresses_are_bounded_per_peer_and_in_peers() {
+        let mut book = PeerAddrs::default();
+        let first = PeerId::random();
+        for port in 1..=40 {
+            book.add(first, candidate(&tcp(port)).unwrap());
+        }
+        assert_eq!(book.get(&first).len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(book.get(&first)[0], candidate(&tcp(40)).unwrap());
+        for _ in 0..MAX_PEERS_REMEMBERED {
+            book.add(PeerId::random(), candidate(&tcp(1)).unwrap());
+        }
+        assert!(
+            book.get(&first).is_empty(),
+            "the least recent peer is forgotten"
+        );
+        assert_eq!(book.by_peer.len(), MAX_PEERS_REMEMBERED);
+    }
+
+    #[test]
+    fn addresses_convert_through_bytes_and_keep_p2p_suffixes_out() {
+        let peer = PeerId::random();
+        let with_peer = tcp(4001).with(Protocol::P2p(peer));
+        let c = candidate(&with_peer).unwrap();
+        assert_eq!(to_libp2p(&c), Some(tcp(4001)));
+        let quic: Multiaddr = "/ip4/198.51.100.7/udp/4001/quic-v1".parse().unwrap();
+        assert_eq!(to_libp2p(&candidate(&quic).unwrap()), Some(quic));
+        let ws: Multiaddr = "/ip4/198.51.100.7/tcp/4001/ws".parse().unwrap();
+        assert_eq!(candidate(&ws), None);
+    }
+
+    #[test]
+    fn an_invalid_config_is_refused() {
+        let mut config = Config::default();
+        config.core.channel = dcutr_core::RelayChannel::SharedStream;
+        let err = Behaviour::<Event>::with_config(PeerId::random(), config).err();
+        assert_eq!(err, Some(ConfigError::SharedStream));
+    }
+}

@@ -1,7 +1,8 @@
 //! # dcutr-libp2p
 //!
 //! DCUtR hole punching (Direct Connection Upgrade through Relay,
-//! `/libp2p/dcutr`) for rust-libp2p, as a [`NetworkBehaviour`] driven by the
+//! `/libp2p/dcutr`) for rust-libp2p, as a
+//! [`NetworkBehaviour`](libp2p_swarm::NetworkBehaviour) driven by the
 //! Sans-IO state machine of `dcutr-core`. It speaks the same wire protocol
 //! as `libp2p-dcutr` and interoperates with it in both roles.
 //!
