@@ -1,0 +1,177 @@
+//! The `dcutr` command-line tool, as a library so that tests and the peer
+//! command can use its parts:
+//!
+//! - [`relay`]: `dcutr relay`, a small **rendezvous helper** for demos, labs
+//!   and two-machine trials (not a libp2p circuit relay): peers register by
+//!   name, learn the TCP and UDP addresses the relay observed for them, and
+//!   get their two TCP connections spliced into a relayed stream.
+//! - [`rendezvous`]: the line-based JSON protocol the relay speaks, and its
+//!   client side used by `dcutr peer`.
+//! - [`report`]: human or `--json` output, shared by both commands.
+//! - [`peer`]: `dcutr peer`, DCUtR over the relayed stream.
+//!
+//! The command-line arguments are defined here ([`Cli`]) so that the binary
+//! and the tests parse them the same way.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+pub mod peer;
+pub mod relay;
+pub mod rendezvous;
+pub mod report;
+
+/// Largest `--delay-ms` (see [`relay::MAX_DELAY`]).
+pub const MAX_DELAY_MS: u64 = relay::MAX_DELAY.as_millis() as u64;
+
+/// `dcutr`: hole punching with libp2p DCUtR over a small rendezvous relay.
+#[derive(Debug, Parser)]
+#[command(name = "dcutr", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the rendezvous relay: peers register by name, learn the address
+    /// the relay observed for them, and one asks for another; the relay then
+    /// splices their TCP connections. A helper for demos, labs and
+    /// two-machine trials, NOT a libp2p circuit relay.
+    Relay(RelayArgs),
+    /// Register at a relay, optionally ask it for another peer, run DCUtR
+    /// over the relayed stream, and prove the direct path with a round trip.
+    Peer(PeerArgs),
+}
+
+/// Arguments of `dcutr relay`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Address to listen on, TCP and UDP (port 0 picks a free port; the
+    /// `listening` line tells which). On a host with several addresses, give
+    /// the one peers use, so UDP answers leave from it.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Hold every forwarded chunk this many milliseconds (one way), so the
+    /// relayed round trip grows by about twice this.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
+    pub delay_ms: u64,
+    /// One JSON object per line on stdout (each with an "event" key).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The async runtime `dcutr peer` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runtime {
+    /// tokio.
+    Tokio,
+}
+
+/// Arguments of `dcutr peer`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("transport").required(true).multiple(true).args(["tcp", "quic"])))]
+pub struct PeerArgs {
+    /// The relay's address (`dcutr relay --listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub relay: SocketAddr,
+    /// Our name at the relay: 1 to 64 characters of A-Z a-z 0-9 _ . -
+    #[arg(long, value_parser = parse_name)]
+    pub name: String,
+    /// Ask the relay for this peer (we become DCUtR's A); without it we wait
+    /// to be asked (DCUtR's B).
+    #[arg(long, value_name = "OTHER", value_parser = parse_name)]
+    pub connect: Option<String>,
+    /// Hole-punch over TCP from this local port (also the port of our
+    /// control connection to the relay, so the relay observes its mapping).
+    #[arg(long, value_name = "PORT")]
+    pub tcp: Option<u16>,
+    /// Hole-punch over QUIC from this local UDP port.
+    #[arg(long, value_name = "PORT")]
+    pub quic: Option<u16>,
+    /// Local IP to bind the punch sockets to.
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind: IpAddr,
+    /// One JSON object per line on stdout (each with an "event" key; the last
+    /// is the result).
+    #[arg(long)]
+    pub json: bool,
+    /// Also punch towards private (RFC 1918, unique local) addresses.
+    #[arg(long)]
+    pub allow_private: bool,
+    /// Also punch towards loopback addresses (tests and demos on one host).
+    #[arg(long)]
+    pub allow_loopback: bool,
+    /// Async runtime to run on.
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
+}
+
+fn parse_name(name: &str) -> Result<String, String> {
+    rendezvous::validate_name(name)?;
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dcutr").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn peer_needs_a_transport_and_takes_both() {
+        assert!(parse(&["peer", "--relay", "127.0.0.1:4000", "--name", "b"]).is_err());
+        let cli = parse(&[
+            "peer",
+            "--relay",
+            "127.0.0.1:4000",
+            "--name",
+            "a",
+            "--connect",
+            "b",
+            "--tcp",
+            "5000",
+            "--quic",
+            "5001",
+        ])
+        .unwrap();
+        let Command::Peer(args) = cli.command else {
+            panic!("not peer")
+        };
+        assert_eq!(args.connect.as_deref(), Some("b"));
+        assert_eq!((args.tcp, args.quic), (Some(5000), Some(5001)));
+        assert_eq!(args.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(args.runtime, Runtime::Tokio);
+        assert!(!args.json && !args.allow_private && !args.allow_loopback);
+    }
+
+    #[test]
+    fn bad_names_and_delays_are_refused() {
+        assert!(
+            parse(&[
+                "peer",
+                "--relay",
+                "127.0.0.1:1",
+                "--name",
+                "a b",
+                "--tcp",
+                "1"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["relay", "--listen", "127.0.0.1:0", "--delay-ms", "50"]).is_ok());
+        assert!(parse(&["relay", "--listen", "127.0.0.1:0", "--delay-ms", "60001"]).is_err());
+    }
+}

@@ -1,0 +1,985 @@
+//! `dcutr relay`: the rendezvous relay.
+//!
+//! **A small rendezvous helper for demos, labs and two-machine trials, not a
+//! libp2p circuit relay.** Two peers connect over TCP and register with a
+//! name; the relay tells each the address it observed (TCP on the control
+//! connection, UDP for a datagram sent to the same port), one peer asks for
+//! the other, and the relay splices the two TCP connections into a relayed
+//! stream. The protocol is specified in [`crate::rendezvous`].
+//!
+//! Design:
+//! - One task per TCP connection. A registered peer waits in the registry
+//!   with a one-shot channel; a `connect` takes it out under the registry
+//!   lock (so a peer is paired at most once), the waiting task writes its
+//!   `paired` line and hands its connection over, and the connecting task
+//!   writes its own `paired` line and runs the splice.
+//! - Control lines are read with a cancellation-safe line reader that never
+//!   consumes past a newline, so bytes pipelined after `connect` (or sent
+//!   right after `paired`) are forwarded, not lost.
+//! - The splice: per direction, a reader stamps each chunk with
+//!   `arrival + delay` and queues it (bounded: [`SPLICE_QUEUE_CHUNKS`] of at
+//!   most [`SPLICE_CHUNK_BYTES`], so a slow receiver pushes back on the
+//!   sender), and a writer releases each chunk at its stamp, in order. One
+//!   timer per chunk, none per byte. End of stream is queued like a chunk,
+//!   so the FIN is delayed too and comes after all data.
+//! - Every limit is a named constant below, or a [`RelayConfig`] field that
+//!   defaults to one.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::rendezvous::{
+    LineError, LineReader, MAX_LINE_BYTES, Message, PairedSide, check_paired_fits, validate_name,
+};
+
+/// How long a `connect` waits for its peer to register before the relay
+/// answers with an error. Lets A be started right after B without a race on
+/// B's registration; 10 s covers a slow start on a loaded machine.
+pub const CONNECT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a registered peer may wait for someone to `connect` to it. Long
+/// enough to walk to a second machine and start the other peer; bounded so a
+/// forgotten peer does not hold its name and a connection slot forever.
+pub const PAIR_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Before it registered (`ready`), a connection must send its next control
+/// line within this time, or it is closed: an idle or stuck client must not
+/// hold a connection slot.
+pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound on writing one control line (or handing a connection over between
+/// tasks). A control line is tiny and fits any socket buffer; a peer that
+/// does not take it in this time is gone.
+pub const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most TCP connections served at once (control and spliced alike). Each
+/// holds a task, two sockets' buffers and up to two splice queues; more are
+/// refused with an error line.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// Largest chunk the splice reads at once. 16 KiB is a few TCP segments and
+/// keeps the per-chunk timer cost negligible at any rate a demo needs.
+pub const SPLICE_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Chunks queued per splice direction between reader and writer (at most
+/// 1 MiB with [`SPLICE_CHUNK_BYTES`]). With a delay, this must hold what
+/// arrives during one delay; when full, the reader stops reading, and TCP
+/// flow control slows the sender down: bounded memory, no loss.
+pub const SPLICE_QUEUE_CHUNKS: usize = 64;
+
+/// When one direction of a splice has ended (its sender closed and all its
+/// data was delivered), the other direction may go on this long for replies
+/// in flight; then both connections are closed.
+pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
+
+/// Largest `--delay-ms` accepted: a minute one way is beyond any network
+/// worth emulating, and bounds how long chunks sit in the queues.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Pause after a failed `accept` (for example out of file descriptors) so a
+/// persistent error does not spin the CPU.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// After an error line, the relay reads and drops what the client still
+/// sends, up to this long, before closing: closing a socket with unread
+/// input sends a reset, which can destroy the error line before the client
+/// reads it.
+pub const REFUSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most bytes drained after an error line (see [`REFUSE_DRAIN_TIMEOUT`]).
+pub const REFUSE_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Connections refused for lack of a slot that still get their error line
+/// (each takes up to [`CONTROL_WRITE_TIMEOUT`] plus [`REFUSE_DRAIN_TIMEOUT`]);
+/// during a flood beyond this, extra connections are closed without one.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 32;
+
+/// How often [`RelayListener::bind`] retries with port 0 when the TCP port
+/// it got is taken for UDP.
+const BIND_TRIES: usize = 16;
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// One-way delay added to every forwarded chunk (`--delay-ms`).
+    pub delay: Duration,
+    /// See [`CONNECT_WAIT_TIMEOUT`].
+    pub connect_wait: Duration,
+    /// See [`PAIR_WAIT_TIMEOUT`].
+    pub pair_wait: Duration,
+    /// See [`CONTROL_IDLE_TIMEOUT`].
+    pub control_idle: Duration,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Where to report [`RelayEvent`]s (dropped if the queue is full).
+    pub events: Option<mpsc::Sender<RelayEvent>>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            delay: Duration::ZERO,
+            connect_wait: CONNECT_WAIT_TIMEOUT,
+            pair_wait: PAIR_WAIT_TIMEOUT,
+            control_idle: CONTROL_IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            events: None,
+        }
+    }
+}
+
+/// What the relay did, for the command's output and for tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RelayEvent {
+    /// A peer said hello and holds `name`.
+    Hello {
+        /// The peer's name.
+        name: String,
+        /// Its TCP source address.
+        tcp: SocketAddr,
+    },
+    /// A peer asked for its UDP address.
+    UdpObserved {
+        /// The name in the datagram.
+        name: String,
+        /// The datagram's source address.
+        udp: SocketAddr,
+    },
+    /// A peer sent `ready` and waits to be paired.
+    Registered {
+        /// The peer's name.
+        name: String,
+    },
+    /// A `connect` waits for its peer to register.
+    WaitingForPeer {
+        /// The peer that asked.
+        from: String,
+        /// The peer it asked for.
+        to: String,
+    },
+    /// Two peers were paired; their connections are spliced.
+    Paired {
+        /// B, the waiting peer.
+        initiator: String,
+        /// A, the peer that asked.
+        responder: String,
+    },
+    /// A splice ended.
+    SpliceClosed {
+        /// B.
+        initiator: String,
+        /// A.
+        responder: String,
+        /// Bytes delivered from A to B.
+        to_initiator: u64,
+        /// Bytes delivered from B to A.
+        to_responder: u64,
+    },
+    /// A peer that held a name closed its connection before being paired.
+    Left {
+        /// The name, free again.
+        name: String,
+    },
+    /// A request was refused with an error line.
+    Refused {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The reason sent.
+        reason: String,
+    },
+}
+
+/// The relay's bound sockets: a TCP listener and a UDP socket on the same
+/// address and port.
+#[derive(Debug)]
+pub struct RelayListener {
+    tcp: TcpListener,
+    udp: UdpSocket,
+}
+
+impl RelayListener {
+    /// Bind TCP and UDP at `addr`. With port 0, the UDP socket takes the port
+    /// the kernel gave the TCP listener (retrying if it is taken for UDP).
+    ///
+    /// On a host with several addresses, bind a specific one: UDP answers
+    /// leave from the address the kernel picks for the route, which must be
+    /// the one the peer sent to.
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<RelayListener> {
+        let mut last_error = None;
+        for _ in 0..BIND_TRIES {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding TCP {addr}"))?;
+            let tcp_addr = tcp.local_addr().context("local address of the listener")?;
+            match UdpSocket::bind(tcp_addr).await {
+                Ok(udp) => return Ok(RelayListener { tcp, udp }),
+                Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => {
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e).with_context(|| format!("binding UDP {tcp_addr}")),
+            }
+        }
+        Err(anyhow::Error::from(last_error.unwrap_or_else(|| {
+            io::Error::from(io::ErrorKind::AddrInUse)
+        })))
+        .with_context(|| format!("no port free for both TCP and UDP at {addr}"))
+    }
+
+    /// The address both sockets are bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serve the rendezvous protocol on `listener` until an unrecoverable error.
+/// Dropping the returned future stops the relay and every connection it
+/// serves.
+pub async fn run(listener: RelayListener, mut config: RelayConfig) -> anyhow::Result<()> {
+    if config.delay > MAX_DELAY {
+        anyhow::bail!("delay {:?} exceeds the maximum {MAX_DELAY:?}", config.delay);
+    }
+    config.max_connections = config.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    let shared = Arc::new(Shared {
+        config,
+        registry: Mutex::new(HashMap::new()),
+        registered: Notify::new(),
+        next_id: AtomicU64::new(0),
+    });
+    let RelayListener { tcp, udp } = listener;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(serve_udp(shared.clone(), udp));
+    loop {
+        tokio::select! {
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let peer = canonical(peer);
+                    match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tasks.spawn(serve(shared.clone(), stream, peer, permit));
+                        }
+                        Err(_) => {
+                            warn!(%peer, "refusing a connection: relay full");
+                            let reason = format!(
+                                "relay full ({} connections)",
+                                shared.config.max_connections
+                            );
+                            // Refused with an error line and a drain like any
+                            // refusal, by a bounded number of tasks; beyond
+                            // that the connection is just closed.
+                            match refusals.clone().try_acquire_owned() {
+                                Ok(permit) => {
+                                    let shared = shared.clone();
+                                    tasks.spawn(async move {
+                                        refuse(&shared, LineReader::new(stream), peer, reason).await;
+                                        drop(permit);
+                                    });
+                                }
+                                Err(_) => shared.emit(RelayEvent::Refused { peer, reason }),
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            Some(done) = tasks.join_next() => {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    warn!("a relay task panicked: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// State shared by the relay's tasks.
+struct Shared {
+    config: RelayConfig,
+    registry: Mutex<HashMap<String, Slot>>,
+    /// Woken whenever a peer becomes ready, for `connect`s that wait.
+    registered: Notify,
+    next_id: AtomicU64,
+}
+
+/// A name held by a connection.
+struct Slot {
+    /// Which connection holds it.
+    id: u64,
+    /// Its observed UDP address, if it sent `observe`.
+    udp: Option<SocketAddr>,
+    addrs: Vec<String>,
+    public: Vec<String>,
+    /// Present while the peer waits to be paired; taken by the `connect`
+    /// that pairs it.
+    waiting: Option<oneshot::Sender<PairRequest>>,
+}
+
+/// Sent to a waiting peer's task by the task that pairs with it.
+struct PairRequest {
+    /// The asking peer (A).
+    peer: String,
+    peer_public: Vec<String>,
+    peer_addrs: Vec<String>,
+    /// Where the waiting task hands its connection over after it wrote its
+    /// `paired` line.
+    reply: oneshot::Sender<Leg>,
+}
+
+/// One paired connection, ready to splice.
+struct Leg {
+    stream: TcpStream,
+    /// Bytes already read from it that belong to the relayed stream.
+    leftover: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // The lock is never held across an await or a call that can panic,
+        // but a poisoned map is still consistent: keep serving.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn emit(&self, event: RelayEvent) {
+        if let Some(events) = &self.config.events
+            && let Err(e) = events.try_send(event)
+        {
+            debug!("relay event dropped: {e}");
+        }
+    }
+}
+
+/// Frees a name when its connection ends (unless it was paired).
+struct NameGuard {
+    shared: Arc<Shared>,
+    name: String,
+    id: u64,
+    paired: bool,
+}
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        let removed = match self.shared.registry().entry(self.name.clone()) {
+            Entry::Occupied(slot) if slot.get().id == self.id => {
+                slot.remove();
+                true
+            }
+            _ => false,
+        };
+        if removed && !self.paired {
+            debug!(name = %self.name, "peer left");
+            self.shared.emit(RelayEvent::Left {
+                name: self.name.clone(),
+            });
+        }
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Read the next non-empty control message. `Ok(None)` is a clean close.
+/// Cancellation safe.
+async fn read_msg(conn: &mut LineReader<TcpStream>) -> Result<Option<Message>, ReadError> {
+    loop {
+        match conn.read_line().await {
+            Ok(None) => return Ok(None),
+            Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(Some(line)) => {
+                return Message::from_line(&line)
+                    .map(Some)
+                    .map_err(|e| ReadError::Refuse(format!("malformed message: {e}")));
+            }
+            Err(LineError::Io(e)) => return Err(ReadError::Io(e)),
+            Err(e @ (LineError::TooLong | LineError::Truncated)) => {
+                return Err(ReadError::Refuse(e.to_string()));
+            }
+        }
+    }
+}
+
+enum ReadError {
+    /// Answer with this reason and close.
+    Refuse(String),
+    /// The connection failed: just close.
+    Io(io::Error),
+}
+
+/// Send an error line, stop sending, drain what the client still sends for
+/// a bounded time (so the close does not reset the error line away), close.
+async fn refuse(
+    shared: &Shared,
+    mut conn: LineReader<TcpStream>,
+    peer: SocketAddr,
+    reason: String,
+) {
+    info!(%peer, "refused: {reason}");
+    shared.emit(RelayEvent::Refused {
+        peer,
+        reason: reason.clone(),
+    });
+    let sent = timeout(CONTROL_WRITE_TIMEOUT, async {
+        conn.send(&Message::Error { reason }).await?;
+        conn.get_mut().shutdown().await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    let stream = conn.get_mut();
+    let mut drained = 0;
+    let mut buf = [0u8; 4096];
+    let _ = timeout(REFUSE_DRAIN_TIMEOUT, async {
+        while drained < REFUSE_DRAIN_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// Serve one TCP connection from hello to pairing (or refusal).
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    // Latency matters more than segment count: DCUtR measures the relayed RTT.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(%peer, "TCP_NODELAY: {e}");
+    }
+    let mut conn = LineReader::new(stream);
+    let idle = shared.config.control_idle;
+
+    let name = match timeout(idle, read_msg(&mut conn)).await {
+        Err(_) => return refuse(&shared, conn, peer, format!("no hello within {idle:?}")).await,
+        Ok(Ok(None)) => return,
+        Ok(Err(ReadError::Io(e))) => return debug!(%peer, "connection failed: {e}"),
+        Ok(Err(ReadError::Refuse(reason))) => return refuse(&shared, conn, peer, reason).await,
+        Ok(Ok(Some(Message::Hello { name }))) => name,
+        Ok(Ok(Some(other))) => {
+            let reason = format!("expected hello, got {}", other.kind());
+            return refuse(&shared, conn, peer, reason).await;
+        }
+    };
+    if let Err(reason) = validate_name(&name) {
+        return refuse(&shared, conn, peer, reason).await;
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let taken = match shared.registry().entry(name.clone()) {
+        Entry::Occupied(_) => true,
+        Entry::Vacant(slot) => {
+            slot.insert(Slot {
+                id,
+                udp: None,
+                addrs: Vec::new(),
+                public: Vec::new(),
+                waiting: None,
+            });
+            false
+        }
+    };
+    if taken {
+        let reason = format!("name {name:?} is already taken");
+        return refuse(&shared, conn, peer, reason).await;
+    }
+    let guard = NameGuard {
+        shared: shared.clone(),
+        name: name.clone(),
+        id,
+        paired: false,
+    };
+    debug!(%peer, %name, "hello");
+    shared.emit(RelayEvent::Hello {
+        name: name.clone(),
+        tcp: peer,
+    });
+    let observed = Message::Observed {
+        tcp: Some(peer),
+        udp: None,
+    };
+    if !matches!(
+        timeout(CONTROL_WRITE_TIMEOUT, conn.send(&observed)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+
+    let mut pair_rx: Option<oneshot::Receiver<PairRequest>> = None;
+    let mut deadline = Instant::now() + idle;
+    loop {
+        let step = tokio::select! {
+            request = async {
+                match pair_rx.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            } => Step::Pair(request.ok()),
+            msg = read_msg(&mut conn) => Step::Msg(msg),
+            () = sleep_until(deadline) => Step::Timeout,
+        };
+        match step {
+            Step::Pair(Some(request)) => {
+                return hand_over(conn, peer, guard, request, permit).await;
+            }
+            Step::Pair(None) => {
+                // The pairing task gave up before sending: nobody else can
+                // pair us now that our sender is gone.
+                return refuse(&shared, conn, peer, "pairing failed".into()).await;
+            }
+            Step::Timeout if pair_rx.is_some() => {
+                let reason = format!("nobody connected within {:?}", shared.config.pair_wait);
+                return refuse(&shared, conn, peer, reason).await;
+            }
+            Step::Timeout => {
+                let reason = format!("no message within {idle:?}");
+                return refuse(&shared, conn, peer, reason).await;
+            }
+            Step::Msg(Ok(None)) => return,
+            Step::Msg(Err(ReadError::Io(e))) => {
+                return debug!(%peer, %name, "connection failed: {e}");
+            }
+            Step::Msg(Err(ReadError::Refuse(reason))) => {
+                return refuse(&shared, conn, peer, reason).await;
+            }
+            Step::Msg(Ok(Some(Message::Ready { addrs, public }))) => {
+                if let Err(e) = check_paired_fits(&addrs, &public) {
+                    return refuse(&shared, conn, peer, e.to_string()).await;
+                }
+                let stored = match shared.registry().get_mut(&name).filter(|s| s.id == id) {
+                    Some(slot) => {
+                        slot.addrs = addrs;
+                        slot.public = public;
+                        if pair_rx.is_none() {
+                            let (tx, rx) = oneshot::channel();
+                            slot.waiting = Some(tx);
+                            pair_rx = Some(rx);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                if !stored {
+                    return refuse(&shared, conn, peer, "registration lost".into()).await;
+                }
+                shared.registered.notify_waiters();
+                debug!(%peer, %name, "registered");
+                shared.emit(RelayEvent::Registered { name: name.clone() });
+                let sent = timeout(CONTROL_WRITE_TIMEOUT, conn.send(&Message::Registered)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+                deadline = Instant::now() + shared.config.pair_wait;
+            }
+            Step::Msg(Ok(Some(Message::Connect { peer: target }))) => {
+                return connect(shared, conn, peer, permit, guard, pair_rx, target).await;
+            }
+            Step::Msg(Ok(Some(other))) => {
+                let reason = format!("unexpected {} message", other.kind());
+                return refuse(&shared, conn, peer, reason).await;
+            }
+        }
+        if pair_rx.is_none() {
+            deadline = Instant::now() + idle;
+        }
+    }
+}
+
+enum Step {
+    Pair(Option<PairRequest>),
+    Msg(Result<Option<Message>, ReadError>),
+    Timeout,
+}
+
+/// The waiting peer (B) was picked: tell it, then give its connection to
+/// the pairing task.
+async fn hand_over(
+    mut conn: LineReader<TcpStream>,
+    peer: SocketAddr,
+    mut guard: NameGuard,
+    request: PairRequest,
+    permit: OwnedSemaphorePermit,
+) {
+    guard.paired = true;
+    let name = guard.name.clone();
+    let paired = Message::Paired {
+        peer: request.peer,
+        side: PairedSide::Initiator,
+        peer_public: request.peer_public,
+        peer_addrs: request.peer_addrs,
+    };
+    if let Err(e) = timeout(CONTROL_WRITE_TIMEOUT, conn.send(&paired))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    {
+        // Dropping `request.reply` tells the other side.
+        debug!(%peer, %name, "could not send paired: {e}");
+        return;
+    }
+    // The name is free once paired (before the other side hears of it).
+    drop(guard);
+    let (leftover, stream) = conn.into_parts();
+    let (stream, leftover) = split_leftover(stream, leftover);
+    let _ = request.reply.send(Leg {
+        stream,
+        leftover,
+        _permit: permit,
+    });
+}
+
+/// The raw bytes already buffered, and the socket.
+fn split_leftover(reader: BufReader<TcpStream>, mut partial: Vec<u8>) -> (TcpStream, Vec<u8>) {
+    partial.extend_from_slice(reader.buffer());
+    (reader.into_inner(), partial)
+}
+
+/// A (this connection) asked for `target`: wait for it to be ready, pair,
+/// splice.
+async fn connect(
+    shared: Arc<Shared>,
+    mut conn: LineReader<TcpStream>,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    mut guard: NameGuard,
+    mut pair_rx: Option<oneshot::Receiver<PairRequest>>,
+    target: String,
+) {
+    let name = guard.name.clone();
+    if let Err(reason) = validate_name(&target) {
+        return refuse(&shared, conn, peer, reason).await;
+    }
+    if target == name {
+        return refuse(&shared, conn, peer, "cannot connect to yourself".into()).await;
+    }
+    // Stop waiting to be picked; if someone picked us meanwhile, its request
+    // is already in our channel (sent under the lock): serve it instead.
+    let own = match shared
+        .registry()
+        .get_mut(&name)
+        .filter(|s| s.id == guard.id)
+    {
+        None => Own::Lost,
+        Some(slot) => {
+            if slot.waiting.take().is_none() && pair_rx.is_some() {
+                Own::Picked
+            } else {
+                Own::Lists(slot.addrs.clone(), slot.public.clone())
+            }
+        }
+    };
+    let (own_addrs, own_public) = match own {
+        Own::Lists(addrs, public) => (addrs, public),
+        Own::Lost => return refuse(&shared, conn, peer, "registration lost".into()).await,
+        Own::Picked => {
+            if let Some(Ok(request)) = pair_rx.as_mut().map(|rx| rx.try_recv()) {
+                return hand_over(conn, peer, guard, request, permit).await;
+            }
+            return refuse(&shared, conn, peer, "pairing failed".into()).await;
+        }
+    };
+    drop(pair_rx);
+
+    let wait_until = Instant::now() + shared.config.connect_wait;
+    let mut announced = false;
+    let (reply_rx, target_public, target_addrs) = loop {
+        let notified = shared.registered.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match try_pick(&shared, &target, &name, &own_addrs, &own_public) {
+            Pick::Picked(found) => break found,
+            Pick::Gone => {
+                let reason = format!("peer {target:?} went away");
+                return refuse(&shared, conn, peer, reason).await;
+            }
+            Pick::NotWaiting => {}
+        }
+        if !announced {
+            announced = true;
+            debug!(%name, %target, "waiting for the peer to register");
+            shared.emit(RelayEvent::WaitingForPeer {
+                from: name.clone(),
+                to: target.clone(),
+            });
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = sleep_until(wait_until) => {
+                let reason = format!(
+                    "peer {target:?} is not registered (waited {:?})",
+                    shared.config.connect_wait
+                );
+                return refuse(&shared, conn, peer, reason).await;
+            }
+            // Do not pair a peer with a connection that is already gone.
+            () = conn.closed() => {
+                debug!(%peer, %name, "closed while waiting for {target:?}");
+                return;
+            }
+        }
+    };
+
+    let their_leg = match timeout(CONTROL_WRITE_TIMEOUT, reply_rx).await {
+        Ok(Ok(leg)) => leg,
+        _ => {
+            let reason = format!("peer {target:?} went away while being paired");
+            return refuse(&shared, conn, peer, reason).await;
+        }
+    };
+    guard.paired = true;
+    drop(guard);
+    let paired = Message::Paired {
+        peer: target.clone(),
+        side: PairedSide::Responder,
+        peer_public: target_public,
+        peer_addrs: target_addrs,
+    };
+    if let Err(e) = timeout(CONTROL_WRITE_TIMEOUT, conn.send(&paired))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    {
+        debug!(%peer, %name, "could not send paired: {e}");
+        return;
+    }
+    info!(initiator = %target, responder = %name, "paired");
+    shared.emit(RelayEvent::Paired {
+        initiator: target.clone(),
+        responder: name.clone(),
+    });
+    let (leftover, stream) = conn.into_parts();
+    let (stream, leftover) = split_leftover(stream, leftover);
+    let my_leg = Leg {
+        stream,
+        leftover,
+        _permit: permit,
+    };
+    let (to_initiator, to_responder) = splice(my_leg, their_leg, shared.config.delay).await;
+    info!(initiator = %target, responder = %name, to_initiator, to_responder, "splice closed");
+    shared.emit(RelayEvent::SpliceClosed {
+        initiator: target,
+        responder: name,
+        to_initiator,
+        to_responder,
+    });
+}
+
+/// Our own registration, as a `connect` finds it.
+enum Own {
+    /// Our addresses, and we are no longer pickable.
+    Lists(Vec<String>, Vec<String>),
+    /// Someone picked us first; its request is in our channel.
+    Picked,
+    /// Our slot is gone (cannot happen while our guard lives).
+    Lost,
+}
+
+/// The outcome of one look for a waiting target.
+enum Pick {
+    /// Paired: wait for its leg on this channel; its public and observed
+    /// addresses.
+    Picked((oneshot::Receiver<Leg>, Vec<String>, Vec<String>)),
+    /// Not there or not waiting (yet).
+    NotWaiting,
+    /// It was waiting but its task is gone.
+    Gone,
+}
+
+/// Take `target` out of the waiting state and send it our request, all
+/// under the registry lock, so that a peer is picked at most once.
+fn try_pick(
+    shared: &Shared,
+    target: &str,
+    name: &str,
+    addrs: &[String],
+    public: &[String],
+) -> Pick {
+    let mut registry = shared.registry();
+    let Some(slot) = registry.get_mut(target) else {
+        return Pick::NotWaiting;
+    };
+    let Some(waiting) = slot.waiting.take() else {
+        return Pick::NotWaiting;
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let request = PairRequest {
+        peer: name.to_owned(),
+        peer_public: public.to_vec(),
+        peer_addrs: addrs.to_vec(),
+        reply: reply_tx,
+    };
+    if waiting.send(request).is_err() {
+        return Pick::Gone;
+    }
+    Pick::Picked((reply_rx, slot.public.clone(), slot.addrs.clone()))
+}
+
+/// Splice two connections both ways with `delay` per chunk; returns the
+/// bytes delivered (responder → initiator, initiator → responder), where
+/// `responder` is the first leg.
+async fn splice(responder: Leg, initiator: Leg, delay: Duration) -> (u64, u64) {
+    let (r_read, r_write) = responder.stream.into_split();
+    let (i_read, i_write) = initiator.stream.into_split();
+    let to_initiator = AtomicU64::new(0);
+    let to_responder = AtomicU64::new(0);
+    {
+        let forward = pump(responder.leftover, r_read, i_write, delay, &to_initiator);
+        let backward = pump(initiator.leftover, i_read, r_write, delay, &to_responder);
+        tokio::pin!(forward, backward);
+        tokio::select! {
+            r = &mut forward => finish_splice(r, backward).await,
+            r = &mut backward => finish_splice(r, forward).await,
+        }
+    }
+    (
+        to_initiator.load(Ordering::Relaxed),
+        to_responder.load(Ordering::Relaxed),
+    )
+}
+
+/// One direction of the splice ended with `first`: on a clean end, let the
+/// other direction go on for up to [`HALF_CLOSE_LINGER`]; on an error, stop.
+async fn finish_splice<F: Future<Output = io::Result<()>>>(
+    first: io::Result<()>,
+    rest: std::pin::Pin<&mut F>,
+) {
+    match first {
+        Ok(()) => match timeout(HALF_CLOSE_LINGER, rest).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!("splice ended: {e}"),
+            Err(_) => debug!("closing a half-closed splice after {HALF_CLOSE_LINGER:?}"),
+        },
+        Err(e) => debug!("splice ended: {e}"),
+    }
+}
+
+/// One direction of a splice: a reader that stamps chunks with their release
+/// time, a bounded queue, and a writer that releases them at that time.
+async fn pump(
+    leftover: Vec<u8>,
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: Duration,
+    delivered: &AtomicU64,
+) -> io::Result<()> {
+    // `None` is the end of the stream.
+    let (tx, mut rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(SPLICE_QUEUE_CHUNKS);
+    let reader = async move {
+        if !leftover.is_empty()
+            && tx
+                .send((Instant::now() + delay, Some(leftover)))
+                .await
+                .is_err()
+        {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; SPLICE_CHUNK_BYTES];
+        loop {
+            let n = from.read(&mut buf).await?;
+            let due = Instant::now() + delay;
+            let chunk = (n > 0).then(|| buf[..n].to_vec());
+            let end = chunk.is_none();
+            // The writer is gone only if it failed; its error ends the pump.
+            if tx.send((due, chunk)).await.is_err() || end {
+                return Ok::<(), io::Error>(());
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            if due > Instant::now() {
+                sleep_until(due).await;
+            }
+            match chunk {
+                Some(chunk) => {
+                    to.write_all(&chunk).await?;
+                    delivered.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                None => {
+                    to.shutdown().await?;
+                    return Ok(());
+                }
+            }
+        }
+        // The reader failed; its error ends the pump.
+        Ok(())
+    };
+    tokio::try_join!(reader, writer).map(drop)
+}
+
+/// Answer `observe` datagrams with the source address.
+async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
+    let mut buf = vec![0u8; MAX_LINE_BYTES + 1];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!("UDP receive failed: {e}");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let from = canonical(from);
+        if n > MAX_LINE_BYTES {
+            debug!(%from, "ignoring an oversize datagram");
+            continue;
+        }
+        let payload = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
+        // Garbage gets no answer: an answer to a spoofed source would make
+        // the relay a reflector.
+        let Ok(msg) = Message::from_line(payload) else {
+            debug!(%from, "ignoring a malformed datagram");
+            continue;
+        };
+        let answer = match msg {
+            Message::Observe { name } => match validate_name(&name) {
+                Ok(()) => {
+                    if let Some(slot) = shared.registry().get_mut(&name) {
+                        slot.udp = Some(from);
+                    }
+                    debug!(%from, %name, "UDP observed");
+                    shared.emit(RelayEvent::UdpObserved { name, udp: from });
+                    Message::Observed {
+                        tcp: None,
+                        udp: Some(from),
+                    }
+                }
+                Err(reason) => Message::Error { reason },
+            },
+            other => Message::Error {
+                reason: format!("unexpected {} message over UDP", other.kind()),
+            },
+        };
+        match answer.to_line() {
+            Ok(line) => {
+                if let Err(e) = socket.send_to(&line, from).await {
+                    debug!(%from, "UDP answer failed: {e}");
+                }
+            }
+            Err(e) => debug!("UDP answer not sent: {e}"),
+        }
+    }
+}
