@@ -37,13 +37,23 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the rendezvous relay: peers register by name, learn the address
-    /// the relay observed for them, and one asks for another; the relay then
-    /// splices their TCP connections. A helper for demos, labs and
-    /// two-machine trials, NOT a libp2p circuit relay.
+    /// Run the rendezvous relay (a helper for demos and labs, NOT a libp2p
+    /// circuit relay).
+    ///
+    /// Peers register by name over TCP and learn the TCP and UDP addresses
+    /// the relay observed for them; one asks for another, and the relay
+    /// splices their two TCP connections into a relayed stream. It speaks a
+    /// small line-based JSON protocol of its own (see the dcutr-cli README),
+    /// for demos, labs and two-machine trials: it is not a libp2p circuit
+    /// relay and has no authentication.
     Relay(RelayArgs),
-    /// Register at a relay, optionally ask it for another peer, run DCUtR
-    /// over the relayed stream, and prove the direct path with a round trip.
+    /// Register at a relay, ask it for another peer or wait to be asked, and
+    /// upgrade to a direct connection with DCUtR.
+    ///
+    /// Runs DCUtR over the relayed stream with the observed addresses,
+    /// prints a timeline, then proves the direct path by a round trip of
+    /// data. Exit code 0: upgraded; 1: the upgrade failed cleanly; other:
+    /// error.
     Peer(PeerArgs),
 }
 

@@ -165,6 +165,8 @@ pub enum RelayEvent {
     Registered {
         /// The peer's name.
         name: String,
+        /// Its observed UDP address, if it sent an `observe` datagram first.
+        udp: Option<SocketAddr>,
     },
     /// A `connect` waits for its peer to register.
     WaitingForPeer {
@@ -580,16 +582,19 @@ async fn serve(
                             slot.waiting = Some(tx);
                             pair_rx = Some(rx);
                         }
-                        true
+                        Some(slot.udp)
                     }
-                    None => false,
+                    None => None,
                 };
-                if !stored {
+                let Some(udp) = stored else {
                     return refuse(&shared, conn, peer, "registration lost".into()).await;
-                }
+                };
                 shared.registered.notify_waiters();
-                debug!(%peer, %name, "registered");
-                shared.emit(RelayEvent::Registered { name: name.clone() });
+                debug!(%peer, %name, ?udp, "registered");
+                shared.emit(RelayEvent::Registered {
+                    name: name.clone(),
+                    udp,
+                });
                 let sent = timeout(CONTROL_WRITE_TIMEOUT, conn.send(&Message::Registered)).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     return;

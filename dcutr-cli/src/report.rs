@@ -103,7 +103,7 @@ impl Reporter {
     pub fn listening(&self, addr: SocketAddr, delay_ms: u64) {
         self.event(
             "listening",
-            json!({ "addr": addr.to_string(), "tcp": true, "udp": true, "delay_ms": delay_ms }),
+            json!({ "addr": addr.to_string(), "delay_ms": delay_ms, "tcp": true, "udp": true }),
             format_args!(
                 "dcutr relay listening on {addr} (TCP and UDP{}). A rendezvous helper for \
                  demos and labs, not a libp2p circuit relay.",
@@ -121,7 +121,10 @@ impl Reporter {
         let human: String = match event {
             RelayEvent::Hello { name, tcp } => format!("{name} said hello from {tcp}"),
             RelayEvent::UdpObserved { name, udp } => format!("{name} observed over UDP at {udp}"),
-            RelayEvent::Registered { name } => format!("{name} is registered, waiting for a peer"),
+            RelayEvent::Registered { name, udp } => format!(
+                "{name} is registered{}, waiting for a peer",
+                udp.map(|u| format!(" (UDP {u})")).unwrap_or_default()
+            ),
             RelayEvent::WaitingForPeer { from, to } => {
                 format!("{from} asks for {to}, waiting for {to} to register")
             }

@@ -685,3 +685,58 @@ fn the_binary_prints_the_listening_line_and_serves() {
     assert_eq!(value["event"], "hello", "{line}");
     assert_eq!(value["name"], "b", "{line}");
 }
+
+#[tokio::test]
+async fn idle_and_unpaired_connections_are_closed_by_their_timeouts() {
+    let relay = TestRelay::with(RelayConfig {
+        control_idle: Duration::from_millis(100),
+        pair_wait: Duration::from_millis(200),
+        ..RelayConfig::default()
+    })
+    .await;
+    let mut silent = Raw::connect(relay.addr).await;
+    let reason = silent.expect_error().await;
+    assert!(reason.contains("no hello within"), "{reason}");
+    silent.expect_closed().await;
+
+    let mut after_hello = Raw::connect(relay.addr).await;
+    after_hello
+        .send_msg(&Message::Hello { name: "h".into() })
+        .await;
+    assert!(matches!(
+        after_hello.recv().await,
+        Some(Message::Observed { .. })
+    ));
+    let reason = after_hello.expect_error().await;
+    assert!(reason.contains("no message within"), "{reason}");
+
+    let started = Instant::now();
+    let b = ready(relay.addr, "b", &[], &[]).await;
+    let err = b.wait_paired().await.unwrap_err();
+    assert!(format!("{err:#}").contains("nobody connected"), "{err:#}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn a_half_closed_stream_still_carries_the_reply() {
+    let relay = TestRelay::start().await;
+    let b = ready(relay.addr, "b", &[], &[]).await;
+    let b_side = tokio::spawn(async move {
+        let mut paired = b.wait_paired().await.unwrap();
+        let mut request = Vec::new();
+        paired.stream.read_to_end(&mut request).await.unwrap();
+        paired.stream.write_all(b"reply to ").await.unwrap();
+        paired.stream.write_all(&request).await.unwrap();
+    });
+    let a = ready(relay.addr, "a", &[], &[]).await;
+    let mut paired = a.connect("b").await.unwrap();
+    paired.stream.write_all(b"request").await.unwrap();
+    paired.stream.get_mut().shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    timeout(STEP, paired.stream.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, b"reply to request");
+    timeout(STEP, b_side).await.unwrap().unwrap();
+}
