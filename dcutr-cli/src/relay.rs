@@ -947,6 +947,9 @@ async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
                 continue;
             }
         };
+        // Answer to the address as received (a v4-mapped source on a
+        // dual-stack socket must be answered as such); report it canonical.
+        let reply_to = from;
         let from = canonical(from);
         if n > MAX_LINE_BYTES {
             debug!(%from, "ignoring an oversize datagram");
@@ -980,7 +983,7 @@ async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
         };
         match answer.to_line() {
             Ok(line) => {
-                if let Err(e) = socket.send_to(&line, from).await {
+                if let Err(e) = socket.send_to(&line, reply_to).await {
                     debug!(%from, "UDP answer failed: {e}");
                 }
             }

@@ -517,7 +517,6 @@ pub async fn observe_udp(
         name: name.to_owned(),
     }
     .to_line()?;
-    let relay = canonical(relay);
     let mut buf = vec![0u8; MAX_LINE_BYTES + 1];
     for attempt in 1..=UDP_OBSERVE_TRIES {
         socket
@@ -541,7 +540,7 @@ pub async fn observe_udp(
                 }
                 Err(e) => return Err(e).context("receiving the UDP observed answer"),
             };
-            if canonical(from) != relay {
+            if canonical(from) != canonical(relay) {
                 tracing::debug!(%from, "ignoring a datagram that is not from the relay");
                 continue;
             }

@@ -740,3 +740,29 @@ async fn a_half_closed_stream_still_carries_the_reply() {
     assert_eq!(reply, b"reply to request");
     timeout(STEP, b_side).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_dual_stack_relay_reports_ipv4_peers_as_ipv4() {
+    let listener = match RelayListener::bind("[::]:0".parse().unwrap()).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("skipped: no IPv6 here ({e:#})");
+            return;
+        }
+    };
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(relay::run(listener, RelayConfig::default()));
+    let relay: SocketAddr = ([127, 0, 0, 1], port).into();
+    let reg = match register(relay, "b", None).await {
+        Ok(reg) => reg,
+        Err(e) => {
+            eprintln!("skipped: the [::] socket is IPv6-only here ({e:#})");
+            return;
+        }
+    };
+    assert!(reg.observed_tcp().is_ipv4(), "{}", reg.observed_tcp());
+    assert_eq!(reg.observed_tcp(), reg.local_tcp());
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let observed = observe_udp(&udp, relay, "b").await.unwrap();
+    assert_eq!(observed, udp.local_addr().unwrap());
+}
