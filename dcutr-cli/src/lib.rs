@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+pub mod demo;
 pub mod peer;
 pub mod relay;
 pub mod rendezvous;
@@ -55,6 +56,21 @@ pub enum Command {
     /// data. Exit code 0: upgraded; 1: the upgrade failed cleanly; other:
     /// error.
     Peer(PeerArgs),
+    /// Run a relay and two peers on loopback in one process: upgrade over
+    /// TCP and over QUIC by hole punching, send data both ways over each
+    /// direct connection, print the timelines. No root needed; loopback
+    /// has no NAT (see the NAT lab for the real thing).
+    Demo(DemoArgs),
+}
+
+/// Arguments of `dcutr demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Relayed round trip to simulate, in milliseconds (the relay holds
+    /// each chunk half of it, each way).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=2 * MAX_DELAY_MS))]
+    pub rtt_ms: u64,
 }
 
 /// Arguments of `dcutr relay`.
@@ -116,6 +132,10 @@ pub struct PeerArgs {
     /// Also punch towards loopback addresses (tests and demos on one host).
     #[arg(long)]
     pub allow_loopback: bool,
+    /// Skip the unilateral direct dial to a peer that looks public and go
+    /// straight to hole punching.
+    #[arg(long)]
+    pub no_unilateral: bool,
     /// Async runtime to run on.
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     pub runtime: Runtime,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use dcutr_cli::relay::{self, RelayConfig, RelayListener};
 use dcutr_cli::report::{EXIT_ERROR, Reporter};
-use dcutr_cli::{Cli, Command, RelayArgs, peer};
+use dcutr_cli::{Cli, Command, RelayArgs, demo, peer};
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Relay(args) => args.json,
         Command::Peer(args) => args.json,
+        Command::Demo(_) => false,
     };
     let reporter = Reporter::new(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Relay(args) => run_relay(args, reporter).await,
             Command::Peer(args) => peer::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match outcome {

@@ -31,6 +31,9 @@ pub const EXIT_ERROR: u8 = 2;
 #[derive(Debug, Clone, Copy)]
 pub struct Reporter {
     json: bool,
+    /// Put in front of every human line (the demo runs two peers in one
+    /// process and tells them apart this way).
+    prefix: &'static str,
 }
 
 /// One JSON output line (without the newline): `{"event":NAME, ...fields}`.
@@ -62,7 +65,15 @@ pub fn json_line(event: &str, fields: &Value) -> String {
 impl Reporter {
     /// A reporter for `--json` (`true`) or human output.
     pub fn new(json: bool) -> Self {
-        Reporter { json }
+        Reporter { json, prefix: "" }
+    }
+
+    /// A human-text reporter that starts every line with `prefix`.
+    pub fn prefixed(prefix: &'static str) -> Self {
+        Reporter {
+            json: false,
+            prefix,
+        }
     }
 
     /// Whether lines are JSON.
@@ -78,7 +89,7 @@ impl Reporter {
         } else {
             let text = human.to_string();
             if !text.is_empty() {
-                print_line(&text);
+                print_line(&format!("{}{text}", self.prefix));
             }
         }
     }
@@ -95,7 +106,7 @@ impl Reporter {
                 .to_owned();
             print_line(&json_line(&name, &fields));
         } else {
-            print_line(&human.to_string());
+            print_line(&format!("{}{human}", self.prefix));
         }
     }
 

@@ -101,6 +101,10 @@ pub enum DialError {
     TimedOut,
     /// The identity check failed: a stranger answered.
     IdentityMismatch,
+    /// The connection's address pair is already in use: a connection to
+    /// that peer address exists, typically the peer's own SYN that our
+    /// listener accepted a moment earlier. Not a sign the punch failed.
+    AddrInUse,
     /// Any other I/O error.
     Io(std::io::ErrorKind),
 }
@@ -113,6 +117,7 @@ impl std::fmt::Display for DialError {
             DialError::Handshake => f.write_str("handshake failed"),
             DialError::TimedOut => f.write_str("timed out"),
             DialError::IdentityMismatch => f.write_str("identity check failed"),
+            DialError::AddrInUse => f.write_str("address pair already in use"),
             DialError::Io(kind) => write!(f, "{kind}"),
         }
     }
@@ -123,9 +128,10 @@ impl From<std::io::ErrorKind> for DialError {
         use std::io::ErrorKind as K;
         match kind {
             K::ConnectionRefused => DialError::Refused,
-            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
-                DialError::Unreachable
-            }
+            K::HostUnreachable | K::NetworkUnreachable => DialError::Unreachable,
+            // Linux answers a connect() whose 4-tuple exists (port reuse:
+            // the peer's connection came in first) with EADDRNOTAVAIL.
+            K::AddrInUse | K::AddrNotAvailable => DialError::AddrInUse,
             K::TimedOut => DialError::TimedOut,
             other => DialError::Io(other),
         }

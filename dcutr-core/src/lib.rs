@@ -103,6 +103,7 @@ pub use config::{
 };
 pub use direct::CHECK_LEN;
 pub use error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
+pub use multiaddr::{self, Multiaddr};
 pub use output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,

@@ -1257,7 +1257,15 @@ impl Upgrade {
                 // A spray keeps the attempt open until its window ends: the
                 // client's dial may still arrive.
                 let attempt = self.attempt;
+                // A dial that found its address pair taken means the
+                // peer's connection is arriving through our listener: wait
+                // for it (until the window ends) rather than give up.
+                let crossing = self.timeline.dials.iter().any(|d| {
+                    d.attempt == attempt
+                        && d.result == Some(DialResult::Failed(DialError::AddrInUse))
+                });
                 let busy = self.spray.is_some()
+                    || crossing
                     || self
                         .directs
                         .iter()
