@@ -34,7 +34,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
 use actor::{ActorEvent, Cmd, DirectConn, Key, QuicDirect, Start, Stream};
-pub use quic::{QuicSocket, SERVER_NAME, self_signed_configs};
+pub use quic::{
+    HOLE_PUNCH_INITIAL_RTT, QuicSocket, SERVER_NAME, hole_punch_transport, self_signed_configs,
+};
 pub use report::Report;
 
 /// What a runtime adapter provides: a clock, timers, and TCP.
@@ -539,11 +541,18 @@ impl<'r, R: Runtime> Driver<'r, R> {
 
     /// Polls every source once; the first ready one wakes the loop.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake<R::TcpStream>> {
-        if let Some((_, sleep)) = self.sleep.as_mut()
+        if let Some((at, sleep)) = self.sleep.as_mut()
             && sleep.poll_unpin(cx).is_ready()
         {
-            self.sleep = None;
-            return Poll::Ready(Wake::Timer);
+            if self.runtime.now() < *at {
+                // A precise timer woke early on purpose: yield to the
+                // runtime until the deadline itself.
+                *sleep = yield_once().boxed();
+                cx.waker().wake_by_ref();
+            } else {
+                self.sleep = None;
+                return Poll::Ready(Wake::Timer);
+            }
         }
         if let Poll::Ready(Some((key, event))) = self.events_rx.poll_next_unpin(cx) {
             return Poll::Ready(Wake::Actor(key, event));
@@ -778,13 +787,46 @@ impl<'r, R: Runtime> Driver<'r, R> {
         match self.core.poll_timeout() {
             Some(timeout) => {
                 if self.sleep.as_ref().map(|(at, _)| *at) != Some(timeout.at) {
-                    let sleep = self.runtime.sleep_until(timeout.at);
+                    // The Sync delay sets when our punch leaves; the peer
+                    // punches on Sync's arrival, and a late punch (runtime
+                    // timers round up by about a millisecond) hands the
+                    // race to the peer's packets, which some NATs then
+                    // remap. Wake a little early and yield up to the
+                    // deadline instead.
+                    let wake_at = if timeout.kind == dcutr_core::TimerKind::SyncDelay {
+                        timeout
+                            .at
+                            .checked_sub(PRECISE_TIMER_SLACK)
+                            .unwrap_or(timeout.at)
+                    } else {
+                        timeout.at
+                    };
+                    let sleep = self.runtime.sleep_until(wake_at);
                     self.sleep = Some((timeout.at, sleep));
                 }
             }
             None => self.sleep = None,
         }
     }
+}
+
+/// How early a precise timer (the Sync delay) wakes before yielding up to
+/// its deadline: more than the runtime timers' rounding (1 ms for tokio and
+/// async-io), little enough to cost nothing.
+const PRECISE_TIMER_SLACK: Duration = Duration::from_millis(2);
+
+/// Pending once (after asking to be polled again), then ready.
+fn yield_once() -> impl std::future::Future<Output = ()> + Send {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
 }
 
 fn accept_next(endpoint: &quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {

@@ -357,7 +357,15 @@ pub fn evaluate(
     if timed_out {
         violations.push(format!("timed out after {:.1} s", duration.as_secs_f64()));
     }
-    for (who, r, role) in [("A", ra, "client"), ("B", rb, "server")] {
+    // In a hole punch A is the client and B the server; in the unilateral
+    // direct dial B dials A, so B is the client there.
+    let unilateral = [ra, rb].iter().flatten().any(|r| r.ok && r.unilateral);
+    let (a_role, b_role) = if unilateral {
+        ("server", "client")
+    } else {
+        ("client", "server")
+    };
+    for (who, r, role) in [("A", ra, a_role), ("B", rb, b_role)] {
         if let Some(r) = r {
             if r.role != role {
                 violations.push(format!("{who} reported role {}, expected {role}", r.role));
@@ -877,11 +885,12 @@ mod tests {
             vec![],
         );
         assert!(!not_uni.passed());
+        // In the direct dial B dials A: B is the client, A the server.
         let uni = evaluate(
             &c,
             1,
-            peer(0, result(true, "client", "tcp", 0, true)),
             peer(0, result(true, "server", "tcp", 0, true)),
+            peer(0, result(true, "client", "tcp", 0, true)),
             false,
             Duration::from_secs(1),
             vec![],
