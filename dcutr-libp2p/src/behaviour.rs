@@ -458,12 +458,13 @@ impl<E: FromReport> Behaviour<E> {
     fn on_connection_closed(&mut self, e: &ConnectionClosed<'_>, now: Instant) {
         if let Some(rel) = self.upgrades.get_mut(&e.connection_id) {
             rel.closed = true;
-            let stream_open = rel.stream.take().is_some();
+            rel.stream = None;
             match &rel.phase {
                 Phase::Running(up) if up.outcome().is_none() => {
-                    if stream_open {
-                        self.with_upgrade(e.connection_id, now, |up| up.handle_stream_closed(now));
-                    }
+                    // The stream, or the one being opened, is gone with the
+                    // connection; a punch in flight may still win, and any
+                    // stream asked for from now on fails at once (`drain`).
+                    self.with_upgrade(e.connection_id, now, |up| up.handle_stream_closed(now));
                 }
                 Phase::Running(_) => {}
                 Phase::AwaitPeerAddrs { .. } => {

@@ -15,10 +15,11 @@
 //!
 //! write
 //!
-//! ```
+//! ```text
 //! use dcutr_libp2p as dcutr;
 //! ```
 //!
+//! (the example below compiles it).
 //! `dcutr::Behaviour::new(local_peer_id)`, the field type
 //! `dcutr::Behaviour` in your `#[derive(NetworkBehaviour)]` struct and
 //! patterns such as `dcutr::Event { remote_peer_id, result: Ok(connection_id) }`

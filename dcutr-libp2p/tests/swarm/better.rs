@@ -1,13 +1,11 @@
 //! What this behaviour does that stock `libp2p-dcutr` does not, each shown
 //! on the wire over loopback TCP through a `libp2p-relay` relay.
 
-mod common;
-
 use std::io;
 use std::time::{Duration, Instant};
 
-use common::ours::{self, Report};
-use common::{
+use crate::common::ours::{self, Report};
+use crate::common::{
     Dcutr, Pair, Seen, TEST_TIMEOUT, Who, build_client, init_tracing, loopback_config, setup,
 };
 use dcutr_core::codec::{self, FrameDecoder, MAX_MESSAGE_SIZE, Message};

@@ -7,9 +7,7 @@
 //! advertised listening address is reachable, so B would connect directly
 //! and never hole punch (that path has its own test in `better.rs`).
 
-mod common;
-
-use common::{
+use crate::common::{
     Dcutr, Pair, Seen, TEST_TIMEOUT, Who, build_client, init_tracing, loopback_config, setup,
 };
 use libp2p::core::{ConnectedPoint, Endpoint};
@@ -58,9 +56,19 @@ async fn stock_dcutr_as_b_and_ours_as_a_reach_a_direct_connection() {
     let conn = assert_direct_and_echo(&mut pair, &mut seen, Who::A).await;
     // A is the spec's A: the client on the direct connection.
     assert!(dialer_role(&seen, Who::A, conn), "{seen:#?}");
+    // B's listening socket accepted A's dial. Stock only reports
+    // connections it dialled itself, so stock B never reports this one
+    // (ours does; see the next test).
+    for (_, inbound, _) in seen
+        .direct
+        .iter()
+        .filter(|(w, _, e)| *w == Who::B && e.is_listener())
+    {
+        assert_ne!(seen.stock_ok(Who::B), Some(*inbound));
+    }
     assert!(matches!(
         seen.ours_outcome(Who::A),
-        Some(common::ours::Report::Outcome {
+        Some(crate::common::ours::Report::Outcome {
             side: dcutr_core::Side::Responder,
             ..
         })
@@ -78,7 +86,7 @@ async fn ours_as_b_and_stock_dcutr_as_a_reach_a_direct_connection() {
     let conn = assert_direct_and_echo(&mut pair, &mut seen, Who::B).await;
     assert!(matches!(
         seen.ours_outcome(Who::B),
-        Some(common::ours::Report::Outcome {
+        Some(crate::common::ours::Report::Outcome {
             side: dcutr_core::Side::Initiator,
             ..
         })

@@ -1,0 +1,10 @@
+//! Swarm-level tests of dcutr-libp2p over loopback TCP through a
+//! `libp2p-relay` relay, in one test binary (each binary links all of
+//! libp2p, about 120 MB with debug info):
+//! * `interop`: against stock `libp2p-dcutr` in both roles, and ours
+//!   against ours;
+//! * `better`: what this behaviour does that stock does not.
+
+mod better;
+mod common;
+mod interop;
