@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::relay::{self, RelayConfig, RelayListener};
-use crate::report::{PeerResult, Reporter};
+use crate::report::Reporter;
 use crate::{DemoArgs, PeerArgs, Runtime, peer};
 
 /// Runs the demo; exit code 0 when both transports upgraded.
@@ -28,15 +28,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let relay = tokio::spawn(relay::run(listener, config));
     println!(
         "dcutr demo: relay on {relay_addr} adding {} ms each way (relayed RTT ~{} ms); \
-         two peers on loopback, which has no NAT (the NAT lab has real ones)\n",
+         two peers on {:?} on loopback, which has no NAT (the NAT lab has real ones)\n",
         args.rtt_ms / 2,
-        args.rtt_ms
+        args.rtt_ms,
+        args.runtime
     );
     let mut summary = Vec::new();
     for transport in ["tcp", "quic"] {
         println!("== {} ==", transport.to_uppercase());
-        let b = peer_args(relay_addr, transport, "b", None);
-        let a = peer_args(relay_addr, transport, "a", Some("b"));
+        let b = peer_args(relay_addr, transport, "b", None, args.runtime);
+        let a = peer_args(relay_addr, transport, "a", Some("b"), args.runtime);
         let b = tokio::spawn(peer::session(b, Reporter::prefixed("  B | ")));
         // B registers first; A asks for it (the relay waits for B if needed).
         let a = peer::session(a, Reporter::prefixed("  A | ")).await;
@@ -83,7 +84,13 @@ fn fmt(ms: Option<f64>) -> String {
     ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"))
 }
 
-fn peer_args(relay: SocketAddr, transport: &str, name: &str, connect: Option<&str>) -> PeerArgs {
+fn peer_args(
+    relay: SocketAddr,
+    transport: &str,
+    name: &str,
+    connect: Option<&str>,
+    runtime: Runtime,
+) -> PeerArgs {
     let (tcp, quic) = match transport {
         "tcp" => (Some(0), None),
         _ => (None, Some(0)),
@@ -99,9 +106,6 @@ fn peer_args(relay: SocketAddr, transport: &str, name: &str, connect: Option<&st
         allow_private: false,
         allow_loopback: true,
         no_unilateral: true,
-        runtime: Runtime::Tokio,
+        runtime,
     }
 }
-
-/// The results of one demo run, for tests.
-pub type DemoResult = Vec<(&'static str, PeerResult, PeerResult)>;

@@ -71,6 +71,9 @@ pub struct DemoArgs {
     #[arg(long, value_name = "MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(0..=2 * MAX_DELAY_MS))]
     pub rtt_ms: u64,
+    /// Async runtime of both peers.
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
 }
 
 /// Arguments of `dcutr relay`.
@@ -94,8 +97,13 @@ pub struct RelayArgs {
 /// The async runtime `dcutr peer` runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Runtime {
-    /// tokio.
+    /// tokio, through `dcutr-tokio`.
     Tokio,
+    /// smol, through `dcutr-async-std` (the recommended async-io runtime).
+    Smol,
+    /// async-std, through `dcutr-async-std` (async-std is discontinued
+    /// upstream; prefer smol).
+    AsyncStd,
 }
 
 /// Arguments of `dcutr peer`.

@@ -8,16 +8,16 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use dcutr_driver::{DirectConnection, Report};
 use dcutr_tokio::{
     AddressPolicy, Candidate, Config, Direct, Event, Role, Side, Transport, UpgradeFailure,
 };
+use futures_util::{AsyncReadExt, AsyncWriteExt};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-use crate::PeerArgs;
 use crate::rendezvous::{self, PairedSide};
 use crate::report::{self, PeerResult, Reporter};
+use crate::{PeerArgs, Runtime};
 
 /// Round trips on the direct connection; the median is the direct RTT.
 pub const DIRECT_PINGS: usize = 5;
@@ -25,6 +25,9 @@ pub const DIRECT_PINGS: usize = 5;
 /// How long to wait for the peer's answer on the direct connection or on
 /// the relayed stream after the upgrade.
 pub const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for the QUIC endpoint to send its last close frames.
+pub const QUIC_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Bytes of one ping on the direct connection.
 const PING_LEN: usize = 8;
@@ -44,24 +47,53 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
     Ok(result.exit_code())
 }
 
+/// What the upgrade needs besides the relayed stream, runtime-neutral:
+/// the punch sockets are plain std sockets until the chosen runtime takes
+/// them.
+struct Plan {
+    side: Side,
+    config: Config,
+    local_addrs: Vec<Candidate>,
+    remote_public: Vec<Candidate>,
+    tcp: Option<std::net::TcpListener>,
+    udp: Option<std::net::UdpSocket>,
+    reporter: Reporter,
+}
+
+/// How the upgrade and its proof ended.
+enum Finished {
+    Upgraded {
+        transport: Transport,
+        role: Role,
+        remote: SocketAddr,
+        report: Report,
+        direct_rtt: Duration,
+    },
+    Failed {
+        reason: UpgradeFailure,
+        report: Report,
+        relay_usable: bool,
+    },
+}
+
 /// One whole peer session; returns the result line without printing it.
 ///
 /// # Errors
 /// As [`run`].
 pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerResult> {
-    let tcp_listener = match args.tcp {
+    let tcp = match args.tcp {
         Some(port) => {
             let addr = SocketAddr::new(args.bind, port);
             Some(
-                dcutr_tokio::tcp_listener(addr)
+                dcutr_driver::net::reuse_listener(addr)
                     .with_context(|| format!("binding the TCP punch listener on {addr}"))?,
             )
         }
         None => None,
     };
-    let tcp_local = tcp_listener
+    let tcp_local = tcp
         .as_ref()
-        .map(tokio::net::TcpListener::local_addr)
+        .map(std::net::TcpListener::local_addr)
         .transpose()?;
     let mut registration = rendezvous::register(args.relay, &args.name, tcp_local)
         .await
@@ -77,28 +109,26 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
             public.push(rendezvous::tcp_multiaddr(observed));
         }
     }
-    let mut quic = None;
+    let mut udp = None;
     let mut observed_udp = None;
     if let Some(port) = args.quic {
         let addr = SocketAddr::new(args.bind, port);
-        let socket = dcutr_tokio::udp_socket(addr)
+        let socket = dcutr_driver::net::udp_socket(addr)
             .with_context(|| format!("binding the QUIC socket on {addr}"))?;
-        let socket = tokio::net::UdpSocket::from_std(socket)?;
-        let observed = rendezvous::observe_udp(&socket, args.relay, &args.name)
+        let local = socket.local_addr()?;
+        // Ask through a clone registered with tokio; the socket itself
+        // goes to the runtime that punches.
+        let probe = tokio::net::UdpSocket::from_std(socket.try_clone()?)?;
+        let observed = rendezvous::observe_udp(&probe, args.relay, &args.name)
             .await
             .context("asking the relay for our UDP address")?;
+        drop(probe);
         observed_udp = Some(observed);
         local_addrs.push(Candidate::quic(observed));
-        let local = socket.local_addr()?;
         if rendezvous::is_public(observed, local, route_ip) {
             public.push(rendezvous::quic_multiaddr(observed));
         }
-        let (server, client) = dcutr_tokio::self_signed_configs();
-        quic = Some(dcutr_tokio::quic_socket(
-            socket.into_std()?,
-            server,
-            client,
-        )?);
+        udp = Some(socket);
     }
     let addrs: Vec<String> = local_addrs
         .iter()
@@ -119,71 +149,74 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
     let remote_public: Vec<Candidate> = paired
         .peer_public
         .iter()
-        .filter_map(|s| s.parse::<dcutr_tokio::dcutr_core::Multiaddr>().ok())
+        .filter_map(|s| s.parse::<dcutr_core::Multiaddr>().ok())
         .filter_map(|m| Candidate::from_multiaddr(&m).ok())
         .collect();
-
     let mut config = Config::shared_stream();
     config.address_policy = policy(&args);
     config.unilateral = !args.no_unilateral;
-    let mut options = dcutr_tokio::Options::new(side)
-        .config(config)
-        .local_addrs(local_addrs)
-        .remote_public_addrs(remote_public)
-        .on_event(move |event, at| progress(reporter, event, at));
-    if let Some(listener) = tcp_listener {
-        options = options.tcp(listener);
-    }
-    if let Some(quic) = quic {
-        options = options.quic(quic);
-    }
+    let plan = Plan {
+        side,
+        config,
+        local_addrs,
+        remote_public,
+        tcp,
+        udp,
+        reporter,
+    };
+
+    let finished = match args.runtime {
+        Runtime::Tokio => upgrade_on_tokio(plan, paired.stream).await?,
+        rt @ (Runtime::Smol | Runtime::AsyncStd) => {
+            // The relayed stream moves to the other runtime with the bytes
+            // that already arrived behind the `paired` line.
+            let buffered = paired.stream.buffer().to_vec();
+            let stream = paired.stream.into_inner().into_std()?;
+            tokio::task::spawn_blocking(move || upgrade_on_async_io(rt, plan, stream, buffered))
+                .await??
+        }
+    };
+
     let tried = if args.tcp.is_some() {
         report::Transport::Tcp
     } else {
         report::Transport::Quic
     };
-    let role = match side {
-        Side::Initiator => report::Role::Server,
-        Side::Responder => report::Role::Client,
-    };
-
-    match dcutr_tokio::upgrade(paired.stream, options).await {
-        Ok(up) => {
-            print_timeline(reporter, &up.report);
-            let direct_rtt = prove_direct(up.connection, up.role)
-                .await
-                .context("the round trip on the direct connection")?;
+    Ok(match finished {
+        Finished::Upgraded {
+            transport,
+            role,
+            remote,
+            report,
+            direct_rtt,
+        } => {
             reporter.event(
                 "direct_rtt",
                 json!({ "ms": ms(direct_rtt) }),
                 format_args!(
-                    "direct path proven: {DIRECT_PINGS} round trips, median {:.2} ms",
+                    "direct path proven: {DIRECT_PINGS} round trips each way, median {:.2} ms",
                     ms(direct_rtt)
                 ),
             );
-            Ok(PeerResult {
+            PeerResult {
                 ok: true,
-                transport: wire_transport(up.transport),
-                role: wire_role(up.role),
-                remote: Some(up.remote),
-                attempts: up.report.attempts() as u32,
-                unilateral: up.report.unilateral(),
-                rtt_ms: up.report.rtt().map(ms),
-                time_to_direct_ms: up.report.time_to_direct().map(ms),
+                transport: wire_transport(transport),
+                role: wire_role(role),
+                remote: Some(remote),
+                attempts: report.attempts() as u32,
+                unilateral: report.unilateral(),
+                rtt_ms: report.rtt().map(ms),
+                time_to_direct_ms: report.time_to_direct().map(ms),
                 direct_rtt_ms: Some(ms(direct_rtt)),
                 relay_usable: true,
                 reason: None,
-            })
-        }
-        Err(error) => {
-            print_timeline(reporter, &error.report);
-            if !matches!(error.reason, UpgradeFailure::Failed(_)) {
-                return Err(anyhow::Error::new(error.reason).context("the upgrade could not run"));
             }
-            let relay_usable = match error.relay {
-                Some(relay) => prove_relay(relay, side).await,
-                None => false,
-            };
+        }
+        Finished::Failed {
+            reason,
+            report,
+            relay_usable,
+        } => {
             reporter.event(
                 "relay",
                 json!({ "usable": relay_usable }),
@@ -196,20 +229,181 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
                     }
                 ),
             );
-            Ok(PeerResult {
+            PeerResult {
                 ok: false,
                 transport: tried,
-                role,
+                role: match side {
+                    Side::Initiator => report::Role::Server,
+                    Side::Responder => report::Role::Client,
+                },
                 remote: None,
-                attempts: error.report.attempts() as u32,
+                attempts: report.attempts() as u32,
                 unilateral: false,
-                rtt_ms: error.report.rtt().map(ms),
+                rtt_ms: report.rtt().map(ms),
                 time_to_direct_ms: None,
                 direct_rtt_ms: None,
                 relay_usable,
-                reason: Some(error.reason.to_string()),
+                reason: Some(reason.to_string()),
+            }
+        }
+    })
+}
+
+/// The upgrade and its proof on tokio.
+async fn upgrade_on_tokio(
+    plan: Plan,
+    relay: tokio::io::BufReader<tokio::net::TcpStream>,
+) -> anyhow::Result<Finished> {
+    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+    let reporter = plan.reporter;
+    let side = plan.side;
+    let mut options = dcutr_tokio::Options::new(side)
+        .config(plan.config)
+        .local_addrs(plan.local_addrs)
+        .remote_public_addrs(plan.remote_public)
+        .on_event(move |event, at| progress(reporter, event, at));
+    if let Some(listener) = plan.tcp {
+        options = options.tcp(tokio::net::TcpListener::from_std(listener)?);
+    }
+    let mut endpoint = None;
+    if let Some(socket) = plan.udp {
+        let (server, client) = dcutr_tokio::self_signed_configs();
+        let quic = dcutr_tokio::quic_socket(socket, server, client)?;
+        endpoint = Some(quic.endpoint.clone());
+        options = options.quic(quic);
+    }
+    match dcutr_tokio::upgrade(relay, options).await {
+        Ok(up) => {
+            print_timeline(reporter, &up.report);
+            let connection = match up.connection {
+                Direct::Tcp(t) => {
+                    t.set_nodelay(true)?;
+                    DirectConnection::Tcp(t.compat_write())
+                }
+                Direct::Quic(q) => DirectConnection::Quic(q),
+                _ => anyhow::bail!("unknown connection kind"),
+            };
+            let direct_rtt = prove_direct(connection, up.role).await?;
+            drain(endpoint).await;
+            Ok(Finished::Upgraded {
+                transport: up.transport,
+                role: up.role,
+                remote: up.remote,
+                report: up.report,
+                direct_rtt,
             })
         }
+        Err(error) => {
+            print_timeline(reporter, &error.report);
+            failed(
+                error.reason,
+                error.report,
+                error.relay.map(|r| r.compat()),
+                side,
+            )
+            .await
+        }
+    }
+}
+
+/// The upgrade and its proof on smol or async-std (blocking: runs on a
+/// thread of its own).
+fn upgrade_on_async_io(
+    rt: Runtime,
+    plan: Plan,
+    relay: std::net::TcpStream,
+    buffered: Vec<u8>,
+) -> anyhow::Result<Finished> {
+    let run = async move {
+        let reporter = plan.reporter;
+        let side = plan.side;
+        let relay = Prefixed::new(buffered, async_net::TcpStream::try_from(relay)?);
+        let mut options = dcutr_async_std::Options::new(side)
+            .config(plan.config)
+            .local_addrs(plan.local_addrs)
+            .remote_public_addrs(plan.remote_public)
+            .on_event(move |event, at| progress(reporter, event, at));
+        if let Some(listener) = plan.tcp {
+            options = options.tcp(async_io::Async::new(listener)?);
+        }
+        let mut endpoint = None;
+        if let Some(socket) = plan.udp {
+            let (server, client) = dcutr_async_std::self_signed_configs();
+            let quic = match rt {
+                Runtime::AsyncStd => {
+                    dcutr_async_std::quic_socket_async_std(socket, server, client)?
+                }
+                _ => dcutr_async_std::quic_socket_smol(socket, server, client)?,
+            };
+            endpoint = Some(quic.endpoint.clone());
+            options = options.quic(quic);
+        }
+        match dcutr_async_std::upgrade(relay, options).await {
+            Ok(up) => {
+                print_timeline(reporter, &up.report);
+                if let DirectConnection::Tcp(t) = &up.connection {
+                    t.set_nodelay(true)?;
+                }
+                let direct_rtt = prove_direct(up.connection, up.role).await?;
+                drain(endpoint).await;
+                Ok(Finished::Upgraded {
+                    transport: up.transport,
+                    role: up.role,
+                    remote: up.remote,
+                    report: up.report,
+                    direct_rtt,
+                })
+            }
+            Err(error) => {
+                print_timeline(reporter, &error.report);
+                failed(error.reason, error.report, error.relay, side).await
+            }
+        }
+    };
+    match rt {
+        Runtime::AsyncStd => async_std::task::block_on(run),
+        _ => smol::block_on(run),
+    }
+}
+
+async fn failed<T>(
+    reason: UpgradeFailure,
+    report: Report,
+    relay: Option<T>,
+    side: Side,
+) -> anyhow::Result<Finished>
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+{
+    if !matches!(reason, UpgradeFailure::Failed(_)) {
+        return Err(anyhow::Error::new(reason).context("the upgrade could not run"));
+    }
+    let relay_usable = match relay {
+        Some(relay) => prove_relay(relay, side).await,
+        None => false,
+    };
+    Ok(Finished::Failed {
+        reason,
+        report,
+        relay_usable,
+    })
+}
+
+/// Lets quinn send its close frames before the runtime stops; otherwise
+/// the peer waits for its idle timeout.
+async fn drain(endpoint: Option<quinn::Endpoint>) {
+    if let Some(endpoint) = endpoint {
+        let _ = with_timeout(QUIC_DRAIN_LIMIT, endpoint.wait_idle()).await;
+    }
+}
+
+/// `fut`, or `None` after `limit`. Uses async-io's timer, which works on
+/// every runtime (it has its own reactor thread).
+async fn with_timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    use futures_util::future::{Either, select};
+    match select(std::pin::pin!(fut), async_io::Timer::after(limit)).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
     }
 }
 
@@ -337,7 +531,7 @@ fn progress(reporter: Reporter, event: &Event, at: Duration) {
 }
 
 /// The timeline in a few lines, once the outcome is known.
-fn print_timeline(reporter: Reporter, report: &dcutr_tokio::Report) {
+fn print_timeline(reporter: Reporter, report: &Report) {
     let dials: Vec<serde_json::Value> = report
         .timeline
         .dials
@@ -375,17 +569,19 @@ fn fmt_ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} ms", ms(d)))
 }
 
-/// A few round trips of data on the direct connection; returns the median
-/// round-trip time. The client (A) pings, the server (B) echoes.
-async fn prove_direct(connection: Direct, role: Role) -> anyhow::Result<Duration> {
+/// A few round trips of data on the direct connection each way; returns
+/// the median round-trip time we measured. The client (A) pings first.
+async fn prove_direct<T>(connection: DirectConnection<T>, role: Role) -> anyhow::Result<Duration>
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+{
     let run = async {
         match connection {
-            Direct::Tcp(stream) => {
-                stream.set_nodelay(true)?;
-                let (mut read, mut write) = stream.into_split();
+            DirectConnection::Tcp(mut stream) => {
+                let (mut read, mut write) = futures_util::AsyncReadExt::split(&mut stream);
                 ping_pong(&mut read, &mut write, role).await
             }
-            Direct::Quic(conn) => {
+            DirectConnection::Quic(conn) => {
                 let (mut send, mut recv) = match role {
                     Role::Client => conn.open_bi().await?,
                     Role::Server => conn.accept_bi().await?,
@@ -405,19 +601,20 @@ async fn prove_direct(connection: Direct, role: Role) -> anyhow::Result<Duration
             _ => anyhow::bail!("unknown connection kind"),
         }
     };
-    tokio::time::timeout(PROOF_TIMEOUT, run)
+    with_timeout(PROOF_TIMEOUT, run)
         .await
         .context("the peer did not answer on the direct connection")?
+        .context("the round trip on the direct connection")
 }
 
 async fn ping_pong<R, W>(read: &mut R, write: &mut W, role: Role) -> anyhow::Result<Duration>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    R: futures_io::AsyncRead + Unpin,
+    W: futures_io::AsyncWrite + Unpin,
 {
     // The client pings first and the server echoes; then the other way
     // round, so that each side measures the direct RTT itself.
-    let rtt = match role {
+    Ok(match role {
         Role::Client => {
             let rtt = ping(read, write).await?;
             echo(read, write).await?;
@@ -427,15 +624,14 @@ where
             echo(read, write).await?;
             ping(read, write).await?
         }
-    };
-    Ok(rtt)
+    })
 }
 
 /// [`DIRECT_PINGS`] round trips; the median.
 async fn ping<R, W>(read: &mut R, write: &mut W) -> anyhow::Result<Duration>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    R: futures_io::AsyncRead + Unpin,
+    W: futures_io::AsyncWrite + Unpin,
 {
     let mut rtts = Vec::with_capacity(DIRECT_PINGS);
     let mut buf = [0u8; PING_LEN];
@@ -453,8 +649,8 @@ where
 
 async fn echo<R, W>(read: &mut R, write: &mut W) -> anyhow::Result<()>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    R: futures_io::AsyncRead + Unpin,
+    W: futures_io::AsyncWrite + Unpin,
 {
     let mut buf = [0u8; PING_LEN];
     for _ in 0..DIRECT_PINGS {
@@ -467,25 +663,88 @@ where
 
 /// After a failed upgrade: one round trip over the relayed stream. A pings,
 /// B answers.
-async fn prove_relay(relay: BufReader<TcpStream>, side: Side) -> bool {
-    let mut relay = relay;
+async fn prove_relay<T>(mut relay: T, side: Side) -> bool
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+{
     let run = async {
-        let mut line = Vec::new();
+        let mut line = [0u8; RELAY_PING.len()];
         match side {
             Side::Responder => {
-                relay.get_mut().write_all(RELAY_PING).await?;
-                relay.read_until(b'\n', &mut line).await?;
+                relay.write_all(RELAY_PING).await?;
+                relay.flush().await?;
+                relay.read_exact(&mut line).await?;
                 Ok::<_, std::io::Error>(line == RELAY_PONG)
             }
             Side::Initiator => {
-                relay.read_until(b'\n', &mut line).await?;
+                relay.read_exact(&mut line).await?;
                 if line != RELAY_PING {
                     return Ok(false);
                 }
-                relay.get_mut().write_all(RELAY_PONG).await?;
+                relay.write_all(RELAY_PONG).await?;
+                relay.flush().await?;
                 Ok(true)
             }
         }
     };
-    matches!(tokio::time::timeout(PROOF_TIMEOUT, run).await, Ok(Ok(true)))
+    matches!(with_timeout(PROOF_TIMEOUT, run).await, Some(Ok(true)))
+}
+
+/// A stream whose first bytes were already read into a buffer elsewhere
+/// (behind the rendezvous `paired` line): serves them first.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            offset: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: futures_io::AsyncRead + Unpin> futures_io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.offset < this.prefix.len() {
+            let n = buf.len().min(this.prefix.len() - this.offset);
+            buf[..n].copy_from_slice(&this.prefix[this.offset..this.offset + n]);
+            this.offset += n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures_io::AsyncWrite + Unpin> futures_io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
 }

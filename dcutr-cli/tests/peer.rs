@@ -46,6 +46,11 @@ impl Proc {
 }
 
 async fn punch(transport_flag: &str) -> (Value, Value, i32, i32) {
+    punch_on(transport_flag, "tokio", "tokio").await
+}
+
+/// B on `b_rt` and A on `a_rt` (tokio, smol, async-std).
+async fn punch_on(transport_flag: &str, b_rt: &str, a_rt: &str) -> (Value, Value, i32, i32) {
     let mut relay = Proc::spawn(&[
         "relay",
         "--listen",
@@ -68,9 +73,15 @@ async fn punch(transport_flag: &str) -> (Value, Value, i32, i32) {
         "--allow-loopback",
         "--no-unilateral",
     ];
-    let mut b = Proc::spawn(&[&common[..], &["--name", "b"]].concat());
+    let mut b = Proc::spawn(&[&common[..], &["--name", "b", "--runtime", b_rt]].concat());
     b.wait_for("registered").await;
-    let mut a = Proc::spawn(&[&common[..], &["--name", "a", "--connect", "b"]].concat());
+    let mut a = Proc::spawn(
+        &[
+            &common[..],
+            &["--name", "a", "--connect", "b", "--runtime", a_rt],
+        ]
+        .concat(),
+    );
     let ra = a.wait_for("result").await;
     let rb = b.wait_for("result").await;
     let ca = a.child.wait().await.unwrap().code().unwrap();
@@ -111,6 +122,21 @@ async fn two_peer_processes_upgrade_over_tcp() {
 async fn two_peer_processes_upgrade_over_quic() {
     let (ra, rb, ca, cb) = punch("--quic").await;
     assert_upgraded(&ra, &rb, ca, cb, "quic");
+}
+
+#[tokio::test]
+async fn peers_on_smol_and_async_std_upgrade_with_each_other_and_with_tokio() {
+    for (transport, flag) in [("tcp", "--tcp"), ("quic", "--quic")] {
+        for (b_rt, a_rt) in [
+            ("smol", "smol"),
+            ("async-std", "async-std"),
+            ("tokio", "smol"),
+            ("smol", "tokio"),
+        ] {
+            let (ra, rb, ca, cb) = punch_on(flag, b_rt, a_rt).await;
+            assert_upgraded(&ra, &rb, ca, cb, transport);
+        }
+    }
 }
 
 #[tokio::test]
