@@ -35,6 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dcutr_core::addr::filter_remote;
@@ -133,6 +134,10 @@ pub enum Input {
     Timeout,
     /// A newly observed address of ours.
     ObserveLocal(Candidate),
+    /// The honest peer's next move, whatever it is (answer the stream,
+    /// send the next message, complete a dial with the right check bytes,
+    /// or wait for the next timer): lets inputs reach the deep states.
+    Honest,
 }
 
 /// An input after `advance` of time.
@@ -145,6 +150,39 @@ pub struct Step {
 }
 
 const MAGIC: &[u8; 8] = b"dcutr/v1";
+const PEER_TOKEN: [u8; TOKEN_LEN] = [0x5a; TOKEN_LEN];
+/// The honest peer's addresses: public, so every policy accepts them.
+const PEER_ADDRS: [Candidate; 3] = [
+    Candidate::tcp(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        5001,
+    )),
+    Candidate::quic(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        5001,
+    )),
+    Candidate::quic(SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0x4860, 0, 0, 0, 0, 0, 1)),
+        5001,
+    )),
+];
+
+/// What the honest peer of [`Input::Honest`] has done so far.
+#[derive(Default)]
+struct Honest {
+    hello_sent: bool,
+    /// `OpenStream`s the core asked for and the peer has not answered.
+    open_pending: u32,
+    /// Connects the core wrote, and how many the peer answered.
+    core_connects: u32,
+    connects_answered: u32,
+    core_connects_before: u32,
+    stream_open: bool,
+    connect_sent: bool,
+    sync_sent: bool,
+    /// Dials the peer has completed (or given up on).
+    settled: BTreeSet<DirectId>,
+}
 const SELECT: u8 = 0x01;
 const CLEANUP_LIMIT: usize = 100_000;
 
@@ -172,6 +210,7 @@ pub struct Driver {
     connected: BTreeSet<DirectId>,
     direct_rx: BTreeMap<DirectId, Vec<u8>>,
     responder_took_connect: bool,
+    honest: Honest,
     outcome: Option<bool>,
     close_relay: u32,
     attempts: u8,
@@ -222,6 +261,7 @@ impl Driver {
             connected: BTreeSet::new(),
             direct_rx: BTreeMap::new(),
             responder_took_connect: false,
+            honest: Honest::default(),
             outcome: None,
             close_relay: 0,
             attempts: 0,
@@ -291,11 +331,20 @@ impl Driver {
             }
         }
         self.now = target;
+        self.apply(&step.input);
+        self.drain();
+        self.check_state();
+    }
+
+    fn apply(&mut self, input: &Input) {
         let now = self.now;
-        if !matches!(step.input, Input::Stream { .. } | Input::ObserveLocal(_)) {
+        if !matches!(
+            input,
+            Input::Stream { .. } | Input::ObserveLocal(_) | Input::Honest
+        ) {
             self.passed = now;
         }
-        match &step.input {
+        match input {
             Input::Stream { frames, chunk } => self.feed_stream(frames, *chunk),
             Input::StreamOpened => self.up.handle_stream_opened(now),
             Input::StreamClosed => self.up.handle_stream_closed(now),
@@ -346,9 +395,99 @@ impl Driver {
                 self.fire_timeout();
             }
             Input::ObserveLocal(c) => self.up.observe_local(*c),
+            Input::Honest => {
+                let next = self.honest_move();
+                self.apply(&next);
+            }
         }
-        self.drain();
-        self.check_state();
+    }
+
+    /// What an honest peer does next, given what the core has said.
+    fn honest_move(&mut self) -> Input {
+        let token = self.config.identity_check == IdentityCheck::Token;
+        let per_attempt = self.config.channel == RelayChannel::StreamPerAttempt;
+        let h = &mut self.honest;
+        if token && !h.hello_sent {
+            h.hello_sent = true;
+            return Input::Stream {
+                frames: vec![Frame::Hello(PEER_TOKEN)],
+                chunk: 0,
+            };
+        }
+        let peer_connect = || {
+            Frame::Connect(
+                PEER_ADDRS
+                    .iter()
+                    .map(|c| c.to_multiaddr().to_vec())
+                    .collect(),
+            )
+        };
+        match self.side {
+            Side::Initiator => {
+                if h.open_pending > 0 {
+                    h.open_pending -= 1;
+                    return Input::StreamOpened;
+                }
+                if h.core_connects > h.connects_answered {
+                    h.connects_answered = h.core_connects;
+                    return Input::Stream {
+                        frames: vec![peer_connect()],
+                        chunk: 0,
+                    };
+                }
+            }
+            Side::Responder => {
+                if per_attempt && !h.stream_open {
+                    h.stream_open = true;
+                    return Input::StreamOpened;
+                }
+                if !h.connect_sent {
+                    h.connect_sent = true;
+                    h.core_connects_before = h.core_connects;
+                    return Input::Stream {
+                        frames: vec![peer_connect()],
+                        chunk: 0,
+                    };
+                }
+                if !h.sync_sent && h.core_connects > h.core_connects_before {
+                    h.sync_sent = true;
+                    return Input::Stream {
+                        frames: vec![Frame::Sync],
+                        chunk: 0,
+                    };
+                }
+            }
+        }
+        // The direct phase: connect a pending dial, then prove it.
+        let next_dial = self
+            .dials
+            .iter()
+            .find(|d| !self.connected.contains(&d.id) && !h.settled.contains(&d.id))
+            .map(|d| d.id);
+        if let Some(id) = next_dial {
+            h.settled.insert(id);
+            return Input::DialSucceeded(Target::Raw(id.0));
+        }
+        let unproven = self
+            .connected
+            .iter()
+            .find(|id| !self.direct_rx.contains_key(id))
+            .copied();
+        if let Some(id) = unproven {
+            let payload = match self.role_of(id) {
+                Some(Role::Client) => DirectPayload::CheckAndSelect,
+                _ => DirectPayload::Check,
+            };
+            return Input::DirectData(Target::Raw(id.0), payload);
+        }
+        Input::Timeout
+    }
+
+    fn role_of(&self, id: DirectId) -> Option<Role> {
+        self.dial_by_id
+            .get(&id)
+            .map(|d| d.role)
+            .or_else(|| self.inbound.get(&id).map(|(_, role)| *role))
     }
 
     /// With no more input, only timers run: the upgrade must finish, in
@@ -566,7 +705,8 @@ impl Driver {
                 } else {
                     let msg = codec::decode_message(&payload)
                         .unwrap_or_else(|e| panic!("we wrote an undecodable message: {e}"));
-                    if let Message::Connect(raw) = msg {
+                    if let Message::Connect(raw) = &msg {
+                        self.honest.core_connects += 1;
                         assert!(
                             raw.len() <= cfg.max_local_addrs,
                             "too many local addrs sent"
@@ -714,11 +854,17 @@ impl Driver {
                     self.responder_took_connect = true;
                 }
             }
-            Event::AttemptFailed {
-                reason: AttemptFailure::Protocol(ProtocolError::TrailingBytes { len }),
-                ..
-            } if self.respect_wanted => {
-                panic!("told of {len} trailing bytes though we read only what was wanted");
+            Event::AttemptFailed { reason, .. } => {
+                if let AttemptFailure::Protocol(ProtocolError::TrailingBytes { len }) = reason {
+                    assert!(
+                        !self.respect_wanted,
+                        "told of {len} trailing bytes though we read only what was wanted"
+                    );
+                }
+                // The honest peer starts over: a new stream, Connect, Sync.
+                self.honest.stream_open = false;
+                self.honest.connect_sent = false;
+                self.honest.sync_sent = false;
             }
             Event::Upgraded(up) => {
                 assert!(self.outcome.is_none(), "a second outcome");
@@ -746,7 +892,14 @@ impl Driver {
                     }
                 }
             }
-            Event::Failed(_) => {
+            Event::Failed(failure) => {
+                if let dcutr_core::Failure::Protocol(ProtocolError::TrailingBytes { len }) = failure
+                {
+                    assert!(
+                        !self.respect_wanted,
+                        "told of {len} trailing bytes though we read only what was wanted"
+                    );
+                }
                 assert!(self.outcome.is_none(), "a second outcome");
                 self.outcome = Some(false);
             }

@@ -209,6 +209,8 @@ pub enum DialErrorIn {
     TimedOut,
     /// Identity mismatch.
     IdentityMismatch,
+    /// The address pair is in use (the peer's connection came in first).
+    AddrInUse,
 }
 
 /// Bytes on a direct connection.
@@ -247,6 +249,8 @@ pub enum InputIn {
     Timeout,
     /// New local address.
     ObserveLocal(AddrIn),
+    /// The honest peer's next move.
+    Honest,
 }
 
 /// How far time moves before an input.
@@ -295,6 +299,7 @@ impl StepIn {
                     DialErrorIn::Handshake => DialError::Handshake,
                     DialErrorIn::TimedOut => DialError::TimedOut,
                     DialErrorIn::IdentityMismatch => DialError::IdentityMismatch,
+                    DialErrorIn::AddrInUse => DialError::AddrInUse,
                 },
             ),
             InputIn::Inbound(a) => Input::Inbound(a.candidate()),
@@ -310,6 +315,7 @@ impl StepIn {
             InputIn::DirectClosed(t) => Input::DirectClosed(t.target()),
             InputIn::Timeout => Input::Timeout,
             InputIn::ObserveLocal(a) => Input::ObserveLocal(a.candidate()),
+            InputIn::Honest => Input::Honest,
         };
         Step {
             advance: self.advance.duration(),
