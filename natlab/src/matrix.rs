@@ -180,19 +180,34 @@ pub struct Case {
     pub transport: Transport,
     /// One-way delay the relay adds (0 or [`RELAY_DELAY_MS`]).
     pub relay_delay_ms: u32,
+    /// The async runtime both peers run on (`dcutr peer --runtime`).
+    pub runtime: &'static str,
 }
 
 impl Case {
-    /// `cone/cone tcp rtt100`.
+    /// `cone/cone tcp rtt100` (with the runtime appended when it is not
+    /// tokio: `cone/cone tcp rtt100 smol`).
     pub fn name(&self) -> String {
-        format!(
+        let mut name = format!(
             "{} {} rtt{}",
             self.pair.name,
             self.transport,
             2 * self.relay_delay_ms
-        )
+        );
+        if self.runtime != DEFAULT_RUNTIME {
+            name.push(' ');
+            name.push_str(self.runtime);
+        }
+        name
     }
 }
+
+/// The runtime of every pair of the matrix.
+pub const DEFAULT_RUNTIME: &str = "tokio";
+
+/// Runtimes that also run the cone/cone cases (the async-io adapter on
+/// smol); the full matrix on every runtime would triple its time for little.
+pub const EXTRA_RUNTIMES: &[&str] = &["smol"];
 
 /// Every case, in table order.
 pub fn all_cases() -> Vec<Case> {
@@ -204,6 +219,23 @@ pub fn all_cases() -> Vec<Case> {
                     pair,
                     transport,
                     relay_delay_ms,
+                    runtime: DEFAULT_RUNTIME,
+                });
+            }
+        }
+    }
+    let cone = *PAIRS
+        .iter()
+        .find(|p| p.name == "cone/cone")
+        .expect("the matrix has a cone/cone pair");
+    for &runtime in EXTRA_RUNTIMES {
+        for transport in [Transport::Tcp, Transport::Quic] {
+            for relay_delay_ms in [0, RELAY_DELAY_MS] {
+                cases.push(Case {
+                    pair: cone,
+                    transport,
+                    relay_delay_ms,
+                    runtime,
                 });
             }
         }
@@ -258,6 +290,8 @@ pub struct RunRecord {
     pub b_site: String,
     /// Transport.
     pub transport: Transport,
+    /// Runtime of both peers.
+    pub runtime: String,
     /// Relayed RTT the relay's delay aims at, ms.
     pub relay_rtt_target_ms: u32,
     /// Run number within the case (1-based).
@@ -434,6 +468,7 @@ pub fn evaluate(
         a_site: case.pair.a.to_string(),
         b_site: case.pair.b.to_string(),
         transport: case.transport,
+        runtime: case.runtime.to_owned(),
         relay_rtt_target_ms: 2 * case.relay_delay_ms,
         run,
         outcome,
@@ -713,6 +748,8 @@ fn drive(
         transport_flag,
         &port,
         "--json",
+        "--runtime",
+        case.runtime,
     ]);
     match lab.spawn("peer B", &lab.host_ns(2), &exe, &b_args) {
         Ok(p) => procs.push(p),
@@ -736,6 +773,8 @@ fn drive(
         transport_flag,
         &port,
         "--json",
+        "--runtime",
+        case.runtime,
     ]);
     match lab.spawn("peer A", &lab.host_ns(1), &exe, &a_args) {
         Ok(p) => procs.push(p),
@@ -813,19 +852,21 @@ mod tests {
             pair: *PAIRS.iter().find(|p| p.name == name).unwrap(),
             transport,
             relay_delay_ms: 50,
+            runtime: DEFAULT_RUNTIME,
         }
     }
 
     #[test]
-    fn the_matrix_has_twenty_cases_with_unique_names() {
+    fn the_matrix_has_twenty_four_cases_with_unique_names() {
         let cases = all_cases();
-        assert_eq!(cases.len(), 20);
+        assert_eq!(cases.len(), 24, "20 on tokio, 4 cone/cone on smol");
         let mut names: Vec<String> = cases.iter().map(Case::name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 24);
         assert!(names.contains(&"symmetric/symmetric quic rtt100".to_string()));
         assert!(names.contains(&"cone/public tcp rtt0".to_string()));
+        assert!(names.contains(&"cone/cone quic rtt100 smol".to_string()));
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub struct Row {
     pub a_site: String,
     /// B's site.
     pub b_site: String,
+    /// Runtime of both peers.
+    pub runtime: String,
     /// Runs made.
     pub runs: usize,
     /// Runs that upgraded.
@@ -78,6 +80,7 @@ pub fn aggregate(records: &[RunRecord]) -> Vec<Row> {
                 case: case.to_owned(),
                 a_site: first.a_site.clone(),
                 b_site: first.b_site.clone(),
+                runtime: first.runtime.clone(),
                 runs: runs.len(),
                 upgraded: runs
                     .iter()
@@ -110,14 +113,15 @@ fn cell(s: &str) -> String {
 /// The table, GitHub-flavoured Markdown.
 pub fn render_markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| case | A | B | upgraded | outcome | attempts | R ms | D ms | time to direct ms | ratio | duration s | verdict |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| case | A | B | runtime | upgraded | outcome | attempts | R ms | D ms | time to direct ms | ratio | duration s | verdict |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let cells = [
             cell(&r.case),
             cell(&r.a_site),
             cell(&r.b_site),
+            cell(&r.runtime),
             format!("{}/{}", r.upgraded, r.runs),
             cell(&r.outcomes),
             num(r.attempts, 0),
@@ -154,6 +158,7 @@ mod tests {
             a_site: "cone".into(),
             b_site: "cone".into(),
             transport: Transport::Tcp,
+            runtime: "tokio".into(),
             relay_rtt_target_ms: 100,
             run: 1,
             outcome,
@@ -242,11 +247,11 @@ mod tests {
         )]);
         let md = render_markdown(&rows);
         let lines: Vec<&str> = md.lines().collect();
-        assert!(lines[0].starts_with("| case | A | B | upgraded |"));
+        assert!(lines[0].starts_with("| case | A | B | runtime | upgraded |"));
         assert!(lines[1].starts_with("|---|"));
         assert_eq!(
             lines[2],
-            "| a\\|b tcp rtt0 | cone | cone | 1/1 | upgraded | 1 | 100.0 | 0.25 | 150.2 | 1.00 | 1.23 | PASS |"
+            "| a\\|b tcp rtt0 | cone | cone | tokio | 1/1 | upgraded | 1 | 100.0 | 0.25 | 150.2 | 1.00 | 1.23 | PASS |"
         );
         assert_eq!(
             lines[0].matches('|').count(),

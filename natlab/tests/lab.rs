@@ -110,8 +110,9 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
     );
     assert!(out.status.success());
     let recs = records(&out);
-    // "cone/cone tcp" matches rtt0 and rtt100 of cone/cone only.
-    assert_eq!(recs.len(), 2);
+    // "cone/cone tcp" matches rtt0 and rtt100 of cone/cone only, on tokio
+    // and on smol.
+    assert_eq!(recs.len(), 4);
     for r in &recs {
         assert_eq!(r["outcome"], "upgraded");
         assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r}");
@@ -122,7 +123,8 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
     let table = std::fs::read_to_string(&md).expect("markdown file");
     let _ = std::fs::remove_file(&md);
     assert!(
-        table.contains("| cone/cone tcp rtt0 | cone | cone | 1/1 | upgraded |"),
+        table.contains("| cone/cone tcp rtt0 | cone | cone | tokio | 1/1 | upgraded |")
+            && table.contains("| cone/cone tcp rtt0 smol | cone | cone | smol | 1/1 | upgraded |"),
         "{table}"
     );
     assert!(table.contains("PASS"));
