@@ -509,6 +509,11 @@ impl<E: FromReport> Behaviour<E> {
         let Some(c) = candidate(addr) else {
             return;
         };
+        if !self.config.core.dialable.allows(&c) {
+            // A transport we cannot punch on (QUIC by default): telling the
+            // peer would only make it dial in vain.
+            return;
+        }
         self.own_addrs.observe(c);
         let ids: Vec<ConnectionId> = self.upgrades.keys().copied().collect();
         for id in ids {
@@ -813,6 +818,12 @@ mod tests {
         assert_eq!(kept[1], tcp(25));
         assert!(!kept.contains(&tcp(5)), "the oldest fell out");
         assert!(!kept.iter().any(is_relayed));
+        // QUIC is not dialable by default, so it is not advertised either.
+        let quic: Multiaddr = "/ip4/198.51.100.7/udp/4001/quic-v1".parse().unwrap();
+        b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+            NewExternalAddrCandidate { addr: &quic },
+        ));
+        assert_eq!(b.observed_addresses().next(), Some(tcp(10)));
     }
 
     #[test]
