@@ -5,9 +5,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::common::ours::{self, Report};
-use crate::common::{
-    Dcutr, Pair, Seen, TEST_TIMEOUT, Who, build_client, init_tracing, loopback_config, setup,
-};
+use crate::common::{Dcutr, Pair, Seen, Who, build_client, init_tracing, loopback_config, setup};
 use dcutr_core::codec::{self, FrameDecoder, MAX_MESSAGE_SIZE, Message};
 use dcutr_core::{AddrRejection, AddressPolicy, AttemptFailure, Event as CoreEvent, Failure};
 use futures::channel::oneshot;
@@ -23,10 +21,8 @@ async fn echo(pair: &mut Pair, seen: &mut Seen, who: Who, conn: ConnectionId) {
         .behaviour_mut()
         .echo
         .send(peer, conn, payload.clone());
-    pair.run_until(seen, TEST_TIMEOUT, "the echo", |s| {
-        s.echo_on(who, conn).is_some()
-    })
-    .await;
+    pair.run_until(seen, "the echo", |s| s.echo_on(who, conn).is_some())
+        .await;
     assert_eq!(seen.echo_on(who, conn), Some(payload.as_slice()));
 }
 
@@ -57,7 +53,7 @@ async fn b_dials_a_public_a_directly_before_any_hole_punch() {
     let mut pair = setup(a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
-    pair.run_until(&mut seen, TEST_TIMEOUT, "B's success", |s| {
+    pair.run_until(&mut seen, "B's success", |s| {
         s.ours_ok(Who::B).is_some_and(|c| s.is_direct(Who::B, c))
     })
     .await;
@@ -191,17 +187,17 @@ async fn a_second_stream_on_the_same_relayed_connection_supersedes_a_stalled_one
     let mut pair = setup(a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
-    pair.run_until(&mut seen, TEST_TIMEOUT, "a relayed connection", |s| {
+    pair.run_until(&mut seen, "a relayed connection", |s| {
         s.relayed.iter().any(|(w, _)| *w == Who::B)
     })
     .await;
     let (verdict, _streams_open) = start_script(&mut pair);
-    pair.run_until(&mut seen, TEST_TIMEOUT, "A's success", |s| {
+    pair.run_until(&mut seen, "A's success", |s| {
         s.ours_ok(Who::A).is_some_and(|c| s.is_direct(Who::A, c))
     })
     .await;
     let verdict = pair
-        .drive_until(&mut seen, TEST_TIMEOUT, "the script's verdict", verdict)
+        .drive_until(&mut seen, "the script's verdict", verdict)
         .await;
     assert_eq!(verdict, Ok(SecondStream::Answered));
     let events = progress_events(&seen, Who::A);
@@ -228,13 +224,13 @@ async fn stock_a_drops_a_second_stream_while_the_first_is_open() {
     let mut pair = setup(a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
-    pair.run_until(&mut seen, TEST_TIMEOUT, "a relayed connection", |s| {
+    pair.run_until(&mut seen, "a relayed connection", |s| {
         s.relayed.iter().any(|(w, _)| *w == Who::B)
     })
     .await;
     let (verdict, _streams_open) = start_script(&mut pair);
     let verdict = pair
-        .drive_until(&mut seen, TEST_TIMEOUT, "the script's verdict", verdict)
+        .drive_until(&mut seen, "the script's verdict", verdict)
         .await
         .expect("the script ran");
     assert!(matches!(verdict, SecondStream::Refused(_)), "{verdict:?}");
@@ -259,19 +255,16 @@ async fn relayed_connection_closes_after_the_grace_period_and_the_direct_one_sta
     let mut pair = setup(a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
-    pair.run_until(&mut seen, TEST_TIMEOUT, "success on both sides", |s| {
+    pair.run_until(&mut seen, "success on both sides", |s| {
         s.ours_ok(Who::A).is_some() && s.ours_ok(Who::B).is_some()
     })
     .await;
     let upgraded_at = Instant::now();
     let relayed = seen.relayed.clone();
     assert_eq!(relayed.len(), 2, "{relayed:?}");
-    pair.run_until(
-        &mut seen,
-        TEST_TIMEOUT,
-        "both relayed connections closed",
-        |s| relayed.iter().all(|(w, c)| s.is_closed(*w, *c)),
-    )
+    pair.run_until(&mut seen, "both relayed connections closed", |s| {
+        relayed.iter().all(|(w, c)| s.is_closed(*w, *c))
+    })
     .await;
     let waited = upgraded_at.elapsed();
     assert!(
@@ -295,7 +288,7 @@ async fn run_unpunchable_pair() -> Seen {
     let mut pair = setup(a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
-    pair.run_until(&mut seen, TEST_TIMEOUT, "failure on both sides", |s| {
+    pair.run_until(&mut seen, "failure on both sides", |s| {
         s.ours_err(Who::A).is_some() && s.ours_err(Who::B).is_some()
     })
     .await;

@@ -7,21 +7,16 @@
 //! advertised listening address is reachable, so B would connect directly
 //! and never hole punch (that path has its own test in `better.rs`).
 
-use crate::common::{
-    Dcutr, Pair, Seen, TEST_TIMEOUT, Who, build_client, init_tracing, loopback_config, setup,
-};
+use crate::common::{Dcutr, Pair, Seen, Who, build_client, init_tracing, loopback_config, setup};
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::ConnectionId;
 
 /// Asserts our success on `who` names a direct connection, then echoes
 /// over it.
 async fn assert_direct_and_echo(pair: &mut Pair, seen: &mut Seen, who: Who) -> ConnectionId {
-    pair.run_until(
-        seen,
-        TEST_TIMEOUT,
-        "our success on a direct connection",
-        |s| s.ours_ok(who).is_some_and(|c| s.is_direct(who, c)),
-    )
+    pair.run_until(seen, "our success on a direct connection", |s| {
+        s.ours_ok(who).is_some_and(|c| s.is_direct(who, c))
+    })
     .await;
     let conn = seen.ours_ok(who).expect("checked above");
     assert!(
@@ -34,12 +29,9 @@ async fn assert_direct_and_echo(pair: &mut Pair, seen: &mut Seen, who: Who) -> C
         .behaviour_mut()
         .echo
         .send(peer, conn, payload.clone());
-    pair.run_until(
-        seen,
-        TEST_TIMEOUT,
-        "the echo over the direct connection",
-        |s| s.echo_on(who, conn).is_some(),
-    )
+    pair.run_until(seen, "the echo over the direct connection", |s| {
+        s.echo_on(who, conn).is_some()
+    })
     .await;
     assert_eq!(seen.echo_on(who, conn), Some(payload.as_slice()));
     conn
@@ -92,7 +84,7 @@ async fn ours_as_b_and_stock_dcutr_as_a_reach_a_direct_connection() {
         })
     ));
     // Stock A reports its own dial; it is a direct connection too.
-    pair.run_until(&mut seen, TEST_TIMEOUT, "stock A's success", |s| {
+    pair.run_until(&mut seen, "stock A's success", |s| {
         s.stock_ok(Who::A).is_some()
     })
     .await;

@@ -24,7 +24,7 @@ use libp2p::{Multiaddr, PeerId, dcutr as stock, identify, identity, plaintext, r
 
 pub use dcutr_libp2p as ours;
 
-/// Every test finishes or fails within this.
+/// Every test finishes or fails within this, counted from `setup`.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(NetworkBehaviour)]
@@ -154,12 +154,26 @@ pub struct Pair {
     pub relay_id: PeerId,
     /// B's relayed address.
     pub b_relayed: Multiaddr,
+    /// When the test must be over.
+    pub deadline: tokio::time::Instant,
 }
 
 /// Builds the relay (spawned), makes B reserve a slot and learn its
 /// observed address, makes A learn its own from the relay, and returns
 /// before A dials B through the relay (see [`Pair::dial_relayed`]).
-pub async fn setup(mut a: Swarm<Client>, mut b: Swarm<Client>) -> Pair {
+pub async fn setup(a: Swarm<Client>, b: Swarm<Client>) -> Pair {
+    let deadline = tokio::time::Instant::now() + TEST_TIMEOUT;
+    match tokio::time::timeout_at(deadline, connect(a, b, deadline)).await {
+        Ok(pair) => pair,
+        Err(_) => panic!("setup took longer than {TEST_TIMEOUT:?}"),
+    }
+}
+
+async fn connect(
+    mut a: Swarm<Client>,
+    mut b: Swarm<Client>,
+    deadline: tokio::time::Instant,
+) -> Pair {
     let mut relay = build_relay();
     let relay_tcp = listen_tcp(&mut relay).await;
     relay.add_external_address(relay_tcp.clone());
@@ -214,6 +228,7 @@ pub async fn setup(mut a: Swarm<Client>, mut b: Swarm<Client>) -> Pair {
         b_relayed: relay_addr
             .with(Protocol::P2pCircuit)
             .with(Protocol::P2p(b_id)),
+        deadline,
     }
 }
 
@@ -312,15 +327,14 @@ impl Pair {
     }
 
     /// Drives both swarms, recording into `seen`, until `done` holds.
-    /// Panics with what was seen if `deadline` passes first.
+    /// Panics with what was seen if the test's deadline passes first.
     pub async fn run_until(
         &mut self,
         seen: &mut Seen,
-        within: Duration,
         what: &str,
         mut done: impl FnMut(&Seen) -> bool,
     ) {
-        let result = tokio::time::timeout(within, async {
+        let result = tokio::time::timeout_at(self.deadline, async {
             while !done(seen) {
                 let (who, event) = tokio::select! {
                     e = self.a.select_next_some() => (Who::A, e),
@@ -339,16 +353,15 @@ impl Pair {
 
 impl Pair {
     /// Drives both swarms, recording into `seen`, until `until` completes;
-    /// returns its output. Panics if `within` passes first.
+    /// returns its output. Panics if the test's deadline passes first.
     pub async fn drive_until<F: std::future::Future>(
         &mut self,
         seen: &mut Seen,
-        within: Duration,
         what: &str,
         until: F,
     ) -> F::Output {
         let mut until = std::pin::pin!(until);
-        let result = tokio::time::timeout(within, async {
+        let result = tokio::time::timeout_at(self.deadline, async {
             loop {
                 let (who, event) = tokio::select! {
                     out = &mut until => return out,
