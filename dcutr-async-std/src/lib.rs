@@ -42,6 +42,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -175,12 +176,7 @@ pub fn quic_socket_smol(
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
 ) -> io::Result<QuicSocket> {
-    QuicSocket::new(
-        socket,
-        server,
-        client,
-        std::sync::Arc::new(quinn::SmolRuntime),
-    )
+    QuicSocket::new(socket, server, client, Arc::new(quinn::SmolRuntime))
 }
 
 /// A QUIC endpoint on `socket` whose background work runs on async-std's
@@ -194,12 +190,7 @@ pub fn quic_socket_async_std(
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
 ) -> io::Result<QuicSocket> {
-    QuicSocket::new(
-        socket,
-        server,
-        client,
-        std::sync::Arc::new(quinn::AsyncStdRuntime),
-    )
+    QuicSocket::new(socket, server, client, Arc::new(quinn::AsyncStdRuntime))
 }
 
 /// Runs DCUtR over `relay` and returns the direct connection; see

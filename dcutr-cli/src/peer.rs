@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dcutr_driver::{DirectConnection, Report};
-use dcutr_tokio::{
-    AddressPolicy, Candidate, Config, Direct, Event, Role, Side, Transport, UpgradeFailure,
-};
+use dcutr_tokio::{AddressPolicy, Candidate, Config, Event, Role, Side, Transport, UpgradeFailure};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use serde_json::json;
 
@@ -249,61 +247,58 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
     })
 }
 
+impl Plan {
+    /// The upgrade's options for any adapter: `listener` hands the punch
+    /// listener to the runtime, `quic` builds the endpoint on it. Also
+    /// returns a handle on the endpoint, to drain it at the end.
+    fn options<L>(
+        self,
+        listener: impl FnOnce(std::net::TcpListener) -> std::io::Result<L>,
+        quic: impl FnOnce(std::net::UdpSocket) -> std::io::Result<dcutr_driver::QuicSocket>,
+    ) -> anyhow::Result<(dcutr_driver::Options<L>, Option<quinn::Endpoint>)> {
+        let reporter = self.reporter;
+        let mut options = dcutr_driver::Options::new(self.side)
+            .config(self.config)
+            .local_addrs(self.local_addrs)
+            .remote_public_addrs(self.remote_public)
+            .on_event(move |event, at| progress(reporter, event, at));
+        if let Some(tcp) = self.tcp {
+            options = options.tcp(listener(tcp)?);
+        }
+        let mut endpoint = None;
+        if let Some(udp) = self.udp {
+            let socket = quic(udp)?;
+            endpoint = Some(socket.endpoint.clone());
+            options = options.quic(socket);
+        }
+        Ok((options, endpoint))
+    }
+}
+
 /// The upgrade and its proof on tokio.
 async fn upgrade_on_tokio(
     plan: Plan,
     relay: tokio::io::BufReader<tokio::net::TcpStream>,
 ) -> anyhow::Result<Finished> {
     use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
-    let reporter = plan.reporter;
-    let side = plan.side;
-    let mut options = dcutr_tokio::Options::new(side)
-        .config(plan.config)
-        .local_addrs(plan.local_addrs)
-        .remote_public_addrs(plan.remote_public)
-        .on_event(move |event, at| progress(reporter, event, at));
-    if let Some(listener) = plan.tcp {
-        options = options.tcp(tokio::net::TcpListener::from_std(listener)?);
-    }
-    let mut endpoint = None;
-    if let Some(socket) = plan.udp {
+    let (reporter, side) = (plan.reporter, plan.side);
+    let (options, endpoint) = plan.options(tokio::net::TcpListener::from_std, |udp| {
         let (server, client) = dcutr_tokio::self_signed_configs();
-        let quic = dcutr_tokio::quic_socket(socket, server, client)?;
-        endpoint = Some(quic.endpoint.clone());
-        options = options.quic(quic);
-    }
-    match dcutr_tokio::upgrade(relay, options).await {
-        Ok(up) => {
-            print_timeline(reporter, &up.report);
-            let connection = match up.connection {
-                Direct::Tcp(t) => {
-                    t.set_nodelay(true)?;
-                    DirectConnection::Tcp(t.compat_write())
-                }
-                Direct::Quic(q) => DirectConnection::Quic(q),
-                _ => anyhow::bail!("unknown connection kind"),
-            };
-            let direct_rtt = prove_direct(connection, up.role).await?;
-            drain(endpoint).await;
-            Ok(Finished::Upgraded {
-                transport: up.transport,
-                role: up.role,
-                remote: up.remote,
-                report: up.report,
-                direct_rtt,
-            })
-        }
-        Err(error) => {
-            print_timeline(reporter, &error.report);
-            failed(
-                error.reason,
-                error.report,
-                error.relay.map(|r| r.compat()),
-                side,
+        dcutr_tokio::quic_socket(udp, server, client)
+    })?;
+    let result = dcutr_tokio::upgrade(relay, options)
+        .await
+        .map(|up| {
+            up.map(
+                |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                    tcp.compat_write()
+                },
+                TokioAsyncReadCompatExt::compat,
             )
-            .await
-        }
-    }
+        })
+        .map_err(|e| e.map(TokioAsyncReadCompatExt::compat));
+    conclude(result, endpoint, reporter, side).await
 }
 
 /// The upgrade and its proof on smol or async-std (blocking: runs on a
@@ -315,54 +310,61 @@ fn upgrade_on_async_io(
     buffered: Vec<u8>,
 ) -> anyhow::Result<Finished> {
     let run = async move {
-        let reporter = plan.reporter;
-        let side = plan.side;
+        let (reporter, side) = (plan.reporter, plan.side);
         let relay = Prefixed::new(buffered, async_net::TcpStream::try_from(relay)?);
-        let mut options = dcutr_async_std::Options::new(side)
-            .config(plan.config)
-            .local_addrs(plan.local_addrs)
-            .remote_public_addrs(plan.remote_public)
-            .on_event(move |event, at| progress(reporter, event, at));
-        if let Some(listener) = plan.tcp {
-            options = options.tcp(async_io::Async::new(listener)?);
-        }
-        let mut endpoint = None;
-        if let Some(socket) = plan.udp {
+        let (options, endpoint) = plan.options(async_io::Async::new, |udp| {
             let (server, client) = dcutr_async_std::self_signed_configs();
-            let quic = match rt {
-                Runtime::AsyncStd => {
-                    dcutr_async_std::quic_socket_async_std(socket, server, client)?
-                }
-                _ => dcutr_async_std::quic_socket_smol(socket, server, client)?,
-            };
-            endpoint = Some(quic.endpoint.clone());
-            options = options.quic(quic);
-        }
-        match dcutr_async_std::upgrade(relay, options).await {
-            Ok(up) => {
-                print_timeline(reporter, &up.report);
-                if let DirectConnection::Tcp(t) = &up.connection {
-                    t.set_nodelay(true)?;
-                }
-                let direct_rtt = prove_direct(up.connection, up.role).await?;
-                drain(endpoint).await;
-                Ok(Finished::Upgraded {
-                    transport: up.transport,
-                    role: up.role,
-                    remote: up.remote,
-                    report: up.report,
-                    direct_rtt,
-                })
+            match rt {
+                Runtime::AsyncStd => dcutr_async_std::quic_socket_async_std(udp, server, client),
+                _ => dcutr_async_std::quic_socket_smol(udp, server, client),
             }
-            Err(error) => {
-                print_timeline(reporter, &error.report);
-                failed(error.reason, error.report, error.relay, side).await
-            }
-        }
+        })?;
+        let result = dcutr_async_std::upgrade(relay, options).await.map(|up| {
+            up.map(
+                |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                    tcp
+                },
+                |relay| relay,
+            )
+        });
+        conclude(result, endpoint, reporter, side).await
     };
     match rt {
         Runtime::AsyncStd => async_std::task::block_on(run),
         _ => smol::block_on(run),
+    }
+}
+
+/// After the upgrade, on any runtime: prove the direct path, or check
+/// that the relayed stream still works.
+async fn conclude<T, S>(
+    result: Result<dcutr_driver::Upgraded<T, S>, dcutr_driver::UpgradeError<S>>,
+    endpoint: Option<quinn::Endpoint>,
+    reporter: Reporter,
+    side: Side,
+) -> anyhow::Result<Finished>
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+{
+    match result {
+        Ok(up) => {
+            print_timeline(reporter, &up.report);
+            let direct_rtt = prove_direct(up.connection, up.role).await?;
+            drain(endpoint).await;
+            Ok(Finished::Upgraded {
+                transport: up.transport,
+                role: up.role,
+                remote: up.remote,
+                report: up.report,
+                direct_rtt,
+            })
+        }
+        Err(error) => {
+            print_timeline(reporter, &error.report);
+            failed(error.reason, error.report, error.relay, side).await
+        }
     }
 }
 

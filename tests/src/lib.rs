@@ -189,93 +189,90 @@ fn any_loopback() -> SocketAddr {
     "127.0.0.1:0".parse().expect("a literal")
 }
 
-async fn tokio_peer(job: Job) -> PeerReport {
-    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
-    job.relay.set_nonblocking(true).unwrap();
-    let relay = tokio::net::TcpStream::from_std(job.relay).unwrap();
-    let mut options = dcutr_tokio::Options::new(job.side).config(config());
+/// Builds the options for any adapter from a job: binds the punch socket
+/// (as a std socket that `tcp` or `quic` hands to the runtime), reports
+/// its address, and wires the rejection signal. Returns the options and
+/// the endpoint to drain at the end.
+fn job_options<L>(
+    job: &mut Job,
+    tcp: impl FnOnce(std::net::TcpListener) -> std::io::Result<L>,
+    quic: impl FnOnce(std::net::UdpSocket) -> std::io::Result<dcutr_driver::QuicSocket>,
+) -> (dcutr_driver::Options<L>, Option<quinn::Endpoint>) {
+    let mut options = dcutr_driver::Options::new(job.side).config(config());
     let mut endpoint = None;
     let bound = match job.transport {
         Transport::Tcp => {
-            let listener = dcutr_tokio::tcp_listener(any_loopback()).unwrap();
+            let listener = dcutr_driver::net::reuse_listener(any_loopback()).unwrap();
             let bound = listener.local_addr().unwrap();
-            options = options.tcp(listener);
+            options = options.tcp(tcp(listener).unwrap());
             bound
         }
         Transport::Quic => {
-            let (server, client) = dcutr_tokio::self_signed_configs();
-            let socket = dcutr_tokio::udp_socket(any_loopback()).unwrap();
-            let quic = dcutr_tokio::quic_socket(socket, server, client).unwrap();
-            let bound = quic.local_addr().unwrap();
-            endpoint = Some(quic.endpoint.clone());
-            options = options.quic(quic);
+            let socket = dcutr_driver::net::udp_socket(any_loopback()).unwrap();
+            let socket = quic(socket).unwrap();
+            let bound = socket.local_addr().unwrap();
+            endpoint = Some(socket.endpoint.clone());
+            options = options.quic(socket);
             bound
         }
     };
     options = options.local_addrs([advertised(job.advertise, job.transport, bound)]);
-    options = signal_rejections(options, job.rejected);
-    if let Some(tx) = job.bound {
+    options = signal_rejections(options, job.rejected.take());
+    if let Some(tx) = job.bound.take() {
         let _ = tx.send(bound);
     }
-    match dcutr_tokio::upgrade(relay, options).await {
-        Ok(up) => {
-            let connection = match up.connection {
-                DirectConnection::Tcp(t) => DirectConnection::Tcp(t.compat_write()),
-                DirectConnection::Quic(q) => DirectConnection::Quic(q),
-                _ => unreachable!("two transports"),
-            };
-            let data_ok = exchange(connection, up.role).await;
-            drain(endpoint).await;
-            upgraded(
-                Rt::Tokio,
-                up.transport,
-                up.role,
-                up.remote,
-                up.report,
-                data_ok,
-            )
-        }
-        Err(e) => {
-            let data_ok = match e.relay {
-                Some(relay) => relay_round_trip(relay.compat(), job.side).await,
-                None => false,
-            };
-            failed(Rt::Tokio, e.reason, e.report, data_ok)
-        }
-    }
+    (options, endpoint)
 }
 
-async fn async_io_peer(rt: Rt, job: Job) -> PeerReport {
-    let relay = async_net::TcpStream::try_from(job.relay).unwrap();
-    let mut options = dcutr_async_std::Options::new(job.side).config(config());
-    let mut endpoint = None;
-    let bound = match job.transport {
-        Transport::Tcp => {
-            let listener = dcutr_async_std::tcp_listener(any_loopback()).unwrap();
-            let bound = listener.get_ref().local_addr().unwrap();
-            options = options.tcp(listener);
-            bound
+async fn tokio_peer(mut job: Job) -> PeerReport {
+    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+    job.relay.set_nonblocking(true).unwrap();
+    let relay = tokio::net::TcpStream::from_std(job.relay.try_clone().unwrap()).unwrap();
+    let (options, endpoint) = job_options(&mut job, tokio::net::TcpListener::from_std, |udp| {
+        let (server, client) = dcutr_tokio::self_signed_configs();
+        dcutr_tokio::quic_socket(udp, server, client)
+    });
+    let result = dcutr_tokio::upgrade(relay, options)
+        .await
+        .map(|up| {
+            up.map(
+                TokioAsyncWriteCompatExt::compat_write,
+                TokioAsyncReadCompatExt::compat,
+            )
+        })
+        .map_err(|e| e.map(TokioAsyncReadCompatExt::compat));
+    conclude(Rt::Tokio, result, endpoint, job).await
+}
+
+async fn async_io_peer(rt: Rt, mut job: Job) -> PeerReport {
+    let relay = async_net::TcpStream::try_from(job.relay.try_clone().unwrap()).unwrap();
+    let (options, endpoint) = job_options(&mut job, async_io::Async::new, |udp| {
+        let (server, client) = dcutr_async_std::self_signed_configs();
+        match rt {
+            Rt::AsyncStd => dcutr_async_std::quic_socket_async_std(udp, server, client),
+            _ => dcutr_async_std::quic_socket_smol(udp, server, client),
         }
-        Transport::Quic => {
-            let (server, client) = dcutr_async_std::self_signed_configs();
-            let socket = dcutr_async_std::udp_socket(any_loopback()).unwrap();
-            let quic = match rt {
-                Rt::AsyncStd => dcutr_async_std::quic_socket_async_std(socket, server, client),
-                _ => dcutr_async_std::quic_socket_smol(socket, server, client),
-            }
-            .unwrap();
-            let bound = quic.local_addr().unwrap();
-            endpoint = Some(quic.endpoint.clone());
-            options = options.quic(quic);
-            bound
-        }
-    };
-    options = options.local_addrs([advertised(job.advertise, job.transport, bound)]);
-    options = signal_rejections(options, job.rejected);
-    if let Some(tx) = job.bound {
-        let _ = tx.send(bound);
-    }
-    match dcutr_async_std::upgrade(relay, options).await {
+    });
+    let result = dcutr_async_std::upgrade(relay, options).await;
+    conclude(rt, result, endpoint, job).await
+}
+
+/// After the upgrade, on any runtime: talk over the direct connection, or
+/// over the relayed stream after a failure.
+async fn conclude<T, S>(
+    rt: Rt,
+    result: Result<dcutr_driver::Upgraded<T, S>, dcutr_driver::UpgradeError<S>>,
+    endpoint: Option<quinn::Endpoint>,
+    job: Job,
+) -> PeerReport
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+{
+    // The std handle of the relayed stream was only kept to build the
+    // runtime's; the runtime's own handle decides when it closes.
+    drop(job.relay);
+    match result {
         Ok(up) => {
             let data_ok = exchange(up.connection, up.role).await;
             drain(endpoint).await;
