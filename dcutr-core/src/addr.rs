@@ -9,8 +9,11 @@
 //!   accepted (an optional trailing `/p2p/ID` is ignored); relayed
 //!   (`/p2p-circuit`), DNS, WebSocket, WebTransport and other transports
 //!   are dropped;
-//! * unspecified, multicast, broadcast, reserved and IPv4-mapped IPv6
-//!   addresses, and port 0, are always dropped;
+//! * unspecified, multicast, broadcast, reserved, IPv4-mapped and
+//!   IPv4-compatible IPv6, Teredo addresses, and port 0, are always
+//!   dropped; NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`) addresses are
+//!   judged by the IPv4 address they embed, so a peer cannot name a
+//!   private host through them;
 //! * loopback and private/link-local/CGNAT ranges are dropped unless
 //!   [`AddressPolicy`] allows them (tests on one machine need that);
 //! * duplicates are dropped and the count is capped.
@@ -305,15 +308,36 @@ fn ipv4_class(ip: Ipv4Addr) -> IpClass {
 }
 
 fn ipv6_class(ip: Ipv6Addr) -> IpClass {
-    let first = ip.segments()[0];
+    let seg = ip.segments();
+    let first = seg[0];
+    let low32 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     if ip.is_unspecified() {
         IpClass::Unspecified
     } else if ip.is_loopback() {
         IpClass::Loopback
     } else if ip.is_multicast() {
         IpClass::Multicast
-    } else if ip.to_ipv4_mapped().is_some() {
+    } else if ip.to_ipv4_mapped().is_some()
+        || seg[..6] == [0; 6]
+        || (first == 0x2001 && seg[1] == 0)
+    {
+        // IPv4-mapped and IPv4-compatible forms (advertise /ip4 instead),
+        // and Teredo, whose embedded IPv4 addresses are obfuscated.
         IpClass::Reserved
+    } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        // NAT64's well-known prefix: a gateway turns it into the embedded
+        // IPv4 address, so it is exactly as public as that address.
+        ipv4_class(low32(seg[6], seg[7]))
+    } else if first == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        // The local-use NAT64 prefix 64:ff9b:1::/48 leads into a local
+        // network.
+        IpClass::Private
+    } else if first == 0x2002 {
+        // 6to4: the IPv4 address of the tunnel end is embedded.
+        match ipv4_class(low32(seg[1], seg[2])) {
+            IpClass::Global => IpClass::Global,
+            _ => IpClass::Reserved,
+        }
     } else if (first & 0xffc0) == 0xfe80 || (first & 0xfe00) == 0xfc00 {
         IpClass::Private
     } else {
@@ -686,6 +710,39 @@ mod tests {
         );
         assert_eq!(
             one("/ip6/::ffff:1.2.3.4/tcp/9", all),
+            Err(AddrRejection::Reserved)
+        );
+    }
+
+    #[test]
+    fn ipv6_forms_are_judged_by_the_ipv4_address_they_embed() {
+        // NAT64 and 6to4 of a private address name a private host.
+        assert_eq!(
+            one("/ip6/64:ff9b::a00:1/tcp/9", PUBLIC),
+            Err(AddrRejection::Private)
+        );
+        assert_eq!(
+            one("/ip6/64:ff9b::7f00:1/tcp/9", PUBLIC),
+            Err(AddrRejection::Loopback)
+        );
+        assert_eq!(
+            one("/ip6/2002:a00:1::1/tcp/9", PUBLIC),
+            Err(AddrRejection::Reserved)
+        );
+        // The same forms of a public address are fine.
+        assert!(one("/ip6/64:ff9b::102:304/tcp/9", PUBLIC).is_ok());
+        assert!(one("/ip6/2002:102:304::1/tcp/9", PUBLIC).is_ok());
+        // IPv4-compatible, local-use NAT64 and Teredo are refused.
+        assert_eq!(
+            one("/ip6/::102:304/tcp/9", PUBLIC),
+            Err(AddrRejection::Reserved)
+        );
+        assert_eq!(
+            one("/ip6/64:ff9b:1::1/tcp/9", PUBLIC),
+            Err(AddrRejection::Private)
+        );
+        assert_eq!(
+            one("/ip6/2001:0:4136:e378::1/tcp/9", PUBLIC),
             Err(AddrRejection::Reserved)
         );
     }

@@ -50,7 +50,11 @@ pub enum RelayChannel {
 pub enum IdentityCheck {
     /// The caller's own handshake on the direct connection authenticates
     /// the peer (libp2p's Noise or TLS does). The first direct connection
-    /// that the caller reports as established wins.
+    /// that the caller reports as established wins. Nothing makes both
+    /// sides pick the same one when several form at once (TCP and QUIC
+    /// together, several addresses): dials still in flight at the outcome
+    /// are therefore not cancelled but left to the caller, who may end up
+    /// with more than one direct connection (libp2p keeps them all).
     #[default]
     CallerAuthenticates,
     /// dcutr-rs proves it: both sides send a random 16-byte token in a

@@ -78,6 +78,7 @@ impl AttemptRecord {
 
 /// How a dial ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DialResult {
     /// Connected (and, with the token check, waiting for it).
     Connected,
@@ -89,6 +90,11 @@ pub enum DialResult {
     Rejected(DirectRejection),
     /// Cancelled by the core (attempt over, or another connection won).
     Cancelled,
+    /// Still in flight when another connection won, and left to finish:
+    /// without the token check the peer may have taken this one, so it is
+    /// the caller's to keep or close
+    /// ([`IdentityCheck::CallerAuthenticates`](crate::IdentityCheck::CallerAuthenticates)).
+    Released,
 }
 
 /// The record of one dial.

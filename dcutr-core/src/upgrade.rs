@@ -1196,10 +1196,20 @@ impl Upgrade {
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        // Without the token check nothing tells both sides which
+        // connection won: a dial still pending here may be the very
+        // connection the peer just took (TCP on one side, QUIC on the
+        // other). Such dials are left to finish and belong to the caller,
+        // whose stack (libp2p) deals with a second connection.
+        let release_dials = matches!(outcome, Outcome::Upgraded(_)) && !self.token_check();
         for d in self.directs.drain_where(|_| true) {
-            self.timeline
-                .end_dial(d.id, self.now, DialResult::Cancelled);
-            self.outputs.push_back(Output::CloseDirect { id: d.id });
+            if release_dials && d.is_dialing() {
+                self.timeline.end_dial(d.id, self.now, DialResult::Released);
+            } else {
+                self.timeline
+                    .end_dial(d.id, self.now, DialResult::Cancelled);
+                self.outputs.push_back(Output::CloseDirect { id: d.id });
+            }
         }
         if self.state != State::Done
             && self.stream_open
