@@ -86,8 +86,8 @@ async fn b_dials_a_public_a_directly_before_any_hole_punch() {
 /// What the scripted B saw on its second stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SecondStream {
-    /// A answered with its Connect and got our Sync.
-    Answered,
+    /// A answered with its Connect (these addresses) and got our Sync.
+    Answered(Vec<Multiaddr>),
     /// A dropped or reset it.
     Refused(io::ErrorKind),
 }
@@ -120,6 +120,7 @@ async fn stall_then_retry(
     a: PeerId,
     b_addr: Multiaddr,
     verdict: oneshot::Sender<SecondStream>,
+    pause: Option<Pause>,
 ) -> io::Result<(Stream, Stream)> {
     let connect = codec::encode_connect([b_addr.to_vec().as_slice()], MAX_MESSAGE_SIZE).0;
     let mut first = control
@@ -130,16 +131,24 @@ async fn stall_then_retry(
     let answer = read_message(&mut first).await?;
     assert!(matches!(answer, Message::Connect(_)), "{answer:?}");
     tracing::info!("scripted B: first stream stalls after A's Connect");
+    if let Some(pause) = pause {
+        let _ = pause.stalled.send(());
+        let _ = pause.resume.await;
+    }
     let mut second = control
         .open_stream(a, ours::PROTOCOL_NAME)
         .await
         .map_err(io::Error::other)?;
     // A refusing the stream shows up as a failed write or read.
     let outcome = match exchange_on(&mut second, &connect).await {
-        Ok(Message::Connect(_)) => {
+        Ok(Message::Connect(addrs)) => {
             second.write_all(&codec::encode_sync()).await?;
             second.flush().await?;
-            SecondStream::Answered
+            let addrs = addrs
+                .into_iter()
+                .filter_map(|a| Multiaddr::try_from(a).ok())
+                .collect();
+            SecondStream::Answered(addrs)
         }
         Ok(other) => panic!("unexpected {other:?}"),
         Err(err) => SecondStream::Refused(err.kind()),
@@ -149,10 +158,21 @@ async fn stall_then_retry(
     Ok((first, second))
 }
 
+/// Lets a test act between the script's two streams.
+struct Pause {
+    /// Fires when the first stream has stalled.
+    stalled: oneshot::Sender<()>,
+    /// The script opens the second stream once this fires.
+    resume: oneshot::Receiver<()>,
+}
+
 /// Starts the scripted B against `pair.a`. Returns its verdict about the
 /// second stream to come, and a guard that keeps both streams open until
 /// it is dropped.
-fn start_script(pair: &mut Pair) -> (oneshot::Receiver<SecondStream>, oneshot::Sender<()>) {
+fn start_script(
+    pair: &mut Pair,
+    pause: Option<Pause>,
+) -> (oneshot::Receiver<SecondStream>, oneshot::Sender<()>) {
     let control = pair
         .b
         .behaviour_mut()
@@ -164,7 +184,7 @@ fn start_script(pair: &mut Pair) -> (oneshot::Receiver<SecondStream>, oneshot::S
     let (a, b_addr) = (pair.a_id, pair.b_tcp.clone());
     let (guard, released) = oneshot::channel();
     tokio::spawn(async move {
-        let streams = stall_then_retry(control, a, b_addr, slot).await;
+        let streams = stall_then_retry(control, a, b_addr, slot, pause).await;
         if let Err(err) = &streams {
             tracing::warn!(%err, "scripted B failed");
         }
@@ -191,7 +211,7 @@ async fn a_second_stream_on_the_same_relayed_connection_supersedes_a_stalled_one
         s.relayed.iter().any(|(w, _)| *w == Who::B)
     })
     .await;
-    let (verdict, _streams_open) = start_script(&mut pair);
+    let (verdict, _streams_open) = start_script(&mut pair, None);
     pair.run_until(&mut seen, "A's success", |s| {
         s.ours_ok(Who::A).is_some_and(|c| s.is_direct(Who::A, c))
     })
@@ -199,7 +219,10 @@ async fn a_second_stream_on_the_same_relayed_connection_supersedes_a_stalled_one
     let verdict = pair
         .drive_until(&mut seen, "the script's verdict", verdict)
         .await;
-    assert_eq!(verdict, Ok(SecondStream::Answered));
+    assert!(
+        matches!(verdict, Ok(SecondStream::Answered(_))),
+        "{verdict:?}"
+    );
     let events = progress_events(&seen, Who::A);
     assert!(
         events.contains(&CoreEvent::AttemptFailed {
@@ -228,13 +251,61 @@ async fn stock_a_drops_a_second_stream_while_the_first_is_open() {
         s.relayed.iter().any(|(w, _)| *w == Who::B)
     })
     .await;
-    let (verdict, _streams_open) = start_script(&mut pair);
+    let (verdict, _streams_open) = start_script(&mut pair, None);
     let verdict = pair
         .drive_until(&mut seen, "the script's verdict", verdict)
         .await
         .expect("the script ran");
     assert!(matches!(verdict, SecondStream::Refused(_)), "{verdict:?}");
     assert!(seen.direct.is_empty(), "no punch happened: {seen:#?}");
+}
+
+/// Stock reads our observed addresses once, when the relayed connection
+/// is made; ours reads them again for every attempt, so an address learnt
+/// in between is sent in the next Connect.
+#[tokio::test]
+async fn an_address_observed_between_attempts_is_sent_in_the_next_connect() {
+    init_tracing();
+    let a = build_client(Dcutr::Ours(loopback_config()));
+    let b = build_client(Dcutr::Scripted);
+    let mut pair = setup(a, b).await;
+    pair.dial_relayed();
+    let mut seen = Seen::default();
+    pair.run_until(&mut seen, "a relayed connection", |s| {
+        s.relayed.iter().any(|(w, _)| *w == Who::B)
+    })
+    .await;
+    let (stalled_tx, stalled) = oneshot::channel();
+    let (resume, resume_rx) = oneshot::channel();
+    let pause = Pause {
+        stalled: stalled_tx,
+        resume: resume_rx,
+    };
+    let (verdict, _streams_open) = start_script(&mut pair, Some(pause));
+    pair.drive_until(&mut seen, "the first stream to stall", stalled)
+        .await
+        .expect("the script ran");
+    // A learns a new address of its own (as identify would report it).
+    let fresh: Multiaddr = "/ip4/127.0.0.1/tcp/9".parse().unwrap();
+    pair.a.behaviour_mut().echo.announce(fresh.clone());
+    pair.run_until(&mut seen, "A's swarm to take the new address", |s| {
+        s.candidates
+            .iter()
+            .any(|(w, addr)| *w == Who::A && *addr == fresh)
+    })
+    .await;
+    resume.send(()).unwrap();
+    let verdict = pair
+        .drive_until(&mut seen, "the script's verdict", verdict)
+        .await;
+    let Ok(SecondStream::Answered(addrs)) = verdict else {
+        panic!("{verdict:?}");
+    };
+    assert_eq!(addrs.first(), Some(&fresh), "most recent first: {addrs:?}");
+    assert!(
+        addrs.contains(&pair.a_tcp),
+        "the older one is kept: {addrs:?}"
+    );
 }
 
 /// Stock keeps the relayed connection open for ever; ours closes it once

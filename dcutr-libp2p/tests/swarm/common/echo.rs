@@ -37,6 +37,13 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
+    /// Reports `addr` to the swarm as a new candidate for our external
+    /// address, as identify does when a peer tells us what it observed.
+    pub fn announce(&mut self, addr: Multiaddr) {
+        self.queued
+            .push_back(ToSwarm::NewExternalAddrCandidate(addr));
+    }
+
     /// Sends `payload` over `connection` (and nothing else) to `peer`.
     pub fn send(&mut self, peer: PeerId, connection: ConnectionId, payload: Vec<u8>) {
         self.queued.push_back(ToSwarm::NotifyHandler {

@@ -256,6 +256,8 @@ pub struct Seen {
     pub stock: Vec<(Who, Result<ConnectionId, String>)>,
     /// Echo replies.
     pub echoed: Vec<(Who, echo::Echoed)>,
+    /// New candidates for our external address, as the swarm reported them.
+    pub candidates: Vec<(Who, Multiaddr)>,
 }
 
 impl Seen {
@@ -417,6 +419,7 @@ fn record(seen: &mut Seen, who: Who, peer: PeerId, event: SwarmEvent<ClientEvent
                 .push((who, result.map_err(|e| format!("{e}: {e:?}"))));
         }
         SwarmEvent::Behaviour(ClientEvent::Echo(e)) => seen.echoed.push((who, e)),
+        SwarmEvent::NewExternalAddrCandidate { address } => seen.candidates.push((who, address)),
         _ => {}
     }
 }
