@@ -69,6 +69,27 @@ pub enum IdentityCheck {
     Token,
 }
 
+/// What the QUIC server side (the initiator, spec's B) does at the punch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuicServerPunch {
+    /// Spray random datagrams from the QUIC socket to the peer's QUIC
+    /// addresses ([`Output::SendDatagram`](crate::Output::SendDatagram))
+    /// and accept the client's connection: the specification.
+    #[default]
+    Spray,
+    /// Emit one [`Output::Dial`](crate::Output::Dial) with
+    /// [`Role::Server`](crate::Role::Server) per QUIC target instead of the
+    /// datagrams, for stacks that punch inside their transport (libp2p-quic
+    /// turns such a dial into a spray from the listening socket and an
+    /// accept).
+    DialAsServer,
+    /// Dial the peer's QUIC addresses as a QUIC client, as stock
+    /// rust-libp2p does (both sides end up clients of their own
+    /// connection). For compatibility only.
+    DialAsClient,
+}
+
 /// Limits and timeouts of one upgrade.
 ///
 /// `Config::default()` follows the specification and the field's numbers;
@@ -132,6 +153,8 @@ pub struct Config {
     pub channel: RelayChannel,
     /// How a direct connection is shown to reach the right peer.
     pub identity_check: IdentityCheck,
+    /// What the QUIC server side does at the punch (default: spray).
+    pub quic_server_punch: QuicServerPunch,
 }
 
 impl Default for Config {
@@ -155,6 +178,7 @@ impl Default for Config {
             dialable: Dialable::all(),
             channel: RelayChannel::StreamPerAttempt,
             identity_check: IdentityCheck::CallerAuthenticates,
+            quic_server_punch: QuicServerPunch::Spray,
         }
     }
 }

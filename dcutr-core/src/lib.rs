@@ -98,8 +98,8 @@ pub use addr::{
 };
 pub use codec::CodecError;
 pub use config::{
-    Config, ConfigError, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DURATION, RelayChannel,
-    SPRAY_PACKET_LEN,
+    Config, ConfigError, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DURATION, QuicServerPunch,
+    RelayChannel, SPRAY_PACKET_LEN,
 };
 pub use direct::CHECK_LEN;
 pub use error::{AttemptFailure, DialError, Failure, ProtocolError, Step};

@@ -2,6 +2,7 @@
 //! each Connect with its own and punches the moment Sync arrives.
 
 use crate::codec::Message;
+use crate::config::RelayChannel;
 use crate::error::{AttemptFailure, ProtocolError};
 use crate::output::{Event, Output, TimerKind};
 use crate::upgrade::{State, Upgrade};
@@ -59,6 +60,13 @@ impl Upgrade {
                 self.outputs.push_back(Output::Event(Event::SyncReceived {
                     attempt: self.attempt,
                 }));
+                if self.config.channel == RelayChannel::StreamPerAttempt {
+                    // The exchange is over: our end of this attempt's
+                    // stream is done, so its close is not a failure and
+                    // the next stream is the next attempt.
+                    self.outputs.push_back(Output::FinishStream);
+                    self.stream_open = false;
+                }
                 self.punch();
                 Ok(())
             }

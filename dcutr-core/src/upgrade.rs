@@ -16,7 +16,7 @@ use crate::addr::{
     AddressPredictor, Candidate, NoPrediction, ObservedAddrs, Transport, local_addrs_to_send,
 };
 use crate::codec::{self, FrameDecoder, TOKEN_LEN};
-use crate::config::{Config, ConfigError, IdentityCheck, RelayChannel};
+use crate::config::{Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel};
 use crate::direct::{self, CHECK_LEN, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 use crate::output::{
@@ -438,26 +438,42 @@ impl Upgrade {
                 Side::Initiator => self.initiator_stream_closed(),
                 Side::Responder => self.responder_stream_closed(was_open),
             },
-            RelayChannel::SharedStream => {
-                self.relay_closed = true;
-                let step = self.step();
-                match self.state {
-                    State::AwaitHello
-                    | State::AwaitStream
-                    | State::AwaitConnect { .. }
-                    | State::AwaitSync => self.final_failure(Failure::RelayClosed { step }),
-                    State::AwaitPeerConnect if self.attempt == 0 => {
-                        self.final_failure(Failure::RelayClosed { step });
-                    }
-                    State::AwaitPeerConnect => {
-                        let attempts = self.failures.clone();
-                        self.final_failure(Failure::PeerGaveUp { attempts });
-                    }
-                    // The punch (or unilateral dial) in flight may still
-                    // win; no further attempt can follow.
-                    _ => {}
-                }
+            RelayChannel::SharedStream => self.relay_gone(),
+        }
+    }
+
+    /// The relayed connection itself is gone (not just one stream): no
+    /// further attempt can happen. A punch in flight may still win; the
+    /// upgrade fails once it is over. On a shared stream this is the same
+    /// as [`Upgrade::handle_stream_closed`].
+    pub fn handle_relay_closed(&mut self, now: Instant) {
+        self.advance(now);
+        if self.outcome.is_some() {
+            return;
+        }
+        self.relay_gone();
+    }
+
+    /// No further exchange can happen on the relay.
+    fn relay_gone(&mut self) {
+        self.relay_closed = true;
+        self.stream_open = false;
+        let step = self.step();
+        match self.state {
+            State::AwaitHello
+            | State::AwaitStream
+            | State::AwaitConnect { .. }
+            | State::AwaitSync => self.final_failure(Failure::RelayClosed { step }),
+            State::AwaitPeerConnect if self.attempt == 0 => {
+                self.final_failure(Failure::RelayClosed { step });
             }
+            State::AwaitPeerConnect => {
+                let attempts = self.failures.clone();
+                self.final_failure(Failure::PeerGaveUp { attempts });
+            }
+            // The unilateral dial or the punch in flight may still win;
+            // when it is over, no further attempt follows.
+            _ => {}
         }
     }
 
@@ -746,12 +762,15 @@ impl Upgrade {
 
     /// Sends our Connect with the addresses we currently know.
     pub(crate) fn send_connect(&mut self) {
-        let addrs = local_addrs_to_send(
+        let mut addrs = local_addrs_to_send(
             &self.observed,
             self.predictor.as_mut(),
             &self.config.address_policy,
             self.config.max_local_addrs,
         );
+        // Advertising a transport we have no socket for only makes the peer
+        // dial into nothing.
+        addrs.retain(|c| self.config.dialable.allows(c));
         let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
         let (frame, sent) =
             codec::encode_connect(raw.iter().map(Vec::as_slice), self.config.max_message_size);
@@ -809,19 +828,20 @@ impl Upgrade {
         let mut dials = 0;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
         for to in std::mem::take(&mut self.remote) {
-            match (to.transport, self.side) {
-                // The server side of QUIC must not dial: it sprays so that
+            let dial_role = match (to.transport, self.side, self.config.quic_server_punch) {
+                // The server side of QUIC does not dial: it sprays so that
                 // the client's Initial finds its NAT mapping open.
-                (Transport::Quic, Side::Initiator) => {
+                (Transport::Quic, Side::Initiator, QuicServerPunch::Spray) => {
                     if !spray_targets.contains(&to.addr) {
                         spray_targets.push(to.addr);
                     }
+                    continue;
                 }
-                _ => {
-                    self.dial(to, role, DialPurpose::HolePunch, window_end);
-                    dials += 1;
-                }
-            }
+                (Transport::Quic, Side::Initiator, QuicServerPunch::DialAsClient) => Role::Client,
+                _ => role,
+            };
+            self.dial(to, dial_role, DialPurpose::HolePunch, window_end);
+            dials += 1;
         }
         let spray_count = spray_targets.len();
         tracing::debug!(
@@ -1157,7 +1177,7 @@ impl Upgrade {
     pub(crate) fn fail_attempt(&mut self, reason: AttemptFailure) {
         self.abandon_attempt(reason);
         let more = self.attempt < self.config.max_attempts;
-        if self.relay_closed && self.config.channel == RelayChannel::SharedStream {
+        if self.relay_closed {
             self.final_failure(Failure::RelayClosed {
                 step: Step::NextAttempt,
             });

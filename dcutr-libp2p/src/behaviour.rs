@@ -293,7 +293,10 @@ impl<E: FromReport> Behaviour<E> {
                     _ => tracing::trace!("write for a stream that is gone"),
                 },
                 Output::FinishStream => {
-                    if let (Some(stream), false) = (rel.stream, rel.closed) {
+                    // The core is done with this stream: its later close
+                    // (the peer finishing too) must not be taken for the
+                    // next attempt's stream.
+                    if let (Some(stream), false) = (rel.stream.take(), rel.closed) {
                         self.queued.push_back(notify(Command::Finish { stream }));
                     }
                 }
@@ -461,10 +464,9 @@ impl<E: FromReport> Behaviour<E> {
             rel.stream = None;
             match &rel.phase {
                 Phase::Running(up) if up.outcome().is_none() => {
-                    // The stream, or the one being opened, is gone with the
-                    // connection; a punch in flight may still win, and any
-                    // stream asked for from now on fails at once (`drain`).
-                    self.with_upgrade(e.connection_id, now, |up| up.handle_stream_closed(now));
+                    // No further attempt can happen; a punch in flight may
+                    // still win, and the core ends the upgrade after it.
+                    self.with_upgrade(e.connection_id, now, |up| up.handle_relay_closed(now));
                 }
                 Phase::Running(_) => {}
                 Phase::AwaitPeerAddrs { .. } => {

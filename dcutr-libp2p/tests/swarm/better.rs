@@ -434,14 +434,10 @@ async fn a_failed_upgrade_reports_typed_reasons_for_every_attempt() {
     );
 }
 
-/// Each of B's three attempts must count once on A too. Today dcutr-core's
-/// responder keeps the stream of a finished exchange "open" after Sync, so
-/// when an attempt fails before B's end of that stream closes, the late
-/// close (or the next stream) is counted as one more failed attempt, and A
-/// refuses B's third attempt. Needs the core change described in the
-/// crate's report (responder: finish the stream on Sync).
+/// Each of B's three attempts must count once on A too. Once an exchange is
+/// over (Sync), both ends finish that attempt's stream; its late close must
+/// not count as a failure of the next attempt on either side.
 #[tokio::test]
-#[ignore = "needs dcutr-core: the responder must end its stream on Sync (StreamPerAttempt)"]
 async fn each_attempt_counts_once_on_both_sides_when_attempts_fail_fast() {
     init_tracing();
     let seen = run_unpunchable_pair().await;
