@@ -92,6 +92,12 @@ pub struct RelayArgs {
     /// One JSON object per line on stdout (each with an "event" key).
     #[arg(long)]
     pub json: bool,
+    /// FAULT INJECTION, for labs and tests only: close both connections of
+    /// every relayed stream once N bytes were forwarded on it (both
+    /// directions together), as a relay failing mid-protocol would. 0 closes
+    /// them right after `paired`.
+    #[arg(long, value_name = "N")]
+    pub cut_after_bytes: Option<u64>,
 }
 
 /// The async runtime `dcutr peer` runs on.
@@ -211,5 +217,39 @@ mod tests {
         );
         assert!(parse(&["relay", "--listen", "127.0.0.1:0", "--delay-ms", "50"]).is_ok());
         assert!(parse(&["relay", "--listen", "127.0.0.1:0", "--delay-ms", "60001"]).is_err());
+    }
+
+    #[test]
+    fn the_relay_cut_is_off_unless_asked_for() {
+        let Command::Relay(args) = parse(&["relay", "--listen", "127.0.0.1:0"])
+            .unwrap()
+            .command
+        else {
+            panic!("not relay")
+        };
+        assert_eq!(args.cut_after_bytes, None);
+        let Command::Relay(args) = parse(&[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--cut-after-bytes",
+            "93",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not relay")
+        };
+        assert_eq!(args.cut_after_bytes, Some(93));
+        assert!(
+            parse(&[
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--cut-after-bytes",
+                "-1"
+            ])
+            .is_err()
+        );
     }
 }

@@ -71,8 +71,14 @@ async fn run_relay(args: RelayArgs, reporter: Reporter) -> anyhow::Result<ExitCo
     let config = RelayConfig {
         delay: Duration::from_millis(args.delay_ms),
         events: Some(events),
+        cut_after_bytes: args.cut_after_bytes,
         ..RelayConfig::default()
     };
+    if let Some(n) = args.cut_after_bytes {
+        tracing::warn!(
+            "fault injection: every relayed stream is cut after {n} bytes (--cut-after-bytes)"
+        );
+    }
     reporter.listening(addr, args.delay_ms);
     tokio::spawn(async move {
         while let Some(event) = received.recv().await {

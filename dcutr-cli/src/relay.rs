@@ -24,6 +24,11 @@
 //!   so the FIN is delayed too and comes after all data.
 //! - Every limit is a named constant below, or a [`RelayConfig`] field that
 //!   defaults to one.
+//! - Fault injection for labs and tests ([`RelayConfig::cut_after_bytes`],
+//!   `dcutr relay --cut-after-bytes N`): both directions of a splice draw
+//!   from one byte budget; the write that spends its last byte is followed
+//!   by a FIN, and the splice is dropped, closing both connections, as a
+//!   relay that fails mid-protocol would.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -128,6 +133,12 @@ pub struct RelayConfig {
     pub max_connections: usize,
     /// Where to report [`RelayEvent`]s (dropped if the queue is full).
     pub events: Option<mpsc::Sender<RelayEvent>>,
+    /// **Fault injection, for labs and tests only** (`--cut-after-bytes`):
+    /// close both connections of every splice once this many bytes were
+    /// forwarded, both directions together (a chunk that crosses the limit
+    /// is forwarded up to it). `Some(0)` closes them as soon as they are
+    /// paired. `None` (the default): never.
+    pub cut_after_bytes: Option<u64>,
 }
 
 impl Default for RelayConfig {
@@ -139,6 +150,7 @@ impl Default for RelayConfig {
             control_idle: CONTROL_IDLE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             events: None,
+            cut_after_bytes: None,
         }
     }
 }
@@ -782,7 +794,19 @@ async fn connect(
         leftover,
         _permit: permit,
     };
-    let (to_initiator, to_responder) = splice(my_leg, their_leg, shared.config.delay).await;
+    let budget = shared.config.cut_after_bytes.map(CutBudget::new);
+    let (to_initiator, to_responder) =
+        splice(my_leg, their_leg, shared.config.delay, budget.as_ref()).await;
+    if let Some(budget) = &budget
+        && budget.spent()
+    {
+        warn!(
+            initiator = %target,
+            responder = %name,
+            after_bytes = to_initiator + to_responder,
+            "cut the relayed stream (fault injection: --cut-after-bytes)"
+        );
+    }
     info!(initiator = %target, responder = %name, to_initiator, to_responder, "splice closed");
     shared.emit(RelayEvent::SpliceClosed {
         initiator: target,
@@ -842,17 +866,80 @@ fn try_pick(
     Pick::Picked((reply_rx, slot.public.clone(), slot.addrs.clone()))
 }
 
-/// Splice two connections both ways with `delay` per chunk; returns the
-/// bytes delivered (responder → initiator, initiator → responder), where
+/// The fault-injection byte budget of one splice, shared by both directions
+/// (see [`RelayConfig::cut_after_bytes`]).
+#[derive(Debug)]
+struct CutBudget {
+    left: AtomicU64,
+}
+
+impl CutBudget {
+    fn new(bytes: u64) -> Self {
+        CutBudget {
+            left: AtomicU64::new(bytes),
+        }
+    }
+
+    /// Takes up to `want` bytes; returns how many may be forwarded.
+    fn take(&self, want: usize) -> usize {
+        let want = want as u64;
+        let before = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                Some(left - left.min(want))
+            })
+            .unwrap_or_else(|left| left);
+        // At most `want`, which is a usize.
+        before.min(want) as usize
+    }
+
+    /// Whether the budget is used up: the splice must be cut.
+    fn spent(&self) -> bool {
+        self.left.load(Ordering::Acquire) == 0
+    }
+}
+
+/// The error that ends a pump when the budget is spent.
+fn cut_error() -> io::Error {
+    io::Error::other("cut by --cut-after-bytes (fault injection)")
+}
+
+/// Splice two connections both ways with `delay` per chunk, until both
+/// ends closed or `budget` (fault injection) is spent; returns the bytes
+/// delivered (responder → initiator, initiator → responder), where
 /// `responder` is the first leg.
-async fn splice(responder: Leg, initiator: Leg, delay: Duration) -> (u64, u64) {
-    let (r_read, r_write) = responder.stream.into_split();
-    let (i_read, i_write) = initiator.stream.into_split();
+async fn splice(
+    responder: Leg,
+    initiator: Leg,
+    delay: Duration,
+    budget: Option<&CutBudget>,
+) -> (u64, u64) {
+    let (r_read, mut r_write) = responder.stream.into_split();
+    let (i_read, mut i_write) = initiator.stream.into_split();
+    if budget.is_some_and(CutBudget::spent) {
+        // A budget of zero: cut before the first byte.
+        let _ = tokio::join!(r_write.shutdown(), i_write.shutdown());
+        return (0, 0);
+    }
     let to_initiator = AtomicU64::new(0);
     let to_responder = AtomicU64::new(0);
     {
-        let forward = pump(responder.leftover, r_read, i_write, delay, &to_initiator);
-        let backward = pump(initiator.leftover, i_read, r_write, delay, &to_responder);
+        let forward = pump(
+            responder.leftover,
+            r_read,
+            i_write,
+            delay,
+            &to_initiator,
+            budget,
+        );
+        let backward = pump(
+            initiator.leftover,
+            i_read,
+            r_write,
+            delay,
+            &to_responder,
+            budget,
+        );
         tokio::pin!(forward, backward);
         tokio::select! {
             r = &mut forward => finish_splice(r, backward).await,
@@ -889,6 +976,7 @@ async fn pump(
     mut to: OwnedWriteHalf,
     delay: Duration,
     delivered: &AtomicU64,
+    budget: Option<&CutBudget>,
 ) -> io::Result<()> {
     // `None` is the end of the stream.
     let (tx, mut rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(SPLICE_QUEUE_CHUNKS);
@@ -920,8 +1008,16 @@ async fn pump(
             }
             match chunk {
                 Some(chunk) => {
-                    to.write_all(&chunk).await?;
-                    delivered.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    let allowed = budget.map_or(chunk.len(), |b| b.take(chunk.len()));
+                    to.write_all(&chunk[..allowed]).await?;
+                    delivered.fetch_add(allowed as u64, Ordering::Relaxed);
+                    if budget.is_some_and(CutBudget::spent) {
+                        // What was forwarded is followed by a FIN; the
+                        // error ends the splice, which drops (closes) both
+                        // connections without waiting for the other way.
+                        let _ = to.shutdown().await;
+                        return Err(cut_error());
+                    }
                 }
                 None => {
                     to.shutdown().await?;

@@ -766,3 +766,120 @@ async fn a_dual_stack_relay_reports_ipv4_peers_as_ipv4() {
     let observed = observe_udp(&udp, relay, "b").await.unwrap();
     assert_eq!(observed, udp.local_addr().unwrap());
 }
+
+/// Reads until the relay closes the stream; a reset counts as closed too
+/// (the relay may close with our unread bytes in its buffer). Fails the
+/// test if the stream stays open.
+async fn read_until_closed(stream: &mut BufReader<TcpStream>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    timeout(STEP, read_all)
+        .await
+        .expect("the relay did not close the stream");
+    got
+}
+
+#[tokio::test]
+async fn cut_after_bytes_closes_both_sides_once_the_budget_is_forwarded() {
+    let mut relay = TestRelay::with(RelayConfig {
+        cut_after_bytes: Some(15),
+        ..RelayConfig::default()
+    })
+    .await;
+    let b = ready(relay.addr, "b", &[], &[]).await;
+    let b_waits = tokio::spawn(b.wait_paired());
+    let a = ready(relay.addr, "a", &[], &[]).await;
+    let mut a_paired = a.connect("b").await.unwrap();
+    let mut b_paired = timeout(STEP, b_waits).await.unwrap().unwrap().unwrap();
+
+    // 10 bytes B -> A fit the budget of 15 and arrive whole.
+    b_paired.stream.write_all(b"0123456789").await.unwrap();
+    let mut buf = [0u8; 10];
+    timeout(STEP, a_paired.stream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"0123456789");
+    // 10 bytes A -> B: only the 5 left in the budget are forwarded, then
+    // both connections close.
+    a_paired.stream.write_all(b"abcdefghij").await.unwrap();
+    assert_eq!(read_until_closed(&mut b_paired.stream).await, b"abcde");
+    assert_eq!(read_until_closed(&mut a_paired.stream).await, b"");
+    let closed = relay
+        .wait_for("splice closed", |e| {
+            matches!(e, RelayEvent::SpliceClosed { .. })
+        })
+        .await;
+    assert_eq!(
+        closed,
+        RelayEvent::SpliceClosed {
+            initiator: "b".into(),
+            responder: "a".into(),
+            to_initiator: 5,
+            to_responder: 10
+        }
+    );
+}
+
+#[tokio::test]
+async fn cut_after_zero_bytes_closes_right_after_pairing_and_the_relay_goes_on() {
+    let mut relay = TestRelay::with(RelayConfig {
+        cut_after_bytes: Some(0),
+        ..RelayConfig::default()
+    })
+    .await;
+    for round in 0..2 {
+        let b = ready(relay.addr, "b", &[], &[]).await;
+        let b_waits = tokio::spawn(b.wait_paired());
+        let a = ready(relay.addr, "a", &[], &[]).await;
+        let mut a_paired = a.connect("b").await.unwrap();
+        let mut b_paired = timeout(STEP, b_waits).await.unwrap().unwrap().unwrap();
+        // Bytes B sends are not forwarded; both ends see the close.
+        let _ = b_paired.stream.write_all(b"lost").await;
+        assert_eq!(
+            read_until_closed(&mut a_paired.stream).await,
+            b"",
+            "round {round}"
+        );
+        assert_eq!(
+            read_until_closed(&mut b_paired.stream).await,
+            b"",
+            "round {round}"
+        );
+        let closed = relay
+            .wait_for("splice closed", |e| {
+                matches!(e, RelayEvent::SpliceClosed { .. })
+            })
+            .await;
+        assert!(
+            matches!(
+                closed,
+                RelayEvent::SpliceClosed {
+                    to_initiator: 0,
+                    to_responder: 0,
+                    ..
+                }
+            ),
+            "{closed:?}"
+        );
+    }
+}
+
+#[test]
+fn the_binary_takes_cut_after_bytes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dcutr"))
+        .args(["relay", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--cut-after-bytes"), "{help}");
+    assert!(help.contains("FAULT INJECTION"), "{help}");
+}
