@@ -88,6 +88,10 @@ pub struct Args {
     /// Print the lab diagnostics for every run, not only failing ones.
     #[arg(long)]
     pub always_diagnose: bool,
+    /// Run id, 4 hex digits (default: random). Every namespace of the run
+    /// is then called `nl<id>..-*`; tests use it to find their own.
+    #[arg(long, value_name = "HEX")]
+    pub run_id: Option<String>,
 }
 
 /// Transport under test.
@@ -493,7 +497,7 @@ pub fn evaluate(
 }
 
 /// Find the dcutr binary: `--dcutr`, else next to natlab, else on PATH.
-fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {
     let candidate = match explicit {
         Some(p) => Some(p.to_path_buf()),
         None => std::env::current_exe()
@@ -531,7 +535,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     info!(dcutr = %dcutr.display(), cases = cases.len(), runs = args.runs, "matrix");
     let started = Instant::now();
-    let mut names = RunNames::random();
+    let mut names = RunNames::from_arg(args.run_id.as_deref())?;
     let mut records = Vec::new();
     for case in &cases {
         for run in 1..=args.runs.max(1) {
@@ -565,7 +569,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         eprintln!("{table}");
         println!(
             "{}",
-            serde_json::json!({"event":"summary","runs":records.len(),"passed":records.len()-failed,"failed":failed,"duration_s":total.as_secs_f64()})
+            serde_json::json!({"event":"summary","runs":records.len(),"passed":records.len()-failed,"failed":failed,"duration_s":total.as_secs_f64(),"run_prefix":names.run_prefix()})
         );
     } else {
         println!("{table}");
@@ -682,7 +686,7 @@ fn wait_peers(peers: &mut [Proc], deadline: Instant, grace: Duration) -> Result<
     }
 }
 
-fn dcutr_args(parts: &[&str]) -> Vec<String> {
+pub(crate) fn dcutr_args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 

@@ -42,6 +42,23 @@ impl RunNames {
         Self { run, next_seq: 0 }
     }
 
+    /// A run with the id given as 4 hex digits (`--run-id`), else a random
+    /// one: a caller that picks the id knows the run's namespace prefix
+    /// (`nl<id>`) in advance.
+    pub fn from_arg(run_id: Option<&str>) -> Result<Self> {
+        match run_id {
+            None => Ok(Self::random()),
+            Some(hex) => {
+                ensure!(
+                    hex.len() == 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "run id {hex:?} must be 4 hex digits"
+                );
+                let run = u16::from_str_radix(hex, 16)?;
+                Ok(Self::with_run_id(run))
+            }
+        }
+    }
+
     /// The prefix shared by every namespace of this run, e.g. `nl3fa2`.
     pub fn run_prefix(&self) -> String {
         format!("{NS_PREFIX}{:04x}", self.run)
@@ -150,6 +167,18 @@ mod tests {
         assert!(is_lab_namespace("nl3fa207-relays"));
         assert!(!is_lab_namespace("nl3fa207-relay12"));
         assert!(!is_lab_namespace("nl3FA207-h1"));
+    }
+
+    #[test]
+    fn a_given_run_id_sets_the_prefix_and_bad_ones_are_refused() {
+        let mut names = RunNames::from_arg(Some("3fa2")).unwrap();
+        assert_eq!(names.run_prefix(), "nl3fa2");
+        assert_eq!(names.next_topology(), "nl3fa200-");
+        assert_eq!(RunNames::from_arg(Some("00ff")).unwrap().run_prefix(), "nl00ff");
+        for bad in ["3fa", "3fa20", "3fg2", "+fa2", ""] {
+            assert!(RunNames::from_arg(Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(RunNames::from_arg(None).is_ok());
     }
 
     #[test]

@@ -29,25 +29,50 @@ fn fake() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dcutr")
 }
 
-fn lab_namespaces() -> Vec<String> {
+/// Lab namespaces whose name starts with `prefix` (`nl` for all of them).
+fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return vec![];
     };
     let mut v: Vec<String> = dir
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("nl"))
+        .filter(|n| n.starts_with(prefix))
         .collect();
     v.sort();
     v
 }
 
+/// A run id (4 hex digits) that no namespace on the machine uses yet. The
+/// test passes it to natlab (`--run-id`) and then looks only at the
+/// namespaces of its own run (`nl<id>*`): another lab run on the machine
+/// (someone's matrix) creates and removes namespaces of its own meanwhile.
+fn fresh_run_id() -> String {
+    loop {
+        let id = format!("{:04x}", rand::random::<u16>());
+        if namespaces_with_prefix(&format!("nl{id}")).is_empty() {
+            return id;
+        }
+    }
+}
+
+/// What the run with `run_id` left behind.
+fn leftovers(run_id: &str) -> Vec<String> {
+    namespaces_with_prefix(&format!("nl{run_id}"))
+}
+
 fn matrix(mode: &str, args: &[&str]) -> Output {
+    matrix_in_run(&fresh_run_id(), mode, args)
+}
+
+fn matrix_in_run(run_id: &str, mode: &str, args: &[&str]) -> Output {
     let out = Command::new(natlab())
         .arg("matrix")
         .arg("--dcutr")
         .arg(fake())
         .arg("--json")
+        .arg("--run-id")
+        .arg(run_id)
         .args(args)
         .env("FAKE_DCUTR_MODE", mode)
         .env("NATLAB_BIN", natlab())
@@ -59,6 +84,16 @@ fn matrix(mode: &str, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The namespace prefix the run reports in its JSON summary.
+fn run_prefix(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .and_then(|v| v["run_prefix"].as_str().map(str::to_owned))
+        .expect("a summary with the run prefix")
 }
 
 fn records(out: &Output) -> Vec<serde_json::Value> {
@@ -97,9 +132,10 @@ fn selftest_passes_every_check() {
 fn matrix_passes_a_good_upgrade_and_tears_down() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let before = lab_namespaces();
+    let run_id = fresh_run_id();
     let md = std::env::temp_dir().join(format!("natlab-test-{}.md", std::process::id()));
-    let out = matrix(
+    let out = matrix_in_run(
+        &run_id,
         "ok",
         &[
             "--filter",
@@ -128,7 +164,8 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
         "{table}"
     );
     assert!(table.contains("PASS"));
-    assert_eq!(lab_namespaces(), before, "namespaces left behind");
+    assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
+    assert_eq!(leftovers(&run_id), Vec::<String>::new(), "namespaces left behind");
 }
 
 #[test]
@@ -169,9 +206,10 @@ fn matrix_reports_a_failed_case_with_the_lab_state() {
 fn matrix_times_out_a_hanging_peer_and_kills_everything() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let before = lab_namespaces();
+    let run_id = fresh_run_id();
     let started = std::time::Instant::now();
-    let out = matrix(
+    let out = matrix_in_run(
+        &run_id,
         "hang",
         &["--filter", "cone/cone quic rtt0", "--case-timeout-s", "2"],
     );
@@ -183,7 +221,8 @@ fn matrix_times_out_a_hanging_peer_and_kills_everything() {
     );
     let recs = records(&out);
     assert_eq!(recs[0]["outcome"], "timeout");
-    assert_eq!(lab_namespaces(), before, "namespaces left behind");
+    assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
+    assert_eq!(leftovers(&run_id), Vec::<String>::new(), "namespaces left behind");
 }
 
 #[test]
