@@ -120,11 +120,13 @@ pub fn self_signed_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
 /// The initial RTT estimate of a hole-punching QUIC client.
 ///
 /// A client's first Initial often reaches the peer's NAT a moment before
-/// the peer's spray has opened it, and is dropped; the client re-sends it
-/// after a probe timeout of about three initial RTTs. quinn's default
-/// estimate of 333 ms makes that a one-second stall; 100 ms makes it about
-/// 0.3 s, at the cost of a spurious re-send on paths slower than that.
-pub const HOLE_PUNCH_INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(100);
+/// the peer's spray has opened it (the two sides' clocks agree only to
+/// within the relay's jitter), and is dropped; the client re-sends it after
+/// a probe timeout of about three initial RTTs. quinn's default estimate of
+/// 333 ms makes that a one-second stall; 33 ms makes it about 0.1 s, at the
+/// cost of a spurious re-send or two on slower paths until the first
+/// acknowledgement sets the real RTT.
+pub const HOLE_PUNCH_INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(33);
 
 /// A transport config for hole-punch dials: quinn's defaults with
 /// [`HOLE_PUNCH_INITIAL_RTT`]. Use it in your own client config too.
