@@ -3,8 +3,10 @@
 //! Builds Linux network namespaces joined by a bridge, NATs them with
 //! nftables, optionally delays them with a user-space delay line, checks
 //! itself with real traffic (`natlab selftest`) and drives the `dcutr` CLI
-//! through a matrix of NAT pairs (`natlab matrix`). See README.md.
+//! through a matrix of NAT pairs (`natlab matrix`) and broken networks
+//! (`natlab broken`). See README.md.
 
+mod broken;
 mod cmd;
 mod contract;
 mod delayline;
@@ -48,6 +50,9 @@ enum Command {
     Selftest(selftest::Args),
     /// Run the dcutr CLI through the NAT-pair matrix.
     Matrix(matrix::Args),
+    /// Run the dcutr CLI on broken networks: packet loss, a relay that cuts
+    /// the stream, a peer that vanishes; every run within a bound.
+    Broken(broken::Args),
     /// Remove every leftover lab namespace (nlXXXXXX-*) and the processes in it.
     Cleanup,
     /// Build one topology, print its namespaces, hold it, tear it down.
@@ -209,6 +214,13 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             cmd::ensure_tools()?;
             matrix::run(&args)
+        }
+        Command::Broken(args) => {
+            if let Some(code) = needs_root() {
+                return Ok(code);
+            }
+            cmd::ensure_tools()?;
+            broken::run(&args)
         }
         Command::Cleanup => {
             if let Some(code) = needs_root() {

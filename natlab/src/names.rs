@@ -174,7 +174,10 @@ mod tests {
         let mut names = RunNames::from_arg(Some("3fa2")).unwrap();
         assert_eq!(names.run_prefix(), "nl3fa2");
         assert_eq!(names.next_topology(), "nl3fa200-");
-        assert_eq!(RunNames::from_arg(Some("00ff")).unwrap().run_prefix(), "nl00ff");
+        assert_eq!(
+            RunNames::from_arg(Some("00ff")).unwrap().run_prefix(),
+            "nl00ff"
+        );
         for bad in ["3fa", "3fa20", "3fg2", "+fa2", ""] {
             assert!(RunNames::from_arg(Some(bad)).is_err(), "{bad:?}");
         }

@@ -24,6 +24,8 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 #[derive(Debug, Default)]
 struct Captured {
     lines: Vec<String>,
+    /// When each kept line was read from the pipe.
+    times: Vec<Instant>,
     dropped: usize,
 }
 
@@ -31,6 +33,7 @@ impl Captured {
     fn push(&mut self, line: String) {
         if self.lines.len() < MAX_CAPTURED_LINES {
             self.lines.push(line);
+            self.times.push(Instant::now());
         } else {
             self.dropped += 1;
         }
@@ -148,6 +151,28 @@ impl Proc {
         self.status = self.child.wait().ok();
     }
 
+    /// Send `signal` to the process group (SIGSTOP to freeze it, for
+    /// example); does nothing once the process has been reaped.
+    pub fn signal(&mut self, signal: Signal) -> Result<()> {
+        if self.status.is_some() {
+            bail!("{} has already exited", self.label);
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        // As in `kill`: the unreaped group leader keeps its id ours.
+        killpg(pid, signal).with_context(|| format!("sending {signal} to {}", self.label))
+    }
+
+    /// The stdout lines captured so far, each with the time natlab read it
+    /// (within a millisecond or so of when the process printed it).
+    pub fn stdout_timed(&self) -> Vec<(Instant, String)> {
+        let c = self.stdout.lock().expect("capture lock");
+        c.times
+            .iter()
+            .copied()
+            .zip(c.lines.iter().cloned())
+            .collect()
+    }
+
     /// Everything captured on stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         snapshot(&self.stdout)
@@ -253,6 +278,8 @@ mod tests {
             c.push(i.to_string());
         }
         assert_eq!(c.lines.len(), MAX_CAPTURED_LINES);
+        assert_eq!(c.times.len(), MAX_CAPTURED_LINES, "one time per kept line");
+        assert!(c.times.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(c.dropped, 3);
     }
 }

@@ -165,7 +165,11 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
     );
     assert!(table.contains("PASS"));
     assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
-    assert_eq!(leftovers(&run_id), Vec::<String>::new(), "namespaces left behind");
+    assert_eq!(
+        leftovers(&run_id),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
 }
 
 #[test]
@@ -222,7 +226,11 @@ fn matrix_times_out_a_hanging_peer_and_kills_everything() {
     let recs = records(&out);
     assert_eq!(recs[0]["outcome"], "timeout");
     assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
-    assert_eq!(leftovers(&run_id), Vec::<String>::new(), "namespaces left behind");
+    assert_eq!(
+        leftovers(&run_id),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
 }
 
 #[test]
@@ -280,5 +288,118 @@ fn matrix_stops_waiting_for_b_soon_after_a_crashed() {
     assert!(
         r["violations"].to_string().contains("A: exit code 101"),
         "{r}"
+    );
+}
+
+/// The real `dcutr` CLI next to natlab (`cargo build -p dcutr-cli`).
+fn real_dcutr() -> Option<PathBuf> {
+    let path = Path::new(natlab()).parent()?.join("dcutr");
+    path.is_file().then_some(path)
+}
+
+fn broken(dcutr: &Path, run_id: &str, args: &[&str], mode: Option<&str>) -> Output {
+    let mut cmd = Command::new(natlab());
+    cmd.arg("broken")
+        .arg("--dcutr")
+        .arg(dcutr)
+        .arg("--json")
+        .arg("--run-id")
+        .arg(run_id)
+        .args(args)
+        .env("NATLAB_BIN", natlab());
+    if let Some(mode) = mode {
+        cmd.env("FAKE_DCUTR_MODE", mode);
+    }
+    let out = cmd.output().expect("run natlab broken");
+    eprintln!(
+        "--- natlab broken {args:?} -> {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn broken_relay_cut_and_killed_peer_end_cleanly_within_their_bounds() {
+    root_only!();
+    let Some(dcutr) = real_dcutr() else {
+        eprintln!("skipped: no dcutr next to natlab (cargo build -p dcutr-cli)");
+        return;
+    };
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for filter in ["relay-cut", "peer-killed"] {
+        let run_id = fresh_run_id();
+        let out = broken(&dcutr, &run_id, &["--runs", "1", "--filter", filter], None);
+        assert!(
+            out.status.success(),
+            "natlab broken --filter {filter} failed"
+        );
+        let recs = records(&out);
+        assert_eq!(recs.len(), 2, "tcp and quic");
+        for r in &recs {
+            assert_eq!(r["outcome"], "failed-clean", "{r}");
+            assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r}");
+            let (d, bound) = (
+                r["duration_ms"].as_f64().unwrap(),
+                r["bound_ms"].as_f64().unwrap(),
+            );
+            assert!(d <= bound, "{d} ms over the bound {bound} ms");
+            assert!(r["b_reason"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+        }
+        if filter == "relay-cut" {
+            for r in &recs {
+                assert_eq!(r["relay_forwarded"], r["cut_at"], "{r}");
+                assert!(
+                    r["a_reason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("relayed stream closed")
+                );
+            }
+        }
+        assert_eq!(run_prefix(&out), format!("nl{run_id}"));
+        assert_eq!(
+            leftovers(&run_id),
+            Vec::<String>::new(),
+            "namespaces left behind"
+        );
+    }
+}
+
+#[test]
+fn broken_flags_runs_that_never_reach_the_upgrade() {
+    root_only!();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The fake CLI never prints `paired`: no DCUtR ran, whatever it says.
+    let run_id = fresh_run_id();
+    let out = broken(
+        &fake(),
+        &run_id,
+        &["--runs", "1", "--filter", "loss10 cone/cone tcp"],
+        Some("ok"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let r = &records(&out)[0];
+    assert!(
+        r["violations"]
+            .to_string()
+            .contains("never printed \\\"paired\\\""),
+        "{r}"
+    );
+    assert_eq!(
+        r["seeds"].as_array().unwrap().len(),
+        2,
+        "loss runs record their seeds"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FAIL"), "diagnostics missing");
+    assert!(
+        err.contains("delayline d1"),
+        "the delay lines' logs are part of the diagnostics"
+    );
+    assert_eq!(
+        leftovers(&run_id),
+        Vec::<String>::new(),
+        "namespaces left behind"
     );
 }
