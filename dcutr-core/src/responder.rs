@@ -9,13 +9,12 @@ use crate::upgrade::{State, Upgrade};
 
 impl Upgrade {
     /// Waits for the first Connect. The initiator may first spend its
-    /// unilateral dial, so the wait covers that too.
+    /// unilateral dial, so the wait covers that too, whatever our own
+    /// `unilateral` setting: only the initiator dials unilaterally, and we
+    /// cannot know whether it will.
     pub(crate) fn responder_begin(&mut self) {
         self.state = State::AwaitPeerConnect;
-        let mut wait = self.config.step_timeout;
-        if self.config.unilateral {
-            wait += self.config.unilateral_timeout;
-        }
+        let wait = self.config.step_timeout + self.config.unilateral_timeout;
         self.timers.set(TimerKind::StepTimeout, self.now + wait);
     }
 

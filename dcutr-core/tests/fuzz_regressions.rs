@@ -243,7 +243,6 @@ fn unilateral_then_punch(responder_unilateral: bool) -> Sim {
 /// and the hole punch of attempt 1 succeeds on both sides (as in the
 /// control below).
 #[test]
-#[ignore = "bug: a responder with `unilateral: false` stops waiting while the initiator's unilateral dial runs; the initiator then writes its Connect into the stream handed to the application and resets it"]
 fn a_responder_without_unilateral_waits_out_the_initiators_unilateral_dial() {
     let sim = unilateral_then_punch(false);
     let (b, a) = both_upgraded(&sim);
