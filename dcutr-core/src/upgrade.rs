@@ -564,9 +564,7 @@ impl Upgrade {
             self.timeline.inbound_rejected += 1;
             return Err(InboundRejected::Finished);
         }
-        if self.config.identity_check == IdentityCheck::Token
-            && self.directs.pending_inbound() >= self.config.max_pending_inbound
-        {
+        if self.token_check() && self.directs.pending_inbound() >= self.config.max_pending_inbound {
             self.timeline.inbound_rejected += 1;
             return Err(InboundRejected::TooManyPending);
         }
