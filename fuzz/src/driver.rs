@@ -378,9 +378,12 @@ impl Driver {
             Input::DirectData(t, payload) => {
                 let id = self.resolve(*t);
                 let data = self.direct_payload(payload);
-                let rx = self.direct_rx.entry(id).or_default();
-                if rx.len() <= CHECK_LEN {
-                    rx.extend_from_slice(&data[..data.len().min(CHECK_LEN + 1 - rx.len())]);
+                // Only a connection that exists receives bytes.
+                if self.connected.contains(&id) {
+                    let rx = self.direct_rx.entry(id).or_default();
+                    if rx.len() <= CHECK_LEN {
+                        rx.extend_from_slice(&data[..data.len().min(CHECK_LEN + 1 - rx.len())]);
+                    }
                 }
                 self.up.handle_direct_data(now, id, &data);
             }

@@ -541,13 +541,16 @@ impl WorldCase {
             self.seed,
         );
         if let Some(limits) = &self.responder {
+            let shared = sim.responder.config.channel == RelayChannel::SharedStream;
             let c = &mut sim.responder.config;
-            c.max_attempts = 1 + limits.max_attempts % 4;
             // Known bug (fuzz_regressions::
-            // a_responder_without_unilateral_waits_out_the_initiators_unilateral_dial):
-            // a responder with `unilateral` off stops waiting during the
-            // initiator's unilateral dial. Only generated in strict mode.
-            c.unilateral = limits.unilateral || !crate::strict();
+            // peers_with_different_attempt_limits_leave_the_shared_stream_alone):
+            // on a shared stream nothing tells the initiator that a responder
+            // with fewer attempts gave up. Only generated in strict mode.
+            if !shared || crate::strict() {
+                c.max_attempts = 1 + limits.max_attempts % 4;
+            }
+            c.unilateral = limits.unilateral;
             c.step_timeout = 4 * relay + millis(limits.step % 10_000, 50);
         }
         // Without the token check the caller's own handshake keeps
