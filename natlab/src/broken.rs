@@ -631,9 +631,31 @@ pub fn evaluate(case: &Case, run: u32, bounds: &Bounds, seen: Observed) -> Recor
             }
         }
     }
+    // The two state machines must agree; the CLI's proof comes later.
+    let core_said = |p: &PeerRun| {
+        CORE_OUTCOME_EVENTS
+            .iter()
+            .find(|e| has_event(&p.output, e))
+            .copied()
+    };
+    let cores_disagree = !a_stopped
+        && matches!(
+            (core_said(&a), core_said(&b)),
+            (Some(x), Some(y)) if x != y
+        );
+    if cores_disagree {
+        v.push(format!(
+            "the cores disagree: A's DCUtR {}, B's {} (a split outcome)",
+            core_said(&a).unwrap_or_default(),
+            core_said(&b).unwrap_or_default()
+        ));
+    }
     v.dedup();
     let error_phase = matches!(outcome, Outcome::Error | Outcome::Timeout)
         .then(|| {
+            if cores_disagree {
+                return Some(ErrorPhase::Upgrade);
+            }
             [(&a, !a_stopped), (&b, true)]
                 .into_iter()
                 .filter(|(p, ran)| *ran && !ok(p) && !failed_clean(p))
@@ -710,6 +732,13 @@ pub struct Row {
 /// reason (B's, else A's), or for an error its phase and what the peers or
 /// the runner said.
 fn note(r: &Record) -> Option<String> {
+    if let Some(split) = r
+        .violations
+        .iter()
+        .find(|v| v.starts_with("the cores disagree"))
+    {
+        return Some(format!("{} in the upgrade phase: {split}", r.outcome));
+    }
     if let Some(phase) = r.error_phase {
         let said = r.errors[1]
             .clone()
@@ -1669,6 +1698,25 @@ mod tests {
                 .violations
                 .iter()
                 .any(|v| v.contains("the other was stopped"))
+        );
+        // One core upgraded, the other failed: a split outcome, placed in
+        // the upgrade phase whatever the CLI did next.
+        let split = run(
+            peer(
+                1,
+                &["paired", "failed"],
+                result(false, "client", 1, Some("peer started no further attempt")),
+            ),
+            errored(&["paired", "upgraded", "timeline", "error"]),
+            false,
+        );
+        assert_eq!(split.error_phase, Some(ErrorPhase::Upgrade));
+        assert!(
+            note(&split).unwrap().starts_with(
+                "error in the upgrade phase: the cores disagree: A's DCUtR failed, B's upgraded"
+            ),
+            "{:?}",
+            note(&split)
         );
         // Clean runs have no phase.
         let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
