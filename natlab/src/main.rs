@@ -10,6 +10,7 @@ mod broken;
 mod cmd;
 mod contract;
 mod delayline;
+mod libp2p;
 mod matrix;
 mod names;
 mod nat;
@@ -53,6 +54,9 @@ enum Command {
     /// Run the dcutr CLI on broken networks: packet loss, a relay that cuts
     /// the stream, a peer that vanishes; every run within a bound.
     Broken(broken::Args),
+    /// Stock rust-libp2p DCUtR behind one cone NAT and ours (dcutr-libp2p)
+    /// behind the other, both roles, over TCP (needs examples/lab_node).
+    Libp2p(libp2p::Args),
     /// Remove every leftover lab namespace (nlXXXXXX-*) and the processes in it.
     Cleanup,
     /// Build one topology, print its namespaces, hold it, tear it down.
@@ -222,6 +226,7 @@ fn run(command: Command) -> Result<ExitCode> {
             cmd::ensure_tools()?;
             broken::run(&args)
         }
+        Command::Libp2p(args) => libp2p::run(&args),
         Command::Cleanup => {
             if let Some(code) = needs_root() {
                 return Ok(code);
