@@ -20,9 +20,11 @@ use crate::{PeerArgs, Runtime};
 /// Round trips on the direct connection; the median is the direct RTT.
 pub const DIRECT_PINGS: usize = 5;
 
-/// How long to wait for the peer's answer on the direct connection or on
-/// the relayed stream after the upgrade.
-pub const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the proof after the upgrade (5 round trips each way on the
+/// direct connection, or one on the relayed stream after a failure) may
+/// take. Two round trips suffice on a clean path; the margin is for TCP's
+/// retransmission backoff on a lossy one (the NAT lab's 30 % loss cases).
+pub const PROOF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest wait for the QUIC endpoint to send its last close frames.
 pub const QUIC_DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -71,6 +73,14 @@ enum Finished {
         reason: UpgradeFailure,
         report: Report,
         relay_usable: bool,
+    },
+    /// The core upgraded, but the direct connection did not carry the
+    /// proof's data in time (a path too lossy to use).
+    ProofFailed {
+        transport: Transport,
+        role: Role,
+        report: Report,
+        error: String,
     },
 }
 
@@ -208,6 +218,33 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
                 direct_rtt_ms: Some(ms(direct_rtt)),
                 relay_usable: true,
                 reason: None,
+            }
+        }
+        Finished::ProofFailed {
+            transport,
+            role,
+            report,
+            error,
+        } => {
+            reporter.event(
+                "proof_failed",
+                json!({ "reason": error }),
+                format_args!("the direct connection did not carry data: {error}"),
+            );
+            PeerResult {
+                ok: false,
+                transport: wire_transport(transport),
+                role: wire_role(role),
+                remote: None,
+                attempts: report.attempts() as u32,
+                unilateral: report.unilateral(),
+                rtt_ms: report.rtt().map(ms),
+                time_to_direct_ms: None,
+                direct_rtt_ms: None,
+                relay_usable: false,
+                reason: Some(format!(
+                    "upgraded, but the direct connection failed the data proof: {error}"
+                )),
             }
         }
         Finished::Failed {
@@ -351,14 +388,22 @@ where
     match result {
         Ok(up) => {
             print_timeline(reporter, &up.report);
-            let direct_rtt = prove_direct(up.connection, up.role).await?;
+            let proof = prove_direct(up.connection, up.role).await;
             drain(endpoint).await;
-            Ok(Finished::Upgraded {
-                transport: up.transport,
-                role: up.role,
-                remote: up.remote,
-                report: up.report,
-                direct_rtt,
+            Ok(match proof {
+                Ok(direct_rtt) => Finished::Upgraded {
+                    transport: up.transport,
+                    role: up.role,
+                    remote: up.remote,
+                    report: up.report,
+                    direct_rtt,
+                },
+                Err(error) => Finished::ProofFailed {
+                    transport: up.transport,
+                    role: up.role,
+                    report: up.report,
+                    error: format!("{error:#}"),
+                },
             })
         }
         Err(error) => {

@@ -75,9 +75,12 @@ impl Report {
     /// From the last attempt's Connect (sent by the initiator, received
     /// by the responder) to the direct connection: the figure that the
     /// bound `1.5 * relayed RTT + direct RTT` applies to. For a unilateral
-    /// win, from the start.
+    /// win, from the start. `None` when there is no direct connection.
     #[must_use]
     pub fn time_to_direct(&self) -> Option<Duration> {
+        if !matches!(self.outcome, Some(Outcome::Upgraded(_))) {
+            return None;
+        }
         let decided = self.timeline.decided?;
         let from = match self.timeline.attempts.last() {
             Some(a) => match self.side {

@@ -55,7 +55,7 @@ pub const LOSS_LINK_JITTER_MS: f64 = 2.0;
 /// upgrade (direct, or relayed after a failure): `PROOF_TIMEOUT` in
 /// dcutr-cli/src/peer.rs. natlab treats the CLI as a black box, so it is
 /// mirrored here rather than linked.
-pub const CLI_PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CLI_PROOF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `dcutr peer`'s wait for QUIC close frames before exiting:
 /// `QUIC_DRAIN_LIMIT` in dcutr-cli/src/peer.rs (mirrored, as above).
