@@ -56,6 +56,7 @@ use libp2p::core::transport::Transport as _;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, Swarm, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, dcutr as stock, identify, identity, plaintext, relay, tcp, yamux};
 use serde_json::{Value, json};
@@ -405,6 +406,9 @@ struct State {
     open: u32,
     /// When we finished and started lingering.
     lingering_since: Option<Instant>,
+    /// The dialer's dial of the peer's relayed address, and its error.
+    relayed_dial: Option<ConnectionId>,
+    relayed_dial_error: Option<String>,
 }
 
 impl State {
@@ -508,6 +512,7 @@ async fn run_peer(args: &Args, key: &identity::Keypair, out: &Out) -> ExitCode {
         .clone()
         .with(Protocol::P2pCircuit)
         .with(Protocol::P2p(me));
+    let mut relayed_dial = None;
     let peer = match args.mode {
         Mode::Listen => {
             out.emit(
@@ -528,20 +533,28 @@ async fn run_peer(args: &Args, key: &identity::Keypair, out: &Out) -> ExitCode {
                 json!({"peer_id": me.to_string(), "to": target.to_string(),
                        "observed": observed.to_string()}),
             );
-            if let Err(e) = swarm.dial(target.clone()) {
+            let opts = DialOpts::from(target.clone());
+            relayed_dial = Some(opts.connection_id());
+            if let Err(e) = swarm.dial(opts) {
                 return fail_setup(format!("dialling {target}: {e}"));
             }
             Some(peer)
         }
     };
 
-    let mut st = State::default();
+    let mut st = State {
+        relayed_dial,
+        ..State::default()
+    };
     let mut peer = peer;
     let relay_peer = match relay_addr.iter().last() {
         Some(Protocol::P2p(id)) => id,
         _ => unreachable!("checked by parse_args"),
     };
     let timed_out = loop {
+        if st.relayed_dial_error.is_some() {
+            break false;
+        }
         if st.finished() {
             let since = *st.lingering_since.get_or_insert_with(Instant::now);
             if st.open == 0 || since.elapsed() >= EXIT_LINGER {
@@ -560,6 +573,8 @@ async fn run_peer(args: &Args, key: &identity::Keypair, out: &Out) -> ExitCode {
     let ok = st.direct.is_some() && st.echo_ok == Some(true);
     let reason = if ok {
         None
+    } else if let Some(e) = &st.relayed_dial_error {
+        Some(format!("the dial through the relay failed: {e}"))
     } else if st.relayed_at.is_none() {
         Some("no relayed connection to the peer".to_owned())
     } else if st.direct.is_none() {
@@ -736,10 +751,19 @@ fn handle_event(
                 json!({"side": p.side.to_string(), "detail": format!("{:?}", p.event)}),
             );
         }
-        SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => out.emit(
-            "dial-error",
-            json!({"peer_id": peer_id.map(|p| p.to_string()), "error": error.to_string()}),
-        ),
+        SwarmEvent::OutgoingConnectionError {
+            peer_id,
+            connection_id,
+            error,
+        } => {
+            out.emit(
+                "dial-error",
+                json!({"peer_id": peer_id.map(|p| p.to_string()), "error": error.to_string()}),
+            );
+            if st.relayed_dial == Some(connection_id) {
+                st.relayed_dial_error = Some(error.to_string());
+            }
+        }
         SwarmEvent::IncomingConnectionError {
             send_back_addr,
             error,
