@@ -13,3 +13,4 @@ fi
 cargo build --locked -p dcutr-natlab -p dcutr-cli
 target/debug/natlab selftest
 target/debug/natlab matrix --markdown target/natlab-report.md "$@"
+cargo build --locked --workspace --lib --bins --examples && target/debug/natlab libp2p --runs 1 --markdown target/natlab-libp2p.md

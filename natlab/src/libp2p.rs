@@ -63,7 +63,7 @@ const RESULT_EVENT: &str = "result";
 pub struct Args {
     /// The lab node (default: `examples/lab_node` next to natlab, i.e.
     /// `target/debug/examples/lab_node` after
-    /// `cargo build --workspace --example lab_node`).
+    /// `cargo build --workspace --lib --bins --examples`).
     #[arg(long)]
     pub node: Option<PathBuf>,
     /// Runs per pairing.
@@ -75,8 +75,8 @@ pub struct Args {
     /// Only pairings whose name contains this (e.g. "stock-B").
     #[arg(long)]
     pub filter: Option<String>,
-    /// Put a delay line of this one-way delay in front of both sites (the
-    /// relayed RTT grows by 4x, the direct one by 4x too).
+    /// Put a delay line of this one-way delay in front of both sites: adds
+    /// 4x this to the relayed RTT and to the direct one.
     #[arg(long)]
     pub delay_ms: Option<f64>,
     /// Also write the Markdown table to this file.
@@ -444,7 +444,7 @@ fn locate_node(explicit: Option<&Path>) -> Result<PathBuf> {
     };
     if !candidate.is_file() {
         bail!(
-            "no lab node at {}; build it with `cargo build --workspace --example lab_node` or pass --node PATH",
+            "no lab node at {}; build it with `cargo build --workspace --lib --bins --examples` or pass --node PATH",
             candidate.display()
         );
     }

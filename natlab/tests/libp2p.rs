@@ -3,10 +3,11 @@
 //! Without root it prints why and passes.
 //!
 //! The lab node is dcutr-libp2p's `lab_node` example. The test builds it
-//! with the workspace's feature set (`cargo build --workspace --example
-//! lab_node`), which is a no-op after `cargo build --workspace
-//! --all-targets` or inside `cargo test --workspace`, and never a second
-//! libp2p build next to the workspace's.
+//! with the workspace's feature set (`cargo build --workspace --lib --bins
+//! --examples`: the same libp2p build as `cargo build --workspace
+//! --all-targets` and `cargo test --workspace`, so a no-op there). Not
+//! `--example lab_node` alone: that resolves features for dcutr-libp2p
+//! only, which is a second libp2p build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,7 +56,14 @@ fn build_lab_node() -> PathBuf {
         .expect("natlab lives in the workspace");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .args(["build", "--locked", "--workspace", "--example", "lab_node"])
+        .args([
+            "build",
+            "--locked",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--examples",
+        ])
         .current_dir(workspace)
         .status()
         .expect("run cargo build");
