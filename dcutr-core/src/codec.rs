@@ -51,12 +51,28 @@ pub enum MessageType {
 
 /// The dcutr-rs `Hello` frame (not in the libp2p specification): the
 /// sender's random token, exchanged only in
-/// [`IdentityCheck::Token`](crate::IdentityCheck::Token) mode.
+/// [`IdentityCheck::Token`](crate::IdentityCheck::Token) mode, and its
+/// attempt limit.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Hello {
     /// The sender's token; must be exactly [`TOKEN_LEN`] bytes.
     #[prost(bytes = "vec", optional, tag = "1")]
     pub token: Option<Vec<u8>>,
+    /// The sender's [`Config::max_attempts`](crate::Config::max_attempts):
+    /// on a shared stream both sides must stop after the same attempt, or
+    /// the one that goes on writes into a stream the other has handed back
+    /// to the application. Both use the smaller limit.
+    #[prost(uint32, optional, tag = "2")]
+    pub max_attempts: Option<u32>,
+}
+
+/// A decoded `Hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloFrame {
+    /// The sender's token.
+    pub token: [u8; TOKEN_LEN],
+    /// The sender's attempt limit, if it sent one.
+    pub max_attempts: Option<u32>,
 }
 
 /// A decoded and type-checked `HolePunch` message.
@@ -144,11 +160,12 @@ pub fn encode_sync() -> Bytes {
     })
 }
 
-/// Encodes a `Hello` frame carrying `token`.
+/// Encodes a `Hello` frame carrying `token` and `max_attempts`.
 #[must_use]
-pub fn encode_hello(token: &[u8; TOKEN_LEN]) -> Bytes {
+pub fn encode_hello(token: &[u8; TOKEN_LEN], max_attempts: u8) -> Bytes {
     frame(&Hello {
         token: Some(token.to_vec()),
+        max_attempts: Some(u32::from(max_attempts)),
     })
 }
 
@@ -174,17 +191,21 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, CodecError> {
     }
 }
 
-/// Decodes one frame payload as a `Hello` and returns its token.
+/// Decodes one frame payload as a `Hello`.
 ///
 /// # Errors
 /// [`CodecError::Protobuf`] or [`CodecError::BadToken`].
-pub fn decode_hello(payload: &[u8]) -> Result<[u8; TOKEN_LEN], CodecError> {
+pub fn decode_hello(payload: &[u8]) -> Result<HelloFrame, CodecError> {
     let hello = Hello::decode(payload)?;
     let token = hello.token.unwrap_or_default();
-    token
+    let token = token
         .as_slice()
         .try_into()
-        .map_err(|_| CodecError::BadToken { len: token.len() })
+        .map_err(|_| CodecError::BadToken { len: token.len() })?;
+    Ok(HelloFrame {
+        token,
+        max_attempts: hello.max_attempts,
+    })
 }
 
 /// Reassembles length-prefixed frames from a byte stream.
@@ -478,12 +499,18 @@ mod tests {
     #[test]
     fn hello_round_trips_and_checks_token_length() {
         let token = [7u8; TOKEN_LEN];
-        let frame = encode_hello(&token);
+        let frame = encode_hello(&token, 3);
         let payload = FrameDecoder::new(MAX_MESSAGE_SIZE)
             .decode(&mut &frame[..])
             .unwrap()
             .unwrap();
-        assert_eq!(decode_hello(&payload), Ok(token));
+        assert_eq!(
+            decode_hello(&payload),
+            Ok(HelloFrame {
+                token,
+                max_attempts: Some(3)
+            })
+        );
         assert_eq!(
             decode_hello(&[0x0a, 2, 1, 2]),
             Err(CodecError::BadToken { len: 2 })

@@ -109,7 +109,10 @@ pub struct Config {
     pub max_local_addrs: usize,
     /// Hole-punch attempts before giving up. Default 3 (the spec: the
     /// initiator retries twice). 97.6 % of successes in the field come on
-    /// the first attempt, so more rarely pays.
+    /// the first attempt, so more rarely pays. On a shared stream both
+    /// sides must stop after the same attempt: with the token check they
+    /// agree on the smaller of their limits through the `Hello`; without
+    /// it, configure the same value on both.
     pub max_attempts: u8,
     /// How long to wait for each message of the exchange (Hello, Connect,
     /// Sync) and for a stream to open. Default 10 s, as rust-libp2p.

@@ -30,10 +30,10 @@ impl Upgrade {
     pub(crate) fn responder_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
         match (self.state, msg) {
             (State::AwaitPeerConnect | State::Punching, Message::Connect(raw)) => {
-                if self.attempt >= self.config.max_attempts {
+                if self.attempt >= self.max_attempts {
                     return Err(ProtocolError::TooManyAttempts {
                         attempt: self.attempt.saturating_add(1),
-                        max: self.config.max_attempts,
+                        max: self.max_attempts,
                     });
                 }
                 if self.state == State::Punching {
@@ -89,7 +89,7 @@ impl Upgrade {
         }
         let attempt_running = matches!(self.state, State::AwaitSync | State::Punching);
         if self.state == State::AwaitPeerConnect || attempt_running {
-            if self.attempt >= self.config.max_attempts {
+            if self.attempt >= self.max_attempts {
                 self.outputs.push_back(Output::ResetStream);
                 return;
             }

@@ -130,6 +130,9 @@ pub struct Upgrade {
     pub(crate) state: State,
     /// The current (or last) attempt number; 0 before the first.
     pub(crate) attempt: u8,
+    /// Attempts allowed: [`Config::max_attempts`], lowered to the peer's
+    /// limit when its `Hello` carries one.
+    pub(crate) max_attempts: u8,
     pub(crate) failures: Vec<AttemptFailure>,
     pending_failure: Option<Failure>,
     pub(crate) decoder: FrameDecoder,
@@ -223,6 +226,7 @@ impl UpgradeBuilder {
             }
         }
         let shared = self.config.channel == RelayChannel::SharedStream;
+        let max_attempts = self.config.max_attempts;
         let mut up = Upgrade {
             side: self.side,
             decoder: FrameDecoder::new(self.config.max_message_size),
@@ -231,6 +235,7 @@ impl UpgradeBuilder {
             now,
             state: State::AwaitHello,
             attempt: 0,
+            max_attempts,
             failures: Vec::new(),
             pending_failure: None,
             stream_open: shared,
@@ -251,7 +256,7 @@ impl UpgradeBuilder {
         };
         tracing::debug!(side = %up.side, "dcutr upgrade started");
         if up.token_check() {
-            let hello = codec::encode_hello(&up.own_token);
+            let hello = codec::encode_hello(&up.own_token, up.config.max_attempts);
             up.outputs.push_back(Output::WriteStream(hello));
         }
         let dials_first =
@@ -505,7 +510,7 @@ impl Upgrade {
             let handled = match expect {
                 Expect::Hello => codec::decode_hello(&frame)
                     .map_err(ProtocolError::from)
-                    .map(|token| self.on_hello(token)),
+                    .map(|hello| self.on_hello(hello)),
                 _ => codec::decode_message(&frame)
                     .map_err(ProtocolError::from)
                     .and_then(|msg| match self.side {
@@ -712,8 +717,14 @@ impl Upgrade {
         }
     }
 
-    fn on_hello(&mut self, token: [u8; TOKEN_LEN]) {
+    fn on_hello(&mut self, hello: codec::HelloFrame) {
+        let token = hello.token;
         self.peer_token = Some(token);
+        if let Some(peer_max) = hello.max_attempts {
+            // A shared stream must end after the same attempt on both sides.
+            let peer_max = u8::try_from(peer_max.max(1)).unwrap_or(u8::MAX);
+            self.max_attempts = self.max_attempts.min(peer_max);
+        }
         self.outputs.push_back(Output::Event(Event::HelloReceived));
         // Inbound connections whose check passed before the token arrived
         // can be answered now.
@@ -1174,7 +1185,7 @@ impl Upgrade {
     /// for one, or the final failure.
     pub(crate) fn fail_attempt(&mut self, reason: AttemptFailure) {
         self.abandon_attempt(reason);
-        let more = self.attempt < self.config.max_attempts;
+        let more = self.attempt < self.max_attempts;
         if self.relay_closed {
             self.final_failure(Failure::RelayClosed {
                 step: Step::NextAttempt,

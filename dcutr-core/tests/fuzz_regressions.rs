@@ -274,9 +274,9 @@ fn a_responder_with_unilateral_waits_out_the_initiators_unilateral_dial() {
 /// stream has no end-of-protocol signal, so the sides must agree on their
 /// limits (for example by carrying `max_attempts` in the `Hello`).
 /// Expected: both fail and leave the stream alone, with no protocol bytes
-/// after the responder's outcome.
+/// after the responder's outcome. Fixed: the `Hello` carries each side's
+/// limit and both use the smaller.
 #[test]
-#[ignore = "bug: on a shared stream, a responder with fewer attempts gives up silently; the initiator's next Connect goes into the application's stream and its step timeout resets it"]
 fn peers_with_different_attempt_limits_leave_the_shared_stream_alone() {
     let sim = fewer_responder_attempts(1);
     assert!(matches!(

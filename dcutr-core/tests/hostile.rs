@@ -224,7 +224,7 @@ fn on_a_shared_stream_a_protocol_error_ends_the_upgrade() {
     let mut up = start(Side::Responder, Config::shared_stream());
     drain(&mut up);
     // A valid Hello, then a Sync where a Connect must come.
-    let hello = dcutr_core::codec::encode_hello(&[3; 16]);
+    let hello = dcutr_core::codec::encode_hello(&[3; 16], 3);
     let out = feed(&mut up, &[&hello[..], &sync_frame()[..]].concat());
     assert!(matches!(
         up.outcome(),

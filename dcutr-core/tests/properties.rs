@@ -116,12 +116,12 @@ proptest! {
         let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
         let (connect, count) = encode_connect(raw.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE);
         prop_assert_eq!(count, raw.len(), "20 candidates always fit");
-        let stream = [&encode_hello(&token)[..], &connect[..], &encode_sync()[..]].concat();
+        let stream = [&encode_hello(&token, 3)[..], &connect[..], &encode_sync()[..]].concat();
         let one_go = decode_chunked(&stream, &[]);
         let chunked = decode_chunked(&stream, &cuts);
         prop_assert_eq!(&one_go, &chunked);
         prop_assert_eq!(one_go.len(), 3);
-        prop_assert_eq!(decode_hello(&one_go[0]), Ok(token));
+        prop_assert_eq!(decode_hello(&one_go[0]).map(|h| h.token), Ok(token));
         prop_assert_eq!(decode_message(&one_go[1]), Ok(Message::Connect(raw)));
         prop_assert_eq!(decode_message(&one_go[2]), Ok(Message::Sync));
         // The parsed addresses are the candidates we started from.

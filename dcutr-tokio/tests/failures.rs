@@ -93,7 +93,7 @@ async fn a_relay_that_drops_mid_protocol_is_a_clean_error() {
     let (ours, mut theirs) = relayed_pair().await;
     let (options, _) = peer(Side::Initiator, Transport::Tcp, loopback_config());
     // The peer says Hello, then the relay drops the stream.
-    theirs.write_all(&encode_hello(&[5; 16])).await.unwrap();
+    theirs.write_all(&encode_hello(&[5; 16], 3)).await.unwrap();
     drop(theirs);
     let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
         .await

@@ -130,10 +130,15 @@ fuzz_target!(|case: Case| {
         }
         Err(_) => {}
     }
-    if let Ok(token) = codec::decode_hello(&case.payload) {
-        assert_eq!(token.len(), TOKEN_LEN);
-        let frame = codec::encode_hello(&token);
-        assert_eq!(codec::decode_hello(&frame[1..]), Ok(token));
+    if let Ok(hello) = codec::decode_hello(&case.payload) {
+        assert_eq!(hello.token.len(), TOKEN_LEN);
+        let limit = hello
+            .max_attempts
+            .map_or(1, |m| u8::try_from(m).unwrap_or(u8::MAX).max(1));
+        let frame = codec::encode_hello(&hello.token, limit);
+        let again = codec::decode_hello(&frame[1..]).expect("our own Hello decodes");
+        assert_eq!(again.token, hello.token);
+        assert_eq!(again.max_attempts, Some(u32::from(limit)));
     }
     if let Ok(c) = Candidate::from_bytes(&case.payload) {
         assert_eq!(Candidate::from_bytes(&c.to_multiaddr().to_vec()), Ok(c));

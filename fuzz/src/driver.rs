@@ -546,7 +546,8 @@ impl Driver {
         let mut bytes = Vec::new();
         for f in frames {
             match f {
-                Frame::Hello(token) => bytes.extend_from_slice(&codec::encode_hello(token)),
+                Frame::Hello(token) => bytes
+                    .extend_from_slice(&codec::encode_hello(token, dcutr_core::MAX_ATTEMPTS_LIMIT)),
                 Frame::Connect(raw) => {
                     let (frame, count) = codec::encode_connect(
                         raw.iter().map(Vec::as_slice),
@@ -703,8 +704,11 @@ impl Driver {
                 assert!(input.is_empty(), "one write carries exactly one frame");
                 let token_mode = cfg.identity_check == IdentityCheck::Token;
                 if token_mode && self.own_token.is_none() {
-                    self.own_token =
-                        Some(codec::decode_hello(&payload).expect("the first write is a Hello"));
+                    self.own_token = Some(
+                        codec::decode_hello(&payload)
+                            .expect("the first write is a Hello")
+                            .token,
+                    );
                 } else {
                     let msg = codec::decode_message(&payload)
                         .unwrap_or_else(|e| panic!("we wrote an undecodable message: {e}"));

@@ -543,11 +543,13 @@ impl WorldCase {
         if let Some(limits) = &self.responder {
             let shared = sim.responder.config.channel == RelayChannel::SharedStream;
             let c = &mut sim.responder.config;
-            // Known bug (fuzz_regressions::
-            // peers_with_different_attempt_limits_leave_the_shared_stream_alone):
-            // on a shared stream nothing tells the initiator that a responder
-            // with fewer attempts gave up. Only generated in strict mode.
-            if !shared || crate::strict() {
+            // On a shared stream the sides agree on the smaller limit through
+            // the token check's Hello (fuzz_regressions::
+            // peers_with_different_attempt_limits_leave_the_shared_stream_alone).
+            // Without it nothing can tell the initiator that a responder with
+            // fewer attempts gave up, so the config must match: documented,
+            // and only generated in strict mode.
+            if !shared || self.token || crate::strict() {
                 c.max_attempts = 1 + limits.max_attempts % 4;
             }
             c.unilateral = limits.unilateral;

@@ -320,7 +320,8 @@ pub fn all_cases() -> Vec<Case> {
 pub fn cut_after_connect(transport: Transport, b_observed: SocketAddr) -> u64 {
     use dcutr_core::Candidate;
     use dcutr_core::codec::{MAX_MESSAGE_SIZE, TOKEN_LEN, encode_connect, encode_hello};
-    let hello = encode_hello(&[0; TOKEN_LEN]).len();
+    let max_attempts = dcutr_core::Config::shared_stream().max_attempts;
+    let hello = encode_hello(&[0; TOKEN_LEN], max_attempts).len();
     let candidate = match transport {
         Transport::Tcp => Candidate::tcp(b_observed),
         Transport::Quic => Candidate::quic(b_observed),
@@ -1290,18 +1291,18 @@ mod tests {
         assert_eq!(b.step_timeout, Duration::from_secs(10));
         assert_eq!(b.direct_timeout, Duration::from_secs(5));
         assert_eq!(b.max_attempts, 3);
-        assert_eq!(b.upgrade, Duration::from_secs(3 * 15 + 10 + 2));
+        assert_eq!(b.upgrade, Duration::from_secs(3 * 15 + 30 + 2));
         assert_eq!(b.relay_cut, Duration::from_secs(10));
-        assert_eq!(b.vanish, Duration::from_secs(25));
+        assert_eq!(b.vanish, Duration::from_secs(45));
         let text = b.explain();
         assert!(
-            text.contains("3 x (step 10 s + direct 5 s) + CLI proof 10 s + QUIC drain 2 s = 57 s"),
+            text.contains("3 x (step 10 s + direct 5 s) + CLI proof 30 s + QUIC drain 2 s = 77 s"),
             "{text}"
         );
         // A different config moves them.
         let mut c = dcutr_core::Config::default();
         c.max_attempts = 1;
-        assert_eq!(Bounds::from_config(&c).upgrade, Duration::from_secs(27));
+        assert_eq!(Bounds::from_config(&c).upgrade, Duration::from_secs(47));
     }
 
     #[test]
@@ -1315,12 +1316,13 @@ mod tests {
     #[test]
     fn the_cut_point_is_two_hellos_and_one_connect() {
         let b: SocketAddr = "203.0.113.12:5000".parse().unwrap();
-        // Hello: 1-byte length + (tag, len, 16-byte token) = 19 bytes.
+        // Hello: 1-byte length + (tag, len, 16-byte token) + (tag, attempt
+        // limit) = 21 bytes.
         // Connect: 1-byte length + type (2) + one address field: tag, len
         // and 8 bytes for /ip4/../tcp/5000, or 11 for
         // /ip4/../udp/5000/quic-v1 (two-byte protocol codes).
-        assert_eq!(cut_after_connect(Transport::Tcp, b), 2 * 19 + 13);
-        assert_eq!(cut_after_connect(Transport::Quic, b), 2 * 19 + 16);
+        assert_eq!(cut_after_connect(Transport::Tcp, b), 2 * 21 + 13);
+        assert_eq!(cut_after_connect(Transport::Quic, b), 2 * 21 + 16);
     }
 
     #[test]
@@ -1395,14 +1397,14 @@ mod tests {
             Observed {
                 a: peer(1, &[], result(false, "client", 3, Some("x"))),
                 b: peer(1, &[], result(false, "server", 3, Some("x"))),
-                times: both_paired_then_exit(58.0, 20.0),
+                times: both_paired_then_exit(78.0, 20.0),
                 ..Observed::default()
             },
         );
         assert!(
             slow.violations
                 .iter()
-                .any(|v| v.starts_with("A: 57.9 s from paired to exit, over the bound 57.0 s")),
+                .any(|v| v.starts_with("A: 77.9 s from paired to exit, over the bound 77.0 s")),
             "{:?}",
             slow.violations
         );
@@ -1579,7 +1581,7 @@ mod tests {
                 a: killed_a.clone(),
                 b: b_failed.clone(),
                 times: Times {
-                    b_exit: s(26.0),
+                    b_exit: s(46.0),
                     ..gone.clone()
                 },
                 ..Observed::default()
@@ -1588,7 +1590,7 @@ mod tests {
         assert!(
             late.violations
                 .iter()
-                .any(|v| v.contains("over the bound 25.0 s"))
+                .any(|v| v.contains("over the bound 45.0 s"))
         );
 
         let b_crashed = evaluate(
