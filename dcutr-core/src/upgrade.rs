@@ -1153,14 +1153,7 @@ impl Upgrade {
     /// Ends the current attempt's punch without deciding what comes next.
     pub(crate) fn abandon_attempt(&mut self, reason: AttemptFailure) {
         let attempt = self.attempt;
-        for d in self
-            .directs
-            .drain_where(|d| d.is_dialing() && d.attempt == attempt)
-        {
-            self.timeline
-                .end_dial(d.id, self.now, DialResult::Cancelled);
-            self.outputs.push_back(Output::CloseDirect { id: d.id });
-        }
+        self.cancel_pending_dials();
         self.spray = None;
         self.remote.clear();
         for kind in [
@@ -1179,6 +1172,20 @@ impl Upgrade {
         self.failures.push(reason.clone());
         self.outputs
             .push_back(Output::Event(Event::AttemptFailed { attempt, reason }));
+    }
+
+    /// Cancels the current attempt's dials that have not connected yet;
+    /// connections already in their identity check keep their deadline.
+    fn cancel_pending_dials(&mut self) {
+        let attempt = self.attempt;
+        for d in self
+            .directs
+            .drain_where(|d| d.is_dialing() && d.attempt == attempt)
+        {
+            self.timeline
+                .end_dial(d.id, self.now, DialResult::Cancelled);
+            self.outputs.push_back(Output::CloseDirect { id: d.id });
+        }
     }
 
     /// Ends the current attempt and moves on: the next attempt, waiting
@@ -1206,15 +1213,7 @@ impl Upgrade {
     pub(crate) fn final_failure(&mut self, failure: Failure) {
         self.spray = None;
         self.timers.clear_all();
-        let attempt = self.attempt;
-        for d in self
-            .directs
-            .drain_where(|d| d.is_dialing() && d.attempt == attempt)
-        {
-            self.timeline
-                .end_dial(d.id, self.now, DialResult::Cancelled);
-            self.outputs.push_back(Output::CloseDirect { id: d.id });
-        }
+        self.cancel_pending_dials();
         if self.directs.is_empty() {
             self.finish(Outcome::Failed(failure));
         } else {
