@@ -19,7 +19,7 @@ use serde_json::Value;
 use tracing::info;
 
 use crate::contract::parse_event;
-use crate::matrix::{OTHER_PEER_GRACE, PEER_PORT, RELAY_PORT, RELAY_READY_TIMEOUT};
+use crate::matrix::{OTHER_PEER_GRACE, PEER_PORT, RELAY_PORT, RELAY_READY_TIMEOUT, wait_peers};
 use crate::names::RunNames;
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -44,7 +44,6 @@ pub const LISTENER_READY_TIMEOUT: Duration = Duration::from_secs(12);
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// How often the runner polls the peers for their exit.
-const PEER_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Lets the reader threads drain the pipes of peers that just exited.
 const PIPE_DRAIN_PAUSE: Duration = Duration::from_millis(20);
@@ -735,32 +734,6 @@ fn drive(
     };
     let record = evaluate(pairing, run, a, b, timed_out, duration, lab_problems);
     (record, procs)
-}
-
-/// Wait until every peer exited or `deadline`; once one has exited the
-/// others get at most `grace`. Returns whether time ran out.
-fn wait_peers(peers: &mut [Proc], deadline: Instant, grace: Duration) -> Result<bool> {
-    let mut deadline = deadline;
-    let mut grace_started = false;
-    loop {
-        let mut exited = 0;
-        for p in peers.iter_mut() {
-            if p.try_wait()?.is_some() {
-                exited += 1;
-            }
-        }
-        if exited == peers.len() {
-            return Ok(false);
-        }
-        if exited > 0 && !grace_started {
-            grace_started = true;
-            deadline = deadline.min(Instant::now() + grace);
-        }
-        if Instant::now() >= deadline {
-            return Ok(true);
-        }
-        std::thread::sleep(PEER_POLL_INTERVAL);
-    }
 }
 
 #[cfg(test)]

@@ -662,7 +662,7 @@ fn run_case(
 
 /// Wait until both peers exit or `deadline`; once one has exited the other
 /// gets at most `grace` ([`OTHER_PEER_GRACE`] by default). Returns whether time ran out.
-fn wait_peers(peers: &mut [Proc], deadline: Instant, grace: Duration) -> Result<bool> {
+pub(crate) fn wait_peers(peers: &mut [Proc], deadline: Instant, grace: Duration) -> Result<bool> {
     let mut deadline = deadline;
     let mut grace_started = false;
     loop {
