@@ -43,8 +43,6 @@ pub const LISTENER_READY_TIMEOUT: Duration = Duration::from_secs(12);
 /// exited: the listener's setup, then the dialer's whole run.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// How often the runner polls the peers for their exit.
-
 /// Lets the reader threads drain the pipes of peers that just exited.
 const PIPE_DRAIN_PAUSE: Duration = Duration::from_millis(20);
 
