@@ -86,6 +86,9 @@ pub struct Handler {
     events: VecDeque<HandlerEvent>,
     pending_open: usize,
     keep_alive: bool,
+    /// The upgrade is over: the active stream only delivers what is
+    /// still queued (a last Sync), is finished, then dropped.
+    done: bool,
 }
 
 impl Handler {
@@ -97,10 +100,16 @@ impl Handler {
             events: VecDeque::new(),
             pending_open: 0,
             keep_alive: true,
+            done: false,
         }
     }
 
     fn adopt(&mut self, stream: Stream) {
+        if self.done {
+            // A stream the peer opened after the upgrade ended: nobody
+            // would answer it.
+            return;
+        }
         self.next_stream += 1;
         let id = self.next_stream;
         if let Some(old) = self.active.take() {
@@ -163,6 +172,14 @@ impl Handler {
                     ended = true;
                 }
             }
+        }
+        if self.done {
+            // Nobody reads any more: drop the stream once what was queued
+            // is out and our side is finished, or the stream broke.
+            if ended || active.write_closed {
+                self.active = None;
+            }
+            return;
         }
         let mut buf = [0u8; READ_CHUNK];
         while !ended && !active.read_closed {
@@ -228,8 +245,16 @@ impl ConnectionHandler for Handler {
                 }
             }
             Command::Done => {
-                self.active = None;
+                // Dropping the stream now would reset it under bytes still
+                // queued, such as the last attempt's Sync: the peer would
+                // see its exchange fail for the wrong reason. Deliver them,
+                // finish the stream, then drop it (`drive`).
+                self.done = true;
+                self.pending_open = 0;
                 self.keep_alive = false;
+                if let Some(a) = self.active.as_mut() {
+                    a.finish = true;
+                }
             }
         }
     }
