@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use dcutr_core::{
-    Candidate, DialError, DirectId, Event as CoreEvent, ObservedAddrs, Output, Role, Side, Upgrade,
+    Candidate, DialError, DirectId, Event as CoreEvent, ObservedAddrs, Output, Role, Side,
+    Transport, Upgrade,
 };
 use either::Either;
 use futures::FutureExt;
@@ -50,7 +51,9 @@ type ToSwarmEvent<E> = ToSwarm<E, Either<Command, std::convert::Infallible>>;
 ///   unilateral upgrade), then opens a `/libp2p/dcutr` stream per attempt,
 ///   measures the RTT, sends Sync and dials half a round trip later with
 ///   `override_role()` (it is the listener for security and muxer
-///   negotiation) and port reuse;
+///   negotiation) and port reuse over TCP; over QUIC its dial also
+///   carries `allocate_new_port()`, which libp2p-quic runs as the spec's
+///   server punch (spray from the listening socket, accept the client);
 /// * the side that **dialled** it (the spec's A, [`Side::Responder`])
 ///   accepts `/libp2p/dcutr` streams on relayed connections only, answers,
 ///   and dials on Sync as a normal dialer.
@@ -314,11 +317,23 @@ impl<E: FromReport> Behaviour<E> {
                     let mut opts = DialOpts::peer_id(peer)
                         .addresses(vec![address])
                         .condition(PeerCondition::Always);
-                    if dial.role == Role::Server {
-                        // Spec B is the listener for everything on top of
-                        // the TCP connection; the dial keeps port reuse so
-                        // it leaves from the port the peer was told.
-                        opts = opts.override_role();
+                    match (dial.role, dial.to.transport) {
+                        (Role::Client, _) => {}
+                        (Role::Server, Transport::Tcp) => {
+                            // Spec B is the listener for everything on top
+                            // of the TCP connection; the dial keeps port
+                            // reuse so it leaves from the port the peer
+                            // was told.
+                            opts = opts.override_role();
+                        }
+                        (Role::Server, _) => {
+                            // libp2p-quic turns a dial as listener on a
+                            // new port into the spec's QUIC server punch:
+                            // random datagrams from its listening socket,
+                            // then it accepts the client's connection from
+                            // that address and hands it to this dial.
+                            opts = opts.override_role().allocate_new_port();
+                        }
                     }
                     let opts = opts.build();
                     let conn = opts.connection_id();
@@ -328,7 +343,7 @@ impl<E: FromReport> Behaviour<E> {
                     self.queued.push_back(ToSwarm::Dial { opts });
                 }
                 Output::SendDatagram { to, .. } => {
-                    // Unreachable with QUIC off in `Dialable` (the default).
+                    // Unreachable: `Config::validate` refuses `Spray`.
                     tracing::warn!(%to, "UDP spray is not available through libp2p; skipped");
                 }
                 Output::WriteDirect { id: direct, .. } => {
@@ -789,6 +804,7 @@ fn dial_error(error: &libp2p_swarm::DialError) -> DialError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dcutr_core::Dialable;
 
     fn tcp(port: u16) -> Multiaddr {
         format!("/ip4/198.51.100.7/tcp/{port}").parse().unwrap()
@@ -820,12 +836,29 @@ mod tests {
         assert_eq!(kept[1], tcp(25));
         assert!(!kept.contains(&tcp(5)), "the oldest fell out");
         assert!(!kept.iter().any(is_relayed));
-        // QUIC is not dialable by default, so it is not advertised either.
+        // QUIC is dialable by default, so it is advertised too.
         let quic: Multiaddr = "/ip4/198.51.100.7/udp/4001/quic-v1".parse().unwrap();
         b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
             NewExternalAddrCandidate { addr: &quic },
         ));
-        assert_eq!(b.observed_addresses().next(), Some(tcp(10)));
+        assert_eq!(b.observed_addresses().next(), Some(quic.clone()));
+    }
+
+    #[test]
+    fn transports_we_do_not_dial_are_not_advertised() {
+        let tcp_only = Dialable::none()
+            .with(Transport::Tcp, false)
+            .with(Transport::Tcp, true);
+        let config = Config::default().with_dialable(tcp_only);
+        let mut b = Behaviour::<Event>::with_config(PeerId::random(), config).unwrap();
+        let quic: Multiaddr = "/ip4/198.51.100.7/udp/4001/quic-v1".parse().unwrap();
+        for addr in [tcp(7), quic] {
+            b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+                NewExternalAddrCandidate { addr: &addr },
+            ));
+        }
+        let kept: Vec<Multiaddr> = b.observed_addresses().collect();
+        assert_eq!(kept, vec![tcp(7)]);
     }
 
     #[test]
@@ -865,5 +898,8 @@ mod tests {
         config.core.channel = dcutr_core::RelayChannel::SharedStream;
         let err = Behaviour::<Event>::with_config(PeerId::random(), config).err();
         assert_eq!(err, Some(ConfigError::SharedStream));
+        let spray = Config::default().with_quic_server_punch(dcutr_core::QuicServerPunch::Spray);
+        let err = Behaviour::<Event>::with_config(PeerId::random(), spray).err();
+        assert_eq!(err, Some(ConfigError::QuicSpray));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dcutr_core::{AddressPolicy, Dialable, IdentityCheck, RelayChannel, Transport};
+use dcutr_core::{AddressPolicy, Dialable, IdentityCheck, QuicServerPunch, RelayChannel};
 
 /// How long the side that opens the stream (spec B) waits, by default, for
 /// the peer's addresses from identify before it starts.
@@ -20,7 +20,8 @@ pub const DEFAULT_PEER_ADDRS_WAIT: Duration = Duration::from_secs(1);
 /// `Config::default()` is the core's [`dcutr_core::Config::default()`]
 /// (three attempts, 10 s per step, public addresses only, one
 /// `/libp2p/dcutr` stream per attempt, libp2p's own handshake as the
-/// identity check), restricted to TCP (see [`Config::core`]).
+/// identity check), with the QUIC punch done inside libp2p-quic (see
+/// [`Config::core`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Config {
@@ -29,9 +30,16 @@ pub struct Config {
     /// [`IdentityCheck::CallerAuthenticates`]: that is how libp2p carries
     /// DCUtR, and Noise/TLS authenticate every direct connection.
     ///
-    /// Its `dialable` defaults to TCP only: libp2p gives a behaviour no way
-    /// to send the spec's UDP spray from the QUIC socket, so QUIC
-    /// candidates are neither sent nor dialled.
+    /// TCP and QUIC candidates are both sent and dialled (`dialable`
+    /// defaults to [`Dialable::all`]). A behaviour has no way to send the
+    /// spec's UDP spray from the QUIC socket itself, so its
+    /// `quic_server_punch` defaults to [`QuicServerPunch::DialAsServer`]:
+    /// spec B's QUIC punch becomes a libp2p dial with `override_role()`
+    /// and `allocate_new_port()`, which libp2p-quic carries out as the
+    /// spec says (random datagrams from its listening socket, then it
+    /// accepts A's connection). [`QuicServerPunch::DialAsClient`] does
+    /// what stock `libp2p-dcutr` does (B dials as a QUIC client too);
+    /// [`QuicServerPunch::Spray`] is refused ([`ConfigError::QuicSpray`]).
     ///
     /// Its `address_policy` defaults to public addresses only. Tests on one
     /// machine (loopback) need [`AddressPolicy::permissive`]; see
@@ -49,9 +57,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let mut core = dcutr_core::Config::default();
-        core.dialable = Dialable::none()
-            .with(Transport::Tcp, false)
-            .with(Transport::Tcp, true);
+        core.dialable = Dialable::all();
+        core.quic_server_punch = QuicServerPunch::DialAsServer;
         Config {
             core,
             peer_addrs_wait: DEFAULT_PEER_ADDRS_WAIT,
@@ -92,6 +99,22 @@ impl Config {
         self
     }
 
+    /// Sets which transports are sent to the peer and dialled, for
+    /// example `Dialable::none().with(Transport::Tcp, false)` for IPv4 TCP
+    /// only. Our own addresses on other transports are not advertised.
+    #[must_use]
+    pub fn with_dialable(mut self, dialable: Dialable) -> Self {
+        self.core.dialable = dialable;
+        self
+    }
+
+    /// Sets how spec B punches over QUIC (see [`Config::core`]).
+    #[must_use]
+    pub fn with_quic_server_punch(mut self, punch: QuicServerPunch) -> Self {
+        self.core.quic_server_punch = punch;
+        self
+    }
+
     /// Fixes the seed of the upgrades' randomness.
     #[must_use]
     pub fn with_seed(mut self, seed: [u8; 32]) -> Self {
@@ -111,6 +134,9 @@ impl Config {
         }
         if self.core.identity_check != IdentityCheck::CallerAuthenticates {
             return Err(ConfigError::TokenCheck);
+        }
+        if self.core.quic_server_punch == QuicServerPunch::Spray {
+            return Err(ConfigError::QuicSpray);
         }
         if self.peer_addrs_wait > dcutr_core::MAX_DURATION {
             return Err(ConfigError::PeerAddrsWait);
@@ -133,6 +159,12 @@ pub enum ConfigError {
     /// needs a shared stream that libp2p does not have.
     #[error("libp2p needs IdentityCheck::CallerAuthenticates")]
     TokenCheck,
+    /// A behaviour cannot send datagrams from the QUIC socket; libp2p-quic
+    /// sprays by itself on a dial as listener (`DialAsServer`).
+    #[error(
+        "libp2p cannot send the QUIC spray itself: use QuicServerPunch::DialAsServer or DialAsClient"
+    )]
+    QuicSpray,
     /// `peer_addrs_wait` above an hour.
     #[error("peer_addrs_wait must be at most one hour")]
     PeerAddrsWait,

@@ -44,8 +44,13 @@
 //! * **Address hygiene:** only public addresses by default (see
 //!   [`Config::with_address_policy`]; tests on loopback need
 //!   [`AddressPolicy::permissive`](dcutr_core::AddressPolicy::permissive)).
-//! * **TCP only:** QUIC candidates are neither sent nor dialled, because a
-//!   behaviour cannot send the spec's UDP spray (see [`Config::core`]).
+//! * **QUIC as the spec says:** stock B dials A's QUIC addresses as a
+//!   QUIC client, so both sides end up clients of their own connections.
+//!   Ours makes B's QUIC punch a dial as listener on a new port, which
+//!   libp2p-quic carries out as the spec's server punch: random datagrams
+//!   from the listening socket, then it accepts A's connection (see
+//!   [`Config::core`]). Against stock either way, A's client dial is the
+//!   connection both sides keep.
 //!
 //! ## Example
 //! ```

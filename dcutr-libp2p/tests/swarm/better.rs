@@ -181,7 +181,7 @@ fn start_script(
         .expect("scripted B")
         .new_control();
     let (slot, verdict) = oneshot::channel();
-    let (a, b_addr) = (pair.a_id, pair.b_tcp.clone());
+    let (a, b_addr) = (pair.a_id, pair.b_listen.clone());
     let (guard, released) = oneshot::channel();
     tokio::spawn(async move {
         let streams = stall_then_retry(control, a, b_addr, slot, pause).await;
@@ -303,7 +303,7 @@ async fn an_address_observed_between_attempts_is_sent_in_the_next_connect() {
     };
     assert_eq!(addrs.first(), Some(&fresh), "most recent first: {addrs:?}");
     assert!(
-        addrs.contains(&pair.a_tcp),
+        addrs.contains(&pair.a_listen),
         "the older one is kept: {addrs:?}"
     );
 }

@@ -1,13 +1,22 @@
-//! Interop on the wire with stock `libp2p-dcutr`, over loopback TCP through
-//! a `libp2p-relay` relay: each case asserts a direct (not relayed)
-//! `ConnectionEstablished` between the two peers, our success event naming
-//! that connection, and data echoed over exactly that connection.
+//! Interop on the wire with stock `libp2p-dcutr`, over loopback TCP and
+//! loopback QUIC through a `libp2p-relay` relay: each case asserts a direct
+//! (not relayed) `ConnectionEstablished` between the two peers, our success
+//! event naming that connection, and data echoed over exactly that
+//! connection.
+//!
+//! Over QUIC our B punches as the spec says (libp2p-quic sprays from its
+//! listening socket and accepts A's connection), while stock B dials as a
+//! QUIC client; on loopback every dial also simply connects, so the mixed
+//! pairs show that the two QUIC behaviours meet, not that they punch.
 //!
 //! The unilateral dial is switched off where ours is B: on loopback A's
 //! advertised listening address is reachable, so B would connect directly
 //! and never hole punch (that path has its own test in `better.rs`).
 
-use crate::common::{Dcutr, Pair, Seen, Who, build_client, init_tracing, loopback_config, setup};
+use crate::common::{
+    Dcutr, Net, Pair, Seen, Who, build_client_on, init_tracing, loopback_config, setup_on,
+};
+use libp2p::core::transport::PortUse;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::ConnectionId;
 
@@ -39,10 +48,19 @@ async fn assert_direct_and_echo(pair: &mut Pair, seen: &mut Seen, who: Who) -> C
 
 #[tokio::test]
 async fn stock_dcutr_as_b_and_ours_as_a_reach_a_direct_connection() {
+    stock_b_ours_a(Net::Tcp).await;
+}
+
+#[tokio::test]
+async fn quic_stock_dcutr_as_b_and_ours_as_a_reach_a_direct_connection() {
+    stock_b_ours_a(Net::Quic).await;
+}
+
+async fn stock_b_ours_a(net: Net) {
     init_tracing();
-    let a = build_client(Dcutr::Ours(loopback_config()));
-    let b = build_client(Dcutr::Stock);
-    let mut pair = setup(a, b).await;
+    let a = build_client_on(net, Dcutr::Ours(loopback_config()));
+    let b = build_client_on(net, Dcutr::Stock);
+    let mut pair = setup_on(net, a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
     let conn = assert_direct_and_echo(&mut pair, &mut seen, Who::A).await;
@@ -69,10 +87,19 @@ async fn stock_dcutr_as_b_and_ours_as_a_reach_a_direct_connection() {
 
 #[tokio::test]
 async fn ours_as_b_and_stock_dcutr_as_a_reach_a_direct_connection() {
+    ours_b_stock_a(Net::Tcp).await;
+}
+
+#[tokio::test]
+async fn quic_ours_as_b_and_stock_dcutr_as_a_reach_a_direct_connection() {
+    ours_b_stock_a(Net::Quic).await;
+}
+
+async fn ours_b_stock_a(net: Net) {
     init_tracing();
-    let a = build_client(Dcutr::Stock);
-    let b = build_client(Dcutr::Ours(loopback_config().with_unilateral(false)));
-    let mut pair = setup(a, b).await;
+    let a = build_client_on(net, Dcutr::Stock);
+    let b = build_client_on(net, Dcutr::Ours(loopback_config().with_unilateral(false)));
+    let mut pair = setup_on(net, a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
     let conn = assert_direct_and_echo(&mut pair, &mut seen, Who::B).await;
@@ -96,10 +123,19 @@ async fn ours_as_b_and_stock_dcutr_as_a_reach_a_direct_connection() {
 
 #[tokio::test]
 async fn ours_against_ours_reach_a_direct_connection_and_both_report_it() {
+    ours_against_ours(Net::Tcp).await;
+}
+
+#[tokio::test]
+async fn quic_ours_against_ours_reach_a_direct_connection_and_both_report_it() {
+    ours_against_ours(Net::Quic).await;
+}
+
+async fn ours_against_ours(net: Net) {
     init_tracing();
-    let a = build_client(Dcutr::Ours(loopback_config()));
-    let b = build_client(Dcutr::Ours(loopback_config().with_unilateral(false)));
-    let mut pair = setup(a, b).await;
+    let a = build_client_on(net, Dcutr::Ours(loopback_config()));
+    let b = build_client_on(net, Dcutr::Ours(loopback_config().with_unilateral(false)));
+    let mut pair = setup_on(net, a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
     let on_a = assert_direct_and_echo(&mut pair, &mut seen, Who::A).await;
@@ -109,6 +145,25 @@ async fn ours_against_ours_reach_a_direct_connection_and_both_report_it() {
     // accepted A's dial, or B's own dial carried `override_role()`.
     assert!(dialer_role(&seen, Who::A, on_a), "{seen:#?}");
     assert!(!dialer_role(&seen, Who::B, on_b), "{seen:#?}");
+    if net == Net::Quic {
+        // The spec's QUIC punch: B's listening socket sprays and accepts
+        // A's connection as the result of B's own dial, so there is one
+        // direct connection on each side and B never dialled as a client
+        // (that would make a second one).
+        let on_b_all: Vec<_> = seen.direct.iter().filter(|(w, ..)| *w == Who::B).collect();
+        assert_eq!(on_b_all.len(), 1, "{seen:#?}");
+        assert!(
+            matches!(
+                on_b_all[0].2,
+                ConnectedPoint::Dialer {
+                    role_override: Endpoint::Listener,
+                    port_use: PortUse::New,
+                    ..
+                }
+            ),
+            "{seen:#?}"
+        );
+    }
 }
 
 /// Whether `who` is the dialer for security and muxer negotiation on `id`.

@@ -1,6 +1,8 @@
 //! Swarms built by hand, as upstream's own dcutr test does: a relay, and
 //! two clients on loopback TCP (plaintext, yamux, identify, the relay
-//! client), each running either stock `libp2p-dcutr` or ours.
+//! client) or loopback QUIC (the relay is reached over QUIC too, so that
+//! identify reports the clients' QUIC listening ports), each running
+//! either stock `libp2p-dcutr` or ours.
 //!
 //! Loopback needs `AddressPolicy::permissive()` in our config: the default
 //! policy refuses loopback addresses, rightly, outside tests.
@@ -15,12 +17,16 @@ use std::time::Duration;
 
 use dcutr_core::AddressPolicy;
 use futures::StreamExt;
+use futures::future::Either;
 use libp2p::core::multiaddr::Protocol;
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Transport as _;
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, Swarm, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, dcutr as stock, identify, identity, plaintext, relay, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, dcutr as stock, identify, identity, plaintext, quic, relay, tcp, yamux,
+};
 
 pub use dcutr_libp2p as ours;
 
@@ -41,6 +47,22 @@ pub struct Client {
     pub ours: Toggle<ours::Behaviour<ours::Report>>,
     pub echo: echo::Behaviour,
     pub raw: Toggle<libp2p_stream::Behaviour>,
+}
+
+/// The transport of the direct connections, and of the way to the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Net {
+    Tcp,
+    Quic,
+}
+
+impl Net {
+    fn listen_addr(self) -> Multiaddr {
+        match self {
+            Net::Tcp => "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            Net::Quic => "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        }
+    }
 }
 
 /// Which DCUtR a client runs.
@@ -69,14 +91,19 @@ pub fn init_tracing() {
         .try_init();
 }
 
-pub fn build_relay() -> Swarm<Relay> {
+pub fn build_relay(net: Net) -> Swarm<Relay> {
     let key = identity::Keypair::generate_ed25519();
     let peer = key.public().to_peer_id();
-    let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-        .upgrade(Version::V1)
-        .authenticate(plaintext::Config::new(&key))
-        .multiplex(yamux::Config::default())
-        .boxed();
+    let transport = match net {
+        Net::Tcp => tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .upgrade(Version::V1)
+            .authenticate(plaintext::Config::new(&key))
+            .multiplex(yamux::Config::default())
+            .boxed(),
+        Net::Quic => quic::tokio::Transport::new(quic::Config::new(&key))
+            .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+            .boxed(),
+    };
     Swarm::new(
         transport,
         Relay {
@@ -91,18 +118,37 @@ pub fn build_relay() -> Swarm<Relay> {
     )
 }
 
+/// A client on loopback TCP.
 pub fn build_client(dcutr: Dcutr) -> Swarm<Client> {
+    build_client_on(Net::Tcp, dcutr)
+}
+
+pub fn build_client_on(net: Net, dcutr: Dcutr) -> Swarm<Client> {
     let key = identity::Keypair::generate_ed25519();
     let peer = key.public().to_peer_id();
     let (relay_transport, relay_client) = relay::client::new(peer);
-    let transport = relay_transport
-        .or_transport(tcp::tokio::Transport::new(
-            tcp::Config::default().nodelay(true),
-        ))
-        .upgrade(Version::V1)
-        .authenticate(plaintext::Config::new(&key))
-        .multiplex(yamux::Config::default())
-        .boxed();
+    let transport = match net {
+        Net::Tcp => relay_transport
+            .or_transport(tcp::tokio::Transport::new(
+                tcp::Config::default().nodelay(true),
+            ))
+            .upgrade(Version::V1)
+            .authenticate(plaintext::Config::new(&key))
+            .multiplex(yamux::Config::default())
+            .boxed(),
+        // The relayed connection still needs a security and muxer upgrade;
+        // QUIC brings its own.
+        Net::Quic => relay_transport
+            .upgrade(Version::V1)
+            .authenticate(plaintext::Config::new(&key))
+            .multiplex(yamux::Config::default())
+            .or_transport(quic::tokio::Transport::new(quic::Config::new(&key)))
+            .map(|either, _| match either {
+                Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+                Either::Right((peer, conn)) => (peer, StreamMuxerBox::new(conn)),
+            })
+            .boxed(),
+    };
     let (stock, ours, raw) = match dcutr {
         Dcutr::Stock => (Some(stock::Behaviour::new(peer)), None, None),
         Dcutr::Ours(config) => (
@@ -130,11 +176,9 @@ pub fn build_client(dcutr: Dcutr) -> Swarm<Client> {
     )
 }
 
-/// Listens on a fresh loopback TCP port and returns the address.
-pub async fn listen_tcp<B: NetworkBehaviour>(swarm: &mut Swarm<B>) -> Multiaddr {
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
+/// Listens on a fresh loopback port and returns the address.
+pub async fn listen<B: NetworkBehaviour>(swarm: &mut Swarm<B>, net: Net) -> Multiaddr {
+    swarm.listen_on(net.listen_addr()).unwrap();
     loop {
         if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
             return address;
@@ -149,8 +193,9 @@ pub struct Pair {
     pub b: Swarm<Client>,
     pub a_id: PeerId,
     pub b_id: PeerId,
-    pub a_tcp: Multiaddr,
-    pub b_tcp: Multiaddr,
+    /// The clients' direct listening addresses.
+    pub a_listen: Multiaddr,
+    pub b_listen: Multiaddr,
     pub relay_id: PeerId,
     /// B's relayed address.
     pub b_relayed: Multiaddr,
@@ -162,31 +207,37 @@ pub struct Pair {
 /// observed address, makes A learn its own from the relay, and returns
 /// before A dials B through the relay (see [`Pair::dial_relayed`]).
 pub async fn setup(a: Swarm<Client>, b: Swarm<Client>) -> Pair {
+    setup_on(Net::Tcp, a, b).await
+}
+
+/// [`setup`] for clients built with [`build_client_on`]`(net, ..)`.
+pub async fn setup_on(net: Net, a: Swarm<Client>, b: Swarm<Client>) -> Pair {
     let deadline = tokio::time::Instant::now() + TEST_TIMEOUT;
-    match tokio::time::timeout_at(deadline, connect(a, b, deadline)).await {
+    match tokio::time::timeout_at(deadline, connect(net, a, b, deadline)).await {
         Ok(pair) => pair,
         Err(_) => panic!("setup took longer than {TEST_TIMEOUT:?}"),
     }
 }
 
 async fn connect(
+    net: Net,
     mut a: Swarm<Client>,
     mut b: Swarm<Client>,
     deadline: tokio::time::Instant,
 ) -> Pair {
-    let mut relay = build_relay();
-    let relay_tcp = listen_tcp(&mut relay).await;
-    relay.add_external_address(relay_tcp.clone());
+    let mut relay = build_relay(net);
+    let relay_listen = listen(&mut relay, net).await;
+    relay.add_external_address(relay_listen.clone());
     let relay_id = *relay.local_peer_id();
     tokio::spawn(async move {
         loop {
             relay.select_next_some().await;
         }
     });
-    let relay_addr = relay_tcp.with(Protocol::P2p(relay_id));
+    let relay_addr = relay_listen.with(Protocol::P2p(relay_id));
 
-    let b_tcp = listen_tcp(&mut b).await;
-    let a_tcp = listen_tcp(&mut a).await;
+    let b_listen = listen(&mut b, net).await;
+    let a_listen = listen(&mut a, net).await;
     let b_id = *b.local_peer_id();
     let a_id = *a.local_peer_id();
 
@@ -222,8 +273,8 @@ async fn connect(
         b,
         a_id,
         b_id,
-        a_tcp,
-        b_tcp,
+        a_listen,
+        b_listen,
         relay_id,
         b_relayed: relay_addr
             .with(Protocol::P2pCircuit)
