@@ -12,8 +12,10 @@
 //! lab_node id     --seed 2          # prints the peer id of a seed
 //! ```
 //!
-//! The swarms are the ones of this crate's swarm tests: TCP (dials reuse
-//! the listening port, libp2p-tcp's `PortUse::Reuse`), plaintext, yamux,
+//! The same commands with `/udp/PORT/quic-v1` addresses run everything
+//! over QUIC. The swarms are the ones of this crate's swarm tests: TCP
+//! (dials reuse the listening port, libp2p-tcp's `PortUse::Reuse`) with
+//! plaintext and yamux, or QUIC (dials leave from the listening socket),
 //! identify, the relay client. Ours runs with `Config::default()`, whose
 //! address policy accepts the lab's 203.0.113.0/24 (a documentation range
 //! counts as public in the core) and drops the private LAN addresses.
@@ -51,14 +53,18 @@ use std::time::{Duration, Instant};
 
 use dcutr_libp2p as ours;
 use futures::StreamExt;
+use futures::future::Either;
 use libp2p::core::multiaddr::Protocol;
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Transport as _;
 use libp2p::core::upgrade::Version;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, Swarm, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, dcutr as stock, identify, identity, plaintext, relay, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, dcutr as stock, identify, identity, plaintext, quic, relay, tcp, yamux,
+};
 use serde_json::{Value, json};
 
 /// Default limit for the whole run of a peer, from start to its result:
@@ -241,6 +247,11 @@ fn build_relay(key: &identity::Keypair) -> Swarm<RelayNode> {
         .upgrade(Version::V1)
         .authenticate(plaintext::Config::new(key))
         .multiplex(yamux::Config::default())
+        .or_transport(quic::tokio::Transport::new(quic::Config::new(key)))
+        .map(|either, _| match either {
+            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            Either::Right((peer, conn)) => (peer, StreamMuxerBox::new(conn)),
+        })
         .boxed();
     Swarm::new(
         transport,
@@ -264,6 +275,11 @@ fn build_peer(key: &identity::Keypair, dcutr: Impl) -> Swarm<PeerNode> {
         .upgrade(Version::V1)
         .authenticate(plaintext::Config::new(key))
         .multiplex(yamux::Config::default())
+        .or_transport(quic::tokio::Transport::new(quic::Config::new(key)))
+        .map(|either, _| match either {
+            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            Either::Right((peer, conn)) => (peer, StreamMuxerBox::new(conn)),
+        })
         .boxed();
     let (stock, ours) = match dcutr {
         Impl::Stock => (Some(stock::Behaviour::new(peer)), None),

@@ -49,8 +49,9 @@
 //!   Ours makes B's QUIC punch a dial as listener on a new port, which
 //!   libp2p-quic carries out as the spec's server punch: random datagrams
 //!   from the listening socket, then it accepts A's connection (see
-//!   [`Config::core`]). Against stock either way, A's client dial is the
-//!   connection both sides keep.
+//!   [`Config::core`]), so A is the client and B the server. With stock
+//!   as B either side's client dial may come first, and A may end up the
+//!   QUIC server of the direct connection.
 //!
 //! ## Example
 //! ```

@@ -1,5 +1,6 @@
 //! `natlab libp2p`: stock rust-libp2p (`libp2p::dcutr`) behind one cone NAT
-//! and ours (`dcutr_libp2p`) behind the other, in both roles, over TCP.
+//! and ours (`dcutr_libp2p`) behind the other, in both roles, over TCP and
+//! over QUIC.
 //!
 //! Each run builds a fresh cone/cone topology (firewall on both routers)
 //! and starts the lab node of `dcutr-libp2p` (`examples/lab_node.rs`)
@@ -19,7 +20,9 @@ use serde_json::Value;
 use tracing::info;
 
 use crate::contract::parse_event;
-use crate::matrix::{OTHER_PEER_GRACE, PEER_PORT, RELAY_PORT, RELAY_READY_TIMEOUT, wait_peers};
+use crate::matrix::{
+    OTHER_PEER_GRACE, PEER_PORT, RELAY_PORT, RELAY_READY_TIMEOUT, Transport, wait_peers,
+};
 use crate::names::RunNames;
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -69,9 +72,12 @@ pub struct Args {
     /// Also run the reference pairings, stock/stock and ours/ours.
     #[arg(long)]
     pub reference: bool,
-    /// Only pairings whose name contains this (e.g. "stock-B").
+    /// Only pairings whose name contains this (e.g. "stock-B" or "quic").
     #[arg(long)]
     pub filter: Option<String>,
+    /// The transports to run every pairing over, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,quic", value_parser = parse_transport)]
+    pub transports: Vec<Transport>,
     /// Put a delay line of this one-way delay in front of both sites: adds
     /// 4x this to the relayed RTT and to the direct one.
     #[arg(long)]
@@ -113,19 +119,44 @@ impl fmt::Display for Impl {
     }
 }
 
-/// Who runs what: B listens (holds the reservation), A dials.
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    match s {
+        "tcp" => Ok(Transport::Tcp),
+        "quic" => Ok(Transport::Quic),
+        other => Err(format!("unknown transport {other:?} (tcp or quic)")),
+    }
+}
+
+/// Who runs what over which transport: B listens (holds the
+/// reservation), A dials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pairing {
     /// The listener's DCUtR (site 2).
     pub b: Impl,
     /// The dialer's DCUtR (site 1).
     pub a: Impl,
+    /// The transport of the relay connections and of the punch.
+    pub transport: Transport,
 }
 
 impl Pairing {
-    /// `stock-B/ours-A`.
+    /// `stock-B/ours-A tcp`.
     pub fn name(&self) -> String {
-        format!("{}-B/{}-A", self.b, self.a)
+        format!("{}-B/{}-A {}", self.b, self.a, self.transport)
+    }
+
+    /// The same pairing over `transport`.
+    #[must_use]
+    pub fn over(self, transport: Transport) -> Self {
+        Pairing { transport, ..self }
+    }
+
+    /// A node's listening address on `ip` and `port` over this transport.
+    fn listen_addr(&self, ip: &str, port: u16) -> String {
+        match self.transport {
+            Transport::Tcp => format!("/ip4/{ip}/tcp/{port}"),
+            Transport::Quic => format!("/ip4/{ip}/udp/{port}/quic-v1"),
+        }
     }
 }
 
@@ -134,10 +165,12 @@ pub const MIXED: [Pairing; 2] = [
     Pairing {
         b: Impl::Stock,
         a: Impl::Ours,
+        transport: Transport::Tcp,
     },
     Pairing {
         b: Impl::Ours,
         a: Impl::Stock,
+        transport: Transport::Tcp,
     },
 ];
 
@@ -146,10 +179,12 @@ pub const REFERENCE: [Pairing; 2] = [
     Pairing {
         b: Impl::Stock,
         a: Impl::Stock,
+        transport: Transport::Tcp,
     },
     Pairing {
         b: Impl::Ours,
         a: Impl::Ours,
+        transport: Transport::Tcp,
     },
 ];
 
@@ -424,7 +459,7 @@ pub fn render_markdown(records: &[RunRecord]) -> String {
         ));
     }
     out.push_str(
-        "\ncone/cone, firewall on both routers, TCP; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).\n",
+        "\ncone/cone, firewall on both routers, over the transport named in the pairing; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).\n",
     );
     out
 }
@@ -456,9 +491,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     crate::cmd::ensure_tools()?;
     let node = locate_node(args.node.as_deref())?;
     let timeout = Duration::from_secs_f64(args.run_timeout_s.max(0.1));
-    let mut pairings: Vec<Pairing> = MIXED.to_vec();
+    let mut base: Vec<Pairing> = MIXED.to_vec();
     if args.reference {
-        pairings.extend(REFERENCE);
+        base.extend(REFERENCE);
+    }
+    let mut pairings: Vec<Pairing> = Vec::new();
+    for &transport in &args.transports {
+        pairings.extend(base.iter().map(|p| p.over(transport)));
     }
     pairings.retain(|p| args.filter.as_deref().is_none_or(|f| p.name().contains(f)));
     if pairings.is_empty() {
@@ -618,7 +657,7 @@ fn drive(
         (r, procs)
     };
 
-    let relay_listen = format!("/ip4/{RELAY_IP}/tcp/{RELAY_PORT}");
+    let relay_listen = pairing.listen_addr(&RELAY_IP.to_string(), RELAY_PORT);
     let relay_args = strings(&[
         "relay",
         "--seed",
@@ -642,7 +681,7 @@ fn drive(
         Err(e) => return fail(format!("relay: {e:#}"), procs, Duration::ZERO),
     };
     let relay_addr = format!("{relay_listen}/p2p/{relay_id}");
-    let peer_listen = format!("/ip4/0.0.0.0/tcp/{PEER_PORT}");
+    let peer_listen = pairing.listen_addr("0.0.0.0", PEER_PORT);
     let node_timeout = NODE_TIMEOUT.as_secs_f64().to_string();
 
     let started = Instant::now();
@@ -777,7 +816,7 @@ mod tests {
         );
         assert_eq!(r.outcome, Outcome::Direct);
         assert!(r.passed(), "{:?}", r.violations);
-        assert_eq!(r.pairing, "stock-B/ours-A");
+        assert_eq!(r.pairing, "stock-B/ours-A tcp");
         assert_eq!(r.time_to_direct_ms, Some(9.0));
     }
 
@@ -912,17 +951,20 @@ mod tests {
         assert!(lines[0].starts_with("| pairing |"));
         assert_eq!(
             lines[2],
-            "| stock-B/ours-A | stock | ours | 3 | 2/3 | 20.0 | none 3 | ok 3 | FAIL (1/3) |"
+            "| stock-B/ours-A tcp | stock | ours | 3 | 2/3 | 20.0 | none 3 | ok 3 | FAIL (1/3) |"
         );
         assert_eq!(
             lines[3],
-            "| ours-B/stock-A | ours | stock | 1 | 1/1 | 5.0 | none 1 | ok 1 | PASS |"
+            "| ours-B/stock-A tcp | ours | stock | 1 | 1/1 | 5.0 | none 1 | ok 1 | PASS |"
         );
     }
 
     #[test]
     fn pairing_names_say_who_listens() {
-        assert_eq!(MIXED[1].name(), "ours-B/stock-A");
-        assert_eq!(REFERENCE[0].name(), "stock-B/stock-A");
+        assert_eq!(MIXED[1].name(), "ours-B/stock-A tcp");
+        assert_eq!(
+            REFERENCE[0].over(Transport::Quic).name(),
+            "stock-B/stock-A quic"
+        );
     }
 }

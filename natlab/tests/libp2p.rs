@@ -1,5 +1,6 @@
 //! Root-only: `natlab libp2p` with stock rust-libp2p behind one cone NAT
-//! and ours (dcutr-libp2p) behind the other, both roles, one run each.
+//! and ours (dcutr-libp2p) behind the other, both roles, over TCP and
+//! QUIC, one run each.
 //! Without root it prints why and passes.
 //!
 //! The lab node is dcutr-libp2p's `lab_node` example. The test builds it
@@ -105,7 +106,15 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
         .iter()
         .map(|r| r["pairing"].as_str().unwrap())
         .collect();
-    assert_eq!(pairings, ["stock-B/ours-A", "ours-B/stock-A"]);
+    assert_eq!(
+        pairings,
+        [
+            "stock-B/ours-A tcp",
+            "ours-B/stock-A tcp",
+            "stock-B/ours-A quic",
+            "ours-B/stock-A quic"
+        ]
+    );
     for r in &records {
         assert_eq!(r["outcome"], "direct", "{r}");
         assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r}");
@@ -125,10 +134,15 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
             } else {
                 "203.0.113.11"
             };
+            let transport = if r["pairing"].as_str().unwrap().ends_with("quic") {
+                "udp"
+            } else {
+                "tcp"
+            };
             assert!(
-                remote.starts_with(&format!("/ip4/{other_nat}/tcp/"))
+                remote.starts_with(&format!("/ip4/{other_nat}/{transport}/"))
                     && !remote.contains("p2p-circuit"),
-                "{side}: remote {remote} is not the peer's NAT"
+                "{side}: remote {remote} is not the peer's NAT over {transport}"
             );
         }
     }
