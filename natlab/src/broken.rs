@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use tracing::info;
@@ -896,38 +896,30 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     let total = started.elapsed();
     let table = render_markdown(&aggregate(&records));
-    let failed = records.iter().filter(|r| !r.passed()).count();
-    let summary = format!(
-        "broken: {} runs in {:.1} s ({} cases x {} runs); {} passed, {} failed",
-        records.len(),
-        total.as_secs_f64(),
-        cases.len(),
-        args.runs.max(1),
-        records.len() - failed,
-        failed
+    let batch = crate::batch::Batch {
+        kind: "broken",
+        groups_name: "cases",
+        groups: cases.len(),
+        runs_per_group: args.runs.max(1),
+        runs: records.len(),
+        failed: records.iter().filter(|r| !r.passed()).count(),
+        total,
+        run_prefix: names.run_prefix(),
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "bounds_s".into(),
+        serde_json::json!({"upgrade": bounds.upgrade.as_secs_f64(),
+                           "relay_cut": bounds.relay_cut.as_secs_f64(),
+                           "vanish": bounds.vanish.as_secs_f64()}),
     );
-    if args.json {
-        eprintln!("{table}");
-        println!(
-            "{}",
-            serde_json::json!({"event":"summary","runs":records.len(),"passed":records.len()-failed,
-                "failed":failed,"duration_s":total.as_secs_f64(),"run_prefix":names.run_prefix(),
-                "bounds_s":{"upgrade":bounds.upgrade.as_secs_f64(),"relay_cut":bounds.relay_cut.as_secs_f64(),
-                "vanish":bounds.vanish.as_secs_f64()}})
-        );
-    } else {
-        println!("{table}");
-    }
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, format!("{explained}\n\n{table}\n{summary}\n"))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    eprintln!("{summary}");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    batch.finish(
+        &table,
+        args.json,
+        extra,
+        args.markdown.as_deref(),
+        Some(&explained),
+    )
 }
 
 fn topology_for(case: &Case, seeds: Option<[u64; 2]>) -> TopologySpec {

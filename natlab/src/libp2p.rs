@@ -524,37 +524,23 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     let total = started.elapsed();
     let table = render_markdown(&records);
-    let failed = records.iter().filter(|r| !r.passed()).count();
-    let summary = format!(
-        "libp2p: {} runs in {:.1} s ({} pairings x {} runs); {} passed, {} failed",
-        records.len(),
-        total.as_secs_f64(),
-        pairings.len(),
-        args.runs.max(1),
-        records.len() - failed,
-        failed
-    );
-    if args.json {
-        eprintln!("{table}");
-        println!(
-            "{}",
-            serde_json::json!({"event": "summary", "runs": records.len(), "passed": records.len() - failed,
-                               "failed": failed, "duration_s": total.as_secs_f64(),
-                               "run_prefix": names.run_prefix()})
-        );
-    } else {
-        println!("{table}");
-    }
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, format!("{table}\n{summary}\n"))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    eprintln!("{summary}");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let batch = crate::batch::Batch {
+        kind: "libp2p",
+        groups_name: "pairings",
+        groups: pairings.len(),
+        runs_per_group: args.runs.max(1),
+        runs: records.len(),
+        failed: records.iter().filter(|r| !r.passed()).count(),
+        total,
+        run_prefix: names.run_prefix(),
+    };
+    batch.finish(
+        &table,
+        args.json,
+        serde_json::Map::new(),
+        args.markdown.as_deref(),
+        None,
+    )
 }
 
 /// One run in a fresh topology. Never fails: lab errors become an `Error`

@@ -6,6 +6,7 @@
 //! through a matrix of NAT pairs (`natlab matrix`) and broken networks
 //! (`natlab broken`). See README.md.
 
+mod batch;
 mod broken;
 mod cmd;
 mod contract;

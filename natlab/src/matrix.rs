@@ -555,29 +555,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let total = started.elapsed();
     let rows = report::aggregate(&records);
     let table = report::render_markdown(&rows);
-    let failed = records.iter().filter(|r| !r.passed()).count();
-    let summary = format!(
-        "matrix: {} runs in {:.1} s ({} cases x {} runs); {} passed, {} failed",
-        records.len(),
-        total.as_secs_f64(),
-        cases.len(),
-        args.runs.max(1),
-        records.len() - failed,
-        failed
-    );
-    if args.json {
-        eprintln!("{table}");
-        println!(
-            "{}",
-            serde_json::json!({"event":"summary","runs":records.len(),"passed":records.len()-failed,"failed":failed,"duration_s":total.as_secs_f64(),"run_prefix":names.run_prefix()})
-        );
-    } else {
-        println!("{table}");
-    }
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, format!("{table}\n{summary}\n"))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     if args.runs <= 1 && cases.len() == all_cases().len() && total > MATRIX_BUDGET {
         warn!(
             "the full matrix took {:.0} s, over its {} s budget",
@@ -585,12 +562,23 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             MATRIX_BUDGET.as_secs()
         );
     }
-    eprintln!("{summary}");
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let batch = crate::batch::Batch {
+        kind: "matrix",
+        groups_name: "cases",
+        groups: cases.len(),
+        runs_per_group: args.runs.max(1),
+        runs: records.len(),
+        failed: records.iter().filter(|r| !r.passed()).count(),
+        total,
+        run_prefix: names.run_prefix(),
+    };
+    batch.finish(
+        &table,
+        args.json,
+        serde_json::Map::new(),
+        args.markdown.as_deref(),
+        None,
+    )
 }
 
 fn topology_for(case: &Case, args: &Args) -> TopologySpec {
