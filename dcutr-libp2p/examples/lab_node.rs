@@ -56,7 +56,7 @@ use futures::StreamExt;
 use futures::future::Either;
 use libp2p::core::multiaddr::Protocol;
 use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::Transport as _;
+use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade::Version;
 use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -241,20 +241,29 @@ fn tcp_config() -> tcp::Config {
     tcp::Config::default().nodelay(true)
 }
 
+/// `upgraded` (secured and multiplexed) or QUIC, which brings its own.
+fn or_quic(
+    upgraded: Boxed<(PeerId, StreamMuxerBox)>,
+    key: &identity::Keypair,
+) -> Boxed<(PeerId, StreamMuxerBox)> {
+    upgraded
+        .or_transport(quic::tokio::Transport::new(quic::Config::new(key)))
+        .map(|either, _| match either {
+            Either::Left(out) => out,
+            Either::Right((peer, conn)) => (peer, StreamMuxerBox::new(conn)),
+        })
+        .boxed()
+}
+
 fn build_relay(key: &identity::Keypair) -> Swarm<RelayNode> {
     let peer = key.public().to_peer_id();
-    let transport = tcp::tokio::Transport::new(tcp_config())
+    let tcp = tcp::tokio::Transport::new(tcp_config())
         .upgrade(Version::V1)
         .authenticate(plaintext::Config::new(key))
         .multiplex(yamux::Config::default())
-        .or_transport(quic::tokio::Transport::new(quic::Config::new(key)))
-        .map(|either, _| match either {
-            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
-            Either::Right((peer, conn)) => (peer, StreamMuxerBox::new(conn)),
-        })
         .boxed();
     Swarm::new(
-        transport,
+        or_quic(tcp, key),
         RelayNode {
             relay: relay::Behaviour::new(peer, relay::Config::default()),
             identify: identify::Behaviour::new(identify::Config::new(
@@ -270,16 +279,11 @@ fn build_relay(key: &identity::Keypair) -> Swarm<RelayNode> {
 fn build_peer(key: &identity::Keypair, dcutr: Impl) -> Swarm<PeerNode> {
     let peer = key.public().to_peer_id();
     let (relay_transport, relay_client) = relay::client::new(peer);
-    let transport = relay_transport
+    let relay_or_tcp = relay_transport
         .or_transport(tcp::tokio::Transport::new(tcp_config()))
         .upgrade(Version::V1)
         .authenticate(plaintext::Config::new(key))
         .multiplex(yamux::Config::default())
-        .or_transport(quic::tokio::Transport::new(quic::Config::new(key)))
-        .map(|either, _| match either {
-            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
-            Either::Right((peer, conn)) => (peer, StreamMuxerBox::new(conn)),
-        })
         .boxed();
     let (stock, ours) = match dcutr {
         Impl::Stock => (Some(stock::Behaviour::new(peer)), None),
@@ -294,7 +298,7 @@ fn build_peer(key: &identity::Keypair, dcutr: Impl) -> Swarm<PeerNode> {
         ),
     };
     Swarm::new(
-        transport,
+        or_quic(relay_or_tcp, key),
         PeerNode {
             relay: relay_client,
             identify: identify::Behaviour::new(identify::Config::new(

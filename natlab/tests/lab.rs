@@ -9,21 +9,9 @@ use std::sync::Mutex;
 /// The lab tests share the machine's namespaces and CPU: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn is_root() -> bool {
-    // Effective uid from /proc: no libc call needed in a test.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
+mod common;
 
-fn natlab() -> &'static str {
-    env!("CARGO_BIN_EXE_natlab")
-}
+use common::{is_root, natlab};
 
 fn fake() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dcutr")

@@ -13,20 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
+mod common;
 
-fn natlab() -> &'static str {
-    env!("CARGO_BIN_EXE_natlab")
-}
+use common::{is_root, natlab};
 
 /// Lab namespaces whose name starts with `prefix`.
 fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
