@@ -2,25 +2,51 @@
 //! stream, sends the first Connect, measures the round trip, sends Sync,
 //! and punches half a round trip later, when Sync reaches the responder.
 
+use crate::addr::Candidate;
 use crate::codec::{self, Message};
 use crate::config::RelayChannel;
 use crate::error::{AttemptFailure, ProtocolError};
-use crate::output::{DialPurpose, Event, Output, Role, TimerKind};
+use crate::output::{DialPurpose, Event, Output, Role, Side, TimerKind};
 use crate::upgrade::{State, Upgrade};
 
 impl Upgrade {
     /// Unilateral dial first when the peer's public addresses are known,
     /// else the first attempt.
+    ///
+    /// Without the token check (the spec's mode) the unilateral dial runs
+    /// alongside the first attempt instead: nothing is lost by punching
+    /// while it runs, and waiting for it costs a whole dial timeout when
+    /// the peer is not reachable after all. The token check needs the
+    /// roles of the direct connection settled, so it dials first.
     pub(crate) fn initiator_begin(&mut self) {
-        if !self.config.unilateral || self.unilateral_targets.is_empty() {
+        let targets = self.unilateral_targets.clone();
+        if !self.token_check() {
+            self.start_attempt();
+            self.dial_unilateral(targets);
+            return;
+        }
+        if !self.config.unilateral || targets.is_empty() {
             self.start_attempt();
             return;
         }
         self.state = State::Unilateral;
+        self.timers.set(
+            TimerKind::Unilateral,
+            self.now + self.config.unilateral_timeout,
+        );
+        self.dial_unilateral(targets);
+    }
+
+    /// Dials `targets` directly, as the client, if unilateral dials are on.
+    pub(crate) fn dial_unilateral(&mut self, targets: Vec<Candidate>) {
+        if !self.config.unilateral || targets.is_empty() || self.side != Side::Initiator {
+            return;
+        }
         let deadline = self.now + self.config.unilateral_timeout;
-        self.timers.set(TimerKind::Unilateral, deadline);
-        self.timeline.unilateral = Some((self.now, None));
-        let targets = self.unilateral_targets.clone();
+        match self.timeline.unilateral.as_mut() {
+            Some((_, ended)) => *ended = None,
+            None => self.timeline.unilateral = Some((self.now, None)),
+        }
         tracing::debug!(dials = targets.len(), "unilateral direct dial");
         self.outputs
             .push_back(Output::Event(Event::UnilateralStarted {

@@ -81,6 +81,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+mod carrier;
 pub mod codec;
 mod config;
 mod direct;
@@ -96,6 +97,7 @@ pub use addr::{
     AddrRejection, AddressPolicy, AddressPredictor, Candidate, Dialable, NoPrediction,
     ObservedAddrs, RejectionCounts, Transport,
 };
+pub use carrier::{Carrier, StreamUnavailable};
 pub use codec::CodecError;
 pub use config::{
     Config, ConfigError, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DURATION, QuicServerPunch,

@@ -329,3 +329,17 @@ pub struct Timeout {
     /// The timer that wants it.
     pub kind: TimerKind,
 }
+
+impl Timeout {
+    /// Whether this deadline must be met to the millisecond: the driver
+    /// then wakes a little early and yields up to it instead of trusting
+    /// a runtime timer that rounds up.
+    ///
+    /// The Sync delay is such a timer: it sets when our punch leaves,
+    /// while the peer punches on Sync's arrival, and a late punch hands
+    /// the race to the peer's packets, which some NATs then remap.
+    #[must_use]
+    pub fn is_precise(&self) -> bool {
+        self.kind == TimerKind::SyncDelay
+    }
+}

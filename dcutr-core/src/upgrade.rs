@@ -216,15 +216,6 @@ impl UpgradeBuilder {
         for c in self.observed.iter().rev() {
             observed.observe(*c);
         }
-        let mut unilateral_targets = Vec::new();
-        for c in self.remote_public {
-            let usable = self.config.address_policy.check(&c).is_ok()
-                && self.config.dialable.allows(&c)
-                && !unilateral_targets.contains(&c);
-            if usable && unilateral_targets.len() < self.config.max_remote_addrs {
-                unilateral_targets.push(c);
-            }
-        }
         let shared = self.config.channel == RelayChannel::SharedStream;
         let max_attempts = self.config.max_attempts;
         let mut up = Upgrade {
@@ -244,7 +235,7 @@ impl UpgradeBuilder {
             peer_token: None,
             observed,
             predictor: self.predictor,
-            unilateral_targets,
+            unilateral_targets: Vec::new(),
             remote: Vec::new(),
             seen_connect: false,
             directs: Directs::default(),
@@ -254,6 +245,7 @@ impl UpgradeBuilder {
             outcome: None,
             timeline: Timeline::empty(now),
         };
+        up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
         if up.token_check() {
             let hello = codec::encode_hello(&up.own_token, up.config.max_attempts);
@@ -402,6 +394,65 @@ impl Upgrade {
     /// Connect on.
     pub fn observe_local(&mut self, candidate: Candidate) {
         self.observed.observe(candidate);
+    }
+
+    /// The peer's public addresses, learnt at any time (identify, a
+    /// rendezvous server): filtered like any remote address, and dialled
+    /// at once by the initiator, alongside the hole punch, when
+    /// [`Config::unilateral`] is on. The first direct connection wins.
+    ///
+    /// With the token identity check the dial needs the peer's token, so
+    /// addresses known before the start are dialled before the first
+    /// attempt and later ones are only kept.
+    pub fn handle_remote_public_addrs(
+        &mut self,
+        now: Instant,
+        addrs: impl IntoIterator<Item = Candidate>,
+    ) {
+        self.advance(now);
+        let fresh = self.add_unilateral_targets(addrs);
+        let exchange_running = matches!(
+            self.state,
+            State::AwaitStream | State::AwaitConnect { .. } | State::SyncDelay | State::Punching
+        );
+        if !self.token_check() && exchange_running {
+            // What the punch dials already needs no second dial.
+            let attempt = self.attempt;
+            let punching: Vec<Candidate> = self
+                .directs
+                .iter()
+                .filter(|d| d.attempt == attempt && d.attempt != 0)
+                .map(|d| d.to)
+                .collect();
+            let fresh = fresh
+                .into_iter()
+                .filter(|c| !punching.contains(c))
+                .collect();
+            self.dial_unilateral(fresh);
+        }
+    }
+
+    /// Adds the usable, new ones of `addrs` to the unilateral targets,
+    /// within [`Config::max_remote_addrs`]; returns those added.
+    fn add_unilateral_targets(
+        &mut self,
+        addrs: impl IntoIterator<Item = Candidate>,
+    ) -> Vec<Candidate> {
+        let mut fresh = Vec::new();
+        for c in addrs {
+            if self.unilateral_targets.len() >= self.config.max_remote_addrs {
+                tracing::debug!("peer's public addresses over the limit; ignoring the rest");
+                break;
+            }
+            let usable = self.config.address_policy.check(&c).is_ok()
+                && self.config.dialable.allows(&c)
+                && !self.unilateral_targets.contains(&c);
+            if usable {
+                self.unilateral_targets.push(c);
+                fresh.push(c);
+            }
+        }
+        fresh
     }
 
     /// The relayed stream for the current attempt is open: on the
@@ -575,7 +626,9 @@ impl Upgrade {
         }
         let role = match self.side {
             Side::Initiator => Role::Server,
-            Side::Responder if self.seen_connect => Role::Client,
+            // Before Sync no punch has left the initiator: a connection
+            // now is its unilateral dial, where it is the client.
+            Side::Responder if self.seen_connect && self.state != State::AwaitSync => Role::Client,
             // Before any Connect the only direct connection the responder
             // can expect is the initiator's unilateral dial, where the
             // initiator is the client.
@@ -667,7 +720,7 @@ impl Upgrade {
         self.now = self.now.max(now);
     }
 
-    fn token_check(&self) -> bool {
+    pub(crate) fn token_check(&self) -> bool {
         self.config.identity_check == IdentityCheck::Token
     }
 
@@ -836,7 +889,9 @@ impl Upgrade {
         };
         let mut dials = 0;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
-        for to in std::mem::take(&mut self.remote) {
+        let targets = std::mem::take(&mut self.remote);
+        self.cancel_unilateral_to(&targets);
+        for to in targets {
             let dial_role = match (to.transport, self.side, self.config.quic_server_punch) {
                 // The server side of QUIC does not dial: it sprays so that
                 // the client's Initial finds its NAT mapping open.
@@ -1047,7 +1102,7 @@ impl Upgrade {
             role: d.role,
             attempt: d.attempt,
         };
-        tracing::info!(
+        tracing::debug!(
             side = %self.side,
             %id,
             transport = %upgraded.transport,
@@ -1174,6 +1229,24 @@ impl Upgrade {
             .push_back(Output::Event(Event::AttemptFailed { attempt, reason }));
     }
 
+    /// Cancels the unilateral dials still pending to any of `targets`.
+    ///
+    /// The punch dials them in its own role, from the same port (TCP):
+    /// the unilateral socket would hold the address pair and meet the
+    /// peer's punch as a simultaneous open in which both sides are
+    /// clients.
+    fn cancel_unilateral_to(&mut self, targets: &[Candidate]) {
+        for d in self
+            .directs
+            .drain_where(|d| d.attempt == 0 && d.is_dialing() && targets.contains(&d.to))
+        {
+            tracing::debug!(id = %d.id, to = %d.to, "unilateral dial handed over to the punch");
+            self.timeline
+                .end_dial(d.id, self.now, DialResult::Cancelled);
+            self.outputs.push_back(Output::CloseDirect { id: d.id });
+        }
+    }
+
     /// Cancels the current attempt's dials that have not connected yet;
     /// connections already in their identity check keep their deadline.
     fn cancel_pending_dials(&mut self) {
@@ -1270,7 +1343,7 @@ impl Upgrade {
                 Event::Upgraded(*up)
             }
             Outcome::Failed(failure) => {
-                tracing::info!(side = %self.side, %failure, "upgrade failed");
+                tracing::debug!(side = %self.side, %failure, "upgrade failed");
                 Event::Failed(failure.clone())
             }
         };
@@ -1281,6 +1354,7 @@ impl Upgrade {
     /// Re-evaluates whether the current phase is over after a dial or
     /// connection went away.
     pub(crate) fn check_progress(&mut self) {
+        self.note_unilateral_over();
         match self.state {
             State::Draining if self.directs.is_empty() => {
                 let failure = self.pending_failure.take().unwrap_or(Failure::PeerGaveUp {
@@ -1325,6 +1399,27 @@ impl Upgrade {
             }
             _ => {}
         }
+    }
+
+    /// A unilateral dial running alongside the exchange is over once none
+    /// of its dials is left: record it, once.
+    fn note_unilateral_over(&mut self) {
+        let running = matches!(self.timeline.unilateral, Some((_, None)));
+        if self.state == State::Unilateral
+            || !running
+            || self
+                .directs
+                .iter()
+                .any(|d| d.attempt == 0 && d.is_dialing())
+        {
+            return;
+        }
+        if let Some((_, ended)) = self.timeline.unilateral.as_mut() {
+            *ended = Some(self.now);
+        }
+        tracing::debug!("unilateral dial failed; the hole punch goes on");
+        self.outputs
+            .push_back(Output::Event(Event::UnilateralFailed));
     }
 
     /// Ends the unilateral dial and starts hole punching.

@@ -98,7 +98,7 @@ fn refused_dials_end_an_attempt_early() {
 }
 
 #[test]
-fn a_unilateral_dial_that_works_skips_the_hole_punch() {
+fn a_unilateral_dial_that_works_wins_in_both_modes() {
     for config in [Config::default(), Config::shared_stream()] {
         let mut cfg = world(&config, Transport::Tcp);
         cfg.responder.nat = Nat::Public;
@@ -114,13 +114,72 @@ fn a_unilateral_dial_that_works_skips_the_hole_punch() {
             (Role::Client, Role::Server),
             "B dials, so B is the client"
         );
-        assert!(
-            !sim.log
-                .iter()
-                .any(|r| matches!(r.output, Output::Event(Event::AttemptStarted { .. }))),
-            "no hole-punch attempt was started"
-        );
     }
+}
+
+#[test]
+fn in_the_spec_mode_the_unilateral_dial_runs_alongside_the_first_attempt() {
+    let mut cfg = world(&Config::default(), Transport::Tcp);
+    cfg.responder.nat = Nat::Public;
+    cfg.initiator.remote_public = cfg.responder.addrs.clone();
+    let mut sim = Sim::new(cfg);
+    assert!(sim.run(LIMIT));
+    let dial = |o: &Output| matches!(o, Output::Dial(_));
+    let opened = |o: &Output| matches!(o, Output::OpenStream);
+    // Both leave at the start: nothing waits for the other.
+    assert_eq!(sim.first(Side::Initiator, dial), Some(Duration::ZERO));
+    assert_eq!(sim.first(Side::Initiator, opened), Some(Duration::ZERO));
+    // The direct connection is up after one direct round trip, before
+    // the relayed exchange (1.5 relayed round trips) could have punched.
+    assert_eq!(
+        sim.upgrade(INITIATOR).timeline().duration(),
+        Some(2 * DIRECT_ONE_WAY)
+    );
+}
+
+#[test]
+fn with_the_token_check_a_unilateral_dial_comes_before_any_attempt() {
+    let mut cfg = world(&Config::shared_stream(), Transport::Tcp);
+    cfg.responder.nat = Nat::Public;
+    cfg.initiator.remote_public = cfg.responder.addrs.clone();
+    let mut sim = Sim::new(cfg);
+    assert!(sim.run(LIMIT));
+    assert!(
+        !sim.log
+            .iter()
+            .any(|r| matches!(r.output, Output::Event(Event::AttemptStarted { .. }))),
+        "no hole-punch attempt was started"
+    );
+}
+
+#[test]
+fn public_addresses_that_arrive_during_the_exchange_are_dialled_at_once() {
+    let mut cfg = world(&Config::default(), Transport::Tcp);
+    cfg.responder.nat = Nat::Public;
+    let addrs = cfg.responder.addrs.clone();
+    let mut sim = Sim::new(cfg);
+    // Half a relayed round trip in, identify tells us the peer's address.
+    let learnt_at = RELAY_ONE_WAY;
+    sim.run_until(learnt_at);
+    sim.add_remote_public(INITIATOR, addrs.clone());
+    sim.add_remote_public(INITIATOR, addrs);
+    assert!(sim.run(LIMIT));
+    let unilateral = |o: &Output| matches!(o, Output::Dial(d) if d.purpose == dcutr_core::DialPurpose::Unilateral);
+    assert_eq!(sim.first(Side::Initiator, unilateral), Some(learnt_at));
+    let dials = sim
+        .log
+        .iter()
+        .filter(|r| r.side == Side::Initiator && unilateral(&r.output))
+        .count();
+    assert_eq!(dials, 1, "an address learnt twice is dialled once");
+    let Some(Outcome::Upgraded(b)) = sim.outcomes().0 else {
+        panic!("{:?}", sim.outcomes());
+    };
+    assert_eq!(b.attempt, 0, "the unilateral dial won");
+    assert_eq!(
+        sim.upgrade(INITIATOR).timeline().duration(),
+        Some(learnt_at + 2 * DIRECT_ONE_WAY)
+    );
 }
 
 #[test]
@@ -143,4 +202,36 @@ fn a_unilateral_dial_that_fails_falls_back_to_hole_punching() {
         .unwrap();
     // Hello first (one way), then the whole unilateral timeout.
     assert_eq!(failed_at, RELAY_ONE_WAY + config.unilateral_timeout);
+}
+
+#[test]
+fn in_the_spec_mode_a_failing_unilateral_dial_costs_the_hole_punch_nothing() {
+    let plain = world(&Config::default(), Transport::Tcp);
+    let mut with_dial = plain.clone();
+    // The responder is firewalled: the unilateral SYNs are dropped.
+    with_dial.initiator.remote_public = with_dial.responder.addrs.clone();
+    let mut runs = [Sim::new(plain), Sim::new(with_dial)];
+    for sim in &mut runs {
+        assert!(sim.run(LIMIT));
+    }
+    let [plain, with_dial] = &runs;
+    let Some(Outcome::Upgraded(b)) = with_dial.outcomes().0 else {
+        panic!("{:?}", with_dial.outcomes());
+    };
+    assert_eq!(b.attempt, 1);
+    assert_eq!(b.role, Role::Server);
+    let decided = |sim: &Sim| sim.upgrade(INITIATOR).timeline().decided;
+    assert_eq!(
+        decided(with_dial).map(|t| t - with_dial.start()),
+        decided(plain).map(|t| t - plain.start()),
+        "the punch is not delayed by the unilateral dial"
+    );
+    assert!(
+        with_dial
+            .first(
+                Side::Initiator,
+                |o| matches!(o, Output::Dial(d) if d.purpose == dcutr_core::DialPurpose::Unilateral)
+            )
+            .is_some()
+    );
 }

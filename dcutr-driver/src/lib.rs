@@ -24,9 +24,10 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use dcutr_core::{
-    Candidate, Config, ConfigError, DialError, DirectId, Event, Failure, Outcome, Output,
-    RelayChannel, Role, Side, Transport, Upgrade,
+    Candidate, Carrier, Config, ConfigError, DialError, DirectId, Event, Failure, Outcome,
+    RelayChannel, Role, Side, StreamUnavailable, Transport, Upgrade,
 };
 use futures_channel::mpsc;
 use futures_util::future::BoxFuture;
@@ -535,10 +536,6 @@ impl<'r, R: Runtime> Driver<'r, R> {
         self.runtime.now()
     }
 
-    fn elapsed(&self) -> Duration {
-        self.now().saturating_duration_since(self.start)
-    }
-
     /// Polls every source once; the first ready one wakes the loop.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake<R::TcpStream>> {
         if let Some((at, sleep)) = self.sleep.as_mut()
@@ -665,106 +662,40 @@ impl<'r, R: Runtime> Driver<'r, R> {
     }
 
     fn start_actor(&mut self, id: DirectId, start: Start<DirectConn<R::TcpStream>>) {
-        let (cmds, rx) = mpsc::unbounded();
-        self.directs.push((id, DirectActor { cmds, want: 0 }));
-        self.actors
-            .push(actor::run(Key::Direct(id), start, rx, self.events_tx.clone()).boxed());
+        spawn_actor(&mut self.directs, &self.actors, &self.events_tx, id, start);
     }
 
+    /// Carries out every command of the core (the one exhaustive dispatch
+    /// is the core's; see [`Carrier`]).
     fn carry_out_outputs(&mut self) {
-        while let Some(output) = self.core.poll_output() {
-            match output {
-                Output::WriteStream(data) => {
-                    let _ = self.relay_cmds.unbounded_send(Cmd::Write(data));
-                }
-                Output::ResetStream => {
-                    self.relay_reset = true;
-                    let _ = self.relay_cmds.unbounded_send(Cmd::Close);
-                }
-                Output::Dial(dial) => self.dial(dial),
-                Output::SendDatagram { to, payload } => {
-                    if let Some(quic) = &self.quic {
-                        quic.spray(&payload.bytes(), to);
-                    }
-                }
-                Output::WriteDirect { id, data } => {
-                    if let Some(actor) = self.actor_mut(id) {
-                        let _ = actor.cmds.unbounded_send(Cmd::Write(data));
-                    }
-                }
-                Output::CloseDirect { id } => {
-                    if let Some(actor) = self.actor_mut(id) {
-                        let _ = actor.cmds.unbounded_send(Cmd::Close);
-                    }
-                    self.forget(id);
-                }
-                Output::Event(event) => {
-                    tracing::debug!(?event, "dcutr event");
-                    let elapsed = self.elapsed();
-                    if let Some(callback) = self.on_event.as_mut() {
-                        callback(&event, elapsed);
-                    }
-                }
-                // One shared stream: no per-attempt streams to open or
-                // finish. The relay's grace period is the caller's, via
-                // `relay_close_at`.
-                Output::OpenStream | Output::FinishStream | Output::CloseRelay => {}
-                other => tracing::debug!(?other, "command not used by this driver"),
-            }
-        }
-    }
-
-    fn dial(&mut self, dial: dcutr_core::Dial) {
-        let start = match dial.to.transport {
-            Transport::Tcp => {
-                let Some(local) = self.tcp_local else {
-                    return self.fail_dial_now(dial.id, DialError::Unreachable);
-                };
-                let connecting = self.runtime.connect_from(local, dial.to.addr);
-                Start::Dial(
-                    async move {
-                        connecting
-                            .await
-                            .map(|s| DirectConn::Tcp(Stream(s)))
-                            .map_err(|e| DialError::from(e.kind()))
-                    }
-                    .boxed(),
-                )
-            }
-            Transport::Quic => {
-                let Some(quic) = &self.quic else {
-                    return self.fail_dial_now(dial.id, DialError::Unreachable);
-                };
-                let connecting = quic.endpoint.connect_with(
-                    quic.client_config.clone(),
-                    dial.to.addr,
-                    SERVER_NAME,
-                );
-                Start::Dial(
-                    async move {
-                        let conn = connecting
-                            .map_err(|_| DialError::Unreachable)?
-                            .await
-                            .map_err(|e| match e {
-                                quinn::ConnectionError::TimedOut => DialError::TimedOut,
-                                quinn::ConnectionError::ConnectionClosed(_)
-                                | quinn::ConnectionError::ApplicationClosed(_)
-                                | quinn::ConnectionError::Reset => DialError::Refused,
-                                _ => DialError::Handshake,
-                            })?;
-                        Ok(DirectConn::Quic(QuicDirect::new(conn, true)))
-                    }
-                    .boxed(),
-                )
-            }
-        };
-        tracing::debug!(id = %dial.id, to = %dial.to, role = %dial.role, "dial");
-        self.start_actor(dial.id, start);
-    }
-
-    fn fail_dial_now(&mut self, id: DirectId, error: DialError) {
         let now = self.now();
-        self.core.handle_dial_failed(now, id, error);
+        let Driver {
+            runtime,
+            core,
+            start,
+            tcp_local,
+            quic,
+            on_event,
+            events_tx,
+            directs,
+            actors,
+            relay_cmds,
+            relay_reset,
+            ..
+        } = self;
+        let mut io = Io {
+            runtime: *runtime,
+            start: *start,
+            tcp_local: *tcp_local,
+            quic: quic.as_ref(),
+            on_event,
+            events_tx,
+            directs,
+            actors,
+            relay_cmds,
+            relay_reset,
+        };
+        core.drain(now, &mut io);
     }
 
     /// Tells the relay and every direct actor how much they may read.
@@ -787,13 +718,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
         match self.core.poll_timeout() {
             Some(timeout) => {
                 if self.sleep.as_ref().map(|(at, _)| *at) != Some(timeout.at) {
-                    // The Sync delay sets when our punch leaves; the peer
-                    // punches on Sync's arrival, and a late punch (runtime
-                    // timers round up by about a millisecond) hands the
-                    // race to the peer's packets, which some NATs then
-                    // remap. Wake a little early and yield up to the
-                    // deadline instead.
-                    let wake_at = if timeout.kind == dcutr_core::TimerKind::SyncDelay {
+                    // Runtime timers round up by about a millisecond; a
+                    // precise deadline wakes early and yields up to it.
+                    let wake_at = if timeout.is_precise() {
                         timeout
                             .at
                             .checked_sub(PRECISE_TIMER_SLACK)
@@ -808,6 +735,142 @@ impl<'r, R: Runtime> Driver<'r, R> {
             None => self.sleep = None,
         }
     }
+}
+
+/// The driver's side of the [`Carrier`] contract: the sockets, actors and
+/// channels of one upgrade, borrowed from the [`Driver`] while the core
+/// drains.
+struct Io<'a, R: Runtime> {
+    runtime: &'a R,
+    start: Instant,
+    tcp_local: Option<SocketAddr>,
+    quic: Option<&'a QuicSocket>,
+    on_event: &'a mut Option<EventCallback>,
+    events_tx: &'a mpsc::UnboundedSender<(Key, ActorEvent)>,
+    directs: &'a mut Vec<(DirectId, DirectActor)>,
+    actors: &'a FuturesUnordered<ActorFuture<DirectConn<R::TcpStream>>>,
+    relay_cmds: &'a mpsc::UnboundedSender<Cmd>,
+    relay_reset: &'a mut bool,
+}
+
+impl<R: Runtime> Io<'_, R> {
+    fn actor(&self, id: DirectId) -> Option<&DirectActor> {
+        self.directs.iter().find(|(i, _)| *i == id).map(|(_, a)| a)
+    }
+}
+
+impl<R: Runtime> Carrier for Io<'_, R> {
+    fn open_stream(&mut self) -> Result<(), StreamUnavailable> {
+        // One shared stream carries every attempt: there is no other.
+        Err(StreamUnavailable)
+    }
+
+    fn write_stream(&mut self, data: Bytes) {
+        let _ = self.relay_cmds.unbounded_send(Cmd::Write(data));
+    }
+
+    fn finish_stream(&mut self) {
+        // The shared stream outlives the exchange: it is handed back.
+    }
+
+    fn reset_stream(&mut self) {
+        *self.relay_reset = true;
+        let _ = self.relay_cmds.unbounded_send(Cmd::Close);
+    }
+
+    fn dial(&mut self, dial: dcutr_core::Dial) -> Result<(), DialError> {
+        let start = match dial.to.transport {
+            Transport::Tcp => {
+                let local = self.tcp_local.ok_or(DialError::Unreachable)?;
+                let connecting = self.runtime.connect_from(local, dial.to.addr);
+                Start::Dial(
+                    async move {
+                        connecting
+                            .await
+                            .map(|s| DirectConn::Tcp(Stream(s)))
+                            .map_err(|e| DialError::from(e.kind()))
+                    }
+                    .boxed(),
+                )
+            }
+            Transport::Quic => {
+                let quic = self.quic.ok_or(DialError::Unreachable)?;
+                let connecting = quic.endpoint.connect_with(
+                    quic.client_config.clone(),
+                    dial.to.addr,
+                    SERVER_NAME,
+                );
+                Start::Dial(
+                    async move {
+                        let conn = connecting
+                            .map_err(|_| DialError::Unreachable)?
+                            .await
+                            .map_err(quic_dial_error)?;
+                        Ok(DirectConn::Quic(QuicDirect::new(conn, true)))
+                    }
+                    .boxed(),
+                )
+            }
+        };
+        tracing::debug!(id = %dial.id, to = %dial.to, role = %dial.role, "dial");
+        spawn_actor(self.directs, self.actors, self.events_tx, dial.id, start);
+        Ok(())
+    }
+
+    fn send_datagram(&mut self, to: SocketAddr, payload: dcutr_core::SprayPayload) {
+        if let Some(quic) = self.quic {
+            quic.spray(&payload.bytes(), to);
+        }
+    }
+
+    fn write_direct(&mut self, id: DirectId, data: Bytes) {
+        if let Some(actor) = self.actor(id) {
+            let _ = actor.cmds.unbounded_send(Cmd::Write(data));
+        }
+    }
+
+    fn close_direct(&mut self, id: DirectId) {
+        if let Some(actor) = self.actor(id) {
+            let _ = actor.cmds.unbounded_send(Cmd::Close);
+        }
+        self.directs.retain(|(i, _)| *i != id);
+    }
+
+    fn close_relay(&mut self) {
+        let _ = self.relay_cmds.unbounded_send(Cmd::Close);
+    }
+
+    fn event(&mut self, event: Event, _timeline: &dcutr_core::Timeline) {
+        tracing::debug!(?event, "dcutr event");
+        let elapsed = self.runtime.now().saturating_duration_since(self.start);
+        if let Some(callback) = self.on_event.as_mut() {
+            callback(&event, elapsed);
+        }
+    }
+}
+
+fn quic_dial_error(e: quinn::ConnectionError) -> DialError {
+    match e {
+        quinn::ConnectionError::TimedOut => DialError::TimedOut,
+        quinn::ConnectionError::ConnectionClosed(_)
+        | quinn::ConnectionError::ApplicationClosed(_)
+        | quinn::ConnectionError::Reset => DialError::Refused,
+        _ => DialError::Handshake,
+    }
+}
+
+fn spawn_actor<T>(
+    directs: &mut Vec<(DirectId, DirectActor)>,
+    actors: &FuturesUnordered<ActorFuture<DirectConn<T>>>,
+    events_tx: &mpsc::UnboundedSender<(Key, ActorEvent)>,
+    id: DirectId,
+    start: Start<DirectConn<T>>,
+) where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (cmds, rx) = mpsc::unbounded();
+    directs.push((id, DirectActor { cmds, want: 0 }));
+    actors.push(actor::run(Key::Direct(id), start, rx, events_tx.clone()).boxed());
 }
 
 /// How early a precise timer (the Sync delay) wakes before yielding up to

@@ -6,9 +6,12 @@ use std::marker::PhantomData;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use std::net::SocketAddr;
+
+use bytes::Bytes;
 use dcutr_core::{
-    Candidate, DialError, DirectId, Event as CoreEvent, ObservedAddrs, Output, Role, Side,
-    Transport, Upgrade,
+    Candidate, Carrier, Dial, DialError, DirectId, Event as CoreEvent, ObservedAddrs, Role, Side,
+    SprayPayload, StreamUnavailable, Timeline, Transport, Upgrade,
 };
 use either::Either;
 use futures::FutureExt;
@@ -90,26 +93,13 @@ pub struct Behaviour<E = Event> {
 struct Relayed {
     peer: PeerId,
     side: Side,
-    phase: Phase,
+    up: Box<Upgrade>,
     /// The handler's number of the current stream.
     stream: Option<u64>,
     /// The core's dials and inbound connections, by their libp2p id.
     directs: HashMap<DirectId, ConnectionId>,
     /// The relayed connection is gone.
     closed: bool,
-}
-
-enum Phase {
-    /// Spec B waits for the peer's identify addresses.
-    AwaitPeerAddrs {
-        deadline: Instant,
-        /// An address arrived since the last poll (more may follow in the
-        /// same burst).
-        fresh: bool,
-        /// Some address arrived.
-        seen: bool,
-    },
-    Running(Box<Upgrade>),
 }
 
 impl Behaviour<Event> {
@@ -187,6 +177,9 @@ impl<E: FromReport> Behaviour<E> {
         seed
     }
 
+    /// Starts the upgrade of a new relayed connection at once: the
+    /// peer's public addresses, known now or learnt later from identify,
+    /// are the core's input whenever they arrive.
     fn on_relayed_established(
         &mut self,
         id: ConnectionId,
@@ -198,217 +191,66 @@ impl<E: FromReport> Behaviour<E> {
             ConnectedPoint::Dialer { .. } => Side::Responder,
         };
         let now = Instant::now();
-        let wait = side == Side::Initiator
-            && self.config.core.unilateral
-            && self.peer_addrs.get(&peer).is_empty();
-        let phase = if wait {
-            tracing::debug!(%peer, "waiting for the peer's advertised addresses");
-            Phase::AwaitPeerAddrs {
-                deadline: now + self.config.peer_addrs_wait,
-                fresh: false,
-                seen: false,
-            }
-        } else {
-            Phase::AwaitPeerAddrs {
-                deadline: now,
-                fresh: false,
-                seen: true,
-            }
-        };
-        self.upgrades.insert(
-            id,
-            Relayed {
-                peer,
-                side,
-                phase,
-                stream: None,
-                directs: HashMap::new(),
-                closed: false,
-            },
-        );
-        if !wait {
-            self.start(id, now);
-        }
-    }
-
-    /// Starts the core of relayed connection `id`.
-    fn start(&mut self, id: ConnectionId, now: Instant) {
         let seed = self.seed();
-        let Some(rel) = self.upgrades.get_mut(&id) else {
-            return;
-        };
-        let mut builder = Upgrade::builder(rel.side, self.config.core.clone(), seed)
+        let mut builder = Upgrade::builder(side, self.config.core.clone(), seed)
             .local_addrs(self.own_addrs.as_slice().iter().copied());
-        if rel.side == Side::Initiator {
-            builder = builder.remote_public_addrs(self.peer_addrs.get(&rel.peer).iter().copied());
+        if side == Side::Initiator {
+            builder = builder.remote_public_addrs(self.peer_addrs.get(&peer).iter().copied());
         }
         match builder.start(now) {
-            Ok(upgrade) => {
-                tracing::debug!(peer = %rel.peer, side = %rel.side, relayed = %id, "dcutr upgrade started");
-                rel.phase = Phase::Running(Box::new(upgrade));
+            Ok(up) => {
+                tracing::debug!(%peer, %side, relayed = %id, "dcutr upgrade started");
+                let rel = Relayed {
+                    peer,
+                    side,
+                    up: Box::new(up),
+                    stream: None,
+                    directs: HashMap::new(),
+                    closed: false,
+                };
+                self.upgrades.insert(id, rel);
                 self.drain(id, now);
             }
-            Err(err) => {
-                // The config was validated at construction.
-                tracing::error!(%err, "dcutr upgrade could not start");
-                self.upgrades.remove(&id);
-            }
+            // The config was validated at construction.
+            Err(err) => tracing::error!(%err, "dcutr upgrade could not start"),
         }
     }
 
     /// Runs `input` on the core of relayed connection `id`, then carries
     /// out its outputs.
     fn with_upgrade(&mut self, id: ConnectionId, now: Instant, input: impl FnOnce(&mut Upgrade)) {
-        let Some(Relayed {
-            phase: Phase::Running(up),
-            ..
-        }) = self.upgrades.get_mut(&id)
-        else {
+        let Some(Relayed { up, .. }) = self.upgrades.get_mut(&id) else {
             return;
         };
         input(up);
         self.drain(id, now);
     }
 
-    /// Drains the core's outputs (the str0m rule: after every input).
+    /// Drains the core's outputs (the str0m rule: after every input),
+    /// through the core's one exhaustive dispatch.
     fn drain(&mut self, id: ConnectionId, now: Instant) {
-        let Some(rel) = self.upgrades.get_mut(&id) else {
+        let Some(Relayed {
+            peer,
+            side,
+            up,
+            stream,
+            directs,
+            closed,
+        }) = self.upgrades.get_mut(&id)
+        else {
             return;
         };
-        let Phase::Running(up) = &mut rel.phase else {
-            return;
+        let mut carrier = SwarmSide {
+            relayed: id,
+            peer: *peer,
+            side: *side,
+            stream,
+            directs,
+            closed: *closed,
+            dials: &mut self.dials,
+            queued: &mut self.queued,
         };
-        let peer = rel.peer;
-        let notify = |event: Command| ToSwarm::NotifyHandler {
-            peer_id: peer,
-            handler: NotifyHandler::One(id),
-            event: Either::Left(event),
-        };
-        while let Some(output) = up.poll_output() {
-            match output {
-                Output::OpenStream if rel.closed => up.handle_stream_closed(now),
-                Output::OpenStream => self.queued.push_back(notify(Command::Open)),
-                Output::WriteStream(data) => match rel.stream {
-                    Some(stream) if !rel.closed => {
-                        self.queued
-                            .push_back(notify(Command::Write { stream, data }));
-                    }
-                    _ => tracing::trace!("write for a stream that is gone"),
-                },
-                Output::FinishStream => {
-                    // The core is done with this stream: its later close
-                    // (the peer finishing too) must not be taken for the
-                    // next attempt's stream.
-                    if let (Some(stream), false) = (rel.stream.take(), rel.closed) {
-                        self.queued.push_back(notify(Command::Finish { stream }));
-                    }
-                }
-                Output::ResetStream => {
-                    if let (Some(stream), false) = (rel.stream.take(), rel.closed) {
-                        self.queued.push_back(notify(Command::Reset { stream }));
-                    }
-                }
-                Output::Dial(dial) => {
-                    let Some(address) = to_libp2p(&dial.to) else {
-                        up.handle_dial_failed(now, dial.id, DialError::Unreachable);
-                        continue;
-                    };
-                    let address = address.with(Protocol::P2p(peer));
-                    let mut opts = DialOpts::peer_id(peer)
-                        .addresses(vec![address])
-                        .condition(PeerCondition::Always);
-                    match (dial.role, dial.to.transport) {
-                        (Role::Client, _) => {}
-                        (Role::Server, Transport::Tcp) => {
-                            // Spec B is the listener for everything on top
-                            // of the TCP connection; the dial keeps port
-                            // reuse so it leaves from the port the peer
-                            // was told.
-                            opts = opts.override_role();
-                        }
-                        (Role::Server, _) => {
-                            // libp2p-quic turns a dial as listener on a
-                            // new port into the spec's QUIC server punch:
-                            // random datagrams from its listening socket,
-                            // then it accepts the client's connection from
-                            // that address and hands it to this dial.
-                            opts = opts.override_role().allocate_new_port();
-                        }
-                    }
-                    let opts = opts.build();
-                    let conn = opts.connection_id();
-                    tracing::debug!(to = %dial.to, role = %dial.role, attempt = dial.attempt, %conn, "direct dial");
-                    self.dials.insert(conn, (id, dial.id));
-                    rel.directs.insert(dial.id, conn);
-                    self.queued.push_back(ToSwarm::Dial { opts });
-                }
-                Output::SendDatagram { to, .. } => {
-                    // Unreachable: `Config::validate` refuses `Spray`.
-                    tracing::warn!(%to, "UDP spray is not available through libp2p; skipped");
-                }
-                Output::WriteDirect { id: direct, .. } => {
-                    tracing::warn!(%direct, "token check bytes requested; not supported here");
-                }
-                Output::CloseDirect { id: direct } => {
-                    // libp2p cannot abort a pending dial, and a connection
-                    // that lost here may be the one the peer picked: both
-                    // are authenticated connections to the right peer, so
-                    // they are left to the application's keep-alive.
-                    if let Some(conn) = rel.directs.get(&direct) {
-                        self.dials.remove(conn);
-                    }
-                }
-                Output::CloseRelay => {
-                    if !rel.closed {
-                        tracing::debug!(relayed = %id, "grace period over; closing the relayed connection");
-                        self.queued.push_back(ToSwarm::CloseConnection {
-                            peer_id: peer,
-                            connection: CloseConnection::One(id),
-                        });
-                    }
-                }
-                Output::Event(event) => {
-                    let direct = direct_of(&event).and_then(|d| rel.directs.get(&d).copied());
-                    let report = match event {
-                        CoreEvent::Upgraded(up_event) => {
-                            let Some(conn) = rel.directs.get(&up_event.id).copied() else {
-                                tracing::error!(id = %up_event.id, "winner unknown to the adapter");
-                                continue;
-                            };
-                            Report::Outcome {
-                                event: Event {
-                                    remote_peer_id: peer,
-                                    result: Ok(conn),
-                                },
-                                relayed_connection_id: id,
-                                side: rel.side,
-                                timeline: Some(Box::new(up.timeline().clone())),
-                            }
-                        }
-                        CoreEvent::Failed(failure) => Report::Outcome {
-                            event: Event {
-                                remote_peer_id: peer,
-                                result: Err(Error::Failed(failure)),
-                            },
-                            relayed_connection_id: id,
-                            side: rel.side,
-                            timeline: Some(Box::new(up.timeline().clone())),
-                        },
-                        event => Report::Progress(Progress {
-                            remote_peer_id: peer,
-                            relayed_connection_id: id,
-                            side: rel.side,
-                            event,
-                            direct_connection_id: direct,
-                        }),
-                    };
-                    if let Some(e) = E::from_report(report) {
-                        self.queued.push_back(ToSwarm::GenerateEvent(e));
-                    }
-                }
-                other => tracing::debug!(?other, "unknown core output ignored"),
-            }
-        }
+        up.drain(now, &mut carrier);
         self.retire(id);
     }
 
@@ -417,10 +259,7 @@ impl<E: FromReport> Behaviour<E> {
         let Some(rel) = self.upgrades.get(&id) else {
             return;
         };
-        let done = match &rel.phase {
-            Phase::Running(up) => up.is_finished() || (rel.closed && up.outcome().is_some()),
-            Phase::AwaitPeerAddrs { .. } => rel.closed,
-        };
+        let done = rel.up.is_finished() || (rel.closed && rel.up.outcome().is_some());
         if !done {
             return;
         }
@@ -451,18 +290,13 @@ impl<E: FromReport> Behaviour<E> {
             return;
         };
         let relayed = self.upgrades.iter().find_map(|(id, rel)| {
-            let running = matches!(&rel.phase, Phase::Running(up) if up.outcome().is_none());
+            let running = rel.up.outcome().is_none();
             (rel.peer == e.peer_id && running).then_some(*id)
         });
         let Some(relayed) = relayed else {
             return;
         };
-        let Some(Relayed {
-            phase: Phase::Running(up),
-            directs,
-            ..
-        }) = self.upgrades.get_mut(&relayed)
-        else {
+        let Some(Relayed { up, directs, .. }) = self.upgrades.get_mut(&relayed) else {
             return;
         };
         // Under `CallerAuthenticates` the core may declare this connection
@@ -477,27 +311,10 @@ impl<E: FromReport> Behaviour<E> {
         if let Some(rel) = self.upgrades.get_mut(&e.connection_id) {
             rel.closed = true;
             rel.stream = None;
-            match &rel.phase {
-                Phase::Running(up) if up.outcome().is_none() => {
-                    // No further attempt can happen; a punch in flight may
-                    // still win, and the core ends the upgrade after it.
-                    self.with_upgrade(e.connection_id, now, |up| up.handle_relay_closed(now));
-                }
-                Phase::Running(_) => {}
-                Phase::AwaitPeerAddrs { .. } => {
-                    let event = Event {
-                        remote_peer_id: e.peer_id,
-                        result: Err(Error::RelayedConnectionClosed),
-                    };
-                    if let Some(ev) = E::from_report(Report::Outcome {
-                        event,
-                        relayed_connection_id: e.connection_id,
-                        side: Side::Initiator,
-                        timeline: None,
-                    }) {
-                        self.queued.push_back(ToSwarm::GenerateEvent(ev));
-                    }
-                }
+            if rel.up.outcome().is_none() {
+                // No further attempt can happen; a punch in flight may
+                // still win, and the core ends the upgrade after it.
+                self.with_upgrade(e.connection_id, now, |up| up.handle_relay_closed(now));
             }
             self.retire(e.connection_id);
             return;
@@ -546,65 +363,36 @@ impl<E: FromReport> Behaviour<E> {
             return;
         };
         self.peer_addrs.add(peer, c);
-        for rel in self.upgrades.values_mut() {
-            if let Phase::AwaitPeerAddrs { fresh, .. } = &mut rel.phase
-                && rel.peer == peer
-            {
-                *fresh = true;
-            }
+        let now = Instant::now();
+        let ids: Vec<ConnectionId> = self
+            .upgrades
+            .iter()
+            .filter(|(_, rel)| rel.peer == peer && rel.side == Side::Initiator)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.with_upgrade(id, now, |up| up.handle_remote_public_addrs(now, [c]));
         }
     }
 
-    /// Starts the waiting upgrades that are ready, handles expired core
-    /// timers, and arms the timer for the next deadline.
+    /// Handles expired core timers, and arms the timer for the next
+    /// deadline.
     fn tick(&mut self, cx: &mut Context<'_>) {
         loop {
             let now = Instant::now();
-            let mut to_start = Vec::new();
             let mut expired = Vec::new();
             let mut next: Option<Instant> = None;
-            for (id, rel) in &mut self.upgrades {
-                let at = match &mut rel.phase {
-                    Phase::AwaitPeerAddrs {
-                        deadline,
-                        fresh,
-                        seen,
-                    } => {
-                        if *fresh {
-                            // More addresses of the same identify message
-                            // may be on their way through the swarm: look
-                            // again on the next poll.
-                            *fresh = false;
-                            *seen = true;
-                            cx.waker().wake_by_ref();
-                            None
-                        } else if *seen || *deadline <= now {
-                            to_start.push(*id);
-                            None
-                        } else {
-                            Some(*deadline)
-                        }
-                    }
-                    Phase::Running(up) => match up.poll_timeout() {
-                        Some(t) if t.at <= now => {
-                            expired.push(*id);
-                            None
-                        }
-                        Some(t) => Some(t.at),
-                        None => None,
-                    },
-                };
-                if let Some(at) = at {
-                    next = Some(next.map_or(at, |n| n.min(at)));
+            for (id, rel) in &self.upgrades {
+                match rel.up.poll_timeout() {
+                    Some(t) if t.at <= now => expired.push(*id),
+                    Some(t) => next = Some(next.map_or(t.at, |n| n.min(t.at))),
+                    None => {}
                 }
-            }
-            for id in &to_start {
-                self.start(*id, now);
             }
             for id in &expired {
                 self.with_upgrade(*id, now, |up| up.handle_timeout(now));
             }
-            if !to_start.is_empty() || !expired.is_empty() {
+            if !expired.is_empty() {
                 // Work done may have armed earlier deadlines.
                 continue;
             }
@@ -798,6 +586,161 @@ fn dial_error(error: &libp2p_swarm::DialError) -> DialError {
             .unwrap_or(DialError::Unreachable),
         E::Aborted => DialError::Io(std::io::ErrorKind::Interrupted),
         _ => DialError::Io(std::io::ErrorKind::Other),
+    }
+}
+
+/// One relayed connection, as the carrier of its core's commands: what it
+/// asks for becomes swarm events and handler commands.
+struct SwarmSide<'a, E> {
+    relayed: ConnectionId,
+    peer: PeerId,
+    side: Side,
+    stream: &'a mut Option<u64>,
+    directs: &'a mut HashMap<DirectId, ConnectionId>,
+    closed: bool,
+    dials: &'a mut HashMap<ConnectionId, (ConnectionId, DirectId)>,
+    queued: &'a mut VecDeque<ToSwarmEvent<E>>,
+}
+
+impl<E> SwarmSide<'_, E> {
+    fn notify(&mut self, command: Command) {
+        self.queued.push_back(ToSwarm::NotifyHandler {
+            peer_id: self.peer,
+            handler: NotifyHandler::One(self.relayed),
+            event: Either::Left(command),
+        });
+    }
+}
+
+impl<E: FromReport> Carrier for SwarmSide<'_, E> {
+    fn open_stream(&mut self) -> Result<(), StreamUnavailable> {
+        if self.closed {
+            return Err(StreamUnavailable);
+        }
+        self.notify(Command::Open);
+        Ok(())
+    }
+
+    fn write_stream(&mut self, data: Bytes) {
+        match *self.stream {
+            Some(stream) if !self.closed => self.notify(Command::Write { stream, data }),
+            _ => tracing::trace!("write for a stream that is gone"),
+        }
+    }
+
+    fn finish_stream(&mut self) {
+        // The core is done with this stream: its later close (the peer
+        // finishing too) must not be taken for the next attempt's stream.
+        if let (Some(stream), false) = (self.stream.take(), self.closed) {
+            self.notify(Command::Finish { stream });
+        }
+    }
+
+    fn reset_stream(&mut self) {
+        if let (Some(stream), false) = (self.stream.take(), self.closed) {
+            self.notify(Command::Reset { stream });
+        }
+    }
+
+    fn dial(&mut self, dial: Dial) -> Result<(), DialError> {
+        let address = to_libp2p(&dial.to).ok_or(DialError::Unreachable)?;
+        let address = address.with(Protocol::P2p(self.peer));
+        let mut opts = DialOpts::peer_id(self.peer)
+            .addresses(vec![address])
+            .condition(PeerCondition::Always);
+        match (dial.role, dial.to.transport) {
+            (Role::Client, _) => {}
+            (Role::Server, Transport::Tcp) => {
+                // Spec B is the listener for everything on top of the TCP
+                // connection; the dial keeps port reuse so it leaves from
+                // the port the peer was told.
+                opts = opts.override_role();
+            }
+            (Role::Server, _) => {
+                // libp2p-quic turns a dial as listener on a new port into
+                // the spec's QUIC server punch: random datagrams from its
+                // listening socket, then it accepts the client's
+                // connection from that address and hands it to this dial.
+                opts = opts.override_role().allocate_new_port();
+            }
+        }
+        let opts = opts.build();
+        let conn = opts.connection_id();
+        tracing::debug!(to = %dial.to, role = %dial.role, attempt = dial.attempt, %conn, "direct dial");
+        self.dials.insert(conn, (self.relayed, dial.id));
+        self.directs.insert(dial.id, conn);
+        self.queued.push_back(ToSwarm::Dial { opts });
+        Ok(())
+    }
+
+    fn send_datagram(&mut self, to: SocketAddr, _payload: SprayPayload) {
+        // Unreachable: `Config::validate` refuses `Spray`.
+        tracing::warn!(%to, "UDP spray is not available through libp2p; skipped");
+    }
+
+    fn write_direct(&mut self, id: DirectId, _data: Bytes) {
+        tracing::warn!(direct = %id, "token check bytes requested; not supported here");
+    }
+
+    fn close_direct(&mut self, id: DirectId) {
+        // libp2p cannot abort a pending dial, and a connection that lost
+        // here may be the one the peer picked: both are authenticated
+        // connections to the right peer, so they are left to the
+        // application's keep-alive.
+        if let Some(conn) = self.directs.get(&id) {
+            self.dials.remove(conn);
+        }
+    }
+
+    fn close_relay(&mut self) {
+        if !self.closed {
+            tracing::debug!(relayed = %self.relayed, "grace period over; closing the relayed connection");
+            self.queued.push_back(ToSwarm::CloseConnection {
+                peer_id: self.peer,
+                connection: CloseConnection::One(self.relayed),
+            });
+        }
+    }
+
+    fn event(&mut self, event: CoreEvent, timeline: &Timeline) {
+        let direct = direct_of(&event).and_then(|d| self.directs.get(&d).copied());
+        let (peer, relayed, side) = (self.peer, self.relayed, self.side);
+        let report = match event {
+            CoreEvent::Upgraded(up_event) => {
+                let Some(conn) = self.directs.get(&up_event.id).copied() else {
+                    tracing::error!(id = %up_event.id, "winner unknown to the adapter");
+                    return;
+                };
+                Report::Outcome {
+                    event: Event {
+                        remote_peer_id: peer,
+                        result: Ok(conn),
+                    },
+                    relayed_connection_id: relayed,
+                    side,
+                    timeline: Some(Box::new(timeline.clone())),
+                }
+            }
+            CoreEvent::Failed(failure) => Report::Outcome {
+                event: Event {
+                    remote_peer_id: peer,
+                    result: Err(Error::Failed(failure)),
+                },
+                relayed_connection_id: relayed,
+                side,
+                timeline: Some(Box::new(timeline.clone())),
+            },
+            event => Report::Progress(Progress {
+                remote_peer_id: peer,
+                relayed_connection_id: relayed,
+                side,
+                event,
+                direct_connection_id: direct,
+            }),
+        };
+        if let Some(e) = E::from_report(report) {
+            self.queued.push_back(ToSwarm::GenerateEvent(e));
+        }
     }
 }
 

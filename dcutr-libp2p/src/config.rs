@@ -5,16 +5,6 @@ use std::time::Duration;
 
 use dcutr_core::{AddressPolicy, Dialable, IdentityCheck, QuicServerPunch, RelayChannel};
 
-/// How long the side that opens the stream (spec B) waits, by default, for
-/// the peer's addresses from identify before it starts.
-///
-/// Identify arrives about one relayed round trip after the relayed
-/// connection; waiting for it is what lets B dial A's public addresses
-/// directly (the spec's unilateral upgrade) instead of hole punching. One
-/// second covers a slow relay; a peer that advertises nothing costs this
-/// much delay once.
-pub const DEFAULT_PEER_ADDRS_WAIT: Duration = Duration::from_secs(1);
-
 /// Configuration of a [`Behaviour`](crate::Behaviour).
 ///
 /// `Config::default()` is the core's [`dcutr_core::Config::default()`]
@@ -45,10 +35,6 @@ pub struct Config {
     /// machine (loopback) need [`AddressPolicy::permissive`]; see
     /// [`Config::with_address_policy`].
     pub core: dcutr_core::Config,
-    /// How long spec B waits for the peer's identify addresses before it
-    /// starts without them; it starts as soon as they arrive. Only used
-    /// when `core.unilateral` is on. Default [`DEFAULT_PEER_ADDRS_WAIT`].
-    pub peer_addrs_wait: Duration,
     /// Seed for the upgrades' randomness. `None` (the default) draws 32
     /// bytes from the OS for each upgrade; tests may fix it.
     pub seed: Option<[u8; 32]>,
@@ -59,11 +45,7 @@ impl Default for Config {
         let mut core = dcutr_core::Config::default();
         core.dialable = Dialable::all();
         core.quic_server_punch = QuicServerPunch::DialAsServer;
-        Config {
-            core,
-            peer_addrs_wait: DEFAULT_PEER_ADDRS_WAIT,
-            seed: None,
-        }
+        Config { core, seed: None }
     }
 }
 
@@ -89,13 +71,6 @@ impl Config {
     #[must_use]
     pub fn with_relay_grace_period(mut self, grace: Duration) -> Self {
         self.core.relay_grace_period = grace;
-        self
-    }
-
-    /// Sets how long spec B waits for the peer's identify addresses.
-    #[must_use]
-    pub fn with_peer_addrs_wait(mut self, wait: Duration) -> Self {
-        self.peer_addrs_wait = wait;
         self
     }
 
@@ -138,9 +113,6 @@ impl Config {
         if self.core.quic_server_punch == QuicServerPunch::Spray {
             return Err(ConfigError::QuicSpray);
         }
-        if self.peer_addrs_wait > dcutr_core::MAX_DURATION {
-            return Err(ConfigError::PeerAddrsWait);
-        }
         Ok(())
     }
 }
@@ -165,7 +137,4 @@ pub enum ConfigError {
         "libp2p cannot send the QUIC spray itself: use QuicServerPunch::DialAsServer or DialAsClient"
     )]
     QuicSpray,
-    /// `peer_addrs_wait` above an hour.
-    #[error("peer_addrs_wait must be at most one hour")]
-    PeerAddrsWait,
 }

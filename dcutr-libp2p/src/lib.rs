@@ -28,9 +28,10 @@
 //! attempt).
 //!
 //! ## What differs from the stock behaviour
-//! * **Unilateral dial first:** the side that accepted the relayed
-//!   connection (the spec's B) dials the peer's advertised public
-//!   addresses (from identify) before any hole punch.
+//! * **A unilateral dial alongside the punch:** the side that accepted the
+//!   relayed connection (the spec's B) starts the exchange at once and
+//!   dials the peer's advertised public addresses (from identify) the
+//!   moment they arrive; the first direct connection wins.
 //! * **Both sides report success**, with the id of the winning connection,
 //!   whichever side dialled it.
 //! * **Repeated streams:** a new `/libp2p/dcutr` stream on the same relayed
@@ -75,7 +76,7 @@ mod event;
 mod handler;
 
 pub use behaviour::Behaviour;
-pub use config::{Config, ConfigError, DEFAULT_PEER_ADDRS_WAIT};
+pub use config::{Config, ConfigError};
 pub use event::{Error, Event, FromReport, Progress, Report};
 
 /// The protocol name, `/libp2p/dcutr`.

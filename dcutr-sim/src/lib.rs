@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dcutr_core::{
-    Candidate, Config, DialError, DialPurpose, DirectId, Event, Outcome, Output, Side, Transport,
-    Upgrade,
+    Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
+    Side, SprayPayload, StreamUnavailable, Timeline, Transport, Upgrade,
 };
 
 /// A fixed base instant for simulations in this process.
@@ -215,7 +215,8 @@ enum Ev {
 
 struct Peer {
     side: Side,
-    upgrade: Upgrade,
+    /// `None` only while its commands are being carried out.
+    upgrade: Option<Upgrade>,
     spec: PeerSpec,
     /// (destination, transport, time) of every packet sent.
     sent: Vec<(SocketAddr, Transport, Instant)>,
@@ -228,6 +229,18 @@ struct Peer {
 }
 
 impl Peer {
+    fn core(&self) -> &Upgrade {
+        self.upgrade
+            .as_ref()
+            .expect("the upgrade is only out while it drains")
+    }
+
+    fn core_mut(&mut self) -> &mut Upgrade {
+        self.upgrade
+            .as_mut()
+            .expect("the upgrade is only out while it drains")
+    }
+
     fn opened_towards(&self, remote: SocketAddr, transport: Transport, by: Instant) -> bool {
         self.sent
             .iter()
@@ -305,7 +318,7 @@ impl Sim {
         let responder = make(Side::Responder, &cfg.responder, &[], 2);
         let peer = |side, upgrade, spec: &PeerSpec| Peer {
             side,
-            upgrade,
+            upgrade: Some(upgrade),
             spec: spec.clone(),
             sent: Vec::new(),
             dials: BTreeMap::new(),
@@ -339,7 +352,7 @@ impl Sim {
     /// The upgrade of side `index` ([`INITIATOR`] or [`RESPONDER`]).
     #[must_use]
     pub fn upgrade(&self, index: usize) -> &Upgrade {
-        &self.peers[index].upgrade
+        self.peers[index].core()
     }
 
     /// Simulated time since the start.
@@ -358,8 +371,8 @@ impl Sim {
     #[must_use]
     pub fn outcomes(&self) -> (Option<&Outcome>, Option<&Outcome>) {
         (
-            self.peers[INITIATOR].upgrade.outcome(),
-            self.peers[RESPONDER].upgrade.outcome(),
+            self.peers[INITIATOR].core().outcome(),
+            self.peers[RESPONDER].core().outcome(),
         )
     }
 
@@ -380,10 +393,40 @@ impl Sim {
         true
     }
 
+    /// Runs every event and timer due up to `at` after the start, then
+    /// moves the clock to `at`.
+    pub fn run_until(&mut self, at: Duration) {
+        let until = self.start + at;
+        while self.next_wakeup().is_some_and(|next| next <= until) {
+            self.step();
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Side `i` learns the other side's public addresses now (as from
+    /// identify), and its commands are carried out.
+    pub fn add_remote_public(&mut self, i: usize, addrs: Vec<Candidate>) {
+        let now = self.now;
+        self.peers[i]
+            .core_mut()
+            .handle_remote_public_addrs(now, addrs);
+        self.drain(i);
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let next_event = self.queue.peek().map(|Reverse((at, _))| *at);
+        let next_timer = self
+            .peers
+            .iter()
+            .filter_map(|p| p.core().poll_timeout().map(|t| t.at))
+            .min();
+        [next_event, next_timer].into_iter().flatten().min()
+    }
+
     /// Whether both upgrades are finished.
     #[must_use]
     pub fn finished(&self) -> bool {
-        self.peers.iter().all(|p| p.upgrade.is_finished())
+        self.peers.iter().all(|p| p.core().is_finished())
     }
 
     /// Advances to the next event or timer and handles it. Returns false
@@ -393,7 +436,7 @@ impl Sim {
         let next_timer = self
             .peers
             .iter()
-            .filter_map(|p| p.upgrade.poll_timeout().map(|t| t.at))
+            .filter_map(|p| p.core().poll_timeout().map(|t| t.at))
             .min();
         let Some(at) = [next_event, next_timer].into_iter().flatten().min() else {
             return false;
@@ -409,11 +452,11 @@ impl Sim {
         } else {
             for i in [INITIATOR, RESPONDER] {
                 let due = self.peers[i]
-                    .upgrade
+                    .core()
                     .poll_timeout()
                     .is_some_and(|t| t.at <= self.now);
                 if due {
-                    self.peers[i].upgrade.handle_timeout(self.now);
+                    self.peers[i].core_mut().handle_timeout(self.now);
                     self.drain(i);
                 }
             }
@@ -443,7 +486,7 @@ impl Sim {
             Ev::StreamOpened { to, generation } => {
                 if self.peers[to].generation < generation {
                     self.peers[to].generation = generation;
-                    self.peers[to].upgrade.handle_stream_opened(now);
+                    self.peers[to].core_mut().handle_stream_opened(now);
                     self.drain(to);
                 }
             }
@@ -453,48 +496,48 @@ impl Sim {
                 data,
             } => {
                 if self.peers[to].generation == generation {
-                    self.peers[to].upgrade.handle_stream_data(now, &data);
+                    self.peers[to].core_mut().handle_stream_data(now, &data);
                     self.drain(to);
                 }
             }
             Ev::StreamClosed { to, generation } => {
                 if self.peers[to].generation == generation {
-                    self.peers[to].upgrade.handle_stream_closed(now);
+                    self.peers[to].core_mut().handle_stream_closed(now);
                     self.drain(to);
                 }
             }
             Ev::Arrive { from, dial, to } => self.arrive(from, dial, to),
             Ev::DialSucceeded { to, id } => {
                 if self.peers[to].dials.contains_key(&id) {
-                    self.peers[to].upgrade.handle_dial_succeeded(now, id);
+                    self.peers[to].core_mut().handle_dial_succeeded(now, id);
                     self.drain(to);
                 }
             }
             Ev::DialFailed { to, id, error } => {
                 if self.peers[to].dials.remove(&id).is_some() {
-                    self.peers[to].upgrade.handle_dial_failed(now, id, error);
+                    self.peers[to].core_mut().handle_dial_failed(now, id, error);
                     self.drain(to);
                 }
             }
             Ev::DirectData { to, id, data } => {
                 if self.peers[to].links.contains_key(&id) {
-                    self.peers[to].upgrade.handle_direct_data(now, id, &data);
+                    self.peers[to].core_mut().handle_direct_data(now, id, &data);
                     self.drain(to);
                 }
             }
             Ev::DirectClosed { to, id } => {
                 if self.peers[to].links.remove(&id).is_some() {
                     self.peers[to].dials.remove(&id);
-                    self.peers[to].upgrade.handle_direct_closed(now, id);
+                    self.peers[to].core_mut().handle_direct_closed(now, id);
                     self.drain(to);
                 }
             }
             Ev::Stranger { to, from, data } => {
-                if let Ok(id) = self.peers[to].upgrade.handle_inbound(now, from) {
+                if let Ok(id) = self.peers[to].core_mut().handle_inbound(now, from) {
                     // The stranger is not a peer: link to a sink index.
                     self.peers[to].links.insert(id, (usize::MAX, id));
                     self.drain(to);
-                    self.peers[to].upgrade.handle_direct_data(now, id, &data);
+                    self.peers[to].core_mut().handle_direct_data(now, id, &data);
                 }
                 self.drain(to);
             }
@@ -534,7 +577,7 @@ impl Sim {
                 self.schedule(Duration::ZERO, Ev::DialSucceeded { to: other, id });
                 id
             }
-            None => match self.peers[other].upgrade.handle_inbound(now, src) {
+            None => match self.peers[other].core_mut().handle_inbound(now, src) {
                 Ok(id) => {
                     self.drain(other);
                     id
@@ -558,139 +601,195 @@ impl Sim {
         self.schedule(d, Ev::DialSucceeded { to: from, id: dial });
     }
 
-    /// Carries out every output of side `i`.
+    /// Carries out every output of side `i`, through the core's one
+    /// exhaustive dispatch.
     fn drain(&mut self, i: usize) {
-        while let Some(out) = self.peers[i].upgrade.poll_output() {
-            self.log.push(Record {
-                at: self.elapsed(),
-                side: self.peers[i].side,
-                output: out.clone(),
-            });
-            self.carry_out(i, out);
+        let mut core = self.peers[i].upgrade.take().expect("drain does not nest");
+        let now = self.now;
+        let mut side = SimSide {
+            sim: self,
+            i,
+            opened: false,
+        };
+        loop {
+            core.drain(now, &mut side);
+            // The simulated relay opens streams at once.
+            if !std::mem::take(&mut side.opened) {
+                break;
+            }
+            core.handle_stream_opened(now);
+        }
+        self.peers[i].upgrade = Some(core);
+    }
+}
+
+/// Side `i` of the simulation, as the carrier of its core's commands.
+struct SimSide<'a> {
+    sim: &'a mut Sim,
+    i: usize,
+    /// The core asked for a stream: the simulated relay opens it at once.
+    opened: bool,
+}
+
+impl SimSide<'_> {
+    fn other(&self) -> usize {
+        1 - self.i
+    }
+
+    fn log(&mut self, output: Output) {
+        let at = self.sim.elapsed();
+        let side = self.sim.peers[self.i].side;
+        self.sim.log.push(Record { at, side, output });
+    }
+
+    /// The relay carries a close of our stream to the other side.
+    fn close_stream_at_peer(&mut self, generation: u64) {
+        let other = self.other();
+        self.sim.schedule(
+            self.sim.relay_one_way,
+            Ev::StreamClosed {
+                to: other,
+                generation,
+            },
+        );
+    }
+}
+
+impl Carrier for SimSide<'_> {
+    fn open_stream(&mut self) -> Result<(), StreamUnavailable> {
+        self.log(Output::OpenStream);
+        let (i, other) = (self.i, self.other());
+        self.sim.peers[i].generation += 1;
+        let generation = self.sim.peers[i].generation;
+        self.opened = true;
+        self.sim.schedule(
+            self.sim.relay_one_way,
+            Ev::StreamOpened {
+                to: other,
+                generation,
+            },
+        );
+        Ok(())
+    }
+
+    fn write_stream(&mut self, data: Bytes) {
+        self.log(Output::WriteStream(data.clone()));
+        let other = self.other();
+        let generation = self.sim.peers[self.i].generation;
+        self.sim.schedule(
+            self.sim.relay_one_way,
+            Ev::StreamData {
+                to: other,
+                generation,
+                data,
+            },
+        );
+    }
+
+    fn finish_stream(&mut self) {
+        self.log(Output::FinishStream);
+        self.close_stream_at_peer(self.sim.peers[self.i].generation);
+    }
+
+    fn reset_stream(&mut self) {
+        self.log(Output::ResetStream);
+        self.close_stream_at_peer(self.sim.peers[self.i].generation);
+    }
+
+    fn close_relay(&mut self) {
+        self.log(Output::CloseRelay);
+        self.sim.relay_closed[self.i] = Some(self.sim.elapsed());
+        self.close_stream_at_peer(self.sim.peers[self.other()].generation);
+    }
+
+    fn dial(&mut self, dial: Dial) -> Result<(), DialError> {
+        self.log(Output::Dial(dial));
+        let (i, other) = (self.i, self.other());
+        let sim = &mut *self.sim;
+        let d = sim.direct_one_way;
+        let now = sim.now;
+        sim.dialled.push((i, dial.to));
+        sim.peers[i].dials.insert(dial.id, dial.to);
+        let blocked = sim.blocked_attempts.contains(&dial.attempt)
+            || (dial.purpose == DialPurpose::Unilateral
+                && sim.peers[other].spec.nat != Nat::Public);
+        let owned = sim.peers[other].spec.addrs.contains(&dial.to);
+        if blocked && sim.block == Block::Refuse && owned {
+            sim.schedule(
+                2 * d,
+                Ev::DialFailed {
+                    to: i,
+                    id: dial.id,
+                    error: DialError::Refused,
+                },
+            );
+        }
+        for offset in RETRANSMITS {
+            sim.peers[i]
+                .sent
+                .push((dial.to.addr, dial.to.transport, now + offset));
+            if owned && !blocked {
+                sim.schedule(
+                    offset + d,
+                    Ev::Arrive {
+                        from: i,
+                        dial: dial.id,
+                        to: dial.to,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn send_datagram(&mut self, to: SocketAddr, payload: SprayPayload) {
+        self.log(Output::SendDatagram { to, payload });
+        let now = self.sim.now;
+        self.sim.datagrams.push((self.i, to));
+        self.sim.peers[self.i].sent.push((to, Transport::Quic, now));
+    }
+
+    fn write_direct(&mut self, id: DirectId, data: Bytes) {
+        self.log(Output::WriteDirect {
+            id,
+            data: data.clone(),
+        });
+        if let Some((peer, peer_id)) = self.sim.peers[self.i].links.get(&id).copied()
+            && peer < 2
+        {
+            self.sim.schedule(
+                self.sim.direct_one_way,
+                Ev::DirectData {
+                    to: peer,
+                    id: peer_id,
+                    data,
+                },
+            );
         }
     }
 
-    fn carry_out(&mut self, i: usize, out: Output) {
-        let other = 1 - i;
-        let relay = self.relay_one_way;
-        let d = self.direct_one_way;
-        let now = self.now;
-        match out {
-            Output::OpenStream => {
-                self.peers[i].generation += 1;
-                let generation = self.peers[i].generation;
-                self.peers[i].upgrade.handle_stream_opened(now);
-                self.schedule(
-                    relay,
-                    Ev::StreamOpened {
-                        to: other,
-                        generation,
-                    },
-                );
-            }
-            Output::WriteStream(data) => {
-                let generation = self.peers[i].generation;
-                self.schedule(
-                    relay,
-                    Ev::StreamData {
-                        to: other,
-                        generation,
-                        data,
-                    },
-                );
-            }
-            Output::FinishStream | Output::ResetStream => {
-                let generation = self.peers[i].generation;
-                self.schedule(
-                    relay,
-                    Ev::StreamClosed {
-                        to: other,
-                        generation,
-                    },
-                );
-            }
-            Output::CloseRelay => {
-                self.relay_closed[i] = Some(self.elapsed());
-                let generation = self.peers[other].generation;
-                self.schedule(
-                    relay,
-                    Ev::StreamClosed {
-                        to: other,
-                        generation,
-                    },
-                );
-            }
-            Output::Dial(dial) => {
-                self.dialled.push((i, dial.to));
-                self.peers[i].dials.insert(dial.id, dial.to);
-                let blocked = self.blocked_attempts.contains(&dial.attempt)
-                    || (dial.purpose == DialPurpose::Unilateral
-                        && self.peers[other].spec.nat != Nat::Public);
-                let owned = self.peers[other].spec.addrs.contains(&dial.to);
-                if blocked && self.block == Block::Refuse && owned {
-                    self.schedule(
-                        2 * d,
-                        Ev::DialFailed {
-                            to: i,
-                            id: dial.id,
-                            error: DialError::Refused,
-                        },
-                    );
-                }
-                for offset in RETRANSMITS {
-                    self.peers[i]
-                        .sent
-                        .push((dial.to.addr, dial.to.transport, now + offset));
-                    if owned && !blocked {
-                        self.schedule(
-                            offset + d,
-                            Ev::Arrive {
-                                from: i,
-                                dial: dial.id,
-                                to: dial.to,
-                            },
-                        );
-                    }
-                }
-            }
-            Output::SendDatagram { to, .. } => {
-                self.datagrams.push((i, to));
-                self.peers[i].sent.push((to, Transport::Quic, now));
-            }
-            Output::WriteDirect { id, data } => {
-                if let Some((peer, peer_id)) = self.peers[i].links.get(&id).copied()
-                    && peer < 2
-                {
-                    self.schedule(
-                        d,
-                        Ev::DirectData {
-                            to: peer,
-                            id: peer_id,
-                            data,
-                        },
-                    );
-                }
-            }
-            Output::CloseDirect { id } => {
-                self.peers[i].dials.remove(&id);
-                if let Some((peer, peer_id)) = self.peers[i].links.remove(&id)
-                    && peer < 2
-                {
-                    self.schedule(
-                        d,
-                        Ev::DirectClosed {
-                            to: peer,
-                            id: peer_id,
-                        },
-                    );
-                }
-            }
-            Output::Event(Event::Upgraded(up)) => {
-                // The winner now belongs to the application: stop tracking.
-                self.peers[i].dials.remove(&up.id);
-            }
-            Output::Event(_) => {}
-            other => panic!("the simulation does not know {other:?}"),
+    fn close_direct(&mut self, id: DirectId) {
+        self.log(Output::CloseDirect { id });
+        let i = self.i;
+        self.sim.peers[i].dials.remove(&id);
+        if let Some((peer, peer_id)) = self.sim.peers[i].links.remove(&id)
+            && peer < 2
+        {
+            self.sim.schedule(
+                self.sim.direct_one_way,
+                Ev::DirectClosed {
+                    to: peer,
+                    id: peer_id,
+                },
+            );
         }
+    }
+
+    fn event(&mut self, event: Event, _timeline: &Timeline) {
+        if let Event::Upgraded(up) = &event {
+            // The winner now belongs to the application: stop tracking.
+            self.sim.peers[self.i].dials.remove(&up.id);
+        }
+        self.log(Output::Event(event));
     }
 }
