@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::addr::{AddrRejection, RejectionCounts};
 use crate::codec::{CodecError, MessageType};
 
 /// Where in the exchange the upgrade was when something went wrong.
@@ -145,9 +146,22 @@ pub enum AttemptFailure {
     /// The exchange on the relayed stream failed.
     #[error("protocol: {0}")]
     Protocol(#[from] ProtocolError),
-    /// Neither side had an address the other could use.
-    #[error("no usable addresses after filtering")]
-    NoUsableAddresses,
+    /// We had no address of ours to advertise: every observed address
+    /// was dropped (see [`AddressPolicy`](crate::AddressPolicy)), or none
+    /// is known yet. No Connect was sent with nothing in it.
+    #[error("no address of ours to send{}", policy_hint(.dropped))]
+    NothingToSend {
+        /// Our observed addresses we dropped, per reason.
+        dropped: RejectionCounts,
+    },
+    /// The peer's Connect left nothing we can dial or spray.
+    #[error("none of the peer's {received} addresses is usable{}", policy_hint(.dropped))]
+    NothingToDial {
+        /// Entries in the peer's Connect.
+        received: usize,
+        /// What we dropped, per reason.
+        dropped: RejectionCounts,
+    },
     /// Every dial failed and no inbound connection came.
     #[error("all {dials} direct dials failed")]
     AllDialsFailed {
@@ -185,12 +199,33 @@ pub enum Failure {
         /// What we were waiting for.
         step: Step,
     },
+    /// The initiator stopped early: an attempt showed that no address
+    /// can be used, and no retry could change that.
+    #[error("gave up after attempt {}: {}", .attempts.len(), last(.attempts))]
+    NoAddresses {
+        /// Attempts that were made (the last one says why).
+        attempts: Vec<AttemptFailure>,
+    },
     /// The initiator stopped starting attempts (responder side).
     #[error("peer started no further attempt after {} failed", .attempts.len())]
     PeerGaveUp {
         /// Attempts that were made.
         attempts: Vec<AttemptFailure>,
     },
+}
+
+/// Names the policy and the one setting that changes it, when it was the
+/// policy that dropped the addresses.
+fn policy_hint(dropped: &RejectionCounts) -> String {
+    let by_policy = dropped.get(AddrRejection::Loopback) + dropped.get(AddrRejection::Private);
+    if by_policy == 0 {
+        return String::new();
+    }
+    format!(
+        " ({by_policy} loopback or private dropped by the address policy, which accepts \
+         public addresses only by default; on loopback or a LAN set \
+         `address_policy` to `AddressPolicy::permissive()`)"
+    )
 }
 
 fn last(attempts: &[AttemptFailure]) -> String {
@@ -207,7 +242,9 @@ mod tests {
     fn failure_messages_name_the_last_reason() {
         let f = Failure::AllAttemptsFailed {
             attempts: vec![
-                AttemptFailure::NoUsableAddresses,
+                AttemptFailure::NothingToSend {
+                    dropped: RejectionCounts::default(),
+                },
                 AttemptFailure::AllDialsFailed { dials: 2 },
             ],
         };

@@ -62,6 +62,10 @@ impl Upgrade {
     /// shared one.
     pub(crate) fn start_attempt(&mut self) {
         self.begin_attempt_record();
+        if let Err(dropped) = self.addrs_to_send() {
+            self.nothing_to_send(dropped);
+            return;
+        }
         self.timers
             .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
         match self.config.channel {
@@ -74,7 +78,11 @@ impl Upgrade {
     }
 
     pub(crate) fn initiator_send_connect(&mut self) {
-        self.send_connect();
+        let addrs = match self.addrs_to_send() {
+            Ok(addrs) => addrs,
+            Err(dropped) => return self.nothing_to_send(dropped),
+        };
+        self.send_connect(&addrs);
         self.state = State::AwaitConnect { sent_at: self.now };
         self.timers
             .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);

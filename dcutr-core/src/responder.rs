@@ -44,7 +44,14 @@ impl Upgrade {
                 self.begin_attempt_record();
                 self.seen_connect = true;
                 self.take_remote_addrs(&raw);
-                self.send_connect();
+                let addrs = match self.addrs_to_send() {
+                    Ok(addrs) => addrs,
+                    Err(dropped) => {
+                        self.nothing_to_send(dropped);
+                        return Ok(());
+                    }
+                };
+                self.send_connect(&addrs);
                 self.state = State::AwaitSync;
                 self.timers
                     .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);

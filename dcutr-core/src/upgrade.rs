@@ -13,7 +13,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::addr::{
-    AddressPredictor, Candidate, NoPrediction, ObservedAddrs, Transport, local_addrs_to_send,
+    AddrRejection, AddressPredictor, Candidate, NoPrediction, ObservedAddrs, RejectionCounts,
+    Transport, local_addrs_to_send,
 };
 use crate::codec::{self, FrameDecoder, TOKEN_LEN};
 use crate::config::{Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel};
@@ -145,6 +146,9 @@ pub struct Upgrade {
     pub(crate) unilateral_targets: Vec<Candidate>,
     /// Usable addresses from the peer's Connect in the current attempt.
     pub(crate) remote: Vec<Candidate>,
+    /// What the peer's last Connect held and what we dropped of it, for
+    /// the reason of an attempt with nothing to dial.
+    remote_received: (usize, RejectionCounts),
     /// Responder: whether any Connect arrived yet (decides the role of
     /// inbound connections).
     pub(crate) seen_connect: bool,
@@ -237,6 +241,7 @@ impl UpgradeBuilder {
             predictor: self.predictor,
             unilateral_targets: Vec::new(),
             remote: Vec::new(),
+            remote_received: (0, RejectionCounts::default()),
             seen_connect: false,
             directs: Directs::default(),
             spray: None,
@@ -822,8 +827,9 @@ impl Upgrade {
         tracing::debug!(side = %self.side, attempt = self.attempt, "attempt started");
     }
 
-    /// Sends our Connect with the addresses we currently know.
-    pub(crate) fn send_connect(&mut self) {
+    /// The addresses our next Connect carries; when there are none, what
+    /// we dropped of our observed ones, per reason.
+    pub(crate) fn addrs_to_send(&mut self) -> Result<Vec<Candidate>, RejectionCounts> {
         let mut addrs = local_addrs_to_send(
             &self.observed,
             self.predictor.as_mut(),
@@ -833,6 +839,21 @@ impl Upgrade {
         // Advertising a transport we have no socket for only makes the peer
         // dial into nothing.
         addrs.retain(|c| self.config.dialable.allows(c));
+        if !addrs.is_empty() {
+            return Ok(addrs);
+        }
+        let mut dropped = RejectionCounts::default();
+        for c in self.observed.as_slice() {
+            match self.config.address_policy.check(c) {
+                Err(reason) => dropped.add(reason),
+                Ok(()) => dropped.add(AddrRejection::NotDialable),
+            }
+        }
+        Err(dropped)
+    }
+
+    /// Sends our Connect with `addrs`.
+    pub(crate) fn send_connect(&mut self, addrs: &[Candidate]) {
         let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
         let (frame, sent) =
             codec::encode_connect(raw.iter().map(Vec::as_slice), self.config.max_message_size);
@@ -847,6 +868,36 @@ impl Upgrade {
         if let Some(a) = self.timeline.attempt_mut() {
             a.connect_sent = Some(self.now);
         }
+    }
+
+    /// We have no address to advertise. Nothing is sent with nothing in
+    /// it: the initiator gives up at once, since no retry changes what it
+    /// knows of itself; the responder ends this attempt's stream and
+    /// waits for the initiator's next one, which is the initiator's call.
+    pub(crate) fn nothing_to_send(&mut self, dropped: RejectionCounts) {
+        let reason = AttemptFailure::NothingToSend { dropped };
+        tracing::debug!(side = %self.side, %reason, "no Connect sent");
+        let per_attempt = self.config.channel == RelayChannel::StreamPerAttempt;
+        if self.side == Side::Responder && per_attempt {
+            if self.stream_open {
+                self.outputs.push_back(Output::ResetStream);
+                self.stream_open = false;
+            }
+            self.fail_attempt(reason);
+        } else {
+            self.give_up(reason);
+        }
+    }
+
+    /// Ends the upgrade after an attempt that no retry could improve.
+    pub(crate) fn give_up(&mut self, reason: AttemptFailure) {
+        if self.stream_open && self.config.channel == RelayChannel::StreamPerAttempt {
+            self.outputs.push_back(Output::ResetStream);
+            self.stream_open = false;
+        }
+        self.abandon_attempt(reason);
+        let attempts = self.failures.clone();
+        self.final_failure(Failure::NoAddresses { attempts });
     }
 
     /// Parses the peer's Connect into `self.remote` and reports it.
@@ -868,6 +919,7 @@ impl Upgrade {
             "peer's addresses"
         );
         self.remote.clone_from(&filtered.accepted);
+        self.remote_received = (raw.len(), filtered.rejected);
         self.outputs.push_back(Output::Event(Event::RemoteAddrs {
             attempt: self.attempt,
             accepted: filtered.accepted,
@@ -1389,12 +1441,18 @@ impl Upgrade {
                         .iter()
                         .filter(|d| d.attempt == attempt && d.purpose == DialPurpose::HolePunch)
                         .count();
-                    let reason = if dials == 0 {
-                        AttemptFailure::NoUsableAddresses
-                    } else {
-                        AttemptFailure::AllDialsFailed { dials }
-                    };
-                    self.fail_attempt(reason);
+                    if dials > 0 {
+                        self.fail_attempt(AttemptFailure::AllDialsFailed { dials });
+                        return;
+                    }
+                    let (received, dropped) = self.remote_received;
+                    let reason = AttemptFailure::NothingToDial { received, dropped };
+                    match self.side {
+                        // The peer's addresses do not change between
+                        // attempts a second apart: a retry would fail alike.
+                        Side::Initiator => self.give_up(reason),
+                        Side::Responder => self.fail_attempt(reason),
+                    }
                 }
             }
             _ => {}

@@ -348,8 +348,8 @@ async fn relayed_connection_closes_after_the_grace_period_and_the_direct_one_sta
     }
 }
 
-/// A on loopback with the default public-only policy: it neither sends
-/// nor accepts an address, so no attempt can punch.
+/// A on loopback with the default public-only policy: it has no address
+/// to send, so it ends each of B's attempts at once, and none can punch.
 async fn run_unpunchable_pair() -> Seen {
     let a = build_client(Dcutr::Ours(
         loopback_config().with_address_policy(AddressPolicy::public_only()),
@@ -372,32 +372,41 @@ fn attempt_reasons(seen: &Seen, who: Who) -> Vec<AttemptFailure> {
     }
 }
 
+fn nothing_to_send_for_loopback(reason: &AttemptFailure) -> bool {
+    matches!(reason, AttemptFailure::NothingToSend { dropped }
+        if dropped.get(AddrRejection::Loopback) >= 1)
+        && reason.to_string().contains("AddressPolicy::permissive()")
+}
+
 /// When no direct connection is possible, every attempt reports its
-/// reason, the RTT and the addresses dropped, and the outcome is a typed
-/// error listing each attempt.
+/// reason, and the outcome is a typed error listing each attempt. The side
+/// whose policy drops its own addresses says so, and names the fix,
+/// instead of sending an empty Connect.
 #[tokio::test]
 async fn a_failed_upgrade_reports_typed_reasons_for_every_attempt() {
     init_tracing();
     let seen = run_unpunchable_pair().await;
-    for who in [Who::A, Who::B] {
-        let reasons = attempt_reasons(&seen, who);
-        assert_eq!(reasons.len(), 3, "{who:?}: {reasons:?}");
-        assert_eq!(reasons[0], AttemptFailure::NoUsableAddresses, "{who:?}");
-        let events = progress_events(&seen, who);
-        assert!(
-            events.contains(&CoreEvent::AttemptStarted { attempt: 1 }),
-            "{events:?}"
-        );
-        assert!(
-            events.contains(&CoreEvent::AttemptFailed {
-                attempt: 1,
-                reason: AttemptFailure::NoUsableAddresses
-            }),
-            "{events:?}"
-        );
-    }
-    // B started three attempts and measured the relayed round trip of
-    // each one that got A's Connect.
+    let a_reasons = attempt_reasons(&seen, Who::A);
+    assert_eq!(a_reasons.len(), 3, "{a_reasons:?}");
+    assert!(
+        a_reasons.iter().all(nothing_to_send_for_loopback),
+        "{a_reasons:?}"
+    );
+    let b_reasons = attempt_reasons(&seen, Who::B);
+    assert_eq!(b_reasons.len(), 3, "{b_reasons:?}");
+    assert!(
+        b_reasons.iter().all(|r| matches!(
+            r,
+            AttemptFailure::Protocol(dcutr_core::ProtocolError::StreamClosed { .. })
+        )),
+        "B sees each stream end before A's Connect: {b_reasons:?}"
+    );
+    let a_events = progress_events(&seen, Who::A);
+    assert!(
+        a_events.iter().any(|e| matches!(e,
+            CoreEvent::AttemptFailed { attempt: 1, reason } if nothing_to_send_for_loopback(reason))),
+        "{a_events:?}"
+    );
     let b_events = progress_events(&seen, Who::B);
     for attempt in 1..=3 {
         assert!(
@@ -405,26 +414,12 @@ async fn a_failed_upgrade_reports_typed_reasons_for_every_attempt() {
             "{b_events:?}"
         );
     }
-    let rtts = b_events
-        .iter()
-        .filter(|e| matches!(e, CoreEvent::RttMeasured { .. }))
-        .count();
-    let b_timeline = timeline(&seen, Who::B);
-    assert!(rtts >= 1);
-    assert_eq!(
-        b_timeline
-            .attempts
-            .iter()
-            .filter(|a| a.rtt.is_some())
-            .count(),
-        rtts
-    );
-    // A dropped B's loopback address, and says why.
-    let dropped_loopback = progress_events(&seen, Who::A).iter().any(|e| {
+    // A dropped B's loopback address too, and says why.
+    let dropped_loopback = a_events.iter().any(|e| {
         matches!(e, CoreEvent::RemoteAddrs { accepted, rejected, .. }
             if accepted.is_empty() && rejected.get(AddrRejection::Loopback) >= 1)
     });
-    assert!(dropped_loopback, "{:?}", progress_events(&seen, Who::A));
+    assert!(dropped_loopback, "{a_events:?}");
     assert!(seen.direct.is_empty());
     let text = seen.ours_err(Who::B).unwrap().to_string();
     assert!(
@@ -440,7 +435,8 @@ async fn a_failed_upgrade_reports_typed_reasons_for_every_attempt() {
 async fn each_attempt_counts_once_on_both_sides_when_attempts_fail_fast() {
     init_tracing();
     let seen = run_unpunchable_pair().await;
-    let three = vec![AttemptFailure::NoUsableAddresses; 3];
-    assert_eq!(attempt_reasons(&seen, Who::B), three);
-    assert_eq!(attempt_reasons(&seen, Who::A), three);
+    assert_eq!(attempt_reasons(&seen, Who::B).len(), 3);
+    let a_reasons = attempt_reasons(&seen, Who::A);
+    assert_eq!(a_reasons.len(), 3, "{a_reasons:?}");
+    assert!(a_reasons.iter().all(nothing_to_send_for_loopback));
 }
