@@ -64,7 +64,16 @@ pub struct Hello {
     /// to the application. Both use the smaller limit.
     #[prost(uint32, optional, tag = "2")]
     pub max_attempts: Option<u32>,
+    /// The sender's side: [`SIDE_INITIATOR`] or [`SIDE_RESPONDER`]. Two
+    /// ends on the same side is a typed error on both.
+    #[prost(uint32, optional, tag = "3")]
+    pub side: Option<u32>,
 }
+
+/// `Hello.side` of an initiator.
+pub const SIDE_INITIATOR: u32 = 1;
+/// `Hello.side` of a responder.
+pub const SIDE_RESPONDER: u32 = 2;
 
 /// A decoded `Hello`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +82,8 @@ pub struct HelloFrame {
     pub token: [u8; TOKEN_LEN],
     /// The sender's attempt limit, if it sent one.
     pub max_attempts: Option<u32>,
+    /// The sender's side, if it sent a known one.
+    pub side: Option<crate::Side>,
 }
 
 /// A decoded and type-checked `HolePunch` message.
@@ -160,12 +171,28 @@ pub fn encode_sync() -> Bytes {
     })
 }
 
-/// Encodes a `Hello` frame carrying `token` and `max_attempts`.
+/// Encodes a `Hello` frame carrying `token` and `max_attempts`, without
+/// a side (as peers before the side check sent it): test peers use it.
 #[must_use]
 pub fn encode_hello(token: &[u8; TOKEN_LEN], max_attempts: u8) -> Bytes {
+    hello_frame(token, max_attempts, None)
+}
+
+/// Encodes a `Hello` frame carrying `token`, `max_attempts` and `side`.
+#[must_use]
+pub fn encode_hello_as(token: &[u8; TOKEN_LEN], max_attempts: u8, side: crate::Side) -> Bytes {
+    let side = match side {
+        crate::Side::Initiator => SIDE_INITIATOR,
+        crate::Side::Responder => SIDE_RESPONDER,
+    };
+    hello_frame(token, max_attempts, Some(side))
+}
+
+fn hello_frame(token: &[u8; TOKEN_LEN], max_attempts: u8, side: Option<u32>) -> Bytes {
     frame(&Hello {
         token: Some(token.to_vec()),
         max_attempts: Some(u32::from(max_attempts)),
+        side,
     })
 }
 
@@ -202,9 +229,15 @@ pub fn decode_hello(payload: &[u8]) -> Result<HelloFrame, CodecError> {
         .as_slice()
         .try_into()
         .map_err(|_| CodecError::BadToken { len: token.len() })?;
+    let side = match hello.side {
+        Some(SIDE_INITIATOR) => Some(crate::Side::Initiator),
+        Some(SIDE_RESPONDER) => Some(crate::Side::Responder),
+        _ => None,
+    };
     Ok(HelloFrame {
         token,
         max_attempts: hello.max_attempts,
+        side,
     })
 }
 
@@ -499,7 +532,7 @@ mod tests {
     #[test]
     fn hello_round_trips_and_checks_token_length() {
         let token = [7u8; TOKEN_LEN];
-        let frame = encode_hello(&token, 3);
+        let frame = encode_hello_as(&token, 3, crate::Side::Responder);
         let payload = FrameDecoder::new(MAX_MESSAGE_SIZE)
             .decode(&mut &frame[..])
             .unwrap()
@@ -508,7 +541,8 @@ mod tests {
             decode_hello(&payload),
             Ok(HelloFrame {
                 token,
-                max_attempts: Some(3)
+                max_attempts: Some(3),
+                side: Some(crate::Side::Responder),
             })
         );
         assert_eq!(

@@ -78,6 +78,14 @@ pub enum ProtocolError {
         /// The timeout that expired.
         after: Duration,
     },
+    /// Both ends took the same side (two initiators, or two responders):
+    /// every dcutr-rs session has one of each. Fix the roles the
+    /// application gives the two peers.
+    #[error("both peers are the {ours}: one must be the initiator, the other the responder")]
+    SameSide {
+        /// Our side, which the peer's `Hello` claims too.
+        ours: crate::Side,
+    },
     /// The initiator started more attempts than allowed.
     #[error("peer started attempt {attempt}, beyond the limit of {max}")]
     TooManyAttempts {

@@ -253,7 +253,7 @@ impl UpgradeBuilder {
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
         if up.token_check() {
-            let hello = codec::encode_hello(&up.own_token, up.config.max_attempts);
+            let hello = codec::encode_hello_as(&up.own_token, up.config.max_attempts, up.side);
             up.outputs.push_back(Output::WriteStream(hello));
         }
         let dials_first =
@@ -566,7 +566,7 @@ impl Upgrade {
             let handled = match expect {
                 Expect::Hello => codec::decode_hello(&frame)
                     .map_err(ProtocolError::from)
-                    .map(|hello| self.on_hello(hello)),
+                    .and_then(|hello| self.on_hello(hello)),
                 _ => codec::decode_message(&frame)
                     .map_err(ProtocolError::from)
                     .and_then(|msg| match self.side {
@@ -631,9 +631,12 @@ impl Upgrade {
         }
         let role = match self.side {
             Side::Initiator => Role::Server,
-            // Before Sync no punch has left the initiator: a connection
-            // now is its unilateral dial, where it is the client.
-            Side::Responder if self.seen_connect && self.state != State::AwaitSync => Role::Client,
+            // Sync may still be on its way when the initiator's punch
+            // arrives (the initiator waits only rtt/2), so from the first
+            // Connect on an inbound connection is the punch. In the spec's
+            // mode a unilateral dial arriving then is labelled so too;
+            // libp2p settles its roles by who dialled.
+            Side::Responder if self.seen_connect => Role::Client,
             // Before any Connect the only direct connection the responder
             // can expect is the initiator's unilateral dial, where the
             // initiator is the client.
@@ -775,7 +778,10 @@ impl Upgrade {
         }
     }
 
-    fn on_hello(&mut self, hello: codec::HelloFrame) {
+    fn on_hello(&mut self, hello: codec::HelloFrame) -> Result<(), ProtocolError> {
+        if hello.side == Some(self.side) {
+            return Err(ProtocolError::SameSide { ours: self.side });
+        }
         let token = hello.token;
         self.peer_token = Some(token);
         if let Some(peer_max) = hello.max_attempts {
@@ -795,13 +801,14 @@ impl Upgrade {
         for id in waiting {
             self.answer_verified(id, &token);
             if self.outcome.is_some() {
-                return;
+                return Ok(());
             }
         }
         if self.state == State::AwaitHello {
             self.timers.clear(TimerKind::StepTimeout);
             self.begin();
         }
+        Ok(())
     }
 
     /// Starts the role's work once any `Hello` exchange is done.
