@@ -94,7 +94,7 @@ mod upgrade;
 
 pub use addr::{
     AddrRejection, AddressPolicy, AddressPredictor, Candidate, Dialable, NoPrediction,
-    ObservedAddrs, RejectionCounts, Transport,
+    ObservedAddrs, RangeClass, RejectionCounts, Transport,
 };
 pub use codec::CodecError;
 pub use config::{
