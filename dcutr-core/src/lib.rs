@@ -86,6 +86,7 @@ mod config;
 mod direct;
 mod error;
 mod initiator;
+pub mod nat;
 mod output;
 mod responder;
 mod timeline;
@@ -104,6 +105,7 @@ pub use config::{
 pub use direct::CHECK_LEN;
 pub use error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 pub use multiaddr::{self, Multiaddr};
+pub use nat::{Allocation, Filtering, Mapping, NatBehaviour, NatObservations, Strategy};
 pub use output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
