@@ -587,11 +587,31 @@ pub const SPECIAL_RANGES: &[SpecialRange] = &[
     unallocated_v6(0xfe00, 9),
 ];
 
+/// How many entries of [`SPECIAL_RANGES`] are IPv4: they all come first,
+/// so a lookup scans only its own family.
+const IPV4_ENTRIES: usize = {
+    let mut n = 0;
+    while n < SPECIAL_RANGES.len() && SPECIAL_RANGES[n].prefix.is_ipv4() {
+        n += 1;
+    }
+    let mut rest = n;
+    while rest < SPECIAL_RANGES.len() {
+        assert!(
+            SPECIAL_RANGES[rest].prefix.is_ipv6(),
+            "SPECIAL_RANGES lists IPv4 entries first"
+        );
+        rest += 1;
+    }
+    n
+};
+
 /// The most specific entry of [`SPECIAL_RANGES`] that contains `ip`, or
 /// `None` for ordinary (globally reachable) unicast.
 #[must_use]
 pub fn special_range(ip: IpAddr) -> Option<&'static SpecialRange> {
-    SPECIAL_RANGES
+    let (v4, v6) = SPECIAL_RANGES.split_at(IPV4_ENTRIES);
+    let family = if ip.is_ipv4() { v4 } else { v6 };
+    family
         .iter()
         .filter(|r| r.contains(ip))
         .max_by_key(|r| r.len)
