@@ -31,6 +31,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::addr::{AddressPredictor, Candidate, Transport};
+
 /// Most observations kept for one socket; more are refused and counted.
 ///
 /// Classification needs two observers, and a pattern of allocation three
@@ -68,6 +70,14 @@ pub const MIN_PATTERN_PORTS: usize = 3;
 /// Ports a NAT allocates from when it picks at random: 1024–65535, as
 /// Linux `masquerade fully-random` does. The `R` of the birthday formula.
 pub const EPHEMERAL_PORTS: u32 = 64_512;
+
+/// Most ports [`SequentialPredictor`] guesses per transport.
+///
+/// The peer keeps at most 16 of our addresses (`MAX_REMOTE_ADDRS`); 6
+/// guesses for each of TCP and QUIC leave room for four observed
+/// addresses. With several hosts behind one sequential NAT, the next port
+/// may go to another host, so a few guesses beat one.
+pub const MAX_PREDICTED_PORTS: u8 = 6;
 
 /// What one observer saw of our socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -539,7 +549,7 @@ pub enum Strategy {
         peer: Option<i32>,
     },
     /// One endpoint-dependent side with random (or unknown) allocation,
-    /// one endpoint-independent side: the birthday punch. The hard side
+    /// one endpoint-independent (or unknown) side: the birthday punch. The hard side
     /// opens `N` fresh sockets towards the easy side's address; the easy
     /// side probes `M` random ports of the hard side's IP. With `R`
     /// ports to pick from ([`EPHEMERAL_PORTS`]), the chance that a probe
@@ -555,9 +565,11 @@ pub enum Strategy {
         /// The side with the random mapping.
         hard_side: HardSide,
     },
-    /// Both sides endpoint-dependent and at least one random: each probe
-    /// of one side opens a new unpredictable mapping on the other, so
-    /// meeting needs about 170 000 probes. Do not try.
+    /// Both sides endpoint-dependent and at least one random (or with an
+    /// allocation the observations could not tell): each probe of one
+    /// side opens a new unpredictable mapping on the other, so meeting
+    /// needs about 170 000 probes. Do not try; fail at once with this
+    /// reason, which names both allocations.
     Impossible {
         /// Our allocation.
         ours: Allocation,
@@ -661,4 +673,65 @@ pub fn birthday_success(sockets: u32, probes: u32, range: u32) -> f64 {
     let miss = 1.0 - (f64::from(sockets) / f64::from(range)).min(1.0);
     let probes = i32::try_from(probes).unwrap_or(i32::MAX);
     1.0 - miss.powi(probes)
+}
+
+/// Guesses the next mapped ports of a sequential NAT, for the addresses
+/// we send in Connect ("observed and possibly predicted").
+///
+/// For the most recently observed address of its transport it appends the
+/// next `count` ports, `delta` apart; ports past 1 or 65535 are not
+/// guessed. The core filters, deduplicates and caps the guesses like any
+/// other address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequentialPredictor {
+    transport: Transport,
+    delta: i32,
+    count: u8,
+}
+
+impl SequentialPredictor {
+    /// Guesses `count` (at most [`MAX_PREDICTED_PORTS`]) ports `delta`
+    /// apart for `transport`.
+    #[must_use]
+    pub fn new(transport: Transport, delta: i32, count: u8) -> Self {
+        SequentialPredictor {
+            transport,
+            delta,
+            count: count.min(MAX_PREDICTED_PORTS),
+        }
+    }
+
+    /// The predictor for a behaviour observed on a `transport` socket:
+    /// `Some` only for an endpoint-dependent mapping with sequential
+    /// allocation.
+    #[must_use]
+    pub fn for_behaviour(b: &NatBehaviour, transport: Transport, count: u8) -> Option<Self> {
+        match (b.mapping, b.allocation) {
+            (Mapping::EndpointDependent, Allocation::Sequential { delta }) => {
+                Some(SequentialPredictor::new(transport, delta, count))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl AddressPredictor for SequentialPredictor {
+    fn predict(&mut self, observed: &[Candidate], out: &mut Vec<Candidate>) {
+        let Some(last) = observed.iter().find(|c| c.transport == self.transport) else {
+            return;
+        };
+        let mut port = i32::from(last.addr.port());
+        for _ in 0..self.count {
+            port = port.saturating_add(self.delta);
+            let Ok(next) = u16::try_from(port) else {
+                break;
+            };
+            if next == 0 {
+                break;
+            }
+            let mut guess = *last;
+            guess.addr.set_port(next);
+            out.push(guess);
+        }
+    }
 }

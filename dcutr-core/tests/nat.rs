@@ -4,11 +4,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use dcutr_core::addr::{ObservedAddrs, local_addrs_to_send};
 use dcutr_core::nat::{
     EPHEMERAL_PORTS, FilteringProbe, HardSide, MAX_FILTERING_PROBES, MAX_OBSERVATIONS,
-    MAX_SEQUENTIAL_DELTA, MIN_PATTERN_PORTS, Observation, ObserveError, ProbeChange,
-    birthday_success,
+    MAX_PREDICTED_PORTS, MAX_SEQUENTIAL_DELTA, MIN_PATTERN_PORTS, Observation, ObserveError,
+    ProbeChange, SequentialPredictor, birthday_success,
 };
+use dcutr_core::{AddressPolicy, AddressPredictor, Candidate, Transport};
 use dcutr_core::{Allocation, Filtering, Mapping, NatBehaviour, NatObservations, Strategy};
 use proptest::prelude::*;
 
@@ -435,6 +437,57 @@ fn behaviours_and_strategies_print_for_people() {
         Strategy::choose(&random, &b).to_string(),
         "impossible: both endpoint-dependent (ours random, peer's sequential (+1))"
     );
+}
+
+#[test]
+fn a_sequential_nat_gets_its_next_ports_predicted() {
+    let b = observed(&[40_000, 40_002, 40_004]).classify();
+    let mut p = SequentialPredictor::for_behaviour(&b, Transport::Quic, 3).unwrap();
+    let mut o = ObservedAddrs::default();
+    o.observe(Candidate::tcp(mapped(7_000)));
+    o.observe(Candidate::quic(mapped(40_000)));
+    o.observe(Candidate::quic(mapped(40_004)));
+    let sent = local_addrs_to_send(&o, &mut p, &AddressPolicy::public_only(), 16);
+    let got: Vec<String> = sent.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            // Observed, most recent first.
+            "/ip4/203.0.113.7/udp/40004/quic-v1",
+            "/ip4/203.0.113.7/udp/40000/quic-v1",
+            "/ip4/203.0.113.7/tcp/7000",
+            // Predicted from the most recent QUIC address, +2 each.
+            "/ip4/203.0.113.7/udp/40006/quic-v1",
+            "/ip4/203.0.113.7/udp/40008/quic-v1",
+            "/ip4/203.0.113.7/udp/40010/quic-v1",
+        ]
+    );
+    // Nothing to predict for other behaviours.
+    let random = observed(&[40_000, 52_113, 1_377]).classify();
+    assert!(SequentialPredictor::for_behaviour(&random, Transport::Quic, 3).is_none());
+    let eim = observed(&[40_000, 40_000]).classify();
+    assert!(SequentialPredictor::for_behaviour(&eim, Transport::Tcp, 3).is_none());
+}
+
+#[test]
+fn predictions_are_capped_and_stay_in_the_port_range() {
+    let mut out = Vec::new();
+    SequentialPredictor::new(Transport::Tcp, 1, u8::MAX)
+        .predict(&[Candidate::tcp(mapped(1_000))], &mut out);
+    assert_eq!(out.len(), usize::from(MAX_PREDICTED_PORTS));
+    out.clear();
+    SequentialPredictor::new(Transport::Tcp, 2, 6)
+        .predict(&[Candidate::tcp(mapped(65_531))], &mut out);
+    let ports: Vec<u16> = out.iter().map(|c| c.addr.port()).collect();
+    assert_eq!(ports, [65_533, 65_535]);
+    out.clear();
+    SequentialPredictor::new(Transport::Tcp, -3, 6).predict(&[Candidate::tcp(mapped(7))], &mut out);
+    let ports: Vec<u16> = out.iter().map(|c| c.addr.port()).collect();
+    assert_eq!(ports, [4, 1]);
+    out.clear();
+    // No address of its transport: no guesses.
+    SequentialPredictor::new(Transport::Quic, 1, 6).predict(&[Candidate::tcp(mapped(7))], &mut out);
+    assert!(out.is_empty());
 }
 
 fn any_behaviour() -> impl proptest::strategy::Strategy<Value = NatBehaviour> {
