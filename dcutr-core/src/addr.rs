@@ -250,11 +250,12 @@ pub struct AddressPolicy {
     pub allow_private: bool,
     /// Accept the documentation ranges (`192.0.2/24`, `198.51.100/24`,
     /// `203.0.113/24`, `2001:db8::/32`, `3fff::/20`). On by default: the
-    /// registries mark them not globally reachable, but they route
-    /// nowhere on the internet, so a peer cannot aim us at a third party
-    /// through them, while test networks (the NAT lab's "public" segment
-    /// is `203.0.113/24`) use them as public. [`AddressPolicy::strict`]
-    /// switches it off.
+    /// registries mark them not globally reachable and the internet does
+    /// not route them, so naming one cannot aim our packets at a host out
+    /// there, while test networks (the NAT lab's "public" segment is
+    /// `203.0.113/24`, and every test of this workspace) use them as
+    /// public. A network that numbers real hosts from them should use
+    /// [`AddressPolicy::strict`], which switches it off.
     pub allow_documentation: bool,
 }
 

@@ -256,6 +256,7 @@ impl fmt::Display for Filtering {
 
 /// What a classification rests on.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Evidence {
     /// The local socket observed.
     pub local: SocketAddr,
@@ -270,6 +271,7 @@ pub struct Evidence {
 
 /// A NAT's behaviour as far as the observations tell, with the evidence.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NatBehaviour {
     /// How mappings depend on the destination.
     pub mapping: Mapping,
@@ -533,6 +535,7 @@ impl fmt::Display for HardSide {
 
 /// How a hole punch between two NATs can go, from both behaviours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Strategy {
     /// Both mappings are endpoint-independent (or port-preserving, or not
     /// known to be otherwise): punch the observed addresses, as the spec
