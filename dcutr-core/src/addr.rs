@@ -9,13 +9,20 @@
 //!   accepted (an optional trailing `/p2p/ID` is ignored); relayed
 //!   (`/p2p-circuit`), DNS, WebSocket, WebTransport and other transports
 //!   are dropped;
-//! * unspecified, multicast, broadcast, reserved, IPv4-mapped and
-//!   IPv4-compatible IPv6, Teredo addresses, and port 0, are always
-//!   dropped; NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`) addresses are
-//!   judged by the IPv4 address they embed, so a peer cannot name a
-//!   private host through them;
-//! * loopback and private/link-local/CGNAT ranges are dropped unless
-//!   [`AddressPolicy`] allows them (tests on one machine need that);
+//! * every IP address is judged by the most specific entry of
+//!   [`SPECIAL_RANGES`], one table that follows the IANA IPv4 and IPv6
+//!   Special-Purpose Address Registries entry by entry (plus multicast,
+//!   site-local and the unallocated IPv6 space): what the registries mark
+//!   globally reachable passes;
+//! * unspecified, multicast, broadcast, reserved, protocol-assignment,
+//!   IPv4-mapped and IPv4-compatible IPv6, Teredo addresses, and port 0,
+//!   are always dropped; NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`)
+//!   addresses are judged by the IPv4 address they embed, so a peer
+//!   cannot name a private host through them;
+//! * loopback, local networks (private, link-local, CGNAT, benchmarking,
+//!   unique-local) and documentation ranges are dropped unless
+//!   [`AddressPolicy`] allows them (tests on one machine need that; the
+//!   default allows documentation ranges);
 //! * duplicates are dropped and the count is capped.
 //!
 //! The same rules apply to the addresses we send, so we never advertise
@@ -172,14 +179,22 @@ pub enum AddrRejection {
     /// Loopback, refused unless [`AddressPolicy::allow_loopback`].
     #[error("loopback address")]
     Loopback,
-    /// Private, link-local, CGNAT or unique-local, refused unless
+    /// A local network (private-use, CGNAT, link-local, benchmarking,
+    /// unique-local, site-local, local-use NAT64), refused unless
     /// [`AddressPolicy::allow_private`].
     #[error("private address")]
     Private,
+    /// A documentation range, refused unless
+    /// [`AddressPolicy::allow_documentation`].
+    #[error("documentation address")]
+    Documentation,
     /// Multicast or broadcast: one datagram would reach many hosts.
     #[error("multicast or broadcast address")]
     Multicast,
-    /// Reserved ranges and IPv4-mapped IPv6 (advertise `/ip4` instead).
+    /// Not globally reachable and not a local network either: protocol
+    /// assignments, reserved and deprecated ranges, IPv4-mapped IPv6
+    /// (advertise `/ip4` instead), Teredo, 6to4 of a non-public address.
+    /// See [`SPECIAL_RANGES`].
     #[error("reserved address")]
     Reserved,
     /// Already listed.
@@ -192,7 +207,7 @@ pub enum AddrRejection {
 
 impl AddrRejection {
     /// Every variant, in a fixed order, for counters.
-    pub const ALL: [AddrRejection; 12] = [
+    pub const ALL: [AddrRejection; 13] = [
         AddrRejection::Malformed,
         AddrRejection::Relayed,
         AddrRejection::UnsupportedTransport,
@@ -201,6 +216,7 @@ impl AddrRejection {
         AddrRejection::PortZero,
         AddrRejection::Loopback,
         AddrRejection::Private,
+        AddrRejection::Documentation,
         AddrRejection::Multicast,
         AddrRejection::Reserved,
         AddrRejection::Duplicate,
@@ -215,28 +231,61 @@ impl AddrRejection {
     }
 }
 
-/// Which IP ranges we accept, beyond the public ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which IP ranges we accept, beyond the globally reachable ones.
+///
+/// Each range's treatment is in [`SPECIAL_RANGES`]; multicast, broadcast,
+/// unspecified and reserved ranges are refused whatever the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AddressPolicy {
     /// Accept `127.0.0.0/8` and `::1`. Off by default: a peer naming our
     /// own loopback would make us dial ourselves. Tests on one machine
     /// switch it on.
     pub allow_loopback: bool,
-    /// Accept private (`10/8`, `172.16/12`, `192.168/16`), CGNAT
-    /// (`100.64/10`), link-local and unique-local ranges. Off by default:
-    /// a peer naming them could make us probe our own LAN. Peers on one
-    /// LAN, and NAT labs, switch it on.
+    /// Accept local networks: private-use (`10/8`, `172.16/12`,
+    /// `192.168/16`), CGNAT (`100.64/10`), link-local, benchmarking
+    /// (`198.18/15`, `2001:2::/48`), unique-local, site-local and
+    /// local-use NAT64. Off by default: a peer naming them could make us
+    /// probe our own LAN. Peers on one LAN, and NAT labs, switch it on.
     pub allow_private: bool,
+    /// Accept the documentation ranges (`192.0.2/24`, `198.51.100/24`,
+    /// `203.0.113/24`, `2001:db8::/32`, `3fff::/20`). On by default: the
+    /// registries mark them not globally reachable and the internet does
+    /// not route them, so naming one cannot aim our packets at a host out
+    /// there, while test networks (the NAT lab's "public" segment is
+    /// `203.0.113/24`, and every test of this workspace) use them as
+    /// public. A network that numbers real hosts from them should use
+    /// [`AddressPolicy::strict`], which switches it off.
+    pub allow_documentation: bool,
+}
+
+impl Default for AddressPolicy {
+    fn default() -> Self {
+        AddressPolicy::public_only()
+    }
 }
 
 impl AddressPolicy {
-    /// Public addresses only (the default).
+    /// Public addresses only (the default): globally reachable ranges,
+    /// plus the documentation ranges (see
+    /// [`AddressPolicy::allow_documentation`]).
     #[must_use]
     pub const fn public_only() -> Self {
         AddressPolicy {
             allow_loopback: false,
             allow_private: false,
+            allow_documentation: true,
+        }
+    }
+
+    /// Only what the IANA registries mark globally reachable: like
+    /// [`AddressPolicy::public_only`], without the documentation ranges.
+    #[must_use]
+    pub const fn strict() -> Self {
+        AddressPolicy {
+            allow_loopback: false,
+            allow_private: false,
+            allow_documentation: false,
         }
     }
 
@@ -246,6 +295,7 @@ impl AddressPolicy {
         AddressPolicy {
             allow_loopback: true,
             allow_private: true,
+            allow_documentation: true,
         }
     }
 
@@ -257,91 +307,343 @@ impl AddressPolicy {
         if candidate.addr.port() == 0 {
             return Err(AddrRejection::PortZero);
         }
-        match ip_class(candidate.addr.ip()) {
-            IpClass::Global => Ok(()),
-            IpClass::Loopback if self.allow_loopback => Ok(()),
-            IpClass::Private if self.allow_private => Ok(()),
-            IpClass::Loopback => Err(AddrRejection::Loopback),
-            IpClass::Private => Err(AddrRejection::Private),
-            IpClass::Unspecified => Err(AddrRejection::Unspecified),
-            IpClass::Multicast => Err(AddrRejection::Multicast),
-            IpClass::Reserved => Err(AddrRejection::Reserved),
+        match classify(candidate.addr.ip()) {
+            RangeClass::Global => Ok(()),
+            RangeClass::Loopback if self.allow_loopback => Ok(()),
+            RangeClass::Private if self.allow_private => Ok(()),
+            RangeClass::Documentation if self.allow_documentation => Ok(()),
+            RangeClass::Loopback => Err(AddrRejection::Loopback),
+            RangeClass::Private => Err(AddrRejection::Private),
+            RangeClass::Documentation => Err(AddrRejection::Documentation),
+            RangeClass::Unspecified => Err(AddrRejection::Unspecified),
+            RangeClass::Multicast => Err(AddrRejection::Multicast),
+            RangeClass::Reserved | RangeClass::Nat64 | RangeClass::SixToFour => {
+                Err(AddrRejection::Reserved)
+            }
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IpClass {
+/// How the filter treats an address range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RangeClass {
+    /// Globally reachable: always accepted.
     Global,
+    /// Our own host: accepted only with [`AddressPolicy::allow_loopback`].
     Loopback,
+    /// A local network (private-use, shared/CGNAT, link-local,
+    /// benchmarking, unique-local, site-local, local-use NAT64): accepted
+    /// only with [`AddressPolicy::allow_private`].
     Private,
+    /// A documentation range: accepted only with
+    /// [`AddressPolicy::allow_documentation`].
+    Documentation,
+    /// "This network" and the unspecified address: always refused.
     Unspecified,
+    /// Multicast and limited broadcast: always refused.
     Multicast,
+    /// Anything else that is not globally reachable (protocol
+    /// assignments, reserved, deprecated, IPv4-mapped, Teredo, discard
+    /// and SRv6 prefixes): always refused.
     Reserved,
+    /// NAT64 (`64:ff9b::/96`): judged by the IPv4 address in its last
+    /// 32 bits, which the local NAT64 gateway turns it into.
+    Nat64,
+    /// 6to4 (`2002::/16`): judged by the IPv4 address of the tunnel end in
+    /// bits 16..48; anything but a globally reachable (or documentation)
+    /// IPv4 address makes it [`RangeClass::Reserved`].
+    SixToFour,
 }
 
-fn ip_class(ip: IpAddr) -> IpClass {
-    match ip {
-        IpAddr::V4(ip) => ipv4_class(ip),
-        IpAddr::V6(ip) => ipv6_class(ip),
+impl fmt::Display for RangeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RangeClass::Global => "global",
+            RangeClass::Loopback => "loopback",
+            RangeClass::Private => "private",
+            RangeClass::Documentation => "documentation",
+            RangeClass::Unspecified => "unspecified",
+            RangeClass::Multicast => "multicast",
+            RangeClass::Reserved => "reserved",
+            RangeClass::Nat64 => "nat64",
+            RangeClass::SixToFour => "6to4",
+        })
     }
 }
 
-fn ipv4_class(ip: Ipv4Addr) -> IpClass {
-    let [a, b, ..] = ip.octets();
-    if a == 0 {
-        IpClass::Unspecified
-    } else if ip.is_loopback() {
-        IpClass::Loopback
-    } else if ip.is_broadcast() || ip.is_multicast() {
-        IpClass::Multicast
-    } else if a >= 240 {
-        IpClass::Reserved
-    } else if ip.is_private() || ip.is_link_local() || (a == 100 && (64..128).contains(&b)) {
-        IpClass::Private
-    } else {
-        // Documentation ranges (192.0.2/24, 198.51.100/24, 203.0.113/24)
-        // count as global: they route nowhere on the internet, and the NAT
-        // lab uses 203.0.113/24 as its "public" segment.
-        IpClass::Global
-    }
+/// One entry of [`SPECIAL_RANGES`]: a prefix, where it comes from, and
+/// how the filter treats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecialRange {
+    /// The first address of the prefix (no host bits set).
+    pub prefix: IpAddr,
+    /// The prefix length in bits.
+    pub len: u8,
+    /// The registry's name for it.
+    pub name: &'static str,
+    /// The defining documents.
+    pub reference: &'static str,
+    /// Listed in the IANA IPv4 or IPv6 Special-Purpose Address Registry.
+    /// The few entries that are not (multicast, site-local, the IPv6
+    /// space the IETF has not allocated, IPv4-compatible IPv6) come from
+    /// the IPv4 Multicast and IPv6 Address Space registries.
+    pub iana_special: bool,
+    /// The registry's "Globally Reachable" column; `None` where it says
+    /// N/A (Teredo, 6to4, deprecated entries). For entries outside the
+    /// special-purpose registries, whether unicast there reaches the
+    /// internet.
+    pub globally_reachable: Option<bool>,
+    /// How the filter treats it. Globally reachable entries are
+    /// [`RangeClass::Global`] (NAT64, judged by what it embeds, aside);
+    /// no other entry is.
+    pub class: RangeClass,
 }
 
-fn ipv6_class(ip: Ipv6Addr) -> IpClass {
-    let seg = ip.segments();
-    let first = seg[0];
-    let low32 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-    if ip.is_unspecified() {
-        IpClass::Unspecified
-    } else if ip.is_loopback() {
-        IpClass::Loopback
-    } else if ip.is_multicast() {
-        IpClass::Multicast
-    } else if ip.to_ipv4_mapped().is_some()
-        || seg[..6] == [0; 6]
-        || (first == 0x2001 && seg[1] == 0)
-    {
-        // IPv4-mapped and IPv4-compatible forms (advertise /ip4 instead),
-        // and Teredo, whose embedded IPv4 addresses are obfuscated.
-        IpClass::Reserved
-    } else if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        // NAT64's well-known prefix: a gateway turns it into the embedded
-        // IPv4 address, so it is exactly as public as that address.
-        ipv4_class(low32(seg[6], seg[7]))
-    } else if first == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
-        // The local-use NAT64 prefix 64:ff9b:1::/48 leads into a local
-        // network.
-        IpClass::Private
-    } else if first == 0x2002 {
-        // 6to4: the IPv4 address of the tunnel end is embedded.
-        match ipv4_class(low32(seg[1], seg[2])) {
-            IpClass::Global => IpClass::Global,
-            _ => IpClass::Reserved,
+impl SpecialRange {
+    /// Whether `ip` lies in this prefix (the families must match).
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.prefix, ip) {
+            (IpAddr::V4(p), IpAddr::V4(a)) => prefix_eq(
+                u128::from(u32::from(p)),
+                u128::from(u32::from(a)),
+                self.len,
+                32,
+            ),
+            (IpAddr::V6(p), IpAddr::V6(a)) => {
+                prefix_eq(u128::from(p), u128::from(a), self.len, 128)
+            }
+            _ => false,
         }
-    } else if (first & 0xffc0) == 0xfe80 || (first & 0xfe00) == 0xfc00 {
-        IpClass::Private
-    } else {
-        IpClass::Global
+    }
+}
+
+/// Whether the top `len` of `width` bits of `a` and `b` agree.
+fn prefix_eq(a: u128, b: u128, len: u8, width: u32) -> bool {
+    let host_bits = width.saturating_sub(u32::from(len));
+    if host_bits >= 128 {
+        return true;
+    }
+    (a >> host_bits) == (b >> host_bits)
+}
+
+const fn v4(
+    ip: [u8; 4],
+    len: u8,
+    name: &'static str,
+    reference: &'static str,
+    globally_reachable: Option<bool>,
+    class: RangeClass,
+) -> SpecialRange {
+    SpecialRange {
+        prefix: IpAddr::V4(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3])),
+        len,
+        name,
+        reference,
+        iana_special: true,
+        globally_reachable,
+        class,
+    }
+}
+
+const fn v6(
+    s: [u16; 8],
+    len: u8,
+    name: &'static str,
+    reference: &'static str,
+    globally_reachable: Option<bool>,
+    class: RangeClass,
+) -> SpecialRange {
+    SpecialRange {
+        prefix: IpAddr::V6(Ipv6Addr::new(
+            s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+        )),
+        len,
+        name,
+        reference,
+        iana_special: true,
+        globally_reachable,
+        class,
+    }
+}
+
+/// An entry from outside the special-purpose registries.
+const fn other(mut range: SpecialRange) -> SpecialRange {
+    range.iana_special = false;
+    range
+}
+
+/// An IPv6 block the IETF has not allocated (IPv6 Address Space
+/// registry, "Reserved by IETF"): nothing there can be reached.
+const fn unallocated_v6(first: u16, len: u8) -> SpecialRange {
+    other(v6(
+        [first, 0, 0, 0, 0, 0, 0, 0],
+        len,
+        "Reserved by IETF",
+        "RFC 4291",
+        Some(false),
+        RangeClass::Reserved,
+    ))
+}
+
+use RangeClass::{
+    Documentation as Doc, Global, Loopback as Lo, Multicast as Multi, Nat64, Private as Priv,
+    Reserved as Res, SixToFour, Unspecified as Unspec,
+};
+
+/// Every special-purpose range the filter knows, IPv4 then IPv6.
+///
+/// The IANA IPv4 and IPv6 Special-Purpose Address Registries (as
+/// updated in 2025), entry by entry, with their "Globally Reachable"
+/// column; then multicast, site-local, IPv4-compatible IPv6 and the IPv6
+/// space the IETF has not allocated. An address is judged by the longest
+/// prefix that contains it ([`special_range`]); an address in none of
+/// them is [`RangeClass::Global`].
+///
+/// Three choices go beyond the registries' columns:
+/// * documentation ranges are [`RangeClass::Documentation`], which
+///   [`AddressPolicy::public_only`] accepts: they route nowhere on the
+///   internet, and test networks (this project's NAT lab among them) use
+///   them as their "public" segment. [`AddressPolicy::strict`] refuses
+///   them;
+/// * benchmarking ranges, like site-local, count as local networks
+///   ([`RangeClass::Private`]): labs number hosts from them;
+/// * `192.88.99.0/24` (deprecated 6to4 relay anycast) is refused as a
+///   whole, sub-entries included.
+#[rustfmt::skip]
+pub const SPECIAL_RANGES: &[SpecialRange] = &[
+    // IANA IPv4 Special-Purpose Address Registry.
+    v4([0, 0, 0, 0], 8, "\"This network\"", "RFC 791", Some(false), Unspec),
+    v4([0, 0, 0, 0], 32, "\"This host on this network\"", "RFC 1122", Some(false), Unspec),
+    v4([10, 0, 0, 0], 8, "Private-Use", "RFC 1918", Some(false), Priv),
+    v4([100, 64, 0, 0], 10, "Shared Address Space", "RFC 6598", Some(false), Priv),
+    v4([127, 0, 0, 0], 8, "Loopback", "RFC 1122", Some(false), Lo),
+    v4([169, 254, 0, 0], 16, "Link Local", "RFC 3927", Some(false), Priv),
+    v4([172, 16, 0, 0], 12, "Private-Use", "RFC 1918", Some(false), Priv),
+    v4([192, 0, 0, 0], 24, "IETF Protocol Assignments", "RFC 6890", Some(false), Res),
+    v4([192, 0, 0, 0], 29, "IPv4 Service Continuity Prefix", "RFC 7335", Some(false), Res),
+    v4([192, 0, 0, 8], 32, "IPv4 dummy address", "RFC 7600", Some(false), Res),
+    v4([192, 0, 0, 9], 32, "Port Control Protocol Anycast", "RFC 7723", Some(true), Global),
+    v4([192, 0, 0, 10], 32, "Traversal Using Relays around NAT Anycast", "RFC 8155", Some(true), Global),
+    v4([192, 0, 0, 170], 32, "NAT64/DNS64 Discovery", "RFC 8880, RFC 7050", Some(false), Res),
+    v4([192, 0, 0, 171], 32, "NAT64/DNS64 Discovery", "RFC 8880, RFC 7050", Some(false), Res),
+    v4([192, 0, 2, 0], 24, "Documentation (TEST-NET-1)", "RFC 5737", Some(false), Doc),
+    v4([192, 31, 196, 0], 24, "AS112-v4", "RFC 7535", Some(true), Global),
+    v4([192, 52, 193, 0], 24, "AMT", "RFC 7450", Some(true), Global),
+    v4([192, 88, 99, 0], 24, "Deprecated (6to4 Relay Anycast)", "RFC 7526", None, Res),
+    v4([192, 168, 0, 0], 16, "Private-Use", "RFC 1918", Some(false), Priv),
+    v4([192, 175, 48, 0], 24, "Direct Delegation AS112 Service", "RFC 7534", Some(true), Global),
+    v4([198, 18, 0, 0], 15, "Benchmarking", "RFC 2544", Some(false), Priv),
+    v4([198, 51, 100, 0], 24, "Documentation (TEST-NET-2)", "RFC 5737", Some(false), Doc),
+    v4([203, 0, 113, 0], 24, "Documentation (TEST-NET-3)", "RFC 5737", Some(false), Doc),
+    v4([240, 0, 0, 0], 4, "Reserved", "RFC 1112", Some(false), Res),
+    v4([255, 255, 255, 255], 32, "Limited Broadcast", "RFC 8190, RFC 919", Some(false), Multi),
+    // IPv4 Multicast Address Space registry.
+    other(v4([224, 0, 0, 0], 4, "Multicast", "RFC 5771", Some(false), Multi)),
+    // IANA IPv6 Special-Purpose Address Registry.
+    v6([0, 0, 0, 0, 0, 0, 0, 1], 128, "Loopback Address", "RFC 4291", Some(false), Lo),
+    v6([0; 8], 128, "Unspecified Address", "RFC 4291", Some(false), Unspec),
+    v6([0, 0, 0, 0, 0, 0xffff, 0, 0], 96, "IPv4-mapped Address", "RFC 4291", Some(false), Res),
+    v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96, "IPv4-IPv6 Translat.", "RFC 6052", Some(true), Nat64),
+    v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48, "IPv4-IPv6 Translat.", "RFC 8215", Some(false), Priv),
+    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64, "Discard-Only Address Block", "RFC 6666", Some(false), Res),
+    v6([0x100, 0, 0, 1, 0, 0, 0, 0], 64, "Dummy IPv6 Prefix", "RFC 9780", Some(false), Res),
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23, "IETF Protocol Assignments", "RFC 2928", Some(false), Res),
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32, "TEREDO", "RFC 4380, RFC 8190", None, Res),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 1], 128, "Port Control Protocol Anycast", "RFC 7723", Some(true), Global),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 2], 128, "Traversal Using Relays around NAT Anycast", "RFC 8155", Some(true), Global),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 3], 128, "DNS-SD Service Registration Protocol Anycast", "RFC 9665", Some(true), Global),
+    v6([0x2001, 2, 0, 0, 0, 0, 0, 0], 48, "Benchmarking", "RFC 5180", Some(false), Priv),
+    v6([0x2001, 3, 0, 0, 0, 0, 0, 0], 32, "AMT", "RFC 7450", Some(true), Global),
+    v6([0x2001, 4, 0x112, 0, 0, 0, 0, 0], 48, "AS112-v6", "RFC 7535", Some(true), Global),
+    v6([0x2001, 0x10, 0, 0, 0, 0, 0, 0], 28, "Deprecated (previously ORCHID)", "RFC 4843", None, Res),
+    v6([0x2001, 0x20, 0, 0, 0, 0, 0, 0], 28, "ORCHIDv2", "RFC 7343", Some(true), Global),
+    v6([0x2001, 0x30, 0, 0, 0, 0, 0, 0], 28, "Drone Remote ID Protocol Entity Tags (DETs) Prefix", "RFC 9374", Some(true), Global),
+    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "Documentation", "RFC 3849", Some(false), Doc),
+    v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16, "6to4", "RFC 3056", None, SixToFour),
+    v6([0x2620, 0x4f, 0x8000, 0, 0, 0, 0, 0], 48, "Direct Delegation AS112 Service", "RFC 7534", Some(true), Global),
+    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20, "Documentation", "RFC 9637", Some(false), Doc),
+    v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16, "Segment Routing (SRv6) SIDs", "RFC 9602", Some(false), Res),
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7, "Unique-Local", "RFC 4193, RFC 8190", Some(false), Priv),
+    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, "Link-Local Unicast", "RFC 4291", Some(false), Priv),
+    // IPv6 Address Space registry.
+    other(v6([0; 8], 96, "IPv4-compatible Address (deprecated)", "RFC 4291", Some(false), Res)),
+    other(v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10, "Site-Local (deprecated)", "RFC 3879", Some(false), Priv)),
+    other(v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, "Multicast", "RFC 4291", Some(false), Multi)),
+    unallocated_v6(0x0000, 8),
+    unallocated_v6(0x0100, 8),
+    unallocated_v6(0x0200, 7),
+    unallocated_v6(0x0400, 6),
+    unallocated_v6(0x0800, 5),
+    unallocated_v6(0x1000, 4),
+    unallocated_v6(0x4000, 3),
+    unallocated_v6(0x6000, 3),
+    unallocated_v6(0x8000, 3),
+    unallocated_v6(0xa000, 3),
+    unallocated_v6(0xc000, 3),
+    unallocated_v6(0xe000, 4),
+    unallocated_v6(0xf000, 5),
+    unallocated_v6(0xf800, 6),
+    unallocated_v6(0xfe00, 9),
+];
+
+/// How many entries of [`SPECIAL_RANGES`] are IPv4: they all come first,
+/// so a lookup scans only its own family.
+const IPV4_ENTRIES: usize = {
+    let mut n = 0;
+    while n < SPECIAL_RANGES.len() && SPECIAL_RANGES[n].prefix.is_ipv4() {
+        n += 1;
+    }
+    let mut rest = n;
+    while rest < SPECIAL_RANGES.len() {
+        assert!(
+            SPECIAL_RANGES[rest].prefix.is_ipv6(),
+            "SPECIAL_RANGES lists IPv4 entries first"
+        );
+        rest += 1;
+    }
+    n
+};
+
+/// The most specific entry of [`SPECIAL_RANGES`] that contains `ip`, or
+/// `None` for ordinary (globally reachable) unicast.
+#[must_use]
+pub fn special_range(ip: IpAddr) -> Option<&'static SpecialRange> {
+    let (v4, v6) = SPECIAL_RANGES.split_at(IPV4_ENTRIES);
+    let family = if ip.is_ipv4() { v4 } else { v6 };
+    family
+        .iter()
+        .filter(|r| r.contains(ip))
+        .max_by_key(|r| r.len)
+}
+
+/// How the filter treats `ip`: the class of its most specific
+/// [`SPECIAL_RANGES`] entry, with NAT64 and 6to4 resolved through the
+/// IPv4 address they embed (so the result is never
+/// [`RangeClass::Nat64`] or [`RangeClass::SixToFour`]).
+#[must_use]
+pub fn classify(ip: IpAddr) -> RangeClass {
+    let Some(range) = special_range(ip) else {
+        return RangeClass::Global;
+    };
+    let IpAddr::V6(v6) = ip else {
+        return range.class;
+    };
+    let bits = u128::from(v6);
+    let embedded = |shift: u32| {
+        // Truncation intended: the 32 bits at `shift`.
+        #[allow(clippy::cast_possible_truncation)]
+        let v4 = (bits >> shift) as u32;
+        classify(IpAddr::V4(Ipv4Addr::from(v4)))
+    };
+    match range.class {
+        RangeClass::Nat64 => embedded(0),
+        RangeClass::SixToFour => match embedded(80) {
+            class @ (RangeClass::Global | RangeClass::Documentation) => class,
+            _ => RangeClass::Reserved,
+        },
+        class => class,
     }
 }
 
@@ -756,7 +1058,7 @@ mod tests {
         assert_eq!(one("/ip6/::1/tcp/9", PUBLIC), Err(AddrRejection::Loopback));
         let lo = AddressPolicy {
             allow_loopback: true,
-            allow_private: false,
+            ..AddressPolicy::public_only()
         };
         assert!(one("/ip4/127.0.0.1/tcp/9", lo).is_ok());
         assert_eq!(one("/ip4/10.0.0.1/tcp/9", lo), Err(AddrRejection::Private));
@@ -765,8 +1067,8 @@ mod tests {
     #[test]
     fn private_ranges_only_when_allowed() {
         let private = AddressPolicy {
-            allow_loopback: false,
             allow_private: true,
+            ..AddressPolicy::public_only()
         };
         for s in [
             "/ip4/10.1.2.3/tcp/9",

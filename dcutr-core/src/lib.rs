@@ -87,6 +87,7 @@ mod config;
 mod direct;
 mod error;
 mod initiator;
+pub mod nat;
 mod output;
 mod responder;
 mod timeline;
@@ -95,7 +96,7 @@ mod upgrade;
 
 pub use addr::{
     AddrRejection, AddressPolicy, AddressPredictor, Candidate, Dialable, NoPrediction,
-    ObservedAddrs, RejectionCounts, Transport,
+    ObservedAddrs, RangeClass, RejectionCounts, Transport,
 };
 pub use carrier::{Carrier, StreamUnavailable};
 pub use codec::CodecError;
@@ -106,6 +107,7 @@ pub use config::{
 pub use direct::CHECK_LEN;
 pub use error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 pub use multiaddr::{self, Multiaddr};
+pub use nat::{Allocation, Filtering, Mapping, NatBehaviour, NatObservations, Strategy};
 pub use output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
