@@ -715,7 +715,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         }
         let peer_named = self.core.is_peer_address(&Candidate::quic(from));
         if self.handshakes.len() >= self.core.config().max_pending_inbound {
-            let Some(pos) = self.handshakes.iter().position(|h| !h.peer_named) else {
+            let Some(pos) = oldest_stranger(&self.handshakes) else {
                 tracing::debug!(%from, "every QUIC handshake slot holds the peer's; refusing");
                 incoming.refuse();
                 return;
@@ -763,11 +763,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         if self.inbound.len() < self.core.config().max_pending_inbound {
             return;
         }
-        let Some(pos) = self
-            .inbound
-            .iter()
-            .position(|s| !s.peer_named && s.received < dcutr_core::CHECK_LEN)
-        else {
+        let Some(pos) = oldest_unverified_stranger(&self.inbound) else {
             return;
         };
         let evicted = self.inbound.remove(pos);
@@ -962,4 +958,58 @@ fn yield_once() -> impl std::future::Future<Output = ()> + Send {
 fn accept_next(endpoint: &quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {
     let endpoint = endpoint.clone();
     async move { endpoint.accept().await }.boxed()
+}
+
+/// The oldest handshake from an address the peer did not name.
+fn oldest_stranger(handshakes: &[Handshake]) -> Option<usize> {
+    handshakes.iter().position(|h| !h.peer_named)
+}
+
+/// The oldest inbound connection that has not passed the check and comes
+/// from an address the peer did not name.
+fn oldest_unverified_stranger(inbound: &[InboundSlot]) -> Option<usize> {
+    inbound
+        .iter()
+        .position(|s| !s.peer_named && s.received < dcutr_core::CHECK_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake(number: u64, peer_named: bool) -> Handshake {
+        Handshake {
+            number,
+            from: "127.0.0.1:1".parse().unwrap(),
+            peer_named,
+            abort: AbortHandle::new_pair().0,
+        }
+    }
+
+    #[test]
+    fn the_oldest_strangers_handshake_is_evicted_never_the_peers() {
+        let list = [handshake(0, true), handshake(1, false), handshake(2, false)];
+        assert_eq!(oldest_stranger(&list), Some(1));
+        let peers_only = [handshake(0, true), handshake(1, true)];
+        assert_eq!(oldest_stranger(&peers_only), None);
+    }
+
+    #[test]
+    fn the_oldest_unverified_stranger_is_evicted_never_the_peer_or_a_verified_one() {
+        let slot = |id, peer_named, received| InboundSlot {
+            id: DirectId(id),
+            peer_named,
+            received,
+        };
+        let full = dcutr_core::CHECK_LEN;
+        let list = [
+            slot(0, true, 0),
+            slot(1, false, full),
+            slot(2, false, full - 1),
+            slot(3, false, 0),
+        ];
+        assert_eq!(oldest_unverified_stranger(&list), Some(2));
+        let none = [slot(0, true, 0), slot(1, false, full)];
+        assert_eq!(oldest_unverified_stranger(&none), None);
+    }
 }

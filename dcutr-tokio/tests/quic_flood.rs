@@ -24,51 +24,9 @@ const STRANGERS: usize = 8;
 /// from 4 MiB to 2,029 MiB in 7 s.
 const FLOOD_FOR: Duration = Duration::from_secs(3);
 
-/// The flood stops once the victim accepted this many bytes in all, so a
-/// regression shows as a failure rather than exhausting the machine.
-const FLOOD_STOP_AT: u64 = 512 << 20;
-
-/// Most streams one stranger tries to open, per direction.
-const MAX_STREAMS_TRIED: usize = 256;
-
-/// How long a stranger waits for the victim to allow one more stream.
-const OPEN_WAIT: Duration = Duration::from_millis(300);
-
-/// Bytes per write.
-const CHUNK: usize = 64 << 10;
-
 /// The bound: the victim process may grow by at most this much resident
 /// memory under the flood. quinn's defaults let it grow by gigabytes.
 const FLOOD_MEMORY_BOUND: u64 = 32 << 20;
-
-/// Resident memory of this process, from /proc/self/status.
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/self/status");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in kB");
-    kib * 1024
-}
-
-/// Writes `CHUNK`s on `send` until the deadline or the stop mark; counts
-/// every byte the victim's flow control let through.
-async fn pour(mut send: quinn::SendStream, accepted: Arc<AtomicU64>, until: tokio::time::Instant) {
-    let chunk = vec![0x5a; CHUNK];
-    while accepted.load(Ordering::Relaxed) < FLOOD_STOP_AT {
-        match tokio::time::timeout_at(until, send.write(&chunk)).await {
-            Ok(Ok(n)) => {
-                accepted.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Ok(Err(_)) | Err(_) => return,
-        }
-    }
-}
 
 /// One stranger: connects, opens the check stream and leaves it empty,
 /// then opens every other stream it is allowed and writes on each.
@@ -84,25 +42,7 @@ async fn stranger(
         .expect("a stranger completes the QUIC handshake");
     // The check stream: opened, never written.
     let _check = conn.open_bi().await.unwrap();
-    let mut pours = Vec::new();
-    for _ in 0..MAX_STREAMS_TRIED {
-        match tokio::time::timeout(OPEN_WAIT, conn.open_bi()).await {
-            Ok(Ok((send, _recv))) => {
-                pours.push(tokio::spawn(pour(send, accepted.clone(), until)));
-            }
-            _ => break,
-        }
-    }
-    for _ in 0..MAX_STREAMS_TRIED {
-        match tokio::time::timeout(OPEN_WAIT, conn.open_uni()).await {
-            Ok(Ok(send)) => pours.push(tokio::spawn(pour(send, accepted.clone(), until))),
-            _ => break,
-        }
-    }
-    let streams = pours.len();
-    for p in pours {
-        let _ = p.await;
-    }
+    let streams = flood(&conn, accepted, until).await;
     (endpoint, conn, streams)
 }
 

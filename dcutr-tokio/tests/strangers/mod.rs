@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
@@ -104,4 +105,76 @@ impl ServerCertVerifier for AnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// A flood stops once the victim accepted this many bytes in all, so a
+/// regression shows as a failure rather than exhausting the machine.
+pub const FLOOD_STOP_AT: u64 = 512 << 20;
+
+/// Most streams a flooder tries to open, per direction.
+const MAX_STREAMS_TRIED: usize = 256;
+
+/// How long a flooder waits for the victim to allow one more stream.
+const OPEN_WAIT: Duration = Duration::from_millis(300);
+
+/// Bytes per write.
+const CHUNK: usize = 64 << 10;
+
+/// Resident memory of this process, from /proc/self/status.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
+}
+
+/// Writes `CHUNK`s on `send` until the deadline or the stop mark; counts
+/// every byte the victim's flow control let through.
+async fn pour(mut send: quinn::SendStream, accepted: Arc<AtomicU64>, until: tokio::time::Instant) {
+    let chunk = vec![0x5a; CHUNK];
+    while accepted.load(Ordering::Relaxed) < FLOOD_STOP_AT {
+        match tokio::time::timeout_at(until, send.write(&chunk)).await {
+            Ok(Ok(n)) => {
+                accepted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// Opens every stream the victim allows on `conn`, both directions, and
+/// writes on each until `until`; returns how many streams it got. Every
+/// byte the victim's flow control let through is added to `accepted`.
+pub async fn flood(
+    conn: &quinn::Connection,
+    accepted: Arc<AtomicU64>,
+    until: tokio::time::Instant,
+) -> usize {
+    let mut pours = Vec::new();
+    for _ in 0..MAX_STREAMS_TRIED {
+        match tokio::time::timeout(OPEN_WAIT, conn.open_bi()).await {
+            Ok(Ok((send, _recv))) => {
+                pours.push(tokio::spawn(pour(send, accepted.clone(), until)));
+            }
+            _ => break,
+        }
+    }
+    for _ in 0..MAX_STREAMS_TRIED {
+        match tokio::time::timeout(OPEN_WAIT, conn.open_uni()).await {
+            Ok(Ok(send)) => pours.push(tokio::spawn(pour(send, accepted.clone(), until))),
+            _ => break,
+        }
+    }
+    let streams = pours.len();
+    for p in pours {
+        let _ = p.await;
+    }
+    streams
 }
