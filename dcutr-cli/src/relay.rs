@@ -24,6 +24,14 @@
 //!   so the FIN is delayed too and comes after all data.
 //! - Every limit is a named constant below, or a [`RelayConfig`] field that
 //!   defaults to one.
+//! - Under load: at most [`MAX_CONNECTIONS_PER_IP`] connections and
+//!   [`MAX_PAIRINGS_PER_IP`] splices per source IP (a v6 source counts by
+//!   its /64), a splice that carries nothing for [`SPLICE_IDLE_TIMEOUT`] is
+//!   closed, and a splice buffers at most [`SPLICE_MAX_BUFFERED_BYTES`].
+//!   The UDP port answers only names held by a live TCP connection, at
+//!   most [`UDP_ANSWERS_PER_NAME`] times per name and
+//!   [`UDP_ANSWERS_PER_SECOND`] in all, and never with more bytes than
+//!   the datagram it answers: it cannot be used as a reflector.
 //! - Fault injection for labs and tests ([`RelayConfig::cut_after_bytes`],
 //!   `dcutr relay --cut-after-bytes N`): both directions of a splice draw
 //!   from one byte budget; the write that spends its last byte is followed
@@ -33,7 +41,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -77,15 +85,50 @@ pub const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// refused with an error line.
 pub const MAX_CONNECTIONS: usize = 512;
 
+/// Most TCP connections served at once from one source IP (a v6 source
+/// counts by its /64). Default 16: two peers behind one NAT need two, and
+/// a host that wants more is flooding; one address filled all 512 slots
+/// of [`MAX_CONNECTIONS`] in 0.8 s without it.
+pub const MAX_CONNECTIONS_PER_IP: usize = 16;
+
+/// Most splices at once with an end at one source IP (a v6 source counts
+/// by its /64). Default 4: each pairing is one DCUtR upgrade, which lasts
+/// seconds; self-made pairs beyond this are refused.
+pub const MAX_PAIRINGS_PER_IP: usize = 4;
+
+/// A splice that forwards no byte in either direction for this long is
+/// closed. Default 120 s: DCUtR moves to the direct connection within
+/// seconds and the relayed stream is closed a grace period later; a
+/// peer that stays on the relay talks, or closes. Without it, idle
+/// self-made pairs held every slot forever.
+pub const SPLICE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many answers the UDP port gives one name (while its connection
+/// lives). Default 20: twice the client's
+/// [`UDP_OBSERVE_TRIES`](crate::rendezvous::UDP_OBSERVE_TRIES).
+pub const UDP_ANSWERS_PER_NAME: u32 = 20;
+
+/// How many answers the UDP port gives per second, all names together.
+/// Default 200: bounds what forged sources naming live peers can make
+/// it send, with [`UDP_ANSWERS_PER_NAME`] and answers no larger than the
+/// datagram they answer.
+pub const UDP_ANSWERS_PER_SECOND: u32 = 200;
+
 /// Largest chunk the splice reads at once. 16 KiB is a few TCP segments and
 /// keeps the per-chunk timer cost negligible at any rate a demo needs.
 pub const SPLICE_CHUNK_BYTES: usize = 16 * 1024;
 
 /// Chunks queued per splice direction between reader and writer (at most
-/// 1 MiB with [`SPLICE_CHUNK_BYTES`]). With a delay, this must hold what
-/// arrives during one delay; when full, the reader stops reading, and TCP
-/// flow control slows the sender down: bounded memory, no loss.
-pub const SPLICE_QUEUE_CHUNKS: usize = 64;
+/// 256 KiB with [`SPLICE_CHUNK_BYTES`]). With a delay, this must hold what
+/// arrives during one delay (256 KiB per 100 ms is 2.5 MB/s, plenty for
+/// DCUtR and demos); when full, the reader stops reading, and TCP flow
+/// control slows the sender down: bounded memory, no loss.
+pub const SPLICE_QUEUE_CHUNKS: usize = 16;
+
+/// Most bytes one splice holds in the relay's memory, both directions:
+/// the queue and the chunk being read and the one being written, each
+/// way (the kernel's socket buffers come on top).
+pub const SPLICE_MAX_BUFFERED_BYTES: usize = 2 * (SPLICE_QUEUE_CHUNKS + 2) * SPLICE_CHUNK_BYTES;
 
 /// When one direction of a splice has ended (its sender closed and all its
 /// data was delivered), the other direction may go on this long for replies
@@ -131,6 +174,12 @@ pub struct RelayConfig {
     pub control_idle: Duration,
     /// See [`MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// See [`MAX_CONNECTIONS_PER_IP`].
+    pub max_connections_per_ip: usize,
+    /// See [`MAX_PAIRINGS_PER_IP`].
+    pub max_pairings_per_ip: usize,
+    /// See [`SPLICE_IDLE_TIMEOUT`].
+    pub splice_idle: Duration,
     /// Where to report [`RelayEvent`]s (dropped if the queue is full).
     pub events: Option<mpsc::Sender<RelayEvent>>,
     /// **Fault injection, for labs and tests only** (`--cut-after-bytes`):
@@ -149,6 +198,9 @@ impl Default for RelayConfig {
             pair_wait: PAIR_WAIT_TIMEOUT,
             control_idle: CONTROL_IDLE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
+            max_pairings_per_ip: MAX_PAIRINGS_PER_IP,
+            splice_idle: SPLICE_IDLE_TIMEOUT,
             events: None,
             cut_after_bytes: None,
         }
@@ -269,6 +321,7 @@ pub async fn run(listener: RelayListener, mut config: RelayConfig) -> anyhow::Re
         anyhow::bail!("delay {:?} exceeds the maximum {MAX_DELAY:?}", config.delay);
     }
     config.max_connections = config.max_connections.max(1);
+    config.max_connections_per_ip = config.max_connections_per_ip.max(1);
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let shared = Arc::new(Shared {
@@ -276,6 +329,8 @@ pub async fn run(listener: RelayListener, mut config: RelayConfig) -> anyhow::Re
         registry: Mutex::new(HashMap::new()),
         registered: Notify::new(),
         next_id: AtomicU64::new(0),
+        connections_per_ip: Mutex::new(HashMap::new()),
+        pairings_per_ip: Mutex::new(HashMap::new()),
     });
     let RelayListener { tcp, udp } = listener;
     let mut tasks = JoinSet::new();
@@ -285,16 +340,30 @@ pub async fn run(listener: RelayListener, mut config: RelayConfig) -> anyhow::Re
             accepted = tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let peer = canonical(peer);
-                    match slots.clone().try_acquire_owned() {
+                    let ip_count = IpCount::take(
+                        &shared,
+                        Counter::Connections,
+                        &[peer.ip()],
+                        shared.config.max_connections_per_ip,
+                    );
+                    let permit = match (ip_count, slots.clone().try_acquire_owned()) {
+                        (Some(ip), Ok(slot)) => Ok(ConnPermit { _slot: slot, _ip: ip }),
+                        (None, _) => Err(format!(
+                            "too many connections from {} (at most {})",
+                            peer.ip(),
+                            shared.config.max_connections_per_ip
+                        )),
+                        (Some(_), Err(_)) => Err(format!(
+                            "relay full ({} connections)",
+                            shared.config.max_connections
+                        )),
+                    };
+                    match permit {
                         Ok(permit) => {
                             tasks.spawn(serve(shared.clone(), stream, peer, permit));
                         }
-                        Err(_) => {
-                            warn!(%peer, "refusing a connection: relay full");
-                            let reason = format!(
-                                "relay full ({} connections)",
-                                shared.config.max_connections
-                            );
+                        Err(reason) => {
+                            warn!(%peer, "refusing a connection: {reason}");
                             // Refused with an error line and a drain like any
                             // refusal, by a bounded number of tasks; beyond
                             // that the connection is just closed.
@@ -334,12 +403,89 @@ struct Shared {
     /// Woken whenever a peer becomes ready, for `connect`s that wait.
     registered: Notify,
     next_id: AtomicU64,
+    /// Live connections per source network (see [`ip_key`]).
+    connections_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Live splices per source network, each end counted once.
+    pairings_per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Which per-IP count.
+#[derive(Clone, Copy)]
+enum Counter {
+    Connections,
+    Pairings,
+}
+
+/// One unit of a per-IP count for each of a few IPs, given back on drop.
+struct IpCount {
+    shared: Arc<Shared>,
+    counter: Counter,
+    keys: Vec<IpAddr>,
+}
+
+impl IpCount {
+    /// Counts one more for each of `ips` (the same network once), unless
+    /// one of them is at `max` already.
+    fn take(shared: &Arc<Shared>, counter: Counter, ips: &[IpAddr], max: usize) -> Option<Self> {
+        let mut keys: Vec<IpAddr> = ips.iter().map(|ip| ip_key(*ip)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut map = shared.counts(counter);
+        if keys.iter().any(|k| map.get(k).copied().unwrap_or(0) >= max) {
+            return None;
+        }
+        for k in &keys {
+            *map.entry(*k).or_insert(0) += 1;
+        }
+        drop(map);
+        Some(IpCount {
+            shared: shared.clone(),
+            counter,
+            keys,
+        })
+    }
+}
+
+impl Drop for IpCount {
+    fn drop(&mut self) {
+        let mut map = self.shared.counts(self.counter);
+        for k in &self.keys {
+            if let Entry::Occupied(mut e) = map.entry(*k) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+}
+
+/// What a served connection holds: its global slot and its per-IP count.
+struct ConnPermit {
+    _slot: OwnedSemaphorePermit,
+    _ip: IpCount,
+}
+
+/// The network a source address counts for: the IPv4 address, or the /64
+/// of an IPv6 one (a single host often holds a whole /64).
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
 }
 
 /// A name held by a connection.
 struct Slot {
     /// Which connection holds it.
     id: u64,
+    /// Its TCP source IP, for the per-IP pairing cap.
+    ip: IpAddr,
+    /// Answers the UDP port gave for this name.
+    udp_answers: u32,
     /// Its observed UDP address, if it sent `observe`.
     udp: Option<SocketAddr>,
     addrs: Vec<String>,
@@ -365,7 +511,7 @@ struct Leg {
     stream: TcpStream,
     /// Bytes already read from it that belong to the relayed stream.
     leftover: Vec<u8>,
-    _permit: OwnedSemaphorePermit,
+    _permit: ConnPermit,
 }
 
 impl Shared {
@@ -373,6 +519,15 @@ impl Shared {
         // The lock is never held across an await or a call that can panic,
         // but a poisoned map is still consistent: keep serving.
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn counts(&self, counter: Counter) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        match counter {
+            Counter::Connections => &self.connections_per_ip,
+            Counter::Pairings => &self.pairings_per_ip,
+        }
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn emit(&self, event: RelayEvent) {
@@ -477,12 +632,7 @@ async fn refuse(
 }
 
 /// Serve one TCP connection from hello to pairing (or refusal).
-async fn serve(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, permit: ConnPermit) {
     // Latency matters more than segment count: DCUtR measures the relayed RTT.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, "TCP_NODELAY: {e}");
@@ -510,6 +660,8 @@ async fn serve(
         Entry::Vacant(slot) => {
             slot.insert(Slot {
                 id,
+                ip: peer.ip(),
+                udp_answers: 0,
                 udp: None,
                 addrs: Vec::new(),
                 public: Vec::new(),
@@ -640,7 +792,7 @@ async fn hand_over(
     peer: SocketAddr,
     mut guard: NameGuard,
     request: PairRequest,
-    permit: OwnedSemaphorePermit,
+    permit: ConnPermit,
 ) {
     guard.paired = true;
     let name = guard.name.clone();
@@ -681,7 +833,7 @@ async fn connect(
     shared: Arc<Shared>,
     mut conn: LineReader<TcpStream>,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permit: ConnPermit,
     mut guard: NameGuard,
     mut pair_rx: Option<oneshot::Receiver<PairRequest>>,
     target: String,
@@ -723,12 +875,13 @@ async fn connect(
 
     let wait_until = Instant::now() + shared.config.connect_wait;
     let mut announced = false;
-    let (reply_rx, target_public, target_addrs) = loop {
+    let (reply_rx, target_public, target_addrs, _pairing) = loop {
         let notified = shared.registered.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match try_pick(&shared, &target, &name, &own_addrs, &own_public) {
+        match try_pick(&shared, peer.ip(), &target, &name, &own_addrs, &own_public) {
             Pick::Picked(found) => break found,
+            Pick::TooMany(reason) => return refuse(&shared, conn, peer, reason).await,
             Pick::Gone => {
                 let reason = format!("peer {target:?} went away");
                 return refuse(&shared, conn, peer, reason).await;
@@ -795,8 +948,14 @@ async fn connect(
         _permit: permit,
     };
     let budget = shared.config.cut_after_bytes.map(CutBudget::new);
-    let (to_initiator, to_responder) =
-        splice(my_leg, their_leg, shared.config.delay, budget.as_ref()).await;
+    let (to_initiator, to_responder) = splice(
+        my_leg,
+        their_leg,
+        shared.config.delay,
+        shared.config.splice_idle,
+        budget.as_ref(),
+    )
+    .await;
     if let Some(budget) = &budget
         && budget.spent()
     {
@@ -829,8 +988,10 @@ enum Own {
 /// The outcome of one look for a waiting target.
 enum Pick {
     /// Paired: wait for its leg on this channel; its public and observed
-    /// addresses.
-    Picked((oneshot::Receiver<Leg>, Vec<String>, Vec<String>)),
+    /// addresses; the pairing's per-IP count, held while the splice runs.
+    Picked((oneshot::Receiver<Leg>, Vec<String>, Vec<String>, IpCount)),
+    /// Pairing would exceed the per-IP cap of one of the two ends.
+    TooMany(String),
     /// Not there or not waiting (yet).
     NotWaiting,
     /// It was waiting but its task is gone.
@@ -840,7 +1001,8 @@ enum Pick {
 /// Take `target` out of the waiting state and send it our request, all
 /// under the registry lock, so that a peer is picked at most once.
 fn try_pick(
-    shared: &Shared,
+    shared: &Arc<Shared>,
+    from_ip: IpAddr,
     target: &str,
     name: &str,
     addrs: &[String],
@@ -849,6 +1011,16 @@ fn try_pick(
     let mut registry = shared.registry();
     let Some(slot) = registry.get_mut(target) else {
         return Pick::NotWaiting;
+    };
+    if slot.waiting.is_none() {
+        return Pick::NotWaiting;
+    }
+    let max = shared.config.max_pairings_per_ip;
+    let Some(pairing) = IpCount::take(shared, Counter::Pairings, &[from_ip, slot.ip], max) else {
+        return Pick::TooMany(format!(
+            "too many relayed streams from {from_ip} or {} (at most {max} each)",
+            slot.ip
+        ));
     };
     let Some(waiting) = slot.waiting.take() else {
         return Pick::NotWaiting;
@@ -863,7 +1035,7 @@ fn try_pick(
     if waiting.send(request).is_err() {
         return Pick::Gone;
     }
-    Pick::Picked((reply_rx, slot.public.clone(), slot.addrs.clone()))
+    Pick::Picked((reply_rx, slot.public.clone(), slot.addrs.clone(), pairing))
 }
 
 /// The fault-injection byte budget of one splice, shared by both directions
@@ -904,14 +1076,48 @@ fn cut_error() -> io::Error {
     io::Error::other("cut by --cut-after-bytes (fault injection)")
 }
 
+/// When a splice last read a byte, either way.
+struct Activity {
+    start: Instant,
+    /// Milliseconds from `start` to the last read.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once nothing was read for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            sleep_until(due).await;
+        }
+    }
+}
+
 /// Splice two connections both ways with `delay` per chunk, until both
-/// ends closed or `budget` (fault injection) is spent; returns the bytes
-/// delivered (responder → initiator, initiator → responder), where
-/// `responder` is the first leg.
+/// ends closed, nothing was read for `idle`, or `budget` (fault
+/// injection) is spent; returns the bytes delivered (responder →
+/// initiator, initiator → responder), where `responder` is the first leg.
 async fn splice(
     responder: Leg,
     initiator: Leg,
     delay: Duration,
+    idle: Duration,
     budget: Option<&CutBudget>,
 ) -> (u64, u64) {
     let (r_read, mut r_write) = responder.stream.into_split();
@@ -923,6 +1129,7 @@ async fn splice(
     }
     let to_initiator = AtomicU64::new(0);
     let to_responder = AtomicU64::new(0);
+    let activity = Activity::new();
     {
         let forward = pump(
             responder.leftover,
@@ -931,6 +1138,7 @@ async fn splice(
             delay,
             &to_initiator,
             budget,
+            &activity,
         );
         let backward = pump(
             initiator.leftover,
@@ -939,11 +1147,18 @@ async fn splice(
             delay,
             &to_responder,
             budget,
+            &activity,
         );
         tokio::pin!(forward, backward);
+        let both = async {
+            tokio::select! {
+                r = &mut forward => finish_splice(r, backward).await,
+                r = &mut backward => finish_splice(r, forward).await,
+            }
+        };
         tokio::select! {
-            r = &mut forward => finish_splice(r, backward).await,
-            r = &mut backward => finish_splice(r, forward).await,
+            () = both => {}
+            () = activity.idle_for(idle) => debug!("closing a splice idle for {idle:?}"),
         }
     }
     (
@@ -977,6 +1192,7 @@ async fn pump(
     delay: Duration,
     delivered: &AtomicU64,
     budget: Option<&CutBudget>,
+    activity: &Activity,
 ) -> io::Result<()> {
     // `None` is the end of the stream.
     let (tx, mut rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(SPLICE_QUEUE_CHUNKS);
@@ -992,6 +1208,7 @@ async fn pump(
         let mut buf = vec![0u8; SPLICE_CHUNK_BYTES];
         loop {
             let n = from.read(&mut buf).await?;
+            activity.touch();
             let due = Instant::now() + delay;
             let chunk = (n > 0).then(|| buf[..n].to_vec());
             let end = chunk.is_none();
@@ -1031,9 +1248,14 @@ async fn pump(
     tokio::try_join!(reader, writer).map(drop)
 }
 
-/// Answer `observe` datagrams with the source address.
+/// Answer `observe` datagrams with the source address, for names held by
+/// a live connection only, rate-limited, and never with more bytes than
+/// the datagram carried: a forged source gets at most what it sent, and
+/// only while a peer it names is registered.
 async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
     let mut buf = vec![0u8; MAX_LINE_BYTES + 1];
+    let mut window = Instant::now();
+    let mut answered_in_window = 0u32;
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -1052,38 +1274,64 @@ async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
             continue;
         }
         let payload = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
-        // Garbage gets no answer: an answer to a spoofed source would make
-        // the relay a reflector.
-        let Ok(msg) = Message::from_line(payload) else {
-            debug!(%from, "ignoring a malformed datagram");
+        // Nothing but a well-formed observe for a live name gets an answer
+        // (errors included): an answer to a forged source would make the
+        // relay a reflector.
+        let Ok(Message::Observe { name }) = Message::from_line(payload) else {
+            debug!(%from, "ignoring a datagram that is not an observe");
             continue;
         };
-        let answer = match msg {
-            Message::Observe { name } => match validate_name(&name) {
-                Ok(()) => {
-                    if let Some(slot) = shared.registry().get_mut(&name) {
-                        slot.udp = Some(from);
-                    }
-                    debug!(%from, %name, "UDP observed");
-                    shared.emit(RelayEvent::UdpObserved { name, udp: from });
-                    Message::Observed {
-                        tcp: None,
-                        udp: Some(from),
-                    }
-                }
-                Err(reason) => Message::Error { reason },
-            },
-            other => Message::Error {
-                reason: format!("unexpected {} message over UDP", other.kind()),
-            },
+        if validate_name(&name).is_err() {
+            debug!(%from, "ignoring an observe with an invalid name");
+            continue;
+        }
+        let now = Instant::now();
+        if now >= window + Duration::from_secs(1) {
+            window = now;
+            answered_in_window = 0;
+        }
+        if answered_in_window >= UDP_ANSWERS_PER_SECOND {
+            debug!(%from, "UDP answer rate reached; ignoring an observe");
+            continue;
+        }
+        let answer = Message::Observed {
+            tcp: None,
+            udp: Some(from),
         };
-        match answer.to_line() {
-            Ok(line) => {
-                if let Err(e) = socket.send_to(&line, reply_to).await {
-                    debug!(%from, "UDP answer failed: {e}");
-                }
+        let line = match answer.to_line() {
+            Ok(line) if line.len() <= n => line,
+            Ok(_) => {
+                debug!(%from, "ignoring an observe shorter than its answer (not padded)");
+                continue;
             }
-            Err(e) => debug!("UDP answer not sent: {e}"),
+            Err(e) => {
+                debug!("UDP answer not sent: {e}");
+                continue;
+            }
+        };
+        let allowed = match shared.registry().get_mut(&name) {
+            Some(slot) if slot.udp_answers < UDP_ANSWERS_PER_NAME => {
+                slot.udp_answers += 1;
+                slot.udp = Some(from);
+                true
+            }
+            Some(_) => {
+                debug!(%from, %name, "UDP answers for this name used up");
+                false
+            }
+            None => {
+                debug!(%from, %name, "ignoring an observe for a name nobody holds");
+                false
+            }
+        };
+        if !allowed {
+            continue;
+        }
+        answered_in_window += 1;
+        debug!(%from, %name, "UDP observed");
+        shared.emit(RelayEvent::UdpObserved { name, udp: from });
+        if let Err(e) = socket.send_to(&line, reply_to).await {
+            debug!(%from, "UDP answer failed: {e}");
         }
     }
 }

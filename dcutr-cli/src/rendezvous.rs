@@ -20,7 +20,8 @@
 //! peer -> relay (TCP)   {"type":"hello","name":"b"}
 //! relay -> peer         {"type":"observed","tcp":"IP:PORT"}      the source address the relay sees
 //!
-//! peer -> relay (UDP)   {"type":"observe","name":"b"}            one datagram from the QUIC socket
+//! peer -> relay (UDP)   {"type":"observe","name":"b"}            one datagram from the QUIC socket, after hello,
+//!                                                                padded with spaces to OBSERVE_DATAGRAM_LEN bytes
 //! relay -> peer (UDP)   {"type":"observed","udp":"IP:PORT"}      to the datagram's source
 //!
 //! peer -> relay         {"type":"ready","addrs":[multiaddr...],"public":[multiaddr...]}
@@ -46,6 +47,10 @@
 //! - A `connect` to a name that is not (yet) waiting makes the relay wait up
 //!   to [`crate::relay::CONNECT_WAIT_TIMEOUT`] for it before answering with an
 //!   error; connecting to oneself is an error at once.
+//! - The UDP port answers an `observe` only for a name held by a live
+//!   connection (so after `hello`), a bounded number of times per name and
+//!   per second, and only when the answer is no longer than the datagram:
+//!   pad it ([`observe_datagram`]). Anything else gets no answer at all.
 //! - After the `paired` line each connection carries raw bytes, spliced both
 //!   ways by the relay. Bytes a peer pipelines after its `connect` line are
 //!   forwarded once paired. A peer that closes its side closes the splice for
@@ -109,6 +114,13 @@ pub const UDP_OBSERVE_TIMEOUT: Duration = Duration::from_millis(500);
 /// datagram and its answer: at 30 % loss each way one succeeds with
 /// p = 0.49, and 10 tries all fail with p = 0.51^10, about 0.1 %.
 pub const UDP_OBSERVE_TRIES: u32 = 10;
+
+/// Length of an `observe` datagram, newline included: the JSON padded with
+/// spaces. The relay answers no datagram with more bytes than it carried
+/// (so that it cannot amplify toward a forged source), and the longest
+/// answer, an `observed` line with an IPv6 address and a scope, is about
+/// 90 bytes.
+pub const OBSERVE_DATAGRAM_LEN: usize = 128;
 
 /// Which DCUtR side the relay assigned to a peer in `paired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -517,10 +529,7 @@ pub async fn observe_udp(
     name: &str,
 ) -> anyhow::Result<SocketAddr> {
     validate_name(name).map_err(anyhow::Error::msg)?;
-    let request = Message::Observe {
-        name: name.to_owned(),
-    }
-    .to_line()?;
+    let request = observe_datagram(name)?;
     let mut buf = vec![0u8; MAX_LINE_BYTES + 1];
     for attempt in 1..=UDP_OBSERVE_TRIES {
         socket
@@ -561,6 +570,26 @@ pub async fn observe_udp(
         "the relay at {relay} did not answer {UDP_OBSERVE_TRIES} UDP observe datagrams \
          ({UDP_OBSERVE_TIMEOUT:?} each): is UDP blocked?"
     )
+}
+
+/// The `observe` datagram for `name`, padded with spaces to
+/// [`OBSERVE_DATAGRAM_LEN`] (JSON allows them) so that the relay may answer
+/// it.
+///
+/// # Errors
+/// When the line does not fit (a name is at most [`MAX_NAME_LEN`]
+/// characters, so it always does).
+pub fn observe_datagram(name: &str) -> io::Result<Vec<u8>> {
+    let mut line = Message::Observe {
+        name: name.to_owned(),
+    }
+    .to_line()?;
+    let newline = line.pop();
+    if line.len() + 1 < OBSERVE_DATAGRAM_LEN {
+        line.resize(OBSERVE_DATAGRAM_LEN - 1, b' ');
+    }
+    line.extend(newline);
+    Ok(line)
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {

@@ -186,17 +186,19 @@ async fn udp_observe_reports_the_datagram_source() {
         }
     );
 
-    // A raw datagram gets the documented answer.
+    // A raw datagram, padded, gets the documented answer, no longer than
+    // itself.
     let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    raw.send_to(br#"{"type":"observe","name":"zz"}"#, relay.addr)
-        .await
-        .unwrap();
+    let request = rendezvous::observe_datagram("b").unwrap();
+    assert_eq!(request.len(), rendezvous::OBSERVE_DATAGRAM_LEN);
+    raw.send_to(&request, relay.addr).await.unwrap();
     let mut buf = [0u8; 512];
     let (n, from) = timeout(STEP, raw.recv_from(&mut buf))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(from, relay.addr);
+    assert!(n <= request.len());
     assert_eq!(
         std::str::from_utf8(&buf[..n]).unwrap(),
         format!(
@@ -882,4 +884,203 @@ fn the_binary_takes_cut_after_bytes() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--cut-after-bytes"), "{help}");
     assert!(help.contains("FAULT INJECTION"), "{help}");
+}
+
+/// A raw client leaving from `ip` (any address of 127.0.0.0/8 is this
+/// host's loopback), so one test can play several source addresses.
+async fn raw_from(relay: SocketAddr, ip: &str) -> Raw {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(ip.parse().unwrap(), 0))
+        .unwrap();
+    Raw {
+        reader: BufReader::new(socket.connect(relay).await.unwrap()),
+    }
+}
+
+/// Connections one flooding address opens: far more than its cap.
+const FLOOD_CONNECTIONS: usize = 200;
+
+/// `dcutr relay` under a flood from one address: it gets its per-IP share
+/// of connections and pairings, no more, and a pair from elsewhere still
+/// meets and talks.
+#[tokio::test]
+async fn a_flood_from_one_address_stays_within_its_caps_and_pairs_still_meet() {
+    let relay = TestRelay::start().await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..FLOOD_CONNECTIONS {
+        let mut raw = raw_from(relay.addr, "127.0.0.2").await;
+        raw.send_msg(&Message::Hello {
+            name: format!("f{i}"),
+        })
+        .await;
+        match raw.recv().await {
+            Some(Message::Observed { .. }) => accepted.push(raw),
+            Some(Message::Error { reason }) => {
+                assert!(reason.contains("too many connections"), "{reason}");
+                refused += 1;
+            }
+            // Refusals beyond the ones answered are just closed.
+            None => refused += 1,
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), relay::MAX_CONNECTIONS_PER_IP);
+    assert_eq!(refused, FLOOD_CONNECTIONS - relay::MAX_CONNECTIONS_PER_IP);
+
+    // The accepted half waits, the other half asks for it: self-made pairs.
+    let half = accepted.len() / 2;
+    for raw in &mut accepted[..half] {
+        raw.send_msg(&Message::Ready {
+            addrs: vec![],
+            public: vec![],
+        })
+        .await;
+        assert_eq!(raw.recv().await, Some(Message::Registered));
+    }
+    let mut paired = 0;
+    let mut pairing_refused = 0;
+    for (i, raw) in accepted[half..].iter_mut().enumerate() {
+        raw.send_msg(&Message::Connect {
+            peer: format!("f{i}"),
+        })
+        .await;
+        match raw.recv().await {
+            Some(Message::Paired { .. }) => paired += 1,
+            Some(Message::Error { reason }) => {
+                assert!(reason.contains("too many relayed streams"), "{reason}");
+                pairing_refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(paired, relay::MAX_PAIRINGS_PER_IP);
+    assert_eq!(pairing_refused, half - relay::MAX_PAIRINGS_PER_IP);
+
+    // While the flood holds all it may, a pair from elsewhere meets.
+    let b = register(relay.addr, "b", Some("127.0.0.3:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut b = b;
+    b.ready(&[], &[]).await.unwrap();
+    let b_waits = tokio::spawn(b.wait_paired());
+    let mut a = register(relay.addr, "a", Some("127.0.0.4:0".parse().unwrap()))
+        .await
+        .unwrap();
+    a.ready(&[], &[]).await.unwrap();
+    let mut a_paired = a.connect("b").await.unwrap();
+    let mut b_paired = timeout(STEP, b_waits).await.unwrap().unwrap().unwrap();
+    a_paired.stream.write_all(b"legit").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(STEP, b_paired.stream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"legit");
+    drop(accepted);
+}
+
+#[tokio::test]
+async fn an_idle_splice_is_closed_and_a_busy_one_is_not() {
+    const IDLE: Duration = Duration::from_millis(300);
+    let mut relay = TestRelay::with(RelayConfig {
+        splice_idle: IDLE,
+        ..RelayConfig::default()
+    })
+    .await;
+    let b = ready(relay.addr, "b", &[], &[]).await;
+    let b_waits = tokio::spawn(b.wait_paired());
+    let a = ready(relay.addr, "a", &[], &[]).await;
+    let mut a_paired = a.connect("b").await.unwrap();
+    let mut b_paired = timeout(STEP, b_waits).await.unwrap().unwrap().unwrap();
+
+    // Busy for three idle periods: a byte every third of one.
+    let busy_until = Instant::now() + 3 * IDLE;
+    let mut sent = 0u64;
+    let mut last_write = Instant::now();
+    while Instant::now() < busy_until {
+        a_paired.stream.write_all(b"x").await.unwrap();
+        last_write = Instant::now();
+        let mut byte = [0u8; 1];
+        timeout(STEP, b_paired.stream.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .expect("the busy splice carries on");
+        sent += 1;
+        tokio::time::sleep(IDLE / 3).await;
+    }
+    assert!(sent >= 3);
+
+    // Then silent: closed after one idle period.
+    let closed = relay
+        .wait_for("the idle splice closes", |e| {
+            matches!(e, RelayEvent::SpliceClosed { .. })
+        })
+        .await;
+    assert!(last_write.elapsed() >= IDLE, "closed before it was idle");
+    assert_eq!(
+        closed,
+        RelayEvent::SpliceClosed {
+            initiator: "b".into(),
+            responder: "a".into(),
+            to_initiator: sent,
+            to_responder: 0,
+        }
+    );
+    let mut rest = Vec::new();
+    let _ = timeout(STEP, b_paired.stream.read_to_end(&mut rest))
+        .await
+        .expect("the relay closed the idle splice");
+    assert!(rest.is_empty());
+}
+
+/// How long a test waits to see that the relay does not answer a datagram
+/// (it answers a valid one on loopback within a millisecond).
+const NO_ANSWER_WAIT: Duration = Duration::from_millis(300);
+
+/// Datagrams from `socket` that arrive within [`NO_ANSWER_WAIT`] of each
+/// other, until none does.
+async fn answers(socket: &UdpSocket) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(Ok((n, _))) = timeout(NO_ANSWER_WAIT, socket.recv_from(&mut buf)).await {
+        got.push(buf[..n].to_vec());
+        assert!(got.len() <= 1000, "bounded");
+    }
+    got
+}
+
+#[tokio::test]
+async fn the_udp_port_answers_only_live_names_never_with_more_bytes_and_not_forever() {
+    let relay = TestRelay::start().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // Nobody holds the name: no answer, not even an error.
+    let padded = rendezvous::observe_datagram("ghost").unwrap();
+    socket.send_to(&padded, relay.addr).await.unwrap();
+    // Garbage and other types: no answer either.
+    socket.send_to(b"garbage", relay.addr).await.unwrap();
+    let hello = Message::Hello { name: "b".into() }.to_line().unwrap();
+    socket.send_to(&hello, relay.addr).await.unwrap();
+    assert!(answers(&socket).await.is_empty());
+
+    // A live name, but a datagram shorter than its answer: no answer.
+    let _b = register(relay.addr, "b", None).await.unwrap();
+    let short = Message::Observe { name: "b".into() }.to_line().unwrap();
+    socket.send_to(&short, relay.addr).await.unwrap();
+    assert!(answers(&socket).await.is_empty());
+
+    // Padded: answered, each answer no larger than its request, and no more
+    // than the per-name budget however often it is asked.
+    let request = rendezvous::observe_datagram("b").unwrap();
+    let asked = relay::UDP_ANSWERS_PER_NAME as usize + 10;
+    for _ in 0..asked {
+        socket.send_to(&request, relay.addr).await.unwrap();
+    }
+    let got = answers(&socket).await;
+    assert_eq!(got.len(), relay::UDP_ANSWERS_PER_NAME as usize);
+    let answered_bytes: usize = got.iter().map(Vec::len).sum();
+    assert!(got.iter().all(|a| a.len() <= request.len()));
+    assert!(answered_bytes <= got.len() * request.len());
 }

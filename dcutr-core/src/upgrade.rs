@@ -1513,3 +1513,23 @@ impl Upgrade {
         }
     }
 }
+
+impl Upgrade {
+    /// Whether the peer named `addr` in this upgrade: in its Connect of
+    /// the current attempt, as a spray target, as a dial we made, or among
+    /// its known public addresses. A connection from there is more likely
+    /// the peer's than a stranger's, so a driver short of slots keeps it
+    /// over one from elsewhere. It proves nothing: the identity check
+    /// still decides.
+    #[must_use]
+    pub fn is_peer_address(&self, addr: &Candidate) -> bool {
+        self.remote.contains(addr)
+            || self.unilateral_targets.contains(addr)
+            || self.timeline.dials.iter().any(|d| d.to == *addr)
+            || (addr.transport == Transport::Quic
+                && self
+                    .spray
+                    .as_ref()
+                    .is_some_and(|s| s.targets.contains(&addr.addr)))
+    }
+}

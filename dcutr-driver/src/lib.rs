@@ -30,13 +30,14 @@ use dcutr_core::{
     RelayChannel, Role, Side, StreamUnavailable, Transport, Upgrade,
 };
 use futures_channel::mpsc;
-use futures_util::future::BoxFuture;
+use futures_util::future::{AbortHandle, BoxFuture, Either};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
 use actor::{ActorEvent, Cmd, DirectConn, Key, QuicDirect, Start, Stream};
 pub use quic::{
-    HOLE_PUNCH_INITIAL_RTT, QuicSocket, SERVER_NAME, hole_punch_transport, self_signed_configs,
+    HOLE_PUNCH_INITIAL_RTT, QuicLimits, QuicSocket, SERVER_NAME, hole_punch_transport,
+    punch_transport, self_signed_configs,
 };
 pub use report::Report;
 
@@ -334,11 +335,38 @@ struct Driver<'r, R: Runtime> {
     directs: Vec<(DirectId, DirectActor)>,
     actors: FuturesUnordered<ActorFuture<DirectConn<R::TcpStream>>>,
     quic_accept: Option<BoxFuture<'static, Option<quinn::Incoming>>>,
-    quic_handshakes: FuturesUnordered<BoxFuture<'static, Option<(quinn::Connection, SocketAddr)>>>,
+    /// Inbound QUIC handshakes in flight, each ending with its number
+    /// and, if it completed in time, the connection.
+    quic_handshakes: FuturesUnordered<BoxFuture<'static, (u64, Option<quinn::Connection>)>>,
+    /// The same handshakes, oldest first, to choose one to evict.
+    handshakes: Vec<Handshake>,
+    next_handshake: u64,
+    /// Inbound connections handed to the core, oldest first; pruned of
+    /// those that are gone when room is needed.
+    inbound: Vec<InboundSlot>,
     relay_cmds: mpsc::UnboundedSender<Cmd>,
     relay_want: usize,
     relay_reset: bool,
     sleep: Option<(Instant, BoxFuture<'static, ()>)>,
+}
+
+/// An inbound QUIC handshake in flight.
+struct Handshake {
+    number: u64,
+    from: SocketAddr,
+    /// Whether the peer named the source address (see
+    /// [`Upgrade::is_peer_address`]).
+    peer_named: bool,
+    abort: AbortHandle,
+}
+
+/// An inbound connection handed to the core.
+struct InboundSlot {
+    id: DirectId,
+    peer_named: bool,
+    /// Identity-check bytes it delivered: once [`dcutr_core::CHECK_LEN`]
+    /// arrived and the core kept it, it passed.
+    received: usize,
 }
 
 /// One thing that happened, for the core.
@@ -413,6 +441,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
             actors: FuturesUnordered::new(),
             quic_accept,
             quic_handshakes: FuturesUnordered::new(),
+            handshakes: Vec::new(),
+            next_handshake: 0,
+            inbound: Vec::new(),
             relay_cmds,
             relay_want: 0,
             relay_reset: false,
@@ -498,7 +529,12 @@ impl<'r, R: Runtime> Driver<'r, R> {
             (Some(Outcome::Upgraded(up)), Some(conn), Some(relay)) => {
                 let connection = match conn {
                     DirectConn::Tcp(Stream(t)) => DirectConnection::Tcp(t),
-                    DirectConn::Quic(q) => DirectConnection::Quic(q.conn),
+                    DirectConn::Quic(q) => {
+                        if let Some(quic) = &self.quic {
+                            quic.open_up(&q.conn);
+                        }
+                        DirectConnection::Quic(q.conn)
+                    }
                 };
                 let decided = self.core.timeline().decided.unwrap_or(self.start);
                 Ok(Upgraded {
@@ -581,11 +617,20 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 None => self.quic_accept = None,
             }
         }
-        if let Poll::Ready(Some(Some((conn, from)))) = self.quic_handshakes.poll_next_unpin(cx) {
-            return Poll::Ready(Wake::Inbound(
-                DirectConn::Quic(QuicDirect::new(conn, false)),
-                Candidate::quic(from),
-            ));
+        while let Poll::Ready(Some((number, conn))) = self.quic_handshakes.poll_next_unpin(cx) {
+            let Some(pos) = self.handshakes.iter().position(|h| h.number == number) else {
+                continue; // evicted
+            };
+            let from = self.handshakes.remove(pos).from;
+            match conn {
+                Some(conn) => {
+                    return Poll::Ready(Wake::Inbound(
+                        DirectConn::Quic(QuicDirect::new(conn, false)),
+                        Candidate::quic(from),
+                    ));
+                }
+                None => tracing::debug!(%from, "inbound QUIC handshake failed or timed out"),
+            }
         }
         Poll::Pending
     }
@@ -609,6 +654,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
                     if let Some(actor) = self.actor_mut(id) {
                         actor.want = actor.want.saturating_sub(data.len());
                     }
+                    if let Some(slot) = self.inbound.iter_mut().find(|s| s.id == id) {
+                        slot.received += data.len();
+                    }
                     self.core.handle_direct_data(now, id, &data);
                 }
                 ActorEvent::Closed => {
@@ -617,37 +665,115 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 }
             },
             Wake::ActorEnded => {}
-            Wake::Inbound(conn, from) => match self.core.handle_inbound(now, from) {
-                Ok(id) => self.start_actor(id, Start::Ready(conn)),
-                Err(reason) => {
-                    tracing::debug!(%from, %reason, "inbound connection refused");
-                    if let DirectConn::Quic(q) = conn {
-                        q.conn.close(0u32.into(), b"refused");
+            Wake::Inbound(conn, from) => {
+                let peer_named = self.core.is_peer_address(&from);
+                self.make_room_for_inbound(now, peer_named);
+                match self.core.handle_inbound(now, from) {
+                    Ok(id) => {
+                        self.inbound.push(InboundSlot {
+                            id,
+                            peer_named,
+                            received: 0,
+                        });
+                        self.start_actor(id, Start::Ready(conn));
+                    }
+                    Err(reason) => {
+                        tracing::debug!(%from, %reason, "inbound connection refused");
+                        if let DirectConn::Quic(q) = conn {
+                            q.conn.close(0u32.into(), b"refused");
+                        }
                     }
                 }
-            },
-            Wake::QuicIncoming(incoming) => {
-                let limit = self.core.config().max_pending_inbound;
-                if self.quic_handshakes.len() >= limit {
-                    tracing::debug!("too many QUIC handshakes in flight; refusing one");
-                    incoming.refuse();
-                } else {
-                    let from = incoming.remote_address();
-                    let incoming = *incoming;
-                    self.quic_handshakes.push(
-                        async move {
-                            let conn = incoming.accept().ok()?.await.ok()?;
-                            Some((conn, from))
-                        }
-                        .boxed(),
-                    );
-                }
             }
+            Wake::QuicIncoming(incoming) => self.quic_incoming(now, *incoming),
             Wake::ListenerFailed(error) => {
                 tracing::warn!(%error, "TCP listener failed; no more inbound connections");
                 self.tcp = None;
             }
         }
+    }
+
+    /// Decides on a QUIC connection attempt: Retry when handshakes pile
+    /// up, make room by evicting the oldest stranger's handshake, or
+    /// refuse when every slot holds one from an address the peer named.
+    fn quic_incoming(&mut self, now: Instant, incoming: quinn::Incoming) {
+        let from = incoming.remote_address();
+        if self.handshakes.len() >= quic::PUNCH_RETRY_ABOVE_HANDSHAKES
+            && !incoming.remote_address_validated()
+        {
+            // Only a source that receives our Retry comes back: forged
+            // Initials take no slot. A Retry is smaller than the Initial
+            // it answers.
+            tracing::debug!(%from, "QUIC handshakes pile up: Retry");
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            return;
+        }
+        let peer_named = self.core.is_peer_address(&Candidate::quic(from));
+        if self.handshakes.len() >= self.core.config().max_pending_inbound {
+            let Some(pos) = oldest_stranger(&self.handshakes) else {
+                tracing::debug!(%from, "every QUIC handshake slot holds the peer's; refusing");
+                incoming.refuse();
+                return;
+            };
+            let evicted = self.handshakes.remove(pos);
+            tracing::debug!(from = %evicted.from, "evicting the oldest stranger's QUIC handshake");
+            evicted.abort.abort();
+        }
+        let Ok(connecting) = incoming.accept() else {
+            return;
+        };
+        let number = self.next_handshake;
+        self.next_handshake += 1;
+        let timeout = self
+            .runtime
+            .sleep_until(now + quic::PUNCH_HANDSHAKE_TIMEOUT);
+        let (handshake, abort) = futures_util::future::abortable(async move {
+            match futures_util::future::select(connecting, timeout).await {
+                Either::Left((Ok(conn), _)) => Some(conn),
+                // Failed, or timed out: dropping the handshake closes it.
+                Either::Left((Err(_), _)) | Either::Right(_) => None,
+            }
+        });
+        self.handshakes.push(Handshake {
+            number,
+            from,
+            peer_named,
+            abort,
+        });
+        self.quic_handshakes
+            .push(async move { (number, handshake.await.ok().flatten()) }.boxed());
+    }
+
+    /// When every pending slot of the identity check is taken, closes the
+    /// oldest inbound connection that has not passed the check and comes
+    /// from an address the peer did not name, so that a newcomer (which
+    /// may be the peer) is not refused.
+    fn make_room_for_inbound(&mut self, now: Instant, newcomer_peer_named: bool) {
+        if self.core.config().identity_check != dcutr_core::IdentityCheck::Token {
+            return; // no pending slots to run out of
+        }
+        let directs = &self.directs;
+        self.inbound
+            .retain(|slot| directs.iter().any(|(id, _)| *id == slot.id));
+        if self.inbound.len() < self.core.config().max_pending_inbound {
+            return;
+        }
+        let Some(pos) = oldest_unverified_stranger(&self.inbound) else {
+            return;
+        };
+        let evicted = self.inbound.remove(pos);
+        tracing::debug!(
+            id = %evicted.id,
+            newcomer_peer_named,
+            "pending slots full: evicting the oldest unverified stranger"
+        );
+        if let Some(actor) = self.actor_mut(evicted.id) {
+            let _ = actor.cmds.unbounded_send(Cmd::Close);
+        }
+        self.forget(evicted.id);
+        self.core.handle_direct_closed(now, evicted.id);
     }
 
     fn actor_mut(&mut self, id: DirectId) -> Option<&mut DirectActor> {
@@ -895,4 +1021,58 @@ fn yield_once() -> impl std::future::Future<Output = ()> + Send {
 fn accept_next(endpoint: &quinn::Endpoint) -> BoxFuture<'static, Option<quinn::Incoming>> {
     let endpoint = endpoint.clone();
     async move { endpoint.accept().await }.boxed()
+}
+
+/// The oldest handshake from an address the peer did not name.
+fn oldest_stranger(handshakes: &[Handshake]) -> Option<usize> {
+    handshakes.iter().position(|h| !h.peer_named)
+}
+
+/// The oldest inbound connection that has not passed the check and comes
+/// from an address the peer did not name.
+fn oldest_unverified_stranger(inbound: &[InboundSlot]) -> Option<usize> {
+    inbound
+        .iter()
+        .position(|s| !s.peer_named && s.received < dcutr_core::CHECK_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake(number: u64, peer_named: bool) -> Handshake {
+        Handshake {
+            number,
+            from: "127.0.0.1:1".parse().unwrap(),
+            peer_named,
+            abort: AbortHandle::new_pair().0,
+        }
+    }
+
+    #[test]
+    fn the_oldest_strangers_handshake_is_evicted_never_the_peers() {
+        let list = [handshake(0, true), handshake(1, false), handshake(2, false)];
+        assert_eq!(oldest_stranger(&list), Some(1));
+        let peers_only = [handshake(0, true), handshake(1, true)];
+        assert_eq!(oldest_stranger(&peers_only), None);
+    }
+
+    #[test]
+    fn the_oldest_unverified_stranger_is_evicted_never_the_peer_or_a_verified_one() {
+        let slot = |id, peer_named, received| InboundSlot {
+            id: DirectId(id),
+            peer_named,
+            received,
+        };
+        let full = dcutr_core::CHECK_LEN;
+        let list = [
+            slot(0, true, 0),
+            slot(1, false, full),
+            slot(2, false, full - 1),
+            slot(3, false, 0),
+        ];
+        assert_eq!(oldest_unverified_stranger(&list), Some(2));
+        let none = [slot(0, true, 0), slot(1, false, full)];
+        assert_eq!(oldest_unverified_stranger(&none), None);
+    }
 }

@@ -4,10 +4,28 @@
 //! QUIC socket: the NAT mapping of that socket. The spray must open that
 //! same mapping, so it leaves from the endpoint's own socket: we keep a
 //! clone of the file descriptor and send the datagrams through it.
+//!
+//! ## Limits before and after the identity check
+//! Anyone who knows the punch port can open QUIC connections to it, and
+//! until the identity check passes every one of them may be a stranger.
+//! The check reads one bidirectional stream, so that is all a punch
+//! connection gets at first: [`PUNCH_BIDI_STREAMS`] stream opened by the
+//! other side, no unidirectional stream, [`PUNCH_RECEIVE_WINDOW`] bytes
+//! of receive window for the whole connection, and no datagrams unless
+//! the application asks for them. A stranger holding the check stream
+//! empty can thus make us buffer no more than the window. When the
+//! connection wins, the driver raises the stream counts and the window
+//! to the application's [`QuicLimits`] before handing it over.
+//!
+//! quinn fixes some parameters at the handshake (the per-stream window,
+//! datagram support, the idle timeout): those are the application's from
+//! the start, and the connection-wide window is what bounds them until
+//! the check passes.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,14 +36,106 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// [`self_signed_configs`] carry it.
 pub const SERVER_NAME: &str = "dcutr";
 
+/// Streams the other side may open on a punch connection before the
+/// identity check passes: the one bidirectional stream the check runs on.
+pub const PUNCH_BIDI_STREAMS: u32 = 1;
+
+/// Unidirectional streams the other side may open before the check: none,
+/// the check does not use them.
+pub const PUNCH_UNI_STREAMS: u32 = 0;
+
+/// Bytes the other side may have in flight to us on a punch connection,
+/// all streams together, before the check passes. Default 16 KiB: the
+/// check is [`dcutr_core::CHECK_LEN`] bytes and a select byte; the rest is
+/// room for a peer that writes its first application bytes a moment
+/// early. A stranger can make us buffer at most this much per connection,
+/// and [`dcutr_core::Config::max_pending_inbound`] connections are held.
+pub const PUNCH_RECEIVE_WINDOW: u64 = 16 << 10;
+
+/// How long an inbound QUIC handshake on the punch port may take. Default
+/// 5 s, the length of a punch window ([`dcutr_core::Config::direct_timeout`]):
+/// a handshake that works takes one or two round trips, plus retransmits
+/// on a lossy path. quinn's own limit, the 30 s idle timeout, would let a
+/// half-open Initial hold a slot six times longer.
+pub const PUNCH_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Inbound handshakes in flight from which a new one must first prove its
+/// source address with a Retry (one extra round trip). Default 2: the
+/// peer's one connection (and one spare) never pays for it, and a flood of
+/// Initials from forged sources takes no more than these slots.
+pub const PUNCH_RETRY_ABOVE_HANDSHAKES: usize = 2;
+
+/// Connection attempts quinn may queue on the punch port before the driver
+/// decides on them. Default 32: the driver decides on each at once; the
+/// queue only grows while no upgrade runs, and then holds no more than
+/// this.
+pub const PUNCH_MAX_INCOMING: usize = 32;
+
+/// Bytes quinn may buffer for one queued connection attempt, beyond its
+/// first datagram (early data). Default 4 KiB: punch connections send no
+/// early data.
+pub const PUNCH_INCOMING_BUFFER: u64 = 4 << 10;
+
+/// Bytes quinn may buffer for all queued connection attempts together.
+/// Default 64 KiB.
+pub const PUNCH_INCOMING_BUFFER_TOTAL: u64 = 64 << 10;
+
+/// What a QUIC connection allows once it won the upgrade, or, for what
+/// quinn fixes at the handshake, from the start.
+///
+/// The defaults are quinn's, except that datagrams are off: a stranger
+/// could fill a datagram buffer before the check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuicLimits {
+    /// Bidirectional streams the peer may open at once, after the check.
+    /// Default 100.
+    pub bidi_streams: u32,
+    /// Unidirectional streams the peer may open at once, after the check.
+    /// Default 100.
+    pub uni_streams: u32,
+    /// Bytes the peer may have in flight to us, all streams together,
+    /// after the check. Default: no limit but the per-stream window
+    /// (quinn's default).
+    pub receive_window: u64,
+    /// Bytes the peer may have in flight on one stream. Fixed at the
+    /// handshake; until the check, [`PUNCH_RECEIVE_WINDOW`] bounds it.
+    /// Default 1.25 MB.
+    pub stream_receive_window: u64,
+    /// Bytes of incoming datagrams buffered, or `None` for no datagrams.
+    /// Fixed at the handshake, so a stranger may fill it before the check:
+    /// enable it only if the application uses datagrams. Default `None`.
+    pub datagram_receive_buffer: Option<usize>,
+    /// Idle timeout of the connection. Fixed at the handshake; the driver
+    /// ends punch connections that stall sooner
+    /// ([`PUNCH_HANDSHAKE_TIMEOUT`], then
+    /// [`dcutr_core::Config::confirm_timeout`]). Default 30 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for QuicLimits {
+    fn default() -> Self {
+        QuicLimits {
+            bidi_streams: 100,
+            uni_streams: 100,
+            receive_window: quinn::VarInt::MAX.into_inner(),
+            stream_receive_window: 1_250_000,
+            datagram_receive_buffer: None,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A QUIC endpoint for hole punching, with the clone of its socket that
 /// sprays.
 #[derive(Debug)]
 pub struct QuicSocket {
     /// The endpoint: dials (client side) and accepts (server side).
     pub endpoint: quinn::Endpoint,
-    /// Used for our dials.
+    /// Used for our dials; [`QuicSocket::new`] gave it the punch transport
+    /// ([`punch_transport`]).
     pub client_config: quinn::ClientConfig,
+    server_config: quinn::ServerConfig,
+    limits: QuicLimits,
     spray: UdpSocket,
 }
 
@@ -33,27 +143,57 @@ impl QuicSocket {
     /// Builds an endpoint on `socket` that serves with `server_config` and
     /// dials with `client_config`, on `runtime`.
     ///
+    /// Both configs get the punch transport ([`punch_transport`] of the
+    /// default [`QuicLimits`]; change them with [`QuicSocket::limits`]),
+    /// replacing any transport config they carried, and the server config
+    /// gets small queues for connection attempts
+    /// ([`PUNCH_MAX_INCOMING`]).
+    ///
     /// # Errors
     /// When the socket cannot be cloned or the endpoint cannot start.
     pub fn new(
         socket: UdpSocket,
-        server_config: quinn::ServerConfig,
-        client_config: quinn::ClientConfig,
+        mut server_config: quinn::ServerConfig,
+        mut client_config: quinn::ClientConfig,
         runtime: Arc<dyn quinn::Runtime>,
     ) -> io::Result<Self> {
+        let limits = QuicLimits::default();
         let spray = socket.try_clone()?;
         spray.set_nonblocking(true)?;
+        harden(&mut server_config, &mut client_config, &limits);
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
-            Some(server_config),
+            Some(server_config.clone()),
             socket,
             runtime,
         )?;
         Ok(QuicSocket {
             endpoint,
             client_config,
+            server_config,
+            limits,
             spray,
         })
+    }
+
+    /// Sets what a connection allows once it won (and what quinn fixes at
+    /// the handshake). Connections already open keep their limits.
+    #[must_use]
+    pub fn limits(mut self, limits: QuicLimits) -> Self {
+        self.limits = limits;
+        harden(&mut self.server_config, &mut self.client_config, &limits);
+        self.endpoint
+            .set_server_config(Some(self.server_config.clone()));
+        self
+    }
+
+    /// Raises a connection that won from the punch limits to the
+    /// application's.
+    pub(crate) fn open_up(&self, conn: &quinn::Connection) {
+        let l = &self.limits;
+        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(l.bidi_streams));
+        conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(l.uni_streams));
+        conn.set_receive_window(varint(l.receive_window));
     }
 
     /// The local address of the endpoint.
@@ -128,13 +268,51 @@ pub fn self_signed_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
 /// acknowledgement sets the real RTT.
 pub const HOLE_PUNCH_INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(33);
 
-/// A transport config for hole-punch dials: quinn's defaults with
-/// [`HOLE_PUNCH_INITIAL_RTT`]. Use it in your own client config too.
+/// The punch transport of the default [`QuicLimits`]; see
+/// [`punch_transport`].
 #[must_use]
 pub fn hole_punch_transport() -> quinn::TransportConfig {
+    punch_transport(&QuicLimits::default())
+}
+
+/// The transport of a punch connection, dialled or accepted, until it
+/// wins: [`HOLE_PUNCH_INITIAL_RTT`], the stream counts and the window the
+/// identity check needs ([`PUNCH_BIDI_STREAMS`], [`PUNCH_UNI_STREAMS`],
+/// [`PUNCH_RECEIVE_WINDOW`]), and what quinn fixes at the handshake from
+/// `limits`. [`QuicSocket::new`] installs it on both of its configs.
+#[must_use]
+pub fn punch_transport(limits: &QuicLimits) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.initial_rtt(HOLE_PUNCH_INITIAL_RTT);
     transport
+        .initial_rtt(HOLE_PUNCH_INITIAL_RTT)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(PUNCH_BIDI_STREAMS))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(PUNCH_UNI_STREAMS))
+        .receive_window(varint(PUNCH_RECEIVE_WINDOW))
+        .stream_receive_window(varint(limits.stream_receive_window))
+        .datagram_receive_buffer_size(limits.datagram_receive_buffer)
+        .max_idle_timeout(
+            quinn::IdleTimeout::try_from(limits.idle_timeout)
+                .ok()
+                .or(Some(quinn::IdleTimeout::from(quinn::VarInt::MAX))),
+        );
+    transport
+}
+
+/// Installs the punch transport and the small queues of connection
+/// attempts.
+fn harden(server: &mut quinn::ServerConfig, client: &mut quinn::ClientConfig, limits: &QuicLimits) {
+    let transport = Arc::new(punch_transport(limits));
+    server
+        .transport_config(transport.clone())
+        .max_incoming(PUNCH_MAX_INCOMING)
+        .incoming_buffer_size(PUNCH_INCOMING_BUFFER)
+        .incoming_buffer_size_total(PUNCH_INCOMING_BUFFER_TOTAL);
+    client.transport_config(transport);
+}
+
+/// `value` as a QUIC integer, saturating.
+fn varint(value: u64) -> quinn::VarInt {
+    quinn::VarInt::from_u64(value).unwrap_or(quinn::VarInt::MAX)
 }
 
 /// Accepts any certificate but still checks the handshake signatures, so

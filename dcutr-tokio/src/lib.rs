@@ -73,7 +73,9 @@ pub use dcutr_core::{
     Transport,
 };
 pub use dcutr_driver::net::udp_socket;
-pub use dcutr_driver::{QuicSocket, Report, SERVER_NAME, UpgradeFailure, self_signed_configs};
+pub use dcutr_driver::{
+    QuicLimits, QuicSocket, Report, SERVER_NAME, UpgradeFailure, self_signed_configs,
+};
 
 /// Options of one upgrade; see [`dcutr_driver::Options`].
 pub type Options = dcutr_driver::Options<tokio::net::TcpListener>;
