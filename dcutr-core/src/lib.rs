@@ -28,8 +28,8 @@
 //!
 //! let mut config = Config::default();
 //! config.address_policy = AddressPolicy::permissive();
-//! // Any `Instant` from your runtime's monotonic clock; the core never reads one.
-//! let now = dcutr_sim::epoch();
+//! // Your runtime's monotonic clock: the core never reads one itself.
+//! let now = std::time::Instant::now();
 //! let a_addr = Candidate::tcp("10.0.0.1:4001".parse().unwrap());
 //! let b_addr = Candidate::tcp("10.0.0.2:4001".parse().unwrap());
 //! let mut b = Upgrade::builder(Side::Initiator, config.clone(), [1; 32])

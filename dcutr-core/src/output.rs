@@ -192,9 +192,6 @@ pub enum InboundRejected {
     /// Too many inbound connections are waiting for the identity check.
     #[error("too many inbound connections pending the identity check")]
     TooManyPending,
-    /// The transport cannot be used by this upgrade.
-    #[error("transport not enabled")]
-    TransportDisabled,
 }
 
 /// Why a direct connection was closed before it could win.
@@ -207,8 +204,6 @@ pub enum DirectRejection {
     ConfirmTimeout,
     /// The peer sent more than the identity check allows.
     Oversized,
-    /// Another connection already won.
-    Lost,
 }
 
 /// Something that happened, for logs, metrics and timelines.

@@ -41,6 +41,11 @@ impl Timers {
         self.0 = [None; SLOTS.len()];
     }
 
+    /// When `kind` is due, if armed.
+    pub fn deadline(&self, kind: TimerKind) -> Option<Instant> {
+        self.0[slot(kind)]
+    }
+
     /// The earliest armed timer.
     pub fn earliest(&self) -> Option<Timeout> {
         SLOTS

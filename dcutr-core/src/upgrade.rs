@@ -308,6 +308,15 @@ impl Upgrade {
         &self.timeline
     }
 
+    /// When the relayed connection is to be closed: the end of the grace
+    /// period after an upgrade, once decided. A driver that hands the
+    /// relayed stream back before then passes this on instead of waiting
+    /// for [`Output::CloseRelay`].
+    #[must_use]
+    pub fn relay_close_at(&self) -> Option<Instant> {
+        self.timers.deadline(TimerKind::GracePeriod)
+    }
+
     /// The config in use.
     #[must_use]
     pub fn config(&self) -> &Config {

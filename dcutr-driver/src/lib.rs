@@ -544,7 +544,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
                     remote: up.remote,
                     report,
                     relay,
-                    relay_close_at: decided + self.core.config().relay_grace_period,
+                    relay_close_at: self.core.relay_close_at().unwrap_or(decided),
                 })
             }
             (Some(Outcome::Upgraded(_)), _, relay) => Err(UpgradeError {
