@@ -29,7 +29,7 @@ use libp2p_swarm::{
 };
 
 use crate::config::{Config, ConfigError};
-use crate::event::{Error, Event, FromReport, Progress, Report};
+use crate::event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
 use crate::handler::{self, Command, HandlerEvent, Opener};
 
 /// Most peers whose advertised addresses are remembered for the unilateral
@@ -83,6 +83,8 @@ pub struct Behaviour<E = Event> {
     queued: VecDeque<ToSwarmEvent<E>>,
     timer: Option<(Instant, Delay)>,
     upgrades_started: u64,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -97,6 +99,8 @@ struct Relayed {
     directs: HashMap<DirectId, ConnectionId>,
     /// The relayed connection is gone.
     closed: bool,
+    /// The addresses of the last attempt that exchanged them.
+    addrs: AttemptAddrs,
 }
 
 enum Phase {
@@ -142,7 +146,29 @@ impl<E: FromReport> Behaviour<E> {
             queued: VecDeque::new(),
             timer: None,
             upgrades_started: 0,
+            #[cfg(feature = "metrics")]
+            metrics: None,
             _event: PhantomData,
+        }
+    }
+
+    /// Records every outcome into `metrics` (see [`crate::metrics`]), with
+    /// either event type.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Hands a report to the metrics, if any, then to the swarm.
+    fn report(&mut self, report: Report) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.record(&report);
+        }
+        if let Some(e) = E::from_report(report) {
+            self.queued.push_back(ToSwarm::GenerateEvent(e));
         }
     }
 
@@ -224,6 +250,7 @@ impl<E: FromReport> Behaviour<E> {
                 stream: None,
                 directs: HashMap::new(),
                 closed: false,
+                addrs: AttemptAddrs::default(),
             },
         );
         if !wait {
@@ -368,6 +395,12 @@ impl<E: FromReport> Behaviour<E> {
                     }
                 }
                 Output::Event(event) => {
+                    if let CoreEvent::RemoteAddrs { accepted, .. } = &event {
+                        rel.addrs = AttemptAddrs::new(
+                            sent_addrs(&self.own_addrs, &self.config.core),
+                            accepted.clone(),
+                        );
+                    }
                     let direct = direct_of(&event).and_then(|d| rel.directs.get(&d).copied());
                     let report = match event {
                         CoreEvent::Upgraded(up_event) => {
@@ -383,6 +416,8 @@ impl<E: FromReport> Behaviour<E> {
                                 relayed_connection_id: id,
                                 side: rel.side,
                                 timeline: Some(Box::new(up.timeline().clone())),
+                                upgraded: Some(up_event),
+                                addrs: std::mem::take(&mut rel.addrs),
                             }
                         }
                         CoreEvent::Failed(failure) => Report::Outcome {
@@ -393,6 +428,8 @@ impl<E: FromReport> Behaviour<E> {
                             relayed_connection_id: id,
                             side: rel.side,
                             timeline: Some(Box::new(up.timeline().clone())),
+                            upgraded: None,
+                            addrs: std::mem::take(&mut rel.addrs),
                         },
                         event => Report::Progress(Progress {
                             remote_peer_id: peer,
@@ -402,6 +439,11 @@ impl<E: FromReport> Behaviour<E> {
                             direct_connection_id: direct,
                         }),
                     };
+                    // Field by field: `rel` and `up` are still borrowed.
+                    #[cfg(feature = "metrics")]
+                    if let Some(m) = &self.metrics {
+                        m.record(&report);
+                    }
                     if let Some(e) = E::from_report(report) {
                         self.queued.push_back(ToSwarm::GenerateEvent(e));
                     }
@@ -489,14 +531,14 @@ impl<E: FromReport> Behaviour<E> {
                         remote_peer_id: e.peer_id,
                         result: Err(Error::RelayedConnectionClosed),
                     };
-                    if let Some(ev) = E::from_report(Report::Outcome {
+                    self.report(Report::Outcome {
                         event,
                         relayed_connection_id: e.connection_id,
                         side: Side::Initiator,
                         timeline: None,
-                    }) {
-                        self.queued.push_back(ToSwarm::GenerateEvent(ev));
-                    }
+                        upgraded: None,
+                        addrs: AttemptAddrs::default(),
+                    });
                 }
             }
             self.retire(e.connection_id);
@@ -758,6 +800,20 @@ impl PeerAddrs {
     fn get(&self, peer: &PeerId) -> &[Candidate] {
         self.by_peer.get(peer).map_or(&[], ObservedAddrs::as_slice)
     }
+}
+
+/// Our addresses as the core puts them into a Connect: the policy, the
+/// size limit and the transport filter applied (no address predictor is
+/// set here, so none are predicted).
+fn sent_addrs(own: &ObservedAddrs, core: &dcutr_core::Config) -> Vec<Candidate> {
+    let mut addrs = dcutr_core::addr::local_addrs_to_send(
+        own,
+        &mut dcutr_core::NoPrediction,
+        &core.address_policy,
+        core.max_local_addrs,
+    );
+    addrs.retain(|c| core.dialable.allows(c));
+    addrs
 }
 
 fn is_relayed(addr: &Multiaddr) -> bool {

@@ -1,6 +1,6 @@
 //! What the behaviour reports to the swarm.
 
-use dcutr_core::{Failure, Side, Timeline};
+use dcutr_core::{Candidate, Failure, Side, Timeline, Upgraded};
 use libp2p_identity::PeerId;
 use libp2p_swarm::ConnectionId;
 
@@ -52,9 +52,34 @@ pub enum Report {
         /// `None` when the relayed connection closed before the upgrade
         /// started.
         timeline: Option<Box<Timeline>>,
+        /// The winner as the core saw it (transport, the peer's address,
+        /// the attempt that made it); `None` on failure.
+        upgraded: Option<Upgraded>,
+        /// The addresses of the last attempt that exchanged them.
+        addrs: AttemptAddrs,
     },
     /// A step of one upgrade.
     Progress(Progress),
+}
+
+/// The addresses of one hole-punch attempt: what the per-address metrics
+/// (`libp2p_holepunch_address_outcomes_total`) are computed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttemptAddrs {
+    /// Ours, as our Connect carried them (the policy and transport filters
+    /// applied), read when the peer's Connect was taken.
+    pub local: Vec<Candidate>,
+    /// The peer's, as accepted from its Connect.
+    pub remote: Vec<Candidate>,
+}
+
+impl AttemptAddrs {
+    /// Addresses of an attempt: ours and the peer's.
+    #[must_use]
+    pub fn new(local: Vec<Candidate>, remote: Vec<Candidate>) -> Self {
+        AttemptAddrs { local, remote }
+    }
 }
 
 /// One step of an upgrade: attempt started or failed (with its typed

@@ -73,10 +73,20 @@ mod behaviour;
 mod config;
 mod event;
 mod handler;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 
 pub use behaviour::Behaviour;
 pub use config::{Config, ConfigError, DEFAULT_PEER_ADDRS_WAIT};
-pub use event::{Error, Event, FromReport, Progress, Report};
+pub use event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
+#[cfg(feature = "metrics")]
+pub use metrics::Metrics;
+
+/// The Sans-IO core this behaviour drives, for its typed events, failures
+/// and timelines.
+pub use dcutr_core as core;
+/// The core's types that configuring the behaviour needs.
+pub use dcutr_core::{AddressPolicy, Dialable, QuicServerPunch, Side, Transport};
 
 /// The protocol name, `/libp2p/dcutr`.
 pub const PROTOCOL_NAME: libp2p_swarm::StreamProtocol =

@@ -3,8 +3,11 @@
 //! libp2p, about 120 MB with debug info):
 //! * `interop`: against stock `libp2p-dcutr` in both roles, and ours
 //!   against ours;
-//! * `better`: what this behaviour does that stock does not.
+//! * `better`: what this behaviour does that stock does not;
+//! * `metrics`: a real registry scraped after real upgrades.
 
 mod better;
 mod common;
 mod interop;
+#[cfg(feature = "metrics")]
+mod metrics;
