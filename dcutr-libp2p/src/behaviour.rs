@@ -31,6 +31,7 @@ use libp2p_swarm::{
 use crate::config::{Config, ConfigError};
 use crate::event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
 use crate::handler::{self, Command, HandlerEvent, Opener};
+use crate::log as tracing;
 
 /// Most peers whose advertised addresses are remembered for the unilateral
 /// dial; the least recently updated peer is forgotten first.
@@ -395,6 +396,7 @@ impl<E: FromReport> Behaviour<E> {
                     }
                 }
                 Output::Event(event) => {
+                    tracing::debug!(%peer, relayed = %id, ?event, "dcutr event");
                     if let CoreEvent::RemoteAddrs { accepted, .. } = &event {
                         rel.addrs = AttemptAddrs::new(
                             sent_addrs(&self.own_addrs, &self.config.core),
@@ -420,17 +422,25 @@ impl<E: FromReport> Behaviour<E> {
                                 addrs: std::mem::take(&mut rel.addrs),
                             }
                         }
-                        CoreEvent::Failed(failure) => Report::Outcome {
-                            event: Event {
-                                remote_peer_id: peer,
-                                result: Err(Error::Failed(failure)),
-                            },
-                            relayed_connection_id: id,
-                            side: rel.side,
-                            timeline: Some(Box::new(up.timeline().clone())),
-                            upgraded: None,
-                            addrs: std::mem::take(&mut rel.addrs),
-                        },
+                        CoreEvent::Failed(failure) => {
+                            let error = Error::Failed(failure);
+                            if let Some(hint) = error.hint() {
+                                // Our configuration, not the network: say
+                                // so at the level applications show.
+                                tracing::warn!(%peer, "hole punch failed: {hint}");
+                            }
+                            Report::Outcome {
+                                event: Event {
+                                    remote_peer_id: peer,
+                                    result: Err(error),
+                                },
+                                relayed_connection_id: id,
+                                side: rel.side,
+                                timeline: Some(Box::new(up.timeline().clone())),
+                                upgraded: None,
+                                addrs: std::mem::take(&mut rel.addrs),
+                            }
+                        }
                         event => Report::Progress(Progress {
                             remote_peer_id: peer,
                             relayed_connection_id: id,

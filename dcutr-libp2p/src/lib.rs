@@ -73,6 +73,7 @@ mod behaviour;
 mod config;
 mod event;
 mod handler;
+mod log;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 
@@ -87,6 +88,21 @@ pub use metrics::Metrics;
 pub use dcutr_core as core;
 /// The core's types that configuring the behaviour needs.
 pub use dcutr_core::{AddressPolicy, Dialable, QuicServerPunch, Side, Transport};
+
+/// Stock's `libp2p_dcutr::inbound` path. Our exchange is one state
+/// machine for both directions, so both paths name the core's
+/// [`ProtocolError`](dcutr_core::ProtocolError); its variants differ from
+/// stock's (see [`Error::protocol_violation`]).
+pub mod inbound {
+    /// A protocol violation by the peer, in either direction.
+    pub type ProtocolViolation = dcutr_core::ProtocolError;
+}
+
+/// Stock's `libp2p_dcutr::outbound` path; see [`inbound`].
+pub mod outbound {
+    /// A protocol violation by the peer, in either direction.
+    pub type ProtocolViolation = dcutr_core::ProtocolError;
+}
 
 /// The protocol name, `/libp2p/dcutr`.
 pub const PROTOCOL_NAME: libp2p_swarm::StreamProtocol =

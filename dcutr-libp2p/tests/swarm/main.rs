@@ -4,10 +4,12 @@
 //! * `interop`: against stock `libp2p-dcutr` in both roles, and ours
 //!   against ours;
 //! * `better`: what this behaviour does that stock does not;
-//! * `metrics`: a real registry scraped after real upgrades.
+//! * `metrics`: a real registry scraped after real upgrades;
+//! * `logs`: our log target is stock's.
 
 mod better;
 mod common;
 mod interop;
+mod logs;
 #[cfg(feature = "metrics")]
 mod metrics;
