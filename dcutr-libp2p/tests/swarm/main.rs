@@ -5,7 +5,9 @@
 //!   against ours;
 //! * `better`: what this behaviour does that stock does not;
 //! * `metrics`: a real registry scraped after real upgrades;
-//! * `logs`: our log target is stock's.
+//! * `logs`: our log target is stock's;
+//! * `swap`: the README's swap on a client shaped like rust-libp2p's
+//!   `examples/dcutr`.
 
 mod better;
 mod common;
@@ -13,3 +15,4 @@ mod interop;
 mod logs;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod swap;
