@@ -301,9 +301,9 @@ impl Metrics {
         addrs: &AttemptAddrs,
     ) {
         let num_attempts = attempts_label(attempts);
-        // The direct connection counts for the addresses only when a hole
-        // punch made it (a winner of the unilateral dial has attempt 0).
-        let direct = upgraded.filter(|up| up.attempt > 0).map(|up| Kind {
+        // As in go-libp2p, any direct connection counts, also one that the
+        // unilateral dial, still running, made during an attempt.
+        let direct = upgraded.map(|up| Kind {
             ipv: ipv_label(&up.remote),
             transport: transport_label(up.transport),
         });
@@ -634,5 +634,51 @@ mod tests {
                 .any(|(k, _)| k.starts_with("libp2p_holepunch_time_to_direct")),
             "{seen:#?}"
         );
+    }
+
+    #[test]
+    fn matching_addresses_without_a_direct_connection_are_failed() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let t0 = Instant::now();
+        let mut timeline = Timeline::empty(t0);
+        timeline.attempts = (1..=3)
+            .map(|n| attempt(n, t0, Some(Duration::from_millis(10))))
+            .collect();
+        timeline.decided = Some(t0 + Duration::from_secs(30));
+        let after = Duration::from_secs(10);
+        let outcome = Outcome::Failed(Failure::AllAttemptsFailed {
+            attempts: vec![AttemptFailure::DirectTimeout { after }; 3],
+        });
+        let addrs = AttemptAddrs::new(vec![tcp4(1), quic4(1)], vec![tcp4(2), quic4(2)]);
+        metrics.record_upgrade(&UpgradeRecord {
+            side: Side::Initiator,
+            timeline: Some(&timeline),
+            outcome: Some(&outcome),
+            addrs: &addrs,
+        });
+        let mut counters: Vec<(String, String)> = nonzero(&registry)
+            .into_iter()
+            .filter(|(k, _)| k.contains("_total{"))
+            .collect();
+        counters.sort_unstable();
+        let mut want: Vec<(String, String)> = [
+            "libp2p_holepunch_address_outcomes_total{side=\"initiator\",num_attempts=\"3\",ipv=\"ip4\",transport=\"tcp\",outcome=\"failed\"}",
+            "libp2p_holepunch_address_outcomes_total{side=\"initiator\",num_attempts=\"3\",ipv=\"ip4\",transport=\"quic-v1\",outcome=\"failed\"}",
+            "libp2p_holepunch_outcomes_total{side=\"initiator\",num_attempts=\"3\",outcome=\"failed\"}",
+            "libp2p_holepunch_failures_total{side=\"initiator\",reason=\"direct_timeout\"}",
+        ]
+        .into_iter()
+        .map(|k| (k.to_owned(), "1".to_owned()))
+        .collect();
+        want.sort_unstable();
+        assert_eq!(counters, want);
+    }
+
+    #[test]
+    fn attempt_counts_are_labelled_as_go_libp2p_does() {
+        assert_eq!(attempts_label(1), "1");
+        assert_eq!(attempts_label(5), "5");
+        assert_eq!(attempts_label(6), "> 5");
     }
 }
