@@ -22,6 +22,10 @@
 //! | `libp2p_holepunch_time_to_direct_seconds` | `side`, `transport` | every upgrade with a direct connection: start of the upgrade to the winner |
 //! | `libp2p_holepunch_relayed_rtt_seconds` | `side`, `transport` | upgrades in which a relayed round trip was measured (last attempt's); `transport` is the direct connection's, or `none` |
 //!
+//! Time to direct runs from the core's start: on A that is the relayed
+//! connection; on B it is after its wait for the peer's identify
+//! addresses (at most `Config::peer_addrs_wait`), which it leaves out.
+//!
 //! `side` is `initiator` for the spec's B (our
 //! [`Side::Initiator`]) and `receiver` for A, as in go-libp2p.
 //! `num_attempts` is `"1"` to `"5"`, then `"> 5"`. The per-address outcome
