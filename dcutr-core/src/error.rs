@@ -209,7 +209,7 @@ pub enum Failure {
     },
     /// The initiator stopped early: an attempt showed that no address
     /// can be used, and no retry could change that.
-    #[error("gave up after attempt {}: {}", .attempts.len(), last(.attempts))]
+    #[error("gave up, since no retry could change it: {}", last(.attempts))]
     NoAddresses {
         /// Attempts that were made (the last one says why).
         attempts: Vec<AttemptFailure>,

@@ -12,7 +12,14 @@ impl Upgrade {
     /// unilateral dial, so the wait covers that too, whatever our own
     /// `unilateral` setting: only the initiator dials unilaterally, and we
     /// cannot know whether it will.
+    ///
+    /// With no address of ours to send, no attempt can work (our Connect
+    /// would be empty): give up at once rather than wait for streams.
     pub(crate) fn responder_begin(&mut self) {
+        if let Err(dropped) = self.addrs_to_send() {
+            self.give_up(crate::error::AttemptFailure::NothingToSend { dropped });
+            return;
+        }
         self.state = State::AwaitPeerConnect;
         let wait = self.config.step_timeout + self.config.unilateral_timeout;
         self.timers.set(TimerKind::StepTimeout, self.now + wait);

@@ -4,10 +4,8 @@
 
 mod common;
 
-use common::{connect_frame, drain, events, t0, tcp};
-use dcutr_core::{
-    AddrRejection, AttemptFailure, Config, Event, Failure, Outcome, Output, Side, Upgrade,
-};
+use common::{connect_frame, drain, t0, tcp};
+use dcutr_core::{AddrRejection, AttemptFailure, Config, Failure, Outcome, Output, Side, Upgrade};
 
 fn with_addrs(side: Side, addrs: &[&str]) -> Upgrade {
     Upgrade::builder(side, Config::default(), [3; 32])
@@ -55,24 +53,22 @@ fn an_initiator_that_knows_no_address_at_all_says_so_without_a_policy_hint() {
 }
 
 #[test]
-fn a_responder_with_nothing_to_send_resets_the_stream_and_awaits_the_next_attempt() {
+fn a_responder_with_nothing_to_send_gives_up_at_once_and_refuses_streams() {
     let mut a = with_addrs(Side::Responder, &["192.168.1.5:4001"]);
     drain(&mut a);
-    a.handle_stream_opened(t0());
-    a.handle_stream_data(t0(), &connect_frame(&[tcp("198.51.100.7:4001")]));
-    let outputs = drain(&mut a);
-    assert!(!wrote_a_connect(&outputs), "no empty Connect: {outputs:?}");
-    assert!(outputs.contains(&Output::ResetStream), "{outputs:?}");
-    let failed = events(&outputs).into_iter().find_map(|e| match e {
-        Event::AttemptFailed { attempt, reason } => Some((attempt, reason)),
-        _ => None,
-    });
-    let Some((1, AttemptFailure::NothingToSend { dropped })) = failed else {
-        panic!("{failed:?}");
+    let Some(Outcome::Failed(Failure::NoAddresses { attempts })) = a.outcome() else {
+        panic!("{:?}", a.outcome());
+    };
+    let [AttemptFailure::NothingToSend { dropped }] = attempts.as_slice() else {
+        panic!("{attempts:?}");
     };
     assert_eq!(dropped.get(AddrRejection::Private), 1);
-    // The initiator decides whether to retry: the responder is not done.
-    assert!(a.outcome().is_none());
+    // The initiator's stream is refused: no empty Connect, ever.
+    a.handle_stream_opened(t0());
+    let outputs = drain(&mut a);
+    assert_eq!(outputs, vec![Output::ResetStream]);
+    a.handle_stream_data(t0(), &connect_frame(&[tcp("198.51.100.7:4001")]));
+    assert!(!wrote_a_connect(&drain(&mut a)));
 }
 
 #[test]

@@ -32,8 +32,9 @@ use libp2p_swarm::{
 };
 
 use crate::config::{Config, ConfigError};
-use crate::event::{Error, Event, FromReport, Progress, Report};
+use crate::event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
 use crate::handler::{self, Command, HandlerEvent, Opener};
+use crate::log as tracing;
 
 /// Most peers whose advertised addresses are remembered for the unilateral
 /// dial; the least recently updated peer is forgotten first.
@@ -86,6 +87,8 @@ pub struct Behaviour<E = Event> {
     queued: VecDeque<ToSwarmEvent<E>>,
     timer: Option<(Instant, Delay)>,
     upgrades_started: u64,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -100,6 +103,8 @@ struct Relayed {
     directs: HashMap<DirectId, ConnectionId>,
     /// The relayed connection is gone.
     closed: bool,
+    /// The addresses of the last attempt that exchanged them.
+    addrs: AttemptAddrs,
 }
 
 impl Behaviour<Event> {
@@ -132,8 +137,19 @@ impl<E: FromReport> Behaviour<E> {
             queued: VecDeque::new(),
             timer: None,
             upgrades_started: 0,
+            #[cfg(feature = "metrics")]
+            metrics: None,
             _event: PhantomData,
         }
+    }
+
+    /// Records every outcome into `metrics` (see [`crate::metrics`]), with
+    /// either event type.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Records a public address of `peer` learnt elsewhere (a rendezvous
@@ -207,6 +223,7 @@ impl<E: FromReport> Behaviour<E> {
                     stream: None,
                     directs: HashMap::new(),
                     closed: false,
+                    addrs: AttemptAddrs::default(),
                 };
                 self.upgrades.insert(id, rel);
                 self.drain(id, now);
@@ -236,6 +253,7 @@ impl<E: FromReport> Behaviour<E> {
             stream,
             directs,
             closed,
+            addrs,
         }) = self.upgrades.get_mut(&id)
         else {
             return;
@@ -247,6 +265,11 @@ impl<E: FromReport> Behaviour<E> {
             stream,
             directs,
             closed: *closed,
+            addrs,
+            own_addrs: &self.own_addrs,
+            core_config: &self.config.core,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics.as_ref(),
             dials: &mut self.dials,
             queued: &mut self.queued,
         };
@@ -598,6 +621,11 @@ struct SwarmSide<'a, E> {
     stream: &'a mut Option<u64>,
     directs: &'a mut HashMap<DirectId, ConnectionId>,
     closed: bool,
+    addrs: &'a mut AttemptAddrs,
+    own_addrs: &'a ObservedAddrs,
+    core_config: &'a dcutr_core::Config,
+    #[cfg(feature = "metrics")]
+    metrics: Option<&'a crate::metrics::Metrics>,
     dials: &'a mut HashMap<ConnectionId, (ConnectionId, DirectId)>,
     queued: &'a mut VecDeque<ToSwarmEvent<E>>,
 }
@@ -703,8 +731,15 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
     }
 
     fn event(&mut self, event: CoreEvent, timeline: &Timeline) {
-        let direct = direct_of(&event).and_then(|d| self.directs.get(&d).copied());
         let (peer, relayed, side) = (self.peer, self.relayed, self.side);
+        tracing::debug!(%peer, %relayed, ?event, "dcutr event");
+        if let CoreEvent::RemoteAddrs { accepted, .. } = &event {
+            *self.addrs = AttemptAddrs::new(
+                sent_addrs(self.own_addrs, self.core_config),
+                accepted.clone(),
+            );
+        }
+        let direct = direct_of(&event).and_then(|d| self.directs.get(&d).copied());
         let report = match event {
             CoreEvent::Upgraded(up_event) => {
                 let Some(conn) = self.directs.get(&up_event.id).copied() else {
@@ -719,17 +754,29 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
                     relayed_connection_id: relayed,
                     side,
                     timeline: Some(Box::new(timeline.clone())),
+                    upgraded: Some(up_event),
+                    addrs: std::mem::take(self.addrs),
                 }
             }
-            CoreEvent::Failed(failure) => Report::Outcome {
-                event: Event {
-                    remote_peer_id: peer,
-                    result: Err(Error::Failed(failure)),
-                },
-                relayed_connection_id: relayed,
-                side,
-                timeline: Some(Box::new(timeline.clone())),
-            },
+            CoreEvent::Failed(failure) => {
+                let error = Error::Failed(failure);
+                if let Some(hint) = error.hint() {
+                    // Our configuration, not the network: say so at the
+                    // level applications show.
+                    tracing::warn!(%peer, "hole punch failed: {hint}");
+                }
+                Report::Outcome {
+                    event: Event {
+                        remote_peer_id: peer,
+                        result: Err(error),
+                    },
+                    relayed_connection_id: relayed,
+                    side,
+                    timeline: Some(Box::new(timeline.clone())),
+                    upgraded: None,
+                    addrs: std::mem::take(self.addrs),
+                }
+            }
             event => Report::Progress(Progress {
                 remote_peer_id: peer,
                 relayed_connection_id: relayed,
@@ -738,10 +785,28 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
                 direct_connection_id: direct,
             }),
         };
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.metrics {
+            m.record(&report);
+        }
         if let Some(e) = E::from_report(report) {
             self.queued.push_back(ToSwarm::GenerateEvent(e));
         }
     }
+}
+
+/// Our addresses as the core puts them into a Connect: the policy, the
+/// size limit and the transport filter applied (no address predictor is
+/// set here, so none are predicted).
+fn sent_addrs(own: &ObservedAddrs, core: &dcutr_core::Config) -> Vec<Candidate> {
+    let mut addrs = dcutr_core::addr::local_addrs_to_send(
+        own,
+        &mut dcutr_core::NoPrediction,
+        &core.address_policy,
+        core.max_local_addrs,
+    );
+    addrs.retain(|c| core.dialable.allows(c));
+    addrs
 }
 
 #[cfg(test)]

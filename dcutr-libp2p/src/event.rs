@@ -1,6 +1,8 @@
 //! What the behaviour reports to the swarm.
 
-use dcutr_core::{Failure, Side, Timeline};
+use dcutr_core::{
+    AddrRejection, AttemptFailure, Candidate, Failure, ProtocolError, Side, Timeline, Upgraded,
+};
 use libp2p_identity::PeerId;
 use libp2p_swarm::ConnectionId;
 
@@ -27,12 +29,73 @@ pub struct Event {
 pub enum Error {
     /// The core gave up: every attempt failed (one typed reason per
     /// attempt), the peer stopped trying, or the relayed stream broke.
-    #[error("failed to hole-punch connection: {0}")]
+    #[error("failed to hole-punch connection: {0}{hint}", hint = hint_suffix(.0))]
     Failed(Failure),
     /// The relayed connection closed before the upgrade was decided and
     /// no direct connection was in the making.
     #[error("relayed connection closed before the upgrade was decided")]
     RelayedConnectionClosed,
+}
+
+/// What to change when no address passed the policy, for
+/// [`Error::hint`].
+const POLICY_HINT: &str = "no address passed the address policy, and the default \
+    (AddressPolicy::public_only) drops loopback and private addresses: for peers on one \
+    host or LAN use Config::default().with_address_policy(AddressPolicy::permissive())";
+
+impl Error {
+    /// The protocol violation that ended the upgrade or its last attempt,
+    /// if one did: what stock's `inbound::ProtocolViolation` and
+    /// `outbound::ProtocolViolation` describe, as one type for both
+    /// directions.
+    #[must_use]
+    pub fn protocol_violation(&self) -> Option<&ProtocolError> {
+        let Error::Failed(failure) = self else {
+            return None;
+        };
+        match failure {
+            Failure::Protocol(p) => Some(p),
+            Failure::AllAttemptsFailed { attempts } | Failure::PeerGaveUp { attempts } => {
+                match attempts.last() {
+                    Some(AttemptFailure::Protocol(p)) => Some(p),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// What to change, when the failure is one our configuration caused:
+    /// every attempt found no usable address, which on one host or in a
+    /// LAN is the default address policy at work. The error's message
+    /// ends with it.
+    #[must_use]
+    pub fn hint(&self) -> Option<&'static str> {
+        let Error::Failed(failure) = self else {
+            return None;
+        };
+        let (Failure::AllAttemptsFailed { attempts }
+        | Failure::PeerGaveUp { attempts }
+        | Failure::NoAddresses { attempts }) = failure
+        else {
+            return None;
+        };
+        let by_policy = |dropped: &dcutr_core::addr::RejectionCounts| {
+            dropped.get(AddrRejection::Loopback) + dropped.get(AddrRejection::Private) > 0
+        };
+        let policy = attempts.iter().any(|a| match a {
+            AttemptFailure::NothingToSend { dropped }
+            | AttemptFailure::NothingToDial { dropped, .. } => by_policy(dropped),
+            _ => false,
+        });
+        policy.then_some(POLICY_HINT)
+    }
+}
+
+fn hint_suffix(failure: &Failure) -> String {
+    Error::Failed(failure.clone())
+        .hint()
+        .map_or_else(String::new, |h| format!("; {h}"))
 }
 
 /// Everything the behaviour can report: pick it with
@@ -52,9 +115,34 @@ pub enum Report {
         /// `None` when the relayed connection closed before the upgrade
         /// started.
         timeline: Option<Box<Timeline>>,
+        /// The winner as the core saw it (transport, the peer's address,
+        /// the attempt that made it); `None` on failure.
+        upgraded: Option<Upgraded>,
+        /// The addresses of the last attempt that exchanged them.
+        addrs: AttemptAddrs,
     },
     /// A step of one upgrade.
     Progress(Progress),
+}
+
+/// The addresses of one hole-punch attempt: what the per-address metrics
+/// (`libp2p_holepunch_address_outcomes_total`) are computed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttemptAddrs {
+    /// Ours, as our Connect carried them (the policy and transport filters
+    /// applied), read when the peer's Connect was taken.
+    pub local: Vec<Candidate>,
+    /// The peer's, as accepted from its Connect.
+    pub remote: Vec<Candidate>,
+}
+
+impl AttemptAddrs {
+    /// Addresses of an attempt: ours and the peer's.
+    #[must_use]
+    pub fn new(local: Vec<Candidate>, remote: Vec<Candidate>) -> Self {
+        AttemptAddrs { local, remote }
+    }
 }
 
 /// One step of an upgrade: attempt started or failed (with its typed

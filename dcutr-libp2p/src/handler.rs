@@ -24,6 +24,7 @@ use libp2p_swarm::{
 };
 
 use crate::PROTOCOL_NAME;
+use crate::log as tracing;
 
 /// Bytes read from a stream in one go. A DCUtR message is at most 4 KiB;
 /// the core's decoder accepts any chunking, so this only sets how many

@@ -76,6 +76,10 @@ pub use dcutr_driver::net::udp_socket;
 pub use dcutr_driver::{
     QuicLimits, QuicSocket, Report, SERVER_NAME, UpgradeFailure, self_signed_configs,
 };
+/// The quinn this crate builds its endpoints with: name
+/// `dcutr_tokio::quinn::Connection` and friends through it, so that the
+/// versions always match.
+pub use quinn;
 
 /// Options of one upgrade; see [`dcutr_driver::Options`].
 pub type Options = dcutr_driver::Options<tokio::net::TcpListener>;

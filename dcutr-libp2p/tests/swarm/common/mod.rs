@@ -69,6 +69,9 @@ impl Net {
 pub enum Dcutr {
     Stock,
     Ours(ours::Config),
+    /// Ours, recording its outcomes into these metrics.
+    #[cfg(feature = "metrics")]
+    OursWithMetrics(ours::Config, ours::Metrics),
     /// None: a scripted peer drives `/libp2p/dcutr` by hand.
     Scripted,
 }
@@ -154,6 +157,16 @@ pub fn build_client_on(net: Net, dcutr: Dcutr) -> Swarm<Client> {
         Dcutr::Ours(config) => (
             None,
             Some(ours::Behaviour::with_config(peer, config).expect("valid config")),
+            None,
+        ),
+        #[cfg(feature = "metrics")]
+        Dcutr::OursWithMetrics(config, metrics) => (
+            None,
+            Some(
+                ours::Behaviour::with_config(peer, config)
+                    .expect("valid config")
+                    .with_metrics(metrics),
+            ),
             None,
         ),
         Dcutr::Scripted => (None, None, Some(libp2p_stream::Behaviour::new())),
