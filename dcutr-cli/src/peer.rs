@@ -157,7 +157,7 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
     let remote_public: Vec<Candidate> = paired
         .peer_public
         .iter()
-        .filter_map(|s| s.parse::<dcutr_core::Multiaddr>().ok())
+        .filter_map(|s| s.parse::<dcutr_core::filter::Multiaddr>().ok())
         .filter_map(|m| Candidate::from_multiaddr(&m).ok())
         .collect();
     let mut config = Config::shared_stream();

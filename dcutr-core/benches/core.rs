@@ -16,10 +16,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use dcutr_core::codec::{FrameDecoder, MAX_MESSAGE_SIZE, decode_message, encode_connect};
+use dcutr_core::wire::{FrameDecoder, MAX_MESSAGE_SIZE, decode_message, encode_connect};
 use dcutr_core::{
     AddressPolicy, Candidate, Config, Dialable, Output, Side, TimerKind, Upgrade,
-    addr::filter_remote,
+    filter::filter_remote,
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -159,7 +159,7 @@ fn bench_upgrades(c: &mut Criterion) {
 fn bench_frames(c: &mut Criterion) {
     let raw: Vec<Vec<u8>> = addrs(1).iter().map(|c| c.to_multiaddr().to_vec()).collect();
     let (frame, _) = encode_connect(raw.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE);
-    let sync = dcutr_core::codec::encode_sync();
+    let sync = dcutr_core::wire::encode_sync();
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(1));
     group.bench_function("connect_8_addrs_frame", |bench| {
@@ -173,7 +173,7 @@ fn bench_frames(c: &mut Criterion) {
         bench.iter(|| {
             let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
             let payload = decoder.decode(&mut &frame[..]).unwrap().unwrap();
-            let Ok(dcutr_core::codec::Message::Connect(addrs)) = decode_message(&payload) else {
+            let Ok(dcutr_core::wire::Message::Connect(addrs)) = decode_message(&payload) else {
                 unreachable!()
             };
             black_box(filter_remote(

@@ -842,6 +842,7 @@ impl ObservedAddrs {
 
     /// Heap bytes held.
     #[must_use]
+    #[cfg(feature = "internals")]
     pub fn heap_bytes(&self) -> usize {
         self.list.capacity() * std::mem::size_of::<Candidate>()
     }

@@ -51,7 +51,7 @@ pub enum MessageType {
 
 /// The dcutr-rs `Hello` frame (not in the libp2p specification): the
 /// sender's random token, exchanged only in
-/// [`IdentityCheck::Token`](crate::IdentityCheck::Token) mode, and its
+/// [`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) mode, and its
 /// attempt limit.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Hello {
@@ -130,7 +130,7 @@ pub enum CodecError {
     /// The required `type` field is absent.
     #[error("message has no type")]
     MissingType,
-    /// A `Hello` frame without a token of exactly [`TOKEN_LEN`] bytes.
+    /// A `Hello` frame without a token of exactly 16 bytes.
     #[error("hello frame carries a token of {len} bytes, expected {TOKEN_LEN}")]
     BadToken {
         /// Length of the token that was received (0 when absent).
@@ -174,6 +174,7 @@ pub fn encode_sync() -> Bytes {
 /// Encodes a `Hello` frame carrying `token` and `max_attempts`, without
 /// a side (as peers before the side check sent it): test peers use it.
 #[must_use]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn encode_hello(token: &[u8; TOKEN_LEN], max_attempts: u8) -> Bytes {
     hello_frame(token, max_attempts, None)
 }
@@ -248,7 +249,7 @@ pub fn decode_hello(payload: &[u8]) -> Result<HelloFrame, CodecError> {
 /// only allocated once the prefix has been checked against the limit.
 ///
 /// ```
-/// use dcutr_core::codec::{encode_sync, FrameDecoder, MAX_MESSAGE_SIZE};
+/// use dcutr_core::wire::{encode_sync, FrameDecoder, MAX_MESSAGE_SIZE};
 ///
 /// let frame = encode_sync();
 /// let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
@@ -356,12 +357,14 @@ impl FrameDecoder {
 
     /// Bytes currently held (prefix and partial payload).
     #[must_use]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn buffered(&self) -> usize {
         self.prefix_len + self.payload.len()
     }
 
     /// Capacity currently allocated for the payload.
     #[must_use]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn allocated(&self) -> usize {
         self.payload.capacity()
     }

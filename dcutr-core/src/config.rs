@@ -13,6 +13,10 @@ use crate::codec::MAX_MESSAGE_SIZE;
 /// so the receiver's endpoint drops it.
 pub const SPRAY_PACKET_LEN: usize = 64;
 
+/// The largest frame on the relayed stream, length prefix included: what
+/// a driver reads at most in one go.
+pub const MAX_FRAME_LEN: usize = crate::codec::MAX_MESSAGE_SIZE + crate::codec::MAX_PREFIX_LEN;
+
 /// Upper bound for every configured duration (one hour).
 ///
 /// Keeps `Instant + Duration` far away from overflow and catches unit
@@ -98,7 +102,7 @@ pub enum QuicServerPunch {
 #[non_exhaustive]
 pub struct Config {
     /// Largest frame accepted from the peer, and largest we send.
-    /// Default [`MAX_MESSAGE_SIZE`] (4 KiB, the spec's limit); may be
+    /// Default 4 KiB, the spec's limit; may be
     /// lowered, not raised.
     pub max_message_size: usize,
     /// Most usable remote addresses taken from one Connect. Default

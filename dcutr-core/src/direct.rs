@@ -177,6 +177,7 @@ impl Directs {
     }
 
     /// Heap bytes held by the table.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn heap_bytes(&self) -> usize {
         self.list.capacity() * std::mem::size_of::<Direct>()
     }

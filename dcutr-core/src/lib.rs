@@ -80,9 +80,9 @@
 
 #![forbid(unsafe_code)]
 
-pub mod addr;
+mod addr;
 mod carrier;
-pub mod codec;
+mod codec;
 mod config;
 mod direct;
 mod error;
@@ -94,23 +94,55 @@ mod timeline;
 mod timer;
 mod upgrade;
 
-pub use addr::{
-    AddrRejection, AddressPolicy, AddressPredictor, Candidate, Dialable, NoPrediction,
-    ObservedAddrs, RangeClass, RejectionCounts, Transport,
-};
-pub use carrier::{Carrier, StreamUnavailable};
-pub use codec::CodecError;
-pub use config::{
-    Config, ConfigError, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DURATION, QuicServerPunch,
-    RelayChannel, SPRAY_PACKET_LEN,
-};
-pub use direct::CHECK_LEN;
-pub use error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
-pub use multiaddr::{self, Multiaddr};
-pub use nat::{Allocation, Filtering, Mapping, NatBehaviour, NatObservations, Strategy};
+pub use addr::{AddressPolicy, Candidate, Dialable, Transport};
+pub use carrier::Carrier;
+pub use config::{Config, ConfigError};
+pub use error::{AttemptFailure, DialError, Failure, ProtocolError};
 pub use output::{
-    Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
-    Side, SprayPayload, Timeout, TimerKind, Upgraded,
+    Dial, DialPurpose, DirectId, Event, Outcome, Output, Role, Side, SprayPayload, Timeout,
+    TimerKind, Upgraded,
 };
-pub use timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 pub use upgrade::{Upgrade, UpgradeBuilder};
+
+/// The address filter behind [`AddressPolicy`]: the IANA special-purpose
+/// registries, why an address was dropped, and what we send of our own.
+pub mod filter {
+    pub use crate::addr::{
+        AddrRejection, AddressPredictor, MAX_LOCAL_CANDIDATES, MAX_REMOTE_ADDRS, NoPrediction,
+        ObservedAddrs, RangeClass, RejectionCounts, RemoteAddrs, SPECIAL_RANGES, SpecialRange,
+        classify, filter_remote, local_addrs_to_send, special_range,
+    };
+    pub use multiaddr::Multiaddr;
+}
+
+/// What happened when: the record an upgrade keeps of its attempts and
+/// dials ([`Upgrade::timeline`]).
+pub mod record {
+    pub use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
+}
+
+/// The modes of [`Config`] and the bounds its fields must stay within.
+pub mod settings {
+    pub use crate::config::{
+        IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DURATION, MAX_FRAME_LEN, QuicServerPunch,
+        RelayChannel, SPRAY_PACKET_LEN,
+    };
+    pub use crate::direct::CHECK_LEN;
+}
+
+/// The detailed reasons inside [`Failure`], [`Event`] and the
+/// [`Carrier`] contract.
+pub mod reason {
+    pub use crate::carrier::StreamUnavailable;
+    pub use crate::codec::CodecError;
+    pub use crate::error::Step;
+    pub use crate::output::{DirectRejection, InboundRejected};
+}
+
+/// The wire format (framing, the `HolePunch` protobuf, the dcutr-rs
+/// `Hello`), for tests, fuzzing and tools that play a peer. Not part of
+/// the stable API: enable the `internals` feature.
+#[cfg(feature = "internals")]
+pub mod wire {
+    pub use crate::codec::*;
+}

@@ -100,7 +100,7 @@ pub enum Output {
     /// Open a new `/libp2p/dcutr` stream on the relayed connection, then
     /// report it with `handle_stream_opened` (or its failure with
     /// `handle_stream_closed`). Only with
-    /// [`RelayChannel::StreamPerAttempt`](crate::RelayChannel::StreamPerAttempt).
+    /// [`RelayChannel::StreamPerAttempt`](crate::settings::RelayChannel::StreamPerAttempt).
     OpenStream,
     /// Write these bytes to the relayed stream.
     WriteStream(Bytes),

@@ -93,7 +93,7 @@ pub enum DialResult {
     /// Still in flight when another connection won, and left to finish:
     /// without the token check the peer may have taken this one, so it is
     /// the caller's to keep or close
-    /// ([`IdentityCheck::CallerAuthenticates`](crate::IdentityCheck::CallerAuthenticates)).
+    /// ([`IdentityCheck::CallerAuthenticates`](crate::settings::IdentityCheck::CallerAuthenticates)).
     Released,
 }
 

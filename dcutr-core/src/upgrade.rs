@@ -352,7 +352,8 @@ impl Upgrade {
     }
 
     /// Heap bytes held by this upgrade's own buffers, roughly: for the
-    /// memory benchmark.
+    /// memory benchmark (feature `internals`).
+    #[cfg(feature = "internals")]
     #[must_use]
     pub fn heap_estimate(&self) -> usize {
         use std::mem::size_of;

@@ -5,7 +5,9 @@
 mod common;
 
 use common::{connect_frame, drain, t0, tcp};
-use dcutr_core::{AddrRejection, AttemptFailure, Config, Failure, Outcome, Output, Side, Upgrade};
+use dcutr_core::{
+    AttemptFailure, Config, Failure, Outcome, Output, Side, Upgrade, filter::AddrRejection,
+};
 
 fn with_addrs(side: Side, addrs: &[&str]) -> Upgrade {
     Upgrade::builder(side, Config::default(), [3; 32])

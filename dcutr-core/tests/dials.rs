@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use dcutr_core::{AttemptFailure, Config, DialError, Event, Outcome, Output, RelayChannel, Side};
+use dcutr_core::{
+    AttemptFailure, Config, DialError, Event, Outcome, Output, Side, settings::RelayChannel,
+};
 
 /// A responder on a shared stream, caller-authenticated, that has just
 /// punched: one TCP dial in flight. Returns it with the dial's id.

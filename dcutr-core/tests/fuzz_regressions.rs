@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::addr::filter_remote;
+use dcutr_core::filter::filter_remote;
 use dcutr_core::{
     AddressPolicy, Candidate, Config, Dialable, Outcome, Output, Side, Transport, Upgraded,
 };
@@ -42,7 +42,7 @@ fn both_transports_without_token_check_upgrade_on_different_connections() {
     // kept stays open. Dials still in flight are left to the caller.
     for config in [Config::default(), {
         let mut c = Config::shared_stream();
-        c.identity_check = dcutr_core::IdentityCheck::CallerAuthenticates;
+        c.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
         c
     }] {
         let world = SimConfig::two_nats(
@@ -84,7 +84,7 @@ fn both_transports_without_token_check_upgrade_on_different_connections() {
             .dials
             .iter()
             .chain(sim.upgrade(dcutr_sim::RESPONDER).timeline().dials.iter())
-            .filter(|d| d.result == Some(dcutr_core::DialResult::Released))
+            .filter(|d| d.result == Some(dcutr_core::record::DialResult::Released))
             .count();
         assert!(
             released > 0,

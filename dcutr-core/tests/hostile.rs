@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use dcutr_core::{
-    AttemptFailure, CodecError, Config, Event, Failure, Outcome, Output, ProtocolError, Side, Step,
+    AttemptFailure, Config, Event, Failure, Outcome, Output, ProtocolError, Side,
+    reason::CodecError, reason::Step,
 };
 
 /// The first attempt failure among the events, or the final failure's.
@@ -109,7 +110,7 @@ fn sync_before_connect_is_refused() {
         protocol_error(&out, &up),
         ProtocolError::UnexpectedMessage {
             step: Step::Connect,
-            got: dcutr_core::codec::MessageType::Sync
+            got: dcutr_core::wire::MessageType::Sync
         }
     );
 }
@@ -124,7 +125,7 @@ fn a_second_connect_is_refused() {
         protocol_error(&out, &up),
         ProtocolError::UnexpectedMessage {
             step: Step::Sync,
-            got: dcutr_core::codec::MessageType::Connect
+            got: dcutr_core::wire::MessageType::Connect
         }
     );
 }
@@ -137,7 +138,7 @@ fn a_sync_from_the_responder_is_refused() {
         protocol_error(&out, &up),
         ProtocolError::UnexpectedMessage {
             step: Step::Connect,
-            got: dcutr_core::codec::MessageType::Sync
+            got: dcutr_core::wire::MessageType::Sync
         }
     );
     // The initiator retries on a fresh stream.
@@ -224,7 +225,7 @@ fn on_a_shared_stream_a_protocol_error_ends_the_upgrade() {
     let mut up = start(Side::Responder, Config::shared_stream());
     drain(&mut up);
     // A valid Hello, then a Sync where a Connect must come.
-    let hello = dcutr_core::codec::encode_hello(&[3; 16], 3);
+    let hello = dcutr_core::wire::encode_hello(&[3; 16], 3);
     let out = feed(&mut up, &[&hello[..], &sync_frame()[..]].concat());
     assert!(matches!(
         up.outcome(),
@@ -278,7 +279,7 @@ fn a_connect_with_thousands_of_addresses_yields_at_most_the_cap() {
 #[test]
 fn after_three_attempts_the_responder_reads_no_more() {
     let mut config = Config::shared_stream();
-    config.identity_check = dcutr_core::IdentityCheck::CallerAuthenticates;
+    config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
     let mut up = start(Side::Responder, config);
     drain(&mut up);
     // Three exchanges whose punches get nowhere (no usable address).
@@ -301,7 +302,7 @@ fn after_three_attempts_the_responder_reads_no_more() {
 #[test]
 fn a_fourth_attempt_is_refused() {
     let mut config = Config::shared_stream();
-    config.identity_check = dcutr_core::IdentityCheck::CallerAuthenticates;
+    config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
     let mut up = start(Side::Responder, config);
     drain(&mut up);
     // Each Connect arrives while the previous punch is still dialling, so

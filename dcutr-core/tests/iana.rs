@@ -13,8 +13,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use dcutr_core::addr::{SPECIAL_RANGES, filter_remote};
-use dcutr_core::{AddrRejection, AddressPolicy, Candidate, Dialable, RangeClass};
+use dcutr_core::filter::{SPECIAL_RANGES, filter_remote};
+use dcutr_core::{AddressPolicy, Candidate, Dialable, filter::AddrRejection, filter::RangeClass};
 
 /// What an address of an entry must be treated as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -398,7 +398,7 @@ fn the_audit_gaps_are_closed() {
 
 #[test]
 fn each_rejection_is_typed_and_counted() {
-    let ma = |s: &str| s.parse::<dcutr_core::Multiaddr>().unwrap().to_vec();
+    let ma = |s: &str| s.parse::<dcutr_core::filter::Multiaddr>().unwrap().to_vec();
     let raw = [
         ma("/ip4/192.0.0.1/tcp/1"),     // reserved
         ma("/ip4/192.88.99.1/tcp/1"),   // reserved

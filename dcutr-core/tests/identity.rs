@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use dcutr_core::{
-    CHECK_LEN, Candidate, Config, DirectRejection, Event, InboundRejected, Outcome, Output, Side,
-    Transport,
+    Candidate, Config, Event, Outcome, Output, Side, Transport, reason::DirectRejection,
+    reason::InboundRejected, settings::CHECK_LEN,
 };
 use dcutr_sim::{INITIATOR, RESPONDER, Sim, SimConfig};
 

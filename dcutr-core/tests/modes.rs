@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
-use dcutr_core::codec::{FrameDecoder, Message, decode_message};
+use dcutr_core::wire::{FrameDecoder, Message, decode_message};
 use dcutr_core::{
-    Config, Dialable, Event, Failure, Outcome, Output, QuicServerPunch, Role, Side, Step, Transport,
+    Config, Dialable, Event, Failure, Outcome, Output, Role, Side, Transport, reason::Step,
+    settings::QuicServerPunch,
 };
 
 fn failures(outputs: &[Output]) -> usize {

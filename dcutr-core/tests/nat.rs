@@ -4,14 +4,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use dcutr_core::addr::{ObservedAddrs, local_addrs_to_send};
+use dcutr_core::filter::{ObservedAddrs, local_addrs_to_send};
 use dcutr_core::nat::{
     EPHEMERAL_PORTS, FilteringProbe, HardSide, MAX_FILTERING_PROBES, MAX_OBSERVATIONS,
     MAX_PREDICTED_PORTS, MAX_SEQUENTIAL_DELTA, MIN_PATTERN_PORTS, Observation, ObserveError,
     ProbeChange, SequentialPredictor, birthday_success,
 };
-use dcutr_core::{AddressPolicy, AddressPredictor, Candidate, Transport};
-use dcutr_core::{Allocation, Filtering, Mapping, NatBehaviour, NatObservations, Strategy};
+use dcutr_core::{AddressPolicy, Candidate, Transport, filter::AddressPredictor};
+use dcutr_core::{
+    nat::Allocation, nat::Filtering, nat::Mapping, nat::NatBehaviour, nat::NatObservations,
+    nat::Strategy,
+};
 use proptest::prelude::*;
 
 const LOCAL_PORT: u16 = 4001;

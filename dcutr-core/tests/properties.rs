@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{t0, tcp};
-use dcutr_core::codec::{
+use dcutr_core::wire::{
     FrameDecoder, HolePunch, MAX_MESSAGE_SIZE, Message, MessageType, TOKEN_LEN, decode_hello,
     decode_message, encode_connect, encode_hello, encode_sync,
 };
 use dcutr_core::{
-    Candidate, Config, DirectId, IdentityCheck, Outcome, Output, RelayChannel, Role, Side,
-    Transport, Upgrade,
+    Candidate, Config, DirectId, Outcome, Output, Role, Side, Transport, Upgrade,
+    settings::IdentityCheck, settings::RelayChannel,
 };
 use dcutr_sim::{Block, INITIATOR, Record, Sim, SimConfig};
 use proptest::collection::vec;
@@ -529,7 +529,7 @@ proptest! {
         config.max_remote_addrs = max_remote;
         config.max_attempts = attempts;
         let (connect, count) = encode_connect(entries.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE);
-        let allowed = dcutr_core::addr::filter_remote(
+        let allowed = dcutr_core::filter::filter_remote(
             entries[..count].iter().map(Vec::as_slice),
             &config.address_policy,
             &config.dialable,
@@ -543,7 +543,7 @@ proptest! {
         );
         let total_budget = u64::from(attempts) * u64::from(max_spray);
         prop_assert!(datagrams.len() as u64 <= total_budget);
-        let bytes = datagrams.len() * dcutr_core::SPRAY_PACKET_LEN;
+        let bytes = datagrams.len() * dcutr_core::settings::SPRAY_PACKET_LEN;
         prop_assert!(bytes as u64 <= total_budget * 64, "{} bytes", bytes);
         for a in 1..=attempts {
             let mine: Vec<SocketAddr> =

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dcutr_core::{Config, Event, Outcome, Output, RelayChannel, Role, Side, Transport};
+use dcutr_core::{Config, Event, Outcome, Output, Role, Side, Transport, settings::RelayChannel};
 use dcutr_sim::{Sim, SimConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);

@@ -15,7 +15,7 @@ use futures_util::future::{BoxFuture, Either, select};
 use futures_util::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 
 /// Largest read an actor makes at once: a whole frame of the core.
-const READ_CHUNK: usize = dcutr_core::codec::MAX_MESSAGE_SIZE + dcutr_core::codec::MAX_PREFIX_LEN;
+const READ_CHUNK: usize = dcutr_core::settings::MAX_FRAME_LEN;
 
 /// A byte pipe an actor can drive.
 pub(crate) trait Duplex: Send + 'static {

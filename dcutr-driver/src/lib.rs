@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dcutr_core::{
-    Candidate, Carrier, Config, ConfigError, DialError, DirectId, Event, Failure, Outcome,
-    RelayChannel, Role, Side, StreamUnavailable, Transport, Upgrade,
+    Candidate, Carrier, Config, ConfigError, DialError, DirectId, Event, Failure, Outcome, Role,
+    Side, Transport, Upgrade, reason::StreamUnavailable, settings::RelayChannel,
 };
 use futures_channel::mpsc;
 use futures_util::future::{AbortHandle, BoxFuture, Either};
@@ -364,7 +364,7 @@ struct Handshake {
 struct InboundSlot {
     id: DirectId,
     peer_named: bool,
-    /// Identity-check bytes it delivered: once [`dcutr_core::CHECK_LEN`]
+    /// Identity-check bytes it delivered: once [`dcutr_core::settings::CHECK_LEN`]
     /// arrived and the core kept it, it passed.
     received: usize,
 }
@@ -387,7 +387,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
         if options.caller_authenticates {
-            config.identity_check = dcutr_core::IdentityCheck::CallerAuthenticates;
+            config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
         }
         let tcp_local = match &options.tcp {
             Some(listener) => Some(
@@ -751,7 +751,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
     /// from an address the peer did not name, so that a newcomer (which
     /// may be the peer) is not refused.
     fn make_room_for_inbound(&mut self, now: Instant, newcomer_peer_named: bool) {
-        if self.core.config().identity_check != dcutr_core::IdentityCheck::Token {
+        if self.core.config().identity_check != dcutr_core::settings::IdentityCheck::Token {
             return; // no pending slots to run out of
         }
         let directs = &self.directs;
@@ -966,7 +966,7 @@ impl<R: Runtime> Carrier for Io<'_, R> {
         let _ = self.relay_cmds.unbounded_send(Cmd::Close);
     }
 
-    fn event(&mut self, event: Event, _timeline: &dcutr_core::Timeline) {
+    fn event(&mut self, event: Event, _timeline: &dcutr_core::record::Timeline) {
         tracing::debug!(?event, "dcutr event");
         let elapsed = self.runtime.now().saturating_duration_since(self.start);
         if let Some(callback) = self.on_event.as_mut() {
@@ -1033,7 +1033,7 @@ fn oldest_stranger(handshakes: &[Handshake]) -> Option<usize> {
 fn oldest_unverified_stranger(inbound: &[InboundSlot]) -> Option<usize> {
     inbound
         .iter()
-        .position(|s| !s.peer_named && s.received < dcutr_core::CHECK_LEN)
+        .position(|s| !s.peer_named && s.received < dcutr_core::settings::CHECK_LEN)
 }
 
 #[cfg(test)]
@@ -1064,7 +1064,7 @@ mod tests {
             peer_named,
             received,
         };
-        let full = dcutr_core::CHECK_LEN;
+        let full = dcutr_core::settings::CHECK_LEN;
         let list = [
             slot(0, true, 0),
             slot(1, false, full),

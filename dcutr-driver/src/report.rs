@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use dcutr_core::{DialPurpose, Outcome, Side, Timeline};
+use dcutr_core::{DialPurpose, Outcome, Side, record::Timeline};
 
 /// What happened when, from the core's timeline, with the figures people
 /// ask for: the relayed RTT, the attempts, the time to the direct
@@ -35,7 +35,12 @@ impl Report {
     }
 
     pub(crate) fn empty(side: Side, started: Instant) -> Self {
-        Report::new(side, started, dcutr_core::Timeline::empty(started), None)
+        Report::new(
+            side,
+            started,
+            dcutr_core::record::Timeline::empty(started),
+            None,
+        )
     }
 
     /// Hole-punch attempts made (0 when the unilateral dial won).

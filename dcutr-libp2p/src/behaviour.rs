@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use dcutr_core::{
-    Candidate, Carrier, Dial, DialError, DirectId, Event as CoreEvent, ObservedAddrs, Role, Side,
-    SprayPayload, StreamUnavailable, Timeline, Transport, Upgrade,
+    Candidate, Carrier, Dial, DialError, DirectId, Event as CoreEvent, Role, Side, SprayPayload,
+    Transport, Upgrade, filter::ObservedAddrs, reason::StreamUnavailable, record::Timeline,
 };
 use either::Either;
 use futures::FutureExt;
@@ -799,9 +799,9 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
 /// size limit and the transport filter applied (no address predictor is
 /// set here, so none are predicted).
 fn sent_addrs(own: &ObservedAddrs, core: &dcutr_core::Config) -> Vec<Candidate> {
-    let mut addrs = dcutr_core::addr::local_addrs_to_send(
+    let mut addrs = dcutr_core::filter::local_addrs_to_send(
         own,
-        &mut dcutr_core::NoPrediction,
+        &mut dcutr_core::filter::NoPrediction,
         &core.address_policy,
         core.max_local_addrs,
     );
@@ -903,10 +903,11 @@ mod tests {
     #[test]
     fn an_invalid_config_is_refused() {
         let mut config = Config::default();
-        config.core.channel = dcutr_core::RelayChannel::SharedStream;
+        config.core.channel = dcutr_core::settings::RelayChannel::SharedStream;
         let err = Behaviour::<Event>::with_config(PeerId::random(), config).err();
         assert_eq!(err, Some(ConfigError::SharedStream));
-        let spray = Config::default().with_quic_server_punch(dcutr_core::QuicServerPunch::Spray);
+        let spray =
+            Config::default().with_quic_server_punch(dcutr_core::settings::QuicServerPunch::Spray);
         let err = Behaviour::<Event>::with_config(PeerId::random(), spray).err();
         assert_eq!(err, Some(ConfigError::QuicSpray));
     }

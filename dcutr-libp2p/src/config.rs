@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use dcutr_core::{AddressPolicy, Dialable, IdentityCheck, QuicServerPunch, RelayChannel};
+use dcutr_core::{
+    AddressPolicy, Dialable, settings::IdentityCheck, settings::QuicServerPunch,
+    settings::RelayChannel,
+};
 
 /// Configuration of a [`Behaviour`](crate::Behaviour).
 ///

@@ -1,7 +1,8 @@
 //! What the behaviour reports to the swarm.
 
 use dcutr_core::{
-    AddrRejection, AttemptFailure, Candidate, Failure, ProtocolError, Side, Timeline, Upgraded,
+    AttemptFailure, Candidate, Failure, ProtocolError, Side, Upgraded, filter::AddrRejection,
+    record::Timeline,
 };
 use libp2p_identity::PeerId;
 use libp2p_swarm::ConnectionId;
@@ -80,7 +81,7 @@ impl Error {
         else {
             return None;
         };
-        let by_policy = |dropped: &dcutr_core::addr::RejectionCounts| {
+        let by_policy = |dropped: &dcutr_core::filter::RejectionCounts| {
             dropped.get(AddrRejection::Loopback) + dropped.get(AddrRejection::Private) > 0
         };
         let policy = attempts.iter().any(|a| match a {

@@ -94,7 +94,7 @@ pub use metrics::Metrics;
 /// and timelines.
 pub use dcutr_core as core;
 /// The core's types that configuring the behaviour needs.
-pub use dcutr_core::{AddressPolicy, Dialable, QuicServerPunch, Side, Transport};
+pub use dcutr_core::{AddressPolicy, Dialable, Side, Transport, settings::QuicServerPunch};
 
 /// Stock's `libp2p_dcutr::inbound` path. Our exchange is one state
 /// machine for both directions, so both paths name the core's

@@ -48,7 +48,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dcutr_core::{AttemptFailure, Candidate, Failure, ProtocolError, Side, Timeline, Transport};
+use dcutr_core::{
+    AttemptFailure, Candidate, Failure, ProtocolError, Side, Transport, record::Timeline,
+};
 use dcutr_core::{Outcome, Upgraded};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -455,7 +457,7 @@ impl libp2p_metrics::Recorder<Report> for Metrics {
 mod tests {
     use std::time::Instant;
 
-    use dcutr_core::{AttemptRecord, Role};
+    use dcutr_core::{Role, record::AttemptRecord};
 
     use super::*;
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dcutr_core::{
     Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
-    Side, SprayPayload, StreamUnavailable, Timeline, Transport, Upgrade,
+    Side, SprayPayload, Transport, Upgrade, reason::StreamUnavailable, record::Timeline,
 };
 
 /// A fixed base instant for simulations in this process.

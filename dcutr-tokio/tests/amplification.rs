@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::codec::{
+use dcutr_core::wire::{
     FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello,
 };
 use dcutr_tokio::{Candidate, Side, Transport, UpgradeFailure};
@@ -109,7 +109,7 @@ async fn a_peer_naming_a_victim_gets_at_most_the_spray_budget_per_attempt() {
     assert_eq!(datagrams, attempts * BUDGET);
     assert_eq!(
         bytes,
-        (attempts * BUDGET) as usize * dcutr_core::SPRAY_PACKET_LEN
+        (attempts * BUDGET) as usize * dcutr_core::settings::SPRAY_PACKET_LEN
     );
     let sprayed: u32 = error
         .report

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::codec::encode_hello;
+use dcutr_core::wire::encode_hello;
 use dcutr_tokio::{
     AttemptFailure, Candidate, Direct, Failure, Options, Role, Side, Transport, UpgradeFailure,
 };
@@ -134,7 +134,7 @@ async fn a_tcp_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() {
     // The stranger connects first and sends what looks like a check.
     let mut stranger = tokio::net::TcpStream::connect(b_addr).await.unwrap();
     stranger
-        .write_all(&[0x42; dcutr_core::CHECK_LEN])
+        .write_all(&[0x42; dcutr_core::settings::CHECK_LEN])
         .await
         .unwrap();
     let b = tokio::spawn(dcutr_tokio::upgrade(relay_b, b));
@@ -181,7 +181,7 @@ async fn a_quic_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() 
         .await
         .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[0x42; dcutr_core::CHECK_LEN])
+    send.write_all(&[0x42; dcutr_core::settings::CHECK_LEN])
         .await
         .unwrap();
     tokio::time::timeout(TEST_LIMIT, rejected)

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use dcutr_core::codec::{MAX_MESSAGE_SIZE, encode_connect, encode_hello};
+use dcutr_core::wire::{MAX_MESSAGE_SIZE, encode_connect, encode_hello};
 use dcutr_tokio::{AddressPolicy, Candidate, Config, Side};
 
 #[test]

@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::codec::{
-    FrameDecoder, MAX_MESSAGE_SIZE, encode_connect, encode_hello, encode_sync,
-};
+use dcutr_core::wire::{FrameDecoder, MAX_MESSAGE_SIZE, encode_connect, encode_hello, encode_sync};
 use dcutr_tokio::{Candidate, Side, Transport};
 use strangers::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

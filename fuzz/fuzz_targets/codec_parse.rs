@@ -13,8 +13,8 @@
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use dcutr_core::addr::filter_remote;
-use dcutr_core::codec::{self, Message, TOKEN_LEN};
+use dcutr_core::filter::filter_remote;
+use dcutr_core::wire::{self, Message, TOKEN_LEN};
 use dcutr_core::{AddressPolicy, Candidate, Dialable, Transport};
 use dcutr_fuzz::input::AddrIn;
 use libfuzzer_sys::fuzz_target;
@@ -108,35 +108,35 @@ fuzz_target!(|case: Case| {
     }
     let max = usize::from(case.max % 40);
 
-    match codec::decode_message(&case.payload) {
+    match wire::decode_message(&case.payload) {
         Ok(Message::Connect(raw)) => {
-            let (frame, count) = codec::encode_connect(raw.iter().map(Vec::as_slice), usize::MAX);
+            let (frame, count) = wire::encode_connect(raw.iter().map(Vec::as_slice), usize::MAX);
             assert_eq!(count, raw.len());
-            let payload = codec::FrameDecoder::new(usize::MAX)
+            let payload = wire::FrameDecoder::new(usize::MAX)
                 .decode(&mut &frame[..])
                 .expect("our own frame")
                 .expect("complete");
             assert_eq!(
-                codec::decode_message(&payload),
+                wire::decode_message(&payload),
                 Ok(Message::Connect(raw.clone()))
             );
             check_filter(&raw, &policy, &dialable, max);
         }
         Ok(Message::Sync) => {
             assert_eq!(
-                codec::decode_message(&codec::encode_sync()[1..]),
+                wire::decode_message(&wire::encode_sync()[1..]),
                 Ok(Message::Sync)
             );
         }
         Err(_) => {}
     }
-    if let Ok(hello) = codec::decode_hello(&case.payload) {
+    if let Ok(hello) = wire::decode_hello(&case.payload) {
         assert_eq!(hello.token.len(), TOKEN_LEN);
         let limit = hello
             .max_attempts
             .map_or(1, |m| u8::try_from(m).unwrap_or(u8::MAX).max(1));
-        let frame = codec::encode_hello(&hello.token, limit);
-        let again = codec::decode_hello(&frame[1..]).expect("our own Hello decodes");
+        let frame = wire::encode_hello(&hello.token, limit);
+        let again = wire::decode_hello(&frame[1..]).expect("our own Hello decodes");
         assert_eq!(again.token, hello.token);
         assert_eq!(again.max_attempts, Some(u32::from(limit)));
     }
@@ -154,13 +154,13 @@ fuzz_target!(|case: Case| {
         .collect();
     check_filter(&raw, &policy, &dialable, max);
     // The same entries inside a Connect frame survive the wire.
-    let (frame, count) = codec::encode_connect(raw.iter().map(Vec::as_slice), 4096);
-    let payload = codec::FrameDecoder::new(4096)
+    let (frame, count) = wire::encode_connect(raw.iter().map(Vec::as_slice), 4096);
+    let payload = wire::FrameDecoder::new(4096)
         .decode(&mut &frame[..])
         .expect("our own frame")
         .expect("complete");
     assert_eq!(
-        codec::decode_message(&payload),
+        wire::decode_message(&payload),
         Ok(Message::Connect(raw[..count].to_vec()))
     );
 });

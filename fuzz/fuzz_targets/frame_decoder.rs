@@ -9,7 +9,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use dcutr_core::codec::{CodecError, FrameDecoder};
+use dcutr_core::wire::{CodecError, FrameDecoder};
 use libfuzzer_sys::fuzz_target;
 
 /// The longest varint prefix the decoder keeps.

@@ -38,11 +38,11 @@ use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use dcutr_core::addr::filter_remote;
-use dcutr_core::codec::{self, FrameDecoder, Message, TOKEN_LEN};
+use dcutr_core::filter::filter_remote;
+use dcutr_core::wire::{self, FrameDecoder, Message, TOKEN_LEN};
 use dcutr_core::{
-    AttemptFailure, CHECK_LEN, Candidate, Config, Dial, DialError, DialPurpose, DirectId, Event,
-    IdentityCheck, Output, ProtocolError, RelayChannel, Role, Side, Transport, Upgrade,
+    AttemptFailure, settings::CHECK_LEN, Candidate, Config, Dial, DialError, DialPurpose, DirectId, Event,
+    settings::IdentityCheck, Output, ProtocolError, settings::RelayChannel, Role, Side, Transport, Upgrade,
 };
 
 /// How the upgrade under test is set up.
@@ -547,9 +547,9 @@ impl Driver {
         for f in frames {
             match f {
                 Frame::Hello(token) => bytes
-                    .extend_from_slice(&codec::encode_hello(token, dcutr_core::MAX_ATTEMPTS_LIMIT)),
+                    .extend_from_slice(&wire::encode_hello(token, dcutr_core::settings::MAX_ATTEMPTS_LIMIT)),
                 Frame::Connect(raw) => {
-                    let (frame, count) = codec::encode_connect(
+                    let (frame, count) = wire::encode_connect(
                         raw.iter().map(Vec::as_slice),
                         self.config.max_message_size,
                     );
@@ -563,7 +563,7 @@ impl Driver {
                     self.allowed.extend(accepted);
                     bytes.extend_from_slice(&frame);
                 }
-                Frame::Sync => bytes.extend_from_slice(&codec::encode_sync()),
+                Frame::Sync => bytes.extend_from_slice(&wire::encode_sync()),
                 Frame::Raw(raw) => bytes.extend_from_slice(raw),
             }
         }
@@ -641,7 +641,7 @@ impl Driver {
                 let mut input = &self.fed[i..];
                 let mut decoder = FrameDecoder::new(self.config.max_message_size);
                 if let Ok(Some(payload)) = decoder.decode(&mut input)
-                    && let Ok(Message::Connect(raw)) = codec::decode_message(&payload)
+                    && let Ok(Message::Connect(raw)) = wire::decode_message(&payload)
                 {
                     let accepted = filter_remote(
                         raw.iter().map(Vec::as_slice),
@@ -705,12 +705,12 @@ impl Driver {
                 let token_mode = cfg.identity_check == IdentityCheck::Token;
                 if token_mode && self.own_token.is_none() {
                     self.own_token = Some(
-                        codec::decode_hello(&payload)
+                        wire::decode_hello(&payload)
                             .expect("the first write is a Hello")
                             .token,
                     );
                 } else {
-                    let msg = codec::decode_message(&payload)
+                    let msg = wire::decode_message(&payload)
                         .unwrap_or_else(|e| panic!("we wrote an undecodable message: {e}"));
                     if let Message::Connect(raw) = &msg {
                         self.honest.core_connects += 1;
@@ -738,7 +738,7 @@ impl Driver {
                     self.attempts,
                     cfg.max_spray_packets_per_attempt
                 );
-                assert_eq!(payload.bytes().len(), dcutr_core::SPRAY_PACKET_LEN);
+                assert_eq!(payload.bytes().len(), dcutr_core::settings::SPRAY_PACKET_LEN);
             }
             Output::WriteDirect { id, data } => {
                 assert_eq!(
@@ -941,8 +941,8 @@ impl Driver {
             + 2 * attempts * size_of::<AttemptFailure>()
             + 4 * c.max_remote_addrs * size_of::<Candidate>()
             + 2 * outputs * size_of::<Output>()
-            + 2 * attempts * c.max_remote_addrs * size_of::<dcutr_core::DialRecord>()
-            + 2 * attempts * size_of::<dcutr_core::AttemptRecord>()
+            + 2 * attempts * c.max_remote_addrs * size_of::<dcutr_core::record::DialRecord>()
+            + 2 * attempts * size_of::<dcutr_core::record::AttemptRecord>()
     }
 
     fn check_state(&self) {

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
-use dcutr_core::codec::TOKEN_LEN;
+use dcutr_core::wire::TOKEN_LEN;
 use dcutr_core::{
-    AddressPolicy, Candidate, Config, DialError, Dialable, IdentityCheck, RelayChannel, Side,
+    AddressPolicy, Candidate, Config, DialError, Dialable, settings::IdentityCheck, settings::RelayChannel, Side,
     Transport,
 };
 use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER};
@@ -372,7 +372,7 @@ impl ConfigIn {
         } else {
             IdentityCheck::CallerAuthenticates
         };
-        c.max_attempts = 1 + self.max_attempts % dcutr_core::MAX_ATTEMPTS_LIMIT;
+        c.max_attempts = 1 + self.max_attempts % dcutr_core::settings::MAX_ATTEMPTS_LIMIT;
         c.unilateral = self.unilateral;
         c.address_policy = if self.permissive {
             AddressPolicy::permissive()

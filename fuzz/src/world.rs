@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dcutr_core::{
-    Candidate, Config, IdentityCheck, Outcome, Output, RelayChannel, Role, Side, Transport,
+    Candidate, Config, settings::IdentityCheck, Outcome, Output, settings::RelayChannel, Role, Side, Transport,
 };
 use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER, Sim, SimConfig};
 

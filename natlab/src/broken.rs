@@ -319,7 +319,7 @@ pub fn all_cases() -> Vec<Case> {
 /// one observed address, encoded as dcutr-core encodes them.
 pub fn cut_after_connect(transport: Transport, b_observed: SocketAddr) -> u64 {
     use dcutr_core::Candidate;
-    use dcutr_core::codec::{MAX_MESSAGE_SIZE, TOKEN_LEN, encode_connect, encode_hello};
+    use dcutr_core::wire::{MAX_MESSAGE_SIZE, TOKEN_LEN, encode_connect, encode_hello};
     let max_attempts = dcutr_core::Config::shared_stream().max_attempts;
     let hello = encode_hello(&[0; TOKEN_LEN], max_attempts).len();
     let candidate = match transport {
@@ -1299,7 +1299,10 @@ mod tests {
 
     #[test]
     fn the_reason_we_look_for_is_the_cores() {
-        for step in [dcutr_core::Step::Connect, dcutr_core::Step::Sync] {
+        for step in [
+            dcutr_core::reason::Step::Connect,
+            dcutr_core::reason::Step::Sync,
+        ] {
             let text = dcutr_core::Failure::RelayClosed { step }.to_string();
             assert!(text.starts_with(RELAY_CLOSED_REASON), "{text}");
         }

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use dcutr_conformance::*;
-use dcutr_core::{CHECK_LEN, Failure, Role, Side, Transport};
+use dcutr_core::{Failure, Role, Side, Transport, settings::CHECK_LEN};
 use dcutr_driver::UpgradeFailure;
 
 /// Longest any scenario may wait on a signal from a peer.
@@ -155,7 +155,7 @@ fn garbage_from_the_peer(rt: Rt) {
 
 fn stream_dropped_mid_protocol(rt: Rt) {
     // A valid Hello, then the relay drops the stream.
-    let hello = dcutr_core::codec::encode_hello(&[5; 16], 3);
+    let hello = dcutr_core::wire::encode_hello(&[5; 16], 3);
     let r = against_raw_peer(rt, Side::Initiator, &hello, true);
     assert!(
         matches!(

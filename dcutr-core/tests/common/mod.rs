@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dcutr_core::codec::{encode_connect, encode_sync};
+use dcutr_core::wire::{encode_connect, encode_sync};
 use dcutr_core::{Candidate, Config, Event, Output, Side, Upgrade};
 
 pub fn t0() -> Instant {

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::ours::{self, Report};
 use crate::common::{Dcutr, Pair, Seen, Who, build_client, init_tracing, loopback_config, setup};
-use dcutr_core::codec::{self, FrameDecoder, MAX_MESSAGE_SIZE, Message};
-use dcutr_core::{AddrRejection, AddressPolicy, AttemptFailure, Event as CoreEvent, Failure};
+use dcutr_core::wire::{self, FrameDecoder, MAX_MESSAGE_SIZE, Message};
+use dcutr_core::{
+    AddressPolicy, AttemptFailure, Event as CoreEvent, Failure, filter::AddrRejection,
+};
 use futures::channel::oneshot;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::swarm::ConnectionId;
@@ -34,7 +36,7 @@ fn progress_events(seen: &Seen, who: Who) -> Vec<CoreEvent> {
         .collect()
 }
 
-fn timeline(seen: &Seen, who: Who) -> dcutr_core::Timeline {
+fn timeline(seen: &Seen, who: Who) -> dcutr_core::record::Timeline {
     match seen.ours_outcome(who) {
         Some(Report::Outcome {
             timeline: Some(t), ..
@@ -102,7 +104,7 @@ async fn read_message(stream: &mut Stream) -> io::Result<Message> {
         }
         let mut input = &byte[..];
         if let Some(frame) = decoder.decode(&mut input).map_err(io::Error::other)? {
-            return codec::decode_message(&frame).map_err(io::Error::other);
+            return wire::decode_message(&frame).map_err(io::Error::other);
         }
     }
 }
@@ -123,7 +125,7 @@ async fn stall_then_retry(
     verdict: oneshot::Sender<SecondStream>,
     pause: Option<Pause>,
 ) -> io::Result<(Stream, Stream)> {
-    let connect = codec::encode_connect([b_addr.to_vec().as_slice()], MAX_MESSAGE_SIZE).0;
+    let connect = wire::encode_connect([b_addr.to_vec().as_slice()], MAX_MESSAGE_SIZE).0;
     let mut first = control
         .open_stream(a, ours::PROTOCOL_NAME)
         .await
@@ -143,7 +145,7 @@ async fn stall_then_retry(
     // A refusing the stream shows up as a failed write or read.
     let outcome = match exchange_on(&mut second, &connect).await {
         Ok(Message::Connect(addrs)) => {
-            second.write_all(&codec::encode_sync()).await?;
+            second.write_all(&wire::encode_sync()).await?;
             second.flush().await?;
             let addrs = addrs
                 .into_iter()
