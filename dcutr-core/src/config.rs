@@ -96,10 +96,26 @@ pub enum QuicServerPunch {
 
 /// Limits and timeouts of one upgrade.
 ///
-/// `Config::default()` follows the specification and the field's numbers;
-/// each field documents its default and why.
+/// `Config::default()` follows the specification and the field's numbers
+/// (the libp2p mode: a stream per attempt, the caller's own handshake
+/// authenticates the direct connection); [`Config::shared_stream`] is the
+/// standalone mode the runtime adapters use. Each field documents its
+/// default and why; change what you need with struct update syntax, and
+/// [`Config::validate`] (or the upgrade's start) names any field out of
+/// range:
+///
+/// ```
+/// use std::time::Duration;
+/// use dcutr_core::{AddressPolicy, Config};
+///
+/// let config = Config {
+///     address_policy: AddressPolicy::permissive(),
+///     step_timeout: Duration::from_secs(5),
+///     ..Config::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Config {
     /// Largest frame accepted from the peer, and largest we send.
     /// Default 4 KiB, the spec's limit; may be
