@@ -90,6 +90,8 @@ mod initiator;
 pub mod nat;
 mod output;
 mod responder;
+#[cfg(feature = "serde")]
+mod serde_impl;
 mod timeline;
 mod timer;
 mod upgrade;

@@ -10,8 +10,10 @@ use dcutr_core::{
 /// A responder on a shared stream, caller-authenticated, that has just
 /// punched: one TCP dial in flight. Returns it with the dial's id.
 fn punching_responder() -> (dcutr_core::Upgrade, dcutr_core::DirectId) {
-    let mut config = Config::default();
-    config.channel = RelayChannel::SharedStream;
+    let config = Config {
+        channel: RelayChannel::SharedStream,
+        ..Config::default()
+    };
     let mut up = start(Side::Responder, config);
     drain(&mut up);
     let connect = connect_frame(&[tcp("203.0.113.5:4001")]);

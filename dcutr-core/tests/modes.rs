@@ -84,8 +84,10 @@ fn a_closed_relay_connection_lets_the_punch_in_flight_finish_then_fails() {
 
 /// The initiator's punch over QUIC in `mode`: its dials and datagrams.
 fn initiator_quic_punch(mode: QuicServerPunch) -> Vec<Output> {
-    let mut config = Config::default();
-    config.quic_server_punch = mode;
+    let config = Config {
+        quic_server_punch: mode,
+        ..Config::default()
+    };
     let mut up = start(Side::Initiator, config);
     drain(&mut up);
     up.handle_stream_opened(at(1));
@@ -123,8 +125,10 @@ fn the_quic_server_sprays_by_default_and_dials_only_when_told() {
 
 #[test]
 fn only_transports_we_can_dial_are_advertised() {
-    let mut config = Config::default();
-    config.dialable = Dialable::none().with(Transport::Tcp, false);
+    let config = Config {
+        dialable: Dialable::none().with(Transport::Tcp, false),
+        ..Config::default()
+    };
     let mut up = start(Side::Initiator, config);
     drain(&mut up);
     up.handle_stream_opened(at(1));

@@ -332,9 +332,11 @@ fn scripted(
     channel: RelayChannel,
     script: &[(u16, Poke)],
 ) -> Vec<String> {
-    let mut config = Config::default();
-    config.channel = channel;
-    config.address_policy = dcutr_core::AddressPolicy::permissive();
+    let config = Config {
+        channel,
+        address_policy: dcutr_core::AddressPolicy::permissive(),
+        ..Config::default()
+    };
     let mut up = Upgrade::builder(side, config, seed)
         .local_addrs([tcp("198.51.100.9:4001"), common::quic("198.51.100.9:4001")])
         .remote_public_addrs([tcp("203.0.113.1:4001")])
@@ -524,10 +526,12 @@ proptest! {
         max_remote in 1usize..=32,
         attempts in 1u8..=3,
     ) {
-        let mut config = Config::default();
-        config.max_spray_packets_per_attempt = max_spray;
-        config.max_remote_addrs = max_remote;
-        config.max_attempts = attempts;
+        let config = Config {
+            max_spray_packets_per_attempt: max_spray,
+            max_remote_addrs: max_remote,
+            max_attempts: attempts,
+            ..Config::default()
+        };
         let (connect, count) = encode_connect(entries.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE);
         let allowed = dcutr_core::filter::filter_remote(
             entries[..count].iter().map(Vec::as_slice),

@@ -10,9 +10,10 @@ use dcutr_sim::{Sim, SimConfig};
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn config(channel: RelayChannel) -> Config {
-    let mut c = Config::default();
-    c.channel = channel;
-    c
+    Config {
+        channel,
+        ..Config::default()
+    }
 }
 
 fn is_connect(o: &Output) -> bool {

@@ -45,9 +45,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let mut core = dcutr_core::Config::default();
-        core.dialable = Dialable::all();
-        core.quic_server_punch = QuicServerPunch::DialAsServer;
+        let core = dcutr_core::Config {
+            dialable: Dialable::all(),
+            quic_server_punch: QuicServerPunch::DialAsServer,
+            ..dcutr_core::Config::default()
+        };
         Config { core, seed: None }
     }
 }

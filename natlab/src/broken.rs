@@ -1292,8 +1292,10 @@ mod tests {
             "{text}"
         );
         // A different config moves them.
-        let mut c = dcutr_core::Config::default();
-        c.max_attempts = 1;
+        let c = dcutr_core::Config {
+            max_attempts: 1,
+            ..dcutr_core::Config::default()
+        };
         assert_eq!(Bounds::from_config(&c).upgrade, Duration::from_secs(47));
     }
 
