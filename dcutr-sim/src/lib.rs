@@ -27,7 +27,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,18 @@ use dcutr_core::{
     Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
     Side, SprayPayload, StreamUnavailable, Timeline, Transport, Upgrade,
 };
+
+pub mod nat;
+
+pub use nat::{
+    FilteringBehaviour, Inbound, MappingBehaviour, NatModel, NatState, NatStats, PortAllocation,
+    PortRange,
+};
+
+/// Seed salts of the two NATs' port draws, so the initiator's and the
+/// responder's NATs draw different ports from one simulation seed.
+const NAT_SALT_INITIATOR: u64 = 0x4e41_5431_0000_0001;
+const NAT_SALT_RESPONDER: u64 = 0x4e41_5432_0000_0002;
 
 /// A fixed base instant for simulations in this process.
 ///
@@ -57,21 +69,50 @@ const RETRANSMITS: [Duration; 4] = [
     Duration::from_secs(7),
 ];
 
-/// How a peer's network treats unsolicited inbound packets.
+/// What stands between a peer and the internet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Nat {
-    /// No NAT, no firewall: every packet gets in.
+    /// No NAT, no firewall: every packet to one of its addresses gets in.
     Public,
     /// Endpoint-independent NAT with a stateful firewall: a packet from X
-    /// gets in only after we sent one to X.
+    /// gets in only after we sent one to X. The same as
+    /// [`NatModel::legacy_firewalled`], plus one rule of its own: the
+    /// initiator's unilateral dial to it is always blocked.
     Firewalled,
+    /// A NAT as RFC 4787 describes it (see [`NatModel`] and the crate
+    /// docs).
+    Model(NatModel),
 }
+
+impl Nat {
+    /// The NAT model behind this peer, `None` for a public one.
+    #[must_use]
+    pub fn model(&self) -> Option<NatModel> {
+        match self {
+            Nat::Public => None,
+            Nat::Firewalled => Some(NatModel::legacy_firewalled()),
+            Nat::Model(m) => Some(*m),
+        }
+    }
+}
+
+/// Where both peers' relayed connections go: the NAT mappings towards it
+/// are what the peers advertise. TEST-NET-1, port 443.
+pub const RELAY_ADDR: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 200)),
+    443,
+);
 
 /// One simulated peer.
 #[derive(Clone, Debug)]
 pub struct PeerSpec {
-    /// The addresses others observe for it (what it advertises). Dials to
-    /// any other address go nowhere.
+    /// Its sockets, one per transport (TCP and QUIC may share a port).
+    /// Without a NAT, or with [`Nat::Firewalled`], these are also the
+    /// addresses others observe for it and it advertises. Behind a
+    /// [`Nat::Model`] the IP is the NAT's external address and the port
+    /// the socket's internal one; what it advertises is the mapping its
+    /// NAT made towards the relay ([`RELAY_ADDR`]), see
+    /// [`Sim::advertised`]. Packets to any other IP go nowhere.
     pub addrs: Vec<Candidate>,
     /// Its NAT.
     pub nat: Nat,
@@ -95,8 +136,14 @@ pub enum Block {
 /// The whole simulated world.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// One-way delay of the relayed stream.
+    /// One-way delay of the relayed stream (from the initiator to the
+    /// responder, and back unless `relay_back` says otherwise).
     pub relay_one_way: Duration,
+    /// One-way delay of the relayed stream from the responder to the
+    /// initiator, when the two directions differ. The initiator's RTT
+    /// estimate then splits unevenly, so the two punches leave at
+    /// different times.
+    pub relay_back: Option<Duration>,
     /// One-way delay of the direct path.
     pub direct_one_way: Duration,
     /// Spec B.
@@ -118,6 +165,7 @@ impl SimConfig {
     pub fn two_nats(config: &Config, relay_one_way: Duration, direct_one_way: Duration) -> Self {
         SimConfig {
             relay_one_way,
+            relay_back: None,
             direct_one_way,
             initiator: PeerSpec {
                 addrs: vec![
@@ -182,11 +230,27 @@ enum Ev {
         to: usize,
         generation: u64,
     },
-    /// A SYN or Initial of `from`'s dial reaches the other peer's NAT.
-    Arrive {
+    /// A retransmission of `from`'s dial leaves (if the dial still
+    /// wants it).
+    Send {
         from: usize,
         dial: DirectId,
         to: Candidate,
+    },
+    /// A SYN or Initial of `from`'s dial, sent from external address
+    /// `src`, reaches the other peer's NAT.
+    Arrive {
+        from: usize,
+        dial: DirectId,
+        src: SocketAddr,
+        to: Candidate,
+    },
+    /// A spray datagram from `from`, sent from external address `src`,
+    /// reaches the other peer's NAT.
+    Datagram {
+        from: usize,
+        src: SocketAddr,
+        to: SocketAddr,
     },
     DialSucceeded {
         to: usize,
@@ -218,10 +282,12 @@ struct Peer {
     /// `None` only while its commands are being carried out.
     upgrade: Option<Upgrade>,
     spec: PeerSpec,
-    /// (destination, transport, time) of every packet sent.
-    sent: Vec<(SocketAddr, Transport, Instant)>,
-    /// Our dials still wanted, with their target.
-    dials: BTreeMap<DirectId, Candidate>,
+    /// Its NAT's table; `None` for a public peer.
+    nat: Option<NatState>,
+    /// What it advertises (what the relay observes).
+    advertised: Vec<Candidate>,
+    /// Our dials still wanted.
+    dials: BTreeMap<DirectId, Dial>,
     /// Our direct connection ids mapped to the peer's id for the same
     /// connection.
     links: BTreeMap<DirectId, (usize, DirectId)>,
@@ -241,10 +307,54 @@ impl Peer {
             .expect("the upgrade is only out while it drains")
     }
 
-    fn opened_towards(&self, remote: SocketAddr, transport: Transport, by: Instant) -> bool {
-        self.sent
-            .iter()
-            .any(|(to, t, at)| *to == remote && *t == transport && *at <= by)
+    /// Whether a packet to `ip` reaches this peer (its NAT, or itself).
+    fn owns_ip(&self, ip: IpAddr) -> bool {
+        match &self.nat {
+            Some(nat) => nat.external_ip() == ip,
+            None => self.spec.addrs.iter().any(|c| c.addr.ip() == ip),
+        }
+    }
+
+    /// A packet from `from` to our external port `port` arrives: whether
+    /// it reaches one of our sockets, and what the NAT did with it.
+    fn receive(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        port: u16,
+        from: SocketAddr,
+    ) -> Inbound {
+        match &mut self.nat {
+            Some(nat) => nat.inbound(now, transport, port, from),
+            None => {
+                let ours = self
+                    .spec
+                    .addrs
+                    .iter()
+                    .any(|c| c.transport == transport && c.addr.port() == port);
+                if ours {
+                    Inbound::Deliver { local_port: port }
+                } else {
+                    Inbound::Dropped
+                }
+            }
+        }
+    }
+
+    /// Sends a packet from our `transport` socket to `to`: the external
+    /// source address it leaves with (`None`: the NAT dropped it).
+    fn send(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        to: SocketAddr,
+        index: usize,
+    ) -> Option<SocketAddr> {
+        let local = self.own_addr(transport, index).addr;
+        match &mut self.nat {
+            Some(nat) => nat.outbound(now, transport, local.port(), to),
+            None => Some(local),
+        }
     }
 
     fn own_addr(&self, transport: Transport, index: usize) -> Candidate {
@@ -270,10 +380,13 @@ pub struct Sim {
     now: Instant,
     start: Instant,
     peers: [Peer; 2],
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// (due, class, sequence): at one instant, packets leave (class 0)
+    /// before anything arrives (class 1).
+    queue: BinaryHeap<Reverse<(Instant, u8, u64)>>,
     events: BTreeMap<u64, Ev>,
     next_seq: u64,
-    relay_one_way: Duration,
+    /// Relay delay of what each side sends.
+    relay_delay: [Duration; 2],
     direct_one_way: Duration,
     blocked_attempts: Vec<u8>,
     block: Block,
@@ -300,11 +413,47 @@ impl Sim {
     #[must_use]
     pub fn new(cfg: SimConfig) -> Self {
         let start = epoch();
-        let make = |side: Side, spec: &PeerSpec, remote_public: &[Candidate], salt: u8| {
+        // Each NAT maps the peer's sockets towards the relay first: those
+        // mappings are what the relay observes and the peer advertises.
+        let behind = |spec: &PeerSpec, salt: u64| {
+            let mut nat = spec.nat.model().map(|model| {
+                let ip = spec
+                    .addrs
+                    .first()
+                    .map_or(IpAddr::from([192, 0, 2, 250]), |c| c.addr.ip());
+                NatState::new(model, ip, cfg.seed ^ salt)
+            });
+            let mut advertised: Vec<Candidate> = Vec::new();
+            for c in &spec.addrs {
+                let seen = match &mut nat {
+                    Some(n) => {
+                        n.pinned(start, c.transport, c.addr.port(), RELAY_ADDR)
+                            .map(|addr| Candidate {
+                                transport: c.transport,
+                                addr,
+                            })
+                    }
+                    None => Some(*c),
+                };
+                if let Some(seen) = seen
+                    && !advertised.contains(&seen)
+                {
+                    advertised.push(seen);
+                }
+            }
+            (nat, advertised)
+        };
+        let (b_nat, b_advertised) = behind(&cfg.initiator, NAT_SALT_INITIATOR);
+        let (a_nat, a_advertised) = behind(&cfg.responder, NAT_SALT_RESPONDER);
+        let make = |side: Side,
+                    spec: &PeerSpec,
+                    own: &[Candidate],
+                    remote_public: &[Candidate],
+                    salt: u8| {
             let mut seed = [salt; 32];
             seed[..8].copy_from_slice(&cfg.seed.to_le_bytes());
             Upgrade::builder(side, spec.config.clone(), seed)
-                .local_addrs(spec.addrs.iter().copied())
+                .local_addrs(own.iter().copied())
                 .remote_public_addrs(remote_public.iter().copied())
                 .start(start)
                 .expect("simulation configs are valid")
@@ -312,15 +461,17 @@ impl Sim {
         let initiator = make(
             Side::Initiator,
             &cfg.initiator,
+            &b_advertised,
             &cfg.initiator.remote_public,
             1,
         );
-        let responder = make(Side::Responder, &cfg.responder, &[], 2);
-        let peer = |side, upgrade, spec: &PeerSpec| Peer {
+        let responder = make(Side::Responder, &cfg.responder, &a_advertised, &[], 2);
+        let peer = |side, upgrade, spec: &PeerSpec, nat, advertised| Peer {
             side,
             upgrade: Some(upgrade),
             spec: spec.clone(),
-            sent: Vec::new(),
+            nat,
+            advertised,
             dials: BTreeMap::new(),
             links: BTreeMap::new(),
             generation: 0,
@@ -329,13 +480,28 @@ impl Sim {
             now: start,
             start,
             peers: [
-                peer(Side::Initiator, initiator, &cfg.initiator),
-                peer(Side::Responder, responder, &cfg.responder),
+                peer(
+                    Side::Initiator,
+                    initiator,
+                    &cfg.initiator,
+                    b_nat,
+                    b_advertised,
+                ),
+                peer(
+                    Side::Responder,
+                    responder,
+                    &cfg.responder,
+                    a_nat,
+                    a_advertised,
+                ),
             ],
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             next_seq: 0,
-            relay_one_way: cfg.relay_one_way,
+            relay_delay: [
+                cfg.relay_one_way,
+                cfg.relay_back.unwrap_or(cfg.relay_one_way),
+            ],
             direct_one_way: cfg.direct_one_way,
             blocked_attempts: cfg.blocked_attempts,
             block: cfg.block,
@@ -353,6 +519,19 @@ impl Sim {
     #[must_use]
     pub fn upgrade(&self, index: usize) -> &Upgrade {
         self.peers[index].core()
+    }
+
+    /// What side `index` advertises: its addresses as the relay observes
+    /// them (through its NAT's mappings towards [`RELAY_ADDR`]).
+    #[must_use]
+    pub fn advertised(&self, index: usize) -> &[Candidate] {
+        &self.peers[index].advertised
+    }
+
+    /// What the NAT of side `index` did so far; `None` for a public peer.
+    #[must_use]
+    pub fn nat_stats(&self, index: usize) -> Option<NatStats> {
+        self.peers[index].nat.as_ref().map(NatState::stats)
     }
 
     /// Simulated time since the start.
@@ -414,7 +593,7 @@ impl Sim {
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        let next_event = self.queue.peek().map(|Reverse((at, _))| *at);
+        let next_event = self.queue.peek().map(|Reverse((at, _, _))| *at);
         let next_timer = self
             .peers
             .iter()
@@ -432,7 +611,7 @@ impl Sim {
     /// Advances to the next event or timer and handles it. Returns false
     /// when nothing is left to happen.
     pub fn step(&mut self) -> bool {
-        let next_event = self.queue.peek().map(|Reverse((at, _))| *at);
+        let next_event = self.queue.peek().map(|Reverse((at, _, _))| *at);
         let next_timer = self
             .peers
             .iter()
@@ -443,7 +622,7 @@ impl Sim {
         };
         self.now = self.now.max(at);
         if next_event == Some(at) {
-            let Reverse((_, seq)) = self.queue.pop().expect("peeked");
+            let Reverse((_, _, seq)) = self.queue.pop().expect("peeked");
             let ev = self
                 .events
                 .remove(&seq)
@@ -476,8 +655,44 @@ impl Sim {
     fn schedule(&mut self, after: Duration, ev: Ev) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let class = u8::from(!matches!(ev, Ev::Send { .. }));
         self.events.insert(seq, ev);
-        self.queue.push(Reverse((self.now + after, seq)));
+        self.queue.push(Reverse((self.now + after, class, seq)));
+    }
+
+    /// Dial `dial` of side `i` sends a SYN / Initial to `to` now: through
+    /// its NAT, and, unless the path drops it, on to the other peer.
+    fn send_dial_packet(&mut self, i: usize, dial: DirectId, to: Candidate, arrives: bool) {
+        let now = self.now;
+        let Some(src) = self.peers[i].send(now, to.transport, to.addr, i) else {
+            return;
+        };
+        if arrives && self.peers[1 - i].owns_ip(to.addr.ip()) {
+            self.schedule(
+                self.direct_one_way,
+                Ev::Arrive {
+                    from: i,
+                    dial,
+                    src,
+                    to,
+                },
+            );
+        }
+    }
+
+    /// Whether the path drops the packets of dial `dial` of side `i`.
+    fn dial_blocked(&self, i: usize, dial: DirectId) -> bool {
+        let Some(d) = self.peers[i].dials.get(&dial) else {
+            return true;
+        };
+        self.blocked_attempts.contains(&d.attempt)
+            || (d.purpose == DialPurpose::Unilateral
+                && self.peers[1 - i].spec.nat == Nat::Firewalled)
+    }
+
+    /// Whether dial `dial` of side `i` still sends packets.
+    fn dial_pending(&self, i: usize, dial: DirectId) -> bool {
+        self.peers[i].dials.contains_key(&dial) && !self.peers[i].links.contains_key(&dial)
     }
 
     fn deliver(&mut self, ev: Ev) {
@@ -506,7 +721,23 @@ impl Sim {
                     self.drain(to);
                 }
             }
-            Ev::Arrive { from, dial, to } => self.arrive(from, dial, to),
+            Ev::Send { from, dial, to } => {
+                if self.dial_pending(from, dial) {
+                    let arrives = !self.dial_blocked(from, dial);
+                    self.send_dial_packet(from, dial, to, arrives);
+                }
+            }
+            Ev::Arrive {
+                from,
+                dial,
+                src,
+                to,
+            } => self.arrive(from, dial, src, to),
+            Ev::Datagram { from, src, to } => {
+                // Spray payloads are not QUIC: the endpoint drops them, so
+                // only what the NAT does with them matters.
+                let _ = self.peers[1 - from].receive(now, Transport::Quic, to.port(), src);
+            }
             Ev::DialSucceeded { to, id } => {
                 if self.peers[to].dials.contains_key(&id) {
                     self.peers[to].core_mut().handle_dial_succeeded(now, id);
@@ -544,31 +775,45 @@ impl Sim {
         }
     }
 
-    /// A SYN/Initial from `from`'s dial `dial` reaches the NAT of the
-    /// peer that owns `to`.
-    fn arrive(&mut self, from: usize, dial: DirectId, to: Candidate) {
+    /// A SYN/Initial from `from`'s dial `dial`, sent from external
+    /// address `src`, reaches the NAT of the peer that owns `to`.
+    fn arrive(&mut self, from: usize, dial: DirectId, src: SocketAddr, to: Candidate) {
         let now = self.now;
-        if !self.peers[from].dials.contains_key(&dial) || self.peers[from].links.contains_key(&dial)
-        {
+        if !self.dial_pending(from, dial) {
             return; // cancelled, or already connected by an earlier packet
         }
         let other = 1 - from;
-        let src = self.peers[from].own_addr(to.transport, from);
-        let open = match self.peers[other].spec.nat {
-            Nat::Public => true,
-            Nat::Firewalled => self.peers[other].opened_towards(src.addr, to.transport, now),
+        let src = Candidate {
+            transport: to.transport,
+            addr: src,
         };
-        if !open {
-            return;
-        }
         let d = self.direct_one_way;
+        match self.peers[other].receive(now, to.transport, to.addr.port(), src.addr) {
+            Inbound::Deliver { .. } => {}
+            Inbound::Router if to.transport == Transport::Tcp => {
+                // The router answers the SYN with a reset, which our NAT
+                // lets in (it answers our own flow): connection refused.
+                self.schedule(
+                    d,
+                    Ev::DialFailed {
+                        to: from,
+                        id: dial,
+                        error: DialError::Refused,
+                    },
+                );
+                return;
+            }
+            // Dropped; or an ICMP error QUIC ignores; or let in but
+            // answered from a port the dialler never sent to.
+            Inbound::Router | Inbound::Dropped | Inbound::Misrouted => return,
+        }
         // Simultaneous open: the other side is dialling us over TCP too.
         let crossing = (to.transport == Transport::Tcp)
             .then(|| {
                 self.peers[other]
                     .dials
                     .iter()
-                    .find(|(id, c)| **c == src && !self.peers[other].links.contains_key(*id))
+                    .find(|(id, c)| c.to == src && !self.peers[other].links.contains_key(*id))
                     .map(|(id, _)| *id)
             })
             .flatten();
@@ -646,7 +891,7 @@ impl SimSide<'_> {
     fn close_stream_at_peer(&mut self, generation: u64) {
         let other = self.other();
         self.sim.schedule(
-            self.sim.relay_one_way,
+            self.sim.relay_delay[self.i],
             Ev::StreamClosed {
                 to: other,
                 generation,
@@ -663,7 +908,7 @@ impl Carrier for SimSide<'_> {
         let generation = self.sim.peers[i].generation;
         self.opened = true;
         self.sim.schedule(
-            self.sim.relay_one_way,
+            self.sim.relay_delay[self.i],
             Ev::StreamOpened {
                 to: other,
                 generation,
@@ -677,7 +922,7 @@ impl Carrier for SimSide<'_> {
         let other = self.other();
         let generation = self.sim.peers[self.i].generation;
         self.sim.schedule(
-            self.sim.relay_one_way,
+            self.sim.relay_delay[self.i],
             Ev::StreamData {
                 to: other,
                 generation,
@@ -707,13 +952,10 @@ impl Carrier for SimSide<'_> {
         let (i, other) = (self.i, self.other());
         let sim = &mut *self.sim;
         let d = sim.direct_one_way;
-        let now = sim.now;
         sim.dialled.push((i, dial.to));
-        sim.peers[i].dials.insert(dial.id, dial.to);
-        let blocked = sim.blocked_attempts.contains(&dial.attempt)
-            || (dial.purpose == DialPurpose::Unilateral
-                && sim.peers[other].spec.nat != Nat::Public);
-        let owned = sim.peers[other].spec.addrs.contains(&dial.to);
+        sim.peers[i].dials.insert(dial.id, dial);
+        let blocked = sim.dial_blocked(i, dial.id);
+        let owned = sim.peers[other].advertised.contains(&dial.to);
         if blocked && sim.block == Block::Refuse && owned {
             sim.schedule(
                 2 * d,
@@ -724,29 +966,35 @@ impl Carrier for SimSide<'_> {
                 },
             );
         }
-        for offset in RETRANSMITS {
-            sim.peers[i]
-                .sent
-                .push((dial.to.addr, dial.to.transport, now + offset));
-            if owned && !blocked {
-                sim.schedule(
-                    offset + d,
-                    Ev::Arrive {
-                        from: i,
-                        dial: dial.id,
-                        to: dial.to,
-                    },
-                );
-            }
+        // The first SYN / Initial leaves now, the retransmissions later
+        // while the dial is still pending. A blocked dial's packets still
+        // open our own NAT; the path drops them.
+        sim.send_dial_packet(i, dial.id, dial.to, !blocked);
+        for offset in RETRANSMITS.into_iter().skip(1) {
+            sim.schedule(
+                offset,
+                Ev::Send {
+                    from: i,
+                    dial: dial.id,
+                    to: dial.to,
+                },
+            );
         }
         Ok(())
     }
 
     fn send_datagram(&mut self, to: SocketAddr, payload: SprayPayload) {
         self.log(Output::SendDatagram { to, payload });
-        let now = self.sim.now;
-        self.sim.datagrams.push((self.i, to));
-        self.sim.peers[self.i].sent.push((to, Transport::Quic, now));
+        let (i, other) = (self.i, self.other());
+        let sim = &mut *self.sim;
+        let now = sim.now;
+        sim.datagrams.push((i, to));
+        let Some(src) = sim.peers[i].send(now, Transport::Quic, to, i) else {
+            return;
+        };
+        if sim.peers[other].owns_ip(to.ip()) {
+            sim.schedule(sim.direct_one_way, Ev::Datagram { from: i, src, to });
+        }
     }
 
     fn write_direct(&mut self, id: DirectId, data: Bytes) {

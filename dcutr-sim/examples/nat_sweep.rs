@@ -1,0 +1,3 @@
+//! The NAT sweep (filled in by the next commit).
+
+fn main() {}
