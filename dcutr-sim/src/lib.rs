@@ -38,6 +38,7 @@ use dcutr_core::{
 };
 
 pub mod nat;
+pub mod sweep;
 
 pub use nat::{
     FilteringBehaviour, Inbound, MappingBehaviour, NatModel, NatState, NatStats, PortAllocation,
