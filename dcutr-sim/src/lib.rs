@@ -2,7 +2,8 @@
 //!
 //! A deterministic, simulated world for two [`dcutr_core::Upgrade`]s: a
 //! relayed stream with a chosen one-way delay, a direct path with its own
-//! delay, and a simple NAT model, all on a fake clock. Tests, examples and
+//! delay, and a NAT in front of each peer as RFC 4787 describes, all on a
+//! fake clock. Tests, examples and
 //! benchmarks share it instead of each wiring its own.
 //!
 //! Time only moves when [`Sim::step`] jumps to the next event or timer, so
@@ -10,20 +11,92 @@
 //!
 //! ## The model
 //! * **Relayed stream:** bytes written by one side arrive at the other
-//!   after [`SimConfig::relay_one_way`], in order. With per-attempt streams,
-//!   each `OpenStream` starts a new stream generation; stale events of an
-//!   older stream are dropped.
-//! * **NAT:** a [`Nat::Firewalled`] peer accepts a packet from address X
-//!   only if it already sent a packet (dial or spray) to X, as an
-//!   endpoint-independent NAT with a stateful firewall does. A
-//!   [`Nat::Public`] peer accepts everything.
-//! * **TCP dials** send SYNs at 0, 1, 3 and 7 s (Linux's doubling RTO);
-//!   each arrives after [`SimConfig::direct_one_way`]. An accepted SYN meets
-//!   the peer's own dial (simultaneous open: both dials succeed) or its
-//!   listener (an inbound connection).
-//! * **QUIC dials** send Initials at the same offsets; an accepted Initial
-//!   becomes an inbound connection at the peer's endpoint.
-//! * Direct bytes (the identity check) take `direct_one_way` as well.
+//!   after [`SimConfig::relay_one_way`] (from the responder to the
+//!   initiator: [`SimConfig::relay_back`] when set), in order. With
+//!   per-attempt streams, each `OpenStream` starts a new stream
+//!   generation; stale events of an older stream are dropped.
+//! * **Sockets:** each peer has one socket per transport (TCP with port
+//!   reuse: its dials and its listener share the port; QUIC: one
+//!   endpoint). Its relayed connection runs from those sockets to
+//!   [`RELAY_ADDR`], so what the relay observes, and the peer advertises
+//!   ([`Sim::advertised`]), is its NAT's mapping towards the relay.
+//! * **TCP dials** send SYNs at 0, 1, 3 and 7 s (Linux's doubling RTO)
+//!   while the dial is pending; each arrives after
+//!   [`SimConfig::direct_one_way`]. An admitted SYN meets the peer's own
+//!   dial to the SYN's source (simultaneous open: both dials succeed) or
+//!   its listener (an inbound connection, whatever the source).
+//! * **QUIC dials** send Initials at the same offsets; an admitted Initial
+//!   becomes an inbound connection at the peer's endpoint. Spray
+//!   datagrams pass through both NATs too; the endpoint drops them.
+//! * Direct bytes (the identity check) take `direct_one_way` as well and
+//!   are not filtered: once a connection formed, its flow is established.
+//!
+//! ## NATs ([`Nat`], [`NatModel`], RFC 4787 terms)
+//! Every punch packet's source is translated by the sender's NAT
+//! ([`NatState::outbound`]) and its arrival decided by the receiver's
+//! ([`NatState::inbound`]). A NAT keeps a table of mappings, each with the
+//! destinations it sent to (its filter state) and an idle timer
+//! ([`nat::UDP_MAPPING_TIMEOUT`], [`nat::TCP_MAPPING_TIMEOUT`], refreshed
+//! by outbound packets; the relay's mappings never expire).
+//! * **Mapping:** [`MappingBehaviour::EndpointIndependent`] (EIM) uses one
+//!   external port for every destination;
+//!   [`MappingBehaviour::AddressDependent`] (ADM) one per destination IP;
+//!   [`MappingBehaviour::AddressAndPortDependent`] (APDM, "symmetric")
+//!   one per destination address and port.
+//! * **Allocation** of a new mapping's port, from [`NatModel::ports`]
+//!   (default 1024–65535): [`PortAllocation::Preserving`] keeps the
+//!   socket's port unless another socket holds it (then random, as
+//!   Linux); [`PortAllocation::Sequential`] takes the NAT's previous
+//!   allocation plus `delta`, wrapping and skipping taken ports;
+//!   [`PortAllocation::Random`] draws uniformly. Mappings of one socket may
+//!   share a port towards different destinations (Linux's tuple
+//!   uniqueness), so a random mapping lands on the advertised port with
+//!   probability 1/R.
+//! * **Filtering** of inbound packets that do not answer something the
+//!   mapping sent (answers always pass):
+//!   [`FilteringBehaviour::EndpointIndependent`] (EIF) admits anyone,
+//!   [`FilteringBehaviour::AddressDependent`] (ADF) any port of an IP the
+//!   mapping sent to, [`FilteringBehaviour::AddressAndPortDependent`]
+//!   (APDF) nobody else. An admitted packet is answered through its own
+//!   port, unless the host already has a mapping towards the sender on
+//!   another port; then the answer goes out there and no connection forms
+//!   ([`Inbound::Misrouted`]).
+//! * **Firewall:** with [`NatModel::firewall`], refused packets are
+//!   dropped. Without one (a Linux router with `masquerade` and no filter
+//!   rules) the router takes a refused packet for itself: it answers a
+//!   TCP SYN with a reset (the sender's dial fails, refused), ignores UDP
+//!   (QUIC ignores the ICMP error), and remembers the flow
+//!   ([`nat::ROUTER_TCP_TIMEOUT`], [`nat::ROUTER_UDP_TIMEOUT`]). A later
+//!   outbound flow of ours to that same remote address would take the
+//!   same tuple, so it is remapped to a random port, which the peer's
+//!   filter refuses: the NAT lab's cone-no-firewall loss. It happens when
+//!   the peer's first punch packet arrives before ours left.
+//! * [`Nat::Public`] translates nothing and admits every packet to one of
+//!   its sockets. [`Nat::Firewalled`] is
+//!   [`NatModel::legacy_firewalled`]: EIM, APDF, preserving over every
+//!   port, no expiry (a stateful firewall without translation looks the
+//!   same); the initiator's unilateral dial to it is always blocked.
+//!   [`Nat::Model`] takes any [`NatModel`]; [`NatModel::full_cone`],
+//!   [`NatModel::address_restricted`], [`NatModel::port_restricted`],
+//!   [`NatModel::cone_no_firewall`], [`NatModel::symmetric_sequential`]
+//!   and [`NatModel::symmetric_random`] are the usual kinds.
+//!
+//! Not modelled: packet loss and jitter (delays are fixed per run; the
+//! sweep varies them across seeds); other hosts behind the same NAT
+//! taking ports (a sequential NAT's next port is always ours); hairpinning
+//! and both peers behind one NAT; stacked NATs (CGNAT); TTL (a low-TTL
+//! priming packet behaves like a normal one); ICMP errors killing a QUIC
+//! dial; inbound refresh of mappings; the relay's own connection dropping
+//! or its mappings expiring; TCP RSTs from the peer host itself (a SYN to
+//! a port nobody listens on is dropped). Addresses are IPv4 in practice;
+//! nothing depends on the family.
+//!
+//! ## The sweep
+//! [`sweep`] runs every ordered pair of [`sweep::NatKind`]s over both
+//! transports for many seeds; `cargo run --release -p dcutr-sim --example
+//! nat-sweep [-- --json]` prints the table. Each seed draws its own
+//! delays ([`sweep::World`]); randomness only ever comes from the seed, and
+//! tables are vectors and B-trees, so a run replays exactly.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
