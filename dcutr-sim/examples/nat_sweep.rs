@@ -8,6 +8,9 @@
 //!   --first-seed S    first seed (default 0)
 //!   --transport T     tcp or quic only
 //!   --kinds A,B,...   only these kinds (names as printed)
+//!   --predict         sequential sides send their next ports in Connect
+//!                     (dcutr-core's SequentialPredictor; off: today's
+//!                     adapters, observed addresses only)
 //!   --json            JSON instead of the table
 //! ```
 
@@ -15,27 +18,31 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dcutr_core::Transport;
-use dcutr_sim::sweep::{Cell, DIRECT_MIN_MS, NatKind, RELAY_ASYMMETRY, RELAY_ONE_WAY_MS, sweep};
+use dcutr_sim::sweep::{
+    Cell, DIRECT_MIN_MS, NatKind, Options, RELAY_ASYMMETRY, RELAY_ONE_WAY_MS, sweep,
+};
 
 /// Seeds per row by default: 98 rows of 5000 run in about 12 s in
 /// release on one (shared) core, and give each rate a standard error of
 /// at most 0.71 points.
 const DEFAULT_SEEDS: u64 = 5000;
 
-struct Options {
+struct Args {
     seeds: u64,
     first_seed: u64,
     transports: Vec<Transport>,
     kinds: Vec<NatKind>,
+    options: Options,
     json: bool,
 }
 
-fn parse() -> Result<Options, String> {
-    let mut o = Options {
+fn parse() -> Result<Args, String> {
+    let mut o = Args {
         seeds: DEFAULT_SEEDS,
         first_seed: 0,
         transports: vec![Transport::Tcp, Transport::Quic],
         kinds: NatKind::ALL.to_vec(),
+        options: Options::default(),
         json: false,
     };
     let mut args = std::env::args().skip(1);
@@ -60,9 +67,10 @@ fn parse() -> Result<Options, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--json" => o.json = true,
+            "--predict" => o.options.predict_sequential = true,
             "-h" | "--help" => {
                 return Err("usage: nat-sweep [--seeds N] [--first-seed S] \
-                            [--transport tcp|quic] [--kinds a,b,...] [--json]"
+                            [--transport tcp|quic] [--kinds a,b,...] [--predict] [--json]"
                     .into());
             }
             other => return Err(format!("unknown option {other}")),
@@ -85,7 +93,7 @@ fn ms(d: Option<Duration>) -> Option<u64> {
     d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn json(o: &Options, cells: &[Cell], wall: Duration) -> String {
+fn json(o: &Args, cells: &[Cell], wall: Duration) -> String {
     let rows: Vec<_> = cells
         .iter()
         .map(|c| {
@@ -106,6 +114,7 @@ fn json(o: &Options, cells: &[Cell], wall: Duration) -> String {
         .collect();
     let doc = serde_json::json!({
         "seeds": { "first": o.first_seed, "count": o.seeds },
+        "predict_sequential": o.options.predict_sequential,
         "world": {
             "relay_one_way_ms": [RELAY_ONE_WAY_MS.start(), RELAY_ONE_WAY_MS.end()],
             "relay_asymmetry": RELAY_ASYMMETRY,
@@ -117,7 +126,7 @@ fn json(o: &Options, cells: &[Cell], wall: Duration) -> String {
     serde_json::to_string_pretty(&doc).expect("JSON values serialise")
 }
 
-fn table(o: &Options, cells: &[Cell], wall: Duration) -> String {
+fn table(o: &Args, cells: &[Cell], wall: Duration) -> String {
     let head = [
         "initiator (B)",
         "responder (A)",
@@ -154,13 +163,18 @@ fn table(o: &Options, cells: &[Cell], wall: Duration) -> String {
     }
     let mut out = format!(
         "NAT sweep: seeds {}..{} per row, relay one-way {}-{} ms (±{:.0} % asymmetric), \
-         direct one-way {} ms up to the relay's; {:.1} s wall\n\n",
+         direct one-way {} ms up to the relay's; sequential prediction {}; {:.1} s wall\n\n",
         o.first_seed,
         o.first_seed + o.seeds,
         RELAY_ONE_WAY_MS.start(),
         RELAY_ONE_WAY_MS.end(),
         RELAY_ASYMMETRY * 100.0,
         DIRECT_MIN_MS,
+        if o.options.predict_sequential {
+            "on"
+        } else {
+            "off"
+        },
         wall.as_secs_f64(),
     );
     let line = |cells: &[String], out: &mut String| {
@@ -194,6 +208,7 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let cells = sweep(
+        o.options,
         &o.kinds,
         &o.transports,
         o.first_seed..o.first_seed + o.seeds,

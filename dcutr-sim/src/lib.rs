@@ -96,7 +96,12 @@
 //! transports for many seeds; `cargo run --release -p dcutr-sim --example
 //! nat-sweep [-- --json]` prints the table. Each seed draws its own
 //! delays ([`sweep::World`]); randomness only ever comes from the seed, and
-//! tables are vectors and B-trees, so a run replays exactly.
+//! tables are vectors and B-trees, so a run replays exactly. By default
+//! the peers run today's core with observed addresses only
+//! ([`sweep::TODAY`]); [`sweep::Options::predict_sequential`] (`--predict`)
+//! lets a sequential side send its predicted ports
+//! ([`PeerSpec::predictor`]). The birthday punch is not in the core yet, so
+//! the sweep cannot run it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -105,6 +110,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dcutr_core::nat::SequentialPredictor;
 use dcutr_core::{
     Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
     Side, SprayPayload, StreamUnavailable, Timeline, Transport, Upgrade,
@@ -195,6 +201,10 @@ pub struct PeerSpec {
     pub remote_public: Vec<Candidate>,
     /// Its core config.
     pub config: Config,
+    /// Guesses of its NAT's next ports that it sends in Connect after
+    /// what it advertises (dcutr-core's sequential predictor, as an adapter
+    /// would set it from discovery); `None`: advertised addresses only.
+    pub predictor: Option<SequentialPredictor>,
 }
 
 /// What the direct path does to the dials of given attempts, so tests can
@@ -249,6 +259,7 @@ impl SimConfig {
                 nat: Nat::Firewalled,
                 remote_public: Vec::new(),
                 config: config.clone(),
+                predictor: None,
             },
             responder: PeerSpec {
                 addrs: vec![
@@ -258,6 +269,7 @@ impl SimConfig {
                 nat: Nat::Firewalled,
                 remote_public: Vec::new(),
                 config: config.clone(),
+                predictor: None,
             },
             blocked_attempts: Vec::new(),
             block: Block::Drop,
@@ -526,11 +538,13 @@ impl Sim {
                     salt: u8| {
             let mut seed = [salt; 32];
             seed[..8].copy_from_slice(&cfg.seed.to_le_bytes());
-            Upgrade::builder(side, spec.config.clone(), seed)
+            let mut builder = Upgrade::builder(side, spec.config.clone(), seed)
                 .local_addrs(own.iter().copied())
-                .remote_public_addrs(remote_public.iter().copied())
-                .start(start)
-                .expect("simulation configs are valid")
+                .remote_public_addrs(remote_public.iter().copied());
+            if let Some(p) = spec.predictor {
+                builder = builder.predictor(Box::new(p));
+            }
+            builder.start(start).expect("simulation configs are valid")
         };
         let initiator = make(
             Side::Initiator,

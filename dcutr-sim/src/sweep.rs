@@ -17,7 +17,8 @@ use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
 use dcutr_core::nat::{
-    Allocation, EPHEMERAL_PORTS, Filtering, Mapping, NatBehaviour, Strategy, birthday_success,
+    Allocation, EPHEMERAL_PORTS, Filtering, MAX_PREDICTED_PORTS, Mapping, NatBehaviour,
+    SequentialPredictor, Strategy, birthday_success,
 };
 use dcutr_core::{Config, Event, Outcome, Output, Side, Transport};
 use rand::{Rng, SeedableRng};
@@ -208,6 +209,21 @@ impl World {
     }
 }
 
+/// What the peers do besides today's core defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// A side behind a sequential NAT sends its next
+    /// [`MAX_PREDICTED_PORTS`] ports in Connect (dcutr-core's
+    /// [`SequentialPredictor`]), as [`Strategy::PredictSequential`] asks.
+    /// The NAT's true delta stands in for discovery.
+    pub predict_sequential: bool,
+}
+
+/// Today's core as the adapters run it: observed addresses only.
+pub const TODAY: Options = Options {
+    predict_sequential: false,
+};
+
 /// The result of one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
@@ -222,9 +238,16 @@ pub struct Run {
 }
 
 /// The world of `seed` with the initiator behind `initiator`, the
-/// responder behind `responder`, and only `transport`.
+/// responder behind `responder`, only `transport`, and the peers doing
+/// what `options` say.
 #[must_use]
-pub fn world(initiator: NatKind, responder: NatKind, transport: Transport, seed: u64) -> SimConfig {
+pub fn world(
+    options: Options,
+    initiator: NatKind,
+    responder: NatKind,
+    transport: Transport,
+    seed: u64,
+) -> SimConfig {
     let w = World::for_seed(seed);
     let mut cfg = SimConfig::two_nats(&Config::shared_stream(), w.relay_forward, w.direct_one_way)
         .only(transport);
@@ -232,13 +255,31 @@ pub fn world(initiator: NatKind, responder: NatKind, transport: Transport, seed:
     cfg.initiator.nat = initiator.nat();
     cfg.responder.nat = responder.nat();
     cfg.seed = seed;
+    if options.predict_sequential {
+        for (spec, kind) in [
+            (&mut cfg.initiator, initiator),
+            (&mut cfg.responder, responder),
+        ] {
+            spec.predictor = SequentialPredictor::for_behaviour(
+                &kind.behaviour(),
+                transport,
+                MAX_PREDICTED_PORTS,
+            );
+        }
+    }
     cfg
 }
 
 /// Runs one upgrade of [`world`] to its end.
 #[must_use]
-pub fn run_one(initiator: NatKind, responder: NatKind, transport: Transport, seed: u64) -> Run {
-    let mut sim = Sim::new(world(initiator, responder, transport, seed));
+pub fn run_one(
+    options: Options,
+    initiator: NatKind,
+    responder: NatKind,
+    transport: Transport,
+    seed: u64,
+) -> Run {
+    let mut sim = Sim::new(world(options, initiator, responder, transport, seed));
     sim.run(RUN_LIMIT);
     let upgraded = |o: Option<&Outcome>| matches!(o, Some(Outcome::Upgraded(_)));
     let failed = |o: Option<&Outcome>| matches!(o, Some(Outcome::Failed(_)));
@@ -321,6 +362,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
 /// Runs `seeds` for one pair and transport.
 #[must_use]
 pub fn run_cell(
+    options: Options,
     initiator: NatKind,
     responder: NatKind,
     transport: Transport,
@@ -329,7 +371,7 @@ pub fn run_cell(
     let mut times = Vec::new();
     let (mut runs, mut direct, mut split, mut remapped) = (0u32, 0u32, 0u32, 0u32);
     for seed in seeds {
-        let run = run_one(initiator, responder, transport, seed);
+        let run = run_one(options, initiator, responder, transport, seed);
         runs += 1;
         direct += u32::from(run.direct);
         split += u32::from(run.split);
@@ -354,12 +396,17 @@ pub fn run_cell(
 /// Every ordered pair of `kinds` (so both roles) over every transport in
 /// `transports`, over `seeds`.
 #[must_use]
-pub fn sweep(kinds: &[NatKind], transports: &[Transport], seeds: Range<u64>) -> Vec<Cell> {
+pub fn sweep(
+    options: Options,
+    kinds: &[NatKind],
+    transports: &[Transport],
+    seeds: Range<u64>,
+) -> Vec<Cell> {
     let mut cells = Vec::new();
     for &b in kinds {
         for &a in kinds {
             for &t in transports {
-                cells.push(run_cell(b, a, t, seeds.clone()));
+                cells.push(run_cell(options, b, a, t, seeds.clone()));
             }
         }
     }

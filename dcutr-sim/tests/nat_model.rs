@@ -1,7 +1,7 @@
 //! The simulator's NAT model as seen through whole upgrades.
 
 use dcutr_core::{DialError, Event, Output, Side, Transport};
-use dcutr_sim::sweep::{NatKind, World, run_one, world};
+use dcutr_sim::sweep::{NatKind, TODAY, World, run_one, world};
 use dcutr_sim::{INITIATOR, Nat, NatModel, PortRange, RESPONDER, Sim};
 
 const BOTH: [Transport; 2] = [Transport::Tcp, Transport::Quic];
@@ -10,7 +10,13 @@ const BOTH: [Transport; 2] = [Transport::Tcp, Transport::Quic];
 fn firewalled_is_the_legacy_model_plus_its_unilateral_rule() {
     for t in BOTH {
         for seed in 0..40 {
-            let mut legacy = world(NatKind::PortRestricted, NatKind::PortRestricted, t, seed);
+            let mut legacy = world(
+                TODAY,
+                NatKind::PortRestricted,
+                NatKind::PortRestricted,
+                t,
+                seed,
+            );
             legacy.initiator.nat = Nat::Firewalled;
             legacy.responder.nat = Nat::Firewalled;
             let mut modelled = legacy.clone();
@@ -30,6 +36,7 @@ fn peers_advertise_their_mapping_towards_the_relay() {
     let mut moved = 0;
     for seed in 0..50 {
         let cfg = world(
+            TODAY,
             NatKind::SymmetricRandom,
             NatKind::PortRestricted,
             Transport::Quic,
@@ -61,13 +68,13 @@ fn runs_replay_exactly() {
         for t in BOTH {
             for seed in 0..10 {
                 let log = || {
-                    let mut sim = Sim::new(world(b, a, t, seed));
+                    let mut sim = Sim::new(world(TODAY, b, a, t, seed));
                     sim.run(dcutr_sim::sweep::RUN_LIMIT);
                     let stats = sim.nat_stats(INITIATOR);
                     (sim.log, sim.datagrams, sim.dialled, stats)
                 };
                 assert_eq!(log(), log());
-                assert_eq!(run_one(b, a, t, seed), run_one(b, a, t, seed));
+                assert_eq!(run_one(TODAY, b, a, t, seed), run_one(TODAY, b, a, t, seed));
             }
         }
     }
@@ -84,6 +91,7 @@ fn a_router_without_firewall_resets_an_early_syn() {
         })
         .expect("some seed makes the responder late");
     let mut sim = Sim::new(world(
+        TODAY,
         NatKind::PortRestricted,
         NatKind::ConeNoFirewall,
         Transport::Tcp,
@@ -112,6 +120,7 @@ fn a_router_without_firewall_resets_an_early_syn() {
     // The same world with a firewall drops the SYN instead, and the punch
     // goes through.
     let mut sim = Sim::new(world(
+        TODAY,
         NatKind::PortRestricted,
         NatKind::PortRestricted,
         Transport::Tcp,

@@ -10,7 +10,8 @@
 use dcutr_core::Transport;
 use dcutr_core::nat::EPHEMERAL_PORTS;
 use dcutr_sim::sweep::{
-    Cell, NatKind, World, binomial_bounds, birthday_bound, run_cell, run_one, today_against_random,
+    Cell, NatKind, Options, TODAY, World, binomial_bounds, birthday_bound, run_cell, run_one,
+    today_against_random,
 };
 
 /// Seeds per pinned row: a few hundred keep the whole file to seconds in
@@ -52,7 +53,11 @@ fn endpoint_independent_firewalled_pairs_always_go_direct() {
     for b in easy {
         for a in easy {
             for t in BOTH {
-                assert_rate(&run_cell(b, a, t, 0..WIDE_SEEDS), 1.0, "EIM on both sides");
+                assert_rate(
+                    &run_cell(TODAY, b, a, t, 0..WIDE_SEEDS),
+                    1.0,
+                    "EIM on both sides",
+                );
             }
         }
     }
@@ -78,7 +83,7 @@ fn cone_without_firewall_loses_exactly_when_the_peer_punches_first() {
                 let late =
                     |kind: NatKind, lag| kind == NatKind::ConeNoFirewall && w.direct_one_way < lag;
                 let loses = late(a, w.responder_lag()) || late(b, w.initiator_lag());
-                let run = run_one(b, a, t, seed);
+                let run = run_one(TODAY, b, a, t, seed);
                 assert_eq!(
                     run.direct,
                     !loses,
@@ -110,7 +115,7 @@ fn random_mapping_against_a_port_restricted_cone_fails_with_todays_core() {
                 (NatKind::SymmetricRandom, cone),
                 (cone, NatKind::SymmetricRandom),
             ] {
-                assert_rate(&run_cell(b, a, t, 0..SEEDS), p, "N = M = 1");
+                assert_rate(&run_cell(TODAY, b, a, t, 0..SEEDS), p, "N = M = 1");
             }
         }
     }
@@ -121,17 +126,27 @@ fn random_mapping_against_a_port_restricted_cone_fails_with_todays_core() {
 #[test]
 fn sequential_mapping_against_a_port_restricted_cone_fails_until_prediction() {
     // The next mapping takes the relay's port + 1, never the advertised
-    // one: p = 0. Sending the next ports in Connect (PredictSequential)
-    // makes it 1.
+    // one: p = 0. With the sequential side sending its next ports in
+    // Connect (Strategy::PredictSequential, dcutr-core's
+    // SequentialPredictor), the peer dials port + 1 among them and the
+    // punch meets: p = 1, in both roles and over both transports.
+    let predicting = Options {
+        predict_sequential: true,
+    };
     for t in BOTH {
         for (b, a) in [
             (NatKind::SymmetricSequential, NatKind::PortRestricted),
             (NatKind::PortRestricted, NatKind::SymmetricSequential),
         ] {
             assert_rate(
-                &run_cell(b, a, t, 0..SEEDS),
+                &run_cell(TODAY, b, a, t, 0..SEEDS),
                 0.0,
                 "port + 1 is not advertised",
+            );
+            assert_rate(
+                &run_cell(predicting, b, a, t, 0..SEEDS),
+                1.0,
+                "port + 1 is predicted",
             );
         }
     }
@@ -154,7 +169,11 @@ fn symmetric_pairs_fail() {
     ];
     for (b, a, p) in cases {
         for t in BOTH {
-            assert_rate(&run_cell(b, a, t, 0..SEEDS), p, "both endpoint-dependent");
+            assert_rate(
+                &run_cell(TODAY, b, a, t, 0..SEEDS),
+                p,
+                "both endpoint-dependent",
+            );
         }
     }
 }
@@ -177,13 +196,13 @@ fn symmetric_against_an_open_filter_goes_direct_except_as_quic_server() {
         ] {
             for t in BOTH {
                 assert_rate(
-                    &run_cell(open, hard, t, 0..SEEDS),
+                    &run_cell(TODAY, open, hard, t, 0..SEEDS),
                     1.0,
                     "the client punches out",
                 );
             }
             assert_rate(
-                &run_cell(hard, open, Transport::Tcp, 0..SEEDS),
+                &run_cell(TODAY, hard, open, Transport::Tcp, 0..SEEDS),
                 1.0,
                 "its SYN gets in",
             );
@@ -193,7 +212,7 @@ fn symmetric_against_an_open_filter_goes_direct_except_as_quic_server() {
                 0.0
             };
             assert_rate(
-                &run_cell(hard, open, Transport::Quic, 0..SEEDS),
+                &run_cell(TODAY, hard, open, Transport::Quic, 0..SEEDS),
                 p,
                 "a QUIC server behind a symmetric NAT",
             );
