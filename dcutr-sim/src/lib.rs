@@ -192,7 +192,9 @@ pub struct PeerSpec {
     /// [`Nat::Model`] the IP is the NAT's external address and the port
     /// the socket's internal one; what it advertises is the mapping its
     /// NAT made towards the relay ([`RELAY_ADDR`]), see
-    /// [`Sim::advertised`]. Packets to any other IP go nowhere.
+    /// [`Sim::advertised`]. Behind any NAT all its sockets share one
+    /// external IP, the first address's. Packets to any other IP go
+    /// nowhere.
     pub addrs: Vec<Candidate>,
     /// Its NAT.
     pub nat: Nat,
