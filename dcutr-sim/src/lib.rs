@@ -2,7 +2,8 @@
 //!
 //! A deterministic, simulated world for two [`dcutr_core::Upgrade`]s: a
 //! relayed stream with a chosen one-way delay, a direct path with its own
-//! delay, and a simple NAT model, all on a fake clock. Tests, examples and
+//! delay, and a NAT in front of each peer as RFC 4787 describes, all on a
+//! fake clock. Tests, examples and
 //! benchmarks share it instead of each wiring its own.
 //!
 //! Time only moves when [`Sim::step`] jumps to the next event or timer, so
@@ -10,32 +11,123 @@
 //!
 //! ## The model
 //! * **Relayed stream:** bytes written by one side arrive at the other
-//!   after [`SimConfig::relay_one_way`], in order. With per-attempt streams,
-//!   each `OpenStream` starts a new stream generation; stale events of an
-//!   older stream are dropped.
-//! * **NAT:** a [`Nat::Firewalled`] peer accepts a packet from address X
-//!   only if it already sent a packet (dial or spray) to X, as an
-//!   endpoint-independent NAT with a stateful firewall does. A
-//!   [`Nat::Public`] peer accepts everything.
-//! * **TCP dials** send SYNs at 0, 1, 3 and 7 s (Linux's doubling RTO);
-//!   each arrives after [`SimConfig::direct_one_way`]. An accepted SYN meets
-//!   the peer's own dial (simultaneous open: both dials succeed) or its
-//!   listener (an inbound connection).
-//! * **QUIC dials** send Initials at the same offsets; an accepted Initial
-//!   becomes an inbound connection at the peer's endpoint.
-//! * Direct bytes (the identity check) take `direct_one_way` as well.
+//!   after [`SimConfig::relay_one_way`] (from the responder to the
+//!   initiator: [`SimConfig::relay_back`] when set), in order. With
+//!   per-attempt streams, each `OpenStream` starts a new stream
+//!   generation; stale events of an older stream are dropped.
+//! * **Sockets:** each peer has one socket per transport (TCP with port
+//!   reuse: its dials and its listener share the port; QUIC: one
+//!   endpoint). Its relayed connection runs from those sockets to
+//!   [`RELAY_ADDR`], so what the relay observes, and the peer advertises
+//!   ([`Sim::advertised`]), is its NAT's mapping towards the relay.
+//! * **TCP dials** send SYNs at 0, 1, 3 and 7 s (Linux's doubling RTO)
+//!   while the dial is pending; each arrives after
+//!   [`SimConfig::direct_one_way`]. An admitted SYN meets the peer's own
+//!   dial to the SYN's source (simultaneous open: both dials succeed) or
+//!   its listener (an inbound connection, whatever the source).
+//! * **QUIC dials** send Initials at the same offsets; an admitted Initial
+//!   becomes an inbound connection at the peer's endpoint. Spray
+//!   datagrams pass through both NATs too; the endpoint drops them.
+//! * Direct bytes (the identity check) take `direct_one_way` as well and
+//!   are not filtered: once a connection formed, its flow is established.
+//!
+//! ## NATs ([`Nat`], [`NatModel`], RFC 4787 terms)
+//! Every punch packet's source is translated by the sender's NAT
+//! ([`NatState::outbound`]) and its arrival decided by the receiver's
+//! ([`NatState::inbound`]). A NAT keeps a table of mappings, each with the
+//! destinations it sent to (its filter state) and an idle timer
+//! ([`nat::UDP_MAPPING_TIMEOUT`], [`nat::TCP_MAPPING_TIMEOUT`], refreshed
+//! by outbound packets; the relay's mappings never expire).
+//! * **Mapping:** [`MappingBehaviour::EndpointIndependent`] (EIM) uses one
+//!   external port for every destination;
+//!   [`MappingBehaviour::AddressDependent`] (ADM) one per destination IP;
+//!   [`MappingBehaviour::AddressAndPortDependent`] (APDM, "symmetric")
+//!   one per destination address and port.
+//! * **Allocation** of a new mapping's port, from [`NatModel::ports`]
+//!   (default 1024–65535): [`PortAllocation::Preserving`] keeps the
+//!   socket's port unless another socket holds it (then random, as
+//!   Linux); [`PortAllocation::Sequential`] takes the NAT's previous
+//!   allocation plus `delta`, wrapping and skipping taken ports;
+//!   [`PortAllocation::Random`] draws uniformly. Mappings of one socket may
+//!   share a port towards different destinations (Linux's tuple
+//!   uniqueness), so a random mapping lands on the advertised port with
+//!   probability 1/R.
+//! * **Filtering** of inbound packets that do not answer something the
+//!   mapping sent (answers always pass):
+//!   [`FilteringBehaviour::EndpointIndependent`] (EIF) admits anyone,
+//!   [`FilteringBehaviour::AddressDependent`] (ADF) any port of an IP the
+//!   mapping sent to, [`FilteringBehaviour::AddressAndPortDependent`]
+//!   (APDF) nobody else. An admitted packet is answered through its own
+//!   port, unless the host already has a mapping towards the sender on
+//!   another port; then the answer goes out there and no connection forms
+//!   ([`Inbound::Misrouted`]).
+//! * **Firewall:** with [`NatModel::firewall`], refused packets are
+//!   dropped. Without one (a Linux router with `masquerade` and no filter
+//!   rules) the router takes a refused packet for itself: it answers a
+//!   TCP SYN with a reset (the sender's dial fails, refused), ignores UDP
+//!   (QUIC ignores the ICMP error), and remembers the flow
+//!   ([`nat::ROUTER_TCP_TIMEOUT`], [`nat::ROUTER_UDP_TIMEOUT`]). A later
+//!   outbound flow of ours to that same remote address would take the
+//!   same tuple, so it is remapped to a random port, which the peer's
+//!   filter refuses: the NAT lab's cone-no-firewall loss. It happens when
+//!   the peer's first punch packet arrives before ours left.
+//! * [`Nat::Public`] translates nothing and admits every packet to one of
+//!   its sockets. [`Nat::Firewalled`] is
+//!   [`NatModel::legacy_firewalled`]: EIM, APDF, preserving over every
+//!   port, no expiry (a stateful firewall without translation looks the
+//!   same); the initiator's unilateral dial to it is always blocked.
+//!   [`Nat::Model`] takes any [`NatModel`]; [`NatModel::full_cone`],
+//!   [`NatModel::address_restricted`], [`NatModel::port_restricted`],
+//!   [`NatModel::cone_no_firewall`], [`NatModel::symmetric_sequential`]
+//!   and [`NatModel::symmetric_random`] are the usual kinds.
+//!
+//! Not modelled: packet loss and jitter (delays are fixed per run; the
+//! sweep varies them across seeds); other hosts behind the same NAT
+//! taking ports (a sequential NAT's next port is always ours); hairpinning
+//! and both peers behind one NAT; stacked NATs (CGNAT); TTL (a low-TTL
+//! priming packet behaves like a normal one); ICMP errors killing a QUIC
+//! dial; inbound refresh of mappings; the relay's own connection dropping
+//! or its mappings expiring; TCP RSTs from the peer host itself (a SYN to
+//! a port nobody listens on is dropped). Addresses are IPv4 in practice;
+//! nothing depends on the family.
+//!
+//! ## The sweep
+//! [`sweep`] runs every ordered pair of [`sweep::NatKind`]s over both
+//! transports for many seeds; `cargo run --release -p dcutr-sim --example
+//! nat-sweep [-- --json]` prints the table. Each seed draws its own
+//! delays ([`sweep::World`]); randomness only ever comes from the seed, and
+//! tables are vectors and B-trees, so a run replays exactly. By default
+//! the peers run today's core with observed addresses only
+//! ([`sweep::TODAY`]); [`sweep::Options::predict_sequential`] (`--predict`)
+//! lets a sequential side send its predicted ports
+//! ([`PeerSpec::predictor`]). The birthday punch is not in the core yet, so
+//! the sweep cannot run it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dcutr_core::nat::SequentialPredictor;
 use dcutr_core::{
     Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
     Side, SprayPayload, Transport, Upgrade, reason::StreamUnavailable, record::Timeline,
 };
+
+pub mod nat;
+pub mod sweep;
+
+pub use nat::{
+    FilteringBehaviour, Inbound, MappingBehaviour, NatModel, NatState, NatStats, PortAllocation,
+    PortRange,
+};
+
+/// Seed salts of the two NATs' port draws, so the initiator's and the
+/// responder's NATs draw different ports from one simulation seed.
+const NAT_SALT_INITIATOR: u64 = 0x4e41_5431_0000_0001;
+const NAT_SALT_RESPONDER: u64 = 0x4e41_5432_0000_0002;
 
 /// A fixed base instant for simulations in this process.
 ///
@@ -57,21 +149,52 @@ const RETRANSMITS: [Duration; 4] = [
     Duration::from_secs(7),
 ];
 
-/// How a peer's network treats unsolicited inbound packets.
+/// What stands between a peer and the internet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Nat {
-    /// No NAT, no firewall: every packet gets in.
+    /// No NAT, no firewall: every packet to one of its addresses gets in.
     Public,
     /// Endpoint-independent NAT with a stateful firewall: a packet from X
-    /// gets in only after we sent one to X.
+    /// gets in only after we sent one to X. The same as
+    /// [`NatModel::legacy_firewalled`], plus one rule of its own: the
+    /// initiator's unilateral dial to it is always blocked.
     Firewalled,
+    /// A NAT as RFC 4787 describes it (see [`NatModel`] and the crate
+    /// docs).
+    Model(NatModel),
 }
+
+impl Nat {
+    /// The NAT model behind this peer, `None` for a public one.
+    #[must_use]
+    pub fn model(&self) -> Option<NatModel> {
+        match self {
+            Nat::Public => None,
+            Nat::Firewalled => Some(NatModel::legacy_firewalled()),
+            Nat::Model(m) => Some(*m),
+        }
+    }
+}
+
+/// Where both peers' relayed connections go: the NAT mappings towards it
+/// are what the peers advertise. TEST-NET-1, port 443.
+pub const RELAY_ADDR: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 200)),
+    443,
+);
 
 /// One simulated peer.
 #[derive(Clone, Debug)]
 pub struct PeerSpec {
-    /// The addresses others observe for it (what it advertises). Dials to
-    /// any other address go nowhere.
+    /// Its sockets, one per transport (TCP and QUIC may share a port).
+    /// Without a NAT, or with [`Nat::Firewalled`], these are also the
+    /// addresses others observe for it and it advertises. Behind a
+    /// [`Nat::Model`] the IP is the NAT's external address and the port
+    /// the socket's internal one; what it advertises is the mapping its
+    /// NAT made towards the relay ([`RELAY_ADDR`]), see
+    /// [`Sim::advertised`]. Behind any NAT all its sockets share one
+    /// external IP, the first address's. Packets to any other IP go
+    /// nowhere.
     pub addrs: Vec<Candidate>,
     /// Its NAT.
     pub nat: Nat,
@@ -80,6 +203,10 @@ pub struct PeerSpec {
     pub remote_public: Vec<Candidate>,
     /// Its core config.
     pub config: Config,
+    /// Guesses of its NAT's next ports that it sends in Connect after
+    /// what it advertises (dcutr-core's sequential predictor, as an adapter
+    /// would set it from discovery); `None`: advertised addresses only.
+    pub predictor: Option<SequentialPredictor>,
 }
 
 /// What the direct path does to the dials of given attempts, so tests can
@@ -95,8 +222,14 @@ pub enum Block {
 /// The whole simulated world.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// One-way delay of the relayed stream.
+    /// One-way delay of the relayed stream (from the initiator to the
+    /// responder, and back unless `relay_back` says otherwise).
     pub relay_one_way: Duration,
+    /// One-way delay of the relayed stream from the responder to the
+    /// initiator, when the two directions differ. The initiator's RTT
+    /// estimate then splits unevenly, so the two punches leave at
+    /// different times.
+    pub relay_back: Option<Duration>,
     /// One-way delay of the direct path.
     pub direct_one_way: Duration,
     /// Spec B.
@@ -118,6 +251,7 @@ impl SimConfig {
     pub fn two_nats(config: &Config, relay_one_way: Duration, direct_one_way: Duration) -> Self {
         SimConfig {
             relay_one_way,
+            relay_back: None,
             direct_one_way,
             initiator: PeerSpec {
                 addrs: vec![
@@ -127,6 +261,7 @@ impl SimConfig {
                 nat: Nat::Firewalled,
                 remote_public: Vec::new(),
                 config: config.clone(),
+                predictor: None,
             },
             responder: PeerSpec {
                 addrs: vec![
@@ -136,6 +271,7 @@ impl SimConfig {
                 nat: Nat::Firewalled,
                 remote_public: Vec::new(),
                 config: config.clone(),
+                predictor: None,
             },
             blocked_attempts: Vec::new(),
             block: Block::Drop,
@@ -182,11 +318,27 @@ enum Ev {
         to: usize,
         generation: u64,
     },
-    /// A SYN or Initial of `from`'s dial reaches the other peer's NAT.
-    Arrive {
+    /// A retransmission of `from`'s dial leaves (if the dial still
+    /// wants it).
+    Send {
         from: usize,
         dial: DirectId,
         to: Candidate,
+    },
+    /// A SYN or Initial of `from`'s dial, sent from external address
+    /// `src`, reaches the other peer's NAT.
+    Arrive {
+        from: usize,
+        dial: DirectId,
+        src: SocketAddr,
+        to: Candidate,
+    },
+    /// A spray datagram from `from`, sent from external address `src`,
+    /// reaches the other peer's NAT.
+    Datagram {
+        from: usize,
+        src: SocketAddr,
+        to: SocketAddr,
     },
     DialSucceeded {
         to: usize,
@@ -218,10 +370,12 @@ struct Peer {
     /// `None` only while its commands are being carried out.
     upgrade: Option<Upgrade>,
     spec: PeerSpec,
-    /// (destination, transport, time) of every packet sent.
-    sent: Vec<(SocketAddr, Transport, Instant)>,
-    /// Our dials still wanted, with their target.
-    dials: BTreeMap<DirectId, Candidate>,
+    /// Its NAT's table; `None` for a public peer.
+    nat: Option<NatState>,
+    /// What it advertises (what the relay observes).
+    advertised: Vec<Candidate>,
+    /// Our dials still wanted.
+    dials: BTreeMap<DirectId, Dial>,
     /// Our direct connection ids mapped to the peer's id for the same
     /// connection.
     links: BTreeMap<DirectId, (usize, DirectId)>,
@@ -241,10 +395,54 @@ impl Peer {
             .expect("the upgrade is only out while it drains")
     }
 
-    fn opened_towards(&self, remote: SocketAddr, transport: Transport, by: Instant) -> bool {
-        self.sent
-            .iter()
-            .any(|(to, t, at)| *to == remote && *t == transport && *at <= by)
+    /// Whether a packet to `ip` reaches this peer (its NAT, or itself).
+    fn owns_ip(&self, ip: IpAddr) -> bool {
+        match &self.nat {
+            Some(nat) => nat.external_ip() == ip,
+            None => self.spec.addrs.iter().any(|c| c.addr.ip() == ip),
+        }
+    }
+
+    /// A packet from `from` to our external port `port` arrives: whether
+    /// it reaches one of our sockets, and what the NAT did with it.
+    fn receive(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        port: u16,
+        from: SocketAddr,
+    ) -> Inbound {
+        match &mut self.nat {
+            Some(nat) => nat.inbound(now, transport, port, from),
+            None => {
+                let ours = self
+                    .spec
+                    .addrs
+                    .iter()
+                    .any(|c| c.transport == transport && c.addr.port() == port);
+                if ours {
+                    Inbound::Deliver { local_port: port }
+                } else {
+                    Inbound::Dropped
+                }
+            }
+        }
+    }
+
+    /// Sends a packet from our `transport` socket to `to`: the external
+    /// source address it leaves with (`None`: the NAT dropped it).
+    fn send(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        to: SocketAddr,
+        index: usize,
+    ) -> Option<SocketAddr> {
+        let local = self.own_addr(transport, index).addr;
+        match &mut self.nat {
+            Some(nat) => nat.outbound(now, transport, local.port(), to),
+            None => Some(local),
+        }
     }
 
     fn own_addr(&self, transport: Transport, index: usize) -> Candidate {
@@ -270,10 +468,13 @@ pub struct Sim {
     now: Instant,
     start: Instant,
     peers: [Peer; 2],
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// (due, class, sequence): at one instant, packets leave (class 0)
+    /// before anything arrives (class 1).
+    queue: BinaryHeap<Reverse<(Instant, u8, u64)>>,
     events: BTreeMap<u64, Ev>,
     next_seq: u64,
-    relay_one_way: Duration,
+    /// Relay delay of what each side sends.
+    relay_delay: [Duration; 2],
     direct_one_way: Duration,
     blocked_attempts: Vec<u8>,
     block: Block,
@@ -300,27 +501,67 @@ impl Sim {
     #[must_use]
     pub fn new(cfg: SimConfig) -> Self {
         let start = epoch();
-        let make = |side: Side, spec: &PeerSpec, remote_public: &[Candidate], salt: u8| {
+        // Each NAT maps the peer's sockets towards the relay first: those
+        // mappings are what the relay observes and the peer advertises.
+        let behind = |spec: &PeerSpec, salt: u64| {
+            let mut nat = spec.nat.model().map(|model| {
+                let ip = spec
+                    .addrs
+                    .first()
+                    .map_or(IpAddr::from([192, 0, 2, 250]), |c| c.addr.ip());
+                NatState::new(model, ip, cfg.seed ^ salt)
+            });
+            let mut advertised: Vec<Candidate> = Vec::new();
+            for c in &spec.addrs {
+                let seen = match &mut nat {
+                    Some(n) => {
+                        n.pinned(start, c.transport, c.addr.port(), RELAY_ADDR)
+                            .map(|addr| Candidate {
+                                transport: c.transport,
+                                addr,
+                            })
+                    }
+                    None => Some(*c),
+                };
+                if let Some(seen) = seen
+                    && !advertised.contains(&seen)
+                {
+                    advertised.push(seen);
+                }
+            }
+            (nat, advertised)
+        };
+        let (b_nat, b_advertised) = behind(&cfg.initiator, NAT_SALT_INITIATOR);
+        let (a_nat, a_advertised) = behind(&cfg.responder, NAT_SALT_RESPONDER);
+        let make = |side: Side,
+                    spec: &PeerSpec,
+                    own: &[Candidate],
+                    remote_public: &[Candidate],
+                    salt: u8| {
             let mut seed = [salt; 32];
             seed[..8].copy_from_slice(&cfg.seed.to_le_bytes());
-            Upgrade::builder(side, spec.config.clone(), seed)
-                .local_addrs(spec.addrs.iter().copied())
-                .remote_public_addrs(remote_public.iter().copied())
-                .start(start)
-                .expect("simulation configs are valid")
+            let mut builder = Upgrade::builder(side, spec.config.clone(), seed)
+                .local_addrs(own.iter().copied())
+                .remote_public_addrs(remote_public.iter().copied());
+            if let Some(p) = spec.predictor {
+                builder = builder.predictor(Box::new(p));
+            }
+            builder.start(start).expect("simulation configs are valid")
         };
         let initiator = make(
             Side::Initiator,
             &cfg.initiator,
+            &b_advertised,
             &cfg.initiator.remote_public,
             1,
         );
-        let responder = make(Side::Responder, &cfg.responder, &[], 2);
-        let peer = |side, upgrade, spec: &PeerSpec| Peer {
+        let responder = make(Side::Responder, &cfg.responder, &a_advertised, &[], 2);
+        let peer = |side, upgrade, spec: &PeerSpec, nat, advertised| Peer {
             side,
             upgrade: Some(upgrade),
             spec: spec.clone(),
-            sent: Vec::new(),
+            nat,
+            advertised,
             dials: BTreeMap::new(),
             links: BTreeMap::new(),
             generation: 0,
@@ -329,13 +570,28 @@ impl Sim {
             now: start,
             start,
             peers: [
-                peer(Side::Initiator, initiator, &cfg.initiator),
-                peer(Side::Responder, responder, &cfg.responder),
+                peer(
+                    Side::Initiator,
+                    initiator,
+                    &cfg.initiator,
+                    b_nat,
+                    b_advertised,
+                ),
+                peer(
+                    Side::Responder,
+                    responder,
+                    &cfg.responder,
+                    a_nat,
+                    a_advertised,
+                ),
             ],
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             next_seq: 0,
-            relay_one_way: cfg.relay_one_way,
+            relay_delay: [
+                cfg.relay_one_way,
+                cfg.relay_back.unwrap_or(cfg.relay_one_way),
+            ],
             direct_one_way: cfg.direct_one_way,
             blocked_attempts: cfg.blocked_attempts,
             block: cfg.block,
@@ -353,6 +609,19 @@ impl Sim {
     #[must_use]
     pub fn upgrade(&self, index: usize) -> &Upgrade {
         self.peers[index].core()
+    }
+
+    /// What side `index` advertises: its addresses as the relay observes
+    /// them (through its NAT's mappings towards [`RELAY_ADDR`]).
+    #[must_use]
+    pub fn advertised(&self, index: usize) -> &[Candidate] {
+        &self.peers[index].advertised
+    }
+
+    /// What the NAT of side `index` did so far; `None` for a public peer.
+    #[must_use]
+    pub fn nat_stats(&self, index: usize) -> Option<NatStats> {
+        self.peers[index].nat.as_ref().map(NatState::stats)
     }
 
     /// Simulated time since the start.
@@ -414,7 +683,7 @@ impl Sim {
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        let next_event = self.queue.peek().map(|Reverse((at, _))| *at);
+        let next_event = self.queue.peek().map(|Reverse((at, _, _))| *at);
         let next_timer = self
             .peers
             .iter()
@@ -432,7 +701,7 @@ impl Sim {
     /// Advances to the next event or timer and handles it. Returns false
     /// when nothing is left to happen.
     pub fn step(&mut self) -> bool {
-        let next_event = self.queue.peek().map(|Reverse((at, _))| *at);
+        let next_event = self.queue.peek().map(|Reverse((at, _, _))| *at);
         let next_timer = self
             .peers
             .iter()
@@ -443,7 +712,7 @@ impl Sim {
         };
         self.now = self.now.max(at);
         if next_event == Some(at) {
-            let Reverse((_, seq)) = self.queue.pop().expect("peeked");
+            let Reverse((_, _, seq)) = self.queue.pop().expect("peeked");
             let ev = self
                 .events
                 .remove(&seq)
@@ -476,8 +745,44 @@ impl Sim {
     fn schedule(&mut self, after: Duration, ev: Ev) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let class = u8::from(!matches!(ev, Ev::Send { .. }));
         self.events.insert(seq, ev);
-        self.queue.push(Reverse((self.now + after, seq)));
+        self.queue.push(Reverse((self.now + after, class, seq)));
+    }
+
+    /// Dial `dial` of side `i` sends a SYN / Initial to `to` now: through
+    /// its NAT, and, unless the path drops it, on to the other peer.
+    fn send_dial_packet(&mut self, i: usize, dial: DirectId, to: Candidate, arrives: bool) {
+        let now = self.now;
+        let Some(src) = self.peers[i].send(now, to.transport, to.addr, i) else {
+            return;
+        };
+        if arrives && self.peers[1 - i].owns_ip(to.addr.ip()) {
+            self.schedule(
+                self.direct_one_way,
+                Ev::Arrive {
+                    from: i,
+                    dial,
+                    src,
+                    to,
+                },
+            );
+        }
+    }
+
+    /// Whether the path drops the packets of dial `dial` of side `i`.
+    fn dial_blocked(&self, i: usize, dial: DirectId) -> bool {
+        let Some(d) = self.peers[i].dials.get(&dial) else {
+            return true;
+        };
+        self.blocked_attempts.contains(&d.attempt)
+            || (d.purpose == DialPurpose::Unilateral
+                && self.peers[1 - i].spec.nat == Nat::Firewalled)
+    }
+
+    /// Whether dial `dial` of side `i` still sends packets.
+    fn dial_pending(&self, i: usize, dial: DirectId) -> bool {
+        self.peers[i].dials.contains_key(&dial) && !self.peers[i].links.contains_key(&dial)
     }
 
     fn deliver(&mut self, ev: Ev) {
@@ -506,7 +811,23 @@ impl Sim {
                     self.drain(to);
                 }
             }
-            Ev::Arrive { from, dial, to } => self.arrive(from, dial, to),
+            Ev::Send { from, dial, to } => {
+                if self.dial_pending(from, dial) {
+                    let arrives = !self.dial_blocked(from, dial);
+                    self.send_dial_packet(from, dial, to, arrives);
+                }
+            }
+            Ev::Arrive {
+                from,
+                dial,
+                src,
+                to,
+            } => self.arrive(from, dial, src, to),
+            Ev::Datagram { from, src, to } => {
+                // Spray payloads are not QUIC: the endpoint drops them, so
+                // only what the NAT does with them matters.
+                let _ = self.peers[1 - from].receive(now, Transport::Quic, to.port(), src);
+            }
             Ev::DialSucceeded { to, id } => {
                 if self.peers[to].dials.contains_key(&id) {
                     self.peers[to].core_mut().handle_dial_succeeded(now, id);
@@ -544,31 +865,45 @@ impl Sim {
         }
     }
 
-    /// A SYN/Initial from `from`'s dial `dial` reaches the NAT of the
-    /// peer that owns `to`.
-    fn arrive(&mut self, from: usize, dial: DirectId, to: Candidate) {
+    /// A SYN/Initial from `from`'s dial `dial`, sent from external
+    /// address `src`, reaches the NAT of the peer that owns `to`.
+    fn arrive(&mut self, from: usize, dial: DirectId, src: SocketAddr, to: Candidate) {
         let now = self.now;
-        if !self.peers[from].dials.contains_key(&dial) || self.peers[from].links.contains_key(&dial)
-        {
+        if !self.dial_pending(from, dial) {
             return; // cancelled, or already connected by an earlier packet
         }
         let other = 1 - from;
-        let src = self.peers[from].own_addr(to.transport, from);
-        let open = match self.peers[other].spec.nat {
-            Nat::Public => true,
-            Nat::Firewalled => self.peers[other].opened_towards(src.addr, to.transport, now),
+        let src = Candidate {
+            transport: to.transport,
+            addr: src,
         };
-        if !open {
-            return;
-        }
         let d = self.direct_one_way;
+        match self.peers[other].receive(now, to.transport, to.addr.port(), src.addr) {
+            Inbound::Deliver { .. } => {}
+            Inbound::Router if to.transport == Transport::Tcp => {
+                // The router answers the SYN with a reset, which our NAT
+                // lets in (it answers our own flow): connection refused.
+                self.schedule(
+                    d,
+                    Ev::DialFailed {
+                        to: from,
+                        id: dial,
+                        error: DialError::Refused,
+                    },
+                );
+                return;
+            }
+            // Dropped; or an ICMP error QUIC ignores; or let in but
+            // answered from a port the dialler never sent to.
+            Inbound::Router | Inbound::Dropped | Inbound::Misrouted => return,
+        }
         // Simultaneous open: the other side is dialling us over TCP too.
         let crossing = (to.transport == Transport::Tcp)
             .then(|| {
                 self.peers[other]
                     .dials
                     .iter()
-                    .find(|(id, c)| **c == src && !self.peers[other].links.contains_key(*id))
+                    .find(|(id, c)| c.to == src && !self.peers[other].links.contains_key(*id))
                     .map(|(id, _)| *id)
             })
             .flatten();
@@ -646,7 +981,7 @@ impl SimSide<'_> {
     fn close_stream_at_peer(&mut self, generation: u64) {
         let other = self.other();
         self.sim.schedule(
-            self.sim.relay_one_way,
+            self.sim.relay_delay[self.i],
             Ev::StreamClosed {
                 to: other,
                 generation,
@@ -663,7 +998,7 @@ impl Carrier for SimSide<'_> {
         let generation = self.sim.peers[i].generation;
         self.opened = true;
         self.sim.schedule(
-            self.sim.relay_one_way,
+            self.sim.relay_delay[self.i],
             Ev::StreamOpened {
                 to: other,
                 generation,
@@ -677,7 +1012,7 @@ impl Carrier for SimSide<'_> {
         let other = self.other();
         let generation = self.sim.peers[self.i].generation;
         self.sim.schedule(
-            self.sim.relay_one_way,
+            self.sim.relay_delay[self.i],
             Ev::StreamData {
                 to: other,
                 generation,
@@ -707,13 +1042,10 @@ impl Carrier for SimSide<'_> {
         let (i, other) = (self.i, self.other());
         let sim = &mut *self.sim;
         let d = sim.direct_one_way;
-        let now = sim.now;
         sim.dialled.push((i, dial.to));
-        sim.peers[i].dials.insert(dial.id, dial.to);
-        let blocked = sim.blocked_attempts.contains(&dial.attempt)
-            || (dial.purpose == DialPurpose::Unilateral
-                && sim.peers[other].spec.nat != Nat::Public);
-        let owned = sim.peers[other].spec.addrs.contains(&dial.to);
+        sim.peers[i].dials.insert(dial.id, dial);
+        let blocked = sim.dial_blocked(i, dial.id);
+        let owned = sim.peers[other].advertised.contains(&dial.to);
         if blocked && sim.block == Block::Refuse && owned {
             sim.schedule(
                 2 * d,
@@ -724,29 +1056,35 @@ impl Carrier for SimSide<'_> {
                 },
             );
         }
-        for offset in RETRANSMITS {
-            sim.peers[i]
-                .sent
-                .push((dial.to.addr, dial.to.transport, now + offset));
-            if owned && !blocked {
-                sim.schedule(
-                    offset + d,
-                    Ev::Arrive {
-                        from: i,
-                        dial: dial.id,
-                        to: dial.to,
-                    },
-                );
-            }
+        // The first SYN / Initial leaves now, the retransmissions later
+        // while the dial is still pending. A blocked dial's packets still
+        // open our own NAT; the path drops them.
+        sim.send_dial_packet(i, dial.id, dial.to, !blocked);
+        for offset in RETRANSMITS.into_iter().skip(1) {
+            sim.schedule(
+                offset,
+                Ev::Send {
+                    from: i,
+                    dial: dial.id,
+                    to: dial.to,
+                },
+            );
         }
         Ok(())
     }
 
     fn send_datagram(&mut self, to: SocketAddr, payload: SprayPayload) {
         self.log(Output::SendDatagram { to, payload });
-        let now = self.sim.now;
-        self.sim.datagrams.push((self.i, to));
-        self.sim.peers[self.i].sent.push((to, Transport::Quic, now));
+        let (i, other) = (self.i, self.other());
+        let sim = &mut *self.sim;
+        let now = sim.now;
+        sim.datagrams.push((i, to));
+        let Some(src) = sim.peers[i].send(now, Transport::Quic, to, i) else {
+            return;
+        };
+        if sim.peers[other].owns_ip(to.ip()) {
+            sim.schedule(sim.direct_one_way, Ev::Datagram { from: i, src, to });
+        }
     }
 
     fn write_direct(&mut self, id: DirectId, data: Bytes) {
