@@ -13,6 +13,19 @@ use crate::codec::MAX_MESSAGE_SIZE;
 /// so the receiver's endpoint drops it.
 pub const SPRAY_PACKET_LEN: usize = 64;
 
+/// Default [`Config::max_punches_per_ip`]: 4. A real peer names one IP
+/// with a TCP and a QUIC port, two at most per transport (an observed and
+/// a predicted port); a hostile one listing 16 ports of one victim gets 4
+/// dials or spray targets aimed at it per attempt, not 16.
+pub const MAX_PUNCHES_PER_IP: usize = 4;
+
+/// Default [`Config::max_dials_per_upgrade`]: 24. Three attempts of eight
+/// addresses each, or a unilateral dial plus two full attempts; a hostile
+/// peer that fills every Connect with 16 addresses gets 24 dials out of
+/// us, not 48 (each TCP dial is up to 5 SYNs with Linux's retries, each
+/// QUIC dial up to about 12 Initials of 1,228 bytes in 5 s).
+pub const MAX_DIALS_PER_UPGRADE: usize = 24;
+
 /// The largest frame on the relayed stream, length prefix included: what
 /// a driver reads at most in one go.
 pub const MAX_FRAME_LEN: usize = crate::codec::MAX_MESSAGE_SIZE + crate::codec::MAX_PREFIX_LEN;
@@ -166,6 +179,12 @@ pub struct Config {
     /// With [`SPRAY_PACKET_LEN`] bytes each this caps what a hostile peer
     /// can make us send to an address it names at 12.8 KiB per attempt.
     pub max_spray_packets_per_attempt: u32,
+    /// Most dials and spray targets on one IP address in one attempt.
+    /// Default [`MAX_PUNCHES_PER_IP`].
+    pub max_punches_per_ip: usize,
+    /// Most dials in one upgrade, the unilateral dial's and every
+    /// attempt's together. Default [`MAX_DIALS_PER_UPGRADE`].
+    pub max_dials_per_upgrade: usize,
     /// Most inbound direct connections waiting for the identity check at
     /// once; more are refused. Default 8: a stranger flooding the punch
     /// port cannot hold more.
@@ -197,6 +216,8 @@ impl Default for Config {
             unilateral: true,
             unilateral_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
+            max_punches_per_ip: MAX_PUNCHES_PER_IP,
+            max_dials_per_upgrade: MAX_DIALS_PER_UPGRADE,
             spray_interval_min: Duration::from_millis(10),
             spray_interval_max: Duration::from_millis(200),
             max_spray_packets_per_attempt: 200,
@@ -244,6 +265,8 @@ impl Config {
             ("max_remote_addrs", self.max_remote_addrs),
             ("max_local_addrs", self.max_local_addrs),
             ("max_pending_inbound", self.max_pending_inbound),
+            ("max_punches_per_ip", self.max_punches_per_ip),
+            ("max_dials_per_upgrade", self.max_dials_per_upgrade),
         ] {
             if !(1..=256).contains(&value) {
                 return Err(ConfigError::OutOfRange {

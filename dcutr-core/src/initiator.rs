@@ -42,6 +42,14 @@ impl Upgrade {
         if !self.config.unilateral || targets.is_empty() || self.side != Side::Initiator {
             return;
         }
+        let room = self
+            .config
+            .max_dials_per_upgrade
+            .saturating_sub(self.timeline.dials.len());
+        let targets: Vec<Candidate> = targets.into_iter().take(room).collect();
+        if targets.is_empty() {
+            return;
+        }
         let deadline = self.now + self.config.unilateral_timeout;
         match self.timeline.unilateral.as_mut() {
             Some((_, ended)) => *ended = None,

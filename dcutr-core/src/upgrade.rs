@@ -958,7 +958,8 @@ impl Upgrade {
         };
         let mut dials = 0;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
-        let targets = std::mem::take(&mut self.remote);
+        let remote = std::mem::take(&mut self.remote);
+        let targets = self.within_budget(remote);
         self.cancel_unilateral_to(&targets);
         for to in targets {
             let dial_role = match (to.transport, self.side, self.config.quic_server_punch) {
@@ -1296,6 +1297,42 @@ impl Upgrade {
         self.failures.push(reason.clone());
         self.outputs
             .push_back(Output::Event(Event::AttemptFailed { attempt, reason }));
+    }
+
+    /// The part of `targets` this attempt may punch: at most
+    /// [`Config::max_punches_per_ip`] on one IP, and no more dials than
+    /// [`Config::max_dials_per_upgrade`] leaves (a spray target costs no
+    /// dial; its datagrams have their own budget). The rest is dropped,
+    /// and said so.
+    fn within_budget(&self, targets: Vec<Candidate>) -> Vec<Candidate> {
+        let mut dials_left = self
+            .config
+            .max_dials_per_upgrade
+            .saturating_sub(self.timeline.dials.len());
+        let mut kept: Vec<Candidate> = Vec::with_capacity(targets.len());
+        let mut dropped = 0usize;
+        for to in targets {
+            let on_ip = kept.iter().filter(|k| k.addr.ip() == to.addr.ip()).count();
+            let sprays = to.transport == Transport::Quic
+                && self.side == Side::Initiator
+                && self.config.quic_server_punch == QuicServerPunch::Spray;
+            if on_ip >= self.config.max_punches_per_ip || (!sprays && dials_left == 0) {
+                dropped += 1;
+                continue;
+            }
+            if !sprays {
+                dials_left -= 1;
+            }
+            kept.push(to);
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                attempt = self.attempt,
+                dropped,
+                "peer's addresses over the per-IP or per-upgrade punch budget"
+            );
+        }
+        kept
     }
 
     /// Cancels the unilateral dials still pending to any of `targets`.

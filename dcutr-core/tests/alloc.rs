@@ -11,22 +11,24 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-fn quic(host: u8, n: u16) -> Vec<Candidate> {
+/// `n` QUIC addresses, each on its own IP from `first` on (one IP holds at
+/// most `max_punches_per_ip` targets).
+fn quic(first: u8, n: u8) -> Vec<Candidate> {
     (0..n)
-        .map(|i| Candidate::quic(SocketAddr::from(([203, 0, 113, host], 4001 + i))))
+        .map(|i| Candidate::quic(SocketAddr::from(([203, 0, 113, first + i], 4001))))
         .collect()
 }
 
 /// Allocations during `ticks` spray ticks of an initiator spraying to
 /// `targets` addresses.
-fn allocations_over_spray_ticks(targets: u16, ticks: usize) -> (usize, usize) {
+fn allocations_over_spray_ticks(targets: u8, ticks: usize) -> (usize, usize) {
     let now = dcutr_sim::epoch();
     let mut b = Upgrade::builder(Side::Initiator, Config::default(), [9; 32])
         .local_addrs(quic(1, 1))
         .start(now)
         .unwrap();
     let mut a = Upgrade::builder(Side::Responder, Config::default(), [8; 32])
-        .local_addrs(quic(2, targets))
+        .local_addrs(quic(10, targets))
         .start(now)
         .unwrap();
     // Run the exchange with no delay until the initiator sprays.

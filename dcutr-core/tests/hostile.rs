@@ -273,7 +273,60 @@ fn a_connect_with_thousands_of_addresses_yields_at_most_the_cap() {
         .iter()
         .filter(|o| matches!(o, Output::Dial(_)))
         .count();
-    assert_eq!(dials, 16);
+    // All 16 are on one IP: the per-IP budget lets 4 of them be dialled.
+    assert_eq!(dials, dcutr_core::settings::MAX_PUNCHES_PER_IP);
+}
+
+/// A peer that names 16 ports on each of many IPs, attempt after attempt,
+/// gets at most 4 punches per IP per attempt and 24 dials per upgrade.
+#[test]
+fn punches_stay_within_the_per_ip_and_per_upgrade_budgets() {
+    use dcutr_core::settings::{MAX_DIALS_PER_UPGRADE, MAX_PUNCHES_PER_IP};
+    let mut up = responder();
+    let mut per_attempt = Vec::new();
+    for attempt in 0..3u64 {
+        // Four IPs of 16 ports each, 16 addresses kept by the Connect cap.
+        let addrs: Vec<_> = (0..4u8)
+            .flat_map(|ip| (1..=4u16).map(move |p| tcp(&format!("203.0.113.{}:{p}", 10 + ip))))
+            .chain((0..4u8).flat_map(|ip| {
+                (5..=16u16).map(move |p| tcp(&format!("203.0.113.{}:{p}", 10 + ip)))
+            }))
+            .collect();
+        let t = 10_000 * (attempt + 1);
+        if attempt > 0 {
+            up.handle_stream_closed(at(t - 1));
+            up.handle_stream_opened(at(t - 1));
+        }
+        feed(&mut up, &connect_frame(&addrs));
+        up.handle_stream_data(at(t), &sync_frame());
+        let dials: Vec<_> = drain(&mut up)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Dial(d) => Some(d.to),
+                _ => None,
+            })
+            .collect();
+        for ip in 10..14u8 {
+            let on_ip = dials
+                .iter()
+                .filter(|c| c.addr.ip() == std::net::IpAddr::from([203, 0, 113, ip]))
+                .count();
+            assert!(
+                on_ip <= MAX_PUNCHES_PER_IP,
+                "attempt {attempt}: {on_ip} on .{ip}"
+            );
+        }
+        per_attempt.push(dials.len());
+        // End the attempt so the next Connect starts a new one.
+        up.handle_timeout(at(t + 6_000));
+        drain(&mut up);
+    }
+    assert_eq!(per_attempt[0], 16, "4 IPs × 4 ports: {per_attempt:?}");
+    assert_eq!(
+        per_attempt.iter().sum::<usize>(),
+        MAX_DIALS_PER_UPGRADE,
+        "{per_attempt:?}"
+    );
 }
 
 #[test]
