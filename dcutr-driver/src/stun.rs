@@ -463,6 +463,40 @@ impl TestResult {
     }
 }
 
+/// Why an RFC 5780 test was not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// A filtering probe whose answer would come from an address (or, for
+    /// [`Test::ChangeIpAndPort`], an IP) we already sent to: our own NAT's
+    /// filter lets it through whatever its kind.
+    Contacted(SocketAddr),
+    /// A mapping test towards an address that another test observes.
+    AlreadyObserved(SocketAddr),
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::Contacted(a) => write!(
+                f,
+                "we already sent to {a}, so the answer could pass our filter anyway"
+            ),
+            Skip::AlreadyObserved(a) => write!(f, "{a} is observed by another test"),
+        }
+    }
+}
+
+/// An RFC 5780 test not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkippedTest {
+    /// The server it belongs to.
+    pub server: SocketAddr,
+    /// Which test.
+    pub test: Test,
+    /// Why not.
+    pub because: Skip,
+}
+
 /// Why a discovery cannot start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -536,6 +570,7 @@ pub struct Discovery {
     phase: Phase,
     pending: Vec<Pending>,
     results: Vec<(usize, TestResult)>,
+    skipped: Vec<SkippedTest>,
     next_seq: usize,
     /// Every address a request went to, to keep filtering probes honest.
     contacted: Vec<SocketAddr>,
@@ -588,6 +623,7 @@ impl Discovery {
             phase: Phase::Bindings,
             pending: Vec::new(),
             results: Vec::new(),
+            skipped: Vec::new(),
             next_seq: 0,
             contacted: Vec::new(),
             started: now,
@@ -643,6 +679,15 @@ impl Discovery {
         ));
     }
 
+    fn skip(&mut self, server: SocketAddr, test: Test, because: Skip) {
+        tracing::debug!(%server, %test, ?because, "STUN test skipped");
+        self.skipped.push(SkippedTest {
+            server,
+            test,
+            because,
+        });
+    }
+
     /// The server's answered primary Binding.
     fn primary(&self, server: SocketAddr) -> Option<(BindingSuccess, Option<Duration>)> {
         self.results.iter().find_map(|(_, r)| match &r.outcome {
@@ -696,12 +741,16 @@ impl Discovery {
                         // An answer from an address we already sent to
                         // passes our NAT's filter whatever its kind: such
                         // a probe would prove nothing.
-                        let ip_contacted = self.contacted.iter().any(|a| a.ip() == other.ip());
-                        if !ip_contacted {
-                            self.start(server, Test::ChangeIpAndPort, server, rto, now);
+                        match self.contacted.iter().find(|a| a.ip() == other.ip()) {
+                            Some(&sent_to) => {
+                                self.skip(server, Test::ChangeIpAndPort, Skip::Contacted(sent_to));
+                            }
+                            None => self.start(server, Test::ChangeIpAndPort, server, rto, now),
                         }
                         let port_source = SocketAddr::new(server.ip(), other.port());
-                        if !self.contacted.contains(&port_source) {
+                        if self.contacted.contains(&port_source) {
+                            self.skip(server, Test::ChangePort, Skip::Contacted(port_source));
+                        } else {
                             self.start(server, Test::ChangePort, server, rto, now);
                         }
                     }
@@ -710,9 +759,16 @@ impl Discovery {
                         for (test, target) in
                             [(Test::OtherIp, other_ip), (Test::OtherAddress, other)]
                         {
-                            // A server given by the user at that address
-                            // was observed already.
-                            if !self.servers.contains(&target) {
+                            // A server given by the user at that address,
+                            // or another server's test, observes it
+                            // already: the classifier takes one
+                            // observation per observer.
+                            let observed = self.servers.contains(&target)
+                                || self.pending.iter().any(|p| p.target == target)
+                                || self.results.iter().any(|(_, r)| r.target == target);
+                            if observed {
+                                self.skip(server, test, Skip::AlreadyObserved(target));
+                            } else {
                                 self.start(server, test, target, rto, now);
                             }
                         }
@@ -822,6 +878,7 @@ impl Discovery {
             servers: self.servers.clone(),
             behaviour: observations.classify(),
             tests,
+            skipped: self.skipped.clone(),
             elapsed: self
                 .finished
                 .map(|f| f.saturating_duration_since(self.started)),
@@ -840,6 +897,8 @@ pub struct DiscoveryReport {
     pub servers: Vec<SocketAddr>,
     /// Every test, in the order it started.
     pub tests: Vec<TestResult>,
+    /// RFC 5780 tests not run, and why.
+    pub skipped: Vec<SkippedTest>,
     /// The classification, with its evidence.
     pub behaviour: NatBehaviour,
     /// From the start to the end of the last test, once done.

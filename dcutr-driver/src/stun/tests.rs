@@ -173,9 +173,19 @@ where
     F: Fn(SocketAddr, &[SocketAddr]) -> bool,
 {
     fn run(&mut self, local: SocketAddr, timing: Timing) -> DiscoveryReport {
+        let primary = self.primary;
+        self.run_with(local, &[primary], timing)
+    }
+
+    fn run_with(
+        &mut self,
+        local: SocketAddr,
+        servers: &[SocketAddr],
+        timing: Timing,
+    ) -> DiscoveryReport {
         let start = Instant::now();
         let mut now = start;
-        let mut d = Discovery::new(local, &[self.primary], timing, SEED, now).unwrap();
+        let mut d = Discovery::new(local, servers, timing, SEED, now).unwrap();
         let mut contacted: Vec<SocketAddr> = Vec::new();
         for _ in 0..1000 {
             while let Some(t) = d.poll_transmit(now) {
@@ -467,4 +477,45 @@ fn a_server_that_ignores_change_request_makes_no_probe() {
             received: false
         })
     );
+}
+
+#[test]
+fn tests_that_another_server_spoils_or_repeats_are_skipped() {
+    let local = addr("198.51.100.7:40000");
+    let mut net = no_nat_net(local);
+    // The second server is the first one's other IP: after the Bindings,
+    // we have sent to 192.0.2.2, so an answer from there proves nothing
+    // about our filter, and a Binding to 192.0.2.2:3478 is already made.
+    let servers = [addr("192.0.2.1:3478"), addr("192.0.2.2:3478")];
+    let report = net.run_with(local, &servers, Timing::default());
+    let ran: Vec<(SocketAddr, Test)> = report.tests.iter().map(|t| (t.server, t.test)).collect();
+    assert!(
+        !ran.contains(&(servers[0], Test::ChangeIpAndPort)),
+        "{ran:?}"
+    );
+    assert!(ran.contains(&(servers[0], Test::ChangePort)), "{ran:?}");
+    assert!(!ran.contains(&(servers[0], Test::OtherIp)), "{ran:?}");
+    assert!(report.skipped.contains(&SkippedTest {
+        server: servers[0],
+        test: Test::ChangeIpAndPort,
+        because: Skip::Contacted(servers[1]),
+    }));
+    assert!(report.skipped.contains(&SkippedTest {
+        server: servers[0],
+        test: Test::OtherIp,
+        because: Skip::AlreadyObserved(servers[1]),
+    }));
+    // Every target observed once: nothing refused as a duplicate.
+    let targets: Vec<SocketAddr> = report
+        .tests
+        .iter()
+        .filter(|t| t.observation().is_some())
+        .map(|t| t.target)
+        .collect();
+    let mut distinct = targets.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(targets.len(), distinct.len(), "{targets:?}");
+    assert_eq!(report.behaviour.evidence.refused, 0);
+    assert_eq!(report.behaviour.mapping, Mapping::EndpointIndependent);
 }
