@@ -125,6 +125,50 @@ async fn two_servers_on_two_loopback_ips_see_no_nat() {
     }
 }
 
+#[test]
+fn the_discovery_runs_on_smol_too() {
+    let a = FakeServer::start("127.0.0.1", true);
+    let b = FakeServer::start("127.0.0.2", true);
+    let report = smol::block_on(async {
+        let std_socket = dcutr_driver::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let socket = netcheck::AsyncIoUdp(async_io::Async::new(std_socket).unwrap());
+        let local = socket.0.get_ref().local_addr().unwrap();
+        stun::discover(
+            &socket,
+            &dcutr_async_std::AsyncIoRuntime,
+            local,
+            &[a.addr, b.addr],
+            DiscoverOptions::default(),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(report.answered(), 2);
+    assert!(report.no_nat());
+    assert_eq!(
+        report.behaviour.mapping,
+        dcutr_core::nat::Mapping::EndpointIndependent
+    );
+    assert_eq!(a.stop().len(), 1);
+    assert_eq!(b.stop().len(), 1);
+}
+
+#[tokio::test]
+async fn a_std_socket_is_observed_through_a_clone() {
+    let a = FakeServer::start("127.0.0.1", true);
+    let socket = dcutr_driver::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let local = socket.local_addr().unwrap();
+    let report = netcheck::discover_std(&socket, local, &[a.addr], DiscoverOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.mapped_addresses(), [local]);
+    // The socket itself is still ours, open and usable.
+    socket.send_to(b"still here", a.addr).unwrap();
+    let got = a.stop();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1].2, b"still here");
+}
+
 #[tokio::test]
 async fn a_silent_server_gets_the_bounded_retransmissions_then_a_timeout() {
     let silent = FakeServer::start("127.0.0.1", false);

@@ -19,6 +19,11 @@
 //! * [`discover`], the async loop that runs a [`Discovery`] on one socket,
 //!   on any runtime, through [`UdpIo`] and [`Clock`].
 //!
+//! A server's OTHER-ADDRESS decides where the two mapping tests go; a
+//! hostile server can so aim at most 2 × [`MAX_REQUESTS`] requests of 20
+//! bytes at an address of its choice (of our IP family), once per
+//! discovery.
+//!
 //! Every wait is bounded: a test gives up after
 //! [`Timing::transaction_timeout`] (5.5 s with the defaults), the phases run
 //! their tests concurrently, and at most [`MAX_SERVERS`] servers are
