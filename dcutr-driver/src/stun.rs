@@ -670,7 +670,9 @@ impl Discovery {
     }
 
     fn finish_test(&mut self, index: usize, outcome: TestOutcome) {
-        let p = self.pending.swap_remove(index);
+        // `remove`, not `swap_remove`: tests due together go out in the
+        // order they started, which is the order their mappings open.
+        let p = self.pending.remove(index);
         tracing::debug!(server = %p.server, test = %p.test, ?outcome, "STUN test done");
         self.results.push((
             p.seq,

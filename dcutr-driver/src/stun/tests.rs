@@ -519,3 +519,34 @@ fn tests_that_another_server_spoils_or_repeats_are_skipped() {
     assert_eq!(report.behaviour.evidence.refused, 0);
     assert_eq!(report.behaviour.mapping, Mapping::EndpointIndependent);
 }
+
+#[test]
+fn a_sequential_nat_is_seen_through_the_rfc_5780_tests() {
+    let local = addr("10.0.0.2:40000");
+    let mut net = Net {
+        primary: addr("192.0.2.1:3478"),
+        other: addr("192.0.2.2:3479"),
+        // Each new destination takes the next port: the primary first,
+        // then the other IP, then the other address, in that order.
+        nat: |dest: SocketAddr| {
+            let port = match (dest.ip().to_string().as_str(), dest.port()) {
+                ("192.0.2.1", _) => 20_000,
+                (_, 3478) => 20_001,
+                _ => 20_002,
+            };
+            SocketAddr::new("203.0.113.9".parse().unwrap(), port)
+        },
+        filter: |from: SocketAddr, contacted: &[SocketAddr]| contacted.contains(&from),
+        sent: Vec::new(),
+    };
+    let report = net.run(local, Timing::default());
+    let b = &report.behaviour;
+    assert_eq!(b.mapping, Mapping::EndpointDependent);
+    assert_eq!(b.allocation, Allocation::Sequential { delta: 1 });
+    let order: Vec<SocketAddr> = b.evidence.observations.iter().map(|o| o.observer).collect();
+    assert_eq!(
+        order,
+        [net.primary, addr("192.0.2.2:3478"), net.other],
+        "observations in the order the mappings opened"
+    );
+}
