@@ -550,3 +550,29 @@ fn a_sequential_nat_is_seen_through_the_rfc_5780_tests() {
         "observations in the order the mappings opened"
     );
 }
+
+proptest::proptest! {
+    /// Any datagram, and any mutation of a real one: a typed result, no
+    /// panic; a success always carries a usable mapped address.
+    #[test]
+    fn parsing_never_panics(
+        noise in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        edits in proptest::collection::vec((0usize..96, proptest::num::u8::ANY), 0..8),
+        cut in 0usize..96,
+    ) {
+        for datagram in [noise.clone(), {
+            let mut d = hex(COTURN_RESPONSE);
+            for (i, b) in &edits {
+                let n = d.len();
+                d[i % n] = *b;
+            }
+            d.truncate(cut.max(20));
+            d
+        }] {
+            if let Ok((_, Response::Success(ok))) = parse_response(&datagram) {
+                proptest::prop_assert_ne!(ok.mapped.port(), 0);
+            }
+            let _ = response_id(&datagram);
+        }
+    }
+}
