@@ -17,7 +17,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use dcutr_core::nat::{Allocation, Filtering, Mapping, NatBehaviour, Strategy};
 use dcutr_driver::stun::{
-    self, DiscoverOptions, DiscoveryReport, STUN_PORT, Test, TestOutcome, TestResult, UdpIo,
+    self, DiscoverOptions, DiscoveryReport, STUN_PORT, TcpReport, Test, TestOutcome, TestResult,
+    UdpIo,
 };
 use dcutr_tokio::TokioRuntime;
 use serde::Serialize;
@@ -40,6 +41,10 @@ pub struct NetcheckArgs {
     /// Print one JSON object instead of the human report.
     #[arg(long)]
     pub json: bool,
+    /// Also observe the TCP mapping: connect to each server's TCP port
+    /// (the same number) from one local port, as a TCP punch does.
+    #[arg(long)]
+    pub tcp: bool,
 }
 
 /// A tokio UDP socket for [`dcutr_driver::stun::discover`].
@@ -130,7 +135,7 @@ pub async fn discover_std(
 /// A server name that does not resolve, a socket that cannot be bound, or
 /// no server answering.
 pub async fn run(args: NetcheckArgs) -> anyhow::Result<ExitCode> {
-    let report = netcheck(&args.stun, args.bind, DiscoverOptions::default()).await?;
+    let report = netcheck(&args.stun, args.bind, args.tcp, DiscoverOptions::default()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -139,14 +144,16 @@ pub async fn run(args: NetcheckArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves `servers`, probes them from one socket bound at `bind` and
-/// returns what was found.
+/// Resolves `servers`, probes them from one UDP socket bound at `bind`
+/// (and, with `tcp`, from one TCP port on its IP) and returns what was
+/// found.
 ///
 /// # Errors
 /// As [`run`]; the messages name the fix.
 pub async fn netcheck(
     servers: &[String],
     bind: Option<SocketAddr>,
+    tcp: bool,
     options: DiscoverOptions,
 ) -> anyhow::Result<NetcheckReport> {
     let mut resolved: Vec<(String, SocketAddr)> = Vec::new();
@@ -204,7 +211,34 @@ pub async fn netcheck(
             tried.join(", ")
         );
     }
-    Ok(NetcheckReport::new(&resolved, &report))
+    let mut summary = NetcheckReport::new(&resolved, &report);
+    if tcp {
+        let tcp = observe_tcp(bind, first, &targets).await?;
+        summary.tcp = Some(TcpSummary::new(&resolved, &tcp));
+    }
+    Ok(summary)
+}
+
+/// The TCP observations, from a reuse listener's port on `bind`'s IP.
+async fn observe_tcp(
+    bind: SocketAddr,
+    first: SocketAddr,
+    servers: &[SocketAddr],
+) -> anyhow::Result<TcpReport> {
+    let at = SocketAddr::new(bind.ip(), 0);
+    let listener = dcutr_driver::net::reuse_listener(at)
+        .with_context(|| format!("binding a TCP listener on {at}: pick another --bind"))?;
+    let local = listener.local_addr()?;
+    let mut classify_as = local;
+    if local.ip().is_unspecified()
+        && let Some(ip) = route_ip(bind, first)
+    {
+        classify_as.set_ip(ip);
+    }
+    let report = stun::observe_tcp(&TokioRuntime, local, classify_as, servers, None).await?;
+    // The listener held the port until every connection was made.
+    drop(listener);
+    Ok(report)
 }
 
 /// `HOST:PORT`, `HOST` (port [`STUN_PORT`]) or an IP literal, resolved to
@@ -283,8 +317,78 @@ pub struct NetcheckReport {
     pub refused: u32,
     /// Datagrams that answered none of our requests.
     pub ignored_datagrams: u32,
-    /// How long the probing took, in milliseconds.
+    /// How long the UDP probing took, in milliseconds.
     pub elapsed_ms: u64,
+    /// The TCP observations, with `--tcp`.
+    pub tcp: Option<TcpSummary>,
+}
+
+/// What the TCP observations found (mapping and allocation only: RFC
+/// 5780's filtering tests are UDP only).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcpSummary {
+    /// The local port the connections left from (with the route's IP).
+    pub local: SocketAddr,
+    /// Our distinct public TCP addresses, in the order seen.
+    pub public: Vec<SocketAddr>,
+    /// As [`NetcheckReport::mapping`].
+    pub mapping: String,
+    /// As [`NetcheckReport::allocation`].
+    pub allocation: String,
+    /// As [`NetcheckReport::allocation_delta`].
+    pub allocation_delta: Option<i32>,
+    /// Per server.
+    pub servers: Vec<ServerSummary>,
+}
+
+impl TcpSummary {
+    fn new(servers: &[(String, SocketAddr)], tcp: &TcpReport) -> Self {
+        let b = &tcp.behaviour;
+        let (allocation, allocation_delta) = allocation_of(b);
+        let mut public: Vec<SocketAddr> = Vec::new();
+        let servers = tcp
+            .results
+            .iter()
+            .map(|r| {
+                let spec = servers
+                    .iter()
+                    .find(|(_, a)| *a == r.server)
+                    .map_or_else(|| r.server.to_string(), |(s, _)| s.clone());
+                let (mapped, rtt_ms, error) = match &r.outcome {
+                    Ok((mapped, rtt)) => {
+                        if !public.contains(mapped) {
+                            public.push(*mapped);
+                        }
+                        (Some(*mapped), Some(millis(*rtt)), None)
+                    }
+                    Err(e) => (None, None, Some(e.to_string())),
+                };
+                ServerSummary {
+                    server: spec,
+                    addr: r.server,
+                    mapped,
+                    other_address: None,
+                    rtt_ms,
+                    error,
+                }
+            })
+            .collect();
+        TcpSummary {
+            local: tcp.local,
+            public,
+            mapping: b.mapping.to_string(),
+            allocation,
+            allocation_delta,
+            servers,
+        }
+    }
+}
+
+fn allocation_of(b: &NatBehaviour) -> (String, Option<i32>) {
+    match b.allocation {
+        Allocation::Sequential { delta } => ("sequential".to_owned(), Some(delta)),
+        other => (other.to_string(), None),
+    }
 }
 
 /// One server's Binding.
@@ -465,10 +569,7 @@ impl NetcheckReport {
                 }
             })
             .collect();
-        let (allocation, allocation_delta) = match b.allocation {
-            Allocation::Sequential { delta } => ("sequential".to_owned(), Some(delta)),
-            other => (other.to_string(), None),
-        };
+        let (allocation, allocation_delta) = allocation_of(b);
         let strategies = peer_kinds()
             .iter()
             .map(|(peer, theirs)| {
@@ -512,6 +613,7 @@ impl NetcheckReport {
             elapsed_ms: discovery
                 .elapsed
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            tcp: None,
         }
     }
 }
@@ -576,6 +678,27 @@ impl Display for NetcheckReport {
         for s in &self.strategies {
             writeln!(f, "\t\t- {} peer: {}", s.peer, s.strategy)?;
         }
-        writeln!(f, "\t* Took {} ms", self.elapsed_ms)
+        if let Some(tcp) = &self.tcp {
+            writeln!(f, "\t* TCP from {}:", tcp.local)?;
+            let public: Vec<String> = tcp.public.iter().map(ToString::to_string).collect();
+            writeln!(f, "\t\t- public:  {}", public.join(", "))?;
+            writeln!(f, "\t\t- mapping: {}", tcp.mapping)?;
+            match tcp.allocation_delta {
+                Some(d) => writeln!(f, "\t\t- ports:   sequential ({d:+})")?,
+                None => writeln!(f, "\t\t- ports:   {}", tcp.allocation)?,
+            }
+            for s in &tcp.servers {
+                match (&s.mapped, &s.error) {
+                    (Some(m), _) => writeln!(
+                        f,
+                        "\t\t- {}: sees {m}, {:.1} ms",
+                        s.server,
+                        s.rtt_ms.unwrap_or_default()
+                    )?,
+                    (None, e) => writeln!(f, "\t\t- {}: {}", s.server, opt(e.as_ref()))?,
+                }
+            }
+        }
+        writeln!(f, "\t* UDP probing took {} ms", self.elapsed_ms)
     }
 }

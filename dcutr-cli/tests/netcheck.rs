@@ -101,7 +101,7 @@ async fn two_servers_on_two_loopback_ips_see_no_nat() {
     let b = FakeServer::start("127.0.0.2", true);
     let servers = [a.addr.to_string(), b.addr.to_string()];
     let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let report = netcheck::netcheck(&servers, Some(bind), DiscoverOptions::default())
+    let report = netcheck::netcheck(&servers, Some(bind), false, DiscoverOptions::default())
         .await
         .unwrap();
     println!("{report}");
@@ -273,6 +273,126 @@ fn netcheck_refuses_bad_arguments() {
     assert!(stderr.contains("at most 4"), "{stderr}");
 }
 
+/// How a fake TCP STUN server behaves.
+#[derive(Clone, Copy)]
+enum TcpMode {
+    /// Answers the Binding.
+    Answer,
+    /// Reads and never answers.
+    Silent,
+    /// Answers with a header that announces 65 535 bytes.
+    Huge,
+}
+
+/// A fake STUN server over TCP on `ip`, one connection at a time, on its
+/// own thread; ends after `SERVER_LIFETIME` or `connections` connections.
+fn tcp_server(ip: &str, mode: TcpMode, connections: usize) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(SERVER_LIFETIME));
+            let Ok(from) = stream.peer_addr() else {
+                continue;
+            };
+            let mut header = [0u8; 20];
+            if stream.read_exact(&mut header).is_err() {
+                continue;
+            }
+            match mode {
+                TcpMode::Answer => {
+                    let _ = stream.write_all(&success(&header, from));
+                }
+                TcpMode::Silent => {
+                    let mut rest = [0u8; 1];
+                    let _ = stream.read(&mut rest);
+                }
+                TcpMode::Huge => {
+                    let mut answer = success(&header, from);
+                    answer[2..4].copy_from_slice(&[0xff, 0xff]);
+                    let _ = stream.write_all(&answer);
+                }
+            }
+            if started.elapsed() > SERVER_LIFETIME {
+                break;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_observations_leave_from_one_port_and_see_no_nat() {
+    let a = tcp_server("127.0.0.1", TcpMode::Answer, 1);
+    let b = tcp_server("127.0.0.2", TcpMode::Answer, 1);
+    let listener = dcutr_driver::net::reuse_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let local = listener.local_addr().unwrap();
+    let report = stun::observe_tcp(
+        &dcutr_tokio::TokioRuntime,
+        local,
+        local,
+        &[a, b],
+        Some([5; 32]),
+    )
+    .await
+    .unwrap();
+    for r in &report.results {
+        let (mapped, _) = r.outcome.as_ref().unwrap();
+        assert_eq!(*mapped, local, "both connections left from the punch port");
+    }
+    assert_eq!(
+        report.behaviour.mapping,
+        dcutr_core::nat::Mapping::EndpointIndependent
+    );
+    assert_eq!(
+        report.behaviour.allocation,
+        dcutr_core::nat::Allocation::Preserving
+    );
+}
+
+#[tokio::test]
+async fn tcp_servers_that_stall_or_overflow_are_bounded() {
+    let silent = tcp_server("127.0.0.1", TcpMode::Silent, 1);
+    let huge = tcp_server("127.0.0.1", TcpMode::Huge, 1);
+    let listener = dcutr_driver::net::reuse_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let local = listener.local_addr().unwrap();
+    let started = Instant::now();
+    let report = stun::observe_tcp(
+        &dcutr_tokio::TokioRuntime,
+        local,
+        local,
+        &[silent, huge],
+        Some([5; 32]),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= stun::TCP_TIMEOUT && took < stun::TCP_TIMEOUT + SLACK,
+        "took {took:?}"
+    );
+    assert!(
+        matches!(
+            report.results[0].outcome,
+            Err(stun::TcpBindingError::TimedOut)
+        ),
+        "{:?}",
+        report.results[0]
+    );
+    assert!(
+        matches!(
+            report.results[1].outcome,
+            Err(stun::TcpBindingError::TooLong(65_555))
+        ),
+        "{:?}",
+        report.results[1]
+    );
+    assert_eq!(report.behaviour.mapping, dcutr_core::nat::Mapping::Unknown);
+}
+
 /// `turnserver` on `PATH`, if installed.
 fn turnserver() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -287,8 +407,8 @@ const COTURN_PORT_TRIES: usize = 10;
 /// How long coturn may take to answer its first Binding.
 const COTURN_START: Duration = Duration::from_secs(10);
 
-/// coturn as a plain STUN server with RFC 5780 on 127.0.0.1 and
-/// 127.0.0.2, ports `port` and `port + 1`; killed on drop.
+/// coturn as a plain STUN server (UDP with RFC 5780, and TCP) on
+/// 127.0.0.1 and 127.0.0.2, ports `port` and `port + 1`; killed on drop.
 struct Coturn {
     child: Child,
     port: u16,
@@ -344,7 +464,7 @@ impl Coturn {
             let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
             let child = Command::new(binary)
                 .args(["-n", "--stun-only", "--no-auth", "--no-cli"])
-                .args(["--no-tcp", "--no-tls", "--no-dtls"])
+                .args(["--no-tls", "--no-dtls"])
                 .args(["--listening-ip", "127.0.0.1", "--listening-ip", "127.0.0.2"])
                 .args(["--relay-ip", "127.0.0.1"])
                 .args(["-p", &port.to_string()])
@@ -458,4 +578,30 @@ fn coturn_on_loopback_sees_no_nat_and_open_filtering() {
     );
     assert_eq!(tests[2]["filtering_received"], true);
     assert_eq!(report["strategies"][0]["kind"], "direct");
+    assert_eq!(report["tcp"], Value::Null, "no TCP without --tcp");
+
+    // TCP, to both of coturn's IPs, from one port.
+    let second = format!("127.0.0.2:{}", coturn.port);
+    let out = Command::new(env!("CARGO_BIN_EXE_dcutr"))
+        .args([
+            "netcheck", "--stun", &server, "--stun", &second, "--tcp", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tcp = &report["tcp"];
+    println!("{tcp:#}");
+    let local = tcp["local"].as_str().unwrap();
+    assert!(local.starts_with("127.0.0.1:"), "{local}");
+    assert_eq!(tcp["public"], serde_json::json!([local]), "no NAT");
+    assert_eq!(tcp["mapping"], "endpoint-independent");
+    assert_eq!(tcp["allocation"], "port-preserving");
+    for s in tcp["servers"].as_array().unwrap() {
+        assert_eq!(s["mapped"], local, "{s}");
+    }
 }

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use dcutr_core::nat::{FilteringProbe, NatBehaviour, NatObservations, Observation, ProbeChange};
 use futures_util::future::{self, BoxFuture, Either};
+use futures_util::{AsyncReadExt, AsyncWriteExt};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use stun_types::attribute::XorMappedAddress;
@@ -1027,14 +1028,7 @@ where
     U: UdpIo + ?Sized,
     C: Clock + ?Sized,
 {
-    let seed = match options.seed {
-        Some(seed) => seed,
-        None => {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| DiscoverError::Random(e.to_string()))?;
-            seed
-        }
-    };
+    let seed = seed_or_os(options.seed)?;
     let mut discovery = Discovery::new(local, servers, options.timing, seed, clock.now())?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -1070,6 +1064,17 @@ where
     Ok(discovery.report())
 }
 
+fn seed_or_os(seed: Option<[u8; 32]>) -> Result<[u8; 32], DiscoverError> {
+    match seed {
+        Some(seed) => Ok(seed),
+        None => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| DiscoverError::Random(e.to_string()))?;
+            Ok(seed)
+        }
+    }
+}
+
 /// Errors a UDP socket reports for an ICMP answer to an earlier send
 /// (Windows reports port unreachable this way): not fatal.
 fn is_icmp_echo(e: &io::Error) -> bool {
@@ -1080,6 +1085,160 @@ fn is_icmp_echo(e: &io::Error) -> bool {
             | io::ErrorKind::HostUnreachable
             | io::ErrorKind::NetworkUnreachable
     )
+}
+
+/// Longest one TCP observation (connect, request, answer) may take.
+///
+/// RFC 8489 gives a TCP transaction 39.5 s; a server that needs more than
+/// 5 s on a path TCP already retransmits on is of no use to a discovery
+/// that must finish before the punch.
+pub const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a Binding over TCP gave no mapped address.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TcpBindingError {
+    /// Connecting, writing or reading failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// No answer within [`TCP_TIMEOUT`].
+    #[error("no answer within {} s", TCP_TIMEOUT.as_secs())]
+    TimedOut,
+    /// The server announced a message longer than [`MAX_DATAGRAM`].
+    #[error("answer of {0} bytes announced, at most {MAX_DATAGRAM} taken")]
+    TooLong(usize),
+    /// The answer does not parse.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The answer is for another transaction.
+    #[error("answer to another transaction")]
+    WrongTransaction,
+    /// An error response.
+    #[error("error {code} {reason}")]
+    Error {
+        /// The ERROR-CODE number.
+        code: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
+}
+
+/// Sends one Binding request with id `id` on a connected TCP stream and
+/// reads its answer (RFC 8489 section 6.2.2: STUN messages back to back on
+/// the stream, each sized by its header). Not bounded in time: see
+/// [`observe_tcp`].
+///
+/// # Errors
+/// [`TcpBindingError`].
+pub async fn tcp_binding<S>(
+    stream: &mut S,
+    id: TransactionId,
+) -> Result<BindingSuccess, TcpBindingError>
+where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + ?Sized,
+{
+    stream.write_all(&binding_request(id, None)).await?;
+    stream.flush().await?;
+    let mut message = vec![0u8; 20];
+    stream.read_exact(&mut message).await?;
+    let len = usize::from(u16::from_be_bytes([message[2], message[3]]));
+    if 20 + len > MAX_DATAGRAM {
+        return Err(TcpBindingError::TooLong(20 + len));
+    }
+    message.resize(20 + len, 0);
+    stream.read_exact(&mut message[20..]).await?;
+    let (answer_id, response) = parse_response(&message)?;
+    if answer_id != id {
+        return Err(TcpBindingError::WrongTransaction);
+    }
+    match response {
+        Response::Success(ok) => Ok(ok),
+        Response::Error { code, reason } => Err(TcpBindingError::Error { code, reason }),
+    }
+}
+
+/// One TCP observation.
+#[derive(Debug)]
+pub struct TcpResult {
+    /// The server.
+    pub server: SocketAddr,
+    /// Our address as it saw it, and the time from the start of the
+    /// connect to the answer; or why not.
+    pub outcome: Result<(SocketAddr, Duration), TcpBindingError>,
+}
+
+/// What the TCP observations from one local port found.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TcpReport {
+    /// The local address the connections left from.
+    pub local: SocketAddr,
+    /// Per server, in the order given.
+    pub results: Vec<TcpResult>,
+    /// The TCP mapping's classification (no filtering: RFC 5780's tests
+    /// are UDP only).
+    pub behaviour: NatBehaviour,
+}
+
+/// Observes our TCP mapping from the local address `local` (a port that
+/// a reuse listener, such as the punch listener, holds: see
+/// [`crate::net::reuse_listener`]): connects from it to each server in
+/// turn, with port reuse, and asks each for our address. Mapped addresses
+/// are judged against `classify_as`: `local`, with the route's IP when
+/// `local`'s is unspecified. Each server gets at most [`TCP_TIMEOUT`]; at
+/// most [`MAX_SERVERS`] distinct servers are asked, the rest are left
+/// out. Transaction ids come from `seed`, or the OS.
+///
+/// # Errors
+/// Only [`DiscoverError::Random`]: each server's failure is in its
+/// [`TcpResult`].
+pub async fn observe_tcp<R: Runtime>(
+    runtime: &R,
+    local: SocketAddr,
+    classify_as: SocketAddr,
+    servers: &[SocketAddr],
+    seed: Option<[u8; 32]>,
+) -> Result<TcpReport, DiscoverError> {
+    let mut rng = ChaCha20Rng::from_seed(seed_or_os(seed)?);
+    let mut distinct: Vec<SocketAddr> = Vec::new();
+    for &s in servers {
+        if !distinct.contains(&s) && distinct.len() < MAX_SERVERS {
+            distinct.push(s);
+        }
+    }
+    let mut observations = NatObservations::new(classify_as);
+    let mut results = Vec::with_capacity(distinct.len());
+    for server in distinct {
+        let mut id = [0u8; 12];
+        rng.fill_bytes(&mut id);
+        let started = runtime.now();
+        let attempt = async {
+            let mut stream = runtime.connect_from(local, server).await?;
+            let answer = tcp_binding(&mut stream, id).await;
+            let _ = stream.close().await;
+            answer
+        };
+        let sleep = runtime.sleep_until(started + TCP_TIMEOUT);
+        let outcome = match future::select(pin!(attempt), sleep).await {
+            Either::Left((answer, _)) => answer,
+            Either::Right(((), _)) => Err(TcpBindingError::TimedOut),
+        };
+        let outcome =
+            outcome.map(|ok| (ok.mapped, runtime.now().saturating_duration_since(started)));
+        match &outcome {
+            Ok((mapped, _)) => {
+                // Refusals are counted in the evidence.
+                let _ = observations.observe(Observation::new(server, *mapped));
+            }
+            Err(e) => tracing::debug!(%server, %e, "no TCP observation"),
+        }
+        results.push(TcpResult { server, outcome });
+    }
+    Ok(TcpReport {
+        local: classify_as,
+        results,
+        behaviour: observations.classify(),
+    })
 }
 
 #[cfg(test)]
