@@ -42,7 +42,8 @@ pub struct NetcheckArgs {
     #[arg(long)]
     pub json: bool,
     /// Also observe the TCP mapping: connect to each server's TCP port
-    /// (the same number) from one local port, as a TCP punch does.
+    /// (the same number), and to the other IP of an RFC 5780 server, from
+    /// one local port, as a TCP punch does.
     #[arg(long)]
     pub tcp: bool,
 }
@@ -213,7 +214,7 @@ pub async fn netcheck(
     }
     let mut summary = NetcheckReport::new(&resolved, &report);
     if tcp {
-        let tcp = observe_tcp(bind, first, &targets).await?;
+        let tcp = observe_tcp(bind, first, &targets, &report.other_ips()).await?;
         summary.tcp = Some(TcpSummary::new(&resolved, &tcp));
     }
     Ok(summary)
@@ -224,6 +225,7 @@ async fn observe_tcp(
     bind: SocketAddr,
     first: SocketAddr,
     servers: &[SocketAddr],
+    other_ips: &[SocketAddr],
 ) -> anyhow::Result<TcpReport> {
     let at = SocketAddr::new(bind.ip(), 0);
     let listener = dcutr_driver::net::reuse_listener(at)
@@ -235,7 +237,8 @@ async fn observe_tcp(
     {
         classify_as.set_ip(ip);
     }
-    let report = stun::observe_tcp(&TokioRuntime, local, classify_as, servers, None).await?;
+    let report =
+        stun::observe_tcp(&TokioRuntime, local, classify_as, servers, other_ips, None).await?;
     // The listener held the port until every connection was made.
     drop(listener);
     Ok(report)
@@ -353,7 +356,7 @@ impl TcpSummary {
                 let spec = servers
                     .iter()
                     .find(|(_, a)| *a == r.server)
-                    .map_or_else(|| r.server.to_string(), |(s, _)| s.clone());
+                    .map_or_else(|| format!("{} (other IP)", r.server), |(s, _)| s.clone());
                 let (mapped, rtt_ms, error) = match &r.outcome {
                     Ok((mapped, rtt)) => {
                         if !public.contains(mapped) {

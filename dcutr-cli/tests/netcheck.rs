@@ -334,7 +334,8 @@ async fn tcp_observations_leave_from_one_port_and_see_no_nat() {
         &dcutr_tokio::TokioRuntime,
         local,
         local,
-        &[a, b],
+        &[a],
+        &[b],
         Some([5; 32]),
     )
     .await
@@ -343,6 +344,8 @@ async fn tcp_observations_leave_from_one_port_and_see_no_nat() {
         let (mapped, _) = r.outcome.as_ref().unwrap();
         assert_eq!(*mapped, local, "both connections left from the punch port");
     }
+    assert_eq!(report.results.len(), 2);
+    assert!(!report.results[0].other_address && report.results[1].other_address);
     assert_eq!(
         report.behaviour.mapping,
         dcutr_core::nat::Mapping::EndpointIndependent
@@ -365,6 +368,7 @@ async fn tcp_servers_that_stall_or_overflow_are_bounded() {
         local,
         local,
         &[silent, huge],
+        &[],
         Some([5; 32]),
     )
     .await
@@ -580,12 +584,10 @@ fn coturn_on_loopback_sees_no_nat_and_open_filtering() {
     assert_eq!(report["strategies"][0]["kind"], "direct");
     assert_eq!(report["tcp"], Value::Null, "no TCP without --tcp");
 
-    // TCP, to both of coturn's IPs, from one port.
-    let second = format!("127.0.0.2:{}", coturn.port);
+    // TCP, to both of coturn's IPs (the second from OTHER-ADDRESS), from
+    // one port.
     let out = Command::new(env!("CARGO_BIN_EXE_dcutr"))
-        .args([
-            "netcheck", "--stun", &server, "--stun", &second, "--tcp", "--json",
-        ])
+        .args(["netcheck", "--stun", &server, "--tcp", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -601,7 +603,11 @@ fn coturn_on_loopback_sees_no_nat_and_open_filtering() {
     assert_eq!(tcp["public"], serde_json::json!([local]), "no NAT");
     assert_eq!(tcp["mapping"], "endpoint-independent");
     assert_eq!(tcp["allocation"], "port-preserving");
-    for s in tcp["servers"].as_array().unwrap() {
+    let servers = tcp["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{tcp}");
+    let other_ip = format!("127.0.0.2:{}", coturn.port);
+    assert_eq!(servers[1]["addr"], other_ip.as_str());
+    for s in servers {
         assert_eq!(s["mapped"], local, "{s}");
     }
 }

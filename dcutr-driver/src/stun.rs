@@ -937,6 +937,32 @@ impl DiscoveryReport {
         out
     }
 
+    /// The other IPs of the servers that offer RFC 5780, at the server's
+    /// port (the targets of [`Test::OtherIp`]), not among the servers
+    /// given: more observers for a TCP mapping, whose filtering RFC 5780
+    /// cannot test.
+    #[must_use]
+    pub fn other_ips(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for t in &self.tests {
+            let TestOutcome::Answered { response, .. } = &t.outcome else {
+                continue;
+            };
+            let Some(other) = response.other_address else {
+                continue;
+            };
+            let target = SocketAddr::new(other.ip(), t.server.port());
+            let usable = t.test == Test::Binding
+                && other.is_ipv4() == t.server.is_ipv4()
+                && other.ip() != t.server.ip()
+                && !other.ip().is_unspecified();
+            if usable && !self.servers.contains(&target) && !out.contains(&target) {
+                out.push(target);
+            }
+        }
+        out
+    }
+
     /// Whether every mapped address equals the local one: no NAT between
     /// us and the servers. `false` when the local IP is unspecified (the
     /// caller then compares with the address its route uses).
@@ -1162,6 +1188,9 @@ where
 pub struct TcpResult {
     /// The server.
     pub server: SocketAddr,
+    /// It is another address of a server given, from its UDP
+    /// OTHER-ADDRESS.
+    pub other_address: bool,
     /// Our address as it saw it, and the time from the start of the
     /// connect to the answer; or why not.
     pub outcome: Result<(SocketAddr, Duration), TcpBindingError>,
@@ -1183,10 +1212,12 @@ pub struct TcpReport {
 /// Observes our TCP mapping from the local address `local` (a port that
 /// a reuse listener, such as the punch listener, holds: see
 /// [`crate::net::reuse_listener`]): connects from it to each server in
-/// turn, with port reuse, and asks each for our address. Mapped addresses
+/// turn, then to each of `other_addresses` (servers' other IPs, learnt
+/// over UDP: see [`DiscoveryReport::other_ips`]), with port reuse, and
+/// asks each for our address. Mapped addresses
 /// are judged against `classify_as`: `local`, with the route's IP when
 /// `local`'s is unspecified. Each server gets at most [`TCP_TIMEOUT`]; at
-/// most [`MAX_SERVERS`] distinct servers are asked, the rest are left
+/// most [`MAX_SERVERS`] distinct addresses are asked, the rest are left
 /// out. Transaction ids come from `seed`, or the OS.
 ///
 /// # Errors
@@ -1197,18 +1228,21 @@ pub async fn observe_tcp<R: Runtime>(
     local: SocketAddr,
     classify_as: SocketAddr,
     servers: &[SocketAddr],
+    other_addresses: &[SocketAddr],
     seed: Option<[u8; 32]>,
 ) -> Result<TcpReport, DiscoverError> {
     let mut rng = ChaCha20Rng::from_seed(seed_or_os(seed)?);
-    let mut distinct: Vec<SocketAddr> = Vec::new();
-    for &s in servers {
-        if !distinct.contains(&s) && distinct.len() < MAX_SERVERS {
-            distinct.push(s);
+    let mut distinct: Vec<(SocketAddr, bool)> = Vec::new();
+    let given = servers.iter().map(|s| (*s, false));
+    let other = other_addresses.iter().map(|s| (*s, true));
+    for (s, other_address) in given.chain(other) {
+        if !distinct.iter().any(|(d, _)| *d == s) && distinct.len() < MAX_SERVERS {
+            distinct.push((s, other_address));
         }
     }
     let mut observations = NatObservations::new(classify_as);
     let mut results = Vec::with_capacity(distinct.len());
-    for server in distinct {
+    for (server, other_address) in distinct {
         let mut id = [0u8; 12];
         rng.fill_bytes(&mut id);
         let started = runtime.now();
@@ -1228,11 +1262,20 @@ pub async fn observe_tcp<R: Runtime>(
         match &outcome {
             Ok((mapped, _)) => {
                 // Refusals are counted in the evidence.
-                let _ = observations.observe(Observation::new(server, *mapped));
+                let observation = if other_address {
+                    Observation::other_address(server, *mapped)
+                } else {
+                    Observation::new(server, *mapped)
+                };
+                let _ = observations.observe(observation);
             }
             Err(e) => tracing::debug!(%server, %e, "no TCP observation"),
         }
-        results.push(TcpResult { server, outcome });
+        results.push(TcpResult {
+            server,
+            other_address,
+            outcome,
+        });
     }
     Ok(TcpReport {
         local: classify_as,

@@ -576,3 +576,16 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn other_ips_are_the_rfc_5780_servers_second_addresses() {
+    let local = addr("198.51.100.7:40000");
+    let mut net = no_nat_net(local);
+    let report = net.run(local, Timing::default());
+    assert_eq!(report.other_ips(), [addr("192.0.2.2:3478")]);
+    // Given as a server already: not repeated.
+    let mut net = no_nat_net(local);
+    let servers = [addr("192.0.2.1:3478"), addr("192.0.2.2:3478")];
+    let report = net.run_with(local, &servers, Timing::default());
+    assert_eq!(report.other_ips(), []);
+}
