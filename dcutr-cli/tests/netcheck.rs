@@ -211,16 +211,20 @@ async fn a_silent_server_gets_the_bounded_retransmissions_then_a_timeout() {
         assert_eq!(*from, local);
         assert_eq!(datagram, &got[0].2, "retransmissions repeat the request");
     }
-    for (i, pair) in got.windows(2).enumerate() {
-        let gap = pair[1].0 - pair[0].0;
-        let rto = timing.initial_rto * (1 << i);
-        // The receiving thread timestamps on its own clock: allow it a
-        // few milliseconds of scheduling.
-        assert!(
-            gap + Duration::from_millis(5) >= rto,
-            "gap {i} {gap:?} < {rto:?}"
-        );
-    }
+    // The receiving thread timestamps on its own clock, and a loaded
+    // machine may wake it late for one datagram: check the whole span
+    // (rto + 2 rto + 4 rto) with a margin, and that the last gap is the
+    // longest. The exact schedule is pinned on a fake clock in the
+    // driver's unit tests.
+    let span = got[got.len() - 1].0 - got[0].0;
+    let backoff = timing.initial_rto * 7;
+    let margin = Duration::from_millis(40);
+    assert!(span + margin >= backoff, "span {span:?} < {backoff:?}");
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(
+        gaps[2] + margin >= timing.initial_rto * 4,
+        "last gap too short: {gaps:?}"
+    );
 }
 
 #[test]
