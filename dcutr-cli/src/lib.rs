@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 pub mod demo;
+pub mod netcheck;
 pub mod peer;
 pub mod relay;
 pub mod rendezvous;
@@ -61,6 +62,11 @@ pub enum Command {
     /// direct connection, print the timelines. No root needed; loopback
     /// has no NAT (see the NAT lab for the real thing).
     Demo(DemoArgs),
+    /// Find what NAT this machine is behind with STUN: mapping, port
+    /// allocation, filtering, the public addresses each server saw, and
+    /// which hole-punching strategies that allows (like `tailscale
+    /// netcheck`). Exit code 0: at least one server answered; 2: error.
+    Netcheck(netcheck::NetcheckArgs),
 }
 
 /// Arguments of `dcutr demo`.

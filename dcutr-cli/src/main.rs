@@ -1,4 +1,5 @@
-//! The `dcutr` binary: `dcutr relay` and `dcutr peer` (see `dcutr --help`).
+//! The `dcutr` binary: `dcutr relay`, `dcutr peer`, `dcutr demo` and
+//! `dcutr netcheck` (see `dcutr --help`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use dcutr_cli::relay::{self, RelayConfig, RelayListener};
 use dcutr_cli::report::{EXIT_ERROR, Reporter};
-use dcutr_cli::{Cli, Command, RelayArgs, demo, peer};
+use dcutr_cli::{Cli, Command, RelayArgs, demo, netcheck, peer};
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Command::Relay(args) => args.json,
         Command::Peer(args) => args.json,
         Command::Demo(_) => false,
+        Command::Netcheck(args) => args.json,
     };
     let reporter = Reporter::new(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
             Command::Relay(args) => run_relay(args, reporter).await,
             Command::Peer(args) => peer::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Netcheck(args) => netcheck::run(args).await,
         }
     });
     match outcome {

@@ -18,6 +18,7 @@ mod actor;
 pub mod net;
 pub mod quic;
 mod report;
+pub mod stun;
 
 use std::io;
 use std::net::SocketAddr;
