@@ -84,7 +84,7 @@ mod log;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 
-pub use behaviour::Behaviour;
+pub use behaviour::{Behaviour, FAILURE_COOLDOWN, MAX_CONCURRENT_UPGRADES};
 pub use config::{Config, ConfigError};
 pub use event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
 #[cfg(feature = "metrics")]
