@@ -37,6 +37,88 @@ pub struct HolePunch {
     /// Binary multiaddrs the sender was observed at (or predicts).
     #[prost(bytes = "vec", repeated, tag = "2")]
     pub obs_addrs: Vec<Vec<u8>>,
+    /// dcutr-rs extension, in a Connect only: the sender's NAT behaviour.
+    /// Tag 100 is far from the spec's fields, and implementations that
+    /// do not know it skip it (protobuf's rule for unknown fields); it is
+    /// sent only when the caller set a behaviour, so a default Connect's
+    /// bytes are the spec's.
+    #[prost(message, optional, tag = "100")]
+    pub nat: Option<NatWire>,
+}
+
+/// A NAT behaviour on the wire (see [`HolePunch::nat`]). Unknown values
+/// read as "unknown".
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct NatWire {
+    /// 1 endpoint-independent, 2 endpoint-dependent.
+    #[prost(uint32, optional, tag = "1")]
+    pub mapping: Option<u32>,
+    /// 1 preserving, 2 sequential (with `delta`), 3 random.
+    #[prost(uint32, optional, tag = "2")]
+    pub allocation: Option<u32>,
+    /// The port step of a sequential allocation.
+    #[prost(sint32, optional, tag = "3")]
+    pub delta: Option<i32>,
+    /// 1 endpoint-independent, 2 address-dependent, 3 address-and-port
+    /// dependent.
+    #[prost(uint32, optional, tag = "4")]
+    pub filtering: Option<u32>,
+}
+
+impl NatWire {
+    /// The wire form of `b`.
+    #[must_use]
+    pub fn from_behaviour(b: &crate::nat::NatBehaviour) -> Self {
+        use crate::nat::{Allocation, Filtering, Mapping};
+        let mapping = match b.mapping {
+            Mapping::EndpointIndependent => Some(1),
+            Mapping::EndpointDependent => Some(2),
+            _ => None,
+        };
+        let (allocation, delta) = match b.allocation {
+            Allocation::Preserving => (Some(1), None),
+            Allocation::Sequential { delta } => (Some(2), Some(delta)),
+            Allocation::Random => (Some(3), None),
+            _ => (None, None),
+        };
+        let filtering = match b.filtering {
+            Filtering::EndpointIndependent => Some(1),
+            Filtering::AddressDependent => Some(2),
+            Filtering::AddressAndPortDependent => Some(3),
+            _ => None,
+        };
+        NatWire {
+            mapping,
+            allocation,
+            delta,
+            filtering,
+        }
+    }
+
+    /// The behaviour it declares (with no evidence).
+    #[must_use]
+    pub fn to_behaviour(self) -> crate::nat::NatBehaviour {
+        use crate::nat::{Allocation, Filtering, Mapping, NatBehaviour};
+        let mapping = match self.mapping {
+            Some(1) => Mapping::EndpointIndependent,
+            Some(2) => Mapping::EndpointDependent,
+            _ => Mapping::Unknown,
+        };
+        let allocation = match (self.allocation, self.delta) {
+            (Some(1), _) => Allocation::Preserving,
+            (Some(2), Some(delta)) if delta != 0 => Allocation::Sequential { delta },
+            (Some(3), _) => Allocation::Random,
+            _ => Allocation::Unknown,
+        };
+        let filtering = match self.filtering {
+            Some(1) => Filtering::EndpointIndependent,
+            Some(2) => Filtering::AddressDependent,
+            Some(3) => Filtering::AddressAndPortDependent,
+            _ => Filtering::Unknown,
+        };
+        let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        NatBehaviour::declared(mapping, allocation, filtering, unspecified)
+    }
 }
 
 /// `HolePunch.Type`.
@@ -143,13 +225,28 @@ pub enum CodecError {
 ///
 /// Returns the frame and the number of addresses it carries.
 #[must_use]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn encode_connect<'a, I>(addrs: I, max_message_size: usize) -> (Bytes, usize)
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    encode_connect_with(addrs, None, max_message_size)
+}
+
+/// Encodes a `CONNECT` frame as [`encode_connect`] does, with the
+/// dcutr-rs NAT behaviour extension when `nat` is given.
+pub fn encode_connect_with<'a, I>(
+    addrs: I,
+    nat: Option<NatWire>,
+    max_message_size: usize,
+) -> (Bytes, usize)
 where
     I: IntoIterator<Item = &'a [u8]>,
 {
     let mut msg = HolePunch {
         r#type: Some(MessageType::Connect as i32),
         obs_addrs: Vec::new(),
+        nat,
     };
     for addr in addrs {
         msg.obs_addrs.push(addr.to_vec());
@@ -168,6 +265,7 @@ pub fn encode_sync() -> Bytes {
     frame(&HolePunch {
         r#type: Some(MessageType::Sync as i32),
         obs_addrs: Vec::new(),
+        nat: None,
     })
 }
 
@@ -217,6 +315,15 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, CodecError> {
         Ok(MessageType::Sync) => Ok(Message::Sync),
         Err(_) => Err(CodecError::UnknownType(raw)),
     }
+}
+
+/// The dcutr-rs NAT behaviour a `CONNECT` payload carries, if any.
+#[must_use]
+pub fn decode_connect_nat(payload: &[u8]) -> Option<NatWire> {
+    let msg = HolePunch::decode(payload).ok()?;
+    (msg.r#type == Some(MessageType::Connect as i32))
+        .then_some(msg.nat)
+        .flatten()
 }
 
 /// Decodes one frame payload as a `Hello`.

@@ -170,6 +170,20 @@ pub enum AttemptFailure {
         /// What we dropped, per reason.
         dropped: RejectionCounts,
     },
+    /// Both sides' NATs map each destination to a new port, at least one
+    /// of them at random: a punch would need about 170 000 probes, so none
+    /// is tried (see [`Strategy::Impossible`](crate::nat::Strategy)).
+    #[error(
+        "the two NATs cannot meet: both map each destination to a new port, \
+         ours with {ours} allocation and the peer's with {peer}; keep the relay, \
+         or put one side behind an endpoint-independent NAT"
+    )]
+    NatsCannotMeet {
+        /// How our endpoint-dependent NAT allocates ports.
+        ours: crate::nat::Allocation,
+        /// How the peer's does, as it declared it.
+        peer: crate::nat::Allocation,
+    },
     /// Every dial failed and no inbound connection came.
     #[error("all {dials} direct dials failed")]
     AllDialsFailed {
@@ -210,7 +224,7 @@ pub enum Failure {
     /// The initiator stopped early: an attempt showed that no address
     /// can be used, and no retry could change that.
     #[error("gave up, since no retry could change it: {}", last(.attempts))]
-    NoAddresses {
+    GaveUp {
         /// Attempts that were made (the last one says why).
         attempts: Vec<AttemptFailure>,
     },

@@ -116,6 +116,10 @@ impl Upgrade {
             rtt,
         }));
         self.take_remote_addrs(raw);
+        if let Some(reason) = self.nats_cannot_meet() {
+            self.give_up(reason);
+            return Ok(());
+        }
         self.outputs
             .push_back(Output::WriteStream(codec::encode_sync()));
         if self.config.channel == RelayChannel::StreamPerAttempt {

@@ -59,6 +59,18 @@ impl Upgrade {
                     }
                 };
                 self.send_connect(&addrs);
+                if let Some(reason) = self.nats_cannot_meet() {
+                    // Our Connect told the initiator our NAT: it gives up
+                    // too, with the same reason, as soon as it reads it.
+                    if self.config.channel == RelayChannel::StreamPerAttempt {
+                        self.outputs.push_back(Output::FinishStream);
+                        self.stream_open = false;
+                    }
+                    self.abandon_attempt(reason);
+                    let attempts = self.failures.clone();
+                    self.final_failure(crate::error::Failure::GaveUp { attempts });
+                    return Ok(());
+                }
                 self.state = State::AwaitSync;
                 self.timers
                     .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);

@@ -151,7 +151,7 @@ impl Serialize for Failure {
         error_map(serializer, self, |map| match self {
             Failure::AllAttemptsFailed { attempts }
             | Failure::PeerGaveUp { attempts }
-            | Failure::NoAddresses { attempts } => map.serialize_entry("attempts", attempts),
+            | Failure::GaveUp { attempts } => map.serialize_entry("attempts", attempts),
             Failure::Protocol(p) => map.serialize_entry("protocol", p),
             _ => Ok(()),
         })

@@ -20,6 +20,7 @@ use crate::codec::{self, FrameDecoder, TOKEN_LEN};
 use crate::config::{Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel};
 use crate::direct::{self, CHECK_LEN, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
+use crate::nat::NatBehaviour;
 use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
@@ -143,6 +144,10 @@ pub struct Upgrade {
     peer_token: Option<[u8; TOKEN_LEN]>,
     observed: ObservedAddrs,
     predictor: Box<dyn AddressPredictor>,
+    /// Our NAT's behaviour, when the caller knows it: sent in Connect.
+    own_nat: Option<NatBehaviour>,
+    /// The behaviour the peer's last Connect declared.
+    peer_nat: Option<NatBehaviour>,
     pub(crate) unilateral_targets: Vec<Candidate>,
     /// Usable addresses from the peer's Connect in the current attempt.
     pub(crate) remote: Vec<Candidate>,
@@ -180,6 +185,7 @@ pub struct UpgradeBuilder {
     observed: Vec<Candidate>,
     remote_public: Vec<Candidate>,
     predictor: Box<dyn AddressPredictor>,
+    nat: Option<NatBehaviour>,
 }
 
 impl UpgradeBuilder {
@@ -197,6 +203,17 @@ impl UpgradeBuilder {
     /// punch. Filtered like any remote address.
     pub fn remote_public_addrs(mut self, addrs: impl IntoIterator<Item = Candidate>) -> Self {
         self.remote_public.extend(addrs);
+        self
+    }
+
+    /// Our NAT's behaviour (from STUN or identify observations, see
+    /// [`crate::nat`]). It travels in our Connect as a dcutr-rs extension
+    /// that stock peers skip; when the peer declares one too and the pair
+    /// cannot punch ([`Strategy::Impossible`](crate::nat::Strategy)), both
+    /// sides fail at once with [`AttemptFailure::NatsCannotMeet`] instead of
+    /// three timed-out attempts. Default: not known, and not sent.
+    pub fn nat_behaviour(mut self, behaviour: NatBehaviour) -> Self {
+        self.nat = Some(behaviour);
         self
     }
 
@@ -239,6 +256,8 @@ impl UpgradeBuilder {
             peer_token: None,
             observed,
             predictor: self.predictor,
+            own_nat: self.nat,
+            peer_nat: None,
             unilateral_targets: Vec::new(),
             remote: Vec::new(),
             remote_received: (0, RejectionCounts::default()),
@@ -285,6 +304,7 @@ impl Upgrade {
             observed: Vec::new(),
             remote_public: Vec::new(),
             predictor: Box::new(NoPrediction),
+            nat: None,
         }
     }
 
@@ -579,6 +599,11 @@ impl Upgrade {
                     .and_then(|hello| self.on_hello(hello)),
                 _ => codec::decode_message(&frame)
                     .map_err(ProtocolError::from)
+                    .inspect(|_| {
+                        if let Some(nat) = codec::decode_connect_nat(&frame) {
+                            self.peer_nat = Some(nat.to_behaviour());
+                        }
+                    })
                     .and_then(|msg| match self.side {
                         Side::Initiator => self.initiator_on_message(msg),
                         Side::Responder => self.responder_on_message(msg),
@@ -872,8 +897,12 @@ impl Upgrade {
     /// Sends our Connect with `addrs`.
     pub(crate) fn send_connect(&mut self, addrs: &[Candidate]) {
         let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
-        let (frame, sent) =
-            codec::encode_connect(raw.iter().map(Vec::as_slice), self.config.max_message_size);
+        let nat = self.own_nat.as_ref().map(codec::NatWire::from_behaviour);
+        let (frame, sent) = codec::encode_connect_with(
+            raw.iter().map(Vec::as_slice),
+            nat,
+            self.config.max_message_size,
+        );
         if sent < raw.len() {
             tracing::debug!(
                 sent,
@@ -906,6 +935,17 @@ impl Upgrade {
         }
     }
 
+    /// Whether both NATs are known and cannot meet: then the reason.
+    pub(crate) fn nats_cannot_meet(&self) -> Option<AttemptFailure> {
+        let (ours, peer) = (self.own_nat.as_ref()?, self.peer_nat.as_ref()?);
+        match crate::nat::Strategy::choose(ours, peer) {
+            crate::nat::Strategy::Impossible { ours, peer } => {
+                Some(AttemptFailure::NatsCannotMeet { ours, peer })
+            }
+            _ => None,
+        }
+    }
+
     /// Ends the upgrade after an attempt that no retry could improve.
     pub(crate) fn give_up(&mut self, reason: AttemptFailure) {
         if self.stream_open && self.config.channel == RelayChannel::StreamPerAttempt {
@@ -914,7 +954,7 @@ impl Upgrade {
         }
         self.abandon_attempt(reason);
         let attempts = self.failures.clone();
-        self.final_failure(Failure::NoAddresses { attempts });
+        self.final_failure(Failure::GaveUp { attempts });
     }
 
     /// Parses the peer's Connect into `self.remote` and reports it.

@@ -29,7 +29,7 @@ fn an_initiator_with_only_loopback_addresses_gives_up_before_opening_a_stream() 
         "{outputs:?}"
     );
     assert!(!wrote_a_connect(&outputs));
-    let Some(Outcome::Failed(Failure::NoAddresses { attempts })) = b.outcome() else {
+    let Some(Outcome::Failed(Failure::GaveUp { attempts })) = b.outcome() else {
         panic!("{:?}", b.outcome());
     };
     let [AttemptFailure::NothingToSend { dropped }] = attempts.as_slice() else {
@@ -48,7 +48,7 @@ fn an_initiator_with_only_loopback_addresses_gives_up_before_opening_a_stream() 
 fn an_initiator_that_knows_no_address_at_all_says_so_without_a_policy_hint() {
     let mut b = with_addrs(Side::Initiator, &[]);
     drain(&mut b);
-    let Some(Outcome::Failed(Failure::NoAddresses { attempts })) = b.outcome() else {
+    let Some(Outcome::Failed(Failure::GaveUp { attempts })) = b.outcome() else {
         panic!("{:?}", b.outcome());
     };
     assert_eq!(attempts[0].to_string(), "no address of ours to send");
@@ -58,7 +58,7 @@ fn an_initiator_that_knows_no_address_at_all_says_so_without_a_policy_hint() {
 fn a_responder_with_nothing_to_send_gives_up_at_once_and_refuses_streams() {
     let mut a = with_addrs(Side::Responder, &["192.168.1.5:4001"]);
     drain(&mut a);
-    let Some(Outcome::Failed(Failure::NoAddresses { attempts })) = a.outcome() else {
+    let Some(Outcome::Failed(Failure::GaveUp { attempts })) = a.outcome() else {
         panic!("{:?}", a.outcome());
     };
     let [AttemptFailure::NothingToSend { dropped }] = attempts.as_slice() else {
@@ -93,7 +93,7 @@ fn an_initiator_with_nothing_to_dial_sends_sync_and_gives_up_without_retries() {
     b.handle_timeout(t0());
     let outputs = drain(&mut b);
     assert!(!outputs.iter().any(|o| matches!(o, Output::OpenStream)));
-    let Some(Outcome::Failed(Failure::NoAddresses { attempts })) = b.outcome() else {
+    let Some(Outcome::Failed(Failure::GaveUp { attempts })) = b.outcome() else {
         panic!("{:?}", b.outcome());
     };
     let [AttemptFailure::NothingToDial { received, dropped }] = attempts.as_slice() else {

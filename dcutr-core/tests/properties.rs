@@ -81,6 +81,7 @@ fn connect_payload_len(addrs: &[Vec<u8>]) -> usize {
     HolePunch {
         r#type: Some(MessageType::Connect as i32),
         obs_addrs: addrs.to_vec(),
+        nat: None,
     }
     .encoded_len()
 }

@@ -238,6 +238,9 @@ impl<E: FromReport> Behaviour<E> {
         if side == Side::Initiator {
             builder = builder.remote_public_addrs(self.peer_addrs.get(&peer).iter().copied());
         }
+        if let Some(nat) = &self.config.nat_behaviour {
+            builder = builder.nat_behaviour(nat.clone());
+        }
         match builder.start(now) {
             Ok(up) => {
                 tracing::debug!(%peer, %side, relayed = %id, "dcutr upgrade started");

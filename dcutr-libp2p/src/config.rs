@@ -41,6 +41,11 @@ pub struct Config {
     /// Seed for the upgrades' randomness. `None` (the default) draws 32
     /// bytes from the OS for each upgrade; tests may fix it.
     pub seed: Option<[u8; 32]>,
+    /// Our NAT's behaviour, sent in every Connect as the dcutr-rs
+    /// extension that stock peers skip (see
+    /// [`UpgradeBuilder::nat_behaviour`](dcutr_core::UpgradeBuilder::nat_behaviour)).
+    /// Default `None`: not sent, and the Connect is the spec's byte for byte.
+    pub nat_behaviour: Option<dcutr_core::nat::NatBehaviour>,
 }
 
 impl Default for Config {
@@ -50,7 +55,11 @@ impl Default for Config {
             quic_server_punch: QuicServerPunch::DialAsServer,
             ..dcutr_core::Config::default()
         };
-        Config { core, seed: None }
+        Config {
+            core,
+            seed: None,
+            nat_behaviour: None,
+        }
     }
 }
 
@@ -92,6 +101,14 @@ impl Config {
     #[must_use]
     pub fn with_quic_server_punch(mut self, punch: QuicServerPunch) -> Self {
         self.core.quic_server_punch = punch;
+        self
+    }
+
+    /// Declares our NAT's behaviour to dcutr-rs peers; see
+    /// [`Config::nat_behaviour`].
+    #[must_use]
+    pub fn with_nat_behaviour(mut self, behaviour: dcutr_core::nat::NatBehaviour) -> Self {
+        self.nat_behaviour = Some(behaviour);
         self
     }
 

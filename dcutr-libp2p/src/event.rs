@@ -77,7 +77,7 @@ impl Error {
         };
         let (Failure::AllAttemptsFailed { attempts }
         | Failure::PeerGaveUp { attempts }
-        | Failure::NoAddresses { attempts }) = failure
+        | Failure::GaveUp { attempts }) = failure
         else {
             return None;
         };

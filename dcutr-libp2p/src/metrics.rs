@@ -411,7 +411,7 @@ pub fn failure_reason(failure: &Failure) -> &'static str {
     match failure {
         Failure::AllAttemptsFailed { attempts }
         | Failure::PeerGaveUp { attempts }
-        | Failure::NoAddresses { attempts } => match attempts.last() {
+        | Failure::GaveUp { attempts } => match attempts.last() {
             Some(last) => attempt_reason(last),
             None if matches!(failure, Failure::PeerGaveUp { .. }) => "peer_gave_up",
             None => "other",

@@ -207,6 +207,9 @@ pub struct PeerSpec {
     /// what it advertises (dcutr-core's sequential predictor, as an adapter
     /// would set it from discovery); `None`: advertised addresses only.
     pub predictor: Option<SequentialPredictor>,
+    /// The NAT behaviour it declares in Connect, as an adapter would set
+    /// it from discovery; `None`: not known, not sent.
+    pub nat_behaviour: Option<dcutr_core::nat::NatBehaviour>,
 }
 
 /// What the direct path does to the dials of given attempts, so tests can
@@ -262,6 +265,7 @@ impl SimConfig {
                 remote_public: Vec::new(),
                 config: config.clone(),
                 predictor: None,
+                nat_behaviour: None,
             },
             responder: PeerSpec {
                 addrs: vec![
@@ -272,6 +276,7 @@ impl SimConfig {
                 remote_public: Vec::new(),
                 config: config.clone(),
                 predictor: None,
+                nat_behaviour: None,
             },
             blocked_attempts: Vec::new(),
             block: Block::Drop,
@@ -545,6 +550,9 @@ impl Sim {
                 .remote_public_addrs(remote_public.iter().copied());
             if let Some(p) = spec.predictor {
                 builder = builder.predictor(Box::new(p));
+            }
+            if let Some(b) = &spec.nat_behaviour {
+                builder = builder.nat_behaviour(b.clone());
             }
             builder.start(start).expect("simulation configs are valid")
         };

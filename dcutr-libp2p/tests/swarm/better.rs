@@ -391,11 +391,11 @@ async fn a_failed_upgrade_reports_typed_reasons_for_every_attempt() {
     init_tracing();
     let seen = run_unpunchable_pair().await;
     match seen.ours_err(Who::A) {
-        Some(ours::Error::Failed(Failure::NoAddresses { attempts })) => {
+        Some(ours::Error::Failed(Failure::GaveUp { attempts })) => {
             assert_eq!(attempts.len(), 1, "{attempts:?}");
             assert!(nothing_to_send_for_loopback(&attempts[0]), "{attempts:?}");
         }
-        other => panic!("A: expected NoAddresses, got {other:?}"),
+        other => panic!("A: expected GaveUp, got {other:?}"),
     }
     let a_text = seen.ours_err(Who::A).unwrap().to_string();
     assert!(

@@ -58,7 +58,11 @@ async fn quic_stock_dcutr_as_b_and_ours_as_a_reach_a_direct_connection() {
 
 async fn stock_b_ours_a(net: Net) {
     init_tracing();
-    let a = build_client_on(net, Dcutr::Ours(loopback_config()));
+    // Ours declares its NAT in Connect: stock must skip the extension.
+    let a = build_client_on(
+        net,
+        Dcutr::Ours(loopback_config().with_nat_behaviour(cone())),
+    );
     let b = build_client_on(net, Dcutr::Stock);
     let mut pair = setup_on(net, a, b).await;
     pair.dial_relayed();
@@ -98,7 +102,14 @@ async fn quic_ours_as_b_and_stock_dcutr_as_a_reach_a_direct_connection() {
 async fn ours_b_stock_a(net: Net) {
     init_tracing();
     let a = build_client_on(net, Dcutr::Stock);
-    let b = build_client_on(net, Dcutr::Ours(loopback_config().with_unilateral(false)));
+    let b = build_client_on(
+        net,
+        Dcutr::Ours(
+            loopback_config()
+                .with_unilateral(false)
+                .with_nat_behaviour(cone()),
+        ),
+    );
     let mut pair = setup_on(net, a, b).await;
     pair.dial_relayed();
     let mut seen = Seen::default();
@@ -179,5 +190,16 @@ fn dialer_role(seen: &Seen, who: Who, id: ConnectionId) -> bool {
             role_override: Endpoint::Dialer,
             ..
         }
+    )
+}
+
+/// A declared endpoint-independent NAT, as discovery would report a cone.
+fn cone() -> dcutr_core::nat::NatBehaviour {
+    use dcutr_core::nat::{Allocation, Filtering, Mapping, NatBehaviour};
+    NatBehaviour::declared(
+        Mapping::EndpointIndependent,
+        Allocation::Preserving,
+        Filtering::AddressAndPortDependent,
+        "127.0.0.1:0".parse().unwrap(),
     )
 }
