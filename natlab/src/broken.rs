@@ -347,8 +347,9 @@ pub fn all_cases() -> Vec<Case> {
         .collect()
 }
 
-/// Everything natlab saw of one run, before judging it.
-#[derive(Debug, Clone, Default)]
+/// Everything natlab saw of one run, before judging it (and kept in its
+/// record).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Seen {
     /// Peer A (its output; its exit code unless we stopped it).
     pub a: CliRun,
@@ -390,22 +391,13 @@ pub struct Detail {
     pub core_upgraded: bool,
     /// For errors and timeouts: the phase the first troubled peer was in.
     pub error_phase: Option<ErrorPhase>,
-    /// For errors: the `error` reasons the peers printed (A's, B's).
-    pub errors: [Option<String>; 2],
     /// The bound `duration_ms` is compared with, ms.
     pub bound_ms: f64,
     /// From starting B until the run ended, ms.
     pub run_ms: f64,
-    /// Timestamps.
-    pub times: Times,
-    /// Relay bytes forwarded.
-    pub relay_forwarded: Option<u64>,
-    /// The relay's cut point.
-    pub cut_at: Option<u64>,
-    /// Peer A.
-    pub a: CliRun,
-    /// Peer B.
-    pub b: CliRun,
+    /// What the runner saw.
+    #[serde(flatten)]
+    pub seen: Seen,
 }
 
 fn secs(d: Duration) -> String {
@@ -609,14 +601,9 @@ pub fn judge(
         b_reason: reason(b),
         core_upgraded: [a, b].iter().all(|p| p.has(CORE_OUTCOME_EVENTS[0])),
         error_phase,
-        errors: seen.errors.clone(),
         bound_ms: crate::ms(bound),
         run_ms: run_ms.map_or(0.0, crate::ms),
-        times: seen.times.clone(),
-        relay_forwarded: seen.relay_forwarded,
-        cut_at: seen.cut_at,
-        a: seen.a,
-        b: seen.b,
+        seen,
     };
     let mut r = Record::new(case.name(), run, outcome, detail);
     r.duration_ms = duration.map(crate::ms);
@@ -637,9 +624,9 @@ fn note(r: &Record<Detail>) -> Option<String> {
     {
         Some(format!("{} in the upgrade phase: {split}", r.outcome))
     } else if let Some(phase) = d.error_phase {
-        let said = d.errors[1]
+        let said = d.seen.errors[1]
             .clone()
-            .or_else(|| d.errors[0].clone())
+            .or_else(|| d.seen.errors[0].clone())
             .unwrap_or_else(first);
         Some(format!("{} in the {phase} phase: {said}", r.outcome))
     } else if matches!(r.outcome, Outcome::Error | Outcome::Timeout) {
@@ -1070,19 +1057,37 @@ mod tests {
         assert_eq!(seeds(7, 2, 3), seeds(7, 2, 3));
     }
 
+    /// Judge a run of `fault` with A, B and their times.
+    fn run(fault: Fault, a: CliRun, b: CliRun, times: Times) -> Record<Detail> {
+        let seen = Seen {
+            a,
+            b,
+            times,
+            ..Seen::default()
+        };
+        evaluate(&case(fault), 1, &bounds(), seen)
+    }
+
+    fn down(role: &str, attempts: u32, reason: &str) -> CliRun {
+        peer(1, &[], result(false, role, attempts, Some(reason)))
+    }
+
+    fn has(r: &Record<Detail>, needle: &str) -> bool {
+        r.violations.iter().any(|v| v.contains(needle))
+    }
+
     #[test]
     fn loss_runs_pass_when_clean_and_within_the_bound() {
-        let c = case(Fault::Loss { percent: 30 });
-        let up = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Seen {
-                a: peer(0, &[], result(true, "client", 2, None)),
-                b: peer(0, &[], result(true, "server", 2, None)),
-                times: both_paired_then_exit(3.0, 3.1),
-                ..Seen::default()
-            },
+        let loss30 = Fault::Loss { percent: 30 };
+        let (a, b) = (
+            result(true, "client", 2, None),
+            result(true, "server", 2, None),
+        );
+        let up = run(
+            loss30,
+            peer(0, &[], a),
+            peer(0, &[], b),
+            both_paired_then_exit(3.0, 3.1),
         );
         assert_eq!(up.outcome, Outcome::Upgraded);
         assert!(up.passed(), "{:?}", up.violations);
@@ -1091,116 +1096,88 @@ mod tests {
             !up.detail.core_upgraded,
             "no `upgraded` event in this fixture"
         );
-
-        let down = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Seen {
-                a: peer(
-                    1,
-                    &[],
-                    result(false, "client", 3, Some("all 3 attempts failed")),
-                ),
-                b: peer(
-                    1,
-                    &[],
-                    result(false, "server", 3, Some("all 3 attempts failed")),
-                ),
-                times: both_paired_then_exit(46.0, 46.0),
-                ..Seen::default()
-            },
-        );
+        let failed = "all 3 attempts failed";
+        let (a, b) = (down("client", 3, failed), down("server", 3, failed));
+        let down = run(loss30, a, b, both_paired_then_exit(46.0, 46.0));
         assert_eq!(down.outcome, Outcome::FailedClean);
         assert!(down.passed(), "{:?}", down.violations);
     }
 
     #[test]
     fn loss_runs_fail_over_the_bound_on_errors_and_on_disagreement() {
-        let c = case(Fault::Loss { percent: 10 });
-        let slow = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Seen {
-                a: peer(1, &[], result(false, "client", 3, Some("x"))),
-                b: peer(1, &[], result(false, "server", 3, Some("x"))),
-                times: both_paired_then_exit(78.0, 20.0),
-                ..Seen::default()
-            },
+        let loss10 = Fault::Loss { percent: 10 };
+        let times = both_paired_then_exit(78.0, 20.0);
+        let slow = run(
+            loss10,
+            down("client", 3, "x"),
+            down("server", 3, "x"),
+            times,
         );
+        let over = "A: 77.9 s from paired to exit, over the bound 77.0 s";
         assert!(
-            slow.violations
-                .iter()
-                .any(|v| v.starts_with("A: 77.9 s from paired to exit, over the bound 77.0 s")),
+            slow.violations.iter().any(|v| v.starts_with(over)),
             "{:?}",
             slow.violations
         );
 
-        let split = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Seen {
-                a: peer(0, &[], result(true, "client", 1, None)),
-                b: peer(1, &[], result(false, "server", 1, Some("x"))),
-                times: both_paired_then_exit(1.0, 1.0),
-                ..Seen::default()
-            },
+        let a = peer(0, &[], result(true, "client", 1, None));
+        let split = run(
+            loss10,
+            a,
+            down("server", 1, "x"),
+            both_paired_then_exit(1.0, 1.0),
         );
         assert_eq!(split.outcome, Outcome::Error);
-        assert!(split.violations.iter().any(|v| v.contains("disagree")));
+        assert!(has(&split, "disagree"));
 
-        let crashed = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Seen {
-                a: CliRun::parse(Some(2), &[]),
-                b: peer(1, &[], result(false, "server", 1, Some("x"))),
-                times: Times {
-                    b_paired: s(0.1),
-                    b_exit: s(1.0),
-                    a_exit: s(0.5),
-                    ..Times::default()
-                },
-                ..Seen::default()
-            },
+        let times = Times {
+            b_paired: s(0.1),
+            b_exit: s(1.0),
+            a_exit: s(0.5),
+            ..Times::default()
+        };
+        let crashed = run(
+            loss10,
+            CliRun::parse(Some(2), &[]),
+            down("server", 1, "x"),
+            times,
         );
         assert_eq!(crashed.outcome, Outcome::Error);
-        let v = crashed.violations.join("\n");
-        assert!(v.contains("A: exit code 2 (error)"), "{v}");
-        assert!(v.contains("A: never printed \"paired\""), "{v}");
-
-        let too_many = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Seen {
-                a: peer(1, &[], result(false, "client", 4, Some("x"))),
-                b: peer(1, &[], result(false, "server", 4, Some("x"))),
-                times: both_paired_then_exit(1.0, 1.0),
-                ..Seen::default()
-            },
+        assert!(
+            has(&crashed, "A: exit code 2 (error)") && has(&crashed, "A: never printed \"paired\"")
         );
-        assert!(too_many.violations.iter().any(|v| v.contains("4 attempts")));
 
-        let hung = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Seen {
-                timed_out: true,
-                times: Times {
-                    a_paired: s(0.1),
-                    b_paired: s(0.1),
-                    ..Times::default()
-                },
-                ..Seen::default()
-            },
+        let times = both_paired_then_exit(1.0, 1.0);
+        let too_many = run(
+            loss10,
+            down("client", 4, "x"),
+            down("server", 4, "x"),
+            times,
         );
+        assert!(has(&too_many, "4 attempts"));
+
+        let times = Times {
+            a_paired: s(0.1),
+            b_paired: s(0.1),
+            ..Times::default()
+        };
+        let seen = Seen {
+            timed_out: true,
+            times,
+            ..Seen::default()
+        };
+        let hung = evaluate(&case(loss10), 1, &bounds(), seen);
         assert_eq!(hung.outcome, Outcome::Timeout);
-        assert!(!hung.passed());
+        assert!(has(&hung, "timed out: a peer was still running"));
+        // A lab failure alone makes the run fail.
+        let lab = judge(
+            &case(loss10),
+            1,
+            &bounds(),
+            Seen::default(),
+            vec!["lab: boom".into()],
+        );
+        assert_eq!(lab.violations[0], "lab: boom");
     }
 
     fn cut_run(
@@ -1209,19 +1186,18 @@ mod tests {
         forwarded: u64,
         b_exit: f64,
     ) -> Record<Detail> {
-        evaluate(
-            &case(Fault::RelayCut),
-            1,
-            &bounds(),
-            Seen {
-                a: peer(1, a_events, result(false, "client", 1, Some(CLOSED))),
-                b: peer(1, b_events, result(false, "server", 1, Some(CLOSED))),
-                times: both_paired_then_exit(0.2, b_exit),
-                relay_forwarded: Some(forwarded),
-                cut_at: Some(51),
-                ..Seen::default()
-            },
-        )
+        let a = peer(1, a_events, result(false, "client", 1, Some(CLOSED)));
+        let b = peer(1, b_events, result(false, "server", 1, Some(CLOSED)));
+        let times = both_paired_then_exit(0.2, b_exit);
+        let seen = Seen {
+            a,
+            b,
+            times,
+            relay_forwarded: Some(forwarded),
+            cut_at: Some(51),
+            ..Seen::default()
+        };
+        evaluate(&case(Fault::RelayCut), 1, &bounds(), seen)
     }
 
     #[test]
@@ -1229,45 +1205,31 @@ mod tests {
         let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
-
         // Noticed only by a step timeout: over the bound.
         let slow = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 10.2);
-        assert!(
-            slow.violations
-                .iter()
-                .any(|v| v.contains("over the bound 10.0 s"))
-        );
+        assert!(has(&slow, "over the bound 10.0 s"));
         // The cut missed its point.
         let early = cut_run(&["paired"], &["paired"], 38, 0.3);
-        let v = early.violations.join("\n");
-        assert!(v.contains("cut before B's Connect"), "{v}");
-        assert!(v.contains("forwarded Some(38) bytes"), "{v}");
+        assert!(has(&early, "cut before B's Connect") && has(&early, "forwarded Some(38) bytes"));
         let late = cut_run(&["paired", "peer_addrs"], &["paired", "rtt"], 51, 0.3);
-        assert!(
-            late.violations
-                .iter()
-                .any(|v| v.contains("got through the cut"))
-        );
-        // A reason that is not the relay's close.
-        let mut other = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
-        other = evaluate(
-            &case(Fault::RelayCut),
+        assert!(has(&late, "got through the cut"));
+        // A reason that is not the relay's close, and a relay still usable.
+        let mut seen = Seen {
+            a: good.detail.seen.a.clone(),
+            times: good.detail.seen.times.clone(),
+            ..Seen::default()
+        };
+        seen.b = peer(
             1,
-            &bounds(),
-            Seen {
-                a: other.detail.a.clone(),
-                b: peer(
-                    1,
-                    &["paired"],
-                    result(false, "server", 1, Some("peer sent nothing")),
-                ),
-                times: other.detail.times.clone(),
-                relay_forwarded: Some(51),
-                cut_at: Some(51),
-                ..Seen::default()
-            },
+            &["paired"],
+            result(false, "server", 1, Some("peer sent nothing")),
         );
-        assert!(other.violations.iter().any(|v| v.contains("does not say")));
+        seen.b.result.as_mut().unwrap().relay_usable = true;
+        (seen.relay_forwarded, seen.cut_at) = (Some(51), Some(51));
+        let other = evaluate(&case(Fault::RelayCut), 1, &bounds(), seen);
+        assert!(
+            has(&other, "does not say") && has(&other, "B: relay_usable=true after the relay cut")
+        );
     }
 
     #[test]
@@ -1279,171 +1241,122 @@ mod tests {
             b_exit: s(10.3),
             a_vanished: s(0.2),
         };
-        let killed_a = CliRun::parse(None, &[r#"{"event":"peer_addrs"}"#.to_string()]);
-        let b_failed = peer(
-            1,
-            &[],
-            result(false, "server", 1, Some("peer sent nothing")),
-        );
-        let good = evaluate(
-            &case(Fault::PeerFrozen),
-            1,
-            &bounds(),
-            Seen {
-                a: killed_a.clone(),
-                b: b_failed.clone(),
-                times: gone.clone(),
-                ..Seen::default()
-            },
+        let vanished_a = CliRun::parse(None, &[r#"{"event":"peer_addrs"}"#.to_string()]);
+        let b_failed = down("server", 1, "peer sent nothing");
+        let good = run(
+            Fault::PeerFrozen,
+            vanished_a.clone(),
+            b_failed.clone(),
+            gone.clone(),
         );
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         assert_eq!(good.duration_ms, Some(10_100.0));
 
-        let late = evaluate(
-            &case(Fault::PeerKilled),
-            1,
-            &bounds(),
-            Seen {
-                a: killed_a.clone(),
-                b: b_failed.clone(),
-                times: Times {
-                    b_exit: s(46.0),
-                    ..gone.clone()
-                },
-                ..Seen::default()
-            },
+        let times = Times {
+            b_exit: s(46.0),
+            ..gone.clone()
+        };
+        let late = run(
+            Fault::PeerKilled,
+            vanished_a.clone(),
+            b_failed.clone(),
+            times,
         );
-        assert!(
-            late.violations
-                .iter()
-                .any(|v| v.contains("over the bound 45.0 s"))
-        );
+        assert!(has(&late, "over the bound 45.0 s"));
 
-        let b_crashed = evaluate(
-            &case(Fault::PeerKilled),
-            1,
-            &bounds(),
-            Seen {
-                a: killed_a,
-                b: CliRun::parse(Some(101), &["panicked".to_string()]),
-                times: gone.clone(),
-                ..Seen::default()
-            },
+        let b_crashed = CliRun::parse(Some(101), &["panicked".to_string()]);
+        let crashed = run(
+            Fault::PeerKilled,
+            vanished_a.clone(),
+            b_crashed,
+            gone.clone(),
         );
-        assert_eq!(b_crashed.outcome, Outcome::Error);
+        assert_eq!(crashed.outcome, Outcome::Error);
+        assert!(has(&crashed, "expected B to fail cleanly, got error"));
 
-        let never_hooked = evaluate(
-            &case(Fault::PeerKilled),
-            1,
-            &bounds(),
-            Seen {
-                a: peer(1, &[], result(false, "client", 1, Some("x"))),
-                b: b_failed,
-                times: Times {
-                    a_vanished: None,
-                    a_exit: s(1.0),
-                    ..gone
-                },
-                ..Seen::default()
-            },
-        );
-        assert!(
-            never_hooked
-                .violations
-                .iter()
-                .any(|v| v.contains("A was not stopped"))
-        );
+        let b_up = peer(0, &[], result(true, "server", 1, None));
+        let upgraded = run(Fault::PeerKilled, vanished_a, b_up, gone.clone());
+        assert!(has(
+            &upgraded,
+            "B reports an upgrade with a peer that vanished"
+        ));
+
+        let times = Times {
+            a_vanished: None,
+            a_exit: s(1.0),
+            ..gone
+        };
+        let never_hooked = run(Fault::PeerKilled, down("client", 1, "x"), b_failed, times);
+        assert!(has(&never_hooked, "A was not stopped"));
     }
 
     #[test]
     fn errors_are_placed_in_the_phase_they_happened_in() {
-        let c = case(Fault::Loss { percent: 30 });
         let errored = |events: &[&str]| {
-            CliRun::parse(
-                Some(2),
-                &events
-                    .iter()
-                    .map(|e| format!(r#"{{"event":"{e}"}}"#))
-                    .collect::<Vec<_>>(),
-            )
+            let lines: Vec<String> = events
+                .iter()
+                .map(|e| format!(r#"{{"event":"{e}"}}"#))
+                .collect();
+            CliRun::parse(Some(2), &lines)
         };
         let run = |a: CliRun, b: CliRun, stopped_unpaired: bool| {
-            evaluate(
-                &c,
-                1,
-                &bounds(),
-                Seen {
-                    a,
-                    b,
-                    times: both_paired_then_exit(1.0, 1.0),
-                    errors: [None, Some("the peer did not answer".into())],
-                    stopped_unpaired,
-                    ..Seen::default()
-                },
-            )
+            let times = both_paired_then_exit(1.0, 1.0);
+            let errors = [None, Some("the peer did not answer".into())];
+            let seen = Seen {
+                a,
+                b,
+                times,
+                errors,
+                stopped_unpaired,
+                ..Seen::default()
+            };
+            evaluate(&case(Fault::Loss { percent: 30 }), 1, &bounds(), seen)
         };
-        let proof = run(
-            errored(&["paired", "upgraded", "timeline", "error"]),
-            errored(&["paired", "upgraded", "timeline", "error"]),
-            false,
-        );
+        let proof_events = ["paired", "upgraded", "timeline", "error"];
+        let proof = run(errored(&proof_events), errored(&proof_events), false);
         assert_eq!(proof.detail.error_phase, Some(ErrorPhase::Proof));
         assert!(proof.detail.core_upgraded);
         assert_eq!(
             note(&proof).unwrap(),
             "error in the proof phase: the peer did not answer"
         );
-        let upgrade = run(
-            errored(&["paired", "attempt"]),
-            peer(1, &["paired"], result(false, "server", 1, Some("x"))),
-            false,
-        );
+        let b = peer(1, &["paired"], result(false, "server", 1, Some("x")));
+        let upgrade = run(errored(&["paired", "attempt"]), b, false);
         assert_eq!(upgrade.detail.error_phase, Some(ErrorPhase::Upgrade));
         // The earliest phase wins; a peer stopped by the runner is no error.
-        let unpaired = run(
-            errored(&["registered", "error"]),
-            CliRun::parse(None, &[r#"{"event":"registered"}"#.into()]),
-            true,
-        );
+        let registered = CliRun::parse(None, &[r#"{"event":"registered"}"#.into()]);
+        let unpaired = run(errored(&["registered", "error"]), registered, true);
         assert_eq!(unpaired.outcome, Outcome::Error);
         assert_eq!(unpaired.detail.error_phase, Some(ErrorPhase::Rendezvous));
         assert!(
-            !unpaired
-                .violations
-                .iter()
-                .any(|v| v.contains("killed by a signal")),
+            !has(&unpaired, "killed by a signal"),
             "{:?}",
             unpaired.violations
         );
-        assert!(
-            unpaired
-                .violations
-                .iter()
-                .any(|v| v.contains("the other was stopped"))
-        );
+        assert!(has(&unpaired, "the other was stopped"));
         // One core upgraded, the other failed: a split outcome, placed in
         // the upgrade phase whatever the CLI did next.
-        let split = run(
-            peer(
-                1,
-                &["paired", "failed"],
-                result(false, "client", 1, Some("peer started no further attempt")),
-            ),
-            errored(&["paired", "upgraded", "timeline", "error"]),
-            false,
+        let why = "peer started no further attempt";
+        let a = peer(
+            1,
+            &["paired", "failed"],
+            result(false, "client", 1, Some(why)),
         );
+        let split = run(a, errored(&proof_events), false);
         assert_eq!(split.detail.error_phase, Some(ErrorPhase::Upgrade));
+        let said = "error in the upgrade phase: the cores disagree: A's DCUtR failed, B's upgraded";
         assert!(
-            note(&split).unwrap().starts_with(
-                "error in the upgrade phase: the cores disagree: A's DCUtR failed, B's upgraded"
-            ),
+            note(&split).unwrap().starts_with(said),
             "{:?}",
             note(&split)
         );
-        // Clean runs have no phase.
+        // Clean runs have no phase; their note is the reason.
         let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
-        assert_eq!(good.detail.error_phase, None);
+        assert_eq!(
+            (good.detail.error_phase, note(&good).as_deref()),
+            (None, Some(CLOSED))
+        );
     }
 
     #[test]
@@ -1458,6 +1371,6 @@ mod tests {
             "| relay-cut-after-connect cone/cone tcp | 2 | 0/2 | 0/2 | 2 | 0 | 5.30 | 10.40 | 10 | FAIL (1/2) |"
         );
         assert!(line.starts_with(&format!("| {} |", c.name())));
-        assert!(md.contains(&format!("2x {CLOSED}")));
+        assert!(md.contains(&format!("- {}: 2x {CLOSED}", c.name())));
     }
 }

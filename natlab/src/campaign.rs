@@ -586,7 +586,7 @@ pub fn wait_peers(
         let first = gone.iter().flatten().min().copied();
         if let Some(t) = first
             && !asked
-            && started.elapsed() >= t + early_after
+            && started.elapsed() >= t.saturating_add(early_after)
         {
             asked = true;
             if stop_early(peers) {
@@ -600,6 +600,50 @@ pub fn wait_peers(
             return Ok(w);
         }
         std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// How a plain run (relay, B, maybe A) ended: see [`settle`].
+pub struct Settled<R> {
+    /// Peer B.
+    pub b: PeerRun<R>,
+    /// Peer A, if it was started.
+    pub a: Option<PeerRun<R>>,
+    /// The deadline (or the grace after the first exit) passed.
+    pub timed_out: bool,
+    /// From `started` until both peers exited or the time ran out.
+    pub duration: Duration,
+}
+
+/// Wait for the peers `procs[1..]` (B, then A if started; `procs[0]` is
+/// the relay), giving the other `grace` once one exited; note a relay that
+/// exited meanwhile in `problems`, kill the peers if time ran out, and
+/// collect their output.
+pub fn settle<R: PeerResult>(
+    procs: &mut [Proc],
+    (started, deadline, grace): (Instant, Instant, Duration),
+    problems: &mut Vec<String>,
+) -> Settled<R> {
+    let never = (Duration::MAX, |_: &[Proc]| false);
+    let timed_out = match wait_peers(&mut procs[1..], started, deadline, None, grace, never) {
+        Ok(w) => w.timed_out,
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            true
+        }
+    };
+    let duration = started.elapsed();
+    if let Ok(Some(status)) = procs[0].try_wait() {
+        problems.push(format!("relay exited during the run ({status})"));
+    }
+    if timed_out {
+        procs.iter_mut().skip(1).for_each(Proc::kill);
+    }
+    Settled {
+        b: PeerRun::collect(&mut procs[1], false),
+        a: procs.get_mut(2).map(|p| PeerRun::collect(p, false)),
+        timed_out,
+        duration,
     }
 }
 

@@ -216,8 +216,8 @@ impl campaign::PeerResult for NodeResult {
 /// What natlab took from one node.
 pub type NodeRun = PeerRun<NodeResult>;
 
-/// What driving one run saw.
-#[derive(Debug, Default)]
+/// What driving one run saw (and its record keeps).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Seen {
     /// The dialer.
     pub a: NodeRun,
@@ -225,7 +225,8 @@ pub struct Seen {
     pub b: NodeRun,
     /// The run hit its time limit.
     pub timed_out: bool,
-    /// From starting B until both peers exited.
+    /// From starting B until both peers exited (`duration_ms`).
+    #[serde(skip)]
     pub duration: Duration,
     /// Lab and runner problems.
     pub problems: Vec<String>,
@@ -240,15 +241,14 @@ pub struct Detail {
     pub a_impl: Impl,
     /// The dialer's time from relayed to direct connection (B's if A has none), ms.
     pub time_to_direct_ms: Option<f64>,
-    /// The listener.
-    pub b: NodeRun,
-    /// The dialer.
-    pub a: NodeRun,
+    /// What the runner saw.
+    #[serde(flatten)]
+    pub seen: Seen,
 }
 
 /// Judge one run (pure: unit-tested without root).
 pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
-    v.extend(seen.problems);
+    v.extend(seen.problems.iter().cloned());
     for (who, n, dcutr) in [("B", &seen.b, pairing.b), ("A", &seen.a, pairing.a)] {
         v.extend(n.violations(who));
         if let Some(r) = n.result.as_ref().filter(|r| !r.ok) {
@@ -274,11 +274,10 @@ pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Reco
         b_impl: pairing.b,
         a_impl: pairing.a,
         time_to_direct_ms: ttd(&seen.a).or_else(|| ttd(&seen.b)),
-        b: seen.b,
-        a: seen.a,
+        seen,
     };
     let mut r = Record::new(pairing.name(), run, outcome, detail);
-    r.duration_ms = Some(crate::ms(seen.duration));
+    r.duration_ms = Some(crate::ms(r.detail.seen.duration));
     r.violations = v;
     r
 }
@@ -315,8 +314,8 @@ pub fn table(records: &[Record<Detail>]) -> String {
                 runs.len().to_string(),
                 format!("{direct}/{}", runs.len()),
                 campaign::num(median(&ttd), 1),
-                event(|d| &d.b),
-                event(|d| &d.a),
+                event(|d| &d.seen.b),
+                event(|d| &d.seen.a),
                 campaign::verdict(&runs, "PASS"),
             ]
         })
@@ -472,37 +471,13 @@ impl Campaign for Libp2p {
                 }
             }
         }
-        let never = (Duration::MAX, |_: &[Proc]| false);
-        match campaign::wait_peers(
-            &mut procs[1..],
-            started,
-            deadline,
-            None,
-            OTHER_NODE_GRACE,
-            never,
-        ) {
-            Ok(w) => seen.timed_out = w.timed_out,
-            Err(e) => {
-                seen.problems.push(format!("{e:#}"));
-                seen.timed_out = true;
-            }
-        }
-        seen.duration = started.elapsed();
-        if let Ok(Some(status)) = procs[0].try_wait() {
-            seen.problems
-                .push(format!("relay exited during the run ({status})"));
-        }
-        if seen.timed_out {
-            procs.iter_mut().skip(1).for_each(Proc::kill);
-        }
-        seen.b = NodeRun::collect(&mut procs[1], false);
-        seen.a = match procs.get_mut(2) {
-            Some(p) => NodeRun::collect(p, false),
-            None => NodeRun {
-                problems: vec!["never started".into()],
-                ..NodeRun::default()
-            },
-        };
+        let limits = (started, deadline, OTHER_NODE_GRACE);
+        let end = campaign::settle(procs, limits, &mut seen.problems);
+        (seen.timed_out, seen.duration, seen.b) = (end.timed_out, end.duration, end.b);
+        seen.a = end.a.unwrap_or_else(|| NodeRun {
+            problems: vec!["never started".into()],
+            ..NodeRun::default()
+        });
         seen
     }
 

@@ -171,8 +171,8 @@ pub fn all_cases() -> Vec<Case> {
         .collect()
 }
 
-/// What driving one run saw.
-#[derive(Debug, Default)]
+/// What driving one run saw (and its record keeps).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Seen {
     /// Peer A.
     pub a: CliRun,
@@ -180,7 +180,9 @@ pub struct Seen {
     pub b: CliRun,
     /// The case timeout (or the grace after one peer exited) fired.
     pub timed_out: bool,
-    /// From starting B until both peers exited (or the timeout).
+    /// From starting B until both peers exited (or the timeout); the
+    /// record has it as `duration_ms`.
+    #[serde(skip)]
     pub duration: Duration,
     /// Runner and lab problems.
     pub problems: Vec<String>,
@@ -217,10 +219,9 @@ pub struct Detail {
     pub unilateral: Option<bool>,
     /// Failure reason (B's, else A's).
     pub reason: Option<String>,
-    /// Peer A.
-    pub a: CliRun,
-    /// Peer B.
-    pub b: CliRun,
+    /// What the runner saw.
+    #[serde(flatten)]
+    pub seen: Seen,
 }
 
 /// The matrix campaign.
@@ -305,24 +306,9 @@ impl Campaign for Matrix {
             }
         }
         let grace = Duration::from_secs_f64(self.args.peer_grace_s.max(0.0));
-        let never = (Duration::MAX, |_: &[Proc]| false);
-        match campaign::wait_peers(&mut procs[1..3], started, deadline, None, grace, never) {
-            Ok(w) => seen.timed_out = w.timed_out,
-            Err(e) => {
-                seen.problems.push(format!("{e:#}"));
-                seen.timed_out = true;
-            }
-        }
-        seen.duration = started.elapsed();
-        if let Ok(Some(status)) = procs[0].try_wait() {
-            seen.problems
-                .push(format!("relay exited during the run ({status})"));
-        }
-        if seen.timed_out {
-            procs.iter_mut().skip(1).for_each(Proc::kill);
-        }
-        seen.b = CliRun::collect(&mut procs[1], false);
-        seen.a = CliRun::collect(&mut procs[2], false);
+        let end = campaign::settle(procs, (started, deadline, grace), &mut seen.problems);
+        (seen.timed_out, seen.duration) = (end.timed_out, end.duration);
+        (seen.b, seen.a) = (end.b, end.a.unwrap_or_default());
         seen
     }
 
@@ -337,18 +323,12 @@ impl Campaign for Matrix {
 
 /// Turn what the peers did into a record (pure: unit-tested without root).
 pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
-    let Seen {
-        a,
-        b,
-        timed_out,
-        duration,
-        problems,
-    } = seen;
-    v.extend(problems);
+    let (a, b, duration) = (&seen.a, &seen.b, seen.duration);
+    v.extend(seen.problems.iter().cloned());
     v.extend(a.violations("A"));
     v.extend(b.violations("B"));
-    let outcome = campaign::outcome(&a, &b, timed_out, &mut v);
-    if timed_out {
+    let outcome = campaign::outcome(a, b, seen.timed_out, &mut v);
+    if seen.timed_out {
         v.push(format!("timed out after {:.1} s", duration.as_secs_f64()));
     }
     let (ra, rb) = (a.result.as_ref(), b.result.as_ref());
@@ -439,8 +419,7 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
         reason: rb
             .and_then(|r| r.reason.clone())
             .or_else(|| ra.and_then(|r| r.reason.clone())),
-        a,
-        b,
+        seen,
     };
     let mut r = Record::new(case.name(), run, outcome, detail);
     r.duration_ms = Some(crate::ms(duration));

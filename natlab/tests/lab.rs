@@ -51,6 +51,16 @@ fn leftovers(run_id: &str) -> Vec<String> {
     namespaces_with_prefix(&format!("nl{run_id}"))
 }
 
+/// The run used `run_id` and removed every namespace it made.
+fn assert_own_and_clean(out: &Output, run_id: &str) {
+    assert_eq!(run_prefix(out), format!("nl{run_id}"), "--run-id ignored");
+    assert_eq!(
+        leftovers(run_id),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+}
+
 fn matrix(mode: &str, args: &[&str]) -> Output {
     matrix_in_run(&fresh_run_id(), mode, args)
 }
@@ -153,12 +163,7 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
         "{table}"
     );
     assert!(table.contains("PASS"));
-    assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
-    assert_eq!(
-        leftovers(&run_id),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    assert_own_and_clean(&out, &run_id);
 }
 
 #[test]
@@ -217,12 +222,7 @@ fn matrix_times_out_a_hanging_peer_and_kills_everything() {
     );
     let recs = records(&out);
     assert_eq!(recs[0]["outcome"], "timeout");
-    assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
-    assert_eq!(
-        leftovers(&run_id),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    assert_own_and_clean(&out, &run_id);
 }
 
 #[test]
@@ -349,12 +349,7 @@ fn broken_relay_cut_and_killed_peer_end_cleanly_within_their_bounds() {
                 );
             }
         }
-        assert_eq!(run_prefix(&out), format!("nl{run_id}"));
-        assert_eq!(
-            leftovers(&run_id),
-            Vec::<String>::new(),
-            "namespaces left behind"
-        );
+        assert_own_and_clean(&out, &run_id);
     }
 }
 

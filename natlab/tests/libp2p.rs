@@ -86,10 +86,8 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    let records: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|v| v.get("case").is_some())
-        .collect();
+    let records: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v.get("case").is_some()).collect();
     let pairings: Vec<&str> = records
         .iter()
         .map(|r| r["case"].as_str().unwrap())
