@@ -494,31 +494,12 @@ impl Campaign for Libp2p {
 mod tests {
     use super::*;
 
-    fn evaluate(
-        p: Pairing,
-        run: u32,
-        a: NodeRun,
-        b: NodeRun,
-        timed_out: bool,
-        duration: Duration,
-        problems: Vec<String>,
-    ) -> Record<Detail> {
-        judge(
-            p,
-            run,
-            Seen {
-                a,
-                b,
-                timed_out,
-                duration,
-                problems,
-            },
-            vec![],
-        )
-    }
+    const DIRECT: &str = "/ip4/203.0.113.12/tcp/5000/p2p/12D3KooW";
 
-    fn result(ok: bool, remote: Option<&str>, dcutr: Option<&str>) -> NodeResult {
-        NodeResult {
+    /// A node's run: exit 0 with a direct connection to `remote`, or exit
+    /// 1 without one; `dcutr` is the behaviour's own event.
+    fn node(ok: bool, remote: Option<&str>, dcutr: Option<&str>) -> NodeRun {
+        let result = NodeResult {
             ok,
             direct: ok,
             reason: (!ok).then(|| "no direct connection".into()),
@@ -529,31 +510,37 @@ mod tests {
             echo: ok,
             dcutr_outcome: dcutr.map(str::to_owned),
             dcutr_error: None,
-        }
-    }
-
-    fn node(exit: i32, r: NodeResult) -> NodeRun {
+        };
+        let exit = Some(if ok { 0 } else { 1 });
         NodeRun {
-            exit: Some(exit),
+            exit,
             events: vec!["result".into()],
-            result: Some(r),
+            result: Some(result),
             problems: vec![],
         }
     }
 
-    const DIRECT: Option<&str> = Some("/ip4/203.0.113.12/tcp/5000/p2p/12D3KooW");
+    fn direct(dcutr: Option<&str>) -> NodeRun {
+        node(true, Some(DIRECT), dcutr)
+    }
+
+    fn run(p: Pairing, a: NodeRun, b: NodeRun) -> Record<Detail> {
+        let seen = Seen {
+            a,
+            b,
+            duration: Duration::from_secs(2),
+            ..Seen::default()
+        };
+        judge(p, 1, seen, vec![])
+    }
+
+    fn has(r: &Record<Detail>, needle: &str) -> bool {
+        r.violations.iter().any(|v| v.contains(needle))
+    }
 
     #[test]
     fn a_direct_connection_on_both_sides_passes() {
-        let r = evaluate(
-            MIXED[0],
-            1,
-            node(0, result(true, DIRECT, Some("ok"))),
-            node(0, result(true, DIRECT, None)),
-            false,
-            Duration::from_secs(2),
-            vec![],
-        );
+        let r = run(MIXED[0], direct(Some("ok")), direct(None));
         assert_eq!(r.outcome, Outcome::Upgraded);
         assert!(r.passed(), "{:?}", r.violations);
         assert_eq!(r.case, "stock-B/ours-A tcp");
@@ -562,80 +549,53 @@ mod tests {
 
     #[test]
     fn one_side_without_a_direct_connection_fails_and_says_which() {
-        let r = evaluate(
+        let r = run(
             MIXED[1],
-            1,
-            node(1, result(false, None, Some("error"))),
-            node(0, result(true, DIRECT, Some("ok"))),
-            false,
-            Duration::from_secs(2),
-            vec![],
+            node(false, None, Some("error")),
+            direct(Some("ok")),
         );
         assert_eq!(r.outcome, Outcome::Error);
+        let which = "A (stock): no direct connection: no direct connection";
         assert!(
-            r.violations
-                .iter()
-                .any(|v| v.starts_with("A (stock): no direct connection")),
+            r.violations.iter().any(|v| v.starts_with(which)),
             "{:?}",
             r.violations
         );
+        assert!(has(
+            &r,
+            "expected a direct connection on both sides, got error"
+        ));
     }
 
     #[test]
     fn a_relayed_remote_or_a_missing_echo_is_not_direct() {
-        let mut no_echo = result(true, DIRECT, None);
-        no_echo.echo = false;
-        let r = evaluate(
-            MIXED[0],
-            1,
-            node(
-                0,
-                result(
-                    true,
-                    Some("/ip4/203.0.113.1/tcp/4000/p2p/R/p2p-circuit/p2p/B"),
-                    None,
-                ),
-            ),
-            node(0, no_echo),
-            false,
-            Duration::from_secs(2),
-            vec![],
+        let relayed = node(
+            true,
+            Some("/ip4/203.0.113.1/tcp/4000/p2p/R/p2p-circuit/p2p/B"),
+            None,
         );
-        assert!(!r.passed());
-        assert!(
-            r.violations
-                .iter()
-                .any(|v| v.contains("not a direct address"))
-        );
-        assert!(r.violations.iter().any(|v| v.contains("echoed over")));
+        let mut no_echo = direct(None);
+        no_echo.result.as_mut().unwrap().echo = false;
+        let r = run(MIXED[0], relayed, no_echo);
+        assert!(has(&r, "A: the direct connection's remote") && has(&r, "is not a direct address"));
+        assert!(has(&r, "B: ok without a direct connection echoed over"));
     }
 
     #[test]
     fn timeouts_crashes_and_bad_output_fail() {
-        let r = evaluate(
-            MIXED[0],
-            1,
-            NodeRun::default(),
-            NodeRun::default(),
-            true,
-            DEFAULT_RUN_TIMEOUT,
-            vec![],
-        );
-        assert_eq!(r.outcome, Outcome::Timeout);
-        assert!(!r.passed());
+        let seen = Seen {
+            timed_out: true,
+            duration: DEFAULT_RUN_TIMEOUT,
+            ..Seen::default()
+        };
+        let hung = judge(MIXED[0], 1, seen, vec![]);
+        assert_eq!(hung.outcome, Outcome::Timeout);
+        assert!(has(&hung, "timed out after 50.0 s"));
         let crashed = NodeRun::parse(Some(101), &["thread 'main' panicked".to_owned()]);
         assert_eq!(crashed.problems.len(), 2, "{:?}", crashed.problems);
-        let r = evaluate(
-            MIXED[0],
-            1,
-            crashed,
-            node(0, result(true, DIRECT, None)),
-            false,
-            Duration::from_secs(1),
-            vec![],
-        );
+        let r = run(MIXED[0], crashed, direct(None));
         assert_eq!(r.outcome, Outcome::Error);
-        assert!(r.violations.iter().any(|v| v.contains("exit code 101")));
+        assert!(has(&r, "A: exit code 101"));
     }
 
     #[test]
@@ -645,39 +605,27 @@ mod tests {
             r#"{"event":"result","ok":true,"direct":true,"reason":null,"remote":"/ip4/203.0.113.11/tcp/5000","endpoint":"dialer","role":"server","time_to_direct_ms":9.3,"echo":true,"dcutr_outcome":"ok","dcutr_error":null,"extra":1}"#,
             r#"{"event":"late"}"#,
         ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        .map(str::to_owned)
+        .to_vec();
         let n = NodeRun::parse(Some(0), &lines);
         assert_eq!(n.events, ["reserved", "result", "late"]);
-        let r = n.result.unwrap();
+        let r = n.result.as_ref().unwrap();
         assert!(r.ok && r.direct && r.echo);
         assert_eq!(r.role.as_deref(), Some("server"));
         assert_eq!(
-            n.problems,
-            ["event \"late\" after the result (the result must be last)"]
+            n.violations("A"),
+            ["A: event \"late\" after the result (the result must be last)"]
         );
-        assert_eq!(
-            peer_id_of(r#"{"event":"listening","peer_id":"12D3"}"#).unwrap(),
-            "12D3"
-        );
+        let id = peer_id_of(r#"{"event":"listening","peer_id":"12D3"}"#).unwrap();
+        assert_eq!(id, "12D3");
+        assert!(peer_id_of(r#"{"event":"listening"}"#).is_err());
     }
 
     #[test]
     fn the_table_has_a_row_per_pairing_with_counts_and_medians() {
         let rec = |p: Pairing, ok: bool, ttd: f64| {
-            let mut r = evaluate(
-                p,
-                1,
-                node(
-                    if ok { 0 } else { 1 },
-                    result(ok, ok.then_some(DIRECT.unwrap()), Some("ok")),
-                ),
-                node(0, result(true, DIRECT, None)),
-                false,
-                Duration::from_secs(1),
-                vec![],
-            );
+            let a = node(ok, ok.then_some(DIRECT), Some("ok"));
+            let mut r = run(p, a, direct(None));
             r.detail.time_to_direct_ms = Some(ttd);
             r
         };
@@ -700,11 +648,20 @@ mod tests {
     }
 
     #[test]
-    fn pairing_names_say_who_listens() {
+    fn pairings_cover_both_roles_over_every_transport() {
         assert_eq!(MIXED[1].name(), "ours-B/stock-A tcp");
         assert_eq!(
             REFERENCE[0].over(Transport::Quic).name(),
             "stock-B/stock-A quic"
+        );
+        assert_eq!(
+            MIXED[0].listen_addr("0.0.0.0", 5000),
+            "/ip4/0.0.0.0/tcp/5000"
+        );
+        let quic = MIXED[0].over(Transport::Quic);
+        assert_eq!(
+            quic.listen_addr("203.0.113.1", 4000),
+            "/ip4/203.0.113.1/udp/4000/quic-v1"
         );
     }
 }

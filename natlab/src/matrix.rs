@@ -494,10 +494,12 @@ mod tests {
     use super::*;
     use crate::campaign::PeerRun;
 
-    fn result(ok: bool, role: &str, transport: &str, attempts: u32, unilateral: bool) -> CliResult {
-        CliResult {
+    /// A peer's run: exit 0 with an upgrade in `role`, or (`attempts` >
+    /// 0 and not `ok`) exit 1 with a clean failure.
+    fn peer(ok: bool, role: &str, attempts: u32, unilateral: bool) -> CliRun {
+        let result = CliResult {
             ok,
-            transport: transport.into(),
+            transport: "tcp".into(),
             role: role.into(),
             remote: ok.then(|| "203.0.113.12:5000".into()),
             attempts,
@@ -507,45 +509,46 @@ mod tests {
             direct_rtt_ms: ok.then_some(10.0),
             relay_usable: true,
             reason: (!ok).then(|| "no direct path".into()),
-        }
-    }
-
-    fn peer(exit: i32, r: CliResult) -> CliRun {
+        };
+        let exit = Some(if ok { 0 } else { 1 });
+        let events = vec!["result".into()];
         PeerRun {
-            exit: Some(exit),
-            events: vec!["result".into()],
-            result: Some(r),
+            exit,
+            events,
+            result: Some(result),
             problems: vec![],
         }
     }
 
-    fn case(name: &str, transport: Transport) -> Case {
-        Case {
-            pair: PAIRS.iter().position(|p| p.0 == name).unwrap(),
-            transport,
-            relay_delay_ms: 50,
-            runtime: DEFAULT_RUNTIME,
-        }
+    fn up(role: &str) -> CliRun {
+        peer(true, role, 1, false)
     }
 
-    /// Judge A (role, exit, ok, attempts, unilateral) and B alike.
-    fn run(
-        c: &str,
-        t: Transport,
-        a: (i32, CliResult),
-        b: (i32, CliResult),
-        secs: u64,
-    ) -> Record<Detail> {
+    fn down(role: &str, attempts: u32) -> CliRun {
+        peer(false, role, attempts, false)
+    }
+
+    /// Judge a TCP run of pair `pair` (relayed RTT 100 ms) lasting `secs`.
+    fn run(pair: &str, a: CliRun, b: CliRun, secs: u64) -> Record<Detail> {
+        let pair = PAIRS.iter().position(|p| p.0 == pair).unwrap();
+        let case = Case {
+            pair,
+            transport: Transport::Tcp,
+            relay_delay_ms: 50,
+            runtime: DEFAULT_RUNTIME,
+        };
         let seen = Seen {
-            a: peer(a.0, a.1),
-            b: peer(b.0, b.1),
+            a,
+            b,
             duration: Duration::from_secs(secs),
             ..Seen::default()
         };
-        judge(&case(c, t), 1, seen, vec![])
+        judge(&case, 1, seen, vec![])
     }
 
-    const TCP: Transport = Transport::Tcp;
+    fn has(r: &Record<Detail>, needle: &str) -> bool {
+        r.violations.iter().any(|v| v.contains(needle))
+    }
 
     #[test]
     fn the_matrix_has_twenty_four_cases_with_unique_names() {
@@ -565,13 +568,7 @@ mod tests {
 
     #[test]
     fn a_good_cone_upgrade_passes_and_computes_the_ratio() {
-        let r = run(
-            "cone/cone",
-            TCP,
-            (0, result(true, "client", "tcp", 1, false)),
-            (0, result(true, "server", "tcp", 1, false)),
-            1,
-        );
+        let r = run("cone/cone", up("client"), up("server"), 1);
         assert_eq!(r.outcome, Outcome::Upgraded);
         assert!(r.passed(), "{:?}", r.violations);
         assert_eq!(
@@ -583,205 +580,116 @@ mod tests {
 
     #[test]
     fn swapped_roles_and_transports_fail_even_when_upgraded() {
-        let q = Transport::Quic;
-        let r = run(
-            "cone/cone",
-            q,
-            (0, result(true, "server", "quic", 1, false)),
-            (0, result(true, "client", "tcp", 1, false)),
-            1,
-        );
+        let mut b = up("client");
+        b.result.as_mut().unwrap().transport = "quic".into();
+        let r = run("cone/cone", up("server"), b, 1);
         assert_eq!(r.outcome, Outcome::Upgraded);
-        let v = r.violations.join("\n");
-        assert!(
-            v.contains("A reported role server") && v.contains("B reported role client"),
-            "{v}"
-        );
-        assert!(v.contains("B reported transport tcp, expected quic"), "{v}");
+        assert!(has(&r, "A reported role server, expected client"));
+        assert!(has(&r, "B reported role client, expected server"));
+        assert!(has(&r, "B reported transport quic, expected tcp"));
     }
 
     #[test]
     fn the_public_pair_needs_a_unilateral_upgrade() {
         let not_uni = run(
             "cone/public",
-            TCP,
-            (0, result(true, "client", "tcp", 0, false)),
-            (0, result(true, "server", "tcp", 0, false)),
+            peer(true, "client", 0, false),
+            peer(true, "server", 0, false),
             1,
         );
-        assert!(
-            not_uni
-                .violations
-                .iter()
-                .any(|v| v.contains("expected unilateral=true"))
-        );
+        assert!(has(&not_uni, "expected unilateral=true"));
         // In the direct dial B dials A: B is the client, A the server.
         let uni = run(
             "cone/public",
-            TCP,
-            (0, result(true, "server", "tcp", 0, true)),
-            (0, result(true, "client", "tcp", 0, true)),
+            peer(true, "server", 0, true),
+            peer(true, "client", 0, true),
             1,
         );
         assert!(uni.passed(), "{:?}", uni.violations);
+        let failed = run("cone/public", down("client", 3), down("server", 3), 1);
+        assert!(has(&failed, "expected an upgrade, got failed-clean"));
     }
 
     #[test]
     fn symmetric_pair_must_fail_cleanly_after_three_attempts_within_the_bound() {
-        let fail = |role, attempts| (1, result(false, role, "tcp", attempts, false));
-        let good = run(
-            "symmetric/symmetric",
-            TCP,
-            fail("client", 3),
-            fail("server", 3),
-            10,
-        );
+        let sym = "symmetric/symmetric";
+        let good = run(sym, down("client", 3), down("server", 3), 10);
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         assert_eq!(good.detail.reason.as_deref(), Some("no direct path"));
-        let two = run(
-            "symmetric/symmetric",
-            TCP,
-            fail("client", 2),
-            fail("server", 2),
-            10,
-        );
-        assert!(two.violations.iter().any(|v| v.contains("attempts=2")));
-        let slow = run(
-            "symmetric/symmetric",
-            TCP,
-            fail("client", 3),
-            fail("server", 3),
-            36,
-        );
-        assert!(slow.violations.iter().any(|v| v.contains("bound")));
-        let mut broken = result(false, "server", "tcp", 3, false);
-        broken.relay_usable = false;
-        let r = run(
-            "symmetric/symmetric",
-            TCP,
-            fail("client", 3),
-            (1, broken),
-            10,
-        );
-        assert!(
-            r.violations
-                .iter()
-                .any(|v| v.contains("relay_usable=false"))
-        );
-        let up = run(
-            "symmetric/symmetric",
-            TCP,
-            (0, result(true, "client", "tcp", 1, false)),
-            (0, result(true, "server", "tcp", 1, false)),
-            1,
-        );
-        assert!(
-            up.violations
-                .iter()
-                .any(|v| v.contains("expected a clean failure, got upgraded"))
-        );
+        assert!(has(
+            &run(sym, down("client", 2), down("server", 2), 10),
+            "attempts=2"
+        ));
+        assert!(has(
+            &run(sym, down("client", 3), down("server", 3), 36),
+            "bound 35 s"
+        ));
+        let mut broken = down("server", 3);
+        broken.result.as_mut().unwrap().relay_usable = false;
+        assert!(has(
+            &run(sym, down("client", 3), broken, 10),
+            "relay_usable=false"
+        ));
+        let mut silent = down("server", 3);
+        silent.result.as_mut().unwrap().reason = None;
+        assert!(has(
+            &run(sym, down("client", 3), silent, 10),
+            "B: no reason for the failure"
+        ));
+        let upgraded = run(sym, up("client"), up("server"), 1);
+        assert!(has(&upgraded, "expected a clean failure, got upgraded"));
     }
 
     #[test]
     fn crashes_timeouts_and_disagreements_are_errors() {
-        let c = case("symmetric/cone", TCP);
         let crash = CliRun::parse(Some(101), &["thread panicked".to_string()]);
-        let b = peer(1, result(false, "server", "tcp", 3, false));
-        let r = judge(
-            &c,
-            1,
-            Seen {
-                a: crash,
-                b: b.clone(),
-                ..Seen::default()
-            },
-            vec![],
-        );
+        let r = run("symmetric/cone", crash, down("server", 3), 1);
         assert_eq!(r.outcome, Outcome::Error);
-        assert!(r.violations.iter().any(|v| v.contains("exit code 101")));
-        assert!(
-            r.violations
-                .iter()
-                .any(|v| v.contains("expected an upgrade or a clean failure"))
-        );
-        let hung = judge(
-            &c,
-            1,
-            Seen {
-                timed_out: true,
-                ..Seen::default()
-            },
-            vec![],
-        );
+        assert!(has(&r, "exit code 101") && has(&r, "expected an upgrade or a clean failure"));
+        let seen = Seen {
+            timed_out: true,
+            duration: Duration::from_secs(40),
+            ..Seen::default()
+        };
+        let case = all_cases()[0];
+        let hung = judge(&case, 1, seen, vec!["lab: x".into()]);
         assert_eq!(hung.outcome, Outcome::Timeout);
-        assert!(hung.violations.iter().any(|v| v.starts_with("timed out")));
-        let a = peer(0, result(true, "client", "tcp", 1, false));
-        let split = judge(
-            &c,
-            1,
-            Seen {
-                a,
-                b,
-                ..Seen::default()
-            },
-            vec![],
-        );
+        assert_eq!(hung.violations[0], "lab: x");
+        assert!(has(&hung, "timed out after 40.0 s"));
+        let split = run("symmetric/cone", up("client"), down("server", 3), 1);
         assert_eq!(split.outcome, Outcome::Error);
-        assert!(split.violations.iter().any(|p| p.contains("disagree")));
-        let a = peer(0, result(false, "client", "tcp", 3, false));
-        let b = peer(1, result(false, "server", "tcp", 3, false));
-        let lie = judge(
-            &c,
-            1,
-            Seen {
-                a,
-                b,
-                ..Seen::default()
-            },
-            vec![],
-        );
-        assert!(
-            lie.violations
-                .iter()
-                .any(|p| p.contains("exit 0 but result ok=false"))
-        );
+        assert!(has(&split, "disagree"));
+        let mut lie = down("client", 3);
+        lie.exit = Some(0);
+        assert!(has(
+            &run("symmetric/cone", lie, down("server", 3), 1),
+            "exit 0 but result ok=false"
+        ));
     }
 
     #[test]
     fn report_only_pairs_pass_either_clean_outcome() {
-        let up = run(
-            "cone/cone-no-firewall",
-            TCP,
-            (0, result(true, "client", "tcp", 2, false)),
-            (0, result(true, "server", "tcp", 2, false)),
-            1,
-        );
+        let up = run("cone/cone-no-firewall", up("client"), up("server"), 1);
         let down = run(
             "cone/cone-no-firewall",
-            TCP,
-            (1, result(false, "client", "tcp", 3, false)),
-            (1, result(false, "server", "tcp", 3, false)),
+            down("client", 3),
+            down("server", 3),
             1,
         );
         assert!(up.passed() && down.passed());
-        assert_eq!(
-            table(&[down]).lines().nth(2).unwrap().rsplit("| ").next(),
-            Some("report |")
+        assert!(
+            table(&[down])
+                .lines()
+                .nth(2)
+                .unwrap()
+                .ends_with("| report |")
         );
     }
 
     #[test]
     fn the_table_has_a_row_per_case_with_medians_and_counts() {
-        let ok = || {
-            run(
-                "cone/cone",
-                TCP,
-                (0, result(true, "client", "tcp", 1, false)),
-                (0, result(true, "server", "tcp", 1, false)),
-                1,
-            )
-        };
+        let ok = || run("cone/cone", up("client"), up("server"), 1);
         let mut slow = ok();
         slow.detail.time_to_direct_ms = Some(400.0);
         let mut hung = ok();
