@@ -176,28 +176,19 @@ impl Bounds {
     /// How each bound is made, for the output.
     pub fn explain(&self) -> String {
         let s = |d: Duration| format!("{:.0} s", d.as_secs_f64());
+        let (step, direct, n) = (
+            s(self.step_timeout),
+            s(self.direct_timeout),
+            self.max_attempts,
+        );
+        let (proof, drain) = (s(CLI_PROOF_TIMEOUT), s(CLI_QUIC_DRAIN_LIMIT));
+        let (upgrade, cut, vanish) = (s(self.upgrade), s(self.relay_cut), s(self.vanish));
         format!(
-            "bounds from dcutr-core Config::shared_stream() (= default timeouts): step_timeout {}, direct_timeout {}, max_attempts {}\n\
-             - loss (per peer, paired -> exit):  {} x (step {} + direct {}) + CLI proof {} + QUIC drain {} = {}\n\
-             - relay cut (per peer, paired -> exit): step {} = {} (the close must end it, not a timeout)\n\
-             - peer gone (A vanished -> B exit): step {} + direct {} + CLI proof {} = {}\n\
-             every run also: no peer still running {} after the other ended or vanished",
-            s(self.step_timeout),
-            s(self.direct_timeout),
-            self.max_attempts,
-            self.max_attempts,
-            s(self.step_timeout),
-            s(self.direct_timeout),
-            s(CLI_PROOF_TIMEOUT),
-            s(CLI_QUIC_DRAIN_LIMIT),
-            s(self.upgrade),
-            s(self.step_timeout),
-            s(self.relay_cut),
-            s(self.step_timeout),
-            s(self.direct_timeout),
-            s(CLI_PROOF_TIMEOUT),
-            s(self.vanish),
-            s(self.vanish),
+            "bounds from dcutr-core Config::shared_stream() (= default timeouts): step_timeout {step}, direct_timeout {direct}, max_attempts {n}\n\
+             - loss (per peer, paired -> exit):  {n} x (step {step} + direct {direct}) + CLI proof {proof} + QUIC drain {drain} = {upgrade}\n\
+             - relay cut (per peer, paired -> exit): step {step} = {cut} (the close must end it, not a timeout)\n\
+             - peer gone (A vanished -> B exit): step {step} + direct {direct} + CLI proof {proof} = {vanish}\n\
+             every run also: no peer still running {vanish} after the other ended or vanished"
         )
     }
 }
