@@ -194,16 +194,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// `None` when labs can be built here (root, namespaces, the tools);
-/// else says why on stdout and gives the exit code: 0 when only root is
-/// missing (the lab is skipped), 2 when root lacks tools (an error: run
+/// `None` when labs can be built here (root, namespaces and, if `tools`,
+/// every lab tool); else says why and gives the exit code: 0 without root
+/// (the lab is skipped), 2 when root lacks tools (an error: run
 /// scripts/install-natlab-tools.sh).
-fn needs_root() -> Option<ExitCode> {
+fn needs_root(tools: bool) -> Option<ExitCode> {
     if !cmd::can_build_labs() {
         println!("natlab: skipped (needs root)");
         return Some(ExitCode::SUCCESS);
     }
-    let missing = cmd::missing_tools();
+    let missing = if tools {
+        cmd::missing_tools()
+    } else {
+        Vec::new()
+    };
     if missing.is_empty() {
         return None;
     }
@@ -224,7 +228,7 @@ impl Command {
 
 fn run(command: Command) -> Result<ExitCode> {
     if command.needs_root()
-        && let Some(code) = needs_root()
+        && let Some(code) = needs_root(!matches!(command, Command::Cleanup))
     {
         return Ok(code);
     }

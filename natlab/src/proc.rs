@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ pub struct Proc {
     stderr: Arc<Mutex<Captured>>,
     status: Option<ExitStatus>,
     readers: Vec<JoinHandle<()>>,
+    /// Disconnects once every reader thread has ended (each holds a sender).
+    readers_done: Receiver<()>,
 }
 
 impl Proc {
@@ -74,16 +76,19 @@ impl Proc {
         let (tx, stdout_rx) = mpsc::channel();
         let out_pipe = child.stdout.take().context("stdout pipe")?;
         let err_pipe = child.stderr.take().context("stderr pipe")?;
-        let out = Arc::clone(&stdout);
-        let err = Arc::clone(&stderr);
+        let (out, err) = (Arc::clone(&stdout), Arc::clone(&stderr));
+        let (done_out, readers_done) = mpsc::channel::<()>();
+        let done_err = done_out.clone();
         let readers = vec![
             thread::spawn(move || {
+                let _done = done_out;
                 for_each_line(out_pipe, |line| {
                     out.lock().expect("capture lock").push(line.clone());
                     let _ = tx.send(line);
                 })
             }),
             thread::spawn(move || {
+                let _done = done_err;
                 for_each_line(err_pipe, |line| {
                     err.lock().expect("capture lock").push(line)
                 })
@@ -97,6 +102,7 @@ impl Proc {
             stderr,
             status: None,
             readers,
+            readers_done,
         })
     }
 
@@ -147,11 +153,9 @@ impl Proc {
         if !matches!(self.try_wait(), Ok(Some(_))) {
             return;
         }
-        let until = Instant::now() + limit;
-        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < until {
-            thread::sleep(Duration::from_millis(1));
-        }
-        if self.readers.iter().any(|r| !r.is_finished()) {
+        // Nothing is ever sent: the wait ends when the last reader drops
+        // its sender (both pipes at their end), or after `limit`.
+        if let Err(RecvTimeoutError::Timeout) = self.readers_done.recv_timeout(limit) {
             self.stderr.lock().expect("capture lock").push(format!(
                 "[natlab: pipes still open {limit:?} after the exit]"
             ));
