@@ -117,9 +117,6 @@ pub struct Args {
     /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH).
     #[arg(long)]
     pub dcutr: Option<PathBuf>,
-    /// Repeat each case this many times.
-    #[arg(long, default_value_t = DEFAULT_RUNS)]
-    pub runs: u32,
     /// Base seed of the delay lines' loss and jitter (each run derives its own).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -699,13 +696,10 @@ impl Campaign for Broken {
     type Seen = Seen;
     type Detail = Detail;
     const KIND: &'static str = "broken";
+    const DEFAULT_RUNS: u32 = DEFAULT_RUNS;
 
     fn common(&self) -> &Common {
         &self.args.common
-    }
-
-    fn runs(&self) -> u32 {
-        self.args.runs
     }
 
     fn cases(&self) -> Vec<Case> {

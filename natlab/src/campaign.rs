@@ -46,6 +46,9 @@ const READER_JOIN_LIMIT: Duration = Duration::from_secs(2);
 /// Options every campaign has.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
+    /// Repeat each case this many times (default: 3 for `broken`, else 1).
+    #[arg(long)]
+    pub runs: Option<u32>,
     /// Only cases whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
@@ -157,7 +160,7 @@ impl<D> Record<D> {
 /// A campaign: cases -> topology -> drive -> observations -> expectations
 /// -> violations -> table.
 pub trait Campaign {
-    /// One cell of the campaign (the runner repeats it `runs()` times).
+    /// One cell of the campaign (the runner repeats it `--runs` times).
     type Case;
     /// What driving one run saw.
     type Seen: Default;
@@ -167,14 +170,14 @@ pub trait Campaign {
     const KIND: &'static str;
     /// What a case is called in the summary: `cases`, `pairings`.
     const GROUPS: &'static str = "cases";
+    /// Runs per case without `--runs`.
+    const DEFAULT_RUNS: u32 = 1;
     /// How long all cases, one run each, should take at most (a warning
     /// otherwise).
     const BUDGET: Option<Duration> = None;
 
     /// The options every campaign has.
     fn common(&self) -> &Common;
-    /// Runs per case.
-    fn runs(&self) -> u32;
     /// Every case, in table order.
     fn cases(&self) -> Vec<Self::Case>;
     /// The case's name (what `--filter` matches).
@@ -213,6 +216,7 @@ pub trait Campaign {
 /// run met its expectation, 1 otherwise.
 pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
     let common = c.common();
+    let runs = common.runs.unwrap_or(C::DEFAULT_RUNS).max(1);
     let cases: Vec<C::Case> = c
         .cases()
         .into_iter()
@@ -235,17 +239,12 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
         (Some(p), false) => println!("{p}\n"),
         (None, _) => {}
     }
-    info!(
-        kind = C::KIND,
-        cases = cases.len(),
-        runs = c.runs(),
-        "campaign"
-    );
+    info!(kind = C::KIND, cases = cases.len(), runs, "campaign");
     let started = Instant::now();
     let mut names = RunNames::from_arg(common.run_id.as_deref())?;
     let mut records = Vec::new();
     for case in &cases {
-        for run in 1..=c.runs().max(1) {
+        for run in 1..=runs {
             let record = run_one(c, case, run, &names.next_topology());
             info!(
                 case = %record.case, run, outcome = %record.outcome,
@@ -261,7 +260,7 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
     }
     let total = started.elapsed();
     let table = c.table(&records);
-    let all = c.runs() <= 1 && common.filter.is_none();
+    let all = runs == 1 && common.filter.is_none();
     if let Some(budget) = C::BUDGET.filter(|b| all && total > *b) {
         warn!(
             "all of {} took {:.0} s, over its {} s budget",
@@ -278,7 +277,7 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
         total.as_secs_f64(),
         cases.len(),
         C::GROUPS,
-        c.runs().max(1),
+        runs,
         records.len() - failed,
     );
     if common.json {

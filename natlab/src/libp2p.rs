@@ -61,9 +61,6 @@ pub struct Args {
     /// `cargo build --workspace --lib --bins --examples`).
     #[arg(long)]
     pub node: Option<PathBuf>,
-    /// Runs per pairing.
-    #[arg(long, default_value_t = 1)]
-    pub runs: u32,
     /// Also run the reference pairings, stock/stock and ours/ours.
     #[arg(long)]
     pub reference: bool,
@@ -376,10 +373,6 @@ impl Campaign for Libp2p {
 
     fn common(&self) -> &Common {
         &self.args.common
-    }
-
-    fn runs(&self) -> u32 {
-        self.args.runs
     }
 
     fn cases(&self) -> Vec<Pairing> {

@@ -56,9 +56,6 @@ pub struct Args {
     /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH).
     #[arg(long)]
     pub dcutr: Option<PathBuf>,
-    /// Repeat each case this many times.
-    #[arg(long, default_value_t = 1)]
-    pub runs: u32,
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = DEFAULT_CASE_TIMEOUT.as_secs_f64())]
     pub case_timeout_s: f64,
@@ -241,10 +238,6 @@ impl Campaign for Matrix {
 
     fn common(&self) -> &Common {
         &self.args.common
-    }
-
-    fn runs(&self) -> u32 {
-        self.args.runs
     }
 
     fn cases(&self) -> Vec<Case> {
