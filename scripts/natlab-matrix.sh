@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# The real-NAT lab: builds network namespaces with nftables NAT and runs the
-# dcutr CLI through the matrix of NAT pairs x transports x relayed RTTs.
-# Needs root (it creates namespaces); otherwise it says so and succeeds.
-# The Markdown table lands in target/natlab-report.md.
+# The real-NAT lab: builds network namespaces with nftables NAT and runs,
+# one after the other, natlab's selftest, the matrix of NAT pairs x
+# transports x relayed RTTs driving the dcutr CLI (extra arguments go to
+# `natlab matrix`, e.g. --runs 10), and stock rust-libp2p against
+# dcutr-libp2p (`natlab libp2p --runs 1`).
+# Needs root (it creates namespaces); otherwise it prints
+# "natlab: skipped (needs root)" and exits 0. Installs missing lab tools
+# first (scripts/install-natlab-tools.sh).
+# The Markdown tables land in $CARGO_TARGET_DIR (default target/):
+# natlab-report.md (matrix) and natlab-libp2p.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +16,16 @@ if [ "$(id -u)" -ne 0 ] || ! ip netns list >/dev/null 2>&1; then
     echo "natlab: skipped (needs root)"
     exit 0
 fi
-cargo build --locked -p dcutr-natlab -p dcutr-cli
-target/debug/natlab selftest
-target/debug/natlab matrix --markdown target/natlab-report.md "$@"
-cargo build --locked --workspace --lib --bins --examples && target/debug/natlab libp2p --runs 1 --markdown target/natlab-libp2p.md
+scripts/install-natlab-tools.sh
+target=${CARGO_TARGET_DIR:-target}
+# The lab node is a dcutr-libp2p example, built with the workspace's
+# features (the same libp2p build as the rest of the test suite).
+cargo build --locked --workspace --lib --bins --examples
+timed() {
+    local started=$SECONDS
+    "$@"
+    echo "natlab: '$*' took $((SECONDS - started)) s"
+}
+timed "$target/debug/natlab" selftest
+timed "$target/debug/natlab" matrix --markdown "$target/natlab-report.md" "$@"
+timed "$target/debug/natlab" libp2p --runs 1 --markdown "$target/natlab-libp2p.md"

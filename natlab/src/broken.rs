@@ -18,22 +18,22 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use tracing::info;
+use serde_json::{Map, Value, json};
 
-use crate::contract::{self, PeerOutput};
-use crate::matrix::{Outcome, PEER_PORT, PeerRun, RELAY_PORT, Transport, dcutr_args, locate_dcutr};
-use crate::names::RunNames;
+use crate::campaign::{
+    self, Campaign, Common, Outcome, PEER_PORT, RELAY_READY_TIMEOUT, Record, TRANSPORTS, Transport,
+    is_event, parse_event,
+};
+use crate::contract::{self, CliRun};
 use crate::nat::Site;
 use crate::proc::Proc;
 use crate::stats::median;
-use crate::topo::{DelaySpec, Lab, RELAY_IP, TopologySpec, site_public_ip};
+use crate::topo::{DelaySpec, Lab, TopologySpec, site_public_ip};
 
 /// Runs per case by default: enough to see a rate at a glance in about
 /// five minutes on 2 shared cores; use `--runs 20` for the figures.
@@ -76,14 +76,6 @@ pub const RENDEZVOUS_ALLOWANCE: Duration = Duration::from_secs(30);
 /// real duration) rather than cut off exactly at the bound.
 pub const OVERRUN_MARGIN: Duration = Duration::from_secs(10);
 
-/// How often the runner polls the peers for their exit; also the
-/// resolution of the measured durations.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
-
-/// How long the runner lets the reader threads drain an exited peer's
-/// pipes before parsing its output (as the matrix does).
-const PIPE_DRAIN: Duration = Duration::from_millis(20);
-
 /// How long the runner waits for the relay's `splice_closed` line after
 /// the peers exited: the relay closes a cut splice at once, but prints
 /// from another task.
@@ -125,27 +117,12 @@ pub struct Args {
     /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH).
     #[arg(long)]
     pub dcutr: Option<PathBuf>,
-    /// Repeat each case this many times.
-    #[arg(long, default_value_t = DEFAULT_RUNS)]
-    pub runs: u32,
-    /// Only cases whose name contains this (e.g. "loss30", "relay-cut", "quic").
-    #[arg(long)]
-    pub filter: Option<String>,
-    /// Also write the Markdown table to this file.
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
-    /// Print one JSON record per run (and a summary) on stdout; the table goes to stderr.
-    #[arg(long)]
-    pub json: bool,
     /// Base seed of the delay lines' loss and jitter (each run derives its own).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Print the lab diagnostics for every run, not only failing ones.
-    #[arg(long)]
-    pub always_diagnose: bool,
-    /// Run id, 4 hex digits (default: random); see `natlab matrix --run-id`.
-    #[arg(long, value_name = "HEX")]
-    pub run_id: Option<String>,
+    /// Filter ("loss30", "relay-cut", "quic"), output and run id.
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// The time limits every run is judged against, from the core's config.
@@ -196,28 +173,19 @@ impl Bounds {
     /// How each bound is made, for the output.
     pub fn explain(&self) -> String {
         let s = |d: Duration| format!("{:.0} s", d.as_secs_f64());
+        let (step, direct, n) = (
+            s(self.step_timeout),
+            s(self.direct_timeout),
+            self.max_attempts,
+        );
+        let (proof, drain) = (s(CLI_PROOF_TIMEOUT), s(CLI_QUIC_DRAIN_LIMIT));
+        let (upgrade, cut, vanish) = (s(self.upgrade), s(self.relay_cut), s(self.vanish));
         format!(
-            "bounds from dcutr-core Config::shared_stream() (= default timeouts): step_timeout {}, direct_timeout {}, max_attempts {}\n\
-             - loss (per peer, paired -> exit):  {} x (step {} + direct {}) + CLI proof {} + QUIC drain {} = {}\n\
-             - relay cut (per peer, paired -> exit): step {} = {} (the close must end it, not a timeout)\n\
-             - peer gone (A vanished -> B exit): step {} + direct {} + CLI proof {} = {}\n\
-             every run also: no peer still running {} after the other ended or vanished",
-            s(self.step_timeout),
-            s(self.direct_timeout),
-            self.max_attempts,
-            self.max_attempts,
-            s(self.step_timeout),
-            s(self.direct_timeout),
-            s(CLI_PROOF_TIMEOUT),
-            s(CLI_QUIC_DRAIN_LIMIT),
-            s(self.upgrade),
-            s(self.step_timeout),
-            s(self.relay_cut),
-            s(self.step_timeout),
-            s(self.direct_timeout),
-            s(CLI_PROOF_TIMEOUT),
-            s(self.vanish),
-            s(self.vanish),
+            "bounds from dcutr-core Config::shared_stream() (= default timeouts): step_timeout {step}, direct_timeout {direct}, max_attempts {n}\n\
+             - loss (per peer, paired -> exit):  {n} x (step {step} + direct {direct}) + CLI proof {proof} + QUIC drain {drain} = {upgrade}\n\
+             - relay cut (per peer, paired -> exit): step {step} = {cut} (the close must end it, not a timeout)\n\
+             - peer gone (A vanished -> B exit): step {step} + direct {direct} + CLI proof {proof} = {vanish}\n\
+             every run also: no peer still running {vanish} after the other ended or vanished"
         )
     }
 }
@@ -275,43 +243,14 @@ impl fmt::Display for ErrorPhase {
 }
 
 /// The phase a peer that did not end cleanly was in.
-fn phase_of(output: &PeerOutput) -> ErrorPhase {
-    if !has_event(output, PAIRED_EVENT) {
+fn phase_of(output: &CliRun) -> ErrorPhase {
+    if !output.has(PAIRED_EVENT) {
         ErrorPhase::Rendezvous
-    } else if CORE_OUTCOME_EVENTS.iter().any(|e| has_event(output, e)) {
+    } else if CORE_OUTCOME_EVENTS.iter().any(|e| output.has(e)) {
         ErrorPhase::Proof
     } else {
         ErrorPhase::Upgrade
     }
-}
-
-/// One case: a fault on cone/cone with one transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Case {
-    /// What is broken.
-    pub fault: Fault,
-    /// Transport.
-    pub transport: Transport,
-}
-
-impl Case {
-    /// `loss30 cone/cone quic`.
-    pub fn name(&self) -> String {
-        format!("{} cone/cone {}", self.fault, self.transport)
-    }
-}
-
-/// Every case, in table order.
-pub fn all_cases() -> Vec<Case> {
-    let faults = LOSS_PERCENTS
-        .iter()
-        .map(|&percent| Fault::Loss { percent })
-        .chain([Fault::RelayCut, Fault::PeerKilled, Fault::PeerFrozen]);
-    faults
-        .flat_map(|fault| {
-            [Transport::Tcp, Transport::Quic].map(|transport| Case { fault, transport })
-        })
-        .collect()
 }
 
 /// The relay's `--cut-after-bytes` for "right after B's first Connect":
@@ -357,13 +296,53 @@ pub struct Times {
     pub a_vanished: Option<Duration>,
 }
 
-/// Everything natlab saw of one run, before judging it.
-#[derive(Debug, Clone, Default)]
-pub struct Observed {
+/// One case: a fault on cone/cone with one transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Case {
+    /// Position in [`all_cases`] (the seeds derive from it).
+    pub index: usize,
+    /// What is broken.
+    pub fault: Fault,
+    /// Transport.
+    pub transport: Transport,
+}
+
+impl Case {
+    /// `loss30 cone/cone quic`.
+    pub fn name(&self) -> String {
+        format!("{} cone/cone {}", self.fault, self.transport)
+    }
+
+    /// The delay-line seeds of run `run`, for the loss cases.
+    fn seeds(&self, base: u64, run: u32) -> Option<[u64; 2]> {
+        matches!(self.fault, Fault::Loss { .. }).then(|| seeds(base, self.index, run))
+    }
+}
+
+/// Every case, in table order.
+pub fn all_cases() -> Vec<Case> {
+    LOSS_PERCENTS
+        .iter()
+        .map(|&percent| Fault::Loss { percent })
+        .chain([Fault::RelayCut, Fault::PeerKilled, Fault::PeerFrozen])
+        .flat_map(|fault| TRANSPORTS.map(|transport| (fault, transport)))
+        .enumerate()
+        .map(|(index, (fault, transport))| Case {
+            index,
+            fault,
+            transport,
+        })
+        .collect()
+}
+
+/// Everything natlab saw of one run, before judging it (and kept in its
+/// record).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Seen {
     /// Peer A (its output; its exit code unless we stopped it).
-    pub a: PeerRun,
+    pub a: CliRun,
     /// Peer B.
-    pub b: PeerRun,
+    pub b: CliRun,
     /// When things happened.
     pub times: Times,
     /// The runner gave up waiting (a bound plus [`OVERRUN_MARGIN`]).
@@ -380,21 +359,15 @@ pub struct Observed {
     pub problems: Vec<String>,
 }
 
-/// One judged run.
+/// What a broken-network record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Record {
-    /// Case name.
-    pub case: String,
+pub struct Detail {
     /// The fault.
     pub fault: Fault,
     /// Transport.
     pub transport: Transport,
-    /// Run number within the case (1-based).
-    pub run: u32,
     /// Delay-line seeds (sites 1 and 2), for the loss cases.
     pub seeds: Option<[u64; 2]>,
-    /// How it ended (A stopped by us counts as planned).
-    pub outcome: Outcome,
     /// Attempts (B's count, else A's).
     pub attempts: Option<u32>,
     /// A's failure reason.
@@ -406,827 +379,560 @@ pub struct Record {
     pub core_upgraded: bool,
     /// For errors and timeouts: the phase the first troubled peer was in.
     pub error_phase: Option<ErrorPhase>,
-    /// For errors: the `error` reasons the peers printed (A's, B's).
-    pub errors: [Option<String>; 2],
-    /// What is compared with the bound, ms (see [`Bounds`]).
-    pub duration_ms: Option<f64>,
-    /// The bound, ms.
+    /// The bound `duration_ms` is compared with, ms.
     pub bound_ms: f64,
     /// From starting B until the run ended, ms.
     pub run_ms: f64,
-    /// Timestamps.
-    pub times: Times,
-    /// Relay bytes forwarded / cut point.
-    pub relay_forwarded: Option<u64>,
-    /// The relay's cut point.
-    pub cut_at: Option<u64>,
-    /// Peer A.
-    pub a: PeerRun,
-    /// Peer B.
-    pub b: PeerRun,
-    /// Unmet expectations. Empty = PASS.
-    pub violations: Vec<String>,
-}
-
-impl Record {
-    /// Whether the run met its expectation.
-    pub fn passed(&self) -> bool {
-        self.violations.is_empty()
-    }
-}
-
-fn ok(p: &PeerRun) -> bool {
-    matches!((p.exit, &p.output.result), (Some(0), Some(r)) if r.ok)
-}
-
-fn failed_clean(p: &PeerRun) -> bool {
-    matches!((p.exit, &p.output.result), (Some(1), Some(r)) if !r.ok)
-}
-
-fn has_event(output: &PeerOutput, name: &str) -> bool {
-    output.events.iter().any(|e| e == name)
-}
-
-fn reason(p: &PeerRun) -> Option<String> {
-    p.output.result.as_ref().and_then(|r| r.reason.clone())
+    /// What the runner saw.
+    #[serde(flatten)]
+    pub seen: Seen,
 }
 
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-/// Judge one run (pure: unit-tested without root).
-pub fn evaluate(case: &Case, run: u32, bounds: &Bounds, seen: Observed) -> Record {
-    let Observed {
-        a,
-        b,
-        times,
-        timed_out,
-        relay_forwarded,
-        cut_at,
-        errors,
-        stopped_unpaired,
-        problems,
-    } = seen;
-    let bound = bounds.for_fault(case.fault);
-    let a_stopped = times.a_vanished.is_some();
-    let mut v = problems;
-    // The contract, for every peer that ran to its end.
-    for (who, p, ran) in [("A", &a, !a_stopped), ("B", &b, true)] {
-        if !ran {
-            continue;
-        }
-        v.extend(p.output.problems.iter().map(|e| format!("{who}: {e}")));
-        match (p.exit, &p.output.result) {
-            (Some(0), Some(r)) if !r.ok => v.push(format!("{who}: exit 0 but result ok=false")),
-            (Some(1), Some(r)) if r.ok => v.push(format!("{who}: exit 1 but result ok=true")),
-            (Some(code), _) if code != 0 && code != 1 => {
-                v.push(format!("{who}: exit code {code} (error)"));
-            }
-            (None, _) if !timed_out && !stopped_unpaired => {
-                v.push(format!("{who}: no exit code (killed by a signal)"));
-            }
-            _ => {}
-        }
-        if let Some(r) = &p.output.result
-            && r.attempts > u32::from(bounds.max_attempts)
-        {
-            v.push(format!(
-                "{who}: {} attempts, more than the configured {}",
-                r.attempts, bounds.max_attempts
-            ));
-        }
+/// The contract, for every peer that ran to its end.
+fn contract_violations(who: &str, p: &CliRun, bounds: &Bounds, seen: &Seen) -> Vec<String> {
+    let mut v = p.violations(who);
+    if p.exit.is_none() && !seen.timed_out && !seen.stopped_unpaired {
+        v.push(format!("{who}: no exit code (killed by a signal)"));
     }
-    if timed_out {
-        v.push("timed out: a peer was still running past its bound and was killed".into());
-    }
-    if stopped_unpaired {
-        v.push("a peer ended before being paired; the other was stopped".into());
-    }
-    let per_peer = |paired: Option<Duration>, exit: Option<Duration>| match (paired, exit) {
-        (Some(p), Some(e)) => Some(e.saturating_sub(p)),
-        _ => None,
-    };
-    let a_upgrade = per_peer(times.a_paired, times.a_exit);
-    let b_upgrade = per_peer(times.b_paired, times.b_exit);
-
-    let (outcome, duration) = match case.fault {
-        Fault::Loss { .. } | Fault::RelayCut => {
-            let outcome = if timed_out {
-                Outcome::Timeout
-            } else if ok(&a) && ok(&b) {
-                Outcome::Upgraded
-            } else if failed_clean(&a) && failed_clean(&b) {
-                Outcome::FailedClean
-            } else {
-                if (ok(&a) && failed_clean(&b)) || (failed_clean(&a) && ok(&b)) {
-                    v.push("peers disagree on the outcome".into());
-                }
-                Outcome::Error
-            };
-            for (who, paired, d) in [
-                ("A", times.a_paired, a_upgrade),
-                ("B", times.b_paired, b_upgrade),
-            ] {
-                if paired.is_none() {
-                    v.push(format!(
-                        "{who}: never printed {PAIRED_EVENT:?} (no upgrade ran)"
-                    ));
-                }
-                if let Some(d) = d
-                    && d > bound
-                {
-                    v.push(format!(
-                        "{who}: {} from paired to exit, over the bound {}",
-                        secs(d),
-                        secs(bound)
-                    ));
-                }
-            }
-            (outcome, a_upgrade.max(b_upgrade))
-        }
-        Fault::PeerKilled | Fault::PeerFrozen => {
-            let outcome = if timed_out {
-                Outcome::Timeout
-            } else if a_stopped && failed_clean(&b) {
-                Outcome::FailedClean
-            } else {
-                Outcome::Error
-            };
-            if !a_stopped {
-                v.push(format!(
-                    "A was not stopped: it ended before printing {VANISH_HOOK_EVENT:?}"
-                ));
-            }
-            if ok(&b) {
-                v.push("B reports an upgrade with a peer that vanished".into());
-            }
-            let d = match (times.a_vanished, times.b_exit) {
-                (Some(gone), Some(exit)) => Some(exit.saturating_sub(gone)),
-                _ => None,
-            };
-            if let Some(d) = d
-                && d > bound
-            {
-                v.push(format!(
-                    "B: {} from A vanishing to its exit, over the bound {}",
-                    secs(d),
-                    secs(bound)
-                ));
-            }
-            (outcome, d)
-        }
-    };
-
-    match case.fault {
-        Fault::Loss { .. } => {
-            if !matches!(outcome, Outcome::Upgraded | Outcome::FailedClean) {
-                v.push(format!(
-                    "expected an upgrade or a clean failure, got {outcome}"
-                ));
-            }
-        }
-        Fault::RelayCut => {
-            if outcome != Outcome::FailedClean {
-                v.push(format!("expected a clean failure, got {outcome}"));
-            }
-            for (who, p) in [("A", &a), ("B", &b)] {
-                let Some(r) = &p.output.result else { continue };
-                if !r.ok
-                    && !r
-                        .reason
-                        .as_deref()
-                        .unwrap_or("")
-                        .contains(RELAY_CLOSED_REASON)
-                {
-                    v.push(format!(
-                        "{who}: reason {:?} does not say {RELAY_CLOSED_REASON:?}",
-                        r.reason.as_deref().unwrap_or("")
-                    ));
-                }
-                if r.relay_usable {
-                    v.push(format!("{who}: relay_usable=true after the relay cut"));
-                }
-            }
-            // The cut hit where it was meant to: A had B's Connect, B never
-            // had A's, and the relay forwarded exactly the budget.
-            if !has_event(&a.output, VANISH_HOOK_EVENT) {
-                v.push(format!(
-                    "A never printed {VANISH_HOOK_EVENT:?}: cut before B's Connect"
-                ));
-            }
-            if has_event(&b.output, B_GOT_CONNECT_EVENT) {
-                v.push(format!(
-                    "B printed {B_GOT_CONNECT_EVENT:?}: A's Connect got through the cut"
-                ));
-            }
-            if relay_forwarded != cut_at {
-                v.push(format!(
-                    "relay forwarded {relay_forwarded:?} bytes, the cut is at {cut_at:?}"
-                ));
-            }
-        }
-        Fault::PeerKilled | Fault::PeerFrozen => {
-            if outcome != Outcome::FailedClean {
-                v.push(format!("expected B to fail cleanly, got {outcome}"));
-            }
-        }
-    }
-    // The two state machines must agree; the CLI's proof comes later.
-    let core_said = |p: &PeerRun| {
-        CORE_OUTCOME_EVENTS
-            .iter()
-            .find(|e| has_event(&p.output, e))
-            .copied()
-    };
-    let cores_disagree = !a_stopped
-        && matches!(
-            (core_said(&a), core_said(&b)),
-            (Some(x), Some(y)) if x != y
-        );
-    if cores_disagree {
+    if let Some(r) = &p.result
+        && r.attempts > u32::from(bounds.max_attempts)
+    {
         v.push(format!(
-            "the cores disagree: A's DCUtR {}, B's {} (a split outcome)",
-            core_said(&a).unwrap_or_default(),
-            core_said(&b).unwrap_or_default()
+            "{who}: {} attempts, more than the configured {}",
+            r.attempts, bounds.max_attempts
         ));
     }
-    v.dedup();
-    let error_phase = matches!(outcome, Outcome::Error | Outcome::Timeout)
-        .then(|| {
-            if cores_disagree {
-                return Some(ErrorPhase::Upgrade);
-            }
-            [(&a, !a_stopped), (&b, true)]
-                .into_iter()
-                .filter(|(p, ran)| *ran && !ok(p) && !failed_clean(p))
-                .map(|(p, _)| phase_of(&p.output))
-                .min_by_key(|phase| *phase as u8)
-        })
-        .flatten();
+    v
+}
 
-    let run_ms = [times.a_exit, times.b_exit, times.a_vanished]
-        .into_iter()
-        .flatten()
-        .max()
-        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    Record {
-        case: case.name(),
-        fault: case.fault,
-        transport: case.transport,
-        run,
-        seeds: None,
-        outcome,
-        attempts: b
-            .output
-            .result
-            .as_ref()
-            .or(a.output.result.as_ref())
-            .map(|r| r.attempts),
-        a_reason: reason(&a),
-        b_reason: reason(&b),
-        core_upgraded: [&a, &b]
-            .iter()
-            .all(|p| has_event(&p.output, CORE_OUTCOME_EVENTS[0])),
-        error_phase,
-        errors,
-        duration_ms: duration.map(|d| d.as_secs_f64() * 1e3),
-        bound_ms: bound.as_secs_f64() * 1e3,
-        run_ms,
-        times,
-        relay_forwarded,
-        cut_at,
-        a,
-        b,
-        violations: v,
+/// What the core said: `upgraded`, `failed` or nothing.
+fn core_said(p: &CliRun) -> Option<&'static str> {
+    CORE_OUTCOME_EVENTS.iter().find(|e| p.has(e)).copied()
+}
+
+/// The outcome of a loss or relay-cut run and the longer `paired` -> exit.
+fn judge_paired(seen: &Seen, bound: Duration, v: &mut Vec<String>) -> (Outcome, Option<Duration>) {
+    let outcome = campaign::outcome(&seen.a, &seen.b, seen.timed_out, v);
+    let t = &seen.times;
+    let mut longest = None;
+    for (who, paired, exit) in [("A", t.a_paired, t.a_exit), ("B", t.b_paired, t.b_exit)] {
+        if paired.is_none() {
+            v.push(format!(
+                "{who}: never printed {PAIRED_EVENT:?} (no upgrade ran)"
+            ));
+        }
+        let Some(d) = paired.zip(exit).map(|(p, e)| e.saturating_sub(p)) else {
+            continue;
+        };
+        if d > bound {
+            v.push(format!(
+                "{who}: {} from paired to exit, over the bound {}",
+                secs(d),
+                secs(bound)
+            ));
+        }
+        longest = longest.max(Some(d));
+    }
+    (outcome, longest)
+}
+
+/// The outcome of a vanished-peer run and A vanishing -> B's exit.
+fn judge_vanished(
+    seen: &Seen,
+    bound: Duration,
+    v: &mut Vec<String>,
+) -> (Outcome, Option<Duration>) {
+    let a_stopped = seen.times.a_vanished.is_some();
+    let outcome = if seen.timed_out {
+        Outcome::Timeout
+    } else if a_stopped && seen.b.failed_clean() {
+        Outcome::FailedClean
+    } else {
+        Outcome::Error
+    };
+    if !a_stopped {
+        v.push(format!(
+            "A was not stopped: it ended before printing {VANISH_HOOK_EVENT:?}"
+        ));
+    }
+    if seen.b.upgraded() {
+        v.push("B reports an upgrade with a peer that vanished".into());
+    }
+    let d = seen
+        .times
+        .a_vanished
+        .zip(seen.times.b_exit)
+        .map(|(g, e)| e.saturating_sub(g));
+    if let Some(d) = d.filter(|d| *d > bound) {
+        v.push(format!(
+            "B: {} from A vanishing to its exit, over the bound {}",
+            secs(d),
+            secs(bound)
+        ));
+    }
+    (outcome, d)
+}
+
+/// The relay cut must end both peers with the relay's close, at its point.
+fn judge_cut(seen: &Seen, outcome: Outcome, v: &mut Vec<String>) {
+    if outcome != Outcome::FailedClean {
+        v.push(format!("expected a clean failure, got {outcome}"));
+    }
+    for (who, p) in [("A", &seen.a), ("B", &seen.b)] {
+        let Some(r) = &p.result else { continue };
+        let reason = r.reason.as_deref().unwrap_or("");
+        if !r.ok && !reason.contains(RELAY_CLOSED_REASON) {
+            v.push(format!(
+                "{who}: reason {reason:?} does not say {RELAY_CLOSED_REASON:?}"
+            ));
+        }
+        if r.relay_usable {
+            v.push(format!("{who}: relay_usable=true after the relay cut"));
+        }
+    }
+    // The cut hit where it was meant to: A had B's Connect, B never had
+    // A's, and the relay forwarded exactly the budget.
+    if !seen.a.has(VANISH_HOOK_EVENT) {
+        v.push(format!(
+            "A never printed {VANISH_HOOK_EVENT:?}: cut before B's Connect"
+        ));
+    }
+    if seen.b.has(B_GOT_CONNECT_EVENT) {
+        v.push(format!(
+            "B printed {B_GOT_CONNECT_EVENT:?}: A's Connect got through the cut"
+        ));
+    }
+    if seen.relay_forwarded != seen.cut_at {
+        v.push(format!(
+            "relay forwarded {:?} bytes, the cut is at {:?}",
+            seen.relay_forwarded, seen.cut_at
+        ));
     }
 }
 
-/// One table row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// Case name.
-    pub case: String,
-    /// Runs made.
-    pub runs: usize,
-    /// Runs that upgraded.
-    pub upgraded: usize,
-    /// Runs in which the core upgraded on both peers.
-    pub core_upgraded: usize,
-    /// Runs that failed cleanly.
-    pub failed_clean: usize,
-    /// Errors and timeouts.
-    pub errors: usize,
-    /// Median of what is compared with the bound, s.
-    pub median_s: Option<f64>,
-    /// Maximum of it, s.
-    pub max_s: Option<f64>,
-    /// The bound, s.
-    pub bound_s: f64,
-    /// PASS or FAIL (n/N).
-    pub verdict: String,
-    /// Failure reasons seen, with counts.
-    pub reasons: Vec<(String, usize)>,
+/// Judge one run (pure: unit-tested without root).
+pub fn judge(
+    case: &Case,
+    run: u32,
+    bounds: &Bounds,
+    seen: Seen,
+    mut v: Vec<String>,
+) -> Record<Detail> {
+    let bound = bounds.for_fault(case.fault);
+    let a_stopped = seen.times.a_vanished.is_some();
+    v.extend(seen.problems.iter().cloned());
+    if !a_stopped {
+        v.extend(contract_violations("A", &seen.a, bounds, &seen));
+    }
+    v.extend(contract_violations("B", &seen.b, bounds, &seen));
+    if seen.timed_out {
+        v.push("timed out: a peer was still running past its bound and was killed".into());
+    }
+    if seen.stopped_unpaired {
+        v.push("a peer ended before being paired; the other was stopped".into());
+    }
+    let (outcome, duration) = match case.fault {
+        Fault::Loss { .. } | Fault::RelayCut => judge_paired(&seen, bound, &mut v),
+        Fault::PeerKilled | Fault::PeerFrozen => judge_vanished(&seen, bound, &mut v),
+    };
+    match case.fault {
+        Fault::Loss { .. } if !matches!(outcome, Outcome::Upgraded | Outcome::FailedClean) => {
+            v.push(format!(
+                "expected an upgrade or a clean failure, got {outcome}"
+            ));
+        }
+        Fault::RelayCut => judge_cut(&seen, outcome, &mut v),
+        Fault::PeerKilled | Fault::PeerFrozen if outcome != Outcome::FailedClean => {
+            v.push(format!("expected B to fail cleanly, got {outcome}"));
+        }
+        _ => {}
+    }
+    // The two state machines must agree; the CLI's proof comes later.
+    let (a, b) = (&seen.a, &seen.b);
+    let cores_disagree =
+        !a_stopped && matches!((core_said(a), core_said(b)), (Some(x), Some(y)) if x != y);
+    if cores_disagree {
+        v.push(format!(
+            "the cores disagree: A's DCUtR {}, B's {} (a split outcome)",
+            core_said(a).unwrap_or_default(),
+            core_said(b).unwrap_or_default()
+        ));
+    }
+    v.dedup();
+    let error_phase = if !matches!(outcome, Outcome::Error | Outcome::Timeout) {
+        None
+    } else if cores_disagree {
+        Some(ErrorPhase::Upgrade)
+    } else {
+        [(a, !a_stopped), (b, true)]
+            .into_iter()
+            .filter(|(p, ran)| *ran && !p.upgraded() && !p.failed_clean())
+            .map(|(p, _)| phase_of(p))
+            .min_by_key(|phase| *phase as u8)
+    };
+    let t = &seen.times;
+    let run_ms = [t.a_exit, t.b_exit, t.a_vanished]
+        .into_iter()
+        .flatten()
+        .max();
+    let reason = |p: &CliRun| p.result.as_ref().and_then(|r| r.reason.clone());
+    let detail = Detail {
+        fault: case.fault,
+        transport: case.transport,
+        seeds: None,
+        attempts: b.result.as_ref().or(a.result.as_ref()).map(|r| r.attempts),
+        a_reason: reason(a),
+        b_reason: reason(b),
+        core_upgraded: [a, b].iter().all(|p| p.has(CORE_OUTCOME_EVENTS[0])),
+        error_phase,
+        bound_ms: crate::ms(bound),
+        run_ms: run_ms.map_or(0.0, crate::ms),
+        seen,
+    };
+    let mut r = Record::new(case.name(), run, outcome, detail);
+    r.duration_ms = duration.map(crate::ms);
+    r.violations = v;
+    r
 }
 
 /// What the table lists for a run that did not upgrade: the failure
 /// reason (B's, else A's), or for an error its phase and what the peers or
 /// the runner said.
-fn note(r: &Record) -> Option<String> {
+fn note(r: &Record<Detail>) -> Option<String> {
+    let d = &r.detail;
+    let first = || r.violations.first().cloned().unwrap_or_default();
     if let Some(split) = r
         .violations
         .iter()
         .find(|v| v.starts_with("the cores disagree"))
     {
-        return Some(format!("{} in the upgrade phase: {split}", r.outcome));
-    }
-    if let Some(phase) = r.error_phase {
-        let said = r.errors[1]
+        Some(format!("{} in the upgrade phase: {split}", r.outcome))
+    } else if let Some(phase) = d.error_phase {
+        let said = d.seen.errors[1]
             .clone()
-            .or_else(|| r.errors[0].clone())
-            .or_else(|| r.violations.first().cloned())
-            .unwrap_or_default();
-        return Some(format!("{} in the {phase} phase: {said}", r.outcome));
+            .or_else(|| d.seen.errors[0].clone())
+            .unwrap_or_else(first);
+        Some(format!("{} in the {phase} phase: {said}", r.outcome))
+    } else if matches!(r.outcome, Outcome::Error | Outcome::Timeout) {
+        Some(format!("{}: {}", r.outcome, first()))
+    } else {
+        d.b_reason.clone().or_else(|| d.a_reason.clone())
     }
-    if matches!(r.outcome, Outcome::Error | Outcome::Timeout) {
-        return Some(format!(
-            "{}: {}",
-            r.outcome,
-            r.violations.first().cloned().unwrap_or_default()
-        ));
-    }
-    r.b_reason.clone().or_else(|| r.a_reason.clone())
 }
 
-/// Group records by case, in first-seen order.
-pub fn aggregate(records: &[Record]) -> Vec<Row> {
-    let mut order: Vec<&str> = Vec::new();
-    for r in records {
-        if !order.contains(&r.case.as_str()) {
-            order.push(&r.case);
-        }
-    }
-    order
-        .into_iter()
-        .map(|case| {
-            let runs: Vec<&Record> = records.iter().filter(|r| r.case == case).collect();
-            let count = |o: Outcome| runs.iter().filter(|r| r.outcome == o).count();
+/// The table, GitHub-flavoured Markdown, with the reasons seen below it.
+pub fn table(records: &[Record<Detail>]) -> String {
+    let groups = campaign::by_case(records);
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|(case, runs)| {
+            let n = runs.len();
+            let count = |f: &dyn Fn(&Record<Detail>) -> bool| runs.iter().filter(|r| f(r)).count();
             let durations: Vec<f64> = runs
                 .iter()
                 .filter_map(|r| r.duration_ms.map(|d| d / 1e3))
                 .collect();
-            let failed = runs.iter().filter(|r| !r.passed()).count();
-            let mut reasons: Vec<(String, usize)> = Vec::new();
-            for r in &runs {
-                let Some(text) = note(r) else {
-                    continue;
-                };
-                match reasons.iter_mut().find(|(t, _)| *t == text) {
-                    Some((_, n)) => *n += 1,
-                    None => reasons.push((text, 1)),
-                }
-            }
-            Row {
-                case: case.to_owned(),
-                runs: runs.len(),
-                upgraded: count(Outcome::Upgraded),
-                core_upgraded: runs.iter().filter(|r| r.core_upgraded).count(),
-                failed_clean: count(Outcome::FailedClean),
-                errors: count(Outcome::Error) + count(Outcome::Timeout),
-                median_s: median(&durations),
-                max_s: durations.iter().copied().reduce(f64::max),
-                bound_s: runs[0].bound_ms / 1e3,
-                verdict: if failed == 0 {
-                    "PASS".into()
-                } else {
-                    format!("FAIL ({failed}/{})", runs.len())
-                },
-                reasons,
-            }
+            vec![
+                (*case).to_owned(),
+                n.to_string(),
+                format!("{}/{n}", count(&|r| r.outcome == Outcome::Upgraded)),
+                format!("{}/{n}", count(&|r| r.detail.core_upgraded)),
+                count(&|r| r.outcome == Outcome::FailedClean).to_string(),
+                count(&|r| matches!(r.outcome, Outcome::Error | Outcome::Timeout)).to_string(),
+                campaign::num(median(&durations), 2),
+                campaign::num(durations.iter().copied().reduce(f64::max), 2),
+                format!("{:.0}", runs[0].detail.bound_ms / 1e3),
+                campaign::verdict(runs, "PASS"),
+            ]
         })
-        .collect()
-}
-
-fn num(v: Option<f64>) -> String {
-    v.filter(|x| x.is_finite())
-        .map_or_else(|| "-".into(), |x| format!("{x:.2}"))
-}
-
-/// The table, GitHub-flavoured Markdown, with the reasons seen below it.
-pub fn render_markdown(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| case | runs | upgraded | core upgraded | failed-clean | errors | median duration s | max duration s | bound s | verdict |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        let cells = [
-            r.case.replace('|', "\\|"),
-            r.runs.to_string(),
-            format!("{}/{}", r.upgraded, r.runs),
-            format!("{}/{}", r.core_upgraded, r.runs),
-            r.failed_clean.to_string(),
-            r.errors.to_string(),
-            num(r.median_s),
-            num(r.max_s),
-            format!("{:.0}", r.bound_s),
-            r.verdict.clone(),
-        ];
-        out.push_str("| ");
-        out.push_str(&cells.join(" | "));
-        out.push_str(" |\n");
-    }
-    out.push_str(
-        "\nupgraded: both peers exited 0 (the CLI proved the direct path); core upgraded: both peers' \
+        .collect();
+    let mut out = campaign::markdown(
+        &[
+            "case",
+            "runs",
+            "upgraded",
+            "core upgraded",
+            "failed-clean",
+            "errors",
+            "median duration s",
+            "max duration s",
+            "bound s",
+            "verdict",
+        ],
+        &rows,
+        "upgraded: both peers exited 0 (the CLI proved the direct path); core upgraded: both peers' \
          DCUtR reported `upgraded`. duration: loss and relay-cut cases, the longest of the two peers' \
-         time from `paired` to exit; peer cases, from A vanishing to B's exit.\n",
+         time from `paired` to exit; peer cases, from A vanishing to B's exit.",
     );
-    let with_reasons: Vec<&Row> = rows.iter().filter(|r| !r.reasons.is_empty()).collect();
-    if !with_reasons.is_empty() {
-        out.push_str("\nnot upgraded, by reason (B's, else A's; errors by phase: rendezvous = before `paired`, upgrade = DCUtR itself, proof = the CLI's round trips after the core's outcome):\n");
-        for r in with_reasons {
-            for (text, n) in &r.reasons {
-                out.push_str(&format!("- {}: {n}x {text}\n", r.case));
-            }
+    let mut reasons = String::new();
+    for (case, runs) in &groups {
+        for (text, n) in campaign::tally(runs.iter().filter_map(|r| note(r))) {
+            reasons.push_str(&format!("- {case}: {n}x {text}\n"));
         }
+    }
+    if !reasons.is_empty() {
+        out.push_str("\nnot upgraded, by reason (B's, else A's; errors by phase: rendezvous = before `paired`, upgrade = DCUtR itself, proof = the CLI's round trips after the core's outcome):\n");
+        out.push_str(&reasons);
     }
     out
 }
 
-/// Run the broken-network cases.
-pub fn run(args: &Args) -> Result<ExitCode> {
-    let dcutr = locate_dcutr(args.dcutr.as_deref())?;
-    let bounds = Bounds::from_config(&dcutr_core::Config::shared_stream());
-    let cases: Vec<(usize, Case)> = all_cases()
-        .into_iter()
-        .enumerate()
-        .filter(|(_, c)| args.filter.as_deref().is_none_or(|f| c.name().contains(f)))
-        .collect();
-    if cases.is_empty() {
-        bail!(
-            "no case matches the filter {:?}",
-            args.filter.as_deref().unwrap_or("")
-        );
+/// The broken-network campaign.
+pub struct Broken {
+    /// Options.
+    pub args: Args,
+    /// The dcutr CLI.
+    pub dcutr: PathBuf,
+    /// The bounds every run is judged against.
+    pub bounds: Bounds,
+}
+
+impl Campaign for Broken {
+    type Case = Case;
+    type Seen = Seen;
+    type Detail = Detail;
+    const KIND: &'static str = "broken";
+    const DEFAULT_RUNS: u32 = DEFAULT_RUNS;
+
+    fn common(&self) -> &Common {
+        &self.args.common
     }
-    let explained = bounds.explain();
-    if args.json {
-        eprintln!("{explained}");
-    } else {
-        println!("{explained}\n");
+
+    fn cases(&self) -> Vec<Case> {
+        all_cases()
     }
-    info!(dcutr = %dcutr.display(), cases = cases.len(), runs = args.runs, "broken networks");
-    let started = Instant::now();
-    let mut names = RunNames::from_arg(args.run_id.as_deref())?;
-    let mut records = Vec::new();
-    for (index, case) in &cases {
-        for run in 1..=args.runs.max(1) {
-            let seeds =
-                matches!(case.fault, Fault::Loss { .. }).then(|| seeds(args.seed, *index, run));
-            let record = run_case(&dcutr, case, run, seeds, &bounds, args, &mut names);
-            info!(
-                case = %record.case, run, outcome = %record.outcome,
-                verdict = if record.passed() { "PASS" } else { "FAIL" },
-                duration_s = record.duration_ms.map(|d| d / 1e3),
-                "run finished"
-            );
-            if args.json {
-                println!("{}", serde_json::to_string(&record)?);
+
+    fn name(&self, case: &Case) -> String {
+        case.name()
+    }
+
+    fn topology(&self, case: &Case, run: u32) -> TopologySpec {
+        let mut spec = TopologySpec::new(Site::CONE, Site::CONE);
+        if let (Fault::Loss { percent }, Some(seeds)) =
+            (case.fault, case.seeds(self.args.seed, run))
+        {
+            for (slot, seed) in spec.delay.iter_mut().zip(seeds) {
+                *slot = Some(DelaySpec {
+                    delay_ms: LOSS_LINK_DELAY_MS,
+                    jitter_ms: LOSS_LINK_JITTER_MS,
+                    loss: f64::from(percent) / 100.0,
+                    seed,
+                });
             }
-            records.push(record);
         }
+        spec
     }
-    let total = started.elapsed();
-    let table = render_markdown(&aggregate(&records));
-    let batch = crate::batch::Batch {
-        kind: "broken",
-        groups_name: "cases",
-        groups: cases.len(),
-        runs_per_group: args.runs.max(1),
-        runs: records.len(),
-        failed: records.iter().filter(|r| !r.passed()).count(),
-        total,
-        run_prefix: names.run_prefix(),
-    };
-    let mut extra = serde_json::Map::new();
-    extra.insert(
-        "bounds_s".into(),
-        serde_json::json!({"upgrade": bounds.upgrade.as_secs_f64(),
-                           "relay_cut": bounds.relay_cut.as_secs_f64(),
-                           "vanish": bounds.vanish.as_secs_f64()}),
-    );
-    batch.finish(
-        &table,
-        args.json,
-        extra,
-        args.markdown.as_deref(),
-        Some(&explained),
-    )
-}
 
-fn topology_for(case: &Case, seeds: Option<[u64; 2]>) -> TopologySpec {
-    let mut spec = TopologySpec::new(Site::CONE, Site::CONE);
-    if let (Fault::Loss { percent }, Some(seeds)) = (case.fault, seeds) {
-        for (slot, seed) in spec.delay.iter_mut().zip(seeds) {
-            *slot = Some(DelaySpec {
-                delay_ms: LOSS_LINK_DELAY_MS,
-                jitter_ms: LOSS_LINK_JITTER_MS,
-                loss: f64::from(percent) / 100.0,
-                seed,
-            });
-        }
+    fn drive(&self, case: &Case, lab: &Lab, procs: &mut Vec<Proc>) -> Seen {
+        drive(&self.dcutr, case, &self.bounds, lab, procs)
     }
-    spec
-}
 
-/// One run in a fresh topology; lab errors become a failing record.
-fn run_case(
-    dcutr: &Path,
-    case: &Case,
-    run: u32,
-    seeds: Option<[u64; 2]>,
-    bounds: &Bounds,
-    args: &Args,
-    names: &mut RunNames,
-) -> Record {
-    let prefix = names.next_topology();
-    let lab = match Lab::build(&prefix, topology_for(case, seeds)) {
-        Ok(lab) => lab,
-        Err(e) => {
-            let seen = Observed {
-                problems: vec![format!("lab: {e:#}")],
-                ..Observed::default()
-            };
-            let mut r = evaluate(case, run, bounds, seen);
-            r.outcome = Outcome::Error;
-            r.seeds = seeds;
-            eprintln!(
-                "===== {} run {run}: FAIL (lab could not be built) =====\n{e:#}",
-                r.case
-            );
-            return r;
-        }
-    };
-    let (seen, procs) = drive(dcutr, case, bounds, &lab);
-    let mut record = evaluate(case, run, bounds, seen);
-    record.seeds = seeds;
-    if !record.passed() || args.always_diagnose {
-        let verdict = if record.passed() { "PASS" } else { "FAIL" };
-        let mut text = format!(
-            "===== {} run {run}: {verdict} ({}) =====\n",
-            record.case, record.outcome
+    fn judge(&self, case: &Case, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
+        let mut r = judge(case, run, &self.bounds, seen, problems);
+        r.detail.seeds = case.seeds(self.args.seed, run);
+        r
+    }
+
+    fn table(&self, records: &[Record<Detail>]) -> String {
+        table(records)
+    }
+
+    fn preamble(&self) -> Option<String> {
+        Some(self.bounds.explain())
+    }
+
+    fn diagnose(&self, case: &Case, run: u32) -> String {
+        case.seeds(self.args.seed, run)
+            .map(|s| format!("  delay-line seeds: {} {}\n", s[0], s[1]))
+            .unwrap_or_default()
+    }
+
+    fn summary_fields(&self) -> Map<String, Value> {
+        let b = &self.bounds;
+        let mut m = Map::new();
+        m.insert(
+            "bounds_s".into(),
+            json!({"upgrade": b.upgrade.as_secs_f64(), "relay_cut": b.relay_cut.as_secs_f64(),
+                   "vanish": b.vanish.as_secs_f64()}),
         );
-        if let Some(s) = seeds {
-            text.push_str(&format!("  delay-line seeds: {} {}\n", s[0], s[1]));
-        }
-        for v in &record.violations {
-            text.push_str(&format!("  - {v}\n"));
-        }
-        text.push_str(&lab.diagnostics());
-        for p in &procs {
-            text.push_str(&p.dump());
-        }
-        eprintln!("{text}");
+        m
     }
-    drop(procs);
-    if let Err(e) = lab.teardown() {
-        record.violations.push(format!("lab teardown: {e:#}"));
-    }
-    record
 }
 
 /// When the JSON event `name` first appeared in `lines`, after `since`.
 fn first_event(lines: &[(Instant, String)], name: &str, since: Instant) -> Option<Duration> {
     lines
         .iter()
-        .find(|(_, l)| contract::is_event(l, name))
+        .find(|(_, l)| is_event(l, name))
         .map(|(t, _)| t.saturating_duration_since(since))
 }
 
-/// The reason of the peer's `error` event, if it printed one.
-fn error_reason(lines: &[String]) -> Option<String> {
+/// The field `field` of the first event `name` in `lines`.
+fn event_field(lines: &[String], name: &str, field: fn(&Value) -> Option<Value>) -> Option<Value> {
     lines.iter().find_map(|l| {
-        let (name, v) = contract::parse_event(l).ok()?;
-        (name == ERROR_EVENT).then(|| v["reason"].as_str().unwrap_or("").to_owned())
+        let (n, v) = parse_event(l).ok()?;
+        (n == name).then(|| field(&v)).flatten()
     })
+}
+
+/// The reason of the peer's `error` event, if it printed one.
+fn error_reason(p: &Proc) -> Option<String> {
+    let reason = event_field(&p.stdout_lines(), ERROR_EVENT, |v| {
+        Some(v["reason"].clone())
+    })?;
+    Some(reason.as_str().unwrap_or("").to_owned())
 }
 
 /// Bytes the relay says it forwarded on the (only) splice.
-fn splice_bytes(lines: &[String]) -> Option<u64> {
-    lines.iter().find_map(|l| {
-        let (name, v) = contract::parse_event(l).ok()?;
-        (name == SPLICE_CLOSED_EVENT).then(|| {
-            v["to_initiator"].as_u64().unwrap_or(0) + v["to_responder"].as_u64().unwrap_or(0)
-        })
-    })
+fn splice_bytes(p: &Proc) -> Option<u64> {
+    let sum = |v: &Value| {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        Some(Value::from(n("to_initiator") + n("to_responder")))
+    };
+    event_field(&p.stdout_lines(), SPLICE_CLOSED_EVENT, sum)?.as_u64()
 }
 
 /// Start relay, B, A; break what the case breaks; wait within the bounds.
-/// Returns the processes so their logs can be shown before teardown.
-fn drive(dcutr: &Path, case: &Case, bounds: &Bounds, lab: &Lab) -> (Observed, Vec<Proc>) {
-    let exe = dcutr.to_string_lossy().into_owned();
-    let relay_addr = format!("{RELAY_IP}:{RELAY_PORT}");
-    let port = PEER_PORT.to_string();
-    let transport_flag = match case.transport {
-        Transport::Tcp => "--tcp",
-        Transport::Quic => "--quic",
-    };
-    let mut seen = Observed::default();
-    let mut procs: Vec<Proc> = Vec::new();
-
-    let mut relay_args = dcutr_args(&["relay", "--listen", &relay_addr, "--json"]);
+fn drive(
+    dcutr: &std::path::Path,
+    case: &Case,
+    bounds: &Bounds,
+    lab: &Lab,
+    procs: &mut Vec<Proc>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut cut = Vec::new();
     if case.fault == Fault::RelayCut {
         let b_observed = SocketAddr::new(site_public_ip(2, Site::CONE).into(), PEER_PORT);
         let n = cut_after_connect(case.transport, b_observed);
         seen.cut_at = Some(n);
-        relay_args.extend(dcutr_args(&["--cut-after-bytes", &n.to_string()]));
+        cut = vec!["--cut-after-bytes".to_owned(), n.to_string()];
     }
-    match lab.spawn("relay", &lab.relay_ns(), &exe, &relay_args) {
-        Ok(p) => procs.push(p),
-        Err(e) => {
-            seen.problems.push(format!("relay: {e:#}"));
-            return (seen, procs);
-        }
-    }
-    if let Err(e) = procs[0].wait_for_line(
-        Instant::now() + crate::matrix::RELAY_READY_TIMEOUT,
-        "listening event",
-        |l| contract::is_event(l, contract::RELAY_LISTENING_EVENT),
-    ) {
+    let relay = contract::relay_args(&cut.iter().map(String::as_str).collect::<Vec<_>>());
+    let ready = (
+        contract::RELAY_LISTENING_EVENT,
+        Instant::now() + RELAY_READY_TIMEOUT,
+    );
+    let ns = lab.relay_ns();
+    if let Err(e) = campaign::start(lab, procs, ("relay", &ns), dcutr, &relay, ready) {
         seen.problems.push(format!("relay: {e:#}"));
-        return (seen, procs);
+        return seen;
     }
-
-    let peer_args = |name: &str, connect: Option<&str>| {
-        let mut v = dcutr_args(&["peer", "--relay", &relay_addr, "--name", name]);
-        if let Some(other) = connect {
-            v.extend(dcutr_args(&["--connect", other]));
-        }
-        v.extend(dcutr_args(&[transport_flag, &port, "--json"]));
-        v
-    };
     let started = Instant::now();
     let bound = bounds.for_fault(case.fault);
     // The hang guard: registration, the bound, and the margin.
     let deadline = started + RENDEZVOUS_ALLOWANCE + bounds.upgrade.max(bound) + OVERRUN_MARGIN;
-    match lab.spawn("peer B", &lab.host_ns(2), &exe, &peer_args("b", None)) {
-        Ok(p) => procs.push(p),
-        Err(e) => {
+    let b = contract::peer_args("b", None, case.transport, &[]);
+    let ready_by = (Instant::now() + PEER_READY_TIMEOUT).min(deadline);
+    let ns = lab.host_ns(2);
+    let ready = (contract::PEER_REGISTERED_EVENT, ready_by);
+    if let Err(e) = campaign::start(lab, procs, ("peer B", &ns), dcutr, &b, ready) {
+        if procs.len() < 2 {
             seen.problems.push(format!("peer B: {e:#}"));
-            return (seen, procs);
+            return seen;
         }
-    }
-    if let Err(e) = procs[1].wait_for_line(
-        (Instant::now() + PEER_READY_TIMEOUT).min(deadline),
-        "registered event",
-        |l| contract::is_event(l, contract::PEER_REGISTERED_EVENT),
-    ) {
         if matches!(procs[1].try_wait(), Ok(Some(_))) {
             // B is gone without registering: A could only wait for it.
             seen.problems.push(format!("B: {e:#} (A not started)"));
             seen.stopped_unpaired = true;
             seen.times.b_exit = Some(started.elapsed());
-            // Let the reader thread drain B's pipe.
-            std::thread::sleep(PIPE_DRAIN);
-            seen.b = PeerRun {
-                exit: procs[1].try_wait().ok().flatten().and_then(|s| s.code()),
-                output: contract::parse_output(&procs[1].stdout_lines()),
-            };
-            seen.errors[1] = error_reason(&procs[1].stdout_lines());
-            return (seen, procs);
+            seen.b = CliRun::collect(&mut procs[1], false);
+            seen.errors[1] = error_reason(&procs[1]);
+            return seen;
         }
         seen.problems.push(format!("B: {e:#} (started A anyway)"));
     }
-    match lab.spawn("peer A", &lab.host_ns(1), &exe, &peer_args("a", Some("b"))) {
+    let a = contract::peer_args("a", Some("b"), case.transport, &[]);
+    match lab.spawn("peer A", &lab.host_ns(1), &dcutr.to_string_lossy(), &a) {
         Ok(p) => procs.push(p),
         Err(e) => {
             seen.problems.push(format!("peer A: {e:#}"));
-            return (seen, procs);
+            return seen;
         }
     }
-
-    if matches!(case.fault, Fault::PeerKilled | Fault::PeerFrozen) {
-        let hooked = procs[2].wait_for_line(deadline, "peer_addrs event", |l| {
-            contract::is_event(l, VANISH_HOOK_EVENT)
-        });
-        if hooked.is_ok() {
-            let gone = started.elapsed();
-            if case.fault == Fault::PeerKilled {
-                procs[2].kill();
-                seen.times.a_vanished = Some(gone);
-            } else {
-                match procs[2].signal(Signal::SIGSTOP) {
-                    Ok(()) => seen.times.a_vanished = Some(gone),
-                    Err(e) => seen.problems.push(format!("freezing A: {e:#}")),
-                }
+    if matches!(case.fault, Fault::PeerKilled | Fault::PeerFrozen)
+        && procs[2]
+            .wait_for_line(deadline, "peer_addrs event", |l| {
+                is_event(l, VANISH_HOOK_EVENT)
+            })
+            .is_ok()
+    {
+        let gone = started.elapsed();
+        if case.fault == Fault::PeerKilled {
+            procs[2].kill();
+            seen.times.a_vanished = Some(gone);
+        } else {
+            match procs[2].signal(Signal::SIGSTOP) {
+                Ok(()) => seen.times.a_vanished = Some(gone),
+                Err(e) => seen.problems.push(format!("freezing A: {e:#}")),
             }
         }
     }
-
-    // Wait for the peers, within the bounds: once one peer is gone (exited
-    // or vanished), the other gets the vanish bound plus the margin.
-    let mut exits: [Option<Duration>; 2] = [None, None]; // B, A
-    let mut timed_out = false;
-    // Whether some peer printed `paired` (checked once one peer is gone).
-    let mut paired_any = false;
-    loop {
-        for (slot, proc) in exits.iter_mut().zip(procs[1..].iter_mut()) {
-            if slot.is_none() {
-                match proc.try_wait() {
-                    Ok(Some(_)) => *slot = Some(started.elapsed()),
-                    Ok(None) => {}
-                    Err(e) => {
-                        seen.problems.push(format!("{e:#}"));
-                        *slot = Some(started.elapsed());
-                    }
-                }
-            }
-        }
-        let a_gone = exits[1].or(seen.times.a_vanished);
-        if exits[0].is_some() && a_gone.is_some() {
-            break;
-        }
-        let first_gone = [exits[0], a_gone].into_iter().flatten().min();
-        let limit = match first_gone {
-            Some(t) => deadline.min(started + t + bounds.vanish + OVERRUN_MARGIN),
-            None => deadline,
-        };
-        if let Some(t) = first_gone
-            && !paired_any
-            && started.elapsed() >= t + UNPAIRED_GRACE
-        {
-            paired_any = procs[1..].iter().any(|p| {
-                p.stdout_lines()
-                    .iter()
-                    .any(|l| contract::is_event(l, PAIRED_EVENT))
-            });
-            if !paired_any {
-                // Nobody was paired and one peer is gone: the other can
-                // only wait for the relay's pairing limit.
-                seen.stopped_unpaired = true;
-                break;
-            }
-        }
-        if Instant::now() >= limit {
-            timed_out = true;
-            break;
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
-    seen.timed_out = timed_out;
-    seen.times.b_exit = exits[0];
-    seen.times.a_exit = if seen.times.a_vanished.is_some() {
-        None
-    } else {
-        exits[1]
+    // Once one peer is gone (exited or vanished), the other gets the
+    // vanish bound plus the margin; if nobody was paired by then, the
+    // other can only wait for the relay's pairing limit: stop it.
+    let grace = bounds.vanish + OVERRUN_MARGIN;
+    let unpaired = |peers: &[Proc]| {
+        !peers
+            .iter()
+            .any(|p| p.stdout_lines().iter().any(|l| is_event(l, PAIRED_EVENT)))
     };
+    let vanished = seen.times.a_vanished;
+    let early = (UNPAIRED_GRACE, unpaired);
+    match campaign::wait_peers(&mut procs[1..3], started, deadline, vanished, grace, early) {
+        Ok(w) => {
+            seen.timed_out = w.timed_out;
+            seen.stopped_unpaired = w.stopped_early;
+            seen.times.b_exit = w.exits[0];
+            seen.times.a_exit = w.exits[1].filter(|_| vanished.is_none());
+        }
+        Err(e) => {
+            seen.problems.push(format!("{e:#}"));
+            seen.timed_out = true;
+        }
+    }
     if let Ok(Some(status)) = procs[0].try_wait() {
         seen.problems
             .push(format!("relay exited during the run ({status})"));
     }
     if case.fault == Fault::RelayCut {
+        // The relay closes a cut splice at once, but prints from another task.
         let until = Instant::now() + SPLICE_EVENT_WAIT;
-        while splice_bytes(&procs[0].stdout_lines()).is_none() && Instant::now() < until {
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let _ = procs[0].wait_for_line(until, "splice_closed event", |l| {
+            is_event(l, SPLICE_CLOSED_EVENT)
+        });
     }
-    seen.relay_forwarded = splice_bytes(&procs[0].stdout_lines());
+    seen.relay_forwarded = splice_bytes(&procs[0]);
     // Stop whatever still runs (a frozen A, or peers over their bound).
-    for p in procs.iter_mut().skip(1) {
-        if !matches!(p.try_wait(), Ok(Some(_))) {
-            p.kill();
-        }
-    }
-    // Let the reader threads drain the pipes of exited peers.
-    std::thread::sleep(PIPE_DRAIN);
-    let peer_run = |p: &mut Proc, stopped: bool| PeerRun {
-        exit: if stopped {
-            None
-        } else {
-            p.try_wait().ok().flatten().and_then(|s| s.code())
-        },
-        output: contract::parse_output(&p.stdout_lines()),
-    };
+    procs.iter_mut().skip(1).for_each(Proc::kill);
     seen.times.b_paired = first_event(&procs[1].stdout_timed(), PAIRED_EVENT, started);
     seen.times.a_paired = first_event(&procs[2].stdout_timed(), PAIRED_EVENT, started);
-    seen.b = peer_run(&mut procs[1], false);
-    seen.a = peer_run(&mut procs[2], seen.times.a_vanished.is_some());
-    seen.errors = [
-        error_reason(&procs[2].stdout_lines()),
-        error_reason(&procs[1].stdout_lines()),
-    ];
-    (seen, procs)
+    seen.b = CliRun::collect(&mut procs[1], false);
+    seen.a = CliRun::collect(&mut procs[2], vanished.is_some());
+    seen.errors = [error_reason(&procs[2]), error_reason(&procs[1])];
+    seen
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::PeerResult;
+    use crate::campaign::PeerRun;
+    use crate::contract::CliResult;
+
+    fn evaluate(c: &Case, run: u32, b: &Bounds, seen: Seen) -> Record<Detail> {
+        judge(c, run, b, seen, vec![])
+    }
 
     fn bounds() -> Bounds {
         Bounds::from_config(&dcutr_core::Config::shared_stream())
     }
 
-    fn result(ok: bool, role: &str, attempts: u32, reason: Option<&str>) -> PeerResult {
-        PeerResult {
+    fn result(ok: bool, role: &str, attempts: u32, reason: Option<&str>) -> CliResult {
+        CliResult {
             ok,
             transport: "tcp".into(),
             role: role.into(),
@@ -1241,21 +947,20 @@ mod tests {
         }
     }
 
-    fn peer(exit: i32, events: &[&str], r: PeerResult) -> PeerRun {
+    fn peer(exit: i32, events: &[&str], r: CliResult) -> CliRun {
         let mut events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
         events.push("result".into());
         PeerRun {
             exit: Some(exit),
-            output: PeerOutput {
-                events,
-                result: Some(r),
-                problems: vec![],
-            },
+            events,
+            result: Some(r),
+            problems: vec![],
         }
     }
 
     fn case(fault: Fault) -> Case {
         Case {
+            index: 0,
             fault,
             transport: Transport::Tcp,
         }
@@ -1342,153 +1047,147 @@ mod tests {
         assert_eq!(seeds(7, 2, 3), seeds(7, 2, 3));
     }
 
+    /// Judge a run of `fault` with A, B and their times.
+    fn run(fault: Fault, a: CliRun, b: CliRun, times: Times) -> Record<Detail> {
+        let seen = Seen {
+            a,
+            b,
+            times,
+            ..Seen::default()
+        };
+        evaluate(&case(fault), 1, &bounds(), seen)
+    }
+
+    fn down(role: &str, attempts: u32, reason: &str) -> CliRun {
+        peer(1, &[], result(false, role, attempts, Some(reason)))
+    }
+
+    fn has(r: &Record<Detail>, needle: &str) -> bool {
+        r.violations.iter().any(|v| v.contains(needle))
+    }
+
     #[test]
     fn loss_runs_pass_when_clean_and_within_the_bound() {
-        let c = case(Fault::Loss { percent: 30 });
-        let up = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Observed {
-                a: peer(0, &[], result(true, "client", 2, None)),
-                b: peer(0, &[], result(true, "server", 2, None)),
-                times: both_paired_then_exit(3.0, 3.1),
-                ..Observed::default()
-            },
+        let loss30 = Fault::Loss { percent: 30 };
+        let (a, b) = (
+            result(true, "client", 2, None),
+            result(true, "server", 2, None),
+        );
+        let up = run(
+            loss30,
+            peer(0, &[], a),
+            peer(0, &[], b),
+            both_paired_then_exit(3.0, 3.1),
         );
         assert_eq!(up.outcome, Outcome::Upgraded);
         assert!(up.passed(), "{:?}", up.violations);
         assert_eq!(up.duration_ms, Some(3000.0));
-        assert!(!up.core_upgraded, "no `upgraded` event in this fixture");
-
-        let down = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Observed {
-                a: peer(
-                    1,
-                    &[],
-                    result(false, "client", 3, Some("all 3 attempts failed")),
-                ),
-                b: peer(
-                    1,
-                    &[],
-                    result(false, "server", 3, Some("all 3 attempts failed")),
-                ),
-                times: both_paired_then_exit(46.0, 46.0),
-                ..Observed::default()
-            },
+        assert!(
+            !up.detail.core_upgraded,
+            "no `upgraded` event in this fixture"
         );
+        let failed = "all 3 attempts failed";
+        let (a, b) = (down("client", 3, failed), down("server", 3, failed));
+        let down = run(loss30, a, b, both_paired_then_exit(46.0, 46.0));
         assert_eq!(down.outcome, Outcome::FailedClean);
         assert!(down.passed(), "{:?}", down.violations);
     }
 
     #[test]
     fn loss_runs_fail_over_the_bound_on_errors_and_on_disagreement() {
-        let c = case(Fault::Loss { percent: 10 });
-        let slow = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Observed {
-                a: peer(1, &[], result(false, "client", 3, Some("x"))),
-                b: peer(1, &[], result(false, "server", 3, Some("x"))),
-                times: both_paired_then_exit(78.0, 20.0),
-                ..Observed::default()
-            },
+        let loss10 = Fault::Loss { percent: 10 };
+        let times = both_paired_then_exit(78.0, 20.0);
+        let slow = run(
+            loss10,
+            down("client", 3, "x"),
+            down("server", 3, "x"),
+            times,
         );
+        let over = "A: 77.9 s from paired to exit, over the bound 77.0 s";
         assert!(
-            slow.violations
-                .iter()
-                .any(|v| v.starts_with("A: 77.9 s from paired to exit, over the bound 77.0 s")),
+            slow.violations.iter().any(|v| v.starts_with(over)),
             "{:?}",
             slow.violations
         );
 
-        let split = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Observed {
-                a: peer(0, &[], result(true, "client", 1, None)),
-                b: peer(1, &[], result(false, "server", 1, Some("x"))),
-                times: both_paired_then_exit(1.0, 1.0),
-                ..Observed::default()
-            },
+        let a = peer(0, &[], result(true, "client", 1, None));
+        let split = run(
+            loss10,
+            a,
+            down("server", 1, "x"),
+            both_paired_then_exit(1.0, 1.0),
         );
         assert_eq!(split.outcome, Outcome::Error);
-        assert!(split.violations.iter().any(|v| v.contains("disagree")));
+        assert!(has(&split, "disagree"));
 
-        let crashed = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Observed {
-                a: PeerRun {
-                    exit: Some(2),
-                    output: contract::parse_output(&[]),
-                },
-                b: peer(1, &[], result(false, "server", 1, Some("x"))),
-                times: Times {
-                    b_paired: s(0.1),
-                    b_exit: s(1.0),
-                    a_exit: s(0.5),
-                    ..Times::default()
-                },
-                ..Observed::default()
-            },
+        let times = Times {
+            b_paired: s(0.1),
+            b_exit: s(1.0),
+            a_exit: s(0.5),
+            ..Times::default()
+        };
+        let crashed = run(
+            loss10,
+            CliRun::parse(Some(2), &[]),
+            down("server", 1, "x"),
+            times,
         );
         assert_eq!(crashed.outcome, Outcome::Error);
-        let v = crashed.violations.join("\n");
-        assert!(v.contains("A: exit code 2 (error)"), "{v}");
-        assert!(v.contains("A: never printed \"paired\""), "{v}");
-
-        let too_many = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Observed {
-                a: peer(1, &[], result(false, "client", 4, Some("x"))),
-                b: peer(1, &[], result(false, "server", 4, Some("x"))),
-                times: both_paired_then_exit(1.0, 1.0),
-                ..Observed::default()
-            },
+        assert!(
+            has(&crashed, "A: exit code 2 (error)") && has(&crashed, "A: never printed \"paired\"")
         );
-        assert!(too_many.violations.iter().any(|v| v.contains("4 attempts")));
 
-        let hung = evaluate(
-            &c,
-            1,
-            &bounds(),
-            Observed {
-                timed_out: true,
-                times: Times {
-                    a_paired: s(0.1),
-                    b_paired: s(0.1),
-                    ..Times::default()
-                },
-                ..Observed::default()
-            },
+        let times = both_paired_then_exit(1.0, 1.0);
+        let too_many = run(
+            loss10,
+            down("client", 4, "x"),
+            down("server", 4, "x"),
+            times,
         );
+        assert!(has(&too_many, "4 attempts"));
+
+        let times = Times {
+            a_paired: s(0.1),
+            b_paired: s(0.1),
+            ..Times::default()
+        };
+        let seen = Seen {
+            timed_out: true,
+            times,
+            ..Seen::default()
+        };
+        let hung = evaluate(&case(loss10), 1, &bounds(), seen);
         assert_eq!(hung.outcome, Outcome::Timeout);
-        assert!(!hung.passed());
+        assert!(has(&hung, "timed out: a peer was still running"));
+        // A lab failure alone makes the run fail.
+        let lab = judge(
+            &case(loss10),
+            1,
+            &bounds(),
+            Seen::default(),
+            vec!["lab: boom".into()],
+        );
+        assert_eq!(lab.violations[0], "lab: boom");
     }
 
-    fn cut_run(a_events: &[&str], b_events: &[&str], forwarded: u64, b_exit: f64) -> Record {
-        evaluate(
-            &case(Fault::RelayCut),
-            1,
-            &bounds(),
-            Observed {
-                a: peer(1, a_events, result(false, "client", 1, Some(CLOSED))),
-                b: peer(1, b_events, result(false, "server", 1, Some(CLOSED))),
-                times: both_paired_then_exit(0.2, b_exit),
-                relay_forwarded: Some(forwarded),
-                cut_at: Some(51),
-                ..Observed::default()
-            },
-        )
+    fn cut_run(
+        a_events: &[&str],
+        b_events: &[&str],
+        forwarded: u64,
+        b_exit: f64,
+    ) -> Record<Detail> {
+        let a = peer(1, a_events, result(false, "client", 1, Some(CLOSED)));
+        let b = peer(1, b_events, result(false, "server", 1, Some(CLOSED)));
+        let times = both_paired_then_exit(0.2, b_exit);
+        let seen = Seen {
+            a,
+            b,
+            times,
+            relay_forwarded: Some(forwarded),
+            cut_at: Some(51),
+            ..Seen::default()
+        };
+        evaluate(&case(Fault::RelayCut), 1, &bounds(), seen)
     }
 
     #[test]
@@ -1496,45 +1195,31 @@ mod tests {
         let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
-
         // Noticed only by a step timeout: over the bound.
         let slow = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 10.2);
-        assert!(
-            slow.violations
-                .iter()
-                .any(|v| v.contains("over the bound 10.0 s"))
-        );
+        assert!(has(&slow, "over the bound 10.0 s"));
         // The cut missed its point.
         let early = cut_run(&["paired"], &["paired"], 38, 0.3);
-        let v = early.violations.join("\n");
-        assert!(v.contains("cut before B's Connect"), "{v}");
-        assert!(v.contains("forwarded Some(38) bytes"), "{v}");
+        assert!(has(&early, "cut before B's Connect") && has(&early, "forwarded Some(38) bytes"));
         let late = cut_run(&["paired", "peer_addrs"], &["paired", "rtt"], 51, 0.3);
-        assert!(
-            late.violations
-                .iter()
-                .any(|v| v.contains("got through the cut"))
-        );
-        // A reason that is not the relay's close.
-        let mut other = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
-        other = evaluate(
-            &case(Fault::RelayCut),
+        assert!(has(&late, "got through the cut"));
+        // A reason that is not the relay's close, and a relay still usable.
+        let mut seen = Seen {
+            a: good.detail.seen.a.clone(),
+            times: good.detail.seen.times.clone(),
+            ..Seen::default()
+        };
+        seen.b = peer(
             1,
-            &bounds(),
-            Observed {
-                a: other.a.clone(),
-                b: peer(
-                    1,
-                    &["paired"],
-                    result(false, "server", 1, Some("peer sent nothing")),
-                ),
-                times: other.times.clone(),
-                relay_forwarded: Some(51),
-                cut_at: Some(51),
-                ..Observed::default()
-            },
+            &["paired"],
+            result(false, "server", 1, Some("peer sent nothing")),
         );
-        assert!(other.violations.iter().any(|v| v.contains("does not say")));
+        seen.b.result.as_mut().unwrap().relay_usable = true;
+        (seen.relay_forwarded, seen.cut_at) = (Some(51), Some(51));
+        let other = evaluate(&case(Fault::RelayCut), 1, &bounds(), seen);
+        assert!(
+            has(&other, "does not say") && has(&other, "B: relay_usable=true after the relay cut")
+        );
     }
 
     #[test]
@@ -1546,180 +1231,122 @@ mod tests {
             b_exit: s(10.3),
             a_vanished: s(0.2),
         };
-        let killed_a = PeerRun {
-            exit: None,
-            output: contract::parse_output(&[r#"{"event":"peer_addrs"}"#.to_string()]),
-        };
-        let b_failed = peer(
-            1,
-            &[],
-            result(false, "server", 1, Some("peer sent nothing")),
-        );
-        let good = evaluate(
-            &case(Fault::PeerFrozen),
-            1,
-            &bounds(),
-            Observed {
-                a: killed_a.clone(),
-                b: b_failed.clone(),
-                times: gone.clone(),
-                ..Observed::default()
-            },
+        let vanished_a = CliRun::parse(None, &[r#"{"event":"peer_addrs"}"#.to_string()]);
+        let b_failed = down("server", 1, "peer sent nothing");
+        let good = run(
+            Fault::PeerFrozen,
+            vanished_a.clone(),
+            b_failed.clone(),
+            gone.clone(),
         );
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         assert_eq!(good.duration_ms, Some(10_100.0));
 
-        let late = evaluate(
-            &case(Fault::PeerKilled),
-            1,
-            &bounds(),
-            Observed {
-                a: killed_a.clone(),
-                b: b_failed.clone(),
-                times: Times {
-                    b_exit: s(46.0),
-                    ..gone.clone()
-                },
-                ..Observed::default()
-            },
+        let times = Times {
+            b_exit: s(46.0),
+            ..gone.clone()
+        };
+        let late = run(
+            Fault::PeerKilled,
+            vanished_a.clone(),
+            b_failed.clone(),
+            times,
         );
-        assert!(
-            late.violations
-                .iter()
-                .any(|v| v.contains("over the bound 45.0 s"))
-        );
+        assert!(has(&late, "over the bound 45.0 s"));
 
-        let b_crashed = evaluate(
-            &case(Fault::PeerKilled),
-            1,
-            &bounds(),
-            Observed {
-                a: killed_a,
-                b: PeerRun {
-                    exit: Some(101),
-                    output: contract::parse_output(&["panicked".to_string()]),
-                },
-                times: gone.clone(),
-                ..Observed::default()
-            },
+        let b_crashed = CliRun::parse(Some(101), &["panicked".to_string()]);
+        let crashed = run(
+            Fault::PeerKilled,
+            vanished_a.clone(),
+            b_crashed,
+            gone.clone(),
         );
-        assert_eq!(b_crashed.outcome, Outcome::Error);
+        assert_eq!(crashed.outcome, Outcome::Error);
+        assert!(has(&crashed, "expected B to fail cleanly, got error"));
 
-        let never_hooked = evaluate(
-            &case(Fault::PeerKilled),
-            1,
-            &bounds(),
-            Observed {
-                a: peer(1, &[], result(false, "client", 1, Some("x"))),
-                b: b_failed,
-                times: Times {
-                    a_vanished: None,
-                    a_exit: s(1.0),
-                    ..gone
-                },
-                ..Observed::default()
-            },
-        );
-        assert!(
-            never_hooked
-                .violations
-                .iter()
-                .any(|v| v.contains("A was not stopped"))
-        );
+        let b_up = peer(0, &[], result(true, "server", 1, None));
+        let upgraded = run(Fault::PeerKilled, vanished_a, b_up, gone.clone());
+        assert!(has(
+            &upgraded,
+            "B reports an upgrade with a peer that vanished"
+        ));
+
+        let times = Times {
+            a_vanished: None,
+            a_exit: s(1.0),
+            ..gone
+        };
+        let never_hooked = run(Fault::PeerKilled, down("client", 1, "x"), b_failed, times);
+        assert!(has(&never_hooked, "A was not stopped"));
     }
 
     #[test]
     fn errors_are_placed_in_the_phase_they_happened_in() {
-        let c = case(Fault::Loss { percent: 30 });
-        let errored = |events: &[&str]| PeerRun {
-            exit: Some(2),
-            output: contract::parse_output(
-                &events
-                    .iter()
-                    .map(|e| format!(r#"{{"event":"{e}"}}"#))
-                    .collect::<Vec<_>>(),
-            ),
+        let errored = |events: &[&str]| {
+            let lines: Vec<String> = events
+                .iter()
+                .map(|e| format!(r#"{{"event":"{e}"}}"#))
+                .collect();
+            CliRun::parse(Some(2), &lines)
         };
-        let run = |a: PeerRun, b: PeerRun, stopped_unpaired: bool| {
-            evaluate(
-                &c,
-                1,
-                &bounds(),
-                Observed {
-                    a,
-                    b,
-                    times: both_paired_then_exit(1.0, 1.0),
-                    errors: [None, Some("the peer did not answer".into())],
-                    stopped_unpaired,
-                    ..Observed::default()
-                },
-            )
+        let run = |a: CliRun, b: CliRun, stopped_unpaired: bool| {
+            let times = both_paired_then_exit(1.0, 1.0);
+            let errors = [None, Some("the peer did not answer".into())];
+            let seen = Seen {
+                a,
+                b,
+                times,
+                errors,
+                stopped_unpaired,
+                ..Seen::default()
+            };
+            evaluate(&case(Fault::Loss { percent: 30 }), 1, &bounds(), seen)
         };
-        let proof = run(
-            errored(&["paired", "upgraded", "timeline", "error"]),
-            errored(&["paired", "upgraded", "timeline", "error"]),
-            false,
-        );
-        assert_eq!(proof.error_phase, Some(ErrorPhase::Proof));
-        assert!(proof.core_upgraded);
+        let proof_events = ["paired", "upgraded", "timeline", "error"];
+        let proof = run(errored(&proof_events), errored(&proof_events), false);
+        assert_eq!(proof.detail.error_phase, Some(ErrorPhase::Proof));
+        assert!(proof.detail.core_upgraded);
         assert_eq!(
             note(&proof).unwrap(),
             "error in the proof phase: the peer did not answer"
         );
-        let upgrade = run(
-            errored(&["paired", "attempt"]),
-            peer(1, &["paired"], result(false, "server", 1, Some("x"))),
-            false,
-        );
-        assert_eq!(upgrade.error_phase, Some(ErrorPhase::Upgrade));
+        let b = peer(1, &["paired"], result(false, "server", 1, Some("x")));
+        let upgrade = run(errored(&["paired", "attempt"]), b, false);
+        assert_eq!(upgrade.detail.error_phase, Some(ErrorPhase::Upgrade));
         // The earliest phase wins; a peer stopped by the runner is no error.
-        let unpaired = run(
-            errored(&["registered", "error"]),
-            PeerRun {
-                exit: None,
-                output: contract::parse_output(&[r#"{"event":"registered"}"#.into()]),
-            },
-            true,
-        );
+        let registered = CliRun::parse(None, &[r#"{"event":"registered"}"#.into()]);
+        let unpaired = run(errored(&["registered", "error"]), registered, true);
         assert_eq!(unpaired.outcome, Outcome::Error);
-        assert_eq!(unpaired.error_phase, Some(ErrorPhase::Rendezvous));
+        assert_eq!(unpaired.detail.error_phase, Some(ErrorPhase::Rendezvous));
         assert!(
-            !unpaired
-                .violations
-                .iter()
-                .any(|v| v.contains("killed by a signal")),
+            !has(&unpaired, "killed by a signal"),
             "{:?}",
             unpaired.violations
         );
-        assert!(
-            unpaired
-                .violations
-                .iter()
-                .any(|v| v.contains("the other was stopped"))
-        );
+        assert!(has(&unpaired, "the other was stopped"));
         // One core upgraded, the other failed: a split outcome, placed in
         // the upgrade phase whatever the CLI did next.
-        let split = run(
-            peer(
-                1,
-                &["paired", "failed"],
-                result(false, "client", 1, Some("peer started no further attempt")),
-            ),
-            errored(&["paired", "upgraded", "timeline", "error"]),
-            false,
+        let why = "peer started no further attempt";
+        let a = peer(
+            1,
+            &["paired", "failed"],
+            result(false, "client", 1, Some(why)),
         );
-        assert_eq!(split.error_phase, Some(ErrorPhase::Upgrade));
+        let split = run(a, errored(&proof_events), false);
+        assert_eq!(split.detail.error_phase, Some(ErrorPhase::Upgrade));
+        let said = "error in the upgrade phase: the cores disagree: A's DCUtR failed, B's upgraded";
         assert!(
-            note(&split).unwrap().starts_with(
-                "error in the upgrade phase: the cores disagree: A's DCUtR failed, B's upgraded"
-            ),
+            note(&split).unwrap().starts_with(said),
             "{:?}",
             note(&split)
         );
-        // Clean runs have no phase.
+        // Clean runs have no phase; their note is the reason.
         let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
-        assert_eq!(good.error_phase, None);
+        assert_eq!(
+            (good.detail.error_phase, note(&good).as_deref()),
+            (None, Some(CLOSED))
+        );
     }
 
     #[test]
@@ -1727,19 +1354,13 @@ mod tests {
         let c = case(Fault::RelayCut);
         let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
         let slow = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 10.5);
-        let rows = aggregate(&[good, slow]);
-        assert_eq!(rows.len(), 1);
-        let r = &rows[0];
-        assert_eq!(r.case, c.name());
-        assert_eq!((r.runs, r.upgraded, r.failed_clean, r.errors), (2, 0, 2, 0));
-        assert_eq!(r.verdict, "FAIL (1/2)");
-        assert_eq!(r.reasons, vec![(CLOSED.to_string(), 2)]);
-        let md = render_markdown(&rows);
+        let md = table(&[good, slow]);
         let line = md.lines().nth(2).unwrap();
         assert_eq!(
             line,
             "| relay-cut-after-connect cone/cone tcp | 2 | 0/2 | 0/2 | 2 | 0 | 5.30 | 10.40 | 10 | FAIL (1/2) |"
         );
-        assert!(md.contains(&format!("2x {CLOSED}")));
+        assert!(line.starts_with(&format!("| {} |", c.name())));
+        assert!(md.contains(&format!("- {}: 2x {CLOSED}", c.name())));
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 /// Run `program args...` to completion, feeding `stdin` if given, and return
 /// its stdout. Fails with the command line, exit status and stderr.
@@ -119,49 +119,15 @@ pub const REQUIRED_TOOLS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
 ];
 
-/// Make sure every tool in [`REQUIRED_TOOLS`] is installed, installing the
-/// missing ones with apt-get (we run as root whenever the lab runs at all).
-pub fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = REQUIRED_TOOLS
+/// The tools of [`REQUIRED_TOOLS`] that are not installed, with their
+/// package (`scripts/install-natlab-tools.sh` installs them; natlab itself
+/// installs nothing).
+pub fn missing_tools() -> Vec<String> {
+    REQUIRED_TOOLS
         .iter()
         .filter(|(tool, _)| find_tool(tool).is_none())
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    info!(packages = ?missing, "installing missing lab tools with apt-get");
-    let status = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("cannot run apt-get update")?;
-    if !status.success() {
-        warn!(%status, "apt-get update failed; trying the install anyway");
-    }
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(missing.iter().copied());
-    let out = Command::new("apt-get")
-        .args(&args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .context("cannot run apt-get install")?;
-    if !out.status.success() {
-        bail!(
-            "apt-get install {} failed: {}",
-            missing.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let still: Vec<&str> = REQUIRED_TOOLS
-        .iter()
-        .filter(|(tool, _)| find_tool(tool).is_none())
-        .map(|(tool, _)| *tool)
-        .collect();
-    if !still.is_empty() {
-        bail!("still missing after apt-get install: {}", still.join(", "));
-    }
-    Ok(())
+        .map(|(tool, pkg)| format!("{tool} (package {pkg})"))
+        .collect()
 }
 
 /// Whether this process can build labs: root, with network namespaces.

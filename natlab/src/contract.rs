@@ -1,5 +1,5 @@
-//! The `dcutr` CLI contract as natlab reads it: one JSON object per stdout
-//! line, each with a string `"event"`; the last one is the `result`.
+//! The `dcutr` CLI contract as `matrix` and `broken` read it: the JSON
+//! lines of [`crate::campaign::PeerRun`], the last one the `result`:
 //!
 //! ```text
 //! {"event":"result","ok":bool,"transport":"tcp"|"quic","role":"client"|"server",
@@ -8,24 +8,25 @@
 //!  "relay_usable":bool,"reason":string|null}
 //! ```
 //! Exit code 0 = upgraded, 1 = upgrade failed cleanly, anything else = error.
-//! Unknown fields and unknown events are accepted (forward compatible).
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::campaign::{self, PeerRun, Transport};
+use crate::topo::RELAY_IP;
 
 /// Event the relay prints once it accepts connections.
 pub const RELAY_LISTENING_EVENT: &str = "listening";
 
 /// Event peer B prints once its reservation at the relay is in place; A is
-/// started after it (or after a timeout, see the matrix).
+/// started after it (or after a timeout).
 pub const PEER_REGISTERED_EVENT: &str = "registered";
 
-/// Event name of the final line.
-pub const RESULT_EVENT: &str = "result";
-
-/// The final `result` object of a peer.
+/// The final `result` object of a `dcutr peer`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PeerResult {
+pub struct CliResult {
     /// Whether a direct connection replaced the relayed one.
     pub ok: bool,
     /// `tcp` or `quic`.
@@ -50,165 +51,122 @@ pub struct PeerResult {
     pub reason: Option<String>,
 }
 
-/// The event name of one stdout line, and the parsed object.
-pub fn parse_event(line: &str) -> Result<(String, Value), String> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line:?}"))?;
-    let name = value
-        .get("event")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("JSON line without a string \"event\": {line:?}"))?
-        .to_owned();
-    Ok((name, value))
-}
-
-/// Whether `line` is the JSON event `name`.
-pub fn is_event(line: &str, name: &str) -> bool {
-    matches!(parse_event(line), Ok((n, _)) if n == name)
-}
-
-/// Everything natlab takes from one peer's stdout.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct PeerOutput {
-    /// Event names in order.
-    pub events: Vec<String>,
-    /// The result, if a valid one was printed.
-    pub result: Option<PeerResult>,
-    /// Contract violations found in the output.
-    pub problems: Vec<String>,
-}
-
-/// Read a peer's stdout lines against the contract.
-pub fn parse_output(lines: &[String]) -> PeerOutput {
-    let mut out = PeerOutput::default();
-    for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
-        let (name, value) = match parse_event(line) {
-            Ok(x) => x,
-            Err(e) => {
-                out.problems.push(e);
-                continue;
-            }
-        };
-        if out.result.is_some() {
-            out.problems.push(format!(
-                "event {name:?} after the result (the result must be last)"
-            ));
-        }
-        if name == RESULT_EVENT {
-            match serde_json::from_value::<PeerResult>(value) {
-                Ok(r) if out.result.is_none() => out.result = Some(r),
-                Ok(_) => out.problems.push("more than one result".into()),
-                Err(e) => out.problems.push(format!("malformed result ({e}): {line}")),
-            }
-        }
-        out.events.push(name);
+impl campaign::PeerResult for CliResult {
+    fn ok(&self) -> bool {
+        self.ok
     }
-    if out.result.is_none() && !out.problems.iter().any(|p| p.contains("result")) {
-        out.problems.push("no result line".into());
-    }
-    if let Some(r) = &out.result {
-        if !matches!(r.transport.as_str(), "tcp" | "quic") {
-            out.problems.push(format!(
+
+    fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !matches!(self.transport.as_str(), "tcp" | "quic") {
+            v.push(format!(
                 "result transport {:?} is neither tcp nor quic",
-                r.transport
+                self.transport
             ));
         }
-        if !matches!(r.role.as_str(), "client" | "server") {
-            out.problems.push(format!(
+        if !matches!(self.role.as_str(), "client" | "server") {
+            v.push(format!(
                 "result role {:?} is neither client nor server",
-                r.role
+                self.role
             ));
         }
-        if r.ok && r.remote.is_none() {
-            out.problems
-                .push("ok result without a remote address".into());
+        if self.ok && self.remote.is_none() {
+            v.push("ok result without a remote address".into());
         }
-        if !r.ok && r.reason.as_deref().is_none_or(str::is_empty) {
-            out.problems.push("failed result without a reason".into());
+        if !self.ok && self.reason.as_deref().is_none_or(str::is_empty) {
+            v.push("failed result without a reason".into());
         }
+        v
     }
-    out
+}
+
+/// A `dcutr peer`'s run.
+pub type CliRun = PeerRun<CliResult>;
+
+/// The dcutr CLI: `--dcutr`, else next to natlab, else on PATH.
+pub fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {
+    campaign::locate(
+        explicit,
+        "",
+        "dcutr",
+        "build it (cargo build -p dcutr-cli) or pass --dcutr PATH",
+    )
+}
+
+/// `relay --listen <relay> --json`, then `extra`.
+pub fn relay_args(extra: &[&str]) -> Vec<String> {
+    let listen = format!("{RELAY_IP}:{}", campaign::RELAY_PORT);
+    let mut v = campaign::args(&["relay", "--listen", &listen, "--json"]);
+    v.extend(campaign::args(extra));
+    v
+}
+
+/// `peer --relay .. --name <name> [--connect <other>] --tcp|--quic 5000 --json`, then `extra`.
+pub fn peer_args(
+    name: &str,
+    connect: Option<&str>,
+    transport: Transport,
+    extra: &[&str],
+) -> Vec<String> {
+    let relay = format!("{RELAY_IP}:{}", campaign::RELAY_PORT);
+    let mut v = campaign::args(&["peer", "--relay", &relay, "--name", name]);
+    if let Some(other) = connect {
+        v.extend(campaign::args(&["--connect", other]));
+    }
+    let port = campaign::PEER_PORT.to_string();
+    v.extend(campaign::args(&[
+        &format!("--{transport}"),
+        &port,
+        "--json",
+    ]));
+    v.extend(campaign::args(extra));
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn lines(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
     const OK: &str = r#"{"event":"result","ok":true,"transport":"tcp","role":"client","remote":"203.0.113.12:5000","attempts":1,"unilateral":false,"rtt_ms":101.5,"time_to_direct_ms":160.2,"direct_rtt_ms":0.3,"relay_usable":true,"reason":null}"#;
     const FAILED: &str = r#"{"event":"result","ok":false,"transport":"quic","role":"server","remote":null,"attempts":3,"unilateral":false,"rtt_ms":100.0,"time_to_direct_ms":null,"direct_rtt_ms":null,"relay_usable":true,"reason":"all attempts failed","extra":1}"#;
 
-    #[test]
-    fn a_successful_run_parses_with_its_events_in_order() {
-        let out = parse_output(&lines(&[
-            r#"{"event":"registered"}"#,
-            "",
-            r#"{"event":"rtt","ms":1}"#,
-            OK,
-        ]));
-        assert_eq!(out.events, ["registered", "rtt", "result"]);
-        assert!(out.problems.is_empty(), "{:?}", out.problems);
-        let r = out.result.unwrap();
-        assert!(r.ok);
-        assert_eq!(r.rtt_ms, Some(101.5));
-        assert_eq!(r.remote.as_deref(), Some("203.0.113.12:5000"));
+    fn parse(line: &str) -> CliRun {
+        let mut run = CliRun::parse(Some(0), &[line.to_owned()]);
+        run.problems = run.violations("A");
+        run
     }
 
     #[test]
-    fn a_clean_failure_parses_and_unknown_fields_are_ignored() {
-        let out = parse_output(&lines(&[FAILED]));
-        assert!(out.problems.is_empty(), "{:?}", out.problems);
-        let r = out.result.unwrap();
-        assert_eq!((r.ok, r.attempts, r.relay_usable), (false, 3, true));
-    }
-
-    #[test]
-    fn missing_result_and_noise_are_reported() {
-        let out = parse_output(&lines(&["hello world", r#"{"no_event":1}"#]));
-        assert!(out.result.is_none());
-        assert_eq!(out.problems.len(), 3, "{:?}", out.problems);
-        assert!(out.problems[0].starts_with("not JSON"));
-        assert!(out.problems[1].contains("without a string \"event\""));
-        assert_eq!(out.problems[2], "no result line");
-    }
-
-    #[test]
-    fn events_after_the_result_and_second_results_are_reported() {
-        let out = parse_output(&lines(&[OK, r#"{"event":"late"}"#, OK]));
-        assert!(out.result.is_some());
-        assert!(out.problems.iter().any(|p| p.contains("after the result")));
-        assert!(out.problems.iter().any(|p| p == "more than one result"));
-    }
-
-    #[test]
-    fn a_result_missing_a_field_is_malformed() {
-        let out = parse_output(&lines(&[r#"{"event":"result","ok":true}"#]));
-        assert!(out.result.is_none());
-        assert!(
-            out.problems[0].starts_with("malformed result"),
-            "{:?}",
-            out.problems
+    fn results_parse_and_unknown_fields_are_ignored() {
+        let ok = parse(OK);
+        assert!(ok.problems.is_empty(), "{:?}", ok.problems);
+        assert_eq!(parse(FAILED).problems, ["A: exit 0 but result ok=false"]);
+        let r = ok.result.unwrap();
+        assert_eq!(
+            (r.rtt_ms, r.remote.as_deref()),
+            (Some(101.5), Some("203.0.113.12:5000"))
         );
+        let failed = CliRun::parse(Some(1), &[FAILED.to_owned()]);
+        assert!(failed.violations("B").is_empty(), "{:?}", failed.problems);
+        let r = failed.result.unwrap();
+        assert_eq!((r.ok, r.attempts, r.relay_usable), (false, 3, true));
+        assert!(parse(r#"{"event":"result","ok":true}"#).problems[0].starts_with("A: malformed"));
     }
 
     #[test]
     fn results_that_break_the_value_rules_are_reported() {
         let bad = OK
             .replace("\"client\"", "\"dialer\"")
+            .replace("\"tcp\"", "\"udp\"")
             .replace("\"203.0.113.12:5000\"", "null");
-        let out = parse_output(&lines(&[&bad]));
-        assert!(
-            out.problems
-                .iter()
-                .any(|p| p.contains("neither client nor server"))
-        );
-        assert!(out.problems.iter().any(|p| p.contains("without a remote")));
+        let p = parse(&bad).problems.join("\n");
+        assert!(p.contains("neither client nor server"), "{p}");
+        assert!(p.contains("neither tcp nor quic"), "{p}");
+        assert!(p.contains("without a remote"), "{p}");
         let no_reason = FAILED.replace("\"all attempts failed\"", "null");
+        let no_reason = no_reason.replace("\"ok\":false", "\"ok\":false,\"x\":0");
         assert!(
-            parse_output(&lines(&[&no_reason]))
+            parse(&no_reason)
                 .problems
                 .iter()
                 .any(|p| p.contains("without a reason"))
@@ -216,15 +174,14 @@ mod tests {
     }
 
     #[test]
-    fn event_detection() {
-        assert!(is_event(
-            r#"{"event":"listening","addr":"203.0.113.1:4000"}"#,
-            RELAY_LISTENING_EVENT
-        ));
-        assert!(!is_event(
-            r#"{"event":"listening2"}"#,
-            RELAY_LISTENING_EVENT
-        ));
-        assert!(!is_event("listening", RELAY_LISTENING_EVENT));
+    fn command_lines_follow_the_cli() {
+        assert_eq!(
+            peer_args("a", Some("b"), Transport::Quic, &["--runtime", "smol"]).join(" "),
+            "peer --relay 203.0.113.1:4000 --name a --connect b --quic 5000 --json --runtime smol"
+        );
+        assert_eq!(
+            relay_args(&["--delay-ms", "50"]).join(" "),
+            "relay --listen 203.0.113.1:4000 --json --delay-ms 50"
+        );
     }
 }

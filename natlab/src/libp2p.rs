@@ -10,20 +10,17 @@
 //! report a non-relayed connection to each other and bytes echoed over it.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::info;
 
-use crate::contract::parse_event;
-use crate::matrix::{
-    OTHER_PEER_GRACE, PEER_PORT, RELAY_PORT, RELAY_READY_TIMEOUT, Transport, wait_peers,
+use crate::campaign::{
+    self, Campaign, Common, Outcome, PEER_PORT, PeerRun, RELAY_PORT, RELAY_READY_TIMEOUT, Record,
+    Transport, args, parse_event,
 };
-use crate::names::RunNames;
 use crate::nat::Site;
 use crate::proc::Proc;
 use crate::stats::median;
@@ -46,17 +43,15 @@ pub const LISTENER_READY_TIMEOUT: Duration = Duration::from_secs(12);
 /// exited: the listener's setup, then the dialer's whole run.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// Lets the reader threads drain the pipes of peers that just exited.
-const PIPE_DRAIN_PAUSE: Duration = Duration::from_millis(20);
+/// Once one node has exited, the other must follow within this (as in the
+/// matrix: the relayed connection closes when a side leaves).
+pub const OTHER_NODE_GRACE: Duration = Duration::from_secs(10);
 
 /// Event the relay prints once it listens (with its `peer_id`).
 const RELAY_LISTENING_EVENT: &str = "listening";
 
 /// Event the listener prints once it can be dialled through the relay.
 const LISTENER_RESERVED_EVENT: &str = "reserved";
-
-/// Event name of a node's final line.
-const RESULT_EVENT: &str = "result";
 
 /// `natlab libp2p` options.
 #[derive(Debug, clap::Args)]
@@ -66,15 +61,9 @@ pub struct Args {
     /// `cargo build --workspace --lib --bins --examples`).
     #[arg(long)]
     pub node: Option<PathBuf>,
-    /// Runs per pairing.
-    #[arg(long, default_value_t = 1)]
-    pub runs: u32,
     /// Also run the reference pairings, stock/stock and ours/ours.
     #[arg(long)]
     pub reference: bool,
-    /// Only pairings whose name contains this (e.g. "stock-B" or "quic").
-    #[arg(long)]
-    pub filter: Option<String>,
     /// The transports to run every pairing over, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "tcp,quic", value_parser = parse_transport)]
     pub transports: Vec<Transport>,
@@ -82,22 +71,12 @@ pub struct Args {
     /// 4x this to the relayed RTT and to the direct one.
     #[arg(long)]
     pub delay_ms: Option<f64>,
-    /// Also write the Markdown table to this file.
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
-    /// Print one JSON record per run (and a summary) on stdout; the table goes to stderr.
-    #[arg(long)]
-    pub json: bool,
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = DEFAULT_RUN_TIMEOUT.as_secs_f64())]
     pub run_timeout_s: f64,
-    /// Print the lab diagnostics for every run, not only failing ones.
-    #[arg(long)]
-    pub always_diagnose: bool,
-    /// Run id, 4 hex digits (default: random): every namespace of the run
-    /// is then called `nl<id>..-*`.
-    #[arg(long, value_name = "HEX")]
-    pub run_id: Option<String>,
+    /// Filter ("stock-B", "quic"), output and run id.
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// Which DCUtR a node runs.
@@ -160,32 +139,24 @@ impl Pairing {
     }
 }
 
+const fn pairing(b: Impl, a: Impl) -> Pairing {
+    Pairing {
+        b,
+        a,
+        transport: Transport::Tcp,
+    }
+}
+
 /// The pairings the task is about: stock against ours, both roles.
 pub const MIXED: [Pairing; 2] = [
-    Pairing {
-        b: Impl::Stock,
-        a: Impl::Ours,
-        transport: Transport::Tcp,
-    },
-    Pairing {
-        b: Impl::Ours,
-        a: Impl::Stock,
-        transport: Transport::Tcp,
-    },
+    pairing(Impl::Stock, Impl::Ours),
+    pairing(Impl::Ours, Impl::Stock),
 ];
 
 /// Same-implementation pairings, for reference (`--reference`).
 pub const REFERENCE: [Pairing; 2] = [
-    Pairing {
-        b: Impl::Stock,
-        a: Impl::Stock,
-        transport: Transport::Tcp,
-    },
-    Pairing {
-        b: Impl::Ours,
-        a: Impl::Ours,
-        transport: Transport::Tcp,
-    },
+    pairing(Impl::Stock, Impl::Stock),
+    pairing(Impl::Ours, Impl::Ours),
 ];
 
 /// A node's `result` line (unknown fields ignored).
@@ -213,400 +184,174 @@ pub struct NodeResult {
     pub dcutr_error: Option<String>,
 }
 
+impl campaign::PeerResult for NodeResult {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    /// The node's own checks, double-checked from its report.
+    fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.ok && (!self.direct || !self.echo) {
+            v.push("ok without a direct connection echoed over".into());
+        }
+        if self.ok
+            && self
+                .remote
+                .as_deref()
+                .is_none_or(|s| s.contains("p2p-circuit"))
+        {
+            v.push(format!(
+                "the direct connection's remote {:?} is not a direct address",
+                self.remote
+            ));
+        }
+        v
+    }
+}
+
 /// What natlab took from one node.
+pub type NodeRun = PeerRun<NodeResult>;
+
+/// What driving one run saw (and its record keeps).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct NodeRun {
-    /// Exit code (`None`: killed or never exited).
-    pub exit: Option<i32>,
-    /// Event names in order.
-    pub events: Vec<String>,
-    /// The result line.
-    pub result: Option<NodeResult>,
-    /// Output that breaks the node's contract.
+pub struct Seen {
+    /// The dialer.
+    pub a: NodeRun,
+    /// The listener.
+    pub b: NodeRun,
+    /// The run hit its time limit.
+    pub timed_out: bool,
+    /// From starting B until both peers exited (`duration_ms`).
+    #[serde(skip)]
+    pub duration: Duration,
+    /// Lab and runner problems.
     pub problems: Vec<String>,
 }
 
-/// Read a node's stdout: JSON lines with an `event`, the `result` last.
-pub fn parse_node_output(lines: &[String]) -> NodeRun {
-    let mut run = NodeRun::default();
-    for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
-        let (name, value) = match parse_event(line) {
-            Ok(x) => x,
-            Err(e) => {
-                run.problems.push(e);
-                continue;
-            }
-        };
-        if run.result.is_some() {
-            run.problems
-                .push(format!("event {name:?} after the result"));
-        }
-        if name == RESULT_EVENT {
-            match serde_json::from_value::<NodeResult>(value) {
-                Ok(r) if run.result.is_none() => run.result = Some(r),
-                Ok(_) => run.problems.push("more than one result".into()),
-                Err(e) => run.problems.push(format!("malformed result ({e}): {line}")),
-            }
-        }
-        run.events.push(name);
-    }
-    if run.result.is_none() {
-        run.problems.push("no result line".into());
-    }
-    run
-}
-
-/// How one run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// Both peers: a direct connection, echoed over, exit 0.
-    Direct,
-    /// Both peers exited 1: no direct connection (or no echo over it).
-    NoDirect,
-    /// Anything else: crash, setup failure, disagreement.
-    Error,
-    /// The run hit its time limit.
-    Timeout,
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Outcome::Direct => "direct",
-            Outcome::NoDirect => "no-direct",
-            Outcome::Error => "error",
-            Outcome::Timeout => "timeout",
-        })
-    }
-}
-
-/// Everything recorded about one run.
+/// What a libp2p record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunRecord {
-    /// Pairing name.
-    pub pairing: String,
+pub struct Detail {
     /// The listener's DCUtR.
     pub b_impl: Impl,
     /// The dialer's DCUtR.
     pub a_impl: Impl,
-    /// Run number within the pairing (1-based).
-    pub run: u32,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// The listener.
-    pub b: NodeRun,
-    /// The dialer.
-    pub a: NodeRun,
     /// The dialer's time from relayed to direct connection (B's if A has none), ms.
     pub time_to_direct_ms: Option<f64>,
-    /// From starting B until both peers exited, ms.
-    pub duration_ms: f64,
-    /// Topology build time, ms.
-    pub setup_ms: f64,
-    /// Topology teardown time, ms.
-    pub teardown_ms: Option<f64>,
-    /// Unmet expectations. Empty = PASS.
-    pub violations: Vec<String>,
-}
-
-impl RunRecord {
-    /// Whether the run met its expectation: a direct connection on both sides.
-    pub fn passed(&self) -> bool {
-        self.violations.is_empty()
-    }
+    /// What the runner saw.
+    #[serde(flatten)]
+    pub seen: Seen,
 }
 
 /// Judge one run (pure: unit-tested without root).
-pub fn evaluate(
-    pairing: Pairing,
-    run: u32,
-    a: NodeRun,
-    b: NodeRun,
-    timed_out: bool,
-    duration: Duration,
-    lab_problems: Vec<String>,
-) -> RunRecord {
-    let mut violations = lab_problems;
-    let ok = |n: &NodeRun| matches!((n.exit, &n.result), (Some(0), Some(r)) if r.ok);
-    let clean_fail = |n: &NodeRun| matches!((n.exit, &n.result), (Some(1), Some(r)) if !r.ok);
-    for (who, n) in [("B", &b), ("A", &a)] {
-        violations.extend(n.problems.iter().map(|p| format!("{who}: {p}")));
-        match (n.exit, &n.result) {
-            (Some(0), Some(r)) if !r.ok => violations.push(format!("{who}: exit 0 but ok=false")),
-            (Some(1), Some(r)) if r.ok => violations.push(format!("{who}: exit 1 but ok=true")),
-            (Some(code), _) if code != 0 && code != 1 => {
-                violations.push(format!("{who}: exit code {code} (error)"));
-            }
-            _ => {}
-        }
-        let Some(r) = &n.result else { continue };
-        if r.ok {
-            // The node's own checks, double-checked from its report.
-            if !r.direct || !r.echo {
-                violations.push(format!("{who}: ok without a direct connection echoed over"));
-            }
-            if r.remote
-                .as_deref()
-                .is_none_or(|s| s.contains("p2p-circuit"))
-            {
-                violations.push(format!(
-                    "{who}: the direct connection's remote {:?} is not a direct address",
-                    r.remote
-                ));
-            }
-        } else {
-            violations.push(format!(
-                "{who} ({}): no direct connection: {}",
-                if who == "B" { pairing.b } else { pairing.a },
-                r.reason.as_deref().unwrap_or("no reason given")
-            ));
+pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
+    v.extend(seen.problems.iter().cloned());
+    for (who, n, dcutr) in [("B", &seen.b, pairing.b), ("A", &seen.a, pairing.a)] {
+        v.extend(n.violations(who));
+        if let Some(r) = n.result.as_ref().filter(|r| !r.ok) {
+            let reason = r.reason.as_deref().unwrap_or("no reason given");
+            v.push(format!("{who} ({dcutr}): no direct connection: {reason}"));
         }
     }
-    let outcome = if timed_out {
-        violations.push(format!("timed out after {:.1} s", duration.as_secs_f64()));
-        Outcome::Timeout
-    } else if ok(&a) && ok(&b) {
-        Outcome::Direct
-    } else if clean_fail(&a) && clean_fail(&b) {
-        Outcome::NoDirect
-    } else {
-        Outcome::Error
-    };
-    if outcome != Outcome::Direct {
-        violations.push(format!(
+    let outcome = campaign::outcome(&seen.a, &seen.b, seen.timed_out, &mut v);
+    if seen.timed_out {
+        v.push(format!(
+            "timed out after {:.1} s",
+            seen.duration.as_secs_f64()
+        ));
+    }
+    if outcome != Outcome::Upgraded {
+        v.push(format!(
             "expected a direct connection on both sides, got {outcome}"
         ));
     }
-    violations.dedup();
+    v.dedup();
     let ttd = |n: &NodeRun| n.result.as_ref().and_then(|r| r.time_to_direct_ms);
-    RunRecord {
-        pairing: pairing.name(),
+    let detail = Detail {
         b_impl: pairing.b,
         a_impl: pairing.a,
-        run,
-        outcome,
-        time_to_direct_ms: ttd(&a).or_else(|| ttd(&b)),
-        b,
-        a,
-        duration_ms: duration.as_secs_f64() * 1e3,
-        setup_ms: 0.0,
-        teardown_ms: None,
-        violations,
-    }
-}
-
-/// How the DCUtR behaviours themselves reported, counted: `ok 3, none 2`.
-fn dcutr_outcomes(records: &[&RunRecord], side: impl Fn(&RunRecord) -> &NodeRun) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for r in records {
-        let label = side(r)
-            .result
-            .as_ref()
-            .map_or("no result", |res| {
-                res.dcutr_outcome.as_deref().unwrap_or("none")
-            })
-            .to_owned();
-        match counts.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((label, 1)),
-        }
-    }
-    counts
-        .iter()
-        .map(|(l, n)| format!("{l} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        time_to_direct_ms: ttd(&seen.a).or_else(|| ttd(&seen.b)),
+        seen,
+    };
+    let mut r = Record::new(pairing.name(), run, outcome, detail);
+    r.duration_ms = Some(crate::ms(r.detail.seen.duration));
+    r.violations = v;
+    r
 }
 
 /// The Markdown table: one row per pairing.
-pub fn render_markdown(records: &[RunRecord]) -> String {
-    let mut out = String::from(
-        "| pairing | B (listener, site 2) | A (dialer, site 1) | runs | direct connections (both sides) | median time to direct ms | B's dcutr event | A's dcutr event | verdict |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-    );
-    let mut order: Vec<&str> = Vec::new();
-    for r in records {
-        if !order.contains(&r.pairing.as_str()) {
-            order.push(&r.pairing);
-        }
-    }
-    for name in order {
-        let runs: Vec<&RunRecord> = records.iter().filter(|r| r.pairing == name).collect();
-        let first = runs[0];
-        let direct = runs.iter().filter(|r| r.outcome == Outcome::Direct).count();
-        let ttd = median(
-            &runs
+pub fn table(records: &[Record<Detail>]) -> String {
+    let rows: Vec<Vec<String>> = campaign::by_case(records)
+        .into_iter()
+        .map(|(name, runs)| {
+            let d = &runs[0].detail;
+            let direct = runs
                 .iter()
-                .filter_map(|r| r.time_to_direct_ms)
-                .collect::<Vec<_>>(),
-        );
-        let failed = runs.iter().filter(|r| !r.passed()).count();
-        let verdict = if failed == 0 {
-            "PASS".to_owned()
-        } else {
-            format!("FAIL ({failed}/{})", runs.len())
-        };
-        out.push_str(&format!(
-            "| {name} | {} | {} | {} | {direct}/{} | {} | {} | {} | {verdict} |\n",
-            first.b_impl,
-            first.a_impl,
-            runs.len(),
-            runs.len(),
-            ttd.map_or("-".into(), |t| format!("{t:.1}")),
-            dcutr_outcomes(&runs, |r| &r.b),
-            dcutr_outcomes(&runs, |r| &r.a),
-        ));
-    }
-    out.push_str(
-        "\ncone/cone, firewall on both routers, over the transport named in the pairing; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).\n",
-    );
-    out
-}
-
-/// Find the lab node: `--node`, else `examples/lab_node` next to natlab.
-fn locate_node(explicit: Option<&Path>) -> Result<PathBuf> {
-    let candidate = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => crate::self_exe()?
-            .parent()
-            .context("natlab has no parent directory")?
-            .join("examples")
-            .join("lab_node"),
-    };
-    if !candidate.is_file() {
-        bail!(
-            "no lab node at {}; build it with `cargo build --workspace --lib --bins --examples` or pass --node PATH",
-            candidate.display()
-        );
-    }
-    std::fs::canonicalize(&candidate).with_context(|| format!("lab node {}", candidate.display()))
-}
-
-/// Run `natlab libp2p`.
-pub fn run(args: &Args) -> Result<ExitCode> {
-    if let Some(code) = crate::needs_root() {
-        return Ok(code);
-    }
-    crate::cmd::ensure_tools()?;
-    let node = locate_node(args.node.as_deref())?;
-    let timeout = Duration::from_secs_f64(args.run_timeout_s.max(0.1));
-    let mut base: Vec<Pairing> = MIXED.to_vec();
-    if args.reference {
-        base.extend(REFERENCE);
-    }
-    let mut pairings: Vec<Pairing> = Vec::new();
-    for &transport in &args.transports {
-        pairings.extend(base.iter().map(|p| p.over(transport)));
-    }
-    pairings.retain(|p| args.filter.as_deref().is_none_or(|f| p.name().contains(f)));
-    if pairings.is_empty() {
-        bail!("no pairing matches the filter {:?}", args.filter);
-    }
-    info!(node = %node.display(), pairings = pairings.len(), runs = args.runs, "libp2p");
-    let started = Instant::now();
-    let mut names = RunNames::from_arg(args.run_id.as_deref())?;
-    let mut records = Vec::new();
-    for &pairing in &pairings {
-        for run in 1..=args.runs.max(1) {
-            let record = run_one(&node, pairing, run, timeout, args, &mut names);
-            info!(
-                pairing = %record.pairing, run, outcome = %record.outcome,
-                verdict = if record.passed() { "PASS" } else { "FAIL" },
-                duration_s = record.duration_ms / 1e3,
-                "run finished"
-            );
-            if args.json {
-                println!("{}", serde_json::to_string(&record)?);
-            }
-            records.push(record);
-        }
-    }
-    let total = started.elapsed();
-    let table = render_markdown(&records);
-    let batch = crate::batch::Batch {
-        kind: "libp2p",
-        groups_name: "pairings",
-        groups: pairings.len(),
-        runs_per_group: args.runs.max(1),
-        runs: records.len(),
-        failed: records.iter().filter(|r| !r.passed()).count(),
-        total,
-        run_prefix: names.run_prefix(),
-    };
-    batch.finish(
-        &table,
-        args.json,
-        serde_json::Map::new(),
-        args.markdown.as_deref(),
-        None,
+                .filter(|r| r.outcome == Outcome::Upgraded)
+                .count();
+            let ttd: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.detail.time_to_direct_ms)
+                .collect();
+            let event = |side: fn(&Detail) -> &NodeRun| {
+                campaign::tally_text(runs.iter().map(|r| {
+                    side(&r.detail)
+                        .result
+                        .as_ref()
+                        .map_or("no result", |res| {
+                            res.dcutr_outcome.as_deref().unwrap_or("none")
+                        })
+                        .to_owned()
+                }))
+            };
+            vec![
+                name.to_owned(),
+                d.b_impl.to_string(),
+                d.a_impl.to_string(),
+                runs.len().to_string(),
+                format!("{direct}/{}", runs.len()),
+                campaign::num(median(&ttd), 1),
+                event(|d| &d.seen.b),
+                event(|d| &d.seen.a),
+                campaign::verdict(&runs, "PASS"),
+            ]
+        })
+        .collect();
+    campaign::markdown(
+        &[
+            "pairing",
+            "B (listener, site 2)",
+            "A (dialer, site 1)",
+            "runs",
+            "direct connections (both sides)",
+            "median time to direct ms",
+            "B's dcutr event",
+            "A's dcutr event",
+            "verdict",
+        ],
+        &rows,
+        "cone/cone, firewall on both routers, over the transport named in the pairing; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).",
     )
 }
 
-/// One run in a fresh topology. Never fails: lab errors become an `Error`
-/// record, printed with the lab's state.
-fn run_one(
-    node: &Path,
-    pairing: Pairing,
-    run: u32,
-    timeout: Duration,
-    args: &Args,
-    names: &mut RunNames,
-) -> RunRecord {
-    let prefix = names.next_topology();
-    let mut spec = TopologySpec::new(Site::CONE, Site::CONE);
-    if let Some(d) = args.delay_ms {
-        spec.delay = [Some(DelaySpec::fixed(d)), Some(DelaySpec::fixed(d))];
-    }
-    let failed_record = |msg: String| {
-        evaluate(
-            pairing,
-            run,
-            NodeRun::default(),
-            NodeRun::default(),
-            false,
-            Duration::ZERO,
-            vec![msg],
-        )
-    };
-    let lab = match Lab::build(&prefix, spec) {
-        Ok(lab) => lab,
-        Err(e) => {
-            eprintln!(
-                "===== {} run {run}: FAIL (lab could not be built) =====\n{e:#}",
-                pairing.name()
-            );
-            return failed_record(format!("lab: {e:#}"));
-        }
-    };
-    let (mut record, procs) = drive(node, pairing, run, timeout, &lab);
-    record.setup_ms = lab.setup_time().as_secs_f64() * 1e3;
-    if !record.passed() || args.always_diagnose {
-        let mut text = format!(
-            "===== {} run {run}: {} ({}) =====\n",
-            record.pairing,
-            if record.passed() { "PASS" } else { "FAIL" },
-            record.outcome
-        );
-        for v in &record.violations {
-            text.push_str(&format!("  - {v}\n"));
-        }
-        text.push_str(&lab.diagnostics());
-        for p in &procs {
-            text.push_str(&p.dump());
-        }
-        eprintln!("{text}");
-    }
-    drop(procs);
-    match lab.teardown() {
-        Ok(t) => record.teardown_ms = Some(t.as_secs_f64() * 1e3),
-        Err(e) => record.violations.push(format!("lab teardown: {e:#}")),
-    }
-    record
+/// The libp2p campaign.
+pub struct Libp2p {
+    /// Options.
+    pub args: Args,
+    /// The lab node.
+    pub node: PathBuf,
 }
 
-fn strings(parts: &[&str]) -> Vec<String> {
-    parts.iter().map(|s| (*s).to_owned()).collect()
+impl Libp2p {
+    /// The lab node: `--node`, else `examples/lab_node` next to natlab.
+    pub fn locate_node(args: &Args) -> Result<PathBuf> {
+        campaign::locate(
+            args.node.as_deref(),
+            "examples",
+            "lab_node",
+            "build it with `cargo build --workspace --lib --bins --examples` or pass --node PATH",
+        )
+    }
 }
 
 /// The `peer_id` field of a JSON event line.
@@ -619,152 +364,135 @@ fn peer_id_of(line: &str) -> Result<String> {
         .with_context(|| format!("no peer_id in {line}"))
 }
 
-/// Start relay, B, A; wait; evaluate. Returns the processes so the caller
-/// can dump their output before teardown.
-fn drive(
-    node: &Path,
-    pairing: Pairing,
-    run: u32,
-    timeout: Duration,
-    lab: &Lab,
-) -> (RunRecord, Vec<Proc>) {
-    let exe = node.to_string_lossy().into_owned();
-    let mut procs: Vec<Proc> = Vec::new();
-    let fail = |msg: String, procs: Vec<Proc>, elapsed: Duration| {
-        let r = evaluate(
-            pairing,
-            run,
-            NodeRun::default(),
-            NodeRun::default(),
-            false,
-            elapsed,
-            vec![msg],
-        );
-        (r, procs)
-    };
+impl Campaign for Libp2p {
+    type Case = Pairing;
+    type Seen = Seen;
+    type Detail = Detail;
+    const KIND: &'static str = "libp2p";
+    const GROUPS: &'static str = "pairings";
 
-    let relay_listen = pairing.listen_addr(&RELAY_IP.to_string(), RELAY_PORT);
-    let relay_args = strings(&[
-        "relay",
-        "--seed",
-        &RELAY_SEED.to_string(),
-        "--listen",
-        &relay_listen,
-    ]);
-    match lab.spawn("relay", &lab.relay_ns(), &exe, &relay_args) {
-        Ok(p) => procs.push(p),
-        Err(e) => return fail(format!("relay: {e:#}"), procs, Duration::ZERO),
+    fn common(&self) -> &Common {
+        &self.args.common
     }
-    let relay_id = match procs[0]
-        .wait_for_line(
-            Instant::now() + RELAY_READY_TIMEOUT,
-            "listening event",
-            |l| crate::contract::is_event(l, RELAY_LISTENING_EVENT),
-        )
-        .and_then(|l| peer_id_of(&l))
-    {
-        Ok(id) => id,
-        Err(e) => return fail(format!("relay: {e:#}"), procs, Duration::ZERO),
-    };
-    let relay_addr = format!("{relay_listen}/p2p/{relay_id}");
-    let peer_listen = pairing.listen_addr("0.0.0.0", PEER_PORT);
-    let node_timeout = NODE_TIMEOUT.as_secs_f64().to_string();
 
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let mut lab_problems = Vec::new();
-    let b_args = strings(&[
-        "listen",
-        "--seed",
-        &LISTENER_SEED.to_string(),
-        "--dcutr",
-        &pairing.b.to_string(),
-        "--listen",
-        &peer_listen,
-        "--relay",
-        &relay_addr,
-        "--timeout-s",
-        &node_timeout,
-    ]);
-    match lab.spawn("listener B", &lab.host_ns(2), &exe, &b_args) {
-        Ok(p) => procs.push(p),
-        Err(e) => return fail(format!("listener B: {e:#}"), procs, started.elapsed()),
-    }
-    let ready_by = (Instant::now() + LISTENER_READY_TIMEOUT).min(deadline);
-    let b_id = match procs[1]
-        .wait_for_line(ready_by, "reserved event", |l| {
-            crate::contract::is_event(l, LISTENER_RESERVED_EVENT)
-        })
-        .and_then(|l| peer_id_of(&l))
-    {
-        Ok(id) => Some(id),
-        Err(e) => {
-            lab_problems.push(format!("B: {e:#}"));
-            None
+    fn cases(&self) -> Vec<Pairing> {
+        let mut base: Vec<Pairing> = MIXED.to_vec();
+        if self.args.reference {
+            base.extend(REFERENCE);
         }
-    };
-    if let Some(b_id) = b_id {
-        let a_args = strings(&[
-            "dial",
+        let over = |&t: &Transport| base.iter().map(move |p| p.over(t));
+        self.args.transports.iter().flat_map(over).collect()
+    }
+
+    fn name(&self, p: &Pairing) -> String {
+        p.name()
+    }
+
+    fn topology(&self, _: &Pairing, _run: u32) -> TopologySpec {
+        let mut spec = TopologySpec::new(Site::CONE, Site::CONE);
+        if let Some(d) = self.args.delay_ms {
+            spec.delay = [Some(DelaySpec::fixed(d)), Some(DelaySpec::fixed(d))];
+        }
+        spec
+    }
+
+    fn drive(&self, pairing: &Pairing, lab: &Lab, procs: &mut Vec<Proc>) -> Seen {
+        let mut seen = Seen::default();
+        let relay_listen = pairing.listen_addr(&RELAY_IP.to_string(), RELAY_PORT);
+        let relay = args(&[
+            "relay",
             "--seed",
-            &DIALER_SEED.to_string(),
-            "--dcutr",
-            &pairing.a.to_string(),
+            &RELAY_SEED.to_string(),
             "--listen",
-            &peer_listen,
-            "--relay",
-            &relay_addr,
-            "--peer",
-            &b_id,
-            "--timeout-s",
-            &node_timeout,
+            &relay_listen,
         ]);
-        match lab.spawn("dialer A", &lab.host_ns(1), &exe, &a_args) {
-            Ok(p) => procs.push(p),
-            Err(e) => lab_problems.push(format!("dialer A: {e:#}")),
+        let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
+        let ns = lab.relay_ns();
+        let relay_id = campaign::start(lab, procs, ("relay", &ns), &self.node, &relay, ready);
+        let relay_id = match relay_id.and_then(|l| peer_id_of(&l)) {
+            Ok(id) => id,
+            Err(e) => {
+                seen.problems.push(format!("relay: {e:#}"));
+                return seen;
+            }
+        };
+        let relay_addr = format!("{relay_listen}/p2p/{relay_id}");
+        let listen = pairing.listen_addr("0.0.0.0", PEER_PORT);
+        let node_timeout = NODE_TIMEOUT.as_secs_f64().to_string();
+        let node = |mode: &str, seed: u64, dcutr: Impl| {
+            let seed = seed.to_string();
+            let dcutr = dcutr.to_string();
+            args(&[
+                mode,
+                "--seed",
+                &seed,
+                "--dcutr",
+                &dcutr,
+                "--listen",
+                &listen,
+                "--relay",
+                &relay_addr,
+            ])
+        };
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs_f64(self.args.run_timeout_s.max(0.1));
+        let mut b = node("listen", LISTENER_SEED, pairing.b);
+        b.extend(args(&["--timeout-s", &node_timeout]));
+        let ready = (
+            LISTENER_RESERVED_EVENT,
+            (Instant::now() + LISTENER_READY_TIMEOUT).min(deadline),
+        );
+        let ns = lab.host_ns(2);
+        let b_id = campaign::start(lab, procs, ("listener B", &ns), &self.node, &b, ready);
+        match b_id.and_then(|l| peer_id_of(&l)) {
+            Err(e) if procs.len() < 2 => {
+                seen.problems.push(format!("listener B: {e:#}"));
+                return seen;
+            }
+            Err(e) => seen.problems.push(format!("B: {e:#}")),
+            Ok(b_id) => {
+                let mut a = node("dial", DIALER_SEED, pairing.a);
+                a.extend(args(&["--peer", &b_id, "--timeout-s", &node_timeout]));
+                match lab.spawn(
+                    "dialer A",
+                    &lab.host_ns(1),
+                    &self.node.to_string_lossy(),
+                    &a,
+                ) {
+                    Ok(p) => procs.push(p),
+                    Err(e) => seen.problems.push(format!("dialer A: {e:#}")),
+                }
+            }
         }
-    }
-
-    let timed_out = match wait_peers(&mut procs[1..], deadline, OTHER_PEER_GRACE) {
-        Ok(t) => t,
-        Err(e) => {
-            lab_problems.push(format!("{e:#}"));
-            true
-        }
-    };
-    let duration = started.elapsed();
-    if let Ok(Some(status)) = procs[0].try_wait() {
-        lab_problems.push(format!("relay exited during the run ({status})"));
-    }
-    if timed_out {
-        for p in procs.iter_mut().skip(1) {
-            p.kill();
-        }
-    }
-    std::thread::sleep(PIPE_DRAIN_PAUSE);
-    let node_run = |p: &mut Proc| {
-        let mut n = parse_node_output(&p.stdout_lines());
-        n.exit = p.try_wait().ok().flatten().and_then(|s| s.code());
-        n
-    };
-    let b = node_run(&mut procs[1]);
-    let a = match procs.get_mut(2) {
-        Some(p) => node_run(p),
-        None => NodeRun {
+        let limits = (started, deadline, OTHER_NODE_GRACE);
+        let end = campaign::settle(procs, limits, &mut seen.problems);
+        (seen.timed_out, seen.duration, seen.b) = (end.timed_out, end.duration, end.b);
+        seen.a = end.a.unwrap_or_else(|| NodeRun {
             problems: vec!["never started".into()],
             ..NodeRun::default()
-        },
-    };
-    let record = evaluate(pairing, run, a, b, timed_out, duration, lab_problems);
-    (record, procs)
+        });
+        seen
+    }
+
+    fn judge(&self, p: &Pairing, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
+        judge(*p, run, seen, problems)
+    }
+
+    fn table(&self, records: &[Record<Detail>]) -> String {
+        table(records)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn result(ok: bool, remote: Option<&str>, dcutr: Option<&str>) -> NodeResult {
-        NodeResult {
+    const DIRECT: &str = "/ip4/203.0.113.12/tcp/5000/p2p/12D3KooW";
+
+    /// A node's run: exit 0 with a direct connection to `remote`, or exit
+    /// 1 without one; `dcutr` is the behaviour's own event.
+    fn node(ok: bool, remote: Option<&str>, dcutr: Option<&str>) -> NodeRun {
+        let result = NodeResult {
             ok,
             direct: ok,
             reason: (!ok).then(|| "no direct connection".into()),
@@ -775,116 +503,92 @@ mod tests {
             echo: ok,
             dcutr_outcome: dcutr.map(str::to_owned),
             dcutr_error: None,
-        }
-    }
-
-    fn node(exit: i32, r: NodeResult) -> NodeRun {
+        };
+        let exit = Some(if ok { 0 } else { 1 });
         NodeRun {
-            exit: Some(exit),
+            exit,
             events: vec!["result".into()],
-            result: Some(r),
+            result: Some(result),
             problems: vec![],
         }
     }
 
-    const DIRECT: Option<&str> = Some("/ip4/203.0.113.12/tcp/5000/p2p/12D3KooW");
+    fn direct(dcutr: Option<&str>) -> NodeRun {
+        node(true, Some(DIRECT), dcutr)
+    }
+
+    fn run(p: Pairing, a: NodeRun, b: NodeRun) -> Record<Detail> {
+        let seen = Seen {
+            a,
+            b,
+            duration: Duration::from_secs(2),
+            ..Seen::default()
+        };
+        judge(p, 1, seen, vec![])
+    }
+
+    fn has(r: &Record<Detail>, needle: &str) -> bool {
+        r.violations.iter().any(|v| v.contains(needle))
+    }
 
     #[test]
     fn a_direct_connection_on_both_sides_passes() {
-        let r = evaluate(
-            MIXED[0],
-            1,
-            node(0, result(true, DIRECT, Some("ok"))),
-            node(0, result(true, DIRECT, None)),
-            false,
-            Duration::from_secs(2),
-            vec![],
-        );
-        assert_eq!(r.outcome, Outcome::Direct);
+        let r = run(MIXED[0], direct(Some("ok")), direct(None));
+        assert_eq!(r.outcome, Outcome::Upgraded);
         assert!(r.passed(), "{:?}", r.violations);
-        assert_eq!(r.pairing, "stock-B/ours-A tcp");
-        assert_eq!(r.time_to_direct_ms, Some(9.0));
+        assert_eq!(r.case, "stock-B/ours-A tcp");
+        assert_eq!(r.detail.time_to_direct_ms, Some(9.0));
     }
 
     #[test]
     fn one_side_without_a_direct_connection_fails_and_says_which() {
-        let r = evaluate(
+        let r = run(
             MIXED[1],
-            1,
-            node(1, result(false, None, Some("error"))),
-            node(0, result(true, DIRECT, Some("ok"))),
-            false,
-            Duration::from_secs(2),
-            vec![],
+            node(false, None, Some("error")),
+            direct(Some("ok")),
         );
         assert_eq!(r.outcome, Outcome::Error);
+        let which = "A (stock): no direct connection: no direct connection";
         assert!(
-            r.violations
-                .iter()
-                .any(|v| v.starts_with("A (stock): no direct connection")),
+            r.violations.iter().any(|v| v.starts_with(which)),
             "{:?}",
             r.violations
         );
+        assert!(has(
+            &r,
+            "expected a direct connection on both sides, got error"
+        ));
     }
 
     #[test]
     fn a_relayed_remote_or_a_missing_echo_is_not_direct() {
-        let mut no_echo = result(true, DIRECT, None);
-        no_echo.echo = false;
-        let r = evaluate(
-            MIXED[0],
-            1,
-            node(
-                0,
-                result(
-                    true,
-                    Some("/ip4/203.0.113.1/tcp/4000/p2p/R/p2p-circuit/p2p/B"),
-                    None,
-                ),
-            ),
-            node(0, no_echo),
-            false,
-            Duration::from_secs(2),
-            vec![],
+        let relayed = node(
+            true,
+            Some("/ip4/203.0.113.1/tcp/4000/p2p/R/p2p-circuit/p2p/B"),
+            None,
         );
-        assert!(!r.passed());
-        assert!(
-            r.violations
-                .iter()
-                .any(|v| v.contains("not a direct address"))
-        );
-        assert!(r.violations.iter().any(|v| v.contains("echoed over")));
+        let mut no_echo = direct(None);
+        no_echo.result.as_mut().unwrap().echo = false;
+        let r = run(MIXED[0], relayed, no_echo);
+        assert!(has(&r, "A: the direct connection's remote") && has(&r, "is not a direct address"));
+        assert!(has(&r, "B: ok without a direct connection echoed over"));
     }
 
     #[test]
     fn timeouts_crashes_and_bad_output_fail() {
-        let r = evaluate(
-            MIXED[0],
-            1,
-            NodeRun::default(),
-            NodeRun::default(),
-            true,
-            DEFAULT_RUN_TIMEOUT,
-            vec![],
-        );
-        assert_eq!(r.outcome, Outcome::Timeout);
-        assert!(!r.passed());
-        let crashed = NodeRun {
-            exit: Some(101),
-            ..parse_node_output(&["thread 'main' panicked".to_owned()])
+        let seen = Seen {
+            timed_out: true,
+            duration: DEFAULT_RUN_TIMEOUT,
+            ..Seen::default()
         };
+        let hung = judge(MIXED[0], 1, seen, vec![]);
+        assert_eq!(hung.outcome, Outcome::Timeout);
+        assert!(has(&hung, "timed out after 50.0 s"));
+        let crashed = NodeRun::parse(Some(101), &["thread 'main' panicked".to_owned()]);
         assert_eq!(crashed.problems.len(), 2, "{:?}", crashed.problems);
-        let r = evaluate(
-            MIXED[0],
-            1,
-            crashed,
-            node(0, result(true, DIRECT, None)),
-            false,
-            Duration::from_secs(1),
-            vec![],
-        );
+        let r = run(MIXED[0], crashed, direct(None));
         assert_eq!(r.outcome, Outcome::Error);
-        assert!(r.violations.iter().any(|v| v.contains("exit code 101")));
+        assert!(has(&r, "A: exit code 101"));
     }
 
     #[test]
@@ -894,40 +598,31 @@ mod tests {
             r#"{"event":"result","ok":true,"direct":true,"reason":null,"remote":"/ip4/203.0.113.11/tcp/5000","endpoint":"dialer","role":"server","time_to_direct_ms":9.3,"echo":true,"dcutr_outcome":"ok","dcutr_error":null,"extra":1}"#,
             r#"{"event":"late"}"#,
         ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let n = parse_node_output(&lines);
+        .map(str::to_owned)
+        .to_vec();
+        let n = NodeRun::parse(Some(0), &lines);
         assert_eq!(n.events, ["reserved", "result", "late"]);
-        let r = n.result.unwrap();
+        let r = n.result.as_ref().unwrap();
         assert!(r.ok && r.direct && r.echo);
         assert_eq!(r.role.as_deref(), Some("server"));
-        assert_eq!(n.problems, ["event \"late\" after the result"]);
         assert_eq!(
-            peer_id_of(r#"{"event":"listening","peer_id":"12D3"}"#).unwrap(),
-            "12D3"
+            n.violations("A"),
+            ["A: event \"late\" after the result (the result must be last)"]
         );
+        let id = peer_id_of(r#"{"event":"listening","peer_id":"12D3"}"#).unwrap();
+        assert_eq!(id, "12D3");
+        assert!(peer_id_of(r#"{"event":"listening"}"#).is_err());
     }
 
     #[test]
     fn the_table_has_a_row_per_pairing_with_counts_and_medians() {
         let rec = |p: Pairing, ok: bool, ttd: f64| {
-            let mut r = evaluate(
-                p,
-                1,
-                node(
-                    if ok { 0 } else { 1 },
-                    result(ok, ok.then_some(DIRECT.unwrap()), Some("ok")),
-                ),
-                node(0, result(true, DIRECT, None)),
-                false,
-                Duration::from_secs(1),
-                vec![],
-            );
-            r.time_to_direct_ms = Some(ttd);
+            let a = node(ok, ok.then_some(DIRECT), Some("ok"));
+            let mut r = run(p, a, direct(None));
+            r.detail.time_to_direct_ms = Some(ttd);
             r
         };
-        let md = render_markdown(&[
+        let md = table(&[
             rec(MIXED[0], true, 10.0),
             rec(MIXED[1], true, 5.0),
             rec(MIXED[0], true, 20.0),
@@ -946,11 +641,20 @@ mod tests {
     }
 
     #[test]
-    fn pairing_names_say_who_listens() {
+    fn pairings_cover_both_roles_over_every_transport() {
         assert_eq!(MIXED[1].name(), "ours-B/stock-A tcp");
         assert_eq!(
             REFERENCE[0].over(Transport::Quic).name(),
             "stock-B/stock-A quic"
+        );
+        assert_eq!(
+            MIXED[0].listen_addr("0.0.0.0", 5000),
+            "/ip4/0.0.0.0/tcp/5000"
+        );
+        let quic = MIXED[0].over(Transport::Quic);
+        assert_eq!(
+            quic.listen_addr("203.0.113.1", 4000),
+            "/ip4/203.0.113.1/udp/4000/quic-v1"
         );
     }
 }

@@ -6,8 +6,8 @@
 //! through a matrix of NAT pairs (`natlab matrix`) and broken networks
 //! (`natlab broken`). See README.md.
 
-mod batch;
 mod broken;
+mod campaign;
 mod cmd;
 mod contract;
 mod delayline;
@@ -18,7 +18,6 @@ mod nat;
 mod probe;
 mod proc;
 mod rawsock;
-mod report;
 mod selftest;
 mod stats;
 mod topo;
@@ -195,43 +194,64 @@ fn main() -> ExitCode {
     }
 }
 
-fn needs_root() -> Option<ExitCode> {
-    if cmd::can_build_labs() {
-        None
-    } else {
+/// `None` when labs can be built here (root, namespaces and, if `tools`,
+/// every lab tool); else says why and gives the exit code: 0 without root
+/// (the lab is skipped), 2 when root lacks tools (an error: run
+/// scripts/install-natlab-tools.sh).
+fn needs_root(tools: bool) -> Option<ExitCode> {
+    if !cmd::can_build_labs() {
         println!("natlab: skipped (needs root)");
-        Some(ExitCode::SUCCESS)
+        return Some(ExitCode::SUCCESS);
+    }
+    let missing = if tools {
+        cmd::missing_tools()
+    } else {
+        Vec::new()
+    };
+    if missing.is_empty() {
+        return None;
+    }
+    eprintln!(
+        "natlab: error: missing {} (install with scripts/install-natlab-tools.sh)",
+        missing.join(", ")
+    );
+    Some(ExitCode::from(2))
+}
+
+impl Command {
+    /// Whether the subcommand builds labs (the probes and the delay line
+    /// run inside one).
+    fn needs_root(&self) -> bool {
+        !matches!(self, Command::Delayline { .. } | Command::Probe(_))
     }
 }
 
 fn run(command: Command) -> Result<ExitCode> {
+    if command.needs_root()
+        && let Some(code) = needs_root(!matches!(command, Command::Cleanup))
+    {
+        return Ok(code);
+    }
     match command {
-        Command::Selftest(args) => {
-            if let Some(code) = needs_root() {
-                return Ok(code);
-            }
-            cmd::ensure_tools()?;
-            selftest::run(&args)
-        }
+        Command::Selftest(args) => selftest::run(&args),
         Command::Matrix(args) => {
-            if let Some(code) = needs_root() {
-                return Ok(code);
-            }
-            cmd::ensure_tools()?;
-            matrix::run(&args)
+            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
+            campaign::run(&matrix::Matrix { args, dcutr })
         }
         Command::Broken(args) => {
-            if let Some(code) = needs_root() {
-                return Ok(code);
-            }
-            cmd::ensure_tools()?;
-            broken::run(&args)
+            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
+            let bounds = broken::Bounds::from_config(&dcutr_core::Config::shared_stream());
+            campaign::run(&broken::Broken {
+                args,
+                dcutr,
+                bounds,
+            })
         }
-        Command::Libp2p(args) => libp2p::run(&args),
+        Command::Libp2p(args) => {
+            let node = libp2p::Libp2p::locate_node(&args)?;
+            campaign::run(&libp2p::Libp2p { args, node })
+        }
         Command::Cleanup => {
-            if let Some(code) = needs_root() {
-                return Ok(code);
-            }
             let removed = topo::cleanup_all()?;
             println!(
                 "natlab: removed {} namespace(s){}",
@@ -251,10 +271,6 @@ fn run(command: Command) -> Result<ExitCode> {
             delay2_ms,
             hold_s,
         } => {
-            if let Some(code) = needs_root() {
-                return Ok(code);
-            }
-            cmd::ensure_tools()?;
             let mut spec = TopologySpec::new(site1, site2);
             spec.delay = [
                 delay1_ms.map(DelaySpec::fixed),
@@ -276,10 +292,6 @@ fn run(command: Command) -> Result<ExitCode> {
             iterations,
             with_delay,
         } => {
-            if let Some(code) = needs_root() {
-                return Ok(code);
-            }
-            cmd::ensure_tools()?;
             let t = selftest::measure_setup_teardown(iterations, with_delay)?;
             println!("{}", t.summary());
             Ok(ExitCode::SUCCESS)

@@ -4,10 +4,10 @@
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Instant;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, killpg};
@@ -50,6 +50,9 @@ pub struct Proc {
     stdout: Arc<Mutex<Captured>>,
     stderr: Arc<Mutex<Captured>>,
     status: Option<ExitStatus>,
+    readers: Vec<JoinHandle<()>>,
+    /// Disconnects once every reader thread has ended (each holds a sender).
+    readers_done: Receiver<()>,
 }
 
 impl Proc {
@@ -73,23 +76,24 @@ impl Proc {
         let (tx, stdout_rx) = mpsc::channel();
         let out_pipe = child.stdout.take().context("stdout pipe")?;
         let err_pipe = child.stderr.take().context("stderr pipe")?;
-        {
-            let stdout = Arc::clone(&stdout);
+        let (out, err) = (Arc::clone(&stdout), Arc::clone(&stderr));
+        let (done_out, readers_done) = mpsc::channel::<()>();
+        let done_err = done_out.clone();
+        let readers = vec![
             thread::spawn(move || {
+                let _done = done_out;
                 for_each_line(out_pipe, |line| {
-                    stdout.lock().expect("capture lock").push(line.clone());
+                    out.lock().expect("capture lock").push(line.clone());
                     let _ = tx.send(line);
                 })
-            });
-        }
-        {
-            let stderr = Arc::clone(&stderr);
+            }),
             thread::spawn(move || {
+                let _done = done_err;
                 for_each_line(err_pipe, |line| {
-                    stderr.lock().expect("capture lock").push(line)
+                    err.lock().expect("capture lock").push(line)
                 })
-            });
-        }
+            }),
+        ];
         Ok(Self {
             label: label.to_owned(),
             child,
@@ -97,6 +101,8 @@ impl Proc {
             stdout,
             stderr,
             status: None,
+            readers,
+            readers_done,
         })
     }
 
@@ -136,6 +142,28 @@ impl Proc {
                 .with_context(|| format!("waiting for {}", self.label))?;
         }
         Ok(self.status)
+    }
+
+    /// Join the reader threads once the process has exited: then every line
+    /// it printed is captured. They end when the pipes close, which for an
+    /// exited process is at once; a child of it that still holds a pipe
+    /// open gets `limit`, then the readers are left running (and a line
+    /// says so in the capture). Does nothing while the process runs.
+    pub fn join_readers(&mut self, limit: Duration) {
+        if !matches!(self.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // Nothing is ever sent: the wait ends when the last reader drops
+        // its sender (both pipes at their end), or after `limit`.
+        if let Err(RecvTimeoutError::Timeout) = self.readers_done.recv_timeout(limit) {
+            self.stderr.lock().expect("capture lock").push(format!(
+                "[natlab: pipes still open {limit:?} after the exit]"
+            ));
+            return;
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
     }
 
     /// SIGKILL the process group and reap the child.

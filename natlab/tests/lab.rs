@@ -1,6 +1,8 @@
 //! Root-only tests: the selftest, and the matrix runner driving the fake
-//! `dcutr` (tests/fake-dcutr) through real namespaces. Without root they
-//! print why and pass.
+//! `dcutr` (tests/fake-dcutr) through real namespaces. They are
+//! `#[ignore = "needs root"]`, so a plain `cargo test` lists them as
+//! ignored; the NAT-lab step of scripts/test-all.sh runs them as root with
+//! `cargo test -p dcutr-natlab -- --ignored`. Run without root, they fail.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -49,6 +51,16 @@ fn leftovers(run_id: &str) -> Vec<String> {
     namespaces_with_prefix(&format!("nl{run_id}"))
 }
 
+/// The run used `run_id` and removed every namespace it made.
+fn assert_own_and_clean(out: &Output, run_id: &str) {
+    assert_eq!(run_prefix(out), format!("nl{run_id}"), "--run-id ignored");
+    assert_eq!(
+        leftovers(run_id),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+}
+
 fn matrix(mode: &str, args: &[&str]) -> Output {
     matrix_in_run(&fresh_run_id(), mode, args)
 }
@@ -94,14 +106,12 @@ fn records(out: &Output) -> Vec<serde_json::Value> {
 
 macro_rules! root_only {
     () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(is_root(), "needs root (it builds network namespaces)");
     };
 }
 
 #[test]
+#[ignore = "needs root"]
 fn selftest_passes_every_check() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,6 +127,7 @@ fn selftest_passes_every_check() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn matrix_passes_a_good_upgrade_and_tears_down() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,15 +163,11 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
         "{table}"
     );
     assert!(table.contains("PASS"));
-    assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
-    assert_eq!(
-        leftovers(&run_id),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    assert_own_and_clean(&out, &run_id);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn matrix_expects_symmetric_pairs_to_fail_cleanly() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,6 +180,7 @@ fn matrix_expects_symmetric_pairs_to_fail_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn matrix_reports_a_failed_case_with_the_lab_state() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,6 +203,7 @@ fn matrix_reports_a_failed_case_with_the_lab_state() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn matrix_times_out_a_hanging_peer_and_kills_everything() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -213,15 +222,11 @@ fn matrix_times_out_a_hanging_peer_and_kills_everything() {
     );
     let recs = records(&out);
     assert_eq!(recs[0]["outcome"], "timeout");
-    assert_eq!(run_prefix(&out), format!("nl{run_id}"), "--run-id ignored");
-    assert_eq!(
-        leftovers(&run_id),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    assert_own_and_clean(&out, &run_id);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn matrix_catches_swapped_roles_crashes_and_a_missing_unilateral_flag() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,6 +255,7 @@ fn matrix_catches_swapped_roles_crashes_and_a_missing_unilateral_flag() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn matrix_stops_waiting_for_b_soon_after_a_crashed() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,12 +314,10 @@ fn broken(dcutr: &Path, run_id: &str, args: &[&str], mode: Option<&str>) -> Outp
 }
 
 #[test]
+#[ignore = "needs root"]
 fn broken_relay_cut_and_killed_peer_end_cleanly_within_their_bounds() {
     root_only!();
-    let Some(dcutr) = real_dcutr() else {
-        eprintln!("skipped: no dcutr next to natlab (cargo build -p dcutr-cli)");
-        return;
-    };
+    let dcutr = real_dcutr().expect("no dcutr next to natlab: cargo build -p dcutr-cli first");
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for filter in ["relay-cut", "peer-killed"] {
         let run_id = fresh_run_id();
@@ -345,16 +349,12 @@ fn broken_relay_cut_and_killed_peer_end_cleanly_within_their_bounds() {
                 );
             }
         }
-        assert_eq!(run_prefix(&out), format!("nl{run_id}"));
-        assert_eq!(
-            leftovers(&run_id),
-            Vec::<String>::new(),
-            "namespaces left behind"
-        );
+        assert_own_and_clean(&out, &run_id);
     }
 }
 
 #[test]
+#[ignore = "needs root"]
 fn broken_flags_runs_that_never_reach_the_upgrade() {
     root_only!();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
