@@ -26,11 +26,17 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Eight public TCP addresses, as a peer with a few observed ports would
-/// send.
+/// Eight public TCP addresses on eight IPs (one IP takes at most
+/// `MAX_PUNCHES_PER_IP` punches), as a peer with several observed
+/// addresses would send.
 fn addrs(host: u8) -> Vec<Candidate> {
-    (0..8u16)
-        .map(|i| Candidate::tcp(std::net::SocketAddr::from(([203, 0, 113, host], 4001 + i))))
+    (0..8u8)
+        .map(|i| {
+            Candidate::tcp(std::net::SocketAddr::from((
+                [203, 0, 113, 10 * host + i],
+                4001,
+            )))
+        })
         .collect()
 }
 

@@ -145,9 +145,10 @@ pub struct Upgrade {
     observed: ObservedAddrs,
     predictor: Box<dyn AddressPredictor>,
     /// Our NAT's behaviour, when the caller knows it: sent in Connect.
-    own_nat: Option<NatBehaviour>,
+    /// Boxed: most upgrades have none, and the evidence is large.
+    own_nat: Option<Box<NatBehaviour>>,
     /// The behaviour the peer's last Connect declared.
-    peer_nat: Option<NatBehaviour>,
+    peer_nat: Option<Box<NatBehaviour>>,
     pub(crate) unilateral_targets: Vec<Candidate>,
     /// Usable addresses from the peer's Connect in the current attempt.
     pub(crate) remote: Vec<Candidate>,
@@ -256,7 +257,7 @@ impl UpgradeBuilder {
             peer_token: None,
             observed,
             predictor: self.predictor,
-            own_nat: self.nat,
+            own_nat: self.nat.map(Box::new),
             peer_nat: None,
             unilateral_targets: Vec::new(),
             remote: Vec::new(),
@@ -601,7 +602,7 @@ impl Upgrade {
                     .map_err(ProtocolError::from)
                     .inspect(|_| {
                         if let Some(nat) = codec::decode_connect_nat(&frame) {
-                            self.peer_nat = Some(nat.to_behaviour());
+                            self.peer_nat = Some(Box::new(nat.to_behaviour()));
                         }
                     })
                     .and_then(|msg| match self.side {
@@ -897,7 +898,7 @@ impl Upgrade {
     /// Sends our Connect with `addrs`.
     pub(crate) fn send_connect(&mut self, addrs: &[Candidate]) {
         let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
-        let nat = self.own_nat.as_ref().map(codec::NatWire::from_behaviour);
+        let nat = self.own_nat.as_deref().map(codec::NatWire::from_behaviour);
         let (frame, sent) = codec::encode_connect_with(
             raw.iter().map(Vec::as_slice),
             nat,
@@ -937,7 +938,7 @@ impl Upgrade {
 
     /// Whether both NATs are known and cannot meet: then the reason.
     pub(crate) fn nats_cannot_meet(&self) -> Option<AttemptFailure> {
-        let (ours, peer) = (self.own_nat.as_ref()?, self.peer_nat.as_ref()?);
+        let (ours, peer) = (self.own_nat.as_deref()?, self.peer_nat.as_deref()?);
         match crate::nat::Strategy::choose(ours, peer) {
             crate::nat::Strategy::Impossible { ours, peer } => {
                 Some(AttemptFailure::NatsCannotMeet { ours, peer })
