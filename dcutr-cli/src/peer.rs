@@ -320,8 +320,7 @@ async fn upgrade_on_tokio(
     use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
     let (reporter, side) = (plan.reporter, plan.side);
     let (options, endpoint) = plan.options(tokio::net::TcpListener::from_std, |udp| {
-        let (server, client) = dcutr_tokio::self_signed_configs();
-        dcutr_tokio::quic_socket(udp, server, client)
+        dcutr_tokio::quic_socket(udp)
     })?;
     let result = dcutr_tokio::upgrade(relay, options)
         .await
@@ -330,6 +329,11 @@ async fn upgrade_on_tokio(
                 |tcp| {
                     let _ = tcp.set_nodelay(true);
                     tcp.compat_write()
+                },
+                |tls| {
+                    let tls = tls.into_inner();
+                    let _ = tls.get_ref().0.get_ref().set_nodelay(true);
+                    tls
                 },
                 TokioAsyncReadCompatExt::compat,
             )
@@ -349,18 +353,19 @@ fn upgrade_on_async_io(
     let run = async move {
         let (reporter, side) = (plan.reporter, plan.side);
         let relay = Prefixed::new(buffered, async_net::TcpStream::try_from(relay)?);
-        let (options, endpoint) = plan.options(async_io::Async::new, |udp| {
-            let (server, client) = dcutr_async_std::self_signed_configs();
-            match rt {
-                Runtime::AsyncStd => dcutr_async_std::quic_socket_async_std(udp, server, client),
-                _ => dcutr_async_std::quic_socket_smol(udp, server, client),
-            }
+        let (options, endpoint) = plan.options(async_io::Async::new, |udp| match rt {
+            Runtime::AsyncStd => dcutr_async_std::quic_socket_async_std(udp),
+            _ => dcutr_async_std::quic_socket_smol(udp),
         })?;
         let result = dcutr_async_std::upgrade(relay, options).await.map(|up| {
             up.map(
                 |tcp| {
                     let _ = tcp.set_nodelay(true);
                     tcp
+                },
+                |tls| {
+                    let _ = tls.get_ref().0.set_nodelay(true);
+                    tls
                 },
                 |relay| relay,
             )
@@ -624,6 +629,10 @@ where
 {
     let run = async {
         match connection {
+            DirectConnection::Tls(mut stream) => {
+                let (mut read, mut write) = futures_util::AsyncReadExt::split(&mut stream);
+                ping_pong(&mut read, &mut write, role).await
+            }
             DirectConnection::Tcp(mut stream) => {
                 let (mut read, mut write) = futures_util::AsyncReadExt::split(&mut stream);
                 ping_pong(&mut read, &mut write, role).await

@@ -18,6 +18,7 @@ mod actor;
 pub mod net;
 pub mod quic;
 mod report;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,12 +35,14 @@ use futures_util::future::{AbortHandle, BoxFuture, Either};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
-use actor::{ActorEvent, Cmd, DirectConn, Key, QuicDirect, Start, Stream};
+use actor::{ActorEvent, Cmd, DirectConn, Handshake as TlsSetup, Key, QuicDirect, Start, Stream};
 pub use quic::{
     HOLE_PUNCH_INITIAL_RTT, QuicLimits, QuicSocket, SERVER_NAME, hole_punch_transport,
-    punch_transport, self_signed_configs,
+    insecure_self_signed_configs, punch_transport,
 };
 pub use report::Report;
+pub use tls::{ALPN as DIRECT_ALPN, Fingerprint, fingerprint};
+use tls::{Identity, Pinned};
 
 /// What a runtime adapter provides: a clock, timers, and TCP.
 ///
@@ -99,7 +102,8 @@ pub struct Options<L> {
 
 impl<L> Options<L> {
     /// Options for `side`, with [`Config::shared_stream`] (all attempts
-    /// on the one relayed stream, token identity check).
+    /// on the one relayed stream) and the pinned mutual TLS identity check
+    /// ([`dcutr_core::IdentityCheck::PinnedTls`]).
     pub fn new(side: Side) -> Self {
         Options {
             side,
@@ -116,6 +120,11 @@ impl<L> Options<L> {
 
     /// Replaces the config. Its channel must be
     /// [`RelayChannel::SharedStream`]: this driver has one relayed stream.
+    /// Its `identity_check` is ignored: the driver always runs
+    /// [`dcutr_core::IdentityCheck::PinnedTls`], unless
+    /// [`Options::caller_authenticates`] says otherwise. (The bearer
+    /// token of [`dcutr_core::IdentityCheck::Token`] can be replayed by a
+    /// host at an advertised address, so the driver never uses it.)
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -147,7 +156,9 @@ impl<L> Options<L> {
 
     /// Declares that the caller's own handshake on the direct connection
     /// authenticates the peer (for example TLS with known certificates):
-    /// skips the token identity check. Off by default.
+    /// skips the pinned TLS of the driver, and the winner comes back as a
+    /// plain [`DirectConnection::Tcp`] stream or a QUIC connection of the
+    /// endpoint's own configs ([`QuicSocket::with_tls`]). Off by default.
     pub fn caller_authenticates(mut self, yes: bool) -> Self {
         self.caller_authenticates = yes;
         self
@@ -167,23 +178,34 @@ impl<L> Options<L> {
     }
 }
 
+/// The TLS stream of a pinned TCP direct connection, over the runtime's
+/// TCP stream `T`.
+pub type TlsStream<T> = futures_rustls::TlsStream<T>;
+
 /// The direct connection that won.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum DirectConnection<T> {
-    /// A TCP stream (from a simultaneous open, our dial, or our listener).
+pub enum DirectConnection<T, L = TlsStream<T>> {
+    /// A TCP stream (from a simultaneous open, our dial, or our listener)
+    /// inside mutual TLS 1.3, authenticated as the peer by the
+    /// certificate it pinned over the relayed stream: the default.
+    Tls(L),
+    /// A plain TCP stream: only with
+    /// [`Options::caller_authenticates`], whose handshake must
+    /// authenticate the peer.
     Tcp(T),
-    /// A QUIC connection.
+    /// A QUIC connection; with the default identity check its TLS
+    /// authenticated the peer's pinned certificate.
     Quic(quinn::Connection),
 }
 
 /// A successful upgrade.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct Upgraded<T, S> {
+pub struct Upgraded<T, S, L = TlsStream<T>> {
     /// The direct connection; the identity check's bytes are consumed, the
     /// next byte is the peer application's.
-    pub connection: DirectConnection<T>,
+    pub connection: DirectConnection<T, L>,
     /// Transport of the connection.
     pub transport: Transport,
     /// Our role on it: the spec's A is the client, B the server (in the
@@ -201,17 +223,19 @@ pub struct Upgraded<T, S> {
     pub relay_close_at: Instant,
 }
 
-impl<T, S> Upgraded<T, S> {
+impl<T, S, L> Upgraded<T, S, L> {
     /// Converts the stream types, for adapters that wrap their runtime's
     /// streams while driving.
-    pub fn map<T2, S2>(
+    pub fn map<T2, S2, L2>(
         self,
         tcp: impl FnOnce(T) -> T2,
+        tls: impl FnOnce(L) -> L2,
         relay: impl FnOnce(S) -> S2,
-    ) -> Upgraded<T2, S2> {
+    ) -> Upgraded<T2, S2, L2> {
         Upgraded {
             connection: match self.connection {
                 DirectConnection::Tcp(t) => DirectConnection::Tcp(tcp(t)),
+                DirectConnection::Tls(t) => DirectConnection::Tls(tls(t)),
                 DirectConnection::Quic(q) => DirectConnection::Quic(q),
             },
             transport: self.transport,
@@ -320,6 +344,9 @@ struct DirectActor {
     /// Bytes the actor may still read, as we last told it minus what it
     /// delivered since.
     want: usize,
+    /// A pinned QUIC dial: what the other end presented, when its
+    /// handshake fails.
+    presented: Option<tls::Presented>,
 }
 
 struct Driver<'r, R: Runtime> {
@@ -348,12 +375,16 @@ struct Driver<'r, R: Runtime> {
     relay_want: usize,
     relay_reset: bool,
     sleep: Option<(Instant, BoxFuture<'static, ()>)>,
+    /// Our ephemeral certificate, with pinned TLS.
+    identity: Option<Identity>,
 }
 
 /// An inbound QUIC handshake in flight.
 struct Handshake {
     number: u64,
     from: SocketAddr,
+    /// With pinned TLS: what the other end presented.
+    presented: Option<tls::Presented>,
     /// Whether the peer named the source address (see
     /// [`Upgrade::is_peer_address`]).
     peer_named: bool,
@@ -365,8 +396,10 @@ struct InboundSlot {
     id: DirectId,
     peer_named: bool,
     /// Identity-check bytes it delivered: once [`dcutr_core::CHECK_LEN`]
-    /// arrived and the core kept it, it passed.
+    /// arrived and the core kept it, it passed the token check.
     received: usize,
+    /// Its pinned TLS handshake proved the peer's certificate.
+    authenticated: bool,
 }
 
 /// One thing that happened, for the core.
@@ -376,6 +409,9 @@ enum Wake<T> {
     ActorEnded,
     Inbound(DirectConn<T>, Candidate),
     QuicIncoming(Box<quinn::Incoming>),
+    /// A pinned inbound QUIC handshake failed after the other end
+    /// presented a certificate.
+    QuicRefused(SocketAddr, Option<Fingerprint>),
     ListenerFailed(io::Error),
 }
 
@@ -386,9 +422,19 @@ impl<'r, R: Runtime> Driver<'r, R> {
         start: Instant,
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
-        if options.caller_authenticates {
-            config.identity_check = dcutr_core::IdentityCheck::CallerAuthenticates;
-        }
+        config.identity_check = if options.caller_authenticates {
+            dcutr_core::IdentityCheck::CallerAuthenticates
+        } else {
+            dcutr_core::IdentityCheck::PinnedTls
+        };
+        let identity = if options.caller_authenticates {
+            None
+        } else {
+            Some(
+                Identity::generate()
+                    .map_err(|e| UpgradeFailure::Io(io::Error::other(e.to_string())))?,
+            )
+        };
         let tcp_local = match &options.tcp {
             Some(listener) => Some(
                 runtime
@@ -419,11 +465,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 seed
             }
         };
-        let core = Upgrade::builder(options.side, config, seed)
+        let mut builder = Upgrade::builder(options.side, config, seed)
             .local_addrs(options.local_addrs)
-            .remote_public_addrs(options.remote_public_addrs)
-            .start(start)
-            .map_err(UpgradeFailure::Config)?;
+            .remote_public_addrs(options.remote_public_addrs);
+        if let Some(identity) = &identity {
+            builder = builder.local_fingerprint(identity.fingerprint());
+        }
+        let core = builder.start(start).map_err(UpgradeFailure::Config)?;
         let (events_tx, events_rx) = mpsc::unbounded();
         let (relay_cmds, _) = mpsc::unbounded();
         let quic_accept = options.quic.as_ref().map(|q| accept_next(&q.endpoint));
@@ -448,6 +496,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             relay_want: 0,
             relay_reset: false,
             sleep: None,
+            identity,
         })
     }
 
@@ -529,11 +578,22 @@ impl<'r, R: Runtime> Driver<'r, R> {
             (Some(Outcome::Upgraded(up)), Some(conn), Some(relay)) => {
                 let connection = match conn {
                     DirectConn::Tcp(Stream(t)) => DirectConnection::Tcp(t),
+                    DirectConn::Tls(t) => DirectConnection::Tls(t.0),
                     DirectConn::Quic(q) => {
                         if let Some(quic) = &self.quic {
                             quic.open_up(&q.conn);
                         }
                         DirectConnection::Quic(q.conn)
+                    }
+                    DirectConn::Gone => {
+                        return Err(UpgradeError {
+                            reason: UpgradeFailure::Io(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "the winning connection lost its TLS session",
+                            )),
+                            report,
+                            relay: Some(relay),
+                        });
                     }
                 };
                 let decided = self.core.timeline().decided.unwrap_or(self.start);
@@ -621,15 +681,21 @@ impl<'r, R: Runtime> Driver<'r, R> {
             let Some(pos) = self.handshakes.iter().position(|h| h.number == number) else {
                 continue; // evicted
             };
-            let from = self.handshakes.remove(pos).from;
+            let handshake = self.handshakes.remove(pos);
+            let from = handshake.from;
             match conn {
                 Some(conn) => {
                     return Poll::Ready(Wake::Inbound(
-                        DirectConn::Quic(QuicDirect::new(conn, false)),
+                        DirectConn::Quic(QuicDirect::new(conn)),
                         Candidate::quic(from),
                     ));
                 }
-                None => tracing::debug!(%from, "inbound QUIC handshake failed or timed out"),
+                None => {
+                    tracing::debug!(%from, "inbound QUIC handshake failed or timed out");
+                    if let Some(seen) = handshake.presented.and_then(|p| p.get()) {
+                        return Poll::Ready(Wake::QuicRefused(from, Some(seen)));
+                    }
+                }
             }
         }
         Poll::Pending
@@ -645,11 +711,38 @@ impl<'r, R: Runtime> Driver<'r, R> {
             }
             Wake::Actor(Key::Relay, _) => self.core.handle_stream_closed(now),
             Wake::Actor(Key::Direct(id), event) => match event {
-                ActorEvent::Connected => self.core.handle_dial_succeeded(now, id),
-                ActorEvent::DialFailed(error) => {
-                    self.forget(id);
-                    self.core.handle_dial_failed(now, id, error);
+                ActorEvent::Connected => {
+                    self.core.handle_dial_succeeded(now, id);
+                    self.start_handshake(id);
                 }
+                ActorEvent::DialFailed(error) => {
+                    let presented = self
+                        .actor_mut(id)
+                        .and_then(|a| a.presented.as_ref())
+                        .and_then(tls::Presented::get);
+                    self.forget(id);
+                    match presented {
+                        // The pinned QUIC handshake refused a certificate.
+                        Some(seen) => self
+                            .core
+                            .handle_direct_handshake_failed(now, id, Some(seen)),
+                        None => self.core.handle_dial_failed(now, id, error),
+                    }
+                }
+                ActorEvent::Handshake(result) => match result {
+                    Ok(fp) => {
+                        if self.core.peer_fingerprint() == Some(fp)
+                            && let Some(slot) = self.inbound.iter_mut().find(|s| s.id == id)
+                        {
+                            slot.authenticated = true;
+                        }
+                        self.core.handle_direct_authenticated(now, id, fp);
+                    }
+                    Err(presented) => {
+                        self.forget(id);
+                        self.core.handle_direct_handshake_failed(now, id, presented);
+                    }
+                },
                 ActorEvent::Data(data) => {
                     if let Some(actor) = self.actor_mut(id) {
                         actor.want = actor.want.saturating_sub(data.len());
@@ -674,8 +767,10 @@ impl<'r, R: Runtime> Driver<'r, R> {
                             id,
                             peer_named,
                             received: 0,
+                            authenticated: false,
                         });
                         self.start_actor(id, Start::Ready(conn));
+                        self.start_handshake(id);
                     }
                     Err(reason) => {
                         tracing::debug!(%from, %reason, "inbound connection refused");
@@ -686,6 +781,12 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 }
             }
             Wake::QuicIncoming(incoming) => self.quic_incoming(now, *incoming),
+            Wake::QuicRefused(from, presented) => {
+                // Tell the core, so the refusal is typed and counted.
+                if let Ok(id) = self.core.handle_inbound(now, Candidate::quic(from)) {
+                    self.core.handle_direct_handshake_failed(now, id, presented);
+                }
+            }
             Wake::ListenerFailed(error) => {
                 tracing::warn!(%error, "TCP listener failed; no more inbound connections");
                 self.tcp = None;
@@ -721,7 +822,15 @@ impl<'r, R: Runtime> Driver<'r, R> {
             tracing::debug!(from = %evicted.from, "evicting the oldest stranger's QUIC handshake");
             evicted.abort.abort();
         }
-        let Ok(connecting) = incoming.accept() else {
+        let (accepted, presented) = match (&self.identity, &self.quic) {
+            (Some(identity), Some(quic)) => {
+                let pinned = Pinned::new(identity, self.core.peer_fingerprint(), &[tls::ALPN]);
+                let config = quic.pinned_server(&pinned);
+                (incoming.accept_with(config), Some(pinned.presented))
+            }
+            _ => (incoming.accept(), None),
+        };
+        let Ok(connecting) = accepted else {
             return;
         };
         let number = self.next_handshake;
@@ -739,6 +848,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         self.handshakes.push(Handshake {
             number,
             from,
+            presented,
             peer_named,
             abort,
         });
@@ -751,7 +861,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
     /// from an address the peer did not name, so that a newcomer (which
     /// may be the peer) is not refused.
     fn make_room_for_inbound(&mut self, now: Instant, newcomer_peer_named: bool) {
-        if self.core.config().identity_check != dcutr_core::IdentityCheck::Token {
+        if !self.core.config().identity_check.is_checked() {
             return; // no pending slots to run out of
         }
         let directs = &self.directs;
@@ -788,7 +898,32 @@ impl<'r, R: Runtime> Driver<'r, R> {
     }
 
     fn start_actor(&mut self, id: DirectId, start: Start<DirectConn<R::TcpStream>>) {
-        spawn_actor(&mut self.directs, &self.actors, &self.events_tx, id, start);
+        spawn_actor(
+            &mut self.directs,
+            &self.actors,
+            &self.events_tx,
+            id,
+            start,
+            None,
+        );
+    }
+
+    /// With pinned TLS, starts the handshake of a connection the core
+    /// just took: the TLS client where the core's role is the client,
+    /// pinned to the peer's certificate once its `Hello` told us which.
+    fn start_handshake(&mut self, id: DirectId) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let Some(role) = self.core.direct_role(id) else {
+            return; // already decided on
+        };
+        let pinned = Pinned::new(identity, self.core.peer_fingerprint(), &[tls::ALPN]);
+        if let Some(actor) = self.actor_mut(id) {
+            let _ = actor
+                .cmds
+                .unbounded_send(Cmd::Handshake(TlsSetup { role, pinned }));
+        }
     }
 
     /// Carries out every command of the core (the one exhaustive dispatch
@@ -807,6 +942,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             actors,
             relay_cmds,
             relay_reset,
+            identity,
             ..
         } = self;
         let mut io = Io {
@@ -814,6 +950,8 @@ impl<'r, R: Runtime> Driver<'r, R> {
             start: *start,
             tcp_local: *tcp_local,
             quic: quic.as_ref(),
+            identity: identity.as_ref(),
+            peer_fingerprint: core.peer_fingerprint(),
             on_event,
             events_tx,
             directs,
@@ -871,6 +1009,8 @@ struct Io<'a, R: Runtime> {
     start: Instant,
     tcp_local: Option<SocketAddr>,
     quic: Option<&'a QuicSocket>,
+    identity: Option<&'a Identity>,
+    peer_fingerprint: Option<Fingerprint>,
     on_event: &'a mut Option<EventCallback>,
     events_tx: &'a mpsc::UnboundedSender<(Key, ActorEvent)>,
     directs: &'a mut Vec<(DirectId, DirectActor)>,
@@ -905,6 +1045,7 @@ impl<R: Runtime> Carrier for Io<'_, R> {
     }
 
     fn dial(&mut self, dial: dcutr_core::Dial) -> Result<(), DialError> {
+        let mut presented = None;
         let start = match dial.to.transport {
             Transport::Tcp => {
                 let local = self.tcp_local.ok_or(DialError::Unreachable)?;
@@ -921,25 +1062,39 @@ impl<R: Runtime> Carrier for Io<'_, R> {
             }
             Transport::Quic => {
                 let quic = self.quic.ok_or(DialError::Unreachable)?;
-                let connecting = quic.endpoint.connect_with(
-                    quic.client_config.clone(),
-                    dial.to.addr,
-                    SERVER_NAME,
-                );
+                let config = match self.identity {
+                    Some(identity) => {
+                        let pinned = Pinned::new(identity, self.peer_fingerprint, &[tls::ALPN]);
+                        let config = quic.pinned_client(&pinned);
+                        presented = Some(pinned.presented);
+                        config
+                    }
+                    None => quic.client_config.clone(),
+                };
+                let connecting = quic
+                    .endpoint
+                    .connect_with(config, dial.to.addr, SERVER_NAME);
                 Start::Dial(
                     async move {
                         let conn = connecting
                             .map_err(|_| DialError::Unreachable)?
                             .await
                             .map_err(quic_dial_error)?;
-                        Ok(DirectConn::Quic(QuicDirect::new(conn, true)))
+                        Ok(DirectConn::Quic(QuicDirect::new(conn)))
                     }
                     .boxed(),
                 )
             }
         };
         tracing::debug!(id = %dial.id, to = %dial.to, role = %dial.role, "dial");
-        spawn_actor(self.directs, self.actors, self.events_tx, dial.id, start);
+        spawn_actor(
+            self.directs,
+            self.actors,
+            self.events_tx,
+            dial.id,
+            start,
+            presented,
+        );
         Ok(())
     }
 
@@ -991,11 +1146,19 @@ fn spawn_actor<T>(
     events_tx: &mpsc::UnboundedSender<(Key, ActorEvent)>,
     id: DirectId,
     start: Start<DirectConn<T>>,
+    presented: Option<tls::Presented>,
 ) where
     T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
     let (cmds, rx) = mpsc::unbounded();
-    directs.push((id, DirectActor { cmds, want: 0 }));
+    directs.push((
+        id,
+        DirectActor {
+            cmds,
+            want: 0,
+            presented,
+        },
+    ));
     actors.push(actor::run(Key::Direct(id), start, rx, events_tx.clone()).boxed());
 }
 
@@ -1033,7 +1196,7 @@ fn oldest_stranger(handshakes: &[Handshake]) -> Option<usize> {
 fn oldest_unverified_stranger(inbound: &[InboundSlot]) -> Option<usize> {
     inbound
         .iter()
-        .position(|s| !s.peer_named && s.received < dcutr_core::CHECK_LEN)
+        .position(|s| !s.peer_named && !s.authenticated && s.received < dcutr_core::CHECK_LEN)
 }
 
 #[cfg(test)]
@@ -1044,6 +1207,7 @@ mod tests {
         Handshake {
             number,
             from: "127.0.0.1:1".parse().unwrap(),
+            presented: None,
             peer_named,
             abort: AbortHandle::new_pair().0,
         }
@@ -1063,6 +1227,7 @@ mod tests {
             id: DirectId(id),
             peer_named,
             received,
+            authenticated: false,
         };
         let full = dcutr_core::CHECK_LEN;
         let list = [

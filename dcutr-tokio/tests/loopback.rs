@@ -37,7 +37,7 @@ async fn upgrade_both(
 
 async fn round_trip(client: &mut Direct, server: &mut Direct) {
     match (client, server) {
-        (Direct::Tcp(c), Direct::Tcp(s)) => {
+        (Direct::Tls(c), Direct::Tls(s)) => {
             c.write_all(b"ping from A").await.unwrap();
             let mut buf = [0u8; 11];
             s.read_exact(&mut buf).await.unwrap();
