@@ -249,3 +249,94 @@ async fn a_man_in_the_middle_relaying_both_dials_is_refused_on_both_sides() {
         "the victims that were TLS clients refused the attacker's certificate: {loot:?}"
     );
 }
+
+/// The same attack over QUIC: the attacker's endpoint sits at the address
+/// B advertised. A dials it; the attacker answers with its own certificate
+/// and dials B's real punch port with the same certificate, to relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_man_in_the_middle_over_quic_is_refused_on_both_sides() {
+    init_tracing();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let b_quic = dcutr_tokio::quic_socket(dcutr_tokio::udp_socket(any).unwrap()).unwrap();
+    let a_quic = dcutr_tokio::quic_socket(dcutr_tokio::udp_socket(any).unwrap()).unwrap();
+    let (b_addr, a_addr) = (b_quic.local_addr().unwrap(), a_quic.local_addr().unwrap());
+    let (server, _) = strangers::pinned_server_config();
+    let m_server = quinn::Endpoint::server(server, any).unwrap();
+    let m_addr = m_server.local_addr().unwrap();
+    let m_client = strangers::stranger_endpoint_with_certificate();
+    let m_client_addr = m_client.local_addr().unwrap();
+    let loot = Shared::default();
+    let attacker = {
+        let loot = loot.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = m_server.accept().await {
+                let (m_client, loot) = (m_client.clone(), loot.clone());
+                tokio::spawn(async move {
+                    let toward_b = strangers::connect(&m_client, b_addr, Duration::from_secs(5));
+                    let (from_a, to_b) = tokio::join!(incoming, toward_b);
+                    let mut loot = loot.lock().unwrap();
+                    match from_a {
+                        Ok(_) => loot.kept_open += 1,
+                        Err(_) => loot.handshakes_refused += 1,
+                    }
+                    // A QUIC client may see its handshake complete before
+                    // the server refuses its certificate: then it is closed.
+                    match to_b {
+                        Some(_) => loot.hung_up += 1,
+                        None => loot.handshakes_refused += 1,
+                    }
+                });
+            }
+        })
+    };
+
+    let (relay_b, relay_a) = relayed_pair().await;
+    let refusals = |side: Side, quic, advertised: SocketAddr| {
+        let mut config = loopback_config();
+        config.max_attempts = 1;
+        let refused = Refusals::default();
+        let seen = refused.clone();
+        let options = Options::new(side)
+            .config(config)
+            .local_addrs([Candidate::quic(advertised)])
+            .quic(quic)
+            .on_event(move |event, _| {
+                if let Event::DirectRejected { reason, remote, .. } = event {
+                    seen.lock().unwrap().push((*reason, *remote));
+                }
+            });
+        (options, refused)
+    };
+    // B advertises the attacker's address; A its own.
+    let (b, b_refused) = refusals(Side::Initiator, b_quic, m_addr);
+    let (a, a_refused) = refusals(Side::Responder, a_quic, a_addr);
+    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
+        tokio::join!(
+            dcutr_tokio::upgrade(relay_b, b),
+            dcutr_tokio::upgrade(relay_a, a)
+        )
+    })
+    .await
+    .expect("both upgrades end");
+    attacker.abort();
+
+    // B sprays to A's real address but A only dials the attacker: no
+    // direct connection forms, and neither side took the attacker.
+    assert!(b.is_err(), "B must not upgrade through the attacker");
+    assert!(a.is_err(), "A must not upgrade through the attacker");
+    let a_refused = a_refused.lock().unwrap().clone();
+    let b_refused = b_refused.lock().unwrap().clone();
+    assert_eq!(
+        a_refused,
+        [(DirectRejection::IdentityMismatch, m_addr)],
+        "A refused the attacker's certificate on its dial"
+    );
+    assert_eq!(
+        b_refused,
+        [(DirectRejection::IdentityMismatch, m_client_addr)],
+        "B refused the attacker's relayed dial for its certificate"
+    );
+    let loot = loot.lock().unwrap();
+    assert_eq!(loot.kept_open, 0, "{loot:?}");
+    assert_eq!(loot.plaintext, 0, "{loot:?}");
+}
