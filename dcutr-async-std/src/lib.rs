@@ -110,6 +110,9 @@ impl dcutr_driver::Runtime for AsyncIoRuntime {
                 return Err(error);
             }
             stream.get_ref().peer_addr()?;
+            // The TLS handshake and the select byte are small writes in
+            // turn: Nagle's algorithm against delayed ACKs would add 40 ms.
+            let _ = stream.get_ref().set_nodelay(true);
             Ok(async_net::TcpStream::from(stream))
         }
         .boxed()
@@ -123,6 +126,7 @@ impl dcutr_driver::Runtime for AsyncIoRuntime {
         loop {
             match listener.get_ref().accept() {
                 Ok((stream, from)) => {
+                    let _ = stream.set_nodelay(true);
                     return Poll::Ready(async_net::TcpStream::try_from(stream).map(|s| (s, from)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -41,8 +41,8 @@ pub use quic::{
     insecure_self_signed_configs, punch_transport,
 };
 pub use report::Report;
-pub use tls::{ALPN as DIRECT_ALPN, Fingerprint, fingerprint};
-use tls::{Identity, Pinned};
+use tls::Pinned;
+pub use tls::{ALPN as DIRECT_ALPN, Fingerprint, Identity, fingerprint};
 
 /// What a runtime adapter provides: a clock, timers, and TCP.
 ///
@@ -62,7 +62,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Connects to `remote` from `local`, with port reuse, so the dial
     /// leaves from the port the peer observed (see
-    /// [`net::reuse_stream_socket`]).
+    /// [`net::reuse_stream_socket`]). Adapters set `TCP_NODELAY` on direct
+    /// connections (dialled and accepted): the TLS handshake and the
+    /// select byte are small writes in turn, which Nagle's algorithm
+    /// against delayed ACKs would hold back by 40 ms.
     fn connect_from(
         &self,
         local: SocketAddr,
@@ -96,6 +99,8 @@ pub struct Options<L> {
     tcp: Option<L>,
     quic: Option<QuicSocket>,
     caller_authenticates: bool,
+    identity: Option<Identity>,
+    peer_fingerprint: Option<Fingerprint>,
     seed: Option<[u8; 32]>,
     on_event: Option<EventCallback>,
 }
@@ -113,6 +118,8 @@ impl<L> Options<L> {
             tcp: None,
             quic: None,
             caller_authenticates: false,
+            identity: None,
+            peer_fingerprint: None,
             seed: None,
             on_event: None,
         }
@@ -161,6 +168,24 @@ impl<L> Options<L> {
     /// endpoint's own configs ([`QuicSocket::with_tls`]). Off by default.
     pub fn caller_authenticates(mut self, yes: bool) -> Self {
         self.caller_authenticates = yes;
+        self
+    }
+
+    /// Presents `identity`'s certificate on direct connections instead of
+    /// a fresh one, so its fingerprint can be sent to the peer over a
+    /// channel you authenticate (the `dcutr` CLI does it under a PAKE).
+    /// Use an identity for one upgrade only.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The peer's certificate fingerprint, learnt over a channel you
+    /// authenticate. The verifiers pin it from the start, and the peer's
+    /// `Hello` must carry the same one, or the upgrade fails at once with
+    /// [`UpgradeFailure::FingerprintMismatch`] (the relay swapped it).
+    pub fn peer_fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.peer_fingerprint = Some(fingerprint);
         self
     }
 
@@ -266,6 +291,11 @@ pub enum UpgradeFailure {
     /// A local socket failed.
     #[error("local socket error: {0}")]
     Io(io::Error),
+    /// The peer's `Hello` pinned another certificate than the fingerprint
+    /// given with [`Options::peer_fingerprint`]: whoever relays the stream
+    /// tampered with it. The relayed stream was closed.
+    #[error("the peer's Hello pins another certificate than the one authenticated beforehand")]
+    FingerprintMismatch,
 }
 
 /// A failed upgrade. The relayed stream comes back when it is still
@@ -377,6 +407,10 @@ struct Driver<'r, R: Runtime> {
     sleep: Option<(Instant, BoxFuture<'static, ()>)>,
     /// Our ephemeral certificate, with pinned TLS.
     identity: Option<Identity>,
+    /// The peer's fingerprint, authenticated by the caller.
+    expected_peer: Option<Fingerprint>,
+    /// The peer's Hello pinned another fingerprint than `expected_peer`.
+    tampered: bool,
 }
 
 /// An inbound QUIC handshake in flight.
@@ -427,13 +461,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
         } else {
             dcutr_core::IdentityCheck::PinnedTls
         };
-        let identity = if options.caller_authenticates {
-            None
-        } else {
-            Some(
+        let identity = match (options.caller_authenticates, options.identity) {
+            (true, _) => None,
+            (false, Some(identity)) => Some(identity),
+            (false, None) => Some(
                 Identity::generate()
                     .map_err(|e| UpgradeFailure::Io(io::Error::other(e.to_string())))?,
-            )
+            ),
         };
         let tcp_local = match &options.tcp {
             Some(listener) => Some(
@@ -497,6 +531,8 @@ impl<'r, R: Runtime> Driver<'r, R> {
             relay_reset: false,
             sleep: None,
             identity,
+            expected_peer: options.peer_fingerprint,
+            tampered: false,
         })
     }
 
@@ -534,6 +570,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
             })
             .await;
             self.handle(wake);
+            if self.tampered {
+                break;
+            }
         }
 
         // The outcome is decided: hand the relayed stream back, release
@@ -574,6 +613,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
             self.core.timeline().clone(),
             self.core.outcome().cloned(),
         );
+        if self.tampered {
+            return Err(UpgradeError {
+                reason: UpgradeFailure::FingerprintMismatch,
+                report,
+                relay: None,
+            });
+        }
         match (self.core.outcome().cloned(), won, relay) {
             (Some(Outcome::Upgraded(up)), Some(conn), Some(relay)) => {
                 let connection = match conn {
@@ -708,6 +754,14 @@ impl<'r, R: Runtime> Driver<'r, R> {
             Wake::Actor(Key::Relay, ActorEvent::Data(data)) => {
                 self.relay_want = self.relay_want.saturating_sub(data.len());
                 self.core.handle_stream_data(now, &data);
+                if let (Some(expected), Some(pinned)) =
+                    (self.expected_peer, self.core.peer_fingerprint())
+                    && expected != pinned
+                {
+                    tracing::debug!("the peer's Hello pins another certificate: tampered relay");
+                    self.tampered = true;
+                    self.relay_reset = true;
+                }
             }
             Wake::Actor(Key::Relay, _) => self.core.handle_stream_closed(now),
             Wake::Actor(Key::Direct(id), event) => match event {
@@ -824,7 +878,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         }
         let (accepted, presented) = match (&self.identity, &self.quic) {
             (Some(identity), Some(quic)) => {
-                let pinned = Pinned::new(identity, self.core.peer_fingerprint(), &[tls::ALPN]);
+                let pinned = Pinned::new(identity, self.pin(), &[tls::ALPN]);
                 let config = quic.pinned_server(&pinned);
                 (incoming.accept_with(config), Some(pinned.presented))
             }
@@ -886,6 +940,12 @@ impl<'r, R: Runtime> Driver<'r, R> {
         self.core.handle_direct_closed(now, evicted.id);
     }
 
+    /// The certificate the verifiers accept: the one the caller
+    /// authenticated, else the one the peer's Hello pinned (if it came).
+    fn pin(&self) -> Option<Fingerprint> {
+        self.expected_peer.or(self.core.peer_fingerprint())
+    }
+
     fn actor_mut(&mut self, id: DirectId) -> Option<&mut DirectActor> {
         self.directs
             .iter_mut()
@@ -918,7 +978,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         let Some(role) = self.core.direct_role(id) else {
             return; // already decided on
         };
-        let pinned = Pinned::new(identity, self.core.peer_fingerprint(), &[tls::ALPN]);
+        let pinned = Pinned::new(identity, self.pin(), &[tls::ALPN]);
         if let Some(actor) = self.actor_mut(id) {
             let _ = actor
                 .cmds
@@ -943,6 +1003,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             relay_cmds,
             relay_reset,
             identity,
+            expected_peer,
             ..
         } = self;
         let mut io = Io {
@@ -951,7 +1012,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             tcp_local: *tcp_local,
             quic: quic.as_ref(),
             identity: identity.as_ref(),
-            peer_fingerprint: core.peer_fingerprint(),
+            peer_fingerprint: expected_peer.or(core.peer_fingerprint()),
             on_event,
             events_tx,
             directs,

@@ -126,7 +126,11 @@ impl dcutr_driver::Runtime for TokioRuntime {
         async move {
             let socket = dcutr_driver::net::reuse_stream_socket(local)?;
             let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-            Ok(socket.connect(remote).await?.compat())
+            let stream = socket.connect(remote).await?;
+            // The TLS handshake and the select byte are small writes in
+            // turn: Nagle's algorithm against delayed ACKs would add 40 ms.
+            let _ = stream.set_nodelay(true);
+            Ok(stream.compat())
         }
         .boxed()
     }
@@ -136,9 +140,10 @@ impl dcutr_driver::Runtime for TokioRuntime {
         listener: &mut Self::TcpListener,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(Self::TcpStream, SocketAddr)>> {
-        listener
-            .poll_accept(cx)
-            .map_ok(|(stream, from)| (stream.compat(), from))
+        listener.poll_accept(cx).map_ok(|(stream, from)| {
+            let _ = stream.set_nodelay(true);
+            (stream.compat(), from)
+        })
     }
 
     fn listener_addr(&self, listener: &Self::TcpListener) -> io::Result<SocketAddr> {

@@ -206,3 +206,32 @@ async fn a_quic_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() 
         .unwrap();
     assert!(answer.map(|a| a.is_empty()).unwrap_or(true));
 }
+
+#[tokio::test]
+async fn a_hello_that_pins_another_certificate_than_the_authenticated_one_fails_at_once() {
+    init_tracing();
+    let (ours, mut theirs) = relayed_pair().await;
+    let (options, _) = peer(Side::Initiator, Transport::Tcp, loopback_config());
+    // The caller learnt the peer's fingerprint over its own authenticated
+    // channel; the relay hands us a Hello with another one.
+    let options = options.peer_fingerprint([7; 32]);
+    let hello = encode_hello_pinned(&[5; 16], 3, Side::Responder, &[8; 32]);
+    theirs.write_all(&hello).await.unwrap();
+    let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
+        .await
+        .unwrap()
+        .expect_err("a swapped fingerprint cannot upgrade");
+    assert!(
+        matches!(error.reason, UpgradeFailure::FingerprintMismatch),
+        "{:?}",
+        error.reason
+    );
+    assert!(
+        error.relay.is_none(),
+        "the tampered stream is not handed back"
+    );
+    assert!(
+        error.report.timeline.dials.is_empty(),
+        "nothing was dialled"
+    );
+}
