@@ -66,6 +66,11 @@ const NAMEPLATE_LABEL: &[u8] = b"dcutr/nameplate/v1:";
 /// Length of a SPAKE2 message over Ed25519.
 const PAKE_MSG_LEN: usize = 33;
 
+/// Bytes each side writes on the relayed stream for the pairing, before
+/// DCUtR's `Hello`: the PAKE message, then the fingerprint and its MAC
+/// (105). A relay cut "after the n-th DCUtR byte" must add twice this.
+pub const PAIRING_BYTES_EACH_WAY: usize = MAGIC.len() + PAKE_MSG_LEN + 32 + 32;
+
 /// A pairing code.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Code {
@@ -317,6 +322,28 @@ mod tests {
 
     #[tokio::test]
     async fn the_same_code_authenticates_each_sides_fingerprint() {
+        // Also: each side writes exactly the bytes the constant says.
+        let (mut b, mut tap) = tokio::io::duplex(1024);
+        let code = Code::parse("1234-abcd-efgh").unwrap();
+        let (mut a, mut a_end) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(async move {
+            let mut from_b = vec![0u8; PAIRING_BYTES_EACH_WAY];
+            let mut from_a = vec![0u8; PAIRING_BYTES_EACH_WAY];
+            tap.read_exact(&mut from_b[..41]).await.unwrap();
+            a_end.read_exact(&mut from_a[..41]).await.unwrap();
+            a_end.write_all(&from_b[..41]).await.unwrap();
+            tap.write_all(&from_a[..41]).await.unwrap();
+            tap.read_exact(&mut from_b[41..]).await.unwrap();
+            a_end.read_exact(&mut from_a[41..]).await.unwrap();
+            a_end.write_all(&from_b[41..]).await.unwrap();
+            tap.write_all(&from_a[41..]).await.unwrap();
+        });
+        let (rb, ra) = tokio::join!(
+            authenticate(&mut b, &code, PairedSide::Initiator, [1; 32]),
+            authenticate(&mut a, &code, PairedSide::Responder, [2; 32]),
+        );
+        relay.await.unwrap();
+        assert_eq!((rb.unwrap(), ra.unwrap()), ([2; 32], [1; 32]));
         let (b, a) = pair("1234-abcd-efgh", "1234-abcd-efgh").await;
         assert_eq!(b, Ok([2; 32]), "B learns A's fingerprint");
         assert_eq!(a, Ok([1; 32]), "A learns B's fingerprint");
@@ -340,7 +367,7 @@ mod tests {
         let (mut ours, mut relay) = tokio::io::duplex(1024);
         let code = Code::parse("1234-abcd-efgh").unwrap();
         let echo = tokio::spawn(async move {
-            let mut buf = [0u8; 41 + 64];
+            let mut buf = [0u8; PAIRING_BYTES_EACH_WAY];
             relay.read_exact(&mut buf[..41]).await.unwrap();
             relay.write_all(&buf[..41]).await.unwrap();
             relay.read_exact(&mut buf[41..]).await.unwrap();
