@@ -327,8 +327,8 @@ mod tests {
         let code = Code::parse("1234-abcd-efgh").unwrap();
         let (mut a, mut a_end) = tokio::io::duplex(1024);
         let relay = tokio::spawn(async move {
-            let mut from_b = vec![0u8; PAIRING_BYTES_EACH_WAY];
-            let mut from_a = vec![0u8; PAIRING_BYTES_EACH_WAY];
+            let mut from_b = [0u8; PAIRING_BYTES_EACH_WAY];
+            let mut from_a = [0u8; PAIRING_BYTES_EACH_WAY];
             tap.read_exact(&mut from_b[..41]).await.unwrap();
             a_end.read_exact(&mut from_a[..41]).await.unwrap();
             a_end.write_all(&from_b[..41]).await.unwrap();
