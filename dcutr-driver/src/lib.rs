@@ -11,6 +11,21 @@
 //! carries out the commands. It spawns no task: every connection is a
 //! small future owned by the upgrade's future, so dropping the upgrade
 //! cancels every dial and closes every socket it opened.
+//!
+//! ## Identity of the direct connection
+//! By default the driver runs the core with
+//! [`IdentityCheck::PinnedTls`](dcutr_core::IdentityCheck::PinnedTls): a
+//! fresh [`Identity`] (ECDSA P-256 key, self-signed certificate) per
+//! upgrade, whose [`fingerprint`] the core sends in its `Hello`; mutual
+//! TLS 1.3 on every direct connection, accepting exactly the certificate
+//! the peer pinned (QUIC in its own handshake, with per-upgrade configs;
+//! TCP wrapped with `futures-rustls`, the TLS client being the side whose
+//! core role is the client). The winner comes back as
+//! [`DirectConnection::Tls`] or [`DirectConnection::Quic`]. Pass
+//! [`Options::identity`] and [`Options::peer_fingerprint`] when you
+//! authenticate the fingerprints yourself (a relay could swap them), or
+//! [`Options::caller_authenticates`] when your own handshake authenticates
+//! the peer.
 
 #![forbid(unsafe_code)]
 
