@@ -16,9 +16,10 @@
 //! Streams are the `futures-io` traits: the relayed stream can be any
 //! `futures_io::AsyncRead + AsyncWrite` (an `async_net::TcpStream`, an
 //! `async_std::net::TcpStream`...), and a TCP direct connection comes back
-//! as an [`async_net::TcpStream`] (turn it into an
-//! `async_std::net::TcpStream` with `std::net::TcpStream::try_from` and
-//! `From`).
+//! inside mutual TLS 1.3 pinned to the peer's certificate, as a
+//! [`TlsStream`] over an [`async_net::TcpStream`] (see `dcutr_tokio` for
+//! the identity check). With `Options::caller_authenticates` it comes back
+//! plain.
 //!
 //! ## Example (smol)
 //! ```no_run
@@ -56,7 +57,8 @@ pub use dcutr_core::{
 };
 pub use dcutr_driver::net::udp_socket;
 pub use dcutr_driver::{
-    QuicLimits, QuicSocket, Report, SERVER_NAME, UpgradeFailure, self_signed_configs,
+    Fingerprint, QuicLimits, QuicSocket, Report, SERVER_NAME, TlsStream, UpgradeFailure,
+    insecure_self_signed_configs,
 };
 /// The quinn this crate builds its endpoints with: name
 /// `dcutr_async_std::quinn::Connection` and friends through it, so that the
@@ -112,6 +114,9 @@ impl dcutr_driver::Runtime for AsyncIoRuntime {
                 return Err(error);
             }
             stream.get_ref().peer_addr()?;
+            // The TLS handshake and the select byte are small writes in
+            // turn: Nagle's algorithm against delayed ACKs would add 40 ms.
+            let _ = stream.get_ref().set_nodelay(true);
             Ok(async_net::TcpStream::from(stream))
         }
         .boxed()
@@ -125,6 +130,7 @@ impl dcutr_driver::Runtime for AsyncIoRuntime {
         loop {
             match listener.get_ref().accept() {
                 Ok((stream, from)) => {
+                    let _ = stream.set_nodelay(true);
                     return Poll::Ready(async_net::TcpStream::try_from(stream).map(|s| (s, from)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -177,12 +183,22 @@ pub async fn tcp_connect_from(
 /// # Errors
 /// Socket or endpoint errors.
 #[cfg(feature = "smol")]
-pub fn quic_socket_smol(
+pub fn quic_socket_smol(socket: std::net::UdpSocket) -> io::Result<QuicSocket> {
+    QuicSocket::new(socket, Arc::new(quinn::SmolRuntime))
+}
+
+/// A QUIC endpoint on smol's executor serving with `server` and dialling
+/// with `client`, for callers whose own TLS authenticates the peer.
+///
+/// # Errors
+/// Socket or endpoint errors.
+#[cfg(feature = "smol")]
+pub fn quic_socket_smol_with_tls(
     socket: std::net::UdpSocket,
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
 ) -> io::Result<QuicSocket> {
-    QuicSocket::new(socket, server, client, Arc::new(quinn::SmolRuntime))
+    QuicSocket::with_tls(socket, server, client, Arc::new(quinn::SmolRuntime))
 }
 
 /// A QUIC endpoint on `socket` whose background work runs on async-std's
@@ -191,12 +207,8 @@ pub fn quic_socket_smol(
 /// # Errors
 /// Socket or endpoint errors.
 #[cfg(feature = "async-std")]
-pub fn quic_socket_async_std(
-    socket: std::net::UdpSocket,
-    server: quinn::ServerConfig,
-    client: quinn::ClientConfig,
-) -> io::Result<QuicSocket> {
-    QuicSocket::new(socket, server, client, Arc::new(quinn::AsyncStdRuntime))
+pub fn quic_socket_async_std(socket: std::net::UdpSocket) -> io::Result<QuicSocket> {
+    QuicSocket::new(socket, Arc::new(quinn::AsyncStdRuntime))
 }
 
 /// Runs DCUtR over `relay` and returns the direct connection; see

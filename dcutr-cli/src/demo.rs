@@ -4,7 +4,10 @@
 //! relayed path is slow and the direct one fast, as in the field. Both
 //! peers skip the unilateral dial (on loopback every address looks
 //! public) so the demo shows the hole punch itself: the exchange, the
-//! Sync timing, the crossing dials, the identity check.
+//! Sync timing, the crossing dials, the identity check. The two peers
+//! pair with a fresh code, as two people would, and the direct
+//! connections run mutual TLS pinned to the fingerprints the code
+//! authenticated.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -36,8 +39,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut summary = Vec::new();
     for transport in ["tcp", "quic"] {
         println!("== {} ==", transport.to_uppercase());
-        let b = peer_args(relay_addr, transport, "b", None, args.runtime);
-        let a = peer_args(relay_addr, transport, "a", Some("b"), args.runtime);
+        // The pairing code B would print and A would type.
+        let code = crate::pairing::Code::generate()?;
+        let b = peer_args(
+            relay_addr,
+            transport,
+            Some(code.clone()),
+            None,
+            args.runtime,
+        );
+        let a = peer_args(relay_addr, transport, None, Some(code), args.runtime);
         let b = tokio::spawn(peer::session(b, Reporter::prefixed("  B | ")));
         // B registers first; A asks for it (the relay waits for B if needed).
         let a = peer::session(a, Reporter::prefixed("  A | ")).await;
@@ -87,8 +98,8 @@ fn fmt(ms: Option<f64>) -> String {
 fn peer_args(
     relay: SocketAddr,
     transport: &str,
-    name: &str,
-    connect: Option<&str>,
+    code: Option<crate::pairing::Code>,
+    connect: Option<crate::pairing::Code>,
     runtime: Runtime,
 ) -> PeerArgs {
     let (tcp, quic) = match transport {
@@ -97,8 +108,9 @@ fn peer_args(
     };
     PeerArgs {
         relay,
-        name: format!("{name}-{transport}"),
-        connect: connect.map(|c| format!("{c}-{transport}")),
+        code,
+        connect,
+        name: None,
         tcp,
         quic,
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -19,6 +19,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 pub mod demo;
 pub mod netcheck;
+pub mod pairing;
 pub mod peer;
 pub mod relay;
 pub mod rendezvous;
@@ -125,13 +126,20 @@ pub struct PeerArgs {
     /// The relay's address (`dcutr relay --listen`).
     #[arg(long, value_name = "ADDR")]
     pub relay: SocketAddr,
-    /// Our name at the relay: 1 to 64 characters of A-Z a-z 0-9 _ . -
-    #[arg(long, value_parser = parse_name)]
-    pub name: String,
-    /// Ask the relay for this peer (we become DCUtR's A); without it we wait
-    /// to be asked (DCUtR's B).
-    #[arg(long, value_name = "OTHER", value_parser = parse_name)]
-    pub connect: Option<String>,
+    /// Wait for a peer with this pairing code (we become DCUtR's B).
+    /// Without it, and without --connect, a fresh code is made and printed
+    /// first (in --json as the first event, `code`): give it to the peer.
+    #[arg(long, value_name = "CODE", value_parser = parse_code, conflicts_with = "connect")]
+    pub code: Option<pairing::Code>,
+    /// Pair with the peer that waits with this code (we become DCUtR's A).
+    #[arg(long, value_name = "CODE", value_parser = parse_code)]
+    pub connect: Option<pairing::Code>,
+    /// DEPRECATED, kept for one release: the name of the old interface.
+    /// Waiting (without --connect) it is the code; with --connect it is
+    /// ignored. A name has no secret part, so the relay could guess it:
+    /// use --code or a generated code.
+    #[arg(long, hide = true, value_parser = parse_name)]
+    pub name: Option<String>,
     /// Hole-punch over TCP from this local port (also the port of our
     /// control connection to the relay, so the relay observes its mapping).
     #[arg(long, value_name = "PORT")]
@@ -161,6 +169,10 @@ pub struct PeerArgs {
     pub runtime: Runtime,
 }
 
+fn parse_code(code: &str) -> Result<pairing::Code, String> {
+    pairing::Code::parse(code)
+}
+
 fn parse_name(name: &str) -> Result<String, String> {
     rendezvous::validate_name(name)?;
     Ok(name.to_owned())
@@ -182,15 +194,13 @@ mod tests {
 
     #[test]
     fn peer_needs_a_transport_and_takes_both() {
-        assert!(parse(&["peer", "--relay", "127.0.0.1:4000", "--name", "b"]).is_err());
+        assert!(parse(&["peer", "--relay", "127.0.0.1:4000"]).is_err());
         let cli = parse(&[
             "peer",
             "--relay",
             "127.0.0.1:4000",
-            "--name",
-            "a",
             "--connect",
-            "b",
+            "1234-abcd-efgh",
             "--tcp",
             "5000",
             "--quic",
@@ -200,7 +210,11 @@ mod tests {
         let Command::Peer(args) = cli.command else {
             panic!("not peer")
         };
-        assert_eq!(args.connect.as_deref(), Some("b"));
+        assert_eq!(
+            args.connect.map(|c| c.to_string()).as_deref(),
+            Some("1234-abcd-efgh")
+        );
+        assert!(args.code.is_none() && args.name.is_none());
         assert_eq!((args.tcp, args.quic), (Some(5000), Some(5001)));
         assert_eq!(args.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(args.runtime, Runtime::Tokio);
@@ -208,13 +222,72 @@ mod tests {
     }
 
     #[test]
-    fn bad_names_and_delays_are_refused() {
+    fn the_old_name_interface_still_parses() {
+        // natlab's invocation until it moves to codes.
+        let Command::Peer(b) = parse(&[
+            "peer",
+            "--relay",
+            "127.0.0.1:1",
+            "--name",
+            "b",
+            "--tcp",
+            "1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not peer")
+        };
+        assert_eq!(b.name.as_deref(), Some("b"));
+        let a = parse(&[
+            "peer",
+            "--relay",
+            "127.0.0.1:1",
+            "--name",
+            "a",
+            "--connect",
+            "b",
+            "--tcp",
+            "1",
+        ]);
+        assert!(a.is_ok());
+        assert!(
+            parse(&[
+                "peer",
+                "--relay",
+                "127.0.0.1:1",
+                "--code",
+                "1-x",
+                "--connect",
+                "1-x",
+                "--tcp",
+                "1"
+            ])
+            .is_err(),
+            "waiting and connecting at once"
+        );
+    }
+
+    #[test]
+    fn bad_names_codes_and_delays_are_refused() {
         assert!(
             parse(&[
                 "peer",
                 "--relay",
                 "127.0.0.1:1",
                 "--name",
+                "a b",
+                "--tcp",
+                "1"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "peer",
+                "--relay",
+                "127.0.0.1:1",
+                "--code",
                 "a b",
                 "--tcp",
                 "1"

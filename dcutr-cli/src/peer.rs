@@ -13,9 +13,52 @@ use dcutr_tokio::{AddressPolicy, Candidate, Config, Event, Role, Side, Transport
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 use serde_json::json;
 
+use crate::pairing;
 use crate::rendezvous::{self, PairedSide};
 use crate::report::{self, PeerResult, Reporter};
 use crate::{PeerArgs, Runtime};
+
+/// How many fresh codes B draws when the relay says a nameplate is taken.
+pub const CODE_TRIES: usize = 5;
+
+async fn register(
+    args: &PeerArgs,
+    name: &str,
+    tcp_local: Option<SocketAddr>,
+) -> anyhow::Result<rendezvous::Registration> {
+    rendezvous::register(args.relay, name, tcp_local)
+        .await
+        .with_context(|| format!("registering at the relay {}", args.relay))
+}
+
+/// B without a code: draws one whose nameplate is free at the relay.
+async fn register_fresh(
+    args: &PeerArgs,
+    tcp_local: Option<SocketAddr>,
+) -> anyhow::Result<(pairing::Code, rendezvous::Registration)> {
+    let mut last = None;
+    for _ in 0..CODE_TRIES {
+        let code = pairing::Code::generate()?;
+        match register(args, &code.relay_name(), tcp_local).await {
+            Ok(registration) => return Ok((code, registration)),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
+fn random_hex() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no OS randomness"))?;
+    Ok(hex(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Round trips on the direct connection; the median is the direct RTT.
 pub const DIRECT_PINGS: usize = 5;
@@ -57,6 +100,10 @@ struct Plan {
     remote_public: Vec<Candidate>,
     tcp: Option<std::net::TcpListener>,
     udp: Option<std::net::UdpSocket>,
+    /// Our certificate, whose fingerprint the PAKE sent.
+    identity: dcutr_driver::Identity,
+    /// The peer's fingerprint, authenticated by the PAKE.
+    peer_fingerprint: dcutr_driver::Fingerprint,
     reporter: Reporter,
 }
 
@@ -103,9 +150,35 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         .as_ref()
         .map(std::net::TcpListener::local_addr)
         .transpose()?;
-    let mut registration = rendezvous::register(args.relay, &args.name, tcp_local)
-        .await
-        .with_context(|| format!("registering at the relay {}", args.relay))?;
+    // B waits under the code's relay name; A takes a random one and asks
+    // for B's. The relay never sees a code.
+    let given = args
+        .connect
+        .clone()
+        .or_else(|| args.code.clone())
+        .or_else(|| {
+            args.name
+                .as_deref()
+                .and_then(|n| pairing::Code::parse(n).ok())
+        });
+    let generated = given.is_none();
+    let (code, mut registration) = if args.connect.is_some() {
+        let code = given.expect("connect gives the code");
+        let ours = format!("a-{}", random_hex()?);
+        (code, register(&args, &ours, tcp_local).await?)
+    } else if let Some(code) = given {
+        let registration = register(&args, &code.relay_name(), tcp_local).await?;
+        (code, registration)
+    } else {
+        register_fresh(&args, tcp_local).await?
+    };
+    if generated {
+        reporter.event(
+            "code",
+            json!({ "code": code.to_string() }),
+            format_args!("pairing code: {code}  (the peer runs: dcutr peer --connect {code} ...)"),
+        );
+    }
 
     let mut local_addrs = Vec::new();
     let mut public = Vec::new();
@@ -127,7 +200,7 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         // Ask through a clone registered with tokio; the socket itself
         // goes to the runtime that punches.
         let probe = tokio::net::UdpSocket::from_std(socket.try_clone()?)?;
-        let observed = rendezvous::observe_udp(&probe, args.relay, &args.name)
+        let observed = rendezvous::observe_udp(&probe, args.relay, registration.name())
             .await
             .context("asking the relay for our UDP address")?;
         drop(probe);
@@ -143,9 +216,10 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         .map(|c| c.to_multiaddr().to_string())
         .collect();
     registration.ready(&addrs, &public).await?;
-    reporter.registered(&registration, observed_udp, args.connect.as_deref());
+    let asking_for = args.connect.as_ref().map(|c| c.relay_name());
+    reporter.registered(&registration, observed_udp, asking_for.as_deref());
 
-    let paired = match &args.connect {
+    let mut paired = match &asking_for {
         Some(other) => registration.connect(other).await?,
         None => registration.wait_paired().await?,
     };
@@ -154,6 +228,56 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         PairedSide::Initiator => Side::Initiator,
         PairedSide::Responder => Side::Responder,
     };
+    let tried = if args.tcp.is_some() {
+        report::Transport::Tcp
+    } else {
+        report::Transport::Quic
+    };
+    // The PAKE over the relayed stream: the code authenticates each side's
+    // certificate fingerprint, which the upgrade then pins.
+    let identity = dcutr_driver::Identity::generate().context("making our TLS certificate")?;
+    let peer_fingerprint = match pairing::authenticate(
+        &mut paired.stream,
+        &code,
+        paired.side,
+        identity.fingerprint(),
+    )
+    .await
+    {
+        Ok(fp) => fp,
+        Err(error) => {
+            reporter.event(
+                "pairing_failed",
+                json!({ "reason": error.to_string() }),
+                format_args!("{error}"),
+            );
+            return Ok(PeerResult {
+                ok: false,
+                transport: tried,
+                role: match side {
+                    Side::Initiator => report::Role::Server,
+                    Side::Responder => report::Role::Client,
+                },
+                remote: None,
+                attempts: 0,
+                unilateral: false,
+                rtt_ms: None,
+                time_to_direct_ms: None,
+                direct_rtt_ms: None,
+                relay_usable: false,
+                reason: Some(error.to_string()),
+            });
+        }
+    };
+    reporter.event(
+        "authenticated",
+        json!({ "peer_fingerprint": hex(&peer_fingerprint) }),
+        format_args!(
+            "the code checks out: the peer's certificate is {}",
+            hex(&peer_fingerprint[..8])
+        ),
+    );
+    drop(code);
     let remote_public: Vec<Candidate> = paired
         .peer_public
         .iter()
@@ -170,6 +294,8 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         remote_public,
         tcp,
         udp,
+        identity,
+        peer_fingerprint,
         reporter,
     };
 
@@ -185,11 +311,6 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         }
     };
 
-    let tried = if args.tcp.is_some() {
-        report::Transport::Tcp
-    } else {
-        report::Transport::Quic
-    };
     Ok(match finished {
         Finished::Upgraded {
             transport,
@@ -298,6 +419,8 @@ impl Plan {
             .config(self.config)
             .local_addrs(self.local_addrs)
             .remote_public_addrs(self.remote_public)
+            .identity(self.identity)
+            .peer_fingerprint(self.peer_fingerprint)
             .on_event(move |event, at| progress(reporter, event, at));
         if let Some(tcp) = self.tcp {
             options = options.tcp(listener(tcp)?);
@@ -320,8 +443,7 @@ async fn upgrade_on_tokio(
     use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
     let (reporter, side) = (plan.reporter, plan.side);
     let (options, endpoint) = plan.options(tokio::net::TcpListener::from_std, |udp| {
-        let (server, client) = dcutr_tokio::self_signed_configs();
-        dcutr_tokio::quic_socket(udp, server, client)
+        dcutr_tokio::quic_socket(udp)
     })?;
     let result = dcutr_tokio::upgrade(relay, options)
         .await
@@ -330,6 +452,11 @@ async fn upgrade_on_tokio(
                 |tcp| {
                     let _ = tcp.set_nodelay(true);
                     tcp.compat_write()
+                },
+                |tls| {
+                    let tls = tls.into_inner();
+                    let _ = tls.get_ref().0.get_ref().set_nodelay(true);
+                    tls
                 },
                 TokioAsyncReadCompatExt::compat,
             )
@@ -349,18 +476,19 @@ fn upgrade_on_async_io(
     let run = async move {
         let (reporter, side) = (plan.reporter, plan.side);
         let relay = Prefixed::new(buffered, async_net::TcpStream::try_from(relay)?);
-        let (options, endpoint) = plan.options(async_io::Async::new, |udp| {
-            let (server, client) = dcutr_async_std::self_signed_configs();
-            match rt {
-                Runtime::AsyncStd => dcutr_async_std::quic_socket_async_std(udp, server, client),
-                _ => dcutr_async_std::quic_socket_smol(udp, server, client),
-            }
+        let (options, endpoint) = plan.options(async_io::Async::new, |udp| match rt {
+            Runtime::AsyncStd => dcutr_async_std::quic_socket_async_std(udp),
+            _ => dcutr_async_std::quic_socket_smol(udp),
         })?;
         let result = dcutr_async_std::upgrade(relay, options).await.map(|up| {
             up.map(
                 |tcp| {
                     let _ = tcp.set_nodelay(true);
                     tcp
+                },
+                |tls| {
+                    let _ = tls.get_ref().0.set_nodelay(true);
+                    tls
                 },
                 |relay| relay,
             )
@@ -624,6 +752,10 @@ where
 {
     let run = async {
         match connection {
+            DirectConnection::Tls(mut stream) => {
+                let (mut read, mut write) = futures_util::AsyncReadExt::split(&mut stream);
+                ping_pong(&mut read, &mut write, role).await
+            }
             DirectConnection::Tcp(mut stream) => {
                 let (mut read, mut write) = futures_util::AsyncReadExt::split(&mut stream);
                 ping_pong(&mut read, &mut write, role).await

@@ -3,7 +3,10 @@
 //!
 //! **This is a small rendezvous helper for demos, labs and two-machine trials,
 //! not a libp2p circuit relay** (no reservations, no `/p2p-circuit`
-//! addresses, no limits per circuit, no authentication). It gives two peers
+//! addresses, no limits per circuit, no authentication of its own: `dcutr
+//! peer` authenticates the pairing end to end with a code, see
+//! [`crate::pairing`], so names here are `np-<hash of a nameplate>` and
+//! random ones, never the code). It gives two peers
 //! what DCUtR needs and nothing more: the addresses the relay observed for
 //! them, and a relayed byte stream between them to run DCUtR over.
 //!

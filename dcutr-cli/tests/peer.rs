@@ -29,20 +29,53 @@ impl Proc {
         Proc { child, lines }
     }
 
+    /// The next JSON line.
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(TEST_LIMIT, self.lines.next_line())
+            .await
+            .expect("output in time")
+            .unwrap()
+            .expect("stdout ended early");
+        serde_json::from_str(&line).expect("every line is JSON")
+    }
+
     /// The next JSON line whose event is `event`.
     async fn wait_for(&mut self, event: &str) -> Value {
+        self.wait_for_seeing(event, |_| {}).await
+    }
+
+    /// Like `wait_for`, showing every line on the way to `seen`.
+    async fn wait_for_seeing(&mut self, event: &str, mut seen: impl FnMut(&Value)) -> Value {
         loop {
-            let line = tokio::time::timeout(TEST_LIMIT, self.lines.next_line())
-                .await
-                .expect("output in time")
-                .unwrap()
-                .unwrap_or_else(|| panic!("stdout ended before {event}"));
-            let value: Value = serde_json::from_str(&line).expect("every line is JSON");
+            let value = self.next().await;
+            seen(&value);
             if value["event"] == event {
                 return value;
             }
         }
     }
+}
+
+/// How the two peers find each other.
+#[derive(Clone, Copy)]
+enum Pairing<'a> {
+    /// B makes a code and prints it first; A connects with it.
+    Generated,
+    /// B waits with this code, A connects with that one.
+    Codes(&'a str, &'a str),
+    /// The deprecated `--name` interface, as the NAT lab still runs it.
+    Names,
+}
+
+struct Run {
+    ra: Value,
+    rb: Value,
+    ca: i32,
+    cb: i32,
+    /// Every line the relay printed.
+    relay_lines: Vec<Value>,
+    /// The code A connected with.
+    code: Option<String>,
 }
 
 async fn punch(transport_flag: &str) -> (Value, Value, i32, i32) {
@@ -51,6 +84,11 @@ async fn punch(transport_flag: &str) -> (Value, Value, i32, i32) {
 
 /// B on `b_rt` and A on `a_rt` (tokio, smol, async-std).
 async fn punch_on(transport_flag: &str, b_rt: &str, a_rt: &str) -> (Value, Value, i32, i32) {
+    let run = pair(transport_flag, b_rt, a_rt, Pairing::Generated).await;
+    (run.ra, run.rb, run.ca, run.cb)
+}
+
+async fn pair(transport_flag: &str, b_rt: &str, a_rt: &str, pairing: Pairing<'_>) -> Run {
     let mut relay = Proc::spawn(&[
         "relay",
         "--listen",
@@ -73,20 +111,46 @@ async fn punch_on(transport_flag: &str, b_rt: &str, a_rt: &str) -> (Value, Value
         "--allow-loopback",
         "--no-unilateral",
     ];
-    let mut b = Proc::spawn(&[&common[..], &["--name", "b", "--runtime", b_rt]].concat());
+    let (b_args, mut code): (Vec<&str>, Option<String>) = match pairing {
+        Pairing::Generated => (vec![], None),
+        Pairing::Codes(b_code, _) => (vec!["--code", b_code], None),
+        Pairing::Names => (vec!["--name", "b"], Some("b".to_owned())),
+    };
+    let mut b = Proc::spawn(&[&common[..], &b_args, &["--runtime", b_rt]].concat());
+    if let Pairing::Generated = pairing {
+        let first = b.next().await;
+        assert_eq!(
+            first["event"], "code",
+            "the code is the first event: {first}"
+        );
+        code = Some(first["code"].as_str().unwrap().to_owned());
+    }
     b.wait_for("registered").await;
-    let mut a = Proc::spawn(
-        &[
-            &common[..],
-            &["--name", "a", "--connect", "b", "--runtime", a_rt],
-        ]
-        .concat(),
-    );
+    let a_code = match pairing {
+        Pairing::Codes(_, a_code) => a_code.to_owned(),
+        _ => code.clone().unwrap(),
+    };
+    let a_args: Vec<&str> = match pairing {
+        Pairing::Names => vec!["--name", "a", "--connect", "b"],
+        _ => vec!["--connect", &a_code],
+    };
+    let mut a = Proc::spawn(&[&common[..], &a_args, &["--runtime", a_rt]].concat());
+    let mut relay_lines = Vec::new();
+    relay
+        .wait_for_seeing("paired", |v| relay_lines.push(v.clone()))
+        .await;
     let ra = a.wait_for("result").await;
     let rb = b.wait_for("result").await;
     let ca = a.child.wait().await.unwrap().code().unwrap();
     let cb = b.child.wait().await.unwrap().code().unwrap();
-    (ra, rb, ca, cb)
+    Run {
+        ra,
+        rb,
+        ca,
+        cb,
+        relay_lines,
+        code: Some(a_code),
+    }
 }
 
 fn assert_upgraded(ra: &Value, rb: &Value, ca: i32, cb: i32, transport: &str) {
@@ -122,6 +186,45 @@ async fn two_peer_processes_upgrade_over_tcp() {
 async fn two_peer_processes_upgrade_over_quic() {
     let (ra, rb, ca, cb) = punch("--quic").await;
     assert_upgraded(&ra, &rb, ca, cb, "quic");
+}
+
+#[tokio::test]
+async fn the_relay_pairs_by_a_name_that_does_not_reveal_the_code() {
+    let run = pair("--tcp", "tokio", "tokio", Pairing::Generated).await;
+    assert_upgraded(&run.ra, &run.rb, run.ca, run.cb, "tcp");
+    let code = run.code.unwrap();
+    let secret = &code[code.find('-').unwrap() + 1..];
+    assert!(secret.len() >= 8, "{code}");
+    let relay_saw = serde_json::to_string(&run.relay_lines).unwrap();
+    assert!(relay_saw.contains("\"paired\""), "{relay_saw}");
+    assert!(
+        !relay_saw.contains(&code) && !relay_saw.contains(secret),
+        "{relay_saw}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_code_fails_pairing_on_both_sides_with_a_clear_error() {
+    let run = pair(
+        "--tcp",
+        "tokio",
+        "tokio",
+        Pairing::Codes("4242-abcd-efgh", "4242-abcd-efgj"),
+    )
+    .await;
+    for (r, code) in [(&run.ra, run.ca), (&run.rb, run.cb)] {
+        assert_eq!(r["ok"], false, "{r}");
+        assert_ne!(code, 0);
+        let reason = r["reason"].as_str().unwrap();
+        assert!(reason.contains("did not prove the code"), "{reason}");
+        assert!(r["remote"].is_null(), "no direct connection: {r}");
+    }
+}
+
+#[tokio::test]
+async fn the_deprecated_name_interface_still_pairs() {
+    let run = pair("--tcp", "tokio", "tokio", Pairing::Names).await;
+    assert_upgraded(&run.ra, &run.rb, run.ca, run.cb, "tcp");
 }
 
 #[tokio::test]

@@ -20,6 +20,10 @@ pub const MAX_MESSAGE_SIZE: usize = 4096;
 /// stranger cannot guess it.
 pub const TOKEN_LEN: usize = 16;
 
+/// Length in bytes of a certificate fingerprint in a [`Hello`] frame: a
+/// SHA-256 digest of the DER certificate.
+pub const FINGERPRINT_LEN: usize = 32;
+
 /// The longest unsigned varint that [`unsigned_varint`] accepts for a `u64`.
 pub const MAX_PREFIX_LEN: usize = 9;
 
@@ -131,10 +135,26 @@ pub enum MessageType {
     Sync = 300,
 }
 
-/// The dcutr-rs `Hello` frame (not in the libp2p specification): the
-/// sender's random token, exchanged only in
-/// [`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) mode, and its
-/// attempt limit.
+/// The dcutr-rs `Hello` frame (not in the libp2p specification), the first
+/// frame of a shared relayed stream when the core checks identities
+/// ([`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) or
+/// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls)).
+///
+/// # Wire versions
+/// Fields are only ever added, each optional, so an older decoder skips
+/// what it does not know:
+///
+/// | tag | field          | since | meaning                                        |
+/// |-----|----------------|-------|------------------------------------------------|
+/// | 1   | `token`        | v1    | 16 random bytes; the token check echoes them   |
+/// | 2   | `max_attempts` | v1    | the sender's attempt limit                     |
+/// | 3   | `side`         | v1.1  | initiator (1) or responder (2)                 |
+/// | 4   | `fingerprint`  | v2    | SHA-256 of the sender's TLS certificate        |
+///
+/// A v2 sender still fills tag 1 (decoders before v2 require it), but the
+/// token is no longer sent on any direct connection under
+/// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): only a
+/// TLS handshake with the pinned certificate proves the peer there.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Hello {
     /// The sender's token; must be exactly [`TOKEN_LEN`] bytes.
@@ -150,6 +170,11 @@ pub struct Hello {
     /// ends on the same side is a typed error on both.
     #[prost(uint32, optional, tag = "3")]
     pub side: Option<u32>,
+    /// SHA-256 of the DER certificate the sender will present on direct
+    /// connections (exactly [`FINGERPRINT_LEN`] bytes), under
+    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls).
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub fingerprint: Option<Vec<u8>>,
 }
 
 /// `Hello.side` of an initiator.
@@ -166,6 +191,8 @@ pub struct HelloFrame {
     pub max_attempts: Option<u32>,
     /// The sender's side, if it sent a known one.
     pub side: Option<crate::Side>,
+    /// The sender's certificate fingerprint, if it sent one.
+    pub fingerprint: Option<[u8; FINGERPRINT_LEN]>,
 }
 
 /// A decoded and type-checked `HolePunch` message.
@@ -216,6 +243,13 @@ pub enum CodecError {
     #[error("hello frame carries a token of {len} bytes, expected {TOKEN_LEN}")]
     BadToken {
         /// Length of the token that was received (0 when absent).
+        len: usize,
+    },
+    /// A `Hello` frame whose fingerprint is not exactly
+    /// [`FINGERPRINT_LEN`] bytes (or, where one is required, absent).
+    #[error("hello frame carries a fingerprint of {len} bytes, expected {FINGERPRINT_LEN}")]
+    BadFingerprint {
+        /// Length of the fingerprint that was received (0 when absent).
         len: usize,
     },
 }
@@ -274,7 +308,7 @@ pub fn encode_sync() -> Bytes {
 #[must_use]
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 pub fn encode_hello(token: &[u8; TOKEN_LEN], max_attempts: u8) -> Bytes {
-    hello_frame(token, max_attempts, None)
+    hello_frame(token, max_attempts, None, None)
 }
 
 /// Encodes a `Hello` frame carrying `token`, `max_attempts` and `side`.
@@ -284,14 +318,36 @@ pub fn encode_hello_as(token: &[u8; TOKEN_LEN], max_attempts: u8, side: crate::S
         crate::Side::Initiator => SIDE_INITIATOR,
         crate::Side::Responder => SIDE_RESPONDER,
     };
-    hello_frame(token, max_attempts, Some(side))
+    hello_frame(token, max_attempts, Some(side), None)
 }
 
-fn hello_frame(token: &[u8; TOKEN_LEN], max_attempts: u8, side: Option<u32>) -> Bytes {
+/// Encodes a v2 `Hello` frame: `token`, `max_attempts`, `side` and the
+/// fingerprint of the sender's certificate.
+#[must_use]
+pub fn encode_hello_pinned(
+    token: &[u8; TOKEN_LEN],
+    max_attempts: u8,
+    side: crate::Side,
+    fingerprint: &[u8; FINGERPRINT_LEN],
+) -> Bytes {
+    let side = match side {
+        crate::Side::Initiator => SIDE_INITIATOR,
+        crate::Side::Responder => SIDE_RESPONDER,
+    };
+    hello_frame(token, max_attempts, Some(side), Some(fingerprint))
+}
+
+fn hello_frame(
+    token: &[u8; TOKEN_LEN],
+    max_attempts: u8,
+    side: Option<u32>,
+    fingerprint: Option<&[u8; FINGERPRINT_LEN]>,
+) -> Bytes {
     frame(&Hello {
         token: Some(token.to_vec()),
         max_attempts: Some(u32::from(max_attempts)),
         side,
+        fingerprint: fingerprint.map(|f| f.to_vec()),
     })
 }
 
@@ -329,7 +385,9 @@ pub fn decode_connect_nat(payload: &[u8]) -> Option<NatWire> {
 /// Decodes one frame payload as a `Hello`.
 ///
 /// # Errors
-/// [`CodecError::Protobuf`] or [`CodecError::BadToken`].
+/// [`CodecError::Protobuf`], [`CodecError::BadToken`] or
+/// [`CodecError::BadFingerprint`] (a fingerprint of the wrong length; an
+/// absent one is `None`).
 pub fn decode_hello(payload: &[u8]) -> Result<HelloFrame, CodecError> {
     let hello = Hello::decode(payload)?;
     let token = hello.token.unwrap_or_default();
@@ -342,10 +400,19 @@ pub fn decode_hello(payload: &[u8]) -> Result<HelloFrame, CodecError> {
         Some(SIDE_RESPONDER) => Some(crate::Side::Responder),
         _ => None,
     };
+    let fingerprint = match hello.fingerprint {
+        None => None,
+        Some(f) => Some(
+            f.as_slice()
+                .try_into()
+                .map_err(|_| CodecError::BadFingerprint { len: f.len() })?,
+        ),
+    };
     Ok(HelloFrame {
         token,
         max_attempts: hello.max_attempts,
         side,
+        fingerprint,
     })
 }
 
@@ -653,6 +720,7 @@ mod tests {
                 token,
                 max_attempts: Some(3),
                 side: Some(crate::Side::Responder),
+                fingerprint: None,
             })
         );
         assert_eq!(
@@ -660,5 +728,40 @@ mod tests {
             Err(CodecError::BadToken { len: 2 })
         );
         assert_eq!(decode_hello(&[]), Err(CodecError::BadToken { len: 0 }));
+    }
+
+    #[test]
+    fn a_v2_hello_carries_the_fingerprint_and_checks_its_length() {
+        let token = [7u8; TOKEN_LEN];
+        let fingerprint = [9u8; FINGERPRINT_LEN];
+        let frame = encode_hello_pinned(&token, 2, crate::Side::Initiator, &fingerprint);
+        let payload = FrameDecoder::new(MAX_MESSAGE_SIZE)
+            .decode(&mut &frame[..])
+            .unwrap()
+            .unwrap();
+        let hello = decode_hello(&payload).unwrap();
+        assert_eq!(hello.fingerprint, Some(fingerprint));
+        assert_eq!(hello.side, Some(crate::Side::Initiator));
+        // A v1 decoder (no tag 4) still reads the rest: the field is skipped.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct HelloV1 {
+            #[prost(bytes = "vec", optional, tag = "1")]
+            token: Option<Vec<u8>>,
+            #[prost(uint32, optional, tag = "2")]
+            max_attempts: Option<u32>,
+        }
+        let v1 = HelloV1::decode(&payload[..]).unwrap();
+        assert_eq!(v1.token.as_deref(), Some(&token[..]));
+        assert_eq!(v1.max_attempts, Some(2));
+        // A fingerprint of the wrong length is refused.
+        let short = Hello {
+            fingerprint: Some(vec![1, 2, 3]),
+            ..Hello::decode(&payload[..]).unwrap()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            decode_hello(&short),
+            Err(CodecError::BadFingerprint { len: 3 })
+        );
     }
 }

@@ -74,16 +74,51 @@ pub enum IdentityCheck {
     /// with more than one direct connection (libp2p keeps them all).
     #[default]
     CallerAuthenticates,
-    /// dcutr-rs proves it: both sides send a random 16-byte token in a
-    /// `Hello` frame over the relayed stream, and the first bytes on a
-    /// direct connection must echo the token (client first, then server).
-    /// A connection that fails the check is closed. Requires
-    /// [`RelayChannel::SharedStream`] and dcutr-rs on both ends.
+    /// dcutr-rs proves it with a bearer token: both sides send a random
+    /// 16-byte token in a `Hello` frame over the relayed stream, and the
+    /// first bytes on a direct connection must echo the token (client
+    /// first, then server). A connection that fails the check is closed.
+    /// Requires [`RelayChannel::SharedStream`] and dcutr-rs on both ends.
     ///
-    /// This proves "the same party as the relayed stream"; the relay
-    /// itself sees the tokens. Use an authenticated handshake when the
-    /// relay is not trusted.
+    /// **Not safe against a host at an address the peer advertised** (a
+    /// stale mapping, another host behind the same NAT): the dialling side
+    /// sends the token in clear to whoever answers, who can replay it to
+    /// the other side and sit in the middle; nothing is encrypted either.
+    /// Kept for the simulator and for tests of the core; carriers with
+    /// TLS use [`IdentityCheck::PinnedTls`].
     Token,
+    /// dcutr-rs proves it with mutual TLS 1.3 pinned to fingerprints sent
+    /// over the relayed stream. Each side makes an ephemeral certificate
+    /// and gives the SHA-256 of it to the core
+    /// ([`UpgradeBuilder::local_fingerprint`](crate::UpgradeBuilder::local_fingerprint)),
+    /// which sends it in the `Hello` frame. The carrier runs a TLS
+    /// handshake on every direct connection, as the TLS client where the
+    /// core's [`Role`](crate::Role) is the client, requiring a certificate
+    /// from the other end, and reports the fingerprint of the certificate
+    /// the other end proved it holds
+    /// ([`Upgrade::handle_direct_authenticated`](crate::Upgrade::handle_direct_authenticated))
+    /// or that the handshake failed
+    /// ([`Upgrade::handle_direct_handshake_failed`](crate::Upgrade::handle_direct_handshake_failed)).
+    /// The core keeps only a connection whose fingerprint is the one in the
+    /// peer's `Hello`; then, inside TLS, the server marks the connection it
+    /// keeps with one select byte.
+    ///
+    /// This binds the direct connection to whoever wrote the `Hello` on
+    /// the relayed stream: a stranger at an advertised address can neither
+    /// read nor take over the connection. The relay itself could swap the
+    /// fingerprints; authenticate the relayed stream (the CLI pairs with a
+    /// PAKE) when the relay is not trusted. Requires
+    /// [`RelayChannel::SharedStream`] and dcutr-rs on both ends.
+    PinnedTls,
+}
+
+impl IdentityCheck {
+    /// Whether dcutr-rs itself checks who is at the other end of a direct
+    /// connection (both sides then agree on the one connection they keep).
+    #[must_use]
+    pub fn is_checked(self) -> bool {
+        matches!(self, IdentityCheck::Token | IdentityCheck::PinnedTls)
+    }
 }
 
 /// What the QUIC server side (the initiator, spec's B) does at the punch.
@@ -234,7 +269,8 @@ impl Default for Config {
 
 impl Config {
     /// The defaults for one shared relayed byte stream with the token
-    /// identity check: what the standalone adapters use.
+    /// identity check, as the simulator runs them. The standalone adapters
+    /// start from it and switch to [`IdentityCheck::PinnedTls`].
     #[must_use]
     pub fn shared_stream() -> Self {
         Config {
@@ -297,8 +333,7 @@ impl Config {
                 reason: "must not exceed spray_interval_max",
             });
         }
-        if self.identity_check == IdentityCheck::Token && self.channel != RelayChannel::SharedStream
-        {
+        if self.identity_check.is_checked() && self.channel != RelayChannel::SharedStream {
             return Err(ConfigError::TokenNeedsSharedStream);
         }
         Ok(())
@@ -317,9 +352,10 @@ pub enum ConfigError {
         /// The bound it breaks.
         reason: &'static str,
     },
-    /// [`IdentityCheck::Token`] needs [`RelayChannel::SharedStream`]: the
-    /// tokens ride in the first frame of the one shared stream.
-    #[error("the token identity check needs the shared-stream relay channel")]
+    /// [`IdentityCheck::Token`] and [`IdentityCheck::PinnedTls`] need
+    /// [`RelayChannel::SharedStream`]: the tokens and fingerprints ride in
+    /// the first frame of the one shared stream.
+    #[error("the identity check needs the shared-stream relay channel")]
     TokenNeedsSharedStream,
 }
 

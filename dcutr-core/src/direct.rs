@@ -1,7 +1,26 @@
-//! Direct connections and dials in flight, and the token identity check
-//! that runs first on each of them.
+//! Direct connections and dials in flight, and the identity check that
+//! runs first on each of them.
 //!
-//! With [`IdentityCheck::Token`](crate::IdentityCheck::Token) each side
+//! ## Pinned TLS
+//! With [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls) each
+//! side learned the SHA-256 fingerprint of the other's certificate from the
+//! `Hello` frame on the relayed stream. On a direct connection the carrier
+//! runs a mutual TLS 1.3 handshake (the core's client is the TLS client)
+//! and reports the fingerprint of the certificate the other end proved it
+//! holds. The core keeps the connection only if that fingerprint is the
+//! one from the peer's `Hello`; a connection that completes its handshake
+//! before the `Hello` arrived waits for it. Inside TLS:
+//!
+//! ```text
+//! server:     0x01 "selected"                     (1 byte, on the winner only)
+//! ```
+//!
+//! Nothing of the relayed exchange is ever sent on a direct connection, so
+//! a host at an address the peer advertised learns nothing it could replay,
+//! and it cannot finish a handshake as the peer without the peer's key.
+//!
+//! ## Token (v1)
+//! With [`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) each side
 //! learned the other's random token from the `Hello` frame on the relayed
 //! stream. The first bytes on a direct connection are:
 //!
@@ -23,10 +42,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::addr::Candidate;
-use crate::codec::TOKEN_LEN;
+use crate::codec::{FINGERPRINT_LEN, TOKEN_LEN};
 use crate::output::{DialPurpose, DirectId, Role};
 
-/// Length of the check message on a direct connection.
+/// Length of the token check message on a direct connection
+/// ([`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) only).
 pub const CHECK_LEN: usize = 8 + TOKEN_LEN;
 
 /// The byte with which the server marks the connection it keeps.
@@ -66,6 +86,11 @@ pub(crate) enum Origin {
 pub(crate) enum DirectState {
     /// Our dial is in flight.
     Dialing,
+    /// Pinned TLS: connected; the carrier's TLS handshake is running.
+    Handshaking,
+    /// Pinned TLS: the handshake completed with a certificate of this
+    /// fingerprint before the peer's `Hello` (and so its pin) arrived.
+    AwaitingPeerFingerprint { presented: [u8; FINGERPRINT_LEN] },
     /// Connected; the peer's check message is arriving. `sent` tells
     /// whether ours went out already.
     Checking {
@@ -105,7 +130,10 @@ impl Direct {
         match self.state {
             DirectState::Checking { len, .. } => CHECK_LEN - len,
             DirectState::AwaitingSelect => 1,
-            DirectState::Dialing | DirectState::AwaitingPeerToken => 0,
+            DirectState::Dialing
+            | DirectState::AwaitingPeerToken
+            | DirectState::Handshaking
+            | DirectState::AwaitingPeerFingerprint { .. } => 0,
         }
     }
 }

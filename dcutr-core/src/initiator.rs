@@ -20,7 +20,7 @@ impl Upgrade {
     /// roles of the direct connection settled, so it dials first.
     pub(crate) fn initiator_begin(&mut self) {
         let targets = self.unilateral_targets.clone();
-        if !self.token_check() {
+        if !self.checks_identity() {
             self.start_attempt();
             self.dial_unilateral(targets);
             return;

@@ -198,8 +198,14 @@ pub enum InboundRejected {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DirectRejection {
-    /// The first bytes did not carry our token: a stranger.
+    /// Not the peer: the first bytes did not carry our token, or the TLS
+    /// certificate the other end presented is not the one pinned by the
+    /// peer's `Hello` (a stranger, or a man in the middle).
     IdentityMismatch,
+    /// The TLS handshake of [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls)
+    /// failed before any certificate could be compared (the other end does
+    /// not speak TLS, sent no certificate, or could not prove its key).
+    HandshakeFailed,
     /// The identity check did not finish in time.
     ConfirmTimeout,
     /// The peer sent more than the identity check allows.
@@ -210,7 +216,7 @@ pub enum DirectRejection {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// The peer's `Hello` arrived (token identity check).
+    /// The peer's `Hello` arrived (token or pinned-TLS identity check).
     HelloReceived,
     /// The unilateral direct dial started, to this many addresses.
     UnilateralStarted {

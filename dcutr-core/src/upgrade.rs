@@ -16,7 +16,7 @@ use crate::addr::{
     AddrRejection, AddressPredictor, Candidate, NoPrediction, ObservedAddrs, RejectionCounts,
     Transport, local_addrs_to_send,
 };
-use crate::codec::{self, FrameDecoder, TOKEN_LEN};
+use crate::codec::{self, FINGERPRINT_LEN, FrameDecoder, TOKEN_LEN};
 use crate::config::{Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel};
 use crate::direct::{self, CHECK_LEN, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
@@ -142,6 +142,10 @@ pub struct Upgrade {
     pub(crate) relay_closed: bool,
     own_token: [u8; TOKEN_LEN],
     peer_token: Option<[u8; TOKEN_LEN]>,
+    /// Pinned TLS: the fingerprint of our certificate, sent in the Hello.
+    own_fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    /// Pinned TLS: the fingerprint from the peer's Hello.
+    peer_fingerprint: Option<[u8; FINGERPRINT_LEN]>,
     observed: ObservedAddrs,
     predictor: Box<dyn AddressPredictor>,
     /// Our NAT's behaviour, when the caller knows it: sent in Connect.
@@ -187,9 +191,19 @@ pub struct UpgradeBuilder {
     remote_public: Vec<Candidate>,
     predictor: Box<dyn AddressPredictor>,
     nat: Option<NatBehaviour>,
+    fingerprint: Option<[u8; FINGERPRINT_LEN]>,
 }
 
 impl UpgradeBuilder {
+    /// The SHA-256 fingerprint of the certificate we present on direct
+    /// connections, sent to the peer in the `Hello`. Required with
+    /// [`IdentityCheck::PinnedTls`], ignored otherwise. Make a fresh key
+    /// and certificate per upgrade.
+    pub fn local_fingerprint(mut self, fingerprint: [u8; FINGERPRINT_LEN]) -> Self {
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
     /// Our observed addresses, **most recently observed first** (what
     /// identify or a rendezvous server saw). Later calls to
     /// [`Upgrade::observe_local`] refresh the list between attempts.
@@ -231,6 +245,12 @@ impl UpgradeBuilder {
     /// [`ConfigError`] when the config is out of bounds.
     pub fn start(self, now: Instant) -> Result<Upgrade, ConfigError> {
         self.config.validate()?;
+        if self.config.identity_check == IdentityCheck::PinnedTls && self.fingerprint.is_none() {
+            return Err(ConfigError::OutOfRange {
+                field: "identity_check",
+                reason: "PinnedTls needs our certificate's fingerprint (local_fingerprint)",
+            });
+        }
         let mut rng = ChaCha8Rng::from_seed(self.seed);
         let mut own_token = [0u8; TOKEN_LEN];
         rng.fill_bytes(&mut own_token);
@@ -255,6 +275,8 @@ impl UpgradeBuilder {
             relay_closed: false,
             own_token,
             peer_token: None,
+            own_fingerprint: self.fingerprint,
+            peer_fingerprint: None,
             observed,
             predictor: self.predictor,
             own_nat: self.nat.map(Box::new),
@@ -272,13 +294,18 @@ impl UpgradeBuilder {
         };
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
-        if up.token_check() {
-            let hello = codec::encode_hello_as(&up.own_token, up.config.max_attempts, up.side);
+        if up.checks_identity() {
+            let hello = match up.own_fingerprint {
+                Some(fp) if up.pinned_tls() => {
+                    codec::encode_hello_pinned(&up.own_token, up.config.max_attempts, up.side, &fp)
+                }
+                _ => codec::encode_hello_as(&up.own_token, up.config.max_attempts, up.side),
+            };
             up.outputs.push_back(Output::WriteStream(hello));
         }
         let dials_first =
             up.side == Side::Initiator && up.config.unilateral && !up.unilateral_targets.is_empty();
-        if up.token_check() && dials_first {
+        if up.checks_identity() && dials_first {
             // The unilateral dial makes us the client, and a client must
             // echo the peer's token: wait for its Hello first.
             up.timers
@@ -306,6 +333,7 @@ impl Upgrade {
             remote_public: Vec::new(),
             predictor: Box::new(NoPrediction),
             nat: None,
+            fingerprint: None,
         }
     }
 
@@ -451,7 +479,7 @@ impl Upgrade {
             self.state,
             State::AwaitStream | State::AwaitConnect { .. } | State::SyncDelay | State::Punching
         );
-        if !self.token_check() && exchange_running {
+        if !self.checks_identity() && exchange_running {
             // What the punch dials already needs no second dial.
             let attempt = self.attempt;
             let punching: Vec<Candidate> = self
@@ -661,7 +689,9 @@ impl Upgrade {
             self.timeline.inbound_rejected += 1;
             return Err(InboundRejected::Finished);
         }
-        if self.token_check() && self.directs.pending_inbound() >= self.config.max_pending_inbound {
+        if self.checks_identity()
+            && self.directs.pending_inbound() >= self.config.max_pending_inbound
+        {
             self.timeline.inbound_rejected += 1;
             return Err(InboundRejected::TooManyPending);
         }
@@ -731,6 +761,68 @@ impl Upgrade {
         }
     }
 
+    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
+    /// `id` completed, and the other end proved it holds the certificate
+    /// whose SHA-256 is `fingerprint`. The connection goes on only if that
+    /// is the fingerprint from the peer's `Hello` (once it has arrived);
+    /// otherwise it is rejected with [`DirectRejection::IdentityMismatch`].
+    pub fn handle_direct_authenticated(
+        &mut self,
+        now: Instant,
+        id: DirectId,
+        fingerprint: [u8; FINGERPRINT_LEN],
+    ) {
+        self.advance(now);
+        match self.directs.get(id).map(|d| d.state) {
+            Some(DirectState::Handshaking) => self.peer_certificate(id, fingerprint),
+            _ => tracing::trace!(%id, "handshake result for no handshake in progress"),
+        }
+    }
+
+    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
+    /// `id` failed. `presented` is the fingerprint of the certificate the
+    /// other end presented, if it got that far: a certificate other than
+    /// the pinned one is [`DirectRejection::IdentityMismatch`], anything
+    /// else [`DirectRejection::HandshakeFailed`].
+    pub fn handle_direct_handshake_failed(
+        &mut self,
+        now: Instant,
+        id: DirectId,
+        presented: Option<[u8; FINGERPRINT_LEN]>,
+    ) {
+        self.advance(now);
+        if self.directs.get(id).is_none() {
+            return;
+        }
+        let mismatch = match (presented, self.peer_fingerprint) {
+            (Some(p), Some(pinned)) => p != pinned,
+            _ => false,
+        };
+        let reason = if mismatch {
+            DirectRejection::IdentityMismatch
+        } else {
+            DirectRejection::HandshakeFailed
+        };
+        self.reject(id, reason);
+    }
+
+    /// [`IdentityCheck::PinnedTls`]: the fingerprint of the peer's
+    /// certificate, from its `Hello`, once that arrived. A carrier pins it
+    /// in its TLS verifiers; before it is known, it reports whatever
+    /// certificate a handshake presents and the core compares later.
+    #[must_use]
+    pub fn peer_fingerprint(&self) -> Option<[u8; FINGERPRINT_LEN]> {
+        self.peer_fingerprint
+    }
+
+    /// Our role on direct connection `id` while it is being set up or
+    /// checked: under [`IdentityCheck::PinnedTls`] the carrier takes the
+    /// TLS client's part where this is [`Role::Client`].
+    #[must_use]
+    pub fn direct_role(&self, id: DirectId) -> Option<Role> {
+        self.directs.get(id).map(|d| d.role)
+    }
+
     /// Direct connection `id` closed (before it won, or we do not care).
     pub fn handle_direct_closed(&mut self, now: Instant, id: DirectId) {
         self.advance(now);
@@ -764,14 +856,21 @@ impl Upgrade {
         self.now = self.now.max(now);
     }
 
-    pub(crate) fn token_check(&self) -> bool {
-        self.config.identity_check == IdentityCheck::Token
+    /// Whether dcutr-rs checks identities on direct connections (token or
+    /// pinned TLS): a `Hello` opens the stream and both sides agree on the
+    /// connection they keep.
+    pub(crate) fn checks_identity(&self) -> bool {
+        self.config.identity_check.is_checked()
+    }
+
+    fn pinned_tls(&self) -> bool {
+        self.config.identity_check == IdentityCheck::PinnedTls
     }
 
     /// Whether the peer's `Hello` is still due: it is the first frame of
-    /// the stream in token mode.
+    /// the stream when identities are checked.
     fn hello_due(&self) -> bool {
-        self.token_check()
+        self.checks_identity()
             && self.peer_token.is_none()
             && !matches!(self.state, State::Draining | State::Done)
     }
@@ -818,6 +917,12 @@ impl Upgrade {
         if hello.side == Some(self.side) {
             return Err(ProtocolError::SameSide { ours: self.side });
         }
+        if self.pinned_tls() {
+            let Some(fingerprint) = hello.fingerprint else {
+                return Err(codec::CodecError::BadFingerprint { len: 0 }.into());
+            };
+            self.peer_fingerprint = Some(fingerprint);
+        }
         let token = hello.token;
         self.peer_token = Some(token);
         if let Some(peer_max) = hello.max_attempts {
@@ -836,6 +941,21 @@ impl Upgrade {
             .collect();
         for id in waiting {
             self.answer_verified(id, &token);
+            if self.outcome.is_some() {
+                return Ok(());
+            }
+        }
+        // Handshakes that completed before the pin arrived are judged now.
+        let handshaken: Vec<(DirectId, [u8; FINGERPRINT_LEN])> = self
+            .directs
+            .iter()
+            .filter_map(|d| match d.state {
+                DirectState::AwaitingPeerFingerprint { presented } => Some((d.id, presented)),
+                _ => None,
+            })
+            .collect();
+        for (id, presented) in handshaken {
+            self.peer_certificate(id, presented);
             if self.outcome.is_some() {
                 return Ok(());
             }
@@ -1105,11 +1225,19 @@ impl Upgrade {
 
     /// A direct connection is up: run the identity check, or win.
     fn connected(&mut self, id: DirectId) {
-        if !self.token_check() {
+        if !self.checks_identity() {
             self.win(id);
             return;
         }
         let deadline = self.now + self.config.confirm_timeout;
+        if self.pinned_tls() {
+            // The carrier runs the TLS handshake and reports its result.
+            if let Some(d) = self.directs.get_mut(id) {
+                d.deadline = d.deadline.max(deadline);
+                d.state = DirectState::Handshaking;
+            }
+            return;
+        }
         let peer_token = self.peer_token;
         let Some(d) = self.directs.get_mut(id) else {
             return;
@@ -1145,6 +1273,20 @@ impl Upgrade {
             (false, None) => {
                 if let Some(d) = self.directs.get_mut(id) {
                     d.state = DirectState::AwaitingPeerToken;
+                }
+            }
+        }
+    }
+
+    /// Pinned TLS: the other end of `id` proved it holds the certificate
+    /// `presented`; keep it if that is the peer's.
+    fn peer_certificate(&mut self, id: DirectId, presented: [u8; FINGERPRINT_LEN]) {
+        match self.peer_fingerprint {
+            Some(pinned) if pinned == presented => self.after_checks(id),
+            Some(_) => self.reject(id, DirectRejection::IdentityMismatch),
+            None => {
+                if let Some(d) = self.directs.get_mut(id) {
+                    d.state = DirectState::AwaitingPeerFingerprint { presented };
                 }
             }
         }
@@ -1449,7 +1591,7 @@ impl Upgrade {
         // connection the peer just took (TCP on one side, QUIC on the
         // other). Such dials are left to finish and belong to the caller,
         // whose stack (libp2p) deals with a second connection.
-        let release_dials = matches!(outcome, Outcome::Upgraded(_)) && !self.token_check();
+        let release_dials = matches!(outcome, Outcome::Upgraded(_)) && !self.checks_identity();
         for d in self.directs.drain_where(|_| true) {
             if release_dials && d.is_dialing() {
                 self.timeline.end_dial(d.id, self.now, DialResult::Released);

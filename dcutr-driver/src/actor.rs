@@ -9,10 +9,23 @@
 use std::io;
 
 use bytes::Bytes;
-use dcutr_core::{DialError, DirectId};
+use dcutr_core::{DialError, DirectId, Role};
 use futures_channel::mpsc;
 use futures_util::future::{BoxFuture, Either, select};
 use futures_util::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+
+use crate::tls::{Fingerprint, Pinned, SERVER_NAME};
+
+/// How a pinned handshake ended: the fingerprint of the certificate the
+/// other end proved it holds, or (on failure) the one it presented.
+pub(crate) type HandshakeResult = Result<Fingerprint, Option<Fingerprint>>;
+
+/// What an actor needs to run the pinned TLS handshake.
+pub(crate) struct Handshake {
+    /// Our role on the connection: the client is the TLS client.
+    pub role: Role,
+    pub pinned: Pinned,
+}
 
 /// Largest read an actor makes at once: a whole frame of the core.
 const READ_CHUNK: usize = dcutr_core::settings::MAX_FRAME_LEN;
@@ -24,6 +37,11 @@ pub(crate) trait Duplex: Send + 'static {
     fn shutdown(&mut self) -> BoxFuture<'_, ()>;
     /// Called before the connection is handed to the application.
     fn release(&mut self) -> BoxFuture<'_, ()>;
+    /// Runs the pinned TLS handshake (TCP) or reads the certificate its
+    /// own handshake verified (QUIC).
+    fn handshake(&mut self, _setup: Handshake) -> BoxFuture<'_, HandshakeResult> {
+        async { Err(None) }.boxed()
+    }
 }
 
 /// A stream-oriented connection (the relayed stream, TCP).
@@ -63,24 +81,26 @@ where
 /// A QUIC connection; the identity check runs on one bidirectional stream
 /// that the side which dialled opens (it speaks first) and the other side
 /// accepts.
+///
+/// The side that writes first opens the stream (with the token check, the
+/// one that dialled; with pinned TLS, the server, which writes the select
+/// byte); the side that reads first accepts it.
 pub(crate) struct QuicDirect {
     pub conn: quinn::Connection,
-    dialled: bool,
     check: Option<(quinn::SendStream, quinn::RecvStream)>,
 }
 
 impl QuicDirect {
-    pub fn new(conn: quinn::Connection, dialled: bool) -> Self {
-        QuicDirect {
-            conn,
-            dialled,
-            check: None,
-        }
+    pub fn new(conn: quinn::Connection) -> Self {
+        QuicDirect { conn, check: None }
     }
 
-    async fn check_stream(&mut self) -> io::Result<&mut (quinn::SendStream, quinn::RecvStream)> {
+    async fn check_stream(
+        &mut self,
+        writing: bool,
+    ) -> io::Result<&mut (quinn::SendStream, quinn::RecvStream)> {
         if self.check.is_none() {
-            let pair = if self.dialled {
+            let pair = if writing {
                 self.conn.open_bi().await
             } else {
                 self.conn.accept_bi().await
@@ -94,7 +114,7 @@ impl QuicDirect {
 impl Duplex for QuicDirect {
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
         async move {
-            let (_, recv) = self.check_stream().await?;
+            let (_, recv) = self.check_stream(false).await?;
             Ok(recv.read(buf).await.map_err(io::Error::other)?.unwrap_or(0))
         }
         .boxed()
@@ -102,7 +122,7 @@ impl Duplex for QuicDirect {
 
     fn write_all<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
         async move {
-            let (send, _) = self.check_stream().await?;
+            let (send, _) = self.check_stream(true).await?;
             send.write_all(data).await.map_err(io::Error::other)
         }
         .boxed()
@@ -121,12 +141,100 @@ impl Duplex for QuicDirect {
         }
         async {}.boxed()
     }
+
+    fn handshake(&mut self, _setup: Handshake) -> BoxFuture<'_, HandshakeResult> {
+        // QUIC's own handshake ran with the pinned configs already.
+        let presented = self
+            .conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|chain| chain.first().map(|c| crate::tls::fingerprint(c)));
+        async move { presented.ok_or(None) }.boxed()
+    }
+}
+
+/// A TCP connection inside pinned TLS.
+pub(crate) struct TlsDirect<T>(pub futures_rustls::TlsStream<T>);
+
+impl<T> Duplex for TlsDirect<T>
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
+        self.0.read(buf).boxed()
+    }
+
+    fn write_all<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
+        async move {
+            self.0.write_all(data).await?;
+            self.0.flush().await
+        }
+        .boxed()
+    }
+
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            let _ = self.0.close().await;
+        }
+        .boxed()
+    }
+
+    fn release(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            let _ = self.0.flush().await;
+        }
+        .boxed()
+    }
+}
+
+/// Runs the TLS handshake of `setup` over `tcp`.
+async fn tls_handshake<T>(
+    tcp: T,
+    setup: Handshake,
+) -> (Option<futures_rustls::TlsStream<T>>, HandshakeResult)
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
+{
+    let presented = setup.pinned.presented.clone();
+    let stream = match setup.role {
+        Role::Client => {
+            let name = rustls::pki_types::ServerName::try_from(SERVER_NAME)
+                .expect("a valid DNS name")
+                .to_owned();
+            futures_rustls::TlsConnector::from(setup.pinned.client)
+                .connect(name, tcp)
+                .await
+                .map(futures_rustls::TlsStream::Client)
+        }
+        Role::Server => futures_rustls::TlsAcceptor::from(setup.pinned.server)
+            .accept(tcp)
+            .await
+            .map(futures_rustls::TlsStream::Server),
+    };
+    match (stream, presented.get()) {
+        (Ok(stream), Some(fp)) => (Some(stream), Ok(fp)),
+        (Ok(_), None) => (None, Err(None)),
+        (Err(error), seen) => {
+            tracing::debug!(%error, "pinned TLS handshake failed");
+            (None, Err(seen))
+        }
+    }
 }
 
 /// A direct connection of either transport.
 pub(crate) enum DirectConn<T> {
     Tcp(Stream<T>),
+    Tls(Box<TlsDirect<T>>),
     Quic(QuicDirect),
+    /// A TCP connection whose TLS handshake failed or is in progress.
+    Gone,
+}
+
+fn gone<T>() -> io::Result<T> {
+    Err(io::Error::from(io::ErrorKind::NotConnected))
 }
 
 impl<T> Duplex for DirectConn<T>
@@ -136,29 +244,61 @@ where
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
         match self {
             DirectConn::Tcp(s) => s.read(buf),
+            DirectConn::Tls(s) => s.read(buf),
             DirectConn::Quic(q) => q.read(buf),
+            DirectConn::Gone => async { gone() }.boxed(),
         }
     }
 
     fn write_all<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
         match self {
             DirectConn::Tcp(s) => s.write_all(data),
+            DirectConn::Tls(s) => s.write_all(data),
             DirectConn::Quic(q) => q.write_all(data),
+            DirectConn::Gone => async { gone() }.boxed(),
         }
     }
 
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {
         match self {
             DirectConn::Tcp(s) => s.shutdown(),
+            DirectConn::Tls(s) => s.shutdown(),
             DirectConn::Quic(q) => q.shutdown(),
+            DirectConn::Gone => async {}.boxed(),
         }
     }
 
     fn release(&mut self) -> BoxFuture<'_, ()> {
         match self {
             DirectConn::Tcp(s) => s.release(),
+            DirectConn::Tls(s) => s.release(),
             DirectConn::Quic(q) => q.release(),
+            DirectConn::Gone => async {}.boxed(),
         }
+    }
+
+    fn handshake(&mut self, setup: Handshake) -> BoxFuture<'_, HandshakeResult> {
+        async move {
+            match std::mem::replace(self, DirectConn::Gone) {
+                DirectConn::Tcp(Stream(tcp)) => {
+                    let (stream, result) = tls_handshake(tcp, setup).await;
+                    if let Some(stream) = stream {
+                        *self = DirectConn::Tls(Box::new(TlsDirect(stream)));
+                    }
+                    result
+                }
+                DirectConn::Quic(mut q) => {
+                    let result = q.handshake(setup).await;
+                    *self = DirectConn::Quic(q);
+                    result
+                }
+                other => {
+                    *self = other;
+                    Err(None)
+                }
+            }
+        }
+        .boxed()
     }
 }
 
@@ -173,6 +313,16 @@ pub(crate) enum Cmd {
     Close,
     /// End and hand the connection back.
     Release,
+    /// Run the pinned TLS handshake.
+    Handshake(Handshake),
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an actor tells the driver.
@@ -182,6 +332,8 @@ pub(crate) enum ActorEvent {
     DialFailed(DialError),
     Data(Vec<u8>),
     Closed,
+    /// The pinned handshake ended.
+    Handshake(HandshakeResult),
 }
 
 /// Which connection an event is about.
@@ -256,6 +408,23 @@ pub(crate) async fn run<D: Duplex>(
             Some(Cmd::Write(data)) => {
                 if conn.write_all(&data).await.is_err() {
                     emit(ActorEvent::Closed);
+                    return (key, None);
+                }
+            }
+            Some(Cmd::Handshake(setup)) => {
+                let result = match select(conn.handshake(setup), cmds.next()).await {
+                    Either::Left((result, _)) => Some(result),
+                    // Closed (or the driver is gone) mid-handshake.
+                    Either::Right(_) => None,
+                };
+                let Some(result) = result else {
+                    conn.shutdown().await;
+                    return (key, None);
+                };
+                let failed = result.is_err();
+                emit(ActorEvent::Handshake(result));
+                if failed {
+                    conn.shutdown().await;
                     return (key, None);
                 }
             }

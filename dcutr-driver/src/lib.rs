@@ -11,6 +11,21 @@
 //! carries out the commands. It spawns no task: every connection is a
 //! small future owned by the upgrade's future, so dropping the upgrade
 //! cancels every dial and closes every socket it opened.
+//!
+//! ## Identity of the direct connection
+//! By default the driver runs the core with
+//! [`IdentityCheck::PinnedTls`](dcutr_core::settings::IdentityCheck::PinnedTls): a
+//! fresh [`Identity`] (ECDSA P-256 key, self-signed certificate) per
+//! upgrade, whose [`fingerprint`] the core sends in its `Hello`; mutual
+//! TLS 1.3 on every direct connection, accepting exactly the certificate
+//! the peer pinned (QUIC in its own handshake, with per-upgrade configs;
+//! TCP wrapped with `futures-rustls`, the TLS client being the side whose
+//! core role is the client). The winner comes back as
+//! [`DirectConnection::Tls`] or [`DirectConnection::Quic`]. Pass
+//! [`Options::identity`] and [`Options::peer_fingerprint`] when you
+//! authenticate the fingerprints yourself (a relay could swap them), or
+//! [`Options::caller_authenticates`] when your own handshake authenticates
+//! the peer.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +34,7 @@ pub mod net;
 pub mod quic;
 mod report;
 pub mod stun;
+mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,12 +51,14 @@ use futures_util::future::{AbortHandle, BoxFuture, Either};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
-use actor::{ActorEvent, Cmd, DirectConn, Key, QuicDirect, Start, Stream};
+use actor::{ActorEvent, Cmd, DirectConn, Handshake as TlsSetup, Key, QuicDirect, Start, Stream};
 pub use quic::{
     HOLE_PUNCH_INITIAL_RTT, QuicLimits, QuicSocket, SERVER_NAME, hole_punch_transport,
-    punch_transport, self_signed_configs,
+    insecure_self_signed_configs, punch_transport,
 };
 pub use report::Report;
+use tls::Pinned;
+pub use tls::{ALPN as DIRECT_ALPN, Fingerprint, Identity, fingerprint};
 
 /// What a runtime adapter provides: a clock, timers, and TCP.
 ///
@@ -60,7 +78,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Connects to `remote` from `local`, with port reuse, so the dial
     /// leaves from the port the peer observed (see
-    /// [`net::reuse_stream_socket`]).
+    /// [`net::reuse_stream_socket`]). Adapters set `TCP_NODELAY` on direct
+    /// connections (dialled and accepted): the TLS handshake and the
+    /// select byte are small writes in turn, which Nagle's algorithm
+    /// against delayed ACKs would hold back by 40 ms.
     fn connect_from(
         &self,
         local: SocketAddr,
@@ -94,13 +115,16 @@ pub struct Options<L> {
     tcp: Option<L>,
     quic: Option<QuicSocket>,
     caller_authenticates: bool,
+    identity: Option<Identity>,
+    peer_fingerprint: Option<Fingerprint>,
     seed: Option<[u8; 32]>,
     on_event: Option<EventCallback>,
 }
 
 impl<L> Options<L> {
     /// Options for `side`, with [`Config::shared_stream`] (all attempts
-    /// on the one relayed stream, token identity check).
+    /// on the one relayed stream) and the pinned mutual TLS identity check
+    /// ([`dcutr_core::settings::IdentityCheck::PinnedTls`]).
     pub fn new(side: Side) -> Self {
         Options {
             side,
@@ -110,6 +134,8 @@ impl<L> Options<L> {
             tcp: None,
             quic: None,
             caller_authenticates: false,
+            identity: None,
+            peer_fingerprint: None,
             seed: None,
             on_event: None,
         }
@@ -117,6 +143,11 @@ impl<L> Options<L> {
 
     /// Replaces the config. Its channel must be
     /// [`RelayChannel::SharedStream`]: this driver has one relayed stream.
+    /// Its `identity_check` is ignored: the driver always runs
+    /// [`dcutr_core::settings::IdentityCheck::PinnedTls`], unless
+    /// [`Options::caller_authenticates`] says otherwise. (The bearer
+    /// token of [`dcutr_core::settings::IdentityCheck::Token`] can be replayed by a
+    /// host at an advertised address, so the driver never uses it.)
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -148,9 +179,29 @@ impl<L> Options<L> {
 
     /// Declares that the caller's own handshake on the direct connection
     /// authenticates the peer (for example TLS with known certificates):
-    /// skips the token identity check. Off by default.
+    /// skips the pinned TLS of the driver, and the winner comes back as a
+    /// plain [`DirectConnection::Tcp`] stream or a QUIC connection of the
+    /// endpoint's own configs ([`QuicSocket::with_tls`]). Off by default.
     pub fn caller_authenticates(mut self, yes: bool) -> Self {
         self.caller_authenticates = yes;
+        self
+    }
+
+    /// Presents `identity`'s certificate on direct connections instead of
+    /// a fresh one, so its fingerprint can be sent to the peer over a
+    /// channel you authenticate (the `dcutr` CLI does it under a PAKE).
+    /// Use an identity for one upgrade only.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The peer's certificate fingerprint, learnt over a channel you
+    /// authenticate. The verifiers pin it from the start, and the peer's
+    /// `Hello` must carry the same one, or the upgrade fails at once with
+    /// [`UpgradeFailure::FingerprintMismatch`] (the relay swapped it).
+    pub fn peer_fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.peer_fingerprint = Some(fingerprint);
         self
     }
 
@@ -168,23 +219,34 @@ impl<L> Options<L> {
     }
 }
 
+/// The TLS stream of a pinned TCP direct connection, over the runtime's
+/// TCP stream `T`.
+pub type TlsStream<T> = futures_rustls::TlsStream<T>;
+
 /// The direct connection that won.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum DirectConnection<T> {
-    /// A TCP stream (from a simultaneous open, our dial, or our listener).
+pub enum DirectConnection<T, L = TlsStream<T>> {
+    /// A TCP stream (from a simultaneous open, our dial, or our listener)
+    /// inside mutual TLS 1.3, authenticated as the peer by the
+    /// certificate it pinned over the relayed stream: the default.
+    Tls(L),
+    /// A plain TCP stream: only with
+    /// [`Options::caller_authenticates`], whose handshake must
+    /// authenticate the peer.
     Tcp(T),
-    /// A QUIC connection.
+    /// A QUIC connection; with the default identity check its TLS
+    /// authenticated the peer's pinned certificate.
     Quic(quinn::Connection),
 }
 
 /// A successful upgrade.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct Upgraded<T, S> {
+pub struct Upgraded<T, S, L = TlsStream<T>> {
     /// The direct connection; the identity check's bytes are consumed, the
     /// next byte is the peer application's.
-    pub connection: DirectConnection<T>,
+    pub connection: DirectConnection<T, L>,
     /// Transport of the connection.
     pub transport: Transport,
     /// Our role on it: the spec's A is the client, B the server (in the
@@ -202,17 +264,19 @@ pub struct Upgraded<T, S> {
     pub relay_close_at: Instant,
 }
 
-impl<T, S> Upgraded<T, S> {
+impl<T, S, L> Upgraded<T, S, L> {
     /// Converts the stream types, for adapters that wrap their runtime's
     /// streams while driving.
-    pub fn map<T2, S2>(
+    pub fn map<T2, S2, L2>(
         self,
         tcp: impl FnOnce(T) -> T2,
+        tls: impl FnOnce(L) -> L2,
         relay: impl FnOnce(S) -> S2,
-    ) -> Upgraded<T2, S2> {
+    ) -> Upgraded<T2, S2, L2> {
         Upgraded {
             connection: match self.connection {
                 DirectConnection::Tcp(t) => DirectConnection::Tcp(tcp(t)),
+                DirectConnection::Tls(t) => DirectConnection::Tls(tls(t)),
                 DirectConnection::Quic(q) => DirectConnection::Quic(q),
             },
             transport: self.transport,
@@ -243,6 +307,11 @@ pub enum UpgradeFailure {
     /// A local socket failed.
     #[error("local socket error: {0}")]
     Io(io::Error),
+    /// The peer's `Hello` pinned another certificate than the fingerprint
+    /// given with [`Options::peer_fingerprint`]: whoever relays the stream
+    /// tampered with it. The relayed stream was closed.
+    #[error("the peer's Hello pins another certificate than the one authenticated beforehand")]
+    FingerprintMismatch,
 }
 
 /// A failed upgrade. The relayed stream comes back when it is still
@@ -321,6 +390,9 @@ struct DirectActor {
     /// Bytes the actor may still read, as we last told it minus what it
     /// delivered since.
     want: usize,
+    /// A pinned QUIC dial: what the other end presented, when its
+    /// handshake fails.
+    presented: Option<tls::Presented>,
 }
 
 struct Driver<'r, R: Runtime> {
@@ -349,12 +421,20 @@ struct Driver<'r, R: Runtime> {
     relay_want: usize,
     relay_reset: bool,
     sleep: Option<(Instant, BoxFuture<'static, ()>)>,
+    /// Our ephemeral certificate, with pinned TLS.
+    identity: Option<Identity>,
+    /// The peer's fingerprint, authenticated by the caller.
+    expected_peer: Option<Fingerprint>,
+    /// The peer's Hello pinned another fingerprint than `expected_peer`.
+    tampered: bool,
 }
 
 /// An inbound QUIC handshake in flight.
 struct Handshake {
     number: u64,
     from: SocketAddr,
+    /// With pinned TLS: what the other end presented.
+    presented: Option<tls::Presented>,
     /// Whether the peer named the source address (see
     /// [`Upgrade::is_peer_address`]).
     peer_named: bool,
@@ -366,8 +446,10 @@ struct InboundSlot {
     id: DirectId,
     peer_named: bool,
     /// Identity-check bytes it delivered: once [`dcutr_core::settings::CHECK_LEN`]
-    /// arrived and the core kept it, it passed.
+    /// arrived and the core kept it, it passed the token check.
     received: usize,
+    /// Its pinned TLS handshake proved the peer's certificate.
+    authenticated: bool,
 }
 
 /// One thing that happened, for the core.
@@ -377,6 +459,9 @@ enum Wake<T> {
     ActorEnded,
     Inbound(DirectConn<T>, Candidate),
     QuicIncoming(Box<quinn::Incoming>),
+    /// A pinned inbound QUIC handshake failed after the other end
+    /// presented a certificate.
+    QuicRefused(SocketAddr, Option<Fingerprint>),
     ListenerFailed(io::Error),
 }
 
@@ -387,9 +472,19 @@ impl<'r, R: Runtime> Driver<'r, R> {
         start: Instant,
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
-        if options.caller_authenticates {
-            config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
-        }
+        config.identity_check = if options.caller_authenticates {
+            dcutr_core::settings::IdentityCheck::CallerAuthenticates
+        } else {
+            dcutr_core::settings::IdentityCheck::PinnedTls
+        };
+        let identity = match (options.caller_authenticates, options.identity) {
+            (true, _) => None,
+            (false, Some(identity)) => Some(identity),
+            (false, None) => Some(
+                Identity::generate()
+                    .map_err(|e| UpgradeFailure::Io(io::Error::other(e.to_string())))?,
+            ),
+        };
         let tcp_local = match &options.tcp {
             Some(listener) => Some(
                 runtime
@@ -420,11 +515,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 seed
             }
         };
-        let core = Upgrade::builder(options.side, config, seed)
+        let mut builder = Upgrade::builder(options.side, config, seed)
             .local_addrs(options.local_addrs)
-            .remote_public_addrs(options.remote_public_addrs)
-            .start(start)
-            .map_err(UpgradeFailure::Config)?;
+            .remote_public_addrs(options.remote_public_addrs);
+        if let Some(identity) = &identity {
+            builder = builder.local_fingerprint(identity.fingerprint());
+        }
+        let core = builder.start(start).map_err(UpgradeFailure::Config)?;
         let (events_tx, events_rx) = mpsc::unbounded();
         let (relay_cmds, _) = mpsc::unbounded();
         let quic_accept = options.quic.as_ref().map(|q| accept_next(&q.endpoint));
@@ -449,6 +546,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
             relay_want: 0,
             relay_reset: false,
             sleep: None,
+            identity,
+            expected_peer: options.peer_fingerprint,
+            tampered: false,
         })
     }
 
@@ -486,6 +586,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
             })
             .await;
             self.handle(wake);
+            if self.tampered {
+                break;
+            }
         }
 
         // The outcome is decided: hand the relayed stream back, release
@@ -526,15 +629,33 @@ impl<'r, R: Runtime> Driver<'r, R> {
             self.core.timeline().clone(),
             self.core.outcome().cloned(),
         );
+        if self.tampered {
+            return Err(UpgradeError {
+                reason: UpgradeFailure::FingerprintMismatch,
+                report,
+                relay: None,
+            });
+        }
         match (self.core.outcome().cloned(), won, relay) {
             (Some(Outcome::Upgraded(up)), Some(conn), Some(relay)) => {
                 let connection = match conn {
                     DirectConn::Tcp(Stream(t)) => DirectConnection::Tcp(t),
+                    DirectConn::Tls(t) => DirectConnection::Tls(t.0),
                     DirectConn::Quic(q) => {
                         if let Some(quic) = &self.quic {
                             quic.open_up(&q.conn);
                         }
                         DirectConnection::Quic(q.conn)
+                    }
+                    DirectConn::Gone => {
+                        return Err(UpgradeError {
+                            reason: UpgradeFailure::Io(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "the winning connection lost its TLS session",
+                            )),
+                            report,
+                            relay: Some(relay),
+                        });
                     }
                 };
                 let decided = self.core.timeline().decided.unwrap_or(self.start);
@@ -622,15 +743,21 @@ impl<'r, R: Runtime> Driver<'r, R> {
             let Some(pos) = self.handshakes.iter().position(|h| h.number == number) else {
                 continue; // evicted
             };
-            let from = self.handshakes.remove(pos).from;
+            let handshake = self.handshakes.remove(pos);
+            let from = handshake.from;
             match conn {
                 Some(conn) => {
                     return Poll::Ready(Wake::Inbound(
-                        DirectConn::Quic(QuicDirect::new(conn, false)),
+                        DirectConn::Quic(QuicDirect::new(conn)),
                         Candidate::quic(from),
                     ));
                 }
-                None => tracing::debug!(%from, "inbound QUIC handshake failed or timed out"),
+                None => {
+                    tracing::debug!(%from, "inbound QUIC handshake failed or timed out");
+                    if let Some(seen) = handshake.presented.and_then(|p| p.get()) {
+                        return Poll::Ready(Wake::QuicRefused(from, Some(seen)));
+                    }
+                }
             }
         }
         Poll::Pending
@@ -643,14 +770,49 @@ impl<'r, R: Runtime> Driver<'r, R> {
             Wake::Actor(Key::Relay, ActorEvent::Data(data)) => {
                 self.relay_want = self.relay_want.saturating_sub(data.len());
                 self.core.handle_stream_data(now, &data);
+                if let (Some(expected), Some(pinned)) =
+                    (self.expected_peer, self.core.peer_fingerprint())
+                    && expected != pinned
+                {
+                    tracing::debug!("the peer's Hello pins another certificate: tampered relay");
+                    self.tampered = true;
+                    self.relay_reset = true;
+                }
             }
             Wake::Actor(Key::Relay, _) => self.core.handle_stream_closed(now),
             Wake::Actor(Key::Direct(id), event) => match event {
-                ActorEvent::Connected => self.core.handle_dial_succeeded(now, id),
-                ActorEvent::DialFailed(error) => {
-                    self.forget(id);
-                    self.core.handle_dial_failed(now, id, error);
+                ActorEvent::Connected => {
+                    self.core.handle_dial_succeeded(now, id);
+                    self.start_handshake(id);
                 }
+                ActorEvent::DialFailed(error) => {
+                    let presented = self
+                        .actor_mut(id)
+                        .and_then(|a| a.presented.as_ref())
+                        .and_then(tls::Presented::get);
+                    self.forget(id);
+                    match presented {
+                        // The pinned QUIC handshake refused a certificate.
+                        Some(seen) => self
+                            .core
+                            .handle_direct_handshake_failed(now, id, Some(seen)),
+                        None => self.core.handle_dial_failed(now, id, error),
+                    }
+                }
+                ActorEvent::Handshake(result) => match result {
+                    Ok(fp) => {
+                        if self.core.peer_fingerprint() == Some(fp)
+                            && let Some(slot) = self.inbound.iter_mut().find(|s| s.id == id)
+                        {
+                            slot.authenticated = true;
+                        }
+                        self.core.handle_direct_authenticated(now, id, fp);
+                    }
+                    Err(presented) => {
+                        self.forget(id);
+                        self.core.handle_direct_handshake_failed(now, id, presented);
+                    }
+                },
                 ActorEvent::Data(data) => {
                     if let Some(actor) = self.actor_mut(id) {
                         actor.want = actor.want.saturating_sub(data.len());
@@ -675,8 +837,10 @@ impl<'r, R: Runtime> Driver<'r, R> {
                             id,
                             peer_named,
                             received: 0,
+                            authenticated: false,
                         });
                         self.start_actor(id, Start::Ready(conn));
+                        self.start_handshake(id);
                     }
                     Err(reason) => {
                         tracing::debug!(%from, %reason, "inbound connection refused");
@@ -687,6 +851,12 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 }
             }
             Wake::QuicIncoming(incoming) => self.quic_incoming(now, *incoming),
+            Wake::QuicRefused(from, presented) => {
+                // Tell the core, so the refusal is typed and counted.
+                if let Ok(id) = self.core.handle_inbound(now, Candidate::quic(from)) {
+                    self.core.handle_direct_handshake_failed(now, id, presented);
+                }
+            }
             Wake::ListenerFailed(error) => {
                 tracing::warn!(%error, "TCP listener failed; no more inbound connections");
                 self.tcp = None;
@@ -722,7 +892,15 @@ impl<'r, R: Runtime> Driver<'r, R> {
             tracing::debug!(from = %evicted.from, "evicting the oldest stranger's QUIC handshake");
             evicted.abort.abort();
         }
-        let Ok(connecting) = incoming.accept() else {
+        let (accepted, presented) = match (&self.identity, &self.quic) {
+            (Some(identity), Some(quic)) => {
+                let pinned = Pinned::new(identity, self.pin(), &[tls::ALPN]);
+                let config = quic.pinned_server(&pinned);
+                (incoming.accept_with(config), Some(pinned.presented))
+            }
+            _ => (incoming.accept(), None),
+        };
+        let Ok(connecting) = accepted else {
             return;
         };
         let number = self.next_handshake;
@@ -740,6 +918,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         self.handshakes.push(Handshake {
             number,
             from,
+            presented,
             peer_named,
             abort,
         });
@@ -752,7 +931,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
     /// from an address the peer did not name, so that a newcomer (which
     /// may be the peer) is not refused.
     fn make_room_for_inbound(&mut self, now: Instant, newcomer_peer_named: bool) {
-        if self.core.config().identity_check != dcutr_core::settings::IdentityCheck::Token {
+        if !self.core.config().identity_check.is_checked() {
             return; // no pending slots to run out of
         }
         let directs = &self.directs;
@@ -777,6 +956,12 @@ impl<'r, R: Runtime> Driver<'r, R> {
         self.core.handle_direct_closed(now, evicted.id);
     }
 
+    /// The certificate the verifiers accept: the one the caller
+    /// authenticated, else the one the peer's Hello pinned (if it came).
+    fn pin(&self) -> Option<Fingerprint> {
+        self.expected_peer.or(self.core.peer_fingerprint())
+    }
+
     fn actor_mut(&mut self, id: DirectId) -> Option<&mut DirectActor> {
         self.directs
             .iter_mut()
@@ -789,7 +974,32 @@ impl<'r, R: Runtime> Driver<'r, R> {
     }
 
     fn start_actor(&mut self, id: DirectId, start: Start<DirectConn<R::TcpStream>>) {
-        spawn_actor(&mut self.directs, &self.actors, &self.events_tx, id, start);
+        spawn_actor(
+            &mut self.directs,
+            &self.actors,
+            &self.events_tx,
+            id,
+            start,
+            None,
+        );
+    }
+
+    /// With pinned TLS, starts the handshake of a connection the core
+    /// just took: the TLS client where the core's role is the client,
+    /// pinned to the peer's certificate once its `Hello` told us which.
+    fn start_handshake(&mut self, id: DirectId) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let Some(role) = self.core.direct_role(id) else {
+            return; // already decided on
+        };
+        let pinned = Pinned::new(identity, self.pin(), &[tls::ALPN]);
+        if let Some(actor) = self.actor_mut(id) {
+            let _ = actor
+                .cmds
+                .unbounded_send(Cmd::Handshake(TlsSetup { role, pinned }));
+        }
     }
 
     /// Carries out every command of the core (the one exhaustive dispatch
@@ -808,6 +1018,8 @@ impl<'r, R: Runtime> Driver<'r, R> {
             actors,
             relay_cmds,
             relay_reset,
+            identity,
+            expected_peer,
             ..
         } = self;
         let mut io = Io {
@@ -815,6 +1027,8 @@ impl<'r, R: Runtime> Driver<'r, R> {
             start: *start,
             tcp_local: *tcp_local,
             quic: quic.as_ref(),
+            identity: identity.as_ref(),
+            peer_fingerprint: expected_peer.or(core.peer_fingerprint()),
             on_event,
             events_tx,
             directs,
@@ -872,6 +1086,8 @@ struct Io<'a, R: Runtime> {
     start: Instant,
     tcp_local: Option<SocketAddr>,
     quic: Option<&'a QuicSocket>,
+    identity: Option<&'a Identity>,
+    peer_fingerprint: Option<Fingerprint>,
     on_event: &'a mut Option<EventCallback>,
     events_tx: &'a mpsc::UnboundedSender<(Key, ActorEvent)>,
     directs: &'a mut Vec<(DirectId, DirectActor)>,
@@ -906,6 +1122,7 @@ impl<R: Runtime> Carrier for Io<'_, R> {
     }
 
     fn dial(&mut self, dial: dcutr_core::Dial) -> Result<(), DialError> {
+        let mut presented = None;
         let start = match dial.to.transport {
             Transport::Tcp => {
                 let local = self.tcp_local.ok_or(DialError::Unreachable)?;
@@ -922,25 +1139,39 @@ impl<R: Runtime> Carrier for Io<'_, R> {
             }
             Transport::Quic => {
                 let quic = self.quic.ok_or(DialError::Unreachable)?;
-                let connecting = quic.endpoint.connect_with(
-                    quic.client_config.clone(),
-                    dial.to.addr,
-                    SERVER_NAME,
-                );
+                let config = match self.identity {
+                    Some(identity) => {
+                        let pinned = Pinned::new(identity, self.peer_fingerprint, &[tls::ALPN]);
+                        let config = quic.pinned_client(&pinned);
+                        presented = Some(pinned.presented);
+                        config
+                    }
+                    None => quic.client_config.clone(),
+                };
+                let connecting = quic
+                    .endpoint
+                    .connect_with(config, dial.to.addr, SERVER_NAME);
                 Start::Dial(
                     async move {
                         let conn = connecting
                             .map_err(|_| DialError::Unreachable)?
                             .await
                             .map_err(quic_dial_error)?;
-                        Ok(DirectConn::Quic(QuicDirect::new(conn, true)))
+                        Ok(DirectConn::Quic(QuicDirect::new(conn)))
                     }
                     .boxed(),
                 )
             }
         };
         tracing::debug!(id = %dial.id, to = %dial.to, role = %dial.role, "dial");
-        spawn_actor(self.directs, self.actors, self.events_tx, dial.id, start);
+        spawn_actor(
+            self.directs,
+            self.actors,
+            self.events_tx,
+            dial.id,
+            start,
+            presented,
+        );
         Ok(())
     }
 
@@ -992,11 +1223,19 @@ fn spawn_actor<T>(
     events_tx: &mpsc::UnboundedSender<(Key, ActorEvent)>,
     id: DirectId,
     start: Start<DirectConn<T>>,
+    presented: Option<tls::Presented>,
 ) where
     T: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
 {
     let (cmds, rx) = mpsc::unbounded();
-    directs.push((id, DirectActor { cmds, want: 0 }));
+    directs.push((
+        id,
+        DirectActor {
+            cmds,
+            want: 0,
+            presented,
+        },
+    ));
     actors.push(actor::run(Key::Direct(id), start, rx, events_tx.clone()).boxed());
 }
 
@@ -1032,9 +1271,9 @@ fn oldest_stranger(handshakes: &[Handshake]) -> Option<usize> {
 /// The oldest inbound connection that has not passed the check and comes
 /// from an address the peer did not name.
 fn oldest_unverified_stranger(inbound: &[InboundSlot]) -> Option<usize> {
-    inbound
-        .iter()
-        .position(|s| !s.peer_named && s.received < dcutr_core::settings::CHECK_LEN)
+    inbound.iter().position(|s| {
+        !s.peer_named && !s.authenticated && s.received < dcutr_core::settings::CHECK_LEN
+    })
 }
 
 #[cfg(test)]
@@ -1045,6 +1284,7 @@ mod tests {
         Handshake {
             number,
             from: "127.0.0.1:1".parse().unwrap(),
+            presented: None,
             peer_named,
             abort: AbortHandle::new_pair().0,
         }
@@ -1064,6 +1304,7 @@ mod tests {
             id: DirectId(id),
             peer_named,
             received,
+            authenticated: false,
         };
         let full = dcutr_core::settings::CHECK_LEN;
         let list = [

@@ -32,9 +32,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-/// The server name every hole-punch dial asks for. The certificates of
-/// [`self_signed_configs`] carry it.
-pub const SERVER_NAME: &str = "dcutr";
+pub use crate::tls::SERVER_NAME;
+use crate::tls::{Identity, Pinned};
 
 /// Streams the other side may open on a punch connection before the
 /// identity check passes: the one bidirectional stream the check runs on.
@@ -131,8 +130,10 @@ impl Default for QuicLimits {
 pub struct QuicSocket {
     /// The endpoint: dials (client side) and accepts (server side).
     pub endpoint: quinn::Endpoint,
-    /// Used for our dials; [`QuicSocket::new`] gave it the punch transport
-    /// ([`punch_transport`]).
+    /// Used for our dials when the caller authenticates the peer itself;
+    /// [`QuicSocket::with_tls`] gave it the punch transport
+    /// ([`punch_transport`]). With the pinned TLS of the driver, every
+    /// upgrade dials with configs of its own.
     pub client_config: quinn::ClientConfig,
     server_config: quinn::ServerConfig,
     limits: QuicLimits,
@@ -140,8 +141,36 @@ pub struct QuicSocket {
 }
 
 impl QuicSocket {
+    /// Builds an endpoint on `socket`, on `runtime`, for upgrades with the
+    /// driver's pinned mutual TLS (the default): each upgrade brings its
+    /// own certificate and accepts exactly the peer's, so the endpoint
+    /// needs none. Outside an upgrade its server config refuses every
+    /// handshake, and it dials nothing.
+    ///
+    /// # Errors
+    /// When the socket cannot be cloned, no key can be generated, or the
+    /// endpoint cannot start.
+    pub fn new(socket: UdpSocket, runtime: Arc<dyn quinn::Runtime>) -> io::Result<Self> {
+        let identity = Identity::generate().map_err(|e| io::Error::other(e.to_string()))?;
+        // A pin no certificate has: outside an upgrade, nobody gets in.
+        let refuse_all = Pinned::new(&identity, Some([0; dcutr_core::wire::FINGERPRINT_LEN]), &[]);
+        let server = quinn::ServerConfig::with_crypto(Arc::new(
+            QuicServerConfig::try_from((*refuse_all.server).clone())
+                .expect("TLS 1.3 with an initial suite"),
+        ));
+        let client = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from((*refuse_all.client).clone())
+                .expect("TLS 1.3 with an initial suite"),
+        ));
+        Self::with_tls(socket, server, client, runtime)
+    }
+
     /// Builds an endpoint on `socket` that serves with `server_config` and
-    /// dials with `client_config`, on `runtime`.
+    /// dials with `client_config`, on `runtime`: for callers whose own TLS
+    /// authenticates the peer
+    /// ([`Options::caller_authenticates`](crate::Options::caller_authenticates)).
+    /// With the driver's pinned TLS these configs are not used for punch
+    /// connections.
     ///
     /// Both configs get the punch transport ([`punch_transport`] of the
     /// default [`QuicLimits`]; change them with [`QuicSocket::limits`]),
@@ -151,7 +180,7 @@ impl QuicSocket {
     ///
     /// # Errors
     /// When the socket cannot be cloned or the endpoint cannot start.
-    pub fn new(
+    pub fn with_tls(
         socket: UdpSocket,
         mut server_config: quinn::ServerConfig,
         mut client_config: quinn::ClientConfig,
@@ -187,6 +216,29 @@ impl QuicSocket {
         self
     }
 
+    /// The client config of one pinned dial: `pinned`'s TLS and the punch
+    /// transport.
+    pub(crate) fn pinned_client(&self, pinned: &Pinned) -> quinn::ClientConfig {
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from((*pinned.client).clone())
+                .expect("TLS 1.3 with an initial suite"),
+        ));
+        client.transport_config(Arc::new(punch_transport(&self.limits)));
+        client
+    }
+
+    /// The server config of one pinned inbound handshake: `pinned`'s TLS
+    /// (which requires the client's certificate) and the punch transport.
+    pub(crate) fn pinned_server(&self, pinned: &Pinned) -> Arc<quinn::ServerConfig> {
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            QuicServerConfig::try_from((*pinned.server).clone())
+                .expect("TLS 1.3 with an initial suite"),
+        ));
+        let mut client = self.client_config.clone();
+        harden(&mut server, &mut client, &self.limits);
+        Arc::new(server)
+    }
+
     /// Raises a connection that won from the punch limits to the
     /// application's.
     pub(crate) fn open_up(&self, conn: &quinn::Connection) {
@@ -217,20 +269,22 @@ impl QuicSocket {
     }
 }
 
-/// Server and client configs with a fresh self-signed certificate, for
-/// demos, tests and the CLI.
+/// **Insecure:** server and client configs with a fresh self-signed
+/// certificate whose client accepts **any** server certificate, for tests
+/// and demos of [`QuicSocket::with_tls`] where something else
+/// authenticates the peer.
 ///
-/// The client accepts **any** server certificate: it relies on the
-/// dcutr-rs token identity check (or your own handshake on top) to know
-/// it reached the right peer, not on TLS. TLS still encrypts the
-/// connection. Use real certificates or libp2p's TLS when the peer must be
-/// authenticated by the transport.
+/// The connection is encrypted to whoever answered, which may be anyone at
+/// the address dialled: a man in the middle goes unnoticed. The driver's
+/// default, pinned mutual TLS ([`QuicSocket::new`]), needs no configs and
+/// authenticates the peer; use this only when your own handshake on top
+/// does.
 ///
 /// # Panics
 /// Only if rcgen or rustls reject their own freshly generated key, which
 /// does not happen with the ring provider.
 #[must_use]
-pub fn self_signed_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
+pub fn insecure_self_signed_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
         .expect("rcgen signs a fresh key");

@@ -3,8 +3,9 @@
 //! DCUtR hole punching on tokio. You already have a relayed stream to a
 //! peer (any `AsyncRead + AsyncWrite`: a spliced TCP connection through a
 //! rendezvous server, a libp2p circuit stream...); [`upgrade`] runs the
-//! protocol over it and returns a direct connection: a
-//! [`tokio::net::TcpStream`] from a TCP simultaneous open, or a
+//! protocol over it and returns a direct connection, encrypted and
+//! authenticated as the peer: a [`TlsStream`] (TLS 1.3 over the
+//! [`tokio::net::TcpStream`] of a TCP simultaneous open), or a
 //! [`quinn::Connection`].
 //!
 //! This crate holds no protocol logic: [`dcutr_core`] decides everything,
@@ -21,16 +22,21 @@
 //!   clone of its UDP socket, so the server side's spray leaves from the
 //!   socket the peer observed. The client side dials.
 //!
-//! ## Identity check
+//! ## Identity check: pinned mutual TLS
 //! A direct connection may come from a stranger (a scanner, another host
-//! behind the same NAT). Unless you declare with
-//! [`Options::caller_authenticates`] that your own handshake
-//! authenticates the peer, both sides exchange random 16-byte tokens in
-//! the first frame of the relayed stream, and the first bytes on a direct
-//! connection must prove knowledge of them. A side speaks first only on a
-//! connection it dialled itself, so a stranger learns nothing. Connections
-//! that fail the check are closed; the real peer still wins. The relay can
-//! see the tokens: use an authenticated handshake if it is not trusted.
+//! behind the same NAT, a host at a stale address the peer advertised).
+//! Each upgrade makes an ephemeral certificate and sends its SHA-256
+//! fingerprint in the first frame of the relayed stream; on every direct
+//! connection both sides run mutual TLS 1.3 and accept exactly the
+//! certificate the other pinned (QUIC in its own handshake, TCP wrapped in
+//! TLS). A stranger, or a man in the middle relaying both dials, cannot
+//! finish the handshake and is refused with
+//! [`DirectRejection::IdentityMismatch`](dcutr_core::reason::DirectRejection::IdentityMismatch);
+//! the real peer still wins. The relay could swap the fingerprints:
+//! authenticate the relayed stream if it is not trusted (the `dcutr` CLI
+//! pairs with a PAKE). With [`Options::caller_authenticates`] your own
+//! handshake authenticates the peer instead, and TCP comes back plain
+//! ([`Direct::Tcp`]).
 //!
 //! ## Example
 //! ```no_run
@@ -44,7 +50,7 @@
 //! match dcutr_tokio::upgrade(relayed, options).await {
 //!     Ok(up) => {
 //!         println!("direct {} connection to {} as {}", up.transport, up.remote, up.role);
-//!         if let Direct::Tcp(stream) = up.connection {
+//!         if let Direct::Tls(stream) = up.connection {
 //!             // talk directly; close `up.relay` by `up.relay_close_at`
 //!             drop(stream);
 //!         }
@@ -66,7 +72,7 @@ use std::time::Instant;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 pub use dcutr_core::{
     self, AddressPolicy, AttemptFailure, Candidate, Config, DialError, Event, Failure, Role, Side,
@@ -74,7 +80,8 @@ pub use dcutr_core::{
 };
 pub use dcutr_driver::net::udp_socket;
 pub use dcutr_driver::{
-    QuicLimits, QuicSocket, Report, SERVER_NAME, UpgradeFailure, self_signed_configs,
+    Fingerprint, QuicLimits, QuicSocket, Report, SERVER_NAME, UpgradeFailure,
+    insecure_self_signed_configs,
 };
 /// The quinn this crate builds its endpoints with: name
 /// `dcutr_tokio::quinn::Connection` and friends through it, so that the
@@ -84,11 +91,16 @@ pub use quinn;
 /// Options of one upgrade; see [`dcutr_driver::Options`].
 pub type Options = dcutr_driver::Options<tokio::net::TcpListener>;
 
+/// A pinned TLS direct connection over TCP, with tokio's I/O traits.
+/// `get_ref().get_ref()` reaches the `futures-rustls` stream (its
+/// session: `get_ref().1`).
+pub type TlsStream = Compat<dcutr_driver::TlsStream<Compat<tokio::net::TcpStream>>>;
+
 /// The winning direct connection.
-pub type Direct = dcutr_driver::DirectConnection<tokio::net::TcpStream>;
+pub type Direct = dcutr_driver::DirectConnection<tokio::net::TcpStream, TlsStream>;
 
 /// A successful upgrade, with tokio types.
-pub type Upgraded<S> = dcutr_driver::Upgraded<tokio::net::TcpStream, S>;
+pub type Upgraded<S> = dcutr_driver::Upgraded<tokio::net::TcpStream, S, TlsStream>;
 
 /// A failed upgrade; the relayed stream comes back when still usable.
 pub type UpgradeError<S> = dcutr_driver::UpgradeError<S>;
@@ -118,7 +130,11 @@ impl dcutr_driver::Runtime for TokioRuntime {
         async move {
             let socket = dcutr_driver::net::reuse_stream_socket(local)?;
             let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-            Ok(socket.connect(remote).await?.compat())
+            let stream = socket.connect(remote).await?;
+            // The TLS handshake and the select byte are small writes in
+            // turn: Nagle's algorithm against delayed ACKs would add 40 ms.
+            let _ = stream.set_nodelay(true);
+            Ok(stream.compat())
         }
         .boxed()
     }
@@ -128,9 +144,10 @@ impl dcutr_driver::Runtime for TokioRuntime {
         listener: &mut Self::TcpListener,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(Self::TcpStream, SocketAddr)>> {
-        listener
-            .poll_accept(cx)
-            .map_ok(|(stream, from)| (stream.compat(), from))
+        listener.poll_accept(cx).map_ok(|(stream, from)| {
+            let _ = stream.set_nodelay(true);
+            (stream.compat(), from)
+        })
     }
 
     fn listener_addr(&self, listener: &Self::TcpListener) -> io::Result<SocketAddr> {
@@ -162,18 +179,27 @@ pub async fn tcp_connect_from(
 }
 
 /// A QUIC endpoint on the UDP socket `socket` (bind it with
-/// [`udp_socket`]) serving with `server` and dialling
-/// with `client`; [`self_signed_configs`] makes a pair for tests and demos.
-/// Call inside a tokio runtime.
+/// [`udp_socket`]) for upgrades with pinned mutual TLS: each upgrade
+/// brings its own certificate. Call inside a tokio runtime.
 ///
 /// # Errors
 /// Socket or endpoint errors.
-pub fn quic_socket(
+pub fn quic_socket(socket: std::net::UdpSocket) -> io::Result<QuicSocket> {
+    QuicSocket::new(socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// A QUIC endpoint on `socket` serving with `server` and dialling with
+/// `client`, for callers whose own TLS authenticates the peer
+/// ([`Options::caller_authenticates`]). Call inside a tokio runtime.
+///
+/// # Errors
+/// Socket or endpoint errors.
+pub fn quic_socket_with_tls(
     socket: std::net::UdpSocket,
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
 ) -> io::Result<QuicSocket> {
-    QuicSocket::new(socket, server, client, Arc::new(quinn::TokioRuntime))
+    QuicSocket::with_tls(socket, server, client, Arc::new(quinn::TokioRuntime))
 }
 
 /// Runs DCUtR over `relay` and returns the direct connection.
@@ -191,7 +217,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match dcutr_driver::drive(&TokioRuntime, relay.compat(), options).await {
-        Ok(up) => Ok(up.map(Compat::into_inner, Compat::into_inner)),
+        Ok(up) => Ok(up.map(Compat::into_inner, |tls| tls.compat(), Compat::into_inner)),
         Err(e) => Err(e.map(Compat::into_inner)),
     }
 }

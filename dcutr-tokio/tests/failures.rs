@@ -2,12 +2,13 @@
 //! that drops, strangers on the punch port.
 
 mod common;
+mod strangers;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::wire::encode_hello;
+use dcutr_core::wire::encode_hello_pinned;
 use dcutr_tokio::{
     AttemptFailure, Candidate, Direct, Failure, Options, Role, Side, Transport, UpgradeFailure,
 };
@@ -93,7 +94,8 @@ async fn a_relay_that_drops_mid_protocol_is_a_clean_error() {
     let (ours, mut theirs) = relayed_pair().await;
     let (options, _) = peer(Side::Initiator, Transport::Tcp, loopback_config());
     // The peer says Hello, then the relay drops the stream.
-    theirs.write_all(&encode_hello(&[5; 16], 3)).await.unwrap();
+    let hello = encode_hello_pinned(&[5; 16], 3, Side::Responder, &[6; 32]);
+    theirs.write_all(&hello).await.unwrap();
     drop(theirs);
     let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
         .await
@@ -151,10 +153,14 @@ async fn a_tcp_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() {
     assert_eq!(b.remote, a_addr, "B kept the real peer");
     assert_eq!(a.remote, b_addr);
     assert_eq!(b.report.timeline.inbound_rejected, 1);
-    // The stranger's connection was closed without a word.
-    let mut buf = [0u8; 64];
-    let n = stranger.read(&mut buf).await.unwrap_or(0);
-    assert_eq!(n, 0, "nothing sent to the stranger");
+    // The stranger's connection was closed with at most a TLS alert: one
+    // record of content type 21 (alert) whose body is two bytes.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(TEST_LIMIT, stranger.read_to_end(&mut got)).await;
+    assert!(
+        got.is_empty() || (got.len() == 7 && got[0] == 0x15 && got[3..5] == [0, 2]),
+        "the stranger got more than an alert: {got:?}"
+    );
 }
 
 #[tokio::test]
@@ -162,35 +168,25 @@ async fn a_quic_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() 
     init_tracing();
     let (relay_b, relay_a) = relayed_pair().await;
     let (b, b_addr) = peer(Side::Initiator, Transport::Quic, loopback_config());
-    let (b, rejected) = with_rejection_signal(b);
+    let reasons = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reasons.clone();
+    let b = b.on_event(move |event, _| {
+        if let dcutr_tokio::Event::DirectRejected { reason, remote, .. } = event {
+            seen.lock().unwrap().push((*reason, *remote));
+        }
+    });
     let (a, _) = peer(Side::Responder, Transport::Quic, loopback_config());
-    let stranger = {
-        let socket = dcutr_tokio::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        let (server, client) = dcutr_tokio::self_signed_configs();
-        dcutr_tokio::quic_socket(socket, server, client).unwrap()
-    };
+    // A stranger with a certificate of its own reaches B before A's Hello
+    // (and so A's pin) has arrived: its handshake completes...
+    let stranger = strangers::stranger_endpoint_with_certificate();
     let b = tokio::spawn(dcutr_tokio::upgrade(relay_b, b));
-    let conn = stranger
-        .endpoint
-        .connect_with(
-            stranger.client_config.clone(),
-            b_addr,
-            dcutr_tokio::SERVER_NAME,
-        )
-        .unwrap()
+    let conn = strangers::connect(&stranger, b_addr, TEST_LIMIT)
         .await
-        .unwrap();
+        .expect("the stranger's handshake completes while B has no pin");
+    let stranger_addr = stranger.local_addr().unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[0x42; dcutr_core::settings::CHECK_LEN])
-        .await
-        .unwrap();
-    tokio::time::timeout(TEST_LIMIT, rejected)
-        .await
-        .unwrap()
-        .unwrap();
-    // B answered nothing and closed the stranger's connection.
-    let answer = recv.read_to_end(64).await;
-    assert!(answer.map(|a| a.is_empty()).unwrap_or(true));
+    let _ = send.write_all(&[0x42; 24]).await;
+    // ...but once A's Hello pins A's certificate, B refuses it.
     let a = dcutr_tokio::upgrade(relay_a, a);
     let (b, a) = tokio::time::timeout(TEST_LIMIT, async { tokio::join!(b, a) })
         .await
@@ -198,5 +194,47 @@ async fn a_quic_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() 
     let (b, a) = (b.unwrap().expect("B upgrades"), a.expect("A upgrades"));
     assert_eq!((a.role, b.role), (Role::Client, Role::Server));
     assert!(matches!(b.connection, Direct::Quic(_)));
+    assert_eq!(
+        reasons.lock().unwrap().as_slice(),
+        [(
+            dcutr_core::reason::DirectRejection::IdentityMismatch,
+            stranger_addr
+        )],
+        "B refused the stranger for its certificate"
+    );
     assert_eq!(b.report.timeline.inbound_rejected, 1);
+    // B answered nothing and closed the stranger's connection.
+    let answer = tokio::time::timeout(TEST_LIMIT, recv.read_to_end(64))
+        .await
+        .unwrap();
+    assert!(answer.map(|a| a.is_empty()).unwrap_or(true));
+}
+
+#[tokio::test]
+async fn a_hello_that_pins_another_certificate_than_the_authenticated_one_fails_at_once() {
+    init_tracing();
+    let (ours, mut theirs) = relayed_pair().await;
+    let (options, _) = peer(Side::Initiator, Transport::Tcp, loopback_config());
+    // The caller learnt the peer's fingerprint over its own authenticated
+    // channel; the relay hands us a Hello with another one.
+    let options = options.peer_fingerprint([7; 32]);
+    let hello = encode_hello_pinned(&[5; 16], 3, Side::Responder, &[8; 32]);
+    theirs.write_all(&hello).await.unwrap();
+    let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
+        .await
+        .unwrap()
+        .expect_err("a swapped fingerprint cannot upgrade");
+    assert!(
+        matches!(error.reason, UpgradeFailure::FingerprintMismatch),
+        "{:?}",
+        error.reason
+    );
+    assert!(
+        error.relay.is_none(),
+        "the tampered stream is not handed back"
+    );
+    assert!(
+        error.report.timeline.dials.is_empty(),
+        "nothing was dialled"
+    );
 }

@@ -37,6 +37,15 @@ async fn upgrade_both(
 
 async fn round_trip(client: &mut Direct, server: &mut Direct) {
     match (client, server) {
+        (Direct::Tls(c), Direct::Tls(s)) => {
+            c.write_all(b"ping from A").await.unwrap();
+            let mut buf = [0u8; 11];
+            s.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping from A");
+            s.write_all(b"pong from B").await.unwrap();
+            c.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"pong from B");
+        }
         (Direct::Tcp(c), Direct::Tcp(s)) => {
             c.write_all(b"ping from A").await.unwrap();
             let mut buf = [0u8; 11];
@@ -134,5 +143,54 @@ async fn a_public_responder_is_dialled_directly_without_a_hole_punch() {
             "{transport}"
         );
         round_trip(&mut b.connection, &mut a.connection).await;
+    }
+}
+
+#[tokio::test]
+async fn callers_who_authenticate_themselves_get_plain_tcp_and_their_own_quic_tls() {
+    init_tracing();
+    for transport in [Transport::Tcp, Transport::Quic] {
+        let (relay_b, relay_a) = relayed_pair().await;
+        let side = |side: Side| {
+            let options = dcutr_tokio::Options::new(side)
+                .config(loopback_config())
+                .caller_authenticates(true);
+            let any = "127.0.0.1:0".parse().unwrap();
+            match transport {
+                Transport::Tcp => {
+                    let listener = dcutr_tokio::tcp_listener(any).unwrap();
+                    let addr = listener.local_addr().unwrap();
+                    options
+                        .local_addrs([dcutr_tokio::Candidate::tcp(addr)])
+                        .tcp(listener)
+                }
+                Transport::Quic => {
+                    let (server, client) = dcutr_tokio::insecure_self_signed_configs();
+                    let socket = dcutr_tokio::udp_socket(any).unwrap();
+                    let quic = dcutr_tokio::quic_socket_with_tls(socket, server, client).unwrap();
+                    let addr = quic.local_addr().unwrap();
+                    options
+                        .local_addrs([dcutr_tokio::Candidate::quic(addr)])
+                        .quic(quic)
+                }
+            }
+        };
+        let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
+            tokio::join!(
+                dcutr_tokio::upgrade(relay_b, side(Side::Initiator)),
+                dcutr_tokio::upgrade(relay_a, side(Side::Responder))
+            )
+        })
+        .await
+        .unwrap();
+        let (mut b, mut a) = (b.unwrap(), a.unwrap());
+        match transport {
+            Transport::Tcp => assert!(
+                matches!(a.connection, Direct::Tcp(_)),
+                "no TLS of ours when the caller authenticates"
+            ),
+            Transport::Quic => assert!(matches!(a.connection, Direct::Quic(_))),
+        }
+        round_trip(&mut a.connection, &mut b.connection).await;
     }
 }

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::wire::{FrameDecoder, MAX_MESSAGE_SIZE, encode_connect, encode_hello, encode_sync};
+use dcutr_core::wire::{
+    FrameDecoder, MAX_MESSAGE_SIZE, encode_connect, encode_hello_pinned, encode_sync,
+};
 use dcutr_tokio::{Candidate, Side, Transport};
 use strangers::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,11 +40,17 @@ async fn next_frame(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> Vec<u
     }
 }
 
-/// Plays B on the relayed stream: Hello, a Connect naming only `server`,
-/// Sync once our Connect came; then holds the stream open.
-async fn hostile_initiator(mut stream: TcpStream, server: SocketAddr) -> TcpStream {
+/// Plays B on the relayed stream: Hello (pinning the certificate of its
+/// server), a Connect naming only `server`, Sync once our Connect came;
+/// then holds the stream open.
+async fn hostile_initiator(
+    mut stream: TcpStream,
+    server: SocketAddr,
+    fingerprint: [u8; 32],
+) -> TcpStream {
     let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
-    stream.write_all(&encode_hello(&[9; 16], 1)).await.unwrap();
+    let hello = encode_hello_pinned(&[9; 16], 1, Side::Initiator, &fingerprint);
+    stream.write_all(&hello).await.unwrap();
     let _hello = next_frame(&mut stream, &mut decoder).await;
     let server = Candidate::quic(server).to_multiaddr().to_vec();
     let (connect, _) = encode_connect([server.as_slice()], MAX_MESSAGE_SIZE);
@@ -55,13 +63,13 @@ async fn hostile_initiator(mut stream: TcpStream, server: SocketAddr) -> TcpStre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_server_we_dial_cannot_grow_us_past_the_bound() {
     init_tracing();
-    let (server_config, _) = dcutr_tokio::self_signed_configs();
+    let (server_config, fingerprint) = pinned_server_config();
     let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = server.local_addr().unwrap();
     let (ours, theirs) = relayed_pair().await;
     let (a, _) = peer(Side::Responder, Transport::Quic, loopback_config());
     let victim = tokio::spawn(dcutr_tokio::upgrade(ours, a));
-    let hostile = tokio::spawn(hostile_initiator(theirs, server_addr));
+    let hostile = tokio::spawn(hostile_initiator(theirs, server_addr, fingerprint));
 
     let incoming = tokio::time::timeout(TEST_LIMIT, server.accept())
         .await

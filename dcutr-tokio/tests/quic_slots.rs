@@ -40,10 +40,11 @@ async fn half_open_and_silent_strangers_do_not_keep_the_peer_out() {
         source.send_to(&initial, b_addr).await.unwrap();
         dead_sources.push(source);
     }
-    // Silent connections: the handshake completes, no stream ever opens.
+    // Silent connections: the handshake completes (each stranger has a
+    // certificate, and B no pin yet), no stream ever opens.
     let mut silent = Vec::new();
     for _ in 0..SILENT {
-        let endpoint = stranger_endpoint();
+        let endpoint = stranger_endpoint_with_certificate();
         let conn = connect(&endpoint, b_addr, Duration::from_secs(5)).await;
         silent.push((endpoint, conn));
     }

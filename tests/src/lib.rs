@@ -229,14 +229,14 @@ async fn tokio_peer(mut job: Job) -> PeerReport {
     job.relay.set_nonblocking(true).unwrap();
     let relay = tokio::net::TcpStream::from_std(job.relay.try_clone().unwrap()).unwrap();
     let (options, endpoint) = job_options(&mut job, tokio::net::TcpListener::from_std, |udp| {
-        let (server, client) = dcutr_tokio::self_signed_configs();
-        dcutr_tokio::quic_socket(udp, server, client)
+        dcutr_tokio::quic_socket(udp)
     });
     let result = dcutr_tokio::upgrade(relay, options)
         .await
         .map(|up| {
             up.map(
                 TokioAsyncWriteCompatExt::compat_write,
+                tokio_util::compat::Compat::into_inner,
                 TokioAsyncReadCompatExt::compat,
             )
         })
@@ -246,12 +246,9 @@ async fn tokio_peer(mut job: Job) -> PeerReport {
 
 async fn async_io_peer(rt: Rt, mut job: Job) -> PeerReport {
     let relay = async_net::TcpStream::try_from(job.relay.try_clone().unwrap()).unwrap();
-    let (options, endpoint) = job_options(&mut job, async_io::Async::new, |udp| {
-        let (server, client) = dcutr_async_std::self_signed_configs();
-        match rt {
-            Rt::AsyncStd => dcutr_async_std::quic_socket_async_std(udp, server, client),
-            _ => dcutr_async_std::quic_socket_smol(udp, server, client),
-        }
+    let (options, endpoint) = job_options(&mut job, async_io::Async::new, |udp| match rt {
+        Rt::AsyncStd => dcutr_async_std::quic_socket_async_std(udp),
+        _ => dcutr_async_std::quic_socket_smol(udp),
     });
     let result = dcutr_async_std::upgrade(relay, options).await;
     conclude(rt, result, endpoint, job).await
@@ -341,6 +338,7 @@ where
 {
     let result: Result<bool, Box<dyn std::error::Error>> = async {
         match connection {
+            DirectConnection::Tls(mut stream) => Ok(ping_pong(&mut stream, role).await?),
             DirectConnection::Tcp(mut stream) => Ok(ping_pong(&mut stream, role).await?),
             DirectConnection::Quic(conn) => {
                 let ok = match role {

@@ -155,7 +155,7 @@ fn garbage_from_the_peer(rt: Rt) {
 
 fn stream_dropped_mid_protocol(rt: Rt) {
     // A valid Hello, then the relay drops the stream.
-    let hello = dcutr_core::wire::encode_hello(&[5; 16], 3);
+    let hello = dcutr_core::wire::encode_hello_pinned(&[5; 16], 3, Side::Responder, &[6; 32]);
     let r = against_raw_peer(rt, Side::Initiator, &hello, true);
     assert!(
         matches!(

@@ -39,8 +39,7 @@ pub fn peer(side: Side, transport: Transport, config: Config) -> (Options, Socke
         }
         Transport::Quic => {
             let socket = dcutr_tokio::udp_socket(any).unwrap();
-            let (server, client) = dcutr_tokio::self_signed_configs();
-            let quic = dcutr_tokio::quic_socket(socket, server, client).unwrap();
+            let quic = dcutr_tokio::quic_socket(socket).unwrap();
             let addr = quic.local_addr().unwrap();
             (
                 options.local_addrs([Candidate::quic(addr)]).quic(quic),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use quinn::crypto::rustls::QuicClientConfig;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -28,6 +28,75 @@ pub fn stranger_endpoint() -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
     endpoint
+}
+
+/// A QUIC server config with a fresh self-signed certificate, and the
+/// fingerprint of that certificate: what a peer that is hostile (but is
+/// the peer, so it pins its own certificate in its `Hello`) serves with.
+pub fn pinned_server_config() -> (quinn::ServerConfig, [u8; 32]) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()]).unwrap();
+    let der = cert.cert.der().clone();
+    let fingerprint = dcutr_driver::fingerprint(&der);
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .unwrap();
+    tls.alpn_protocols = vec![dcutr_driver::DIRECT_ALPN.to_vec()];
+    let config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    (config, fingerprint)
+}
+
+/// A stranger's QUIC client that plays the pinned handshake by the book
+/// with a certificate of its own (not the one the peer pinned): it offers
+/// the direct ALPN, presents its certificate when asked, and takes
+/// whatever certificate the victim shows.
+pub fn stranger_endpoint_with_certificate() -> quinn::Endpoint {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_client_auth_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    tls.alpn_protocols = vec![dcutr_driver::DIRECT_ALPN.to_vec()];
+    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
+/// The TLS configs of a man in the middle: one certificate of its own,
+/// shown as a server and as a client; it accepts whatever certificate the
+/// other end shows and speaks the direct ALPN.
+pub fn attacker_tls() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = || rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key())
+        .unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_client_auth_cert(vec![der], key())
+        .unwrap();
+    server.alpn_protocols = vec![dcutr_driver::DIRECT_ALPN.to_vec()];
+    client.alpn_protocols = server.alpn_protocols.clone();
+    (Arc::new(server), Arc::new(client))
 }
 
 /// Connects a stranger to `victim`, bounded by `limit`.
