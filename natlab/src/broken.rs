@@ -254,13 +254,23 @@ fn phase_of(output: &CliRun) -> ErrorPhase {
 }
 
 /// The relay's `--cut-after-bytes` for "right after B's first Connect":
-/// both Hello frames (the token check) and B's Connect, which carries B's
-/// one observed address, encoded as dcutr-core encodes them.
+/// both sides' pairing (the PAKE message and the authenticated
+/// fingerprint, `dcutr_cli::pairing::PAIRING_BYTES_EACH_WAY` each way),
+/// both Hello frames and B's Connect, which carries B's one observed
+/// address, encoded as dcutr-core encodes them.
 pub fn cut_after_connect(transport: Transport, b_observed: SocketAddr) -> u64 {
-    use dcutr_core::Candidate;
-    use dcutr_core::wire::{MAX_MESSAGE_SIZE, TOKEN_LEN, encode_connect, encode_hello};
+    use dcutr_core::wire::{
+        FINGERPRINT_LEN, MAX_MESSAGE_SIZE, TOKEN_LEN, encode_connect, encode_hello_pinned,
+    };
+    use dcutr_core::{Candidate, Side};
     let max_attempts = dcutr_core::Config::shared_stream().max_attempts;
-    let hello = encode_hello(&[0; TOKEN_LEN], max_attempts).len();
+    let hello = encode_hello_pinned(
+        &[0; TOKEN_LEN],
+        max_attempts,
+        Side::Initiator,
+        &[0; FINGERPRINT_LEN],
+    )
+    .len();
     let candidate = match transport {
         Transport::Tcp => Candidate::tcp(b_observed),
         Transport::Quic => Candidate::quic(b_observed),
@@ -268,7 +278,8 @@ pub fn cut_after_connect(transport: Transport, b_observed: SocketAddr) -> u64 {
     let addr = candidate.to_multiaddr().to_vec();
     let (connect, carried) = encode_connect([addr.as_slice()], MAX_MESSAGE_SIZE);
     debug_assert_eq!(carried, 1);
-    (2 * hello + connect.len()) as u64
+    let pairing = 2 * dcutr_cli::pairing::PAIRING_BYTES_EACH_WAY;
+    (pairing + 2 * hello + connect.len()) as u64
 }
 
 /// The delay-line seeds of run `run` of case number `case` (sites 1, 2):
@@ -1016,15 +1027,17 @@ mod tests {
     }
 
     #[test]
-    fn the_cut_point_is_two_hellos_and_one_connect() {
+    fn the_cut_point_is_the_pairing_two_hellos_and_one_connect() {
         let b: SocketAddr = "203.0.113.12:5000".parse().unwrap();
+        // Pairing: 105 bytes each way (magic, SPAKE2 message, fingerprint,
+        // MAC).
         // Hello: 1-byte length + (tag, len, 16-byte token) + (tag, attempt
-        // limit) = 21 bytes.
+        // limit) + (tag, side) + (tag, len, 32-byte fingerprint) = 57 bytes.
         // Connect: 1-byte length + type (2) + one address field: tag, len
         // and 8 bytes for /ip4/../tcp/5000, or 11 for
         // /ip4/../udp/5000/quic-v1 (two-byte protocol codes).
-        assert_eq!(cut_after_connect(Transport::Tcp, b), 2 * 21 + 13);
-        assert_eq!(cut_after_connect(Transport::Quic, b), 2 * 21 + 16);
+        assert_eq!(cut_after_connect(Transport::Tcp, b), 2 * 105 + 2 * 57 + 13);
+        assert_eq!(cut_after_connect(Transport::Quic, b), 2 * 105 + 2 * 57 + 16);
     }
 
     #[test]
