@@ -8,8 +8,8 @@
 # and the root-only tests of natlab, `cargo test -p dcutr-natlab --
 # --ignored`) needs root; the fuzz smoke run needs a nightly toolchain.
 # The last line says which parts ran and which were skipped, and why:
-#   parts: format build clippy tests docs natlab fuzz; skipped: none
-#   parts: format build clippy tests docs fuzz; skipped: natlab (needs root)
+#   parts: format build clippy tests docs public-api coturn natlab fuzz; skipped: none
+#   parts: format build clippy tests docs public-api fuzz; skipped: coturn (needs root to install), natlab (needs root)
 # "all tests passed" is printed only when no part was skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,21 @@ ran+=(tests)
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 ran+=(docs)
+
+step "public API"
+# dcutr-core's public items against the committed snapshot.
+scripts/public-api.sh check
+ran+=(public-api)
+
+step "STUN against coturn"
+scripts/install-coturn.sh
+if command -v turnserver >/dev/null 2>&1; then
+    cargo test --locked -p dcutr-cli --test netcheck -- --ignored
+    ran+=(coturn)
+else
+    echo "coturn: skipped (turnserver not installed; installing it needs root)"
+    skipped+=("coturn (needs root to install)")
+fi
 
 step "NAT lab"
 if [ "$(id -u)" -eq 0 ] && ip netns list >/dev/null 2>&1; then
