@@ -8,8 +8,8 @@
 # and the root-only tests of natlab, `cargo test -p dcutr-natlab --
 # --ignored`) needs root; the fuzz smoke run needs a nightly toolchain.
 # The last line says which parts ran and which were skipped, and why:
-#   parts: format build clippy tests docs public-api coturn natlab fuzz; skipped: none
-#   parts: format build clippy tests docs public-api fuzz; skipped: coturn (needs root to install), natlab (needs root)
+#   parts: format build crates-alone clippy tests docs public-api coturn natlab fuzz; skipped: none
+#   parts: format build crates-alone clippy tests docs public-api fuzz; skipped: coturn (needs root to install), natlab (needs root)
 # "all tests passed" is printed only when no part was skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,15 @@ ran+=(format)
 step "build"
 cargo build --workspace --all-targets --locked
 ran+=(build)
+
+step "each published crate alone"
+# A workspace build unifies features (natlab and the tests enable
+# dcutr-core's `internals`); users depend on one crate, so each must build
+# with its own features only.
+for crate in dcutr-core dcutr-driver dcutr-tokio dcutr-async-std dcutr-libp2p; do
+    cargo check --locked -q -p "$crate"
+done
+ran+=(crates-alone)
 
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

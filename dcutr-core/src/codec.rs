@@ -20,7 +20,7 @@ pub const MAX_MESSAGE_SIZE: usize = 4096;
 /// stranger cannot guess it.
 pub const TOKEN_LEN: usize = 16;
 
-/// Length in bytes of a certificate fingerprint in a [`Hello`] frame: a
+/// Length in bytes of a certificate fingerprint in a `Hello` frame: a
 /// SHA-256 digest of the DER certificate.
 pub const FINGERPRINT_LEN: usize = 32;
 

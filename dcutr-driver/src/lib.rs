@@ -472,12 +472,17 @@ impl<'r, R: Runtime> Driver<'r, R> {
         start: Instant,
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
-        config.identity_check = if options.caller_authenticates {
+        // A config that says the caller authenticates means it, whether it
+        // came through `Options::config` or `caller_authenticates`; every
+        // other check becomes the pinned TLS (the bearer token is unsafe).
+        let caller_authenticates = options.caller_authenticates
+            || config.identity_check == dcutr_core::settings::IdentityCheck::CallerAuthenticates;
+        config.identity_check = if caller_authenticates {
             dcutr_core::settings::IdentityCheck::CallerAuthenticates
         } else {
             dcutr_core::settings::IdentityCheck::PinnedTls
         };
-        let identity = match (options.caller_authenticates, options.identity) {
+        let identity = match (caller_authenticates, options.identity) {
             (true, _) => None,
             (false, Some(identity)) => Some(identity),
             (false, None) => Some(
@@ -497,13 +502,24 @@ impl<'r, R: Runtime> Driver<'r, R> {
             Some(q) => Some(q.local_addr().map_err(UpgradeFailure::Io)?),
             None => None,
         };
-        // We can only dial what we have sockets for, in their families.
+        // We can only dial what we have sockets for, in their families,
+        // and only what the caller's config allows of that: the two are
+        // intersected, and an empty intersection is an error rather than
+        // an upgrade that can only fail.
         let mut dialable = dcutr_core::Dialable::none();
-        if let Some(addr) = tcp_local {
-            dialable = dialable.with(Transport::Tcp, addr.is_ipv6());
+        for (transport, local) in [(Transport::Tcp, tcp_local), (Transport::Quic, quic_local)] {
+            if let Some(addr) = local
+                && config.dialable.allows(&Candidate { transport, addr })
+            {
+                dialable = dialable.with(transport, addr.is_ipv6());
+            }
         }
-        if let Some(addr) = quic_local {
-            dialable = dialable.with(Transport::Quic, addr.is_ipv6());
+        if dialable == dcutr_core::Dialable::none() {
+            return Err(UpgradeFailure::Config(ConfigError::OutOfRange {
+                field: "dialable",
+                reason: "allows none of the sockets given (TCP listener, QUIC endpoint): \
+                         allow their transport and family, or give a socket it allows",
+            }));
         }
         config.dialable = dialable;
         let seed = match options.seed {

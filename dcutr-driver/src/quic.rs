@@ -153,7 +153,11 @@ impl QuicSocket {
     pub fn new(socket: UdpSocket, runtime: Arc<dyn quinn::Runtime>) -> io::Result<Self> {
         let identity = Identity::generate().map_err(|e| io::Error::other(e.to_string()))?;
         // A pin no certificate has: outside an upgrade, nobody gets in.
-        let refuse_all = Pinned::new(&identity, Some([0; dcutr_core::wire::FINGERPRINT_LEN]), &[]);
+        let refuse_all = Pinned::new(
+            &identity,
+            Some([0; dcutr_core::settings::FINGERPRINT_LEN]),
+            &[],
+        );
         let server = quinn::ServerConfig::with_crypto(Arc::new(
             QuicServerConfig::try_from((*refuse_all.server).clone())
                 .expect("TLS 1.3 with an initial suite"),

@@ -238,3 +238,28 @@ async fn a_hello_that_pins_another_certificate_than_the_authenticated_one_fails_
         "nothing was dialled"
     );
 }
+
+/// A config whose `dialable` allows none of the sockets given is a typed
+/// error before anything is sent, not a silent replacement.
+#[tokio::test]
+async fn a_dialable_that_allows_none_of_the_sockets_is_a_config_error() {
+    init_tracing();
+    let (ours, _theirs) = relayed_pair().await;
+    let mut config = loopback_config();
+    config.dialable = dcutr_core::Dialable::none().with(Transport::Quic, false);
+    let (options, _) = peer(Side::Responder, Transport::Tcp, config);
+    let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
+        .await
+        .unwrap()
+        .expect_err("no socket is allowed");
+    match error.reason {
+        UpgradeFailure::Config(dcutr_core::ConfigError::OutOfRange { field, .. }) => {
+            assert_eq!(field, "dialable");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        error.relay.is_some(),
+        "the relayed stream comes back untouched"
+    );
+}
