@@ -21,8 +21,10 @@ impl Upgrade {
     pub(crate) fn initiator_begin(&mut self) {
         let targets = self.unilateral_targets.clone();
         if !self.checks_identity() {
-            self.start_attempt();
+            // The dial first: if the attempt cannot even start (nothing of
+            // ours to send), the dial may still win while the upgrade drains.
             self.dial_unilateral(targets);
+            self.start_attempt();
             return;
         }
         if !self.config.unilateral || targets.is_empty() {
@@ -39,7 +41,9 @@ impl Upgrade {
 
     /// Dials `targets` directly, as the client, if unilateral dials are on.
     pub(crate) fn dial_unilateral(&mut self, targets: Vec<Candidate>) {
-        if !self.config.unilateral || targets.is_empty() || self.side != Side::Initiator {
+        let decided = self.outcome().is_some() || self.state == State::Draining;
+        if decided || !self.config.unilateral || targets.is_empty() || self.side != Side::Initiator
+        {
             return;
         }
         let room = self

@@ -103,3 +103,44 @@ fn an_initiator_with_nothing_to_dial_sends_sync_and_gives_up_without_retries() {
     assert_eq!(dropped.get(AddrRejection::Loopback), 1);
     assert_eq!(dropped.get(AddrRejection::Private), 1);
 }
+
+/// Found by fuzzing (`upgrade_initiator`): an initiator with nothing of its
+/// own to send but the peer's public address still dials it, and the
+/// dial can win while the upgrade drains; nothing is emitted after the
+/// outcome.
+#[test]
+fn with_nothing_to_send_the_unilateral_dial_still_runs_and_can_win() {
+    let peer = tcp("198.51.100.7:4001");
+    let mut b = Upgrade::builder(Side::Initiator, Config::default(), [3; 32])
+        .local_addrs([tcp("127.0.0.1:4001")])
+        .remote_public_addrs([peer])
+        .start(t0())
+        .unwrap();
+    let outputs = drain(&mut b);
+    let dial = outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Dial(d) => Some(*d),
+            _ => None,
+        })
+        .expect("the unilateral dial leaves");
+    assert_eq!(dial.to, peer);
+    assert!(
+        !outputs.iter().any(|o| matches!(o, Output::OpenStream)),
+        "no attempt: nothing to send"
+    );
+    assert!(b.outcome().is_none(), "draining while the dial runs");
+    b.handle_dial_succeeded(t0(), dial.id);
+    let after = drain(&mut b);
+    assert!(matches!(b.outcome(), Some(Outcome::Upgraded(up)) if up.attempt == 0));
+    let decided = after
+        .iter()
+        .position(|o| matches!(o, Output::Event(dcutr_core::Event::Upgraded(_))))
+        .unwrap();
+    assert!(
+        after[decided + 1..]
+            .iter()
+            .all(|o| !matches!(o, Output::Event(_))),
+        "no event after the outcome: {after:?}"
+    );
+}
