@@ -20,7 +20,7 @@ impl Upgrade {
     /// roles of the direct connection settled, so it dials first.
     pub(crate) fn initiator_begin(&mut self) {
         let targets = self.unilateral_targets.clone();
-        if !self.checks_identity() {
+        if self.unilateral_alongside() {
             // The dial first: if the attempt cannot even start (nothing of
             // ours to send), the dial may still win while the upgrade drains.
             self.dial_unilateral(targets);

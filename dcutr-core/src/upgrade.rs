@@ -479,7 +479,7 @@ impl Upgrade {
             self.state,
             State::AwaitStream | State::AwaitConnect { .. } | State::SyncDelay | State::Punching
         );
-        if !self.checks_identity() && exchange_running {
+        if self.unilateral_alongside() && exchange_running {
             // What the punch dials already needs no second dial.
             let attempt = self.attempt;
             let punching: Vec<Candidate> = self
@@ -494,6 +494,14 @@ impl Upgrade {
                 .collect();
             self.dial_unilateral(fresh);
         }
+    }
+
+    /// Whether the unilateral dial runs alongside the exchange: in the
+    /// spec's mode (a stream per attempt, the caller's own handshake). On
+    /// a shared stream, and with an identity check, it comes first, as the
+    /// roles of the direct connection must be settled before it.
+    pub(crate) fn unilateral_alongside(&self) -> bool {
+        !self.checks_identity() && self.config.channel == RelayChannel::StreamPerAttempt
     }
 
     /// Adds the usable, new ones of `addrs` to the unilateral targets,
@@ -1120,8 +1128,11 @@ impl Upgrade {
         let mut dials = 0;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
         let remote = std::mem::take(&mut self.remote);
+        // A unilateral dial still pending to one of these stays: in the
+        // spec's mode the responder takes any connection at once, so the
+        // dial may already be the connection it chose (libp2p cannot
+        // abort a dial in flight either). The first one up wins.
         let targets = self.within_budget(remote);
-        self.cancel_unilateral_to(&targets);
         for to in targets {
             let dial_role = match (to.transport, self.side, self.config.quic_server_punch) {
                 // The server side of QUIC does not dial: it sprays so that
@@ -1516,24 +1527,6 @@ impl Upgrade {
             );
         }
         kept
-    }
-
-    /// Cancels the unilateral dials still pending to any of `targets`.
-    ///
-    /// The punch dials them in its own role, from the same port (TCP):
-    /// the unilateral socket would hold the address pair and meet the
-    /// peer's punch as a simultaneous open in which both sides are
-    /// clients.
-    fn cancel_unilateral_to(&mut self, targets: &[Candidate]) {
-        for d in self
-            .directs
-            .drain_where(|d| d.attempt == 0 && d.is_dialing() && targets.contains(&d.to))
-        {
-            tracing::debug!(id = %d.id, to = %d.to, "unilateral dial handed over to the punch");
-            self.timeline
-                .end_dial(d.id, self.now, DialResult::Cancelled);
-            self.outputs.push_back(Output::CloseDirect { id: d.id });
-        }
     }
 
     /// Cancels the current attempt's dials that have not connected yet;

@@ -933,8 +933,12 @@ impl Driver {
         const DIRECT_ENTRY: usize = 256;
         let c = &self.config;
         let attempts = usize::from(c.max_attempts) + 1;
-        let outputs = attempts * (c.max_remote_addrs * 3 + 16) + 64;
-        let directs = attempts * c.max_remote_addrs + c.max_pending_inbound + 1;
+        // The unilateral dials (up to `max_remote_addrs`) may now run
+        // alongside an attempt's: their commands and entries add to it.
+        // A give-up while the unilateral dial drains queues its whole
+        // teardown at once: room for two bursts.
+        let outputs = 2 * (attempts + 1) * (c.max_remote_addrs * 3 + 16) + 64;
+        let directs = (attempts + 1) * c.max_remote_addrs + c.max_pending_inbound + 1;
         c.max_message_size
             + 2 * directs * DIRECT_ENTRY
             + 2 * c.max_local_addrs * size_of::<Candidate>()

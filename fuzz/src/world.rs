@@ -74,6 +74,17 @@ fn independent_winners(world: &World) -> bool {
         && transports(&world.sim.responder.addrs)
 }
 
+/// Whether the initiator's unilateral dial may run alongside its first
+/// attempt: the spec's mode (no identity check) with public addresses of
+/// the peer to dial.
+fn unilateral_alongside(world: &World) -> bool {
+    let b = &world.sim.initiator;
+    b.config.identity_check == IdentityCheck::CallerAuthenticates
+        && b.config.channel == dcutr_core::settings::RelayChannel::StreamPerAttempt
+        && b.config.unilateral
+        && !b.remote_public.is_empty()
+}
+
 /// Runs `world` and checks termination, agreement and roles.
 ///
 /// # Panics
@@ -122,6 +133,24 @@ fn addr_of(spec: &dcutr_sim::PeerSpec, transport: Transport) -> Option<SocketAdd
 fn check(world: &World, sim: &Sim) {
     let (b, a) = sim.outcomes();
     match (b, a) {
+        (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a)))
+            if unilateral_alongside(world) && (b.attempt == 0) != (a.attempt == 0) =>
+        {
+            // In the spec's mode the initiator's unilateral dial runs
+            // alongside the punch, and the responder cannot tell the one
+            // from the other: it names the attempt it is in. Both still
+            // won the connection to each other.
+            assert_eq!(
+                Some(b.remote),
+                addr_of(&world.sim.responder, b.transport),
+                "the initiator's winner is the responder, not a stranger"
+            );
+            assert_eq!(
+                Some(a.remote),
+                addr_of(&world.sim.initiator, a.transport),
+                "the responder's winner is the initiator, not a stranger"
+            );
+        }
         (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) => {
             assert_eq!(b.attempt, a.attempt, "both sides name the same attempt");
             let (b_role, a_role) = if b.attempt == 0 {
@@ -174,7 +203,10 @@ fn check(world: &World, sim: &Sim) {
             );
         }
         (Some(Outcome::Failed(_)), Some(Outcome::Failed(_))) => {}
-        other => panic!("the sides disagree: {other:?}"),
+        other => panic!(
+            "the sides disagree: {other:?} (relay {:?}, direct {:?} one way)",
+            world.sim.relay_one_way, world.sim.direct_one_way
+        ),
     }
     // The sides punch only each other, within budget.
     for (side, target) in &sim.dialled {
