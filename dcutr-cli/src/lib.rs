@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 pub mod demo;
+pub mod libp2p;
 pub mod netcheck;
 pub mod pairing;
 pub mod peer;
@@ -68,6 +69,10 @@ pub enum Command {
     /// which hole-punching strategies that allows (like `tailscale
     /// netcheck`). Exit code 0: at least one server answered; 2: error.
     Netcheck(netcheck::NetcheckArgs),
+    /// Hole-punch between rust-libp2p nodes through a libp2p circuit relay
+    /// (v2): `relay`, `listen` (the spec's B), `dial` (A), with our DCUtR
+    /// or `--stock` libp2p-dcutr.
+    Libp2p(libp2p::Libp2pArgs),
 }
 
 /// Arguments of `dcutr demo`.

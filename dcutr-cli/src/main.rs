@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Peer(args) => args.json,
         Command::Demo(_) => false,
         Command::Netcheck(args) => args.json,
+        Command::Libp2p(args) => dcutr_cli::libp2p::wants_json(args),
     };
     let reporter = Reporter::new(json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
             Command::Peer(args) => peer::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Netcheck(args) => netcheck::run(args).await,
+            Command::Libp2p(args) => dcutr_cli::libp2p::run(args).await,
         }
     });
     match outcome {
