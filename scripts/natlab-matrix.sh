@@ -18,7 +18,7 @@ if [ "$(id -u)" -ne 0 ] || ! ip netns list >/dev/null 2>&1; then
 fi
 scripts/install-natlab-tools.sh
 target=${CARGO_TARGET_DIR:-target}
-# The lab node is a dcutr-libp2p example, built with the workspace's
+# natlab libp2p drives the dcutr CLI (`dcutr libp2p`), built with the workspace's
 # features (the same libp2p build as the rest of the test suite).
 cargo build --locked --workspace --lib --bins --examples
 timed() {

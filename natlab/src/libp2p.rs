@@ -3,13 +3,20 @@
 //! over QUIC.
 //!
 //! Each run builds a fresh cone/cone topology (firewall on both routers)
-//! and starts the lab node of `dcutr-libp2p` (`examples/lab_node.rs`)
-//! three times: a libp2p circuit relay on the relay host, the listener
-//! (holds the reservation; the spec's B) at site 2, the dialer (dials the
-//! listener's relayed address; the spec's A) at site 1. Both peers must
-//! report a non-relayed connection to each other and bytes echoed over it.
+//! and starts the `dcutr` CLI three times: `dcutr libp2p relay` (a libp2p
+//! circuit relay v2) on the relay host, `dcutr libp2p listen` (holds the
+//! reservation; the spec's B) at site 2, `dcutr libp2p dial` (dials the
+//! listener's relayed address; the spec's A) at site 1, ours or `--stock`.
+//! Both peers must report, in their `--json` result line, a non-relayed
+//! connection to each other with a ping over it. Each peer also serves
+//! `--metrics` on its own loopback; natlab scrapes it (from inside the
+//! peer's namespace) once the peer printed its result, and checks that
+//! ours counted the upgrade in `libp2p_holepunch_outcomes_total` and that
+//! stock, which records nothing there, has no `libp2p_holepunch_` family.
 
 use std::fmt;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,17 +38,34 @@ const RELAY_SEED: u64 = 1;
 const LISTENER_SEED: u64 = 2;
 const DIALER_SEED: u64 = 3;
 
-/// How long each peer node may run, from its start to its result: ours
-/// gives up after three attempts of at most 10 s per step.
+/// Each peer's limit of its upgrade (`--timeout-s`), after its setup (at
+/// most 10 s): ours gives up after three attempts of at most 10 s per step.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// Where each peer serves `--metrics`: its own namespace's loopback.
+pub const METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// How long a peer keeps `--metrics` up after its result, for the scrape
+/// (`--metrics-hold-s`; it leaves as soon as natlab scraped).
+pub const METRICS_HOLD: Duration = Duration::from_secs(5);
+
+/// Limit of one scrape: connecting, the request and the answer.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Largest metrics answer read.
+const MAX_SCRAPE_BYTES: u64 = 1 << 20;
+
+/// The family whose samples prove ours counted the upgrade.
+pub const OUTCOMES_FAMILY: &str = "libp2p_holepunch_outcomes_total";
 
 /// How long the listener may take to print `reserved`: the node's own
 /// setup limit (10 s: relay, reservation, observed address) plus slack.
 pub const LISTENER_READY_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// Default limit for one run, from starting the listener until both peers
-/// exited: the listener's setup, then the dialer's whole run.
-pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(50);
+/// exited: the listener's setup (12 s), the dialer's setup (10 s) and
+/// upgrade ([`NODE_TIMEOUT`]), and the scrape.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// Once one node has exited, the other must follow within this (as in the
 /// matrix: the relayed connection closes when a side leaves).
@@ -56,11 +80,10 @@ const LISTENER_RESERVED_EVENT: &str = "reserved";
 /// `natlab libp2p` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The lab node (default: `examples/lab_node` next to natlab, i.e.
-    /// `target/debug/examples/lab_node` after
-    /// `cargo build --workspace --lib --bins --examples`).
+    /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH; build
+    /// it with `cargo build -p dcutr-cli`).
     #[arg(long)]
-    pub node: Option<PathBuf>,
+    pub dcutr: Option<PathBuf>,
     /// Also run the reference pairings, stock/stock and ours/ours.
     #[arg(long)]
     pub reference: bool,
@@ -159,10 +182,11 @@ pub const REFERENCE: [Pairing; 2] = [
     pairing(Impl::Ours, Impl::Ours),
 ];
 
-/// A node's `result` line (unknown fields ignored).
+/// A `dcutr libp2p listen|dial --json` `result` line (unknown fields
+/// ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeResult {
-    /// Direct connection up and echoed over.
+    /// Direct connection up and pinged over.
     pub ok: bool,
     /// A non-relayed connection to the peer came up.
     pub direct: bool,
@@ -176,8 +200,8 @@ pub struct NodeResult {
     pub role: Option<String>,
     /// From the relayed connection to the direct one, ms.
     pub time_to_direct_ms: Option<f64>,
-    /// Bytes echoed over the direct connection.
-    pub echo: bool,
+    /// A ping went over the direct connection.
+    pub ping: bool,
     /// The DCUtR behaviour's own event: `ok`, `error`, or none.
     pub dcutr_outcome: Option<String>,
     /// Its error text.
@@ -192,8 +216,11 @@ impl campaign::PeerResult for NodeResult {
     /// The node's own checks, double-checked from its report.
     fn problems(&self) -> Vec<String> {
         let mut v = Vec::new();
-        if self.ok && (!self.direct || !self.echo) {
-            v.push("ok without a direct connection echoed over".into());
+        if self.ok && (!self.direct || !self.ping) {
+            v.push("ok without a direct connection pinged over".into());
+        }
+        if !self.ok && self.reason.as_deref().is_none_or(str::is_empty) {
+            v.push("failed result without a reason".into());
         }
         if self.ok
             && self
@@ -222,11 +249,95 @@ pub struct Seen {
     pub b: NodeRun,
     /// The run hit its time limit.
     pub timed_out: bool,
+    /// What B's and A's `--metrics` showed after their results.
+    pub metrics: [Option<MetricsSeen>; 2],
     /// From starting B until both peers exited (`duration_ms`).
     #[serde(skip)]
     pub duration: Duration,
     /// Lab and runner problems.
     pub problems: Vec<String>,
+}
+
+/// What one scrape of a peer's `--metrics` showed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MetricsSeen {
+    /// The scrape failed: why.
+    pub error: Option<String>,
+    /// The sum of the `libp2p_holepunch_outcomes_total` samples with
+    /// `outcome="success"` on the side this peer plays.
+    pub successes: Option<f64>,
+    /// Any `libp2p_holepunch_` family present.
+    pub holepunch_families: bool,
+}
+
+impl MetricsSeen {
+    /// Reads a scraped body: `side` is go-libp2p's label of the peer's role
+    /// (`initiator` for B, `receiver` for A).
+    pub fn from_body(body: &str, side: &str) -> Self {
+        let wanted = [format!("side=\"{side}\""), "outcome=\"success\"".to_owned()];
+        let successes = body
+            .lines()
+            .filter(|l| l.starts_with(OUTCOMES_FAMILY) && wanted.iter().all(|w| l.contains(w)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .reduce(|a, b| a + b);
+        MetricsSeen {
+            error: None,
+            successes,
+            holepunch_families: body.lines().any(|l| l.contains("libp2p_holepunch_")),
+        }
+    }
+
+    /// Problems of `who` (running `dcutr`) with these metrics, for a run
+    /// whose peer made a direct connection.
+    pub fn problems(&self, who: &str, dcutr: Impl) -> Vec<String> {
+        if let Some(e) = &self.error {
+            return vec![format!("{who} ({dcutr}): --metrics: {e}")];
+        }
+        match dcutr {
+            Impl::Ours if self.successes.is_none_or(|n| n < 1.0) => vec![format!(
+                "{who} (ours): --metrics has no {OUTCOMES_FAMILY} success sample ({:?})",
+                self.successes
+            )],
+            Impl::Stock if self.holepunch_families => vec![format!(
+                "{who} (stock): --metrics has libp2p_holepunch_ families, which only ours records"
+            )],
+            _ => vec![],
+        }
+    }
+}
+
+/// `GET /metrics` from `addr` inside network namespace `ns`: a thread
+/// enters the namespace (only that thread) and makes the request.
+pub fn scrape_in(ns: &str, addr: SocketAddr) -> Result<String> {
+    let path = PathBuf::from("/run/netns").join(ns);
+    let handle = std::thread::spawn(move || -> Result<String> {
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("enter {}", path.display()))?;
+        let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)
+            .with_context(|| format!("connect to {addr}"))?;
+        s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
+        s.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        s.take(MAX_SCRAPE_BYTES).read_to_string(&mut answer)?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .context("not an HTTP answer")?;
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.1 200"),
+            "{}",
+            head.lines().next().unwrap_or("")
+        );
+        Ok(body.to_owned())
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the scrape thread panicked"))?
 }
 
 /// What a libp2p record keeps.
@@ -246,11 +357,19 @@ pub struct Detail {
 /// Judge one run (pure: unit-tested without root).
 pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
     v.extend(seen.problems.iter().cloned());
-    for (who, n, dcutr) in [("B", &seen.b, pairing.b), ("A", &seen.a, pairing.a)] {
+    let sides = [("B", &seen.b, pairing.b), ("A", &seen.a, pairing.a)];
+    for ((who, n, dcutr), metrics) in sides.into_iter().zip(&seen.metrics) {
         v.extend(n.violations(who));
-        if let Some(r) = n.result.as_ref().filter(|r| !r.ok) {
-            let reason = r.reason.as_deref().unwrap_or("no reason given");
-            v.push(format!("{who} ({dcutr}): no direct connection: {reason}"));
+        match n.result.as_ref() {
+            Some(r) if !r.ok => {
+                let reason = r.reason.as_deref().unwrap_or("no reason given");
+                v.push(format!("{who} ({dcutr}): no direct connection: {reason}"));
+            }
+            Some(_) => match metrics {
+                Some(m) => v.extend(m.problems(who, dcutr)),
+                None => v.push(format!("{who} ({dcutr}): --metrics was not scraped")),
+            },
+            None => {}
         }
     }
     let outcome = campaign::outcome(&seen.a, &seen.b, seen.timed_out, &mut v);
@@ -338,30 +457,23 @@ pub fn table(records: &[Record<Detail>]) -> String {
 pub struct Libp2p {
     /// Options.
     pub args: Args,
-    /// The lab node.
-    pub node: PathBuf,
+    /// The dcutr CLI.
+    pub dcutr: PathBuf,
 }
 
-impl Libp2p {
-    /// The lab node: `--node`, else `examples/lab_node` next to natlab.
-    pub fn locate_node(args: &Args) -> Result<PathBuf> {
-        campaign::locate(
-            args.node.as_deref(),
-            "examples",
-            "lab_node",
-            "build it with `cargo build --workspace --lib --bins --examples` or pass --node PATH",
-        )
-    }
+/// The string field `name` of a JSON event line.
+fn field_of(line: &str, name: &str) -> Result<String> {
+    let (_, value) = parse_event(line).map_err(anyhow::Error::msg)?;
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("no {name} in {line}"))
 }
 
 /// The `peer_id` field of a JSON event line.
 fn peer_id_of(line: &str) -> Result<String> {
-    let (_, value) = parse_event(line).map_err(anyhow::Error::msg)?;
-    value
-        .get("peer_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .with_context(|| format!("no peer_id in {line}"))
+    field_of(line, "peer_id")
 }
 
 impl Campaign for Libp2p {
@@ -400,50 +512,66 @@ impl Campaign for Libp2p {
         let mut seen = Seen::default();
         let relay_listen = pairing.listen_addr(&RELAY_IP.to_string(), RELAY_PORT);
         let relay = args(&[
+            "libp2p",
             "relay",
             "--seed",
             &RELAY_SEED.to_string(),
             "--listen",
             &relay_listen,
+            "--json",
         ]);
         let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
         let ns = lab.relay_ns();
-        let relay_id = campaign::start(lab, procs, ("relay", &ns), &self.node, &relay, ready);
-        let relay_id = match relay_id.and_then(|l| peer_id_of(&l)) {
-            Ok(id) => id,
+        let relay_line = campaign::start(lab, procs, ("relay", &ns), &self.dcutr, &relay, ready);
+        let relay_addr = match relay_line.and_then(|l| field_of(&l, "addr")) {
+            Ok(addr) => addr,
             Err(e) => {
                 seen.problems.push(format!("relay: {e:#}"));
                 return seen;
             }
         };
-        let relay_addr = format!("{relay_listen}/p2p/{relay_id}");
+        if !relay_addr.starts_with(&relay_listen) || !relay_addr.contains("/p2p/") {
+            seen.problems.push(format!(
+                "relay: printed {relay_addr}, not {relay_listen}/p2p/<id>"
+            ));
+        }
         let listen = pairing.listen_addr("0.0.0.0", PEER_PORT);
         let node_timeout = NODE_TIMEOUT.as_secs_f64().to_string();
+        let hold = METRICS_HOLD.as_secs_f64().to_string();
         let node = |mode: &str, seed: u64, dcutr: Impl| {
             let seed = seed.to_string();
-            let dcutr = dcutr.to_string();
-            args(&[
+            let mut v = args(&[
+                "libp2p",
                 mode,
                 "--seed",
                 &seed,
-                "--dcutr",
-                &dcutr,
                 "--listen",
                 &listen,
                 "--relay",
                 &relay_addr,
-            ])
+                "--json",
+                "--timeout-s",
+                &node_timeout,
+                "--metrics",
+                METRICS_ADDR,
+                "--metrics-hold-s",
+                &hold,
+            ]);
+            if dcutr == Impl::Stock {
+                v.push("--stock".into());
+            }
+            v
         };
         let started = Instant::now();
         let deadline = started + Duration::from_secs_f64(self.args.run_timeout_s.max(0.1));
         let mut b = node("listen", LISTENER_SEED, pairing.b);
-        b.extend(args(&["--timeout-s", &node_timeout]));
+        b.extend(args(&["--wait-s", &node_timeout]));
         let ready = (
             LISTENER_RESERVED_EVENT,
             (Instant::now() + LISTENER_READY_TIMEOUT).min(deadline),
         );
         let ns = lab.host_ns(2);
-        let b_id = campaign::start(lab, procs, ("listener B", &ns), &self.node, &b, ready);
+        let b_id = campaign::start(lab, procs, ("listener B", &ns), &self.dcutr, &b, ready);
         match b_id.and_then(|l| peer_id_of(&l)) {
             Err(e) if procs.len() < 2 => {
                 seen.problems.push(format!("listener B: {e:#}"));
@@ -452,17 +580,33 @@ impl Campaign for Libp2p {
             Err(e) => seen.problems.push(format!("B: {e:#}")),
             Ok(b_id) => {
                 let mut a = node("dial", DIALER_SEED, pairing.a);
-                a.extend(args(&["--peer", &b_id, "--timeout-s", &node_timeout]));
+                a.extend(args(&["--peer", &b_id]));
                 match lab.spawn(
                     "dialer A",
                     &lab.host_ns(1),
-                    &self.node.to_string_lossy(),
+                    &self.dcutr.to_string_lossy(),
                     &a,
                 ) {
                     Ok(p) => procs.push(p),
                     Err(e) => seen.problems.push(format!("dialer A: {e:#}")),
                 }
             }
+        }
+        // Each peer's metrics, scraped once it printed its result (it
+        // holds them up until then): A first, as it usually ends first.
+        let metrics_addr: SocketAddr = METRICS_ADDR.parse().expect("a socket address");
+        for (slot, idx, site, side) in [(1, 2, 1, "receiver"), (0, 1, 2, "initiator")] {
+            let Some(p) = procs.get(idx) else { continue };
+            let got = p
+                .wait_for_line(deadline, "result", |l| campaign::is_event(l, "result"))
+                .and_then(|_| scrape_in(&lab.host_ns(site), metrics_addr));
+            seen.metrics[slot] = Some(match got {
+                Ok(body) => MetricsSeen::from_body(&body, side),
+                Err(e) => MetricsSeen {
+                    error: Some(format!("{e:#}")),
+                    ..MetricsSeen::default()
+                },
+            });
         }
         let limits = (started, deadline, OTHER_NODE_GRACE);
         let end = campaign::settle(procs, limits, &mut seen.problems);
@@ -500,7 +644,7 @@ mod tests {
             endpoint: ok.then(|| "dialer".into()),
             role: ok.then(|| "client".into()),
             time_to_direct_ms: ok.then_some(9.0),
-            echo: ok,
+            ping: ok,
             dcutr_outcome: dcutr.map(str::to_owned),
             dcutr_error: None,
         };
@@ -517,11 +661,27 @@ mod tests {
         node(true, Some(DIRECT), dcutr)
     }
 
+    /// What a peer running `dcutr` shows at /metrics after one upgrade.
+    fn metrics(dcutr: Impl, side: &str) -> MetricsSeen {
+        let body = match dcutr {
+            Impl::Ours => format!(
+                "# TYPE {OUTCOMES_FAMILY} counter\n{OUTCOMES_FAMILY}{{side=\"{side}\",num_attempts=\"1\",outcome=\"success\"}} 1\n\
+                 {OUTCOMES_FAMILY}{{side=\"{side}\",num_attempts=\"2\",outcome=\"success\"}} 0\n# EOF\n"
+            ),
+            Impl::Stock => "# EOF\n".to_owned(),
+        };
+        MetricsSeen::from_body(&body, side)
+    }
+
     fn run(p: Pairing, a: NodeRun, b: NodeRun) -> Record<Detail> {
         let seen = Seen {
             a,
             b,
             duration: Duration::from_secs(2),
+            metrics: [
+                Some(metrics(p.b, "initiator")),
+                Some(metrics(p.a, "receiver")),
+            ],
             ..Seen::default()
         };
         judge(p, 1, seen, vec![])
@@ -561,17 +721,17 @@ mod tests {
     }
 
     #[test]
-    fn a_relayed_remote_or_a_missing_echo_is_not_direct() {
+    fn a_relayed_remote_or_a_missing_ping_is_not_direct() {
         let relayed = node(
             true,
             Some("/ip4/203.0.113.1/tcp/4000/p2p/R/p2p-circuit/p2p/B"),
             None,
         );
-        let mut no_echo = direct(None);
-        no_echo.result.as_mut().unwrap().echo = false;
-        let r = run(MIXED[0], relayed, no_echo);
+        let mut no_ping = direct(None);
+        no_ping.result.as_mut().unwrap().ping = false;
+        let r = run(MIXED[0], relayed, no_ping);
         assert!(has(&r, "A: the direct connection's remote") && has(&r, "is not a direct address"));
-        assert!(has(&r, "B: ok without a direct connection echoed over"));
+        assert!(has(&r, "B: ok without a direct connection pinged over"));
     }
 
     #[test]
@@ -583,7 +743,7 @@ mod tests {
         };
         let hung = judge(MIXED[0], 1, seen, vec![]);
         assert_eq!(hung.outcome, Outcome::Timeout);
-        assert!(has(&hung, "timed out after 50.0 s"));
+        assert!(has(&hung, "timed out after 65.0 s"));
         let crashed = NodeRun::parse(Some(101), &["thread 'main' panicked".to_owned()]);
         assert_eq!(crashed.problems.len(), 2, "{:?}", crashed.problems);
         let r = run(MIXED[0], crashed, direct(None));
@@ -595,7 +755,7 @@ mod tests {
     fn node_output_parses_the_result_and_flags_late_events() {
         let lines: Vec<String> = [
             r#"{"event":"reserved","peer_id":"x"}"#,
-            r#"{"event":"result","ok":true,"direct":true,"reason":null,"remote":"/ip4/203.0.113.11/tcp/5000","endpoint":"dialer","role":"server","time_to_direct_ms":9.3,"echo":true,"dcutr_outcome":"ok","dcutr_error":null,"extra":1}"#,
+            r#"{"event":"result","ok":true,"direct":true,"reason":null,"remote":"/ip4/203.0.113.11/tcp/5000","endpoint":"dialer","role":"server","time_to_direct_ms":9.3,"ping":true,"dcutr_outcome":"ok","dcutr_error":null,"extra":1}"#,
             r#"{"event":"late"}"#,
         ]
         .map(str::to_owned)
@@ -603,7 +763,7 @@ mod tests {
         let n = NodeRun::parse(Some(0), &lines);
         assert_eq!(n.events, ["reserved", "result", "late"]);
         let r = n.result.as_ref().unwrap();
-        assert!(r.ok && r.direct && r.echo);
+        assert!(r.ok && r.direct && r.ping);
         assert_eq!(r.role.as_deref(), Some("server"));
         assert_eq!(
             n.violations("A"),
@@ -638,6 +798,47 @@ mod tests {
             lines[3],
             "| ours-B/stock-A tcp | ours | stock | 1 | 1/1 | 5.0 | none 1 | ok 1 | PASS |"
         );
+    }
+
+    #[test]
+    fn metrics_must_show_ours_success_and_no_holepunch_family_for_stock() {
+        let ours = metrics(Impl::Ours, "receiver");
+        assert_eq!(ours.successes, Some(1.0), "the sum over num_attempts");
+        assert!(ours.problems("A", Impl::Ours).is_empty());
+        let wrong_side = metrics(Impl::Ours, "initiator");
+        let p = MetricsSeen::from_body(
+            &format!(
+                "{OUTCOMES_FAMILY}{{side=\"initiator\",num_attempts=\"1\",outcome=\"success\"}} 1\n"
+            ),
+            "receiver",
+        );
+        assert_eq!(p.successes, None);
+        assert!(
+            p.problems("A", Impl::Ours)[0]
+                .contains("no libp2p_holepunch_outcomes_total success sample")
+        );
+        assert!(wrong_side.holepunch_families);
+        // Stock with our families, or a failed scrape, is a violation.
+        let stock = metrics(Impl::Stock, "receiver");
+        assert!(stock.problems("A", Impl::Stock).is_empty());
+        assert_eq!(ours.problems("A", Impl::Stock).len(), 1);
+        let failed = MetricsSeen {
+            error: Some("connect: refused".into()),
+            ..MetricsSeen::default()
+        };
+        assert_eq!(
+            failed.problems("B", Impl::Stock),
+            ["B (stock): --metrics: connect: refused"]
+        );
+        // A judged run without a scrape fails.
+        let seen = Seen {
+            a: direct(Some("ok")),
+            b: direct(None),
+            duration: Duration::from_secs(2),
+            ..Seen::default()
+        };
+        let r = judge(MIXED[0], 1, seen, vec![]);
+        assert!(has(&r, "--metrics was not scraped"), "{:?}", r.violations);
     }
 
     #[test]

@@ -55,7 +55,7 @@ enum Command {
     /// the stream, a peer that vanishes; every run within a bound.
     Broken(broken::Args),
     /// Stock rust-libp2p DCUtR behind one cone NAT and ours (dcutr-libp2p)
-    /// behind the other, both roles, over TCP (needs examples/lab_node).
+    /// behind the other, both roles, over TCP and QUIC (`dcutr libp2p`).
     Libp2p(libp2p::Args),
     /// Remove every leftover lab namespace (nlXXXXXX-*) and the processes in it.
     Cleanup,
@@ -248,8 +248,8 @@ fn run(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Libp2p(args) => {
-            let node = libp2p::Libp2p::locate_node(&args)?;
-            campaign::run(&libp2p::Libp2p { args, node })
+            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
+            campaign::run(&libp2p::Libp2p { args, dcutr })
         }
         Command::Cleanup => {
             let removed = topo::cleanup_all()?;

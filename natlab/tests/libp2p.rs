@@ -4,12 +4,10 @@
 //! `#[ignore = "needs root"]`: scripts/test-all.sh runs it as root with
 //! `cargo test -p dcutr-natlab -- --ignored`; without root it fails.
 //!
-//! The lab node is dcutr-libp2p's `lab_node` example. The test builds it
-//! with the workspace's feature set (`cargo build --workspace --lib --bins
-//! --examples`: the same libp2p build as `cargo build --workspace
-//! --all-targets` and `cargo test --workspace`, so a no-op there). Not
-//! `--example lab_node` alone: that resolves features for dcutr-libp2p
-//! only, which is a second libp2p build.
+//! The nodes are the `dcutr` CLI's `dcutr libp2p relay|listen|dial`; the
+//! test builds it (`cargo build -p dcutr-cli --bin dcutr`, a no-op after
+//! `cargo build --workspace`) next to natlab. Each record carries what
+//! natlab scraped from both peers' `--metrics`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,44 +38,37 @@ fn fresh_run_id() -> String {
     }
 }
 
-/// Builds the lab node next to natlab (`<target>/debug/examples/lab_node`).
-fn build_lab_node() -> PathBuf {
+/// Builds the dcutr CLI next to natlab (`<target>/debug/dcutr`).
+fn build_dcutr() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("natlab lives in the workspace");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "--locked",
-            "--workspace",
-            "--lib",
-            "--bins",
-            "--examples",
-        ])
+        .args(["build", "--locked", "-p", "dcutr-cli", "--bin", "dcutr"])
         .current_dir(workspace)
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "building the lab node failed");
-    let node = Path::new(natlab())
+    assert!(status.success(), "building the dcutr CLI failed");
+    let dcutr = Path::new(natlab())
         .parent()
         .expect("natlab's directory")
-        .join("examples/lab_node");
-    assert!(node.is_file(), "no lab node at {}", node.display());
-    node
+        .join("dcutr");
+    assert!(dcutr.is_file(), "no dcutr at {}", dcutr.display());
+    dcutr
 }
 
 #[test]
 #[ignore = "needs root"]
 fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
     assert!(is_root(), "needs root (it builds network namespaces)");
-    let node = build_lab_node();
+    let dcutr = build_dcutr();
     let run_id = fresh_run_id();
     let out = Command::new(natlab())
         .args([
-            "libp2p", "--runs", "1", "--json", "--run-id", &run_id, "--node",
+            "libp2p", "--runs", "1", "--json", "--run-id", &run_id, "--dcutr",
         ])
-        .arg(&node)
+        .arg(&dcutr)
         .output()
         .expect("run natlab libp2p");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -110,8 +101,8 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
             assert_eq!(res["ok"], true, "{side}: {r}");
             assert_eq!(res["direct"], true, "{side}: {r}");
             assert_eq!(
-                res["echo"], true,
-                "{side}: bytes over the direct connection: {r}"
+                res["ping"], true,
+                "{side}: a ping over the direct connection: {r}"
             );
             let remote = res["remote"].as_str().expect("a remote address");
             // Each side reached the other's NAT directly, not the relay.
@@ -130,6 +121,19 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
                     && !remote.contains("p2p-circuit"),
                 "{side}: remote {remote} is not the peer's NAT over {transport}"
             );
+        }
+    }
+    // What natlab scraped from --metrics: [B, A]. Ours counted its one
+    // upgrade as a success on its side; stock has no holepunch families.
+    for r in &records {
+        for (i, who) in ["b", "a"].into_iter().enumerate() {
+            let m = &r["metrics"][i];
+            assert_eq!(m["error"], serde_json::Value::Null, "{who}: {r}");
+            if r[format!("{who}_impl")] == "ours" {
+                assert!(m["successes"].as_f64() >= Some(1.0), "{who}: {r}");
+            } else {
+                assert_eq!(m["holepunch_families"], false, "{who}: {r}");
+            }
         }
     }
     assert!(out.status.success(), "natlab libp2p failed");
