@@ -111,10 +111,22 @@ fn scrape(url: &str) -> String {
     body.to_owned()
 }
 
-/// The value of the sample `name{labels}` in a Prometheus text body.
-fn sample(body: &str, name_and_labels: &str) -> Option<f64> {
+/// The sum of the samples of `family` whose labels contain each of
+/// `labels` (`None`: no such sample).
+fn sum(body: &str, family: &str, labels: &[&str]) -> Option<f64> {
     body.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?;
+            let (labels_part, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|w| labels_part.contains(w))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .reduce(|a, b| a + b)
 }
 
 fn relay(listen: &str) -> (Node, String) {
@@ -194,8 +206,11 @@ fn assert_direct(result: &Value, runs: u64) {
 
 #[test]
 fn ours_upgrades_twice_over_tcp_on_loopback_with_json_and_metrics() {
-    let [(a, a_body, a_lines), (b, b_body, _)] =
-        campaign("/ip4/127.0.0.1/tcp/0", 2, &["--allow-loopback"]);
+    let [(a, a_body, a_lines), (b, b_body, _)] = campaign(
+        "/ip4/127.0.0.1/tcp/0",
+        2,
+        &["--allow-loopback", "--no-unilateral"],
+    );
     assert_direct(&a, 2);
     assert_direct(&b, 2);
     assert_eq!(
@@ -211,18 +226,36 @@ fn ours_upgrades_twice_over_tcp_on_loopback_with_json_and_metrics() {
         .filter(|v| v["event"] == "relayed-connection")
         .count();
     assert_eq!(relayed, 2, "a fresh relayed connection per run");
-    // Both sides counted both upgrades: A is the receiver, B the initiator.
-    let outcome = |side: &str| {
-        format!(
-            "libp2p_holepunch_outcomes_total{{side=\"{side}\",num_attempts=\"1\",outcome=\"success\"}}"
-        )
-    };
-    assert_eq!(sample(&a_body, &outcome("receiver")), Some(2.0), "{a_body}");
-    assert_eq!(
-        sample(&b_body, &outcome("initiator")),
-        Some(2.0),
-        "{b_body}"
-    );
+    // Both sides counted both upgrades as hole-punch successes (A is
+    // go-libp2p's receiver, B the initiator), with two times to direct
+    // each and no failure. (`--no-unilateral`: on loopback B's direct dial
+    // would otherwise win before any attempt, and such an upgrade does not
+    // count in libp2p_holepunch_outcomes_total.)
+    for (body, side) in [(&a_body, "receiver"), (&b_body, "initiator")] {
+        let side = format!("side=\"{side}\"");
+        let success = [side.as_str(), "num_attempts=\"1\"", "outcome=\"success\""];
+        let ok = sum(body, "libp2p_holepunch_outcomes_total", &success);
+        assert_eq!(ok, Some(2.0), "{body}\n{a_lines:#?}");
+        let ttd = sum(
+            body,
+            "libp2p_holepunch_time_to_direct_seconds_count",
+            &[&side],
+        );
+        assert_eq!(ttd, Some(2.0), "{body}");
+        let failed = sum(
+            body,
+            "libp2p_holepunch_outcomes_total",
+            &[&side, "outcome=\"failed\""],
+        );
+        assert_eq!(failed, Some(0.0), "{body}");
+        assert_eq!(
+            sum(body, "libp2p_holepunch_failures_total", &[]),
+            None,
+            "{body}"
+        );
+        let unilateral = sum(body, "libp2p_holepunch_direct_dials_total", &[]);
+        assert_eq!(unilateral.unwrap_or(0.0), 0.0, "no unilateral dial: {body}");
+    }
 }
 
 #[test]

@@ -140,6 +140,10 @@ pub struct PeerOpts {
     /// Ours: also send and dial loopback addresses (tests on one host).
     #[arg(long)]
     pub allow_loopback: bool,
+    /// Ours: no unilateral direct dial to the peer's public addresses
+    /// alongside the exchange; every upgrade is a hole punch.
+    #[arg(long)]
+    pub no_unilateral: bool,
     /// Limit of each upgrade in seconds, from the relayed connection to a
     /// direct connection pinged over.
     #[arg(long, value_name = "S", default_value_t = DEFAULT_UPGRADE_TIMEOUT_S,
@@ -286,6 +290,14 @@ impl Out {
     /// Prints `event` with `fields` (an object).
     pub fn emit(&self, event: &str, fields: Value) {
         println!("{}", self.line(event, fields));
+    }
+
+    /// Prints `text` in human mode only (summaries the JSON lines carry
+    /// as fields already).
+    pub fn human(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
     }
 
     fn line(&self, event: &str, mut fields: Value) -> String {

@@ -420,12 +420,15 @@ fn endpoint_parts(endpoint: &ConnectedPoint) -> (Multiaddr, &'static str, &'stat
 }
 
 /// Ours' config from the flags: the default address policy, widened by
-/// `--allow-private` and `--allow-loopback`.
+/// `--allow-private` and `--allow-loopback`; the unilateral dial unless
+/// `--no-unilateral`.
 fn ours_config(opts: &PeerOpts) -> ours::Config {
     let mut policy = ours::AddressPolicy::public_only();
     policy.allow_private |= opts.allow_private;
     policy.allow_loopback |= opts.allow_loopback;
-    ours::Config::default().with_address_policy(policy)
+    ours::Config::default()
+        .with_address_policy(policy)
+        .with_unilateral(!opts.no_unilateral)
 }
 
 /// The listening addresses: `--listen`, or TCP and QUIC on every interface.
@@ -610,6 +613,7 @@ pub async fn run(opts: &PeerOpts, role: Role, runs: u32) -> anyhow::Result<ExitC
     let last = reports.last().cloned().unwrap_or_default();
     let scrapes = server.as_ref().map(MetricsServer::scrapes);
     out.emit("result", result_line(&last, &summary));
+    out.human(&human_summary(&last, &summary));
     if let (Some(server), Some(before)) = (&server, scrapes) {
         hold_metrics(
             &mut swarm,
@@ -624,6 +628,32 @@ pub async fn run(opts: &PeerOpts, role: Role, runs: u32) -> anyhow::Result<ExitC
     } else {
         ExitCode::from(EXIT_NO_DIRECT)
     })
+}
+
+/// The last lines of the human output: the last run's outcome and, for a
+/// campaign, its statistics.
+fn human_summary(last: &RunReport, summary: &Summary) -> String {
+    let mut text = match (&last.reason, &last.remote, last.time_to_direct_ms) {
+        (None, Some(remote), Some(ttd)) => {
+            format!("direct connection to {remote} {ttd:.1} ms after the relayed one")
+        }
+        (None, Some(remote), None) => format!("direct connection to {remote}"),
+        (Some(reason), ..) => format!("no direct connection: {reason}"),
+        (None, None, _) => "no direct connection".to_owned(),
+    };
+    if summary.runs > 1 {
+        let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+        text.push_str(&format!(
+            "\n{}/{} runs direct ({:.0} %); time to direct p50 {}, p90 {}, max {}",
+            summary.successes,
+            summary.runs,
+            summary.success_rate * 100.0,
+            fmt(summary.time_to_direct_p50_ms),
+            fmt(summary.time_to_direct_p90_ms),
+            fmt(summary.time_to_direct_max_ms),
+        ));
+    }
+    text
 }
 
 /// Adds the fields of object `extra` to object `v`.
@@ -857,6 +887,31 @@ mod tests {
     }
 
     #[test]
+    fn the_human_summary_gives_the_outcome_and_the_campaign_figures() {
+        let ok = RunReport {
+            ok: true,
+            remote: Some("/ip4/203.0.113.12/tcp/5000".into()),
+            time_to_direct_ms: Some(12.5),
+            ..RunReport::default()
+        };
+        let one = human_summary(&ok, &Summary::new(1, &[12.5]));
+        assert_eq!(
+            one,
+            "direct connection to /ip4/203.0.113.12/tcp/5000 12.5 ms after the relayed one"
+        );
+        let failed = RunReport {
+            reason: Some("no direct connection within 35s".into()),
+            ..RunReport::default()
+        };
+        let many = human_summary(&failed, &Summary::new(4, &[10.0, 20.0, 30.0]));
+        assert_eq!(
+            many,
+            "no direct connection: no direct connection within 35s\n\
+             3/4 runs direct (75 %); time to direct p50 20.0 ms, p90 30.0 ms, max 30.0 ms"
+        );
+    }
+
+    #[test]
     fn the_flags_widen_ours_address_policy() {
         use clap::Parser;
         #[derive(Parser)]
@@ -875,5 +930,10 @@ mod tests {
                 .o;
         let policy = ours_config(&wide).core.address_policy;
         assert!(policy.allow_loopback && policy.allow_private);
+        assert!(ours_config(&plain).core.unilateral);
+        let direct_off = P::try_parse_from(["p", "--relay", relay, "--no-unilateral"])
+            .unwrap()
+            .o;
+        assert!(!ours_config(&direct_off).core.unilateral);
     }
 }
