@@ -119,6 +119,8 @@ struct Run {
     conns: Vec<ConnectionId>,
     open: u32,
     relayed_at: Option<Instant>,
+    /// The run's relayed connection (the first, if several).
+    relayed: Option<ConnectionId>,
     relayed_dial: Option<ConnectionId>,
     relayed_dial_error: Option<String>,
     relayed_rtt: Option<Duration>,
@@ -141,6 +143,7 @@ impl Run {
             conns: Vec::new(),
             open: 0,
             relayed_at: None,
+            relayed: None,
             relayed_dial: None,
             relayed_dial_error: None,
             relayed_rtt: None,
@@ -241,6 +244,7 @@ impl Run {
                 let (remote, kind, role) = endpoint_parts(&endpoint);
                 if endpoint.is_relayed() {
                     self.relayed_at.get_or_insert_with(Instant::now);
+                    self.relayed.get_or_insert(connection_id);
                     out.emit(
                         "relayed-connection",
                         json!({"run": self.index, "remote_peer_id": peer_id.to_string(),
@@ -284,13 +288,9 @@ impl Run {
                 ..
             })) if self.conns.contains(&connection) => {
                 let over_direct = self.direct.as_ref().is_some_and(|d| d.0 == connection);
-                let over_relayed = !over_direct
-                    && self.direct.as_ref().is_none_or(|d| d.0 != connection)
-                    && self.relayed_rtt.is_none()
-                    && self.direct_connections == 0;
-                match &result {
-                    Ok(rtt) if over_relayed => self.relayed_rtt = Some(*rtt),
-                    _ => {}
+                let over_relayed = self.relayed == Some(connection);
+                if let (true, None, Ok(rtt)) = (over_relayed, self.relayed_rtt, &result) {
+                    self.relayed_rtt = Some(*rtt);
                 }
                 if over_direct && self.ping.is_none() {
                     self.ping = Some(result.as_ref().map(|d| *d).map_err(ToString::to_string));
