@@ -477,9 +477,11 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         m.sprayed * (SPRAY_PACKET_LEN as u64 + 28),
         "spray datagrams are {SPRAY_PACKET_LEN} bytes"
     );
+    // A QUIC endpoint sends its Initial a moment after the dial starts, and
+    // a superseded dial may be dropped before that: only some must show.
     assert!(
-        m.quic.packets >= m.quic_dials,
-        "every QUIC dial reaches the victim: {m:?}"
+        m.quic_dials == 0 || m.quic.packets > 0,
+        "QUIC dials reach the victim (the lab works): {m:?}"
     );
     assert!(
         m.quic.packets <= m.quic_dials * INITIALS_PER_QUIC_DIAL,
