@@ -300,10 +300,9 @@ async fn play(relay: SocketAddr, conn: &Conn, meet: Option<usize>) -> Vec<&'stat
     // after its idle timeout: a run does not wait on timers. A peer that
     // registered waits to be paired first (or for the wait to end).
     let waits = waits_for_pairing
-        || conn
-        .pieces
-        .iter()
-        .any(|p| matches!(p, Piece::Ready(..)) || matches!(p, Piece::Named(k, _) if k % 3 == 1));
+        || conn.pieces.iter().any(|p| {
+            matches!(p, Piece::Ready(..)) || matches!(p, Piece::Named(k, _) if k % 3 == 1)
+        });
     let mut open = true;
     if !waits {
         let _ = stream.shutdown().await;
