@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzing of dcutr-core with cargo-fuzz (libFuzzer); the targets live in fuzz/.
+# Fuzzing with cargo-fuzz (libFuzzer) of dcutr-core, the rendezvous relay and
+# the libp2p behaviour; the targets live in fuzz/.
 #
 #   scripts/fuzz.sh smoke               every target for FUZZ_SMOKE_SECONDS (default 30) s: what CI runs
 #   scripts/fuzz.sh long [SECONDS]      every target for SECONDS (default 3600) s, one after the other
@@ -28,10 +29,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_TARGETS=(frame_decoder codec_parse upgrade_initiator upgrade_responder orchestrator)
+ALL_TARGETS=(frame_decoder codec_parse upgrade_initiator upgrade_responder orchestrator rendezvous_line libp2p_stream)
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 

@@ -6,7 +6,7 @@
 # and, as root, the Debian packages of the NAT lab
 # (scripts/install-natlab-tools.sh). The NAT lab (scripts/natlab-matrix.sh
 # and the root-only tests of natlab, `cargo test -p dcutr-natlab --
-# --ignored`) needs root; the fuzz smoke run needs a nightly toolchain.
+# --ignored`, and of dcutr-tokio's victim_budget) needs root; the fuzz smoke run needs a nightly toolchain.
 # The last line says which parts ran and which were skipped, and why:
 #   parts: format build crates-alone clippy tests docs public-api coturn natlab fuzz; skipped: none
 #   parts: format build crates-alone clippy tests docs public-api fuzz; skipped: coturn (needs root to install), natlab (needs root)
@@ -77,6 +77,9 @@ if [ "$(id -u)" -eq 0 ] && ip netns list >/dev/null 2>&1; then
     scripts/natlab-matrix.sh
     # The root-only lab tests (marked #[ignore = "needs root"]), one at a time.
     cargo test --locked -p dcutr-natlab -- --ignored --test-threads=1
+    # A silent victim in namespaces of its own: what a hostile peer gets
+    # out of our standalone peer (the measured figures in SECURITY.md).
+    cargo test --locked -p dcutr-tokio --test victim_budget -- --ignored --nocapture
     ran+=(natlab)
 else
     echo "natlab: skipped (needs root)"

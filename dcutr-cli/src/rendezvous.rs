@@ -414,6 +414,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineReader<S> {
     }
 }
 
+/// Control lines split from a byte stream by [`read_control_lines`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ControlLines {
+    /// Each line, without its `\n` (and a `\r` before it).
+    pub lines: Vec<Vec<u8>>,
+    /// Why reading stopped early, if it did: a line too long, a stream that
+    /// ended inside a line, or a failing stream.
+    pub error: Option<String>,
+    /// The bytes taken off the stream but not returned as a line: the line
+    /// in progress, then what the buffer holds past the last newline.
+    pub unread: Vec<u8>,
+}
+
+/// Splits `stream` into control lines exactly as the relay and `dcutr
+/// peer` read them, until it ends cleanly, a line is refused or
+/// `max_lines` lines were read.
+///
+/// For the `rendezvous_line` fuzz target: not a stable API.
+#[doc(hidden)]
+pub async fn read_control_lines<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    max_lines: usize,
+) -> ControlLines {
+    let mut reader = LineReader::new(stream);
+    let mut lines = Vec::new();
+    let mut error = None;
+    while lines.len() < max_lines {
+        match reader.read_line().await {
+            Ok(Some(line)) => lines.push(line),
+            Ok(None) => break,
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let (mut unread, buffered) = reader.into_parts();
+    unread.extend_from_slice(buffered.buffer());
+    ControlLines {
+        lines,
+        error,
+        unread,
+    }
+}
+
 /// Read the next message from the relay, with a timeout. An `error` message
 /// becomes an `Err` carrying its reason.
 async fn read_reply(

@@ -47,11 +47,22 @@ pub enum Command {
     /// Open a new outbound `/libp2p/dcutr` stream.
     Open,
     /// Write bytes to stream `stream`.
-    Write { stream: u64, data: Bytes },
+    Write {
+        /// The handler's number of the stream.
+        stream: u64,
+        /// The bytes.
+        data: Bytes,
+    },
     /// Half-close stream `stream` once the queued bytes are written.
-    Finish { stream: u64 },
+    Finish {
+        /// The handler's number of the stream.
+        stream: u64,
+    },
     /// Drop stream `stream` without finishing it.
-    Reset { stream: u64 },
+    Reset {
+        /// The handler's number of the stream.
+        stream: u64,
+    },
     /// The upgrade is over: drop any stream and stop keeping the
     /// connection alive.
     Done,
@@ -61,13 +72,27 @@ pub enum Command {
 #[derive(Debug)]
 pub enum HandlerEvent {
     /// A stream is open (ours after [`Command::Open`], or the peer's).
-    Opened { stream: u64 },
+    Opened {
+        /// The handler's number of the stream, new for each stream.
+        stream: u64,
+    },
     /// The stream we asked for could not be opened.
-    OpenFailed { unsupported: bool },
+    OpenFailed {
+        /// The peer does not speak `/libp2p/dcutr`.
+        unsupported: bool,
+    },
     /// Bytes arrived.
-    Data { stream: u64, data: Bytes },
+    Data {
+        /// The handler's number of the stream.
+        stream: u64,
+        /// The bytes, as read.
+        data: Bytes,
+    },
     /// The stream ended: EOF, reset or I/O error.
-    Closed { stream: u64 },
+    Closed {
+        /// The handler's number of the stream.
+        stream: u64,
+    },
 }
 
 struct Active {

@@ -114,3 +114,12 @@ pub mod outbound {
 /// The protocol name, `/libp2p/dcutr`.
 pub const PROTOCOL_NAME: libp2p_swarm::StreamProtocol =
     libp2p_swarm::StreamProtocol::new("/libp2p/dcutr");
+
+/// The connection handler's commands and events, so that the
+/// `libp2p_stream` fuzz target can play the handler's byte pump against
+/// the [`Behaviour`] (arbitrary stream bytes and stream events). Not a
+/// stable API.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::handler::{Command, HandlerEvent};
+}

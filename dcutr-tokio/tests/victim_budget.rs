@@ -1,0 +1,561 @@
+//! A silent victim, measured over real sockets: a hostile peer names a
+//! third party's addresses in its Connects, and we count, at the victim,
+//! every packet and byte our standalone peer sends there.
+//!
+//! The test makes two network namespaces of its own joined by a veth pair
+//! (documentation addresses 198.51.100.0/24, nothing else is reachable):
+//! the *peer* namespace, where this test re-runs itself (`ip netns exec`)
+//! with our peer, the relayed stream (loopback) and the hostile peer; and
+//! the *victim* namespace, with four addresses that answer ARP and nothing
+//! else: nftables drops every IP packet on input (so no SYN-ACK, RST or
+//! ICMP goes back) and counts it by protocol first, and drops and counts
+//! everything the victim would send (it must stay at 0).
+//!
+//! Two hostile upgrades, one per role, with the default `Config` (only the
+//! victim's addresses are chosen by the attacker):
+//! * against our **initiator** (the spec's B): the hostile responder answers
+//!   each of our Connects with 16 victim addresses, TCP and QUIC on four
+//!   IPs; we dial TCP and spray QUIC at them, every attempt;
+//! * against our **responder** (the spec's A): the hostile initiator
+//!   pipelines every attempt at once (Hello, then Connect + Sync as often as
+//!   our Hello allows) so that each attempt supersedes the last within
+//!   milliseconds, the fastest it can make us dial.
+//!
+//! Per upgrade it asserts the core's budgets on what it asked for
+//! (`MAX_DIALS_PER_UPGRADE`, `MAX_PUNCHES_PER_IP` per attempt, the spray
+//! budget) and on what the victim saw: at most the SYNs [`syns_within`] the direct
+//! timeout gives per TCP dial, [`INITIALS_PER_QUIC_DIAL`] datagrams per QUIC dial, exactly
+//! the spray the report counts, and nothing left over once the upgrade is
+//! done. It prints the measured numbers (SECURITY.md quotes them):
+//!
+//! ```sh
+//! sudo -E cargo test -p dcutr-tokio --test victim_budget -- --ignored --nocapture
+//! ```
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use dcutr_core::settings::{MAX_DIALS_PER_UPGRADE, MAX_PUNCHES_PER_IP, SPRAY_PACKET_LEN};
+use dcutr_core::wire::{
+    FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello_pinned,
+    encode_sync,
+};
+use dcutr_tokio::{Candidate, Config, Options, Side, Transport, UpgradeFailure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// This test's name: the inner run is selected with it.
+const TEST_NAME: &str =
+    "a_hostile_peer_gets_at_most_the_named_budgets_out_of_us_at_a_silent_victim";
+
+/// Set (to the victim namespace's name) in the inner run, inside the peer
+/// namespace.
+const INNER_ENV: &str = "DCUTR_VICTIM_NETNS";
+
+/// Our peer's address in its namespace.
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// The victim's addresses: four, so that the per-IP cap and the
+/// per-upgrade dial cap both bind.
+const VICTIM_IPS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(198, 51, 100, 2),
+    Ipv4Addr::new(198, 51, 100, 3),
+    Ipv4Addr::new(198, 51, 100, 4),
+    Ipv4Addr::new(198, 51, 100, 5),
+];
+
+/// SYNs one TCP dial sends to a silent address within `window` (the
+/// attempt's `direct_timeout`, after which the dial is dropped), from this
+/// namespace's kernel settings: the first SYN, then `tcp_syn_retries`
+/// retransmissions, the first `tcp_syn_linear_timeouts` (Linux 6.5 and
+/// later, default 4) one second apart, the rest with the timeout doubling.
+/// Linux 6.x with the defaults: 0, 1, 2, 3, 4 s, then 6 s: 5 SYNs in 5 s.
+fn syns_within(window: Duration) -> u64 {
+    let sysctl = |name: &str, default: u32| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(default)
+    };
+    let (retries, linear) = (
+        sysctl("tcp_syn_retries", 6),
+        sysctl("tcp_syn_linear_timeouts", 0),
+    );
+    // Half a second of slack for a dial dropped a little after the window.
+    let window = window + Duration::from_millis(500);
+    let (mut at, mut rto, mut syns) = (Duration::ZERO, Duration::from_secs(1), 1);
+    for retry in 1..=retries {
+        at += rto;
+        if at > window {
+            break;
+        }
+        syns += 1;
+        if retry >= linear {
+            rto *= 2;
+        }
+    }
+    syns
+}
+
+/// Bytes of one SYN at the IP layer: 20 of IPv4 header, 40 of TCP header
+/// with Linux's options (MSS, SACK, timestamps, window scale).
+const SYN_IP_BYTES: u64 = 60;
+
+/// Datagrams one QUIC dial sends to a silent address before the driver
+/// drops it (the attempt's `direct_timeout`, 5 s, or
+/// `PUNCH_HANDSHAKE_TIMEOUT`): quinn's Initial and its probe
+/// retransmissions (two datagrams per probe timeout, doubling from about
+/// 3 × `HOLE_PUNCH_INITIAL_RTT`), plus the close it may send on drop.
+const INITIALS_PER_QUIC_DIAL: u64 = 14;
+
+/// Bytes of one client Initial at the IP layer: quinn pads it to 1200
+/// bytes of UDP payload; 8 of UDP and 20 of IPv4 header.
+const INITIAL_IP_BYTES: u64 = 1200 + 8 + 20;
+
+/// How long the victim is watched after an upgrade ended: longer than the
+/// gap to the next SYN retransmission (4 s), so a dial that outlived its
+/// upgrade would show.
+const TAIL: Duration = Duration::from_secs(5);
+
+/// Upper bound for one hostile upgrade, from start to failure.
+const UPGRADE_LIMIT: Duration = Duration::from_secs(60);
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The two namespaces; deleted on drop (which also removes the veth pair).
+struct Lab {
+    peer: String,
+    victim: String,
+}
+
+impl Lab {
+    fn create() -> Lab {
+        let id = std::process::id();
+        let lab = Lab {
+            peer: format!("dvb{id}p"),
+            victim: format!("dvb{id}v"),
+        };
+        let (p, v) = (lab.peer.as_str(), lab.victim.as_str());
+        run("ip", &["netns", "add", p]);
+        run("ip", &["netns", "add", v]);
+        let (pl, vl) = (format!("vb{id}p"), format!("vb{id}v"));
+        run(
+            "ip",
+            &[
+                "link", "add", &pl, "netns", p, "type", "veth", "peer", "name", &vl, "netns", v,
+            ],
+        );
+        for (ns, link) in [(p, &pl), (v, &vl)] {
+            // IPv4 only: no router solicitations or neighbour discovery to
+            // blur the counts.
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                ],
+            );
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            run("ip", &["-n", ns, "link", "set", link, "up"]);
+        }
+        run(
+            "ip",
+            &["-n", p, "addr", "add", &format!("{PEER_IP}/24"), "dev", &pl],
+        );
+        for ip in VICTIM_IPS {
+            run(
+                "ip",
+                &["-n", v, "addr", "add", &format!("{ip}/24"), "dev", &vl],
+            );
+        }
+        let rules = "table inet victim {
+            counter tcp_in {}
+            counter spray_in {}
+            counter quic_in {}
+            counter other_in {}
+            counter sent {}
+            chain input {
+                type filter hook input priority -300; policy drop;
+                meta l4proto tcp counter name tcp_in
+                udp length < 200 counter name spray_in
+                udp length >= 200 counter name quic_in
+                meta l4proto != { tcp, udp } counter name other_in
+            }
+            chain output {
+                type filter hook output priority -300; policy drop;
+                counter name sent
+            }
+        }";
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", v, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes())
+            .expect("writing to nft");
+        assert!(nft.wait().unwrap().success(), "nft refused the ruleset");
+        lab
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.peer, &self.victim] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Packets and bytes (IP layer) per counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Count {
+    packets: u64,
+    bytes: u64,
+}
+
+fn counters(victim: &str) -> BTreeMap<String, Count> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", victim, "nft", "list", "counters", "table", "inet", "victim",
+        ])
+        .output()
+        .expect("nft list counters");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut counts = BTreeMap::new();
+    let mut name = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("counter ") {
+            name = rest.split_whitespace().next().map(str::to_owned);
+        } else if let (Some(n), Some(rest)) = (&name, line.strip_prefix("packets ")) {
+            let mut it = rest.split_whitespace();
+            let packets = it.next().unwrap().parse().unwrap();
+            assert_eq!(it.next(), Some("bytes"));
+            let bytes = it.next().unwrap().parse().unwrap();
+            counts.insert(n.clone(), Count { packets, bytes });
+        }
+    }
+    assert_eq!(counts.len(), 5, "every counter read: {text}");
+    counts
+}
+
+fn delta(after: &BTreeMap<String, Count>, before: &BTreeMap<String, Count>, name: &str) -> Count {
+    Count {
+        packets: after[name].packets - before[name].packets,
+        bytes: after[name].bytes - before[name].bytes,
+    }
+}
+
+/// The Connect of the hostile peer: 16 victim addresses (the core's
+/// `max_remote_addrs`), TCP and QUIC ports on each of the four IPs.
+fn victim_connect() -> Vec<u8> {
+    let mut addrs = Vec::new();
+    for port in 0..2u16 {
+        for ip in VICTIM_IPS {
+            for c in [
+                Candidate::tcp(SocketAddr::new(IpAddr::V4(ip), 1001 + port)),
+                Candidate::quic(SocketAddr::new(IpAddr::V4(ip), 2001 + port)),
+            ] {
+                addrs.push(c.to_multiaddr().to_vec());
+            }
+        }
+    }
+    encode_connect(addrs.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE)
+        .0
+        .to_vec()
+}
+
+async fn next_frame(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> Option<Vec<u8>> {
+    loop {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.ok()?;
+        if let Some(frame) = decoder.decode(&mut &byte[..]).expect("our peer's frames") {
+            return Some(frame);
+        }
+    }
+}
+
+/// Against our initiator: answers each of its Connects with the victims.
+async fn hostile_responder(mut stream: TcpStream) {
+    let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
+    let _hello = next_frame(&mut stream, &mut decoder).await;
+    let hello = encode_hello_pinned(&[9; 16], 10, Side::Responder, &[9; 32]);
+    stream.write_all(&hello).await.unwrap();
+    while let Some(frame) = next_frame(&mut stream, &mut decoder).await {
+        if let Message::Connect(_) = decode_message(&frame).unwrap()
+            && stream.write_all(&victim_connect()).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Against our responder: each attempt's Connect and Sync, `pause` apart
+/// (zero: every attempt at once, each superseding the last).
+async fn hostile_initiator(stream: TcpStream, attempts: u8, pause: Duration) {
+    let (mut read, mut write) = stream.into_split();
+    // Drain what our peer says, so it never blocks on the stream.
+    let drain = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = read.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    });
+    let mut now = encode_hello_pinned(&[9; 16], 10, Side::Initiator, &[9; 32]).to_vec();
+    for attempt in 0..attempts {
+        if attempt > 0 && !pause.is_zero() {
+            write.write_all(&now).await.unwrap();
+            now.clear();
+            tokio::time::sleep(pause).await;
+        }
+        now.extend_from_slice(&victim_connect());
+        now.extend_from_slice(&encode_sync());
+    }
+    let _ = write.write_all(&now).await;
+    let _ = drain.await;
+}
+
+/// Who the hostile peer is and how it paces its attempts.
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// A responder answering our initiator's Connects with the victims.
+    OnInitiator,
+    /// An initiator sending every attempt at once against our responder.
+    SupersedingOnResponder,
+    /// An initiator starting each attempt just after our responder's
+    /// direct phase of the last one ended, so that no dial is cut short.
+    PacedOnResponder,
+}
+
+/// What one hostile upgrade got out of us.
+#[derive(Debug)]
+struct Measured {
+    tcp_dials: u64,
+    quic_dials: u64,
+    sprayed: u64,
+    attempts: usize,
+    took: Duration,
+    tcp: Count,
+    spray: Count,
+    quic: Count,
+    other: Count,
+    sent: Count,
+}
+
+async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
+    let config = Config::shared_stream();
+    let side = match attack {
+        Attack::OnInitiator => Side::Initiator,
+        Attack::SupersedingOnResponder | Attack::PacedOnResponder => Side::Responder,
+    };
+    let any = SocketAddr::new(IpAddr::V4(PEER_IP), 0);
+    let listener = dcutr_tokio::tcp_listener(any).unwrap();
+    let tcp = listener.local_addr().unwrap();
+    let quic = dcutr_tokio::quic_socket(dcutr_tokio::udp_socket(any).unwrap()).unwrap();
+    let udp = quic.local_addr().unwrap();
+    let options = Options::new(side)
+        .config(config.clone())
+        .local_addrs([Candidate::tcp(tcp), Candidate::quic(udp)])
+        .tcp(listener)
+        .quic(quic);
+    let (ours, theirs) = common::relayed_pair().await;
+    let before = counters(victim);
+    let started = std::time::Instant::now();
+    let attempts = config.max_attempts;
+    let paced = config.direct_timeout + Duration::from_millis(200);
+    let attacker = match attack {
+        Attack::OnInitiator => tokio::spawn(hostile_responder(theirs)),
+        Attack::SupersedingOnResponder => {
+            tokio::spawn(hostile_initiator(theirs, attempts, Duration::ZERO))
+        }
+        Attack::PacedOnResponder => tokio::spawn(hostile_initiator(theirs, attempts, paced)),
+    };
+    let result = tokio::time::timeout(UPGRADE_LIMIT, dcutr_tokio::upgrade(ours, options))
+        .await
+        .expect("the hostile upgrade ends");
+    let took = started.elapsed();
+    attacker.abort();
+    let error = result.expect_err("nobody answers at the victim");
+    assert!(
+        matches!(error.reason, UpgradeFailure::Failed(_)),
+        "{:?}",
+        error.reason
+    );
+    tokio::time::sleep(TAIL).await;
+    let after = counters(victim);
+    let timeline = &error.report.timeline;
+
+    // What the core asked for, against its budgets.
+    assert!(
+        timeline.dials.len() <= MAX_DIALS_PER_UPGRADE,
+        "{} dials in one upgrade",
+        timeline.dials.len()
+    );
+    let mut per_ip: BTreeMap<(u8, IpAddr), usize> = BTreeMap::new();
+    for d in &timeline.dials {
+        assert!(
+            VICTIM_IPS.iter().any(|v| IpAddr::V4(*v) == d.to.addr.ip()),
+            "a dial to an address nobody named: {}",
+            d.to
+        );
+        *per_ip.entry((d.attempt, d.to.addr.ip())).or_default() += 1;
+    }
+    for ((attempt, ip), n) in &per_ip {
+        assert!(
+            *n <= MAX_PUNCHES_PER_IP,
+            "{n} dials to {ip} in attempt {attempt}"
+        );
+    }
+    let syns_per_dial = syns_within(config.direct_timeout);
+    let count = |t: Transport| {
+        timeline
+            .dials
+            .iter()
+            .filter(|d| d.to.transport == t)
+            .count() as u64
+    };
+    let sprayed: u64 = timeline
+        .attempts
+        .iter()
+        .map(|a| u64::from(a.spray_packets))
+        .sum();
+    let spray_budget =
+        u64::from(config.max_attempts) * u64::from(config.max_spray_packets_per_attempt);
+    assert!(sprayed <= spray_budget, "{sprayed} spray datagrams");
+
+    let m = Measured {
+        tcp_dials: count(Transport::Tcp),
+        quic_dials: count(Transport::Quic),
+        sprayed,
+        attempts: timeline.attempts.len(),
+        took,
+        tcp: delta(&after, &before, "tcp_in"),
+        spray: delta(&after, &before, "spray_in"),
+        quic: delta(&after, &before, "quic_in"),
+        other: delta(&after, &before, "other_in"),
+        sent: delta(&after, &before, "sent"),
+    };
+    println!("victim ({attack:?}): {m:?}");
+
+    // What reached the victim, against what the core asked for.
+    assert!(m.tcp_dials > 0, "the hostile Connects made us dial TCP");
+    assert!(
+        m.tcp.packets >= m.tcp_dials,
+        "every TCP dial reaches the victim (the lab works): {m:?}"
+    );
+    assert!(
+        m.tcp.packets <= m.tcp_dials * syns_per_dial,
+        "more SYNs than {syns_per_dial} per dial: {m:?}"
+    );
+    assert!(m.tcp.bytes <= m.tcp.packets * SYN_IP_BYTES, "{m:?}");
+    assert_eq!(
+        m.spray.packets, m.sprayed,
+        "the report counts every spray datagram"
+    );
+    assert_eq!(
+        m.spray.bytes,
+        m.sprayed * (SPRAY_PACKET_LEN as u64 + 28),
+        "spray datagrams are {SPRAY_PACKET_LEN} bytes"
+    );
+    // A QUIC endpoint sends its Initial a moment after the dial starts, and
+    // a superseded dial may be dropped before that: only some must show.
+    assert!(
+        m.quic_dials == 0 || m.quic.packets > 0,
+        "QUIC dials reach the victim (the lab works): {m:?}"
+    );
+    assert!(
+        m.quic.packets <= m.quic_dials * INITIALS_PER_QUIC_DIAL,
+        "more than {INITIALS_PER_QUIC_DIAL} datagrams per QUIC dial: {m:?}"
+    );
+    assert!(m.quic.bytes <= m.quic.packets * 1500, "{m:?}");
+    assert_eq!(
+        m.other,
+        Count::default(),
+        "only TCP and UDP reach the victim"
+    );
+    assert_eq!(m.sent, Count::default(), "the victim stays silent");
+    m
+}
+
+/// The worst case one hostile upgrade can get out of us, from the named
+/// budgets: every dial the costlier kind, plus the whole spray budget.
+fn worst_case_bytes(config: &Config) -> u64 {
+    let syns_per_dial = syns_within(config.direct_timeout);
+    let per_dial = (syns_per_dial * SYN_IP_BYTES).max(INITIALS_PER_QUIC_DIAL * INITIAL_IP_BYTES);
+    let spray = u64::from(config.max_attempts)
+        * u64::from(config.max_spray_packets_per_attempt)
+        * (SPRAY_PACKET_LEN as u64 + 28);
+    config.max_dials_per_upgrade as u64 * per_dial + spray
+}
+
+fn inner(victim: &str) {
+    common::init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = Config::shared_stream();
+    let bound = worst_case_bytes(&config);
+    for attack in [
+        Attack::OnInitiator,
+        Attack::SupersedingOnResponder,
+        Attack::PacedOnResponder,
+    ] {
+        let m = rt.block_on(hostile_upgrade(victim, attack));
+        let total = m.tcp.bytes + m.spray.bytes + m.quic.bytes;
+        let packets = m.tcp.packets + m.spray.packets + m.quic.packets;
+        println!(
+            "victim ({attack:?}): {packets} packets, {total} bytes in {:.1} s over {} attempts \
+             (worst case from the budgets: {bound} bytes)",
+            m.took.as_secs_f64(),
+            m.attempts
+        );
+        assert!(total <= bound, "{total} bytes at the victim, bound {bound}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_hostile_peer_gets_at_most_the_named_budgets_out_of_us_at_a_silent_victim() {
+    if let Ok(victim) = std::env::var(INNER_ENV) {
+        inner(&victim);
+        return;
+    }
+    let lab = Lab::create();
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &lab.peer])
+        .arg(exe)
+        .args([
+            "--exact",
+            TEST_NAME,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INNER_ENV, &lab.victim)
+        .status()
+        .expect("the inner run starts");
+    assert!(status.success(), "the run inside the namespace failed");
+}
