@@ -74,19 +74,6 @@ pub enum IdentityCheck {
     /// with more than one direct connection (libp2p keeps them all).
     #[default]
     CallerAuthenticates,
-    /// dcutr-rs proves it with a bearer token: both sides send a random
-    /// 16-byte token in a `Hello` frame over the relayed stream, and the
-    /// first bytes on a direct connection must echo the token (client
-    /// first, then server). A connection that fails the check is closed.
-    /// Requires [`RelayChannel::SharedStream`] and dcutr-rs on both ends.
-    ///
-    /// **Not safe against a host at an address the peer advertised** (a
-    /// stale mapping, another host behind the same NAT): the dialling side
-    /// sends the token in clear to whoever answers, who can replay it to
-    /// the other side and sit in the middle; nothing is encrypted either.
-    /// Kept for the simulator and for tests of the core; carriers with
-    /// TLS use [`IdentityCheck::PinnedTls`].
-    Token,
     /// dcutr-rs proves it with mutual TLS 1.3 pinned to fingerprints sent
     /// over the relayed stream. Each side makes an ephemeral certificate
     /// and gives the SHA-256 of it to the core
@@ -117,7 +104,7 @@ impl IdentityCheck {
     /// connection (both sides then agree on the one connection they keep).
     #[must_use]
     pub fn is_checked(self) -> bool {
-        matches!(self, IdentityCheck::Token | IdentityCheck::PinnedTls)
+        matches!(self, IdentityCheck::PinnedTls)
     }
 }
 
@@ -178,9 +165,9 @@ pub struct Config {
     /// Hole-punch attempts before giving up. Default 3 (the spec: the
     /// initiator retries twice). 97.6 % of successes in the field come on
     /// the first attempt, so more rarely pays. On a shared stream both
-    /// sides must stop after the same attempt: with the token check they
-    /// agree on the smaller of their limits through the `Hello`; without
-    /// it, configure the same value on both.
+    /// sides must stop after the same attempt: with the pinned-TLS check
+    /// they agree on the smaller of their limits through the `Hello`;
+    /// without it, configure the same value on both.
     pub max_attempts: u8,
     /// How long to wait for each message of the exchange (Hello, Connect,
     /// Sync) and for a stream to open. Default 10 s, as rust-libp2p.
@@ -268,14 +255,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The defaults for one shared relayed byte stream with the token
-    /// identity check, as the simulator runs them. The standalone adapters
-    /// start from it and switch to [`IdentityCheck::PinnedTls`].
+    /// The defaults for one shared relayed byte stream with the pinned-TLS
+    /// identity check: the standalone mode that the runtime adapters and
+    /// the simulator run. The upgrade then needs our certificate's
+    /// fingerprint ([`UpgradeBuilder::local_fingerprint`](crate::UpgradeBuilder::local_fingerprint)).
     #[must_use]
     pub fn shared_stream() -> Self {
         Config {
             channel: RelayChannel::SharedStream,
-            identity_check: IdentityCheck::Token,
+            identity_check: IdentityCheck::PinnedTls,
             ..Config::default()
         }
     }
@@ -334,7 +322,7 @@ impl Config {
             });
         }
         if self.identity_check.is_checked() && self.channel != RelayChannel::SharedStream {
-            return Err(ConfigError::TokenNeedsSharedStream);
+            return Err(ConfigError::IdentityCheckNeedsSharedStream);
         }
         Ok(())
     }
@@ -352,11 +340,10 @@ pub enum ConfigError {
         /// The bound it breaks.
         reason: &'static str,
     },
-    /// [`IdentityCheck::Token`] and [`IdentityCheck::PinnedTls`] need
-    /// [`RelayChannel::SharedStream`]: the tokens and fingerprints ride in
-    /// the first frame of the one shared stream.
+    /// [`IdentityCheck::PinnedTls`] needs [`RelayChannel::SharedStream`]:
+    /// the fingerprints ride in the first frame of the one shared stream.
     #[error("the identity check needs the shared-stream relay channel")]
-    TokenNeedsSharedStream,
+    IdentityCheckNeedsSharedStream,
 }
 
 #[cfg(test)]
@@ -406,11 +393,14 @@ mod tests {
     }
 
     #[test]
-    fn token_check_needs_a_shared_stream() {
+    fn pinned_tls_needs_a_shared_stream() {
         let c = Config {
-            identity_check: IdentityCheck::Token,
+            identity_check: IdentityCheck::PinnedTls,
             ..Config::default()
         };
-        assert_eq!(c.validate(), Err(ConfigError::TokenNeedsSharedStream));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::IdentityCheckNeedsSharedStream)
+        );
     }
 }

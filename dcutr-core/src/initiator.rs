@@ -13,10 +13,10 @@ impl Upgrade {
     /// Unilateral dial first when the peer's public addresses are known,
     /// else the first attempt.
     ///
-    /// Without the token check (the spec's mode) the unilateral dial runs
+    /// Without the identity check (the spec's mode) the unilateral dial runs
     /// alongside the first attempt instead: nothing is lost by punching
     /// while it runs, and waiting for it costs a whole dial timeout when
-    /// the peer is not reachable after all. The token check needs the
+    /// the peer is not reachable after all. The identity check needs the
     /// roles of the direct connection settled, so it dials first.
     pub(crate) fn initiator_begin(&mut self) {
         let targets = self.unilateral_targets.clone();

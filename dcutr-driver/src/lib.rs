@@ -145,9 +145,7 @@ impl<L> Options<L> {
     /// [`RelayChannel::SharedStream`]: this driver has one relayed stream.
     /// Its `identity_check` is ignored: the driver always runs
     /// [`dcutr_core::settings::IdentityCheck::PinnedTls`], unless
-    /// [`Options::caller_authenticates`] says otherwise. (The bearer
-    /// token of [`dcutr_core::settings::IdentityCheck::Token`] can be replayed by a
-    /// host at an advertised address, so the driver never uses it.)
+    /// [`Options::caller_authenticates`] says otherwise.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -205,7 +203,7 @@ impl<L> Options<L> {
         self
     }
 
-    /// Fixes the seed of the core's RNG (tokens, spray). By default 32
+    /// Fixes the seed of the core's RNG (spray). By default 32
     /// bytes come from the OS; fix it only in tests.
     pub fn seed(mut self, seed: [u8; 32]) -> Self {
         self.seed = Some(seed);
@@ -445,9 +443,6 @@ struct Handshake {
 struct InboundSlot {
     id: DirectId,
     peer_named: bool,
-    /// Identity-check bytes it delivered: once [`dcutr_core::settings::CHECK_LEN`]
-    /// arrived and the core kept it, it passed the token check.
-    received: usize,
     /// Its pinned TLS handshake proved the peer's certificate.
     authenticated: bool,
 }
@@ -474,7 +469,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         let mut config = options.config;
         // A config that says the caller authenticates means it, whether it
         // came through `Options::config` or `caller_authenticates`; every
-        // other check becomes the pinned TLS (the bearer token is unsafe).
+        // other check becomes the pinned TLS.
         let caller_authenticates = options.caller_authenticates
             || config.identity_check == dcutr_core::settings::IdentityCheck::CallerAuthenticates;
         config.identity_check = if caller_authenticates {
@@ -833,9 +828,6 @@ impl<'r, R: Runtime> Driver<'r, R> {
                     if let Some(actor) = self.actor_mut(id) {
                         actor.want = actor.want.saturating_sub(data.len());
                     }
-                    if let Some(slot) = self.inbound.iter_mut().find(|s| s.id == id) {
-                        slot.received += data.len();
-                    }
                     self.core.handle_direct_data(now, id, &data);
                 }
                 ActorEvent::Closed => {
@@ -852,7 +844,6 @@ impl<'r, R: Runtime> Driver<'r, R> {
                         self.inbound.push(InboundSlot {
                             id,
                             peer_named,
-                            received: 0,
                             authenticated: false,
                         });
                         self.start_actor(id, Start::Ready(conn));
@@ -1287,9 +1278,9 @@ fn oldest_stranger(handshakes: &[Handshake]) -> Option<usize> {
 /// The oldest inbound connection that has not passed the check and comes
 /// from an address the peer did not name.
 fn oldest_unverified_stranger(inbound: &[InboundSlot]) -> Option<usize> {
-    inbound.iter().position(|s| {
-        !s.peer_named && !s.authenticated && s.received < dcutr_core::settings::CHECK_LEN
-    })
+    inbound
+        .iter()
+        .position(|s| !s.peer_named && !s.authenticated)
 }
 
 #[cfg(test)]
@@ -1316,21 +1307,19 @@ mod tests {
 
     #[test]
     fn the_oldest_unverified_stranger_is_evicted_never_the_peer_or_a_verified_one() {
-        let slot = |id, peer_named, received| InboundSlot {
+        let slot = |id, peer_named, authenticated| InboundSlot {
             id: DirectId(id),
             peer_named,
-            received,
-            authenticated: false,
+            authenticated,
         };
-        let full = dcutr_core::settings::CHECK_LEN;
         let list = [
-            slot(0, true, 0),
-            slot(1, false, full),
-            slot(2, false, full - 1),
-            slot(3, false, 0),
+            slot(0, true, false),
+            slot(1, false, true),
+            slot(2, false, false),
+            slot(3, false, false),
         ];
         assert_eq!(oldest_unverified_stranger(&list), Some(2));
-        let none = [slot(0, true, 0), slot(1, false, full)];
+        let none = [slot(0, true, false), slot(1, false, true)];
         assert_eq!(oldest_unverified_stranger(&none), None);
     }
 }

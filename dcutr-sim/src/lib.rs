@@ -28,8 +28,16 @@
 //! * **QUIC dials** send Initials at the same offsets; an admitted Initial
 //!   becomes an inbound connection at the peer's endpoint. Spray
 //!   datagrams pass through both NATs too; the endpoint drops them.
-//! * Direct bytes (the identity check) take `direct_one_way` as well and
-//!   are not filtered: once a connection formed, its flow is established.
+//! * **Pinned TLS** (the identity check of
+//!   [`IdentityCheck::PinnedTls`](dcutr_core::settings::IdentityCheck::PinnedTls)):
+//!   one round trip (`2 × direct_one_way`) after a side's core learnt of a
+//!   direct connection, the simulated handshake reports the certificate
+//!   of the other peer ([`Sim::fingerprint`]) to it. The report goes to
+//!   every core; one without a handshake in progress ignores it. A
+//!   [`Stranger`] presents another certificate, fails its handshake, or
+//!   stays silent.
+//! * Direct bytes (the select byte) take `direct_one_way` as well and are
+//!   not filtered: once a connection formed, its flow is established.
 //!
 //! ## NATs ([`Nat`], [`NatModel`], RFC 4787 terms)
 //! Every punch packet's source is translated by the sender's NAT
@@ -114,6 +122,7 @@ use dcutr_core::nat::SequentialPredictor;
 use dcutr_core::{
     Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
     Side, SprayPayload, Transport, Upgrade, reason::StreamUnavailable, record::Timeline,
+    settings::FINGERPRINT_LEN,
 };
 
 pub mod nat;
@@ -363,11 +372,38 @@ enum Ev {
         to: usize,
         id: DirectId,
     },
+    /// The simulated TLS handshake on `to`'s direct connection `id`
+    /// completed.
+    Authenticated {
+        to: usize,
+        id: DirectId,
+    },
     Stranger {
         to: usize,
         from: Candidate,
-        data: Bytes,
+        kind: Stranger,
     },
+}
+
+/// What a stranger that connects to a peer's punch port does
+/// ([`Sim::inject_stranger`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stranger {
+    /// Connects and never finishes a handshake.
+    Silent,
+    /// Does not speak TLS: the handshake fails at once.
+    Garbage,
+    /// Completes the TLS handshake with its own certificate, of this
+    /// fingerprint (a host at an advertised address, or a man in the
+    /// middle with a key of its own).
+    Certificate([u8; FINGERPRINT_LEN]),
+}
+
+/// The fingerprint of side `index`'s simulated TLS certificate.
+#[must_use]
+pub fn fingerprint(index: usize) -> [u8; FINGERPRINT_LEN] {
+    // Distinct per side; a stranger's certificate is anything else.
+    [0xf0 | u8::try_from(index & 0x0f).unwrap_or(0); FINGERPRINT_LEN]
 }
 
 struct Peer {
@@ -545,7 +581,12 @@ impl Sim {
                     salt: u8| {
             let mut seed = [salt; 32];
             seed[..8].copy_from_slice(&cfg.seed.to_le_bytes());
+            let index = match side {
+                Side::Initiator => INITIATOR,
+                Side::Responder => RESPONDER,
+            };
             let mut builder = Upgrade::builder(side, spec.config.clone(), seed)
+                .local_fingerprint(fingerprint(index))
                 .local_addrs(own.iter().copied())
                 .remote_public_addrs(remote_public.iter().copied());
             if let Some(p) = spec.predictor {
@@ -653,10 +694,23 @@ impl Sim {
         )
     }
 
-    /// Schedules a stranger's connection to side `to` at `after` from now,
-    /// sending `data` as its first bytes.
-    pub fn inject_stranger(&mut self, to: usize, after: Duration, from: Candidate, data: Bytes) {
-        self.schedule(after, Ev::Stranger { to, from, data });
+    /// Schedules a stranger's connection from `from` to side `to` at
+    /// `after` from now, behaving as `kind` says.
+    pub fn inject_stranger(&mut self, to: usize, after: Duration, from: Candidate, kind: Stranger) {
+        self.schedule(after, Ev::Stranger { to, from, kind });
+    }
+
+    /// The fingerprint of side `index`'s simulated certificate
+    /// (the free function [`fingerprint`]).
+    #[must_use]
+    pub fn fingerprint(&self, index: usize) -> [u8; FINGERPRINT_LEN] {
+        fingerprint(index)
+    }
+
+    /// The simulated TLS handshake of `to`'s new direct connection `id`
+    /// reports its result one round trip from now.
+    fn handshake(&mut self, to: usize, id: DirectId) {
+        self.schedule(2 * self.direct_one_way, Ev::Authenticated { to, id });
     }
 
     /// Runs until both upgrades are finished or `limit` of simulated time
@@ -840,6 +894,16 @@ impl Sim {
                 if self.peers[to].dials.contains_key(&id) {
                     self.peers[to].core_mut().handle_dial_succeeded(now, id);
                     self.drain(to);
+                    self.handshake(to, id);
+                }
+            }
+            Ev::Authenticated { to, id } => {
+                if self.peers[to].links.contains_key(&id) {
+                    let presented = fingerprint(1 - to);
+                    self.peers[to]
+                        .core_mut()
+                        .handle_direct_authenticated(now, id, presented);
+                    self.drain(to);
                 }
             }
             Ev::DialFailed { to, id, error } => {
@@ -861,12 +925,17 @@ impl Sim {
                     self.drain(to);
                 }
             }
-            Ev::Stranger { to, from, data } => {
+            Ev::Stranger { to, from, kind } => {
                 if let Ok(id) = self.peers[to].core_mut().handle_inbound(now, from) {
                     // The stranger is not a peer: link to a sink index.
                     self.peers[to].links.insert(id, (usize::MAX, id));
                     self.drain(to);
-                    self.peers[to].core_mut().handle_direct_data(now, id, &data);
+                    let core = self.peers[to].core_mut();
+                    match kind {
+                        Stranger::Silent => {}
+                        Stranger::Garbage => core.handle_direct_handshake_failed(now, id, None),
+                        Stranger::Certificate(fp) => core.handle_direct_authenticated(now, id, fp),
+                    }
                 }
                 self.drain(to);
             }
@@ -923,6 +992,7 @@ impl Sim {
             None => match self.peers[other].core_mut().handle_inbound(now, src) {
                 Ok(id) => {
                     self.drain(other);
+                    self.handshake(other, id);
                     id
                 }
                 Err(_) => {
