@@ -129,6 +129,44 @@ pub enum QuicServerPunch {
     DialAsClient,
 }
 
+/// What a carrier can carry out, for [`Config::validate_for`] and
+/// [`UpgradeBuilder::capabilities`](crate::UpgradeBuilder::capabilities):
+/// the modes of a [`Config`] that it cannot serve are refused at the start
+/// with a [`ConfigError`] naming the fix, instead of each carrier checking
+/// the mode enums itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// How its relayed connection carries the messages.
+    pub channel: RelayChannel,
+    /// It sends datagrams from its QUIC socket
+    /// ([`Output::SendDatagram`](crate::Output::SendDatagram)), as
+    /// [`QuicServerPunch::Spray`] needs.
+    pub datagrams: bool,
+    /// It runs the TLS handshake of [`IdentityCheck::PinnedTls`] on direct
+    /// connections.
+    pub pinned_tls: bool,
+}
+
+impl Capabilities {
+    /// A libp2p swarm: a `/libp2p/dcutr` stream per attempt, no datagrams
+    /// of its own (libp2p-quic sprays inside a dial as listener), and
+    /// Noise/TLS of its own on direct connections.
+    pub const LIBP2P: Capabilities = Capabilities {
+        channel: RelayChannel::StreamPerAttempt,
+        datagrams: false,
+        pinned_tls: false,
+    };
+
+    /// A standalone runtime adapter (`dcutr-driver`): one relayed byte
+    /// stream, its own QUIC socket, and pinned TLS.
+    pub const STANDALONE: Capabilities = Capabilities {
+        channel: RelayChannel::SharedStream,
+        datagrams: true,
+        pinned_tls: true,
+    };
+}
+
 /// Limits and timeouts of one upgrade.
 ///
 /// `Config::default()` follows the specification and the field's numbers
@@ -268,6 +306,31 @@ impl Config {
         }
     }
 
+    /// Checks every field against its bounds, then that a carrier with
+    /// `caps` can serve the modes.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found: [`Config::validate`]'s, or
+    /// [`ConfigError::ChannelUnsupported`],
+    /// [`ConfigError::SprayUnsupported`],
+    /// [`ConfigError::PinnedTlsUnsupported`].
+    pub fn validate_for(&self, caps: Capabilities) -> Result<(), ConfigError> {
+        self.validate()?;
+        if self.channel != caps.channel {
+            return Err(ConfigError::ChannelUnsupported {
+                configured: self.channel,
+                carried: caps.channel,
+            });
+        }
+        if self.quic_server_punch == QuicServerPunch::Spray && !caps.datagrams {
+            return Err(ConfigError::SprayUnsupported);
+        }
+        if self.identity_check == IdentityCheck::PinnedTls && !caps.pinned_tls {
+            return Err(ConfigError::PinnedTlsUnsupported);
+        }
+        Ok(())
+    }
+
     /// Checks every field against its bounds.
     ///
     /// # Errors
@@ -344,6 +407,29 @@ pub enum ConfigError {
     /// the fingerprints ride in the first frame of the one shared stream.
     #[error("the identity check needs the shared-stream relay channel")]
     IdentityCheckNeedsSharedStream,
+    /// The carrier carries the relayed messages another way
+    /// ([`Capabilities::channel`]): set [`Config::channel`] to `carried`.
+    #[error(
+        "config channel {configured:?}, but the carrier has {carried:?}: set `channel` to {carried:?}"
+    )]
+    ChannelUnsupported {
+        /// [`Config::channel`].
+        configured: RelayChannel,
+        /// What the carrier has.
+        carried: RelayChannel,
+    },
+    /// The carrier cannot send the QUIC spray itself
+    /// ([`Capabilities::datagrams`]).
+    #[error(
+        "the carrier cannot send datagrams: set `quic_server_punch` to DialAsServer or DialAsClient"
+    )]
+    SprayUnsupported,
+    /// The carrier does not run the pinned TLS handshake
+    /// ([`Capabilities::pinned_tls`]).
+    #[error(
+        "the carrier authenticates direct connections itself: set `identity_check` to CallerAuthenticates"
+    )]
+    PinnedTlsUnsupported,
 }
 
 #[cfg(test)]
@@ -390,6 +476,47 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_carrier_refuses_the_modes_it_cannot_serve_naming_the_fix() {
+        assert_eq!(
+            Config::shared_stream().validate_for(Capabilities::STANDALONE),
+            Ok(())
+        );
+        let libp2p = Config {
+            quic_server_punch: QuicServerPunch::DialAsServer,
+            ..Config::default()
+        };
+        assert_eq!(libp2p.validate_for(Capabilities::LIBP2P), Ok(()));
+        assert_eq!(
+            Config::default().validate_for(Capabilities::LIBP2P),
+            Err(ConfigError::SprayUnsupported)
+        );
+        assert_eq!(
+            Config::shared_stream().validate_for(Capabilities::LIBP2P),
+            Err(ConfigError::ChannelUnsupported {
+                configured: RelayChannel::SharedStream,
+                carried: RelayChannel::StreamPerAttempt,
+            })
+        );
+        assert_eq!(
+            libp2p.validate_for(Capabilities::STANDALONE),
+            Err(ConfigError::ChannelUnsupported {
+                configured: RelayChannel::StreamPerAttempt,
+                carried: RelayChannel::SharedStream,
+            })
+        );
+        let no_tls = Capabilities {
+            pinned_tls: false,
+            ..Capabilities::STANDALONE
+        };
+        assert_eq!(
+            Config::shared_stream().validate_for(no_tls),
+            Err(ConfigError::PinnedTlsUnsupported)
+        );
+        let text = ConfigError::SprayUnsupported.to_string();
+        assert!(text.contains("quic_server_punch"), "{text}");
     }
 
     #[test]

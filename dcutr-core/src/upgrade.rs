@@ -17,7 +17,9 @@ use crate::addr::{
     Transport, local_addrs_to_send,
 };
 use crate::codec::{self, FINGERPRINT_LEN, FrameDecoder};
-use crate::config::{Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel};
+use crate::config::{
+    Capabilities, Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel,
+};
 use crate::direct::{self, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 use crate::nat::NatBehaviour;
@@ -190,9 +192,19 @@ pub struct UpgradeBuilder {
     predictor: Box<dyn AddressPredictor>,
     nat: Option<NatBehaviour>,
     fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    capabilities: Option<Capabilities>,
 }
 
 impl UpgradeBuilder {
+    /// What the carrier can carry out: [`UpgradeBuilder::start`] then
+    /// refuses a config whose modes it cannot serve
+    /// ([`Config::validate_for`]), with a [`ConfigError`] that names the
+    /// field to change. Default: no check beyond [`Config::validate`].
+    pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
+    }
+
     /// The SHA-256 fingerprint of the certificate we present on direct
     /// connections, sent to the peer in the `Hello`. Required with
     /// [`IdentityCheck::PinnedTls`], ignored otherwise. Make a fresh key
@@ -240,9 +252,13 @@ impl UpgradeBuilder {
     /// [`Upgrade::poll_output`] next.
     ///
     /// # Errors
-    /// [`ConfigError`] when the config is out of bounds.
+    /// [`ConfigError`] when the config is out of bounds, or asks for what
+    /// the carrier cannot do ([`UpgradeBuilder::capabilities`]).
     pub fn start(self, now: Instant) -> Result<Upgrade, ConfigError> {
-        self.config.validate()?;
+        match self.capabilities {
+            Some(caps) => self.config.validate_for(caps)?,
+            None => self.config.validate()?,
+        }
         if self.config.identity_check == IdentityCheck::PinnedTls && self.fingerprint.is_none() {
             return Err(ConfigError::OutOfRange {
                 field: "identity_check",
@@ -323,6 +339,7 @@ impl Upgrade {
             predictor: Box::new(NoPrediction),
             nat: None,
             fingerprint: None,
+            capabilities: None,
         }
     }
 

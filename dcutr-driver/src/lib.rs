@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dcutr_core::{
     Candidate, Carrier, Config, ConfigError, DialError, DirectId, Event, Failure, Outcome, Role,
-    Side, Transport, Upgrade, reason::StreamUnavailable, settings::RelayChannel,
+    Side, Transport, Upgrade, reason::StreamUnavailable,
 };
 use futures_channel::mpsc;
 use futures_util::future::{AbortHandle, BoxFuture, Either};
@@ -142,10 +142,13 @@ impl<L> Options<L> {
     }
 
     /// Replaces the config. Its channel must be
-    /// [`RelayChannel::SharedStream`]: this driver has one relayed stream.
-    /// Its `identity_check` is ignored: the driver always runs
-    /// [`dcutr_core::settings::IdentityCheck::PinnedTls`], unless
-    /// [`Options::caller_authenticates`] says otherwise.
+    /// [`RelayChannel::SharedStream`](dcutr_core::settings::RelayChannel::SharedStream):
+    /// this driver has one relayed stream (the core refuses any other
+    /// with [`ConfigError::ChannelUnsupported`]).
+    /// Its `identity_check` is the one the driver runs
+    /// ([`dcutr_core::settings::IdentityCheck::PinnedTls`] in
+    /// [`Config::shared_stream`]); [`Options::caller_authenticates`] turns it
+    /// to the caller's own check.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -365,13 +368,6 @@ where
         report: Report::empty(side, start),
         relay: Some(relay),
     };
-    if options.config.channel != RelayChannel::SharedStream {
-        let error = ConfigError::OutOfRange {
-            field: "channel",
-            reason: "must be SharedStream: the driver carries every attempt on one stream",
-        };
-        return Err(fail(UpgradeFailure::Config(error), relay));
-    }
     if options.tcp.is_none() && options.quic.is_none() {
         return Err(fail(UpgradeFailure::NoTransport, relay));
     }
@@ -468,15 +464,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
         // A config that says the caller authenticates means it, whether it
-        // came through `Options::config` or `caller_authenticates`; every
-        // other check becomes the pinned TLS.
-        let caller_authenticates = options.caller_authenticates
-            || config.identity_check == dcutr_core::settings::IdentityCheck::CallerAuthenticates;
-        config.identity_check = if caller_authenticates {
-            dcutr_core::settings::IdentityCheck::CallerAuthenticates
-        } else {
-            dcutr_core::settings::IdentityCheck::PinnedTls
-        };
+        // came through `Options::config` or `caller_authenticates`;
+        // otherwise the config's check (pinned TLS) stands.
+        let caller_authenticates =
+            options.caller_authenticates || !config.identity_check.is_checked();
+        if options.caller_authenticates {
+            config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
+        }
         let identity = match (caller_authenticates, options.identity) {
             (true, _) => None,
             (false, Some(identity)) => Some(identity),
@@ -527,6 +521,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             }
         };
         let mut builder = Upgrade::builder(options.side, config, seed)
+            .capabilities(dcutr_core::settings::Capabilities::STANDALONE)
             .local_addrs(options.local_addrs)
             .remote_public_addrs(options.remote_public_addrs);
         if let Some(identity) = &identity {
