@@ -49,12 +49,13 @@ impl Upgrade {
         let room = self
             .config
             .max_dials_per_upgrade
-            .saturating_sub(self.timeline.dials.len());
+            .saturating_sub(self.dials_made);
         let targets: Vec<Candidate> = targets.into_iter().take(room).collect();
         if targets.is_empty() {
             return;
         }
         let deadline = self.now + self.config.unilateral_timeout;
+        self.unilateral_running = true;
         match self.timeline.unilateral.as_mut() {
             Some((_, ended)) => *ended = None,
             None => self.timeline.unilateral = Some((self.now, None)),

@@ -163,6 +163,14 @@ pub struct Upgrade {
     /// inbound connections).
     pub(crate) seen_connect: bool,
     directs: Directs,
+    /// Dials made in this upgrade, for [`Config::max_dials_per_upgrade`].
+    pub(crate) dials_made: usize,
+    /// Hole-punch dials made in the current attempt.
+    attempt_punch_dials: usize,
+    /// A dial of the current attempt found its address pair taken.
+    attempt_crossing: bool,
+    /// A unilateral dial is running and its end is not recorded yet.
+    pub(crate) unilateral_running: bool,
     spray: Option<Spray>,
     pub(crate) timers: Timers,
     pub(crate) outputs: VecDeque<Output>,
@@ -296,6 +304,10 @@ impl UpgradeBuilder {
             remote_received: (0, RejectionCounts::default()),
             seen_connect: false,
             directs: Directs::default(),
+            dials_made: 0,
+            attempt_punch_dials: 0,
+            attempt_crossing: false,
+            unilateral_running: false,
             spray: None,
             timers: Timers::default(),
             outputs: VecDeque::new(),
@@ -679,6 +691,9 @@ impl Upgrade {
             return;
         };
         tracing::debug!(%id, to = %d.to, %error, "direct dial failed");
+        if error == DialError::AddrInUse && d.attempt == self.attempt {
+            self.attempt_crossing = true;
+        }
         self.timeline.end_dial(id, now, DialResult::Failed(error));
         self.outputs.push_back(Output::Event(Event::DialFailed {
             id,
@@ -947,6 +962,8 @@ impl Upgrade {
     /// Opens a new attempt record.
     pub(crate) fn begin_attempt_record(&mut self) {
         self.attempt = self.attempt.saturating_add(1);
+        self.attempt_punch_dials = 0;
+        self.attempt_crossing = false;
         // Most upgrades end in their first attempt (97.6 % of successes in
         // the field): grow one record at a time.
         self.timeline.attempts.reserve_exact(1);
@@ -1143,6 +1160,10 @@ impl Upgrade {
             DialPurpose::Unilateral => 0,
             DialPurpose::HolePunch => self.attempt,
         };
+        self.dials_made += 1;
+        if purpose == DialPurpose::HolePunch {
+            self.attempt_punch_dials += 1;
+        }
         let id = self.directs.insert(
             to,
             role,
@@ -1411,7 +1432,7 @@ impl Upgrade {
         let mut dials_left = self
             .config
             .max_dials_per_upgrade
-            .saturating_sub(self.timeline.dials.len());
+            .saturating_sub(self.dials_made);
         let mut kept: Vec<Candidate> = Vec::with_capacity(targets.len());
         let mut dropped = 0usize;
         for to in targets {
@@ -1543,7 +1564,8 @@ impl Upgrade {
     }
 
     /// Re-evaluates whether the current phase is over after a dial or
-    /// connection went away.
+    /// connection went away. Decides from the upgrade's own counters, never
+    /// from the timeline, which is only ever written.
     pub(crate) fn check_progress(&mut self) {
         self.note_unilateral_over();
         match self.state {
@@ -1563,23 +1585,14 @@ impl Upgrade {
                 // A dial that found its address pair taken means the
                 // peer's connection is arriving through our listener: wait
                 // for it (until the window ends) rather than give up.
-                let crossing = self.timeline.dials.iter().any(|d| {
-                    d.attempt == attempt
-                        && d.result == Some(DialResult::Failed(DialError::AddrInUse))
-                });
                 let busy = self.spray.is_some()
-                    || crossing
+                    || self.attempt_crossing
                     || self
                         .directs
                         .iter()
                         .any(|d| d.attempt == attempt || !d.is_dialing());
                 if !busy {
-                    let dials = self
-                        .timeline
-                        .dials
-                        .iter()
-                        .filter(|d| d.attempt == attempt && d.purpose == DialPurpose::HolePunch)
-                        .count();
+                    let dials = self.attempt_punch_dials;
                     if dials > 0 {
                         self.fail_attempt(AttemptFailure::AllDialsFailed { dials });
                         return;
@@ -1601,9 +1614,8 @@ impl Upgrade {
     /// A unilateral dial running alongside the exchange is over once none
     /// of its dials is left: record it, once.
     fn note_unilateral_over(&mut self) {
-        let running = matches!(self.timeline.unilateral, Some((_, None)));
         if self.state == State::Unilateral
-            || !running
+            || !self.unilateral_running
             || self
                 .directs
                 .iter()
@@ -1611,6 +1623,7 @@ impl Upgrade {
         {
             return;
         }
+        self.unilateral_running = false;
         if let Some((_, ended)) = self.timeline.unilateral.as_mut() {
             *ended = Some(self.now);
         }
@@ -1630,6 +1643,7 @@ impl Upgrade {
             self.outputs.push_back(Output::CloseDirect { id: d.id });
         }
         self.timers.clear(TimerKind::Unilateral);
+        self.unilateral_running = false;
         if let Some((_, ended)) = self.timeline.unilateral.as_mut() {
             *ended = Some(self.now);
         }
