@@ -170,3 +170,33 @@ fn a_flood_of_strangers_is_capped() {
     drain(&mut up);
     assert!(up.handle_inbound(later, tcp("192.0.2.66:1")).is_ok());
 }
+
+/// Found by `orchestrator` (relay 159 ms, no direct delay, QUIC, pinned
+/// TLS, a public responder dialled unilaterally): the responder's select
+/// byte overtook the initiator's own news of its dial, the initiator
+/// refused the connection the responder had kept, and the sides
+/// disagreed. Bytes inside TLS come after the receiver's handshake.
+#[test]
+fn with_no_direct_delay_a_unilateral_dial_is_kept_by_both_sides() {
+    for transport in [Transport::Tcp, Transport::Quic] {
+        let mut cfg = SimConfig::two_nats(
+            &Config::shared_stream(),
+            Duration::from_millis(159),
+            Duration::ZERO,
+        )
+        .only(transport);
+        cfg.responder.nat = dcutr_sim::Nat::Public;
+        cfg.initiator.remote_public = cfg.responder.addrs.clone();
+        let mut sim = Sim::new(cfg);
+        assert!(sim.run(LIMIT));
+        let (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) = sim.outcomes() else {
+            panic!("{transport}: {:?}", sim.outcomes());
+        };
+        assert_eq!(
+            (b.attempt, a.attempt),
+            (0, 0),
+            "{transport}: the unilateral dial won"
+        );
+        assert_eq!(b.remote, sim_addr(RESPONDER, transport));
+    }
+}

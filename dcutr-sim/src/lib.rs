@@ -112,7 +112,7 @@
 //! the sweep cannot run it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -420,6 +420,10 @@ struct Peer {
     /// Our direct connection ids mapped to the peer's id for the same
     /// connection.
     links: BTreeMap<DirectId, (usize, DirectId)>,
+    /// Direct connections the core was told of (dial succeeded, inbound).
+    told: BTreeSet<DirectId>,
+    /// Direct connections whose simulated TLS handshake was reported.
+    authenticated: BTreeSet<DirectId>,
     generation: u64,
 }
 
@@ -613,6 +617,8 @@ impl Sim {
             advertised,
             dials: BTreeMap::new(),
             links: BTreeMap::new(),
+            told: BTreeSet::new(),
+            authenticated: BTreeSet::new(),
             generation: 0,
         };
         let mut sim = Sim {
@@ -705,6 +711,20 @@ impl Sim {
     #[must_use]
     pub fn fingerprint(&self, index: usize) -> [u8; FINGERPRINT_LEN] {
         fingerprint(index)
+    }
+
+    /// Reports `to`'s handshake on direct connection `id` as done, with
+    /// the other peer's certificate, once.
+    fn authenticate(&mut self, to: usize, id: DirectId) {
+        let peer = &mut self.peers[to];
+        if peer.told.contains(&id) && peer.links.contains_key(&id) && peer.authenticated.insert(id)
+        {
+            let presented = fingerprint(1 - to);
+            let now = self.now;
+            peer.core_mut()
+                .handle_direct_authenticated(now, id, presented);
+            self.drain(to);
+        }
     }
 
     /// The simulated TLS handshake of `to`'s new direct connection `id`
@@ -893,27 +913,34 @@ impl Sim {
             Ev::DialSucceeded { to, id } => {
                 if self.peers[to].dials.contains_key(&id) {
                     self.peers[to].core_mut().handle_dial_succeeded(now, id);
+                    self.peers[to].told.insert(id);
                     self.drain(to);
                     self.handshake(to, id);
                 }
             }
-            Ev::Authenticated { to, id } => {
-                if self.peers[to].links.contains_key(&id) {
-                    let presented = fingerprint(1 - to);
-                    self.peers[to]
-                        .core_mut()
-                        .handle_direct_authenticated(now, id, presented);
-                    self.drain(to);
-                }
-            }
+            Ev::Authenticated { to, id } => self.authenticate(to, id),
             Ev::DialFailed { to, id, error } => {
                 if self.peers[to].dials.remove(&id).is_some() {
                     self.peers[to].core_mut().handle_dial_failed(now, id, error);
                     self.drain(to);
                 }
             }
+            Ev::DirectData { to, id, data }
+                if !self.peers[to].told.contains(&id)
+                    && self.peers[to].dials.contains_key(&id)
+                    && self.peers[to].links.contains_key(&id) =>
+            {
+                // With no delay the bytes can overtake the receiver's own
+                // news of its dial (its `DialSucceeded`, due at this same
+                // instant): deliver them after it.
+                self.schedule(Duration::ZERO, Ev::DirectData { to, id, data });
+            }
             Ev::DirectData { to, id, data } => {
                 if self.peers[to].links.contains_key(&id) {
+                    // Bytes inside TLS are readable only once the
+                    // receiver's handshake is done: if the sender finished
+                    // first, so does the receiver now.
+                    self.authenticate(to, id);
                     self.peers[to].core_mut().handle_direct_data(now, id, &data);
                     self.drain(to);
                 }
@@ -929,6 +956,7 @@ impl Sim {
                 if let Ok(id) = self.peers[to].core_mut().handle_inbound(now, from) {
                     // The stranger is not a peer: link to a sink index.
                     self.peers[to].links.insert(id, (usize::MAX, id));
+                    self.peers[to].told.insert(id);
                     self.drain(to);
                     let core = self.peers[to].core_mut();
                     match kind {
@@ -991,6 +1019,7 @@ impl Sim {
             }
             None => match self.peers[other].core_mut().handle_inbound(now, src) {
                 Ok(id) => {
+                    self.peers[other].told.insert(id);
                     self.drain(other);
                     self.handshake(other, id);
                     id
