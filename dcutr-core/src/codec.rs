@@ -16,10 +16,6 @@ use prost::Message as _;
 /// make us buffer.
 pub const MAX_MESSAGE_SIZE: usize = 4096;
 
-/// Length in bytes of the token in a [`Hello`] frame: 128 bits, so a
-/// stranger cannot guess it.
-pub const TOKEN_LEN: usize = 16;
-
 /// Length in bytes of a certificate fingerprint in a `Hello` frame: a
 /// SHA-256 digest of the DER certificate.
 pub const FINGERPRINT_LEN: usize = 32;
@@ -135,31 +131,31 @@ pub enum MessageType {
     Sync = 300,
 }
 
+/// The dcutr-rs session wire version: what a `Hello` frame carries in
+/// its `version` field, and the only one this decoder accepts.
+pub const HELLO_VERSION: u32 = 3;
+
 /// The dcutr-rs `Hello` frame (not in the libp2p specification), the first
 /// frame of a shared relayed stream when the core checks identities
-/// ([`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) or
-/// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls)).
+/// ([`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls)).
 ///
 /// # Wire versions
-/// Fields are only ever added, each optional, so an older decoder skips
-/// what it does not know:
 ///
 /// | tag | field          | since | meaning                                        |
 /// |-----|----------------|-------|------------------------------------------------|
-/// | 1   | `token`        | v1    | 16 random bytes; the token check echoes them   |
+/// | 1   | (`token`)      | v1–v2 | no longer sent; skipped if received            |
 /// | 2   | `max_attempts` | v1    | the sender's attempt limit                     |
 /// | 3   | `side`         | v1.1  | initiator (1) or responder (2)                 |
 /// | 4   | `fingerprint`  | v2    | SHA-256 of the sender's TLS certificate        |
+/// | 5   | `version`      | v3    | [`HELLO_VERSION`]                              |
 ///
-/// A v2 sender still fills tag 1 (decoders before v2 require it), but the
-/// token is no longer sent on any direct connection under
-/// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): only a
-/// TLS handshake with the pinned certificate proves the peer there.
+/// v3 dropped the bearer token of v1 (pinned TLS proves the peer on
+/// direct connections since v2), so a v2 peer refuses a v3 `Hello` for
+/// its missing token, and a v3 peer refuses a v2 one
+/// ([`CodecError::UnsupportedHelloVersion`]): both fail at the first
+/// frame rather than mid-upgrade.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Hello {
-    /// The sender's token; must be exactly [`TOKEN_LEN`] bytes.
-    #[prost(bytes = "vec", optional, tag = "1")]
-    pub token: Option<Vec<u8>>,
     /// The sender's [`Config::max_attempts`](crate::Config::max_attempts):
     /// on a shared stream both sides must stop after the same attempt, or
     /// the one that goes on writes into a stream the other has handed back
@@ -171,10 +167,12 @@ pub struct Hello {
     #[prost(uint32, optional, tag = "3")]
     pub side: Option<u32>,
     /// SHA-256 of the DER certificate the sender will present on direct
-    /// connections (exactly [`FINGERPRINT_LEN`] bytes), under
-    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls).
+    /// connections (exactly [`FINGERPRINT_LEN`] bytes).
     #[prost(bytes = "vec", optional, tag = "4")]
     pub fingerprint: Option<Vec<u8>>,
+    /// The sender's wire version, [`HELLO_VERSION`].
+    #[prost(uint32, optional, tag = "5")]
+    pub version: Option<u32>,
 }
 
 /// `Hello.side` of an initiator.
@@ -185,14 +183,12 @@ pub const SIDE_RESPONDER: u32 = 2;
 /// A decoded `Hello`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HelloFrame {
-    /// The sender's token.
-    pub token: [u8; TOKEN_LEN],
     /// The sender's attempt limit, if it sent one.
     pub max_attempts: Option<u32>,
     /// The sender's side, if it sent a known one.
     pub side: Option<crate::Side>,
-    /// The sender's certificate fingerprint, if it sent one.
-    pub fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    /// The sender's certificate fingerprint.
+    pub fingerprint: [u8; FINGERPRINT_LEN],
 }
 
 /// A decoded and type-checked `HolePunch` message.
@@ -239,14 +235,15 @@ pub enum CodecError {
     /// The required `type` field is absent.
     #[error("message has no type")]
     MissingType,
-    /// A `Hello` frame without a token of exactly 16 bytes.
-    #[error("hello frame carries a token of {len} bytes, expected {TOKEN_LEN}")]
-    BadToken {
-        /// Length of the token that was received (0 when absent).
-        len: usize,
+    /// A `Hello` frame of another wire version than [`HELLO_VERSION`]
+    /// (`None`: a peer before v3, which sends no version).
+    #[error("hello frame of wire version {version:?}, expected {HELLO_VERSION}")]
+    UnsupportedHelloVersion {
+        /// The version received.
+        version: Option<u32>,
     },
     /// A `Hello` frame whose fingerprint is not exactly
-    /// [`FINGERPRINT_LEN`] bytes (or, where one is required, absent).
+    /// [`FINGERPRINT_LEN`] bytes (0 when absent).
     #[error("hello frame carries a fingerprint of {len} bytes, expected {FINGERPRINT_LEN}")]
     BadFingerprint {
         /// Length of the fingerprint that was received (0 when absent).
@@ -303,29 +300,10 @@ pub fn encode_sync() -> Bytes {
     })
 }
 
-/// Encodes a `Hello` frame carrying `token` and `max_attempts`, without
-/// a side (as peers before the side check sent it): test peers use it.
+/// Encodes a `Hello` frame: our attempt limit, side and certificate
+/// fingerprint.
 #[must_use]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
-pub fn encode_hello(token: &[u8; TOKEN_LEN], max_attempts: u8) -> Bytes {
-    hello_frame(token, max_attempts, None, None)
-}
-
-/// Encodes a `Hello` frame carrying `token`, `max_attempts` and `side`.
-#[must_use]
-pub fn encode_hello_as(token: &[u8; TOKEN_LEN], max_attempts: u8, side: crate::Side) -> Bytes {
-    let side = match side {
-        crate::Side::Initiator => SIDE_INITIATOR,
-        crate::Side::Responder => SIDE_RESPONDER,
-    };
-    hello_frame(token, max_attempts, Some(side), None)
-}
-
-/// Encodes a v2 `Hello` frame: `token`, `max_attempts`, `side` and the
-/// fingerprint of the sender's certificate.
-#[must_use]
-pub fn encode_hello_pinned(
-    token: &[u8; TOKEN_LEN],
+pub fn encode_hello(
     max_attempts: u8,
     side: crate::Side,
     fingerprint: &[u8; FINGERPRINT_LEN],
@@ -334,20 +312,11 @@ pub fn encode_hello_pinned(
         crate::Side::Initiator => SIDE_INITIATOR,
         crate::Side::Responder => SIDE_RESPONDER,
     };
-    hello_frame(token, max_attempts, Some(side), Some(fingerprint))
-}
-
-fn hello_frame(
-    token: &[u8; TOKEN_LEN],
-    max_attempts: u8,
-    side: Option<u32>,
-    fingerprint: Option<&[u8; FINGERPRINT_LEN]>,
-) -> Bytes {
     frame(&Hello {
-        token: Some(token.to_vec()),
         max_attempts: Some(u32::from(max_attempts)),
-        side,
-        fingerprint: fingerprint.map(|f| f.to_vec()),
+        side: Some(side),
+        fingerprint: Some(fingerprint.to_vec()),
+        version: Some(HELLO_VERSION),
     })
 }
 
@@ -385,31 +354,26 @@ pub fn decode_connect_nat(payload: &[u8]) -> Option<NatWire> {
 /// Decodes one frame payload as a `Hello`.
 ///
 /// # Errors
-/// [`CodecError::Protobuf`], [`CodecError::BadToken`] or
-/// [`CodecError::BadFingerprint`] (a fingerprint of the wrong length; an
-/// absent one is `None`).
+/// [`CodecError::Protobuf`], [`CodecError::UnsupportedHelloVersion`] or
+/// [`CodecError::BadFingerprint`] (absent, or of the wrong length).
 pub fn decode_hello(payload: &[u8]) -> Result<HelloFrame, CodecError> {
     let hello = Hello::decode(payload)?;
-    let token = hello.token.unwrap_or_default();
-    let token = token
-        .as_slice()
-        .try_into()
-        .map_err(|_| CodecError::BadToken { len: token.len() })?;
+    if hello.version != Some(HELLO_VERSION) {
+        return Err(CodecError::UnsupportedHelloVersion {
+            version: hello.version,
+        });
+    }
     let side = match hello.side {
         Some(SIDE_INITIATOR) => Some(crate::Side::Initiator),
         Some(SIDE_RESPONDER) => Some(crate::Side::Responder),
         _ => None,
     };
-    let fingerprint = match hello.fingerprint {
-        None => None,
-        Some(f) => Some(
-            f.as_slice()
-                .try_into()
-                .map_err(|_| CodecError::BadFingerprint { len: f.len() })?,
-        ),
-    };
+    let f = hello.fingerprint.unwrap_or_default();
+    let fingerprint = f
+        .as_slice()
+        .try_into()
+        .map_err(|_| CodecError::BadFingerprint { len: f.len() })?;
     Ok(HelloFrame {
-        token,
         max_attempts: hello.max_attempts,
         side,
         fingerprint,
@@ -707,9 +671,9 @@ mod tests {
     }
 
     #[test]
-    fn hello_round_trips_and_checks_token_length() {
-        let token = [7u8; TOKEN_LEN];
-        let frame = encode_hello_as(&token, 3, crate::Side::Responder);
+    fn hello_round_trips_and_checks_version_and_fingerprint() {
+        let fingerprint = [9u8; FINGERPRINT_LEN];
+        let frame = encode_hello(2, crate::Side::Initiator, &fingerprint);
         let payload = FrameDecoder::new(MAX_MESSAGE_SIZE)
             .decode(&mut &frame[..])
             .unwrap()
@@ -717,51 +681,55 @@ mod tests {
         assert_eq!(
             decode_hello(&payload),
             Ok(HelloFrame {
-                token,
-                max_attempts: Some(3),
-                side: Some(crate::Side::Responder),
-                fingerprint: None,
+                max_attempts: Some(2),
+                side: Some(crate::Side::Initiator),
+                fingerprint,
             })
         );
-        assert_eq!(
-            decode_hello(&[0x0a, 2, 1, 2]),
-            Err(CodecError::BadToken { len: 2 })
-        );
-        assert_eq!(decode_hello(&[]), Err(CodecError::BadToken { len: 0 }));
-    }
-
-    #[test]
-    fn a_v2_hello_carries_the_fingerprint_and_checks_its_length() {
-        let token = [7u8; TOKEN_LEN];
-        let fingerprint = [9u8; FINGERPRINT_LEN];
-        let frame = encode_hello_pinned(&token, 2, crate::Side::Initiator, &fingerprint);
-        let payload = FrameDecoder::new(MAX_MESSAGE_SIZE)
-            .decode(&mut &frame[..])
-            .unwrap()
-            .unwrap();
-        let hello = decode_hello(&payload).unwrap();
-        assert_eq!(hello.fingerprint, Some(fingerprint));
-        assert_eq!(hello.side, Some(crate::Side::Initiator));
-        // A v1 decoder (no tag 4) still reads the rest: the field is skipped.
-        #[derive(Clone, PartialEq, prost::Message)]
-        struct HelloV1 {
-            #[prost(bytes = "vec", optional, tag = "1")]
-            token: Option<Vec<u8>>,
-            #[prost(uint32, optional, tag = "2")]
-            max_attempts: Option<u32>,
-        }
-        let v1 = HelloV1::decode(&payload[..]).unwrap();
-        assert_eq!(v1.token.as_deref(), Some(&token[..]));
-        assert_eq!(v1.max_attempts, Some(2));
-        // A fingerprint of the wrong length is refused.
+        let hello = Hello::decode(&payload[..]).unwrap();
+        // A fingerprint of the wrong length, or none, is refused.
         let short = Hello {
             fingerprint: Some(vec![1, 2, 3]),
-            ..Hello::decode(&payload[..]).unwrap()
+            ..hello.clone()
         }
         .encode_to_vec();
         assert_eq!(
             decode_hello(&short),
             Err(CodecError::BadFingerprint { len: 3 })
+        );
+        let none = Hello {
+            fingerprint: None,
+            ..hello.clone()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            decode_hello(&none),
+            Err(CodecError::BadFingerprint { len: 0 })
+        );
+        // A v2 Hello (a 16-byte token in tag 1, no version) is refused by
+        // its version; the old token field itself is skipped.
+        let mut v2 = vec![0x0a, 16];
+        v2.extend_from_slice(&[7; 16]);
+        let v2_body = Hello {
+            version: None,
+            ..hello.clone()
+        }
+        .encode_to_vec();
+        v2.extend_from_slice(&v2_body);
+        assert_eq!(
+            decode_hello(&v2),
+            Err(CodecError::UnsupportedHelloVersion { version: None })
+        );
+        let mut v3_with_token = vec![0x0a, 16];
+        v3_with_token.extend_from_slice(&[7; 16]);
+        v3_with_token.extend_from_slice(&payload);
+        assert_eq!(
+            decode_hello(&v3_with_token).map(|h| h.fingerprint),
+            Ok(fingerprint)
+        );
+        assert_eq!(
+            decode_hello(&[]),
+            Err(CodecError::UnsupportedHelloVersion { version: None })
         );
     }
 }

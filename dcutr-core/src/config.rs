@@ -74,19 +74,6 @@ pub enum IdentityCheck {
     /// with more than one direct connection (libp2p keeps them all).
     #[default]
     CallerAuthenticates,
-    /// dcutr-rs proves it with a bearer token: both sides send a random
-    /// 16-byte token in a `Hello` frame over the relayed stream, and the
-    /// first bytes on a direct connection must echo the token (client
-    /// first, then server). A connection that fails the check is closed.
-    /// Requires [`RelayChannel::SharedStream`] and dcutr-rs on both ends.
-    ///
-    /// **Not safe against a host at an address the peer advertised** (a
-    /// stale mapping, another host behind the same NAT): the dialling side
-    /// sends the token in clear to whoever answers, who can replay it to
-    /// the other side and sit in the middle; nothing is encrypted either.
-    /// Kept for the simulator and for tests of the core; carriers with
-    /// TLS use [`IdentityCheck::PinnedTls`].
-    Token,
     /// dcutr-rs proves it with mutual TLS 1.3 pinned to fingerprints sent
     /// over the relayed stream. Each side makes an ephemeral certificate
     /// and gives the SHA-256 of it to the core
@@ -117,7 +104,7 @@ impl IdentityCheck {
     /// connection (both sides then agree on the one connection they keep).
     #[must_use]
     pub fn is_checked(self) -> bool {
-        matches!(self, IdentityCheck::Token | IdentityCheck::PinnedTls)
+        matches!(self, IdentityCheck::PinnedTls)
     }
 }
 
@@ -140,6 +127,44 @@ pub enum QuicServerPunch {
     /// rust-libp2p does (both sides end up clients of their own
     /// connection). For compatibility only.
     DialAsClient,
+}
+
+/// What a carrier can carry out, for [`Config::validate_for`] and
+/// [`UpgradeBuilder::capabilities`](crate::UpgradeBuilder::capabilities):
+/// the modes of a [`Config`] that it cannot serve are refused at the start
+/// with a [`ConfigError`] naming the fix, instead of each carrier checking
+/// the mode enums itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// How its relayed connection carries the messages.
+    pub channel: RelayChannel,
+    /// It sends datagrams from its QUIC socket
+    /// ([`Output::SendDatagram`](crate::Output::SendDatagram)), as
+    /// [`QuicServerPunch::Spray`] needs.
+    pub datagrams: bool,
+    /// It runs the TLS handshake of [`IdentityCheck::PinnedTls`] on direct
+    /// connections.
+    pub pinned_tls: bool,
+}
+
+impl Capabilities {
+    /// A libp2p swarm: a `/libp2p/dcutr` stream per attempt, no datagrams
+    /// of its own (libp2p-quic sprays inside a dial as listener), and
+    /// Noise/TLS of its own on direct connections.
+    pub const LIBP2P: Capabilities = Capabilities {
+        channel: RelayChannel::StreamPerAttempt,
+        datagrams: false,
+        pinned_tls: false,
+    };
+
+    /// A standalone runtime adapter (`dcutr-driver`): one relayed byte
+    /// stream, its own QUIC socket, and pinned TLS.
+    pub const STANDALONE: Capabilities = Capabilities {
+        channel: RelayChannel::SharedStream,
+        datagrams: true,
+        pinned_tls: true,
+    };
 }
 
 /// Limits and timeouts of one upgrade.
@@ -178,9 +203,9 @@ pub struct Config {
     /// Hole-punch attempts before giving up. Default 3 (the spec: the
     /// initiator retries twice). 97.6 % of successes in the field come on
     /// the first attempt, so more rarely pays. On a shared stream both
-    /// sides must stop after the same attempt: with the token check they
-    /// agree on the smaller of their limits through the `Hello`; without
-    /// it, configure the same value on both.
+    /// sides must stop after the same attempt: with the pinned-TLS check
+    /// they agree on the smaller of their limits through the `Hello`;
+    /// without it, configure the same value on both.
     pub max_attempts: u8,
     /// How long to wait for each message of the exchange (Hello, Connect,
     /// Sync) and for a stream to open. Default 10 s, as rust-libp2p.
@@ -268,16 +293,42 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The defaults for one shared relayed byte stream with the token
-    /// identity check, as the simulator runs them. The standalone adapters
-    /// start from it and switch to [`IdentityCheck::PinnedTls`].
+    /// The defaults for one shared relayed byte stream with the pinned-TLS
+    /// identity check: the standalone mode that the runtime adapters and
+    /// the simulator run. The upgrade then needs our certificate's
+    /// fingerprint ([`UpgradeBuilder::local_fingerprint`](crate::UpgradeBuilder::local_fingerprint)).
     #[must_use]
     pub fn shared_stream() -> Self {
         Config {
             channel: RelayChannel::SharedStream,
-            identity_check: IdentityCheck::Token,
+            identity_check: IdentityCheck::PinnedTls,
             ..Config::default()
         }
+    }
+
+    /// Checks every field against its bounds, then that a carrier with
+    /// `caps` can serve the modes.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found: [`Config::validate`]'s, or
+    /// [`ConfigError::ChannelUnsupported`],
+    /// [`ConfigError::SprayUnsupported`],
+    /// [`ConfigError::PinnedTlsUnsupported`].
+    pub fn validate_for(&self, caps: Capabilities) -> Result<(), ConfigError> {
+        self.validate()?;
+        if self.channel != caps.channel {
+            return Err(ConfigError::ChannelUnsupported {
+                configured: self.channel,
+                carried: caps.channel,
+            });
+        }
+        if self.quic_server_punch == QuicServerPunch::Spray && !caps.datagrams {
+            return Err(ConfigError::SprayUnsupported);
+        }
+        if self.identity_check == IdentityCheck::PinnedTls && !caps.pinned_tls {
+            return Err(ConfigError::PinnedTlsUnsupported);
+        }
+        Ok(())
     }
 
     /// Checks every field against its bounds.
@@ -334,7 +385,7 @@ impl Config {
             });
         }
         if self.identity_check.is_checked() && self.channel != RelayChannel::SharedStream {
-            return Err(ConfigError::TokenNeedsSharedStream);
+            return Err(ConfigError::IdentityCheckNeedsSharedStream);
         }
         Ok(())
     }
@@ -352,11 +403,33 @@ pub enum ConfigError {
         /// The bound it breaks.
         reason: &'static str,
     },
-    /// [`IdentityCheck::Token`] and [`IdentityCheck::PinnedTls`] need
-    /// [`RelayChannel::SharedStream`]: the tokens and fingerprints ride in
-    /// the first frame of the one shared stream.
+    /// [`IdentityCheck::PinnedTls`] needs [`RelayChannel::SharedStream`]:
+    /// the fingerprints ride in the first frame of the one shared stream.
     #[error("the identity check needs the shared-stream relay channel")]
-    TokenNeedsSharedStream,
+    IdentityCheckNeedsSharedStream,
+    /// The carrier carries the relayed messages another way
+    /// ([`Capabilities::channel`]): set [`Config::channel`] to `carried`.
+    #[error(
+        "config channel {configured:?}, but the carrier has {carried:?}: set `channel` to {carried:?}"
+    )]
+    ChannelUnsupported {
+        /// [`Config::channel`].
+        configured: RelayChannel,
+        /// What the carrier has.
+        carried: RelayChannel,
+    },
+    /// The carrier cannot send the QUIC spray itself
+    /// ([`Capabilities::datagrams`]).
+    #[error(
+        "the carrier cannot send datagrams: set `quic_server_punch` to DialAsServer or DialAsClient"
+    )]
+    SprayUnsupported,
+    /// The carrier does not run the pinned TLS handshake
+    /// ([`Capabilities::pinned_tls`]).
+    #[error(
+        "the carrier authenticates direct connections itself: set `identity_check` to CallerAuthenticates"
+    )]
+    PinnedTlsUnsupported,
 }
 
 #[cfg(test)]
@@ -406,11 +479,55 @@ mod tests {
     }
 
     #[test]
-    fn token_check_needs_a_shared_stream() {
-        let c = Config {
-            identity_check: IdentityCheck::Token,
+    fn a_carrier_refuses_the_modes_it_cannot_serve_naming_the_fix() {
+        assert_eq!(
+            Config::shared_stream().validate_for(Capabilities::STANDALONE),
+            Ok(())
+        );
+        let libp2p = Config {
+            quic_server_punch: QuicServerPunch::DialAsServer,
             ..Config::default()
         };
-        assert_eq!(c.validate(), Err(ConfigError::TokenNeedsSharedStream));
+        assert_eq!(libp2p.validate_for(Capabilities::LIBP2P), Ok(()));
+        assert_eq!(
+            Config::default().validate_for(Capabilities::LIBP2P),
+            Err(ConfigError::SprayUnsupported)
+        );
+        assert_eq!(
+            Config::shared_stream().validate_for(Capabilities::LIBP2P),
+            Err(ConfigError::ChannelUnsupported {
+                configured: RelayChannel::SharedStream,
+                carried: RelayChannel::StreamPerAttempt,
+            })
+        );
+        assert_eq!(
+            libp2p.validate_for(Capabilities::STANDALONE),
+            Err(ConfigError::ChannelUnsupported {
+                configured: RelayChannel::StreamPerAttempt,
+                carried: RelayChannel::SharedStream,
+            })
+        );
+        let no_tls = Capabilities {
+            pinned_tls: false,
+            ..Capabilities::STANDALONE
+        };
+        assert_eq!(
+            Config::shared_stream().validate_for(no_tls),
+            Err(ConfigError::PinnedTlsUnsupported)
+        );
+        let text = ConfigError::SprayUnsupported.to_string();
+        assert!(text.contains("quic_server_punch"), "{text}");
+    }
+
+    #[test]
+    fn pinned_tls_needs_a_shared_stream() {
+        let c = Config {
+            identity_check: IdentityCheck::PinnedTls,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::IdentityCheckNeedsSharedStream)
+        );
     }
 }

@@ -19,60 +19,25 @@
 //! a host at an address the peer advertised learns nothing it could replay,
 //! and it cannot finish a handshake as the peer without the peer's key.
 //!
-//! ## Token (v1)
-//! With [`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) each side
-//! learned the other's random token from the `Hello` frame on the relayed
-//! stream. The first bytes on a direct connection are:
+//! The bearer token of wire v1 (an echo of a token from the `Hello` as
+//! the first bytes on a direct connection) is gone since v3: it was sent
+//! in clear to whoever answered at an advertised address, who could replay
+//! it and sit in the middle.
 //!
-//! ```text
-//! each side:  "dcutr/v1" || the peer's token      (CHECK_LEN = 24 bytes)
-//! server:     0x01 "selected"                     (1 byte, on the winner only)
-//! ```
-//!
-//! * On a connection **we dialled** (to an address the peer named) we send
-//!   our check at once; on an **inbound** connection we send ours only
-//!   after the other end's check proved it knows our token. A stranger who
-//!   connects to us therefore learns nothing it could replay elsewhere.
-//! * The server (the initiator in a hole punch, the responder in a
-//!   unilateral dial) picks the first verified connection and marks it
-//!   with the select byte; the client takes the connection that carries
-//!   it. Both sides thus keep the same one when several connections form.
+//! The server (the initiator in a hole punch, the responder in a
+//! unilateral dial) picks the first authenticated connection and marks it
+//! with the select byte; the client takes the connection that carries it.
+//! Both sides thus keep the same one when several connections form.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::addr::Candidate;
-use crate::codec::{FINGERPRINT_LEN, TOKEN_LEN};
+use crate::codec::FINGERPRINT_LEN;
 use crate::output::{DialPurpose, DirectId, Role};
-
-/// Length of the token check message on a direct connection
-/// ([`IdentityCheck::Token`](crate::settings::IdentityCheck::Token) only).
-pub const CHECK_LEN: usize = 8 + TOKEN_LEN;
 
 /// The byte with which the server marks the connection it keeps.
 pub(crate) const SELECT: u8 = 0x01;
-
-const MAGIC: &[u8; 8] = b"dcutr/v1";
-
-/// The check message that proves we know `peer_token`.
-#[must_use]
-pub(crate) fn check_message(peer_token: &[u8; TOKEN_LEN]) -> [u8; CHECK_LEN] {
-    let mut out = [0u8; CHECK_LEN];
-    out[..8].copy_from_slice(MAGIC);
-    out[8..].copy_from_slice(peer_token);
-    out
-}
-
-/// Whether `received` proves knowledge of our own token. Compares every
-/// byte, so the time taken does not depend on where a mismatch is.
-#[must_use]
-pub(crate) fn check_is_valid(own_token: &[u8; TOKEN_LEN], received: &[u8; CHECK_LEN]) -> bool {
-    check_message(own_token)
-        .iter()
-        .zip(received)
-        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-        == 0
-}
 
 /// Where a direct connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,16 +56,6 @@ pub(crate) enum DirectState {
     /// Pinned TLS: the handshake completed with a certificate of this
     /// fingerprint before the peer's `Hello` (and so its pin) arrived.
     AwaitingPeerFingerprint { presented: [u8; FINGERPRINT_LEN] },
-    /// Connected; the peer's check message is arriving. `sent` tells
-    /// whether ours went out already.
-    Checking {
-        received: [u8; CHECK_LEN],
-        len: usize,
-        sent: bool,
-    },
-    /// Inbound: the peer's check passed, but its `Hello` (and so the token
-    /// for our answer) has not arrived yet.
-    AwaitingPeerToken,
     /// Client: both checks done; waiting for the server's select byte.
     AwaitingSelect,
 }
@@ -125,13 +80,12 @@ impl Direct {
         self.state == DirectState::Dialing
     }
 
-    /// How many more check bytes this connection may deliver.
+    /// How many more bytes this connection may deliver to the core (the
+    /// select byte).
     pub fn bytes_wanted(&self) -> usize {
         match self.state {
-            DirectState::Checking { len, .. } => CHECK_LEN - len,
             DirectState::AwaitingSelect => 1,
             DirectState::Dialing
-            | DirectState::AwaitingPeerToken
             | DirectState::Handshaking
             | DirectState::AwaitingPeerFingerprint { .. } => 0,
         }
@@ -225,26 +179,5 @@ impl Directs {
     /// The id of the first connection whose deadline has passed.
     pub fn first_expired(&self, now: Instant) -> Option<DirectId> {
         self.list.iter().find(|d| d.deadline <= now).map(|d| d.id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_check_accepts_only_our_own_token() {
-        let ours = [1u8; TOKEN_LEN];
-        let theirs = [2u8; TOKEN_LEN];
-        // The peer proves it knows our token.
-        let from_peer = check_message(&ours);
-        assert!(check_is_valid(&ours, &from_peer));
-        assert!(!check_is_valid(&theirs, &from_peer));
-        let mut tampered = from_peer;
-        tampered[CHECK_LEN - 1] ^= 1;
-        assert!(!check_is_valid(&ours, &tampered));
-        let mut wrong_magic = from_peer;
-        wrong_magic[0] ^= 1;
-        assert!(!check_is_valid(&ours, &wrong_magic));
     }
 }

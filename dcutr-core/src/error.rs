@@ -9,7 +9,7 @@ use crate::codec::{CodecError, MessageType};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Step {
-    /// Waiting for the peer's `Hello` (token identity check only).
+    /// Waiting for the peer's `Hello` (pinned-TLS identity check only).
     Hello,
     /// Waiting for a new stream to open.
     OpenStream,
@@ -42,7 +42,7 @@ impl std::fmt::Display for Step {
 #[non_exhaustive]
 pub enum ProtocolError {
     /// Framing or protobuf error (oversize frame, bad varint, undecodable
-    /// message, unknown or missing type, bad token).
+    /// message, unknown or missing type, bad `Hello`).
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// A well-formed message that may not come now: Sync before Connect, a

@@ -13,10 +13,10 @@ impl Upgrade {
     /// Unilateral dial first when the peer's public addresses are known,
     /// else the first attempt.
     ///
-    /// Without the token check (the spec's mode) the unilateral dial runs
+    /// Without the identity check (the spec's mode) the unilateral dial runs
     /// alongside the first attempt instead: nothing is lost by punching
     /// while it runs, and waiting for it costs a whole dial timeout when
-    /// the peer is not reachable after all. The token check needs the
+    /// the peer is not reachable after all. The identity check needs the
     /// roles of the direct connection settled, so it dials first.
     pub(crate) fn initiator_begin(&mut self) {
         let targets = self.unilateral_targets.clone();
@@ -49,12 +49,13 @@ impl Upgrade {
         let room = self
             .config
             .max_dials_per_upgrade
-            .saturating_sub(self.timeline.dials.len());
+            .saturating_sub(self.dials_made);
         let targets: Vec<Candidate> = targets.into_iter().take(room).collect();
         if targets.is_empty() {
             return;
         }
         let deadline = self.now + self.config.unilateral_timeout;
+        self.unilateral_running = true;
         match self.timeline.unilateral.as_mut() {
             Some((_, ended)) => *ended = None,
             None => self.timeline.unilateral = Some((self.now, None)),

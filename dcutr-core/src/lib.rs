@@ -125,12 +125,11 @@ pub mod record {
 
 /// The modes of [`Config`] and the bounds its fields must stay within.
 pub mod settings {
-    pub use crate::codec::FINGERPRINT_LEN;
+    pub use crate::codec::{FINGERPRINT_LEN, HELLO_VERSION};
     pub use crate::config::{
-        IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION, MAX_FRAME_LEN,
-        MAX_PUNCHES_PER_IP, QuicServerPunch, RelayChannel, SPRAY_PACKET_LEN,
+        Capabilities, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION,
+        MAX_FRAME_LEN, MAX_PUNCHES_PER_IP, QuicServerPunch, RelayChannel, SPRAY_PACKET_LEN,
     };
-    pub use crate::direct::CHECK_LEN;
 }
 
 /// The detailed reasons inside [`Failure`], [`Event`] and the

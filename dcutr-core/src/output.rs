@@ -198,9 +198,8 @@ pub enum InboundRejected {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DirectRejection {
-    /// Not the peer: the first bytes did not carry our token, or the TLS
-    /// certificate the other end presented is not the one pinned by the
-    /// peer's `Hello` (a stranger, or a man in the middle).
+    /// Not the peer: the TLS certificate the other end presented is not
+    /// the one pinned by the peer's `Hello` (a stranger, or a man in the middle).
     IdentityMismatch,
     /// The TLS handshake of [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls)
     /// failed before any certificate could be compared (the other end does
@@ -208,7 +207,8 @@ pub enum DirectRejection {
     HandshakeFailed,
     /// The identity check did not finish in time.
     ConfirmTimeout,
-    /// The peer sent more than the identity check allows.
+    /// The peer sent bytes where the identity check allows none, or more
+    /// than the select byte.
     Oversized,
 }
 
@@ -216,7 +216,7 @@ pub enum DirectRejection {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
-    /// The peer's `Hello` arrived (token or pinned-TLS identity check).
+    /// The peer's `Hello` arrived (pinned-TLS identity check).
     HelloReceived,
     /// The unilateral direct dial started, to this many addresses.
     UnilateralStarted {

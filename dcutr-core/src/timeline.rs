@@ -80,7 +80,7 @@ impl AttemptRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DialResult {
-    /// Connected (and, with the token check, waiting for it).
+    /// Connected (and, with the identity check, waiting for it).
     Connected,
     /// Connected and won.
     Won,
@@ -91,7 +91,7 @@ pub enum DialResult {
     /// Cancelled by the core (attempt over, or another connection won).
     Cancelled,
     /// Still in flight when another connection won, and left to finish:
-    /// without the token check the peer may have taken this one, so it is
+    /// without the identity check the peer may have taken this one, so it is
     /// the caller's to keep or close
     /// ([`IdentityCheck::CallerAuthenticates`](crate::settings::IdentityCheck::CallerAuthenticates)).
     Released,

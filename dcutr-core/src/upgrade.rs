@@ -16,9 +16,11 @@ use crate::addr::{
     AddrRejection, AddressPredictor, Candidate, NoPrediction, ObservedAddrs, RejectionCounts,
     Transport, local_addrs_to_send,
 };
-use crate::codec::{self, FINGERPRINT_LEN, FrameDecoder, TOKEN_LEN};
-use crate::config::{Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel};
-use crate::direct::{self, CHECK_LEN, DirectState, Directs, Origin};
+use crate::codec::{self, FINGERPRINT_LEN, FrameDecoder};
+use crate::config::{
+    Capabilities, Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel,
+};
+use crate::direct::{self, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 use crate::nat::NatBehaviour;
 use crate::output::{
@@ -35,7 +37,7 @@ const OUTPUT_QUEUE_RETAINED: usize = 8;
 /// Where one upgrade stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
-    /// Token check: waiting for the peer's `Hello`.
+    /// Identity check: waiting for the peer's `Hello`.
     AwaitHello,
     /// Initiator: the unilateral dial is running.
     Unilateral,
@@ -140,8 +142,6 @@ pub struct Upgrade {
     pub(crate) decoder: FrameDecoder,
     pub(crate) stream_open: bool,
     pub(crate) relay_closed: bool,
-    own_token: [u8; TOKEN_LEN],
-    peer_token: Option<[u8; TOKEN_LEN]>,
     /// Pinned TLS: the fingerprint of our certificate, sent in the Hello.
     own_fingerprint: Option<[u8; FINGERPRINT_LEN]>,
     /// Pinned TLS: the fingerprint from the peer's Hello.
@@ -163,6 +163,14 @@ pub struct Upgrade {
     /// inbound connections).
     pub(crate) seen_connect: bool,
     directs: Directs,
+    /// Dials made in this upgrade, for [`Config::max_dials_per_upgrade`].
+    pub(crate) dials_made: usize,
+    /// Hole-punch dials made in the current attempt.
+    attempt_punch_dials: usize,
+    /// A dial of the current attempt found its address pair taken.
+    attempt_crossing: bool,
+    /// A unilateral dial is running and its end is not recorded yet.
+    pub(crate) unilateral_running: bool,
     spray: Option<Spray>,
     pub(crate) timers: Timers,
     pub(crate) outputs: VecDeque<Output>,
@@ -192,9 +200,19 @@ pub struct UpgradeBuilder {
     predictor: Box<dyn AddressPredictor>,
     nat: Option<NatBehaviour>,
     fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    capabilities: Option<Capabilities>,
 }
 
 impl UpgradeBuilder {
+    /// What the carrier can carry out: [`UpgradeBuilder::start`] then
+    /// refuses a config whose modes it cannot serve
+    /// ([`Config::validate_for`]), with a [`ConfigError`] that names the
+    /// field to change. Default: no check beyond [`Config::validate`].
+    pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
+    }
+
     /// The SHA-256 fingerprint of the certificate we present on direct
     /// connections, sent to the peer in the `Hello`. Required with
     /// [`IdentityCheck::PinnedTls`], ignored otherwise. Make a fresh key
@@ -242,18 +260,20 @@ impl UpgradeBuilder {
     /// [`Upgrade::poll_output`] next.
     ///
     /// # Errors
-    /// [`ConfigError`] when the config is out of bounds.
+    /// [`ConfigError`] when the config is out of bounds, or asks for what
+    /// the carrier cannot do ([`UpgradeBuilder::capabilities`]).
     pub fn start(self, now: Instant) -> Result<Upgrade, ConfigError> {
-        self.config.validate()?;
+        match self.capabilities {
+            Some(caps) => self.config.validate_for(caps)?,
+            None => self.config.validate()?,
+        }
         if self.config.identity_check == IdentityCheck::PinnedTls && self.fingerprint.is_none() {
             return Err(ConfigError::OutOfRange {
                 field: "identity_check",
                 reason: "PinnedTls needs our certificate's fingerprint (local_fingerprint)",
             });
         }
-        let mut rng = ChaCha8Rng::from_seed(self.seed);
-        let mut own_token = [0u8; TOKEN_LEN];
-        rng.fill_bytes(&mut own_token);
+        let rng = ChaCha8Rng::from_seed(self.seed);
         let mut observed = ObservedAddrs::new(self.config.max_local_addrs);
         for c in self.observed.iter().rev() {
             observed.observe(*c);
@@ -273,8 +293,6 @@ impl UpgradeBuilder {
             pending_failure: None,
             stream_open: shared,
             relay_closed: false,
-            own_token,
-            peer_token: None,
             own_fingerprint: self.fingerprint,
             peer_fingerprint: None,
             observed,
@@ -286,6 +304,10 @@ impl UpgradeBuilder {
             remote_received: (0, RejectionCounts::default()),
             seen_connect: false,
             directs: Directs::default(),
+            dials_made: 0,
+            attempt_punch_dials: 0,
+            attempt_crossing: false,
+            unilateral_running: false,
             spray: None,
             timers: Timers::default(),
             outputs: VecDeque::new(),
@@ -294,20 +316,16 @@ impl UpgradeBuilder {
         };
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
-        if up.checks_identity() {
-            let hello = match up.own_fingerprint {
-                Some(fp) if up.pinned_tls() => {
-                    codec::encode_hello_pinned(&up.own_token, up.config.max_attempts, up.side, &fp)
-                }
-                _ => codec::encode_hello_as(&up.own_token, up.config.max_attempts, up.side),
-            };
+        if let (true, Some(fp)) = (up.checks_identity(), up.own_fingerprint) {
+            let hello = codec::encode_hello(up.config.max_attempts, up.side, &fp);
             up.outputs.push_back(Output::WriteStream(hello));
         }
         let dials_first =
             up.side == Side::Initiator && up.config.unilateral && !up.unilateral_targets.is_empty();
         if up.checks_identity() && dials_first {
-            // The unilateral dial makes us the client, and a client must
-            // echo the peer's token: wait for its Hello first.
+            // The unilateral dial makes us the client, and the roles of
+            // direct connections must be settled before any forms: wait
+            // for the peer's Hello first.
             up.timers
                 .set(TimerKind::StepTimeout, now + up.config.step_timeout);
         } else {
@@ -320,10 +338,9 @@ impl UpgradeBuilder {
 impl Upgrade {
     /// Prepares an upgrade for `side`.
     ///
-    /// `seed` drives every random choice (token, spray payloads and
-    /// pauses): the same seed and inputs give the same outputs, byte for
-    /// byte. In production pass 32 bytes from the OS's random source; the
-    /// token check is only as unguessable as the seed.
+    /// `seed` drives every random choice (spray payloads and pauses): the
+    /// same seed and inputs give the same outputs, byte for byte. In
+    /// production pass 32 bytes from the OS's random source.
     pub fn builder(side: Side, config: Config, seed: [u8; 32]) -> UpgradeBuilder {
         UpgradeBuilder {
             side,
@@ -334,6 +351,7 @@ impl Upgrade {
             predictor: Box::new(NoPrediction),
             nat: None,
             fingerprint: None,
+            capabilities: None,
         }
     }
 
@@ -465,9 +483,9 @@ impl Upgrade {
     /// at once by the initiator, alongside the hole punch, when
     /// [`Config::unilateral`] is on. The first direct connection wins.
     ///
-    /// With the token identity check the dial needs the peer's token, so
-    /// addresses known before the start are dialled before the first
-    /// attempt and later ones are only kept.
+    /// With the pinned-TLS identity check the roles of direct connections
+    /// must be settled first, so addresses known before the start are
+    /// dialled before the first attempt and later ones are only kept.
     pub fn handle_remote_public_addrs(
         &mut self,
         now: Instant,
@@ -673,6 +691,9 @@ impl Upgrade {
             return;
         };
         tracing::debug!(%id, to = %d.to, %error, "direct dial failed");
+        if error == DialError::AddrInUse && d.attempt == self.attempt {
+            self.attempt_crossing = true;
+        }
         self.timeline.end_dial(id, now, DialResult::Failed(error));
         self.outputs.push_back(Output::Event(Event::DialFailed {
             id,
@@ -730,42 +751,22 @@ impl Upgrade {
         Ok(id)
     }
 
-    /// Bytes arrived on direct connection `id` (the identity check).
+    /// Bytes arrived on direct connection `id`: the server's select byte,
+    /// on the client, under [`IdentityCheck::PinnedTls`]. Anything else
+    /// (more bytes, or bytes the core did not ask for with
+    /// [`Upgrade::direct_bytes_wanted`]) rejects the connection.
     pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
         self.advance(now);
-        let mut input = data;
-        while !input.is_empty() {
-            let Some(d) = self.directs.get_mut(id) else {
-                return;
-            };
-            match d.state {
-                DirectState::Checking {
-                    mut received,
-                    len,
-                    sent,
-                } => {
-                    let take = (CHECK_LEN - len).min(input.len());
-                    received[len..len + take].copy_from_slice(&input[..take]);
-                    input = &input[take..];
-                    let len = len + take;
-                    d.state = DirectState::Checking {
-                        received,
-                        len,
-                        sent,
-                    };
-                    if len == CHECK_LEN {
-                        self.peer_check_arrived(id, &received, sent);
-                    }
-                }
-                DirectState::AwaitingSelect if input == [direct::SELECT] => {
-                    self.win(id);
-                    return;
-                }
-                _ => {
-                    self.reject(id, DirectRejection::Oversized);
-                    return;
-                }
-            }
+        if data.is_empty() {
+            return;
+        }
+        let Some(d) = self.directs.get(id) else {
+            return;
+        };
+        if d.state == DirectState::AwaitingSelect && data == [direct::SELECT] {
+            self.win(id);
+        } else {
+            self.reject(id, DirectRejection::Oversized);
         }
     }
 
@@ -864,22 +865,18 @@ impl Upgrade {
         self.now = self.now.max(now);
     }
 
-    /// Whether dcutr-rs checks identities on direct connections (token or
-    /// pinned TLS): a `Hello` opens the stream and both sides agree on the
+    /// Whether dcutr-rs checks identities on direct connections (pinned
+    /// TLS): a `Hello` opens the stream and both sides agree on the
     /// connection they keep.
     pub(crate) fn checks_identity(&self) -> bool {
         self.config.identity_check.is_checked()
-    }
-
-    fn pinned_tls(&self) -> bool {
-        self.config.identity_check == IdentityCheck::PinnedTls
     }
 
     /// Whether the peer's `Hello` is still due: it is the first frame of
     /// the stream when identities are checked.
     fn hello_due(&self) -> bool {
         self.checks_identity()
-            && self.peer_token.is_none()
+            && self.peer_fingerprint.is_none()
             && !matches!(self.state, State::Draining | State::Done)
     }
 
@@ -925,34 +922,13 @@ impl Upgrade {
         if hello.side == Some(self.side) {
             return Err(ProtocolError::SameSide { ours: self.side });
         }
-        if self.pinned_tls() {
-            let Some(fingerprint) = hello.fingerprint else {
-                return Err(codec::CodecError::BadFingerprint { len: 0 }.into());
-            };
-            self.peer_fingerprint = Some(fingerprint);
-        }
-        let token = hello.token;
-        self.peer_token = Some(token);
+        self.peer_fingerprint = Some(hello.fingerprint);
         if let Some(peer_max) = hello.max_attempts {
             // A shared stream must end after the same attempt on both sides.
             let peer_max = u8::try_from(peer_max.max(1)).unwrap_or(u8::MAX);
             self.max_attempts = self.max_attempts.min(peer_max);
         }
         self.outputs.push_back(Output::Event(Event::HelloReceived));
-        // Inbound connections whose check passed before the token arrived
-        // can be answered now.
-        let waiting: Vec<DirectId> = self
-            .directs
-            .iter()
-            .filter(|d| d.state == DirectState::AwaitingPeerToken)
-            .map(|d| d.id)
-            .collect();
-        for id in waiting {
-            self.answer_verified(id, &token);
-            if self.outcome.is_some() {
-                return Ok(());
-            }
-        }
         // Handshakes that completed before the pin arrived are judged now.
         let handshaken: Vec<(DirectId, [u8; FINGERPRINT_LEN])> = self
             .directs
@@ -986,6 +962,8 @@ impl Upgrade {
     /// Opens a new attempt record.
     pub(crate) fn begin_attempt_record(&mut self) {
         self.attempt = self.attempt.saturating_add(1);
+        self.attempt_punch_dials = 0;
+        self.attempt_crossing = false;
         // Most upgrades end in their first attempt (97.6 % of successes in
         // the field): grow one record at a time.
         self.timeline.attempts.reserve_exact(1);
@@ -1182,6 +1160,10 @@ impl Upgrade {
             DialPurpose::Unilateral => 0,
             DialPurpose::HolePunch => self.attempt,
         };
+        self.dials_made += 1;
+        if purpose == DialPurpose::HolePunch {
+            self.attempt_punch_dials += 1;
+        }
         let id = self.directs.insert(
             to,
             role,
@@ -1240,52 +1222,11 @@ impl Upgrade {
             self.win(id);
             return;
         }
+        // The carrier runs the TLS handshake and reports its result.
         let deadline = self.now + self.config.confirm_timeout;
-        if self.pinned_tls() {
-            // The carrier runs the TLS handshake and reports its result.
-            if let Some(d) = self.directs.get_mut(id) {
-                d.deadline = d.deadline.max(deadline);
-                d.state = DirectState::Handshaking;
-            }
-            return;
-        }
-        let peer_token = self.peer_token;
-        let Some(d) = self.directs.get_mut(id) else {
-            return;
-        };
-        d.deadline = d.deadline.max(deadline);
-        let dialled = matches!(d.origin, Origin::Dial(_));
-        d.state = DirectState::Checking {
-            received: [0; CHECK_LEN],
-            len: 0,
-            sent: dialled,
-        };
-        // We speak first only where we dialled an address the peer named;
-        // on inbound connections we wait, so a stranger learns nothing.
-        if dialled {
-            match peer_token {
-                Some(peer) => self.write_check(id, &peer),
-                // Cannot happen in a correct exchange: we only dial after
-                // the peer's Hello. Refuse rather than guess.
-                None => self.reject(id, DirectRejection::IdentityMismatch),
-            }
-        }
-    }
-
-    /// The peer's full check message arrived on `id`.
-    fn peer_check_arrived(&mut self, id: DirectId, received: &[u8; CHECK_LEN], sent: bool) {
-        if !direct::check_is_valid(&self.own_token, received) {
-            self.reject(id, DirectRejection::IdentityMismatch);
-            return;
-        }
-        match (sent, self.peer_token) {
-            (true, _) => self.after_checks(id),
-            (false, Some(peer)) => self.answer_verified(id, &peer),
-            (false, None) => {
-                if let Some(d) = self.directs.get_mut(id) {
-                    d.state = DirectState::AwaitingPeerToken;
-                }
-            }
+        if let Some(d) = self.directs.get_mut(id) {
+            d.deadline = d.deadline.max(deadline);
+            d.state = DirectState::Handshaking;
         }
     }
 
@@ -1301,12 +1242,6 @@ impl Upgrade {
                 }
             }
         }
-    }
-
-    /// Sends our check on an inbound connection that proved itself.
-    fn answer_verified(&mut self, id: DirectId, peer_token: &[u8; TOKEN_LEN]) {
-        self.write_check(id, peer_token);
-        self.after_checks(id);
     }
 
     /// Both checks are done on `id`: the server selects it, the client
@@ -1325,11 +1260,6 @@ impl Upgrade {
             }
             Role::Client => d.state = DirectState::AwaitingSelect,
         }
-    }
-
-    fn write_check(&mut self, id: DirectId, peer_token: &[u8; TOKEN_LEN]) {
-        let data = Bytes::copy_from_slice(&direct::check_message(peer_token));
-        self.outputs.push_back(Output::WriteDirect { id, data });
     }
 
     fn reject(&mut self, id: DirectId, reason: DirectRejection) {
@@ -1502,7 +1432,7 @@ impl Upgrade {
         let mut dials_left = self
             .config
             .max_dials_per_upgrade
-            .saturating_sub(self.timeline.dials.len());
+            .saturating_sub(self.dials_made);
         let mut kept: Vec<Candidate> = Vec::with_capacity(targets.len());
         let mut dropped = 0usize;
         for to in targets {
@@ -1579,7 +1509,7 @@ impl Upgrade {
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        // Without the token check nothing tells both sides which
+        // Without the identity check nothing tells both sides which
         // connection won: a dial still pending here may be the very
         // connection the peer just took (TCP on one side, QUIC on the
         // other). Such dials are left to finish and belong to the caller,
@@ -1634,7 +1564,8 @@ impl Upgrade {
     }
 
     /// Re-evaluates whether the current phase is over after a dial or
-    /// connection went away.
+    /// connection went away. Decides from the upgrade's own counters, never
+    /// from the timeline, which is only ever written.
     pub(crate) fn check_progress(&mut self) {
         self.note_unilateral_over();
         match self.state {
@@ -1654,23 +1585,14 @@ impl Upgrade {
                 // A dial that found its address pair taken means the
                 // peer's connection is arriving through our listener: wait
                 // for it (until the window ends) rather than give up.
-                let crossing = self.timeline.dials.iter().any(|d| {
-                    d.attempt == attempt
-                        && d.result == Some(DialResult::Failed(DialError::AddrInUse))
-                });
                 let busy = self.spray.is_some()
-                    || crossing
+                    || self.attempt_crossing
                     || self
                         .directs
                         .iter()
                         .any(|d| d.attempt == attempt || !d.is_dialing());
                 if !busy {
-                    let dials = self
-                        .timeline
-                        .dials
-                        .iter()
-                        .filter(|d| d.attempt == attempt && d.purpose == DialPurpose::HolePunch)
-                        .count();
+                    let dials = self.attempt_punch_dials;
                     if dials > 0 {
                         self.fail_attempt(AttemptFailure::AllDialsFailed { dials });
                         return;
@@ -1692,9 +1614,8 @@ impl Upgrade {
     /// A unilateral dial running alongside the exchange is over once none
     /// of its dials is left: record it, once.
     fn note_unilateral_over(&mut self) {
-        let running = matches!(self.timeline.unilateral, Some((_, None)));
         if self.state == State::Unilateral
-            || !running
+            || !self.unilateral_running
             || self
                 .directs
                 .iter()
@@ -1702,6 +1623,7 @@ impl Upgrade {
         {
             return;
         }
+        self.unilateral_running = false;
         if let Some((_, ended)) = self.timeline.unilateral.as_mut() {
             *ended = Some(self.now);
         }
@@ -1721,6 +1643,7 @@ impl Upgrade {
             self.outputs.push_back(Output::CloseDirect { id: d.id });
         }
         self.timers.clear(TimerKind::Unilateral);
+        self.unilateral_running = false;
         if let Some((_, ended)) = self.timeline.unilateral.as_mut() {
             *ended = Some(self.now);
         }

@@ -27,7 +27,7 @@ fn both_upgraded(sim: &Sim) -> (Upgraded, Upgraded) {
 }
 
 /// Found by `orchestrator` (input: relay 50 ms, direct 10 ms, both
-/// transports, `Config::default()`; any seed). Without the token check
+/// transports, `Config::default()`; any seed). Without the identity check
 /// each side takes the first direct connection it sees and closes the
 /// rest. With TCP and QUIC both in play these differ: the responder's QUIC
 /// Initial reaches the initiator (an inbound connection, won at once) in
@@ -35,8 +35,8 @@ fn both_upgraded(sim: &Sim) -> (Upgraded, Upgraded) {
 /// simultaneous open (won at once). Each side then closes the connection
 /// the other one kept, and both report `Upgraded`.
 #[test]
-fn both_transports_without_token_check_upgrade_on_different_connections() {
-    // Fixed: without the token check the sides may still keep different
+fn both_transports_without_identity_check_upgrade_on_different_connections() {
+    // Fixed: without the identity check the sides may still keep different
     // connections (nothing on the wire can make them agree), but neither
     // closes anything at its outcome any more, so the connection the peer
     // kept stays open. Dials still in flight are left to the caller.
@@ -93,10 +93,10 @@ fn both_transports_without_token_check_upgrade_on_different_connections() {
     }
 }
 
-/// The same world with one transport, or with the token check, agrees:
+/// The same world with one transport, or with the identity check, agrees:
 /// the control for the test above (it must keep passing).
 #[test]
-fn one_transport_or_the_token_check_agrees() {
+fn one_transport_or_the_identity_check_agrees() {
     for (config, transport) in [
         (Config::default(), Some(Transport::Tcp)),
         (Config::default(), Some(Transport::Quic)),
@@ -229,7 +229,7 @@ fn unilateral_then_punch(responder_unilateral: bool) -> Sim {
 }
 
 /// Found by `orchestrator` once the two sides could have different limits
-/// (input: relay 63 ms, direct 454 ms, both public, TCP, token check, the
+/// (input: relay 63 ms, direct 454 ms, both public, TCP, identity check, the
 /// responder with `unilateral: false` and a 302 ms step timeout; here with
 /// round numbers). The responder waits for the first Connect for
 /// `step_timeout`, plus `unilateral_timeout` only if its *own*

@@ -225,7 +225,7 @@ fn on_a_shared_stream_a_protocol_error_ends_the_upgrade() {
     let mut up = start(Side::Responder, Config::shared_stream());
     drain(&mut up);
     // A valid Hello, then a Sync where a Connect must come.
-    let hello = dcutr_core::wire::encode_hello(&[3; 16], 3);
+    let hello = peer_hello(Side::Responder, 3);
     let out = feed(&mut up, &[&hello[..], &sync_frame()[..]].concat());
     assert!(matches!(
         up.outcome(),
@@ -238,14 +238,14 @@ fn on_a_shared_stream_a_protocol_error_ends_the_upgrade() {
 }
 
 #[test]
-fn a_bad_hello_token_is_refused() {
+fn a_hello_of_an_older_wire_version_is_refused() {
     let mut up = start(Side::Responder, Config::shared_stream());
     drain(&mut up);
-    // Hello with a 3-byte token.
+    // A v2 Hello: a 3-byte token (tag 1), and no version field.
     let out = feed(&mut up, &[5, 0x0a, 3, 1, 2, 3]);
     assert_eq!(
         protocol_error(&out, &up),
-        ProtocolError::Codec(CodecError::BadToken { len: 3 })
+        ProtocolError::Codec(CodecError::UnsupportedHelloVersion { version: None })
     );
 }
 

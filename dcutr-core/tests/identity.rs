@@ -1,17 +1,17 @@
-//! The token identity check: strangers on the punch port are refused and
-//! the real peer still wins.
+//! The pinned-TLS identity check in the simulator: strangers on the punch
+//! port (another certificate, no TLS, silence) are refused and the real
+//! peer still wins.
 
 mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use dcutr_core::{
     Candidate, Config, Event, Outcome, Output, Side, Transport, reason::DirectRejection,
-    reason::InboundRejected, settings::CHECK_LEN,
+    reason::InboundRejected,
 };
-use dcutr_sim::{INITIATOR, RESPONDER, Sim, SimConfig};
+use dcutr_sim::{INITIATOR, RESPONDER, Sim, SimConfig, Stranger};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -62,15 +62,16 @@ fn stranger(transport: Transport) -> Candidate {
 }
 
 #[test]
-fn a_stranger_with_garbage_is_refused_and_the_peer_wins() {
+fn a_stranger_with_its_own_certificate_is_refused_and_the_peer_wins() {
     for transport in [Transport::Tcp, Transport::Quic] {
         let mut sim = Sim::new(world(transport));
-        // The stranger reaches the initiator's punch port before the peer.
+        // The stranger reaches the initiator's punch port before the peer
+        // and completes a TLS handshake with a certificate of its own.
         sim.inject_stranger(
             INITIATOR,
             Duration::from_millis(120),
             stranger(transport),
-            Bytes::from_static(&[0x42; CHECK_LEN]),
+            Stranger::Certificate([0x42; 32]),
         );
         assert!(sim.run(LIMIT));
         assert_eq!(
@@ -83,31 +84,51 @@ fn a_stranger_with_garbage_is_refused_and_the_peer_wins() {
 }
 
 #[test]
+fn a_stranger_whose_handshake_fails_is_refused_and_the_peer_wins() {
+    // No TLS, or the peer's certificate shown without its key: the
+    // handshake fails before any certificate is proven.
+    let mut sim = Sim::new(world(Transport::Tcp));
+    sim.inject_stranger(
+        INITIATOR,
+        Duration::from_millis(120),
+        stranger(Transport::Tcp),
+        Stranger::Garbage,
+    );
+    assert!(sim.run(LIMIT));
+    assert_eq!(
+        rejections(&sim, Side::Initiator),
+        vec![DirectRejection::HandshakeFailed]
+    );
+    assert_real_peer_won(&sim, Transport::Tcp);
+    assert_ne!(sim.fingerprint(INITIATOR), sim.fingerprint(RESPONDER));
+}
+
+#[test]
 fn a_silent_stranger_times_out_without_blocking_the_peer() {
     let mut sim = Sim::new(world(Transport::Tcp));
     sim.inject_stranger(
         INITIATOR,
         Duration::from_millis(120),
         stranger(Transport::Tcp),
-        Bytes::new(),
+        Stranger::Silent,
     );
     assert!(sim.run(LIMIT));
     assert_real_peer_won(&sim, Transport::Tcp);
 }
 
 #[test]
-fn a_stranger_at_the_responder_learns_no_token() {
+fn a_stranger_at_the_responder_is_sent_nothing() {
     let mut sim = Sim::new(world(Transport::Tcp));
     sim.inject_stranger(
         RESPONDER,
         Duration::from_millis(120),
         stranger(Transport::Tcp),
-        Bytes::new(),
+        Stranger::Silent,
     );
     assert!(sim.run(LIMIT));
     assert_real_peer_won(&sim, Transport::Tcp);
-    // Nothing was written to the stranger's connection: the responder only
-    // speaks first on connections it dialled itself.
+    // Nothing was written to the stranger's connection: only the server's
+    // select byte is ever written, and only on an authenticated winner.
     let stranger_id = sim.log.iter().find_map(|r| match &r.output {
         Output::Event(Event::DirectRejected { id, remote, .. })
             if r.side == Side::Responder && remote.port() == 40000 =>
@@ -148,4 +169,34 @@ fn a_flood_of_strangers_is_capped() {
     up.handle_timeout(later);
     drain(&mut up);
     assert!(up.handle_inbound(later, tcp("192.0.2.66:1")).is_ok());
+}
+
+/// Found by `orchestrator` (relay 159 ms, no direct delay, QUIC, pinned
+/// TLS, a public responder dialled unilaterally): the responder's select
+/// byte overtook the initiator's own news of its dial, the initiator
+/// refused the connection the responder had kept, and the sides
+/// disagreed. Bytes inside TLS come after the receiver's handshake.
+#[test]
+fn with_no_direct_delay_a_unilateral_dial_is_kept_by_both_sides() {
+    for transport in [Transport::Tcp, Transport::Quic] {
+        let mut cfg = SimConfig::two_nats(
+            &Config::shared_stream(),
+            Duration::from_millis(159),
+            Duration::ZERO,
+        )
+        .only(transport);
+        cfg.responder.nat = dcutr_sim::Nat::Public;
+        cfg.initiator.remote_public = cfg.responder.addrs.clone();
+        let mut sim = Sim::new(cfg);
+        assert!(sim.run(LIMIT));
+        let (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) = sim.outcomes() else {
+            panic!("{transport}: {:?}", sim.outcomes());
+        };
+        assert_eq!(
+            (b.attempt, a.attempt),
+            (0, 0),
+            "{transport}: the unilateral dial won"
+        );
+        assert_eq!(b.remote, sim_addr(RESPONDER, transport));
+    }
 }

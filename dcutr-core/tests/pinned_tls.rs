@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use common::t0;
 
 use dcutr_core::wire::{
-    CodecError, FINGERPRINT_LEN, FrameDecoder, MAX_MESSAGE_SIZE, decode_hello, encode_hello_as,
-    encode_hello_pinned,
+    CodecError, FINGERPRINT_LEN, FrameDecoder, Hello, MAX_MESSAGE_SIZE, decode_hello, encode_hello,
 };
 use dcutr_core::{
     AddressPolicy, Candidate, Config, ConfigError, DirectId, Event, Failure, Output, ProtocolError,
@@ -51,7 +50,7 @@ fn rejections(outputs: &[Output]) -> Vec<(DirectId, DirectRejection)> {
 }
 
 fn peer_hello() -> bytes::Bytes {
-    encode_hello_pinned(&[5; 16], 3, Side::Initiator, &PEERS)
+    encode_hello(3, Side::Initiator, &PEERS)
 }
 
 #[test]
@@ -65,7 +64,7 @@ fn our_hello_carries_our_fingerprint() {
         .decode(&mut &hello[..])
         .unwrap()
         .unwrap();
-    assert_eq!(decode_hello(&payload).unwrap().fingerprint, Some(OURS));
+    assert_eq!(decode_hello(&payload).unwrap().fingerprint, OURS);
 }
 
 #[test]
@@ -88,7 +87,15 @@ fn a_hello_without_a_fingerprint_is_a_protocol_error() {
     let start = t0();
     let mut up = responder(start);
     drain(&mut up);
-    up.handle_stream_data(start, &encode_hello_as(&[5; 16], 3, Side::Initiator));
+    let no_fingerprint = Hello {
+        max_attempts: Some(3),
+        side: Some(1),
+        fingerprint: None,
+        version: Some(dcutr_core::wire::HELLO_VERSION),
+    };
+    let mut frame = Vec::new();
+    prost::Message::encode_length_delimited(&no_fingerprint, &mut frame).unwrap();
+    up.handle_stream_data(start, &frame);
     let outputs = drain(&mut up);
     assert!(
         outputs.iter().any(|o| matches!(

@@ -18,14 +18,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{t0, tcp};
 use dcutr_core::wire::{
-    FrameDecoder, HolePunch, MAX_MESSAGE_SIZE, Message, MessageType, TOKEN_LEN, decode_hello,
-    decode_message, encode_connect, encode_hello, encode_sync,
+    FrameDecoder, HolePunch, MAX_MESSAGE_SIZE, Message, MessageType, decode_hello, decode_message,
+    encode_connect, encode_hello, encode_sync,
 };
 use dcutr_core::{
     Candidate, Config, DirectId, Outcome, Output, Role, Side, Transport, Upgrade,
     settings::IdentityCheck, settings::RelayChannel,
 };
-use dcutr_sim::{Block, INITIATOR, Record, Sim, SimConfig};
+use dcutr_sim::{Block, INITIATOR, Record, Sim, SimConfig, Stranger};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message as _;
@@ -110,19 +110,19 @@ proptest! {
 
     #[test]
     fn a_whole_exchange_decodes_the_same_in_any_chunking(
-        token in any::<[u8; TOKEN_LEN]>(),
+        fingerprint in any::<[u8; 32]>(),
         addrs in vec(candidate(), 0..20),
         cuts in vec(1usize..40, 0..24),
     ) {
         let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
         let (connect, count) = encode_connect(raw.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE);
         prop_assert_eq!(count, raw.len(), "20 candidates always fit");
-        let stream = [&encode_hello(&token, 3)[..], &connect[..], &encode_sync()[..]].concat();
+        let stream = [&encode_hello(3, Side::Initiator, &fingerprint)[..], &connect[..], &encode_sync()[..]].concat();
         let one_go = decode_chunked(&stream, &[]);
         let chunked = decode_chunked(&stream, &cuts);
         prop_assert_eq!(&one_go, &chunked);
         prop_assert_eq!(one_go.len(), 3);
-        prop_assert_eq!(decode_hello(&one_go[0]).map(|h| h.token), Ok(token));
+        prop_assert_eq!(decode_hello(&one_go[0]).map(|h| h.fingerprint), Ok(fingerprint));
         prop_assert_eq!(decode_message(&one_go[1]), Ok(Message::Connect(raw)));
         prop_assert_eq!(decode_message(&one_go[2]), Ok(Message::Sync));
         // The parsed addresses are the candidates we started from.
@@ -143,8 +143,8 @@ enum Mode {
     Libp2p,
     /// One shared stream, the caller authenticates.
     Shared,
-    /// One shared stream with the token check.
-    Token,
+    /// One shared stream with the pinned-TLS check.
+    Pinned,
 }
 
 impl Mode {
@@ -156,22 +156,22 @@ impl Mode {
                 c.identity_check = IdentityCheck::CallerAuthenticates;
                 c
             }
-            Mode::Token => Config::shared_stream(),
+            Mode::Pinned => Config::shared_stream(),
         }
     }
 }
 
 fn mode() -> impl Strategy<Value = Mode> {
-    prop_oneof![Just(Mode::Libp2p), Just(Mode::Shared), Just(Mode::Token)]
+    prop_oneof![Just(Mode::Libp2p), Just(Mode::Shared), Just(Mode::Pinned)]
 }
 
-/// TCP only, QUIC only, or both. Both transports only with the token
+/// TCP only, QUIC only, or both. Both transports only with the identity
 /// check: without it the two sides can pick different connections, a known
 /// bug kept in `fuzz_regressions.rs`
-/// (`both_transports_without_token_check_upgrade_on_different_connections`).
+/// (`both_transports_without_identity_check_upgrade_on_different_connections`).
 fn transports(mode: Mode) -> BoxedStrategy<Option<Transport>> {
     match mode {
-        Mode::Token => prop_oneof![
+        Mode::Pinned => prop_oneof![
             Just(Some(Transport::Tcp)),
             Just(Some(Transport::Quic)),
             Just(None)
@@ -179,6 +179,15 @@ fn transports(mode: Mode) -> BoxedStrategy<Option<Transport>> {
         .boxed(),
         _ => prop_oneof![Just(Some(Transport::Tcp)), Just(Some(Transport::Quic))].boxed(),
     }
+}
+
+/// What a stranger on the punch port does.
+fn stranger_kind() -> impl Strategy<Value = Stranger> {
+    prop_oneof![
+        Just(Stranger::Silent),
+        Just(Stranger::Garbage),
+        any::<[u8; 32]>().prop_map(Stranger::Certificate),
+    ]
 }
 
 fn honest_world(
@@ -254,7 +263,7 @@ proptest! {
         seed in any::<u64>(),
         blocked in vec(1u8..=3, 0..3),
         refuse in any::<bool>(),
-        stranger in proptest::option::of((0u64..3000, vec(any::<u8>(), 0..40))),
+        stranger in proptest::option::of((0u64..3000, stranger_kind())),
     ) {
         let run = || {
             let mut world = honest_world(
@@ -267,12 +276,12 @@ proptest! {
             world.blocked_attempts.clone_from(&blocked);
             world.block = if refuse { Block::Refuse } else { Block::Drop };
             let mut sim = Sim::new(world);
-            if let (Mode::Token, Some((after, data))) = (mode, &stranger) {
+            if let (Mode::Pinned, Some((after, kind))) = (mode, stranger) {
                 let from = Candidate {
                     transport: if quic { Transport::Quic } else { Transport::Tcp },
                     addr: "192.0.2.66:40000".parse().unwrap(),
                 };
-                sim.inject_stranger(INITIATOR, Duration::from_millis(*after), from, Bytes::from(data.clone()));
+                sim.inject_stranger(INITIATOR, Duration::from_millis(after), from, kind);
             }
             let finished = sim.run(LIMIT);
             (finished, sim.log, sim.datagrams, sim.dialled)

@@ -138,7 +138,7 @@ fn in_the_spec_mode_the_unilateral_dial_runs_alongside_the_first_attempt() {
 }
 
 #[test]
-fn with_the_token_check_a_unilateral_dial_comes_before_any_attempt() {
+fn with_the_identity_check_a_unilateral_dial_comes_before_any_attempt() {
     let mut cfg = world(&Config::shared_stream(), Transport::Tcp);
     cfg.responder.nat = Nat::Public;
     cfg.initiator.remote_public = cfg.responder.addrs.clone();

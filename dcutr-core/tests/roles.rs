@@ -9,6 +9,7 @@ use dcutr_core::{Config, Failure, Outcome, Output, ProtocolError, Side, Upgrade}
 
 fn peer(side: Side, seed: u8, addr: &str) -> Upgrade {
     Upgrade::builder(side, Config::shared_stream(), [seed; 32])
+        .local_fingerprint([seed; 32])
         .local_addrs([tcp(addr)])
         .start(t0())
         .unwrap()

@@ -78,13 +78,12 @@ where
     }
 }
 
-/// A QUIC connection; the identity check runs on one bidirectional stream
-/// that the side which dialled opens (it speaks first) and the other side
-/// accepts.
+/// A QUIC connection; the select byte travels on one bidirectional
+/// stream.
 ///
-/// The side that writes first opens the stream (with the token check, the
-/// one that dialled; with pinned TLS, the server, which writes the select
-/// byte); the side that reads first accepts it.
+/// The side that writes first opens the stream (with pinned TLS, the
+/// server, which writes the select byte); the side that reads first
+/// accepts it.
 pub(crate) struct QuicDirect {
     pub conn: quinn::Connection,
     check: Option<(quinn::SendStream, quinn::RecvStream)>,

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dcutr_core::{
     Candidate, Carrier, Config, ConfigError, DialError, DirectId, Event, Failure, Outcome, Role,
-    Side, Transport, Upgrade, reason::StreamUnavailable, settings::RelayChannel,
+    Side, Transport, Upgrade, reason::StreamUnavailable,
 };
 use futures_channel::mpsc;
 use futures_util::future::{AbortHandle, BoxFuture, Either};
@@ -142,12 +142,13 @@ impl<L> Options<L> {
     }
 
     /// Replaces the config. Its channel must be
-    /// [`RelayChannel::SharedStream`]: this driver has one relayed stream.
-    /// Its `identity_check` is ignored: the driver always runs
-    /// [`dcutr_core::settings::IdentityCheck::PinnedTls`], unless
-    /// [`Options::caller_authenticates`] says otherwise. (The bearer
-    /// token of [`dcutr_core::settings::IdentityCheck::Token`] can be replayed by a
-    /// host at an advertised address, so the driver never uses it.)
+    /// [`RelayChannel::SharedStream`](dcutr_core::settings::RelayChannel::SharedStream):
+    /// this driver has one relayed stream (the core refuses any other
+    /// with [`ConfigError::ChannelUnsupported`]).
+    /// Its `identity_check` is the one the driver runs
+    /// ([`dcutr_core::settings::IdentityCheck::PinnedTls`] in
+    /// [`Config::shared_stream`]); [`Options::caller_authenticates`] turns it
+    /// to the caller's own check.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -205,7 +206,7 @@ impl<L> Options<L> {
         self
     }
 
-    /// Fixes the seed of the core's RNG (tokens, spray). By default 32
+    /// Fixes the seed of the core's RNG (spray). By default 32
     /// bytes come from the OS; fix it only in tests.
     pub fn seed(mut self, seed: [u8; 32]) -> Self {
         self.seed = Some(seed);
@@ -367,13 +368,6 @@ where
         report: Report::empty(side, start),
         relay: Some(relay),
     };
-    if options.config.channel != RelayChannel::SharedStream {
-        let error = ConfigError::OutOfRange {
-            field: "channel",
-            reason: "must be SharedStream: the driver carries every attempt on one stream",
-        };
-        return Err(fail(UpgradeFailure::Config(error), relay));
-    }
     if options.tcp.is_none() && options.quic.is_none() {
         return Err(fail(UpgradeFailure::NoTransport, relay));
     }
@@ -445,9 +439,6 @@ struct Handshake {
 struct InboundSlot {
     id: DirectId,
     peer_named: bool,
-    /// Identity-check bytes it delivered: once [`dcutr_core::settings::CHECK_LEN`]
-    /// arrived and the core kept it, it passed the token check.
-    received: usize,
     /// Its pinned TLS handshake proved the peer's certificate.
     authenticated: bool,
 }
@@ -473,15 +464,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
         // A config that says the caller authenticates means it, whether it
-        // came through `Options::config` or `caller_authenticates`; every
-        // other check becomes the pinned TLS (the bearer token is unsafe).
-        let caller_authenticates = options.caller_authenticates
-            || config.identity_check == dcutr_core::settings::IdentityCheck::CallerAuthenticates;
-        config.identity_check = if caller_authenticates {
-            dcutr_core::settings::IdentityCheck::CallerAuthenticates
-        } else {
-            dcutr_core::settings::IdentityCheck::PinnedTls
-        };
+        // came through `Options::config` or `caller_authenticates`;
+        // otherwise the config's check (pinned TLS) stands.
+        let caller_authenticates =
+            options.caller_authenticates || !config.identity_check.is_checked();
+        if options.caller_authenticates {
+            config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
+        }
         let identity = match (caller_authenticates, options.identity) {
             (true, _) => None,
             (false, Some(identity)) => Some(identity),
@@ -532,6 +521,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             }
         };
         let mut builder = Upgrade::builder(options.side, config, seed)
+            .capabilities(dcutr_core::settings::Capabilities::STANDALONE)
             .local_addrs(options.local_addrs)
             .remote_public_addrs(options.remote_public_addrs);
         if let Some(identity) = &identity {
@@ -833,9 +823,6 @@ impl<'r, R: Runtime> Driver<'r, R> {
                     if let Some(actor) = self.actor_mut(id) {
                         actor.want = actor.want.saturating_sub(data.len());
                     }
-                    if let Some(slot) = self.inbound.iter_mut().find(|s| s.id == id) {
-                        slot.received += data.len();
-                    }
                     self.core.handle_direct_data(now, id, &data);
                 }
                 ActorEvent::Closed => {
@@ -852,7 +839,6 @@ impl<'r, R: Runtime> Driver<'r, R> {
                         self.inbound.push(InboundSlot {
                             id,
                             peer_named,
-                            received: 0,
                             authenticated: false,
                         });
                         self.start_actor(id, Start::Ready(conn));
@@ -1287,9 +1273,9 @@ fn oldest_stranger(handshakes: &[Handshake]) -> Option<usize> {
 /// The oldest inbound connection that has not passed the check and comes
 /// from an address the peer did not name.
 fn oldest_unverified_stranger(inbound: &[InboundSlot]) -> Option<usize> {
-    inbound.iter().position(|s| {
-        !s.peer_named && !s.authenticated && s.received < dcutr_core::settings::CHECK_LEN
-    })
+    inbound
+        .iter()
+        .position(|s| !s.peer_named && !s.authenticated)
 }
 
 #[cfg(test)]
@@ -1316,21 +1302,19 @@ mod tests {
 
     #[test]
     fn the_oldest_unverified_stranger_is_evicted_never_the_peer_or_a_verified_one() {
-        let slot = |id, peer_named, received| InboundSlot {
+        let slot = |id, peer_named, authenticated| InboundSlot {
             id: DirectId(id),
             peer_named,
-            received,
-            authenticated: false,
+            authenticated,
         };
-        let full = dcutr_core::settings::CHECK_LEN;
         let list = [
-            slot(0, true, 0),
-            slot(1, false, full),
-            slot(2, false, full - 1),
-            slot(3, false, 0),
+            slot(0, true, false),
+            slot(1, false, true),
+            slot(2, false, false),
+            slot(3, false, false),
         ];
         assert_eq!(oldest_unverified_stranger(&list), Some(2));
-        let none = [slot(0, true, 0), slot(1, false, full)];
+        let none = [slot(0, true, false), slot(1, false, true)];
         assert_eq!(oldest_unverified_stranger(&none), None);
     }
 }

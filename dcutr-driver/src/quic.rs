@@ -45,8 +45,7 @@ pub const PUNCH_UNI_STREAMS: u32 = 0;
 
 /// Bytes the other side may have in flight to us on a punch connection,
 /// all streams together, before the check passes. Default 16 KiB: the
-/// check is [`dcutr_core::settings::CHECK_LEN`] bytes and a select byte; the rest is
-/// room for a peer that writes its first application bytes a moment
+/// check itself is one select byte inside TLS; the rest is room for a peer that writes its first application bytes a moment
 /// early. A stranger can make us buffer at most this much per connection,
 /// and [`dcutr_core::Config::max_pending_inbound`] connections are held.
 pub const PUNCH_RECEIVE_WINDOW: u64 = 16 << 10;

@@ -234,6 +234,7 @@ impl<E: FromReport> Behaviour<E> {
         }
         let seed = self.seed();
         let mut builder = Upgrade::builder(side, self.config.core.clone(), seed)
+            .capabilities(dcutr_core::settings::Capabilities::LIBP2P)
             .local_addrs(self.own_addrs.as_slice().iter().copied());
         if side == Side::Initiator {
             builder = builder.remote_public_addrs(self.peer_addrs.get(&peer).iter().copied());
@@ -1014,10 +1015,21 @@ mod tests {
         let mut config = Config::default();
         config.core.channel = dcutr_core::settings::RelayChannel::SharedStream;
         let err = Behaviour::<Event>::with_config(PeerId::random(), config).err();
-        assert_eq!(err, Some(ConfigError::SharedStream));
+        assert_eq!(
+            err,
+            Some(ConfigError::Core(
+                dcutr_core::ConfigError::ChannelUnsupported {
+                    configured: dcutr_core::settings::RelayChannel::SharedStream,
+                    carried: dcutr_core::settings::RelayChannel::StreamPerAttempt,
+                }
+            ))
+        );
         let spray =
             Config::default().with_quic_server_punch(dcutr_core::settings::QuicServerPunch::Spray);
         let err = Behaviour::<Event>::with_config(PeerId::random(), spray).err();
-        assert_eq!(err, Some(ConfigError::QuicSpray));
+        assert_eq!(
+            err,
+            Some(ConfigError::Core(dcutr_core::ConfigError::SprayUnsupported))
+        );
     }
 }

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use dcutr_core::{
-    AddressPolicy, Dialable, settings::IdentityCheck, settings::QuicServerPunch,
-    settings::RelayChannel,
-};
+use dcutr_core::{AddressPolicy, Dialable, settings::Capabilities, settings::QuicServerPunch};
 
 /// Configuration of a [`Behaviour`](crate::Behaviour).
 ///
@@ -19,8 +16,10 @@ use dcutr_core::{
 #[non_exhaustive]
 pub struct Config {
     /// The core's limits and timeouts. Its `channel` must stay
-    /// [`RelayChannel::StreamPerAttempt`] and its `identity_check`
-    /// [`IdentityCheck::CallerAuthenticates`]: that is how libp2p carries
+    /// [`RelayChannel::StreamPerAttempt`](dcutr_core::settings::RelayChannel::StreamPerAttempt)
+    /// and its `identity_check`
+    /// [`IdentityCheck::CallerAuthenticates`](dcutr_core::settings::IdentityCheck::CallerAuthenticates):
+    /// that is how libp2p carries
     /// DCUtR, and Noise/TLS authenticate every direct connection.
     ///
     /// TCP and QUIC candidates are both sent and dialled (`dialable`
@@ -32,7 +31,9 @@ pub struct Config {
     /// spec says (random datagrams from its listening socket, then it
     /// accepts A's connection). [`QuicServerPunch::DialAsClient`] does
     /// what stock `libp2p-dcutr` does (B dials as a QUIC client too);
-    /// [`QuicServerPunch::Spray`] is refused ([`ConfigError::QuicSpray`]).
+    /// [`QuicServerPunch::Spray`] is refused by the core, which checks the
+    /// config against [`Capabilities::LIBP2P`]
+    /// ([`dcutr_core::ConfigError::SprayUnsupported`]).
     ///
     /// Its `address_policy` defaults to public addresses only. Tests on one
     /// machine (loopback) need [`AddressPolicy::permissive`]; see
@@ -122,20 +123,13 @@ impl Config {
     /// Checks the configuration.
     ///
     /// # Errors
-    /// [`ConfigError`] when the core rejects its part or a setting cannot
-    /// work over libp2p.
+    /// [`ConfigError`] when the core rejects its part, or a mode that a
+    /// libp2p swarm cannot carry ([`Capabilities::LIBP2P`]: the core
+    /// names the field to change).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.core.validate().map_err(ConfigError::Core)?;
-        if self.core.channel != RelayChannel::StreamPerAttempt {
-            return Err(ConfigError::SharedStream);
-        }
-        if self.core.identity_check != IdentityCheck::CallerAuthenticates {
-            return Err(ConfigError::TokenCheck);
-        }
-        if self.core.quic_server_punch == QuicServerPunch::Spray {
-            return Err(ConfigError::QuicSpray);
-        }
-        Ok(())
+        self.core
+            .validate_for(Capabilities::LIBP2P)
+            .map_err(ConfigError::Core)
     }
 }
 
@@ -146,17 +140,4 @@ pub enum ConfigError {
     /// The core's part is out of bounds.
     #[error(transparent)]
     Core(dcutr_core::ConfigError),
-    /// libp2p carries DCUtR on one stream per attempt.
-    #[error("libp2p needs RelayChannel::StreamPerAttempt")]
-    SharedStream,
-    /// libp2p authenticates direct connections itself; the token check
-    /// needs a shared stream that libp2p does not have.
-    #[error("libp2p needs IdentityCheck::CallerAuthenticates")]
-    TokenCheck,
-    /// A behaviour cannot send datagrams from the QUIC socket; libp2p-quic
-    /// sprays by itself on a dial as listener (`DialAsServer`).
-    #[error(
-        "libp2p cannot send the QUIC spray itself: use QuicServerPunch::DialAsServer or DialAsClient"
-    )]
-    QuicSpray,
 }

@@ -28,8 +28,16 @@
 //! * **QUIC dials** send Initials at the same offsets; an admitted Initial
 //!   becomes an inbound connection at the peer's endpoint. Spray
 //!   datagrams pass through both NATs too; the endpoint drops them.
-//! * Direct bytes (the identity check) take `direct_one_way` as well and
-//!   are not filtered: once a connection formed, its flow is established.
+//! * **Pinned TLS** (the identity check of
+//!   [`IdentityCheck::PinnedTls`](dcutr_core::settings::IdentityCheck::PinnedTls)):
+//!   one round trip (`2 × direct_one_way`) after a side's core learnt of a
+//!   direct connection, the simulated handshake reports the certificate
+//!   of the other peer ([`Sim::fingerprint`]) to it. The report goes to
+//!   every core; one without a handshake in progress ignores it. A
+//!   [`Stranger`] presents another certificate, fails its handshake, or
+//!   stays silent.
+//! * Direct bytes (the select byte) take `direct_one_way` as well and are
+//!   not filtered: once a connection formed, its flow is established.
 //!
 //! ## NATs ([`Nat`], [`NatModel`], RFC 4787 terms)
 //! Every punch packet's source is translated by the sender's NAT
@@ -104,7 +112,7 @@
 //! the sweep cannot run it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -114,6 +122,7 @@ use dcutr_core::nat::SequentialPredictor;
 use dcutr_core::{
     Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
     Side, SprayPayload, Transport, Upgrade, reason::StreamUnavailable, record::Timeline,
+    settings::FINGERPRINT_LEN,
 };
 
 pub mod nat;
@@ -363,11 +372,38 @@ enum Ev {
         to: usize,
         id: DirectId,
     },
+    /// The simulated TLS handshake on `to`'s direct connection `id`
+    /// completed.
+    Authenticated {
+        to: usize,
+        id: DirectId,
+    },
     Stranger {
         to: usize,
         from: Candidate,
-        data: Bytes,
+        kind: Stranger,
     },
+}
+
+/// What a stranger that connects to a peer's punch port does
+/// ([`Sim::inject_stranger`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stranger {
+    /// Connects and never finishes a handshake.
+    Silent,
+    /// Does not speak TLS: the handshake fails at once.
+    Garbage,
+    /// Completes the TLS handshake with its own certificate, of this
+    /// fingerprint (a host at an advertised address, or a man in the
+    /// middle with a key of its own).
+    Certificate([u8; FINGERPRINT_LEN]),
+}
+
+/// The fingerprint of side `index`'s simulated TLS certificate.
+#[must_use]
+pub fn fingerprint(index: usize) -> [u8; FINGERPRINT_LEN] {
+    // Distinct per side; a stranger's certificate is anything else.
+    [0xf0 | u8::try_from(index & 0x0f).unwrap_or(0); FINGERPRINT_LEN]
 }
 
 struct Peer {
@@ -384,6 +420,10 @@ struct Peer {
     /// Our direct connection ids mapped to the peer's id for the same
     /// connection.
     links: BTreeMap<DirectId, (usize, DirectId)>,
+    /// Direct connections the core was told of (dial succeeded, inbound).
+    told: BTreeSet<DirectId>,
+    /// Direct connections whose simulated TLS handshake was reported.
+    authenticated: BTreeSet<DirectId>,
     generation: u64,
 }
 
@@ -545,7 +585,12 @@ impl Sim {
                     salt: u8| {
             let mut seed = [salt; 32];
             seed[..8].copy_from_slice(&cfg.seed.to_le_bytes());
+            let index = match side {
+                Side::Initiator => INITIATOR,
+                Side::Responder => RESPONDER,
+            };
             let mut builder = Upgrade::builder(side, spec.config.clone(), seed)
+                .local_fingerprint(fingerprint(index))
                 .local_addrs(own.iter().copied())
                 .remote_public_addrs(remote_public.iter().copied());
             if let Some(p) = spec.predictor {
@@ -572,6 +617,8 @@ impl Sim {
             advertised,
             dials: BTreeMap::new(),
             links: BTreeMap::new(),
+            told: BTreeSet::new(),
+            authenticated: BTreeSet::new(),
             generation: 0,
         };
         let mut sim = Sim {
@@ -653,10 +700,37 @@ impl Sim {
         )
     }
 
-    /// Schedules a stranger's connection to side `to` at `after` from now,
-    /// sending `data` as its first bytes.
-    pub fn inject_stranger(&mut self, to: usize, after: Duration, from: Candidate, data: Bytes) {
-        self.schedule(after, Ev::Stranger { to, from, data });
+    /// Schedules a stranger's connection from `from` to side `to` at
+    /// `after` from now, behaving as `kind` says.
+    pub fn inject_stranger(&mut self, to: usize, after: Duration, from: Candidate, kind: Stranger) {
+        self.schedule(after, Ev::Stranger { to, from, kind });
+    }
+
+    /// The fingerprint of side `index`'s simulated certificate
+    /// (the free function [`fingerprint`]).
+    #[must_use]
+    pub fn fingerprint(&self, index: usize) -> [u8; FINGERPRINT_LEN] {
+        fingerprint(index)
+    }
+
+    /// Reports `to`'s handshake on direct connection `id` as done, with
+    /// the other peer's certificate, once.
+    fn authenticate(&mut self, to: usize, id: DirectId) {
+        let peer = &mut self.peers[to];
+        if peer.told.contains(&id) && peer.links.contains_key(&id) && peer.authenticated.insert(id)
+        {
+            let presented = fingerprint(1 - to);
+            let now = self.now;
+            peer.core_mut()
+                .handle_direct_authenticated(now, id, presented);
+            self.drain(to);
+        }
+    }
+
+    /// The simulated TLS handshake of `to`'s new direct connection `id`
+    /// reports its result one round trip from now.
+    fn handshake(&mut self, to: usize, id: DirectId) {
+        self.schedule(2 * self.direct_one_way, Ev::Authenticated { to, id });
     }
 
     /// Runs until both upgrades are finished or `limit` of simulated time
@@ -839,17 +913,34 @@ impl Sim {
             Ev::DialSucceeded { to, id } => {
                 if self.peers[to].dials.contains_key(&id) {
                     self.peers[to].core_mut().handle_dial_succeeded(now, id);
+                    self.peers[to].told.insert(id);
                     self.drain(to);
+                    self.handshake(to, id);
                 }
             }
+            Ev::Authenticated { to, id } => self.authenticate(to, id),
             Ev::DialFailed { to, id, error } => {
                 if self.peers[to].dials.remove(&id).is_some() {
                     self.peers[to].core_mut().handle_dial_failed(now, id, error);
                     self.drain(to);
                 }
             }
+            Ev::DirectData { to, id, data }
+                if !self.peers[to].told.contains(&id)
+                    && self.peers[to].dials.contains_key(&id)
+                    && self.peers[to].links.contains_key(&id) =>
+            {
+                // With no delay the bytes can overtake the receiver's own
+                // news of its dial (its `DialSucceeded`, due at this same
+                // instant): deliver them after it.
+                self.schedule(Duration::ZERO, Ev::DirectData { to, id, data });
+            }
             Ev::DirectData { to, id, data } => {
                 if self.peers[to].links.contains_key(&id) {
+                    // Bytes inside TLS are readable only once the
+                    // receiver's handshake is done: if the sender finished
+                    // first, so does the receiver now.
+                    self.authenticate(to, id);
                     self.peers[to].core_mut().handle_direct_data(now, id, &data);
                     self.drain(to);
                 }
@@ -861,12 +952,18 @@ impl Sim {
                     self.drain(to);
                 }
             }
-            Ev::Stranger { to, from, data } => {
+            Ev::Stranger { to, from, kind } => {
                 if let Ok(id) = self.peers[to].core_mut().handle_inbound(now, from) {
                     // The stranger is not a peer: link to a sink index.
                     self.peers[to].links.insert(id, (usize::MAX, id));
+                    self.peers[to].told.insert(id);
                     self.drain(to);
-                    self.peers[to].core_mut().handle_direct_data(now, id, &data);
+                    let core = self.peers[to].core_mut();
+                    match kind {
+                        Stranger::Silent => {}
+                        Stranger::Garbage => core.handle_direct_handshake_failed(now, id, None),
+                        Stranger::Certificate(fp) => core.handle_direct_authenticated(now, id, fp),
+                    }
                 }
                 self.drain(to);
             }
@@ -922,7 +1019,9 @@ impl Sim {
             }
             None => match self.peers[other].core_mut().handle_inbound(now, src) {
                 Ok(id) => {
+                    self.peers[other].told.insert(id);
                     self.drain(other);
+                    self.handshake(other, id);
                     id
                 }
                 Err(_) => {

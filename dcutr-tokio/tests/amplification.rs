@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use dcutr_core::wire::{
-    FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello_pinned,
+    FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello,
 };
 use dcutr_tokio::{Candidate, Side, Transport, UpgradeFailure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,7 +39,7 @@ async fn hostile_responder(mut stream: TcpStream, victim: SocketAddr) -> usize {
     let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
     // B's Hello, then ours.
     let _hello = next_frame(&mut stream, &mut decoder).await;
-    let hello = encode_hello_pinned(&[9; 16], 3, dcutr_tokio::Side::Responder, &[9; 32]);
+    let hello = encode_hello(3, dcutr_tokio::Side::Responder, &[9; 32]);
     stream.write_all(&hello).await.unwrap();
     let victim = Candidate::quic(victim).to_multiaddr().to_vec();
     let mut exchanges = 0;

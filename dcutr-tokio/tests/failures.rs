@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::wire::encode_hello_pinned;
+use dcutr_core::wire::encode_hello;
 use dcutr_tokio::{
     AttemptFailure, Candidate, Direct, Failure, Options, Role, Side, Transport, UpgradeFailure,
 };
@@ -94,7 +94,7 @@ async fn a_relay_that_drops_mid_protocol_is_a_clean_error() {
     let (ours, mut theirs) = relayed_pair().await;
     let (options, _) = peer(Side::Initiator, Transport::Tcp, loopback_config());
     // The peer says Hello, then the relay drops the stream.
-    let hello = encode_hello_pinned(&[5; 16], 3, Side::Responder, &[6; 32]);
+    let hello = encode_hello(3, Side::Responder, &[6; 32]);
     theirs.write_all(&hello).await.unwrap();
     drop(theirs);
     let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
@@ -133,12 +133,9 @@ async fn a_tcp_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() {
     let (b, b_addr) = peer(Side::Initiator, Transport::Tcp, loopback_config());
     let (b, rejected) = with_rejection_signal(b);
     let (a, a_addr) = peer(Side::Responder, Transport::Tcp, loopback_config());
-    // The stranger connects first and sends what looks like a check.
+    // The stranger connects first and sends 24 bytes that are no TLS handshake.
     let mut stranger = tokio::net::TcpStream::connect(b_addr).await.unwrap();
-    stranger
-        .write_all(&[0x42; dcutr_core::settings::CHECK_LEN])
-        .await
-        .unwrap();
+    stranger.write_all(&[0x42; 24]).await.unwrap();
     let b = tokio::spawn(dcutr_tokio::upgrade(relay_b, b));
     // Only once B has thrown the stranger out does A start.
     tokio::time::timeout(TEST_LIMIT, rejected)
@@ -218,7 +215,7 @@ async fn a_hello_that_pins_another_certificate_than_the_authenticated_one_fails_
     // The caller learnt the peer's fingerprint over its own authenticated
     // channel; the relay hands us a Hello with another one.
     let options = options.peer_fingerprint([7; 32]);
-    let hello = encode_hello_pinned(&[5; 16], 3, Side::Responder, &[8; 32]);
+    let hello = encode_hello(3, Side::Responder, &[8; 32]);
     theirs.write_all(&hello).await.unwrap();
     let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
         .await

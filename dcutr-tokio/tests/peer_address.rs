@@ -14,6 +14,7 @@ fn only_addresses_the_peer_named_count_as_the_peers() {
     let start = Instant::now();
     let ours = Candidate::quic("127.0.0.1:4000".parse().unwrap());
     let mut b = dcutr_core::Upgrade::builder(Side::Initiator, config, [7; 32])
+        .local_fingerprint([7; 32])
         .local_addrs([ours])
         .start(start)
         .unwrap();
@@ -24,7 +25,7 @@ fn only_addresses_the_peer_named_count_as_the_peers() {
     assert!(!b.is_peer_address(&named), "nothing named yet");
 
     let mut now = start + Duration::from_millis(1);
-    b.handle_stream_data(now, &encode_hello(&[1; 16], 3));
+    b.handle_stream_data(now, &encode_hello(3, Side::Responder, &[1; 32]));
     while b.poll_output().is_some() {}
     now += Duration::from_millis(10);
     let raw = named.to_multiaddr().to_vec();

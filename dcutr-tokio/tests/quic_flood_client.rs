@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use dcutr_core::wire::{
-    FrameDecoder, MAX_MESSAGE_SIZE, encode_connect, encode_hello_pinned, encode_sync,
-};
+use dcutr_core::wire::{FrameDecoder, MAX_MESSAGE_SIZE, encode_connect, encode_hello, encode_sync};
 use dcutr_tokio::{Candidate, Side, Transport};
 use strangers::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,7 +47,7 @@ async fn hostile_initiator(
     fingerprint: [u8; 32],
 ) -> TcpStream {
     let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
-    let hello = encode_hello_pinned(&[9; 16], 1, Side::Initiator, &fingerprint);
+    let hello = encode_hello(1, Side::Initiator, &fingerprint);
     stream.write_all(&hello).await.unwrap();
     let _hello = next_frame(&mut stream, &mut decoder).await;
     let server = Candidate::quic(server).to_multiaddr().to_vec();

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
 use dcutr_core::filter::filter_remote;
-use dcutr_core::wire::{self, Message, TOKEN_LEN};
+use dcutr_core::wire::{self, Message};
 use dcutr_core::{AddressPolicy, Candidate, Dialable, Transport};
 use dcutr_fuzz::input::AddrIn;
 use libfuzzer_sys::fuzz_target;
@@ -131,13 +131,14 @@ fuzz_target!(|case: Case| {
         Err(_) => {}
     }
     if let Ok(hello) = wire::decode_hello(&case.payload) {
-        assert_eq!(hello.token.len(), TOKEN_LEN);
         let limit = hello
             .max_attempts
             .map_or(1, |m| u8::try_from(m).unwrap_or(u8::MAX).max(1));
-        let frame = wire::encode_hello(&hello.token, limit);
+        let side = hello.side.unwrap_or(dcutr_core::Side::Initiator);
+        let frame = wire::encode_hello(limit, side, &hello.fingerprint);
         let again = wire::decode_hello(&frame[1..]).expect("our own Hello decodes");
-        assert_eq!(again.token, hello.token);
+        assert_eq!(again.fingerprint, hello.fingerprint);
+        assert_eq!(again.side, Some(side));
         assert_eq!(again.max_attempts, Some(u32::from(limit)));
     }
     if let Ok(c) = Candidate::from_bytes(&case.payload) {

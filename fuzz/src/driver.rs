@@ -20,10 +20,11 @@
 //!   dials QUIC in a punch, the responder never sprays);
 //! * per attempt at most `max_remote_addrs` dials and at most
 //!   `max_spray_packets_per_attempt` datagrams;
-//! * the winner is a connection the driver reported as connected; with the
-//!   token check it proved our token (and, on the client, carried the
-//!   select byte), and on an inbound connection nothing is written before
-//!   the other end proved itself;
+//! * the winner is a connection the driver reported as connected; with
+//!   pinned TLS its handshake proved the certificate the peer's `Hello`
+//!   pinned (and, on the client, it carried the select byte), and nothing
+//!   but the select byte is written on a direct connection, only on one
+//!   that proved itself;
 //! * `poll_timeout()` is never before the latest `now`, and after
 //!   `handle_timeout(t)` nothing is due at `t` any more (no busy loop);
 //! * `stream_bytes_wanted()` never exceeds the frame limit, and a driver
@@ -39,10 +40,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dcutr_core::filter::filter_remote;
-use dcutr_core::wire::{self, FrameDecoder, Message, TOKEN_LEN};
+use dcutr_core::wire::{self, FrameDecoder, Message};
 use dcutr_core::{
-    AttemptFailure, settings::CHECK_LEN, Candidate, Config, Dial, DialError, DialPurpose, DirectId, Event,
-    settings::IdentityCheck, Output, ProtocolError, settings::RelayChannel, Role, Side, Transport, Upgrade,
+    AttemptFailure, Candidate, Config, Dial, DialError, DialPurpose, DirectId, Event, Output,
+    ProtocolError, Role, Side, Transport, Upgrade,
+    settings::RelayChannel,
+    settings::{FINGERPRINT_LEN, IdentityCheck},
 };
 
 /// How the upgrade under test is set up.
@@ -71,8 +74,8 @@ pub struct Setup {
 /// One frame (or junk) the peer writes to the relayed stream.
 #[derive(Clone, Debug)]
 pub enum Frame {
-    /// A `Hello` with this token.
-    Hello([u8; TOKEN_LEN]),
+    /// A `Hello` (of the other side) pinning this fingerprint.
+    Hello([u8; FINGERPRINT_LEN]),
     /// A Connect carrying these raw `ObsAddrs` entries.
     Connect(Vec<Vec<u8>>),
     /// A Sync.
@@ -95,12 +98,8 @@ pub enum Target {
 /// What arrives on a direct connection.
 #[derive(Clone, Debug)]
 pub enum DirectPayload {
-    /// The correct identity check for the core's own token.
-    Check,
     /// The select byte.
     Select,
-    /// The check immediately followed by the select byte.
-    CheckAndSelect,
     /// Anything.
     Bytes(Vec<u8>),
 }
@@ -130,6 +129,11 @@ pub enum Input {
     DirectData(Target, DirectPayload),
     /// A direct connection closed.
     DirectClosed(Target),
+    /// The TLS handshake on a direct connection proved this certificate.
+    Authenticated(Target, [u8; FINGERPRINT_LEN]),
+    /// The TLS handshake on a direct connection failed, after the other
+    /// end presented this certificate (if it got that far).
+    HandshakeFailed(Target, Option<[u8; FINGERPRINT_LEN]>),
     /// Jump to the next timeout and fire it.
     Timeout,
     /// A newly observed address of ours.
@@ -149,8 +153,10 @@ pub struct Step {
     pub input: Input,
 }
 
-const MAGIC: &[u8; 8] = b"dcutr/v1";
-const PEER_TOKEN: [u8; TOKEN_LEN] = [0x5a; TOKEN_LEN];
+/// The honest peer's certificate fingerprint.
+pub const PEER_FINGERPRINT: [u8; FINGERPRINT_LEN] = [0x5a; FINGERPRINT_LEN];
+/// The core's own certificate fingerprint.
+const OWN_FINGERPRINT: [u8; FINGERPRINT_LEN] = [0xa5; FINGERPRINT_LEN];
 /// The honest peer's addresses: public, so every policy accepts them.
 const PEER_ADDRS: [Candidate; 3] = [
     Candidate::tcp(SocketAddr::new(
@@ -197,7 +203,10 @@ pub struct Driver {
     now: Instant,
     /// The latest `now` handed to the core.
     passed: Instant,
-    own_token: Option<[u8; TOKEN_LEN]>,
+    /// Whether the core's `Hello` went out.
+    hello_written: bool,
+    /// The certificate each direct connection's handshake proved.
+    authenticated: BTreeMap<DirectId, [u8; FINGERPRINT_LEN]>,
     /// Every stream byte fed, for the fallback scan of Connect frames.
     fed: Vec<u8>,
     scanned_len: usize,
@@ -230,6 +239,7 @@ impl Driver {
     pub fn new(setup: Setup, start: Instant) -> Self {
         let config = setup.config.clone();
         let up = Upgrade::builder(setup.side, config.clone(), setup.seed)
+            .local_fingerprint(OWN_FINGERPRINT)
             .local_addrs(setup.local.iter().copied())
             .remote_public_addrs(setup.remote_public.iter().copied())
             .start(start)
@@ -249,7 +259,8 @@ impl Driver {
             start,
             now: start,
             passed: start,
-            own_token: None,
+            hello_written: false,
+            authenticated: BTreeMap::new(),
             fed: Vec::new(),
             scanned_len: 0,
             allowed: BTreeSet::new(),
@@ -381,8 +392,8 @@ impl Driver {
                 // Only a connection that exists receives bytes.
                 if self.connected.contains(&id) {
                     let rx = self.direct_rx.entry(id).or_default();
-                    if rx.len() <= CHECK_LEN {
-                        rx.extend_from_slice(&data[..data.len().min(CHECK_LEN + 1 - rx.len())]);
+                    if rx.len() <= 1 {
+                        rx.extend_from_slice(&data[..data.len().min(2 - rx.len())]);
                     }
                 }
                 self.up.handle_direct_data(now, id, &data);
@@ -390,6 +401,17 @@ impl Driver {
             Input::DirectClosed(t) => {
                 let id = self.resolve(*t);
                 self.up.handle_direct_closed(now, id);
+            }
+            Input::Authenticated(t, fingerprint) => {
+                let id = self.resolve(*t);
+                if self.connected.contains(&id) {
+                    self.authenticated.entry(id).or_insert(*fingerprint);
+                }
+                self.up.handle_direct_authenticated(now, id, *fingerprint);
+            }
+            Input::HandshakeFailed(t, presented) => {
+                let id = self.resolve(*t);
+                self.up.handle_direct_handshake_failed(now, id, *presented);
             }
             Input::Timeout => {
                 if let Some(t) = self.up.poll_timeout() {
@@ -407,13 +429,13 @@ impl Driver {
 
     /// What an honest peer does next, given what the core has said.
     fn honest_move(&mut self) -> Input {
-        let token = self.config.identity_check == IdentityCheck::Token;
+        let pinned = self.config.identity_check == IdentityCheck::PinnedTls;
         let per_attempt = self.config.channel == RelayChannel::StreamPerAttempt;
         let h = &mut self.honest;
-        if token && !h.hello_sent {
+        if pinned && !h.hello_sent {
             h.hello_sent = true;
             return Input::Stream {
-                frames: vec![Frame::Hello(PEER_TOKEN)],
+                frames: vec![Frame::Hello(PEER_FINGERPRINT)],
                 chunk: 0,
             };
         }
@@ -474,14 +496,19 @@ impl Driver {
         let unproven = self
             .connected
             .iter()
-            .find(|id| !self.direct_rx.contains_key(id))
+            .find(|id| !self.authenticated.contains_key(id))
             .copied();
         if let Some(id) = unproven {
-            let payload = match self.role_of(id) {
-                Some(Role::Client) => DirectPayload::CheckAndSelect,
-                _ => DirectPayload::Check,
-            };
-            return Input::DirectData(Target::Raw(id.0), payload);
+            return Input::Authenticated(Target::Raw(id.0), PEER_FINGERPRINT);
+        }
+        // The honest server selects the first connection it proved.
+        let unselected = self
+            .connected
+            .iter()
+            .find(|id| !self.direct_rx.contains_key(id) && self.role_of(**id) == Some(Role::Client))
+            .copied();
+        if let Some(id) = unselected {
+            return Input::DirectData(Target::Raw(id.0), DirectPayload::Select);
         }
         Input::Timeout
     }
@@ -546,8 +573,17 @@ impl Driver {
         let mut bytes = Vec::new();
         for f in frames {
             match f {
-                Frame::Hello(token) => bytes
-                    .extend_from_slice(&wire::encode_hello(token, dcutr_core::settings::MAX_ATTEMPTS_LIMIT)),
+                Frame::Hello(fingerprint) => {
+                    let peer = match self.side {
+                        Side::Initiator => Side::Responder,
+                        Side::Responder => Side::Initiator,
+                    };
+                    bytes.extend_from_slice(&wire::encode_hello(
+                        dcutr_core::settings::MAX_ATTEMPTS_LIMIT,
+                        peer,
+                        fingerprint,
+                    ));
+                }
                 Frame::Connect(raw) => {
                     let (frame, count) = wire::encode_connect(
                         raw.iter().map(Vec::as_slice),
@@ -594,19 +630,8 @@ impl Driver {
     }
 
     fn direct_payload(&self, payload: &DirectPayload) -> Vec<u8> {
-        let check = || {
-            let mut v = MAGIC.to_vec();
-            v.extend_from_slice(&self.own_token.unwrap_or([0; TOKEN_LEN]));
-            v
-        };
         match payload {
-            DirectPayload::Check => check(),
             DirectPayload::Select => vec![SELECT],
-            DirectPayload::CheckAndSelect => {
-                let mut v = check();
-                v.push(SELECT);
-                v
-            }
             DirectPayload::Bytes(b) => b.clone(),
         }
     }
@@ -620,13 +645,13 @@ impl Driver {
         }
     }
 
-    /// Whether `id` delivered the correct check of our token first.
+    /// Whether the handshake on `id` proved the certificate the core
+    /// pinned from the peer's `Hello` (whatever `Hello` it took first).
     fn proven(&self, id: DirectId) -> bool {
-        let Some(token) = self.own_token else {
-            return false;
-        };
-        let rx = self.direct_rx.get(&id).map_or(&[][..], Vec::as_slice);
-        rx.len() >= CHECK_LEN && &rx[..8] == MAGIC && rx[8..CHECK_LEN] == token
+        match (self.authenticated.get(&id), self.up.peer_fingerprint()) {
+            (Some(presented), Some(pinned)) => *presented == pinned,
+            _ => false,
+        }
     }
 
     /// Makes sure `to` came from a Connect we fed: first among the frames
@@ -702,13 +727,15 @@ impl Driver {
                     .unwrap_or_else(|e| panic!("we wrote an invalid frame: {e}"))
                     .expect("we wrote an incomplete frame");
                 assert!(input.is_empty(), "one write carries exactly one frame");
-                let token_mode = cfg.identity_check == IdentityCheck::Token;
-                if token_mode && self.own_token.is_none() {
-                    self.own_token = Some(
-                        wire::decode_hello(&payload)
-                            .expect("the first write is a Hello")
-                            .token,
+                let pinned = cfg.identity_check == IdentityCheck::PinnedTls;
+                if pinned && !self.hello_written {
+                    self.hello_written = true;
+                    let hello = wire::decode_hello(&payload).expect("the first write is a Hello");
+                    assert_eq!(
+                        hello.fingerprint, OWN_FINGERPRINT,
+                        "our Hello pins our certificate"
                     );
+                    assert_eq!(hello.side, Some(self.side), "our Hello names our side");
                 } else {
                     let msg = wire::decode_message(&payload)
                         .unwrap_or_else(|e| panic!("we wrote an undecodable message: {e}"));
@@ -738,26 +765,32 @@ impl Driver {
                     self.attempts,
                     cfg.max_spray_packets_per_attempt
                 );
-                assert_eq!(payload.bytes().len(), dcutr_core::settings::SPRAY_PACKET_LEN);
+                assert_eq!(
+                    payload.bytes().len(),
+                    dcutr_core::settings::SPRAY_PACKET_LEN
+                );
             }
             Output::WriteDirect { id, data } => {
                 assert_eq!(
                     cfg.identity_check,
-                    IdentityCheck::Token,
-                    "direct writes only happen for the token check"
+                    IdentityCheck::PinnedTls,
+                    "direct writes only happen for the pinned-TLS check"
                 );
                 assert!(
                     self.connected.contains(id),
                     "write to {id}, which never connected"
                 );
-                if self.inbound.contains_key(id) {
-                    assert!(
-                        self.proven(*id),
-                        "wrote to inbound {id} before it proved it knows our token"
-                    );
-                }
                 assert!(
-                    data.len() == CHECK_LEN || data[..] == [SELECT],
+                    self.proven(*id),
+                    "wrote to {id} before it proved the pinned certificate"
+                );
+                assert_eq!(
+                    self.role_of(*id),
+                    Some(Role::Server),
+                    "only the server selects"
+                );
+                assert!(
+                    data[..] == [SELECT],
                     "unexpected direct write of {} bytes",
                     data.len()
                 );
@@ -888,12 +921,12 @@ impl Driver {
                 };
                 assert_eq!((up.transport, up.remote), (to.transport, to.addr));
                 assert_eq!(up.role, role, "role on the winning connection");
-                if self.config.identity_check == IdentityCheck::Token {
+                if self.config.identity_check == IdentityCheck::PinnedTls {
                     assert!(self.proven(up.id), "won on {} without the check", up.id);
                     if up.role == Role::Client {
                         let rx = &self.direct_rx[&up.id];
                         assert!(
-                            rx.len() > CHECK_LEN && rx[CHECK_LEN] == SELECT,
+                            rx.first() == Some(&SELECT),
                             "the client won without the select byte"
                         );
                     }
@@ -964,7 +997,10 @@ impl Driver {
             "stream_bytes_wanted {wanted} beyond the frame limit"
         );
         for id in &self.known {
-            assert!(self.up.direct_bytes_wanted(*id) <= CHECK_LEN);
+            assert!(
+                self.up.direct_bytes_wanted(*id) <= 1,
+                "only the select byte is read"
+            );
         }
         let heap = self.up.heap_estimate();
         assert!(

@@ -9,11 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use bytes::Bytes;
-use dcutr_core::wire::TOKEN_LEN;
+use dcutr_core::settings::FINGERPRINT_LEN;
 use dcutr_core::{
-    AddressPolicy, Candidate, Config, DialError, Dialable, settings::IdentityCheck, settings::RelayChannel, Side,
-    Transport,
+    AddressPolicy, Candidate, Config, DialError, Dialable, Side, Transport,
+    settings::IdentityCheck, settings::RelayChannel,
 };
 use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER};
 
@@ -141,8 +140,8 @@ impl ObsAddrIn {
 /// A frame from the peer.
 #[derive(Arbitrary, Clone, Debug)]
 pub enum FrameIn {
-    /// Hello with a token.
-    Hello([u8; TOKEN_LEN]),
+    /// Hello pinning the honest peer's certificate, or another one.
+    Hello(CertIn),
     /// Connect.
     Connect(Vec<ObsAddrIn>),
     /// Connect with `n` copies of one address (thousands of addresses).
@@ -156,7 +155,7 @@ pub enum FrameIn {
 impl FrameIn {
     fn frame(&self) -> Frame {
         match self {
-            FrameIn::Hello(t) => Frame::Hello(*t),
+            FrameIn::Hello(c) => Frame::Hello(c.fingerprint()),
             FrameIn::Connect(addrs) => Frame::Connect(addrs.iter().map(ObsAddrIn::bytes).collect()),
             FrameIn::ConnectMany(a, n) => {
                 let base = a.candidate();
@@ -216,14 +215,28 @@ pub enum DialErrorIn {
 /// Bytes on a direct connection.
 #[derive(Arbitrary, Clone, Debug)]
 pub enum DirectIn {
-    /// The correct check.
-    Check,
     /// The select byte.
     Select,
-    /// Both.
-    CheckAndSelect,
     /// Anything.
     Bytes(Vec<u8>),
+}
+
+/// A certificate a TLS handshake (or a `Hello`) presents.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub enum CertIn {
+    /// The honest peer's.
+    Peer,
+    /// Anyone else's.
+    Other([u8; FINGERPRINT_LEN]),
+}
+
+impl CertIn {
+    fn fingerprint(self) -> [u8; FINGERPRINT_LEN] {
+        match self {
+            CertIn::Peer => crate::driver::PEER_FINGERPRINT,
+            CertIn::Other(f) => f,
+        }
+    }
 }
 
 /// One input.
@@ -245,6 +258,10 @@ pub enum InputIn {
     DirectData(TargetIn, DirectIn),
     /// Direct closed.
     DirectClosed(TargetIn),
+    /// A TLS handshake on a direct connection completed.
+    Authenticated(TargetIn, CertIn),
+    /// A TLS handshake on a direct connection failed.
+    HandshakeFailed(TargetIn, Option<CertIn>),
     /// Next timeout.
     Timeout,
     /// New local address.
@@ -306,13 +323,15 @@ impl StepIn {
             InputIn::DirectData(t, d) => Input::DirectData(
                 t.target(),
                 match d {
-                    DirectIn::Check => DirectPayload::Check,
                     DirectIn::Select => DirectPayload::Select,
-                    DirectIn::CheckAndSelect => DirectPayload::CheckAndSelect,
                     DirectIn::Bytes(b) => DirectPayload::Bytes(b.clone()),
                 },
             ),
             InputIn::DirectClosed(t) => Input::DirectClosed(t.target()),
+            InputIn::Authenticated(t, c) => Input::Authenticated(t.target(), c.fingerprint()),
+            InputIn::HandshakeFailed(t, c) => {
+                Input::HandshakeFailed(t.target(), c.map(CertIn::fingerprint))
+            }
             InputIn::Timeout => Input::Timeout,
             InputIn::ObserveLocal(a) => Input::ObserveLocal(a.candidate()),
             InputIn::Honest => Input::Honest,
@@ -334,7 +353,7 @@ fn millis(x: u16, base: u64) -> Duration {
 #[allow(clippy::struct_excessive_bools)]
 pub struct ConfigIn {
     shared: bool,
-    token: bool,
+    pinned: bool,
     max_attempts: u8,
     unilateral: bool,
     permissive: bool,
@@ -357,18 +376,18 @@ impl ConfigIn {
     /// A valid config from the knobs.
     #[must_use]
     pub fn config(&self) -> Config {
-        let mut c = if self.shared || self.token {
+        let mut c = if self.shared || self.pinned {
             Config::shared_stream()
         } else {
             Config::default()
         };
-        c.channel = if self.shared || self.token {
+        c.channel = if self.shared || self.pinned {
             RelayChannel::SharedStream
         } else {
             RelayChannel::StreamPerAttempt
         };
-        c.identity_check = if self.token {
-            IdentityCheck::Token
+        c.identity_check = if self.pinned {
+            IdentityCheck::PinnedTls
         } else {
             IdentityCheck::CallerAuthenticates
         };
@@ -454,7 +473,18 @@ pub struct StrangerIn {
     after_ms: u16,
     quic: bool,
     port: u16,
-    data: Vec<u8>,
+    kind: StrangerKindIn,
+}
+
+/// What a stranger does on the connection.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub enum StrangerKindIn {
+    /// Nothing.
+    Silent,
+    /// No TLS.
+    Garbage,
+    /// TLS with its own certificate.
+    Certificate([u8; FINGERPRINT_LEN]),
 }
 
 /// The input of `orchestrator`.
@@ -470,7 +500,7 @@ pub struct WorldCase {
     responder_public: bool,
     transports: u8,
     shared: bool,
-    token: bool,
+    pinned: bool,
     unilateral_known: bool,
     max_attempts: u8,
     step: u16,
@@ -493,12 +523,12 @@ impl WorldCase {
     /// The world.
     #[must_use]
     pub fn world(&self) -> World {
-        let mut config = if self.shared || self.token {
+        let mut config = if self.shared || self.pinned {
             Config::shared_stream()
         } else {
             Config::default()
         };
-        if !self.token {
+        if !self.pinned {
             config.identity_check = IdentityCheck::CallerAuthenticates;
         }
         config.max_attempts = 1 + self.max_attempts % 4;
@@ -544,21 +574,21 @@ impl WorldCase {
             let shared = sim.responder.config.channel == RelayChannel::SharedStream;
             let c = &mut sim.responder.config;
             // On a shared stream the sides agree on the smaller limit through
-            // the token check's Hello (fuzz_regressions::
+            // the identity check's Hello (fuzz_regressions::
             // peers_with_different_attempt_limits_leave_the_shared_stream_alone).
             // Without it nothing can tell the initiator that a responder with
             // fewer attempts gave up, so the config must match: documented,
             // and only generated in strict mode.
-            if !shared || self.token || crate::strict() {
+            if !shared || self.pinned || crate::strict() {
                 c.max_attempts = 1 + limits.max_attempts % 4;
             }
             c.unilateral = limits.unilateral;
             c.step_timeout = 4 * relay + millis(limits.step % 10_000, 50);
         }
-        // Without the token check the caller's own handshake keeps
+        // Without the identity check the caller's own handshake keeps
         // strangers out, which the simulation does not model: strangers
-        // only come with the token check.
-        let strangers = if self.token {
+        // only come with the pinned-TLS check.
+        let strangers = if self.pinned {
             self.strangers
                 .iter()
                 .take(16)
@@ -573,7 +603,11 @@ impl WorldCase {
                         },
                         addr: SocketAddr::from(([192, 0, 2, 66], s.port.max(1))),
                     },
-                    data: Bytes::from(s.data.clone()),
+                    kind: match s.kind {
+                        StrangerKindIn::Silent => dcutr_sim::Stranger::Silent,
+                        StrangerKindIn::Garbage => dcutr_sim::Stranger::Garbage,
+                        StrangerKindIn::Certificate(f) => dcutr_sim::Stranger::Certificate(f),
+                    },
                 })
                 .collect()
         } else {

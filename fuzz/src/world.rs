@@ -5,9 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use dcutr_core::{
-    Candidate, Config, settings::IdentityCheck, Outcome, Output, settings::RelayChannel, Role, Side, Transport,
+    Candidate, Config, Outcome, Output, Role, Side, Transport, settings::IdentityCheck,
+    settings::RelayChannel,
 };
 use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER, Sim, SimConfig};
 
@@ -20,8 +20,8 @@ pub struct Stranger {
     pub after: Duration,
     /// From where (never one of the peers' addresses).
     pub from: Candidate,
-    /// Its first bytes.
-    pub data: Bytes,
+    /// What it does on the connection.
+    pub kind: dcutr_sim::Stranger,
 }
 
 /// One simulated world.
@@ -59,11 +59,11 @@ pub fn time_bound(world: &World) -> Duration {
     a.max(b) + delays + Duration::from_secs(1)
 }
 
-/// Whether each side may keep a different connection: without the token
-/// check nothing on the wire makes the sides agree when TCP and QUIC both
+/// Whether each side may keep a different connection: without the
+/// identity check nothing on the wire makes the sides agree when TCP and QUIC both
 /// connect, so the core leaves the connections it did not pick to the
 /// caller instead of closing them (since 129c654; see
-/// `fuzz_regressions::both_transports_without_token_check_upgrade_on_different_connections`).
+/// `fuzz_regressions::both_transports_without_identity_check_upgrade_on_different_connections`).
 fn independent_winners(world: &World) -> bool {
     let transports = |addrs: &[Candidate]| {
         addrs.iter().any(|c| c.transport == Transport::Tcp)
@@ -94,7 +94,7 @@ pub fn run(world: &World) -> Run {
     let bound = time_bound(world);
     let mut sim = Sim::new(world.sim.clone());
     for s in &world.strangers {
-        sim.inject_stranger(s.to, s.after, s.from, s.data.clone());
+        sim.inject_stranger(s.to, s.after, s.from, s.kind);
     }
     let finished = sim.run(bound);
     let took = sim.elapsed();

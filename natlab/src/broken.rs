@@ -259,18 +259,10 @@ fn phase_of(output: &CliRun) -> ErrorPhase {
 /// both Hello frames and B's Connect, which carries B's one observed
 /// address, encoded as dcutr-core encodes them.
 pub fn cut_after_connect(transport: Transport, b_observed: SocketAddr) -> u64 {
-    use dcutr_core::wire::{
-        FINGERPRINT_LEN, MAX_MESSAGE_SIZE, TOKEN_LEN, encode_connect, encode_hello_pinned,
-    };
+    use dcutr_core::wire::{FINGERPRINT_LEN, MAX_MESSAGE_SIZE, encode_connect, encode_hello};
     use dcutr_core::{Candidate, Side};
     let max_attempts = dcutr_core::Config::shared_stream().max_attempts;
-    let hello = encode_hello_pinned(
-        &[0; TOKEN_LEN],
-        max_attempts,
-        Side::Initiator,
-        &[0; FINGERPRINT_LEN],
-    )
-    .len();
+    let hello = encode_hello(max_attempts, Side::Initiator, &[0; FINGERPRINT_LEN]).len();
     let candidate = match transport {
         Transport::Tcp => Candidate::tcp(b_observed),
         Transport::Quic => Candidate::quic(b_observed),
@@ -1031,13 +1023,14 @@ mod tests {
         let b: SocketAddr = "203.0.113.12:5000".parse().unwrap();
         // Pairing: 105 bytes each way (magic, SPAKE2 message, fingerprint,
         // MAC).
-        // Hello: 1-byte length + (tag, len, 16-byte token) + (tag, attempt
-        // limit) + (tag, side) + (tag, len, 32-byte fingerprint) = 57 bytes.
+        // Hello (wire v3): 1-byte length + (tag, attempt limit) + (tag,
+        // side) + (tag, len, 32-byte fingerprint) + (tag, version) = 41
+        // bytes.
         // Connect: 1-byte length + type (2) + one address field: tag, len
         // and 8 bytes for /ip4/../tcp/5000, or 11 for
         // /ip4/../udp/5000/quic-v1 (two-byte protocol codes).
-        assert_eq!(cut_after_connect(Transport::Tcp, b), 2 * 105 + 2 * 57 + 13);
-        assert_eq!(cut_after_connect(Transport::Quic, b), 2 * 105 + 2 * 57 + 16);
+        assert_eq!(cut_after_connect(Transport::Tcp, b), 2 * 105 + 2 * 41 + 13);
+        assert_eq!(cut_after_connect(Transport::Quic, b), 2 * 105 + 2 * 41 + 16);
     }
 
     #[test]

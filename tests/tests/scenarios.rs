@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use dcutr_conformance::*;
-use dcutr_core::{Failure, Role, Side, Transport, settings::CHECK_LEN};
+use dcutr_core::{Failure, Role, Side, Transport};
 use dcutr_driver::UpgradeFailure;
 
 /// Longest any scenario may wait on a signal from a peer.
@@ -88,10 +88,10 @@ fn stranger_on_the_punch_port(b_rt: Rt, a_rt: Rt) {
     b.bound = Some(bound_tx);
     b.rejected = Some(rejected_tx);
     let b = std::thread::spawn(move || run_peer(b_rt, b));
-    // The stranger reaches B's punch port first, with a fake check.
+    // The stranger reaches B's punch port first, with 24 bytes that are no TLS handshake.
     let b_addr = bound.recv_timeout(SIGNAL_LIMIT).expect("B bound its port");
     let mut stranger = TcpStream::connect(b_addr).unwrap();
-    stranger.write_all(&[0x42; CHECK_LEN]).unwrap();
+    stranger.write_all(&[0x42; 24]).unwrap();
     rejected
         .recv_timeout(SIGNAL_LIMIT)
         .expect("B rejects the stranger");
@@ -155,7 +155,7 @@ fn garbage_from_the_peer(rt: Rt) {
 
 fn stream_dropped_mid_protocol(rt: Rt) {
     // A valid Hello, then the relay drops the stream.
-    let hello = dcutr_core::wire::encode_hello_pinned(&[5; 16], 3, Side::Responder, &[6; 32]);
+    let hello = dcutr_core::wire::encode_hello(3, Side::Responder, &[6; 32]);
     let r = against_raw_peer(rt, Side::Initiator, &hello, true);
     assert!(
         matches!(

@@ -23,8 +23,24 @@ pub fn quic(s: &str) -> Candidate {
     Candidate::quic(s.parse().unwrap())
 }
 
+/// The fingerprint [`start`] gives the upgrade (used under pinned TLS).
+pub const OWN_FINGERPRINT: [u8; 32] = [0x77; 32];
+
+/// The fingerprint the scripted peer of the tests pins in its `Hello`.
+pub const PEER_FINGERPRINT: [u8; 32] = [0x55; 32];
+
+/// The peer's `Hello` (wire v3) for a test upgrade of `side`.
+pub fn peer_hello(side: Side, max_attempts: u8) -> Bytes {
+    let peer = match side {
+        Side::Initiator => Side::Responder,
+        Side::Responder => Side::Initiator,
+    };
+    dcutr_core::wire::encode_hello(max_attempts, peer, &PEER_FINGERPRINT)
+}
+
 pub fn start(side: Side, config: Config) -> Upgrade {
     Upgrade::builder(side, config, [7; 32])
+        .local_fingerprint(OWN_FINGERPRINT)
         .local_addrs([tcp("198.51.100.9:4001"), quic("198.51.100.9:4001")])
         .start(t0())
         .unwrap()
