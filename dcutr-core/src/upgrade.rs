@@ -1391,6 +1391,12 @@ impl Upgrade {
             self.final_failure(Failure::Protocol(err));
             return;
         }
+        if self.state == State::Draining {
+            // Every attempt is over: there is none left to fail, and
+            // counting one per stray frame would let a peer grow our list
+            // of failures without bound.
+            return;
+        }
         if self.state == State::AwaitPeerConnect {
             // A stream that breaks before its Connect still counts as an
             // attempt, so a hostile initiator cannot open streams forever.
