@@ -11,7 +11,7 @@
 //! - **peer killed / frozen**: A is sent SIGKILL (its sockets close, the
 //!   relay passes the close on) or SIGSTOP (it stays connected and silent,
 //!   like a host that dropped off the network) as soon as it printed
-//!   `peer_addrs`, i.e. once it has B's Connect; B is left alone.
+//!   `remote_addrs`, i.e. once it has B's Connect; B is left alone.
 //!
 //! Every run is judged against a time bound computed from the core's
 //! defaults ([`Bounds`]); nothing may run past it. See README.md.
@@ -83,14 +83,14 @@ const SPLICE_EVENT_WAIT: Duration = Duration::from_secs(2);
 
 /// A's progress event printed when B's Connect arrived (A answers it in
 /// the same step): the moment A vanishes in the peer cases.
-pub const VANISH_HOOK_EVENT: &str = "peer_addrs";
+pub const VANISH_HOOK_EVENT: &str = "remote_addrs";
 
 /// The event each peer prints once the relay paired it: the upgrade starts.
 pub const PAIRED_EVENT: &str = "paired";
 
 /// B's progress event for A's Connect (it measured the relayed RTT): must
 /// not appear when the relay was cut right after B's Connect.
-pub const B_GOT_CONNECT_EVENT: &str = "rtt";
+pub const B_GOT_CONNECT_EVENT: &str = "rtt_measured";
 
 /// The core's outcome events (`dcutr peer` progress): after one of them,
 /// the DCUtR upgrade itself is over and only the CLI's proof remains.
@@ -114,7 +114,7 @@ pub const RELAY_CLOSED_REASON: &str = "relayed stream closed";
 /// `natlab broken` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH).
+    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
     #[arg(long)]
     pub dcutr: Option<PathBuf>,
     /// Base seed of the delay lines' loss and jitter (each run derives its own).
@@ -837,7 +837,7 @@ fn drive(
     let bound = bounds.for_fault(case.fault);
     // The hang guard: registration, the bound, and the margin.
     let deadline = started + RENDEZVOUS_ALLOWANCE + bounds.upgrade.max(bound) + OVERRUN_MARGIN;
-    let b = contract::peer_args("b", None, case.transport, &[]);
+    let b = contract::peer_args(contract::Peer::B, case.transport, &[]);
     let ready_by = (Instant::now() + PEER_READY_TIMEOUT).min(deadline);
     let ns = lab.host_ns(2);
     let ready = (contract::PEER_REGISTERED_EVENT, ready_by);
@@ -857,7 +857,7 @@ fn drive(
         }
         seen.problems.push(format!("B: {e:#} (started A anyway)"));
     }
-    let a = contract::peer_args("a", Some("b"), case.transport, &[]);
+    let a = contract::peer_args(contract::Peer::A, case.transport, &[]);
     match lab.spawn("peer A", &lab.host_ns(1), &dcutr.to_string_lossy(), &a) {
         Ok(p) => procs.push(p),
         Err(e) => {
@@ -867,7 +867,7 @@ fn drive(
     }
     if matches!(case.fault, Fault::PeerKilled | Fault::PeerFrozen)
         && procs[2]
-            .wait_for_line(deadline, "peer_addrs event", |l| {
+            .wait_for_line(deadline, "remote_addrs event", |l| {
                 is_event(l, VANISH_HOOK_EVENT)
             })
             .is_ok()
@@ -1205,16 +1205,21 @@ mod tests {
 
     #[test]
     fn a_relay_cut_must_end_both_peers_promptly_with_the_relay_closed() {
-        let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
+        let good = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 0.3);
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         // Noticed only by a step timeout: over the bound.
-        let slow = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 10.2);
+        let slow = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 10.2);
         assert!(has(&slow, "over the bound 10.0 s"));
         // The cut missed its point.
         let early = cut_run(&["paired"], &["paired"], 38, 0.3);
         assert!(has(&early, "cut before B's Connect") && has(&early, "forwarded Some(38) bytes"));
-        let late = cut_run(&["paired", "peer_addrs"], &["paired", "rtt"], 51, 0.3);
+        let late = cut_run(
+            &["paired", "remote_addrs"],
+            &["paired", "rtt_measured"],
+            51,
+            0.3,
+        );
         assert!(has(&late, "got through the cut"));
         // A reason that is not the relay's close, and a relay still usable.
         let mut seen = Seen {
@@ -1244,7 +1249,7 @@ mod tests {
             b_exit: s(10.3),
             a_vanished: s(0.2),
         };
-        let vanished_a = CliRun::parse(None, &[r#"{"event":"peer_addrs"}"#.to_string()]);
+        let vanished_a = CliRun::parse(None, &[r#"{"event":"remote_addrs"}"#.to_string()]);
         let b_failed = down("server", 1, "peer sent nothing");
         let good = run(
             Fault::PeerFrozen,
@@ -1325,7 +1330,7 @@ mod tests {
             "error in the proof phase: the peer did not answer"
         );
         let b = peer(1, &["paired"], result(false, "server", 1, Some("x")));
-        let upgrade = run(errored(&["paired", "attempt"]), b, false);
+        let upgrade = run(errored(&["paired", "attempt_started"]), b, false);
         assert_eq!(upgrade.detail.error_phase, Some(ErrorPhase::Upgrade));
         // The earliest phase wins; a peer stopped by the runner is no error.
         let registered = CliRun::parse(None, &[r#"{"event":"registered"}"#.into()]);
@@ -1355,7 +1360,7 @@ mod tests {
             note(&split)
         );
         // Clean runs have no phase; their note is the reason.
-        let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
+        let good = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 0.3);
         assert_eq!(
             (good.detail.error_phase, note(&good).as_deref()),
             (None, Some(CLOSED))
@@ -1365,8 +1370,8 @@ mod tests {
     #[test]
     fn the_table_counts_outcomes_and_lists_reasons() {
         let c = case(Fault::RelayCut);
-        let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
-        let slow = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 10.5);
+        let good = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 0.3);
+        let slow = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 10.5);
         let md = table(&[good, slow]);
         let line = md.lines().nth(2).unwrap();
         assert_eq!(

@@ -1,5 +1,9 @@
-//! The `dcutr` CLI contract as `matrix` and `broken` read it: the JSON
-//! lines of [`crate::campaign::PeerRun`], the last one the `result`:
+//! The `dcutr` CLI contract as `matrix` and `broken` read it. They run
+//! `lab-dcutr` (natlab/src/bin/lab-dcutr.rs: dcutr-cli's own relay and
+//! peer, plus the lab's relay delay, relay cut and runtime switch), or any
+//! program given with `--dcutr` that takes the same arguments. Its JSON
+//! lines are read as [`crate::campaign::PeerRun`], the last one the
+//! `result`:
 //!
 //! ```text
 //! {"event":"result","ok":bool,"transport":"tcp"|"quic","role":"client"|"server",
@@ -83,14 +87,28 @@ impl campaign::PeerResult for CliResult {
 /// A `dcutr peer`'s run.
 pub type CliRun = PeerRun<CliResult>;
 
-/// The dcutr CLI: `--dcutr`, else next to natlab, else on PATH.
+/// The CLI the lab drives: `--dcutr`, else `lab-dcutr` next to natlab,
+/// else on PATH.
 pub fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {
     campaign::locate(
         explicit,
         "",
-        "dcutr",
-        "build it (cargo build -p dcutr-cli) or pass --dcutr PATH",
+        "lab-dcutr",
+        "build it (cargo build -p dcutr-natlab --bins) or pass --dcutr PATH",
     )
+}
+
+/// The pairing code of every case: B waits with it, A connects with it.
+/// Each case has a relay of its own, so one fixed code never collides.
+pub const CASE_CODE: &str = "7-natlab-lab";
+
+/// One of the two peers of a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// DCUtR's A: connects with the code (started second).
+    A,
+    /// DCUtR's B: waits with the code (started first).
+    B,
 }
 
 /// `relay --listen <relay> --json`, then `extra`.
@@ -101,18 +119,15 @@ pub fn relay_args(extra: &[&str]) -> Vec<String> {
     v
 }
 
-/// `peer --relay .. --name <name> [--connect <other>] --tcp|--quic 5000 --json`, then `extra`.
-pub fn peer_args(
-    name: &str,
-    connect: Option<&str>,
-    transport: Transport,
-    extra: &[&str],
-) -> Vec<String> {
+/// `peer --relay .. --code|--connect CODE --tcp|--quic 5000 --json`, then
+/// `extra`.
+pub fn peer_args(peer: Peer, transport: Transport, extra: &[&str]) -> Vec<String> {
     let relay = format!("{RELAY_IP}:{}", campaign::RELAY_PORT);
-    let mut v = campaign::args(&["peer", "--relay", &relay, "--name", name]);
-    if let Some(other) = connect {
-        v.extend(campaign::args(&["--connect", other]));
-    }
+    let pairing = match peer {
+        Peer::A => "--connect",
+        Peer::B => "--code",
+    };
+    let mut v = campaign::args(&["peer", "--relay", &relay, pairing, CASE_CODE]);
     let port = campaign::PEER_PORT.to_string();
     v.extend(campaign::args(&[
         &format!("--{transport}"),
@@ -176,8 +191,12 @@ mod tests {
     #[test]
     fn command_lines_follow_the_cli() {
         assert_eq!(
-            peer_args("a", Some("b"), Transport::Quic, &["--runtime", "smol"]).join(" "),
-            "peer --relay 203.0.113.1:4000 --name a --connect b --quic 5000 --json --runtime smol"
+            peer_args(Peer::A, Transport::Quic, &["--runtime", "smol"]).join(" "),
+            "peer --relay 203.0.113.1:4000 --connect 7-natlab-lab --quic 5000 --json --runtime smol"
+        );
+        assert_eq!(
+            peer_args(Peer::B, Transport::Tcp, &[]).join(" "),
+            "peer --relay 203.0.113.1:4000 --code 7-natlab-lab --tcp 5000 --json"
         );
         assert_eq!(
             relay_args(&["--delay-ms", "50"]).join(" "),

@@ -53,7 +53,7 @@ pub const EXTRA_RUNTIMES: &[&str] = &["smol"];
 /// `natlab matrix` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH).
+    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
     #[arg(long)]
     pub dcutr: Option<PathBuf>,
     /// Per-run limit in seconds.
@@ -124,7 +124,7 @@ pub struct Case {
     pub transport: Transport,
     /// One-way delay the relay adds (0 or [`RELAY_DELAY_MS`]).
     pub relay_delay_ms: u32,
-    /// The async runtime both peers run on (`dcutr peer --runtime`).
+    /// The async runtime both peers run on (`lab-dcutr peer --runtime`).
     pub runtime: &'static str,
 }
 
@@ -277,7 +277,7 @@ impl Campaign for Matrix {
         let timeout = Duration::from_secs_f64(self.args.case_timeout_s.max(0.1));
         let deadline = started + timeout;
         let runtime = ["--runtime", case.runtime];
-        let b = contract::peer_args("b", None, case.transport, &runtime);
+        let b = contract::peer_args(contract::Peer::B, case.transport, &runtime);
         let ready_by = (Instant::now() + PEER_READY_TIMEOUT).min(deadline);
         let ready = (contract::PEER_REGISTERED_EVENT, ready_by);
         let ns = lab.host_ns(2);
@@ -289,7 +289,7 @@ impl Campaign for Matrix {
             // Not fatal: B's result will tell. A starts anyway.
             seen.problems.push(format!("B: {e:#} (started A anyway)"));
         }
-        let a = contract::peer_args("a", Some("b"), case.transport, &runtime);
+        let a = contract::peer_args(contract::Peer::A, case.transport, &runtime);
         match lab.spawn("peer A", &lab.host_ns(1), &self.dcutr.to_string_lossy(), &a) {
             Ok(p) => procs.push(p),
             Err(e) => {
