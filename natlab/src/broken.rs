@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::campaign::{
-    self, Campaign, Common, Outcome, PEER_PORT, RELAY_READY_TIMEOUT, Record, TRANSPORTS, Transport,
-    is_event, parse_event,
+    self, Campaign, Common, Outcome, PEER_PORT, Record, TRANSPORTS, Transport, is_event,
+    parse_event,
 };
 use crate::contract::{self, CliRun};
 use crate::nat::Site;
@@ -52,14 +52,11 @@ pub const LOSS_LINK_DELAY_MS: f64 = 10.0;
 pub const LOSS_LINK_JITTER_MS: f64 = 2.0;
 
 /// `dcutr peer`'s limit on the round trips that prove the path after the
-/// upgrade (direct, or relayed after a failure): `PROOF_TIMEOUT` in
-/// dcutr-cli/src/peer.rs. natlab treats the CLI as a black box, so it is
-/// mirrored here rather than linked.
-pub const CLI_PROOF_TIMEOUT: Duration = Duration::from_secs(30);
+/// upgrade (direct, or relayed after a failure).
+pub const CLI_PROOF_TIMEOUT: Duration = dcutr_cli::peer::PROOF_TIMEOUT;
 
-/// `dcutr peer`'s wait for QUIC close frames before exiting:
-/// `QUIC_DRAIN_LIMIT` in dcutr-cli/src/peer.rs (mirrored, as above).
-pub const CLI_QUIC_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// `dcutr peer`'s wait for QUIC close frames before exiting.
+pub const CLI_QUIC_DRAIN_LIMIT: Duration = dcutr_cli::peer::QUIC_DRAIN_LIMIT;
 
 /// How long B may take to print `registered` before A is started anyway.
 /// Longer than the matrix's 5 s: at 30 % loss a lost SYN to the relay
@@ -823,45 +820,25 @@ fn drive(
         seen.cut_at = Some(n);
         cut = vec!["--cut-after-bytes".to_owned(), n.to_string()];
     }
-    let relay = contract::relay_args(&cut.iter().map(String::as_str).collect::<Vec<_>>());
-    let ready = (
-        contract::RELAY_LISTENING_EVENT,
-        Instant::now() + RELAY_READY_TIMEOUT,
-    );
-    let ns = lab.relay_ns();
-    if let Err(e) = campaign::start(lab, procs, ("relay", &ns), dcutr, &relay, ready) {
-        seen.problems.push(format!("relay: {e:#}"));
+    let cut: Vec<&str> = cut.iter().map(String::as_str).collect();
+    if let Err(e) = contract::start_relay(lab, procs, dcutr, &cut) {
+        seen.problems.push(e);
         return seen;
     }
     let started = Instant::now();
     let bound = bounds.for_fault(case.fault);
     // The hang guard: registration, the bound, and the margin.
     let deadline = started + RENDEZVOUS_ALLOWANCE + bounds.upgrade.max(bound) + OVERRUN_MARGIN;
-    let b = contract::peer_args(contract::Peer::B, case.transport, &[]);
     let ready_by = (Instant::now() + PEER_READY_TIMEOUT).min(deadline);
-    let ns = lab.host_ns(2);
-    let ready = (contract::PEER_REGISTERED_EVENT, ready_by);
-    if let Err(e) = campaign::start(lab, procs, ("peer B", &ns), dcutr, &b, ready) {
-        if procs.len() < 2 {
-            seen.problems.push(format!("peer B: {e:#}"));
-            return seen;
-        }
-        if matches!(procs[1].try_wait(), Ok(Some(_))) {
-            // B is gone without registering: A could only wait for it.
-            seen.problems.push(format!("B: {e:#} (A not started)"));
+    let peers = (case.transport, &[][..]);
+    match contract::start_peers(lab, procs, dcutr, peers, ready_by, &mut seen.problems) {
+        contract::Started::Both => {}
+        contract::Started::Failed => return seen,
+        contract::Started::BGone => {
             seen.stopped_unpaired = true;
             seen.times.b_exit = Some(started.elapsed());
             seen.b = CliRun::collect(&mut procs[1], false);
             seen.errors[1] = error_reason(&procs[1]);
-            return seen;
-        }
-        seen.problems.push(format!("B: {e:#} (started A anyway)"));
-    }
-    let a = contract::peer_args(contract::Peer::A, case.transport, &[]);
-    match lab.spawn("peer A", &lab.host_ns(1), &dcutr.to_string_lossy(), &a) {
-        Ok(p) => procs.push(p),
-        Err(e) => {
-            seen.problems.push(format!("peer A: {e:#}"));
             return seen;
         }
     }

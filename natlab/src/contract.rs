@@ -14,12 +14,14 @@
 //! Exit code 0 = upgraded, 1 = upgrade failed cleanly, anything else = error.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::campaign::{self, PeerRun, Transport};
-use crate::topo::RELAY_IP;
+use crate::proc::Proc;
+use crate::topo::{Lab, RELAY_IP};
 
 /// Event the relay prints once it accepts connections.
 pub const RELAY_LISTENING_EVENT: &str = "listening";
@@ -136,6 +138,74 @@ pub fn peer_args(peer: Peer, transport: Transport, extra: &[&str]) -> Vec<String
     ]));
     v.extend(campaign::args(extra));
     v
+}
+
+/// Starts a case's relay (`relay_args(extra)`) in `lab` as `procs[0]` and
+/// waits for its `listening` line; the error is the run's problem.
+pub fn start_relay(
+    lab: &Lab,
+    procs: &mut Vec<Proc>,
+    dcutr: &Path,
+    extra: &[&str],
+) -> Result<(), String> {
+    let ready = (
+        RELAY_LISTENING_EVENT,
+        Instant::now() + campaign::RELAY_READY_TIMEOUT,
+    );
+    let args = relay_args(extra);
+    campaign::start(lab, procs, ("relay", &lab.relay_ns()), dcutr, &args, ready)
+        .map(drop)
+        .map_err(|e| format!("relay: {e:#}"))
+}
+
+/// How [`start_peers`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// B and A run (`procs[1]`, `procs[2]`).
+    Both,
+    /// B exited without registering; A, which could only wait for it, was
+    /// not started.
+    BGone,
+    /// B or A could not be started.
+    Failed,
+}
+
+/// Starts B (`procs[1]`, on site 2) and, once it printed `registered` or
+/// `b_ready_by` passed, A (`procs[2]`, on site 1), both with
+/// `peer_args(.., extra)`. What went wrong goes to `problems`.
+pub fn start_peers(
+    lab: &Lab,
+    procs: &mut Vec<Proc>,
+    dcutr: &Path,
+    (transport, extra): (Transport, &[&str]),
+    b_ready_by: Instant,
+    problems: &mut Vec<String>,
+) -> Started {
+    let b = peer_args(Peer::B, transport, extra);
+    let ready = (PEER_REGISTERED_EVENT, b_ready_by);
+    if let Err(e) = campaign::start(lab, procs, ("peer B", &lab.host_ns(2)), dcutr, &b, ready) {
+        if procs.len() < 2 {
+            problems.push(format!("peer B: {e:#}"));
+            return Started::Failed;
+        }
+        if matches!(procs[1].try_wait(), Ok(Some(_))) {
+            problems.push(format!("B: {e:#} (A not started)"));
+            return Started::BGone;
+        }
+        // Not fatal: B's result will tell. A starts anyway.
+        problems.push(format!("B: {e:#} (started A anyway)"));
+    }
+    let a = peer_args(Peer::A, transport, extra);
+    match lab.spawn("peer A", &lab.host_ns(1), &dcutr.to_string_lossy(), &a) {
+        Ok(p) => {
+            procs.push(p);
+            Started::Both
+        }
+        Err(e) => {
+            problems.push(format!("peer A: {e:#}"));
+            Started::Failed
+        }
+    }
 }
 
 #[cfg(test)]

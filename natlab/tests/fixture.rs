@@ -70,6 +70,24 @@ impl Drop for Proc {
     }
 }
 
+/// `lab-dcutr peer` on loopback through the relay at `relay`, then `extra`.
+fn peer(relay: &str, transport: &str, extra: &[&str]) -> Proc {
+    let flag = format!("--{transport}");
+    let common = [
+        "peer",
+        "--relay",
+        relay,
+        "--bind",
+        "127.0.0.1",
+        &flag,
+        "0",
+        "--json",
+        "--allow-loopback",
+        "--no-unilateral",
+    ];
+    Proc::spawn(&[&common[..], extra].concat())
+}
+
 /// B on `b_rt`, A on `a_rt`, through a relay that adds `delay_ms` each
 /// way: both results and exit codes.
 fn pair(transport: &str, b_rt: &str, a_rt: &str, delay_ms: u64) -> [(Value, i32); 2] {
@@ -85,25 +103,12 @@ fn pair(transport: &str, b_rt: &str, a_rt: &str, delay_ms: u64) -> [(Value, i32)
     let listening = relay.wait_for("listening");
     assert_eq!(listening["delay_ms"], delay_ms, "{listening}");
     let addr = listening["addr"].as_str().unwrap().to_owned();
-    let code = "31-lab-fixture";
-    let flag = format!("--{transport}");
     let peer = |pairing: &str, runtime: &str| {
-        Proc::spawn(&[
-            "peer",
-            "--relay",
+        peer(
             &addr,
-            "--bind",
-            "127.0.0.1",
-            &flag,
-            "0",
-            "--json",
-            "--allow-loopback",
-            "--no-unilateral",
-            pairing,
-            code,
-            "--runtime",
-            runtime,
-        ])
+            transport,
+            &[pairing, "31-lab-fixture", "--runtime", runtime],
+        )
     };
     let mut b = peer("--code", b_rt);
     b.wait_for("registered");
@@ -149,21 +154,7 @@ fn the_relay_cut_ends_both_peers_cleanly_on_the_relay() {
         .as_str()
         .unwrap()
         .to_owned();
-    let peer = |pairing: &str| {
-        Proc::spawn(&[
-            "peer",
-            "--relay",
-            &addr,
-            "--bind",
-            "127.0.0.1",
-            "--tcp",
-            "0",
-            "--json",
-            "--allow-loopback",
-            pairing,
-            "32-lab-cut",
-        ])
-    };
+    let peer = |pairing: &str| peer(&addr, "tcp", &[pairing, "32-lab-cut"]);
     let mut b = peer("--code");
     b.wait_for("registered");
     let mut a = peer("--connect");
