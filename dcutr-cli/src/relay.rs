@@ -164,7 +164,8 @@ const BIND_TRIES: usize = 16;
 /// Relay settings.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// One-way delay added to every forwarded chunk (`dcutr demo --rtt-ms`, natlab's `lab-dcutr relay --delay-ms`).
+    /// One-way delay added to every forwarded chunk (`dcutr demo --rtt-ms`,
+    /// natlab's `lab-dcutr relay --delay-ms`).
     pub delay: Duration,
     /// See [`CONNECT_WAIT_TIMEOUT`].
     pub connect_wait: Duration,
@@ -964,7 +965,7 @@ async fn connect(
             initiator = %target,
             responder = %name,
             after_bytes = to_initiator + to_responder,
-            "cut the relayed stream (fault injection: --cut-after-bytes)"
+            "cut the relayed stream (fault injection: cut_after_bytes)"
         );
     }
     info!(initiator = %target, responder = %name, to_initiator, to_responder, "splice closed");
@@ -1074,7 +1075,7 @@ impl CutBudget {
 
 /// The error that ends a pump when the budget is spent.
 fn cut_error() -> io::Error {
-    io::Error::other("cut by --cut-after-bytes (fault injection)")
+    io::Error::other("cut by cut_after_bytes (fault injection)")
 }
 
 /// When a splice last read a byte, either way.
