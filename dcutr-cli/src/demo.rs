@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::relay::{self, RelayConfig, RelayListener};
 use crate::report::Reporter;
-use crate::{DemoArgs, PeerArgs, Runtime, peer};
+use crate::{DemoArgs, PeerArgs, peer};
 
 /// Runs the demo; exit code 0 when both transports upgraded.
 ///
@@ -31,24 +31,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let relay = tokio::spawn(relay::run(listener, config));
     println!(
         "dcutr demo: relay on {relay_addr} adding {} ms each way (relayed RTT ~{} ms); \
-         two peers on {:?} on loopback, which has no NAT (the NAT lab has real ones)\n",
+         two peers on loopback, which has no NAT (the NAT lab has real ones)\n",
         args.rtt_ms / 2,
         args.rtt_ms,
-        args.runtime
     );
     let mut summary = Vec::new();
     for transport in ["tcp", "quic"] {
         println!("== {} ==", transport.to_uppercase());
         // The pairing code B would print and A would type.
         let code = crate::pairing::Code::generate()?;
-        let b = peer_args(
-            relay_addr,
-            transport,
-            Some(code.clone()),
-            None,
-            args.runtime,
-        );
-        let a = peer_args(relay_addr, transport, None, Some(code), args.runtime);
+        let b = peer_args(relay_addr, transport, Some(code.clone()), None);
+        let a = peer_args(relay_addr, transport, None, Some(code));
         let b = tokio::spawn(peer::session(b, Reporter::prefixed("  B | ")));
         // B registers first; A asks for it (the relay waits for B if needed).
         let a = peer::session(a, Reporter::prefixed("  A | ")).await;
@@ -100,7 +93,6 @@ fn peer_args(
     transport: &str,
     code: Option<crate::pairing::Code>,
     connect: Option<crate::pairing::Code>,
-    runtime: Runtime,
 ) -> PeerArgs {
     let (tcp, quic) = match transport {
         "tcp" => (Some(0), None),
@@ -110,7 +102,6 @@ fn peer_args(
         relay,
         code,
         connect,
-        name: None,
         tcp,
         quic,
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -118,6 +109,5 @@ fn peer_args(
         allow_private: false,
         allow_loopback: true,
         no_unilateral: true,
-        runtime,
     }
 }

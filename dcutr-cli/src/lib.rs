@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 pub mod demo;
 pub mod libp2p;
@@ -26,7 +26,8 @@ pub mod relay;
 pub mod rendezvous;
 pub mod report;
 
-/// Largest `--delay-ms` (see [`relay::MAX_DELAY`]).
+/// Largest one-way relay delay in milliseconds (see [`relay::MAX_DELAY`]);
+/// `dcutr demo --rtt-ms` takes twice this.
 pub const MAX_DELAY_MS: u64 = relay::MAX_DELAY.as_millis() as u64;
 
 /// `dcutr`: hole punching with libp2p DCUtR over a small rendezvous relay.
@@ -83,9 +84,6 @@ pub struct DemoArgs {
     #[arg(long, value_name = "MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(0..=2 * MAX_DELAY_MS))]
     pub rtt_ms: u64,
-    /// Async runtime of both peers.
-    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
-    pub runtime: Runtime,
 }
 
 /// Arguments of `dcutr relay`.
@@ -96,32 +94,9 @@ pub struct RelayArgs {
     /// the one peers use, so UDP answers leave from it.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Hold every forwarded chunk this many milliseconds (one way), so the
-    /// relayed round trip grows by about twice this.
-    #[arg(long, value_name = "N", default_value_t = 0,
-          value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
-    pub delay_ms: u64,
     /// One JSON object per line on stdout (each with an "event" key).
     #[arg(long)]
     pub json: bool,
-    /// FAULT INJECTION, for labs and tests only: close both connections of
-    /// every relayed stream once N bytes were forwarded on it (both
-    /// directions together), as a relay failing mid-protocol would. 0 closes
-    /// them right after `paired`.
-    #[arg(long, value_name = "N")]
-    pub cut_after_bytes: Option<u64>,
-}
-
-/// The async runtime `dcutr peer` runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Runtime {
-    /// tokio, through `dcutr-tokio`.
-    Tokio,
-    /// smol, through `dcutr-async-std` (the recommended async-io runtime).
-    Smol,
-    /// async-std, through `dcutr-async-std` (async-std is discontinued
-    /// upstream; prefer smol).
-    AsyncStd,
 }
 
 /// Arguments of `dcutr peer`.
@@ -139,12 +114,6 @@ pub struct PeerArgs {
     /// Pair with the peer that waits with this code (we become DCUtR's A).
     #[arg(long, value_name = "CODE", value_parser = parse_code)]
     pub connect: Option<pairing::Code>,
-    /// DEPRECATED, kept for one release: the name of the old interface.
-    /// Waiting (without --connect) it is the code; with --connect it is
-    /// ignored. A name has no secret part, so the relay could guess it:
-    /// use --code or a generated code.
-    #[arg(long, hide = true, value_parser = parse_name)]
-    pub name: Option<String>,
     /// Hole-punch over TCP from this local port (also the port of our
     /// control connection to the relay, so the relay observes its mapping).
     #[arg(long, value_name = "PORT")]
@@ -169,19 +138,77 @@ pub struct PeerArgs {
     /// straight to hole punching.
     #[arg(long)]
     pub no_unilateral: bool,
-    /// Async runtime to run on.
-    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
-    pub runtime: Runtime,
 }
 
 fn parse_code(code: &str) -> Result<pairing::Code, String> {
     pairing::Code::parse(code)
 }
 
-fn parse_name(name: &str) -> Result<String, String> {
-    rendezvous::validate_name(name)?;
-    Ok(name.to_owned())
+/// Runs `dcutr relay` with `config` (its `events` are set here): prints
+/// the `listening` line, then every relay event, until the relay fails.
+/// `config` is the default for `dcutr relay`; the NAT lab's fixture adds
+/// a delay and a cut to it.
+///
+/// # Errors
+/// When the listen address cannot be bound, or the relay fails.
+pub async fn run_relay(
+    args: &RelayArgs,
+    mut config: relay::RelayConfig,
+) -> anyhow::Result<std::process::ExitCode> {
+    let reporter = report::Reporter::new(args.json);
+    let listener = relay::RelayListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let (events, mut received) = tokio::sync::mpsc::channel(RELAY_EVENT_QUEUE);
+    config.events = Some(events);
+    reporter.listening(addr, config.delay.as_millis() as u64);
+    tokio::spawn(async move {
+        while let Some(event) = received.recv().await {
+            reporter.relay_event(&event);
+        }
+    });
+    relay::run(listener, config).await?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
+
+/// Log filter when `RUST_LOG` is not set: our own progress at info, other
+/// crates' warnings only.
+pub const DEFAULT_LOG_FILTER: &str = "warn,dcutr_cli=info,dcutr=info";
+
+/// Logs to stderr (never stdout, which holds the output lines), filtered by
+/// `RUST_LOG` or [`DEFAULT_LOG_FILTER`].
+pub fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Runs a command on a multi-threaded tokio runtime; an error is reported
+/// (also as an `error` line with `json`) and exits with
+/// [`report::EXIT_ERROR`].
+pub fn block_on_reporting(
+    json: bool,
+    command: impl std::future::Future<Output = anyhow::Result<std::process::ExitCode>>,
+) -> std::process::ExitCode {
+    let reporter = report::Reporter::new(json);
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::Error::from(e).context("starting the tokio runtime"))
+        .and_then(|runtime| runtime.block_on(command));
+    outcome.unwrap_or_else(|e| {
+        reporter.error(&e);
+        std::process::ExitCode::from(report::EXIT_ERROR)
+    })
+}
+
+/// Relay events queued for printing; beyond this (a flood of connections)
+/// events are dropped rather than buffered without bound.
+pub const RELAY_EVENT_QUEUE: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -219,121 +246,62 @@ mod tests {
             args.connect.map(|c| c.to_string()).as_deref(),
             Some("1234-abcd-efgh")
         );
-        assert!(args.code.is_none() && args.name.is_none());
+        assert!(args.code.is_none());
         assert_eq!((args.tcp, args.quic), (Some(5000), Some(5001)));
         assert_eq!(args.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(args.runtime, Runtime::Tokio);
         assert!(!args.json && !args.allow_private && !args.allow_loopback);
     }
 
     #[test]
-    fn the_old_name_interface_still_parses() {
-        // natlab's invocation until it moves to codes.
-        let Command::Peer(b) = parse(&[
+    fn waiting_and_connecting_at_once_is_refused() {
+        let both = [
             "peer",
             "--relay",
             "127.0.0.1:1",
-            "--name",
-            "b",
-            "--tcp",
-            "1",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not peer")
-        };
-        assert_eq!(b.name.as_deref(), Some("b"));
-        let a = parse(&[
-            "peer",
-            "--relay",
-            "127.0.0.1:1",
-            "--name",
-            "a",
+            "--code",
+            "1-x",
             "--connect",
-            "b",
+            "1-x",
             "--tcp",
             "1",
-        ]);
-        assert!(a.is_ok());
-        assert!(
-            parse(&[
-                "peer",
-                "--relay",
-                "127.0.0.1:1",
-                "--code",
-                "1-x",
-                "--connect",
-                "1-x",
-                "--tcp",
-                "1"
-            ])
-            .is_err(),
-            "waiting and connecting at once"
-        );
+        ];
+        assert!(parse(&both).is_err());
     }
 
     #[test]
-    fn bad_names_codes_and_delays_are_refused() {
-        assert!(
-            parse(&[
-                "peer",
-                "--relay",
-                "127.0.0.1:1",
-                "--name",
-                "a b",
-                "--tcp",
-                "1"
-            ])
-            .is_err()
-        );
-        assert!(
-            parse(&[
-                "peer",
-                "--relay",
-                "127.0.0.1:1",
-                "--code",
-                "a b",
-                "--tcp",
-                "1"
-            ])
-            .is_err()
-        );
-        assert!(parse(&["relay", "--listen", "127.0.0.1:0", "--delay-ms", "50"]).is_ok());
-        assert!(parse(&["relay", "--listen", "127.0.0.1:0", "--delay-ms", "60001"]).is_err());
+    fn bad_codes_and_demo_delays_are_refused() {
+        let bad = [
+            "peer",
+            "--relay",
+            "127.0.0.1:1",
+            "--code",
+            "a b",
+            "--tcp",
+            "1",
+        ];
+        assert!(parse(&bad).is_err());
+        assert!(parse(&["demo", "--rtt-ms", "100"]).is_ok());
+        let too_long = (2 * MAX_DELAY_MS + 1).to_string();
+        assert!(parse(&["demo", "--rtt-ms", &too_long]).is_err());
     }
 
     #[test]
-    fn the_relay_cut_is_off_unless_asked_for() {
-        let Command::Relay(args) = parse(&["relay", "--listen", "127.0.0.1:0"])
-            .unwrap()
-            .command
-        else {
-            panic!("not relay")
-        };
-        assert_eq!(args.cut_after_bytes, None);
-        let Command::Relay(args) = parse(&[
-            "relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--cut-after-bytes",
-            "93",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("not relay")
-        };
-        assert_eq!(args.cut_after_bytes, Some(93));
-        assert!(
-            parse(&[
-                "relay",
-                "--listen",
-                "127.0.0.1:0",
-                "--cut-after-bytes",
-                "-1"
-            ])
-            .is_err()
-        );
+    fn lab_fixtures_are_not_user_options() {
+        // The NAT lab's knobs live in its own binary (natlab's lab-dcutr).
+        let relay = ["relay", "--listen", "127.0.0.1:0"];
+        for extra in [["--delay-ms", "50"], ["--cut-after-bytes", "93"]] {
+            assert!(
+                parse(&[&relay[..], &extra[..]].concat()).is_err(),
+                "{extra:?}"
+            );
+        }
+        let peer = ["peer", "--relay", "127.0.0.1:1", "--tcp", "1"];
+        for extra in [["--runtime", "smol"], ["--name", "b"]] {
+            assert!(
+                parse(&[&peer[..], &extra[..]].concat()).is_err(),
+                "{extra:?}"
+            );
+        }
+        assert!(parse(&["demo", "--runtime", "smol"]).is_err());
     }
 }

@@ -74,43 +74,6 @@ impl UdpIo for TokioUdp {
     }
 }
 
-/// An async-io UDP socket (smol, async-std) for
-/// [`dcutr_driver::stun::discover`], with
-/// [`dcutr_async_std::AsyncIoRuntime`] as the clock.
-#[derive(Debug)]
-pub struct AsyncIoUdp(pub async_io::Async<std::net::UdpSocket>);
-
-impl UdpIo for AsyncIoUdp {
-    fn poll_send_to(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-        target: SocketAddr,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            match self.0.get_ref().send_to(buf, target) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
-            }
-            std::task::ready!(self.0.poll_writable(cx))?;
-        }
-    }
-
-    fn poll_recv_from(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<(usize, SocketAddr)>> {
-        loop {
-            match self.0.get_ref().recv_from(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
-            }
-            std::task::ready!(self.0.poll_readable(cx))?;
-        }
-    }
-}
-
 /// Runs a discovery on a clone of `socket` (a non-blocking std socket,
 /// such as the one a QUIC endpoint will take over afterwards, so that the
 /// mapping observed is the punch socket's own), on tokio.

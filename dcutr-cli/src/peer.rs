@@ -11,12 +11,11 @@ use anyhow::Context;
 use dcutr_driver::{DirectConnection, Report};
 use dcutr_tokio::{AddressPolicy, Candidate, Config, Event, Role, Side, Transport, UpgradeFailure};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
-use serde_json::json;
 
+use crate::PeerArgs;
 use crate::pairing;
 use crate::rendezvous::{self, PairedSide};
-use crate::report::{self, PeerResult, Reporter};
-use crate::{PeerArgs, Runtime};
+use crate::report::{Line, PeerResult, Progress, Reporter};
 
 /// How many fresh codes B draws when the relay says a nameplate is taken.
 pub const CODE_TRIES: usize = 5;
@@ -84,16 +83,33 @@ const RELAY_PONG: &[u8] = b"dcutr relay pong\n";
 /// Anything that is not a clean upgrade failure: bad arguments, the relay
 /// unreachable, local sockets that cannot be bound.
 pub async fn run(args: PeerArgs) -> anyhow::Result<ExitCode> {
+    run_on(args, upgrade_on_tokio).await
+}
+
+/// [`run`] with the upgrade and its proof run by `upgrade` (dcutr's own is
+/// on tokio; the NAT lab's fixture runs them on smol or async-std too).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_on<U, F>(args: PeerArgs, upgrade: U) -> anyhow::Result<ExitCode>
+where
+    U: FnOnce(Plan, RelayedStream) -> F,
+    F: Future<Output = anyhow::Result<Finished>>,
+{
     let reporter = Reporter::new(args.json);
-    let result = session(args, reporter).await?;
+    let result = session_on(args, reporter, upgrade).await?;
     reporter.result(&result);
     Ok(result.exit_code())
 }
 
+/// The relayed stream as the rendezvous hands it over: tokio's, with the
+/// bytes that already arrived behind the `paired` line in its buffer.
+pub type RelayedStream = tokio::io::BufReader<tokio::net::TcpStream>;
+
 /// What the upgrade needs besides the relayed stream, runtime-neutral:
 /// the punch sockets are plain std sockets until the chosen runtime takes
-/// them.
-struct Plan {
+/// them ([`Plan::options`]).
+pub struct Plan {
     side: Side,
     config: Config,
     local_addrs: Vec<Candidate>,
@@ -107,8 +123,11 @@ struct Plan {
     reporter: Reporter,
 }
 
-/// How the upgrade and its proof ended.
-enum Finished {
+/// How the upgrade and its proof ended ([`conclude`] makes it).
+pub struct Finished(Done);
+
+enum Done {
+    /// A direct connection carried the proof's data.
     Upgraded {
         transport: Transport,
         role: Role,
@@ -116,6 +135,8 @@ enum Finished {
         report: Report,
         direct_rtt: Duration,
     },
+    /// The upgrade failed cleanly; `relay_usable` if the relayed stream
+    /// still carried a round trip.
     Failed {
         reason: UpgradeFailure,
         report: Report,
@@ -136,6 +157,22 @@ enum Finished {
 /// # Errors
 /// As [`run`].
 pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerResult> {
+    session_on(args, reporter, upgrade_on_tokio).await
+}
+
+/// [`session`] with the upgrade run by `upgrade` (see [`run_on`]).
+///
+/// # Errors
+/// As [`run`].
+pub async fn session_on<U, F>(
+    args: PeerArgs,
+    reporter: Reporter,
+    upgrade: U,
+) -> anyhow::Result<PeerResult>
+where
+    U: FnOnce(Plan, RelayedStream) -> F,
+    F: Future<Output = anyhow::Result<Finished>>,
+{
     let tcp = match args.tcp {
         Some(port) => {
             let addr = SocketAddr::new(args.bind, port);
@@ -152,15 +189,7 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         .transpose()?;
     // B waits under the code's relay name; A takes a random one and asks
     // for B's. The relay never sees a code.
-    let given = args
-        .connect
-        .clone()
-        .or_else(|| args.code.clone())
-        .or_else(|| {
-            args.name
-                .as_deref()
-                .and_then(|n| pairing::Code::parse(n).ok())
-        });
+    let given = args.connect.clone().or_else(|| args.code.clone());
     let generated = given.is_none();
     let (code, mut registration) = if args.connect.is_some() {
         let code = given.expect("connect gives the code");
@@ -174,8 +203,9 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
     };
     if generated {
         reporter.event(
-            "code",
-            json!({ "code": code.to_string() }),
+            &Line::Code {
+                code: code.to_string(),
+            },
             format_args!("pairing code: {code}  (the peer runs: dcutr peer --connect {code} ...)"),
         );
     }
@@ -229,9 +259,14 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         PairedSide::Responder => Side::Responder,
     };
     let tried = if args.tcp.is_some() {
-        report::Transport::Tcp
+        Transport::Tcp
     } else {
-        report::Transport::Quic
+        Transport::Quic
+    };
+    // A is the client of the direct connection, B the server.
+    let our_role = match side {
+        Side::Initiator => Role::Server,
+        Side::Responder => Role::Client,
     };
     // The PAKE over the relayed stream: the code authenticates each side's
     // certificate fingerprint, which the upgrade then pins.
@@ -246,18 +281,12 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
     {
         Ok(fp) => fp,
         Err(error) => {
-            reporter.event(
-                "pairing_failed",
-                json!({ "reason": error.to_string() }),
-                format_args!("{error}"),
-            );
+            let reason = error.to_string();
+            reporter.event(&Line::PairingFailed { reason }, format_args!("{error}"));
             return Ok(PeerResult {
                 ok: false,
                 transport: tried,
-                role: match side {
-                    Side::Initiator => report::Role::Server,
-                    Side::Responder => report::Role::Client,
-                },
+                role: our_role,
                 remote: None,
                 attempts: 0,
                 unilateral: false,
@@ -270,8 +299,9 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         }
     };
     reporter.event(
-        "authenticated",
-        json!({ "peer_fingerprint": hex(&peer_fingerprint) }),
+        &Line::Authenticated {
+            peer_fingerprint: hex(&peer_fingerprint),
+        },
         format_args!(
             "the code checks out: the peer's certificate is {}",
             hex(&peer_fingerprint[..8])
@@ -299,20 +329,10 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
         reporter,
     };
 
-    let finished = match args.runtime {
-        Runtime::Tokio => upgrade_on_tokio(plan, paired.stream).await?,
-        rt @ (Runtime::Smol | Runtime::AsyncStd) => {
-            // The relayed stream moves to the other runtime with the bytes
-            // that already arrived behind the `paired` line.
-            let buffered = paired.stream.buffer().to_vec();
-            let stream = paired.stream.into_inner().into_std()?;
-            tokio::task::spawn_blocking(move || upgrade_on_async_io(rt, plan, stream, buffered))
-                .await??
-        }
-    };
+    let Finished(finished) = upgrade(plan, paired.stream).await?;
 
     Ok(match finished {
-        Finished::Upgraded {
+        Done::Upgraded {
             transport,
             role,
             remote,
@@ -320,8 +340,7 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
             direct_rtt,
         } => {
             reporter.event(
-                "direct_rtt",
-                json!({ "ms": ms(direct_rtt) }),
+                &Line::DirectRtt { ms: ms(direct_rtt) },
                 format_args!(
                     "direct path proven: {DIRECT_PINGS} round trips each way, median {:.2} ms",
                     ms(direct_rtt)
@@ -329,8 +348,8 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
             );
             PeerResult {
                 ok: true,
-                transport: wire_transport(transport),
-                role: wire_role(role),
+                transport,
+                role,
                 remote: Some(remote),
                 attempts: report.attempts() as u32,
                 unilateral: report.unilateral(),
@@ -341,21 +360,20 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
                 reason: None,
             }
         }
-        Finished::ProofFailed {
+        Done::ProofFailed {
             transport,
             role,
             report,
             error,
         } => {
             reporter.event(
-                "proof_failed",
-                json!({ "reason": error }),
+                &Line::ProofFailed { reason: &error },
                 format_args!("the direct connection did not carry data: {error}"),
             );
             PeerResult {
                 ok: false,
-                transport: wire_transport(transport),
-                role: wire_role(role),
+                transport,
+                role,
                 remote: None,
                 attempts: report.attempts() as u32,
                 unilateral: report.unilateral(),
@@ -368,14 +386,15 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
                 )),
             }
         }
-        Finished::Failed {
+        Done::Failed {
             reason,
             report,
             relay_usable,
         } => {
             reporter.event(
-                "relay",
-                json!({ "usable": relay_usable }),
+                &Line::Relay {
+                    usable: relay_usable,
+                },
                 format_args!(
                     "staying on the relay; relayed stream {}",
                     if relay_usable {
@@ -388,10 +407,7 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
             PeerResult {
                 ok: false,
                 transport: tried,
-                role: match side {
-                    Side::Initiator => report::Role::Server,
-                    Side::Responder => report::Role::Client,
-                },
+                role: our_role,
                 remote: None,
                 attempts: report.attempts() as u32,
                 unilateral: false,
@@ -406,10 +422,25 @@ pub async fn session(args: PeerArgs, reporter: Reporter) -> anyhow::Result<PeerR
 }
 
 impl Plan {
+    /// Our side of the relayed stream.
+    #[must_use]
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Where progress goes.
+    #[must_use]
+    pub fn reporter(&self) -> Reporter {
+        self.reporter
+    }
+
     /// The upgrade's options for any adapter: `listener` hands the punch
     /// listener to the runtime, `quic` builds the endpoint on it. Also
-    /// returns a handle on the endpoint, to drain it at the end.
-    fn options<L>(
+    /// returns a handle on the endpoint, for [`conclude`] to drain.
+    ///
+    /// # Errors
+    /// When `listener` or `quic` fails.
+    pub fn options<L>(
         self,
         listener: impl FnOnce(std::net::TcpListener) -> std::io::Result<L>,
         quic: impl FnOnce(std::net::UdpSocket) -> std::io::Result<dcutr_driver::QuicSocket>,
@@ -435,11 +466,11 @@ impl Plan {
     }
 }
 
-/// The upgrade and its proof on tokio.
-async fn upgrade_on_tokio(
-    plan: Plan,
-    relay: tokio::io::BufReader<tokio::net::TcpStream>,
-) -> anyhow::Result<Finished> {
+/// The upgrade and its proof on tokio (what `dcutr peer` runs).
+///
+/// # Errors
+/// When the sockets cannot join tokio, or the upgrade could not run.
+pub async fn upgrade_on_tokio(plan: Plan, relay: RelayedStream) -> anyhow::Result<Finished> {
     use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
     let (reporter, side) = (plan.reporter, plan.side);
     let (options, endpoint) = plan.options(tokio::net::TcpListener::from_std, |udp| {
@@ -465,45 +496,12 @@ async fn upgrade_on_tokio(
     conclude(result, endpoint, reporter, side).await
 }
 
-/// The upgrade and its proof on smol or async-std (blocking: runs on a
-/// thread of its own).
-fn upgrade_on_async_io(
-    rt: Runtime,
-    plan: Plan,
-    relay: std::net::TcpStream,
-    buffered: Vec<u8>,
-) -> anyhow::Result<Finished> {
-    let run = async move {
-        let (reporter, side) = (plan.reporter, plan.side);
-        let relay = Prefixed::new(buffered, async_net::TcpStream::try_from(relay)?);
-        let (options, endpoint) = plan.options(async_io::Async::new, |udp| match rt {
-            Runtime::AsyncStd => dcutr_async_std::quic_socket_async_std(udp),
-            _ => dcutr_async_std::quic_socket_smol(udp),
-        })?;
-        let result = dcutr_async_std::upgrade(relay, options).await.map(|up| {
-            up.map(
-                |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                    tcp
-                },
-                |tls| {
-                    let _ = tls.get_ref().0.set_nodelay(true);
-                    tls
-                },
-                |relay| relay,
-            )
-        });
-        conclude(result, endpoint, reporter, side).await
-    };
-    match rt {
-        Runtime::AsyncStd => async_std::task::block_on(run),
-        _ => smol::block_on(run),
-    }
-}
-
 /// After the upgrade, on any runtime: prove the direct path, or check
 /// that the relayed stream still works.
-async fn conclude<T, S>(
+///
+/// # Errors
+/// When the upgrade could not run at all (not a clean failure).
+pub async fn conclude<T, S>(
     result: Result<dcutr_driver::Upgraded<T, S>, dcutr_driver::UpgradeError<S>>,
     endpoint: Option<quinn::Endpoint>,
     reporter: Reporter,
@@ -518,21 +516,21 @@ where
             print_timeline(reporter, &up.report);
             let proof = prove_direct(up.connection, up.role).await;
             drain(endpoint).await;
-            Ok(match proof {
-                Ok(direct_rtt) => Finished::Upgraded {
+            Ok(Finished(match proof {
+                Ok(direct_rtt) => Done::Upgraded {
                     transport: up.transport,
                     role: up.role,
                     remote: up.remote,
                     report: up.report,
                     direct_rtt,
                 },
-                Err(error) => Finished::ProofFailed {
+                Err(error) => Done::ProofFailed {
                     transport: up.transport,
                     role: up.role,
                     report: up.report,
                     error: format!("{error:#}"),
                 },
-            })
+            }))
         }
         Err(error) => {
             print_timeline(reporter, &error.report);
@@ -557,11 +555,11 @@ where
         Some(relay) => prove_relay(relay, side).await,
         None => false,
     };
-    Ok(Finished::Failed {
+    Ok(Finished(Done::Failed {
         reason,
         report,
         relay_usable,
-    })
+    }))
 }
 
 /// Lets quinn send its close frames before the runtime stops; otherwise
@@ -572,11 +570,12 @@ async fn drain(endpoint: Option<quinn::Endpoint>) {
     }
 }
 
-/// `fut`, or `None` after `limit`. Uses async-io's timer, which works on
-/// every runtime (it has its own reactor thread).
-async fn with_timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+/// `fut`, or `None` after `limit`. Uses futures-timer, which works on
+/// every runtime (it has a timer thread of its own): [`conclude`] runs on
+/// the NAT lab's other runtimes too.
+async fn with_timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     use futures_util::future::{Either, select};
-    match select(std::pin::pin!(fut), async_io::Timer::after(limit)).await {
+    match select(std::pin::pin!(fut), futures_timer::Delay::new(limit)).await {
         Either::Left((out, _)) => Some(out),
         Either::Right(_) => None,
     }
@@ -593,143 +592,67 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn wire_transport(t: Transport) -> report::Transport {
-    match t {
-        Transport::Tcp => report::Transport::Tcp,
-        Transport::Quic => report::Transport::Quic,
-    }
-}
-
-fn wire_role(r: Role) -> report::Role {
-    match r {
-        Role::Client => report::Role::Client,
-        Role::Server => report::Role::Server,
-    }
-}
-
-/// One progress line per step of the protocol, as it happens.
+/// One progress line per step of the protocol, as it happens: the
+/// core's event in its own JSON, or a line of text.
 fn progress(reporter: Reporter, event: &Event, at: Duration) {
     let t = ms(at);
-    let (name, fields, text) = match event {
-        Event::UnilateralStarted { dials } => (
-            "unilateral",
-            json!({ "t_ms": t, "dials": dials }),
-            format!("t={t:8.1} ms  dialling the peer's public address directly ({dials} dials)"),
-        ),
-        Event::UnilateralFailed => (
-            "unilateral_failed",
-            json!({ "t_ms": t }),
-            format!("t={t:8.1} ms  direct dial failed; hole punching"),
-        ),
-        Event::AttemptStarted { attempt } => (
-            "attempt",
-            json!({ "t_ms": t, "attempt": attempt }),
-            format!("t={t:8.1} ms  attempt {attempt}"),
-        ),
+    let text = match event {
+        Event::UnilateralStarted { dials } => {
+            format!("dialling the peer's public address directly ({dials} dials)")
+        }
+        Event::UnilateralFailed => "direct dial failed; hole punching".to_owned(),
+        Event::AttemptStarted { attempt } => format!("attempt {attempt}"),
         Event::RemoteAddrs {
             accepted, rejected, ..
         } => {
             let list: Vec<String> = accepted.iter().map(ToString::to_string).collect();
-            (
-                "peer_addrs",
-                json!({ "t_ms": t, "accepted": list, "rejected": rejected.total() }),
-                format!(
-                    "t={t:8.1} ms  peer's addresses: {} ({} dropped)",
-                    if list.is_empty() {
-                        "none usable".to_owned()
-                    } else {
-                        list.join(" ")
-                    },
-                    rejected.total()
-                ),
+            format!(
+                "peer's addresses: {} ({} dropped)",
+                if list.is_empty() {
+                    "none usable".to_owned()
+                } else {
+                    list.join(" ")
+                },
+                rejected.total()
             )
         }
-        Event::RttMeasured { rtt, .. } => (
-            "rtt",
-            json!({ "t_ms": t, "rtt_ms": ms(*rtt) }),
-            format!("t={t:8.1} ms  relayed RTT {:.1} ms", ms(*rtt)),
-        ),
-        Event::SyncSent { punch_at, .. } => {
-            let _ = punch_at;
-            (
-                "sync",
-                json!({ "t_ms": t }),
-                format!("t={t:8.1} ms  Sync sent; punching in RTT/2"),
-            )
-        }
-        Event::SyncReceived { .. } => (
-            "sync",
-            json!({ "t_ms": t }),
-            format!("t={t:8.1} ms  Sync received; punching now"),
-        ),
+        Event::RttMeasured { rtt, .. } => format!("relayed RTT {:.1} ms", ms(*rtt)),
+        Event::SyncSent { .. } => "Sync sent; punching in RTT/2".to_owned(),
+        Event::SyncReceived { .. } => "Sync received; punching now".to_owned(),
         Event::Punch {
             dials,
             spray_targets,
             ..
-        } => (
-            "punch",
-            json!({ "t_ms": t, "dials": dials, "spray_targets": spray_targets }),
-            format!("t={t:8.1} ms  punch: {dials} dials, spraying {spray_targets} addresses"),
+        } => format!("punch: {dials} dials, spraying {spray_targets} addresses"),
+        Event::DialFailed { to, error, .. } => format!("dial to {to} failed: {error}"),
+        Event::DirectRejected { remote, reason, .. } => {
+            format!("refused a direct connection from {remote}: {reason:?}")
+        }
+        Event::AttemptFailed { attempt, reason } => format!("attempt {attempt} failed: {reason}"),
+        Event::Upgraded(up) => format!(
+            "UPGRADED: direct {} connection to {} as {}",
+            up.transport, up.remote, up.role
         ),
-        Event::DialFailed { to, error, .. } => (
-            "dial_failed",
-            json!({ "t_ms": t, "to": to.to_string(), "error": error.to_string() }),
-            format!("t={t:8.1} ms  dial to {to} failed: {error}"),
-        ),
-        Event::DirectRejected { remote, reason, .. } => (
-            "rejected",
-            json!({ "t_ms": t, "remote": remote.to_string(), "reason": format!("{reason:?}") }),
-            format!("t={t:8.1} ms  refused a direct connection from {remote}: {reason:?}"),
-        ),
-        Event::AttemptFailed { attempt, reason } => (
-            "attempt_failed",
-            json!({ "t_ms": t, "attempt": attempt, "reason": reason.to_string() }),
-            format!("t={t:8.1} ms  attempt {attempt} failed: {reason}"),
-        ),
-        Event::Upgraded(up) => (
-            "upgraded",
-            json!({ "t_ms": t, "transport": up.transport.to_string(),
-                    "remote": up.remote.to_string(), "role": up.role.to_string() }),
-            format!(
-                "t={t:8.1} ms  UPGRADED: direct {} connection to {} as {}",
-                up.transport, up.remote, up.role
-            ),
-        ),
-        Event::Failed(failure) => (
-            "failed",
-            json!({ "t_ms": t, "reason": failure.to_string() }),
-            format!("t={t:8.1} ms  upgrade failed: {failure}"),
-        ),
+        Event::Failed(failure) => format!("upgrade failed: {failure}"),
         _ => return,
     };
-    reporter.event(name, fields, text);
+    reporter.event(
+        &Progress { event, t_ms: t },
+        format_args!("t={t:8.1} ms  {text}"),
+    );
 }
 
 /// The timeline in a few lines, once the outcome is known.
 fn print_timeline(reporter: Reporter, report: &Report) {
-    let dials: Vec<serde_json::Value> = report
-        .timeline
-        .dials
-        .iter()
-        .map(|d| {
-            json!({
-                "to": d.to.to_string(),
-                "attempt": d.attempt,
-                "at_ms": ms(report.offset(d.started)),
-                "result": d.result.map(|r| format!("{r:?}")),
-            })
-        })
-        .collect();
-    let ttd = report.time_to_direct().map(ms);
+    let line = Line::Timeline {
+        attempts: report.attempts(),
+        rtt_ms: report.rtt().map(ms),
+        time_to_direct_ms: report.time_to_direct().map(ms),
+        total_ms: report.total().map(ms),
+        timeline: &report.timeline,
+    };
     reporter.event(
-        "timeline",
-        json!({
-            "attempts": report.attempts(),
-            "rtt_ms": report.rtt().map(ms),
-            "time_to_direct_ms": ttd,
-            "total_ms": report.total().map(ms),
-            "dials": dials,
-        }),
+        &line,
         format_args!(
             "timeline: {} attempt(s), relayed RTT {}, time to direct {}, total {}",
             report.attempts(),
@@ -870,63 +793,4 @@ where
         }
     };
     matches!(with_timeout(PROOF_TIMEOUT, run).await, Some(Ok(true)))
-}
-
-/// A stream whose first bytes were already read into a buffer elsewhere
-/// (behind the rendezvous `paired` line): serves them first.
-struct Prefixed<S> {
-    prefix: Vec<u8>,
-    offset: usize,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Prefixed {
-            prefix,
-            offset: 0,
-            inner,
-        }
-    }
-}
-
-impl<S: futures_io::AsyncRead + Unpin> futures_io::AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut [u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        if this.offset < this.prefix.len() {
-            let n = buf.len().min(this.prefix.len() - this.offset);
-            buf[..n].copy_from_slice(&this.prefix[this.offset..this.offset + n]);
-            this.offset += n;
-            return std::task::Poll::Ready(Ok(n));
-        }
-        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: futures_io::AsyncWrite + Unpin> futures_io::AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_close(cx)
-    }
 }

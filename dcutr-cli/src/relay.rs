@@ -33,7 +33,7 @@
 //!   [`UDP_ANSWERS_PER_SECOND`] in all, and never with more bytes than
 //!   the datagram it answers: it cannot be used as a reflector.
 //! - Fault injection for labs and tests ([`RelayConfig::cut_after_bytes`],
-//!   `dcutr relay --cut-after-bytes N`): both directions of a splice draw
+//!   natlab's `lab-dcutr relay --cut-after-bytes N`): both directions of a splice draw
 //!   from one byte budget; the write that spends its last byte is followed
 //!   by a FIN, and the splice is dropped, closing both connections, as a
 //!   relay that fails mid-protocol would.
@@ -135,7 +135,7 @@ pub const SPLICE_MAX_BUFFERED_BYTES: usize = 2 * (SPLICE_QUEUE_CHUNKS + 2) * SPL
 /// in flight; then both connections are closed.
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
 
-/// Largest `--delay-ms` accepted: a minute one way is beyond any network
+/// Largest [`RelayConfig::delay`] accepted: a minute one way is beyond any network
 /// worth emulating, and bounds how long chunks sit in the queues.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
@@ -164,7 +164,8 @@ const BIND_TRIES: usize = 16;
 /// Relay settings.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// One-way delay added to every forwarded chunk (`--delay-ms`).
+    /// One-way delay added to every forwarded chunk (`dcutr demo --rtt-ms`,
+    /// natlab's `lab-dcutr relay --delay-ms`).
     pub delay: Duration,
     /// See [`CONNECT_WAIT_TIMEOUT`].
     pub connect_wait: Duration,
@@ -182,8 +183,9 @@ pub struct RelayConfig {
     pub splice_idle: Duration,
     /// Where to report [`RelayEvent`]s (dropped if the queue is full).
     pub events: Option<mpsc::Sender<RelayEvent>>,
-    /// **Fault injection, for labs and tests only** (`--cut-after-bytes`):
-    /// close both connections of every splice once this many bytes were
+    /// **Fault injection, for labs and tests only** (natlab's
+    /// `lab-dcutr relay --cut-after-bytes`; `dcutr relay` has no such
+    /// option): close both connections of every splice once this many bytes were
     /// forwarded, both directions together (a chunk that crosses the limit
     /// is forwarded up to it). `Some(0)` closes them as soon as they are
     /// paired. `None` (the default): never.
@@ -963,7 +965,7 @@ async fn connect(
             initiator = %target,
             responder = %name,
             after_bytes = to_initiator + to_responder,
-            "cut the relayed stream (fault injection: --cut-after-bytes)"
+            "cut the relayed stream (fault injection: cut_after_bytes)"
         );
     }
     info!(initiator = %target, responder = %name, to_initiator, to_responder, "splice closed");
@@ -1073,7 +1075,7 @@ impl CutBudget {
 
 /// The error that ends a pump when the budget is spent.
 fn cut_error() -> io::Error {
-    io::Error::other("cut by --cut-after-bytes (fault injection)")
+    io::Error::other("cut by cut_after_bytes (fault injection)")
 }
 
 /// When a splice last read a byte, either way.

@@ -4,6 +4,11 @@
 //! `natlab/src/contract.rs`). Logs go to stderr through `tracing`, never
 //! here.
 //!
+//! Every JSON line is a `serde::Serialize` value: [`Line`] for the peer's
+//! own steps, [`RelayEvent`] for the relay's, [`Progress`] for the core's
+//! events (their JSON is dcutr-core's, feature `serde`) and [`PeerResult`]
+//! for the last line.
+//!
 //! Every line is written and flushed at once, so a reader on a pipe sees
 //! progress (`registered`, waiting...) as it happens. Write errors (a closed
 //! stdout) are ignored: output must never crash the program.
@@ -13,11 +18,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use dcutr_core::record::Timeline;
+use dcutr_core::{Event, Role, Transport};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
 
 use crate::relay::RelayEvent;
-use crate::rendezvous::{Paired, Registration};
+use crate::rendezvous::{Paired, PairedSide, Registration};
 
 /// Exit code of `dcutr peer` when the upgrade failed cleanly (the contract's
 /// `1`); `0` is success.
@@ -36,30 +42,116 @@ pub struct Reporter {
     prefix: &'static str,
 }
 
-/// One JSON output line (without the newline): `{"event":NAME, ...fields}`.
-/// `fields` should be an object; anything else is put under `"value"`. A
-/// field named `event` in `fields` is dropped (the name wins).
-pub fn json_line(event: &str, fields: &Value) -> String {
-    let mut line = String::with_capacity(64);
-    line.push_str("{\"event\":");
-    line.push_str(&Value::from(event).to_string());
-    let mut push = |key: &str, value: &Value| {
-        line.push(',');
-        line.push_str(&Value::from(key).to_string());
-        line.push(':');
-        line.push_str(&value.to_string());
-    };
-    match fields {
-        Value::Object(map) => {
-            for (key, value) in map.iter().filter(|(k, _)| k.as_str() != "event") {
-                push(key, value);
-            }
-        }
-        Value::Null => {}
-        other => push("value", other),
-    }
-    line.push('}');
-    line
+/// A JSON line of the commands' own (the core's events are [`Progress`],
+/// the relay's [`RelayEvent`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Line<'a> {
+    /// The relay is ready.
+    Listening {
+        /// Where it listens, TCP and UDP.
+        addr: SocketAddr,
+        /// The one-way delay it adds to every chunk.
+        delay_ms: u64,
+        /// Always `true`: it listens on TCP.
+        tcp: bool,
+        /// Always `true`: it answers on UDP.
+        udp: bool,
+    },
+    /// B made a pairing code: give it to the peer.
+    Code {
+        /// The code.
+        code: String,
+    },
+    /// We are registered at the relay.
+    Registered {
+        /// Our name at the relay.
+        name: &'a str,
+        /// Our TCP address as the relay saw it.
+        observed_tcp: SocketAddr,
+        /// Our UDP address as the relay saw it (with `--quic`).
+        observed_udp: Option<SocketAddr>,
+        /// The relay name of the peer we ask for (A), or null (B waits).
+        connect: Option<&'a str>,
+    },
+    /// The relay paired us with the peer.
+    Paired {
+        /// The peer's name at the relay.
+        peer: &'a str,
+        /// Our side.
+        side: PairedSide,
+        /// The peer's addresses it believes public.
+        peer_public: &'a [String],
+        /// The peer's observed addresses.
+        peer_addrs: &'a [String],
+    },
+    /// The PAKE failed: a wrong code, or not a peer of ours.
+    PairingFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The PAKE proved the code: the peer's certificate is pinned.
+    Authenticated {
+        /// The peer's certificate fingerprint, hex.
+        peer_fingerprint: String,
+    },
+    /// The upgrade is over: its timeline.
+    Timeline {
+        /// Hole-punch attempts made.
+        attempts: usize,
+        /// Relayed RTT measured by the protocol.
+        rtt_ms: Option<f64>,
+        /// From B's Connect leaving to the direct connection.
+        time_to_direct_ms: Option<f64>,
+        /// From the start to the outcome.
+        total_ms: Option<f64>,
+        /// The core's record of the upgrade.
+        timeline: &'a Timeline,
+    },
+    /// The direct path carried the proof's round trips.
+    DirectRtt {
+        /// Their median round-trip time.
+        ms: f64,
+    },
+    /// The direct connection did not carry the proof's data.
+    ProofFailed {
+        /// Why.
+        reason: &'a str,
+    },
+    /// After a failed upgrade: whether the relayed stream still works.
+    Relay {
+        /// It carried a round trip.
+        usable: bool,
+    },
+    /// An error that ends the command.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One of the core's events as a JSON line: the core's own serialization
+/// (`{"event":"rtt_measured",...}`) and `t_ms`, when it happened since the
+/// upgrade started.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress<'a> {
+    /// The event.
+    #[serde(flatten)]
+    pub event: &'a Event,
+    /// Milliseconds since the upgrade started.
+    pub t_ms: f64,
+}
+
+/// One JSON output line (without the newline), or a `serialization_failed`
+/// error line if `value` cannot be serialized (it always can: our types
+/// have string keys only).
+pub fn json_line(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        serde_json::to_string(&Line::Error {
+            reason: format!("serialization failed: {e}"),
+        })
+        .unwrap_or_default()
+    })
 }
 
 impl Reporter {
@@ -81,11 +173,12 @@ impl Reporter {
         self.json
     }
 
-    /// Print one event: `{"event":name, ...fields}` with `--json`, else the
-    /// `human` text (nothing if it is empty).
-    pub fn event(&self, name: &str, fields: Value, human: impl Display) {
+    /// Print one event: `value` (whose JSON carries the `"event"` key
+    /// first) with `--json`, else the `human` text (nothing if it is
+    /// empty).
+    pub fn event(&self, value: &impl Serialize, human: impl Display) {
         if self.json {
-            print_line(&json_line(name, &fields));
+            print_line(&json_line(value));
         } else {
             let text = human.to_string();
             if !text.is_empty() {
@@ -94,27 +187,16 @@ impl Reporter {
         }
     }
 
-    /// Print a serializable event whose JSON form already carries the
-    /// `"event"` tag (like [`RelayEvent`]).
-    fn tagged(&self, value: &impl Serialize, human: impl Display) {
-        if self.json {
-            let fields = serde_json::to_value(value).unwrap_or(Value::Null);
-            let name = fields
-                .get("event")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_owned();
-            print_line(&json_line(&name, &fields));
-        } else {
-            print_line(&format!("{}{human}", self.prefix));
-        }
-    }
-
     /// The relay is ready: `{"event":"listening","addr":"IP:PORT"}`.
     pub fn listening(&self, addr: SocketAddr, delay_ms: u64) {
+        let line = Line::Listening {
+            addr,
+            delay_ms,
+            tcp: true,
+            udp: true,
+        };
         self.event(
-            "listening",
-            json!({ "addr": addr.to_string(), "delay_ms": delay_ms, "tcp": true, "udp": true }),
+            &line,
             format_args!(
                 "dcutr relay listening on {addr} (TCP and UDP{}). A rendezvous helper for \
                  demos and labs, not a libp2p circuit relay.",
@@ -158,7 +240,7 @@ impl Reporter {
             RelayEvent::Left { name } => format!("{name} left before being paired"),
             RelayEvent::Refused { peer, reason } => format!("refused {peer}: {reason}"),
         };
-        self.tagged(event, human);
+        self.event(event, human);
     }
 
     /// We are registered at the relay (the NAT lab starts peer A when B
@@ -179,14 +261,14 @@ impl Reporter {
             Some(peer) => format!("asking the relay for {peer}..."),
             None => "waiting for a peer...".to_owned(),
         };
+        let line = Line::Registered {
+            name,
+            observed_tcp: tcp,
+            observed_udp,
+            connect: waiting_for,
+        };
         self.event(
-            "registered",
-            json!({
-                "name": name,
-                "observed_tcp": tcp.to_string(),
-                "observed_udp": observed_udp.map(|u| u.to_string()),
-                "connect": waiting_for,
-            }),
+            &line,
             format_args!("registered as {name} (relay sees TCP {tcp}{udp_text}), {next}"),
         );
     }
@@ -194,17 +276,17 @@ impl Reporter {
     /// The relay paired us.
     pub fn paired(&self, paired: &Paired) {
         let role = match paired.side {
-            crate::rendezvous::PairedSide::Initiator => "B, opens the DCUtR exchange",
-            crate::rendezvous::PairedSide::Responder => "A, answers the DCUtR exchange",
+            PairedSide::Initiator => "B, opens the DCUtR exchange",
+            PairedSide::Responder => "A, answers the DCUtR exchange",
+        };
+        let line = Line::Paired {
+            peer: &paired.peer,
+            side: paired.side,
+            peer_public: &paired.peer_public,
+            peer_addrs: &paired.peer_addrs,
         };
         self.event(
-            "paired",
-            json!({
-                "peer": paired.peer,
-                "side": paired.side,
-                "peer_public": paired.peer_public,
-                "peer_addrs": paired.peer_addrs,
-            }),
+            &line,
             format_args!(
                 "paired with {} as {} ({role}); its addresses: {}",
                 paired.peer,
@@ -220,7 +302,7 @@ impl Reporter {
 
     /// The final line of `dcutr peer`.
     pub fn result(&self, result: &PeerResult) {
-        self.tagged(result, result);
+        self.event(result, result);
     }
 
     /// An error that ends the command (exit code [`EXIT_ERROR`]). With
@@ -228,10 +310,9 @@ impl Reporter {
     /// stderr.
     pub fn error(&self, error: &anyhow::Error) {
         if self.json {
-            print_line(&json_line(
-                "error",
-                &json!({ "reason": format!("{error:#}") }),
-            ));
+            print_line(&json_line(&Line::Error {
+                reason: format!("{error:#}"),
+            }));
         }
         let mut stderr = std::io::stderr().lock();
         let _ = writeln!(stderr, "dcutr: error: {error:#}");
@@ -244,26 +325,6 @@ fn print_line(line: &str) {
     let _ = out.flush();
 }
 
-/// Transport of the direct connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// TCP (simultaneous open).
-    Tcp,
-    /// QUIC over UDP.
-    Quic,
-}
-
-/// Our role on the direct connection: A is the client, B the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// DCUtR's A (the `responder` side at the relay).
-    Client,
-    /// DCUtR's B (the `initiator` side at the relay).
-    Server,
-}
-
 /// The final `{"event":"result",...}` of `dcutr peer`, exactly the fields the
 /// NAT lab's contract reads (`natlab/src/contract.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -271,9 +332,10 @@ pub enum Role {
 pub struct PeerResult {
     /// Whether a direct connection replaced the relayed one.
     pub ok: bool,
-    /// The transport tried.
+    /// The transport tried (dcutr-core's, `tcp` or `quic`).
     pub transport: Transport,
-    /// Our role on the direct connection.
+    /// Our role on the direct connection (dcutr-core's, `client` or
+    /// `server`).
     pub role: Role,
     /// The direct connection's remote address (required when `ok`).
     pub remote: Option<SocketAddr>,
@@ -306,14 +368,8 @@ impl PeerResult {
 
 impl Display for PeerResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let transport = match self.transport {
-            Transport::Tcp => "TCP",
-            Transport::Quic => "QUIC",
-        };
-        let role = match self.role {
-            Role::Client => "client",
-            Role::Server => "server",
-        };
+        let transport = self.transport.to_string().to_uppercase();
+        let role = self.role;
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
         if self.ok {
             write!(
@@ -347,32 +403,44 @@ impl Display for PeerResult {
     }
 }
 
-/// Build an object of fields from pairs, for [`Reporter::event`] callers
-/// that assemble fields at run time.
-pub fn fields<K: Into<String>>(pairs: impl IntoIterator<Item = (K, Value)>) -> Value {
-    Value::Object(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v))
-            .collect::<Map<_, _>>(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn json_lines_put_the_event_first_and_escape() {
+        let line = Line::PairingFailed {
+            reason: "a \"quoted\" reason".into(),
+        };
         assert_eq!(
-            json_line("registered", &json!({"name": "b", "event": "ignored"})),
-            r#"{"event":"registered","name":"b"}"#
+            json_line(&line),
+            r#"{"event":"pairing_failed","reason":"a \"quoted\" reason"}"#
         );
-        assert_eq!(json_line("x\"y", &Value::Null), r#"{"event":"x\"y"}"#);
-        assert_eq!(json_line("n", &json!(3)), r#"{"event":"n","value":3}"#);
+        let registered = Line::Registered {
+            name: "b",
+            observed_tcp: "1.2.3.4:5".parse().unwrap(),
+            observed_udp: None,
+            connect: None,
+        };
         assert_eq!(
-            json_line("f", &fields([("a", json!(1)), ("b", json!([]))])),
-            r#"{"event":"f","a":1,"b":[]}"#
+            json_line(&registered),
+            r#"{"event":"registered","name":"b","observed_tcp":"1.2.3.4:5","observed_udp":null,"connect":null}"#
+        );
+    }
+
+    #[test]
+    fn core_events_keep_the_cores_json_and_gain_their_time() {
+        let event = Event::RttMeasured {
+            attempt: 2,
+            rtt: std::time::Duration::from_millis(40),
+        };
+        let line = json_line(&Progress {
+            event: &event,
+            t_ms: 12.5,
+        });
+        assert_eq!(
+            line,
+            r#"{"event":"rtt_measured","attempt":2,"rtt_ms":40.0,"t_ms":12.5}"#
         );
     }
 
@@ -393,12 +461,16 @@ mod tests {
         };
         let value = serde_json::to_value(&result).unwrap();
         assert_eq!(value["event"], "result");
+        assert_eq!(value["ok"], false);
         assert_eq!(value["transport"], "quic");
         assert_eq!(value["role"], "server");
-        assert_eq!(value["remote"], Value::Null);
+        assert!(value["remote"].is_null());
         assert_eq!(value["attempts"], 3);
-        let line = json_line("result", &value);
-        assert!(line.starts_with(r#"{"event":"result","#), "{line}");
+        let line = json_line(&result);
+        assert!(
+            line.starts_with(r#"{"event":"result","ok":false,"#),
+            "{line}"
+        );
         assert!(result.to_string().starts_with("NOT UPGRADED"));
         assert_eq!(result.exit_code(), ExitCode::from(EXIT_UPGRADE_FAILED));
         let ok = PeerResult {
@@ -413,13 +485,12 @@ mod tests {
 
     #[test]
     fn relay_events_carry_their_event_tag() {
-        let value = serde_json::to_value(RelayEvent::Paired {
+        let event = RelayEvent::Paired {
             initiator: "b".into(),
             responder: "a".into(),
-        })
-        .unwrap();
+        };
         assert_eq!(
-            json_line("paired", &value),
+            json_line(&event),
             r#"{"event":"paired","initiator":"b","responder":"a"}"#
         );
     }

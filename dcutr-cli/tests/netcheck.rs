@@ -50,8 +50,15 @@ impl FakeServer {
             let started = Instant::now();
             let mut received = Vec::new();
             let mut buf = [0u8; 1500];
-            while !stopped.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+            while started.elapsed() < SERVER_LIFETIME {
+                // Once stopped, drain what already arrived (a datagram
+                // sent on loopback is queued by the time `send_to`
+                // returns), then end at the first empty read.
+                let stopping = stopped.load(Ordering::Relaxed);
                 let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    if stopping {
+                        break;
+                    }
                     continue;
                 };
                 received.push((Instant::now(), from, buf[..n].to_vec()));
@@ -123,34 +130,6 @@ async fn two_servers_on_two_loopback_ips_see_no_nat() {
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].1, report.local);
     }
-}
-
-#[test]
-fn the_discovery_runs_on_smol_too() {
-    let a = FakeServer::start("127.0.0.1", true);
-    let b = FakeServer::start("127.0.0.2", true);
-    let report = smol::block_on(async {
-        let std_socket = dcutr_driver::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        let socket = netcheck::AsyncIoUdp(async_io::Async::new(std_socket).unwrap());
-        let local = socket.0.get_ref().local_addr().unwrap();
-        stun::discover(
-            &socket,
-            &dcutr_async_std::AsyncIoRuntime,
-            local,
-            &[a.addr, b.addr],
-            DiscoverOptions::default(),
-        )
-        .await
-        .unwrap()
-    });
-    assert_eq!(report.answered(), 2);
-    assert!(report.no_nat());
-    assert_eq!(
-        report.behaviour.mapping,
-        dcutr_core::nat::Mapping::EndpointIndependent
-    );
-    assert_eq!(a.stop().len(), 1);
-    assert_eq!(b.stop().len(), 1);
 }
 
 #[tokio::test]

@@ -1,13 +1,16 @@
-//! `dcutr relay` and two `dcutr peer` processes on loopback, as a user (or
-//! the NAT lab) runs them: JSON lines, exit codes, roles, data over the
-//! direct path.
+//! Two `dcutr peer` processes on loopback, as a user (or the NAT lab) runs
+//! them: JSON lines, exit codes, roles, data over the direct path. Their
+//! relay runs in the test, from dcutr-cli's library, with a delay that
+//! `dcutr relay` does not offer (the NAT lab's lab-dcutr has it).
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use dcutr_cli::relay::{self, RelayConfig, RelayEvent, RelayListener};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::mpsc;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -63,8 +66,6 @@ enum Pairing<'a> {
     Generated,
     /// B waits with this code, A connects with that one.
     Codes(&'a str, &'a str),
-    /// The deprecated `--name` interface, as the NAT lab still runs it.
-    Names,
 }
 
 struct Run {
@@ -79,26 +80,32 @@ struct Run {
 }
 
 async fn punch(transport_flag: &str) -> (Value, Value, i32, i32) {
-    punch_on(transport_flag, "tokio", "tokio").await
-}
-
-/// B on `b_rt` and A on `a_rt` (tokio, smol, async-std).
-async fn punch_on(transport_flag: &str, b_rt: &str, a_rt: &str) -> (Value, Value, i32, i32) {
-    let run = pair(transport_flag, b_rt, a_rt, Pairing::Generated).await;
+    let run = pair(transport_flag, Pairing::Generated).await;
     (run.ra, run.rb, run.ca, run.cb)
 }
 
-async fn pair(transport_flag: &str, b_rt: &str, a_rt: &str, pairing: Pairing<'_>) -> Run {
-    let mut relay = Proc::spawn(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--delay-ms",
-        "20",
-    ]);
-    let listening = relay.wait_for("listening").await;
-    let addr = listening["addr"].as_str().unwrap().to_owned();
+/// One-way delay of the test's relay: the relayed RTT is at least twice it.
+const RELAY_DELAY: Duration = Duration::from_millis(20);
+
+/// A relay with [`RELAY_DELAY`] on a free loopback port, serving on this
+/// test's runtime; its events as the JSON `dcutr relay --json` prints.
+async fn relay() -> (String, mpsc::Receiver<RelayEvent>) {
+    let listener = RelayListener::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, events) = mpsc::channel(1024);
+    let config = RelayConfig {
+        delay: RELAY_DELAY,
+        events: Some(tx),
+        ..RelayConfig::default()
+    };
+    tokio::spawn(relay::run(listener, config));
+    (addr, events)
+}
+
+async fn pair(transport_flag: &str, pairing: Pairing<'_>) -> Run {
+    let (addr, mut relay_events) = relay().await;
     let common = [
         "peer",
         "--relay",
@@ -114,9 +121,8 @@ async fn pair(transport_flag: &str, b_rt: &str, a_rt: &str, pairing: Pairing<'_>
     let (b_args, mut code): (Vec<&str>, Option<String>) = match pairing {
         Pairing::Generated => (vec![], None),
         Pairing::Codes(b_code, _) => (vec!["--code", b_code], None),
-        Pairing::Names => (vec!["--name", "b"], Some("b".to_owned())),
     };
-    let mut b = Proc::spawn(&[&common[..], &b_args, &["--runtime", b_rt]].concat());
+    let mut b = Proc::spawn(&[&common[..], &b_args].concat());
     if let Pairing::Generated = pairing {
         let first = b.next().await;
         assert_eq!(
@@ -130,15 +136,19 @@ async fn pair(transport_flag: &str, b_rt: &str, a_rt: &str, pairing: Pairing<'_>
         Pairing::Codes(_, a_code) => a_code.to_owned(),
         _ => code.clone().unwrap(),
     };
-    let a_args: Vec<&str> = match pairing {
-        Pairing::Names => vec!["--name", "a", "--connect", "b"],
-        _ => vec!["--connect", &a_code],
-    };
-    let mut a = Proc::spawn(&[&common[..], &a_args, &["--runtime", a_rt]].concat());
+    let mut a = Proc::spawn(&[&common[..], &["--connect", &a_code]].concat());
     let mut relay_lines = Vec::new();
-    relay
-        .wait_for_seeing("paired", |v| relay_lines.push(v.clone()))
-        .await;
+    loop {
+        let event = tokio::time::timeout(TEST_LIMIT, relay_events.recv())
+            .await
+            .expect("the relay pairs in time")
+            .expect("the relay runs");
+        let value = serde_json::to_value(&event).unwrap();
+        relay_lines.push(value);
+        if matches!(event, RelayEvent::Paired { .. }) {
+            break;
+        }
+    }
     let ra = a.wait_for("result").await;
     let rb = b.wait_for("result").await;
     let ca = a.child.wait().await.unwrap().code().unwrap();
@@ -168,10 +178,11 @@ fn assert_upgraded(ra: &Value, rb: &Value, ca: i32, cb: i32, transport: &str) {
         assert!(r["remote"].is_string());
     }
     let rtt = rb["rtt_ms"].as_f64().expect("B measured the relayed RTT");
-    assert!(rtt >= 40.0, "the relay adds 20 ms each way: {rtt}");
+    let min = 2.0 * RELAY_DELAY.as_secs_f64() * 1e3;
+    assert!(rtt >= min, "the relay adds {RELAY_DELAY:?} each way: {rtt}");
     let ttd = rb["time_to_direct_ms"].as_f64().unwrap();
     assert!(
-        ttd >= 1.5 * 40.0,
+        ttd >= 1.5 * min,
         "no direct connection before the protocol allows: {ttd}"
     );
 }
@@ -190,7 +201,7 @@ async fn two_peer_processes_upgrade_over_quic() {
 
 #[tokio::test]
 async fn the_relay_pairs_by_a_name_that_does_not_reveal_the_code() {
-    let run = pair("--tcp", "tokio", "tokio", Pairing::Generated).await;
+    let run = pair("--tcp", Pairing::Generated).await;
     assert_upgraded(&run.ra, &run.rb, run.ca, run.cb, "tcp");
     let code = run.code.unwrap();
     let secret = &code[code.find('-').unwrap() + 1..];
@@ -205,40 +216,13 @@ async fn the_relay_pairs_by_a_name_that_does_not_reveal_the_code() {
 
 #[tokio::test]
 async fn a_wrong_code_fails_pairing_on_both_sides_with_a_clear_error() {
-    let run = pair(
-        "--tcp",
-        "tokio",
-        "tokio",
-        Pairing::Codes("4242-abcd-efgh", "4242-abcd-efgj"),
-    )
-    .await;
+    let run = pair("--tcp", Pairing::Codes("4242-abcd-efgh", "4242-abcd-efgj")).await;
     for (r, code) in [(&run.ra, run.ca), (&run.rb, run.cb)] {
         assert_eq!(r["ok"], false, "{r}");
         assert_ne!(code, 0);
         let reason = r["reason"].as_str().unwrap();
         assert!(reason.contains("did not prove the code"), "{reason}");
         assert!(r["remote"].is_null(), "no direct connection: {r}");
-    }
-}
-
-#[tokio::test]
-async fn the_deprecated_name_interface_still_pairs() {
-    let run = pair("--tcp", "tokio", "tokio", Pairing::Names).await;
-    assert_upgraded(&run.ra, &run.rb, run.ca, run.cb, "tcp");
-}
-
-#[tokio::test]
-async fn peers_on_smol_and_async_std_upgrade_with_each_other_and_with_tokio() {
-    for (transport, flag) in [("tcp", "--tcp"), ("quic", "--quic")] {
-        for (b_rt, a_rt) in [
-            ("smol", "smol"),
-            ("async-std", "async-std"),
-            ("tokio", "smol"),
-            ("smol", "tokio"),
-        ] {
-            let (ra, rb, ca, cb) = punch_on(flag, b_rt, a_rt).await;
-            assert_upgraded(&ra, &rb, ca, cb, transport);
-        }
     }
 }
 

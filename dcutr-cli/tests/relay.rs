@@ -876,14 +876,24 @@ async fn cut_after_zero_bytes_closes_right_after_pairing_and_the_relay_goes_on()
 }
 
 #[test]
-fn the_binary_takes_cut_after_bytes() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dcutr"))
-        .args(["relay", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--cut-after-bytes"), "{help}");
-    assert!(help.contains("FAULT INJECTION"), "{help}");
+fn the_binary_offers_no_lab_fixture() {
+    // The cut, the delay and the runtime switch are natlab's lab-dcutr.
+    for (command, fixtures) in [
+        ("relay", &["--cut-after-bytes", "--delay-ms"][..]),
+        ("peer", &["--runtime", "--name"][..]),
+        ("demo", &["--runtime"][..]),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dcutr"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--json") || command == "demo", "{help}");
+        for fixture in fixtures {
+            assert!(!help.contains(fixture), "{command}: {fixture}\n{help}");
+        }
+    }
 }
 
 /// A raw client leaving from `ip` (any address of 127.0.0.0/8 is this

@@ -11,7 +11,7 @@
 //! - **peer killed / frozen**: A is sent SIGKILL (its sockets close, the
 //!   relay passes the close on) or SIGSTOP (it stays connected and silent,
 //!   like a host that dropped off the network) as soon as it printed
-//!   `peer_addrs`, i.e. once it has B's Connect; B is left alone.
+//!   `remote_addrs`, i.e. once it has B's Connect; B is left alone.
 //!
 //! Every run is judged against a time bound computed from the core's
 //! defaults ([`Bounds`]); nothing may run past it. See README.md.
@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::campaign::{
-    self, Campaign, Common, Outcome, PEER_PORT, RELAY_READY_TIMEOUT, Record, TRANSPORTS, Transport,
-    is_event, parse_event,
+    self, Campaign, Common, Outcome, PEER_PORT, Record, TRANSPORTS, Transport, is_event,
+    parse_event,
 };
 use crate::contract::{self, CliRun};
 use crate::nat::Site;
@@ -52,14 +52,11 @@ pub const LOSS_LINK_DELAY_MS: f64 = 10.0;
 pub const LOSS_LINK_JITTER_MS: f64 = 2.0;
 
 /// `dcutr peer`'s limit on the round trips that prove the path after the
-/// upgrade (direct, or relayed after a failure): `PROOF_TIMEOUT` in
-/// dcutr-cli/src/peer.rs. natlab treats the CLI as a black box, so it is
-/// mirrored here rather than linked.
-pub const CLI_PROOF_TIMEOUT: Duration = Duration::from_secs(30);
+/// upgrade (direct, or relayed after a failure).
+pub const CLI_PROOF_TIMEOUT: Duration = dcutr_cli::peer::PROOF_TIMEOUT;
 
-/// `dcutr peer`'s wait for QUIC close frames before exiting:
-/// `QUIC_DRAIN_LIMIT` in dcutr-cli/src/peer.rs (mirrored, as above).
-pub const CLI_QUIC_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// `dcutr peer`'s wait for QUIC close frames before exiting.
+pub const CLI_QUIC_DRAIN_LIMIT: Duration = dcutr_cli::peer::QUIC_DRAIN_LIMIT;
 
 /// How long B may take to print `registered` before A is started anyway.
 /// Longer than the matrix's 5 s: at 30 % loss a lost SYN to the relay
@@ -83,14 +80,14 @@ const SPLICE_EVENT_WAIT: Duration = Duration::from_secs(2);
 
 /// A's progress event printed when B's Connect arrived (A answers it in
 /// the same step): the moment A vanishes in the peer cases.
-pub const VANISH_HOOK_EVENT: &str = "peer_addrs";
+pub const VANISH_HOOK_EVENT: &str = "remote_addrs";
 
 /// The event each peer prints once the relay paired it: the upgrade starts.
 pub const PAIRED_EVENT: &str = "paired";
 
 /// B's progress event for A's Connect (it measured the relayed RTT): must
 /// not appear when the relay was cut right after B's Connect.
-pub const B_GOT_CONNECT_EVENT: &str = "rtt";
+pub const B_GOT_CONNECT_EVENT: &str = "rtt_measured";
 
 /// The core's outcome events (`dcutr peer` progress): after one of them,
 /// the DCUtR upgrade itself is over and only the CLI's proof remains.
@@ -114,7 +111,7 @@ pub const RELAY_CLOSED_REASON: &str = "relayed stream closed";
 /// `natlab broken` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH).
+    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
     #[arg(long)]
     pub dcutr: Option<PathBuf>,
     /// Base seed of the delay lines' loss and jitter (each run derives its own).
@@ -815,51 +812,31 @@ fn drive(
         seen.cut_at = Some(n);
         cut = vec!["--cut-after-bytes".to_owned(), n.to_string()];
     }
-    let relay = contract::relay_args(&cut.iter().map(String::as_str).collect::<Vec<_>>());
-    let ready = (
-        contract::RELAY_LISTENING_EVENT,
-        Instant::now() + RELAY_READY_TIMEOUT,
-    );
-    let ns = lab.relay_ns();
-    if let Err(e) = campaign::start(lab, procs, ("relay", &ns), dcutr, &relay, ready) {
-        seen.problems.push(format!("relay: {e:#}"));
+    let cut: Vec<&str> = cut.iter().map(String::as_str).collect();
+    if let Err(e) = contract::start_relay(lab, procs, dcutr, &cut) {
+        seen.problems.push(e);
         return seen;
     }
     let started = Instant::now();
     let bound = bounds.for_fault(case.fault);
     // The hang guard: registration, the bound, and the margin.
     let deadline = started + RENDEZVOUS_ALLOWANCE + bounds.upgrade.max(bound) + OVERRUN_MARGIN;
-    let b = contract::peer_args("b", None, case.transport, &[]);
     let ready_by = (Instant::now() + PEER_READY_TIMEOUT).min(deadline);
-    let ns = lab.host_ns(2);
-    let ready = (contract::PEER_REGISTERED_EVENT, ready_by);
-    if let Err(e) = campaign::start(lab, procs, ("peer B", &ns), dcutr, &b, ready) {
-        if procs.len() < 2 {
-            seen.problems.push(format!("peer B: {e:#}"));
-            return seen;
-        }
-        if matches!(procs[1].try_wait(), Ok(Some(_))) {
-            // B is gone without registering: A could only wait for it.
-            seen.problems.push(format!("B: {e:#} (A not started)"));
+    let peers = (case.transport, &[][..]);
+    match contract::start_peers(lab, procs, dcutr, peers, ready_by, &mut seen.problems) {
+        contract::Started::Both => {}
+        contract::Started::Failed => return seen,
+        contract::Started::BGone => {
             seen.stopped_unpaired = true;
             seen.times.b_exit = Some(started.elapsed());
             seen.b = CliRun::collect(&mut procs[1], false);
             seen.errors[1] = error_reason(&procs[1]);
             return seen;
         }
-        seen.problems.push(format!("B: {e:#} (started A anyway)"));
-    }
-    let a = contract::peer_args("a", Some("b"), case.transport, &[]);
-    match lab.spawn("peer A", &lab.host_ns(1), &dcutr.to_string_lossy(), &a) {
-        Ok(p) => procs.push(p),
-        Err(e) => {
-            seen.problems.push(format!("peer A: {e:#}"));
-            return seen;
-        }
     }
     if matches!(case.fault, Fault::PeerKilled | Fault::PeerFrozen)
         && procs[2]
-            .wait_for_line(deadline, "peer_addrs event", |l| {
+            .wait_for_line(deadline, "remote_addrs event", |l| {
                 is_event(l, VANISH_HOOK_EVENT)
             })
             .is_ok()
@@ -1198,16 +1175,21 @@ mod tests {
 
     #[test]
     fn a_relay_cut_must_end_both_peers_promptly_with_the_relay_closed() {
-        let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
+        let good = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 0.3);
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         // Noticed only by a step timeout: over the bound.
-        let slow = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 10.2);
+        let slow = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 10.2);
         assert!(has(&slow, "over the bound 10.0 s"));
         // The cut missed its point.
         let early = cut_run(&["paired"], &["paired"], 38, 0.3);
         assert!(has(&early, "cut before B's Connect") && has(&early, "forwarded Some(38) bytes"));
-        let late = cut_run(&["paired", "peer_addrs"], &["paired", "rtt"], 51, 0.3);
+        let late = cut_run(
+            &["paired", "remote_addrs"],
+            &["paired", "rtt_measured"],
+            51,
+            0.3,
+        );
         assert!(has(&late, "got through the cut"));
         // A reason that is not the relay's close, and a relay still usable.
         let mut seen = Seen {
@@ -1237,7 +1219,7 @@ mod tests {
             b_exit: s(10.3),
             a_vanished: s(0.2),
         };
-        let vanished_a = CliRun::parse(None, &[r#"{"event":"peer_addrs"}"#.to_string()]);
+        let vanished_a = CliRun::parse(None, &[r#"{"event":"remote_addrs"}"#.to_string()]);
         let b_failed = down("server", 1, "peer sent nothing");
         let good = run(
             Fault::PeerFrozen,
@@ -1318,7 +1300,7 @@ mod tests {
             "error in the proof phase: the peer did not answer"
         );
         let b = peer(1, &["paired"], result(false, "server", 1, Some("x")));
-        let upgrade = run(errored(&["paired", "attempt"]), b, false);
+        let upgrade = run(errored(&["paired", "attempt_started"]), b, false);
         assert_eq!(upgrade.detail.error_phase, Some(ErrorPhase::Upgrade));
         // The earliest phase wins; a peer stopped by the runner is no error.
         let registered = CliRun::parse(None, &[r#"{"event":"registered"}"#.into()]);
@@ -1348,7 +1330,7 @@ mod tests {
             note(&split)
         );
         // Clean runs have no phase; their note is the reason.
-        let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
+        let good = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 0.3);
         assert_eq!(
             (good.detail.error_phase, note(&good).as_deref()),
             (None, Some(CLOSED))
@@ -1358,8 +1340,8 @@ mod tests {
     #[test]
     fn the_table_counts_outcomes_and_lists_reasons() {
         let c = case(Fault::RelayCut);
-        let good = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 0.3);
-        let slow = cut_run(&["paired", "peer_addrs"], &["paired"], 51, 10.5);
+        let good = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 0.3);
+        let slow = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 10.5);
         let md = table(&[good, slow]);
         let line = md.lines().nth(2).unwrap();
         assert_eq!(

@@ -67,27 +67,12 @@ pub struct Common {
     pub run_id: Option<String>,
 }
 
-/// Transport under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// TCP simultaneous open.
-    Tcp,
-    /// QUIC with UDP hole punching.
-    Quic,
-}
+/// Transport under test: the core's own (`tcp`, `quic` in records and
+/// command lines).
+pub use dcutr_core::Transport;
 
 /// Both transports, in table order.
 pub const TRANSPORTS: [Transport; 2] = [Transport::Tcp, Transport::Quic];
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Tcp => "tcp",
-            Transport::Quic => "quic",
-        })
-    }
-}
 
 /// How one run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

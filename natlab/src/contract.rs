@@ -1,5 +1,9 @@
-//! The `dcutr` CLI contract as `matrix` and `broken` read it: the JSON
-//! lines of [`crate::campaign::PeerRun`], the last one the `result`:
+//! The `dcutr` CLI contract as `matrix` and `broken` read it. They run
+//! `lab-dcutr` (natlab/src/bin/lab-dcutr.rs: dcutr-cli's own relay and
+//! peer, plus the lab's relay delay, relay cut and runtime switch), or any
+//! program given with `--dcutr` that takes the same arguments. Its JSON
+//! lines are read as [`crate::campaign::PeerRun`], the last one the
+//! `result`:
 //!
 //! ```text
 //! {"event":"result","ok":bool,"transport":"tcp"|"quic","role":"client"|"server",
@@ -10,12 +14,14 @@
 //! Exit code 0 = upgraded, 1 = upgrade failed cleanly, anything else = error.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::campaign::{self, PeerRun, Transport};
-use crate::topo::RELAY_IP;
+use crate::proc::Proc;
+use crate::topo::{Lab, RELAY_IP};
 
 /// Event the relay prints once it accepts connections.
 pub const RELAY_LISTENING_EVENT: &str = "listening";
@@ -83,14 +89,28 @@ impl campaign::PeerResult for CliResult {
 /// A `dcutr peer`'s run.
 pub type CliRun = PeerRun<CliResult>;
 
-/// The dcutr CLI: `--dcutr`, else next to natlab, else on PATH.
+/// The CLI the lab drives: `--dcutr`, else `lab-dcutr` next to natlab,
+/// else on PATH.
 pub fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {
     campaign::locate(
         explicit,
         "",
-        "dcutr",
-        "build it (cargo build -p dcutr-cli) or pass --dcutr PATH",
+        "lab-dcutr",
+        "build it (cargo build -p dcutr-natlab --bins) or pass --dcutr PATH",
     )
+}
+
+/// The pairing code of every case: B waits with it, A connects with it.
+/// Each case has a relay of its own, so one fixed code never collides.
+pub const CASE_CODE: &str = "7-natlab-lab";
+
+/// One of the two peers of a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// DCUtR's A: connects with the code (started second).
+    A,
+    /// DCUtR's B: waits with the code (started first).
+    B,
 }
 
 /// `relay --listen <relay> --json`, then `extra`.
@@ -101,18 +121,15 @@ pub fn relay_args(extra: &[&str]) -> Vec<String> {
     v
 }
 
-/// `peer --relay .. --name <name> [--connect <other>] --tcp|--quic 5000 --json`, then `extra`.
-pub fn peer_args(
-    name: &str,
-    connect: Option<&str>,
-    transport: Transport,
-    extra: &[&str],
-) -> Vec<String> {
+/// `peer --relay .. --code|--connect CODE --tcp|--quic 5000 --json`, then
+/// `extra`.
+pub fn peer_args(peer: Peer, transport: Transport, extra: &[&str]) -> Vec<String> {
     let relay = format!("{RELAY_IP}:{}", campaign::RELAY_PORT);
-    let mut v = campaign::args(&["peer", "--relay", &relay, "--name", name]);
-    if let Some(other) = connect {
-        v.extend(campaign::args(&["--connect", other]));
-    }
+    let pairing = match peer {
+        Peer::A => "--connect",
+        Peer::B => "--code",
+    };
+    let mut v = campaign::args(&["peer", "--relay", &relay, pairing, CASE_CODE]);
     let port = campaign::PEER_PORT.to_string();
     v.extend(campaign::args(&[
         &format!("--{transport}"),
@@ -121,6 +138,74 @@ pub fn peer_args(
     ]));
     v.extend(campaign::args(extra));
     v
+}
+
+/// Starts a case's relay (`relay_args(extra)`) in `lab` as `procs[0]` and
+/// waits for its `listening` line; the error is the run's problem.
+pub fn start_relay(
+    lab: &Lab,
+    procs: &mut Vec<Proc>,
+    dcutr: &Path,
+    extra: &[&str],
+) -> Result<(), String> {
+    let ready = (
+        RELAY_LISTENING_EVENT,
+        Instant::now() + campaign::RELAY_READY_TIMEOUT,
+    );
+    let args = relay_args(extra);
+    campaign::start(lab, procs, ("relay", &lab.relay_ns()), dcutr, &args, ready)
+        .map(drop)
+        .map_err(|e| format!("relay: {e:#}"))
+}
+
+/// How [`start_peers`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// B and A run (`procs[1]`, `procs[2]`).
+    Both,
+    /// B exited without registering; A, which could only wait for it, was
+    /// not started.
+    BGone,
+    /// B or A could not be started.
+    Failed,
+}
+
+/// Starts B (`procs[1]`, on site 2) and, once it printed `registered` or
+/// `b_ready_by` passed, A (`procs[2]`, on site 1), both with
+/// `peer_args(.., extra)`. What went wrong goes to `problems`.
+pub fn start_peers(
+    lab: &Lab,
+    procs: &mut Vec<Proc>,
+    dcutr: &Path,
+    (transport, extra): (Transport, &[&str]),
+    b_ready_by: Instant,
+    problems: &mut Vec<String>,
+) -> Started {
+    let b = peer_args(Peer::B, transport, extra);
+    let ready = (PEER_REGISTERED_EVENT, b_ready_by);
+    if let Err(e) = campaign::start(lab, procs, ("peer B", &lab.host_ns(2)), dcutr, &b, ready) {
+        if procs.len() < 2 {
+            problems.push(format!("peer B: {e:#}"));
+            return Started::Failed;
+        }
+        if matches!(procs[1].try_wait(), Ok(Some(_))) {
+            problems.push(format!("B: {e:#} (A not started)"));
+            return Started::BGone;
+        }
+        // Not fatal: B's result will tell. A starts anyway.
+        problems.push(format!("B: {e:#} (started A anyway)"));
+    }
+    let a = peer_args(Peer::A, transport, extra);
+    match lab.spawn("peer A", &lab.host_ns(1), &dcutr.to_string_lossy(), &a) {
+        Ok(p) => {
+            procs.push(p);
+            Started::Both
+        }
+        Err(e) => {
+            problems.push(format!("peer A: {e:#}"));
+            Started::Failed
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,8 +261,12 @@ mod tests {
     #[test]
     fn command_lines_follow_the_cli() {
         assert_eq!(
-            peer_args("a", Some("b"), Transport::Quic, &["--runtime", "smol"]).join(" "),
-            "peer --relay 203.0.113.1:4000 --name a --connect b --quic 5000 --json --runtime smol"
+            peer_args(Peer::A, Transport::Quic, &["--runtime", "smol"]).join(" "),
+            "peer --relay 203.0.113.1:4000 --connect 7-natlab-lab --quic 5000 --json --runtime smol"
+        );
+        assert_eq!(
+            peer_args(Peer::B, Transport::Tcp, &[]).join(" "),
+            "peer --relay 203.0.113.1:4000 --code 7-natlab-lab --tcp 5000 --json"
         );
         assert_eq!(
             relay_args(&["--delay-ms", "50"]).join(" "),

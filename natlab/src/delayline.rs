@@ -142,15 +142,13 @@ pub struct Stats {
 impl Stats {
     fn json(&self, dir: &str) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "{{\"event\":\"stats\",\"dir\":\"{dir}\",\"forwarded\":{},\"lost\":{},\"queue_full\":{},\"oversize\":{},\"own_copies\":{},\"send_errors\":{}}}",
-            g(&self.forwarded),
-            g(&self.lost),
-            g(&self.queue_full),
-            g(&self.oversize),
-            g(&self.own_copies),
-            g(&self.send_errors)
-        )
+        serde_json::json!({
+            "event": "stats", "dir": dir, "forwarded": g(&self.forwarded),
+            "lost": g(&self.lost), "queue_full": g(&self.queue_full),
+            "oversize": g(&self.oversize), "own_copies": g(&self.own_copies),
+            "send_errors": g(&self.send_errors),
+        })
+        .to_string()
     }
 }
 
@@ -202,13 +200,11 @@ pub fn run(a: &str, b: &str, params: Params) -> Result<()> {
                 .spawn(move || send_loop(&to, rx, &stats))?,
         );
     }
-    println!(
-        "{{\"event\":\"ready\",\"a\":\"{a}\",\"b\":\"{b}\",\"delay_ms\":{},\"jitter_ms\":{},\"loss\":{},\"seed\":{}}}",
-        params.delay.as_secs_f64() * 1e3,
-        params.jitter.as_secs_f64() * 1e3,
-        params.loss,
-        params.seed
-    );
+    let ready = serde_json::json!({
+        "event": "ready", "a": a, "b": b, "delay_ms": params.delay.as_secs_f64() * 1e3,
+        "jitter_ms": params.jitter.as_secs_f64() * 1e3, "loss": params.loss, "seed": params.seed,
+    });
+    println!("{ready}");
     let parent = std::os::unix::process::parent_id();
     let mut last_stats = Instant::now();
     loop {

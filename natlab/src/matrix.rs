@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::campaign::{
-    self, Campaign, Common, Outcome, RELAY_READY_TIMEOUT, Record, TRANSPORTS, Transport,
-};
+use crate::campaign::{self, Campaign, Common, Outcome, Record, TRANSPORTS, Transport};
 use crate::contract::{self, CliResult, CliRun};
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -53,7 +51,7 @@ pub const EXTRA_RUNTIMES: &[&str] = &["smol"];
 /// `natlab matrix` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH).
+    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
     #[arg(long)]
     pub dcutr: Option<PathBuf>,
     /// Per-run limit in seconds.
@@ -124,7 +122,7 @@ pub struct Case {
     pub transport: Transport,
     /// One-way delay the relay adds (0 or [`RELAY_DELAY_MS`]).
     pub relay_delay_ms: u32,
-    /// The async runtime both peers run on (`dcutr peer --runtime`).
+    /// The async runtime both peers run on (`lab-dcutr peer --runtime`).
     pub runtime: &'static str,
 }
 
@@ -263,40 +261,21 @@ impl Campaign for Matrix {
         } else {
             &[]
         };
-        let ready = (
-            contract::RELAY_LISTENING_EVENT,
-            Instant::now() + RELAY_READY_TIMEOUT,
-        );
-        let relay = contract::relay_args(extra);
-        let ns = lab.relay_ns();
-        if let Err(e) = campaign::start(lab, procs, ("relay", &ns), &self.dcutr, &relay, ready) {
-            seen.problems.push(format!("relay: {e:#}"));
+        if let Err(e) = contract::start_relay(lab, procs, &self.dcutr, extra) {
+            seen.problems.push(e);
             return seen;
         }
         let started = Instant::now();
         let timeout = Duration::from_secs_f64(self.args.case_timeout_s.max(0.1));
         let deadline = started + timeout;
-        let runtime = ["--runtime", case.runtime];
-        let b = contract::peer_args("b", None, case.transport, &runtime);
+        let peers = (case.transport, &["--runtime", case.runtime][..]);
         let ready_by = (Instant::now() + PEER_READY_TIMEOUT).min(deadline);
-        let ready = (contract::PEER_REGISTERED_EVENT, ready_by);
-        let ns = lab.host_ns(2);
-        if let Err(e) = campaign::start(lab, procs, ("peer B", &ns), &self.dcutr, &b, ready) {
-            if procs.len() < 2 {
-                seen.problems.push(format!("peer B: {e:#}"));
-                return seen;
-            }
-            // Not fatal: B's result will tell. A starts anyway.
-            seen.problems.push(format!("B: {e:#} (started A anyway)"));
-        }
-        let a = contract::peer_args("a", Some("b"), case.transport, &runtime);
-        match lab.spawn("peer A", &lab.host_ns(1), &self.dcutr.to_string_lossy(), &a) {
-            Ok(p) => procs.push(p),
-            Err(e) => {
-                seen.problems.push(format!("peer A: {e:#}"));
-                seen.duration = started.elapsed();
-                return seen;
-            }
+        let problems = &mut seen.problems;
+        if contract::start_peers(lab, procs, &self.dcutr, peers, ready_by, problems)
+            == contract::Started::Failed
+        {
+            seen.duration = started.elapsed();
+            return seen;
         }
         let grace = Duration::from_secs_f64(self.args.peer_grace_s.max(0.0));
         let end = campaign::settle(procs, (started, deadline, grace), &mut seen.problems);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// A probe server exits by itself after this long, so a forgotten one cannot
@@ -70,7 +71,11 @@ pub struct ConnectReport {
 }
 
 fn ready(kind: &str, addr: SocketAddr) {
-    println!("{{\"event\":\"ready\",\"probe\":\"{kind}\",\"listen\":\"{addr}\"}}");
+    let listen = addr.to_string();
+    println!(
+        "{}",
+        json!({"event": "ready", "probe": kind, "listen": listen})
+    );
 }
 
 /// UDP echo server; first sends one request to each `hello` address (to open
@@ -107,7 +112,7 @@ pub fn udp_echo(listen: SocketAddr, hello: &[SocketAddr], lifetime: Duration) ->
             reply.extend_from_slice(&buf[3..7]);
             reply.extend_from_slice(from.to_string().as_bytes());
             let _ = sock.send_to(&reply, from);
-            println!("{{\"event\":\"rx\",\"from\":\"{from}\"}}");
+            println!("{}", json!({"event": "rx", "from": from.to_string()}));
         }
     }
     Ok(())
@@ -218,7 +223,7 @@ pub fn tcp_echo(listen: SocketAddr, lifetime: Duration) -> Result<()> {
             Ok((mut conn, from)) => {
                 conn.set_nonblocking(false)?;
                 let _ = writeln!(conn, "{from}");
-                println!("{{\"event\":\"accept\",\"from\":\"{from}\"}}");
+                println!("{}", json!({"event": "accept", "from": from.to_string()}));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))

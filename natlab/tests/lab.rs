@@ -285,10 +285,9 @@ fn matrix_stops_waiting_for_b_soon_after_a_crashed() {
     );
 }
 
-/// The real `dcutr` CLI next to natlab (`cargo build -p dcutr-cli`).
-fn real_dcutr() -> Option<PathBuf> {
-    let path = Path::new(natlab()).parent()?.join("dcutr");
-    path.is_file().then_some(path)
+/// The real CLI code with the lab's fixtures (natlab's lab-dcutr).
+fn real_dcutr() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lab-dcutr"))
 }
 
 fn broken(dcutr: &Path, run_id: &str, args: &[&str], mode: Option<&str>) -> Output {
@@ -317,7 +316,7 @@ fn broken(dcutr: &Path, run_id: &str, args: &[&str], mode: Option<&str>) -> Outp
 #[ignore = "needs root"]
 fn broken_relay_cut_and_killed_peer_end_cleanly_within_their_bounds() {
     root_only!();
-    let dcutr = real_dcutr().expect("no dcutr next to natlab: cargo build -p dcutr-cli first");
+    let dcutr = real_dcutr();
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for filter in ["relay-cut", "peer-killed"] {
         let run_id = fresh_run_id();
