@@ -331,3 +331,43 @@ fn fewer_responder_attempts(responder_attempts: u8) -> Sim {
     assert!(sim.run(Duration::from_secs(120)));
     sim
 }
+
+/// Found by `upgrade_initiator` (fuzz/corpus/upgrade_initiator/crash-8e90…):
+/// in the spec's mode the initiator gave up (nothing of ours to send)
+/// while its unilateral dial still ran, and every stray byte on the
+/// relayed stream then counted as one more failed attempt, so a peer could
+/// grow the list of failures without bound.
+#[test]
+fn stray_bytes_after_every_attempt_is_over_add_no_failure() {
+    let config = Config {
+        address_policy: AddressPolicy::permissive(),
+        ..Config::default()
+    };
+    let mut up = dcutr_core::Upgrade::builder(Side::Initiator, config, [7; 32])
+        .remote_public_addrs([tcp("198.51.100.7:4001")])
+        .start(t0())
+        .unwrap();
+    let mut outputs = drain(&mut up);
+    let mut now = 0;
+    // Open each stream the core asks for; with no address of ours it
+    // gives up without a Connect, and the unilateral dial keeps running.
+    while outputs.iter().any(|o| matches!(o, Output::OpenStream)) {
+        now += 1;
+        up.handle_stream_opened(at(now));
+        outputs = drain(&mut up);
+    }
+    assert!(
+        up.outcome().is_none(),
+        "the unilateral dial is still running"
+    );
+    for _ in 0..1000 {
+        now += 1;
+        up.handle_stream_data(at(now), &[0, 0, 0, 0]);
+        let _ = drain(&mut up);
+    }
+    assert!(
+        up.heap_estimate() < 16 * 1024,
+        "heap grew to {} bytes on stray frames",
+        up.heap_estimate()
+    );
+}

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use dcutr_core::settings::{MAX_DIALS_PER_UPGRADE, MAX_PUNCHES_PER_IP, SPRAY_PACKET_LEN};
 use dcutr_core::wire::{
-    FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello_pinned,
+    FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello,
     encode_sync,
 };
 use dcutr_tokio::{Candidate, Config, Options, Side, Transport, UpgradeFailure};
@@ -297,7 +297,7 @@ async fn next_frame(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> Optio
 async fn hostile_responder(mut stream: TcpStream) {
     let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
     let _hello = next_frame(&mut stream, &mut decoder).await;
-    let hello = encode_hello_pinned(&[9; 16], 10, Side::Responder, &[9; 32]);
+    let hello = encode_hello(10, Side::Responder, &[9; 32]);
     stream.write_all(&hello).await.unwrap();
     while let Some(frame) = next_frame(&mut stream, &mut decoder).await {
         if let Message::Connect(_) = decode_message(&frame).unwrap()
@@ -321,7 +321,7 @@ async fn hostile_initiator(stream: TcpStream, attempts: u8, pause: Duration) {
             }
         }
     });
-    let mut now = encode_hello_pinned(&[9; 16], 10, Side::Initiator, &[9; 32]).to_vec();
+    let mut now = encode_hello(10, Side::Initiator, &[9; 32]).to_vec();
     for attempt in 0..attempts {
         if attempt > 0 && !pause.is_zero() {
             write.write_all(&now).await.unwrap();
