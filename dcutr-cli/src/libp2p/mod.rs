@@ -123,6 +123,15 @@ pub struct PeerOpts {
     /// relay` prints it).
     #[arg(long, value_name = "MULTIADDR", value_parser = parse_relay_addr)]
     pub relay: Multiaddr,
+    /// Another identify peer to connect to during setup, ending in
+    /// `/p2p/<id>` (for example a second `dcutr libp2p relay`); repeat for
+    /// several. With the relay, two observers of our listening sockets
+    /// tell whether our NAT maps each destination to a new port
+    /// (symmetric): ours then declares it in Connect, and two symmetric
+    /// peers fail at once instead of timing out. The `nat` line shows what
+    /// was detected.
+    #[arg(long, value_name = "MULTIADDR", value_parser = parse_relay_addr)]
+    pub observer: Vec<Multiaddr>,
     /// Multiaddr to listen on (and punch from); repeat for several
     /// (default: `/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1`).
     #[arg(long, value_name = "MULTIADDR")]
