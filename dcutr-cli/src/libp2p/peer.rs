@@ -101,6 +101,9 @@ struct RunReport {
     ping_rtt_ms: Option<f64>,
     /// The relayed connection's ping RTT.
     relayed_rtt_ms: Option<f64>,
+    /// From the relayed connection to this result (success, failure or
+    /// timeout): the time to learn the outcome.
+    time_to_outcome_ms: Option<f64>,
     /// The DCUtR behaviour's own outcome: `ok`, `error`, or none.
     dcutr_outcome: Option<&'static str>,
     dcutr_error: Option<String>,
@@ -216,6 +219,7 @@ impl Run {
                 _ => None,
             },
             relayed_rtt_ms: self.relayed_rtt.map(ms),
+            time_to_outcome_ms: self.relayed_at.map(|t| ms(t.elapsed())),
             dcutr_outcome: self
                 .dcutr
                 .as_ref()
