@@ -18,6 +18,9 @@
 //!   each relayed connection, and prints the success rate and time to
 //!   direct (p50, p90, max).
 //! - `id --seed N` prints the peer id that `--seed N` gives.
+//! - `listen` and `dial` take `--observer MA` (repeatable): more identify
+//!   peers, so that ours classifies its NAT from two or more observers
+//!   and declares it in Connect (the `nat` line and the result's `nat`).
 //!
 //! Peers speak TCP (noise, yamux; dials leave from the listening port, so
 //! the relay observes the port the punch uses) and QUIC v1, with
