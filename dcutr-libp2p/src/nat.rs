@@ -150,9 +150,13 @@ impl NatTracker {
         let local = link
             .local
             .or_else(|| {
+                // A wildcard listener shows up once per interface: the
+                // port is the same, and the loopback one is no address a
+                // NAT maps.
                 self.listen
                     .iter()
-                    .find(|l| (l.transport, l.addr.is_ipv4()) == key)
+                    .filter(|l| (l.transport, l.addr.is_ipv4()) == key)
+                    .min_by_key(|l| l.addr.ip().is_loopback())
                     .map(|l| l.addr)
             })
             .ok_or(NotObserved::NoListenAddr)?;
@@ -221,6 +225,7 @@ mod tests {
 
     fn tracker() -> NatTracker {
         let mut t = NatTracker::default();
+        t.on_listen_addr(&ma("/ip4/127.0.0.1/tcp/4001"));
         t.on_listen_addr(&ma("/ip4/10.0.0.2/tcp/4001"));
         t.on_listen_addr(&ma("/ip4/10.0.0.2/udp/4002/quic-v1"));
         t
