@@ -363,3 +363,36 @@ fn an_unreachable_relay_is_a_setup_error() {
     );
     assert_eq!(b.exit_code(), 2);
 }
+
+#[test]
+fn an_observer_and_the_relay_both_observe_each_peer_and_the_nat_line_and_result_say_so() {
+    let (_observer, observer_addr) = relay("/ip4/127.0.0.1/tcp/0");
+    let [(a, _, a_lines), (b, _, b_lines)] = campaign(
+        "/ip4/127.0.0.1/tcp/0",
+        1,
+        &["--allow-loopback", "--observer", &observer_addr],
+    );
+    assert_direct(&a, 1);
+    assert_direct(&b, 1);
+    for (result, lines) in [(&a, &a_lines), (&b, &b_lines)] {
+        let observations = lines
+            .iter()
+            .filter(|l| l["event"] == "nat-observation")
+            .count();
+        assert_eq!(observations, 2, "the relay and the observer: {lines:?}");
+        let nat = &result["nat"];
+        let sockets = nat["sockets"].as_array().expect("sockets");
+        assert_eq!(sockets.len(), 1, "{nat}");
+        assert_eq!(sockets[0]["transport"], "tcp", "{nat}");
+        assert_eq!(sockets[0]["observers"], 2, "{nat}");
+        // Loopback: both observers share one IP and saw the same
+        // address, which cannot tell independent from address-dependent.
+        assert_eq!(sockets[0]["mapping"], "unknown", "{nat}");
+        assert!(nat["declared"].is_null(), "{nat}");
+        let line = lines
+            .iter()
+            .find(|l| l["event"] == "nat")
+            .expect("a nat line");
+        assert_eq!(&line["nat"], nat);
+    }
+}

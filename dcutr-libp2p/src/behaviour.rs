@@ -22,8 +22,8 @@ use libp2p_core::transport::{PortUse, TransportError};
 use libp2p_core::{Endpoint, Multiaddr};
 use libp2p_identity::PeerId;
 use libp2p_swarm::behaviour::{
-    ConnectionClosed, ConnectionEstablished, DialFailure, FromSwarm, NewExternalAddrCandidate,
-    NewExternalAddrOfPeer,
+    ConnectionClosed, ConnectionEstablished, DialFailure, ExpiredListenAddr, FromSwarm,
+    NewExternalAddrCandidate, NewExternalAddrOfPeer, NewListenAddr,
 };
 use libp2p_swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p_swarm::{
@@ -35,6 +35,7 @@ use crate::config::{Config, ConfigError};
 use crate::event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
 use crate::handler::{self, Command, HandlerEvent, Opener};
 use crate::log as tracing;
+use crate::nat::{NatTracker, NotObserved};
 
 /// Most peers whose advertised addresses are remembered for the unilateral
 /// dial; the least recently updated peer is forgotten first.
@@ -102,6 +103,8 @@ pub struct Behaviour<E = Event> {
     /// Peers whose last upgrade failed, and when; oldest first, bounded by
     /// `MAX_PEERS_REMEMBERED`.
     failed_recently: VecDeque<(PeerId, Instant)>,
+    /// Our NAT, as identify's observers saw it.
+    nat: NatTracker,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
     _event: PhantomData<fn() -> E>,
@@ -153,6 +156,7 @@ impl<E: FromReport> Behaviour<E> {
             timer: None,
             upgrades_started: 0,
             failed_recently: VecDeque::new(),
+            nat: NatTracker::default(),
             #[cfg(feature = "metrics")]
             metrics: None,
             _event: PhantomData,
@@ -180,6 +184,72 @@ impl<E: FromReport> Behaviour<E> {
     /// (before the core's policy filter), most recent first.
     pub fn observed_addresses(&self) -> impl Iterator<Item = Multiaddr> + '_ {
         self.own_addrs.as_slice().iter().filter_map(to_libp2p)
+    }
+
+    /// Feeds what identify observed on `connection` (identify's
+    /// `Event::Received { connection_id, info, .. }`: pass
+    /// `info.observed_addr`) to the NAT classifier of
+    /// [`dcutr_core::nat`], and returns the classification of the local
+    /// socket it describes.
+    ///
+    /// Call it for every identify `Received` event: this behaviour does
+    /// not see identify's events, only the swarm's. With observations of
+    /// one listening socket from two or more peers the behaviour knows
+    /// whether our NAT maps each destination to a new port
+    /// (endpoint-dependent, "symmetric"), and every later upgrade declares
+    /// that in its Connect (an optional field that stock peers skip). Two
+    /// dcutr-rs peers that both declare endpoint-dependent NATs with
+    /// unpredictable ports then fail at once, both sides, with
+    /// [`AttemptFailure::NatsCannotMeet`](dcutr_core::AttemptFailure),
+    /// instead of three attempts that time out.
+    ///
+    /// Observations are kept per transport and IP family: TCP dials leave
+    /// from the listening port (port reuse) and QUIC dials from the
+    /// listening socket, so one transport's observations describe one
+    /// socket. What a Connect declares is the easiest to punch of the
+    /// transports whose mapping is known, since every transport is punched
+    /// at once; nothing is declared (and the Connect is the spec's, byte
+    /// for byte) until some mapping is known. A behaviour set with
+    /// [`Config::with_nat_behaviour`] takes precedence.
+    ///
+    /// # Errors
+    /// [`NotObserved`] when the observation tells nothing about a
+    /// listening socket: a relayed or unknown connection, one dialled from
+    /// a fresh port, an address of another transport, no listener of that
+    /// transport, or the classifier's own refusal (bounded by
+    /// [`dcutr_core::nat::MAX_OBSERVATIONS`]).
+    pub fn observe_identify(
+        &mut self,
+        connection: ConnectionId,
+        observed_addr: &Multiaddr,
+    ) -> Result<dcutr_core::nat::NatBehaviour, NotObserved> {
+        let result = self.nat.observe(connection, observed_addr);
+        match &result {
+            Ok(b) => tracing::debug!(%connection, %observed_addr, nat = %b, "NAT observation"),
+            Err(reason) => {
+                tracing::debug!(%connection, %observed_addr, %reason, "NAT observation not used");
+            }
+        }
+        result
+    }
+
+    /// The NAT behaviour the next upgrade declares in its Connect: the
+    /// configured one, else the one classified from
+    /// [`Behaviour::observe_identify`], else none.
+    #[must_use]
+    pub fn nat_behaviour(&self) -> Option<dcutr_core::nat::NatBehaviour> {
+        self.config
+            .nat_behaviour
+            .clone()
+            .or_else(|| self.nat.declared())
+    }
+
+    /// The classification of each local socket observed so far, by
+    /// transport (one per transport and IP family).
+    pub fn nat_behaviours(
+        &self,
+    ) -> impl Iterator<Item = (Transport, dcutr_core::nat::NatBehaviour)> + '_ {
+        self.nat.behaviours()
     }
 
     fn seed(&mut self) -> [u8; 32] {
@@ -239,8 +309,8 @@ impl<E: FromReport> Behaviour<E> {
         if side == Side::Initiator {
             builder = builder.remote_public_addrs(self.peer_addrs.get(&peer).iter().copied());
         }
-        if let Some(nat) = &self.config.nat_behaviour {
-            builder = builder.nat_behaviour(nat.clone());
+        if let Some(nat) = self.nat_behaviour() {
+            builder = builder.nat_behaviour(nat);
         }
         match builder.start(now) {
             Ok(up) => {
@@ -529,13 +599,21 @@ impl<E: FromReport> NetworkBehaviour for Behaviour<E> {
         let now = Instant::now();
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                self.nat.on_connection(e.connection_id, e.endpoint);
                 if e.endpoint.is_relayed() {
                     self.on_relayed_established(e.connection_id, e.peer_id, e.endpoint);
                 } else {
                     self.on_direct_established(&e, now);
                 }
             }
-            FromSwarm::ConnectionClosed(e) => self.on_connection_closed(&e, now),
+            FromSwarm::ConnectionClosed(e) => {
+                self.nat.on_closed(e.connection_id);
+                self.on_connection_closed(&e, now);
+            }
+            FromSwarm::NewListenAddr(NewListenAddr { addr, .. }) => self.nat.on_listen_addr(addr),
+            FromSwarm::ExpiredListenAddr(ExpiredListenAddr { addr, .. }) => {
+                self.nat.on_expired_listen_addr(addr);
+            }
             FromSwarm::DialFailure(e) => self.on_dial_failure(&e, now),
             FromSwarm::NewExternalAddrCandidate(NewExternalAddrCandidate { addr }) => {
                 self.on_own_candidate(addr, now);

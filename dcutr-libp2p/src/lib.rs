@@ -83,12 +83,14 @@ mod handler;
 mod log;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+mod nat;
 
 pub use behaviour::{Behaviour, FAILURE_COOLDOWN, MAX_CONCURRENT_UPGRADES};
 pub use config::{Config, ConfigError};
 pub use event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
+pub use nat::{MAX_OBSERVED_CONNECTIONS, NotObserved};
 
 /// The Sans-IO core this behaviour drives, for its typed events, failures
 /// and timelines.

@@ -13,6 +13,13 @@
 //! peer's namespace) once the peer printed its result, and checks that
 //! ours counted the upgrade in `libp2p_holepunch_outcomes_total` and that
 //! stock, which records nothing there, has no `libp2p_holepunch_` family.
+//!
+//! `--symmetric` runs the symmetric/symmetric case instead (issue 14's
+//! "fails fast"): both routers `masquerade fully-random`, a second relay
+//! on the relay host (`--observer`) so that two identify peers observe
+//! each listening socket, ours/ours and stock/stock. Both sides must fail,
+//! and ours' median time from the relayed connection to each side's
+//! result must be at most [`SYMMETRIC_MAX_RATIO`] of stock's.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -37,10 +44,32 @@ use crate::topo::{DelaySpec, Lab, RELAY_IP, TopologySpec};
 const RELAY_SEED: u64 = 1;
 const LISTENER_SEED: u64 = 2;
 const DIALER_SEED: u64 = 3;
+/// Seed of the second relay, the identify observer of `--symmetric`.
+const OBSERVER_SEED: u64 = 4;
+
+/// The observer's port on the relay host (`--symmetric`): another
+/// destination, so that a symmetric NAT maps it to another port.
+pub const OBSERVER_PORT: u16 = RELAY_PORT + 1;
+
+/// Largest ratio of ours' median time to failure to stock's in the
+/// symmetric/symmetric case (issue 14: "in at most half of stock's
+/// time").
+pub const SYMMETRIC_MAX_RATIO: f64 = 0.5;
 
 /// Each peer's limit of its upgrade (`--timeout-s`), after its setup (at
 /// most 10 s): ours gives up after three attempts of at most 10 s per step.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// Each peer's `--timeout-s` in symmetric runs: long enough that stock B
+/// ends its three attempts itself (about 30 s over TCP, 15 s over QUIC)
+/// instead of being cut at [`NODE_TIMEOUT`], so that its time to failure
+/// is its own.
+pub const SYMMETRIC_NODE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Least per-run limit of symmetric runs: both setups (22 s),
+/// [`SYMMETRIC_NODE_TIMEOUT`] and [`OTHER_NODE_GRACE`] for a stock A that
+/// never learns.
+pub const SYMMETRIC_RUN_TIMEOUT: Duration = Duration::from_secs(95);
 
 /// Where each peer serves `--metrics`: its own namespace's loopback.
 pub const METRICS_ADDR: &str = "127.0.0.1:9464";
@@ -97,6 +126,12 @@ pub struct Args {
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = DEFAULT_RUN_TIMEOUT.as_secs_f64())]
     pub run_timeout_s: f64,
+    /// Run the symmetric/symmetric case instead: both routers
+    /// `masquerade fully-random`, a second relay as identify observer,
+    /// ours/ours and stock/stock; both sides must fail, ours in at most
+    /// half of stock's median time.
+    #[arg(long)]
+    pub symmetric: bool,
     /// Filter ("stock-B", "quic"), output and run id.
     #[command(flatten)]
     pub common: Common,
@@ -139,12 +174,24 @@ pub struct Pairing {
     pub a: Impl,
     /// The transport of the relay connections and of the punch.
     pub transport: Transport,
+    /// Both routers symmetric (`masquerade fully-random`), an observer.
+    pub symmetric: bool,
 }
 
 impl Pairing {
     /// `stock-B/ours-A tcp`.
     pub fn name(&self) -> String {
-        format!("{}-B/{}-A {}", self.b, self.a, self.transport)
+        let sym = if self.symmetric { " sym/sym" } else { "" };
+        format!("{}-B/{}-A {}{sym}", self.b, self.a, self.transport)
+    }
+
+    /// The same pairing behind two symmetric NATs.
+    #[must_use]
+    pub fn symmetric(self) -> Self {
+        Pairing {
+            symmetric: true,
+            ..self
+        }
     }
 
     /// The same pairing over `transport`.
@@ -167,6 +214,7 @@ const fn pairing(b: Impl, a: Impl) -> Pairing {
         b,
         a,
         transport: Transport::Tcp,
+        symmetric: false,
     }
 }
 
@@ -202,6 +250,13 @@ pub struct NodeResult {
     pub time_to_direct_ms: Option<f64>,
     /// A ping went over the direct connection.
     pub ping: bool,
+    /// From the relayed connection to this result, ms.
+    #[serde(default)]
+    pub time_to_outcome_ms: Option<f64>,
+    /// What ours detected of its NAT (`declared`, `sockets`); null for
+    /// stock.
+    #[serde(default)]
+    pub nat: Option<Value>,
     /// The DCUtR behaviour's own event: `ok`, `error`, or none.
     pub dcutr_outcome: Option<String>,
     /// Its error text.
@@ -354,8 +409,81 @@ pub struct Detail {
     pub seen: Seen,
 }
 
+/// Stock A printed no result while stock B reported a failure without a
+/// direct connection.
+fn stock_a_never(pairing: Pairing, seen: &Seen) -> bool {
+    pairing.a == Impl::Stock
+        && seen.a.result.is_none()
+        && seen.b.result.as_ref().is_some_and(|r| !r.direct)
+}
+
+/// Judge one symmetric/symmetric run: both sides fail cleanly, each with
+/// its time to the outcome; ours declares an endpoint-dependent mapping
+/// and fails with the two NATs' reason.
+fn judge_symmetric(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
+    v.extend(seen.problems.iter().cloned());
+    // Stock A is never told (issue 14: stock fails on B only, "never on
+    // A"): when B reported and A was stopped without a result, that is
+    // stock's known behaviour, shown as "never", not a violation.
+    let stock_a_never = stock_a_never(pairing, &seen);
+    let sides = [("B", &seen.b, pairing.b), ("A", &seen.a, pairing.a)];
+    for (who, n, dcutr) in sides {
+        if !(who == "A" && stock_a_never) {
+            v.extend(n.violations(who));
+        }
+        let Some(r) = n.result.as_ref() else { continue };
+        if r.ok || r.direct {
+            v.push(format!(
+                "{who} ({dcutr}): a direct connection through two symmetric NATs"
+            ));
+        }
+        if r.time_to_outcome_ms.is_none() {
+            v.push(format!(
+                "{who} ({dcutr}): no time_to_outcome_ms in its result"
+            ));
+        }
+        if dcutr == Impl::Ours {
+            let declared = r
+                .nat
+                .as_ref()
+                .and_then(|n| n["declared"]["mapping"].as_str().map(str::to_owned));
+            if declared.as_deref() != Some("endpoint-dependent") {
+                v.push(format!(
+                    "{who} (ours): declared {declared:?}, not an endpoint-dependent mapping"
+                ));
+            }
+            let error = r.dcutr_error.as_deref().unwrap_or("");
+            if !error.contains("cannot meet") {
+                v.push(format!(
+                    "{who} (ours): failed without the NATs' reason: {error:?}"
+                ));
+            }
+        }
+    }
+    let outcome = campaign::outcome(&seen.a, &seen.b, seen.timed_out, &mut v);
+    if outcome != Outcome::FailedClean && !stock_a_never {
+        v.push(format!(
+            "expected a clean failure on both sides, got {outcome}"
+        ));
+    }
+    v.dedup();
+    let detail = Detail {
+        b_impl: pairing.b,
+        a_impl: pairing.a,
+        time_to_direct_ms: None,
+        seen,
+    };
+    let mut r = Record::new(pairing.name(), run, outcome, detail);
+    r.duration_ms = Some(crate::ms(r.detail.seen.duration));
+    r.violations = v;
+    r
+}
+
 /// Judge one run (pure: unit-tested without root).
 pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
+    if pairing.symmetric {
+        return judge_symmetric(pairing, run, seen, v);
+    }
     v.extend(seen.problems.iter().cloned());
     let sides = [("B", &seen.b, pairing.b), ("A", &seen.a, pairing.a)];
     for ((who, n, dcutr), metrics) in sides.into_iter().zip(&seen.metrics) {
@@ -398,8 +526,122 @@ pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Reco
     r
 }
 
+/// Each side's time from its relayed connection to its result, ms.
+fn time_to_outcome(n: &NodeRun) -> Option<f64> {
+    n.result.as_ref().and_then(|r| r.time_to_outcome_ms)
+}
+
+/// The later side's time to its outcome: when both know. A stock A that
+/// never learns counts with B's time, a lower bound of "never" (which
+/// only makes the ratio against ours harder to meet).
+fn both_know(d: &Detail) -> Option<f64> {
+    let b = time_to_outcome(&d.seen.b)?;
+    match time_to_outcome(&d.seen.a) {
+        Some(a) => Some(a.max(b)),
+        None if d.a_impl == Impl::Stock => Some(b),
+        None => None,
+    }
+}
+
+/// The symmetric/symmetric table: per pairing, each side's median time to
+/// failure; then, per transport, ours' median (both sides knowing) over
+/// stock's against [`SYMMETRIC_MAX_RATIO`].
+pub fn symmetric_table(records: &[Record<Detail>]) -> String {
+    let groups = campaign::by_case(records);
+    let median_of = |runs: &[&Record<Detail>], f: &dyn Fn(&Detail) -> Option<f64>| {
+        median(&runs.iter().filter_map(|r| f(&r.detail)).collect::<Vec<_>>())
+    };
+    let mut rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|(name, runs)| {
+            let d = &runs[0].detail;
+            let failed = runs
+                .iter()
+                .filter(|r| r.outcome == Outcome::FailedClean)
+                .count();
+            vec![
+                (*name).to_owned(),
+                d.b_impl.to_string(),
+                d.a_impl.to_string(),
+                runs.len().to_string(),
+                format!("{failed}/{}", runs.len()),
+                campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.b)), 1),
+                {
+                    let never = runs
+                        .iter()
+                        .filter(|r| time_to_outcome(&r.detail.seen.a).is_none())
+                        .count();
+                    let t = campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.a)), 1);
+                    if never == 0 {
+                        t
+                    } else {
+                        format!("{t}; never in {never}/{}", runs.len())
+                    }
+                },
+                campaign::num(median_of(runs, &both_know), 1),
+                campaign::verdict(runs, "PASS"),
+            ]
+        })
+        .collect();
+    for t in [Transport::Tcp, Transport::Quic] {
+        let of = |i: Impl| {
+            let name = Pairing {
+                b: i,
+                a: i,
+                transport: t,
+                symmetric: true,
+            }
+            .name();
+            groups
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, runs)| median_of(runs, &both_know))
+        };
+        if let (Some(ours), Some(stock)) = (of(Impl::Ours), of(Impl::Stock)) {
+            let ratio = ours / stock;
+            let verdict = if ratio <= SYMMETRIC_MAX_RATIO {
+                "PASS"
+            } else {
+                "FAIL"
+            };
+            rows.push(vec![
+                format!("ours/stock {t}"),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("{ratio:.3} (≤ {SYMMETRIC_MAX_RATIO})"),
+                verdict.to_owned(),
+            ]);
+        }
+    }
+    campaign::markdown(
+        &[
+            "pairing",
+            "B (listener, site 2)",
+            "A (dialer, site 1)",
+            "runs",
+            "failed cleanly on both sides",
+            "B's median time to failure ms",
+            "A's median time to failure ms",
+            "median time until both know ms",
+            "verdict",
+        ],
+        &rows,
+        "symmetric/symmetric (masquerade fully-random, firewall on both routers), the relay and a second relay as identify observers; time to failure = from the peer's relayed connection to its result line; never = no result until natlab stopped it (stock A); the ours/stock rows divide the medians of the later side's time, a stock A that never learns counted with B's time; stock's times are capped by the peers' --timeout-s (60 s here).",
+    )
+}
+
 /// The Markdown table: one row per pairing.
 pub fn table(records: &[Record<Detail>]) -> String {
+    if records
+        .first()
+        .is_some_and(|r| r.case.ends_with(" sym/sym"))
+    {
+        return symmetric_table(records);
+    }
     let rows: Vec<Vec<String>> = campaign::by_case(records)
         .into_iter()
         .map(|(name, runs)| {
@@ -492,6 +734,9 @@ impl Campaign for Libp2p {
         if self.args.reference {
             base.extend(REFERENCE);
         }
+        if self.args.symmetric {
+            base = REFERENCE.iter().map(|p| p.symmetric()).collect();
+        }
         let over = |&t: &Transport| base.iter().map(move |p| p.over(t));
         self.args.transports.iter().flat_map(over).collect()
     }
@@ -500,8 +745,13 @@ impl Campaign for Libp2p {
         p.name()
     }
 
-    fn topology(&self, _: &Pairing, _run: u32) -> TopologySpec {
-        let mut spec = TopologySpec::new(Site::CONE, Site::CONE);
+    fn topology(&self, p: &Pairing, _run: u32) -> TopologySpec {
+        let site = if p.symmetric {
+            Site::SYMMETRIC
+        } else {
+            Site::CONE
+        };
+        let mut spec = TopologySpec::new(site, site);
         if let Some(d) = self.args.delay_ms {
             spec.delay = [Some(DelaySpec::fixed(d)), Some(DelaySpec::fixed(d))];
         }
@@ -535,8 +785,47 @@ impl Campaign for Libp2p {
                 "relay: printed {relay_addr}, not {relay_listen}/p2p/<id>"
             ));
         }
+        // The second relay, only an identify observer (`--symmetric`);
+        // kept out of `procs`, whose layout is relay, B, A. Killed when
+        // this returns.
+        let mut observer_procs = Vec::new();
+        let mut observer_addr = None;
+        if pairing.symmetric {
+            let listen = pairing.listen_addr(&RELAY_IP.to_string(), OBSERVER_PORT);
+            let argv = args(&[
+                "libp2p",
+                "relay",
+                "--seed",
+                &OBSERVER_SEED.to_string(),
+                "--listen",
+                &listen,
+                "--json",
+            ]);
+            let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
+            let line = campaign::start(
+                lab,
+                &mut observer_procs,
+                ("observer", &lab.relay_ns()),
+                &self.dcutr,
+                &argv,
+                ready,
+            );
+            match line.and_then(|l| field_of(&l, "addr")) {
+                Ok(addr) => observer_addr = Some(addr),
+                Err(e) => {
+                    seen.problems.push(format!("observer: {e:#}"));
+                    return seen;
+                }
+            }
+        }
         let listen = pairing.listen_addr("0.0.0.0", PEER_PORT);
-        let node_timeout = NODE_TIMEOUT.as_secs_f64().to_string();
+        let node_timeout = if pairing.symmetric {
+            SYMMETRIC_NODE_TIMEOUT
+        } else {
+            NODE_TIMEOUT
+        }
+        .as_secs_f64()
+        .to_string();
         let hold = METRICS_HOLD.as_secs_f64().to_string();
         let node = |mode: &str, seed: u64, dcutr: Impl| {
             let seed = seed.to_string();
@@ -552,18 +841,31 @@ impl Campaign for Libp2p {
                 "--json",
                 "--timeout-s",
                 &node_timeout,
-                "--metrics",
-                METRICS_ADDR,
-                "--metrics-hold-s",
-                &hold,
             ]);
+            // Symmetric runs judge the time to failure: no metrics hold
+            // may keep a peer (and its relayed connection) up.
+            if !pairing.symmetric {
+                v.extend(args(&[
+                    "--metrics",
+                    METRICS_ADDR,
+                    "--metrics-hold-s",
+                    &hold,
+                ]));
+            }
             if dcutr == Impl::Stock {
                 v.push("--stock".into());
+            }
+            if let Some(o) = &observer_addr {
+                v.extend(args(&["--observer", o]));
             }
             v
         };
         let started = Instant::now();
-        let deadline = started + Duration::from_secs_f64(self.args.run_timeout_s.max(0.1));
+        let mut run_timeout = Duration::from_secs_f64(self.args.run_timeout_s.max(0.1));
+        if pairing.symmetric {
+            run_timeout = run_timeout.max(SYMMETRIC_RUN_TIMEOUT);
+        }
+        let deadline = started + run_timeout;
         let mut b = node("listen", LISTENER_SEED, pairing.b);
         b.extend(args(&["--wait-s", &node_timeout]));
         let ready = (
@@ -596,7 +898,9 @@ impl Campaign for Libp2p {
         // holds them up until then): A first, as it usually ends first.
         let metrics_addr: SocketAddr = METRICS_ADDR.parse().expect("a socket address");
         for (slot, idx, site, side) in [(1, 2, 1, "receiver"), (0, 1, 2, "initiator")] {
-            let Some(p) = procs.get(idx) else { continue };
+            let Some(p) = procs.get(idx).filter(|_| !pairing.symmetric) else {
+                continue;
+            };
             let got = p
                 .wait_for_line(deadline, "result", |l| campaign::is_event(l, "result"))
                 .and_then(|_| scrape_in(&lab.host_ns(site), metrics_addr));
@@ -615,6 +919,7 @@ impl Campaign for Libp2p {
             problems: vec!["never started".into()],
             ..NodeRun::default()
         });
+        drop(observer_procs);
         seen
     }
 
@@ -645,6 +950,8 @@ mod tests {
             role: ok.then(|| "client".into()),
             time_to_direct_ms: ok.then_some(9.0),
             ping: ok,
+            time_to_outcome_ms: None,
+            nat: None,
             dcutr_outcome: dcutr.map(str::to_owned),
             dcutr_error: None,
         };
@@ -857,5 +1164,121 @@ mod tests {
             quic.listen_addr("203.0.113.1", 4000),
             "/ip4/203.0.113.1/udp/4000/quic-v1"
         );
+    }
+
+    /// A symmetric/symmetric side's run: a clean failure after `ms`;
+    /// ours with its declared mapping and the NATs' reason.
+    fn failed_after(dcutr: Impl, ms: f64) -> NodeRun {
+        let mut n = node(false, None, Some("error"));
+        let r = n.result.as_mut().unwrap();
+        r.time_to_outcome_ms = Some(ms);
+        if dcutr == Impl::Ours {
+            r.nat = Some(serde_json::json!({"declared": {"mapping": "endpoint-dependent"}}));
+            r.dcutr_error = Some("the two NATs cannot meet: ...".into());
+        }
+        n
+    }
+
+    fn sym_run(p: Pairing, run_no: u32, a: NodeRun, b: NodeRun) -> Record<Detail> {
+        let seen = Seen {
+            a,
+            b,
+            duration: Duration::from_secs(2),
+            ..Seen::default()
+        };
+        judge(p, run_no, seen, vec![])
+    }
+
+    #[test]
+    fn a_symmetric_run_passes_only_as_a_clean_failure_with_ours_naming_the_nats() {
+        let ours = REFERENCE[1].symmetric();
+        assert_eq!(ours.name(), "ours-B/ours-A tcp sym/sym");
+        let ok = sym_run(
+            ours,
+            1,
+            failed_after(Impl::Ours, 12.0),
+            failed_after(Impl::Ours, 15.0),
+        );
+        assert_eq!(ok.outcome, Outcome::FailedClean);
+        assert!(ok.passed(), "{:?}", ok.violations);
+        // Ours failing for another reason, or declaring nothing, fails.
+        let mut vague = failed_after(Impl::Ours, 12.0);
+        vague.result.as_mut().unwrap().nat = None;
+        vague.result.as_mut().unwrap().dcutr_error = Some("timeout".into());
+        let r = sym_run(ours, 1, vague, failed_after(Impl::Ours, 15.0));
+        assert!(has(&r, "A (ours): declared None"), "{:?}", r.violations);
+        assert!(has(&r, "without the NATs' reason"), "{:?}", r.violations);
+        // A direct connection is not the expected outcome.
+        let r = sym_run(ours, 1, direct(Some("ok")), direct(Some("ok")));
+        assert!(has(&r, "expected a clean failure"), "{:?}", r.violations);
+        // Stock needs neither (it has no classifier), but a time.
+        let stock = REFERENCE[0].symmetric();
+        let mut untimed = failed_after(Impl::Stock, 1.0);
+        untimed.result.as_mut().unwrap().time_to_outcome_ms = None;
+        let r = sym_run(stock, 1, untimed, failed_after(Impl::Stock, 30_000.0));
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(has(&r, "no time_to_outcome_ms"));
+        // Stock A that never reports, once B did, is stock's known
+        // behaviour; ours A that never reports is a violation.
+        let silent = NodeRun {
+            exit: None,
+            ..NodeRun::default()
+        };
+        let mut seen = Seen {
+            a: silent.clone(),
+            b: failed_after(Impl::Stock, 15_000.0),
+            timed_out: true,
+            ..Seen::default()
+        };
+        let r = judge(stock, 1, seen.clone(), vec![]);
+        assert!(r.passed(), "{:?}", r.violations);
+        assert_eq!(both_know(&r.detail), Some(15_000.0));
+        seen.b = failed_after(Impl::Ours, 15.0);
+        let r = judge(ours, 1, seen, vec![]);
+        assert!(!r.passed());
+        assert_eq!(both_know(&r.detail), None);
+    }
+
+    #[test]
+    fn the_symmetric_table_compares_the_later_sides_medians_against_half() {
+        let (ours, stock) = (REFERENCE[1].symmetric(), REFERENCE[0].symmetric());
+        let mut records = Vec::new();
+        for i in 1..=3 {
+            let t = f64::from(i);
+            records.push(sym_run(
+                stock,
+                i,
+                failed_after(Impl::Stock, 31_000.0 + t),
+                failed_after(Impl::Stock, 30_000.0 + t),
+            ));
+            records.push(sym_run(
+                ours,
+                i,
+                failed_after(Impl::Ours, 10.0 * t),
+                failed_after(Impl::Ours, 20.0 * t),
+            ));
+        }
+        let table = table(&records);
+        assert!(
+            table.contains(
+                "| ours-B/ours-A tcp sym/sym | ours | ours | 3 | 3/3 | 40.0 | 20.0 | 40.0 | PASS |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("| 0.001 (≤ 0.5) | PASS |"), "{table}");
+        // Ours as slow as stock fails the ratio.
+        let slow: Vec<_> = records
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                if r.detail.a_impl == Impl::Ours {
+                    r.detail.seen.a = failed_after(Impl::Ours, 31_002.0);
+                }
+                r
+            })
+            .collect();
+        let table = symmetric_table(&slow);
+        assert!(table.contains("| 1.000 (≤ 0.5) | FAIL |"), "{table}");
+        assert!(!table.contains("ours/stock quic"), "{table}");
     }
 }

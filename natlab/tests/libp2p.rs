@@ -148,3 +148,66 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
         "namespaces left behind"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn ours_fails_at_once_on_both_sides_behind_two_symmetric_nats() {
+    assert!(is_root(), "needs root (it builds network namespaces)");
+    let dcutr = build_dcutr();
+    let run_id = fresh_run_id();
+    // Ours only: stock's failure takes 15 to 35 s per run; `natlab libp2p
+    // --symmetric --runs 5` measures the two against each other.
+    let out = Command::new(natlab())
+        .args([
+            "libp2p",
+            "--symmetric",
+            "--filter",
+            "ours-B",
+            "--runs",
+            "1",
+            "--json",
+            "--run-id",
+            &run_id,
+            "--dcutr",
+        ])
+        .arg(&dcutr)
+        .output()
+        .expect("run natlab libp2p");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- natlab libp2p --symmetric -> {}\n{stderr}", out.status);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let records: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v.get("case").is_some()).collect();
+    let cases: Vec<&str> = records
+        .iter()
+        .map(|r| r["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cases,
+        ["ours-B/ours-A tcp sym/sym", "ours-B/ours-A quic sym/sym"]
+    );
+    for r in &records {
+        assert_eq!(r["outcome"], "failed-clean", "{r}");
+        assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r}");
+        for side in ["a", "b"] {
+            let res = &r[side]["result"];
+            assert_eq!(res["direct"], false, "{side}: {r}");
+            assert_eq!(
+                res["nat"]["declared"]["mapping"], "endpoint-dependent",
+                "{side}: {r}"
+            );
+            // The bound for this case: within 2 s of the start.
+            let t = res["time_to_outcome_ms"].as_f64().expect("a time");
+            assert!(t < 2000.0, "{side}: {t} ms: {r}");
+        }
+    }
+    assert!(out.status.success(), "natlab libp2p --symmetric failed");
+    assert_eq!(
+        namespaces_with_prefix(&format!("nl{run_id}")),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+}

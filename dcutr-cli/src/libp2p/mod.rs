@@ -18,6 +18,9 @@
 //!   each relayed connection, and prints the success rate and time to
 //!   direct (p50, p90, max).
 //! - `id --seed N` prints the peer id that `--seed N` gives.
+//! - `listen` and `dial` take `--observer MA` (repeatable): more identify
+//!   peers, so that ours classifies its NAT from two or more observers
+//!   and declares it in Connect (the `nat` line and the result's `nat`).
 //!
 //! Peers speak TCP (noise, yamux; dials leave from the listening port, so
 //! the relay observes the port the punch uses) and QUIC v1, with
@@ -123,6 +126,15 @@ pub struct PeerOpts {
     /// relay` prints it).
     #[arg(long, value_name = "MULTIADDR", value_parser = parse_relay_addr)]
     pub relay: Multiaddr,
+    /// Another identify peer to connect to during setup, ending in
+    /// `/p2p/<id>` (for example a second `dcutr libp2p relay`); repeat for
+    /// several. With the relay, two observers of our listening sockets
+    /// tell whether our NAT maps each destination to a new port
+    /// (symmetric): ours then declares it in Connect, and two symmetric
+    /// peers fail at once instead of timing out. The `nat` line shows what
+    /// was detected.
+    #[arg(long, value_name = "MULTIADDR", value_parser = parse_relay_addr)]
+    pub observer: Vec<Multiaddr>,
     /// Multiaddr to listen on (and punch from); repeat for several
     /// (default: `/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1`).
     #[arg(long, value_name = "MULTIADDR")]

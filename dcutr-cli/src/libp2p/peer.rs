@@ -10,7 +10,7 @@ use libp2p::futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, Swarm, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, dcutr as stock, ping, relay};
+use libp2p::{Multiaddr, PeerId, dcutr as stock, identify, ping, relay};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -101,6 +101,9 @@ struct RunReport {
     ping_rtt_ms: Option<f64>,
     /// The relayed connection's ping RTT.
     relayed_rtt_ms: Option<f64>,
+    /// From the relayed connection to this result (success, failure or
+    /// timeout): the time to learn the outcome.
+    time_to_outcome_ms: Option<f64>,
     /// The DCUtR behaviour's own outcome: `ok`, `error`, or none.
     dcutr_outcome: Option<&'static str>,
     dcutr_error: Option<String>,
@@ -216,6 +219,7 @@ impl Run {
                 _ => None,
             },
             relayed_rtt_ms: self.relayed_rtt.map(ms),
+            time_to_outcome_ms: self.relayed_at.map(|t| ms(t.elapsed())),
             dcutr_outcome: self
                 .dcutr
                 .as_ref()
@@ -484,9 +488,45 @@ async fn setup(
         swarm.dial(relay.clone()).map_err(|e| e.to_string())
     };
     reached.map_err(|e| format!("reaching the relay {relay}: {e}"))?;
+    // Identify from the relay and each other observer, fed to ours.
+    let mut unidentified: Vec<PeerId> = Vec::new();
+    if let Some(Protocol::P2p(id)) = relay.iter().last() {
+        unidentified.push(id);
+    }
+    for o in &opts.observer {
+        swarm
+            .dial(o.clone())
+            .map_err(|e| format!("--observer {o}: {e}"))?;
+        if let Some(Protocol::P2p(id)) = o.iter().last() {
+            unidentified.push(id);
+        }
+    }
     let (mut reserved, mut relayed_listen, mut observed) = (!reserve, !reserve, None);
-    while !(reserved && relayed_listen && observed.is_some()) {
+    while !(reserved && relayed_listen && observed.is_some() && unidentified.is_empty()) {
         match swarm.select_next_some().await {
+            SwarmEvent::Behaviour(PeerNodeEvent::Identify(identify::Event::Received {
+                connection_id,
+                peer_id,
+                info,
+            })) => {
+                unidentified.retain(|p| *p != peer_id);
+                if let Some(ours) = swarm.behaviour_mut().ours.as_mut() {
+                    match ours.observe_identify(connection_id, &info.observed_addr) {
+                        Ok(nat) => out.emit(
+                            "nat-observation",
+                            json!({"observer": peer_id.to_string(),
+                                   "observed": info.observed_addr.to_string(),
+                                   "socket": nat_json(&nat)}),
+                        ),
+                        Err(e) => out.emit(
+                            "nat-observation",
+                            json!({"observer": peer_id.to_string(),
+                                   "observed": info.observed_addr.to_string(),
+                                   "unused": e.to_string()}),
+                        ),
+                    }
+                }
+            }
             SwarmEvent::Behaviour(PeerNodeEvent::Relay(
                 relay::client::Event::ReservationReqAccepted { .. },
             )) => reserved = true,
@@ -496,6 +536,19 @@ async fn setup(
             SwarmEvent::NewExternalAddrCandidate { address } if !is_relayed(&address) => {
                 out.emit("observed", json!({"addr": address.to_string()}));
                 observed = Some(address);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                error,
+                peer_id: Some(peer),
+                ..
+            } if opts
+                .observer
+                .iter()
+                .any(|o| o.iter().last() == Some(Protocol::P2p(peer))) =>
+            {
+                return Err(format!(
+                    "reaching the observer {peer}: {error} (is it running, over this transport?)"
+                ));
             }
             SwarmEvent::OutgoingConnectionError { error, .. } => {
                 return Err(format!(
@@ -511,6 +564,31 @@ async fn setup(
         }
     }
     Ok(observed.expect("loop condition"))
+}
+
+/// A NAT behaviour for the JSON and human output.
+fn nat_json(nat: &ours::core::nat::NatBehaviour) -> Value {
+    json!({"mapping": nat.mapping.to_string(), "allocation": nat.allocation.to_string(),
+           "filtering": nat.filtering.to_string(),
+           "observers": nat.evidence.observations.len(), "detail": nat.to_string()})
+}
+
+/// What ours detected of our NAT after setup: what the next Connect
+/// declares (null: nothing, the spec's Connect) and each socket observed.
+/// Null with `--stock`, which has no classifier.
+fn nat_summary(swarm: &Swarm<PeerNode>) -> Value {
+    let Some(ours) = swarm.behaviour().ours.as_ref() else {
+        return Value::Null;
+    };
+    let sockets: Vec<Value> = ours
+        .nat_behaviours()
+        .map(|(t, b)| {
+            let mut v = nat_json(&b);
+            merge(&mut v, json!({"transport": t.to_string()}));
+            v
+        })
+        .collect();
+    json!({"declared": ours.nat_behaviour().as_ref().map(nat_json), "sockets": sockets})
 }
 
 /// Runs `listen` or `dial`.
@@ -569,6 +647,8 @@ pub async fn run(opts: &PeerOpts, role: Role, runs: u32) -> anyhow::Result<ExitC
             ));
         }
     };
+    let nat = nat_summary(&swarm);
+    out.emit("nat", json!({"nat": nat.clone()}));
     let relay = match opts.relay.iter().last() {
         Some(Protocol::P2p(id)) => id,
         _ => unreachable!("checked by the argument parser"),
@@ -612,7 +692,9 @@ pub async fn run(opts: &PeerOpts, role: Role, runs: u32) -> anyhow::Result<ExitC
         !reports.is_empty() && reports.iter().all(|r| r.ok) && reports.len() == runs as usize;
     let last = reports.last().cloned().unwrap_or_default();
     let scrapes = server.as_ref().map(MetricsServer::scrapes);
-    out.emit("result", result_line(&last, &summary));
+    let mut result = result_line(&last, &summary);
+    merge(&mut result, json!({"nat": nat}));
+    out.emit("result", result);
     out.human(&human_summary(&last, &summary));
     if let (Some(server), Some(before)) = (&server, scrapes) {
         hold_metrics(

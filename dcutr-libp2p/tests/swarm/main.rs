@@ -15,4 +15,5 @@ mod interop;
 mod logs;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod nat;
 mod swap;
