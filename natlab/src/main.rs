@@ -248,7 +248,13 @@ fn run(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Libp2p(args) => {
-            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
+            // `dcutr libp2p` is a user feature: the real CLI, not lab-dcutr.
+            let dcutr = campaign::locate(
+                args.dcutr.as_deref(),
+                "",
+                "dcutr",
+                "build it (cargo build -p dcutr-cli) or pass --dcutr PATH",
+            )?;
             campaign::run(&libp2p::Libp2p { args, dcutr })
         }
         Command::Cleanup => {
