@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::relay::{self, RelayConfig, RelayListener};
 use crate::report::Reporter;
-use crate::{DemoArgs, PeerArgs, peer};
+use crate::{DemoArgs, PeerArgs, ReachFlags, peer};
 
 /// Runs the demo; exit code 0 when both transports upgraded.
 ///
@@ -106,8 +106,10 @@ fn peer_args(
         quic,
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         json: false,
-        allow_private: false,
-        allow_loopback: true,
-        no_unilateral: true,
+        reach: ReachFlags {
+            allow_private: false,
+            allow_loopback: true,
+            no_unilateral: true,
+        },
     }
 }

@@ -128,16 +128,37 @@ pub struct PeerArgs {
     /// is the result).
     #[arg(long)]
     pub json: bool,
-    /// Also punch towards private (RFC 1918, unique local) addresses.
+    /// Which addresses we punch towards, and whether we dial first.
+    #[command(flatten)]
+    pub reach: ReachFlags,
+}
+
+/// The address policy and unilateral-dial flags that `dcutr peer` and
+/// `dcutr libp2p listen|dial` share.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct ReachFlags {
+    /// Also send and punch towards private (RFC 1918, unique local)
+    /// addresses.
     #[arg(long)]
     pub allow_private: bool,
-    /// Also punch towards loopback addresses (tests and demos on one host).
+    /// Also send and punch towards loopback addresses (tests and demos on
+    /// one host).
     #[arg(long)]
     pub allow_loopback: bool,
     /// Skip the unilateral direct dial to a peer that looks public and go
     /// straight to hole punching.
     #[arg(long)]
     pub no_unilateral: bool,
+}
+
+impl ReachFlags {
+    /// `policy` widened by these flags (never narrowed).
+    #[must_use]
+    pub fn widen(self, mut policy: dcutr_core::AddressPolicy) -> dcutr_core::AddressPolicy {
+        policy.allow_private |= self.allow_private;
+        policy.allow_loopback |= self.allow_loopback;
+        policy
+    }
 }
 
 fn parse_code(code: &str) -> Result<pairing::Code, String> {
@@ -249,7 +270,7 @@ mod tests {
         assert!(args.code.is_none());
         assert_eq!((args.tcp, args.quic), (Some(5000), Some(5001)));
         assert_eq!(args.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert!(!args.json && !args.allow_private && !args.allow_loopback);
+        assert!(!args.json && !args.reach.allow_private && !args.reach.allow_loopback);
     }
 
     #[test]

@@ -316,7 +316,7 @@ where
         .collect();
     let mut config = Config::shared_stream();
     config.address_policy = policy(&args);
-    config.unilateral = !args.no_unilateral;
+    config.unilateral = !args.reach.no_unilateral;
     let plan = Plan {
         side,
         config,
@@ -582,10 +582,7 @@ async fn with_timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
 }
 
 fn policy(args: &PeerArgs) -> AddressPolicy {
-    let mut policy = AddressPolicy::public_only();
-    policy.allow_loopback = args.allow_loopback;
-    policy.allow_private = args.allow_private;
-    policy
+    args.reach.widen(AddressPolicy::public_only())
 }
 
 fn ms(d: Duration) -> f64 {

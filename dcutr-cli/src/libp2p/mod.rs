@@ -146,16 +146,10 @@ pub struct PeerOpts {
     /// fresh key.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Ours: also send and dial private (RFC 1918, unique local) addresses.
-    #[arg(long)]
-    pub allow_private: bool,
-    /// Ours: also send and dial loopback addresses (tests on one host).
-    #[arg(long)]
-    pub allow_loopback: bool,
-    /// Ours: no unilateral direct dial to the peer's public addresses
-    /// alongside the exchange; every upgrade is a hole punch.
-    #[arg(long)]
-    pub no_unilateral: bool,
+    /// Ours only: which addresses we send and dial, and whether we dial
+    /// the peer's public addresses alongside the exchange.
+    #[command(flatten)]
+    pub reach: crate::ReachFlags,
     /// Limit of each upgrade in seconds, from the relayed connection to a
     /// direct connection pinged over.
     #[arg(long, value_name = "S", default_value_t = DEFAULT_UPGRADE_TIMEOUT_S,

@@ -427,12 +427,10 @@ fn endpoint_parts(endpoint: &ConnectedPoint) -> (Multiaddr, &'static str, &'stat
 /// `--allow-private` and `--allow-loopback`; the unilateral dial unless
 /// `--no-unilateral`.
 fn ours_config(opts: &PeerOpts) -> ours::Config {
-    let mut policy = ours::AddressPolicy::public_only();
-    policy.allow_private |= opts.allow_private;
-    policy.allow_loopback |= opts.allow_loopback;
+    let policy = opts.reach.widen(ours::AddressPolicy::public_only());
     ours::Config::default()
         .with_address_policy(policy)
-        .with_unilateral(!opts.no_unilateral)
+        .with_unilateral(!opts.reach.no_unilateral)
 }
 
 /// The listening addresses: `--listen`, or TCP and QUIC on every interface.
