@@ -315,21 +315,10 @@ impl World {
                         Frame::Raw(raw) => bytes.extend_from_slice(&raw[..raw.len().min(512)]),
                     }
                 }
-                let mut cuts: Vec<usize> = cuts
-                    .iter()
-                    .take(16)
-                    .map(|c| usize::from(*c) % (bytes.len() + 1))
-                    .collect();
-                cuts.push(bytes.len());
-                cuts.sort_unstable();
-                let mut from = 0;
-                for to in cuts {
-                    if to > from {
-                        let data = bytes::Bytes::copy_from_slice(&bytes[from..to]);
-                        self.handler(HandlerEvent::Data { stream, data });
-                        self.run();
-                        from = to;
-                    }
+                for range in dcutr_fuzz::chunks(&cuts, 16, bytes.len()) {
+                    let data = bytes::Bytes::copy_from_slice(&bytes[range]);
+                    self.handler(HandlerEvent::Data { stream, data });
+                    self.run();
                 }
             }
             Step::DataStale(n, data) => {

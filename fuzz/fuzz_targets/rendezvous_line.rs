@@ -279,21 +279,9 @@ async fn play(relay: SocketAddr, conn: &Conn, meet: Option<usize>) -> Vec<&'stat
         return Vec::new();
     };
     let _ = stream.set_nodelay(true);
-    let mut cuts: Vec<usize> = conn
-        .cuts
-        .iter()
-        .take(8)
-        .map(|c| usize::from(*c) % (bytes.len() + 1))
-        .collect();
-    cuts.push(bytes.len());
-    cuts.sort_unstable();
-    let mut from = 0;
-    for to in cuts {
-        if to > from {
-            if stream.write_all(&bytes[from..to]).await.is_err() {
-                break;
-            }
-            from = to;
+    for range in dcutr_fuzz::chunks(&conn.cuts, 8, bytes.len()) {
+        if stream.write_all(&bytes[range]).await.is_err() {
+            break;
         }
     }
     // Half-close, so the relay ends the connection at once instead of

@@ -37,3 +37,27 @@ pub fn trace() -> bool {
     static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *TRACE.get_or_init(|| std::env::var_os("DCUTR_FUZZ_TRACE").is_some_and(|v| v != "0"))
 }
+
+/// The chunks `0..len` splits into at the fuzzer's cut points (at most
+/// `max_cuts` of them, each taken modulo `len + 1`): non-empty, in order,
+/// covering every byte once. How the targets feed a byte stream in
+/// arbitrary pieces.
+#[must_use]
+pub fn chunks(cuts: &[u16], max_cuts: usize, len: usize) -> Vec<std::ops::Range<usize>> {
+    let mut points: Vec<usize> = cuts
+        .iter()
+        .take(max_cuts)
+        .map(|c| usize::from(*c) % (len + 1))
+        .collect();
+    points.push(len);
+    points.sort_unstable();
+    let mut from = 0;
+    let mut out = Vec::with_capacity(points.len());
+    for to in points {
+        if to > from {
+            out.push(from..to);
+            from = to;
+        }
+    }
+    out
+}
