@@ -1,0 +1,96 @@
+//! Two peers in one process, on smol, upgrade a relayed stream to a
+//! direct, pinned-TLS connection on loopback and say hello over it.
+//!
+//! ```text
+//! cargo run -p dcutr-async-std --example loopback_smol          # TCP
+//! cargo run -p dcutr-async-std --example loopback_smol -- quic  # QUIC
+//! ```
+//!
+//! In a real program each peer runs in its own process behind its own
+//! NAT, the relayed stream comes from your rendezvous, and `local_addrs`
+//! are the addresses it observed for the punch port. A loopback TCP
+//! connection stands in for the relay here, and the address policy allows
+//! loopback, which the default refuses.
+
+use std::net::SocketAddr;
+
+use async_net::{TcpListener, TcpStream};
+use dcutr_async_std::{AddressPolicy, Candidate, Config, Direct, Options, Side, Transport};
+use futures_util::io::{AsyncReadExt, AsyncWriteExt};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let transport = match std::env::args().nth(1).as_deref() {
+        None | Some("tcp") => Transport::Tcp,
+        Some("quic") => Transport::Quic,
+        Some(other) => return Err(format!("unknown transport {other:?}: tcp or quic").into()),
+    };
+    smol::block_on(async {
+        // Both ends of a "relayed" stream.
+        let relay = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = relay.local_addr()?;
+        let (b_relayed, a_relayed) =
+            futures_util::future::join(TcpStream::connect(addr), relay.accept()).await;
+        let (b_relayed, a_relayed) = (b_relayed?, a_relayed?.0);
+
+        // B received the relayed connection and starts DCUtR; A answers.
+        let b = options(Side::Initiator, transport)?;
+        let a = options(Side::Responder, transport)?;
+        let (b, a) = futures_util::future::join(
+            dcutr_async_std::upgrade(b_relayed, b),
+            dcutr_async_std::upgrade(a_relayed, a),
+        )
+        .await;
+        let (mut b, mut a) = (b?, a?);
+        println!(
+            "B: direct {} connection to {} as {}",
+            b.transport, b.remote, b.role
+        );
+        println!(
+            "A: direct {} connection to {} as {}",
+            a.transport, a.remote, a.role
+        );
+
+        match (&mut a.connection, &mut b.connection) {
+            (Direct::Tls(a), Direct::Tls(b)) => {
+                a.write_all(b"hello from A").await?;
+                a.flush().await?;
+                let mut buf = [0u8; 12];
+                b.read_exact(&mut buf).await?;
+                println!("B read {:?} over TLS", String::from_utf8_lossy(&buf));
+            }
+            (Direct::Quic(a), Direct::Quic(b)) => {
+                let (mut send, _recv) = a.open_bi().await?;
+                send.write_all(b"hello from A").await?;
+                send.finish()?;
+                let (_send, mut recv) = b.accept_bi().await?;
+                let got = recv.read_to_end(64).await?;
+                println!("B read {:?} over QUIC", String::from_utf8_lossy(&got));
+            }
+            _ => return Err("the two sides hold different transports".into()),
+        }
+        Ok(())
+    })
+}
+
+/// One peer's options: a punch socket on loopback, and that address as
+/// the one "observed" for it.
+fn options(side: Side, transport: Transport) -> std::io::Result<Options> {
+    let config = Config {
+        address_policy: AddressPolicy::permissive(),
+        ..Config::shared_stream()
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
+    let options = Options::new(side).config(config);
+    Ok(match transport {
+        Transport::Tcp => {
+            let listener = dcutr_async_std::tcp_listener(any)?;
+            let observed = Candidate::tcp(listener.get_ref().local_addr()?);
+            options.local_addrs([observed]).tcp(listener)
+        }
+        Transport::Quic => {
+            let quic = dcutr_async_std::quic_socket_smol(dcutr_async_std::udp_socket(any)?)?;
+            let observed = Candidate::quic(quic.local_addr()?);
+            options.local_addrs([observed]).quic(quic)
+        }
+    })
+}
