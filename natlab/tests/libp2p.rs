@@ -58,25 +58,36 @@ fn build_dcutr() -> PathBuf {
     dcutr
 }
 
+/// Runs `natlab libp2p ARGS --json` with `dcutr`, echoes its stderr, and
+/// returns its output and its JSON lines.
+fn natlab_libp2p(
+    args: &[&str],
+    run_id: &str,
+    dcutr: &Path,
+) -> (std::process::Output, Vec<serde_json::Value>) {
+    let out = Command::new(natlab())
+        .arg("libp2p")
+        .args(args)
+        .args(["--json", "--run-id", run_id, "--dcutr"])
+        .arg(dcutr)
+        .output()
+        .expect("run natlab libp2p");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- natlab libp2p {args:?} -> {}\n{stderr}", out.status);
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    (out, lines)
+}
+
 #[test]
 #[ignore = "needs root"]
 fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
     assert!(is_root(), "needs root (it builds network namespaces)");
     let dcutr = build_dcutr();
     let run_id = fresh_run_id();
-    let out = Command::new(natlab())
-        .args([
-            "libp2p", "--runs", "1", "--json", "--run-id", &run_id, "--dcutr",
-        ])
-        .arg(&dcutr)
-        .output()
-        .expect("run natlab libp2p");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- natlab libp2p -> {}\n{stderr}", out.status);
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let (out, lines) = natlab_libp2p(&["--runs", "1"], &run_id, &dcutr);
     let records: Vec<&serde_json::Value> =
         lines.iter().filter(|v| v.get("case").is_some()).collect();
     let pairings: Vec<&str> = records
@@ -157,28 +168,11 @@ fn ours_fails_at_once_on_both_sides_behind_two_symmetric_nats() {
     let run_id = fresh_run_id();
     // Ours only: stock's failure takes 15 to 35 s per run; `natlab libp2p
     // --symmetric --runs 5` measures the two against each other.
-    let out = Command::new(natlab())
-        .args([
-            "libp2p",
-            "--symmetric",
-            "--filter",
-            "ours-B",
-            "--runs",
-            "1",
-            "--json",
-            "--run-id",
-            &run_id,
-            "--dcutr",
-        ])
-        .arg(&dcutr)
-        .output()
-        .expect("run natlab libp2p");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- natlab libp2p --symmetric -> {}\n{stderr}", out.status);
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let (out, lines) = natlab_libp2p(
+        &["--symmetric", "--filter", "ours-B", "--runs", "1"],
+        &run_id,
+        &dcutr,
+    );
     let records: Vec<&serde_json::Value> =
         lines.iter().filter(|v| v.get("case").is_some()).collect();
     let cases: Vec<&str> = records
