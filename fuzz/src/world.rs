@@ -130,6 +130,25 @@ fn addr_of(spec: &dcutr_sim::PeerSpec, transport: Transport) -> Option<SocketAdd
         .map(|c| c.addr)
 }
 
+/// Each side's winning connection goes to the other peer, not to a
+/// stranger at an address the peer named.
+fn assert_winners_are_each_other(
+    world: &World,
+    b: &dcutr_core::Upgraded,
+    a: &dcutr_core::Upgraded,
+) {
+    assert_eq!(
+        Some(b.remote),
+        addr_of(&world.sim.responder, b.transport),
+        "the initiator's winner is the responder, not a stranger"
+    );
+    assert_eq!(
+        Some(a.remote),
+        addr_of(&world.sim.initiator, a.transport),
+        "the responder's winner is the initiator, not a stranger"
+    );
+}
+
 fn check(world: &World, sim: &Sim) {
     let (b, a) = sim.outcomes();
     match (b, a) {
@@ -140,16 +159,7 @@ fn check(world: &World, sim: &Sim) {
             // alongside the punch, and the responder cannot tell the one
             // from the other: it names the attempt it is in. Both still
             // won the connection to each other.
-            assert_eq!(
-                Some(b.remote),
-                addr_of(&world.sim.responder, b.transport),
-                "the initiator's winner is the responder, not a stranger"
-            );
-            assert_eq!(
-                Some(a.remote),
-                addr_of(&world.sim.initiator, a.transport),
-                "the responder's winner is the initiator, not a stranger"
-            );
+            assert_winners_are_each_other(world, b, a);
         }
         (Some(Outcome::Upgraded(b)), Some(Outcome::Upgraded(a))) => {
             assert_eq!(b.attempt, a.attempt, "both sides name the same attempt");
@@ -191,16 +201,7 @@ fn check(world: &World, sim: &Sim) {
             } else {
                 assert_eq!(b.transport, a.transport, "both sides on one transport");
             }
-            assert_eq!(
-                Some(b.remote),
-                addr_of(&world.sim.responder, b.transport),
-                "the initiator's winner is the responder, not a stranger"
-            );
-            assert_eq!(
-                Some(a.remote),
-                addr_of(&world.sim.initiator, a.transport),
-                "the responder's winner is the initiator, not a stranger"
-            );
+            assert_winners_are_each_other(world, b, a);
         }
         (Some(Outcome::Failed(_)), Some(Outcome::Failed(_))) => {}
         other => panic!(
