@@ -5,6 +5,8 @@
 #   scripts/fuzz.sh smoke               every target for FUZZ_SMOKE_SECONDS (default 30) s: what CI runs
 #   scripts/fuzz.sh long [SECONDS]      every target for SECONDS (default 3600) s, one after the other
 #   scripts/fuzz.sh run TARGET [SECONDS]  one target (default 300 s)
+#   scripts/fuzz.sh build               only build every target (test-all.sh builds them
+#                                       in the background while the NAT lab waits on the network)
 #   scripts/fuzz.sh list                the targets
 #
 # Each run starts from the committed seed corpus fuzz/corpus/TARGET (read
@@ -32,7 +34,7 @@ cd "$(dirname "$0")/.."
 ALL_TARGETS=(frame_decoder codec_parse upgrade_initiator upgrade_responder orchestrator rendezvous_line libp2p_stream)
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -41,10 +43,11 @@ case "$mode" in
     smoke) seconds=${FUZZ_SMOKE_SECONDS:-30}; targets=(${FUZZ_TARGETS:-${ALL_TARGETS[*]}}) ;;
     long) seconds=${2:-3600}; targets=(${FUZZ_TARGETS:-${ALL_TARGETS[*]}}) ;;
     run) [ -n "${2:-}" ] || usage; targets=("$2"); seconds=${3:-300} ;;
+    build) targets=() ;;
     list) printf '%s\n' "${ALL_TARGETS[@]}"; exit 0 ;;
     *) usage ;;
 esac
-case "$seconds" in '' | *[!0-9]*) echo "fuzz: SECONDS must be a whole number" >&2; exit 2 ;; esac
+case "${seconds:-0}" in '' | *[!0-9]*) echo "fuzz: SECONDS must be a whole number" >&2; exit 2 ;; esac
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz: skipped (no nightly toolchain)"
@@ -58,6 +61,10 @@ fi
 sanitizer=${FUZZ_SANITIZER:-address}
 echo "fuzz: building the targets (sanitizer: $sanitizer)"
 (cd fuzz && cargo +nightly fuzz build --sanitizer "$sanitizer")
+if [ "$mode" = build ]; then
+    echo "fuzz: built"
+    exit 0
+fi
 
 mkdir -p fuzz/target/logs
 failed=()

@@ -72,6 +72,20 @@ else
     skipped+=("coturn (needs root to install)")
 fi
 
+# The fuzz targets take the longest build of the suite (libp2p and the CLI,
+# instrumented, in release mode), while the NAT lab mostly waits on
+# timeouts and delay lines: build them meanwhile, at the lowest CPU
+# priority so the lab's timings are not the build's.
+fuzz_build_log=$(mktemp)
+fuzz_build_pid=
+if cargo +nightly --version >/dev/null 2>&1; then
+    echo "fuzz: building the targets in the background (log: $fuzz_build_log)"
+    # Its own process group, so that a failing lab stops the build too.
+    setsid nice -n 19 scripts/fuzz.sh build >"$fuzz_build_log" 2>&1 &
+    fuzz_build_pid=$!
+    trap 'kill -- "-$fuzz_build_pid" 2>/dev/null || true' EXIT
+fi
+
 step "NAT lab"
 if [ "$(id -u)" -eq 0 ] && ip netns list >/dev/null 2>&1; then
     scripts/natlab-matrix.sh
@@ -87,6 +101,15 @@ else
 fi
 
 step "fuzz smoke"
+if [ -n "$fuzz_build_pid" ]; then
+    if ! wait "$fuzz_build_pid"; then
+        cat "$fuzz_build_log"
+        echo "fuzz: the background build failed (log above)" >&2
+        exit 1
+    fi
+    trap - EXIT
+    tail -1 "$fuzz_build_log"
+fi
 if cargo +nightly --version >/dev/null 2>&1; then
     scripts/fuzz.sh smoke
     ran+=(fuzz)
