@@ -106,6 +106,7 @@ fn peer_args(
         quic,
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         json: false,
+        stun: Vec::new(),
         reach: ReachFlags {
             allow_private: false,
             allow_loopback: true,

@@ -128,6 +128,13 @@ pub struct PeerArgs {
     /// is the result).
     #[arg(long)]
     pub json: bool,
+    /// A STUN server, HOST:PORT or HOST (port 3478), to learn our NAT's
+    /// behaviour from the punch socket before the upgrade; repeat for more
+    /// (two on different IPs, or one with RFC 5780, tell the mapping). The
+    /// behaviour travels to the peer, and two NATs that cannot meet fail
+    /// at once instead of punching into nothing (see `dcutr netcheck`).
+    #[arg(long = "stun", value_name = "HOST:PORT", num_args = 1)]
+    pub stun: Vec<String>,
     /// Which addresses we punch towards, and whether we dial first.
     #[command(flatten)]
     pub reach: ReachFlags,

@@ -120,13 +120,7 @@ pub async fn netcheck(
     tcp: bool,
     options: DiscoverOptions,
 ) -> anyhow::Result<NetcheckReport> {
-    let mut resolved: Vec<(String, SocketAddr)> = Vec::new();
-    for spec in servers {
-        let want_v4 = bind
-            .map(|b| b.is_ipv4())
-            .or_else(|| resolved.first().map(|(_, a)| a.is_ipv4()));
-        resolved.push((spec.clone(), resolve(spec, want_v4).await?));
-    }
+    let resolved = resolve_all(servers, bind.map(|b| b.is_ipv4())).await?;
     let Some((_, first)) = resolved.first().cloned() else {
         bail!("no STUN server given: name one with --stun HOST:PORT");
     };
@@ -181,6 +175,109 @@ pub async fn netcheck(
         summary.tcp = Some(TcpSummary::new(&resolved, &tcp));
     }
     Ok(summary)
+}
+
+/// Resolves every server spec, each to an address of `v4`'s family (when
+/// unset, of the first server's).
+async fn resolve_all(
+    servers: &[String],
+    v4: Option<bool>,
+) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    let mut resolved: Vec<(String, SocketAddr)> = Vec::new();
+    for spec in servers {
+        let want_v4 = v4.or_else(|| resolved.first().map(|(_, a)| a.is_ipv4()));
+        resolved.push((spec.clone(), resolve(spec, want_v4).await?));
+    }
+    Ok(resolved)
+}
+
+/// A punch socket of `dcutr peer`, still a std socket (the runtime that
+/// punches takes it afterwards).
+#[derive(Debug, Clone, Copy)]
+pub enum PunchSocket<'a> {
+    /// The TCP punch listener, bound with port reuse: the observations
+    /// connect from its port.
+    Tcp(&'a std::net::TcpListener),
+    /// The UDP socket the QUIC endpoint will run on.
+    Udp(&'a std::net::UdpSocket),
+}
+
+/// What STUN found from a punch socket.
+#[derive(Debug, Clone)]
+pub struct PunchNat {
+    /// The classification, with its evidence.
+    pub behaviour: NatBehaviour,
+    /// Our public addresses as the servers saw them, in the order seen.
+    pub public: Vec<SocketAddr>,
+}
+
+/// Learns our NAT's behaviour from `socket` itself (so the mapping is the
+/// punch's own), against `servers`: UDP with [`stun::discover`], TCP with
+/// [`stun::observe_tcp`]. `route_ip` stands in for an unspecified local
+/// IP when mapped addresses are judged.
+///
+/// # Errors
+/// A server name that does not resolve, or no server answering: the
+/// message names what to check.
+pub async fn observe_punch_socket(
+    servers: &[String],
+    socket: PunchSocket<'_>,
+    route_ip: IpAddr,
+) -> anyhow::Result<PunchNat> {
+    let local = match socket {
+        PunchSocket::Tcp(l) => l.local_addr()?,
+        PunchSocket::Udp(u) => u.local_addr()?,
+    };
+    let resolved = resolve_all(servers, Some(local.is_ipv4())).await?;
+    if resolved.is_empty() {
+        bail!("no STUN server given: name one with --stun HOST:PORT");
+    }
+    let targets: Vec<SocketAddr> = resolved.iter().map(|(_, a)| *a).collect();
+    let mut judged_as = local;
+    if judged_as.ip().is_unspecified() {
+        judged_as.set_ip(route_ip);
+    }
+    match socket {
+        PunchSocket::Udp(udp) => {
+            let report = discover_std(udp, judged_as, &targets, DiscoverOptions::default()).await?;
+            if report.answered() == 0 {
+                bail!(
+                    "no STUN server answered over UDP (tried {}): check the address and port, \
+                     and that no firewall drops UDP to or from it",
+                    servers.join(", ")
+                );
+            }
+            Ok(PunchNat {
+                public: report.mapped_addresses(),
+                behaviour: report.behaviour,
+            })
+        }
+        PunchSocket::Tcp(_) => {
+            let report =
+                stun::observe_tcp(&TokioRuntime, local, judged_as, &targets, &[], None).await?;
+            let mut public: Vec<SocketAddr> = Vec::new();
+            for (mapped, _) in report
+                .results
+                .iter()
+                .filter_map(|r| r.outcome.as_ref().ok())
+            {
+                if !public.contains(mapped) {
+                    public.push(*mapped);
+                }
+            }
+            if public.is_empty() {
+                bail!(
+                    "no STUN server answered over TCP (tried {}): check that each serves \
+                     STUN on TCP at the same port",
+                    servers.join(", ")
+                );
+            }
+            Ok(PunchNat {
+                behaviour: report.behaviour,
+                public,
+            })
+        }
+    }
 }
 
 /// The TCP observations, from a reuse listener's port on `bind`'s IP.
@@ -350,7 +447,8 @@ impl TcpSummary {
     }
 }
 
-fn allocation_of(b: &NatBehaviour) -> (String, Option<i32>) {
+/// `b`'s allocation in words, and the step of a sequential one.
+pub fn allocation_of(b: &NatBehaviour) -> (String, Option<i32>) {
     match b.allocation {
         Allocation::Sequential { delta } => ("sequential".to_owned(), Some(delta)),
         other => (other.to_string(), None),

@@ -3,16 +3,18 @@
 //! proves the direct path with a round trip of data (or, after a failure,
 //! proves that the relayed stream still works).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use dcutr_core::nat::NatBehaviour;
 use dcutr_driver::{DirectConnection, Report};
 use dcutr_tokio::{AddressPolicy, Candidate, Config, Event, Role, Side, Transport, UpgradeFailure};
 use futures_util::{AsyncReadExt, AsyncWriteExt};
 
 use crate::PeerArgs;
+use crate::netcheck;
 use crate::pairing;
 use crate::rendezvous::{self, PairedSide};
 use crate::report::{Line, PeerResult, Progress, Reporter};
@@ -120,6 +122,8 @@ pub struct Plan {
     identity: dcutr_driver::Identity,
     /// The peer's fingerprint, authenticated by the PAKE.
     peer_fingerprint: dcutr_driver::Fingerprint,
+    /// Our NAT's behaviour, with `--stun`.
+    nat: Option<NatBehaviour>,
     reporter: Reporter,
 }
 
@@ -241,6 +245,17 @@ where
         }
         udp = Some(socket);
     }
+    let nat = match (args.stun.is_empty(), &tcp, &udp) {
+        (true, _, _) | (false, None, None) => None,
+        (false, Some(listener), _) => {
+            let socket = netcheck::PunchSocket::Tcp(listener);
+            observe_nat(&args.stun, socket, Transport::Tcp, route_ip, reporter).await?
+        }
+        (false, None, Some(udp)) => {
+            let socket = netcheck::PunchSocket::Udp(udp);
+            observe_nat(&args.stun, socket, Transport::Quic, route_ip, reporter).await?
+        }
+    };
     let addrs: Vec<String> = local_addrs
         .iter()
         .map(|c| c.to_multiaddr().to_string())
@@ -326,6 +341,7 @@ where
         udp,
         identity,
         peer_fingerprint,
+        nat,
         reporter,
     };
 
@@ -453,6 +469,9 @@ impl Plan {
             .identity(self.identity)
             .peer_fingerprint(self.peer_fingerprint)
             .on_event(move |event, at| progress(reporter, event, at));
+        if let Some(nat) = self.nat {
+            options = options.nat_behaviour(nat);
+        }
         if let Some(tcp) = self.tcp {
             options = options.tcp(listener(tcp)?);
         }
@@ -578,6 +597,50 @@ async fn with_timeout<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     match select(std::pin::pin!(fut), futures_timer::Delay::new(limit)).await {
         Either::Left((out, _)) => Some(out),
         Either::Right(_) => None,
+    }
+}
+
+/// `--stun`: our NAT's behaviour from the punch socket, reported. A
+/// server that does not answer is not fatal: the upgrade goes on without
+/// it, as without `--stun`.
+///
+/// # Errors
+/// Only when the report cannot be written; a server that does not resolve
+/// or answer is reported as `nat_unknown`.
+async fn observe_nat(
+    servers: &[String],
+    socket: netcheck::PunchSocket<'_>,
+    transport: Transport,
+    route_ip: IpAddr,
+    reporter: Reporter,
+) -> anyhow::Result<Option<NatBehaviour>> {
+    match netcheck::observe_punch_socket(servers, socket, route_ip).await {
+        Ok(found) => {
+            let b = &found.behaviour;
+            let (allocation, allocation_delta) = netcheck::allocation_of(b);
+            reporter.event(
+                &Line::NatObserved {
+                    transport,
+                    public: found.public.clone(),
+                    mapping: b.mapping.to_string(),
+                    allocation,
+                    allocation_delta,
+                    filtering: b.filtering.to_string(),
+                },
+                format_args!("our NAT over {transport}, by STUN: {b}"),
+            );
+            Ok(Some(found.behaviour))
+        }
+        Err(error) => {
+            let reason = format!("{error:#}");
+            reporter.event(
+                &Line::NatUnknown {
+                    reason: reason.clone(),
+                },
+                format_args!("our NAT stays unknown: {reason}"),
+            );
+            Ok(None)
+        }
     }
 }
 

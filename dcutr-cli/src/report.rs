@@ -95,6 +95,29 @@ pub enum Line<'a> {
         /// The peer's certificate fingerprint, hex.
         peer_fingerprint: String,
     },
+    /// STUN (`--stun`) found our NAT's behaviour from the punch socket;
+    /// it goes to the peer in our Connect.
+    NatObserved {
+        /// The punch socket's transport.
+        transport: Transport,
+        /// Our public addresses as the servers saw them.
+        public: Vec<SocketAddr>,
+        /// `endpoint-independent`, `endpoint-dependent` or `unknown`.
+        mapping: String,
+        /// `port-preserving`, `sequential`, `random` or `unknown`.
+        allocation: String,
+        /// The step of a sequential allocation.
+        allocation_delta: Option<i32>,
+        /// UDP only: `endpoint-independent`, `address-dependent`,
+        /// `address-and-port-dependent` or `unknown`.
+        filtering: String,
+    },
+    /// `--stun` was given, but no server answered: the upgrade goes on
+    /// without our NAT's behaviour.
+    NatUnknown {
+        /// Why.
+        reason: String,
+    },
     /// The upgrade is over: its timeline.
     Timeline {
         /// Hole-punch attempts made.

@@ -4,108 +4,27 @@
 //! `scripts/install-coturn.sh`, then `cargo test -p dcutr-cli --test
 //! netcheck -- --ignored`).
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use common::stun::{Answer, FakeServer, SERVER_LIFETIME, success};
 
 use dcutr_cli::netcheck::{self, TokioUdp};
 use dcutr_driver::stun::{self, DiscoverOptions, MAX_REQUESTS, Test, TestOutcome, Timing};
 use serde_json::Value;
 
-/// Longest any fake server thread runs, whatever the test does.
-const SERVER_LIFETIME: Duration = Duration::from_secs(60);
-
 /// Slack allowed past a computed time bound for a loaded machine (two
 /// cores shared by several builds).
 const SLACK: Duration = Duration::from_secs(5);
 
-const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
-
-/// What a fake server received: (when, from, datagram).
-type Received = Vec<(Instant, SocketAddr, Vec<u8>)>;
-
-/// A fake STUN server on a loopback address, on its own thread: answers
-/// Binding requests with an XOR-MAPPED-ADDRESS built here byte by byte
-/// (not with the client's codec), or stays silent.
-struct FakeServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Received>>,
-}
-
-impl FakeServer {
-    fn start(ip: &str, answer: bool) -> FakeServer {
-        let socket = UdpSocket::bind((ip, 0)).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut received = Vec::new();
-            let mut buf = [0u8; 1500];
-            while started.elapsed() < SERVER_LIFETIME {
-                // Once stopped, drain what already arrived (a datagram
-                // sent on loopback is queued by the time `send_to`
-                // returns), then end at the first empty read.
-                let stopping = stopped.load(Ordering::Relaxed);
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    if stopping {
-                        break;
-                    }
-                    continue;
-                };
-                received.push((Instant::now(), from, buf[..n].to_vec()));
-                if answer && n >= 20 && buf[..2] == [0, 1] && buf[4..8] == COOKIE {
-                    let _ = socket.send_to(&success(&buf[..20], from), from);
-                }
-            }
-            received
-        });
-        FakeServer {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> Received {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A Binding success response to the request with `header`, with the
-/// XOR-MAPPED-ADDRESS of `mapped` (IPv4) and nothing else.
-fn success(header: &[u8], mapped: SocketAddr) -> Vec<u8> {
-    let SocketAddr::V4(v4) = mapped else {
-        panic!("IPv4 only")
-    };
-    let mut out = vec![0x01, 0x01, 0, 12];
-    out.extend_from_slice(&header[4..20]);
-    out.extend_from_slice(&[0x00, 0x20, 0, 8, 0, 1]);
-    out.extend_from_slice(&(v4.port() ^ 0x2112).to_be_bytes());
-    let ip = v4.ip().octets();
-    out.extend((0..4).map(|i| ip[i] ^ COOKIE[i]));
-    out
-}
-
 #[tokio::test]
 async fn two_servers_on_two_loopback_ips_see_no_nat() {
-    let a = FakeServer::start("127.0.0.1", true);
-    let b = FakeServer::start("127.0.0.2", true);
+    let a = FakeServer::start("127.0.0.1", Answer::Truthfully);
+    let b = FakeServer::start("127.0.0.2", Answer::Truthfully);
     let servers = [a.addr.to_string(), b.addr.to_string()];
     let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let report = netcheck::netcheck(&servers, Some(bind), false, DiscoverOptions::default())
@@ -133,8 +52,24 @@ async fn two_servers_on_two_loopback_ips_see_no_nat() {
 }
 
 #[tokio::test]
+async fn two_servers_that_see_different_ports_tell_an_endpoint_dependent_mapping() {
+    let a = FakeServer::start("127.0.0.1", Answer::PortOffset(7));
+    let b = FakeServer::start("127.0.0.2", Answer::PortOffset(4099));
+    let servers = [a.addr.to_string(), b.addr.to_string()];
+    let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let report = netcheck::netcheck(&servers, Some(bind), false, DiscoverOptions::default())
+        .await
+        .unwrap();
+    assert!(!report.no_nat, "{report}");
+    assert_eq!(report.public.len(), 2, "{report}");
+    assert_eq!(report.mapping, "endpoint-dependent", "{report}");
+    let against_cone = &report.strategies[0];
+    assert_eq!(against_cone.kind, "birthday", "{against_cone:?}");
+}
+
+#[tokio::test]
 async fn a_std_socket_is_observed_through_a_clone() {
-    let a = FakeServer::start("127.0.0.1", true);
+    let a = FakeServer::start("127.0.0.1", Answer::Truthfully);
     let socket = dcutr_driver::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
     let local = socket.local_addr().unwrap();
     let report = netcheck::discover_std(&socket, local, &[a.addr], DiscoverOptions::default())
@@ -150,7 +85,7 @@ async fn a_std_socket_is_observed_through_a_clone() {
 
 #[tokio::test]
 async fn a_silent_server_gets_the_bounded_retransmissions_then_a_timeout() {
-    let silent = FakeServer::start("127.0.0.1", false);
+    let silent = FakeServer::start("127.0.0.1", Answer::Silent);
     let timing = Timing {
         initial_rto: Duration::from_millis(50),
         ..Timing::default()
@@ -208,7 +143,7 @@ async fn a_silent_server_gets_the_bounded_retransmissions_then_a_timeout() {
 
 #[test]
 fn netcheck_names_the_fix_when_no_server_answers() {
-    let silent = FakeServer::start("127.0.0.1", false);
+    let silent = FakeServer::start("127.0.0.1", Answer::Silent);
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_dcutr"))
         .args(["netcheck", "--stun", &silent.addr.to_string()])

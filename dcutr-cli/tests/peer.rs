@@ -3,8 +3,12 @@
 //! relay runs in the test, from dcutr-cli's library, with a delay that
 //! `dcutr relay` does not offer (the NAT lab's lab-dcutr has it).
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
+
+use common::stun::{Answer, FakeServer};
 
 use dcutr_cli::relay::{self, RelayConfig, RelayEvent, RelayListener};
 use serde_json::Value;
@@ -42,12 +46,8 @@ impl Proc {
         serde_json::from_str(&line).expect("every line is JSON")
     }
 
-    /// The next JSON line whose event is `event`.
-    async fn wait_for(&mut self, event: &str) -> Value {
-        self.wait_for_seeing(event, |_| {}).await
-    }
-
-    /// Like `wait_for`, showing every line on the way to `seen`.
+    /// The next JSON line whose event is `event`, showing every line on
+    /// the way to `seen`.
     async fn wait_for_seeing(&mut self, event: &str, mut seen: impl FnMut(&Value)) -> Value {
         loop {
             let value = self.next().await;
@@ -77,6 +77,9 @@ struct Run {
     relay_lines: Vec<Value>,
     /// The code A connected with.
     code: Option<String>,
+    /// Every line A and B printed, the results included.
+    a_lines: Vec<Value>,
+    b_lines: Vec<Value>,
 }
 
 async fn punch(transport_flag: &str) -> (Value, Value, i32, i32) {
@@ -105,6 +108,11 @@ async fn relay() -> (String, mpsc::Receiver<RelayEvent>) {
 }
 
 async fn pair(transport_flag: &str, pairing: Pairing<'_>) -> Run {
+    pair_with(transport_flag, pairing, &[]).await
+}
+
+/// [`pair`], with `extra` arguments for both peers.
+async fn pair_with(transport_flag: &str, pairing: Pairing<'_>, extra: &[&str]) -> Run {
     let (addr, mut relay_events) = relay().await;
     let common = [
         "peer",
@@ -118,20 +126,24 @@ async fn pair(transport_flag: &str, pairing: Pairing<'_>) -> Run {
         "--allow-loopback",
         "--no-unilateral",
     ];
+    let common = [&common[..], extra].concat();
     let (b_args, mut code): (Vec<&str>, Option<String>) = match pairing {
         Pairing::Generated => (vec![], None),
         Pairing::Codes(b_code, _) => (vec!["--code", b_code], None),
     };
     let mut b = Proc::spawn(&[&common[..], &b_args].concat());
+    let (mut a_lines, mut b_lines) = (Vec::new(), Vec::new());
     if let Pairing::Generated = pairing {
         let first = b.next().await;
+        b_lines.push(first.clone());
         assert_eq!(
             first["event"], "code",
             "the code is the first event: {first}"
         );
         code = Some(first["code"].as_str().unwrap().to_owned());
     }
-    b.wait_for("registered").await;
+    b.wait_for_seeing("registered", |v| b_lines.push(v.clone()))
+        .await;
     let a_code = match pairing {
         Pairing::Codes(_, a_code) => a_code.to_owned(),
         _ => code.clone().unwrap(),
@@ -149,8 +161,12 @@ async fn pair(transport_flag: &str, pairing: Pairing<'_>) -> Run {
             break;
         }
     }
-    let ra = a.wait_for("result").await;
-    let rb = b.wait_for("result").await;
+    let ra = a
+        .wait_for_seeing("result", |v| a_lines.push(v.clone()))
+        .await;
+    let rb = b
+        .wait_for_seeing("result", |v| b_lines.push(v.clone()))
+        .await;
     let ca = a.child.wait().await.unwrap().code().unwrap();
     let cb = b.child.wait().await.unwrap().code().unwrap();
     Run {
@@ -160,6 +176,8 @@ async fn pair(transport_flag: &str, pairing: Pairing<'_>) -> Run {
         cb,
         relay_lines,
         code: Some(a_code),
+        a_lines,
+        b_lines,
     }
 }
 
@@ -223,6 +241,77 @@ async fn a_wrong_code_fails_pairing_on_both_sides_with_a_clear_error() {
         let reason = r["reason"].as_str().unwrap();
         assert!(reason.contains("did not prove the code"), "{reason}");
         assert!(r["remote"].is_null(), "no direct connection: {r}");
+    }
+}
+
+/// The `nat_observed` line of a peer's output.
+fn nat_line(lines: &[Value]) -> &Value {
+    lines
+        .iter()
+        .find(|l| l["event"] == "nat_observed")
+        .unwrap_or_else(|| panic!("a nat_observed line: {lines:?}"))
+}
+
+#[tokio::test]
+async fn stun_from_the_punch_socket_sees_no_nat_on_loopback_and_the_upgrade_goes_on() {
+    let (s1, s2) = (
+        FakeServer::start("127.0.0.1", Answer::Truthfully),
+        FakeServer::start("127.0.0.2", Answer::Truthfully),
+    );
+    let (s1_addr, s2_addr) = (s1.addr.to_string(), s2.addr.to_string());
+    let extra = ["--stun", &s1_addr, "--stun", &s2_addr];
+    let run = pair_with("--quic", Pairing::Generated, &extra).await;
+    assert_upgraded(&run.ra, &run.rb, run.ca, run.cb, "quic");
+    for lines in [&run.a_lines, &run.b_lines] {
+        let nat = nat_line(lines);
+        assert_eq!(nat["transport"], "quic", "{nat}");
+        assert_eq!(nat["mapping"], "endpoint-independent", "{nat}");
+        assert_eq!(nat["allocation"], "port-preserving", "{nat}");
+        assert_eq!(nat["public"].as_array().unwrap().len(), 1, "{nat}");
+    }
+    // Each server was asked from both punch sockets, and only those.
+    for server in [s1, s2] {
+        let got = server.stop();
+        let mut sources: Vec<_> = got.iter().map(|(_, from, _)| *from).collect();
+        sources.dedup();
+        assert_eq!(sources.len(), 2, "one socket per peer: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_nats_that_map_per_destination_fail_at_once_on_both_sides_and_say_why() {
+    // Each server sees another port: both peers look endpoint-dependent
+    // with ports that follow no pattern, which no punch can meet.
+    let (s1, s2) = (
+        FakeServer::start("127.0.0.1", Answer::PortOffset(1000)),
+        FakeServer::start("127.0.0.2", Answer::PortOffset(3001)),
+    );
+    let (s1_addr, s2_addr) = (s1.addr.to_string(), s2.addr.to_string());
+    let extra = ["--stun", &s1_addr, "--stun", &s2_addr];
+    let run = pair_with("--quic", Pairing::Generated, &extra).await;
+    for (lines, result, code) in [
+        (&run.a_lines, &run.ra, run.ca),
+        (&run.b_lines, &run.rb, run.cb),
+    ] {
+        let nat = nat_line(lines);
+        assert_eq!(nat["mapping"], "endpoint-dependent", "{nat}");
+        assert_eq!(result["ok"], false, "{result}");
+        assert_eq!(code, 1, "a clean upgrade failure: {result}");
+        assert_eq!(
+            result["attempts"], 1,
+            "no retry can change the NATs: {result}"
+        );
+        let reason = result["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("endpoint-independent NAT"),
+            "names the fix: {reason}"
+        );
+        assert_eq!(
+            result["relay_usable"], true,
+            "the relay still works: {result}"
+        );
+        let punches = lines.iter().filter(|l| l["event"] == "punch").count();
+        assert_eq!(punches, 0, "nothing punched into nothing: {lines:?}");
     }
 }
 

@@ -118,6 +118,7 @@ pub struct Options<L> {
     identity: Option<Identity>,
     peer_fingerprint: Option<Fingerprint>,
     seed: Option<[u8; 32]>,
+    nat: Option<dcutr_core::nat::NatBehaviour>,
     on_event: Option<EventCallback>,
 }
 
@@ -137,6 +138,7 @@ impl<L> Options<L> {
             identity: None,
             peer_fingerprint: None,
             seed: None,
+            nat: None,
             on_event: None,
         }
     }
@@ -210,6 +212,17 @@ impl<L> Options<L> {
     /// bytes come from the OS; fix it only in tests.
     pub fn seed(mut self, seed: [u8; 32]) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Our NAT's behaviour, as STUN found it from the punch socket (see
+    /// [`stun::discover`] and [`stun::observe_tcp`]): it travels in our
+    /// Connect, and when both sides' behaviours leave no strategy that can
+    /// work, both fail at once with
+    /// [`AttemptFailure::NatsCannotMeet`](dcutr_core::AttemptFailure::NatsCannotMeet)
+    /// instead of punching into nothing. Unknown by default.
+    pub fn nat_behaviour(mut self, behaviour: dcutr_core::nat::NatBehaviour) -> Self {
+        self.nat = Some(behaviour);
         self
     }
 
@@ -526,6 +539,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
             .remote_public_addrs(options.remote_public_addrs);
         if let Some(identity) = &identity {
             builder = builder.local_fingerprint(identity.fingerprint());
+        }
+        if let Some(nat) = options.nat {
+            builder = builder.nat_behaviour(nat);
         }
         let core = builder.start(start).map_err(UpgradeFailure::Config)?;
         let (events_tx, events_rx) = mpsc::unbounded();

@@ -1,0 +1,3 @@
+//! Helpers shared by dcutr-cli's test binaries.
+
+pub mod stun;
