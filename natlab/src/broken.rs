@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::campaign::{
-    self, Campaign, Common, Outcome, PEER_PORT, Record, TRANSPORTS, Transport, is_event,
-    parse_event,
+    self, Campaign, Common, Named, Outcome, PEER_PORT, Record, TRANSPORTS, Transport, find_event,
+    is_event,
 };
 use crate::contract::{self, CliRun};
 use crate::nat::Site;
@@ -307,12 +307,13 @@ pub struct Case {
     pub transport: Transport,
 }
 
-impl Case {
-    /// `loss30 cone/cone quic`.
-    pub fn name(&self) -> String {
+impl Named for Case {
+    fn name(&self) -> String {
         format!("{} cone/cone {}", self.fault, self.transport)
     }
+}
 
+impl Case {
     /// The delay-line seeds of run `run`, for the loss cases.
     fn seeds(&self, base: u64, run: u32) -> Option<[u64; 2]> {
         matches!(self.fault, Fault::Loss { .. }).then(|| seeds(base, self.index, run))
@@ -695,19 +696,12 @@ impl Campaign for Broken {
     type Case = Case;
     type Seen = Seen;
     type Detail = Detail;
+    const TABLE: fn(&[Record<Detail>]) -> String = table;
     const KIND: &'static str = "broken";
     const DEFAULT_RUNS: u32 = DEFAULT_RUNS;
 
-    fn common(&self) -> &Common {
-        &self.args.common
-    }
-
     fn cases(&self) -> Vec<Case> {
         all_cases()
-    }
-
-    fn name(&self, case: &Case) -> String {
-        case.name()
     }
 
     fn topology(&self, case: &Case, run: u32) -> TopologySpec {
@@ -735,10 +729,6 @@ impl Campaign for Broken {
         let mut r = judge(case, run, &self.bounds, seen, problems);
         r.detail.seeds = case.seeds(self.args.seed, run);
         r
-    }
-
-    fn table(&self, records: &[Record<Detail>]) -> String {
-        table(records)
     }
 
     fn preamble(&self) -> Option<String> {
@@ -771,29 +761,17 @@ fn first_event(lines: &[(Instant, String)], name: &str, since: Instant) -> Optio
         .map(|(t, _)| t.saturating_duration_since(since))
 }
 
-/// The field `field` of the first event `name` in `lines`.
-fn event_field(lines: &[String], name: &str, field: fn(&Value) -> Option<Value>) -> Option<Value> {
-    lines.iter().find_map(|l| {
-        let (n, v) = parse_event(l).ok()?;
-        (n == name).then(|| field(&v)).flatten()
-    })
-}
-
 /// The reason of the peer's `error` event, if it printed one.
 fn error_reason(p: &Proc) -> Option<String> {
-    let reason = event_field(&p.stdout_lines(), ERROR_EVENT, |v| {
-        Some(v["reason"].clone())
-    })?;
-    Some(reason.as_str().unwrap_or("").to_owned())
+    let v = find_event(&p.stdout_lines(), ERROR_EVENT)?;
+    Some(v["reason"].as_str().unwrap_or("").to_owned())
 }
 
 /// Bytes the relay says it forwarded on the (only) splice.
 fn splice_bytes(p: &Proc) -> Option<u64> {
-    let sum = |v: &Value| {
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        Some(Value::from(n("to_initiator") + n("to_responder")))
-    };
-    event_field(&p.stdout_lines(), SPLICE_CLOSED_EVENT, sum)?.as_u64()
+    let v = find_event(&p.stdout_lines(), SPLICE_CLOSED_EVENT)?;
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    Some(n("to_initiator") + n("to_responder"))
 }
 
 /// Start relay, B, A; break what the case breaks; wait within the bounds.
@@ -900,8 +878,7 @@ fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::PeerRun;
-    use crate::contract::CliResult;
+    use crate::contract::{CliResult, fixture};
 
     fn evaluate(c: &Case, run: u32, b: &Bounds, seen: Seen) -> Record<Detail> {
         judge(c, run, b, seen, vec![])
@@ -912,31 +889,12 @@ mod tests {
     }
 
     fn result(ok: bool, role: &str, attempts: u32, reason: Option<&str>) -> CliResult {
-        CliResult {
-            ok,
-            transport: "tcp".into(),
-            role: role.into(),
-            remote: ok.then(|| "203.0.113.12:5000".into()),
-            attempts,
-            unilateral: false,
-            rtt_ms: Some(40.0),
-            time_to_direct_ms: ok.then_some(60.0),
-            direct_rtt_ms: ok.then_some(40.0),
-            relay_usable: ok,
-            reason: reason.map(str::to_owned),
-        }
+        let mut r = fixture::result(ok, role, attempts);
+        (r.relay_usable, r.reason) = (ok, reason.map(str::to_owned));
+        r
     }
 
-    fn peer(exit: i32, events: &[&str], r: CliResult) -> CliRun {
-        let mut events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
-        events.push("result".into());
-        PeerRun {
-            exit: Some(exit),
-            events,
-            result: Some(r),
-            problems: vec![],
-        }
-    }
+    use crate::contract::fixture::run as peer;
 
     fn case(fault: Fault) -> Case {
         Case {

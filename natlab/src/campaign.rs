@@ -145,11 +145,17 @@ impl<D> Record<D> {
     }
 }
 
+/// A case's name: what `--filter` matches and the table's first column.
+pub trait Named {
+    /// `cone/cone tcp rtt100`, `loss30 cone/cone quic`.
+    fn name(&self) -> String;
+}
+
 /// A campaign: cases -> topology -> drive -> observations -> expectations
 /// -> violations -> table.
 pub trait Campaign {
     /// One cell of the campaign (the runner repeats it `--runs` times).
-    type Case;
+    type Case: Named;
     /// What driving one run saw.
     type Seen: Default;
     /// What a record keeps beyond [`Record`]'s common fields.
@@ -164,12 +170,11 @@ pub trait Campaign {
     /// otherwise).
     const BUDGET: Option<Duration> = None;
 
-    /// The options every campaign has.
-    fn common(&self) -> &Common;
+    /// The Markdown table of all records.
+    const TABLE: fn(&[Record<Self::Detail>]) -> String;
+
     /// Every case, in table order.
     fn cases(&self) -> Vec<Self::Case>;
-    /// The case's name (what `--filter` matches).
-    fn name(&self, case: &Self::Case) -> String;
     /// The topology of run `run` of `case`.
     fn topology(&self, case: &Self::Case, run: u32) -> TopologySpec;
     /// Start the processes in `lab` (pushed to `procs`, whose logs a
@@ -184,8 +189,6 @@ pub trait Campaign {
         seen: Self::Seen,
         problems: Vec<String>,
     ) -> Record<Self::Detail>;
-    /// The Markdown table of all records.
-    fn table(&self, records: &[Record<Self::Detail>]) -> String;
     /// Printed first and written above the table (e.g. the bounds).
     fn preamble(&self) -> Option<String> {
         None
@@ -202,8 +205,7 @@ pub trait Campaign {
 
 /// Run every case of `c` that matches the filter; exit code 0 when every
 /// run met its expectation, 1 otherwise.
-pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
-    let common = c.common();
+pub fn run<C: Campaign>(c: &C, common: &Common) -> Result<ExitCode> {
     let runs = common.runs.unwrap_or(C::DEFAULT_RUNS).max(1);
     let cases: Vec<C::Case> = c
         .cases()
@@ -212,7 +214,7 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
             common
                 .filter
                 .as_deref()
-                .is_none_or(|f| c.name(k).contains(f))
+                .is_none_or(|f| k.name().contains(f))
         })
         .collect();
     if cases.is_empty() {
@@ -233,7 +235,8 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
     let mut records = Vec::new();
     for case in &cases {
         for run in 1..=runs {
-            let record = run_one(c, case, run, &names.next_topology());
+            let diagnose = common.always_diagnose;
+            let record = run_one(c, case, run, &names.next_topology(), diagnose);
             info!(
                 case = %record.case, run, outcome = %record.outcome,
                 verdict = if record.passed() { "PASS" } else { "FAIL" },
@@ -247,7 +250,7 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
         }
     }
     let total = started.elapsed();
-    let table = c.table(&records);
+    let table = C::TABLE(&records);
     let all = runs == 1 && common.filter.is_none();
     if let Some(budget) = C::BUDGET.filter(|b| all && total > *b) {
         warn!(
@@ -297,7 +300,13 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
 
 /// One run in a fresh topology. Never fails: lab errors become an `Error`
 /// record (with the lab's state printed), so the campaign always goes on.
-fn run_one<C: Campaign>(c: &C, case: &C::Case, run: u32, prefix: &str) -> Record<C::Detail> {
+fn run_one<C: Campaign>(
+    c: &C,
+    case: &C::Case,
+    run: u32,
+    prefix: &str,
+    always_diagnose: bool,
+) -> Record<C::Detail> {
     let lab = match Lab::build(prefix, c.topology(case, run)) {
         Ok(lab) => lab,
         Err(e) => {
@@ -314,7 +323,7 @@ fn run_one<C: Campaign>(c: &C, case: &C::Case, run: u32, prefix: &str) -> Record
     let seen = c.drive(case, &lab, &mut procs);
     let mut record = c.judge(case, run, seen, Vec::new());
     record.setup_ms = crate::ms(lab.setup_time());
-    if !record.passed() || c.common().always_diagnose {
+    if !record.passed() || always_diagnose {
         let verdict = if record.passed() { "PASS" } else { "FAIL" };
         let mut text = format!(
             "===== {} run {run}: {verdict} ({}) =====\n{}",
@@ -526,6 +535,12 @@ pub fn parse_event(line: &str) -> Result<(String, Value), String> {
         .ok_or_else(|| format!("JSON line without a string \"event\": {line:?}"))?
         .to_owned();
     Ok((name, value))
+}
+
+/// The first JSON event `name` among `lines`.
+pub fn find_event(lines: &[String], name: &str) -> Option<Value> {
+    let named = |l: &String| parse_event(l).ok().filter(|(n, _)| n == name);
+    lines.iter().find_map(|l| named(l).map(|(_, v)| v))
 }
 
 /// Whether `line` is the JSON event `name`.

@@ -89,6 +89,42 @@ impl campaign::PeerResult for CliResult {
 /// A `dcutr peer`'s run.
 pub type CliRun = PeerRun<CliResult>;
 
+/// Test fixtures: a result and a run.
+#[cfg(test)]
+pub mod fixture {
+    use super::*;
+
+    /// A TCP result in `role`: an upgrade (R 100 ms, D 10 ms, 200 ms to
+    /// direct) or, not `ok`, a failure for "no direct path".
+    pub fn result(ok: bool, role: &str, attempts: u32) -> CliResult {
+        CliResult {
+            ok,
+            transport: "tcp".into(),
+            role: role.into(),
+            remote: ok.then(|| "203.0.113.12:5000".into()),
+            attempts,
+            unilateral: false,
+            rtt_ms: Some(100.0),
+            time_to_direct_ms: ok.then_some(200.0),
+            direct_rtt_ms: ok.then_some(10.0),
+            relay_usable: true,
+            reason: (!ok).then(|| "no direct path".into()),
+        }
+    }
+
+    /// A run that exited `exit` after `events` and the result `r`.
+    pub fn run(exit: i32, events: &[&str], r: CliResult) -> CliRun {
+        let mut events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+        events.push("result".into());
+        PeerRun {
+            exit: Some(exit),
+            events,
+            result: Some(r),
+            problems: vec![],
+        }
+    }
+}
+
 /// The CLI the lab drives: `--dcutr`, else `lab-dcutr` next to natlab,
 /// else on PATH.
 pub fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::campaign::{
-    self, Campaign, Common, Outcome, PEER_PORT, PeerRun, RELAY_PORT, RELAY_READY_TIMEOUT, Record,
-    Transport, args, parse_event,
+    self, Campaign, Common, Named, Outcome, PEER_PORT, PeerRun, RELAY_PORT, RELAY_READY_TIMEOUT,
+    Record, Transport, args, parse_event,
 };
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -178,13 +178,14 @@ pub struct Pairing {
     pub symmetric: bool,
 }
 
-impl Pairing {
-    /// `stock-B/ours-A tcp`.
-    pub fn name(&self) -> String {
+impl Named for Pairing {
+    fn name(&self) -> String {
         let sym = if self.symmetric { " sym/sym" } else { "" };
         format!("{}-B/{}-A {}{sym}", self.b, self.a, self.transport)
     }
+}
 
+impl Pairing {
     /// The same pairing behind two symmetric NATs.
     #[must_use]
     pub fn symmetric(self) -> Self {
@@ -713,21 +714,35 @@ fn field_of(line: &str, name: &str) -> Result<String> {
         .with_context(|| format!("no {name} in {line}"))
 }
 
-/// The `peer_id` field of a JSON event line.
-fn peer_id_of(line: &str) -> Result<String> {
-    field_of(line, "peer_id")
+impl Libp2p {
+    /// Start a circuit relay with key `seed` on the relay host, listening
+    /// on `listen`, as `label` (pushed to `procs`); the address it printed.
+    fn start_relay(
+        &self,
+        lab: &Lab,
+        procs: &mut Vec<Proc>,
+        (label, seed): (&str, u64),
+        listen: &str,
+    ) -> Result<String, String> {
+        let seed = seed.to_string();
+        let argv = args(&[
+            "libp2p", "relay", "--seed", &seed, "--listen", listen, "--json",
+        ]);
+        let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
+        let ns = lab.relay_ns();
+        campaign::start(lab, procs, (label, &ns), &self.dcutr, &argv, ready)
+            .and_then(|l| field_of(&l, "addr"))
+            .map_err(|e| format!("{label}: {e:#}"))
+    }
 }
 
 impl Campaign for Libp2p {
     type Case = Pairing;
     type Seen = Seen;
     type Detail = Detail;
+    const TABLE: fn(&[Record<Detail>]) -> String = table;
     const KIND: &'static str = "libp2p";
     const GROUPS: &'static str = "pairings";
-
-    fn common(&self) -> &Common {
-        &self.args.common
-    }
 
     fn cases(&self) -> Vec<Pairing> {
         let mut base: Vec<Pairing> = MIXED.to_vec();
@@ -739,10 +754,6 @@ impl Campaign for Libp2p {
         }
         let over = |&t: &Transport| base.iter().map(move |p| p.over(t));
         self.args.transports.iter().flat_map(over).collect()
-    }
-
-    fn name(&self, p: &Pairing) -> String {
-        p.name()
     }
 
     fn topology(&self, p: &Pairing, _run: u32) -> TopologySpec {
@@ -761,22 +772,11 @@ impl Campaign for Libp2p {
     fn drive(&self, pairing: &Pairing, lab: &Lab, procs: &mut Vec<Proc>) -> Seen {
         let mut seen = Seen::default();
         let relay_listen = pairing.listen_addr(&RELAY_IP.to_string(), RELAY_PORT);
-        let relay = args(&[
-            "libp2p",
-            "relay",
-            "--seed",
-            &RELAY_SEED.to_string(),
-            "--listen",
-            &relay_listen,
-            "--json",
-        ]);
-        let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
-        let ns = lab.relay_ns();
-        let relay_line = campaign::start(lab, procs, ("relay", &ns), &self.dcutr, &relay, ready);
-        let relay_addr = match relay_line.and_then(|l| field_of(&l, "addr")) {
+        let relay = self.start_relay(lab, procs, ("relay", RELAY_SEED), &relay_listen);
+        let relay_addr = match relay {
             Ok(addr) => addr,
             Err(e) => {
-                seen.problems.push(format!("relay: {e:#}"));
+                seen.problems.push(e);
                 return seen;
             }
         };
@@ -792,28 +792,11 @@ impl Campaign for Libp2p {
         let mut observer_addr = None;
         if pairing.symmetric {
             let listen = pairing.listen_addr(&RELAY_IP.to_string(), OBSERVER_PORT);
-            let argv = args(&[
-                "libp2p",
-                "relay",
-                "--seed",
-                &OBSERVER_SEED.to_string(),
-                "--listen",
-                &listen,
-                "--json",
-            ]);
-            let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
-            let line = campaign::start(
-                lab,
-                &mut observer_procs,
-                ("observer", &lab.relay_ns()),
-                &self.dcutr,
-                &argv,
-                ready,
-            );
-            match line.and_then(|l| field_of(&l, "addr")) {
+            let observer = ("observer", OBSERVER_SEED);
+            match self.start_relay(lab, &mut observer_procs, observer, &listen) {
                 Ok(addr) => observer_addr = Some(addr),
                 Err(e) => {
-                    seen.problems.push(format!("observer: {e:#}"));
+                    seen.problems.push(e);
                     return seen;
                 }
             }
@@ -874,7 +857,7 @@ impl Campaign for Libp2p {
         );
         let ns = lab.host_ns(2);
         let b_id = campaign::start(lab, procs, ("listener B", &ns), &self.dcutr, &b, ready);
-        match b_id.and_then(|l| peer_id_of(&l)) {
+        match b_id.and_then(|l| field_of(&l, "peer_id")) {
             Err(e) if procs.len() < 2 => {
                 seen.problems.push(format!("listener B: {e:#}"));
                 return seen;
@@ -925,10 +908,6 @@ impl Campaign for Libp2p {
 
     fn judge(&self, p: &Pairing, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
         judge(*p, run, seen, problems)
-    }
-
-    fn table(&self, records: &[Record<Detail>]) -> String {
-        table(records)
     }
 }
 
@@ -1076,9 +1055,9 @@ mod tests {
             n.violations("A"),
             ["A: event \"late\" after the result (the result must be last)"]
         );
-        let id = peer_id_of(r#"{"event":"listening","peer_id":"12D3"}"#).unwrap();
+        let id = field_of(r#"{"event":"listening","peer_id":"12D3"}"#, "peer_id").unwrap();
         assert_eq!(id, "12D3");
-        assert!(peer_id_of(r#"{"event":"listening"}"#).is_err());
+        assert!(field_of(r#"{"event":"listening"}"#, "peer_id").is_err());
     }
 
     #[test]

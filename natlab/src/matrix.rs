@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::campaign::{self, Campaign, Common, Outcome, Record, TRANSPORTS, Transport};
+use crate::campaign::{self, Campaign, Common, Named, Outcome, Record, TRANSPORTS, Transport};
 use crate::contract::{self, CliResult, CliRun};
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -126,10 +126,9 @@ pub struct Case {
     pub runtime: &'static str,
 }
 
-impl Case {
-    /// `cone/cone tcp rtt100` (with the runtime appended when it is not
-    /// tokio: `cone/cone tcp rtt100 smol`).
-    pub fn name(&self) -> String {
+impl Named for Case {
+    /// With the runtime appended when it is not tokio.
+    fn name(&self) -> String {
         let mut name = format!(
             "{} {} rtt{}",
             PAIRS[self.pair].0,
@@ -141,7 +140,9 @@ impl Case {
         }
         name
     }
+}
 
+impl Case {
     fn expect(&self) -> Expect {
         PAIRS[self.pair].3
     }
@@ -231,19 +232,12 @@ impl Campaign for Matrix {
     type Case = Case;
     type Seen = Seen;
     type Detail = Detail;
+    const TABLE: fn(&[Record<Detail>]) -> String = table;
     const KIND: &'static str = "matrix";
     const BUDGET: Option<Duration> = Some(MATRIX_BUDGET);
 
-    fn common(&self) -> &Common {
-        &self.args.common
-    }
-
     fn cases(&self) -> Vec<Case> {
         all_cases()
-    }
-
-    fn name(&self, case: &Case) -> String {
-        case.name()
     }
 
     fn topology(&self, case: &Case, _run: u32) -> TopologySpec {
@@ -286,10 +280,6 @@ impl Campaign for Matrix {
 
     fn judge(&self, case: &Case, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
         judge(case, run, seen, problems)
-    }
-
-    fn table(&self, records: &[Record<Detail>]) -> String {
-        table(records)
     }
 }
 
@@ -464,32 +454,14 @@ pub fn table(records: &[Record<Detail>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::PeerRun;
+    use crate::contract::fixture;
 
     /// A peer's run: exit 0 with an upgrade in `role`, or (`attempts` >
     /// 0 and not `ok`) exit 1 with a clean failure.
     fn peer(ok: bool, role: &str, attempts: u32, unilateral: bool) -> CliRun {
-        let result = CliResult {
-            ok,
-            transport: "tcp".into(),
-            role: role.into(),
-            remote: ok.then(|| "203.0.113.12:5000".into()),
-            attempts,
-            unilateral,
-            rtt_ms: Some(100.0),
-            time_to_direct_ms: ok.then_some(200.0),
-            direct_rtt_ms: ok.then_some(10.0),
-            relay_usable: true,
-            reason: (!ok).then(|| "no direct path".into()),
-        };
-        let exit = Some(if ok { 0 } else { 1 });
-        let events = vec!["result".into()];
-        PeerRun {
-            exit,
-            events,
-            result: Some(result),
-            problems: vec![],
-        }
+        let mut result = fixture::result(ok, role, attempts);
+        result.unilateral = unilateral;
+        fixture::run(if ok { 0 } else { 1 }, &[], result)
     }
 
     fn up(role: &str) -> CliRun {
