@@ -284,13 +284,10 @@ pub fn seeds(base: u64, case: usize, run: u32) -> [u64; 2] {
 /// When things happened in one run, relative to starting B.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Times {
-    /// A printed `paired`.
     pub a_paired: Option<Duration>,
-    /// B printed `paired`.
     pub b_paired: Option<Duration>,
     /// A exited (by itself; `None` if we stopped it or it never did).
     pub a_exit: Option<Duration>,
-    /// B exited.
     pub b_exit: Option<Duration>,
     /// We killed or froze A.
     pub a_vanished: Option<Duration>,
@@ -301,9 +298,7 @@ pub struct Times {
 pub struct Case {
     /// Position in [`all_cases`] (the seeds derive from it).
     pub index: usize,
-    /// What is broken.
     pub fault: Fault,
-    /// Transport.
     pub transport: Transport,
 }
 
@@ -342,9 +337,7 @@ pub fn all_cases() -> Vec<Case> {
 pub struct Seen {
     /// Peer A (its output; its exit code unless we stopped it).
     pub a: CliRun,
-    /// Peer B.
     pub b: CliRun,
-    /// When things happened.
     pub times: Times,
     /// The runner gave up waiting (a bound plus [`OVERRUN_MARGIN`]).
     pub timed_out: bool,
@@ -356,24 +349,19 @@ pub struct Seen {
     pub errors: [Option<String>; 2],
     /// The runner stopped a peer whose partner ended unpaired.
     pub stopped_unpaired: bool,
-    /// Lab and runner problems.
     pub problems: Vec<String>,
 }
 
 /// What a broken-network record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
-    /// The fault.
     pub fault: Fault,
-    /// Transport.
     pub transport: Transport,
     /// Delay-line seeds (sites 1 and 2), for the loss cases.
     pub seeds: Option<[u64; 2]>,
     /// Attempts (B's count, else A's).
     pub attempts: Option<u32>,
-    /// A's failure reason.
     pub a_reason: Option<String>,
-    /// B's failure reason.
     pub b_reason: Option<String>,
     /// Both peers printed the core's `upgraded` event: DCUtR itself
     /// upgraded, whatever the CLI did afterwards.
@@ -684,9 +672,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
 
 /// The broken-network campaign.
 pub struct Broken {
-    /// Options.
     pub args: Args,
-    /// The dcutr CLI.
     pub dcutr: PathBuf,
     /// The bounds every run is judged against.
     pub bounds: Bounds,
@@ -1051,41 +1037,46 @@ mod tests {
             slow.violations
         );
 
-        let a = peer(0, &[], result(true, "client", 1, None));
-        let split = run(
-            loss10,
-            a,
-            down("server", 1, "x"),
-            both_paired_then_exit(1.0, 1.0),
-        );
-        assert_eq!(split.outcome, Outcome::Error);
-        assert!(has(&split, "disagree"));
-
-        let times = Times {
+        let (x, crash) = (|w| down(w, 1, "x"), CliRun::parse(Some(2), &[]));
+        let b_only = Times {
             b_paired: s(0.1),
             b_exit: s(1.0),
             a_exit: s(0.5),
             ..Times::default()
         };
-        let crashed = run(
-            loss10,
-            CliRun::parse(Some(2), &[]),
-            down("server", 1, "x"),
-            times,
-        );
-        assert_eq!(crashed.outcome, Outcome::Error);
-        assert!(
-            has(&crashed, "A: exit code 2 (error)") && has(&crashed, "A: never printed \"paired\"")
-        );
-
-        let times = both_paired_then_exit(1.0, 1.0);
-        let too_many = run(
-            loss10,
-            down("client", 4, "x"),
-            down("server", 4, "x"),
-            times,
-        );
-        assert!(has(&too_many, "4 attempts"));
+        let up = peer(0, &[], result(true, "client", 1, None));
+        let t = both_paired_then_exit(1.0, 1.0);
+        for (a, b, times, outcome, needles) in [
+            (
+                up,
+                x("server"),
+                t.clone(),
+                Outcome::Error,
+                &["disagree"][..],
+            ),
+            (
+                crash,
+                x("server"),
+                b_only,
+                Outcome::Error,
+                &["A: exit code 2 (error)", "A: never printed \"paired\""],
+            ),
+            (
+                down("client", 4, "x"),
+                down("server", 4, "x"),
+                t,
+                Outcome::FailedClean,
+                &["4 attempts"],
+            ),
+        ] {
+            let r = run(loss10, a, b, times);
+            assert_eq!(r.outcome, outcome, "{:?}", r.violations);
+            assert!(
+                needles.iter().all(|n| has(&r, n)),
+                "{needles:?}: {:?}",
+                r.violations
+            );
+        }
 
         let times = Times {
             a_paired: s(0.1),
@@ -1177,54 +1168,48 @@ mod tests {
             b_exit: s(10.3),
             a_vanished: s(0.2),
         };
-        let vanished_a = CliRun::parse(None, &[r#"{"event":"remote_addrs"}"#.to_string()]);
-        let b_failed = down("server", 1, "peer sent nothing");
-        let good = run(
-            Fault::PeerFrozen,
-            vanished_a.clone(),
-            b_failed.clone(),
-            gone.clone(),
-        );
+        let vanished_a = || CliRun::parse(None, &[r#"{"event":"remote_addrs"}"#.to_string()]);
+        let b_failed = || down("server", 1, "peer sent nothing");
+        let good = run(Fault::PeerFrozen, vanished_a(), b_failed(), gone.clone());
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         assert_eq!(good.duration_ms, Some(10_100.0));
 
-        let times = Times {
+        let late = Times {
             b_exit: s(46.0),
             ..gone.clone()
         };
-        let late = run(
-            Fault::PeerKilled,
-            vanished_a.clone(),
-            b_failed.clone(),
-            times,
-        );
-        assert!(has(&late, "over the bound 45.0 s"));
-
-        let b_crashed = CliRun::parse(Some(101), &["panicked".to_string()]);
-        let crashed = run(
-            Fault::PeerKilled,
-            vanished_a.clone(),
-            b_crashed,
-            gone.clone(),
-        );
-        assert_eq!(crashed.outcome, Outcome::Error);
-        assert!(has(&crashed, "expected B to fail cleanly, got error"));
-
-        let b_up = peer(0, &[], result(true, "server", 1, None));
-        let upgraded = run(Fault::PeerKilled, vanished_a, b_up, gone.clone());
-        assert!(has(
-            &upgraded,
-            "B reports an upgrade with a peer that vanished"
-        ));
-
-        let times = Times {
+        let never_hooked = Times {
             a_vanished: None,
             a_exit: s(1.0),
-            ..gone
+            ..gone.clone()
         };
-        let never_hooked = run(Fault::PeerKilled, down("client", 1, "x"), b_failed, times);
-        assert!(has(&never_hooked, "A was not stopped"));
+        let b_crashed = CliRun::parse(Some(101), &["panicked".to_string()]);
+        let b_up = peer(0, &[], result(true, "server", 1, None));
+        for (a, b, times, needle) in [
+            (vanished_a(), b_failed(), late, "over the bound 45.0 s"),
+            (
+                vanished_a(),
+                b_crashed,
+                gone.clone(),
+                "expected B to fail cleanly, got error",
+            ),
+            (
+                vanished_a(),
+                b_up,
+                gone,
+                "B reports an upgrade with a peer that vanished",
+            ),
+            (
+                down("client", 1, "x"),
+                b_failed(),
+                never_hooked,
+                "A was not stopped",
+            ),
+        ] {
+            let r = run(Fault::PeerKilled, a, b, times);
+            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+        }
     }
 
     #[test]

@@ -105,11 +105,9 @@ impl fmt::Display for Outcome {
 /// One judged run: the fields every campaign has, and its own `detail`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record<D> {
-    /// Case name.
     pub case: String,
     /// Run number within the case (1-based).
     pub run: u32,
-    /// How it ended.
     pub outcome: Outcome,
     /// What the campaign compares with its bound (or the run's length), ms.
     pub duration_ms: Option<f64>,
@@ -408,7 +406,6 @@ pub const RESULT_EVENT: &str = "result";
 pub struct PeerRun<R> {
     /// Exit code (`None`: killed, stopped by the runner, or never exited).
     pub exit: Option<i32>,
-    /// Event names in order.
     pub events: Vec<String>,
     /// The result, if a valid one was printed.
     pub result: Option<R>,
@@ -607,7 +604,6 @@ pub fn wait_peers(
 
 /// How a plain run (relay, B, maybe A) ended: see [`settle`].
 pub struct Settled<R> {
-    /// Peer B.
     pub b: PeerRun<R>,
     /// Peer A, if it was started.
     pub a: Option<PeerRun<R>>,

@@ -35,7 +35,6 @@ pub const PEER_REGISTERED_EVENT: &str = "registered";
 pub struct CliResult {
     /// Whether a direct connection replaced the relayed one.
     pub ok: bool,
-    /// `tcp` or `quic`.
     pub transport: String,
     /// `client` or `server` on the direct connection.
     pub role: String,
@@ -53,7 +52,6 @@ pub struct CliResult {
     pub direct_rtt_ms: Option<f64>,
     /// Whether the relayed connection still works after the outcome.
     pub relay_usable: bool,
-    /// Why the upgrade failed.
     pub reason: Option<String>,
 }
 

@@ -239,7 +239,6 @@ pub struct NodeResult {
     pub ok: bool,
     /// A non-relayed connection to the peer came up.
     pub direct: bool,
-    /// Why not ok.
     pub reason: Option<String>,
     /// The direct connection's remote address.
     pub remote: Option<String>,
@@ -260,7 +259,6 @@ pub struct NodeResult {
     pub nat: Option<Value>,
     /// The DCUtR behaviour's own event: `ok`, `error`, or none.
     pub dcutr_outcome: Option<String>,
-    /// Its error text.
     pub dcutr_error: Option<String>,
 }
 
@@ -299,9 +297,7 @@ pub type NodeRun = PeerRun<NodeResult>;
 /// What driving one run saw (and its record keeps).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Seen {
-    /// The dialer.
     pub a: NodeRun,
-    /// The listener.
     pub b: NodeRun,
     /// The run hit its time limit.
     pub timed_out: bool,
@@ -310,7 +306,6 @@ pub struct Seen {
     /// From starting B until both peers exited (`duration_ms`).
     #[serde(skip)]
     pub duration: Duration,
-    /// Lab and runner problems.
     pub problems: Vec<String>,
 }
 
@@ -399,9 +394,7 @@ pub fn scrape_in(ns: &str, addr: SocketAddr) -> Result<String> {
 /// What a libp2p record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
-    /// The listener's DCUtR.
     pub b_impl: Impl,
-    /// The dialer's DCUtR.
     pub a_impl: Impl,
     /// The dialer's time from relayed to direct connection (B's if A has none), ms.
     pub time_to_direct_ms: Option<f64>,
@@ -698,9 +691,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
 
 /// The libp2p campaign.
 pub struct Libp2p {
-    /// Options.
     pub args: Args,
-    /// The dcutr CLI.
     pub dcutr: PathBuf,
 }
 

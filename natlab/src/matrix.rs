@@ -118,7 +118,6 @@ pub const PAIRS: &[(&str, Site, Site, Expect)] = &[
 pub struct Case {
     /// Index into [`PAIRS`].
     pub pair: usize,
-    /// Transport.
     pub transport: Transport,
     /// One-way delay the relay adds (0 or [`RELAY_DELAY_MS`]).
     pub relay_delay_ms: u32,
@@ -170,9 +169,7 @@ pub fn all_cases() -> Vec<Case> {
 /// What driving one run saw (and its record keeps).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Seen {
-    /// Peer A.
     pub a: CliRun,
-    /// Peer B.
     pub b: CliRun,
     /// The case timeout (or the grace after one peer exited) fired.
     pub timed_out: bool,
@@ -180,26 +177,19 @@ pub struct Seen {
     /// record has it as `duration_ms`.
     #[serde(skip)]
     pub duration: Duration,
-    /// Runner and lab problems.
     pub problems: Vec<String>,
 }
 
 /// What a matrix record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
-    /// Pair name.
     pub pair: String,
-    /// A's site.
     pub a_site: String,
-    /// B's site.
     pub b_site: String,
-    /// Transport.
     pub transport: Transport,
-    /// Runtime of both peers.
     pub runtime: String,
     /// Relayed RTT the relay's delay aims at, ms.
     pub relay_rtt_target_ms: u32,
-    /// What was expected.
     pub expect: Expect,
     /// Attempts (B's count, else A's).
     pub attempts: Option<u32>,
@@ -211,7 +201,6 @@ pub struct Detail {
     pub time_to_direct_ms: Option<f64>,
     /// time_to_direct / (1.5 R + D).
     pub ratio: Option<f64>,
-    /// B's unilateral flag.
     pub unilateral: Option<bool>,
     /// Failure reason (B's, else A's).
     pub reason: Option<String>,
@@ -222,9 +211,7 @@ pub struct Detail {
 
 /// The matrix campaign.
 pub struct Matrix {
-    /// Options.
     pub args: Args,
-    /// The dcutr CLI.
     pub dcutr: PathBuf,
 }
 
@@ -494,9 +481,15 @@ mod tests {
         r.violations.iter().any(|v| v.contains(needle))
     }
 
+    /// With `edit` applied to the run's result.
+    fn with(mut run: CliRun, edit: impl FnOnce(&mut CliResult)) -> CliRun {
+        edit(run.result.as_mut().unwrap());
+        run
+    }
+
     #[test]
     fn the_matrix_has_twenty_four_cases_with_unique_names() {
-        let mut names: Vec<String> = all_cases().iter().map(Case::name).collect();
+        let mut names: Vec<String> = all_cases().iter().map(Named::name).collect();
         assert_eq!(names.len(), 24, "20 on tokio, 4 cone/cone on smol");
         names.sort();
         names.dedup();
@@ -515,17 +508,14 @@ mod tests {
         let r = run("cone/cone", up("client"), up("server"), 1);
         assert_eq!(r.outcome, Outcome::Upgraded);
         assert!(r.passed(), "{:?}", r.violations);
-        assert_eq!(
-            (r.detail.ratio, r.detail.attempts),
-            (Some(200.0 / 160.0), Some(1))
-        );
+        let d = &r.detail;
+        assert_eq!((d.ratio, d.attempts), (Some(200.0 / 160.0), Some(1)));
         assert_eq!(r.detail.relay_rtt_target_ms, 100);
     }
 
     #[test]
     fn swapped_roles_and_transports_fail_even_when_upgraded() {
-        let mut b = up("client");
-        b.result.as_mut().unwrap().transport = "quic".into();
+        let b = with(up("client"), |r| r.transport = "quic".into());
         let r = run("cone/cone", up("server"), b, 1);
         assert_eq!(r.outcome, Outcome::Upgraded);
         assert!(has(&r, "A reported role server, expected client"));
@@ -535,23 +525,26 @@ mod tests {
 
     #[test]
     fn the_public_pair_needs_a_unilateral_upgrade() {
-        let not_uni = run(
-            "cone/public",
-            peer(true, "client", 0, false),
-            peer(true, "server", 0, false),
-            1,
-        );
-        assert!(has(&not_uni, "expected unilateral=true"));
+        let uni = |role| peer(true, role, 0, true);
         // In the direct dial B dials A: B is the client, A the server.
-        let uni = run(
-            "cone/public",
-            peer(true, "server", 0, true),
-            peer(true, "client", 0, true),
-            1,
-        );
-        assert!(uni.passed(), "{:?}", uni.violations);
-        let failed = run("cone/public", down("client", 3), down("server", 3), 1);
-        assert!(has(&failed, "expected an upgrade, got failed-clean"));
+        let good = run("cone/public", uni("server"), uni("client"), 1);
+        assert!(good.passed(), "{:?}", good.violations);
+        let not_uni = |role| peer(true, role, 0, false);
+        for (a, b, needle) in [
+            (
+                not_uni("client"),
+                not_uni("server"),
+                "expected unilateral=true",
+            ),
+            (
+                down("client", 3),
+                down("server", 3),
+                "expected an upgrade, got failed-clean",
+            ),
+        ] {
+            let r = run("cone/public", a, b, 1);
+            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+        }
     }
 
     #[test]
@@ -561,28 +554,32 @@ mod tests {
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         assert_eq!(good.detail.reason.as_deref(), Some("no direct path"));
-        assert!(has(
-            &run(sym, down("client", 2), down("server", 2), 10),
-            "attempts=2"
-        ));
-        assert!(has(
-            &run(sym, down("client", 3), down("server", 3), 36),
-            "bound 35 s"
-        ));
-        let mut broken = down("server", 3);
-        broken.result.as_mut().unwrap().relay_usable = false;
-        assert!(has(
-            &run(sym, down("client", 3), broken, 10),
-            "relay_usable=false"
-        ));
-        let mut silent = down("server", 3);
-        silent.result.as_mut().unwrap().reason = None;
-        assert!(has(
-            &run(sym, down("client", 3), silent, 10),
-            "B: no reason for the failure"
-        ));
-        let upgraded = run(sym, up("client"), up("server"), 1);
-        assert!(has(&upgraded, "expected a clean failure, got upgraded"));
+        let b = || down("server", 3);
+        for (a, b, secs, needle) in [
+            (down("client", 2), down("server", 2), 10, "attempts=2"),
+            (down("client", 3), b(), 36, "bound 35 s"),
+            (
+                down("client", 3),
+                with(b(), |r| r.relay_usable = false),
+                10,
+                "relay_usable=false",
+            ),
+            (
+                down("client", 3),
+                with(b(), |r| r.reason = None),
+                10,
+                "B: no reason for the failure",
+            ),
+            (
+                up("client"),
+                up("server"),
+                1,
+                "expected a clean failure, got upgraded",
+            ),
+        ] {
+            let r = run(sym, a, b, secs);
+            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+        }
     }
 
     #[test]
@@ -596,8 +593,7 @@ mod tests {
             duration: Duration::from_secs(40),
             ..Seen::default()
         };
-        let case = all_cases()[0];
-        let hung = judge(&case, 1, seen, vec!["lab: x".into()]);
+        let hung = judge(&all_cases()[0], 1, seen, vec!["lab: x".into()]);
         assert_eq!(hung.outcome, Outcome::Timeout);
         assert_eq!(hung.violations[0], "lab: x");
         assert!(has(&hung, "timed out after 40.0 s"));
@@ -606,29 +602,18 @@ mod tests {
         assert!(has(&split, "disagree"));
         let mut lie = down("client", 3);
         lie.exit = Some(0);
-        assert!(has(
-            &run("symmetric/cone", lie, down("server", 3), 1),
-            "exit 0 but result ok=false"
-        ));
+        let r = run("symmetric/cone", lie, down("server", 3), 1);
+        assert!(has(&r, "exit 0 but result ok=false"));
     }
 
     #[test]
     fn report_only_pairs_pass_either_clean_outcome() {
-        let up = run("cone/cone-no-firewall", up("client"), up("server"), 1);
-        let down = run(
-            "cone/cone-no-firewall",
-            down("client", 3),
-            down("server", 3),
-            1,
-        );
+        let pair = "cone/cone-no-firewall";
+        let up = run(pair, up("client"), up("server"), 1);
+        let down = run(pair, down("client", 3), down("server", 3), 1);
         assert!(up.passed() && down.passed());
-        assert!(
-            table(&[down])
-                .lines()
-                .nth(2)
-                .unwrap()
-                .ends_with("| report |")
-        );
+        let row = table(&[down]).lines().nth(2).unwrap().to_owned();
+        assert!(row.ends_with("| report |"), "{row}");
     }
 
     #[test]

@@ -278,9 +278,7 @@ fn conntrack_udp(lab: &Lab, site: u8) -> String {
 
 /// Build and tear down `iterations` topologies; timings in ms.
 pub struct Timing {
-    /// Build times.
     pub setup_ms: Vec<f64>,
-    /// Teardown times.
     pub teardown_ms: Vec<f64>,
     /// Whether delay lines were included.
     pub with_delay: bool,
