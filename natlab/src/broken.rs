@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::campaign::{
-    self, Campaign, Common, Named, Outcome, PEER_PORT, Record, TRANSPORTS, Transport, find_event,
-    is_event,
+    self, Campaign, Common, Driven, Named, Outcome, PEER_PORT, Record, TRANSPORTS, Transport,
+    find_event, is_event,
 };
 use crate::contract::{self, CliRun};
 use crate::nat::Site;
@@ -120,6 +120,11 @@ pub struct Args {
     /// Filter ("loss30", "relay-cut", "quic"), output and run id.
     #[command(flatten)]
     pub common: Common,
+}
+
+/// The bounds of `dcutr peer`'s config, `Config::shared_stream()`.
+pub fn bounds() -> Bounds {
+    Bounds::from_config(&dcutr_core::Config::shared_stream())
 }
 
 /// The time limits every run is judged against, from the core's config.
@@ -670,15 +675,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
     out
 }
 
-/// The broken-network campaign.
-pub struct Broken {
-    pub args: Args,
-    pub dcutr: PathBuf,
-    /// The bounds every run is judged against.
-    pub bounds: Bounds,
-}
-
-impl Campaign for Broken {
+impl Campaign for Driven<Args> {
     type Case = Case;
     type Seen = Seen;
     type Detail = Detail;
@@ -708,17 +705,17 @@ impl Campaign for Broken {
     }
 
     fn drive(&self, case: &Case, lab: &Lab, procs: &mut Vec<Proc>) -> Seen {
-        drive(&self.dcutr, case, &self.bounds, lab, procs)
+        drive(&self.dcutr, case, &bounds(), lab, procs)
     }
 
     fn judge(&self, case: &Case, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
-        let mut r = judge(case, run, &self.bounds, seen, problems);
+        let mut r = judge(case, run, &bounds(), seen, problems);
         r.detail.seeds = case.seeds(self.args.seed, run);
         r
     }
 
     fn preamble(&self) -> Option<String> {
-        Some(self.bounds.explain())
+        Some(bounds().explain())
     }
 
     fn diagnose(&self, case: &Case, run: u32) -> String {
@@ -728,7 +725,7 @@ impl Campaign for Broken {
     }
 
     fn summary_fields(&self) -> Map<String, Value> {
-        let b = &self.bounds;
+        let b = bounds();
         let mut m = Map::new();
         m.insert(
             "bounds_s".into(),
@@ -868,10 +865,6 @@ mod tests {
 
     fn evaluate(c: &Case, run: u32, b: &Bounds, seen: Seen) -> Record<Detail> {
         judge(c, run, b, seen, vec![])
-    }
-
-    fn bounds() -> Bounds {
-        Bounds::from_config(&dcutr_core::Config::shared_stream())
     }
 
     fn result(ok: bool, role: &str, attempts: u32, reason: Option<&str>) -> CliResult {

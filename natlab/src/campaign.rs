@@ -201,6 +201,15 @@ pub trait Campaign {
     }
 }
 
+/// A campaign's options and the CLI it drives (located before the first
+/// run).
+pub struct Driven<A> {
+    /// The campaign's options.
+    pub args: A,
+    /// The `dcutr` CLI (or `lab-dcutr`).
+    pub dcutr: PathBuf,
+}
+
 /// Run every case of `c` that matches the filter; exit code 0 when every
 /// run met its expectation, 1 otherwise.
 pub fn run<C: Campaign>(c: &C, common: &Common) -> Result<ExitCode> {

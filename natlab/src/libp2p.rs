@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::campaign::{
-    self, Campaign, Common, Named, Outcome, PEER_PORT, PeerRun, RELAY_PORT, RELAY_READY_TIMEOUT,
-    Record, Transport, args, parse_event,
+    self, Campaign, Common, Driven, Named, Outcome, PEER_PORT, PeerRun, RELAY_PORT,
+    RELAY_READY_TIMEOUT, Record, Transport, args, parse_event,
 };
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -689,12 +689,6 @@ pub fn table(records: &[Record<Detail>]) -> String {
     )
 }
 
-/// The libp2p campaign.
-pub struct Libp2p {
-    pub args: Args,
-    pub dcutr: PathBuf,
-}
-
 /// The string field `name` of a JSON event line.
 fn field_of(line: &str, name: &str) -> Result<String> {
     let (_, value) = parse_event(line).map_err(anyhow::Error::msg)?;
@@ -705,7 +699,7 @@ fn field_of(line: &str, name: &str) -> Result<String> {
         .with_context(|| format!("no {name} in {line}"))
 }
 
-impl Libp2p {
+impl Driven<Args> {
     /// Start a circuit relay with key `seed` on the relay host, listening
     /// on `listen`, as `label` (pushed to `procs`); the address it printed.
     fn start_relay(
@@ -727,7 +721,7 @@ impl Libp2p {
     }
 }
 
-impl Campaign for Libp2p {
+impl Campaign for Driven<Args> {
     type Case = Pairing;
     type Seen = Seen;
     type Detail = Detail;

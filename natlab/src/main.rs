@@ -243,30 +243,21 @@ fn run(command: Command) -> Result<ExitCode> {
     }
     match command {
         Command::Selftest(args) => selftest::run(&args),
-        Command::Matrix(args) => {
-            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
-            let common = args.common.clone();
-            campaign::run(&matrix::Matrix { args, dcutr }, &common)
-        }
-        Command::Broken(args) => {
-            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
-            let bounds = broken::Bounds::from_config(&dcutr_core::Config::shared_stream());
-            let common = args.common.clone();
-            campaign::run(
-                &broken::Broken {
-                    args,
-                    dcutr,
-                    bounds,
-                },
-                &common,
-            )
-        }
-        Command::Libp2p(args) => {
+        Command::Matrix(a) => run_campaign(
+            contract::locate_dcutr(a.dcutr.as_deref())?,
+            &a.common.clone(),
+            a,
+        ),
+        Command::Broken(a) => run_campaign(
+            contract::locate_dcutr(a.dcutr.as_deref())?,
+            &a.common.clone(),
+            a,
+        ),
+        Command::Libp2p(a) => {
             // `dcutr libp2p` is a user feature: the real CLI, not lab-dcutr.
             let hint = "build it (cargo build -p dcutr-cli) or pass --dcutr PATH";
-            let dcutr = campaign::locate(args.dcutr.as_deref(), "", "dcutr", hint)?;
-            let common = args.common.clone();
-            campaign::run(&libp2p::Libp2p { args, dcutr }, &common)
+            let dcutr = campaign::locate(a.dcutr.as_deref(), "", "dcutr", hint)?;
+            run_campaign(dcutr, &a.common.clone(), a)
         }
         Command::Cleanup => {
             let removed = topo::cleanup_all()?;
@@ -301,6 +292,14 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Probe(p) => run_probe(p),
     }
+}
+
+/// Run the campaign of `args` with the CLI `dcutr`.
+fn run_campaign<A>(dcutr: PathBuf, common: &campaign::Common, args: A) -> Result<ExitCode>
+where
+    campaign::Driven<A>: campaign::Campaign,
+{
+    campaign::run(&campaign::Driven { args, dcutr }, common)
 }
 
 /// Prints each report as one JSON line.

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::campaign::{self, Campaign, Common, Named, Outcome, Record, TRANSPORTS, Transport};
+use crate::campaign::{
+    self, Campaign, Common, Driven, Named, Outcome, Record, TRANSPORTS, Transport,
+};
 use crate::contract::{self, CliResult, CliRun};
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -209,13 +211,7 @@ pub struct Detail {
     pub seen: Seen,
 }
 
-/// The matrix campaign.
-pub struct Matrix {
-    pub args: Args,
-    pub dcutr: PathBuf,
-}
-
-impl Campaign for Matrix {
+impl Campaign for Driven<Args> {
     type Case = Case;
     type Seen = Seen;
     type Detail = Detail;
