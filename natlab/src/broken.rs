@@ -620,50 +620,54 @@ fn note(r: &Record<Detail>) -> Option<String> {
 
 /// The table, GitHub-flavoured Markdown, with the reasons seen below it.
 pub fn table(records: &[Record<Detail>]) -> String {
-    let groups = campaign::by_case(records);
-    let rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|(case, runs)| {
-            let n = runs.len();
-            let count = |f: &dyn Fn(&Record<Detail>) -> bool| runs.iter().filter(|r| f(r)).count();
-            let durations: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.duration_ms.map(|d| d / 1e3))
-                .collect();
-            vec![
-                (*case).to_owned(),
-                n.to_string(),
-                format!("{}/{n}", count(&|r| r.outcome == Outcome::Upgraded)),
-                format!("{}/{n}", count(&|r| r.detail.core_upgraded)),
-                count(&|r| r.outcome == Outcome::FailedClean).to_string(),
-                count(&|r| matches!(r.outcome, Outcome::Error | Outcome::Timeout)).to_string(),
-                campaign::num(median(&durations), 2),
-                campaign::num(durations.iter().copied().reduce(f64::max), 2),
-                format!("{:.0}", runs[0].detail.bound_ms / 1e3),
-                campaign::verdict(runs, "PASS"),
-            ]
-        })
-        .collect();
-    let mut out = campaign::markdown(
+    type Runs<'a> = [&'a Record<Detail>];
+    let count = |runs: &Runs, f: fn(&Record<Detail>) -> bool| runs.iter().filter(|r| f(r)).count();
+    let secs = |runs: &Runs| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| r.duration_ms.map(|d| d / 1e3))
+            .collect()
+    };
+    let (header, rows) = campaign::rows(
+        records,
         &[
-            "case",
-            "runs",
-            "upgraded",
-            "core upgraded",
-            "failed-clean",
-            "errors",
-            "median duration s",
-            "max duration s",
-            "bound s",
-            "verdict",
+            ("case", &|case, _| case.to_owned()),
+            ("runs", &|_, runs| runs.len().to_string()),
+            ("upgraded", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
+            }),
+            ("core upgraded", &|_, runs| {
+                campaign::share(runs, |r| r.detail.core_upgraded)
+            }),
+            ("failed-clean", &|_, runs| {
+                count(runs, |r| r.outcome == Outcome::FailedClean).to_string()
+            }),
+            ("errors", &|_, runs| {
+                count(runs, |r| {
+                    matches!(r.outcome, Outcome::Error | Outcome::Timeout)
+                })
+                .to_string()
+            }),
+            ("median duration s", &|_, runs| {
+                campaign::num(median(&secs(runs)), 2)
+            }),
+            ("max duration s", &|_, runs| {
+                campaign::num(secs(runs).into_iter().reduce(f64::max), 2)
+            }),
+            ("bound s", &|_, runs| {
+                format!("{:.0}", runs[0].detail.bound_ms / 1e3)
+            }),
+            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
         ],
+    );
+    let mut out = campaign::markdown(
+        &header,
         &rows,
         "upgraded: both peers exited 0 (the CLI proved the direct path); core upgraded: both peers' \
          DCUtR reported `upgraded`. duration: loss and relay-cut cases, the longest of the two peers' \
          time from `paired` to exit; peer cases, from A vanishing to B's exit.",
     );
     let mut reasons = String::new();
-    for (case, runs) in &groups {
+    for (case, runs) in &campaign::by_case(records) {
         for (text, n) in campaign::tally(runs.iter().filter_map(|r| note(r))) {
             reasons.push_str(&format!("- {case}: {n}x {text}\n"));
         }

@@ -705,6 +705,28 @@ pub fn num(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
+/// One column of a per-case table: its header, and its cell from the
+/// case's name and runs.
+pub type Column<'a, D> = (&'static str, &'a dyn Fn(&str, &[&Record<D>]) -> String);
+
+/// The header and one row per case (in first-seen order) of `columns`.
+pub fn rows<D>(
+    records: &[Record<D>],
+    columns: &[Column<D>],
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let cells = |(case, runs): (&str, Vec<&Record<D>>)| {
+        columns.iter().map(|c| (c.1)(case, &runs)).collect()
+    };
+    let header = columns.iter().map(|c| c.0).collect();
+    (header, by_case(records).into_iter().map(cells).collect())
+}
+
+/// `n/N` of `runs` for which `f` holds.
+pub fn share<D>(runs: &[&Record<D>], f: impl Fn(&Record<D>) -> bool) -> String {
+    let n = runs.iter().filter(|r| f(r)).count();
+    format!("{n}/{}", runs.len())
+}
+
 /// A GitHub-flavoured Markdown table (cells escaped), then `note`.
 pub fn markdown(header: &[&str], rows: &[Vec<String>], note: &str) -> String {
     let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));

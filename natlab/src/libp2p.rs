@@ -545,38 +545,42 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
     let median_of = |runs: &[&Record<Detail>], f: &dyn Fn(&Detail) -> Option<f64>| {
         median(&runs.iter().filter_map(|r| f(&r.detail)).collect::<Vec<_>>())
     };
-    let mut rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|(name, runs)| {
-            let d = &runs[0].detail;
-            let failed = runs
-                .iter()
-                .filter(|r| r.outcome == Outcome::FailedClean)
-                .count();
-            vec![
-                (*name).to_owned(),
-                d.b_impl.to_string(),
-                d.a_impl.to_string(),
-                runs.len().to_string(),
-                format!("{failed}/{}", runs.len()),
-                campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.b)), 1),
-                {
-                    let never = runs
-                        .iter()
-                        .filter(|r| time_to_outcome(&r.detail.seen.a).is_none())
-                        .count();
-                    let t = campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.a)), 1);
-                    if never == 0 {
-                        t
-                    } else {
-                        format!("{t}; never in {never}/{}", runs.len())
-                    }
-                },
-                campaign::num(median_of(runs, &both_know), 1),
-                campaign::verdict(runs, "PASS"),
-            ]
-        })
-        .collect();
+    let b_time = |_: &str, runs: &[&Record<Detail>]| {
+        campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.b)), 1)
+    };
+    let a_time = |_: &str, runs: &[&Record<Detail>]| {
+        let never = runs
+            .iter()
+            .filter(|r| time_to_outcome(&r.detail.seen.a).is_none())
+            .count();
+        let t = campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.a)), 1);
+        match never {
+            0 => t,
+            _ => format!("{t}; never in {never}/{}", runs.len()),
+        }
+    };
+    let (header, mut rows) = campaign::rows(
+        records,
+        &[
+            ("pairing", &|name, _| name.to_owned()),
+            ("B (listener, site 2)", &|_, runs| {
+                runs[0].detail.b_impl.to_string()
+            }),
+            ("A (dialer, site 1)", &|_, runs| {
+                runs[0].detail.a_impl.to_string()
+            }),
+            ("runs", &|_, runs| runs.len().to_string()),
+            ("failed cleanly on both sides", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::FailedClean)
+            }),
+            ("B's median time to failure ms", &b_time),
+            ("A's median time to failure ms", &a_time),
+            ("median time until both know ms", &|_, runs| {
+                campaign::num(median_of(runs, &both_know), 1)
+            }),
+            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
+        ],
+    );
     for t in [Transport::Tcp, Transport::Quic] {
         let of = |i: Impl| {
             let name = Pairing {
@@ -598,31 +602,15 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
             } else {
                 "FAIL"
             };
-            rows.push(vec![
-                format!("ours/stock {t}"),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                format!("{ratio:.3} (≤ {SYMMETRIC_MAX_RATIO})"),
-                verdict.to_owned(),
-            ]);
+            let mut row = vec![String::new(); header.len()];
+            row[0] = format!("ours/stock {t}");
+            row[7] = format!("{ratio:.3} (≤ {SYMMETRIC_MAX_RATIO})");
+            row[8] = verdict.to_owned();
+            rows.push(row);
         }
     }
     campaign::markdown(
-        &[
-            "pairing",
-            "B (listener, site 2)",
-            "A (dialer, site 1)",
-            "runs",
-            "failed cleanly on both sides",
-            "B's median time to failure ms",
-            "A's median time to failure ms",
-            "median time until both know ms",
-            "verdict",
-        ],
+        &header,
         &rows,
         "symmetric/symmetric (masquerade fully-random, firewall on both routers), the relay and a second relay as identify observers; time to failure = from the peer's relayed connection to its result line; never = no result until natlab stopped it (stock A); the ours/stock rows divide the medians of the later side's time, a stock A that never learns counted with B's time; stock's times are capped by the peers' --timeout-s (60 s here).",
     )
@@ -636,54 +624,45 @@ pub fn table(records: &[Record<Detail>]) -> String {
     {
         return symmetric_table(records);
     }
-    let rows: Vec<Vec<String>> = campaign::by_case(records)
-        .into_iter()
-        .map(|(name, runs)| {
-            let d = &runs[0].detail;
-            let direct = runs
-                .iter()
-                .filter(|r| r.outcome == Outcome::Upgraded)
-                .count();
-            let ttd: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.detail.time_to_direct_ms)
-                .collect();
-            let event = |side: fn(&Detail) -> &NodeRun| {
-                campaign::tally_text(runs.iter().map(|r| {
-                    side(&r.detail)
-                        .result
-                        .as_ref()
-                        .map_or("no result", |res| {
-                            res.dcutr_outcome.as_deref().unwrap_or("none")
-                        })
-                        .to_owned()
-                }))
-            };
-            vec![
-                name.to_owned(),
-                d.b_impl.to_string(),
-                d.a_impl.to_string(),
-                runs.len().to_string(),
-                format!("{direct}/{}", runs.len()),
-                campaign::num(median(&ttd), 1),
-                event(|d| &d.seen.b),
-                event(|d| &d.seen.a),
-                campaign::verdict(&runs, "PASS"),
-            ]
-        })
-        .collect();
-    campaign::markdown(
+    let ttd = |runs: &[&Record<Detail>]| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| r.detail.time_to_direct_ms)
+            .collect()
+    };
+    let event = |runs: &[&Record<Detail>], side: fn(&Detail) -> &NodeRun| {
+        campaign::tally_text(runs.iter().map(|r| {
+            let result = side(&r.detail).result.as_ref();
+            result
+                .map_or("no result", |res| {
+                    res.dcutr_outcome.as_deref().unwrap_or("none")
+                })
+                .to_owned()
+        }))
+    };
+    let (header, rows) = campaign::rows(
+        records,
         &[
-            "pairing",
-            "B (listener, site 2)",
-            "A (dialer, site 1)",
-            "runs",
-            "direct connections (both sides)",
-            "median time to direct ms",
-            "B's dcutr event",
-            "A's dcutr event",
-            "verdict",
+            ("pairing", &|name, _| name.to_owned()),
+            ("B (listener, site 2)", &|_, runs| {
+                runs[0].detail.b_impl.to_string()
+            }),
+            ("A (dialer, site 1)", &|_, runs| {
+                runs[0].detail.a_impl.to_string()
+            }),
+            ("runs", &|_, runs| runs.len().to_string()),
+            ("direct connections (both sides)", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
+            }),
+            ("median time to direct ms", &|_, runs| {
+                campaign::num(median(&ttd(runs)), 1)
+            }),
+            ("B's dcutr event", &|_, runs| event(runs, |d| &d.seen.b)),
+            ("A's dcutr event", &|_, runs| event(runs, |d| &d.seen.a)),
+            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
         ],
+    );
+    campaign::markdown(
+        &header,
         &rows,
         "cone/cone, firewall on both routers, over the transport named in the pairing; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).",
     )

@@ -374,61 +374,47 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
 
 /// One row per case, aggregated over its runs.
 pub fn table(records: &[Record<Detail>]) -> String {
-    let rows: Vec<Vec<String>> = campaign::by_case(records)
-        .into_iter()
-        .map(|(case, runs)| {
-            let d = &runs[0].detail;
-            let med = |f: fn(&Record<Detail>) -> Option<f64>| {
-                median(&runs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
-            };
-            let counts = campaign::tally(runs.iter().map(|r| r.outcome.to_string()));
-            let outcomes = if runs.len() == 1 {
-                counts[0].0.clone()
-            } else {
-                campaign::tally_text(runs.iter().map(|r| r.outcome.to_string()))
-            };
-            let pass = if d.expect == Expect::Clean {
-                "report"
-            } else {
-                "PASS"
-            };
-            let upgraded = runs
-                .iter()
-                .filter(|r| r.outcome == Outcome::Upgraded)
-                .count();
-            vec![
-                case.to_owned(),
-                d.a_site.clone(),
-                d.b_site.clone(),
-                d.runtime.clone(),
-                format!("{upgraded}/{}", runs.len()),
-                outcomes,
-                campaign::num(med(|r| r.detail.attempts.map(f64::from)), 0),
-                campaign::num(med(|r| r.detail.rtt_ms), 1),
-                campaign::num(med(|r| r.detail.direct_rtt_ms), 2),
-                campaign::num(med(|r| r.detail.time_to_direct_ms), 1),
-                campaign::num(med(|r| r.detail.ratio), 2),
-                campaign::num(med(|r| r.duration_ms.map(|d| d / 1e3)), 2),
-                campaign::verdict(&runs, pass),
-            ]
-        })
-        .collect();
-    campaign::markdown(
+    type Runs<'a> = [&'a Record<Detail>];
+    let med = |runs: &Runs, f: fn(&Record<Detail>) -> Option<f64>, decimals| {
+        let values: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
+        campaign::num(median(&values), decimals)
+    };
+    let outcomes = |_: &str, runs: &Runs| match runs {
+        [one] => one.outcome.to_string(),
+        _ => campaign::tally_text(runs.iter().map(|r| r.outcome.to_string())),
+    };
+    let verdict = |_: &str, runs: &Runs| {
+        let report_only = runs[0].detail.expect == Expect::Clean;
+        campaign::verdict(runs, if report_only { "report" } else { "PASS" })
+    };
+    let (header, rows) = campaign::rows(
+        records,
         &[
-            "case",
-            "A",
-            "B",
-            "runtime",
-            "upgraded",
-            "outcome",
-            "attempts",
-            "R ms",
-            "D ms",
-            "time to direct ms",
-            "ratio",
-            "duration s",
-            "verdict",
+            ("case", &|case, _| case.to_owned()),
+            ("A", &|_, runs| runs[0].detail.a_site.clone()),
+            ("B", &|_, runs| runs[0].detail.b_site.clone()),
+            ("runtime", &|_, runs| runs[0].detail.runtime.clone()),
+            ("upgraded", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
+            }),
+            ("outcome", &outcomes),
+            ("attempts", &|_, runs| {
+                med(runs, |r| r.detail.attempts.map(f64::from), 0)
+            }),
+            ("R ms", &|_, runs| med(runs, |r| r.detail.rtt_ms, 1)),
+            ("D ms", &|_, runs| med(runs, |r| r.detail.direct_rtt_ms, 2)),
+            ("time to direct ms", &|_, runs| {
+                med(runs, |r| r.detail.time_to_direct_ms, 1)
+            }),
+            ("ratio", &|_, runs| med(runs, |r| r.detail.ratio, 2)),
+            ("duration s", &|_, runs| {
+                med(runs, |r| r.duration_ms.map(|d| d / 1e3), 2)
+            }),
+            ("verdict", &verdict),
         ],
+    );
+    campaign::markdown(
+        &header,
         &rows,
         "ratio = time to direct / (1.5 R + D); medians over runs; R, D, time to direct from B (A if B has none).",
     )
