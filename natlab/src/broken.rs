@@ -556,7 +556,6 @@ pub fn judge(
             core_said(b).unwrap_or_default()
         ));
     }
-    v.dedup();
     let error_phase = if !matches!(outcome, Outcome::Error | Outcome::Timeout) {
         None
     } else if cores_disagree {
@@ -587,10 +586,7 @@ pub fn judge(
         run_ms: run_ms.map_or(0.0, crate::ms),
         seen,
     };
-    let mut r = Record::new(case.name(), run, outcome, detail);
-    r.duration_ms = duration.map(crate::ms);
-    r.violations = v;
-    r
+    Record::new((case.name(), run), outcome, duration, v, detail)
 }
 
 /// What the table lists for a run that did not upgrade: the failure

@@ -123,16 +123,24 @@ pub struct Record<D> {
 }
 
 impl<D> Record<D> {
-    /// A record with nothing measured yet.
-    pub fn new(case: String, run: u32, outcome: Outcome, detail: D) -> Self {
+    /// A judged run, before the runner adds the lab's times; a violation
+    /// found twice in a row is kept once.
+    pub fn new(
+        (case, run): (String, u32),
+        outcome: Outcome,
+        duration: Option<Duration>,
+        mut violations: Vec<String>,
+        detail: D,
+    ) -> Self {
+        violations.dedup();
         Record {
             case,
             run,
             outcome,
-            duration_ms: None,
+            duration_ms: duration.map(crate::ms),
             setup_ms: 0.0,
             teardown_ms: None,
-            violations: Vec::new(),
+            violations,
             detail,
         }
     }
@@ -834,11 +842,8 @@ mod tests {
     #[test]
     fn tables_group_by_case_count_and_escape() {
         let rec = |case: &str, pass: bool| {
-            let mut r = Record::new(case.into(), 1, Outcome::Upgraded, ());
-            if !pass {
-                r.violations.push("x".into());
-            }
-            r
+            let v = if pass { vec![] } else { vec!["x".into()] };
+            Record::new((case.into(), 1), Outcome::Upgraded, None, v, ())
         };
         let recs = [rec("a", true), rec("b", true), rec("a", false)];
         let groups = by_case(&recs);

@@ -460,17 +460,14 @@ fn judge_symmetric(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -
             "expected a clean failure on both sides, got {outcome}"
         ));
     }
-    v.dedup();
     let detail = Detail {
         b_impl: pairing.b,
         a_impl: pairing.a,
         time_to_direct_ms: None,
         seen,
     };
-    let mut r = Record::new(pairing.name(), run, outcome, detail);
-    r.duration_ms = Some(crate::ms(r.detail.seen.duration));
-    r.violations = v;
-    r
+    let duration = Some(detail.seen.duration);
+    Record::new((pairing.name(), run), outcome, duration, v, detail)
 }
 
 /// Judge one run (pure: unit-tested without root).
@@ -506,7 +503,6 @@ pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Reco
             "expected a direct connection on both sides, got {outcome}"
         ));
     }
-    v.dedup();
     let ttd = |n: &NodeRun| n.result.as_ref().and_then(|r| r.time_to_direct_ms);
     let detail = Detail {
         b_impl: pairing.b,
@@ -514,10 +510,8 @@ pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Reco
         time_to_direct_ms: ttd(&seen.a).or_else(|| ttd(&seen.b)),
         seen,
     };
-    let mut r = Record::new(pairing.name(), run, outcome, detail);
-    r.duration_ms = Some(crate::ms(r.detail.seen.duration));
-    r.violations = v;
-    r
+    let duration = Some(detail.seen.duration);
+    Record::new((pairing.name(), run), outcome, duration, v, detail)
 }
 
 /// Each side's time from its relayed connection to its result, ms.

@@ -342,7 +342,6 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
         }
         Expect::Upgrade { .. } | Expect::Clean => {}
     }
-    v.dedup();
     let pick = |f: fn(&CliResult) -> Option<f64>| rb.and_then(f).or_else(|| ra.and_then(f));
     let (rtt_ms, direct_rtt_ms) = (pick(|r| r.rtt_ms), pick(|r| r.direct_rtt_ms));
     let time_to_direct_ms = pick(|r| r.time_to_direct_ms);
@@ -366,10 +365,7 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
             .or_else(|| ra.and_then(|r| r.reason.clone())),
         seen,
     };
-    let mut r = Record::new(case.name(), run, outcome, detail);
-    r.duration_ms = Some(crate::ms(duration));
-    r.violations = v;
-    r
+    Record::new((case.name(), run), outcome, Some(duration), v, detail)
 }
 
 /// One row per case, aggregated over its runs.
