@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::campaign::{
-    self, Campaign, Common, Driven, Named, Outcome, PEER_PORT, PeerRun, RELAY_PORT,
+    self, Campaign, Column, Common, Driven, Named, Outcome, PEER_PORT, PeerRun, RELAY_PORT,
     RELAY_READY_TIMEOUT, Record, Transport, args, parse_event,
 };
 use crate::nat::Site;
@@ -531,6 +531,18 @@ fn both_know(d: &Detail) -> Option<f64> {
     }
 }
 
+/// The columns both tables start with: the pairing, who runs what, runs.
+const PAIRING_COLUMNS: [Column<'static, Detail>; 4] = [
+    ("pairing", &|name, _| name.to_owned()),
+    ("B (listener, site 2)", &|_, runs| {
+        runs[0].detail.b_impl.to_string()
+    }),
+    ("A (dialer, site 1)", &|_, runs| {
+        runs[0].detail.a_impl.to_string()
+    }),
+    ("runs", &|_, runs| runs.len().to_string()),
+];
+
 /// The symmetric/symmetric table: per pairing, each side's median time to
 /// failure; then, per transport, ours' median (both sides knowing) over
 /// stock's against [`SYMMETRIC_MAX_RATIO`].
@@ -556,14 +568,10 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
     let (header, mut rows) = campaign::rows(
         records,
         &[
-            ("pairing", &|name, _| name.to_owned()),
-            ("B (listener, site 2)", &|_, runs| {
-                runs[0].detail.b_impl.to_string()
-            }),
-            ("A (dialer, site 1)", &|_, runs| {
-                runs[0].detail.a_impl.to_string()
-            }),
-            ("runs", &|_, runs| runs.len().to_string()),
+            PAIRING_COLUMNS[0],
+            PAIRING_COLUMNS[1],
+            PAIRING_COLUMNS[2],
+            PAIRING_COLUMNS[3],
             ("failed cleanly on both sides", &|_, runs| {
                 campaign::share(runs, |r| r.outcome == Outcome::FailedClean)
             }),
@@ -636,14 +644,10 @@ pub fn table(records: &[Record<Detail>]) -> String {
     let (header, rows) = campaign::rows(
         records,
         &[
-            ("pairing", &|name, _| name.to_owned()),
-            ("B (listener, site 2)", &|_, runs| {
-                runs[0].detail.b_impl.to_string()
-            }),
-            ("A (dialer, site 1)", &|_, runs| {
-                runs[0].detail.a_impl.to_string()
-            }),
-            ("runs", &|_, runs| runs.len().to_string()),
+            PAIRING_COLUMNS[0],
+            PAIRING_COLUMNS[1],
+            PAIRING_COLUMNS[2],
+            PAIRING_COLUMNS[3],
             ("direct connections (both sides)", &|_, runs| {
                 campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
             }),
