@@ -26,8 +26,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::campaign::{
-    self, Campaign, Common, Outcome, PEER_PORT, Record, TRANSPORTS, Transport, is_event,
-    parse_event,
+    self, Campaign, Common, Driven, Named, Outcome, PEER_PORT, Record, TRANSPORTS, Transport,
+    find_event, is_event,
 };
 use crate::contract::{self, CliRun};
 use crate::nat::Site;
@@ -120,6 +120,11 @@ pub struct Args {
     /// Filter ("loss30", "relay-cut", "quic"), output and run id.
     #[command(flatten)]
     pub common: Common,
+}
+
+/// The bounds of `dcutr peer`'s config, `Config::shared_stream()`.
+pub fn bounds() -> Bounds {
+    Bounds::from_config(&dcutr_core::Config::shared_stream())
 }
 
 /// The time limits every run is judged against, from the core's config.
@@ -284,13 +289,10 @@ pub fn seeds(base: u64, case: usize, run: u32) -> [u64; 2] {
 /// When things happened in one run, relative to starting B.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Times {
-    /// A printed `paired`.
     pub a_paired: Option<Duration>,
-    /// B printed `paired`.
     pub b_paired: Option<Duration>,
     /// A exited (by itself; `None` if we stopped it or it never did).
     pub a_exit: Option<Duration>,
-    /// B exited.
     pub b_exit: Option<Duration>,
     /// We killed or froze A.
     pub a_vanished: Option<Duration>,
@@ -301,18 +303,17 @@ pub struct Times {
 pub struct Case {
     /// Position in [`all_cases`] (the seeds derive from it).
     pub index: usize,
-    /// What is broken.
     pub fault: Fault,
-    /// Transport.
     pub transport: Transport,
 }
 
-impl Case {
-    /// `loss30 cone/cone quic`.
-    pub fn name(&self) -> String {
+impl Named for Case {
+    fn name(&self) -> String {
         format!("{} cone/cone {}", self.fault, self.transport)
     }
+}
 
+impl Case {
     /// The delay-line seeds of run `run`, for the loss cases.
     fn seeds(&self, base: u64, run: u32) -> Option<[u64; 2]> {
         matches!(self.fault, Fault::Loss { .. }).then(|| seeds(base, self.index, run))
@@ -341,9 +342,7 @@ pub fn all_cases() -> Vec<Case> {
 pub struct Seen {
     /// Peer A (its output; its exit code unless we stopped it).
     pub a: CliRun,
-    /// Peer B.
     pub b: CliRun,
-    /// When things happened.
     pub times: Times,
     /// The runner gave up waiting (a bound plus [`OVERRUN_MARGIN`]).
     pub timed_out: bool,
@@ -355,24 +354,19 @@ pub struct Seen {
     pub errors: [Option<String>; 2],
     /// The runner stopped a peer whose partner ended unpaired.
     pub stopped_unpaired: bool,
-    /// Lab and runner problems.
     pub problems: Vec<String>,
 }
 
 /// What a broken-network record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
-    /// The fault.
     pub fault: Fault,
-    /// Transport.
     pub transport: Transport,
     /// Delay-line seeds (sites 1 and 2), for the loss cases.
     pub seeds: Option<[u64; 2]>,
     /// Attempts (B's count, else A's).
     pub attempts: Option<u32>,
-    /// A's failure reason.
     pub a_reason: Option<String>,
-    /// B's failure reason.
     pub b_reason: Option<String>,
     /// Both peers printed the core's `upgraded` event: DCUtR itself
     /// upgraded, whatever the CLI did afterwards.
@@ -562,7 +556,6 @@ pub fn judge(
             core_said(b).unwrap_or_default()
         ));
     }
-    v.dedup();
     let error_phase = if !matches!(outcome, Outcome::Error | Outcome::Timeout) {
         None
     } else if cores_disagree {
@@ -593,10 +586,7 @@ pub fn judge(
         run_ms: run_ms.map_or(0.0, crate::ms),
         seen,
     };
-    let mut r = Record::new(case.name(), run, outcome, detail);
-    r.duration_ms = duration.map(crate::ms);
-    r.violations = v;
-    r
+    Record::new((case.name(), run), outcome, duration, v, detail)
 }
 
 /// What the table lists for a run that did not upgrade: the failure
@@ -626,50 +616,54 @@ fn note(r: &Record<Detail>) -> Option<String> {
 
 /// The table, GitHub-flavoured Markdown, with the reasons seen below it.
 pub fn table(records: &[Record<Detail>]) -> String {
-    let groups = campaign::by_case(records);
-    let rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|(case, runs)| {
-            let n = runs.len();
-            let count = |f: &dyn Fn(&Record<Detail>) -> bool| runs.iter().filter(|r| f(r)).count();
-            let durations: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.duration_ms.map(|d| d / 1e3))
-                .collect();
-            vec![
-                (*case).to_owned(),
-                n.to_string(),
-                format!("{}/{n}", count(&|r| r.outcome == Outcome::Upgraded)),
-                format!("{}/{n}", count(&|r| r.detail.core_upgraded)),
-                count(&|r| r.outcome == Outcome::FailedClean).to_string(),
-                count(&|r| matches!(r.outcome, Outcome::Error | Outcome::Timeout)).to_string(),
-                campaign::num(median(&durations), 2),
-                campaign::num(durations.iter().copied().reduce(f64::max), 2),
-                format!("{:.0}", runs[0].detail.bound_ms / 1e3),
-                campaign::verdict(runs, "PASS"),
-            ]
-        })
-        .collect();
-    let mut out = campaign::markdown(
+    type Runs<'a> = [&'a Record<Detail>];
+    let count = |runs: &Runs, f: fn(&Record<Detail>) -> bool| runs.iter().filter(|r| f(r)).count();
+    let secs = |runs: &Runs| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| r.duration_ms.map(|d| d / 1e3))
+            .collect()
+    };
+    let (header, rows) = campaign::rows(
+        records,
         &[
-            "case",
-            "runs",
-            "upgraded",
-            "core upgraded",
-            "failed-clean",
-            "errors",
-            "median duration s",
-            "max duration s",
-            "bound s",
-            "verdict",
+            ("case", &|case, _| case.to_owned()),
+            ("runs", &|_, runs| runs.len().to_string()),
+            ("upgraded", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
+            }),
+            ("core upgraded", &|_, runs| {
+                campaign::share(runs, |r| r.detail.core_upgraded)
+            }),
+            ("failed-clean", &|_, runs| {
+                count(runs, |r| r.outcome == Outcome::FailedClean).to_string()
+            }),
+            ("errors", &|_, runs| {
+                count(runs, |r| {
+                    matches!(r.outcome, Outcome::Error | Outcome::Timeout)
+                })
+                .to_string()
+            }),
+            ("median duration s", &|_, runs| {
+                campaign::num(median(&secs(runs)), 2)
+            }),
+            ("max duration s", &|_, runs| {
+                campaign::num(secs(runs).into_iter().reduce(f64::max), 2)
+            }),
+            ("bound s", &|_, runs| {
+                format!("{:.0}", runs[0].detail.bound_ms / 1e3)
+            }),
+            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
         ],
+    );
+    let mut out = campaign::markdown(
+        &header,
         &rows,
         "upgraded: both peers exited 0 (the CLI proved the direct path); core upgraded: both peers' \
          DCUtR reported `upgraded`. duration: loss and relay-cut cases, the longest of the two peers' \
          time from `paired` to exit; peer cases, from A vanishing to B's exit.",
     );
     let mut reasons = String::new();
-    for (case, runs) in &groups {
+    for (case, runs) in &campaign::by_case(records) {
         for (text, n) in campaign::tally(runs.iter().filter_map(|r| note(r))) {
             reasons.push_str(&format!("- {case}: {n}x {text}\n"));
         }
@@ -681,33 +675,16 @@ pub fn table(records: &[Record<Detail>]) -> String {
     out
 }
 
-/// The broken-network campaign.
-pub struct Broken {
-    /// Options.
-    pub args: Args,
-    /// The dcutr CLI.
-    pub dcutr: PathBuf,
-    /// The bounds every run is judged against.
-    pub bounds: Bounds,
-}
-
-impl Campaign for Broken {
+impl Campaign for Driven<Args> {
     type Case = Case;
     type Seen = Seen;
     type Detail = Detail;
+    const TABLE: fn(&[Record<Detail>]) -> String = table;
     const KIND: &'static str = "broken";
     const DEFAULT_RUNS: u32 = DEFAULT_RUNS;
 
-    fn common(&self) -> &Common {
-        &self.args.common
-    }
-
     fn cases(&self) -> Vec<Case> {
         all_cases()
-    }
-
-    fn name(&self, case: &Case) -> String {
-        case.name()
     }
 
     fn topology(&self, case: &Case, run: u32) -> TopologySpec {
@@ -728,21 +705,17 @@ impl Campaign for Broken {
     }
 
     fn drive(&self, case: &Case, lab: &Lab, procs: &mut Vec<Proc>) -> Seen {
-        drive(&self.dcutr, case, &self.bounds, lab, procs)
+        drive(&self.dcutr, case, &bounds(), lab, procs)
     }
 
     fn judge(&self, case: &Case, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
-        let mut r = judge(case, run, &self.bounds, seen, problems);
+        let mut r = judge(case, run, &bounds(), seen, problems);
         r.detail.seeds = case.seeds(self.args.seed, run);
         r
     }
 
-    fn table(&self, records: &[Record<Detail>]) -> String {
-        table(records)
-    }
-
     fn preamble(&self) -> Option<String> {
-        Some(self.bounds.explain())
+        Some(bounds().explain())
     }
 
     fn diagnose(&self, case: &Case, run: u32) -> String {
@@ -752,7 +725,7 @@ impl Campaign for Broken {
     }
 
     fn summary_fields(&self) -> Map<String, Value> {
-        let b = &self.bounds;
+        let b = bounds();
         let mut m = Map::new();
         m.insert(
             "bounds_s".into(),
@@ -771,29 +744,17 @@ fn first_event(lines: &[(Instant, String)], name: &str, since: Instant) -> Optio
         .map(|(t, _)| t.saturating_duration_since(since))
 }
 
-/// The field `field` of the first event `name` in `lines`.
-fn event_field(lines: &[String], name: &str, field: fn(&Value) -> Option<Value>) -> Option<Value> {
-    lines.iter().find_map(|l| {
-        let (n, v) = parse_event(l).ok()?;
-        (n == name).then(|| field(&v)).flatten()
-    })
-}
-
 /// The reason of the peer's `error` event, if it printed one.
 fn error_reason(p: &Proc) -> Option<String> {
-    let reason = event_field(&p.stdout_lines(), ERROR_EVENT, |v| {
-        Some(v["reason"].clone())
-    })?;
-    Some(reason.as_str().unwrap_or("").to_owned())
+    let v = find_event(&p.stdout_lines(), ERROR_EVENT)?;
+    Some(v["reason"].as_str().unwrap_or("").to_owned())
 }
 
 /// Bytes the relay says it forwarded on the (only) splice.
 fn splice_bytes(p: &Proc) -> Option<u64> {
-    let sum = |v: &Value| {
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        Some(Value::from(n("to_initiator") + n("to_responder")))
-    };
-    event_field(&p.stdout_lines(), SPLICE_CLOSED_EVENT, sum)?.as_u64()
+    let v = find_event(&p.stdout_lines(), SPLICE_CLOSED_EVENT)?;
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    Some(n("to_initiator") + n("to_responder"))
 }
 
 /// Start relay, B, A; break what the case breaks; wait within the bounds.
@@ -900,43 +861,19 @@ fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::PeerRun;
-    use crate::contract::CliResult;
+    use crate::contract::{CliResult, fixture};
 
     fn evaluate(c: &Case, run: u32, b: &Bounds, seen: Seen) -> Record<Detail> {
         judge(c, run, b, seen, vec![])
     }
 
-    fn bounds() -> Bounds {
-        Bounds::from_config(&dcutr_core::Config::shared_stream())
-    }
-
     fn result(ok: bool, role: &str, attempts: u32, reason: Option<&str>) -> CliResult {
-        CliResult {
-            ok,
-            transport: "tcp".into(),
-            role: role.into(),
-            remote: ok.then(|| "203.0.113.12:5000".into()),
-            attempts,
-            unilateral: false,
-            rtt_ms: Some(40.0),
-            time_to_direct_ms: ok.then_some(60.0),
-            direct_rtt_ms: ok.then_some(40.0),
-            relay_usable: ok,
-            reason: reason.map(str::to_owned),
-        }
+        let mut r = fixture::result(ok, role, attempts);
+        (r.relay_usable, r.reason) = (ok, reason.map(str::to_owned));
+        r
     }
 
-    fn peer(exit: i32, events: &[&str], r: CliResult) -> CliRun {
-        let mut events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
-        events.push("result".into());
-        PeerRun {
-            exit: Some(exit),
-            events,
-            result: Some(r),
-            problems: vec![],
-        }
-    }
+    use crate::contract::fixture::run as peer;
 
     fn case(fault: Fault) -> Case {
         Case {
@@ -1093,41 +1030,46 @@ mod tests {
             slow.violations
         );
 
-        let a = peer(0, &[], result(true, "client", 1, None));
-        let split = run(
-            loss10,
-            a,
-            down("server", 1, "x"),
-            both_paired_then_exit(1.0, 1.0),
-        );
-        assert_eq!(split.outcome, Outcome::Error);
-        assert!(has(&split, "disagree"));
-
-        let times = Times {
+        let (x, crash) = (|w| down(w, 1, "x"), CliRun::parse(Some(2), &[]));
+        let b_only = Times {
             b_paired: s(0.1),
             b_exit: s(1.0),
             a_exit: s(0.5),
             ..Times::default()
         };
-        let crashed = run(
-            loss10,
-            CliRun::parse(Some(2), &[]),
-            down("server", 1, "x"),
-            times,
-        );
-        assert_eq!(crashed.outcome, Outcome::Error);
-        assert!(
-            has(&crashed, "A: exit code 2 (error)") && has(&crashed, "A: never printed \"paired\"")
-        );
-
-        let times = both_paired_then_exit(1.0, 1.0);
-        let too_many = run(
-            loss10,
-            down("client", 4, "x"),
-            down("server", 4, "x"),
-            times,
-        );
-        assert!(has(&too_many, "4 attempts"));
+        let up = peer(0, &[], result(true, "client", 1, None));
+        let t = both_paired_then_exit(1.0, 1.0);
+        for (a, b, times, outcome, needles) in [
+            (
+                up,
+                x("server"),
+                t.clone(),
+                Outcome::Error,
+                &["disagree"][..],
+            ),
+            (
+                crash,
+                x("server"),
+                b_only,
+                Outcome::Error,
+                &["A: exit code 2 (error)", "A: never printed \"paired\""],
+            ),
+            (
+                down("client", 4, "x"),
+                down("server", 4, "x"),
+                t,
+                Outcome::FailedClean,
+                &["4 attempts"],
+            ),
+        ] {
+            let r = run(loss10, a, b, times);
+            assert_eq!(r.outcome, outcome, "{:?}", r.violations);
+            assert!(
+                needles.iter().all(|n| has(&r, n)),
+                "{needles:?}: {:?}",
+                r.violations
+            );
+        }
 
         let times = Times {
             a_paired: s(0.1),
@@ -1219,54 +1161,48 @@ mod tests {
             b_exit: s(10.3),
             a_vanished: s(0.2),
         };
-        let vanished_a = CliRun::parse(None, &[r#"{"event":"remote_addrs"}"#.to_string()]);
-        let b_failed = down("server", 1, "peer sent nothing");
-        let good = run(
-            Fault::PeerFrozen,
-            vanished_a.clone(),
-            b_failed.clone(),
-            gone.clone(),
-        );
+        let vanished_a = || CliRun::parse(None, &[r#"{"event":"remote_addrs"}"#.to_string()]);
+        let b_failed = || down("server", 1, "peer sent nothing");
+        let good = run(Fault::PeerFrozen, vanished_a(), b_failed(), gone.clone());
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         assert_eq!(good.duration_ms, Some(10_100.0));
 
-        let times = Times {
+        let late = Times {
             b_exit: s(46.0),
             ..gone.clone()
         };
-        let late = run(
-            Fault::PeerKilled,
-            vanished_a.clone(),
-            b_failed.clone(),
-            times,
-        );
-        assert!(has(&late, "over the bound 45.0 s"));
-
-        let b_crashed = CliRun::parse(Some(101), &["panicked".to_string()]);
-        let crashed = run(
-            Fault::PeerKilled,
-            vanished_a.clone(),
-            b_crashed,
-            gone.clone(),
-        );
-        assert_eq!(crashed.outcome, Outcome::Error);
-        assert!(has(&crashed, "expected B to fail cleanly, got error"));
-
-        let b_up = peer(0, &[], result(true, "server", 1, None));
-        let upgraded = run(Fault::PeerKilled, vanished_a, b_up, gone.clone());
-        assert!(has(
-            &upgraded,
-            "B reports an upgrade with a peer that vanished"
-        ));
-
-        let times = Times {
+        let never_hooked = Times {
             a_vanished: None,
             a_exit: s(1.0),
-            ..gone
+            ..gone.clone()
         };
-        let never_hooked = run(Fault::PeerKilled, down("client", 1, "x"), b_failed, times);
-        assert!(has(&never_hooked, "A was not stopped"));
+        let b_crashed = CliRun::parse(Some(101), &["panicked".to_string()]);
+        let b_up = peer(0, &[], result(true, "server", 1, None));
+        for (a, b, times, needle) in [
+            (vanished_a(), b_failed(), late, "over the bound 45.0 s"),
+            (
+                vanished_a(),
+                b_crashed,
+                gone.clone(),
+                "expected B to fail cleanly, got error",
+            ),
+            (
+                vanished_a(),
+                b_up,
+                gone,
+                "B reports an upgrade with a peer that vanished",
+            ),
+            (
+                down("client", 1, "x"),
+                b_failed(),
+                never_hooked,
+                "A was not stopped",
+            ),
+        ] {
+            let r = run(Fault::PeerKilled, a, b, times);
+            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+        }
     }
 
     #[test]

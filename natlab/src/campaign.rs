@@ -105,11 +105,9 @@ impl fmt::Display for Outcome {
 /// One judged run: the fields every campaign has, and its own `detail`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record<D> {
-    /// Case name.
     pub case: String,
     /// Run number within the case (1-based).
     pub run: u32,
-    /// How it ended.
     pub outcome: Outcome,
     /// What the campaign compares with its bound (or the run's length), ms.
     pub duration_ms: Option<f64>,
@@ -125,16 +123,24 @@ pub struct Record<D> {
 }
 
 impl<D> Record<D> {
-    /// A record with nothing measured yet.
-    pub fn new(case: String, run: u32, outcome: Outcome, detail: D) -> Self {
+    /// A judged run, before the runner adds the lab's times; a violation
+    /// found twice in a row is kept once.
+    pub fn new(
+        (case, run): (String, u32),
+        outcome: Outcome,
+        duration: Option<Duration>,
+        mut violations: Vec<String>,
+        detail: D,
+    ) -> Self {
+        violations.dedup();
         Record {
             case,
             run,
             outcome,
-            duration_ms: None,
+            duration_ms: duration.map(crate::ms),
             setup_ms: 0.0,
             teardown_ms: None,
-            violations: Vec::new(),
+            violations,
             detail,
         }
     }
@@ -145,11 +151,17 @@ impl<D> Record<D> {
     }
 }
 
+/// A case's name: what `--filter` matches and the table's first column.
+pub trait Named {
+    /// `cone/cone tcp rtt100`, `loss30 cone/cone quic`.
+    fn name(&self) -> String;
+}
+
 /// A campaign: cases -> topology -> drive -> observations -> expectations
 /// -> violations -> table.
 pub trait Campaign {
     /// One cell of the campaign (the runner repeats it `--runs` times).
-    type Case;
+    type Case: Named;
     /// What driving one run saw.
     type Seen: Default;
     /// What a record keeps beyond [`Record`]'s common fields.
@@ -164,12 +176,11 @@ pub trait Campaign {
     /// otherwise).
     const BUDGET: Option<Duration> = None;
 
-    /// The options every campaign has.
-    fn common(&self) -> &Common;
+    /// The Markdown table of all records.
+    const TABLE: fn(&[Record<Self::Detail>]) -> String;
+
     /// Every case, in table order.
     fn cases(&self) -> Vec<Self::Case>;
-    /// The case's name (what `--filter` matches).
-    fn name(&self, case: &Self::Case) -> String;
     /// The topology of run `run` of `case`.
     fn topology(&self, case: &Self::Case, run: u32) -> TopologySpec;
     /// Start the processes in `lab` (pushed to `procs`, whose logs a
@@ -184,8 +195,6 @@ pub trait Campaign {
         seen: Self::Seen,
         problems: Vec<String>,
     ) -> Record<Self::Detail>;
-    /// The Markdown table of all records.
-    fn table(&self, records: &[Record<Self::Detail>]) -> String;
     /// Printed first and written above the table (e.g. the bounds).
     fn preamble(&self) -> Option<String> {
         None
@@ -200,10 +209,18 @@ pub trait Campaign {
     }
 }
 
+/// A campaign's options and the CLI it drives (located before the first
+/// run).
+pub struct Driven<A> {
+    /// The campaign's options.
+    pub args: A,
+    /// The `dcutr` CLI (or `lab-dcutr`).
+    pub dcutr: PathBuf,
+}
+
 /// Run every case of `c` that matches the filter; exit code 0 when every
 /// run met its expectation, 1 otherwise.
-pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
-    let common = c.common();
+pub fn run<C: Campaign>(c: &C, common: &Common) -> Result<ExitCode> {
     let runs = common.runs.unwrap_or(C::DEFAULT_RUNS).max(1);
     let cases: Vec<C::Case> = c
         .cases()
@@ -212,7 +229,7 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
             common
                 .filter
                 .as_deref()
-                .is_none_or(|f| c.name(k).contains(f))
+                .is_none_or(|f| k.name().contains(f))
         })
         .collect();
     if cases.is_empty() {
@@ -233,7 +250,8 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
     let mut records = Vec::new();
     for case in &cases {
         for run in 1..=runs {
-            let record = run_one(c, case, run, &names.next_topology());
+            let diagnose = common.always_diagnose;
+            let record = run_one(c, case, run, &names.next_topology(), diagnose);
             info!(
                 case = %record.case, run, outcome = %record.outcome,
                 verdict = if record.passed() { "PASS" } else { "FAIL" },
@@ -247,7 +265,7 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
         }
     }
     let total = started.elapsed();
-    let table = c.table(&records);
+    let table = C::TABLE(&records);
     let all = runs == 1 && common.filter.is_none();
     if let Some(budget) = C::BUDGET.filter(|b| all && total > *b) {
         warn!(
@@ -297,7 +315,13 @@ pub fn run<C: Campaign>(c: &C) -> Result<ExitCode> {
 
 /// One run in a fresh topology. Never fails: lab errors become an `Error`
 /// record (with the lab's state printed), so the campaign always goes on.
-fn run_one<C: Campaign>(c: &C, case: &C::Case, run: u32, prefix: &str) -> Record<C::Detail> {
+fn run_one<C: Campaign>(
+    c: &C,
+    case: &C::Case,
+    run: u32,
+    prefix: &str,
+    always_diagnose: bool,
+) -> Record<C::Detail> {
     let lab = match Lab::build(prefix, c.topology(case, run)) {
         Ok(lab) => lab,
         Err(e) => {
@@ -314,7 +338,7 @@ fn run_one<C: Campaign>(c: &C, case: &C::Case, run: u32, prefix: &str) -> Record
     let seen = c.drive(case, &lab, &mut procs);
     let mut record = c.judge(case, run, seen, Vec::new());
     record.setup_ms = crate::ms(lab.setup_time());
-    if !record.passed() || c.common().always_diagnose {
+    if !record.passed() || always_diagnose {
         let verdict = if record.passed() { "PASS" } else { "FAIL" };
         let mut text = format!(
             "===== {} run {run}: {verdict} ({}) =====\n{}",
@@ -399,7 +423,6 @@ pub const RESULT_EVENT: &str = "result";
 pub struct PeerRun<R> {
     /// Exit code (`None`: killed, stopped by the runner, or never exited).
     pub exit: Option<i32>,
-    /// Event names in order.
     pub events: Vec<String>,
     /// The result, if a valid one was printed.
     pub result: Option<R>,
@@ -528,6 +551,12 @@ pub fn parse_event(line: &str) -> Result<(String, Value), String> {
     Ok((name, value))
 }
 
+/// The first JSON event `name` among `lines`.
+pub fn find_event(lines: &[String], name: &str) -> Option<Value> {
+    let named = |l: &String| parse_event(l).ok().filter(|(n, _)| n == name);
+    lines.iter().find_map(|l| named(l).map(|(_, v)| v))
+}
+
 /// Whether `line` is the JSON event `name`.
 pub fn is_event(line: &str, name: &str) -> bool {
     matches!(parse_event(line), Ok((n, _)) if n == name)
@@ -592,7 +621,6 @@ pub fn wait_peers(
 
 /// How a plain run (relay, B, maybe A) ended: see [`settle`].
 pub struct Settled<R> {
-    /// Peer B.
     pub b: PeerRun<R>,
     /// Peer A, if it was started.
     pub a: Option<PeerRun<R>>,
@@ -683,6 +711,28 @@ pub fn num(v: Option<f64>, decimals: usize) -> String {
         Some(x) if x.is_finite() => format!("{x:.decimals$}"),
         _ => "-".into(),
     }
+}
+
+/// One column of a per-case table: its header, and its cell from the
+/// case's name and runs.
+pub type Column<'a, D> = (&'static str, &'a dyn Fn(&str, &[&Record<D>]) -> String);
+
+/// The header and one row per case (in first-seen order) of `columns`.
+pub fn rows<D>(
+    records: &[Record<D>],
+    columns: &[Column<D>],
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let cells = |(case, runs): (&str, Vec<&Record<D>>)| {
+        columns.iter().map(|c| (c.1)(case, &runs)).collect()
+    };
+    let header = columns.iter().map(|c| c.0).collect();
+    (header, by_case(records).into_iter().map(cells).collect())
+}
+
+/// `n/N` of `runs` for which `f` holds.
+pub fn share<D>(runs: &[&Record<D>], f: impl Fn(&Record<D>) -> bool) -> String {
+    let n = runs.iter().filter(|r| f(r)).count();
+    format!("{n}/{}", runs.len())
 }
 
 /// A GitHub-flavoured Markdown table (cells escaped), then `note`.
@@ -792,11 +842,8 @@ mod tests {
     #[test]
     fn tables_group_by_case_count_and_escape() {
         let rec = |case: &str, pass: bool| {
-            let mut r = Record::new(case.into(), 1, Outcome::Upgraded, ());
-            if !pass {
-                r.violations.push("x".into());
-            }
-            r
+            let v = if pass { vec![] } else { vec!["x".into()] };
+            Record::new((case.into(), 1), Outcome::Upgraded, None, v, ())
         };
         let recs = [rec("a", true), rec("b", true), rec("a", false)];
         let groups = by_case(&recs);

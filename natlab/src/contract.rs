@@ -35,7 +35,6 @@ pub const PEER_REGISTERED_EVENT: &str = "registered";
 pub struct CliResult {
     /// Whether a direct connection replaced the relayed one.
     pub ok: bool,
-    /// `tcp` or `quic`.
     pub transport: String,
     /// `client` or `server` on the direct connection.
     pub role: String,
@@ -53,7 +52,6 @@ pub struct CliResult {
     pub direct_rtt_ms: Option<f64>,
     /// Whether the relayed connection still works after the outcome.
     pub relay_usable: bool,
-    /// Why the upgrade failed.
     pub reason: Option<String>,
 }
 
@@ -88,6 +86,42 @@ impl campaign::PeerResult for CliResult {
 
 /// A `dcutr peer`'s run.
 pub type CliRun = PeerRun<CliResult>;
+
+/// Test fixtures: a result and a run.
+#[cfg(test)]
+pub mod fixture {
+    use super::*;
+
+    /// A TCP result in `role`: an upgrade (R 100 ms, D 10 ms, 200 ms to
+    /// direct) or, not `ok`, a failure for "no direct path".
+    pub fn result(ok: bool, role: &str, attempts: u32) -> CliResult {
+        CliResult {
+            ok,
+            transport: "tcp".into(),
+            role: role.into(),
+            remote: ok.then(|| "203.0.113.12:5000".into()),
+            attempts,
+            unilateral: false,
+            rtt_ms: Some(100.0),
+            time_to_direct_ms: ok.then_some(200.0),
+            direct_rtt_ms: ok.then_some(10.0),
+            relay_usable: true,
+            reason: (!ok).then(|| "no direct path".into()),
+        }
+    }
+
+    /// A run that exited `exit` after `events` and the result `r`.
+    pub fn run(exit: i32, events: &[&str], r: CliResult) -> CliRun {
+        let mut events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+        events.push("result".into());
+        PeerRun {
+            exit: Some(exit),
+            events,
+            result: Some(r),
+            problems: vec![],
+        }
+    }
+}
 
 /// The CLI the lab drives: `--dcutr`, else `lab-dcutr` next to natlab,
 /// else on PATH.

@@ -50,11 +50,8 @@ pub const PARENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Settings of one delay line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
-    /// One-way delay.
     pub delay: Duration,
-    /// Uniform +/- jitter.
     pub jitter: Duration,
-    /// Per-frame drop probability.
     pub loss: f64,
     /// RNG seed (each direction derives its own stream from it).
     pub seed: u64,

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::campaign::{
-    self, Campaign, Common, Outcome, PEER_PORT, PeerRun, RELAY_PORT, RELAY_READY_TIMEOUT, Record,
-    Transport, args, parse_event,
+    self, Campaign, Column, Common, Driven, Named, Outcome, PEER_PORT, PeerRun, RELAY_PORT,
+    RELAY_READY_TIMEOUT, Record, Transport, args, parse_event,
 };
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -178,13 +178,14 @@ pub struct Pairing {
     pub symmetric: bool,
 }
 
-impl Pairing {
-    /// `stock-B/ours-A tcp`.
-    pub fn name(&self) -> String {
+impl Named for Pairing {
+    fn name(&self) -> String {
         let sym = if self.symmetric { " sym/sym" } else { "" };
         format!("{}-B/{}-A {}{sym}", self.b, self.a, self.transport)
     }
+}
 
+impl Pairing {
     /// The same pairing behind two symmetric NATs.
     #[must_use]
     pub fn symmetric(self) -> Self {
@@ -238,7 +239,6 @@ pub struct NodeResult {
     pub ok: bool,
     /// A non-relayed connection to the peer came up.
     pub direct: bool,
-    /// Why not ok.
     pub reason: Option<String>,
     /// The direct connection's remote address.
     pub remote: Option<String>,
@@ -259,7 +259,6 @@ pub struct NodeResult {
     pub nat: Option<Value>,
     /// The DCUtR behaviour's own event: `ok`, `error`, or none.
     pub dcutr_outcome: Option<String>,
-    /// Its error text.
     pub dcutr_error: Option<String>,
 }
 
@@ -298,9 +297,7 @@ pub type NodeRun = PeerRun<NodeResult>;
 /// What driving one run saw (and its record keeps).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Seen {
-    /// The dialer.
     pub a: NodeRun,
-    /// The listener.
     pub b: NodeRun,
     /// The run hit its time limit.
     pub timed_out: bool,
@@ -309,7 +306,6 @@ pub struct Seen {
     /// From starting B until both peers exited (`duration_ms`).
     #[serde(skip)]
     pub duration: Duration,
-    /// Lab and runner problems.
     pub problems: Vec<String>,
 }
 
@@ -398,9 +394,7 @@ pub fn scrape_in(ns: &str, addr: SocketAddr) -> Result<String> {
 /// What a libp2p record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
-    /// The listener's DCUtR.
     pub b_impl: Impl,
-    /// The dialer's DCUtR.
     pub a_impl: Impl,
     /// The dialer's time from relayed to direct connection (B's if A has none), ms.
     pub time_to_direct_ms: Option<f64>,
@@ -466,17 +460,14 @@ fn judge_symmetric(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -
             "expected a clean failure on both sides, got {outcome}"
         ));
     }
-    v.dedup();
     let detail = Detail {
         b_impl: pairing.b,
         a_impl: pairing.a,
         time_to_direct_ms: None,
         seen,
     };
-    let mut r = Record::new(pairing.name(), run, outcome, detail);
-    r.duration_ms = Some(crate::ms(r.detail.seen.duration));
-    r.violations = v;
-    r
+    let duration = Some(detail.seen.duration);
+    Record::new((pairing.name(), run), outcome, duration, v, detail)
 }
 
 /// Judge one run (pure: unit-tested without root).
@@ -512,7 +503,6 @@ pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Reco
             "expected a direct connection on both sides, got {outcome}"
         ));
     }
-    v.dedup();
     let ttd = |n: &NodeRun| n.result.as_ref().and_then(|r| r.time_to_direct_ms);
     let detail = Detail {
         b_impl: pairing.b,
@@ -520,10 +510,8 @@ pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Reco
         time_to_direct_ms: ttd(&seen.a).or_else(|| ttd(&seen.b)),
         seen,
     };
-    let mut r = Record::new(pairing.name(), run, outcome, detail);
-    r.duration_ms = Some(crate::ms(r.detail.seen.duration));
-    r.violations = v;
-    r
+    let duration = Some(detail.seen.duration);
+    Record::new((pairing.name(), run), outcome, duration, v, detail)
 }
 
 /// Each side's time from its relayed connection to its result, ms.
@@ -543,6 +531,18 @@ fn both_know(d: &Detail) -> Option<f64> {
     }
 }
 
+/// The columns both tables start with: the pairing, who runs what, runs.
+const PAIRING_COLUMNS: [Column<'static, Detail>; 4] = [
+    ("pairing", &|name, _| name.to_owned()),
+    ("B (listener, site 2)", &|_, runs| {
+        runs[0].detail.b_impl.to_string()
+    }),
+    ("A (dialer, site 1)", &|_, runs| {
+        runs[0].detail.a_impl.to_string()
+    }),
+    ("runs", &|_, runs| runs.len().to_string()),
+];
+
 /// The symmetric/symmetric table: per pairing, each side's median time to
 /// failure; then, per transport, ours' median (both sides knowing) over
 /// stock's against [`SYMMETRIC_MAX_RATIO`].
@@ -551,38 +551,38 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
     let median_of = |runs: &[&Record<Detail>], f: &dyn Fn(&Detail) -> Option<f64>| {
         median(&runs.iter().filter_map(|r| f(&r.detail)).collect::<Vec<_>>())
     };
-    let mut rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|(name, runs)| {
-            let d = &runs[0].detail;
-            let failed = runs
-                .iter()
-                .filter(|r| r.outcome == Outcome::FailedClean)
-                .count();
-            vec![
-                (*name).to_owned(),
-                d.b_impl.to_string(),
-                d.a_impl.to_string(),
-                runs.len().to_string(),
-                format!("{failed}/{}", runs.len()),
-                campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.b)), 1),
-                {
-                    let never = runs
-                        .iter()
-                        .filter(|r| time_to_outcome(&r.detail.seen.a).is_none())
-                        .count();
-                    let t = campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.a)), 1);
-                    if never == 0 {
-                        t
-                    } else {
-                        format!("{t}; never in {never}/{}", runs.len())
-                    }
-                },
-                campaign::num(median_of(runs, &both_know), 1),
-                campaign::verdict(runs, "PASS"),
-            ]
-        })
-        .collect();
+    let b_time = |_: &str, runs: &[&Record<Detail>]| {
+        campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.b)), 1)
+    };
+    let a_time = |_: &str, runs: &[&Record<Detail>]| {
+        let never = runs
+            .iter()
+            .filter(|r| time_to_outcome(&r.detail.seen.a).is_none())
+            .count();
+        let t = campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.a)), 1);
+        match never {
+            0 => t,
+            _ => format!("{t}; never in {never}/{}", runs.len()),
+        }
+    };
+    let (header, mut rows) = campaign::rows(
+        records,
+        &[
+            PAIRING_COLUMNS[0],
+            PAIRING_COLUMNS[1],
+            PAIRING_COLUMNS[2],
+            PAIRING_COLUMNS[3],
+            ("failed cleanly on both sides", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::FailedClean)
+            }),
+            ("B's median time to failure ms", &b_time),
+            ("A's median time to failure ms", &a_time),
+            ("median time until both know ms", &|_, runs| {
+                campaign::num(median_of(runs, &both_know), 1)
+            }),
+            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
+        ],
+    );
     for t in [Transport::Tcp, Transport::Quic] {
         let of = |i: Impl| {
             let name = Pairing {
@@ -604,31 +604,15 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
             } else {
                 "FAIL"
             };
-            rows.push(vec![
-                format!("ours/stock {t}"),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                format!("{ratio:.3} (≤ {SYMMETRIC_MAX_RATIO})"),
-                verdict.to_owned(),
-            ]);
+            let mut row = vec![String::new(); header.len()];
+            row[0] = format!("ours/stock {t}");
+            row[7] = format!("{ratio:.3} (≤ {SYMMETRIC_MAX_RATIO})");
+            row[8] = verdict.to_owned();
+            rows.push(row);
         }
     }
     campaign::markdown(
-        &[
-            "pairing",
-            "B (listener, site 2)",
-            "A (dialer, site 1)",
-            "runs",
-            "failed cleanly on both sides",
-            "B's median time to failure ms",
-            "A's median time to failure ms",
-            "median time until both know ms",
-            "verdict",
-        ],
+        &header,
         &rows,
         "symmetric/symmetric (masquerade fully-random, firewall on both routers), the relay and a second relay as identify observers; time to failure = from the peer's relayed connection to its result line; never = no result until natlab stopped it (stock A); the ours/stock rows divide the medians of the later side's time, a stock A that never learns counted with B's time; stock's times are capped by the peers' --timeout-s (60 s here).",
     )
@@ -642,65 +626,44 @@ pub fn table(records: &[Record<Detail>]) -> String {
     {
         return symmetric_table(records);
     }
-    let rows: Vec<Vec<String>> = campaign::by_case(records)
-        .into_iter()
-        .map(|(name, runs)| {
-            let d = &runs[0].detail;
-            let direct = runs
-                .iter()
-                .filter(|r| r.outcome == Outcome::Upgraded)
-                .count();
-            let ttd: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.detail.time_to_direct_ms)
-                .collect();
-            let event = |side: fn(&Detail) -> &NodeRun| {
-                campaign::tally_text(runs.iter().map(|r| {
-                    side(&r.detail)
-                        .result
-                        .as_ref()
-                        .map_or("no result", |res| {
-                            res.dcutr_outcome.as_deref().unwrap_or("none")
-                        })
-                        .to_owned()
-                }))
-            };
-            vec![
-                name.to_owned(),
-                d.b_impl.to_string(),
-                d.a_impl.to_string(),
-                runs.len().to_string(),
-                format!("{direct}/{}", runs.len()),
-                campaign::num(median(&ttd), 1),
-                event(|d| &d.seen.b),
-                event(|d| &d.seen.a),
-                campaign::verdict(&runs, "PASS"),
-            ]
-        })
-        .collect();
-    campaign::markdown(
+    let ttd = |runs: &[&Record<Detail>]| -> Vec<f64> {
+        runs.iter()
+            .filter_map(|r| r.detail.time_to_direct_ms)
+            .collect()
+    };
+    let event = |runs: &[&Record<Detail>], side: fn(&Detail) -> &NodeRun| {
+        campaign::tally_text(runs.iter().map(|r| {
+            let result = side(&r.detail).result.as_ref();
+            result
+                .map_or("no result", |res| {
+                    res.dcutr_outcome.as_deref().unwrap_or("none")
+                })
+                .to_owned()
+        }))
+    };
+    let (header, rows) = campaign::rows(
+        records,
         &[
-            "pairing",
-            "B (listener, site 2)",
-            "A (dialer, site 1)",
-            "runs",
-            "direct connections (both sides)",
-            "median time to direct ms",
-            "B's dcutr event",
-            "A's dcutr event",
-            "verdict",
+            PAIRING_COLUMNS[0],
+            PAIRING_COLUMNS[1],
+            PAIRING_COLUMNS[2],
+            PAIRING_COLUMNS[3],
+            ("direct connections (both sides)", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
+            }),
+            ("median time to direct ms", &|_, runs| {
+                campaign::num(median(&ttd(runs)), 1)
+            }),
+            ("B's dcutr event", &|_, runs| event(runs, |d| &d.seen.b)),
+            ("A's dcutr event", &|_, runs| event(runs, |d| &d.seen.a)),
+            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
         ],
+    );
+    campaign::markdown(
+        &header,
         &rows,
         "cone/cone, firewall on both routers, over the transport named in the pairing; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).",
     )
-}
-
-/// The libp2p campaign.
-pub struct Libp2p {
-    /// Options.
-    pub args: Args,
-    /// The dcutr CLI.
-    pub dcutr: PathBuf,
 }
 
 /// The string field `name` of a JSON event line.
@@ -713,21 +676,35 @@ fn field_of(line: &str, name: &str) -> Result<String> {
         .with_context(|| format!("no {name} in {line}"))
 }
 
-/// The `peer_id` field of a JSON event line.
-fn peer_id_of(line: &str) -> Result<String> {
-    field_of(line, "peer_id")
+impl Driven<Args> {
+    /// Start a circuit relay with key `seed` on the relay host, listening
+    /// on `listen`, as `label` (pushed to `procs`); the address it printed.
+    fn start_relay(
+        &self,
+        lab: &Lab,
+        procs: &mut Vec<Proc>,
+        (label, seed): (&str, u64),
+        listen: &str,
+    ) -> Result<String, String> {
+        let seed = seed.to_string();
+        let argv = args(&[
+            "libp2p", "relay", "--seed", &seed, "--listen", listen, "--json",
+        ]);
+        let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
+        let ns = lab.relay_ns();
+        campaign::start(lab, procs, (label, &ns), &self.dcutr, &argv, ready)
+            .and_then(|l| field_of(&l, "addr"))
+            .map_err(|e| format!("{label}: {e:#}"))
+    }
 }
 
-impl Campaign for Libp2p {
+impl Campaign for Driven<Args> {
     type Case = Pairing;
     type Seen = Seen;
     type Detail = Detail;
+    const TABLE: fn(&[Record<Detail>]) -> String = table;
     const KIND: &'static str = "libp2p";
     const GROUPS: &'static str = "pairings";
-
-    fn common(&self) -> &Common {
-        &self.args.common
-    }
 
     fn cases(&self) -> Vec<Pairing> {
         let mut base: Vec<Pairing> = MIXED.to_vec();
@@ -739,10 +716,6 @@ impl Campaign for Libp2p {
         }
         let over = |&t: &Transport| base.iter().map(move |p| p.over(t));
         self.args.transports.iter().flat_map(over).collect()
-    }
-
-    fn name(&self, p: &Pairing) -> String {
-        p.name()
     }
 
     fn topology(&self, p: &Pairing, _run: u32) -> TopologySpec {
@@ -761,22 +734,11 @@ impl Campaign for Libp2p {
     fn drive(&self, pairing: &Pairing, lab: &Lab, procs: &mut Vec<Proc>) -> Seen {
         let mut seen = Seen::default();
         let relay_listen = pairing.listen_addr(&RELAY_IP.to_string(), RELAY_PORT);
-        let relay = args(&[
-            "libp2p",
-            "relay",
-            "--seed",
-            &RELAY_SEED.to_string(),
-            "--listen",
-            &relay_listen,
-            "--json",
-        ]);
-        let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
-        let ns = lab.relay_ns();
-        let relay_line = campaign::start(lab, procs, ("relay", &ns), &self.dcutr, &relay, ready);
-        let relay_addr = match relay_line.and_then(|l| field_of(&l, "addr")) {
+        let relay = self.start_relay(lab, procs, ("relay", RELAY_SEED), &relay_listen);
+        let relay_addr = match relay {
             Ok(addr) => addr,
             Err(e) => {
-                seen.problems.push(format!("relay: {e:#}"));
+                seen.problems.push(e);
                 return seen;
             }
         };
@@ -792,28 +754,11 @@ impl Campaign for Libp2p {
         let mut observer_addr = None;
         if pairing.symmetric {
             let listen = pairing.listen_addr(&RELAY_IP.to_string(), OBSERVER_PORT);
-            let argv = args(&[
-                "libp2p",
-                "relay",
-                "--seed",
-                &OBSERVER_SEED.to_string(),
-                "--listen",
-                &listen,
-                "--json",
-            ]);
-            let ready = (RELAY_LISTENING_EVENT, Instant::now() + RELAY_READY_TIMEOUT);
-            let line = campaign::start(
-                lab,
-                &mut observer_procs,
-                ("observer", &lab.relay_ns()),
-                &self.dcutr,
-                &argv,
-                ready,
-            );
-            match line.and_then(|l| field_of(&l, "addr")) {
+            let observer = ("observer", OBSERVER_SEED);
+            match self.start_relay(lab, &mut observer_procs, observer, &listen) {
                 Ok(addr) => observer_addr = Some(addr),
                 Err(e) => {
-                    seen.problems.push(format!("observer: {e:#}"));
+                    seen.problems.push(e);
                     return seen;
                 }
             }
@@ -874,7 +819,7 @@ impl Campaign for Libp2p {
         );
         let ns = lab.host_ns(2);
         let b_id = campaign::start(lab, procs, ("listener B", &ns), &self.dcutr, &b, ready);
-        match b_id.and_then(|l| peer_id_of(&l)) {
+        match b_id.and_then(|l| field_of(&l, "peer_id")) {
             Err(e) if procs.len() < 2 => {
                 seen.problems.push(format!("listener B: {e:#}"));
                 return seen;
@@ -925,10 +870,6 @@ impl Campaign for Libp2p {
 
     fn judge(&self, p: &Pairing, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
         judge(*p, run, seen, problems)
-    }
-
-    fn table(&self, records: &[Record<Detail>]) -> String {
-        table(records)
     }
 }
 
@@ -1076,9 +1017,9 @@ mod tests {
             n.violations("A"),
             ["A: event \"late\" after the result (the result must be last)"]
         );
-        let id = peer_id_of(r#"{"event":"listening","peer_id":"12D3"}"#).unwrap();
+        let id = field_of(r#"{"event":"listening","peer_id":"12D3"}"#, "peer_id").unwrap();
         assert_eq!(id, "12D3");
-        assert!(peer_id_of(r#"{"event":"listening"}"#).is_err());
+        assert!(field_of(r#"{"event":"listening"}"#, "peer_id").is_err());
     }
 
     #[test]

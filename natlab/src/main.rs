@@ -25,7 +25,7 @@ mod topo;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -60,23 +60,7 @@ enum Command {
     /// Remove every leftover lab namespace (nlXXXXXX-*) and the processes in it.
     Cleanup,
     /// Build one topology, print its namespaces, hold it, tear it down.
-    Up {
-        /// Site 1: cone, cone-no-firewall, symmetric, symmetric-no-firewall, public.
-        #[arg(long, default_value = "cone")]
-        site1: Site,
-        /// Site 2.
-        #[arg(long, default_value = "cone")]
-        site2: Site,
-        /// One-way delay of a delay line in front of site 1 (none if absent).
-        #[arg(long)]
-        delay1_ms: Option<f64>,
-        /// One-way delay of a delay line in front of site 2.
-        #[arg(long)]
-        delay2_ms: Option<f64>,
-        /// How long to keep it up.
-        #[arg(long, default_value_t = 0.0)]
-        hold_s: f64,
-    },
+    Up(Up),
     /// Measure topology build and teardown time.
     Timing {
         /// Topologies to build.
@@ -87,29 +71,51 @@ enum Command {
         with_delay: bool,
     },
     /// Forward frames between two interfaces with a delay (runs inside a lab namespace).
-    Delayline {
-        /// First interface.
-        #[arg(long)]
-        a: String,
-        /// Second interface.
-        #[arg(long)]
-        b: String,
-        /// One-way delay in ms.
-        #[arg(long, default_value_t = 0.0)]
-        delay_ms: f64,
-        /// Uniform +/- jitter in ms (no reordering).
-        #[arg(long, default_value_t = 0.0)]
-        jitter_ms: f64,
-        /// Drop probability per frame.
-        #[arg(long, default_value_t = 0.0)]
-        loss: f64,
-        /// RNG seed for jitter and loss.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    Delayline(Delayline),
     /// Traffic probes (run inside lab namespaces).
     #[command(subcommand)]
     Probe(Probe),
+}
+
+#[derive(Debug, clap::Args)]
+struct Up {
+    /// Site 1: cone, cone-no-firewall, symmetric, symmetric-no-firewall, public.
+    #[arg(long, default_value = "cone")]
+    site1: Site,
+    /// Site 2.
+    #[arg(long, default_value = "cone")]
+    site2: Site,
+    /// One-way delay of a delay line in front of site 1 (none if absent).
+    #[arg(long)]
+    delay1_ms: Option<f64>,
+    /// One-way delay of a delay line in front of site 2.
+    #[arg(long)]
+    delay2_ms: Option<f64>,
+    /// How long to keep it up.
+    #[arg(long, default_value_t = 0.0)]
+    hold_s: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct Delayline {
+    /// First interface.
+    #[arg(long)]
+    a: String,
+    /// Second interface.
+    #[arg(long)]
+    b: String,
+    /// One-way delay in ms.
+    #[arg(long, default_value_t = 0.0)]
+    delay_ms: f64,
+    /// Uniform +/- jitter in ms (no reordering).
+    #[arg(long, default_value_t = 0.0)]
+    jitter_ms: f64,
+    /// Drop probability per frame.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// RNG seed for jitter and loss.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,26 +133,7 @@ enum Probe {
         lifetime_s: u64,
     },
     /// Send UDP requests to each destination from one socket; print RTTs and mappings.
-    UdpPing {
-        /// Local address (fixes the source port).
-        #[arg(long, default_value = "0.0.0.0:0")]
-        bind: SocketAddr,
-        /// Destination (repeatable; pinged in order).
-        #[arg(long, required = true)]
-        to: Vec<SocketAddr>,
-        /// Requests per destination.
-        #[arg(long, default_value_t = 5)]
-        count: u32,
-        /// Gap between requests, ms.
-        #[arg(long, default_value_t = 20)]
-        interval_ms: u64,
-        /// Wait for late replies after the last request, ms.
-        #[arg(long, default_value_t = 300)]
-        linger_ms: u64,
-        /// Exit 1 if some destination never answered.
-        #[arg(long)]
-        require_reply: bool,
-    },
+    UdpPing(UdpPing),
     /// TCP server that writes the client's address and closes.
     TcpEcho {
         /// Address to listen on.
@@ -168,6 +155,28 @@ enum Probe {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct UdpPing {
+    /// Local address (fixes the source port).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: SocketAddr,
+    /// Destination (repeatable; pinged in order).
+    #[arg(long, required = true)]
+    to: Vec<SocketAddr>,
+    /// Requests per destination.
+    #[arg(long, default_value_t = 5)]
+    count: u32,
+    /// Gap between requests, ms.
+    #[arg(long, default_value_t = 20)]
+    interval_ms: u64,
+    /// Wait for late replies after the last request, ms.
+    #[arg(long, default_value_t = 300)]
+    linger_ms: u64,
+    /// Exit 1 if some destination never answered.
+    #[arg(long)]
+    require_reply: bool,
 }
 
 fn main() -> ExitCode {
@@ -222,7 +231,7 @@ impl Command {
     /// Whether the subcommand builds labs (the probes and the delay line
     /// run inside one).
     fn needs_root(&self) -> bool {
-        !matches!(self, Command::Delayline { .. } | Command::Probe(_))
+        !matches!(self, Command::Delayline(_) | Command::Probe(_))
     }
 }
 
@@ -234,64 +243,38 @@ fn run(command: Command) -> Result<ExitCode> {
     }
     match command {
         Command::Selftest(args) => selftest::run(&args),
-        Command::Matrix(args) => {
-            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
-            campaign::run(&matrix::Matrix { args, dcutr })
-        }
-        Command::Broken(args) => {
-            let dcutr = contract::locate_dcutr(args.dcutr.as_deref())?;
-            let bounds = broken::Bounds::from_config(&dcutr_core::Config::shared_stream());
-            campaign::run(&broken::Broken {
-                args,
-                dcutr,
-                bounds,
-            })
-        }
-        Command::Libp2p(args) => {
+        Command::Matrix(a) => run_campaign(
+            contract::locate_dcutr(a.dcutr.as_deref())?,
+            &a.common.clone(),
+            a,
+        ),
+        Command::Broken(a) => run_campaign(
+            contract::locate_dcutr(a.dcutr.as_deref())?,
+            &a.common.clone(),
+            a,
+        ),
+        Command::Libp2p(a) => {
             // `dcutr libp2p` is a user feature: the real CLI, not lab-dcutr.
-            let dcutr = campaign::locate(
-                args.dcutr.as_deref(),
-                "",
-                "dcutr",
-                "build it (cargo build -p dcutr-cli) or pass --dcutr PATH",
-            )?;
-            campaign::run(&libp2p::Libp2p { args, dcutr })
+            let hint = "build it (cargo build -p dcutr-cli) or pass --dcutr PATH";
+            let dcutr = campaign::locate(a.dcutr.as_deref(), "", "dcutr", hint)?;
+            run_campaign(dcutr, &a.common.clone(), a)
         }
         Command::Cleanup => {
             let removed = topo::cleanup_all()?;
-            println!(
-                "natlab: removed {} namespace(s){}",
-                removed.len(),
-                if removed.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", removed.join(" "))
-                }
-            );
+            let list = removed.iter().map(|n| format!(" {n}")).collect::<String>();
+            let sep = if removed.is_empty() { "" } else { ":" };
+            println!("natlab: removed {} namespace(s){sep}{list}", removed.len());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up {
-            site1,
-            site2,
-            delay1_ms,
-            delay2_ms,
-            hold_s,
-        } => {
-            let mut spec = TopologySpec::new(site1, site2);
-            spec.delay = [
-                delay1_ms.map(DelaySpec::fixed),
-                delay2_ms.map(DelaySpec::fixed),
-            ];
+        Command::Up(up) => {
+            let mut spec = TopologySpec::new(up.site1, up.site2);
+            spec.delay = [up.delay1_ms, up.delay2_ms].map(|d| d.map(DelaySpec::fixed));
             let prefix = names::RunNames::random().next_topology();
             let lab = Lab::build(&prefix, spec)?;
-            println!(
-                "built in {:.1} ms: {}",
-                ms(lab.setup_time()),
-                lab.namespaces().join(" ")
-            );
-            std::thread::sleep(Duration::from_secs_f64(hold_s.max(0.0)));
-            let t = lab.teardown()?;
-            println!("torn down in {:.1} ms", ms(t));
+            let built = ms(lab.setup_time());
+            println!("built in {built:.1} ms: {}", lab.namespaces().join(" "));
+            std::thread::sleep(Duration::from_secs_f64(up.hold_s.max(0.0)));
+            println!("torn down in {:.1} ms", ms(lab.teardown()?));
             Ok(ExitCode::SUCCESS)
         }
         Command::Timing {
@@ -302,65 +285,54 @@ fn run(command: Command) -> Result<ExitCode> {
             println!("{}", t.summary());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Delayline {
-            a,
-            b,
-            delay_ms,
-            jitter_ms,
-            loss,
-            seed,
-        } => {
-            let params = delayline::Params::new(delay_ms, jitter_ms, loss, seed)?;
-            delayline::run(&a, &b, params)?;
+        Command::Delayline(d) => {
+            let params = delayline::Params::new(d.delay_ms, d.jitter_ms, d.loss, d.seed)?;
+            delayline::run(&d.a, &d.b, params)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe(p) => run_probe(p),
     }
 }
 
+/// Run the campaign of `args` with the CLI `dcutr`.
+fn run_campaign<A>(dcutr: PathBuf, common: &campaign::Common, args: A) -> Result<ExitCode>
+where
+    campaign::Driven<A>: campaign::Campaign,
+{
+    campaign::run(&campaign::Driven { args, dcutr }, common)
+}
+
+/// Prints each report as one JSON line.
+fn print_json<T: serde::Serialize>(reports: &[T]) -> Result<()> {
+    for r in reports {
+        println!("{}", serde_json::to_string(r).context("serialising")?);
+    }
+    Ok(())
+}
+
 fn run_probe(p: Probe) -> Result<ExitCode> {
+    let secs = Duration::from_secs;
+    let millis = Duration::from_millis;
     match p {
         Probe::UdpEcho {
             listen,
             hello,
             lifetime_s,
-        } => {
-            probe::udp_echo(listen, &hello, Duration::from_secs(lifetime_s))?;
-        }
-        Probe::UdpPing {
-            bind,
-            to,
-            count,
-            interval_ms,
-            linger_ms,
-            require_reply,
-        } => {
-            let reports = probe::udp_ping(
-                bind,
-                &to,
-                count,
-                Duration::from_millis(interval_ms),
-                Duration::from_millis(linger_ms),
-            )?;
-            for r in &reports {
-                println!("{}", serde_json::to_string(r).context("serialising")?);
-            }
-            if require_reply && reports.iter().any(|r| r.received == 0) {
+        } => probe::udp_echo(listen, &hello, secs(lifetime_s))?,
+        Probe::UdpPing(u) => {
+            let (interval, linger) = (millis(u.interval_ms), millis(u.linger_ms));
+            let reports = probe::udp_ping(u.bind, &u.to, u.count, interval, linger)?;
+            print_json(&reports)?;
+            if u.require_reply && reports.iter().any(|r| r.received == 0) {
                 return Ok(ExitCode::from(1));
             }
         }
-        Probe::TcpEcho { listen, lifetime_s } => {
-            probe::tcp_echo(listen, Duration::from_secs(lifetime_s))?;
-        }
+        Probe::TcpEcho { listen, lifetime_s } => probe::tcp_echo(listen, secs(lifetime_s))?,
         Probe::TcpConnect {
             bind,
             to,
             timeout_ms,
-        } => {
-            for r in probe::tcp_connect(bind, &to, Duration::from_millis(timeout_ms))? {
-                println!("{}", serde_json::to_string(&r).context("serialising")?);
-            }
-        }
+        } => print_json(&probe::tcp_connect(bind, &to, millis(timeout_ms))?)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -373,9 +345,4 @@ pub fn ms(d: Duration) -> f64 {
 /// A path to the natlab binary itself (probes and delay lines run it).
 pub fn self_exe() -> Result<PathBuf> {
     std::env::current_exe().context("locating the natlab binary")
-}
-
-/// Seconds since `t`, for printing.
-pub fn secs_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64()
 }

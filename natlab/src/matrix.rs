@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::campaign::{self, Campaign, Common, Outcome, Record, TRANSPORTS, Transport};
+use crate::campaign::{
+    self, Campaign, Common, Driven, Named, Outcome, Record, TRANSPORTS, Transport,
+};
 use crate::contract::{self, CliResult, CliRun};
 use crate::nat::Site;
 use crate::proc::Proc;
@@ -118,7 +120,6 @@ pub const PAIRS: &[(&str, Site, Site, Expect)] = &[
 pub struct Case {
     /// Index into [`PAIRS`].
     pub pair: usize,
-    /// Transport.
     pub transport: Transport,
     /// One-way delay the relay adds (0 or [`RELAY_DELAY_MS`]).
     pub relay_delay_ms: u32,
@@ -126,10 +127,9 @@ pub struct Case {
     pub runtime: &'static str,
 }
 
-impl Case {
-    /// `cone/cone tcp rtt100` (with the runtime appended when it is not
-    /// tokio: `cone/cone tcp rtt100 smol`).
-    pub fn name(&self) -> String {
+impl Named for Case {
+    /// With the runtime appended when it is not tokio.
+    fn name(&self) -> String {
         let mut name = format!(
             "{} {} rtt{}",
             PAIRS[self.pair].0,
@@ -141,7 +141,9 @@ impl Case {
         }
         name
     }
+}
 
+impl Case {
     fn expect(&self) -> Expect {
         PAIRS[self.pair].3
     }
@@ -169,9 +171,7 @@ pub fn all_cases() -> Vec<Case> {
 /// What driving one run saw (and its record keeps).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Seen {
-    /// Peer A.
     pub a: CliRun,
-    /// Peer B.
     pub b: CliRun,
     /// The case timeout (or the grace after one peer exited) fired.
     pub timed_out: bool,
@@ -179,26 +179,19 @@ pub struct Seen {
     /// record has it as `duration_ms`.
     #[serde(skip)]
     pub duration: Duration,
-    /// Runner and lab problems.
     pub problems: Vec<String>,
 }
 
 /// What a matrix record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Detail {
-    /// Pair name.
     pub pair: String,
-    /// A's site.
     pub a_site: String,
-    /// B's site.
     pub b_site: String,
-    /// Transport.
     pub transport: Transport,
-    /// Runtime of both peers.
     pub runtime: String,
     /// Relayed RTT the relay's delay aims at, ms.
     pub relay_rtt_target_ms: u32,
-    /// What was expected.
     pub expect: Expect,
     /// Attempts (B's count, else A's).
     pub attempts: Option<u32>,
@@ -210,7 +203,6 @@ pub struct Detail {
     pub time_to_direct_ms: Option<f64>,
     /// time_to_direct / (1.5 R + D).
     pub ratio: Option<f64>,
-    /// B's unilateral flag.
     pub unilateral: Option<bool>,
     /// Failure reason (B's, else A's).
     pub reason: Option<String>,
@@ -219,31 +211,16 @@ pub struct Detail {
     pub seen: Seen,
 }
 
-/// The matrix campaign.
-pub struct Matrix {
-    /// Options.
-    pub args: Args,
-    /// The dcutr CLI.
-    pub dcutr: PathBuf,
-}
-
-impl Campaign for Matrix {
+impl Campaign for Driven<Args> {
     type Case = Case;
     type Seen = Seen;
     type Detail = Detail;
+    const TABLE: fn(&[Record<Detail>]) -> String = table;
     const KIND: &'static str = "matrix";
     const BUDGET: Option<Duration> = Some(MATRIX_BUDGET);
 
-    fn common(&self) -> &Common {
-        &self.args.common
-    }
-
     fn cases(&self) -> Vec<Case> {
         all_cases()
-    }
-
-    fn name(&self, case: &Case) -> String {
-        case.name()
     }
 
     fn topology(&self, case: &Case, _run: u32) -> TopologySpec {
@@ -286,10 +263,6 @@ impl Campaign for Matrix {
 
     fn judge(&self, case: &Case, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
         judge(case, run, seen, problems)
-    }
-
-    fn table(&self, records: &[Record<Detail>]) -> String {
-        table(records)
     }
 }
 
@@ -369,7 +342,6 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
         }
         Expect::Upgrade { .. } | Expect::Clean => {}
     }
-    v.dedup();
     let pick = |f: fn(&CliResult) -> Option<f64>| rb.and_then(f).or_else(|| ra.and_then(f));
     let (rtt_ms, direct_rtt_ms) = (pick(|r| r.rtt_ms), pick(|r| r.direct_rtt_ms));
     let time_to_direct_ms = pick(|r| r.time_to_direct_ms);
@@ -393,69 +365,52 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
             .or_else(|| ra.and_then(|r| r.reason.clone())),
         seen,
     };
-    let mut r = Record::new(case.name(), run, outcome, detail);
-    r.duration_ms = Some(crate::ms(duration));
-    r.violations = v;
-    r
+    Record::new((case.name(), run), outcome, Some(duration), v, detail)
 }
 
 /// One row per case, aggregated over its runs.
 pub fn table(records: &[Record<Detail>]) -> String {
-    let rows: Vec<Vec<String>> = campaign::by_case(records)
-        .into_iter()
-        .map(|(case, runs)| {
-            let d = &runs[0].detail;
-            let med = |f: fn(&Record<Detail>) -> Option<f64>| {
-                median(&runs.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
-            };
-            let counts = campaign::tally(runs.iter().map(|r| r.outcome.to_string()));
-            let outcomes = if runs.len() == 1 {
-                counts[0].0.clone()
-            } else {
-                campaign::tally_text(runs.iter().map(|r| r.outcome.to_string()))
-            };
-            let pass = if d.expect == Expect::Clean {
-                "report"
-            } else {
-                "PASS"
-            };
-            let upgraded = runs
-                .iter()
-                .filter(|r| r.outcome == Outcome::Upgraded)
-                .count();
-            vec![
-                case.to_owned(),
-                d.a_site.clone(),
-                d.b_site.clone(),
-                d.runtime.clone(),
-                format!("{upgraded}/{}", runs.len()),
-                outcomes,
-                campaign::num(med(|r| r.detail.attempts.map(f64::from)), 0),
-                campaign::num(med(|r| r.detail.rtt_ms), 1),
-                campaign::num(med(|r| r.detail.direct_rtt_ms), 2),
-                campaign::num(med(|r| r.detail.time_to_direct_ms), 1),
-                campaign::num(med(|r| r.detail.ratio), 2),
-                campaign::num(med(|r| r.duration_ms.map(|d| d / 1e3)), 2),
-                campaign::verdict(&runs, pass),
-            ]
-        })
-        .collect();
-    campaign::markdown(
+    type Runs<'a> = [&'a Record<Detail>];
+    let med = |runs: &Runs, f: fn(&Record<Detail>) -> Option<f64>, decimals| {
+        let values: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
+        campaign::num(median(&values), decimals)
+    };
+    let outcomes = |_: &str, runs: &Runs| match runs {
+        [one] => one.outcome.to_string(),
+        _ => campaign::tally_text(runs.iter().map(|r| r.outcome.to_string())),
+    };
+    let verdict = |_: &str, runs: &Runs| {
+        let report_only = runs[0].detail.expect == Expect::Clean;
+        campaign::verdict(runs, if report_only { "report" } else { "PASS" })
+    };
+    let (header, rows) = campaign::rows(
+        records,
         &[
-            "case",
-            "A",
-            "B",
-            "runtime",
-            "upgraded",
-            "outcome",
-            "attempts",
-            "R ms",
-            "D ms",
-            "time to direct ms",
-            "ratio",
-            "duration s",
-            "verdict",
+            ("case", &|case, _| case.to_owned()),
+            ("A", &|_, runs| runs[0].detail.a_site.clone()),
+            ("B", &|_, runs| runs[0].detail.b_site.clone()),
+            ("runtime", &|_, runs| runs[0].detail.runtime.clone()),
+            ("upgraded", &|_, runs| {
+                campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
+            }),
+            ("outcome", &outcomes),
+            ("attempts", &|_, runs| {
+                med(runs, |r| r.detail.attempts.map(f64::from), 0)
+            }),
+            ("R ms", &|_, runs| med(runs, |r| r.detail.rtt_ms, 1)),
+            ("D ms", &|_, runs| med(runs, |r| r.detail.direct_rtt_ms, 2)),
+            ("time to direct ms", &|_, runs| {
+                med(runs, |r| r.detail.time_to_direct_ms, 1)
+            }),
+            ("ratio", &|_, runs| med(runs, |r| r.detail.ratio, 2)),
+            ("duration s", &|_, runs| {
+                med(runs, |r| r.duration_ms.map(|d| d / 1e3), 2)
+            }),
+            ("verdict", &verdict),
         ],
+    );
+    campaign::markdown(
+        &header,
         &rows,
         "ratio = time to direct / (1.5 R + D); medians over runs; R, D, time to direct from B (A if B has none).",
     )
@@ -464,32 +419,14 @@ pub fn table(records: &[Record<Detail>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::PeerRun;
+    use crate::contract::fixture;
 
     /// A peer's run: exit 0 with an upgrade in `role`, or (`attempts` >
     /// 0 and not `ok`) exit 1 with a clean failure.
     fn peer(ok: bool, role: &str, attempts: u32, unilateral: bool) -> CliRun {
-        let result = CliResult {
-            ok,
-            transport: "tcp".into(),
-            role: role.into(),
-            remote: ok.then(|| "203.0.113.12:5000".into()),
-            attempts,
-            unilateral,
-            rtt_ms: Some(100.0),
-            time_to_direct_ms: ok.then_some(200.0),
-            direct_rtt_ms: ok.then_some(10.0),
-            relay_usable: true,
-            reason: (!ok).then(|| "no direct path".into()),
-        };
-        let exit = Some(if ok { 0 } else { 1 });
-        let events = vec!["result".into()];
-        PeerRun {
-            exit,
-            events,
-            result: Some(result),
-            problems: vec![],
-        }
+        let mut result = fixture::result(ok, role, attempts);
+        result.unilateral = unilateral;
+        fixture::run(if ok { 0 } else { 1 }, &[], result)
     }
 
     fn up(role: &str) -> CliRun {
@@ -522,9 +459,15 @@ mod tests {
         r.violations.iter().any(|v| v.contains(needle))
     }
 
+    /// With `edit` applied to the run's result.
+    fn with(mut run: CliRun, edit: impl FnOnce(&mut CliResult)) -> CliRun {
+        edit(run.result.as_mut().unwrap());
+        run
+    }
+
     #[test]
     fn the_matrix_has_twenty_four_cases_with_unique_names() {
-        let mut names: Vec<String> = all_cases().iter().map(Case::name).collect();
+        let mut names: Vec<String> = all_cases().iter().map(Named::name).collect();
         assert_eq!(names.len(), 24, "20 on tokio, 4 cone/cone on smol");
         names.sort();
         names.dedup();
@@ -543,17 +486,14 @@ mod tests {
         let r = run("cone/cone", up("client"), up("server"), 1);
         assert_eq!(r.outcome, Outcome::Upgraded);
         assert!(r.passed(), "{:?}", r.violations);
-        assert_eq!(
-            (r.detail.ratio, r.detail.attempts),
-            (Some(200.0 / 160.0), Some(1))
-        );
+        let d = &r.detail;
+        assert_eq!((d.ratio, d.attempts), (Some(200.0 / 160.0), Some(1)));
         assert_eq!(r.detail.relay_rtt_target_ms, 100);
     }
 
     #[test]
     fn swapped_roles_and_transports_fail_even_when_upgraded() {
-        let mut b = up("client");
-        b.result.as_mut().unwrap().transport = "quic".into();
+        let b = with(up("client"), |r| r.transport = "quic".into());
         let r = run("cone/cone", up("server"), b, 1);
         assert_eq!(r.outcome, Outcome::Upgraded);
         assert!(has(&r, "A reported role server, expected client"));
@@ -563,23 +503,26 @@ mod tests {
 
     #[test]
     fn the_public_pair_needs_a_unilateral_upgrade() {
-        let not_uni = run(
-            "cone/public",
-            peer(true, "client", 0, false),
-            peer(true, "server", 0, false),
-            1,
-        );
-        assert!(has(&not_uni, "expected unilateral=true"));
+        let uni = |role| peer(true, role, 0, true);
         // In the direct dial B dials A: B is the client, A the server.
-        let uni = run(
-            "cone/public",
-            peer(true, "server", 0, true),
-            peer(true, "client", 0, true),
-            1,
-        );
-        assert!(uni.passed(), "{:?}", uni.violations);
-        let failed = run("cone/public", down("client", 3), down("server", 3), 1);
-        assert!(has(&failed, "expected an upgrade, got failed-clean"));
+        let good = run("cone/public", uni("server"), uni("client"), 1);
+        assert!(good.passed(), "{:?}", good.violations);
+        let not_uni = |role| peer(true, role, 0, false);
+        for (a, b, needle) in [
+            (
+                not_uni("client"),
+                not_uni("server"),
+                "expected unilateral=true",
+            ),
+            (
+                down("client", 3),
+                down("server", 3),
+                "expected an upgrade, got failed-clean",
+            ),
+        ] {
+            let r = run("cone/public", a, b, 1);
+            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+        }
     }
 
     #[test]
@@ -589,28 +532,32 @@ mod tests {
         assert_eq!(good.outcome, Outcome::FailedClean);
         assert!(good.passed(), "{:?}", good.violations);
         assert_eq!(good.detail.reason.as_deref(), Some("no direct path"));
-        assert!(has(
-            &run(sym, down("client", 2), down("server", 2), 10),
-            "attempts=2"
-        ));
-        assert!(has(
-            &run(sym, down("client", 3), down("server", 3), 36),
-            "bound 35 s"
-        ));
-        let mut broken = down("server", 3);
-        broken.result.as_mut().unwrap().relay_usable = false;
-        assert!(has(
-            &run(sym, down("client", 3), broken, 10),
-            "relay_usable=false"
-        ));
-        let mut silent = down("server", 3);
-        silent.result.as_mut().unwrap().reason = None;
-        assert!(has(
-            &run(sym, down("client", 3), silent, 10),
-            "B: no reason for the failure"
-        ));
-        let upgraded = run(sym, up("client"), up("server"), 1);
-        assert!(has(&upgraded, "expected a clean failure, got upgraded"));
+        let b = || down("server", 3);
+        for (a, b, secs, needle) in [
+            (down("client", 2), down("server", 2), 10, "attempts=2"),
+            (down("client", 3), b(), 36, "bound 35 s"),
+            (
+                down("client", 3),
+                with(b(), |r| r.relay_usable = false),
+                10,
+                "relay_usable=false",
+            ),
+            (
+                down("client", 3),
+                with(b(), |r| r.reason = None),
+                10,
+                "B: no reason for the failure",
+            ),
+            (
+                up("client"),
+                up("server"),
+                1,
+                "expected a clean failure, got upgraded",
+            ),
+        ] {
+            let r = run(sym, a, b, secs);
+            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+        }
     }
 
     #[test]
@@ -624,8 +571,7 @@ mod tests {
             duration: Duration::from_secs(40),
             ..Seen::default()
         };
-        let case = all_cases()[0];
-        let hung = judge(&case, 1, seen, vec!["lab: x".into()]);
+        let hung = judge(&all_cases()[0], 1, seen, vec!["lab: x".into()]);
         assert_eq!(hung.outcome, Outcome::Timeout);
         assert_eq!(hung.violations[0], "lab: x");
         assert!(has(&hung, "timed out after 40.0 s"));
@@ -634,29 +580,18 @@ mod tests {
         assert!(has(&split, "disagree"));
         let mut lie = down("client", 3);
         lie.exit = Some(0);
-        assert!(has(
-            &run("symmetric/cone", lie, down("server", 3), 1),
-            "exit 0 but result ok=false"
-        ));
+        let r = run("symmetric/cone", lie, down("server", 3), 1);
+        assert!(has(&r, "exit 0 but result ok=false"));
     }
 
     #[test]
     fn report_only_pairs_pass_either_clean_outcome() {
-        let up = run("cone/cone-no-firewall", up("client"), up("server"), 1);
-        let down = run(
-            "cone/cone-no-firewall",
-            down("client", 3),
-            down("server", 3),
-            1,
-        );
+        let pair = "cone/cone-no-firewall";
+        let up = run(pair, up("client"), up("server"), 1);
+        let down = run(pair, down("client", 3), down("server", 3), 1);
         assert!(up.passed() && down.passed());
-        assert!(
-            table(&[down])
-                .lines()
-                .nth(2)
-                .unwrap()
-                .ends_with("| report |")
-        );
+        let row = table(&[down]).lines().nth(2).unwrap().to_owned();
+        assert!(row.ends_with("| report |"), "{row}");
     }
 
     #[test]

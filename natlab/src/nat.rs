@@ -23,7 +23,6 @@ pub enum NatKind {
 pub enum Site {
     /// A host behind a NAT router.
     Nat {
-        /// Port mapping behaviour.
         kind: NatKind,
         /// Drop unsolicited new inbound on the WAN (a home router's default).
         firewall: bool,

@@ -34,11 +34,8 @@ const REP: &[u8; 3] = b"NLR";
 pub struct PingReport {
     /// Always `udp-ping`.
     pub event: String,
-    /// Destination.
     pub to: SocketAddr,
-    /// Requests sent.
     pub sent: u32,
-    /// Replies received.
     pub received: u32,
     /// Distinct source addresses the server saw (our NAT mapping).
     pub observed: Vec<SocketAddr>,
@@ -58,7 +55,6 @@ impl PingReport {
 pub struct ConnectReport {
     /// Always `tcp-connect`.
     pub event: String,
-    /// Destination.
     pub to: SocketAddr,
     /// Whether the connection and the server's line arrived.
     pub ok: bool,
@@ -66,7 +62,6 @@ pub struct ConnectReport {
     pub observed: Option<SocketAddr>,
     /// Handshake time in ms.
     pub connect_ms: Option<f64>,
-    /// Why it failed.
     pub error: Option<String>,
 }
 

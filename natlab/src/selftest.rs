@@ -3,7 +3,7 @@
 //! with what the configuration should make them do, so each one fails when
 //! the lab is wrong.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -94,12 +94,33 @@ fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(ip, port))
 }
 
-/// Start a probe server in `ns` and wait for its ready line.
-fn server(lab: &Lab, label: &str, ns: &str, args: &[&str]) -> Result<Proc> {
-    let exe = self_exe()?;
-    let mut full = vec!["probe".to_string()];
-    full.extend(args.iter().map(|s| s.to_string()));
-    let p = lab.spawn(label, ns, &exe.to_string_lossy(), &full)?;
+/// Start the echo server `kind` (`udp-echo`, `tcp-echo`) on `listen` in
+/// `ns` (`who` names it in the logs), first sending `hello` (UDP), and wait
+/// for its ready line.
+fn echo(
+    lab: &Lab,
+    kind: &str,
+    (who, ns): (&str, &str),
+    listen: SocketAddr,
+    hello: Option<SocketAddr>,
+) -> Result<Proc> {
+    let mut args = vec![
+        "probe".to_owned(),
+        kind.to_owned(),
+        "--listen".into(),
+        listen.to_string(),
+    ];
+    args.extend(
+        hello
+            .iter()
+            .flat_map(|h| ["--hello".to_owned(), h.to_string()]),
+    );
+    let p = lab.spawn(
+        &format!("{kind} {who}"),
+        ns,
+        &self_exe()?.to_string_lossy(),
+        &args,
+    )?;
     p.wait_for_line(Instant::now() + PROBE_READY_TIMEOUT, "ready line", |l| {
         l.contains("\"event\":\"ready\"")
     })
@@ -107,21 +128,33 @@ fn server(lab: &Lab, label: &str, ns: &str, args: &[&str]) -> Result<Proc> {
     Ok(p)
 }
 
-fn probe_lines<T: serde::de::DeserializeOwned>(
+/// Run the probe `kind` in `ns` from `bind` to each of `to` (then `extra`
+/// arguments); its JSON lines.
+fn probe<T: serde::de::DeserializeOwned>(
     lab: &Lab,
     ns: &str,
-    args: &[String],
+    kind: &str,
+    bind: SocketAddr,
+    to: &[SocketAddr],
+    extra: &[String],
 ) -> Result<Vec<T>> {
-    let exe = self_exe()?;
-    let mut full = vec!["probe"];
-    full.extend(args.iter().map(String::as_str));
-    let out = lab.run(ns, &exe.to_string_lossy(), &full)?;
+    let mut args = vec![
+        "probe".to_owned(),
+        kind.to_owned(),
+        "--bind".into(),
+        bind.to_string(),
+    ];
+    args.extend(to.iter().flat_map(|t| ["--to".to_owned(), t.to_string()]));
+    args.extend_from_slice(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.run(ns, &self_exe()?.to_string_lossy(), &args)?;
     out.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("probe output {l:?}")))
         .collect()
 }
 
+/// `count` UDP pings, `interval_ms` apart, from `bind` to each of `to`.
 fn udp_ping(
     lab: &Lab,
     ns: &str,
@@ -130,32 +163,25 @@ fn udp_ping(
     count: u32,
     interval_ms: u64,
 ) -> Result<Vec<PingReport>> {
-    let mut args = vec![
-        "udp-ping".into(),
-        "--bind".into(),
-        bind.to_string(),
-        "--count".into(),
-        count.to_string(),
-        "--interval-ms".into(),
-        interval_ms.to_string(),
+    let extra = [
+        ("--count", count.to_string()),
+        ("--interval-ms", interval_ms.to_string()),
     ];
-    for t in to {
-        args.extend(["--to".into(), t.to_string()]);
-    }
-    probe_lines(lab, ns, &args)
+    let extra: Vec<String> = extra
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect();
+    probe(lab, ns, "udp-ping", bind, to, &extra)
 }
 
+/// One TCP connection from `bind` to each of `to`.
 fn tcp_connect(
     lab: &Lab,
     ns: &str,
     bind: SocketAddr,
     to: &[SocketAddr],
 ) -> Result<Vec<ConnectReport>> {
-    let mut args = vec!["tcp-connect".into(), "--bind".into(), bind.to_string()];
-    for t in to {
-        args.extend(["--to".into(), t.to_string()]);
-    }
-    probe_lines(lab, ns, &args)
+    probe(lab, ns, "tcp-connect", bind, to, &[])
 }
 
 /// The single NAT mapping a ping report shows, or an error saying why not.
@@ -176,66 +202,32 @@ fn build(names: &mut RunNames, site1: Site, site2: Site, delay1: Option<DelaySpe
     Lab::build(&names.next_topology(), spec)
 }
 
-/// Echo servers (UDP and TCP) on the relay and on site 2's public host.
-fn echo_servers(lab: &Lab) -> Result<(Vec<Proc>, [SocketAddr; 2], [SocketAddr; 2])> {
-    let relay = lab.relay_ns();
-    let p2 = lab.host_ns(2);
-    let p2_ip = lab.host_ip(2);
-    let procs = vec![
-        server(
-            lab,
-            "udp-echo relay",
-            &relay,
-            &["udp-echo", "--listen", &sa(RELAY_IP, ECHO_PORT).to_string()],
-        )?,
-        server(
-            lab,
-            "udp-echo p2",
-            &p2,
-            &["udp-echo", "--listen", &sa(p2_ip, ECHO_PORT).to_string()],
-        )?,
-        server(
-            lab,
-            "tcp-echo relay",
-            &relay,
-            &[
-                "tcp-echo",
-                "--listen",
-                &sa(RELAY_IP, TCP_ECHO_PORT).to_string(),
-            ],
-        )?,
-        server(
-            lab,
-            "tcp-echo p2",
-            &p2,
-            &[
-                "tcp-echo",
-                "--listen",
-                &sa(p2_ip, TCP_ECHO_PORT).to_string(),
-            ],
-        )?,
+/// Mapping checks: the inside host talks to two destinations (the relay,
+/// site 2's public host) from one port, over UDP and over TCP. Returns
+/// the mappings they saw, per protocol, and the median UDP RTT to the
+/// relay.
+fn mappings(lab: &Lab) -> Result<([[SocketAddr; 2]; 2], f64)> {
+    let hosts = [
+        ("relay", lab.relay_ns(), RELAY_IP),
+        ("p2", lab.host_ns(2), lab.host_ip(2)),
     ];
-    Ok((
-        procs,
-        [sa(RELAY_IP, ECHO_PORT), sa(p2_ip, ECHO_PORT)],
-        [sa(RELAY_IP, TCP_ECHO_PORT), sa(p2_ip, TCP_ECHO_PORT)],
-    ))
-}
-
-/// Mapping checks: the inside host talks to two destinations from one port.
-/// Returns (UDP mappings, TCP mappings) and the median UDP RTT to the relay.
-fn mappings(lab: &Lab) -> Result<([SocketAddr; 2], [SocketAddr; 2], f64)> {
-    let (_servers, udp, tcp) = echo_servers(lab)?;
-    let h1 = lab.host_ns(1);
-    let bind = sa(lab.host_ip(1), INSIDE_PORT);
-    let reports = udp_ping(lab, &h1, bind, &udp, 10, 10)?;
-    let u = [single_mapping(&reports[0])?, single_mapping(&reports[1])?];
+    let mut servers = Vec::new();
+    for (kind, port) in [("udp-echo", ECHO_PORT), ("tcp-echo", TCP_ECHO_PORT)] {
+        for (who, ns, ip) in &hosts {
+            servers.push(echo(lab, kind, (who, ns), sa(*ip, port), None)?);
+        }
+    }
+    let to = |port| hosts.each_ref().map(|h| sa(h.2, port));
+    let (h1, bind) = (lab.host_ns(1), sa(lab.host_ip(1), INSIDE_PORT));
+    let reports = udp_ping(lab, &h1, bind, &to(ECHO_PORT), 10, 10)?;
+    let udp = [single_mapping(&reports[0])?, single_mapping(&reports[1])?];
     let rtt = reports[0].median_ms().context("no RTT")?;
-    let conns = tcp_connect(lab, &h1, sa(lab.host_ip(1), INSIDE_PORT + 1), &tcp)?;
-    let mut t = Vec::new();
+    let bind = sa(lab.host_ip(1), INSIDE_PORT + 1);
+    let conns = tcp_connect(lab, &h1, bind, &to(TCP_ECHO_PORT))?;
+    let mut tcp = Vec::new();
     for c in &conns {
         match (c.ok, c.observed) {
-            (true, Some(o)) => t.push(o),
+            (true, Some(o)) => tcp.push(o),
             _ => bail!(
                 "TCP to {} failed: {}",
                 c.to,
@@ -243,40 +235,19 @@ fn mappings(lab: &Lab) -> Result<([SocketAddr; 2], [SocketAddr; 2], f64)> {
             ),
         }
     }
-    Ok((u, [t[0], t[1]], rtt))
+    Ok(([udp, [tcp[0], tcp[1]]], rtt))
 }
 
 /// Send from `p2` to the inside host's address directly (routed via the
 /// router, no NAT involved) while it runs an echo server: does it answer?
 fn unsolicited_direct(lab: &Lab) -> Result<PingReport> {
-    let h1_ip = lab.host_ip(1);
-    let _echo = server(
-        lab,
-        "udp-echo h1",
-        &lab.host_ns(1),
-        &["udp-echo", "--listen", &sa(h1_ip, INSIDE_PORT).to_string()],
-    )?;
+    let h1 = sa(lab.host_ip(1), INSIDE_PORT);
+    let _echo = echo(lab, "udp-echo", ("h1", &lab.host_ns(1)), h1, None)?;
     let p2 = lab.host_ns(2);
     // An attacker on the public segment routing the LAN prefix via the router.
-    lab.run(
-        &p2,
-        "ip",
-        &[
-            "route",
-            "add",
-            "10.0.1.0/24",
-            "via",
-            &lab.public_ip(1).to_string(),
-        ],
-    )?;
-    let r = udp_ping(
-        lab,
-        &p2,
-        sa(lab.host_ip(2), PEER_PORT),
-        &[sa(h1_ip, INSIDE_PORT)],
-        5,
-        20,
-    )?;
+    let via = lab.public_ip(1).to_string();
+    lab.run(&p2, "ip", &["route", "add", "10.0.1.0/24", "via", &via])?;
+    let r = udp_ping(lab, &p2, sa(lab.host_ip(2), PEER_PORT), &[h1], 5, 20)?;
     r.into_iter().next().context("no report")
 }
 
@@ -284,31 +255,14 @@ fn unsolicited_direct(lab: &Lab) -> Result<PingReport> {
 /// address and port *before* we send to it; then we send from that port.
 /// Returns the mapping the peer saw and whether our ping got replies.
 fn early_peer_packet(lab: &Lab) -> Result<PingReport> {
-    let p2 = lab.host_ns(2);
     let peer = sa(lab.host_ip(2), PEER_PORT);
     let our_wan = sa(lab.public_ip(1), INSIDE_PORT);
-    let _peer = server(
-        lab,
-        "udp-echo p2 (early hello)",
-        &p2,
-        &[
-            "udp-echo",
-            "--listen",
-            &peer.to_string(),
-            "--hello",
-            &our_wan.to_string(),
-        ],
-    )?;
+    let who = ("p2 (early hello)", &*lab.host_ns(2));
+    let _peer = echo(lab, "udp-echo", who, peer, Some(our_wan))?;
     // Let the hello cross the bridge and reach the router.
     std::thread::sleep(Duration::from_millis(50));
-    let r = udp_ping(
-        lab,
-        &lab.host_ns(1),
-        sa(lab.host_ip(1), INSIDE_PORT),
-        &[peer],
-        5,
-        20,
-    )?;
+    let bind = sa(lab.host_ip(1), INSIDE_PORT);
+    let r = udp_ping(lab, &lab.host_ns(1), bind, &[peer], 5, 20)?;
     r.into_iter().next().context("no report")
 }
 
@@ -324,9 +278,7 @@ fn conntrack_udp(lab: &Lab, site: u8) -> String {
 
 /// Build and tear down `iterations` topologies; timings in ms.
 pub struct Timing {
-    /// Build times.
     pub setup_ms: Vec<f64>,
-    /// Teardown times.
     pub teardown_ms: Vec<f64>,
     /// Whether delay lines were included.
     pub with_delay: bool,
@@ -387,78 +339,48 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let d = args.delay_ms;
     let mut baseline_rtt = None;
 
-    // Cone: endpoint-independent mapping, port preserved.
-    if c.wants("cone keeps") {
-        let lab = build(&mut names, Site::CONE, Site::Public, None)?;
+    // Cone: endpoint-independent mapping, port preserved; symmetric:
+    // endpoint-dependent. One topology each, checked over UDP and TCP.
+    for (site, nat) in [(Site::CONE, "cone keeps"), (Site::SYMMETRIC, "symmetric")] {
+        if !c.wants(nat) {
+            continue;
+        }
+        let lab = build(&mut names, site, Site::Public, None)?;
         let m = mappings(&lab);
-        let want_udp = sa(lab.public_ip(1), INSIDE_PORT);
-        let want_tcp = sa(lab.public_ip(1), INSIDE_PORT + 1);
-        let (udp, tcp) = match &m {
-            Ok((u, t, rtt)) => {
-                baseline_rtt = Some(*rtt);
-                (Ok(*u), Ok(*t))
+        if let (Ok((_, rtt)), Site::CONE) = (&m, site) {
+            baseline_rtt = Some(*rtt);
+        }
+        let wan = lab.public_ip(1);
+        for (i, proto) in ["UDP", "TCP"].into_iter().enumerate() {
+            let seen = m
+                .as_ref()
+                .map(|(seen, _)| seen[i])
+                .map_err(|e| anyhow::anyhow!("{e:#}"));
+            let said = |s: [SocketAddr; 2]| format!("relay saw {}, public host saw {}", s[0], s[1]);
+            if site == Site::CONE {
+                let want = sa(wan, INSIDE_PORT + i as u16);
+                c.check(
+                    &format!("cone keeps the {proto} source port towards two destinations"),
+                    || {
+                        let s = seen?;
+                        Ok((
+                            s == [want; 2],
+                            format!("{} (want {want} for both)", said(s)),
+                        ))
+                    },
+                );
+            } else {
+                c.check(
+                    &format!("symmetric changes the {proto} source port per destination"),
+                    || {
+                        let s = seen?;
+                        let ok = s[0].port() != s[1].port()
+                            && s.iter().all(|a| a.ip() == IpAddr::V4(wan));
+                        Ok((ok, said(s)))
+                    },
+                );
             }
-            Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(anyhow::anyhow!("{e:#}"))),
-        };
-        c.check(
-            "cone keeps the UDP source port towards two destinations",
-            || {
-                let u = udp?;
-                Ok((
-                    u[0] == want_udp && u[1] == want_udp,
-                    format!(
-                        "relay saw {}, public host saw {} (want {want_udp} for both)",
-                        u[0], u[1]
-                    ),
-                ))
-            },
-        );
-        c.check(
-            "cone keeps the TCP source port towards two destinations",
-            || {
-                let t = tcp?;
-                Ok((
-                    t[0] == want_tcp && t[1] == want_tcp,
-                    format!(
-                        "relay saw {}, public host saw {} (want {want_tcp} for both)",
-                        t[0], t[1]
-                    ),
-                ))
-            },
-        );
-        drop(lab);
-    }
-
-    // Symmetric: endpoint-dependent mapping.
-    if c.wants("symmetric") {
-        let lab = build(&mut names, Site::SYMMETRIC, Site::Public, None)?;
-        let m = mappings(&lab);
-        let (udp, tcp) = match &m {
-            Ok((u, t, _)) => (Ok(*u), Ok(*t)),
-            Err(e) => (Err(anyhow::anyhow!("{e:#}")), Err(anyhow::anyhow!("{e:#}"))),
-        };
-        let wan = std::net::IpAddr::V4(lab.public_ip(1));
-        c.check(
-            "symmetric changes the UDP source port per destination",
-            || {
-                let u = udp?;
-                Ok((
-                    u[0].port() != u[1].port() && u[0].ip() == wan && u[1].ip() == wan,
-                    format!("relay saw {}, public host saw {}", u[0], u[1]),
-                ))
-            },
-        );
-        c.check(
-            "symmetric changes the TCP source port per destination",
-            || {
-                let t = tcp?;
-                Ok((
-                    t[0].port() != t[1].port() && t[0].ip() == wan && t[1].ip() == wan,
-                    format!("relay saw {}, public host saw {}", t[0], t[1]),
-                ))
-            },
-        );
-        drop(lab);
+        }
     }
 
     // Firewall: unsolicited inbound never reaches the host.
@@ -467,7 +389,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         let h1_ip = lab.host_ip(1);
         let wan_port = sa(lab.public_ip(1), INSIDE_PORT);
         // A mapping towards the relay exists; a third party tries to use it.
-        let _echo = server(&lab, "udp-echo h1", &lab.host_ns(1), &["udp-echo", "--listen", &sa(h1_ip, INSIDE_PORT).to_string(), "--hello", &sa(RELAY_IP, ECHO_PORT).to_string()])?;
+        let hello = Some(sa(RELAY_IP, ECHO_PORT));
+        let _echo = echo(&lab, "udp-echo", ("h1", &lab.host_ns(1)), sa(h1_ip, INSIDE_PORT), hello)?;
         let third = udp_ping(&lab, &lab.host_ns(2), sa(lab.host_ip(2), PEER_PORT), &[wan_port], 5, 20)?;
         drop(_echo);
         let direct = unsolicited_direct(&lab)?;
@@ -529,7 +452,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     // Delay line.
     c.check(&format!("delay line adds {d} ms each way (UDP RTT)"), || {
         let lab = build(&mut names, Site::CONE, Site::Public, Some(DelaySpec::fixed(d)))?;
-        let _echo = server(&lab, "udp-echo relay", &lab.relay_ns(), &["udp-echo", "--listen", &sa(RELAY_IP, ECHO_PORT).to_string()])?;
+        let _echo = echo(&lab, "udp-echo", ("relay", &lab.relay_ns()), sa(RELAY_IP, ECHO_PORT), None)?;
         let r = udp_ping(&lab, &lab.host_ns(1), sa(lab.host_ip(1), INSIDE_PORT), &[sa(RELAY_IP, ECHO_PORT)], 20, 20)?;
         let r = &r[0];
         ensure!(r.received > 0, "no reply through the delay line");
@@ -553,18 +476,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 Site::Public,
                 Some(DelaySpec::fixed(d)),
             )?;
-            let _echo = server(
-                &lab,
-                "tcp-echo relay",
-                &lab.relay_ns(),
-                &[
-                    "tcp-echo",
-                    "--listen",
-                    &sa(RELAY_IP, TCP_ECHO_PORT).to_string(),
-                ],
-            )?;
-            // Three connections from ephemeral ports; judge the median handshake.
             let dest = sa(RELAY_IP, TCP_ECHO_PORT);
+            let _echo = echo(&lab, "tcp-echo", ("relay", &lab.relay_ns()), dest, None)?;
+            // Three connections from ephemeral ports; judge the median handshake.
             let r = tcp_connect(&lab, &lab.host_ns(1), sa(lab.host_ip(1), 0), &[dest, dest, dest])?;
             let errors: Vec<&str> = r.iter().filter_map(|c| c.error.as_deref()).collect();
             let times: Vec<f64> = r.iter().filter_map(|c| c.connect_ms).collect();
@@ -583,7 +497,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         let (jitter, loss) = (d / 5.0, 0.2);
         let spec = DelaySpec { delay_ms: d, jitter_ms: jitter, loss, seed: 42 };
         let lab = build(&mut names, Site::CONE, Site::Public, Some(spec))?;
-        let _echo = server(&lab, "udp-echo relay", &lab.relay_ns(), &["udp-echo", "--listen", &sa(RELAY_IP, ECHO_PORT).to_string()])?;
+        let _echo = echo(&lab, "udp-echo", ("relay", &lab.relay_ns()), sa(RELAY_IP, ECHO_PORT), None)?;
         let r = udp_ping(&lab, &lab.host_ns(1), sa(lab.host_ip(1), INSIDE_PORT), &[sa(RELAY_IP, ECHO_PORT)], 100, 5)?;
         let r = &r[0];
         ensure!(r.received > 0, "no reply through the delay line");

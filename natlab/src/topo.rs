@@ -124,6 +124,29 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
     format!("02:6c:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
+/// `ip batch` lines that give `ifname` the address `ip` (and the MAC made
+/// from it), bring it up and pin the MACs of `neighbours`, so that no
+/// packet waits for ARP.
+fn address(
+    script: &mut String,
+    ifname: &str,
+    ip: Ipv4Addr,
+    neighbours: impl IntoIterator<Item = Ipv4Addr>,
+) -> std::fmt::Result {
+    writeln!(script, "link set {ifname} address {}", mac_for(ip))?;
+    writeln!(script, "link set {ifname} addrgenmode none")?;
+    writeln!(script, "addr add {ip}/{PREFIX_LEN} dev {ifname}")?;
+    writeln!(script, "link set {ifname} up")?;
+    for n in neighbours {
+        let mac = mac_for(n);
+        writeln!(
+            script,
+            "neigh replace {n} lladdr {mac} dev {ifname} nud permanent"
+        )?;
+    }
+    Ok(())
+}
+
 /// One built topology. Dropping it tears everything down (processes first,
 /// then namespaces), also on panic or error paths.
 #[derive(Debug)]
@@ -329,19 +352,8 @@ impl Lab {
                     self.host_ns(site)
                 )?;
             }
-            writeln!(script, "link set {ifname} address {}", mac_for(*ip))?;
-            writeln!(script, "link set {ifname} addrgenmode none")?;
-            writeln!(script, "addr add {ip}/{PREFIX_LEN} dev {ifname}")?;
-            writeln!(script, "link set {ifname} up")?;
-            for (other, _, _) in &members {
-                if other != ip {
-                    writeln!(
-                        script,
-                        "neigh replace {other} lladdr {} dev {ifname} nud permanent",
-                        mac_for(*other)
-                    )?;
-                }
-            }
+            let others = members.iter().map(|m| m.0).filter(|o| o != ip);
+            address(&mut script, ifname, *ip, others)?;
             cmd::ip_batch(Some(ns), &script, false)?;
         }
 
@@ -354,29 +366,13 @@ impl Lab {
             let hns = self.host_ns(site);
             let (rip, hip) = (lan_router_ip(site), lan_host_ip(site));
             let mut script = String::new();
-            writeln!(script, "link set lan address {}", mac_for(rip))?;
-            writeln!(script, "link set lan addrgenmode none")?;
-            writeln!(script, "addr add {rip}/{PREFIX_LEN} dev lan")?;
-            writeln!(script, "link set lan up")?;
-            writeln!(
-                script,
-                "neigh replace {hip} lladdr {} dev lan nud permanent",
-                mac_for(hip)
-            )?;
+            address(&mut script, "lan", rip, [hip])?;
             cmd::ip_batch(Some(&rns), &script, false)?;
 
             let mut script = String::new();
             writeln!(script, "link set lo up")?;
-            writeln!(script, "link set eth0 address {}", mac_for(hip))?;
-            writeln!(script, "link set eth0 addrgenmode none")?;
-            writeln!(script, "addr add {hip}/{PREFIX_LEN} dev eth0")?;
-            writeln!(script, "link set eth0 up")?;
+            address(&mut script, "eth0", hip, [rip])?;
             writeln!(script, "route add default via {rip} dev eth0")?;
-            writeln!(
-                script,
-                "neigh replace {rip} lladdr {} dev eth0 nud permanent",
-                mac_for(rip)
-            )?;
             cmd::ip_batch(Some(&hns), &script, false)?;
 
             cmd::netns_run(&rns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)?;

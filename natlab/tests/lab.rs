@@ -5,116 +5,31 @@
 //! `cargo test -p dcutr-natlab -- --ignored`. Run without root, they fail.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
-
-/// The lab tests share the machine's namespaces and CPU: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use std::process::Command;
+use std::time::Instant;
 
 mod common;
 
-use common::{is_root, natlab};
+use common::{Run, campaign, fresh_run_id, lab, natlab};
 
 fn fake() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-dcutr")
 }
 
-/// Lab namespaces whose name starts with `prefix` (`nl` for all of them).
-fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return vec![];
-    };
-    let mut v: Vec<String> = dir
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    v.sort();
-    v
+/// The real CLI code with the lab's fixtures (natlab's lab-dcutr).
+fn real_dcutr() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lab-dcutr"))
 }
 
-/// A run id (4 hex digits) that no namespace on the machine uses yet. The
-/// test passes it to natlab (`--run-id`) and then looks only at the
-/// namespaces of its own run (`nl<id>*`): another lab run on the machine
-/// (someone's matrix) creates and removes namespaces of its own meanwhile.
-fn fresh_run_id() -> String {
-    loop {
-        let id = format!("{:04x}", rand::random::<u16>());
-        if namespaces_with_prefix(&format!("nl{id}")).is_empty() {
-            return id;
-        }
-    }
-}
-
-/// What the run with `run_id` left behind.
-fn leftovers(run_id: &str) -> Vec<String> {
-    namespaces_with_prefix(&format!("nl{run_id}"))
-}
-
-/// The run used `run_id` and removed every namespace it made.
-fn assert_own_and_clean(out: &Output, run_id: &str) {
-    assert_eq!(run_prefix(out), format!("nl{run_id}"), "--run-id ignored");
-    assert_eq!(
-        leftovers(run_id),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
-}
-
-fn matrix(mode: &str, args: &[&str]) -> Output {
-    matrix_in_run(&fresh_run_id(), mode, args)
-}
-
-fn matrix_in_run(run_id: &str, mode: &str, args: &[&str]) -> Output {
-    let out = Command::new(natlab())
-        .arg("matrix")
-        .arg("--dcutr")
-        .arg(fake())
-        .arg("--json")
-        .arg("--run-id")
-        .arg(run_id)
-        .args(args)
-        .env("FAKE_DCUTR_MODE", mode)
-        .env("NATLAB_BIN", natlab())
-        .output()
-        .expect("run natlab matrix");
-    eprintln!(
-        "--- natlab matrix {args:?} (mode {mode}) -> {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The namespace prefix the run reports in its JSON summary.
-fn run_prefix(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .and_then(|v| v["run_prefix"].as_str().map(str::to_owned))
-        .expect("a summary with the run prefix")
-}
-
-fn records(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
-        .filter(|v| v.get("case").is_some())
-        .collect()
-}
-
-macro_rules! root_only {
-    () => {
-        assert!(is_root(), "needs root (it builds network namespaces)");
-    };
+/// `natlab matrix` with the fake CLI in `mode`, in a run of its own.
+fn matrix(mode: &str, args: &[&str]) -> Run {
+    campaign("matrix", &fake(), &fresh_run_id(), args, Some(mode))
 }
 
 #[test]
 #[ignore = "needs root"]
 fn selftest_passes_every_check() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _lab = lab();
     let out = Command::new(natlab())
         .arg("selftest")
         .output()
@@ -129,22 +44,18 @@ fn selftest_passes_every_check() {
 #[test]
 #[ignore = "needs root"]
 fn matrix_passes_a_good_upgrade_and_tears_down() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _lab = lab();
     let run_id = fresh_run_id();
     let md = std::env::temp_dir().join(format!("natlab-test-{}.md", std::process::id()));
-    let out = matrix_in_run(
-        &run_id,
-        "ok",
-        &[
-            "--filter",
-            "cone/cone tcp",
-            "--markdown",
-            md.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success());
-    let recs = records(&out);
+    let args = [
+        "--filter",
+        "cone/cone tcp",
+        "--markdown",
+        md.to_str().unwrap(),
+    ];
+    let run = campaign("matrix", &fake(), &run_id, &args, Some("ok"));
+    assert!(run.out.status.success());
+    let recs = run.records();
     // "cone/cone tcp" matches rtt0 and rtt100 of cone/cone only, on tokio
     // and on smol.
     assert_eq!(recs.len(), 4);
@@ -163,17 +74,16 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
         "{table}"
     );
     assert!(table.contains("PASS"));
-    assert_own_and_clean(&out, &run_id);
+    run.assert_own_and_clean(&run_id);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn matrix_expects_symmetric_pairs_to_fail_cleanly() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = matrix("fail", &["--filter", "symmetric/symmetric quic rtt0"]);
-    assert!(out.status.success());
-    let recs = records(&out);
+    let _lab = lab();
+    let run = matrix("fail", &["--filter", "symmetric/symmetric quic rtt0"]);
+    assert!(run.out.status.success());
+    let recs = run.records();
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["outcome"], "failed-clean");
     assert_eq!(recs[0]["attempts"], 3);
@@ -182,11 +92,10 @@ fn matrix_expects_symmetric_pairs_to_fail_cleanly() {
 #[test]
 #[ignore = "needs root"]
 fn matrix_reports_a_failed_case_with_the_lab_state() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = matrix("fail", &["--filter", "cone/cone tcp rtt0"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let _lab = lab();
+    let run = matrix("fail", &["--filter", "cone/cone tcp rtt0"]);
+    assert_eq!(run.code(), Some(1));
+    let err = run.stderr();
     for needle in [
         "FAIL (failed-clean)",
         "expected an upgrade, got failed-clean",
@@ -205,51 +114,42 @@ fn matrix_reports_a_failed_case_with_the_lab_state() {
 #[test]
 #[ignore = "needs root"]
 fn matrix_times_out_a_hanging_peer_and_kills_everything() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _lab = lab();
     let run_id = fresh_run_id();
-    let started = std::time::Instant::now();
-    let out = matrix_in_run(
-        &run_id,
-        "hang",
-        &["--filter", "cone/cone quic rtt0", "--case-timeout-s", "2"],
-    );
-    assert_eq!(out.status.code(), Some(1));
+    let started = Instant::now();
+    let args = ["--filter", "cone/cone quic rtt0", "--case-timeout-s", "2"];
+    let run = campaign("matrix", &fake(), &run_id, &args, Some("hang"));
+    assert_eq!(run.code(), Some(1));
     assert!(
         started.elapsed().as_secs() < 10,
         "took {:?}",
         started.elapsed()
     );
-    let recs = records(&out);
-    assert_eq!(recs[0]["outcome"], "timeout");
-    assert_own_and_clean(&out, &run_id);
+    assert_eq!(run.records()[0]["outcome"], "timeout");
+    run.assert_own_and_clean(&run_id);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn matrix_catches_swapped_roles_crashes_and_a_missing_unilateral_flag() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = matrix("swap-roles", &["--filter", "cone/cone tcp rtt0"]);
-    assert_eq!(out.status.code(), Some(1));
-    let v = records(&out)[0]["violations"].to_string();
+    let _lab = lab();
+    let run = matrix("swap-roles", &["--filter", "cone/cone tcp rtt0"]);
+    assert_eq!(run.code(), Some(1));
+    let v = run.records()[0]["violations"].to_string();
     assert!(v.contains("A reported role server, expected client"), "{v}");
 
-    let out = matrix("crash", &["--filter", "symmetric/cone tcp rtt0"]);
-    assert_eq!(out.status.code(), Some(1));
-    let r = &records(&out)[0];
+    let run = matrix("crash", &["--filter", "symmetric/cone tcp rtt0"]);
+    assert_eq!(run.code(), Some(1));
+    let r = run.records()[0];
     assert_eq!(r["outcome"], "error");
     assert!(r["violations"].to_string().contains("exit code 101"));
 
-    let out = matrix("ok", &["--filter", "cone/public tcp rtt0"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "cone/public without unilateral must fail"
-    );
-    let out = matrix("ok-unilateral", &["--filter", "cone/public tcp rtt0"]);
+    let public = ["--filter", "cone/public tcp rtt0"];
+    let no_flag = matrix("ok", &public).code();
+    assert_eq!(no_flag, Some(1), "cone/public without unilateral must fail");
+    let flagged = matrix("ok-unilateral", &public);
     assert!(
-        out.status.success(),
+        flagged.out.status.success(),
         "cone/public with unilateral must pass"
     );
 }
@@ -257,136 +157,74 @@ fn matrix_catches_swapped_roles_crashes_and_a_missing_unilateral_flag() {
 #[test]
 #[ignore = "needs root"]
 fn matrix_stops_waiting_for_b_soon_after_a_crashed() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let started = std::time::Instant::now();
-    let out = matrix(
-        "crash-a",
-        &[
-            "--filter",
-            "cone/cone tcp rtt0",
-            "--case-timeout-s",
-            "30",
-            "--peer-grace-s",
-            "1",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1));
+    let _lab = lab();
+    let started = Instant::now();
+    let filter = ["--filter", "cone/cone tcp rtt0"];
+    let limits = ["--case-timeout-s", "30", "--peer-grace-s", "1"];
+    let run = matrix("crash-a", &[&filter[..], &limits[..]].concat());
+    assert_eq!(run.code(), Some(1));
     assert!(
         started.elapsed().as_secs() < 10,
         "took {:?}",
         started.elapsed()
     );
-    let r = &records(&out)[0];
+    let r = run.records()[0];
     assert_eq!(r["outcome"], "timeout");
-    assert!(
-        r["violations"].to_string().contains("A: exit code 101"),
-        "{r}"
-    );
-}
-
-/// The real CLI code with the lab's fixtures (natlab's lab-dcutr).
-fn real_dcutr() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_lab-dcutr"))
-}
-
-fn broken(dcutr: &Path, run_id: &str, args: &[&str], mode: Option<&str>) -> Output {
-    let mut cmd = Command::new(natlab());
-    cmd.arg("broken")
-        .arg("--dcutr")
-        .arg(dcutr)
-        .arg("--json")
-        .arg("--run-id")
-        .arg(run_id)
-        .args(args)
-        .env("NATLAB_BIN", natlab());
-    if let Some(mode) = mode {
-        cmd.env("FAKE_DCUTR_MODE", mode);
-    }
-    let out = cmd.output().expect("run natlab broken");
-    eprintln!(
-        "--- natlab broken {args:?} -> {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let v = r["violations"].to_string();
+    assert!(v.contains("A: exit code 101"), "{r}");
 }
 
 #[test]
 #[ignore = "needs root"]
 fn broken_relay_cut_and_killed_peer_end_cleanly_within_their_bounds() {
-    root_only!();
-    let dcutr = real_dcutr();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _lab = lab();
     for filter in ["relay-cut", "peer-killed"] {
         let run_id = fresh_run_id();
-        let out = broken(&dcutr, &run_id, &["--runs", "1", "--filter", filter], None);
+        let args = ["--runs", "1", "--filter", filter];
+        let run = campaign("broken", &real_dcutr(), &run_id, &args, None);
         assert!(
-            out.status.success(),
+            run.out.status.success(),
             "natlab broken --filter {filter} failed"
         );
-        let recs = records(&out);
+        let recs = run.records();
         assert_eq!(recs.len(), 2, "tcp and quic");
         for r in &recs {
             assert_eq!(r["outcome"], "failed-clean", "{r}");
             assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r}");
-            let (d, bound) = (
-                r["duration_ms"].as_f64().unwrap(),
-                r["bound_ms"].as_f64().unwrap(),
-            );
+            let d = r["duration_ms"].as_f64().unwrap();
+            let bound = r["bound_ms"].as_f64().unwrap();
             assert!(d <= bound, "{d} ms over the bound {bound} ms");
             assert!(r["b_reason"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
-        }
-        if filter == "relay-cut" {
-            for r in &recs {
+            if filter == "relay-cut" {
                 assert_eq!(r["relay_forwarded"], r["cut_at"], "{r}");
-                assert!(
-                    r["a_reason"]
-                        .as_str()
-                        .unwrap()
-                        .contains("relayed stream closed")
-                );
+                let a_reason = r["a_reason"].as_str().unwrap();
+                assert!(a_reason.contains("relayed stream closed"), "{r}");
             }
         }
-        assert_own_and_clean(&out, &run_id);
+        run.assert_own_and_clean(&run_id);
     }
 }
 
 #[test]
 #[ignore = "needs root"]
 fn broken_flags_runs_that_never_reach_the_upgrade() {
-    root_only!();
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _lab = lab();
     // The fake CLI never prints `paired`: no DCUtR ran, whatever it says.
     let run_id = fresh_run_id();
-    let out = broken(
-        &fake(),
-        &run_id,
-        &["--runs", "1", "--filter", "loss10 cone/cone tcp"],
-        Some("ok"),
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let r = &records(&out)[0];
-    assert!(
-        r["violations"]
-            .to_string()
-            .contains("never printed \\\"paired\\\""),
-        "{r}"
-    );
-    assert_eq!(
-        r["seeds"].as_array().unwrap().len(),
-        2,
-        "loss runs record their seeds"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let args = ["--runs", "1", "--filter", "loss10 cone/cone tcp"];
+    let run = campaign("broken", &fake(), &run_id, &args, Some("ok"));
+    assert_eq!(run.code(), Some(1));
+    let r = run.records()[0];
+    let v = r["violations"].to_string();
+    assert!(v.contains("never printed \\\"paired\\\""), "{r}");
+    let seeds = r["seeds"].as_array().unwrap().len();
+    assert_eq!(seeds, 2, "loss runs record their seeds");
+    let err = run.stderr();
     assert!(err.contains("FAIL"), "diagnostics missing");
+    let delay_logs = err.contains("delayline d1");
     assert!(
-        err.contains("delayline d1"),
+        delay_logs,
         "the delay lines' logs are part of the diagnostics"
     );
-    assert_eq!(
-        leftovers(&run_id),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    run.assert_own_and_clean(&run_id);
 }

@@ -14,29 +14,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{is_root, natlab};
-
-/// Lab namespaces whose name starts with `prefix`.
-fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return vec![];
-    };
-    dir.filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(prefix))
-        .collect()
-}
-
-/// A run id no namespace on the machine uses yet (another lab run may be
-/// going on next to this test).
-fn fresh_run_id() -> String {
-    loop {
-        let id = format!("{:04x}", rand::random::<u16>());
-        if namespaces_with_prefix(&format!("nl{id}")).is_empty() {
-            return id;
-        }
-    }
-}
+use common::{Run, campaign, fresh_run_id, lab, natlab};
 
 /// Builds the dcutr CLI next to natlab (`<target>/debug/dcutr`).
 fn build_dcutr() -> PathBuf {
@@ -58,38 +36,18 @@ fn build_dcutr() -> PathBuf {
     dcutr
 }
 
-/// Runs `natlab libp2p ARGS --json` with `dcutr`, echoes its stderr, and
-/// returns its output and its JSON lines.
-fn natlab_libp2p(
-    args: &[&str],
-    run_id: &str,
-    dcutr: &Path,
-) -> (std::process::Output, Vec<serde_json::Value>) {
-    let out = Command::new(natlab())
-        .arg("libp2p")
-        .args(args)
-        .args(["--json", "--run-id", run_id, "--dcutr"])
-        .arg(dcutr)
-        .output()
-        .expect("run natlab libp2p");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("--- natlab libp2p {args:?} -> {}\n{stderr}", out.status);
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    (out, lines)
+/// `natlab libp2p ARGS` with the dcutr CLI, in a run of its own.
+fn natlab_libp2p(args: &[&str]) -> (Run, String) {
+    let (dcutr, run_id) = (build_dcutr(), fresh_run_id());
+    (campaign("libp2p", &dcutr, &run_id, args, None), run_id)
 }
 
 #[test]
 #[ignore = "needs root"]
 fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
-    assert!(is_root(), "needs root (it builds network namespaces)");
-    let dcutr = build_dcutr();
-    let run_id = fresh_run_id();
-    let (out, lines) = natlab_libp2p(&["--runs", "1"], &run_id, &dcutr);
-    let records: Vec<&serde_json::Value> =
-        lines.iter().filter(|v| v.get("case").is_some()).collect();
+    let _lab = lab();
+    let (run, run_id) = natlab_libp2p(&["--runs", "1"]);
+    let records = run.records();
     let pairings: Vec<&str> = records
         .iter()
         .map(|r| r["case"].as_str().unwrap())
@@ -147,34 +105,18 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
             }
         }
     }
-    assert!(out.status.success(), "natlab libp2p failed");
-    let summary = lines
-        .iter()
-        .find(|v| v["event"] == "summary")
-        .expect("a summary line");
-    assert_eq!(summary["run_prefix"], format!("nl{run_id}"));
-    assert_eq!(
-        namespaces_with_prefix(&format!("nl{run_id}")),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    assert!(run.out.status.success(), "natlab libp2p failed");
+    run.assert_own_and_clean(&run_id);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn ours_fails_at_once_on_both_sides_behind_two_symmetric_nats() {
-    assert!(is_root(), "needs root (it builds network namespaces)");
-    let dcutr = build_dcutr();
-    let run_id = fresh_run_id();
+    let _lab = lab();
     // Ours only: stock's failure takes 15 to 35 s per run; `natlab libp2p
     // --symmetric --runs 5` measures the two against each other.
-    let (out, lines) = natlab_libp2p(
-        &["--symmetric", "--filter", "ours-B", "--runs", "1"],
-        &run_id,
-        &dcutr,
-    );
-    let records: Vec<&serde_json::Value> =
-        lines.iter().filter(|v| v.get("case").is_some()).collect();
+    let (run, run_id) = natlab_libp2p(&["--symmetric", "--filter", "ours-B", "--runs", "1"]);
+    let records = run.records();
     let cases: Vec<&str> = records
         .iter()
         .map(|r| r["case"].as_str().unwrap())
@@ -198,10 +140,6 @@ fn ours_fails_at_once_on_both_sides_behind_two_symmetric_nats() {
             assert!(t < 2000.0, "{side}: {t} ms: {r}");
         }
     }
-    assert!(out.status.success(), "natlab libp2p --symmetric failed");
-    assert_eq!(
-        namespaces_with_prefix(&format!("nl{run_id}")),
-        Vec::<String>::new(),
-        "namespaces left behind"
-    );
+    assert!(run.out.status.success(), "natlab libp2p --symmetric failed");
+    run.assert_own_and_clean(&run_id);
 }
