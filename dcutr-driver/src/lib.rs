@@ -664,7 +664,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
                         });
                     }
                 };
-                let decided = self.core.timeline().decided.unwrap_or(self.start);
+                let decided = self.core.timeline().decided().unwrap_or(self.start);
                 Ok(Upgraded {
                     connection,
                     transport: up.transport,
