@@ -41,7 +41,7 @@ impl Upgrade {
 
     /// Dials `targets` directly, as the client, if unilateral dials are on.
     pub(crate) fn dial_unilateral(&mut self, targets: Vec<Candidate>) {
-        let decided = self.outcome().is_some() || self.state == State::Draining;
+        let decided = self.outcome().is_some() || matches!(self.state, State::Draining { .. });
         if decided || !self.config.unilateral || targets.is_empty() || self.side != Side::Initiator
         {
             return;
@@ -104,7 +104,7 @@ impl Upgrade {
     /// The only message an initiator may receive is the responder's
     /// Connect, once, after its own.
     pub(crate) fn initiator_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
-        let (State::AwaitConnect { sent_at }, Message::Connect(raw)) = (self.state, &msg) else {
+        let (&State::AwaitConnect { sent_at }, Message::Connect(raw)) = (&self.state, &msg) else {
             return Err(ProtocolError::UnexpectedMessage {
                 step: self.step(),
                 got: msg.kind(),

@@ -35,15 +35,15 @@ impl Upgrade {
     }
 
     pub(crate) fn responder_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
-        match (self.state, msg) {
-            (State::AwaitPeerConnect | State::Punching, Message::Connect(raw)) => {
+        match (&self.state, msg) {
+            (State::AwaitPeerConnect | State::Punching { .. }, Message::Connect(raw)) => {
                 if self.attempt >= self.max_attempts {
                     return Err(ProtocolError::TooManyAttempts {
                         attempt: self.attempt.saturating_add(1),
                         max: self.max_attempts,
                     });
                 }
-                if self.state == State::Punching {
+                if matches!(self.state, State::Punching { .. }) {
                     // Shared stream: the initiator gave up on the previous
                     // attempt before we did.
                     self.abandon_attempt(AttemptFailure::Superseded);
@@ -113,7 +113,7 @@ impl Upgrade {
                 return;
             }
         }
-        let attempt_running = matches!(self.state, State::AwaitSync | State::Punching);
+        let attempt_running = matches!(self.state, State::AwaitSync | State::Punching { .. });
         if self.state == State::AwaitPeerConnect || attempt_running {
             if self.attempt >= self.max_attempts {
                 self.outputs.push_back(Output::ResetStream);

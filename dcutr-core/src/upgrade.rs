@@ -34,8 +34,10 @@ use crate::timer::Timers;
 /// more targets keeps room for itself).
 const OUTPUT_QUEUE_RETAINED: usize = 8;
 
-/// Where one upgrade stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where one upgrade stands. What only one phase has lives in its
+/// variant: the spray only exists while punching, and a failure waiting
+/// for the last identity checks only while draining.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum State {
     /// Identity check: waiting for the peer's `Hello`.
     AwaitHello,
@@ -51,10 +53,13 @@ pub(crate) enum State {
     AwaitSync,
     /// Initiator: Sync sent, waiting rtt/2 before punching.
     SyncDelay,
-    /// Dials and spray of the current attempt are in flight.
-    Punching,
+    /// Dials and spray of the current attempt are in flight. The spray
+    /// (QUIC server side) keeps the attempt open until its window ends,
+    /// even once its datagram budget is spent.
+    Punching { spray: Option<Spray> },
     /// Every attempt is over; identity checks still running may win.
-    Draining,
+    /// `failure` is the outcome once the last of them is gone.
+    Draining { failure: Failure },
     /// The outcome is decided.
     Done,
 }
@@ -69,7 +74,7 @@ pub(crate) enum Expect {
 
 /// The spray of one attempt: rounds of one datagram per target.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Spray {
+pub(crate) struct Spray {
     targets: Vec<SocketAddr>,
     sent: u32,
 }
@@ -138,7 +143,6 @@ pub struct Upgrade {
     /// limit when its `Hello` carries one.
     pub(crate) max_attempts: u8,
     pub(crate) failures: Vec<AttemptFailure>,
-    pending_failure: Option<Failure>,
     pub(crate) decoder: FrameDecoder,
     pub(crate) stream_open: bool,
     pub(crate) relay_closed: bool,
@@ -171,7 +175,6 @@ pub struct Upgrade {
     attempt_crossing: bool,
     /// A unilateral dial is running and its end is not recorded yet.
     pub(crate) unilateral_running: bool,
-    spray: Option<Spray>,
     pub(crate) timers: Timers,
     pub(crate) outputs: VecDeque<Output>,
     outcome: Option<Outcome>,
@@ -290,7 +293,6 @@ impl UpgradeBuilder {
             attempt: 0,
             max_attempts,
             failures: Vec::new(),
-            pending_failure: None,
             stream_open: shared,
             relay_closed: false,
             own_fingerprint: self.fingerprint,
@@ -308,7 +310,6 @@ impl UpgradeBuilder {
             attempt_punch_dials: 0,
             attempt_crossing: false,
             unilateral_running: false,
-            spray: None,
             timers: Timers::default(),
             outputs: VecDeque::new(),
             outcome: None,
@@ -444,7 +445,7 @@ impl Upgrade {
         // A punch queues a burst of dials; do not keep that much room for
         // the rest of the upgrade. Keep enough for a whole spray round,
         // so spray ticks never allocate.
-        let spray_round = self.spray.as_ref().map_or(0, |s| s.targets.len());
+        let spray_round = self.spray().map_or(0, |s| s.targets.len());
         let retained = OUTPUT_QUEUE_RETAINED.max(spray_round + 2);
         if next.is_none() && self.outputs.capacity() > retained {
             self.outputs.shrink_to(retained);
@@ -495,7 +496,10 @@ impl Upgrade {
         let fresh = self.add_unilateral_targets(addrs);
         let exchange_running = matches!(
             self.state,
-            State::AwaitStream | State::AwaitConnect { .. } | State::SyncDelay | State::Punching
+            State::AwaitStream
+                | State::AwaitConnect { .. }
+                | State::SyncDelay
+                | State::Punching { .. }
         );
         if self.unilateral_alongside() && exchange_running {
             // What the punch dials already needs no second dial.
@@ -714,7 +718,7 @@ impl Upgrade {
         from: Candidate,
     ) -> Result<DirectId, InboundRejected> {
         self.advance(now);
-        if self.outcome.is_some() || self.state == State::Draining {
+        if self.outcome.is_some() || matches!(self.state, State::Draining { .. }) {
             self.timeline.inbound_rejected += 1;
             return Err(InboundRejected::Finished);
         }
@@ -877,7 +881,7 @@ impl Upgrade {
     fn hello_due(&self) -> bool {
         self.checks_identity()
             && self.peer_fingerprint.is_none()
-            && !matches!(self.state, State::Draining | State::Done)
+            && !matches!(self.state, State::Draining { .. } | State::Done)
     }
 
     pub(crate) fn expecting(&self) -> Expect {
@@ -893,7 +897,7 @@ impl Upgrade {
             }
             // On a shared stream the next attempt's Connect may arrive
             // while the responder still punches.
-            State::Punching
+            State::Punching { .. }
                 if self.side == Side::Responder
                     && self.config.channel == RelayChannel::SharedStream =>
             {
@@ -1093,7 +1097,7 @@ impl Upgrade {
 
     /// Dials and sprays the peer's addresses of this attempt.
     pub(crate) fn punch(&mut self) {
-        self.state = State::Punching;
+        self.state = State::Punching { spray: None };
         let window_end = self.now + self.config.direct_timeout;
         self.timers.set(TimerKind::PunchWindow, window_end);
         if let Some(a) = self.timeline.attempt_mut() {
@@ -1140,10 +1144,12 @@ impl Upgrade {
             spray_targets: spray_count,
         }));
         if !spray_targets.is_empty() {
-            self.spray = Some(Spray {
-                targets: spray_targets,
-                sent: 0,
-            });
+            self.state = State::Punching {
+                spray: Some(Spray {
+                    targets: spray_targets,
+                    sent: 0,
+                }),
+            };
             self.spray_round();
         }
         self.check_progress();
@@ -1191,8 +1197,19 @@ impl Upgrade {
         }));
     }
 
+    /// The spray of the attempt being punched, if it has one.
+    fn spray(&self) -> Option<&Spray> {
+        match &self.state {
+            State::Punching { spray } => spray.as_ref(),
+            _ => None,
+        }
+    }
+
     fn spray_round(&mut self) {
-        let Some(spray) = self.spray.as_mut() else {
+        let State::Punching {
+            spray: Some(spray), ..
+        } = &mut self.state
+        else {
             return;
         };
         let budget = self.config.max_spray_packets_per_attempt;
@@ -1339,7 +1356,7 @@ impl Upgrade {
             }
             TimerKind::SprayTick => self.spray_round(),
             TimerKind::PunchWindow => {
-                if self.state == State::Punching {
+                if matches!(self.state, State::Punching { .. }) {
                     let after = self.config.direct_timeout;
                     self.fail_attempt(AttemptFailure::DirectTimeout { after });
                 }
@@ -1391,7 +1408,7 @@ impl Upgrade {
             self.final_failure(Failure::Protocol(err));
             return;
         }
-        if self.state == State::Draining {
+        if matches!(self.state, State::Draining { .. }) {
             // Every attempt is over: there is none left to fail, and
             // counting one per stray frame would let a peer grow our list
             // of failures without bound.
@@ -1409,7 +1426,6 @@ impl Upgrade {
     pub(crate) fn abandon_attempt(&mut self, reason: AttemptFailure) {
         let attempt = self.attempt;
         self.cancel_pending_dials();
-        self.spray = None;
         self.remote.clear();
         for kind in [
             TimerKind::SprayTick,
@@ -1502,15 +1518,14 @@ impl Upgrade {
     /// Fails the upgrade, once no identity check that could still win is
     /// running.
     pub(crate) fn final_failure(&mut self, failure: Failure) {
-        self.spray = None;
         self.timers.clear_all();
         self.cancel_pending_dials();
         if self.directs.is_empty() {
             self.finish(Outcome::Failed(failure));
         } else {
             tracing::debug!("waiting for identity checks before failing");
-            self.state = State::Draining;
-            self.pending_failure = Some(failure);
+            // Ends any punch, and its spray, with it.
+            self.state = State::Draining { failure };
         }
     }
 
@@ -1544,7 +1559,6 @@ impl Upgrade {
             self.outputs.push_back(Output::ResetStream);
             self.stream_open = false;
         }
-        self.spray = None;
         self.remote.clear();
         self.timers.clear_all();
         self.state = State::Done;
@@ -1575,23 +1589,21 @@ impl Upgrade {
     pub(crate) fn check_progress(&mut self) {
         self.note_unilateral_over();
         match self.state {
-            State::Draining if self.directs.is_empty() => {
-                let failure = self.pending_failure.take().unwrap_or(Failure::PeerGaveUp {
-                    attempts: self.failures.clone(),
-                });
+            State::Draining { ref failure } if self.directs.is_empty() => {
+                let failure = failure.clone();
                 self.finish(Outcome::Failed(failure));
             }
             State::Unilateral if !self.directs.iter().any(|d| d.attempt == 0) => {
                 self.unilateral_over();
             }
-            State::Punching => {
+            State::Punching { ref spray } => {
                 // A spray keeps the attempt open until its window ends: the
                 // client's dial may still arrive.
                 let attempt = self.attempt;
                 // A dial that found its address pair taken means the
                 // peer's connection is arriving through our listener: wait
                 // for it (until the window ends) rather than give up.
-                let busy = self.spray.is_some()
+                let busy = spray.is_some()
                     || self.attempt_crossing
                     || self
                         .directs
@@ -1679,9 +1691,6 @@ impl Upgrade {
             || self.unilateral_targets.contains(addr)
             || self.timeline.dials.iter().any(|d| d.to == *addr)
             || (addr.transport == Transport::Quic
-                && self
-                    .spray
-                    .as_ref()
-                    .is_some_and(|s| s.targets.contains(&addr.addr)))
+                && self.spray().is_some_and(|s| s.targets.contains(&addr.addr)))
     }
 }
