@@ -27,6 +27,7 @@ use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
+use crate::session::{Handshake, Pin};
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 use crate::timer::Timers;
 
@@ -146,10 +147,9 @@ pub struct Upgrade {
     pub(crate) decoder: FrameDecoder,
     pub(crate) stream_open: bool,
     pub(crate) relay_closed: bool,
-    /// Pinned TLS: the fingerprint of our certificate, sent in the Hello.
-    own_fingerprint: Option<[u8; FINGERPRINT_LEN]>,
-    /// Pinned TLS: the fingerprint from the peer's Hello.
-    peer_fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    /// The dcutr-rs session handshake (pinned TLS): `None` runs exactly
+    /// the spec. See [`crate::session`].
+    session: Option<Handshake>,
     observed: ObservedAddrs,
     predictor: Box<dyn AddressPredictor>,
     /// Our NAT's behaviour, when the caller knows it: sent in Connect.
@@ -283,6 +283,10 @@ impl UpgradeBuilder {
         }
         let shared = self.config.channel == RelayChannel::SharedStream;
         let max_attempts = self.config.max_attempts;
+        let session = self
+            .fingerprint
+            .filter(|_| self.config.identity_check.is_checked())
+            .map(|fp| Handshake::new(self.side, max_attempts, fp));
         let mut up = Upgrade {
             side: self.side,
             decoder: FrameDecoder::new(self.config.max_message_size),
@@ -295,8 +299,7 @@ impl UpgradeBuilder {
             failures: Vec::new(),
             stream_open: shared,
             relay_closed: false,
-            own_fingerprint: self.fingerprint,
-            peer_fingerprint: None,
+            session,
             observed,
             predictor: self.predictor,
             own_nat: self.nat.map(Box::new),
@@ -317,9 +320,8 @@ impl UpgradeBuilder {
         };
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
-        if let (true, Some(fp)) = (up.checks_identity(), up.own_fingerprint) {
-            let hello = codec::encode_hello(up.config.max_attempts, up.side, &fp);
-            up.outputs.push_back(Output::WriteStream(hello));
+        if let Some(session) = &up.session {
+            up.outputs.push_back(Output::WriteStream(session.hello()));
         }
         let dials_first =
             up.side == Side::Initiator && up.config.unilateral && !up.unilateral_targets.is_empty();
@@ -653,9 +655,7 @@ impl Upgrade {
                 }
             };
             let handled = match expect {
-                Expect::Hello => codec::decode_hello(&frame)
-                    .map_err(ProtocolError::from)
-                    .and_then(|hello| self.on_hello(hello)),
+                Expect::Hello => self.on_hello(&frame),
                 _ => codec::decode_message(&frame)
                     .map_err(ProtocolError::from)
                     .inspect(|_| {
@@ -807,8 +807,8 @@ impl Upgrade {
         if self.directs.get(id).is_none() {
             return;
         }
-        let mismatch = match (presented, self.peer_fingerprint) {
-            (Some(p), Some(pinned)) => p != pinned,
+        let mismatch = match (presented, &self.session) {
+            (Some(p), Some(session)) => session.pin(p) == Pin::Mismatch,
             _ => false,
         };
         let reason = if mismatch {
@@ -825,7 +825,7 @@ impl Upgrade {
     /// certificate a handshake presents and the core compares later.
     #[must_use]
     pub fn peer_fingerprint(&self) -> Option<[u8; FINGERPRINT_LEN]> {
-        self.peer_fingerprint
+        self.session.as_ref().and_then(Handshake::peer_fingerprint)
     }
 
     /// Our role on direct connection `id` while it is being set up or
@@ -873,14 +873,13 @@ impl Upgrade {
     /// TLS): a `Hello` opens the stream and both sides agree on the
     /// connection they keep.
     pub(crate) fn checks_identity(&self) -> bool {
-        self.config.identity_check.is_checked()
+        self.session.is_some()
     }
 
     /// Whether the peer's `Hello` is still due: it is the first frame of
     /// the stream when identities are checked.
     fn hello_due(&self) -> bool {
-        self.checks_identity()
-            && self.peer_fingerprint.is_none()
+        self.session.as_ref().is_some_and(Handshake::is_due)
             && !matches!(self.state, State::Draining { .. } | State::Done)
     }
 
@@ -922,16 +921,15 @@ impl Upgrade {
         }
     }
 
-    fn on_hello(&mut self, hello: codec::HelloFrame) -> Result<(), ProtocolError> {
-        if hello.side == Some(self.side) {
-            return Err(ProtocolError::SameSide { ours: self.side });
-        }
-        self.peer_fingerprint = Some(hello.fingerprint);
-        if let Some(peer_max) = hello.max_attempts {
-            // A shared stream must end after the same attempt on both sides.
-            let peer_max = u8::try_from(peer_max.max(1)).unwrap_or(u8::MAX);
-            self.max_attempts = self.max_attempts.min(peer_max);
-        }
+    /// The peer's `Hello` (its frame's payload) arrived: the session
+    /// handshake checks it, then the attempts start.
+    fn on_hello(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+        let Some(session) = self.session.as_mut() else {
+            // Only a session expects a Hello.
+            return Err(ProtocolError::TrailingBytes { len: payload.len() });
+        };
+        // A shared stream must end after the same attempt on both sides.
+        self.max_attempts = self.max_attempts.min(session.receive(payload)?);
         self.outputs.push_back(Output::Event(Event::HelloReceived));
         // Handshakes that completed before the pin arrived are judged now.
         let handshaken: Vec<(DirectId, [u8; FINGERPRINT_LEN])> = self
@@ -1250,10 +1248,14 @@ impl Upgrade {
     /// Pinned TLS: the other end of `id` proved it holds the certificate
     /// `presented`; keep it if that is the peer's.
     fn peer_certificate(&mut self, id: DirectId, presented: [u8; FINGERPRINT_LEN]) {
-        match self.peer_fingerprint {
-            Some(pinned) if pinned == presented => self.after_checks(id),
-            Some(_) => self.reject(id, DirectRejection::IdentityMismatch),
-            None => {
+        let pin = self
+            .session
+            .as_ref()
+            .map_or(Pin::Unknown, |s| s.pin(presented));
+        match pin {
+            Pin::Matches => self.after_checks(id),
+            Pin::Mismatch => self.reject(id, DirectRejection::IdentityMismatch),
+            Pin::Unknown => {
                 if let Some(d) = self.directs.get_mut(id) {
                     d.state = DirectState::AwaitingPeerFingerprint { presented };
                 }

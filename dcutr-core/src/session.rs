@@ -1,0 +1,225 @@
+//! The dcutr-rs session layer: what two dcutr-rs peers add to the spec.
+//!
+//! A stock libp2p peer only ever meets the spec's DCUtR: a stream per
+//! attempt carrying `Connect` and `Sync`, and a direct connection that the
+//! caller authenticates. With [`IdentityCheck::PinnedTls`] (standalone
+//! adapters, dcutr-rs on both ends) an upgrade also runs a session
+//! handshake, held here:
+//!
+//! 1. Each side's first frame on the shared relayed stream is a `Hello`:
+//!    its wire version, its side, its attempt limit and the SHA-256
+//!    fingerprint of the certificate it will present on direct
+//!    connections.
+//! 2. A `Hello` of another version, or one from the same side as ours, is
+//!    a typed error on both ends ([`CodecError::UnsupportedHelloVersion`],
+//!    [`ProtocolError::SameSide`]), at the first frame rather than
+//!    mid-upgrade: two initiators no longer both report an upgrade, two
+//!    responders no longer wait for each other.
+//! 3. Both sides stop after the smaller attempt limit, so that neither
+//!    writes into a stream the other has handed back to the application.
+//! 4. A direct connection is kept only if its TLS handshake proves the
+//!    certificate pinned by the peer's `Hello` ([`Handshake::pin`]).
+//!
+//! This is a crate-private part of [`Upgrade`](crate::Upgrade), not a
+//! wrapper around it: the pin decides which direct connection the
+//! orchestrator may keep, and the attempt limit bounds the attempts it
+//! starts, so the two share the orchestrator's state. What the session
+//! adds is decided here, once, from the config at the start: an upgrade
+//! without a [`Handshake`] runs exactly the spec.
+//!
+//! # Wire format (session version [`HELLO_VERSION`] = 3)
+//!
+//! One frame, framed like every DCUtR message: an unsigned-varint length,
+//! then a protobuf message (`Hello`, see `proto/` and
+//! [`wire::Hello`](crate::wire::Hello) under the `internals` feature). An
+//! initiator with an attempt limit of 3 sends 42 bytes:
+//!
+//! ```text
+//!  offset  bytes            meaning
+//!  0       28               frame length: 40 bytes follow
+//!  1       10 03            field 2 (max_attempts, varint) = 3
+//!  3       18 01            field 3 (side, varint) = 1 initiator, 2 responder
+//!  5       22 20 <32 B>     field 4 (fingerprint, bytes) = SHA-256 of the DER certificate
+//!  39      28 03            field 5 (version, varint) = 3
+//! ```
+//!
+//! Field 1 (a bearer token, versions 1 and 2) is no longer sent and is
+//! skipped if received. Unknown fields are skipped, as protobuf does.
+//!
+//! [`IdentityCheck::PinnedTls`]: crate::settings::IdentityCheck::PinnedTls
+//! [`CodecError::UnsupportedHelloVersion`]: crate::reason::CodecError::UnsupportedHelloVersion
+//! [`ProtocolError::SameSide`]: crate::ProtocolError::SameSide
+//! [`HELLO_VERSION`]: crate::settings::HELLO_VERSION
+
+use bytes::Bytes;
+
+use crate::codec::{self, FINGERPRINT_LEN};
+use crate::error::ProtocolError;
+use crate::output::Side;
+
+/// A certificate fingerprint: SHA-256 of a DER certificate.
+pub(crate) type Fingerprint = [u8; FINGERPRINT_LEN];
+
+/// What the pin says of a certificate a direct connection presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pin {
+    /// It is the one the peer's `Hello` pinned.
+    Matches,
+    /// It is another one: whoever is at the other end is not the peer.
+    Mismatch,
+    /// The peer's `Hello` has not arrived yet: judge it when it does.
+    Unknown,
+}
+
+/// The session handshake of one upgrade: our `Hello`, and what the
+/// peer's said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Handshake {
+    side: Side,
+    max_attempts: u8,
+    own_fingerprint: Fingerprint,
+    peer_fingerprint: Option<Fingerprint>,
+}
+
+impl Handshake {
+    /// The handshake of `side`, offering `max_attempts` and the
+    /// certificate whose fingerprint is `own_fingerprint`.
+    pub(crate) fn new(side: Side, max_attempts: u8, own_fingerprint: Fingerprint) -> Self {
+        Handshake {
+            side,
+            max_attempts,
+            own_fingerprint,
+            peer_fingerprint: None,
+        }
+    }
+
+    /// Our `Hello` frame, the first bytes we write on the relayed stream.
+    pub(crate) fn hello(&self) -> Bytes {
+        codec::encode_hello(self.max_attempts, self.side, &self.own_fingerprint)
+    }
+
+    /// Whether the peer's `Hello` is still to come: then it is the next
+    /// frame on the relayed stream.
+    pub(crate) fn is_due(&self) -> bool {
+        self.peer_fingerprint.is_none()
+    }
+
+    /// The peer's `Hello` frame (its payload) arrived. Returns the attempt
+    /// limit both sides keep: the smaller of the two (at least 1).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Codec`] for a frame that is no `Hello` of our
+    /// version or carries no fingerprint, [`ProtocolError::SameSide`] when
+    /// the peer is on our side.
+    pub(crate) fn receive(&mut self, payload: &[u8]) -> Result<u8, ProtocolError> {
+        let hello = codec::decode_hello(payload)?;
+        if hello.side == Some(self.side) {
+            return Err(ProtocolError::SameSide { ours: self.side });
+        }
+        self.peer_fingerprint = Some(hello.fingerprint);
+        let agreed = match hello.max_attempts {
+            Some(peer) => {
+                let peer = u8::try_from(peer.max(1)).unwrap_or(u8::MAX);
+                self.max_attempts.min(peer)
+            }
+            None => self.max_attempts,
+        };
+        Ok(agreed)
+    }
+
+    /// The fingerprint the peer's `Hello` pinned, once it arrived.
+    pub(crate) fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        self.peer_fingerprint
+    }
+
+    /// What the pin says of `presented`.
+    pub(crate) fn pin(&self, presented: Fingerprint) -> Pin {
+        match self.peer_fingerprint {
+            Some(pinned) if pinned == presented => Pin::Matches,
+            Some(_) => Pin::Mismatch,
+            None => Pin::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{CodecError, FrameDecoder, Hello};
+    use prost::Message;
+
+    const OURS: Fingerprint = [0xaa; FINGERPRINT_LEN];
+    const THEIRS: Fingerprint = [0xbb; FINGERPRINT_LEN];
+
+    /// The payload of `frame`, without its length prefix.
+    fn payload(frame: &[u8]) -> Vec<u8> {
+        let mut input = frame;
+        let mut decoder = FrameDecoder::new(4096);
+        decoder
+            .decode(&mut input)
+            .expect("a valid frame")
+            .expect("a whole frame")
+            .to_vec()
+    }
+
+    fn hello_from(side: Side, max_attempts: u8) -> Vec<u8> {
+        payload(&Handshake::new(side, max_attempts, THEIRS).hello())
+    }
+
+    #[test]
+    fn the_hello_is_the_documented_42_bytes() {
+        let frame = Handshake::new(Side::Initiator, 3, OURS).hello();
+        let mut want = vec![0x28, 0x10, 0x03, 0x18, 0x01, 0x22, 0x20];
+        want.extend_from_slice(&OURS);
+        want.extend_from_slice(&[0x28, 0x03]);
+        assert_eq!(frame.as_ref(), want.as_slice());
+        let responder = Handshake::new(Side::Responder, 3, OURS).hello();
+        assert_eq!(responder[4], 0x02, "side 2 for a responder");
+    }
+
+    #[test]
+    fn a_hello_from_the_other_side_pins_its_fingerprint_and_the_smaller_limit() {
+        let mut ours = Handshake::new(Side::Initiator, 3, OURS);
+        assert!(ours.is_due());
+        assert_eq!(ours.pin(THEIRS), Pin::Unknown);
+        assert_eq!(ours.receive(&hello_from(Side::Responder, 2)), Ok(2));
+        assert!(!ours.is_due());
+        assert_eq!(ours.peer_fingerprint(), Some(THEIRS));
+        assert_eq!(ours.pin(THEIRS), Pin::Matches);
+        assert_eq!(ours.pin(OURS), Pin::Mismatch);
+    }
+
+    #[test]
+    fn a_larger_or_zero_peer_limit_keeps_ours_or_one() {
+        let mut ours = Handshake::new(Side::Responder, 3, OURS);
+        assert_eq!(ours.receive(&hello_from(Side::Initiator, 9)), Ok(3));
+        let mut ours = Handshake::new(Side::Responder, 3, OURS);
+        assert_eq!(ours.receive(&hello_from(Side::Initiator, 0)), Ok(1));
+    }
+
+    #[test]
+    fn a_hello_from_our_own_side_is_same_side_for_either_side() {
+        for side in [Side::Initiator, Side::Responder] {
+            let mut ours = Handshake::new(side, 3, OURS);
+            assert_eq!(
+                ours.receive(&hello_from(side, 3)),
+                Err(ProtocolError::SameSide { ours: side })
+            );
+            assert!(ours.is_due(), "nothing is pinned from a refused Hello");
+        }
+    }
+
+    #[test]
+    fn a_hello_of_another_version_is_refused_with_that_version() {
+        let mut old = Hello::decode(&hello_from(Side::Responder, 3)[..]).unwrap();
+        old.version = Some(2);
+        let mut ours = Handshake::new(Side::Initiator, 3, OURS);
+        assert_eq!(
+            ours.receive(&old.encode_to_vec()),
+            Err(ProtocolError::Codec(CodecError::UnsupportedHelloVersion {
+                version: Some(2)
+            }))
+        );
+        assert_eq!(ours.peer_fingerprint(), None);
+    }
+}
