@@ -120,7 +120,7 @@ impl Upgrade {
             attempt: self.attempt,
             rtt,
         }));
-        self.take_remote_addrs(raw);
+        let peer = self.take_remote_addrs(raw);
         if let Some(reason) = self.nats_cannot_meet() {
             self.give_up(reason);
             return Ok(());
@@ -140,9 +140,9 @@ impl Upgrade {
             punch_at,
         }));
         if punch_at <= self.now {
-            self.punch();
+            self.punch(peer);
         } else {
-            self.state = State::SyncDelay;
+            self.state = State::SyncDelay { peer };
             self.timers.set(TimerKind::SyncDelay, punch_at);
         }
         Ok(())

@@ -5,7 +5,7 @@ use crate::codec::Message;
 use crate::config::RelayChannel;
 use crate::error::{AttemptFailure, ProtocolError};
 use crate::output::{Event, Output, TimerKind};
-use crate::upgrade::{State, Upgrade};
+use crate::upgrade::{PeerAddrs, State, Upgrade};
 
 impl Upgrade {
     /// Waits for the first Connect. The initiator may first spend its
@@ -36,21 +36,21 @@ impl Upgrade {
 
     pub(crate) fn responder_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
         match (&self.state, msg) {
-            (State::AwaitPeerConnect | State::Punching { .. }, Message::Connect(raw)) => {
+            (State::AwaitPeerConnect | State::Punching(_), Message::Connect(raw)) => {
                 if self.attempt >= self.max_attempts {
                     return Err(ProtocolError::TooManyAttempts {
                         attempt: self.attempt.saturating_add(1),
                         max: self.max_attempts,
                     });
                 }
-                if matches!(self.state, State::Punching { .. }) {
+                if matches!(self.state, State::Punching(_)) {
                     // Shared stream: the initiator gave up on the previous
                     // attempt before we did.
                     self.abandon_attempt(AttemptFailure::Superseded);
                 }
                 self.begin_attempt_record();
                 self.seen_connect = true;
-                self.take_remote_addrs(&raw);
+                let peer = self.take_remote_addrs(&raw);
                 let addrs = match self.addrs_to_send() {
                     Ok(addrs) => addrs,
                     Err(dropped) => {
@@ -71,12 +71,12 @@ impl Upgrade {
                     self.final_failure(crate::error::Failure::GaveUp { attempts });
                     return Ok(());
                 }
-                self.state = State::AwaitSync;
+                self.state = State::AwaitSync { peer };
                 self.timers
                     .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
                 Ok(())
             }
-            (State::AwaitSync, Message::Sync) => {
+            (State::AwaitSync { .. }, Message::Sync) => {
                 self.timers.clear(TimerKind::StepTimeout);
                 if let Some(a) = self.timeline.attempt_mut() {
                     a.sync = Some(self.now);
@@ -92,7 +92,12 @@ impl Upgrade {
                     self.outputs.push_back(Output::FinishStream);
                     self.stream_open = false;
                 }
-                self.punch();
+                // This arm matched AwaitSync: its addresses are the punch's.
+                let peer = match &mut self.state {
+                    State::AwaitSync { peer } => std::mem::take(peer),
+                    _ => PeerAddrs::default(),
+                };
+                self.punch(peer);
                 Ok(())
             }
             (_, msg) => Err(ProtocolError::UnexpectedMessage {
@@ -113,7 +118,7 @@ impl Upgrade {
                 return;
             }
         }
-        let attempt_running = matches!(self.state, State::AwaitSync | State::Punching { .. });
+        let attempt_running = matches!(self.state, State::AwaitSync { .. } | State::Punching(_));
         if self.state == State::AwaitPeerConnect || attempt_running {
             if self.attempt >= self.max_attempts {
                 self.outputs.push_back(Output::ResetStream);
@@ -135,7 +140,7 @@ impl Upgrade {
     /// The relayed stream closed (per-attempt streams).
     pub(crate) fn responder_stream_closed(&mut self, was_open: bool) {
         match self.state {
-            State::AwaitSync => {
+            State::AwaitSync { .. } => {
                 let err = ProtocolError::StreamClosed { step: self.step() };
                 self.fail_attempt(AttemptFailure::Protocol(err));
             }

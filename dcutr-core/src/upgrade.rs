@@ -36,7 +36,8 @@ use crate::timer::Timers;
 const OUTPUT_QUEUE_RETAINED: usize = 8;
 
 /// Where one upgrade stands. What only one phase has lives in its
-/// variant: the spray only exists while punching, and a failure waiting
+/// variant: the peer's addresses only between its Connect and the punch,
+/// the punch's dials and spray only while punching, and a failure waiting
 /// for the last identity checks only while draining.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum State {
@@ -50,14 +51,13 @@ pub(crate) enum State {
     AwaitConnect { sent_at: Instant },
     /// Responder: waiting for a Connect (first or next attempt).
     AwaitPeerConnect,
-    /// Responder: Connect answered, waiting for Sync.
-    AwaitSync,
-    /// Initiator: Sync sent, waiting rtt/2 before punching.
-    SyncDelay,
-    /// Dials and spray of the current attempt are in flight. The spray
-    /// (QUIC server side) keeps the attempt open until its window ends,
-    /// even once its datagram budget is spent.
-    Punching { spray: Option<Spray> },
+    /// Responder: Connect answered, waiting for Sync; `peer` is what the
+    /// initiator's Connect named.
+    AwaitSync { peer: PeerAddrs },
+    /// Initiator: Sync sent, waiting rtt/2 before punching `peer`.
+    SyncDelay { peer: PeerAddrs },
+    /// Dials and spray of the current attempt are in flight.
+    Punching(Punch),
     /// Every attempt is over; identity checks still running may win.
     /// `failure` is the outcome once the last of them is gone.
     Draining { failure: Failure },
@@ -78,6 +78,34 @@ pub(crate) enum Expect {
 pub(crate) struct Spray {
     targets: Vec<SocketAddr>,
     sent: u32,
+}
+
+/// What the peer's Connect of the current attempt held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerAddrs {
+    /// The usable addresses, to punch.
+    accepted: Vec<Candidate>,
+    /// How many it sent, and what we dropped of them, for the reason of
+    /// an attempt with nothing to dial.
+    received: usize,
+    dropped: RejectionCounts,
+}
+
+/// The punch of the current attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Punch {
+    /// The spray (QUIC server side): it keeps the attempt open until its
+    /// window ends, even once its datagram budget is spent.
+    spray: Option<Spray>,
+    /// Hole-punch dials made.
+    dials: usize,
+    /// A dial found its address pair taken: the peer's connection is
+    /// arriving through our listener.
+    crossing: bool,
+    /// What the peer's Connect held, for the reason of a punch with
+    /// nothing to dial.
+    received: usize,
+    dropped: RejectionCounts,
 }
 
 /// One DCUtR upgrade of one relayed connection, on one side.
@@ -158,21 +186,12 @@ pub struct Upgrade {
     /// The behaviour the peer's last Connect declared.
     peer_nat: Option<Box<NatBehaviour>>,
     pub(crate) unilateral_targets: Vec<Candidate>,
-    /// Usable addresses from the peer's Connect in the current attempt.
-    pub(crate) remote: Vec<Candidate>,
-    /// What the peer's last Connect held and what we dropped of it, for
-    /// the reason of an attempt with nothing to dial.
-    remote_received: (usize, RejectionCounts),
     /// Responder: whether any Connect arrived yet (decides the role of
     /// inbound connections).
     pub(crate) seen_connect: bool,
     directs: Directs,
     /// Dials made in this upgrade, for [`Config::max_dials_per_upgrade`].
     pub(crate) dials_made: usize,
-    /// Hole-punch dials made in the current attempt.
-    attempt_punch_dials: usize,
-    /// A dial of the current attempt found its address pair taken.
-    attempt_crossing: bool,
     /// A unilateral dial is running and its end is not recorded yet.
     pub(crate) unilateral_running: bool,
     pub(crate) timers: Timers,
@@ -305,13 +324,9 @@ impl UpgradeBuilder {
             own_nat: self.nat.map(Box::new),
             peer_nat: None,
             unilateral_targets: Vec::new(),
-            remote: Vec::new(),
-            remote_received: (0, RejectionCounts::default()),
             seen_connect: false,
             directs: Directs::default(),
             dials_made: 0,
-            attempt_punch_dials: 0,
-            attempt_crossing: false,
             unilateral_running: false,
             timers: Timers::default(),
             outputs: VecDeque::new(),
@@ -431,7 +446,7 @@ impl Upgrade {
             + self.directs.heap_bytes()
             + self.observed.heap_bytes()
             + self.failures.capacity() * size_of::<AttemptFailure>()
-            + self.remote.capacity() * size_of::<Candidate>()
+            + self.peer_addrs().map_or(0, |p| p.accepted.capacity()) * size_of::<Candidate>()
             + self.unilateral_targets.capacity() * size_of::<Candidate>()
             + self.outputs.capacity() * size_of::<Output>()
             + self.timeline.dials.capacity() * size_of::<DialRecord>()
@@ -500,8 +515,8 @@ impl Upgrade {
             self.state,
             State::AwaitStream
                 | State::AwaitConnect { .. }
-                | State::SyncDelay
-                | State::Punching { .. }
+                | State::SyncDelay { .. }
+                | State::Punching(_)
         );
         if self.unilateral_alongside() && exchange_running {
             // What the punch dials already needs no second dial.
@@ -615,7 +630,7 @@ impl Upgrade {
             State::AwaitHello
             | State::AwaitStream
             | State::AwaitConnect { .. }
-            | State::AwaitSync => self.final_failure(Failure::RelayClosed { step }),
+            | State::AwaitSync { .. } => self.final_failure(Failure::RelayClosed { step }),
             State::AwaitPeerConnect if self.attempt == 0 => {
                 self.final_failure(Failure::RelayClosed { step });
             }
@@ -695,8 +710,11 @@ impl Upgrade {
             return;
         };
         tracing::debug!(%id, to = %d.to, %error, "direct dial failed");
-        if error == DialError::AddrInUse && d.attempt == self.attempt {
-            self.attempt_crossing = true;
+        if let State::Punching(punch) = &mut self.state
+            && error == DialError::AddrInUse
+            && d.attempt == self.attempt
+        {
+            punch.crossing = true;
         }
         self.timeline.end_dial(id, now, DialResult::Failed(error));
         self.outputs.push_back(Output::Event(Event::DialFailed {
@@ -891,12 +909,12 @@ impl Upgrade {
             return Expect::Hello;
         }
         match self.state {
-            State::AwaitConnect { .. } | State::AwaitPeerConnect | State::AwaitSync => {
+            State::AwaitConnect { .. } | State::AwaitPeerConnect | State::AwaitSync { .. } => {
                 Expect::Message
             }
             // On a shared stream the next attempt's Connect may arrive
             // while the responder still punches.
-            State::Punching { .. }
+            State::Punching(_)
                 if self.side == Side::Responder
                     && self.config.channel == RelayChannel::SharedStream =>
             {
@@ -916,7 +934,7 @@ impl Upgrade {
             State::AwaitConnect { .. } => Step::Connect,
             State::AwaitPeerConnect if self.attempt == 0 => Step::Connect,
             State::AwaitPeerConnect => Step::NextAttempt,
-            State::AwaitSync => Step::Sync,
+            State::AwaitSync { .. } => Step::Sync,
             _ => Step::Done,
         }
     }
@@ -964,8 +982,6 @@ impl Upgrade {
     /// Opens a new attempt record.
     pub(crate) fn begin_attempt_record(&mut self) {
         self.attempt = self.attempt.saturating_add(1);
-        self.attempt_punch_dials = 0;
-        self.attempt_crossing = false;
         // Most upgrades end in their first attempt (97.6 % of successes in
         // the field): grow one record at a time.
         self.timeline.attempts.reserve_exact(1);
@@ -1066,8 +1082,8 @@ impl Upgrade {
         self.final_failure(Failure::GaveUp { attempts });
     }
 
-    /// Parses the peer's Connect into `self.remote` and reports it.
-    pub(crate) fn take_remote_addrs(&mut self, raw: &[Vec<u8>]) {
+    /// Parses and reports the peer's Connect: what the punch will aim at.
+    pub(crate) fn take_remote_addrs(&mut self, raw: &[Vec<u8>]) -> PeerAddrs {
         let filtered = crate::addr::filter_remote(
             raw.iter().map(Vec::as_slice),
             &self.config.address_policy,
@@ -1084,18 +1100,30 @@ impl Upgrade {
             rejected = filtered.rejected.total(),
             "peer's addresses"
         );
-        self.remote.clone_from(&filtered.accepted);
-        self.remote_received = (raw.len(), filtered.rejected);
+        let peer = PeerAddrs {
+            accepted: filtered.accepted.clone(),
+            received: raw.len(),
+            dropped: filtered.rejected,
+        };
         self.outputs.push_back(Output::Event(Event::RemoteAddrs {
             attempt: self.attempt,
             accepted: filtered.accepted,
             rejected: filtered.rejected,
         }));
+        peer
+    }
+
+    /// The peer's addresses of the current attempt, between its Connect
+    /// and the punch.
+    fn peer_addrs(&self) -> Option<&PeerAddrs> {
+        match &self.state {
+            State::AwaitSync { peer } | State::SyncDelay { peer } => Some(peer),
+            _ => None,
+        }
     }
 
     /// Dials and sprays the peer's addresses of this attempt.
-    pub(crate) fn punch(&mut self) {
-        self.state = State::Punching { spray: None };
+    pub(crate) fn punch(&mut self, peer: PeerAddrs) {
         let window_end = self.now + self.config.direct_timeout;
         self.timers.set(TimerKind::PunchWindow, window_end);
         if let Some(a) = self.timeline.attempt_mut() {
@@ -1107,7 +1135,7 @@ impl Upgrade {
         };
         let mut dials = 0;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
-        let remote = std::mem::take(&mut self.remote);
+        let remote = peer.accepted;
         // A unilateral dial still pending to one of these stays: in the
         // spec's mode the responder takes any connection at once, so the
         // dial may already be the connection it chose (libp2p cannot
@@ -1141,15 +1169,18 @@ impl Upgrade {
             dials,
             spray_targets: spray_count,
         }));
-        if !spray_targets.is_empty() {
-            self.state = State::Punching {
-                spray: Some(Spray {
-                    targets: spray_targets,
-                    sent: 0,
-                }),
-            };
-            self.spray_round();
-        }
+        let spray = (!spray_targets.is_empty()).then_some(Spray {
+            targets: spray_targets,
+            sent: 0,
+        });
+        self.state = State::Punching(Punch {
+            spray,
+            dials,
+            crossing: false,
+            received: peer.received,
+            dropped: peer.dropped,
+        });
+        self.spray_round();
         self.check_progress();
     }
 
@@ -1165,9 +1196,6 @@ impl Upgrade {
             DialPurpose::HolePunch => self.attempt,
         };
         self.dials_made += 1;
-        if purpose == DialPurpose::HolePunch {
-            self.attempt_punch_dials += 1;
-        }
         let id = self.directs.insert(
             to,
             role,
@@ -1198,15 +1226,15 @@ impl Upgrade {
     /// The spray of the attempt being punched, if it has one.
     fn spray(&self) -> Option<&Spray> {
         match &self.state {
-            State::Punching { spray } => spray.as_ref(),
+            State::Punching(punch) => punch.spray.as_ref(),
             _ => None,
         }
     }
 
     fn spray_round(&mut self) {
-        let State::Punching {
+        let State::Punching(Punch {
             spray: Some(spray), ..
-        } = &mut self.state
+        }) = &mut self.state
         else {
             return;
         };
@@ -1352,13 +1380,14 @@ impl Upgrade {
             TimerKind::StepTimeout => self.step_timed_out(),
             TimerKind::Unilateral => self.unilateral_over(),
             TimerKind::SyncDelay => {
-                if self.state == State::SyncDelay {
-                    self.punch();
+                if let State::SyncDelay { peer } = &mut self.state {
+                    let peer = std::mem::take(peer);
+                    self.punch(peer);
                 }
             }
             TimerKind::SprayTick => self.spray_round(),
             TimerKind::PunchWindow => {
-                if matches!(self.state, State::Punching { .. }) {
+                if matches!(self.state, State::Punching(_)) {
                     let after = self.config.direct_timeout;
                     self.fail_attempt(AttemptFailure::DirectTimeout { after });
                 }
@@ -1392,7 +1421,7 @@ impl Upgrade {
             State::AwaitHello
             | State::AwaitStream
             | State::AwaitConnect { .. }
-            | State::AwaitSync => self.protocol_error(err),
+            | State::AwaitSync { .. } => self.protocol_error(err),
             _ => {}
         }
     }
@@ -1428,7 +1457,6 @@ impl Upgrade {
     pub(crate) fn abandon_attempt(&mut self, reason: AttemptFailure) {
         let attempt = self.attempt;
         self.cancel_pending_dials();
-        self.remote.clear();
         for kind in [
             TimerKind::SprayTick,
             TimerKind::PunchWindow,
@@ -1555,13 +1583,12 @@ impl Upgrade {
                 State::AwaitStream
                     | State::AwaitConnect { .. }
                     | State::AwaitPeerConnect
-                    | State::AwaitSync
+                    | State::AwaitSync { .. }
             )
         {
             self.outputs.push_back(Output::ResetStream);
             self.stream_open = false;
         }
-        self.remote.clear();
         self.timers.clear_all();
         self.state = State::Done;
         self.timeline.decided = Some(self.now);
@@ -1598,26 +1625,25 @@ impl Upgrade {
             State::Unilateral if !self.directs.iter().any(|d| d.attempt == 0) => {
                 self.unilateral_over();
             }
-            State::Punching { ref spray } => {
+            State::Punching(ref punch) => {
                 // A spray keeps the attempt open until its window ends: the
                 // client's dial may still arrive.
                 let attempt = self.attempt;
                 // A dial that found its address pair taken means the
                 // peer's connection is arriving through our listener: wait
                 // for it (until the window ends) rather than give up.
-                let busy = spray.is_some()
-                    || self.attempt_crossing
+                let busy = punch.spray.is_some()
+                    || punch.crossing
                     || self
                         .directs
                         .iter()
                         .any(|d| d.attempt == attempt || !d.is_dialing());
                 if !busy {
-                    let dials = self.attempt_punch_dials;
+                    let (dials, received, dropped) = (punch.dials, punch.received, punch.dropped);
                     if dials > 0 {
                         self.fail_attempt(AttemptFailure::AllDialsFailed { dials });
                         return;
                     }
-                    let (received, dropped) = self.remote_received;
                     let reason = AttemptFailure::NothingToDial { received, dropped };
                     match self.side {
                         // The peer's addresses do not change between
@@ -1689,7 +1715,7 @@ impl Upgrade {
     /// still decides.
     #[must_use]
     pub fn is_peer_address(&self, addr: &Candidate) -> bool {
-        self.remote.contains(addr)
+        self.peer_addrs().is_some_and(|p| p.accepted.contains(addr))
             || self.unilateral_targets.contains(addr)
             || self.timeline.dials.iter().any(|d| d.to == *addr)
             || (addr.transport == Transport::Quic
