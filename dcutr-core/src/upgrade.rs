@@ -61,8 +61,8 @@ pub(crate) enum State {
     /// Every attempt is over; identity checks still running may win.
     /// `failure` is the outcome once the last of them is gone.
     Draining { failure: Failure },
-    /// The outcome is decided.
-    Done,
+    /// The outcome is decided: this one.
+    Done(Outcome),
 }
 
 /// What the next frame on the relayed stream must be.
@@ -196,7 +196,6 @@ pub struct Upgrade {
     pub(crate) unilateral_running: bool,
     pub(crate) timers: Timers,
     pub(crate) outputs: VecDeque<Output>,
-    outcome: Option<Outcome>,
     pub(crate) timeline: Timeline,
 }
 
@@ -206,7 +205,7 @@ impl std::fmt::Debug for Upgrade {
             .field("side", &self.side)
             .field("state", &self.state)
             .field("attempt", &self.attempt)
-            .field("outcome", &self.outcome)
+            .field("outcome", &self.outcome())
             .finish_non_exhaustive()
     }
 }
@@ -330,7 +329,6 @@ impl UpgradeBuilder {
             unilateral_running: false,
             timers: Timers::default(),
             outputs: VecDeque::new(),
-            outcome: None,
             timeline: Timeline::empty(now),
         };
         up.add_unilateral_targets(self.remote_public);
@@ -384,7 +382,10 @@ impl Upgrade {
     /// The outcome, once decided.
     #[must_use]
     pub fn outcome(&self) -> Option<&Outcome> {
-        self.outcome.as_ref()
+        match &self.state {
+            State::Done(outcome) => Some(outcome),
+            _ => None,
+        }
     }
 
     /// What happened when.
@@ -412,7 +413,7 @@ impl Upgrade {
     /// (such as the grace period) is left.
     #[must_use]
     pub fn is_finished(&self) -> bool {
-        self.outcome.is_some()
+        self.outcome().is_some()
             && self.outputs.is_empty()
             && self.timers.earliest().is_none()
             && self.directs.is_empty()
@@ -578,7 +579,7 @@ impl Upgrade {
             tracing::trace!("stream opened on a shared stream: ignored");
             return;
         }
-        if self.outcome.is_some() {
+        if self.outcome().is_some() {
             self.outputs.push_back(Output::ResetStream);
             return;
         }
@@ -597,7 +598,7 @@ impl Upgrade {
         let was_open = self.stream_open;
         self.stream_open = false;
         self.decoder = FrameDecoder::new(self.config.max_message_size);
-        if self.outcome.is_some() {
+        if self.outcome().is_some() {
             return;
         }
         match self.config.channel {
@@ -615,7 +616,7 @@ impl Upgrade {
     /// as [`Upgrade::handle_stream_closed`].
     pub fn handle_relay_closed(&mut self, now: Instant) {
         self.advance(now);
-        if self.outcome.is_some() {
+        if self.outcome().is_some() {
             return;
         }
         self.relay_gone();
@@ -651,7 +652,7 @@ impl Upgrade {
         while !input.is_empty() {
             let expect = self.expecting();
             if expect == Expect::Nothing {
-                if self.outcome.is_none() {
+                if self.outcome().is_none() {
                     self.protocol_error(ProtocolError::TrailingBytes { len: input.len() });
                 } else {
                     tracing::trace!(
@@ -736,7 +737,7 @@ impl Upgrade {
         from: Candidate,
     ) -> Result<DirectId, InboundRejected> {
         self.advance(now);
-        if self.outcome.is_some() || matches!(self.state, State::Draining { .. }) {
+        if self.outcome().is_some() || matches!(self.state, State::Draining { .. }) {
             self.timeline.inbound_rejected += 1;
             return Err(InboundRejected::Finished);
         }
@@ -898,7 +899,7 @@ impl Upgrade {
     /// the stream when identities are checked.
     fn hello_due(&self) -> bool {
         self.session.as_ref().is_some_and(Handshake::is_due)
-            && !matches!(self.state, State::Draining { .. } | State::Done)
+            && !matches!(self.state, State::Draining { .. } | State::Done(_))
     }
 
     pub(crate) fn expecting(&self) -> Expect {
@@ -960,7 +961,7 @@ impl Upgrade {
             .collect();
         for (id, presented) in handshaken {
             self.peer_certificate(id, presented);
-            if self.outcome.is_some() {
+            if self.outcome().is_some() {
                 return Ok(());
             }
         }
@@ -1575,8 +1576,7 @@ impl Upgrade {
                 self.outputs.push_back(Output::CloseDirect { id: d.id });
             }
         }
-        if self.state != State::Done
-            && self.stream_open
+        if self.stream_open
             && self.config.channel == RelayChannel::StreamPerAttempt
             && matches!(
                 self.state,
@@ -1590,7 +1590,6 @@ impl Upgrade {
             self.stream_open = false;
         }
         self.timers.clear_all();
-        self.state = State::Done;
         self.timeline.decided = Some(self.now);
         if let Some(a) = self.timeline.attempt_mut() {
             a.ended.get_or_insert(self.now);
@@ -1608,7 +1607,7 @@ impl Upgrade {
                 Event::Failed(failure.clone())
             }
         };
-        self.outcome = Some(outcome);
+        self.state = State::Done(outcome);
         self.outputs.push_back(Output::Event(event));
     }
 
