@@ -4,7 +4,6 @@
 
 use crate::addr::Candidate;
 use crate::codec::{self, Message};
-use crate::config::RelayChannel;
 use crate::error::{AttemptFailure, ProtocolError};
 use crate::output::{DialPurpose, Event, Output, Role, Side, TimerKind};
 use crate::upgrade::{State, Upgrade};
@@ -81,12 +80,11 @@ impl Upgrade {
         }
         self.timers
             .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
-        match self.config.channel {
-            RelayChannel::StreamPerAttempt => {
-                self.state = State::AwaitStream;
-                self.outputs.push_back(Output::OpenStream);
-            }
-            RelayChannel::SharedStream => self.initiator_send_connect(),
+        if self.on_shared_stream() {
+            self.initiator_send_connect();
+        } else {
+            self.state = State::AwaitStream;
+            self.outputs.push_back(Output::OpenStream);
         }
     }
 
@@ -127,7 +125,7 @@ impl Upgrade {
         }
         self.outputs
             .push_back(Output::WriteStream(codec::encode_sync()));
-        if self.config.channel == RelayChannel::StreamPerAttempt {
+        if !self.on_shared_stream() {
             self.outputs.push_back(Output::FinishStream);
             self.stream_open = false;
         }

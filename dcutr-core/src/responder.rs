@@ -2,7 +2,6 @@
 //! each Connect with its own and punches the moment Sync arrives.
 
 use crate::codec::Message;
-use crate::config::RelayChannel;
 use crate::error::{AttemptFailure, ProtocolError};
 use crate::output::{Event, Output, TimerKind};
 use crate::upgrade::{PeerAddrs, State, Upgrade};
@@ -62,7 +61,7 @@ impl Upgrade {
                 if let Some(reason) = self.nats_cannot_meet() {
                     // Our Connect told the initiator our NAT: it gives up
                     // too, with the same reason, as soon as it reads it.
-                    if self.config.channel == RelayChannel::StreamPerAttempt {
+                    if !self.on_shared_stream() {
                         self.outputs.push_back(Output::FinishStream);
                         self.stream_open = false;
                     }
@@ -85,7 +84,7 @@ impl Upgrade {
                 self.outputs.push_back(Output::Event(Event::SyncReceived {
                     attempt: self.attempt,
                 }));
-                if self.config.channel == RelayChannel::StreamPerAttempt {
+                if !self.on_shared_stream() {
                     // The exchange is over: our end of this attempt's
                     // stream is done, so its close is not a failure and
                     // the next stream is the next attempt.

@@ -20,12 +20,18 @@
 //! 4. A direct connection is kept only if its TLS handshake proves the
 //!    certificate pinned by the peer's `Hello` ([`Handshake::pin`]).
 //!
+//! All of this needs one relayed byte stream carrying every attempt, one
+//! after the other ([`Extension`]): the orchestrator then opens no stream
+//! per attempt, and a protocol error ends the whole upgrade, since the
+//! framing can no longer be trusted.
+//!
 //! This is a crate-private part of [`Upgrade`](crate::Upgrade), not a
 //! wrapper around it: the pin decides which direct connection the
 //! orchestrator may keep, and the attempt limit bounds the attempts it
-//! starts, so the two share the orchestrator's state. What the session
-//! adds is decided here, once, from the config at the start: an upgrade
-//! without a [`Handshake`] runs exactly the spec.
+//! starts, so the two share the orchestrator's state. Whether an upgrade
+//! runs the extension is decided once, from the config at the start; the
+//! orchestrator then asks its [`Extension`] (crate-private hooks), never
+//! the config's mode fields. An upgrade without one runs exactly the spec.
 //!
 //! # Wire format (session version [`HELLO_VERSION`] = 3)
 //!
@@ -56,6 +62,17 @@ use bytes::Bytes;
 use crate::codec::{self, FINGERPRINT_LEN};
 use crate::error::ProtocolError;
 use crate::output::Side;
+
+/// The dcutr-rs extension an upgrade runs under, decided once, at its
+/// start, from the config: the orchestrator asks this, never the config's
+/// mode fields. An upgrade without one runs exactly the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Extension {
+    /// The session handshake, when dcutr-rs checks who is at the other end
+    /// of a direct connection (pinned TLS); `None` when the caller's own
+    /// handshake does.
+    pub(crate) handshake: Option<Handshake>,
+}
 
 /// A certificate fingerprint: SHA-256 of a DER certificate.
 pub(crate) type Fingerprint = [u8; FINGERPRINT_LEN];

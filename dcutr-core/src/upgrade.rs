@@ -27,7 +27,7 @@ use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
-use crate::session::{Handshake, Pin};
+use crate::session::{Extension, Handshake, Pin};
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 use crate::timer::Timers;
 
@@ -175,9 +175,10 @@ pub struct Upgrade {
     pub(crate) decoder: FrameDecoder,
     pub(crate) stream_open: bool,
     pub(crate) relay_closed: bool,
-    /// The dcutr-rs session handshake (pinned TLS): `None` runs exactly
-    /// the spec. See [`crate::session`].
-    session: Option<Handshake>,
+    /// The dcutr-rs extension (one shared stream, and the session
+    /// handshake under pinned TLS): `None` runs exactly the spec. See
+    /// [`crate::session`].
+    extension: Option<Extension>,
     observed: ObservedAddrs,
     predictor: Box<dyn AddressPredictor>,
     /// Our NAT's behaviour, when the caller knows it: sent in Connect.
@@ -301,10 +302,12 @@ impl UpgradeBuilder {
         }
         let shared = self.config.channel == RelayChannel::SharedStream;
         let max_attempts = self.config.max_attempts;
-        let session = self
-            .fingerprint
-            .filter(|_| self.config.identity_check.is_checked())
-            .map(|fp| Handshake::new(self.side, max_attempts, fp));
+        let extension = shared.then(|| Extension {
+            handshake: self
+                .fingerprint
+                .filter(|_| self.config.identity_check.is_checked())
+                .map(|fp| Handshake::new(self.side, max_attempts, fp)),
+        });
         let mut up = Upgrade {
             side: self.side,
             decoder: FrameDecoder::new(self.config.max_message_size),
@@ -317,7 +320,7 @@ impl UpgradeBuilder {
             failures: Vec::new(),
             stream_open: shared,
             relay_closed: false,
-            session,
+            extension,
             observed,
             predictor: self.predictor,
             own_nat: self.nat.map(Box::new),
@@ -333,8 +336,8 @@ impl UpgradeBuilder {
         };
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
-        if let Some(session) = &up.session {
-            up.outputs.push_back(Output::WriteStream(session.hello()));
+        if let Some(handshake) = up.handshake() {
+            up.outputs.push_back(Output::WriteStream(handshake.hello()));
         }
         let dials_first =
             up.side == Side::Initiator && up.config.unilateral && !up.unilateral_targets.is_empty();
@@ -541,7 +544,7 @@ impl Upgrade {
     /// a shared stream, and with an identity check, it comes first, as the
     /// roles of the direct connection must be settled before it.
     pub(crate) fn unilateral_alongside(&self) -> bool {
-        !self.checks_identity() && self.config.channel == RelayChannel::StreamPerAttempt
+        self.extension.is_none()
     }
 
     /// Adds the usable, new ones of `addrs` to the unilateral targets,
@@ -575,7 +578,7 @@ impl Upgrade {
     /// [`Output::ResetStream`].
     pub fn handle_stream_opened(&mut self, now: Instant) {
         self.advance(now);
-        if self.config.channel == RelayChannel::SharedStream {
+        if self.on_shared_stream() {
             tracing::trace!("stream opened on a shared stream: ignored");
             return;
         }
@@ -601,12 +604,13 @@ impl Upgrade {
         if self.outcome().is_some() {
             return;
         }
-        match self.config.channel {
-            RelayChannel::StreamPerAttempt => match self.side {
-                Side::Initiator => self.initiator_stream_closed(),
-                Side::Responder => self.responder_stream_closed(was_open),
-            },
-            RelayChannel::SharedStream => self.relay_gone(),
+        if self.on_shared_stream() {
+            self.relay_gone();
+            return;
+        }
+        match self.side {
+            Side::Initiator => self.initiator_stream_closed(),
+            Side::Responder => self.responder_stream_closed(was_open),
         }
     }
 
@@ -826,8 +830,8 @@ impl Upgrade {
         if self.directs.get(id).is_none() {
             return;
         }
-        let mismatch = match (presented, &self.session) {
-            (Some(p), Some(session)) => session.pin(p) == Pin::Mismatch,
+        let mismatch = match (presented, self.handshake()) {
+            (Some(p), Some(handshake)) => handshake.pin(p) == Pin::Mismatch,
             _ => false,
         };
         let reason = if mismatch {
@@ -844,7 +848,7 @@ impl Upgrade {
     /// certificate a handshake presents and the core compares later.
     #[must_use]
     pub fn peer_fingerprint(&self) -> Option<[u8; FINGERPRINT_LEN]> {
-        self.session.as_ref().and_then(Handshake::peer_fingerprint)
+        self.handshake().and_then(Handshake::peer_fingerprint)
     }
 
     /// Our role on direct connection `id` while it is being set up or
@@ -892,13 +896,24 @@ impl Upgrade {
     /// TLS): a `Hello` opens the stream and both sides agree on the
     /// connection they keep.
     pub(crate) fn checks_identity(&self) -> bool {
-        self.session.is_some()
+        self.handshake().is_some()
+    }
+
+    /// Whether one relayed byte stream carries every attempt (the dcutr-rs
+    /// extension), rather than a stream per attempt (the spec).
+    pub(crate) fn on_shared_stream(&self) -> bool {
+        self.extension.is_some()
+    }
+
+    /// The session handshake, under pinned TLS.
+    fn handshake(&self) -> Option<&Handshake> {
+        self.extension.as_ref()?.handshake.as_ref()
     }
 
     /// Whether the peer's `Hello` is still due: it is the first frame of
     /// the stream when identities are checked.
     fn hello_due(&self) -> bool {
-        self.session.as_ref().is_some_and(Handshake::is_due)
+        self.handshake().is_some_and(Handshake::is_due)
             && !matches!(self.state, State::Draining { .. } | State::Done(_))
     }
 
@@ -915,10 +930,7 @@ impl Upgrade {
             }
             // On a shared stream the next attempt's Connect may arrive
             // while the responder still punches.
-            State::Punching(_)
-                if self.side == Side::Responder
-                    && self.config.channel == RelayChannel::SharedStream =>
-            {
+            State::Punching(_) if self.side == Side::Responder && self.on_shared_stream() => {
                 Expect::Message
             }
             _ => Expect::Nothing,
@@ -943,7 +955,7 @@ impl Upgrade {
     /// The peer's `Hello` (its frame's payload) arrived: the session
     /// handshake checks it, then the attempts start.
     fn on_hello(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
-        let Some(session) = self.session.as_mut() else {
+        let Some(session) = self.extension.as_mut().and_then(|e| e.handshake.as_mut()) else {
             // Only a session expects a Hello.
             return Err(ProtocolError::TrailingBytes { len: payload.len() });
         };
@@ -1049,7 +1061,7 @@ impl Upgrade {
     pub(crate) fn nothing_to_send(&mut self, dropped: RejectionCounts) {
         let reason = AttemptFailure::NothingToSend { dropped };
         tracing::debug!(side = %self.side, %reason, "no Connect sent");
-        let per_attempt = self.config.channel == RelayChannel::StreamPerAttempt;
+        let per_attempt = !self.on_shared_stream();
         if self.side == Side::Responder && per_attempt {
             if self.stream_open {
                 self.outputs.push_back(Output::ResetStream);
@@ -1074,7 +1086,7 @@ impl Upgrade {
 
     /// Ends the upgrade after an attempt that no retry could improve.
     pub(crate) fn give_up(&mut self, reason: AttemptFailure) {
-        if self.stream_open && self.config.channel == RelayChannel::StreamPerAttempt {
+        if self.stream_open && !self.on_shared_stream() {
             self.outputs.push_back(Output::ResetStream);
             self.stream_open = false;
         }
@@ -1277,10 +1289,7 @@ impl Upgrade {
     /// Pinned TLS: the other end of `id` proved it holds the certificate
     /// `presented`; keep it if that is the peer's.
     fn peer_certificate(&mut self, id: DirectId, presented: [u8; FINGERPRINT_LEN]) {
-        let pin = self
-            .session
-            .as_ref()
-            .map_or(Pin::Unknown, |s| s.pin(presented));
+        let pin = self.handshake().map_or(Pin::Unknown, |h| h.pin(presented));
         match pin {
             Pin::Matches => self.after_checks(id),
             Pin::Mismatch => self.reject(id, DirectRejection::IdentityMismatch),
@@ -1435,7 +1444,7 @@ impl Upgrade {
         }
         self.stream_open = false;
         self.decoder = FrameDecoder::new(self.config.max_message_size);
-        if self.config.channel == RelayChannel::SharedStream {
+        if self.on_shared_stream() {
             self.relay_closed = true;
             self.final_failure(Failure::Protocol(err));
             return;
@@ -1577,7 +1586,7 @@ impl Upgrade {
             }
         }
         if self.stream_open
-            && self.config.channel == RelayChannel::StreamPerAttempt
+            && !self.on_shared_stream()
             && matches!(
                 self.state,
                 State::AwaitStream
