@@ -6,6 +6,16 @@ use crate::error::{AttemptFailure, ProtocolError};
 use crate::output::{Event, Output, TimerKind};
 use crate::upgrade::{PeerAddrs, State, Upgrade};
 
+/// Where the responder's exchange of one attempt stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Responding {
+    /// Waiting for a Connect (first or next attempt).
+    AwaitConnect,
+    /// Connect answered, waiting for Sync; `peer` is what the initiator's
+    /// Connect named.
+    AwaitSync { peer: PeerAddrs },
+}
+
 impl Upgrade {
     /// Waits for the first Connect. The initiator may first spend its
     /// unilateral dial, so the wait covers that too, whatever our own
@@ -19,7 +29,7 @@ impl Upgrade {
             self.give_up(crate::error::AttemptFailure::NothingToSend { dropped });
             return;
         }
-        self.state = State::AwaitPeerConnect;
+        self.state = State::Responder(Responding::AwaitConnect);
         let wait = self.config.step_timeout + self.config.unilateral_timeout;
         self.timers.set(TimerKind::StepTimeout, self.now + wait);
     }
@@ -28,14 +38,17 @@ impl Upgrade {
     /// own direct phase is over, which can end up to a direct timeout
     /// after ours.
     pub(crate) fn await_next_attempt(&mut self) {
-        self.state = State::AwaitPeerConnect;
+        self.state = State::Responder(Responding::AwaitConnect);
         let wait = self.config.direct_timeout + self.config.step_timeout;
         self.timers.set(TimerKind::StepTimeout, self.now + wait);
     }
 
     pub(crate) fn responder_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
         match (&self.state, msg) {
-            (State::AwaitPeerConnect | State::Punching(_), Message::Connect(raw)) => {
+            (
+                State::Responder(Responding::AwaitConnect) | State::Punching(_),
+                Message::Connect(raw),
+            ) => {
                 if self.attempt >= self.max_attempts {
                     return Err(ProtocolError::TooManyAttempts {
                         attempt: self.attempt.saturating_add(1),
@@ -70,12 +83,12 @@ impl Upgrade {
                     self.final_failure(crate::error::Failure::GaveUp { attempts });
                     return Ok(());
                 }
-                self.state = State::AwaitSync { peer };
+                self.state = State::Responder(Responding::AwaitSync { peer });
                 self.timers
                     .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
                 Ok(())
             }
-            (State::AwaitSync { .. }, Message::Sync) => {
+            (State::Responder(Responding::AwaitSync { .. }), Message::Sync) => {
                 self.timers.clear(TimerKind::StepTimeout);
                 if let Some(a) = self.timeline.attempt_mut() {
                     a.sync = Some(self.now);
@@ -93,7 +106,7 @@ impl Upgrade {
                 }
                 // This arm matched AwaitSync: its addresses are the punch's.
                 let peer = match &mut self.state {
-                    State::AwaitSync { peer } => std::mem::take(peer),
+                    State::Responder(Responding::AwaitSync { peer }) => std::mem::take(peer),
                     _ => PeerAddrs::default(),
                 };
                 self.punch(peer);
@@ -108,7 +121,7 @@ impl Upgrade {
 
     /// The initiator opened a new stream (per-attempt streams).
     pub(crate) fn responder_stream_opened(&mut self) {
-        if self.state == State::AwaitPeerConnect && self.stream_open {
+        if self.state == State::Responder(Responding::AwaitConnect) && self.stream_open {
             // The previous stream never carried a Connect. It counts as a
             // failed attempt, or a peer could open streams forever.
             self.responder_stream_closed(true);
@@ -117,8 +130,11 @@ impl Upgrade {
                 return;
             }
         }
-        let attempt_running = matches!(self.state, State::AwaitSync { .. } | State::Punching(_));
-        if self.state == State::AwaitPeerConnect || attempt_running {
+        let attempt_running = matches!(
+            self.state,
+            State::Responder(Responding::AwaitSync { .. }) | State::Punching(_)
+        );
+        if self.state == State::Responder(Responding::AwaitConnect) || attempt_running {
             if self.attempt >= self.max_attempts {
                 self.outputs.push_back(Output::ResetStream);
                 return;
@@ -127,7 +143,7 @@ impl Upgrade {
                 // One exchange at a time: the newer stream wins.
                 self.abandon_attempt(AttemptFailure::Superseded);
             }
-            self.state = State::AwaitPeerConnect;
+            self.state = State::Responder(Responding::AwaitConnect);
             self.stream_open = true;
             self.timers
                 .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
@@ -139,11 +155,11 @@ impl Upgrade {
     /// The relayed stream closed (per-attempt streams).
     pub(crate) fn responder_stream_closed(&mut self, was_open: bool) {
         match self.state {
-            State::AwaitSync { .. } => {
+            State::Responder(Responding::AwaitSync { .. }) => {
                 let err = ProtocolError::StreamClosed { step: self.step() };
                 self.fail_attempt(AttemptFailure::Protocol(err));
             }
-            State::AwaitPeerConnect if was_open => {
+            State::Responder(Responding::AwaitConnect) if was_open => {
                 let err = ProtocolError::StreamClosed { step: self.step() };
                 self.begin_attempt_record();
                 self.fail_attempt(AttemptFailure::Protocol(err));

@@ -31,31 +31,26 @@ use crate::session::{Extension, Handshake, Pin};
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 use crate::timer::Timers;
 
+pub(crate) use crate::initiator::Initiating;
+pub(crate) use crate::responder::Responding;
+
 /// Output slots kept allocated between bursts (at least; a spray round to
 /// more targets keeps room for itself).
 const OUTPUT_QUEUE_RETAINED: usize = 8;
 
-/// Where one upgrade stands. What only one phase has lives in its
-/// variant: the peer's addresses only between its Connect and the punch,
-/// the punch's dials and spray only while punching, and a failure waiting
-/// for the last identity checks only while draining.
+/// Where one upgrade stands. Each role's exchange is its own enum
+/// ([`Initiating`], [`Responding`]), and what only one phase has lives in
+/// its variant: the peer's addresses only between its Connect and the
+/// punch, the punch's dials and spray only while punching, and a failure
+/// waiting for the last identity checks only while draining.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum State {
     /// Identity check: waiting for the peer's `Hello`.
     AwaitHello,
-    /// Initiator: the unilateral dial is running.
-    Unilateral,
-    /// Initiator: waiting for the attempt's stream to open.
-    AwaitStream,
-    /// Initiator: Connect sent at `sent_at`, waiting for the peer's.
-    AwaitConnect { sent_at: Instant },
-    /// Responder: waiting for a Connect (first or next attempt).
-    AwaitPeerConnect,
-    /// Responder: Connect answered, waiting for Sync; `peer` is what the
-    /// initiator's Connect named.
-    AwaitSync { peer: PeerAddrs },
-    /// Initiator: Sync sent, waiting rtt/2 before punching `peer`.
-    SyncDelay { peer: PeerAddrs },
+    /// The initiator's exchange of the current attempt.
+    Initiator(Initiating),
+    /// The responder's exchange of the current attempt.
+    Responder(Responding),
     /// Dials and spray of the current attempt are in flight.
     Punching(Punch),
     /// Every attempt is over; identity checks still running may win.
@@ -517,9 +512,9 @@ impl Upgrade {
         let fresh = self.add_unilateral_targets(addrs);
         let exchange_running = matches!(
             self.state,
-            State::AwaitStream
-                | State::AwaitConnect { .. }
-                | State::SyncDelay { .. }
+            State::Initiator(Initiating::AwaitStream)
+                | State::Initiator(Initiating::AwaitConnect { .. })
+                | State::Initiator(Initiating::SyncDelay { .. })
                 | State::Punching(_)
         );
         if self.unilateral_alongside() && exchange_running {
@@ -633,13 +628,15 @@ impl Upgrade {
         let step = self.step();
         match self.state {
             State::AwaitHello
-            | State::AwaitStream
-            | State::AwaitConnect { .. }
-            | State::AwaitSync { .. } => self.final_failure(Failure::RelayClosed { step }),
-            State::AwaitPeerConnect if self.attempt == 0 => {
+            | State::Initiator(Initiating::AwaitStream)
+            | State::Initiator(Initiating::AwaitConnect { .. })
+            | State::Responder(Responding::AwaitSync { .. }) => {
+                self.final_failure(Failure::RelayClosed { step })
+            }
+            State::Responder(Responding::AwaitConnect) if self.attempt == 0 => {
                 self.final_failure(Failure::RelayClosed { step });
             }
-            State::AwaitPeerConnect => {
+            State::Responder(Responding::AwaitConnect) => {
                 let attempts = self.failures.clone();
                 self.final_failure(Failure::PeerGaveUp { attempts });
             }
@@ -925,9 +922,9 @@ impl Upgrade {
             return Expect::Hello;
         }
         match self.state {
-            State::AwaitConnect { .. } | State::AwaitPeerConnect | State::AwaitSync { .. } => {
-                Expect::Message
-            }
+            State::Initiator(Initiating::AwaitConnect { .. })
+            | State::Responder(Responding::AwaitConnect)
+            | State::Responder(Responding::AwaitSync { .. }) => Expect::Message,
             // On a shared stream the next attempt's Connect may arrive
             // while the responder still punches.
             State::Punching(_) if self.side == Side::Responder && self.on_shared_stream() => {
@@ -943,11 +940,11 @@ impl Upgrade {
             return Step::Hello;
         }
         match self.state {
-            State::AwaitStream => Step::OpenStream,
-            State::AwaitConnect { .. } => Step::Connect,
-            State::AwaitPeerConnect if self.attempt == 0 => Step::Connect,
-            State::AwaitPeerConnect => Step::NextAttempt,
-            State::AwaitSync { .. } => Step::Sync,
+            State::Initiator(Initiating::AwaitStream) => Step::OpenStream,
+            State::Initiator(Initiating::AwaitConnect { .. }) => Step::Connect,
+            State::Responder(Responding::AwaitConnect) if self.attempt == 0 => Step::Connect,
+            State::Responder(Responding::AwaitConnect) => Step::NextAttempt,
+            State::Responder(Responding::AwaitSync { .. }) => Step::Sync,
             _ => Step::Done,
         }
     }
@@ -1130,7 +1127,8 @@ impl Upgrade {
     /// and the punch.
     fn peer_addrs(&self) -> Option<&PeerAddrs> {
         match &self.state {
-            State::AwaitSync { peer } | State::SyncDelay { peer } => Some(peer),
+            State::Responder(Responding::AwaitSync { peer })
+            | State::Initiator(Initiating::SyncDelay { peer }) => Some(peer),
             _ => None,
         }
     }
@@ -1390,7 +1388,7 @@ impl Upgrade {
             TimerKind::StepTimeout => self.step_timed_out(),
             TimerKind::Unilateral => self.unilateral_over(),
             TimerKind::SyncDelay => {
-                if let State::SyncDelay { peer } = &mut self.state {
+                if let State::Initiator(Initiating::SyncDelay { peer }) = &mut self.state {
                     let peer = std::mem::take(peer);
                     self.punch(peer);
                 }
@@ -1420,7 +1418,7 @@ impl Upgrade {
             return;
         }
         match self.state {
-            State::AwaitPeerConnect => {
+            State::Responder(Responding::AwaitConnect) => {
                 tracing::debug!(
                     attempts = self.attempt,
                     "the initiator started no further attempt"
@@ -1429,9 +1427,9 @@ impl Upgrade {
                 self.final_failure(Failure::PeerGaveUp { attempts });
             }
             State::AwaitHello
-            | State::AwaitStream
-            | State::AwaitConnect { .. }
-            | State::AwaitSync { .. } => self.protocol_error(err),
+            | State::Initiator(Initiating::AwaitStream)
+            | State::Initiator(Initiating::AwaitConnect { .. })
+            | State::Responder(Responding::AwaitSync { .. }) => self.protocol_error(err),
             _ => {}
         }
     }
@@ -1439,7 +1437,7 @@ impl Upgrade {
     /// The peer broke the protocol or the stream failed.
     pub(crate) fn protocol_error(&mut self, err: ProtocolError) {
         tracing::debug!(side = %self.side, %err, step = %self.step(), "protocol error");
-        if self.stream_open || self.state == State::AwaitStream {
+        if self.stream_open || self.state == State::Initiator(Initiating::AwaitStream) {
             self.outputs.push_back(Output::ResetStream);
         }
         self.stream_open = false;
@@ -1455,7 +1453,7 @@ impl Upgrade {
             // of failures without bound.
             return;
         }
-        if self.state == State::AwaitPeerConnect {
+        if self.state == State::Responder(Responding::AwaitConnect) {
             // A stream that breaks before its Connect still counts as an
             // attempt, so a hostile initiator cannot open streams forever.
             self.begin_attempt_record();
@@ -1589,10 +1587,10 @@ impl Upgrade {
             && !self.on_shared_stream()
             && matches!(
                 self.state,
-                State::AwaitStream
-                    | State::AwaitConnect { .. }
-                    | State::AwaitPeerConnect
-                    | State::AwaitSync { .. }
+                State::Initiator(Initiating::AwaitStream)
+                    | State::Initiator(Initiating::AwaitConnect { .. })
+                    | State::Responder(Responding::AwaitConnect)
+                    | State::Responder(Responding::AwaitSync { .. })
             )
         {
             self.outputs.push_back(Output::ResetStream);
@@ -1630,7 +1628,9 @@ impl Upgrade {
                 let failure = failure.clone();
                 self.finish(Outcome::Failed(failure));
             }
-            State::Unilateral if !self.directs.iter().any(|d| d.attempt == 0) => {
+            State::Initiator(Initiating::Unilateral)
+                if !self.directs.iter().any(|d| d.attempt == 0) =>
+            {
                 self.unilateral_over();
             }
             State::Punching(ref punch) => {
@@ -1668,7 +1668,7 @@ impl Upgrade {
     /// A unilateral dial running alongside the exchange is over once none
     /// of its dials is left: record it, once.
     fn note_unilateral_over(&mut self) {
-        if self.state == State::Unilateral
+        if self.state == State::Initiator(Initiating::Unilateral)
             || !self.unilateral_running
             || self
                 .directs
@@ -1688,7 +1688,7 @@ impl Upgrade {
 
     /// Ends the unilateral dial and starts hole punching.
     pub(crate) fn unilateral_over(&mut self) {
-        if self.state != State::Unilateral {
+        if self.state != State::Initiator(Initiating::Unilateral) {
             return;
         }
         for d in self.directs.drain_where(|d| d.attempt == 0) {
