@@ -115,8 +115,14 @@ pub(crate) struct Punch {
 /// * **Inputs (`handle_*`):** [`handle_stream_opened`],
 ///   [`handle_stream_data`], [`handle_stream_closed`],
 ///   [`handle_dial_succeeded`], [`handle_dial_failed`], [`handle_inbound`],
-///   [`handle_direct_data`], [`handle_direct_closed`], [`handle_timeout`];
-///   also [`observe_local`] for a newly observed address of ours.
+///   [`handle_direct_closed`], [`handle_relay_closed`],
+///   [`handle_remote_public_addrs`], [`handle_timeout`]; also
+///   [`observe_local`] for a newly observed address of ours.
+/// * **Session extension inputs** (pinned TLS on a shared stream, see
+///   `session.rs`; a spec upgrade never needs them):
+///   [`handle_direct_authenticated`], [`handle_direct_handshake_failed`],
+///   [`handle_direct_data`] (the select byte); getters
+///   [`peer_fingerprint`] and [`direct_role`].
 /// * **Outputs (`poll_*`):** [`poll_output`] and [`poll_timeout`].
 /// * **Getters:** [`outcome`], [`timeline`], [`is_finished`],
 ///   [`stream_bytes_wanted`], [`direct_bytes_wanted`], [`side`].
@@ -146,7 +152,13 @@ pub(crate) struct Punch {
 /// [`handle_direct_data`]: Upgrade::handle_direct_data
 /// [`handle_direct_closed`]: Upgrade::handle_direct_closed
 /// [`handle_timeout`]: Upgrade::handle_timeout
+/// [`handle_direct_authenticated`]: Upgrade::handle_direct_authenticated
+/// [`handle_direct_handshake_failed`]: Upgrade::handle_direct_handshake_failed
+/// [`peer_fingerprint`]: Upgrade::peer_fingerprint
+/// [`direct_role`]: Upgrade::direct_role
 /// [`observe_local`]: Upgrade::observe_local
+/// [`handle_relay_closed`]: Upgrade::handle_relay_closed
+/// [`handle_remote_public_addrs`]: Upgrade::handle_remote_public_addrs
 /// [`poll_output`]: Upgrade::poll_output
 /// [`poll_timeout`]: Upgrade::poll_timeout
 /// [`outcome`]: Upgrade::outcome
