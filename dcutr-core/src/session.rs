@@ -2,7 +2,7 @@
 //!
 //! A stock libp2p peer only ever meets the spec's DCUtR: a stream per
 //! attempt carrying `Connect` and `Sync`, and a direct connection that the
-//! caller authenticates. With [`IdentityCheck::PinnedTls`] (standalone
+//! caller authenticates. With [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls) (standalone
 //! adapters, dcutr-rs on both ends) an upgrade also runs a session
 //! handshake, held here:
 //!
@@ -32,6 +32,11 @@
 //! runs the extension is decided once, from the config at the start; the
 //! orchestrator then asks its [`Extension`] (crate-private hooks), never
 //! the config's mode fields. An upgrade without one runs exactly the spec.
+//! The extension's inputs (`handle_direct_authenticated`,
+//! `handle_direct_handshake_failed`, `handle_direct_data`), its getters
+//! and its handling of the peer's `Hello` are the `impl Upgrade` block of
+//! this module, as the roles' exchanges are those of `initiator.rs` and
+//! `responder.rs`.
 //!
 //! # Wire format (session version [`HELLO_VERSION`] = 3)
 //!
@@ -52,16 +57,20 @@
 //! Field 1 (a bearer token, versions 1 and 2) is no longer sent and is
 //! skipped if received. Unknown fields are skipped, as protobuf does.
 //!
-//! [`IdentityCheck::PinnedTls`]: crate::settings::IdentityCheck::PinnedTls
+//! [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): crate::settings::IdentityCheck::PinnedTls
 //! [`CodecError::UnsupportedHelloVersion`]: crate::reason::CodecError::UnsupportedHelloVersion
 //! [`ProtocolError::SameSide`]: crate::ProtocolError::SameSide
 //! [`HELLO_VERSION`]: crate::settings::HELLO_VERSION
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use crate::codec::{self, FINGERPRINT_LEN};
+use crate::direct::{self, DirectState};
 use crate::error::ProtocolError;
-use crate::output::Side;
+use crate::output::{DirectId, DirectRejection, Event, Output, Role, Side, TimerKind};
+use crate::upgrade::{State, Upgrade};
 
 /// The dcutr-rs extension an upgrade runs under, decided once, at its
 /// start, from the config: the orchestrator asks this, never the config's
@@ -155,6 +164,182 @@ impl Handshake {
             Some(pinned) if pinned == presented => Pin::Matches,
             Some(_) => Pin::Mismatch,
             None => Pin::Unknown,
+        }
+    }
+}
+
+/// The session extension's part of the orchestrator: its inputs (the
+/// pinned-TLS handshake results, the select byte), the peer's `Hello`, and
+/// the hooks the rest of [`Upgrade`] asks instead of the config's modes.
+impl Upgrade {
+    /// Bytes arrived on direct connection `id`: the server's select byte,
+    /// on the client, under [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls). Anything else
+    /// (more bytes, or bytes the core did not ask for with
+    /// [`Upgrade::direct_bytes_wanted`]) rejects the connection.
+    pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
+        self.advance(now);
+        if data.is_empty() {
+            return;
+        }
+        let Some(d) = self.directs.get(id) else {
+            return;
+        };
+        if d.state == DirectState::AwaitingSelect && data == [direct::SELECT] {
+            self.win(id);
+        } else {
+            self.reject(id, DirectRejection::Oversized);
+        }
+    }
+
+    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): the TLS handshake on direct connection
+    /// `id` completed, and the other end proved it holds the certificate
+    /// whose SHA-256 is `fingerprint`. The connection goes on only if that
+    /// is the fingerprint from the peer's `Hello` (once it has arrived);
+    /// otherwise it is rejected with [`DirectRejection::IdentityMismatch`].
+    pub fn handle_direct_authenticated(
+        &mut self,
+        now: Instant,
+        id: DirectId,
+        fingerprint: [u8; FINGERPRINT_LEN],
+    ) {
+        self.advance(now);
+        match self.directs.get(id).map(|d| d.state) {
+            Some(DirectState::Handshaking) => self.peer_certificate(id, fingerprint),
+            _ => tracing::trace!(%id, "handshake result for no handshake in progress"),
+        }
+    }
+
+    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): the TLS handshake on direct connection
+    /// `id` failed. `presented` is the fingerprint of the certificate the
+    /// other end presented, if it got that far: a certificate other than
+    /// the pinned one is [`DirectRejection::IdentityMismatch`], anything
+    /// else [`DirectRejection::HandshakeFailed`].
+    pub fn handle_direct_handshake_failed(
+        &mut self,
+        now: Instant,
+        id: DirectId,
+        presented: Option<[u8; FINGERPRINT_LEN]>,
+    ) {
+        self.advance(now);
+        if self.directs.get(id).is_none() {
+            return;
+        }
+        let mismatch = match (presented, self.handshake()) {
+            (Some(p), Some(handshake)) => handshake.pin(p) == Pin::Mismatch,
+            _ => false,
+        };
+        let reason = if mismatch {
+            DirectRejection::IdentityMismatch
+        } else {
+            DirectRejection::HandshakeFailed
+        };
+        self.reject(id, reason);
+    }
+
+    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): the fingerprint of the peer's
+    /// certificate, from its `Hello`, once that arrived. A carrier pins it
+    /// in its TLS verifiers; before it is known, it reports whatever
+    /// certificate a handshake presents and the core compares later.
+    #[must_use]
+    pub fn peer_fingerprint(&self) -> Option<[u8; FINGERPRINT_LEN]> {
+        self.handshake().and_then(Handshake::peer_fingerprint)
+    }
+
+    /// Our role on direct connection `id` while it is being set up or
+    /// checked: under [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls) the carrier takes the
+    /// TLS client's part where this is [`Role::Client`].
+    #[must_use]
+    pub fn direct_role(&self, id: DirectId) -> Option<Role> {
+        self.directs.get(id).map(|d| d.role)
+    }
+
+    /// Whether dcutr-rs checks identities on direct connections (pinned
+    /// TLS): a `Hello` opens the stream and both sides agree on the
+    /// connection they keep.
+    pub(crate) fn checks_identity(&self) -> bool {
+        self.handshake().is_some()
+    }
+
+    /// Whether one relayed byte stream carries every attempt (the dcutr-rs
+    /// extension), rather than a stream per attempt (the spec).
+    pub(crate) fn on_shared_stream(&self) -> bool {
+        self.extension.is_some()
+    }
+
+    /// The session handshake, under pinned TLS.
+    pub(crate) fn handshake(&self) -> Option<&Handshake> {
+        self.extension.as_ref()?.handshake.as_ref()
+    }
+
+    /// Whether the peer's `Hello` is still due: it is the first frame of
+    /// the stream when identities are checked.
+    pub(crate) fn hello_due(&self) -> bool {
+        self.handshake().is_some_and(Handshake::is_due)
+            && !matches!(self.state, State::Draining { .. } | State::Done(_))
+    }
+
+    /// The peer's `Hello` (its frame's payload) arrived: the session
+    /// handshake checks it, then the attempts start.
+    pub(crate) fn on_hello(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+        let Some(session) = self.extension.as_mut().and_then(|e| e.handshake.as_mut()) else {
+            // Only a session expects a Hello.
+            return Err(ProtocolError::TrailingBytes { len: payload.len() });
+        };
+        // A shared stream must end after the same attempt on both sides.
+        self.max_attempts = self.max_attempts.min(session.receive(payload)?);
+        self.outputs.push_back(Output::Event(Event::HelloReceived));
+        // Handshakes that completed before the pin arrived are judged now.
+        let handshaken: Vec<(DirectId, [u8; FINGERPRINT_LEN])> = self
+            .directs
+            .iter()
+            .filter_map(|d| match d.state {
+                DirectState::AwaitingPeerFingerprint { presented } => Some((d.id, presented)),
+                _ => None,
+            })
+            .collect();
+        for (id, presented) in handshaken {
+            self.peer_certificate(id, presented);
+            if self.outcome().is_some() {
+                return Ok(());
+            }
+        }
+        if self.state == State::AwaitHello {
+            self.timers.clear(TimerKind::StepTimeout);
+            self.begin();
+        }
+        Ok(())
+    }
+
+    /// Pinned TLS: the other end of `id` proved it holds the certificate
+    /// `presented`; keep it if that is the peer's.
+    fn peer_certificate(&mut self, id: DirectId, presented: [u8; FINGERPRINT_LEN]) {
+        let pin = self.handshake().map_or(Pin::Unknown, |h| h.pin(presented));
+        match pin {
+            Pin::Matches => self.after_checks(id),
+            Pin::Mismatch => self.reject(id, DirectRejection::IdentityMismatch),
+            Pin::Unknown => {
+                if let Some(d) = self.directs.get_mut(id) {
+                    d.state = DirectState::AwaitingPeerFingerprint { presented };
+                }
+            }
+        }
+    }
+
+    /// Both checks are done on `id`: the server selects it, the client
+    /// waits for the selection.
+    fn after_checks(&mut self, id: DirectId) {
+        let Some(d) = self.directs.get_mut(id) else {
+            return;
+        };
+        match d.role {
+            Role::Server => {
+                self.outputs.push_back(Output::WriteDirect {
+                    id,
+                    data: Bytes::from_static(&[direct::SELECT]),
+                });
+                self.win(id);
+            }
+            Role::Client => d.state = DirectState::AwaitingSelect,
         }
     }
 }

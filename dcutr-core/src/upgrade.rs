@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,7 +26,7 @@ use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
-use crate::session::{Extension, Handshake, Pin};
+use crate::session::{Extension, Handshake};
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 use crate::timer::Timers;
 
@@ -185,7 +184,7 @@ pub struct Upgrade {
     /// The dcutr-rs extension (one shared stream, and the session
     /// handshake under pinned TLS): `None` runs exactly the spec. See
     /// [`crate::session`].
-    extension: Option<Extension>,
+    pub(crate) extension: Option<Extension>,
     observed: ObservedAddrs,
     predictor: Box<dyn AddressPredictor>,
     /// Our NAT's behaviour, when the caller knows it: sent in Connect.
@@ -197,7 +196,7 @@ pub struct Upgrade {
     /// Responder: whether any Connect arrived yet (decides the role of
     /// inbound connections).
     pub(crate) seen_connect: bool,
-    directs: Directs,
+    pub(crate) directs: Directs,
     /// Dials made in this upgrade, for [`Config::max_dials_per_upgrade`].
     pub(crate) dials_made: usize,
     /// A unilateral dial is running and its end is not recorded yet.
@@ -787,87 +786,6 @@ impl Upgrade {
         Ok(id)
     }
 
-    /// Bytes arrived on direct connection `id`: the server's select byte,
-    /// on the client, under [`IdentityCheck::PinnedTls`]. Anything else
-    /// (more bytes, or bytes the core did not ask for with
-    /// [`Upgrade::direct_bytes_wanted`]) rejects the connection.
-    pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
-        self.advance(now);
-        if data.is_empty() {
-            return;
-        }
-        let Some(d) = self.directs.get(id) else {
-            return;
-        };
-        if d.state == DirectState::AwaitingSelect && data == [direct::SELECT] {
-            self.win(id);
-        } else {
-            self.reject(id, DirectRejection::Oversized);
-        }
-    }
-
-    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
-    /// `id` completed, and the other end proved it holds the certificate
-    /// whose SHA-256 is `fingerprint`. The connection goes on only if that
-    /// is the fingerprint from the peer's `Hello` (once it has arrived);
-    /// otherwise it is rejected with [`DirectRejection::IdentityMismatch`].
-    pub fn handle_direct_authenticated(
-        &mut self,
-        now: Instant,
-        id: DirectId,
-        fingerprint: [u8; FINGERPRINT_LEN],
-    ) {
-        self.advance(now);
-        match self.directs.get(id).map(|d| d.state) {
-            Some(DirectState::Handshaking) => self.peer_certificate(id, fingerprint),
-            _ => tracing::trace!(%id, "handshake result for no handshake in progress"),
-        }
-    }
-
-    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
-    /// `id` failed. `presented` is the fingerprint of the certificate the
-    /// other end presented, if it got that far: a certificate other than
-    /// the pinned one is [`DirectRejection::IdentityMismatch`], anything
-    /// else [`DirectRejection::HandshakeFailed`].
-    pub fn handle_direct_handshake_failed(
-        &mut self,
-        now: Instant,
-        id: DirectId,
-        presented: Option<[u8; FINGERPRINT_LEN]>,
-    ) {
-        self.advance(now);
-        if self.directs.get(id).is_none() {
-            return;
-        }
-        let mismatch = match (presented, self.handshake()) {
-            (Some(p), Some(handshake)) => handshake.pin(p) == Pin::Mismatch,
-            _ => false,
-        };
-        let reason = if mismatch {
-            DirectRejection::IdentityMismatch
-        } else {
-            DirectRejection::HandshakeFailed
-        };
-        self.reject(id, reason);
-    }
-
-    /// [`IdentityCheck::PinnedTls`]: the fingerprint of the peer's
-    /// certificate, from its `Hello`, once that arrived. A carrier pins it
-    /// in its TLS verifiers; before it is known, it reports whatever
-    /// certificate a handshake presents and the core compares later.
-    #[must_use]
-    pub fn peer_fingerprint(&self) -> Option<[u8; FINGERPRINT_LEN]> {
-        self.handshake().and_then(Handshake::peer_fingerprint)
-    }
-
-    /// Our role on direct connection `id` while it is being set up or
-    /// checked: under [`IdentityCheck::PinnedTls`] the carrier takes the
-    /// TLS client's part where this is [`Role::Client`].
-    #[must_use]
-    pub fn direct_role(&self, id: DirectId) -> Option<Role> {
-        self.directs.get(id).map(|d| d.role)
-    }
-
     /// Direct connection `id` closed (before it won, or we do not care).
     pub fn handle_direct_closed(&mut self, now: Instant, id: DirectId) {
         self.advance(now);
@@ -894,36 +812,11 @@ impl Upgrade {
 
     // ----- shared machinery ----------------------------------------------
 
-    fn advance(&mut self, now: Instant) {
+    pub(crate) fn advance(&mut self, now: Instant) {
         if now < self.now {
             tracing::debug!("time went backwards; using the latest time seen");
         }
         self.now = self.now.max(now);
-    }
-
-    /// Whether dcutr-rs checks identities on direct connections (pinned
-    /// TLS): a `Hello` opens the stream and both sides agree on the
-    /// connection they keep.
-    pub(crate) fn checks_identity(&self) -> bool {
-        self.handshake().is_some()
-    }
-
-    /// Whether one relayed byte stream carries every attempt (the dcutr-rs
-    /// extension), rather than a stream per attempt (the spec).
-    pub(crate) fn on_shared_stream(&self) -> bool {
-        self.extension.is_some()
-    }
-
-    /// The session handshake, under pinned TLS.
-    fn handshake(&self) -> Option<&Handshake> {
-        self.extension.as_ref()?.handshake.as_ref()
-    }
-
-    /// Whether the peer's `Hello` is still due: it is the first frame of
-    /// the stream when identities are checked.
-    fn hello_due(&self) -> bool {
-        self.handshake().is_some_and(Handshake::is_due)
-            && !matches!(self.state, State::Draining { .. } | State::Done(_))
     }
 
     pub(crate) fn expecting(&self) -> Expect {
@@ -961,40 +854,8 @@ impl Upgrade {
         }
     }
 
-    /// The peer's `Hello` (its frame's payload) arrived: the session
-    /// handshake checks it, then the attempts start.
-    fn on_hello(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
-        let Some(session) = self.extension.as_mut().and_then(|e| e.handshake.as_mut()) else {
-            // Only a session expects a Hello.
-            return Err(ProtocolError::TrailingBytes { len: payload.len() });
-        };
-        // A shared stream must end after the same attempt on both sides.
-        self.max_attempts = self.max_attempts.min(session.receive(payload)?);
-        self.outputs.push_back(Output::Event(Event::HelloReceived));
-        // Handshakes that completed before the pin arrived are judged now.
-        let handshaken: Vec<(DirectId, [u8; FINGERPRINT_LEN])> = self
-            .directs
-            .iter()
-            .filter_map(|d| match d.state {
-                DirectState::AwaitingPeerFingerprint { presented } => Some((d.id, presented)),
-                _ => None,
-            })
-            .collect();
-        for (id, presented) in handshaken {
-            self.peer_certificate(id, presented);
-            if self.outcome().is_some() {
-                return Ok(());
-            }
-        }
-        if self.state == State::AwaitHello {
-            self.timers.clear(TimerKind::StepTimeout);
-            self.begin();
-        }
-        Ok(())
-    }
-
     /// Starts the role's work once any `Hello` exchange is done.
-    fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         match self.side {
             Side::Initiator => self.initiator_begin(),
             Side::Responder => self.responder_begin(),
@@ -1296,40 +1157,7 @@ impl Upgrade {
         }
     }
 
-    /// Pinned TLS: the other end of `id` proved it holds the certificate
-    /// `presented`; keep it if that is the peer's.
-    fn peer_certificate(&mut self, id: DirectId, presented: [u8; FINGERPRINT_LEN]) {
-        let pin = self.handshake().map_or(Pin::Unknown, |h| h.pin(presented));
-        match pin {
-            Pin::Matches => self.after_checks(id),
-            Pin::Mismatch => self.reject(id, DirectRejection::IdentityMismatch),
-            Pin::Unknown => {
-                if let Some(d) = self.directs.get_mut(id) {
-                    d.state = DirectState::AwaitingPeerFingerprint { presented };
-                }
-            }
-        }
-    }
-
-    /// Both checks are done on `id`: the server selects it, the client
-    /// waits for the selection.
-    fn after_checks(&mut self, id: DirectId) {
-        let Some(d) = self.directs.get_mut(id) else {
-            return;
-        };
-        match d.role {
-            Role::Server => {
-                self.outputs.push_back(Output::WriteDirect {
-                    id,
-                    data: Bytes::from_static(&[direct::SELECT]),
-                });
-                self.win(id);
-            }
-            Role::Client => d.state = DirectState::AwaitingSelect,
-        }
-    }
-
-    fn reject(&mut self, id: DirectId, reason: DirectRejection) {
+    pub(crate) fn reject(&mut self, id: DirectId, reason: DirectRejection) {
         let Some(d) = self.directs.remove(id) else {
             return;
         };
@@ -1349,7 +1177,7 @@ impl Upgrade {
         self.check_progress();
     }
 
-    fn win(&mut self, id: DirectId) {
+    pub(crate) fn win(&mut self, id: DirectId) {
         let Some(d) = self.directs.remove(id) else {
             return;
         };
