@@ -2,7 +2,7 @@
 //!
 //! A stock libp2p peer only ever meets the spec's DCUtR: a stream per
 //! attempt carrying `Connect` and `Sync`, and a direct connection that the
-//! caller authenticates. With [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls) (standalone
+//! caller authenticates. With [`IdentityCheck::PinnedTls`] (standalone
 //! adapters, dcutr-rs on both ends) an upgrade also runs a session
 //! handshake, held here:
 //!
@@ -25,7 +25,7 @@
 //! per attempt, and a protocol error ends the whole upgrade, since the
 //! framing can no longer be trusted.
 //!
-//! This is a crate-private part of [`Upgrade`](crate::Upgrade), not a
+//! This is a crate-private part of [`Upgrade`], not a
 //! wrapper around it: the pin decides which direct connection the
 //! orchestrator may keep, and the attempt limit bounds the attempts it
 //! starts, so the two share the orchestrator's state. Whether an upgrade
@@ -42,7 +42,7 @@
 //!
 //! One frame, framed like every DCUtR message: an unsigned-varint length,
 //! then a protobuf message (`Hello`, see `proto/` and
-//! [`wire::Hello`](crate::wire::Hello) under the `internals` feature). An
+//! `wire::Hello` under the `internals` feature). An
 //! initiator with an attempt limit of 3 sends 42 bytes:
 //!
 //! ```text
@@ -57,7 +57,7 @@
 //! Field 1 (a bearer token, versions 1 and 2) is no longer sent and is
 //! skipped if received. Unknown fields are skipped, as protobuf does.
 //!
-//! [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): crate::settings::IdentityCheck::PinnedTls
+//! [`IdentityCheck::PinnedTls`]: crate::settings::IdentityCheck::PinnedTls
 //! [`CodecError::UnsupportedHelloVersion`]: crate::reason::CodecError::UnsupportedHelloVersion
 //! [`ProtocolError::SameSide`]: crate::ProtocolError::SameSide
 //! [`HELLO_VERSION`]: crate::settings::HELLO_VERSION
@@ -71,6 +71,10 @@ use crate::direct::{self, DirectState};
 use crate::error::ProtocolError;
 use crate::output::{DirectId, DirectRejection, Event, Output, Role, Side, TimerKind};
 use crate::upgrade::{State, Upgrade};
+
+// Only for the links in the docs of the methods below.
+#[cfg(doc)]
+use crate::settings::IdentityCheck;
 
 /// The dcutr-rs extension an upgrade runs under, decided once, at its
 /// start, from the config: the orchestrator asks this, never the config's
@@ -173,7 +177,7 @@ impl Handshake {
 /// the hooks the rest of [`Upgrade`] asks instead of the config's modes.
 impl Upgrade {
     /// Bytes arrived on direct connection `id`: the server's select byte,
-    /// on the client, under [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls). Anything else
+    /// on the client, under [`IdentityCheck::PinnedTls`]. Anything else
     /// (more bytes, or bytes the core did not ask for with
     /// [`Upgrade::direct_bytes_wanted`]) rejects the connection.
     pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
@@ -191,7 +195,7 @@ impl Upgrade {
         }
     }
 
-    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): the TLS handshake on direct connection
+    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
     /// `id` completed, and the other end proved it holds the certificate
     /// whose SHA-256 is `fingerprint`. The connection goes on only if that
     /// is the fingerprint from the peer's `Hello` (once it has arrived);
@@ -209,7 +213,7 @@ impl Upgrade {
         }
     }
 
-    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): the TLS handshake on direct connection
+    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
     /// `id` failed. `presented` is the fingerprint of the certificate the
     /// other end presented, if it got that far: a certificate other than
     /// the pinned one is [`DirectRejection::IdentityMismatch`], anything
@@ -236,7 +240,7 @@ impl Upgrade {
         self.reject(id, reason);
     }
 
-    /// [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls): the fingerprint of the peer's
+    /// [`IdentityCheck::PinnedTls`]: the fingerprint of the peer's
     /// certificate, from its `Hello`, once that arrived. A carrier pins it
     /// in its TLS verifiers; before it is known, it reports whatever
     /// certificate a handshake presents and the core compares later.
@@ -246,7 +250,7 @@ impl Upgrade {
     }
 
     /// Our role on direct connection `id` while it is being set up or
-    /// checked: under [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls) the carrier takes the
+    /// checked: under [`IdentityCheck::PinnedTls`] the carrier takes the
     /// TLS client's part where this is [`Role::Client`].
     #[must_use]
     pub fn direct_role(&self, id: DirectId) -> Option<Role> {
