@@ -2,12 +2,26 @@
 //! stream, sends the first Connect, measures the round trip, sends Sync,
 //! and punches half a round trip later, when Sync reaches the responder.
 
+use std::time::Instant;
+
 use crate::addr::Candidate;
 use crate::codec::{self, Message};
-use crate::config::RelayChannel;
 use crate::error::{AttemptFailure, ProtocolError};
 use crate::output::{DialPurpose, Event, Output, Role, Side, TimerKind};
-use crate::upgrade::{State, Upgrade};
+use crate::upgrade::{PeerAddrs, State, Upgrade};
+
+/// Where the initiator's exchange of one attempt stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Initiating {
+    /// The unilateral dial is running, before any attempt.
+    Unilateral,
+    /// Waiting for the attempt's stream to open.
+    AwaitStream,
+    /// Connect sent at `sent_at`, waiting for the peer's.
+    AwaitConnect { sent_at: Instant },
+    /// Sync sent, waiting rtt/2 before punching `peer`.
+    SyncDelay { peer: PeerAddrs },
+}
 
 impl Upgrade {
     /// Unilateral dial first when the peer's public addresses are known,
@@ -31,7 +45,7 @@ impl Upgrade {
             self.start_attempt();
             return;
         }
-        self.state = State::Unilateral;
+        self.state = State::Initiator(Initiating::Unilateral);
         self.timers.set(
             TimerKind::Unilateral,
             self.now + self.config.unilateral_timeout,
@@ -41,7 +55,7 @@ impl Upgrade {
 
     /// Dials `targets` directly, as the client, if unilateral dials are on.
     pub(crate) fn dial_unilateral(&mut self, targets: Vec<Candidate>) {
-        let decided = self.outcome().is_some() || self.state == State::Draining;
+        let decided = self.outcome().is_some() || matches!(self.state, State::Draining { .. });
         if decided || !self.config.unilateral || targets.is_empty() || self.side != Side::Initiator
         {
             return;
@@ -81,12 +95,11 @@ impl Upgrade {
         }
         self.timers
             .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
-        match self.config.channel {
-            RelayChannel::StreamPerAttempt => {
-                self.state = State::AwaitStream;
-                self.outputs.push_back(Output::OpenStream);
-            }
-            RelayChannel::SharedStream => self.initiator_send_connect(),
+        if self.on_shared_stream() {
+            self.initiator_send_connect();
+        } else {
+            self.state = State::Initiator(Initiating::AwaitStream);
+            self.outputs.push_back(Output::OpenStream);
         }
     }
 
@@ -96,7 +109,7 @@ impl Upgrade {
             Err(dropped) => return self.nothing_to_send(dropped),
         };
         self.send_connect(&addrs);
-        self.state = State::AwaitConnect { sent_at: self.now };
+        self.state = State::Initiator(Initiating::AwaitConnect { sent_at: self.now });
         self.timers
             .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);
     }
@@ -104,7 +117,9 @@ impl Upgrade {
     /// The only message an initiator may receive is the responder's
     /// Connect, once, after its own.
     pub(crate) fn initiator_on_message(&mut self, msg: Message) -> Result<(), ProtocolError> {
-        let (State::AwaitConnect { sent_at }, Message::Connect(raw)) = (self.state, &msg) else {
+        let (&State::Initiator(Initiating::AwaitConnect { sent_at }), Message::Connect(raw)) =
+            (&self.state, &msg)
+        else {
             return Err(ProtocolError::UnexpectedMessage {
                 step: self.step(),
                 got: msg.kind(),
@@ -120,14 +135,14 @@ impl Upgrade {
             attempt: self.attempt,
             rtt,
         }));
-        self.take_remote_addrs(raw);
+        let peer = self.take_remote_addrs(raw);
         if let Some(reason) = self.nats_cannot_meet() {
             self.give_up(reason);
             return Ok(());
         }
         self.outputs
             .push_back(Output::WriteStream(codec::encode_sync()));
-        if self.config.channel == RelayChannel::StreamPerAttempt {
+        if !self.on_shared_stream() {
             self.outputs.push_back(Output::FinishStream);
             self.stream_open = false;
         }
@@ -140,9 +155,9 @@ impl Upgrade {
             punch_at,
         }));
         if punch_at <= self.now {
-            self.punch();
+            self.punch(peer);
         } else {
-            self.state = State::SyncDelay;
+            self.state = State::Initiator(Initiating::SyncDelay { peer });
             self.timers.set(TimerKind::SyncDelay, punch_at);
         }
         Ok(())
@@ -150,7 +165,7 @@ impl Upgrade {
 
     /// The stream of the current attempt opened (per-attempt streams).
     pub(crate) fn initiator_stream_opened(&mut self) {
-        if self.state == State::AwaitStream {
+        if self.state == State::Initiator(Initiating::AwaitStream) {
             self.stream_open = true;
             self.initiator_send_connect();
         } else {
@@ -162,8 +177,10 @@ impl Upgrade {
     /// The relayed stream closed or could not be opened.
     pub(crate) fn initiator_stream_closed(&mut self) {
         let err = match self.state {
-            State::AwaitStream => ProtocolError::StreamOpenFailed,
-            State::AwaitConnect { .. } => ProtocolError::StreamClosed { step: self.step() },
+            State::Initiator(Initiating::AwaitStream) => ProtocolError::StreamOpenFailed,
+            State::Initiator(Initiating::AwaitConnect { .. }) => {
+                ProtocolError::StreamClosed { step: self.step() }
+            }
             // After Sync the stream has done its job.
             _ => return,
         };

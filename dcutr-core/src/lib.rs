@@ -92,6 +92,7 @@ mod output;
 mod responder;
 #[cfg(feature = "serde")]
 mod serde_impl;
+mod session;
 mod timeline;
 mod timer;
 mod upgrade;

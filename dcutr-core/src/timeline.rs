@@ -16,46 +16,46 @@ use crate::output::{DialPurpose, DirectId, DirectRejection, Role};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeline {
     /// When the upgrade started.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// When the unilateral dial started and ended, if there was one.
-    pub unilateral: Option<(Instant, Option<Instant>)>,
+    pub(crate) unilateral: Option<(Instant, Option<Instant>)>,
     /// One record per hole-punch attempt.
-    pub attempts: Vec<AttemptRecord>,
+    pub(crate) attempts: Vec<AttemptRecord>,
     /// Every dial we made.
-    pub dials: Vec<DialRecord>,
+    pub(crate) dials: Vec<DialRecord>,
     /// Inbound connections taken for the identity check.
-    pub inbound_accepted: u32,
+    pub(crate) inbound_accepted: u32,
     /// Inbound connections refused or closed by the identity check.
-    pub inbound_rejected: u32,
+    pub(crate) inbound_rejected: u32,
     /// When the outcome was decided.
-    pub decided: Option<Instant>,
+    pub(crate) decided: Option<Instant>,
 }
 
 /// The record of one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttemptRecord {
     /// Attempt number, from 1.
-    pub number: u8,
+    pub(crate) number: u8,
     /// When it started.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// When our Connect left.
-    pub connect_sent: Option<Instant>,
+    pub(crate) connect_sent: Option<Instant>,
     /// When the peer's Connect arrived.
-    pub connect_received: Option<Instant>,
+    pub(crate) connect_received: Option<Instant>,
     /// The relayed round trip (initiator only).
-    pub rtt: Option<Duration>,
+    pub(crate) rtt: Option<Duration>,
     /// When Sync left (initiator) or arrived (responder).
-    pub sync: Option<Instant>,
+    pub(crate) sync: Option<Instant>,
     /// When we punched.
-    pub punch: Option<Instant>,
+    pub(crate) punch: Option<Instant>,
     /// How many of the peer's addresses were usable.
-    pub remote_addrs: usize,
+    pub(crate) remote_addrs: usize,
     /// Spray datagrams sent.
-    pub spray_packets: u32,
+    pub(crate) spray_packets: u32,
     /// When it ended (success or failure).
-    pub ended: Option<Instant>,
+    pub(crate) ended: Option<Instant>,
     /// Why it failed, if it did.
-    pub failure: Option<AttemptFailure>,
+    pub(crate) failure: Option<AttemptFailure>,
 }
 
 impl AttemptRecord {
@@ -101,21 +101,21 @@ pub enum DialResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DialRecord {
     /// The dial's id.
-    pub id: DirectId,
+    pub(crate) id: DirectId,
     /// Where to.
-    pub to: Candidate,
+    pub(crate) to: Candidate,
     /// Our role.
-    pub role: Role,
+    pub(crate) role: Role,
     /// Why.
-    pub purpose: DialPurpose,
+    pub(crate) purpose: DialPurpose,
     /// Attempt number (0: unilateral).
-    pub attempt: u8,
+    pub(crate) attempt: u8,
     /// When it was issued.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// When its result was known.
-    pub ended: Option<Instant>,
+    pub(crate) ended: Option<Instant>,
     /// Its latest result.
-    pub result: Option<DialResult>,
+    pub(crate) result: Option<DialResult>,
 }
 
 impl Timeline {
@@ -166,6 +166,216 @@ impl Timeline {
         if let Some(dial) = self.dial_mut(id) {
             dial.ended.get_or_insert(now);
             dial.result = Some(result);
+        }
+    }
+}
+
+/// Read access: the core writes the record, everyone else reads it.
+impl Timeline {
+    /// When the upgrade started.
+    #[must_use]
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When the unilateral dial started and, if it has, ended.
+    #[must_use]
+    pub fn unilateral(&self) -> Option<(Instant, Option<Instant>)> {
+        self.unilateral
+    }
+
+    /// One record per hole-punch attempt, in order (the first is attempt 1).
+    #[must_use]
+    pub fn attempts(&self) -> &[AttemptRecord] {
+        &self.attempts
+    }
+
+    /// Every dial we made, in the order they were issued.
+    #[must_use]
+    pub fn dials(&self) -> &[DialRecord] {
+        &self.dials
+    }
+
+    /// Inbound connections taken for the identity check.
+    #[must_use]
+    pub fn inbound_accepted(&self) -> u32 {
+        self.inbound_accepted
+    }
+
+    /// Inbound connections refused or closed by the identity check.
+    #[must_use]
+    pub fn inbound_rejected(&self) -> u32 {
+        self.inbound_rejected
+    }
+
+    /// When the outcome was decided, once it has been.
+    #[must_use]
+    pub fn decided(&self) -> Option<Instant> {
+        self.decided
+    }
+}
+
+/// Read access to one attempt's record.
+impl AttemptRecord {
+    /// Attempt number, from 1.
+    #[must_use]
+    pub fn number(&self) -> u8 {
+        self.number
+    }
+
+    /// When the attempt started.
+    #[must_use]
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When our Connect left.
+    #[must_use]
+    pub fn connect_sent(&self) -> Option<Instant> {
+        self.connect_sent
+    }
+
+    /// When the peer's Connect arrived.
+    #[must_use]
+    pub fn connect_received(&self) -> Option<Instant> {
+        self.connect_received
+    }
+
+    /// The relayed round trip (initiator only).
+    #[must_use]
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// When Sync left (initiator) or arrived (responder).
+    #[must_use]
+    pub fn sync(&self) -> Option<Instant> {
+        self.sync
+    }
+
+    /// When we punched.
+    #[must_use]
+    pub fn punch(&self) -> Option<Instant> {
+        self.punch
+    }
+
+    /// How many of the peer's addresses were usable.
+    #[must_use]
+    pub fn remote_addrs(&self) -> usize {
+        self.remote_addrs
+    }
+
+    /// Spray datagrams sent.
+    #[must_use]
+    pub fn spray_packets(&self) -> u32 {
+        self.spray_packets
+    }
+
+    /// When the attempt ended (success or failure).
+    #[must_use]
+    pub fn ended(&self) -> Option<Instant> {
+        self.ended
+    }
+
+    /// Why the attempt failed, if it did.
+    #[must_use]
+    pub fn failure(&self) -> Option<&AttemptFailure> {
+        self.failure.as_ref()
+    }
+}
+
+/// Read access to one dial's record.
+impl DialRecord {
+    /// The dial's id.
+    #[must_use]
+    pub fn id(&self) -> DirectId {
+        self.id
+    }
+
+    /// Where the dial went.
+    #[must_use]
+    pub fn to(&self) -> Candidate {
+        self.to
+    }
+
+    /// Our role on the connection it would make.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Why it was made.
+    #[must_use]
+    pub fn purpose(&self) -> DialPurpose {
+        self.purpose
+    }
+
+    /// Attempt number (0: the unilateral dial).
+    #[must_use]
+    pub fn attempt(&self) -> u8 {
+        self.attempt
+    }
+
+    /// When it was issued.
+    #[must_use]
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When its result was known.
+    #[must_use]
+    pub fn ended(&self) -> Option<Instant> {
+        self.ended
+    }
+
+    /// Its latest result, once there is one.
+    #[must_use]
+    pub fn result(&self) -> Option<DialResult> {
+        self.result
+    }
+}
+
+/// Hand-made records for tests of code that reads them (metrics, reports):
+/// not part of the stable API, and only with the `internals` feature.
+#[cfg(feature = "internals")]
+impl Timeline {
+    /// A timeline with the given attempts, unilateral dial and decision.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn fixture(
+        started: Instant,
+        unilateral: Option<(Instant, Option<Instant>)>,
+        attempts: Vec<AttemptRecord>,
+        decided: Option<Instant>,
+    ) -> Self {
+        Timeline {
+            unilateral,
+            attempts,
+            decided,
+            ..Timeline::empty(started)
+        }
+    }
+}
+
+#[cfg(feature = "internals")]
+impl AttemptRecord {
+    /// An attempt record with the given measurements and nothing else.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn fixture(
+        number: u8,
+        started: Instant,
+        connect_sent: Option<Instant>,
+        rtt: Option<Duration>,
+        sync: Option<Instant>,
+        remote_addrs: usize,
+    ) -> Self {
+        AttemptRecord {
+            connect_sent,
+            rtt,
+            sync,
+            remote_addrs,
+            ..AttemptRecord::new(number, started)
         }
     }
 }

@@ -8,7 +8,6 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,36 +26,37 @@ use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
+use crate::session::{Extension, Handshake};
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 use crate::timer::Timers;
+
+pub(crate) use crate::initiator::Initiating;
+pub(crate) use crate::responder::Responding;
 
 /// Output slots kept allocated between bursts (at least; a spray round to
 /// more targets keeps room for itself).
 const OUTPUT_QUEUE_RETAINED: usize = 8;
 
-/// Where one upgrade stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where one upgrade stands. Each role's exchange is its own enum
+/// ([`Initiating`], [`Responding`]), and what only one phase has lives in
+/// its variant: the peer's addresses only between its Connect and the
+/// punch, the punch's dials and spray only while punching, and a failure
+/// waiting for the last identity checks only while draining.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum State {
     /// Identity check: waiting for the peer's `Hello`.
     AwaitHello,
-    /// Initiator: the unilateral dial is running.
-    Unilateral,
-    /// Initiator: waiting for the attempt's stream to open.
-    AwaitStream,
-    /// Initiator: Connect sent at `sent_at`, waiting for the peer's.
-    AwaitConnect { sent_at: Instant },
-    /// Responder: waiting for a Connect (first or next attempt).
-    AwaitPeerConnect,
-    /// Responder: Connect answered, waiting for Sync.
-    AwaitSync,
-    /// Initiator: Sync sent, waiting rtt/2 before punching.
-    SyncDelay,
+    /// The initiator's exchange of the current attempt.
+    Initiator(Initiating),
+    /// The responder's exchange of the current attempt.
+    Responder(Responding),
     /// Dials and spray of the current attempt are in flight.
-    Punching,
+    Punching(Punch),
     /// Every attempt is over; identity checks still running may win.
-    Draining,
-    /// The outcome is decided.
-    Done,
+    /// `failure` is the outcome once the last of them is gone.
+    Draining { failure: Failure },
+    /// The outcome is decided: this one.
+    Done(Outcome),
 }
 
 /// What the next frame on the relayed stream must be.
@@ -69,9 +69,37 @@ pub(crate) enum Expect {
 
 /// The spray of one attempt: rounds of one datagram per target.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Spray {
+pub(crate) struct Spray {
     targets: Vec<SocketAddr>,
     sent: u32,
+}
+
+/// What the peer's Connect of the current attempt held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerAddrs {
+    /// The usable addresses, to punch.
+    accepted: Vec<Candidate>,
+    /// How many it sent, and what we dropped of them, for the reason of
+    /// an attempt with nothing to dial.
+    received: usize,
+    dropped: RejectionCounts,
+}
+
+/// The punch of the current attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Punch {
+    /// The spray (QUIC server side): it keeps the attempt open until its
+    /// window ends, even once its datagram budget is spent.
+    spray: Option<Spray>,
+    /// Hole-punch dials made.
+    dials: usize,
+    /// A dial found its address pair taken: the peer's connection is
+    /// arriving through our listener.
+    crossing: bool,
+    /// What the peer's Connect held, for the reason of a punch with
+    /// nothing to dial.
+    received: usize,
+    dropped: RejectionCounts,
 }
 
 /// One DCUtR upgrade of one relayed connection, on one side.
@@ -86,8 +114,14 @@ struct Spray {
 /// * **Inputs (`handle_*`):** [`handle_stream_opened`],
 ///   [`handle_stream_data`], [`handle_stream_closed`],
 ///   [`handle_dial_succeeded`], [`handle_dial_failed`], [`handle_inbound`],
-///   [`handle_direct_data`], [`handle_direct_closed`], [`handle_timeout`];
-///   also [`observe_local`] for a newly observed address of ours.
+///   [`handle_direct_closed`], [`handle_relay_closed`],
+///   [`handle_remote_public_addrs`], [`handle_timeout`]; also
+///   [`observe_local`] for a newly observed address of ours.
+/// * **Session extension inputs** (pinned TLS on a shared stream, see
+///   `session.rs`; a spec upgrade never needs them):
+///   [`handle_direct_authenticated`], [`handle_direct_handshake_failed`],
+///   [`handle_direct_data`] (the select byte); getters
+///   [`peer_fingerprint`] and [`direct_role`].
 /// * **Outputs (`poll_*`):** [`poll_output`] and [`poll_timeout`].
 /// * **Getters:** [`outcome`], [`timeline`], [`is_finished`],
 ///   [`stream_bytes_wanted`], [`direct_bytes_wanted`], [`side`].
@@ -117,7 +151,13 @@ struct Spray {
 /// [`handle_direct_data`]: Upgrade::handle_direct_data
 /// [`handle_direct_closed`]: Upgrade::handle_direct_closed
 /// [`handle_timeout`]: Upgrade::handle_timeout
+/// [`handle_direct_authenticated`]: Upgrade::handle_direct_authenticated
+/// [`handle_direct_handshake_failed`]: Upgrade::handle_direct_handshake_failed
+/// [`peer_fingerprint`]: Upgrade::peer_fingerprint
+/// [`direct_role`]: Upgrade::direct_role
 /// [`observe_local`]: Upgrade::observe_local
+/// [`handle_relay_closed`]: Upgrade::handle_relay_closed
+/// [`handle_remote_public_addrs`]: Upgrade::handle_remote_public_addrs
 /// [`poll_output`]: Upgrade::poll_output
 /// [`poll_timeout`]: Upgrade::poll_timeout
 /// [`outcome`]: Upgrade::outcome
@@ -138,14 +178,13 @@ pub struct Upgrade {
     /// limit when its `Hello` carries one.
     pub(crate) max_attempts: u8,
     pub(crate) failures: Vec<AttemptFailure>,
-    pending_failure: Option<Failure>,
     pub(crate) decoder: FrameDecoder,
     pub(crate) stream_open: bool,
     pub(crate) relay_closed: bool,
-    /// Pinned TLS: the fingerprint of our certificate, sent in the Hello.
-    own_fingerprint: Option<[u8; FINGERPRINT_LEN]>,
-    /// Pinned TLS: the fingerprint from the peer's Hello.
-    peer_fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    /// The dcutr-rs extension (one shared stream, and the session
+    /// handshake under pinned TLS): `None` runs exactly the spec. See
+    /// [`crate::session`].
+    pub(crate) extension: Option<Extension>,
     observed: ObservedAddrs,
     predictor: Box<dyn AddressPredictor>,
     /// Our NAT's behaviour, when the caller knows it: sent in Connect.
@@ -154,27 +193,16 @@ pub struct Upgrade {
     /// The behaviour the peer's last Connect declared.
     peer_nat: Option<Box<NatBehaviour>>,
     pub(crate) unilateral_targets: Vec<Candidate>,
-    /// Usable addresses from the peer's Connect in the current attempt.
-    pub(crate) remote: Vec<Candidate>,
-    /// What the peer's last Connect held and what we dropped of it, for
-    /// the reason of an attempt with nothing to dial.
-    remote_received: (usize, RejectionCounts),
     /// Responder: whether any Connect arrived yet (decides the role of
     /// inbound connections).
     pub(crate) seen_connect: bool,
-    directs: Directs,
+    pub(crate) directs: Directs,
     /// Dials made in this upgrade, for [`Config::max_dials_per_upgrade`].
     pub(crate) dials_made: usize,
-    /// Hole-punch dials made in the current attempt.
-    attempt_punch_dials: usize,
-    /// A dial of the current attempt found its address pair taken.
-    attempt_crossing: bool,
     /// A unilateral dial is running and its end is not recorded yet.
     pub(crate) unilateral_running: bool,
-    spray: Option<Spray>,
     pub(crate) timers: Timers,
     pub(crate) outputs: VecDeque<Output>,
-    outcome: Option<Outcome>,
     pub(crate) timeline: Timeline,
 }
 
@@ -184,7 +212,7 @@ impl std::fmt::Debug for Upgrade {
             .field("side", &self.side)
             .field("state", &self.state)
             .field("attempt", &self.attempt)
-            .field("outcome", &self.outcome)
+            .field("outcome", &self.outcome())
             .finish_non_exhaustive()
     }
 }
@@ -280,6 +308,12 @@ impl UpgradeBuilder {
         }
         let shared = self.config.channel == RelayChannel::SharedStream;
         let max_attempts = self.config.max_attempts;
+        let extension = shared.then(|| Extension {
+            handshake: self
+                .fingerprint
+                .filter(|_| self.config.identity_check.is_checked())
+                .map(|fp| Handshake::new(self.side, max_attempts, fp)),
+        });
         let mut up = Upgrade {
             side: self.side,
             decoder: FrameDecoder::new(self.config.max_message_size),
@@ -290,35 +324,26 @@ impl UpgradeBuilder {
             attempt: 0,
             max_attempts,
             failures: Vec::new(),
-            pending_failure: None,
             stream_open: shared,
             relay_closed: false,
-            own_fingerprint: self.fingerprint,
-            peer_fingerprint: None,
+            extension,
             observed,
             predictor: self.predictor,
             own_nat: self.nat.map(Box::new),
             peer_nat: None,
             unilateral_targets: Vec::new(),
-            remote: Vec::new(),
-            remote_received: (0, RejectionCounts::default()),
             seen_connect: false,
             directs: Directs::default(),
             dials_made: 0,
-            attempt_punch_dials: 0,
-            attempt_crossing: false,
             unilateral_running: false,
-            spray: None,
             timers: Timers::default(),
             outputs: VecDeque::new(),
-            outcome: None,
             timeline: Timeline::empty(now),
         };
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
-        if let (true, Some(fp)) = (up.checks_identity(), up.own_fingerprint) {
-            let hello = codec::encode_hello(up.config.max_attempts, up.side, &fp);
-            up.outputs.push_back(Output::WriteStream(hello));
+        if let Some(handshake) = up.handshake() {
+            up.outputs.push_back(Output::WriteStream(handshake.hello()));
         }
         let dials_first =
             up.side == Side::Initiator && up.config.unilateral && !up.unilateral_targets.is_empty();
@@ -366,7 +391,10 @@ impl Upgrade {
     /// The outcome, once decided.
     #[must_use]
     pub fn outcome(&self) -> Option<&Outcome> {
-        self.outcome.as_ref()
+        match &self.state {
+            State::Done(outcome) => Some(outcome),
+            _ => None,
+        }
     }
 
     /// What happened when.
@@ -394,7 +422,7 @@ impl Upgrade {
     /// (such as the grace period) is left.
     #[must_use]
     pub fn is_finished(&self) -> bool {
-        self.outcome.is_some()
+        self.outcome().is_some()
             && self.outputs.is_empty()
             && self.timers.earliest().is_none()
             && self.directs.is_empty()
@@ -428,7 +456,7 @@ impl Upgrade {
             + self.directs.heap_bytes()
             + self.observed.heap_bytes()
             + self.failures.capacity() * size_of::<AttemptFailure>()
-            + self.remote.capacity() * size_of::<Candidate>()
+            + self.peer_addrs().map_or(0, |p| p.accepted.capacity()) * size_of::<Candidate>()
             + self.unilateral_targets.capacity() * size_of::<Candidate>()
             + self.outputs.capacity() * size_of::<Output>()
             + self.timeline.dials.capacity() * size_of::<DialRecord>()
@@ -444,7 +472,7 @@ impl Upgrade {
         // A punch queues a burst of dials; do not keep that much room for
         // the rest of the upgrade. Keep enough for a whole spray round,
         // so spray ticks never allocate.
-        let spray_round = self.spray.as_ref().map_or(0, |s| s.targets.len());
+        let spray_round = self.spray().map_or(0, |s| s.targets.len());
         let retained = OUTPUT_QUEUE_RETAINED.max(spray_round + 2);
         if next.is_none() && self.outputs.capacity() > retained {
             self.outputs.shrink_to(retained);
@@ -495,7 +523,10 @@ impl Upgrade {
         let fresh = self.add_unilateral_targets(addrs);
         let exchange_running = matches!(
             self.state,
-            State::AwaitStream | State::AwaitConnect { .. } | State::SyncDelay | State::Punching
+            State::Initiator(Initiating::AwaitStream)
+                | State::Initiator(Initiating::AwaitConnect { .. })
+                | State::Initiator(Initiating::SyncDelay { .. })
+                | State::Punching(_)
         );
         if self.unilateral_alongside() && exchange_running {
             // What the punch dials already needs no second dial.
@@ -519,7 +550,7 @@ impl Upgrade {
     /// a shared stream, and with an identity check, it comes first, as the
     /// roles of the direct connection must be settled before it.
     pub(crate) fn unilateral_alongside(&self) -> bool {
-        !self.checks_identity() && self.config.channel == RelayChannel::StreamPerAttempt
+        self.extension.is_none()
     }
 
     /// Adds the usable, new ones of `addrs` to the unilateral targets,
@@ -553,11 +584,11 @@ impl Upgrade {
     /// [`Output::ResetStream`].
     pub fn handle_stream_opened(&mut self, now: Instant) {
         self.advance(now);
-        if self.config.channel == RelayChannel::SharedStream {
+        if self.on_shared_stream() {
             tracing::trace!("stream opened on a shared stream: ignored");
             return;
         }
-        if self.outcome.is_some() {
+        if self.outcome().is_some() {
             self.outputs.push_back(Output::ResetStream);
             return;
         }
@@ -576,15 +607,16 @@ impl Upgrade {
         let was_open = self.stream_open;
         self.stream_open = false;
         self.decoder = FrameDecoder::new(self.config.max_message_size);
-        if self.outcome.is_some() {
+        if self.outcome().is_some() {
             return;
         }
-        match self.config.channel {
-            RelayChannel::StreamPerAttempt => match self.side {
-                Side::Initiator => self.initiator_stream_closed(),
-                Side::Responder => self.responder_stream_closed(was_open),
-            },
-            RelayChannel::SharedStream => self.relay_gone(),
+        if self.on_shared_stream() {
+            self.relay_gone();
+            return;
+        }
+        match self.side {
+            Side::Initiator => self.initiator_stream_closed(),
+            Side::Responder => self.responder_stream_closed(was_open),
         }
     }
 
@@ -594,7 +626,7 @@ impl Upgrade {
     /// as [`Upgrade::handle_stream_closed`].
     pub fn handle_relay_closed(&mut self, now: Instant) {
         self.advance(now);
-        if self.outcome.is_some() {
+        if self.outcome().is_some() {
             return;
         }
         self.relay_gone();
@@ -607,13 +639,15 @@ impl Upgrade {
         let step = self.step();
         match self.state {
             State::AwaitHello
-            | State::AwaitStream
-            | State::AwaitConnect { .. }
-            | State::AwaitSync => self.final_failure(Failure::RelayClosed { step }),
-            State::AwaitPeerConnect if self.attempt == 0 => {
+            | State::Initiator(Initiating::AwaitStream)
+            | State::Initiator(Initiating::AwaitConnect { .. })
+            | State::Responder(Responding::AwaitSync { .. }) => {
+                self.final_failure(Failure::RelayClosed { step })
+            }
+            State::Responder(Responding::AwaitConnect) if self.attempt == 0 => {
                 self.final_failure(Failure::RelayClosed { step });
             }
-            State::AwaitPeerConnect => {
+            State::Responder(Responding::AwaitConnect) => {
                 let attempts = self.failures.clone();
                 self.final_failure(Failure::PeerGaveUp { attempts });
             }
@@ -630,7 +664,7 @@ impl Upgrade {
         while !input.is_empty() {
             let expect = self.expecting();
             if expect == Expect::Nothing {
-                if self.outcome.is_none() {
+                if self.outcome().is_none() {
                     self.protocol_error(ProtocolError::TrailingBytes { len: input.len() });
                 } else {
                     tracing::trace!(
@@ -649,9 +683,7 @@ impl Upgrade {
                 }
             };
             let handled = match expect {
-                Expect::Hello => codec::decode_hello(&frame)
-                    .map_err(ProtocolError::from)
-                    .and_then(|hello| self.on_hello(hello)),
+                Expect::Hello => self.on_hello(&frame),
                 _ => codec::decode_message(&frame)
                     .map_err(ProtocolError::from)
                     .inspect(|_| {
@@ -691,8 +723,11 @@ impl Upgrade {
             return;
         };
         tracing::debug!(%id, to = %d.to, %error, "direct dial failed");
-        if error == DialError::AddrInUse && d.attempt == self.attempt {
-            self.attempt_crossing = true;
+        if let State::Punching(punch) = &mut self.state
+            && error == DialError::AddrInUse
+            && d.attempt == self.attempt
+        {
+            punch.crossing = true;
         }
         self.timeline.end_dial(id, now, DialResult::Failed(error));
         self.outputs.push_back(Output::Event(Event::DialFailed {
@@ -714,7 +749,7 @@ impl Upgrade {
         from: Candidate,
     ) -> Result<DirectId, InboundRejected> {
         self.advance(now);
-        if self.outcome.is_some() || self.state == State::Draining {
+        if self.outcome().is_some() || matches!(self.state, State::Draining { .. }) {
             self.timeline.inbound_rejected += 1;
             return Err(InboundRejected::Finished);
         }
@@ -751,87 +786,6 @@ impl Upgrade {
         Ok(id)
     }
 
-    /// Bytes arrived on direct connection `id`: the server's select byte,
-    /// on the client, under [`IdentityCheck::PinnedTls`]. Anything else
-    /// (more bytes, or bytes the core did not ask for with
-    /// [`Upgrade::direct_bytes_wanted`]) rejects the connection.
-    pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
-        self.advance(now);
-        if data.is_empty() {
-            return;
-        }
-        let Some(d) = self.directs.get(id) else {
-            return;
-        };
-        if d.state == DirectState::AwaitingSelect && data == [direct::SELECT] {
-            self.win(id);
-        } else {
-            self.reject(id, DirectRejection::Oversized);
-        }
-    }
-
-    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
-    /// `id` completed, and the other end proved it holds the certificate
-    /// whose SHA-256 is `fingerprint`. The connection goes on only if that
-    /// is the fingerprint from the peer's `Hello` (once it has arrived);
-    /// otherwise it is rejected with [`DirectRejection::IdentityMismatch`].
-    pub fn handle_direct_authenticated(
-        &mut self,
-        now: Instant,
-        id: DirectId,
-        fingerprint: [u8; FINGERPRINT_LEN],
-    ) {
-        self.advance(now);
-        match self.directs.get(id).map(|d| d.state) {
-            Some(DirectState::Handshaking) => self.peer_certificate(id, fingerprint),
-            _ => tracing::trace!(%id, "handshake result for no handshake in progress"),
-        }
-    }
-
-    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
-    /// `id` failed. `presented` is the fingerprint of the certificate the
-    /// other end presented, if it got that far: a certificate other than
-    /// the pinned one is [`DirectRejection::IdentityMismatch`], anything
-    /// else [`DirectRejection::HandshakeFailed`].
-    pub fn handle_direct_handshake_failed(
-        &mut self,
-        now: Instant,
-        id: DirectId,
-        presented: Option<[u8; FINGERPRINT_LEN]>,
-    ) {
-        self.advance(now);
-        if self.directs.get(id).is_none() {
-            return;
-        }
-        let mismatch = match (presented, self.peer_fingerprint) {
-            (Some(p), Some(pinned)) => p != pinned,
-            _ => false,
-        };
-        let reason = if mismatch {
-            DirectRejection::IdentityMismatch
-        } else {
-            DirectRejection::HandshakeFailed
-        };
-        self.reject(id, reason);
-    }
-
-    /// [`IdentityCheck::PinnedTls`]: the fingerprint of the peer's
-    /// certificate, from its `Hello`, once that arrived. A carrier pins it
-    /// in its TLS verifiers; before it is known, it reports whatever
-    /// certificate a handshake presents and the core compares later.
-    #[must_use]
-    pub fn peer_fingerprint(&self) -> Option<[u8; FINGERPRINT_LEN]> {
-        self.peer_fingerprint
-    }
-
-    /// Our role on direct connection `id` while it is being set up or
-    /// checked: under [`IdentityCheck::PinnedTls`] the carrier takes the
-    /// TLS client's part where this is [`Role::Client`].
-    #[must_use]
-    pub fn direct_role(&self, id: DirectId) -> Option<Role> {
-        self.directs.get(id).map(|d| d.role)
-    }
-
     /// Direct connection `id` closed (before it won, or we do not care).
     pub fn handle_direct_closed(&mut self, now: Instant, id: DirectId) {
         self.advance(now);
@@ -858,26 +812,11 @@ impl Upgrade {
 
     // ----- shared machinery ----------------------------------------------
 
-    fn advance(&mut self, now: Instant) {
+    pub(crate) fn advance(&mut self, now: Instant) {
         if now < self.now {
             tracing::debug!("time went backwards; using the latest time seen");
         }
         self.now = self.now.max(now);
-    }
-
-    /// Whether dcutr-rs checks identities on direct connections (pinned
-    /// TLS): a `Hello` opens the stream and both sides agree on the
-    /// connection they keep.
-    pub(crate) fn checks_identity(&self) -> bool {
-        self.config.identity_check.is_checked()
-    }
-
-    /// Whether the peer's `Hello` is still due: it is the first frame of
-    /// the stream when identities are checked.
-    fn hello_due(&self) -> bool {
-        self.checks_identity()
-            && self.peer_fingerprint.is_none()
-            && !matches!(self.state, State::Draining | State::Done)
     }
 
     pub(crate) fn expecting(&self) -> Expect {
@@ -888,15 +827,12 @@ impl Upgrade {
             return Expect::Hello;
         }
         match self.state {
-            State::AwaitConnect { .. } | State::AwaitPeerConnect | State::AwaitSync => {
-                Expect::Message
-            }
+            State::Initiator(Initiating::AwaitConnect { .. })
+            | State::Responder(Responding::AwaitConnect)
+            | State::Responder(Responding::AwaitSync { .. }) => Expect::Message,
             // On a shared stream the next attempt's Connect may arrive
             // while the responder still punches.
-            State::Punching
-                if self.side == Side::Responder
-                    && self.config.channel == RelayChannel::SharedStream =>
-            {
+            State::Punching(_) if self.side == Side::Responder && self.on_shared_stream() => {
                 Expect::Message
             }
             _ => Expect::Nothing,
@@ -909,50 +845,17 @@ impl Upgrade {
             return Step::Hello;
         }
         match self.state {
-            State::AwaitStream => Step::OpenStream,
-            State::AwaitConnect { .. } => Step::Connect,
-            State::AwaitPeerConnect if self.attempt == 0 => Step::Connect,
-            State::AwaitPeerConnect => Step::NextAttempt,
-            State::AwaitSync => Step::Sync,
+            State::Initiator(Initiating::AwaitStream) => Step::OpenStream,
+            State::Initiator(Initiating::AwaitConnect { .. }) => Step::Connect,
+            State::Responder(Responding::AwaitConnect) if self.attempt == 0 => Step::Connect,
+            State::Responder(Responding::AwaitConnect) => Step::NextAttempt,
+            State::Responder(Responding::AwaitSync { .. }) => Step::Sync,
             _ => Step::Done,
         }
     }
 
-    fn on_hello(&mut self, hello: codec::HelloFrame) -> Result<(), ProtocolError> {
-        if hello.side == Some(self.side) {
-            return Err(ProtocolError::SameSide { ours: self.side });
-        }
-        self.peer_fingerprint = Some(hello.fingerprint);
-        if let Some(peer_max) = hello.max_attempts {
-            // A shared stream must end after the same attempt on both sides.
-            let peer_max = u8::try_from(peer_max.max(1)).unwrap_or(u8::MAX);
-            self.max_attempts = self.max_attempts.min(peer_max);
-        }
-        self.outputs.push_back(Output::Event(Event::HelloReceived));
-        // Handshakes that completed before the pin arrived are judged now.
-        let handshaken: Vec<(DirectId, [u8; FINGERPRINT_LEN])> = self
-            .directs
-            .iter()
-            .filter_map(|d| match d.state {
-                DirectState::AwaitingPeerFingerprint { presented } => Some((d.id, presented)),
-                _ => None,
-            })
-            .collect();
-        for (id, presented) in handshaken {
-            self.peer_certificate(id, presented);
-            if self.outcome.is_some() {
-                return Ok(());
-            }
-        }
-        if self.state == State::AwaitHello {
-            self.timers.clear(TimerKind::StepTimeout);
-            self.begin();
-        }
-        Ok(())
-    }
-
     /// Starts the role's work once any `Hello` exchange is done.
-    fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         match self.side {
             Side::Initiator => self.initiator_begin(),
             Side::Responder => self.responder_begin(),
@@ -962,8 +865,6 @@ impl Upgrade {
     /// Opens a new attempt record.
     pub(crate) fn begin_attempt_record(&mut self) {
         self.attempt = self.attempt.saturating_add(1);
-        self.attempt_punch_dials = 0;
-        self.attempt_crossing = false;
         // Most upgrades end in their first attempt (97.6 % of successes in
         // the field): grow one record at a time.
         self.timeline.attempts.reserve_exact(1);
@@ -1030,7 +931,7 @@ impl Upgrade {
     pub(crate) fn nothing_to_send(&mut self, dropped: RejectionCounts) {
         let reason = AttemptFailure::NothingToSend { dropped };
         tracing::debug!(side = %self.side, %reason, "no Connect sent");
-        let per_attempt = self.config.channel == RelayChannel::StreamPerAttempt;
+        let per_attempt = !self.on_shared_stream();
         if self.side == Side::Responder && per_attempt {
             if self.stream_open {
                 self.outputs.push_back(Output::ResetStream);
@@ -1055,7 +956,7 @@ impl Upgrade {
 
     /// Ends the upgrade after an attempt that no retry could improve.
     pub(crate) fn give_up(&mut self, reason: AttemptFailure) {
-        if self.stream_open && self.config.channel == RelayChannel::StreamPerAttempt {
+        if self.stream_open && !self.on_shared_stream() {
             self.outputs.push_back(Output::ResetStream);
             self.stream_open = false;
         }
@@ -1064,8 +965,8 @@ impl Upgrade {
         self.final_failure(Failure::GaveUp { attempts });
     }
 
-    /// Parses the peer's Connect into `self.remote` and reports it.
-    pub(crate) fn take_remote_addrs(&mut self, raw: &[Vec<u8>]) {
+    /// Parses and reports the peer's Connect: what the punch will aim at.
+    pub(crate) fn take_remote_addrs(&mut self, raw: &[Vec<u8>]) -> PeerAddrs {
         let filtered = crate::addr::filter_remote(
             raw.iter().map(Vec::as_slice),
             &self.config.address_policy,
@@ -1082,18 +983,31 @@ impl Upgrade {
             rejected = filtered.rejected.total(),
             "peer's addresses"
         );
-        self.remote.clone_from(&filtered.accepted);
-        self.remote_received = (raw.len(), filtered.rejected);
+        let peer = PeerAddrs {
+            accepted: filtered.accepted.clone(),
+            received: raw.len(),
+            dropped: filtered.rejected,
+        };
         self.outputs.push_back(Output::Event(Event::RemoteAddrs {
             attempt: self.attempt,
             accepted: filtered.accepted,
             rejected: filtered.rejected,
         }));
+        peer
+    }
+
+    /// The peer's addresses of the current attempt, between its Connect
+    /// and the punch.
+    fn peer_addrs(&self) -> Option<&PeerAddrs> {
+        match &self.state {
+            State::Responder(Responding::AwaitSync { peer })
+            | State::Initiator(Initiating::SyncDelay { peer }) => Some(peer),
+            _ => None,
+        }
     }
 
     /// Dials and sprays the peer's addresses of this attempt.
-    pub(crate) fn punch(&mut self) {
-        self.state = State::Punching;
+    pub(crate) fn punch(&mut self, peer: PeerAddrs) {
         let window_end = self.now + self.config.direct_timeout;
         self.timers.set(TimerKind::PunchWindow, window_end);
         if let Some(a) = self.timeline.attempt_mut() {
@@ -1105,7 +1019,7 @@ impl Upgrade {
         };
         let mut dials = 0;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
-        let remote = std::mem::take(&mut self.remote);
+        let remote = peer.accepted;
         // A unilateral dial still pending to one of these stays: in the
         // spec's mode the responder takes any connection at once, so the
         // dial may already be the connection it chose (libp2p cannot
@@ -1139,13 +1053,18 @@ impl Upgrade {
             dials,
             spray_targets: spray_count,
         }));
-        if !spray_targets.is_empty() {
-            self.spray = Some(Spray {
-                targets: spray_targets,
-                sent: 0,
-            });
-            self.spray_round();
-        }
+        let spray = (!spray_targets.is_empty()).then_some(Spray {
+            targets: spray_targets,
+            sent: 0,
+        });
+        self.state = State::Punching(Punch {
+            spray,
+            dials,
+            crossing: false,
+            received: peer.received,
+            dropped: peer.dropped,
+        });
+        self.spray_round();
         self.check_progress();
     }
 
@@ -1161,9 +1080,6 @@ impl Upgrade {
             DialPurpose::HolePunch => self.attempt,
         };
         self.dials_made += 1;
-        if purpose == DialPurpose::HolePunch {
-            self.attempt_punch_dials += 1;
-        }
         let id = self.directs.insert(
             to,
             role,
@@ -1191,8 +1107,19 @@ impl Upgrade {
         }));
     }
 
+    /// The spray of the attempt being punched, if it has one.
+    fn spray(&self) -> Option<&Spray> {
+        match &self.state {
+            State::Punching(punch) => punch.spray.as_ref(),
+            _ => None,
+        }
+    }
+
     fn spray_round(&mut self) {
-        let Some(spray) = self.spray.as_mut() else {
+        let State::Punching(Punch {
+            spray: Some(spray), ..
+        }) = &mut self.state
+        else {
             return;
         };
         let budget = self.config.max_spray_packets_per_attempt;
@@ -1230,39 +1157,7 @@ impl Upgrade {
         }
     }
 
-    /// Pinned TLS: the other end of `id` proved it holds the certificate
-    /// `presented`; keep it if that is the peer's.
-    fn peer_certificate(&mut self, id: DirectId, presented: [u8; FINGERPRINT_LEN]) {
-        match self.peer_fingerprint {
-            Some(pinned) if pinned == presented => self.after_checks(id),
-            Some(_) => self.reject(id, DirectRejection::IdentityMismatch),
-            None => {
-                if let Some(d) = self.directs.get_mut(id) {
-                    d.state = DirectState::AwaitingPeerFingerprint { presented };
-                }
-            }
-        }
-    }
-
-    /// Both checks are done on `id`: the server selects it, the client
-    /// waits for the selection.
-    fn after_checks(&mut self, id: DirectId) {
-        let Some(d) = self.directs.get_mut(id) else {
-            return;
-        };
-        match d.role {
-            Role::Server => {
-                self.outputs.push_back(Output::WriteDirect {
-                    id,
-                    data: Bytes::from_static(&[direct::SELECT]),
-                });
-                self.win(id);
-            }
-            Role::Client => d.state = DirectState::AwaitingSelect,
-        }
-    }
-
-    fn reject(&mut self, id: DirectId, reason: DirectRejection) {
+    pub(crate) fn reject(&mut self, id: DirectId, reason: DirectRejection) {
         let Some(d) = self.directs.remove(id) else {
             return;
         };
@@ -1282,7 +1177,7 @@ impl Upgrade {
         self.check_progress();
     }
 
-    fn win(&mut self, id: DirectId) {
+    pub(crate) fn win(&mut self, id: DirectId) {
         let Some(d) = self.directs.remove(id) else {
             return;
         };
@@ -1333,13 +1228,14 @@ impl Upgrade {
             TimerKind::StepTimeout => self.step_timed_out(),
             TimerKind::Unilateral => self.unilateral_over(),
             TimerKind::SyncDelay => {
-                if self.state == State::SyncDelay {
-                    self.punch();
+                if let State::Initiator(Initiating::SyncDelay { peer }) = &mut self.state {
+                    let peer = std::mem::take(peer);
+                    self.punch(peer);
                 }
             }
             TimerKind::SprayTick => self.spray_round(),
             TimerKind::PunchWindow => {
-                if self.state == State::Punching {
+                if matches!(self.state, State::Punching(_)) {
                     let after = self.config.direct_timeout;
                     self.fail_attempt(AttemptFailure::DirectTimeout { after });
                 }
@@ -1362,7 +1258,7 @@ impl Upgrade {
             return;
         }
         match self.state {
-            State::AwaitPeerConnect => {
+            State::Responder(Responding::AwaitConnect) => {
                 tracing::debug!(
                     attempts = self.attempt,
                     "the initiator started no further attempt"
@@ -1371,9 +1267,9 @@ impl Upgrade {
                 self.final_failure(Failure::PeerGaveUp { attempts });
             }
             State::AwaitHello
-            | State::AwaitStream
-            | State::AwaitConnect { .. }
-            | State::AwaitSync => self.protocol_error(err),
+            | State::Initiator(Initiating::AwaitStream)
+            | State::Initiator(Initiating::AwaitConnect { .. })
+            | State::Responder(Responding::AwaitSync { .. }) => self.protocol_error(err),
             _ => {}
         }
     }
@@ -1381,23 +1277,23 @@ impl Upgrade {
     /// The peer broke the protocol or the stream failed.
     pub(crate) fn protocol_error(&mut self, err: ProtocolError) {
         tracing::debug!(side = %self.side, %err, step = %self.step(), "protocol error");
-        if self.stream_open || self.state == State::AwaitStream {
+        if self.stream_open || self.state == State::Initiator(Initiating::AwaitStream) {
             self.outputs.push_back(Output::ResetStream);
         }
         self.stream_open = false;
         self.decoder = FrameDecoder::new(self.config.max_message_size);
-        if self.config.channel == RelayChannel::SharedStream {
+        if self.on_shared_stream() {
             self.relay_closed = true;
             self.final_failure(Failure::Protocol(err));
             return;
         }
-        if self.state == State::Draining {
+        if matches!(self.state, State::Draining { .. }) {
             // Every attempt is over: there is none left to fail, and
             // counting one per stray frame would let a peer grow our list
             // of failures without bound.
             return;
         }
-        if self.state == State::AwaitPeerConnect {
+        if self.state == State::Responder(Responding::AwaitConnect) {
             // A stream that breaks before its Connect still counts as an
             // attempt, so a hostile initiator cannot open streams forever.
             self.begin_attempt_record();
@@ -1409,8 +1305,6 @@ impl Upgrade {
     pub(crate) fn abandon_attempt(&mut self, reason: AttemptFailure) {
         let attempt = self.attempt;
         self.cancel_pending_dials();
-        self.spray = None;
-        self.remote.clear();
         for kind in [
             TimerKind::SprayTick,
             TimerKind::PunchWindow,
@@ -1502,15 +1396,14 @@ impl Upgrade {
     /// Fails the upgrade, once no identity check that could still win is
     /// running.
     pub(crate) fn final_failure(&mut self, failure: Failure) {
-        self.spray = None;
         self.timers.clear_all();
         self.cancel_pending_dials();
         if self.directs.is_empty() {
             self.finish(Outcome::Failed(failure));
         } else {
             tracing::debug!("waiting for identity checks before failing");
-            self.state = State::Draining;
-            self.pending_failure = Some(failure);
+            // Ends any punch, and its spray, with it.
+            self.state = State::Draining { failure };
         }
     }
 
@@ -1530,24 +1423,20 @@ impl Upgrade {
                 self.outputs.push_back(Output::CloseDirect { id: d.id });
             }
         }
-        if self.state != State::Done
-            && self.stream_open
-            && self.config.channel == RelayChannel::StreamPerAttempt
+        if self.stream_open
+            && !self.on_shared_stream()
             && matches!(
                 self.state,
-                State::AwaitStream
-                    | State::AwaitConnect { .. }
-                    | State::AwaitPeerConnect
-                    | State::AwaitSync
+                State::Initiator(Initiating::AwaitStream)
+                    | State::Initiator(Initiating::AwaitConnect { .. })
+                    | State::Responder(Responding::AwaitConnect)
+                    | State::Responder(Responding::AwaitSync { .. })
             )
         {
             self.outputs.push_back(Output::ResetStream);
             self.stream_open = false;
         }
-        self.spray = None;
-        self.remote.clear();
         self.timers.clear_all();
-        self.state = State::Done;
         self.timeline.decided = Some(self.now);
         if let Some(a) = self.timeline.attempt_mut() {
             a.ended.get_or_insert(self.now);
@@ -1565,7 +1454,7 @@ impl Upgrade {
                 Event::Failed(failure.clone())
             }
         };
-        self.outcome = Some(outcome);
+        self.state = State::Done(outcome);
         self.outputs.push_back(Output::Event(event));
     }
 
@@ -1575,35 +1464,34 @@ impl Upgrade {
     pub(crate) fn check_progress(&mut self) {
         self.note_unilateral_over();
         match self.state {
-            State::Draining if self.directs.is_empty() => {
-                let failure = self.pending_failure.take().unwrap_or(Failure::PeerGaveUp {
-                    attempts: self.failures.clone(),
-                });
+            State::Draining { ref failure } if self.directs.is_empty() => {
+                let failure = failure.clone();
                 self.finish(Outcome::Failed(failure));
             }
-            State::Unilateral if !self.directs.iter().any(|d| d.attempt == 0) => {
+            State::Initiator(Initiating::Unilateral)
+                if !self.directs.iter().any(|d| d.attempt == 0) =>
+            {
                 self.unilateral_over();
             }
-            State::Punching => {
+            State::Punching(ref punch) => {
                 // A spray keeps the attempt open until its window ends: the
                 // client's dial may still arrive.
                 let attempt = self.attempt;
                 // A dial that found its address pair taken means the
                 // peer's connection is arriving through our listener: wait
                 // for it (until the window ends) rather than give up.
-                let busy = self.spray.is_some()
-                    || self.attempt_crossing
+                let busy = punch.spray.is_some()
+                    || punch.crossing
                     || self
                         .directs
                         .iter()
                         .any(|d| d.attempt == attempt || !d.is_dialing());
                 if !busy {
-                    let dials = self.attempt_punch_dials;
+                    let (dials, received, dropped) = (punch.dials, punch.received, punch.dropped);
                     if dials > 0 {
                         self.fail_attempt(AttemptFailure::AllDialsFailed { dials });
                         return;
                     }
-                    let (received, dropped) = self.remote_received;
                     let reason = AttemptFailure::NothingToDial { received, dropped };
                     match self.side {
                         // The peer's addresses do not change between
@@ -1620,7 +1508,7 @@ impl Upgrade {
     /// A unilateral dial running alongside the exchange is over once none
     /// of its dials is left: record it, once.
     fn note_unilateral_over(&mut self) {
-        if self.state == State::Unilateral
+        if self.state == State::Initiator(Initiating::Unilateral)
             || !self.unilateral_running
             || self
                 .directs
@@ -1640,7 +1528,7 @@ impl Upgrade {
 
     /// Ends the unilateral dial and starts hole punching.
     pub(crate) fn unilateral_over(&mut self) {
-        if self.state != State::Unilateral {
+        if self.state != State::Initiator(Initiating::Unilateral) {
             return;
         }
         for d in self.directs.drain_where(|d| d.attempt == 0) {
@@ -1675,13 +1563,10 @@ impl Upgrade {
     /// still decides.
     #[must_use]
     pub fn is_peer_address(&self, addr: &Candidate) -> bool {
-        self.remote.contains(addr)
+        self.peer_addrs().is_some_and(|p| p.accepted.contains(addr))
             || self.unilateral_targets.contains(addr)
             || self.timeline.dials.iter().any(|d| d.to == *addr)
             || (addr.transport == Transport::Quic
-                && self
-                    .spray
-                    .as_ref()
-                    .is_some_and(|s| s.targets.contains(&addr.addr)))
+                && self.spray().is_some_and(|s| s.targets.contains(&addr.addr)))
     }
 }

@@ -81,10 +81,10 @@ fn both_transports_without_identity_check_upgrade_on_different_connections() {
         let released = sim
             .upgrade(dcutr_sim::INITIATOR)
             .timeline()
-            .dials
+            .dials()
             .iter()
-            .chain(sim.upgrade(dcutr_sim::RESPONDER).timeline().dials.iter())
-            .filter(|d| d.result == Some(dcutr_core::record::DialResult::Released))
+            .chain(sim.upgrade(dcutr_sim::RESPONDER).timeline().dials().iter())
+            .filter(|d| d.result() == Some(dcutr_core::record::DialResult::Released))
             .count();
         assert!(
             released > 0,

@@ -27,7 +27,7 @@ fn world(b: NatModel, a: NatModel, declare: bool, transport: Transport) -> SimCo
 }
 
 fn decided_after(sim: &Sim, side: usize) -> Duration {
-    sim.upgrade(side).timeline().decided.unwrap() - sim.start()
+    sim.upgrade(side).timeline().decided().unwrap() - sim.start()
 }
 
 #[test]

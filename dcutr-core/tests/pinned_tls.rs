@@ -180,7 +180,7 @@ fn a_wrong_certificate_or_a_failed_handshake_is_refused_with_its_reason() {
         ]
     );
     assert!(up.outcome().is_none(), "strangers decide nothing");
-    assert_eq!(up.timeline().inbound_rejected, 3);
+    assert_eq!(up.timeline().inbound_rejected(), 3);
 }
 
 #[test]

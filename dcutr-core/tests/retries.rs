@@ -35,17 +35,17 @@ fn attempts_one_and_two_fail_and_the_third_succeeds() {
             };
             assert_eq!((b.attempt, a.attempt), (3, 3), "{transport}");
             let timeline = sim.upgrade(INITIATOR).timeline();
-            assert_eq!(timeline.attempts.len(), 3);
-            for record in &timeline.attempts[..2] {
+            assert_eq!(timeline.attempts().len(), 3);
+            for record in &timeline.attempts()[..2] {
                 assert_eq!(
-                    record.failure,
-                    Some(AttemptFailure::DirectTimeout {
+                    record.failure(),
+                    Some(&AttemptFailure::DirectTimeout {
                         after: Duration::from_secs(5)
                     }),
                     "{transport}"
                 );
             }
-            assert_eq!(timeline.attempts[2].failure, None);
+            assert_eq!(timeline.attempts()[2].failure(), None);
         }
     }
 }
@@ -220,7 +220,7 @@ fn in_the_spec_mode_a_failing_unilateral_dial_costs_the_hole_punch_nothing() {
     let Some(Outcome::Upgraded(_)) = with_dial.outcomes().0 else {
         panic!("{:?}", with_dial.outcomes());
     };
-    let decided = |sim: &Sim| sim.upgrade(INITIATOR).timeline().decided;
+    let decided = |sim: &Sim| sim.upgrade(INITIATOR).timeline().decided();
     assert_eq!(
         decided(with_dial).map(|t| t - with_dial.start()),
         decided(plain).map(|t| t - plain.start()),

@@ -384,8 +384,11 @@ where
     if options.tcp.is_none() && options.quic.is_none() {
         return Err(fail(UpgradeFailure::NoTransport, relay));
     }
-    match Driver::new(runtime, options, start) {
-        Ok(driver) => driver.run(relay).await,
+    // The relayed stream's actor takes its commands from here: the core's
+    // writes, wants and close, sent from the first output on.
+    let (relay_cmds, relay_rx) = mpsc::unbounded();
+    match Driver::new(runtime, options, start, relay_cmds) {
+        Ok(driver) => driver.run(relay, relay_rx).await,
         Err(reason) => Err(fail(reason, relay)),
     }
 }
@@ -474,6 +477,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         runtime: &'r R,
         options: Options<R::TcpListener>,
         start: Instant,
+        relay_cmds: mpsc::UnboundedSender<Cmd>,
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
         // A config that says the caller authenticates means it, whether it
@@ -545,7 +549,6 @@ impl<'r, R: Runtime> Driver<'r, R> {
         }
         let core = builder.start(start).map_err(UpgradeFailure::Config)?;
         let (events_tx, events_rx) = mpsc::unbounded();
-        let (relay_cmds, _) = mpsc::unbounded();
         let quic_accept = options.quic.as_ref().map(|q| accept_next(&q.endpoint));
         Ok(Driver {
             runtime,
@@ -574,14 +577,16 @@ impl<'r, R: Runtime> Driver<'r, R> {
         })
     }
 
-    async fn run<S>(mut self, relay: S) -> Result<Upgraded<R::TcpStream, S>, UpgradeError<S>>
+    async fn run<S>(
+        mut self,
+        relay: S,
+        relay_rx: mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<Upgraded<R::TcpStream, S>, UpgradeError<S>>
     where
         S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send + 'static,
     {
         let span = tracing::info_span!("dcutr", side = %self.core.side());
         let _enter = span.enter();
-        let (relay_cmds, relay_rx) = mpsc::unbounded();
-        self.relay_cmds = relay_cmds;
         let mut relay_actor = actor::run(
             Key::Relay,
             Start::Ready(Stream(relay)),
@@ -680,7 +685,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
                         });
                     }
                 };
-                let decided = self.core.timeline().decided.unwrap_or(self.start);
+                let decided = self.core.timeline().decided().unwrap_or(self.start);
                 Ok(Upgraded {
                     connection,
                     transport: up.transport,

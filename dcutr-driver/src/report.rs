@@ -46,7 +46,7 @@ impl Report {
     /// Hole-punch attempts made (0 when the unilateral dial won).
     #[must_use]
     pub fn attempts(&self) -> usize {
-        self.timeline.attempts.len()
+        self.timeline.attempts().len()
     }
 
     /// Whether the direct connection came from the unilateral dial (the
@@ -60,9 +60,9 @@ impl Report {
     #[must_use]
     pub fn tried_unilateral(&self) -> bool {
         self.timeline
-            .dials
+            .dials()
             .iter()
-            .any(|d| d.purpose == DialPurpose::Unilateral)
+            .any(|d| d.purpose() == DialPurpose::Unilateral)
     }
 
     /// The relayed round trip the initiator measured last.
@@ -86,14 +86,14 @@ impl Report {
         if !matches!(self.outcome, Some(Outcome::Upgraded(_))) {
             return None;
         }
-        let decided = self.timeline.decided?;
-        let from = match self.timeline.attempts.last() {
+        let decided = self.timeline.decided()?;
+        let from = match self.timeline.attempts().last() {
             Some(a) => match self.side {
-                Side::Initiator => a.connect_sent,
-                Side::Responder => a.connect_received,
+                Side::Initiator => a.connect_sent(),
+                Side::Responder => a.connect_received(),
             }
-            .unwrap_or(a.started),
-            None => self.timeline.started,
+            .unwrap_or(a.started()),
+            None => self.timeline.started(),
         };
         Some(decided.saturating_duration_since(from))
     }

@@ -263,7 +263,7 @@ impl Metrics {
         };
         let transport = upgraded.map_or("none", |up| transport_label(up.transport));
         if let Some(t) = record.timeline {
-            if t.unilateral.is_some() {
+            if t.unilateral().is_some() {
                 let outcome = if upgraded.is_some_and(|up| up.attempt == 0) {
                     "success"
                 } else {
@@ -273,8 +273,8 @@ impl Metrics {
                     .get_or_create(&DialLabels { outcome })
                     .inc();
             }
-            if !t.attempts.is_empty() {
-                self.record_attempts(side, t.attempts.len(), upgraded, record.addrs);
+            if !t.attempts().is_empty() {
+                self.record_attempts(side, t.attempts().len(), upgraded, record.addrs);
             }
             if let (Some(_), Some(took)) = (upgraded, t.duration()) {
                 self.time_to_direct
@@ -396,9 +396,9 @@ fn attempts_label(n: usize) -> &'static str {
 /// receiver, from its Connect leaving to Sync arriving, as go-libp2p's
 /// receiver measures it.
 fn relayed_rtt(t: &Timeline) -> Option<Duration> {
-    t.attempts.iter().rev().find_map(|a| {
-        a.rtt.or_else(|| {
-            let (sent, sync) = (a.connect_sent?, a.sync?);
+    t.attempts().iter().rev().find_map(|a| {
+        a.rtt().or_else(|| {
+            let (sent, sync) = (a.connect_sent()?, a.sync()?);
             (sync >= sent).then(|| sync.duration_since(sent))
         })
     })
@@ -474,19 +474,14 @@ mod tests {
     }
 
     fn attempt(number: u8, at: Instant, rtt: Option<Duration>) -> AttemptRecord {
-        AttemptRecord {
+        AttemptRecord::fixture(
             number,
-            started: at,
-            connect_sent: Some(at),
-            connect_received: None,
+            at,
+            Some(at),
             rtt,
-            sync: Some(at + Duration::from_millis(40)),
-            punch: None,
-            remote_addrs: 1,
-            spray_packets: 0,
-            ended: None,
-            failure: None,
-        }
+            Some(at + Duration::from_millis(40)),
+            1,
+        )
     }
 
     fn tcp4(port: u16) -> Candidate {
@@ -506,13 +501,15 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let t0 = Instant::now();
-        let mut timeline = Timeline::empty(t0);
-        timeline.unilateral = Some((t0, Some(t0)));
-        timeline.attempts = vec![
-            attempt(1, t0, Some(Duration::from_millis(30))),
-            attempt(2, t0, Some(Duration::from_millis(20))),
-        ];
-        timeline.decided = Some(t0 + Duration::from_millis(150));
+        let timeline = Timeline::fixture(
+            t0,
+            Some((t0, Some(t0))),
+            vec![
+                attempt(1, t0, Some(Duration::from_millis(30))),
+                attempt(2, t0, Some(Duration::from_millis(20))),
+            ],
+            Some(t0 + Duration::from_millis(150)),
+        );
         let outcome = Outcome::Upgraded(Upgraded {
             id: dcutr_core::DirectId(3),
             transport: Transport::Tcp,
@@ -579,10 +576,13 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let t0 = Instant::now();
-        let mut timeline = Timeline::empty(t0);
         // The receiver measures Connect sent to Sync received: 40 ms.
-        timeline.attempts = vec![attempt(1, t0, None)];
-        timeline.decided = Some(t0 + Duration::from_secs(1));
+        let timeline = Timeline::fixture(
+            t0,
+            None,
+            vec![attempt(1, t0, None)],
+            Some(t0 + Duration::from_secs(1)),
+        );
         let failure = Failure::PeerGaveUp {
             attempts: vec![AttemptFailure::AllDialsFailed { dials: 1 }],
         };
@@ -647,11 +647,14 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let t0 = Instant::now();
-        let mut timeline = Timeline::empty(t0);
-        timeline.attempts = (1..=3)
-            .map(|n| attempt(n, t0, Some(Duration::from_millis(10))))
-            .collect();
-        timeline.decided = Some(t0 + Duration::from_secs(30));
+        let timeline = Timeline::fixture(
+            t0,
+            None,
+            (1..=3)
+                .map(|n| attempt(n, t0, Some(Duration::from_millis(10))))
+                .collect(),
+            Some(t0 + Duration::from_secs(30)),
+        );
         let after = Duration::from_secs(10);
         let outcome = Outcome::Failed(Failure::AllAttemptsFailed {
             attempts: vec![AttemptFailure::DirectTimeout { after }; 3],

@@ -115,9 +115,9 @@ async fn a_peer_naming_a_victim_gets_at_most_the_spray_budget_per_attempt() {
     let sprayed: u32 = error
         .report
         .timeline
-        .attempts
+        .attempts()
         .iter()
-        .map(|a| a.spray_packets)
+        .map(|a| a.spray_packets())
         .sum();
     assert_eq!(sprayed, datagrams, "the report counts what was sent");
 }

@@ -149,7 +149,7 @@ async fn a_tcp_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() {
     let (b, a) = (b.unwrap().expect("B upgrades"), a.expect("A upgrades"));
     assert_eq!(b.remote, a_addr, "B kept the real peer");
     assert_eq!(a.remote, b_addr);
-    assert_eq!(b.report.timeline.inbound_rejected, 1);
+    assert_eq!(b.report.timeline.inbound_rejected(), 1);
     // The stranger's connection was closed with at most a TLS alert: one
     // record of content type 21 (alert) whose body is two bytes.
     let mut got = Vec::new();
@@ -199,7 +199,7 @@ async fn a_quic_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() 
         )],
         "B refused the stranger for its certificate"
     );
-    assert_eq!(b.report.timeline.inbound_rejected, 1);
+    assert_eq!(b.report.timeline.inbound_rejected(), 1);
     // B answered nothing and closed the stranger's connection.
     let answer = tokio::time::timeout(TEST_LIMIT, recv.read_to_end(64))
         .await
@@ -231,7 +231,7 @@ async fn a_hello_that_pins_another_certificate_than_the_authenticated_one_fails_
         "the tampered stream is not handed back"
     );
     assert!(
-        error.report.timeline.dials.is_empty(),
+        error.report.timeline.dials().is_empty(),
         "nothing was dialled"
     );
 }

@@ -95,7 +95,7 @@ async fn the_relayed_stream_is_released_after_the_grace_period() {
     let (b, a) = upgrade_both(Transport::Tcp).await;
     let grace = loopback_config().relay_grace_period;
     let close_at = b.relay_close_at;
-    assert!(close_at >= b.report.timeline.decided.unwrap() + grace);
+    assert!(close_at >= b.report.timeline.decided().unwrap() + grace);
     // B releases its end at the deadline; A sees the end of the stream.
     let release = tokio::spawn(dcutr_tokio::close_relay_at(b.relay, close_at));
     let mut relay_a = a.relay;

@@ -64,7 +64,7 @@ async fn half_open_and_silent_strangers_do_not_keep_the_peer_out() {
     assert_eq!(a.remote, b_addr);
     assert!(matches!(b.connection, Direct::Quic(_)));
     assert_eq!(
-        b.report.timeline.attempts.len(),
+        b.report.timeline.attempts().len(),
         1,
         "the first attempt went through"
     );

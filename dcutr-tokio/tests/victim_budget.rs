@@ -407,18 +407,20 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
 
     // What the core asked for, against its budgets.
     assert!(
-        timeline.dials.len() <= MAX_DIALS_PER_UPGRADE,
+        timeline.dials().len() <= MAX_DIALS_PER_UPGRADE,
         "{} dials in one upgrade",
-        timeline.dials.len()
+        timeline.dials().len()
     );
     let mut per_ip: BTreeMap<(u8, IpAddr), usize> = BTreeMap::new();
-    for d in &timeline.dials {
+    for d in timeline.dials() {
         assert!(
-            VICTIM_IPS.iter().any(|v| IpAddr::V4(*v) == d.to.addr.ip()),
+            VICTIM_IPS
+                .iter()
+                .any(|v| IpAddr::V4(*v) == d.to().addr.ip()),
             "a dial to an address nobody named: {}",
-            d.to
+            d.to()
         );
-        *per_ip.entry((d.attempt, d.to.addr.ip())).or_default() += 1;
+        *per_ip.entry((d.attempt(), d.to().addr.ip())).or_default() += 1;
     }
     for ((attempt, ip), n) in &per_ip {
         assert!(
@@ -429,15 +431,15 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
     let syns_per_dial = syns_within(config.direct_timeout);
     let count = |t: Transport| {
         timeline
-            .dials
+            .dials()
             .iter()
-            .filter(|d| d.to.transport == t)
+            .filter(|d| d.to().transport == t)
             .count() as u64
     };
     let sprayed: u64 = timeline
-        .attempts
+        .attempts()
         .iter()
-        .map(|a| u64::from(a.spray_packets))
+        .map(|a| u64::from(a.spray_packets()))
         .sum();
     let spray_budget =
         u64::from(config.max_attempts) * u64::from(config.max_spray_packets_per_attempt);
@@ -447,7 +449,7 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         tcp_dials: count(Transport::Tcp),
         quic_dials: count(Transport::Quic),
         sprayed,
-        attempts: timeline.attempts.len(),
+        attempts: timeline.attempts().len(),
         took,
         tcp: delta(&after, &before, "tcp_in"),
         spray: delta(&after, &before, "spray_in"),

@@ -545,7 +545,7 @@ impl Driver {
         if !self.punctual {
             return;
         }
-        let decided = self.up.timeline().decided.expect("decided");
+        let decided = self.up.timeline().decided().expect("decided");
         let took = decided.duration_since(self.start);
         assert!(
             took <= self.decision_bound(),
@@ -1009,9 +1009,9 @@ impl Driver {
             self.heap_bound()
         );
         let timeline = self.up.timeline();
-        assert!(timeline.attempts.len() <= usize::from(c.max_attempts));
-        for a in &timeline.attempts {
-            assert!(a.spray_packets <= c.max_spray_packets_per_attempt);
+        assert!(timeline.attempts().len() <= usize::from(c.max_attempts));
+        for a in timeline.attempts() {
+            assert!(a.spray_packets() <= c.max_spray_packets_per_attempt);
         }
         let elapsed = self.now.duration_since(self.start);
         if self.punctual && elapsed > self.decision_bound() {

@@ -99,7 +99,7 @@ fn stranger_on_the_punch_port(b_rt: Rt, a_rt: Rt) {
     let a = run_peer(a_rt, Job::new(Side::Responder, Transport::Tcp, ra));
     let b = b.join().unwrap();
     assert_upgraded(&b, &a, Transport::Tcp);
-    assert_eq!(b.report.timeline.inbound_rejected, 1);
+    assert_eq!(b.report.timeline.inbound_rejected(), 1);
 }
 
 macro_rules! every_pair {

@@ -63,11 +63,11 @@ async fn b_dials_a_public_a_directly_alongside_the_hole_punch() {
     // the punch running beside it.
     let conn = seen.ours_ok(Who::B).unwrap();
     let t = timeline(&seen, Who::B);
-    assert!(t.unilateral.is_some(), "{t:#?}");
+    assert!(t.unilateral().is_some(), "{t:#?}");
     assert!(
-        t.dials
+        t.dials()
             .iter()
-            .any(|d| d.purpose == dcutr_core::DialPurpose::Unilateral),
+            .any(|d| d.purpose() == dcutr_core::DialPurpose::Unilateral),
         "B dialled A's advertised address: {t:#?}"
     );
     let events = progress_events(&seen, Who::B);
@@ -235,8 +235,8 @@ async fn a_second_stream_on_the_same_relayed_connection_supersedes_a_stalled_one
         "{events:?}"
     );
     let t = timeline(&seen, Who::A);
-    assert_eq!(t.attempts.len(), 2, "{t:#?}");
-    assert_eq!(t.attempts[1].failure, None);
+    assert_eq!(t.attempts().len(), 2, "{t:#?}");
+    assert_eq!(t.attempts()[1].failure(), None);
     let conn = seen.ours_ok(Who::A).unwrap();
     echo(&mut pair, &mut seen, Who::A, conn).await;
 }
@@ -427,7 +427,7 @@ async fn a_failed_upgrade_reports_typed_reasons_for_every_attempt() {
             .count();
         assert_eq!((started, failed), (1, 1), "attempt {attempt}: {b_events:?}");
     }
-    assert_eq!(timeline(&seen, Who::B).attempts.len(), 3);
+    assert_eq!(timeline(&seen, Who::B).attempts().len(), 3);
     assert!(seen.direct.is_empty());
     let text = seen.ours_err(Who::B).unwrap().to_string();
     assert!(

@@ -182,7 +182,7 @@ async fn the_default_policy_on_loopback_counts_no_suitable_address_with_its_reas
         let attempts = match seen.ours_outcome(who) {
             Some(Report::Outcome {
                 timeline: Some(t), ..
-            }) => t.attempts.len(),
+            }) => t.attempts().len(),
             other => panic!("no timeline on {who:?}: {other:?}"),
         };
         // Neither side had an address to send, so both gave up at once:
