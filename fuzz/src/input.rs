@@ -606,7 +606,9 @@ impl WorldCase {
                     kind: match s.kind {
                         StrangerKindIn::Silent => dcutr_sim::Stranger::Silent,
                         StrangerKindIn::Garbage => dcutr_sim::Stranger::Garbage,
-                        StrangerKindIn::Certificate(f) => dcutr_sim::Stranger::Certificate(f),
+                        StrangerKindIn::Certificate(f) => {
+                            dcutr_sim::Stranger::Certificate(strangers_own(f))
+                        }
                     },
                 })
                 .collect()
@@ -615,4 +617,16 @@ impl WorldCase {
         };
         World { sim, strangers }
     }
+}
+
+/// A stranger's certificate: TLS proves that its holder has the key, so a
+/// stranger can present any certificate but either peer's. An input that
+/// names a peer's fingerprint gets one that differs in its first byte
+/// (found by `orchestrator`: a "stranger" with the responder's own
+/// certificate was, rightly, taken for the responder).
+fn strangers_own(mut fingerprint: [u8; FINGERPRINT_LEN]) -> [u8; FINGERPRINT_LEN] {
+    if (0..2).any(|side| dcutr_sim::fingerprint(side) == fingerprint) {
+        fingerprint[0] ^= 0x01;
+    }
+    fingerprint
 }
