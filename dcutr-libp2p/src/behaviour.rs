@@ -854,7 +854,10 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
     }
 
     fn write_direct(&mut self, id: DirectId, _data: Bytes) {
-        tracing::warn!(direct = %id, "token check bytes requested; not supported here");
+        // Unreachable: the core writes to a direct connection only under
+        // `IdentityCheck::PinnedTls`, which `Config::validate` refuses
+        // (libp2p's own Noise/TLS authenticates direct connections).
+        tracing::warn!(direct = %id, "bytes for a direct connection (pinned TLS) are not available through libp2p; skipped");
     }
 
     fn close_direct(&mut self, id: DirectId) {
