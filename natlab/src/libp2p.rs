@@ -568,20 +568,20 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
     let (header, mut rows) = campaign::rows(
         records,
         &[
-            PAIRING_COLUMNS[0],
-            PAIRING_COLUMNS[1],
-            PAIRING_COLUMNS[2],
-            PAIRING_COLUMNS[3],
-            ("failed cleanly on both sides", &|_, runs| {
-                campaign::share(runs, |r| r.outcome == Outcome::FailedClean)
-            }),
-            ("B's median time to failure ms", &b_time),
-            ("A's median time to failure ms", &a_time),
-            ("median time until both know ms", &|_, runs| {
-                campaign::num(median_of(runs, &both_know), 1)
-            }),
-            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
-        ],
+            &PAIRING_COLUMNS[..],
+            &[
+                ("failed cleanly on both sides", &|_, runs| {
+                    campaign::share(runs, |r| r.outcome == Outcome::FailedClean)
+                }),
+                ("B's median time to failure ms", &b_time),
+                ("A's median time to failure ms", &a_time),
+                ("median time until both know ms", &|_, runs| {
+                    campaign::num(median_of(runs, &both_know), 1)
+                }),
+                ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
+            ],
+        ]
+        .concat(),
     );
     for t in [Transport::Tcp, Transport::Quic] {
         let of = |i: Impl| {
@@ -644,20 +644,20 @@ pub fn table(records: &[Record<Detail>]) -> String {
     let (header, rows) = campaign::rows(
         records,
         &[
-            PAIRING_COLUMNS[0],
-            PAIRING_COLUMNS[1],
-            PAIRING_COLUMNS[2],
-            PAIRING_COLUMNS[3],
-            ("direct connections (both sides)", &|_, runs| {
-                campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
-            }),
-            ("median time to direct ms", &|_, runs| {
-                campaign::num(median(&ttd(runs)), 1)
-            }),
-            ("B's dcutr event", &|_, runs| event(runs, |d| &d.seen.b)),
-            ("A's dcutr event", &|_, runs| event(runs, |d| &d.seen.a)),
-            ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
-        ],
+            &PAIRING_COLUMNS[..],
+            &[
+                ("direct connections (both sides)", &|_, runs| {
+                    campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
+                }),
+                ("median time to direct ms", &|_, runs| {
+                    campaign::num(median(&ttd(runs)), 1)
+                }),
+                ("B's dcutr event", &|_, runs| event(runs, |d| &d.seen.b)),
+                ("A's dcutr event", &|_, runs| event(runs, |d| &d.seen.a)),
+                ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
+            ],
+        ]
+        .concat(),
     );
     campaign::markdown(
         &header,
