@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs coturn's `turnserver` (Debian package coturn), the real STUN
-# server that `dcutr netcheck`'s loopback test runs against:
+# server that `dcutr netcheck`'s loopback test and `natlab matrix --stun`
+# run against:
 #   sudo scripts/install-coturn.sh
 #   cargo test -p dcutr-cli --test netcheck -- --ignored
 # The package's own service is not started: the test runs its own

@@ -2,13 +2,15 @@
 # The real-NAT lab: builds network namespaces with nftables NAT and runs,
 # one after the other, natlab's selftest, the matrix of NAT pairs x
 # transports x relayed RTTs driving the dcutr CLI (extra arguments go to
-# `natlab matrix`, e.g. --runs 10), and stock rust-libp2p against
+# `natlab matrix`, e.g. --runs 10), the symmetric/symmetric cases again
+# with coturn on the relay host and `dcutr peer --stun` (`natlab matrix
+# --stun`: both must fail at once), and stock rust-libp2p against
 # dcutr-libp2p (`natlab libp2p --runs 1`).
 # Needs root (it creates namespaces); otherwise it prints
 # "natlab: skipped (needs root)" and exits 0. Installs missing lab tools
-# first (scripts/install-natlab-tools.sh).
+# first (scripts/install-natlab-tools.sh, scripts/install-coturn.sh).
 # The Markdown tables land in $CARGO_TARGET_DIR (default target/):
-# natlab-report.md (matrix) and natlab-libp2p.md.
+# natlab-report.md (matrix), natlab-stun.md and natlab-libp2p.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,7 @@ if [ "$(id -u)" -ne 0 ] || ! ip netns list >/dev/null 2>&1; then
     exit 0
 fi
 scripts/install-natlab-tools.sh
+scripts/install-coturn.sh
 target=${CARGO_TARGET_DIR:-target}
 # natlab libp2p drives the dcutr CLI (`dcutr libp2p`), built with the workspace's
 # features (the same libp2p build as the rest of the test suite).
@@ -28,4 +31,6 @@ timed() {
 }
 timed "$target/debug/natlab" selftest
 timed "$target/debug/natlab" matrix --markdown "$target/natlab-report.md" "$@"
+timed "$target/debug/natlab" matrix --stun --filter symmetric/symmetric \
+    --markdown "$target/natlab-stun.md"
 timed "$target/debug/natlab" libp2p --runs 1 --markdown "$target/natlab-libp2p.md"

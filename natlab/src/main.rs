@@ -20,6 +20,7 @@ mod proc;
 mod rawsock;
 mod selftest;
 mod stats;
+mod stun;
 mod topo;
 
 use std::net::SocketAddr;

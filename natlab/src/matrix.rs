@@ -37,6 +37,12 @@ pub const OTHER_PEER_GRACE: Duration = Duration::from_secs(10);
 /// 3 attempts with per-step timeouts of ~10 s (rust-libp2p's) at most.
 pub const FAIL_CLEAN_BOUND: Duration = Duration::from_secs(35);
 
+/// With `--stun`, two NATs that cannot meet must both report it within
+/// this: one STUN round trip per server from each punch socket, the
+/// pairing, and one Connect exchange (three attempts took about 15 s
+/// before the peers knew their NATs).
+pub const CANNOT_MEET_BOUND: Duration = Duration::from_secs(10);
+
 /// The whole default matrix should stay under this on 2 cores.
 pub const MATRIX_BUDGET: Duration = Duration::from_secs(300);
 
@@ -65,6 +71,12 @@ pub struct Args {
     /// Put a delay line of this one-way delay in front of A's site (raises D and R).
     #[arg(long)]
     pub direct_delay_ms: Option<f64>,
+    /// Run coturn on the relay host and give both peers `--stun` to it
+    /// (`dcutr peer --stun`): two symmetric NATs must then fail at once,
+    /// after one attempt, and say they cannot meet. Needs `turnserver`
+    /// (scripts/install-coturn.sh).
+    #[arg(long)]
+    pub stun: bool,
     /// Filter ("cone/public", "quic", "rtt100"), output and run id.
     #[command(flatten)]
     pub common: Common,
@@ -81,6 +93,9 @@ pub enum Expect {
     },
     /// Both peers report a clean failure after all attempts, relay still usable.
     FailClean,
+    /// Both peers know each other's NAT (`--stun`) and fail cleanly after
+    /// one attempt, within [`CANNOT_MEET_BOUND`], saying the NATs cannot meet.
+    CannotMeet,
     /// Report only: upgrade or clean failure, anything but an error.
     Clean,
 }
@@ -125,6 +140,8 @@ pub struct Case {
     pub relay_delay_ms: u32,
     /// The async runtime both peers run on (`lab-dcutr peer --runtime`).
     pub runtime: &'static str,
+    /// coturn runs on the relay host and both peers ask it (`--stun`).
+    pub stun: bool,
 }
 
 impl Named for Case {
@@ -139,13 +156,22 @@ impl Named for Case {
         if self.runtime != DEFAULT_RUNTIME {
             name = format!("{name} {}", self.runtime);
         }
+        if self.stun {
+            name.push_str(" stun");
+        }
         name
     }
 }
 
 impl Case {
     fn expect(&self) -> Expect {
-        PAIRS[self.pair].3
+        let (_, a, b, expect) = PAIRS[self.pair];
+        // Knowing both NATs, the peers see that no punch can meet.
+        if self.stun && a == Site::SYMMETRIC && b == Site::SYMMETRIC {
+            Expect::CannotMeet
+        } else {
+            expect
+        }
     }
 }
 
@@ -162,6 +188,7 @@ pub fn all_cases() -> Vec<Case> {
                     transport,
                     relay_delay_ms,
                     runtime,
+                    stun: false,
                 })
             })
         })
@@ -220,7 +247,11 @@ impl Campaign for Driven<Args> {
     const BUDGET: Option<Duration> = Some(MATRIX_BUDGET);
 
     fn cases(&self) -> Vec<Case> {
+        let stun = self.args.stun;
         all_cases()
+            .into_iter()
+            .map(|case| Case { stun, ..case })
+            .collect()
     }
 
     fn topology(&self, case: &Case, _run: u32) -> TopologySpec {
@@ -242,10 +273,29 @@ impl Campaign for Driven<Args> {
             seen.problems.push(e);
             return seen;
         }
+        // Kept until both peers are done; dropping them stops coturn.
+        let _stun = if case.stun {
+            match crate::stun::run_dir(&lab.relay_ns())
+                .and_then(|dir| crate::stun::start(lab, &dir))
+            {
+                Ok(procs) => procs,
+                Err(e) => {
+                    seen.problems.push(format!("coturn: {e:#}"));
+                    return seen;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let mut extra = vec!["--runtime".to_owned(), case.runtime.to_owned()];
+        if case.stun {
+            extra.extend(crate::stun::peer_args());
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let started = Instant::now();
         let timeout = Duration::from_secs_f64(self.args.case_timeout_s.max(0.1));
         let deadline = started + timeout;
-        let peers = (case.transport, &["--runtime", case.runtime][..]);
+        let peers = (case.transport, &extra[..]);
         let ready_by = (Instant::now() + PEER_READY_TIMEOUT).min(deadline);
         let problems = &mut seen.problems;
         if contract::start_peers(lab, procs, &self.dcutr, peers, ready_by, problems)
@@ -335,6 +385,36 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
                 ));
             }
         }
+        Expect::CannotMeet if outcome != Outcome::FailedClean => {
+            v.push(format!("expected a clean failure, got {outcome}"));
+        }
+        Expect::CannotMeet => {
+            for (who, r) in [("A", ra), ("B", rb)] {
+                let Some(r) = r else { continue };
+                if r.attempts != 1 {
+                    v.push(format!("{who}: attempts={}, expected 1", r.attempts));
+                }
+                if !r
+                    .reason
+                    .as_deref()
+                    .is_some_and(|m| m.contains("cannot meet"))
+                {
+                    v.push(format!(
+                        "{who}: the reason does not say the NATs cannot meet"
+                    ));
+                }
+                if !r.relay_usable {
+                    v.push(format!("{who}: relay_usable=false after a clean failure"));
+                }
+            }
+            if duration > CANNOT_MEET_BOUND {
+                v.push(format!(
+                    "knowing both NATs, the failure took {:.1} s, bound {} s",
+                    duration.as_secs_f64(),
+                    CANNOT_MEET_BOUND.as_secs()
+                ));
+            }
+        }
         Expect::Clean if !matches!(outcome, Outcome::Upgraded | Outcome::FailedClean) => {
             v.push(format!(
                 "expected an upgrade or a clean failure, got {outcome}"
@@ -345,7 +425,8 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
     let pick = |f: fn(&CliResult) -> Option<f64>| rb.and_then(f).or_else(|| ra.and_then(f));
     let (rtt_ms, direct_rtt_ms) = (pick(|r| r.rtt_ms), pick(|r| r.direct_rtt_ms));
     let time_to_direct_ms = pick(|r| r.time_to_direct_ms);
-    let (name, a_site, b_site, expect) = PAIRS[case.pair];
+    let (name, a_site, b_site, _) = PAIRS[case.pair];
+    let expect = case.expect();
     let detail = Detail {
         pair: name.into(),
         a_site: a_site.to_string(),
@@ -439,12 +520,18 @@ mod tests {
 
     /// Judge a TCP run of pair `pair` (relayed RTT 100 ms) lasting `secs`.
     fn run(pair: &str, a: CliRun, b: CliRun, secs: u64) -> Record<Detail> {
+        run_with(false, pair, a, b, secs)
+    }
+
+    /// [`run`], with coturn and `--stun` when `stun`.
+    fn run_with(stun: bool, pair: &str, a: CliRun, b: CliRun, secs: u64) -> Record<Detail> {
         let pair = PAIRS.iter().position(|p| p.0 == pair).unwrap();
         let case = Case {
             pair,
             transport: Transport::Tcp,
             relay_delay_ms: 50,
             runtime: DEFAULT_RUNTIME,
+            stun,
         };
         let seen = Seen {
             a,
@@ -479,6 +566,64 @@ mod tests {
         ] {
             assert!(names.contains(&n.to_string()), "{n}");
         }
+    }
+
+    #[test]
+    fn with_stun_two_symmetric_nats_must_fail_at_once_and_say_why() {
+        let said = |run: CliRun| {
+            with(run, |r| {
+                r.reason = Some("the two NATs cannot meet: both map ...".into());
+            })
+        };
+        let good = run_with(
+            true,
+            "symmetric/symmetric",
+            said(down("client", 1)),
+            said(down("server", 1)),
+            2,
+        );
+        assert_eq!(good.detail.expect, Expect::CannotMeet);
+        assert!(good.passed(), "{:?}", good.violations);
+        // Without --stun the same pair still expects all three attempts.
+        let plain = run(
+            "symmetric/symmetric",
+            down("client", 3),
+            down("server", 3),
+            20,
+        );
+        assert_eq!(plain.detail.expect, Expect::FailClean);
+        for (a, b, secs, needle) in [
+            (
+                said(down("client", 3)),
+                said(down("server", 1)),
+                2,
+                "A: attempts=3, expected 1",
+            ),
+            (
+                down("client", 1),
+                said(down("server", 1)),
+                2,
+                "A: the reason does not say",
+            ),
+            (
+                said(down("client", 1)),
+                said(down("server", 1)),
+                15,
+                "the failure took 15.0 s",
+            ),
+            (
+                up("client"),
+                up("server"),
+                1,
+                "expected a clean failure, got upgraded",
+            ),
+        ] {
+            let r = run_with(true, "symmetric/symmetric", a, b, secs);
+            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+        }
+        // Other pairs keep their expectation with --stun.
+        let cone = run_with(true, "cone/cone", up("client"), up("server"), 1);
+        assert!(cone.passed(), "{:?}", cone.violations);
     }
 
     #[test]
