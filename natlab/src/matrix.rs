@@ -316,6 +316,52 @@ impl Campaign for Driven<Args> {
     }
 }
 
+/// What a clean failure must show on both sides.
+struct CleanFailure {
+    attempts: u32,
+    /// Words the reason must hold; else any non-empty reason does.
+    reason_says: Option<&'static str>,
+    /// Longest the run may take.
+    bound: Duration,
+}
+
+impl CleanFailure {
+    fn check(
+        &self,
+        sides: [(&str, Option<&CliResult>); 2],
+        duration: Duration,
+        v: &mut Vec<String>,
+    ) {
+        for (who, r) in sides {
+            let Some(r) = r else { continue };
+            if r.attempts != self.attempts {
+                v.push(format!(
+                    "{who}: attempts={}, expected {}",
+                    r.attempts, self.attempts
+                ));
+            }
+            if !r.relay_usable {
+                v.push(format!("{who}: relay_usable=false after a clean failure"));
+            }
+            let reason = r.reason.as_deref().unwrap_or_default();
+            match self.reason_says {
+                None if reason.is_empty() => v.push(format!("{who}: no reason for the failure")),
+                Some(words) if !reason.contains(words) => {
+                    v.push(format!("{who}: the reason does not say {words:?}"));
+                }
+                _ => {}
+            }
+        }
+        if duration > self.bound {
+            v.push(format!(
+                "clean failure took {:.1} s, bound {} s",
+                duration.as_secs_f64(),
+                self.bound.as_secs()
+            ));
+        }
+    }
+}
+
 /// Turn what the peers did into a record (pure: unit-tested without root).
 pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
     let (a, b, duration) = (&seen.a, &seen.b, seen.duration);
@@ -358,62 +404,24 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
                 }
             }
         }
-        Expect::FailClean if outcome != Outcome::FailedClean => {
+        Expect::FailClean | Expect::CannotMeet if outcome != Outcome::FailedClean => {
             v.push(format!("expected a clean failure, got {outcome}"));
         }
         Expect::FailClean => {
-            for (who, r) in [("A", ra), ("B", rb)] {
-                let Some(r) = r else { continue };
-                if r.attempts != PROTOCOL_ATTEMPTS {
-                    v.push(format!(
-                        "{who}: attempts={}, expected {PROTOCOL_ATTEMPTS}",
-                        r.attempts
-                    ));
-                }
-                if !r.relay_usable {
-                    v.push(format!("{who}: relay_usable=false after a clean failure"));
-                }
-                if r.reason.as_deref().is_none_or(str::is_empty) {
-                    v.push(format!("{who}: no reason for the failure"));
-                }
-            }
-            if duration > FAIL_CLEAN_BOUND {
-                v.push(format!(
-                    "clean failure took {:.1} s, bound {} s",
-                    duration.as_secs_f64(),
-                    FAIL_CLEAN_BOUND.as_secs()
-                ));
-            }
-        }
-        Expect::CannotMeet if outcome != Outcome::FailedClean => {
-            v.push(format!("expected a clean failure, got {outcome}"));
+            let expected = CleanFailure {
+                attempts: PROTOCOL_ATTEMPTS,
+                reason_says: None,
+                bound: FAIL_CLEAN_BOUND,
+            };
+            expected.check([("A", ra), ("B", rb)], duration, &mut v);
         }
         Expect::CannotMeet => {
-            for (who, r) in [("A", ra), ("B", rb)] {
-                let Some(r) = r else { continue };
-                if r.attempts != 1 {
-                    v.push(format!("{who}: attempts={}, expected 1", r.attempts));
-                }
-                if !r
-                    .reason
-                    .as_deref()
-                    .is_some_and(|m| m.contains("cannot meet"))
-                {
-                    v.push(format!(
-                        "{who}: the reason does not say the NATs cannot meet"
-                    ));
-                }
-                if !r.relay_usable {
-                    v.push(format!("{who}: relay_usable=false after a clean failure"));
-                }
-            }
-            if duration > CANNOT_MEET_BOUND {
-                v.push(format!(
-                    "knowing both NATs, the failure took {:.1} s, bound {} s",
-                    duration.as_secs_f64(),
-                    CANNOT_MEET_BOUND.as_secs()
-                ));
-            }
+            let expected = CleanFailure {
+                attempts: 1,
+                reason_says: Some("cannot meet"),
+                bound: CANNOT_MEET_BOUND,
+            };
+            expected.check([("A", ra), ("B", rb)], duration, &mut v);
         }
         Expect::Clean if !matches!(outcome, Outcome::Upgraded | Outcome::FailedClean) => {
             v.push(format!(
@@ -609,7 +617,7 @@ mod tests {
                 said(down("client", 1)),
                 said(down("server", 1)),
                 15,
-                "the failure took 15.0 s",
+                "clean failure took 15.0 s",
             ),
             (
                 up("client"),
