@@ -47,9 +47,29 @@ fn timeline(seen: &Seen, who: Who) -> dcutr_core::record::Timeline {
 
 /// Stock B never dials A's advertised addresses; ours does, as soon as
 /// identify names them, alongside the hole punch it started at once.
+///
+/// On a loaded machine the loopback punch can win before identify arrives,
+/// and then there is rightly nothing left to dial; the case is run again,
+/// up to [`UNILATERAL_TRIES`] times, until identify came first once.
 #[tokio::test]
 async fn b_dials_a_public_a_directly_alongside_the_hole_punch() {
     init_tracing();
+    for _ in 0..UNILATERAL_TRIES {
+        if b_dials_a_public_a_once().await {
+            return;
+        }
+    }
+    panic!("in {UNILATERAL_TRIES} runs B never dialled A's advertised address");
+}
+
+/// Runs of [`b_dials_a_public_a_directly_alongside_the_hole_punch`]: the
+/// punch wins first in about one loaded run in five, so five runs all
+/// without a unilateral dial mean the dial is broken, not unlucky.
+const UNILATERAL_TRIES: usize = 5;
+
+/// One run: true when B's unilateral dial started (and then everything
+/// the test claims is checked), false when the punch won before identify.
+async fn b_dials_a_public_a_once() -> bool {
     let a = build_client(Dcutr::Stock);
     let b = build_client(Dcutr::Ours(loopback_config()));
     let mut pair = setup(a, b).await;
@@ -63,27 +83,28 @@ async fn b_dials_a_public_a_directly_alongside_the_hole_punch() {
     // the punch running beside it.
     let conn = seen.ours_ok(Who::B).unwrap();
     let t = timeline(&seen, Who::B);
-    assert!(t.unilateral().is_some(), "{t:#?}");
+    let events = progress_events(&seen, Who::B);
+    let position = |pred: &dyn Fn(&CoreEvent) -> bool| events.iter().position(pred);
+    let attempt = position(&|e| matches!(e, CoreEvent::AttemptStarted { attempt: 1 }));
+    assert!(attempt.is_some(), "the exchange ran: {events:?}");
+    if t.unilateral().is_none() {
+        return false;
+    }
     assert!(
         t.dials()
             .iter()
             .any(|d| d.purpose() == dcutr_core::DialPurpose::Unilateral),
         "B dialled A's advertised address: {t:#?}"
     );
-    let events = progress_events(&seen, Who::B);
-    let position = |pred: &dyn Fn(&CoreEvent) -> bool| events.iter().position(pred);
-    let attempt = position(&|e| matches!(e, CoreEvent::AttemptStarted { attempt: 1 }));
     let unilateral =
         position(&|e| matches!(e, CoreEvent::UnilateralStarted { dials } if *dials >= 1));
-    assert!(
-        attempt.is_some() && unilateral.is_some(),
-        "both ran: {events:?}"
-    );
+    assert!(unilateral.is_some(), "both ran: {events:?}");
     assert!(
         attempt < unilateral,
         "the exchange did not wait for identify: {events:?}"
     );
     echo(&mut pair, &mut seen, Who::B, conn).await;
+    true
 }
 
 /// What the scripted B saw on its second stream.

@@ -226,9 +226,42 @@ pub async fn setup(a: Swarm<Client>, b: Swarm<Client>) -> Pair {
 /// [`setup`] for clients built with [`build_client_on`]`(net, ..)`.
 pub async fn setup_on(net: Net, a: Swarm<Client>, b: Swarm<Client>) -> Pair {
     let deadline = tokio::time::Instant::now() + TEST_TIMEOUT;
-    match tokio::time::timeout_at(deadline, connect(net, a, b, deadline)).await {
+    let mut trail = SetupTrail::default();
+    match tokio::time::timeout_at(deadline, connect(net, a, b, deadline, &mut trail)).await {
         Ok(pair) => pair,
-        Err(_) => panic!("setup took longer than {TEST_TIMEOUT:?}"),
+        Err(_) => panic!("setup took longer than {TEST_TIMEOUT:?}; {trail:#?}"),
+    }
+}
+
+/// What setup saw, so that a stalled setup names the step it stalled in
+/// and the events that led there.
+#[derive(Default, Debug)]
+struct SetupTrail {
+    step: &'static str,
+    events: Vec<String>,
+}
+
+impl SetupTrail {
+    /// The most events a trail keeps: enough to show a stall's cause,
+    /// few enough to read in a CI log.
+    const MAX_EVENTS: usize = 64;
+
+    fn step(&mut self, step: &'static str) {
+        self.step = step;
+        self.note(format!("step: {step}"));
+    }
+
+    fn saw<E: std::fmt::Debug>(&mut self, who: &str, event: &E) {
+        let mut line = format!("{who}: {event:?}");
+        line.truncate(300);
+        self.note(line);
+    }
+
+    fn note(&mut self, line: String) {
+        if self.events.len() == Self::MAX_EVENTS {
+            self.events.remove(0);
+        }
+        self.events.push(line);
     }
 }
 
@@ -237,7 +270,9 @@ async fn connect(
     mut a: Swarm<Client>,
     mut b: Swarm<Client>,
     deadline: tokio::time::Instant,
+    trail: &mut SetupTrail,
 ) -> Pair {
+    trail.step("relay listening");
     let mut relay = build_relay(net);
     let relay_listen = listen(&mut relay, net).await;
     relay.add_external_address(relay_listen.clone());
@@ -249,6 +284,7 @@ async fn connect(
     });
     let relay_addr = relay_listen.with(Protocol::P2p(relay_id));
 
+    trail.step("A and B listening");
     let b_listen = listen(&mut b, net).await;
     let a_listen = listen(&mut a, net).await;
     let b_id = *b.local_peer_id();
@@ -258,10 +294,13 @@ async fn connect(
     // address observed by the relay (identify), so its first Connect
     // carries it.
     let b_relayed = relay_addr.clone().with(Protocol::P2pCircuit);
+    trail.step("B reserving, listening on the circuit and observed");
     b.listen_on(b_relayed.clone()).unwrap();
     let (mut reserved, mut listening, mut observed) = (false, false, false);
     while !(reserved && listening && observed) {
-        match b.select_next_some().await {
+        let event = b.select_next_some().await;
+        trail.saw("B", &event);
+        match event {
             SwarmEvent::Behaviour(ClientEvent::Relay(
                 relay::client::Event::ReservationReqAccepted { .. },
             )) => reserved = true,
@@ -275,9 +314,12 @@ async fn connect(
         }
     }
     // A: connected to the relay, own address observed.
+    trail.step("A connected to the relay and observed");
     a.dial(relay_addr.clone()).unwrap();
     loop {
-        if let SwarmEvent::NewExternalAddrCandidate { .. } = a.select_next_some().await {
+        let event = a.select_next_some().await;
+        trail.saw("A", &event);
+        if let SwarmEvent::NewExternalAddrCandidate { .. } = event {
             break;
         }
     }
