@@ -58,7 +58,7 @@ pub use dcutr_core::{
 pub use dcutr_driver::net::udp_socket;
 pub use dcutr_driver::{
     Fingerprint, QuicLimits, QuicSocket, Report, SERVER_NAME, TlsStream, UpgradeFailure,
-    insecure_self_signed_configs,
+    insecure_self_signed_configs, running_upgrades,
 };
 /// The quinn this crate builds its endpoints with: name
 /// `dcutr_async_std::quinn::Connection` and friends through it, so that the

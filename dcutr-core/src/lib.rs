@@ -81,6 +81,7 @@
 #![forbid(unsafe_code)]
 
 mod addr;
+pub mod admission;
 mod carrier;
 mod codec;
 mod config;

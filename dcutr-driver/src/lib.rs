@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod actor;
+mod admission;
 pub mod net;
 pub mod quic;
 mod report;
@@ -52,6 +53,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
 use actor::{ActorEvent, Cmd, DirectConn, Handshake as TlsSetup, Key, QuicDirect, Start, Stream};
+pub use admission::running_upgrades;
 pub use quic::{
     HOLE_PUNCH_INITIAL_RTT, QuicLimits, QuicSocket, SERVER_NAME, hole_punch_transport,
     insecure_self_signed_configs, punch_transport,
@@ -120,6 +122,7 @@ pub struct Options<L> {
     seed: Option<[u8; 32]>,
     nat: Option<dcutr_core::nat::NatBehaviour>,
     on_event: Option<EventCallback>,
+    peer: Option<[u8; 32]>,
 }
 
 impl<L> Options<L> {
@@ -140,7 +143,22 @@ impl<L> Options<L> {
             seed: None,
             nat: None,
             on_event: None,
+            peer: None,
         }
+    }
+
+    /// Names the peer for the process-wide guard in front of every
+    /// upgrade: at most one upgrade per named peer at a time, none for
+    /// [`FAILURE_COOLDOWN`](dcutr_core::admission::FAILURE_COOLDOWN) after
+    /// its last one failed, and at most
+    /// [`MAX_CONCURRENT_UPGRADES`](dcutr_core::admission::MAX_CONCURRENT_UPGRADES)
+    /// upgrades at once in this process (named or not). Use a name the
+    /// peer cannot change at will, such as the account or pairing it
+    /// authenticated with; a refused upgrade fails with
+    /// [`UpgradeFailure::Refused`] before anything is sent.
+    pub fn peer(mut self, name: impl AsRef<[u8]>) -> Self {
+        self.peer = Some(admission::name_digest(name.as_ref()));
+        self
     }
 
     /// Replaces the config. Its channel must be
@@ -326,6 +344,12 @@ pub enum UpgradeFailure {
     /// tampered with it. The relayed stream was closed.
     #[error("the peer's Hello pins another certificate than the one authenticated beforehand")]
     FingerprintMismatch,
+    /// The process-wide guard let no upgrade start (see [`Options::peer`]):
+    /// one with this peer is running, its last one failed moments ago, or
+    /// too many run at once. Nothing was sent; the relayed stream is
+    /// returned untouched.
+    #[error("no upgrade started: {0}")]
+    Refused(dcutr_core::admission::Refusal),
 }
 
 /// A failed upgrade. The relayed stream comes back when it is still
@@ -384,13 +408,22 @@ where
     if options.tcp.is_none() && options.quic.is_none() {
         return Err(fail(UpgradeFailure::NoTransport, relay));
     }
+    let ticket = match admission::admit(options.peer) {
+        Ok(ticket) => ticket,
+        Err(refusal) => return Err(fail(UpgradeFailure::Refused(refusal), relay)),
+    };
     // The relayed stream's actor takes its commands from here: the core's
     // writes, wants and close, sent from the first output on.
     let (relay_cmds, relay_rx) = mpsc::unbounded();
-    match Driver::new(runtime, options, start, relay_cmds) {
+    let result = match Driver::new(runtime, options, start, relay_cmds) {
         Ok(driver) => driver.run(relay, relay_rx).await,
         Err(reason) => Err(fail(reason, relay)),
-    }
+    };
+    // Only what the peer (or its relay) did starts a cooldown: a failed
+    // protocol or a tampered Hello, not a local socket or config error.
+    let peer_failed = matches!(&result, Err(e) if matches!(e.reason, UpgradeFailure::Failed(_) | UpgradeFailure::FingerprintMismatch));
+    ticket.finish(!peer_failed);
+    result
 }
 
 type ActorFuture<D> = BoxFuture<'static, (Key, Option<D>)>;

@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use dcutr_core::admission::Admission;
 use dcutr_core::{
     Candidate, Carrier, Dial, DialError, DirectId, Event as CoreEvent, Role, Side, SprayPayload,
     Transport, Upgrade, filter::ObservedAddrs, reason::StreamUnavailable, record::Timeline,
@@ -43,18 +44,6 @@ const MAX_PEERS_REMEMBERED: usize = 256;
 
 /// Most advertised addresses remembered per peer, most recent first.
 const MAX_ADDRS_PER_PEER: usize = 16;
-
-/// Most upgrades running at once in one behaviour. Each costs a relayed
-/// stream, a few timers and up to `max_dials_per_upgrade` dials; 64 is far
-/// above what a node hole-punches at once, and keeps a crowd of relayed
-/// peers from making us dial thousands of addresses together.
-pub const MAX_CONCURRENT_UPGRADES: usize = 64;
-
-/// How long after a failed upgrade a new relayed connection of the same
-/// peer starts none. A peer that fails once fails again a moment later (its
-/// NATs have not changed), and a hostile one could otherwise reconnect
-/// through the relay to have us dial again and again.
-pub const FAILURE_COOLDOWN: Duration = Duration::from_secs(10);
 
 type ToSwarmEvent<E> = ToSwarm<E, Either<Command, std::convert::Infallible>>;
 
@@ -100,9 +89,8 @@ pub struct Behaviour<E = Event> {
     queued: VecDeque<ToSwarmEvent<E>>,
     timer: Option<(Instant, Delay)>,
     upgrades_started: u64,
-    /// Peers whose last upgrade failed, and when; oldest first, bounded by
-    /// `MAX_PEERS_REMEMBERED`.
-    failed_recently: VecDeque<(PeerId, Instant)>,
+    /// One upgrade per peer, a cooldown after a failure, a cap on all.
+    admission: Admission<PeerId>,
     /// Our NAT, as identify's observers saw it.
     nat: NatTracker,
     #[cfg(feature = "metrics")]
@@ -155,7 +143,7 @@ impl<E: FromReport> Behaviour<E> {
             queued: VecDeque::new(),
             timer: None,
             upgrades_started: 0,
-            failed_recently: VecDeque::new(),
+            admission: Admission::default(),
             nat: NatTracker::default(),
             #[cfg(feature = "metrics")]
             metrics: None,
@@ -293,7 +281,7 @@ impl<E: FromReport> Behaviour<E> {
             ConnectedPoint::Dialer { .. } => Side::Responder,
         };
         let now = Instant::now();
-        if let Some(reason) = self.refusal(peer, now) {
+        if let Err(reason) = self.admission.admit(peer, now) {
             tracing::debug!(%peer, relayed = %id, %reason, "no dcutr upgrade on this relayed connection");
             self.queued.push_back(ToSwarm::NotifyHandler {
                 peer_id: peer,
@@ -328,31 +316,11 @@ impl<E: FromReport> Behaviour<E> {
                 self.drain(id, now);
             }
             // The config was validated at construction.
-            Err(err) => tracing::error!(%err, "dcutr upgrade could not start"),
+            Err(err) => {
+                self.admission.finish(&peer, now, true);
+                tracing::error!(%err, "dcutr upgrade could not start");
+            }
         }
-    }
-
-    /// Why a new relayed connection of `peer` gets no upgrade, if it does
-    /// not: one upgrade per peer at a time, a cooldown after a failure,
-    /// and a cap on upgrades at once.
-    fn refusal(&mut self, peer: PeerId, now: Instant) -> Option<Refusal> {
-        while self
-            .failed_recently
-            .front()
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= FAILURE_COOLDOWN)
-        {
-            self.failed_recently.pop_front();
-        }
-        if self.upgrades.values().any(|rel| rel.peer == peer) {
-            return Some(Refusal::AlreadyRunning);
-        }
-        if self.failed_recently.iter().any(|(p, _)| *p == peer) {
-            return Some(Refusal::CoolingDown);
-        }
-        if self.upgrades.len() >= MAX_CONCURRENT_UPGRADES {
-            return Some(Refusal::TooManyUpgrades);
-        }
-        None
     }
 
     /// Runs `input` on the core of relayed connection `id`, then carries
@@ -409,12 +377,8 @@ impl<E: FromReport> Behaviour<E> {
             return;
         }
         let rel = self.upgrades.remove(&id).expect("just found");
-        if matches!(rel.up.outcome(), Some(dcutr_core::Outcome::Failed(_))) {
-            self.failed_recently.push_back((rel.peer, Instant::now()));
-            if self.failed_recently.len() > MAX_PEERS_REMEMBERED {
-                self.failed_recently.pop_front();
-            }
-        }
+        let failed = matches!(rel.up.outcome(), Some(dcutr_core::Outcome::Failed(_)));
+        self.admission.finish(&rel.peer, Instant::now(), !failed);
         self.dials.retain(|_, (relayed, _)| *relayed != id);
         if !rel.closed {
             self.queued.push_back(ToSwarm::NotifyHandler {
@@ -748,17 +712,6 @@ fn dial_error(error: &libp2p_swarm::DialError) -> DialError {
     }
 }
 
-/// Why a relayed connection gets no upgrade.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-enum Refusal {
-    #[error("an upgrade with this peer is already running")]
-    AlreadyRunning,
-    #[error("the last upgrade with this peer failed less than {FAILURE_COOLDOWN:?} ago")]
-    CoolingDown,
-    #[error("{MAX_CONCURRENT_UPGRADES} upgrades are already running")]
-    TooManyUpgrades,
-}
-
 /// One relayed connection, as the carrier of its core's commands: what it
 /// asks for becomes swarm events and handler commands.
 struct SwarmSide<'a, E> {
@@ -968,45 +921,45 @@ mod tests {
         format!("/ip4/198.51.100.7/tcp/{port}").parse().unwrap()
     }
 
-    fn running(b: &mut Behaviour, peer: PeerId, id: usize, now: Instant) {
-        let up = Upgrade::builder(Side::Responder, b.config.core.clone(), [1; 32])
-            .local_addrs([Candidate::tcp("198.51.100.7:4001".parse().unwrap())])
-            .start(now)
-            .unwrap();
-        let rel = Relayed {
-            peer,
-            side: Side::Responder,
-            up: Box::new(up),
-            stream: None,
-            directs: HashMap::new(),
-            closed: false,
-            addrs: AttemptAddrs::default(),
-        };
-        b.upgrades.insert(ConnectionId::new_unchecked(id), rel);
-    }
-
+    /// The behaviour puts the core's `Admission` in front of every upgrade
+    /// (its own tests cover the rules); this shows it is wired in: a
+    /// second relayed connection of a running peer gets none, a failed
+    /// upgrade starts the peer's cooldown, other peers are unaffected.
     #[test]
-    fn one_upgrade_per_peer_a_cooldown_after_a_failure_and_a_cap_on_all() {
+    fn one_upgrade_per_peer_and_a_cooldown_after_a_failure() {
         let mut b = Behaviour::new(PeerId::random());
-        let (peer, now) = (PeerId::random(), Instant::now());
-        assert_eq!(b.refusal(peer, now), None);
-        running(&mut b, peer, 1, now);
-        assert_eq!(b.refusal(peer, now), Some(Refusal::AlreadyRunning));
-        b.upgrades.clear();
-        b.failed_recently.push_back((peer, now));
-        let soon = now + FAILURE_COOLDOWN - Duration::from_millis(1);
-        assert_eq!(b.refusal(peer, soon), Some(Refusal::CoolingDown));
-        assert_eq!(
-            b.refusal(PeerId::random(), soon),
-            None,
-            "other peers are fine"
+        b.on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+            NewExternalAddrCandidate { addr: &tcp(4001) },
+        ));
+        let peer = PeerId::random();
+        let relayed = ConnectedPoint::Dialer {
+            address: format!("{}/p2p/{}/p2p-circuit/p2p/{peer}", tcp(9), PeerId::random())
+                .parse()
+                .unwrap(),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        };
+        let (first, second) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
         );
-        assert_eq!(b.refusal(peer, now + FAILURE_COOLDOWN), None);
-        assert!(b.failed_recently.is_empty(), "expired entries are dropped");
-        for id in 0..MAX_CONCURRENT_UPGRADES {
-            running(&mut b, PeerId::random(), 10 + id, now);
-        }
-        assert_eq!(b.refusal(peer, now), Some(Refusal::TooManyUpgrades));
+        b.on_relayed_established(first, peer, &relayed);
+        b.on_relayed_established(second, peer, &relayed);
+        assert_eq!(b.upgrades.keys().collect::<Vec<_>>(), [&first]);
+        let rel = b.upgrades.get_mut(&first).unwrap();
+        rel.up.handle_relay_closed(Instant::now());
+        rel.closed = true;
+        assert!(matches!(
+            rel.up.outcome(),
+            Some(dcutr_core::Outcome::Failed(_))
+        ));
+        b.retire(first);
+        assert!(b.upgrades.is_empty());
+        b.on_relayed_established(ConnectionId::new_unchecked(3), peer, &relayed);
+        assert!(b.upgrades.is_empty(), "the peer is cooling down");
+        let other = ConnectionId::new_unchecked(4);
+        b.on_relayed_established(other, PeerId::random(), &relayed);
+        assert_eq!(b.upgrades.keys().collect::<Vec<_>>(), [&other]);
     }
 
     #[test]

@@ -85,8 +85,9 @@ mod log;
 pub mod metrics;
 mod nat;
 
-pub use behaviour::{Behaviour, FAILURE_COOLDOWN, MAX_CONCURRENT_UPGRADES};
+pub use behaviour::Behaviour;
 pub use config::{Config, ConfigError};
+pub use dcutr_core::admission::{FAILURE_COOLDOWN, MAX_CONCURRENT_UPGRADES};
 pub use event::{AttemptAddrs, Error, Event, FromReport, Progress, Report};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;

@@ -81,7 +81,7 @@ pub use dcutr_core::{
 pub use dcutr_driver::net::udp_socket;
 pub use dcutr_driver::{
     Fingerprint, QuicLimits, QuicSocket, Report, SERVER_NAME, UpgradeFailure,
-    insecure_self_signed_configs,
+    insecure_self_signed_configs, running_upgrades,
 };
 /// The quinn this crate builds its endpoints with: name
 /// `dcutr_tokio::quinn::Connection` and friends through it, so that the
