@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use dcutr_tokio::{Failure, Side, Transport, UpgradeFailure};
+use dcutr_tokio::{Side, Transport, UpgradeFailure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TEST_LIMIT: Duration = Duration::from_secs(30);
@@ -54,21 +54,8 @@ async fn a_second_upgrade_with_a_running_peer_is_refused_and_sends_nothing() {
 #[tokio::test]
 async fn a_peer_whose_upgrade_failed_gets_none_during_the_cooldown() {
     init_tracing();
-    let (ours, mut theirs) = relayed_pair().await;
     let (options, _) = peer(Side::Responder, Transport::Tcp, loopback_config());
-    theirs.write_all(&[0xff; 64]).await.unwrap();
-    let error = tokio::time::timeout(
-        TEST_LIMIT,
-        dcutr_tokio::upgrade(ours, options.peer("mallory")),
-    )
-    .await
-    .unwrap()
-    .expect_err("garbage cannot upgrade");
-    assert!(
-        matches!(error.reason, UpgradeFailure::Failed(Failure::Protocol(_))),
-        "{:?}",
-        error.reason
-    );
+    upgrade_against_garbage(options.peer("mallory")).await;
     let (ours, _theirs) = relayed_pair().await;
     let (options, _) = peer(Side::Responder, Transport::Tcp, loopback_config());
     let again = tokio::time::timeout(

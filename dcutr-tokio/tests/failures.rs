@@ -74,18 +74,8 @@ async fn unreachable_addresses_fail_after_three_attempts_and_the_relay_stays_usa
 #[tokio::test]
 async fn garbage_from_the_peer_is_a_protocol_error() {
     init_tracing();
-    let (ours, mut theirs) = relayed_pair().await;
     let (options, _) = peer(Side::Responder, Transport::Tcp, loopback_config());
-    theirs.write_all(&[0xff; 64]).await.unwrap();
-    let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
-        .await
-        .unwrap()
-        .expect_err("garbage cannot upgrade");
-    assert!(
-        matches!(error.reason, UpgradeFailure::Failed(Failure::Protocol(_))),
-        "{:?}",
-        error.reason
-    );
+    upgrade_against_garbage(options).await;
 }
 
 #[tokio::test]

@@ -57,3 +57,26 @@ pub async fn relayed_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
     (a.unwrap(), b.unwrap().0)
 }
+
+/// Runs an upgrade with `options` against a peer that writes only garbage,
+/// and returns its error, which must be a protocol error.
+pub async fn upgrade_against_garbage(
+    options: Options,
+) -> dcutr_tokio::UpgradeError<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let (ours, mut theirs) = relayed_pair().await;
+    theirs.write_all(&[0xff; 64]).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(60), dcutr_tokio::upgrade(ours, options))
+        .await
+        .unwrap()
+        .expect_err("garbage cannot upgrade");
+    assert!(
+        matches!(
+            error.reason,
+            dcutr_tokio::UpgradeFailure::Failed(dcutr_tokio::Failure::Protocol(_))
+        ),
+        "{:?}",
+        error.reason
+    );
+    error
+}
