@@ -18,7 +18,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -110,9 +109,6 @@ pub const RELAY_CLOSED_REASON: &str = "relayed stream closed";
 /// `natlab broken` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
-    #[arg(long)]
-    pub dcutr: Option<PathBuf>,
     /// Base seed of the delay lines' loss and jitter (each run derives its own).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

@@ -49,6 +49,10 @@ const READER_JOIN_LIMIT: Duration = Duration::from_secs(2);
 /// Options every campaign has.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
+    /// The CLI to drive (default: `lab-dcutr` next to natlab, for `libp2p`
+    /// the user CLI `dcutr`, else on PATH).
+    #[arg(long)]
+    pub dcutr: Option<PathBuf>,
     /// Repeat each case this many times (default: 3 for `broken`, else 1).
     #[arg(long)]
     pub runs: Option<u32>,
@@ -222,6 +226,20 @@ pub struct Driven<A> {
     pub args: A,
     /// The `dcutr` CLI (or `lab-dcutr`).
     pub dcutr: PathBuf,
+}
+
+/// Locate the CLI with `locate` (given `--dcutr`), then [`run`] the
+/// campaign of `args`.
+pub fn run_with<A>(
+    common: Common,
+    args: A,
+    locate: fn(Option<&Path>) -> Result<PathBuf>,
+) -> Result<ExitCode>
+where
+    Driven<A>: Campaign,
+{
+    let dcutr = locate(common.dcutr.as_deref())?;
+    run(&Driven { args, dcutr }, &common)
 }
 
 /// Run every case of `c` that matches the filter; exit code 0 when every

@@ -24,7 +24,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -109,10 +109,6 @@ const LISTENER_RESERVED_EVENT: &str = "reserved";
 /// `natlab libp2p` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH; build
-    /// it with `cargo build -p dcutr-cli`).
-    #[arg(long)]
-    pub dcutr: Option<PathBuf>,
     /// Also run the reference pairings, stock/stock and ours/ours.
     #[arg(long)]
     pub reference: bool,
@@ -659,6 +655,14 @@ pub fn table(records: &[Record<Detail>]) -> String {
         .concat(),
         "cone/cone, firewall on both routers, over the transport named in the pairing; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).",
     )
+}
+
+/// The CLI `natlab libp2p` drives: `--dcutr`, else `dcutr` next to natlab
+/// (`dcutr libp2p` is a user feature: the real CLI, not lab-dcutr), else
+/// on PATH.
+pub fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {
+    let hint = "build it (cargo build -p dcutr-cli) or pass --dcutr PATH";
+    campaign::locate(explicit, "", "dcutr", hint)
 }
 
 /// The string field `name` of a JSON event line.

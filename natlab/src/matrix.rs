@@ -1,7 +1,6 @@
 //! `natlab matrix`: the `dcutr` CLI through every NAT pair, transport and
 //! relayed RTT, one fresh topology per run.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -59,9 +58,6 @@ pub const EXTRA_RUNTIMES: &[&str] = &["smol"];
 /// `natlab matrix` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
-    #[arg(long)]
-    pub dcutr: Option<PathBuf>,
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = DEFAULT_CASE_TIMEOUT.as_secs_f64())]
     pub case_timeout_s: f64,
