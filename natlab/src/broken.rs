@@ -18,7 +18,6 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -32,7 +31,6 @@ use crate::campaign::{
 use crate::contract::{self, CliRun};
 use crate::nat::Site;
 use crate::proc::Proc;
-use crate::stats::median;
 use crate::topo::{DelaySpec, Lab, TopologySpec, site_public_ip};
 
 /// Runs per case by default: enough to see a rate at a glance in about
@@ -111,9 +109,6 @@ pub const RELAY_CLOSED_REASON: &str = "relayed stream closed";
 /// `natlab broken` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
-    #[arg(long)]
-    pub dcutr: Option<PathBuf>,
     /// Base seed of the delay lines' loss and jitter (each run derives its own).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -623,7 +618,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
             .filter_map(|r| r.duration_ms.map(|d| d / 1e3))
             .collect()
     };
-    let (header, rows) = campaign::rows(
+    let mut out = campaign::table(
         records,
         &[
             ("case", &|case, _| case.to_owned()),
@@ -644,7 +639,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
                 .to_string()
             }),
             ("median duration s", &|_, runs| {
-                campaign::num(median(&secs(runs)), 2)
+                campaign::median_cell(runs, |r| r.duration_ms.map(|d| d / 1e3), 2)
             }),
             ("max duration s", &|_, runs| {
                 campaign::num(secs(runs).into_iter().reduce(f64::max), 2)
@@ -654,10 +649,6 @@ pub fn table(records: &[Record<Detail>]) -> String {
             }),
             ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
         ],
-    );
-    let mut out = campaign::markdown(
-        &header,
-        &rows,
         "upgraded: both peers exited 0 (the CLI proved the direct path); core upgraded: both peers' \
          DCUtR reported `upgraded`. duration: loss and relay-cut cases, the longest of the two peers' \
          time from `paired` to exit; peer cases, from A vanishing to B's exit.",
@@ -982,10 +973,6 @@ mod tests {
         peer(1, &[], result(false, role, attempts, Some(reason)))
     }
 
-    fn has(r: &Record<Detail>, needle: &str) -> bool {
-        r.violations.iter().any(|v| v.contains(needle))
-    }
-
     #[test]
     fn loss_runs_pass_when_clean_and_within_the_bound() {
         let loss30 = Fault::Loss { percent: 30 };
@@ -1065,7 +1052,7 @@ mod tests {
             let r = run(loss10, a, b, times);
             assert_eq!(r.outcome, outcome, "{:?}", r.violations);
             assert!(
-                needles.iter().all(|n| has(&r, n)),
+                needles.iter().all(|n| r.has(n)),
                 "{needles:?}: {:?}",
                 r.violations
             );
@@ -1083,7 +1070,7 @@ mod tests {
         };
         let hung = evaluate(&case(loss10), 1, &bounds(), seen);
         assert_eq!(hung.outcome, Outcome::Timeout);
-        assert!(has(&hung, "timed out: a peer was still running"));
+        assert!(hung.has("timed out: a peer was still running"));
         // A lab failure alone makes the run fail.
         let lab = judge(
             &case(loss10),
@@ -1122,17 +1109,17 @@ mod tests {
         assert!(good.passed(), "{:?}", good.violations);
         // Noticed only by a step timeout: over the bound.
         let slow = cut_run(&["paired", "remote_addrs"], &["paired"], 51, 10.2);
-        assert!(has(&slow, "over the bound 10.0 s"));
+        assert!(slow.has("over the bound 10.0 s"));
         // The cut missed its point.
         let early = cut_run(&["paired"], &["paired"], 38, 0.3);
-        assert!(has(&early, "cut before B's Connect") && has(&early, "forwarded Some(38) bytes"));
+        assert!(early.has("cut before B's Connect") && early.has("forwarded Some(38) bytes"));
         let late = cut_run(
             &["paired", "remote_addrs"],
             &["paired", "rtt_measured"],
             51,
             0.3,
         );
-        assert!(has(&late, "got through the cut"));
+        assert!(late.has("got through the cut"));
         // A reason that is not the relay's close, and a relay still usable.
         let mut seen = Seen {
             a: good.detail.seen.a.clone(),
@@ -1147,9 +1134,7 @@ mod tests {
         seen.b.result.as_mut().unwrap().relay_usable = true;
         (seen.relay_forwarded, seen.cut_at) = (Some(51), Some(51));
         let other = evaluate(&case(Fault::RelayCut), 1, &bounds(), seen);
-        assert!(
-            has(&other, "does not say") && has(&other, "B: relay_usable=true after the relay cut")
-        );
+        assert!(other.has("does not say") && other.has("B: relay_usable=true after the relay cut"));
     }
 
     #[test]
@@ -1201,7 +1186,7 @@ mod tests {
             ),
         ] {
             let r = run(Fault::PeerKilled, a, b, times);
-            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+            assert!(r.has(needle), "{needle}: {:?}", r.violations);
         }
     }
 
@@ -1244,11 +1229,11 @@ mod tests {
         assert_eq!(unpaired.outcome, Outcome::Error);
         assert_eq!(unpaired.detail.error_phase, Some(ErrorPhase::Rendezvous));
         assert!(
-            !has(&unpaired, "killed by a signal"),
+            !unpaired.has("killed by a signal"),
             "{:?}",
             unpaired.violations
         );
-        assert!(has(&unpaired, "the other was stopped"));
+        assert!(unpaired.has("the other was stopped"));
         // One core upgraded, the other failed: a split outcome, placed in
         // the upgrade phase whatever the CLI did next.
         let why = "peer started no further attempt";

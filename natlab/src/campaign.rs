@@ -49,6 +49,10 @@ const READER_JOIN_LIMIT: Duration = Duration::from_secs(2);
 /// Options every campaign has.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
+    /// The CLI to drive (default: `lab-dcutr` next to natlab, for `libp2p`
+    /// the user CLI `dcutr`, else on PATH).
+    #[arg(long)]
+    pub dcutr: Option<PathBuf>,
     /// Repeat each case this many times (default: 3 for `broken`, else 1).
     #[arg(long)]
     pub runs: Option<u32>,
@@ -149,6 +153,12 @@ impl<D> Record<D> {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
+
+    /// Whether a violation contains `needle`.
+    #[cfg(test)]
+    pub fn has(&self, needle: &str) -> bool {
+        self.violations.iter().any(|v| v.contains(needle))
+    }
 }
 
 /// A case's name: what `--filter` matches and the table's first column.
@@ -216,6 +226,20 @@ pub struct Driven<A> {
     pub args: A,
     /// The `dcutr` CLI (or `lab-dcutr`).
     pub dcutr: PathBuf,
+}
+
+/// Locate the CLI with `locate` (given `--dcutr`), then [`run`] the
+/// campaign of `args`.
+pub fn run_with<A>(
+    common: Common,
+    args: A,
+    locate: fn(Option<&Path>) -> Result<PathBuf>,
+) -> Result<ExitCode>
+where
+    Driven<A>: Campaign,
+{
+    let dcutr = locate(common.dcutr.as_deref())?;
+    run(&Driven { args, dcutr }, &common)
 }
 
 /// Run every case of `c` that matches the filter; exit code 0 when every
@@ -406,7 +430,7 @@ pub fn start(
 }
 
 /// The final `result` object of a peer's output.
-pub trait PeerResult: DeserializeOwned {
+pub trait PeerResult: DeserializeOwned + Default {
     /// Whether the peer reports a direct connection.
     fn ok(&self) -> bool;
     /// Values that break the output contract (e.g. `ok` without a remote).
@@ -419,7 +443,7 @@ pub const RESULT_EVENT: &str = "result";
 /// What one peer did: its exit code and its stdout, read against the
 /// contract every lab peer speaks (one JSON object per line, each with a
 /// string `"event"`; the `result` last; unknown events and fields are fine).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PeerRun<R> {
     /// Exit code (`None`: killed, stopped by the runner, or never exited).
     pub exit: Option<i32>,
@@ -428,17 +452,6 @@ pub struct PeerRun<R> {
     pub result: Option<R>,
     /// Contract violations found in the output.
     pub problems: Vec<String>,
-}
-
-impl<R> Default for PeerRun<R> {
-    fn default() -> Self {
-        PeerRun {
-            exit: None,
-            events: Vec::new(),
-            result: None,
-            problems: Vec::new(),
-        }
-    }
 }
 
 impl<R: PeerResult> PeerRun<R> {
@@ -619,26 +632,47 @@ pub fn wait_peers(
     }
 }
 
-/// How a plain run (relay, B, maybe A) ended: see [`settle`].
-pub struct Settled<R> {
+/// What the runner saw of a plain run's two peers (see [`settle`]); the
+/// matrix records it as it is, the other campaigns take it apart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Pair<R> {
+    pub a: PeerRun<R>,
     pub b: PeerRun<R>,
-    /// Peer A, if it was started.
-    pub a: Option<PeerRun<R>>,
     /// The deadline (or the grace after the first exit) passed.
     pub timed_out: bool,
-    /// From `started` until both peers exited or the time ran out.
+    /// From starting B until both peers exited or the time ran out; the
+    /// record has it as `duration_ms`.
+    #[serde(skip)]
     pub duration: Duration,
+    /// The lab's and the runner's problems: the first violations.
+    pub problems: Vec<String>,
+}
+
+impl<R: PeerResult> Pair<R> {
+    /// The outcome both peers make together, after the problems and both
+    /// peers' contract violations (then a timeout) in `v`.
+    pub fn judged(&self, v: &mut Vec<String>) -> Outcome {
+        v.extend(self.problems.iter().cloned());
+        v.extend(self.a.violations("A"));
+        v.extend(self.b.violations("B"));
+        let outcome = outcome(&self.a, &self.b, self.timed_out, v);
+        if self.timed_out {
+            let secs = self.duration.as_secs_f64();
+            v.push(format!("timed out after {secs:.1} s"));
+        }
+        outcome
+    }
 }
 
 /// Wait for the peers `procs[1..]` (B, then A if started; `procs[0]` is
 /// the relay), giving the other `grace` once one exited; note a relay that
-/// exited meanwhile in `problems`, kill the peers if time ran out, and
-/// collect their output.
+/// exited meanwhile among the `problems`, kill the peers if time ran out,
+/// and collect their output (an A that never started says so).
 pub fn settle<R: PeerResult>(
     procs: &mut [Proc],
     (started, deadline, grace): (Instant, Instant, Duration),
-    problems: &mut Vec<String>,
-) -> Settled<R> {
+    mut problems: Vec<String>,
+) -> Pair<R> {
     let never = (Duration::MAX, |_: &[Proc]| false);
     let timed_out = match wait_peers(&mut procs[1..], started, deadline, None, grace, never) {
         Ok(w) => w.timed_out,
@@ -654,11 +688,18 @@ pub fn settle<R: PeerResult>(
     if timed_out {
         procs.iter_mut().skip(1).for_each(Proc::kill);
     }
-    Settled {
+    let never_started = || PeerRun {
+        problems: vec!["never started".into()],
+        ..PeerRun::default()
+    };
+    Pair {
         b: PeerRun::collect(&mut procs[1], false),
-        a: procs.get_mut(2).map(|p| PeerRun::collect(p, false)),
+        a: procs
+            .get_mut(2)
+            .map_or_else(never_started, |p| PeerRun::collect(p, false)),
         timed_out,
         duration,
+        problems,
     }
 }
 
@@ -729,6 +770,22 @@ pub fn rows<D>(
     (header, by_case(records).into_iter().map(cells).collect())
 }
 
+/// The Markdown table of `columns`, one row per case, then `note`.
+pub fn table<D>(records: &[Record<D>], columns: &[Column<D>], note: &str) -> String {
+    let (header, rows) = rows(records, columns);
+    markdown(&header, &rows, note)
+}
+
+/// The median over `runs` of `f` with `decimals`, `-` when none has one.
+pub fn median_cell<D>(
+    runs: &[&Record<D>],
+    f: impl Fn(&Record<D>) -> Option<f64>,
+    decimals: usize,
+) -> String {
+    let values: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
+    num(crate::stats::median(&values), decimals)
+}
+
 /// `n/N` of `runs` for which `f` holds.
 pub fn share<D>(runs: &[&Record<D>], f: impl Fn(&Record<D>) -> bool) -> String {
     let n = runs.iter().filter(|r| f(r)).count();
@@ -758,7 +815,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Debug, Deserialize, PartialEq, Serialize)]
+    #[derive(Debug, Default, Deserialize, PartialEq, Serialize)]
     struct R {
         ok: bool,
     }

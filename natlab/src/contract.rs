@@ -31,7 +31,7 @@ pub const RELAY_LISTENING_EVENT: &str = "listening";
 pub const PEER_REGISTERED_EVENT: &str = "registered";
 
 /// The final `result` object of a `dcutr peer`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CliResult {
     /// Whether a direct connection replaced the relayed one.
     pub ok: bool,

@@ -158,34 +158,19 @@ struct Frame {
 pub fn run(a: &str, b: &str, params: Params) -> Result<()> {
     let sock_a = Arc::new(PacketSocket::open(a).with_context(|| format!("opening {a}"))?);
     let sock_b = Arc::new(PacketSocket::open(b).with_context(|| format!("opening {b}"))?);
-    let stats_ab = Arc::new(Stats::default());
-    let stats_ba = Arc::new(Stats::default());
-
-    let (tx_ab, rx_ab) = mpsc::sync_channel::<Frame>(MAX_QUEUED_FRAMES);
-    let (tx_ba, rx_ba) = mpsc::sync_channel::<Frame>(MAX_QUEUED_FRAMES);
+    // One queue, two threads and one set of counters per direction.
+    let mut stats = Vec::new();
     let mut threads = Vec::new();
-    for (from, to, tx, rx, stats, stream, name) in [
-        (
-            Arc::clone(&sock_a),
-            Arc::clone(&sock_b),
-            tx_ab,
-            rx_ab,
-            Arc::clone(&stats_ab),
-            1u64,
-            format!("{a}->{b}"),
-        ),
-        (
-            Arc::clone(&sock_b),
-            Arc::clone(&sock_a),
-            tx_ba,
-            rx_ba,
-            Arc::clone(&stats_ba),
-            2u64,
-            format!("{b}->{a}"),
-        ),
+    for (from, to, stream, name) in [
+        (&sock_a, &sock_b, 1u64, format!("{a}->{b}")),
+        (&sock_b, &sock_a, 2u64, format!("{b}->{a}")),
     ] {
+        let (from, to) = (Arc::clone(from), Arc::clone(to));
+        let (tx, rx) = mpsc::sync_channel::<Frame>(MAX_QUEUED_FRAMES);
         let sched = Scheduler::new(params, stream);
-        let rx_stats = Arc::clone(&stats);
+        let tx_stats = Arc::new(Stats::default());
+        let rx_stats = Arc::clone(&tx_stats);
+        stats.push((name.clone(), Arc::clone(&tx_stats)));
         threads.push(
             thread::Builder::new()
                 .name(format!("rx {name}"))
@@ -194,9 +179,10 @@ pub fn run(a: &str, b: &str, params: Params) -> Result<()> {
         threads.push(
             thread::Builder::new()
                 .name(format!("tx {name}"))
-                .spawn(move || send_loop(&to, rx, &stats))?,
+                .spawn(move || send_loop(&to, rx, &tx_stats))?,
         );
     }
+    let print_stats = || stats.iter().for_each(|(n, s)| eprintln!("{}", s.json(n)));
     let ready = serde_json::json!({
         "event": "ready", "a": a, "b": b, "delay_ms": params.delay.as_secs_f64() * 1e3,
         "jitter_ms": params.jitter.as_secs_f64() * 1e3, "loss": params.loss, "seed": params.seed,
@@ -210,14 +196,12 @@ pub fn run(a: &str, b: &str, params: Params) -> Result<()> {
             anyhow::bail!("a delay-line thread stopped");
         }
         if std::os::unix::process::parent_id() != parent {
-            eprintln!("{}", stats_ab.json(&format!("{a}->{b}")));
-            eprintln!("{}", stats_ba.json(&format!("{b}->{a}")));
+            print_stats();
             anyhow::bail!("parent process {parent} is gone; stopping");
         }
         if last_stats.elapsed() >= STATS_INTERVAL {
             last_stats = Instant::now();
-            eprintln!("{}", stats_ab.json(&format!("{a}->{b}")));
-            eprintln!("{}", stats_ba.json(&format!("{b}->{a}")));
+            print_stats();
         }
     }
 }

@@ -24,7 +24,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -109,10 +109,6 @@ const LISTENER_RESERVED_EVENT: &str = "reserved";
 /// `natlab libp2p` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The dcutr CLI (default: `dcutr` next to natlab, else on PATH; build
-    /// it with `cargo build -p dcutr-cli`).
-    #[arg(long)]
-    pub dcutr: Option<PathBuf>,
     /// Also run the reference pairings, stock/stock and ours/ours.
     #[arg(long)]
     pub reference: bool,
@@ -233,7 +229,7 @@ pub const REFERENCE: [Pairing; 2] = [
 
 /// A `dcutr libp2p listen|dial --json` `result` line (unknown fields
 /// ignored).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeResult {
     /// Direct connection up and pinged over.
     pub ok: bool,
@@ -460,13 +456,24 @@ fn judge_symmetric(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -
             "expected a clean failure on both sides, got {outcome}"
         ));
     }
+    record((pairing, run), outcome, None, seen, v)
+}
+
+/// The record of run `run` of `pairing`, with the dialer's time to direct.
+fn record(
+    (pairing, run): (Pairing, u32),
+    outcome: Outcome,
+    time_to_direct_ms: Option<f64>,
+    seen: Seen,
+    v: Vec<String>,
+) -> Record<Detail> {
+    let duration = Some(seen.duration);
     let detail = Detail {
         b_impl: pairing.b,
         a_impl: pairing.a,
-        time_to_direct_ms: None,
+        time_to_direct_ms,
         seen,
     };
-    let duration = Some(detail.seen.duration);
     Record::new((pairing.name(), run), outcome, duration, v, detail)
 }
 
@@ -504,14 +511,8 @@ pub fn judge(pairing: Pairing, run: u32, seen: Seen, mut v: Vec<String>) -> Reco
         ));
     }
     let ttd = |n: &NodeRun| n.result.as_ref().and_then(|r| r.time_to_direct_ms);
-    let detail = Detail {
-        b_impl: pairing.b,
-        a_impl: pairing.a,
-        time_to_direct_ms: ttd(&seen.a).or_else(|| ttd(&seen.b)),
-        seen,
-    };
-    let duration = Some(detail.seen.duration);
-    Record::new((pairing.name(), run), outcome, duration, v, detail)
+    let time_to_direct = ttd(&seen.a).or_else(|| ttd(&seen.b));
+    record((pairing, run), outcome, time_to_direct, seen, v)
 }
 
 /// Each side's time from its relayed connection to its result, ms.
@@ -551,15 +552,12 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
     let median_of = |runs: &[&Record<Detail>], f: &dyn Fn(&Detail) -> Option<f64>| {
         median(&runs.iter().filter_map(|r| f(&r.detail)).collect::<Vec<_>>())
     };
-    let b_time = |_: &str, runs: &[&Record<Detail>]| {
-        campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.b)), 1)
-    };
     let a_time = |_: &str, runs: &[&Record<Detail>]| {
         let never = runs
             .iter()
             .filter(|r| time_to_outcome(&r.detail.seen.a).is_none())
             .count();
-        let t = campaign::num(median_of(runs, &|d| time_to_outcome(&d.seen.a)), 1);
+        let t = campaign::median_cell(runs, |r| time_to_outcome(&r.detail.seen.a), 1);
         match never {
             0 => t,
             _ => format!("{t}; never in {never}/{}", runs.len()),
@@ -573,10 +571,12 @@ pub fn symmetric_table(records: &[Record<Detail>]) -> String {
                 ("failed cleanly on both sides", &|_, runs| {
                     campaign::share(runs, |r| r.outcome == Outcome::FailedClean)
                 }),
-                ("B's median time to failure ms", &b_time),
+                ("B's median time to failure ms", &|_, runs| {
+                    campaign::median_cell(runs, |r| time_to_outcome(&r.detail.seen.b), 1)
+                }),
                 ("A's median time to failure ms", &a_time),
                 ("median time until both know ms", &|_, runs| {
-                    campaign::num(median_of(runs, &both_know), 1)
+                    campaign::median_cell(runs, |r| both_know(&r.detail), 1)
                 }),
                 ("verdict", &|_, runs| campaign::verdict(runs, "PASS")),
             ],
@@ -626,11 +626,6 @@ pub fn table(records: &[Record<Detail>]) -> String {
     {
         return symmetric_table(records);
     }
-    let ttd = |runs: &[&Record<Detail>]| -> Vec<f64> {
-        runs.iter()
-            .filter_map(|r| r.detail.time_to_direct_ms)
-            .collect()
-    };
     let event = |runs: &[&Record<Detail>], side: fn(&Detail) -> &NodeRun| {
         campaign::tally_text(runs.iter().map(|r| {
             let result = side(&r.detail).result.as_ref();
@@ -641,7 +636,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
                 .to_owned()
         }))
     };
-    let (header, rows) = campaign::rows(
+    campaign::table(
         records,
         &[
             &PAIRING_COLUMNS[..],
@@ -650,7 +645,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
                     campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
                 }),
                 ("median time to direct ms", &|_, runs| {
-                    campaign::num(median(&ttd(runs)), 1)
+                    campaign::median_cell(runs, |r| r.detail.time_to_direct_ms, 1)
                 }),
                 ("B's dcutr event", &|_, runs| event(runs, |d| &d.seen.b)),
                 ("A's dcutr event", &|_, runs| event(runs, |d| &d.seen.a)),
@@ -658,12 +653,16 @@ pub fn table(records: &[Record<Detail>]) -> String {
             ],
         ]
         .concat(),
-    );
-    campaign::markdown(
-        &header,
-        &rows,
         "cone/cone, firewall on both routers, over the transport named in the pairing; time to direct = the dialer's, from its relayed connection to its first direct one; dcutr event = the behaviour's own outcome event (none: it reported nothing).",
     )
+}
+
+/// The CLI `natlab libp2p` drives: `--dcutr`, else `dcutr` next to natlab
+/// (`dcutr libp2p` is a user feature: the real CLI, not lab-dcutr), else
+/// on PATH.
+pub fn locate_dcutr(explicit: Option<&Path>) -> Result<PathBuf> {
+    let hint = "build it (cargo build -p dcutr-cli) or pass --dcutr PATH";
+    campaign::locate(explicit, "", "dcutr", hint)
 }
 
 /// The string field `name` of a JSON event line.
@@ -858,13 +857,10 @@ impl Campaign for Driven<Args> {
             });
         }
         let limits = (started, deadline, OTHER_NODE_GRACE);
-        let end = campaign::settle(procs, limits, &mut seen.problems);
-        (seen.timed_out, seen.duration, seen.b) = (end.timed_out, end.duration, end.b);
-        seen.a = end.a.unwrap_or_else(|| NodeRun {
-            problems: vec!["never started".into()],
-            ..NodeRun::default()
-        });
+        let end = campaign::settle(procs, limits, std::mem::take(&mut seen.problems));
         drop(observer_procs);
+        (seen.a, seen.b, seen.problems) = (end.a, end.b, end.problems);
+        (seen.timed_out, seen.duration) = (end.timed_out, end.duration);
         seen
     }
 
@@ -891,10 +887,8 @@ mod tests {
             role: ok.then(|| "client".into()),
             time_to_direct_ms: ok.then_some(9.0),
             ping: ok,
-            time_to_outcome_ms: None,
-            nat: None,
             dcutr_outcome: dcutr.map(str::to_owned),
-            dcutr_error: None,
+            ..NodeResult::default()
         };
         let exit = Some(if ok { 0 } else { 1 });
         NodeRun {
@@ -935,10 +929,6 @@ mod tests {
         judge(p, 1, seen, vec![])
     }
 
-    fn has(r: &Record<Detail>, needle: &str) -> bool {
-        r.violations.iter().any(|v| v.contains(needle))
-    }
-
     #[test]
     fn a_direct_connection_on_both_sides_passes() {
         let r = run(MIXED[0], direct(Some("ok")), direct(None));
@@ -962,10 +952,7 @@ mod tests {
             "{:?}",
             r.violations
         );
-        assert!(has(
-            &r,
-            "expected a direct connection on both sides, got error"
-        ));
+        assert!(r.has("expected a direct connection on both sides, got error"));
     }
 
     #[test]
@@ -978,8 +965,8 @@ mod tests {
         let mut no_ping = direct(None);
         no_ping.result.as_mut().unwrap().ping = false;
         let r = run(MIXED[0], relayed, no_ping);
-        assert!(has(&r, "A: the direct connection's remote") && has(&r, "is not a direct address"));
-        assert!(has(&r, "B: ok without a direct connection pinged over"));
+        assert!(r.has("A: the direct connection's remote") && r.has("is not a direct address"));
+        assert!(r.has("B: ok without a direct connection pinged over"));
     }
 
     #[test]
@@ -991,12 +978,12 @@ mod tests {
         };
         let hung = judge(MIXED[0], 1, seen, vec![]);
         assert_eq!(hung.outcome, Outcome::Timeout);
-        assert!(has(&hung, "timed out after 65.0 s"));
+        assert!(hung.has("timed out after 65.0 s"));
         let crashed = NodeRun::parse(Some(101), &["thread 'main' panicked".to_owned()]);
         assert_eq!(crashed.problems.len(), 2, "{:?}", crashed.problems);
         let r = run(MIXED[0], crashed, direct(None));
         assert_eq!(r.outcome, Outcome::Error);
-        assert!(has(&r, "A: exit code 101"));
+        assert!(r.has("A: exit code 101"));
     }
 
     #[test]
@@ -1086,7 +1073,7 @@ mod tests {
             ..Seen::default()
         };
         let r = judge(MIXED[0], 1, seen, vec![]);
-        assert!(has(&r, "--metrics was not scraped"), "{:?}", r.violations);
+        assert!(r.has("--metrics was not scraped"), "{:?}", r.violations);
     }
 
     #[test]
@@ -1147,18 +1134,18 @@ mod tests {
         vague.result.as_mut().unwrap().nat = None;
         vague.result.as_mut().unwrap().dcutr_error = Some("timeout".into());
         let r = sym_run(ours, 1, vague, failed_after(Impl::Ours, 15.0));
-        assert!(has(&r, "A (ours): declared None"), "{:?}", r.violations);
-        assert!(has(&r, "without the NATs' reason"), "{:?}", r.violations);
+        assert!(r.has("A (ours): declared None"), "{:?}", r.violations);
+        assert!(r.has("without the NATs' reason"), "{:?}", r.violations);
         // A direct connection is not the expected outcome.
         let r = sym_run(ours, 1, direct(Some("ok")), direct(Some("ok")));
-        assert!(has(&r, "expected a clean failure"), "{:?}", r.violations);
+        assert!(r.has("expected a clean failure"), "{:?}", r.violations);
         // Stock needs neither (it has no classifier), but a time.
         let stock = REFERENCE[0].symmetric();
         let mut untimed = failed_after(Impl::Stock, 1.0);
         untimed.result.as_mut().unwrap().time_to_outcome_ms = None;
         let r = sym_run(stock, 1, untimed, failed_after(Impl::Stock, 30_000.0));
         assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
-        assert!(has(&r, "no time_to_outcome_ms"));
+        assert!(r.has("no time_to_outcome_ms"));
         // Stock A that never reports, once B did, is stock's known
         // behaviour; ours A that never reports is a violation.
         let silent = NodeRun {

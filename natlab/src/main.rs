@@ -244,22 +244,9 @@ fn run(command: Command) -> Result<ExitCode> {
     }
     match command {
         Command::Selftest(args) => selftest::run(&args),
-        Command::Matrix(a) => run_campaign(
-            contract::locate_dcutr(a.dcutr.as_deref())?,
-            &a.common.clone(),
-            a,
-        ),
-        Command::Broken(a) => run_campaign(
-            contract::locate_dcutr(a.dcutr.as_deref())?,
-            &a.common.clone(),
-            a,
-        ),
-        Command::Libp2p(a) => {
-            // `dcutr libp2p` is a user feature: the real CLI, not lab-dcutr.
-            let hint = "build it (cargo build -p dcutr-cli) or pass --dcutr PATH";
-            let dcutr = campaign::locate(a.dcutr.as_deref(), "", "dcutr", hint)?;
-            run_campaign(dcutr, &a.common.clone(), a)
-        }
+        Command::Matrix(a) => campaign::run_with(a.common.clone(), a, contract::locate_dcutr),
+        Command::Broken(a) => campaign::run_with(a.common.clone(), a, contract::locate_dcutr),
+        Command::Libp2p(a) => campaign::run_with(a.common.clone(), a, libp2p::locate_dcutr),
         Command::Cleanup => {
             let removed = topo::cleanup_all()?;
             let list = removed.iter().map(|n| format!(" {n}")).collect::<String>();
@@ -293,14 +280,6 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Probe(p) => run_probe(p),
     }
-}
-
-/// Run the campaign of `args` with the CLI `dcutr`.
-fn run_campaign<A>(dcutr: PathBuf, common: &campaign::Common, args: A) -> Result<ExitCode>
-where
-    campaign::Driven<A>: campaign::Campaign,
-{
-    campaign::run(&campaign::Driven { args, dcutr }, common)
 }
 
 /// Prints each report as one JSON line.

@@ -1,7 +1,6 @@
 //! `natlab matrix`: the `dcutr` CLI through every NAT pair, transport and
 //! relayed RTT, one fresh topology per run.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -9,10 +8,10 @@ use serde::Serialize;
 use crate::campaign::{
     self, Campaign, Common, Driven, Named, Outcome, Record, TRANSPORTS, Transport,
 };
-use crate::contract::{self, CliResult, CliRun};
+use crate::contract::{self, CliResult};
 use crate::nat::Site;
 use crate::proc::Proc;
-use crate::stats::{bound_ratio, median};
+use crate::stats::bound_ratio;
 use crate::topo::{DelaySpec, Lab, TopologySpec};
 
 /// One-way delay the relay adds per forwarded chunk for the "100 ms relayed
@@ -59,9 +58,6 @@ pub const EXTRA_RUNTIMES: &[&str] = &["smol"];
 /// `natlab matrix` options.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The CLI to drive (default: `lab-dcutr` next to natlab, else on PATH).
-    #[arg(long)]
-    pub dcutr: Option<PathBuf>,
     /// Per-run limit in seconds.
     #[arg(long, default_value_t = DEFAULT_CASE_TIMEOUT.as_secs_f64())]
     pub case_timeout_s: f64,
@@ -196,18 +192,7 @@ pub fn all_cases() -> Vec<Case> {
 }
 
 /// What driving one run saw (and its record keeps).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Seen {
-    pub a: CliRun,
-    pub b: CliRun,
-    /// The case timeout (or the grace after one peer exited) fired.
-    pub timed_out: bool,
-    /// From starting B until both peers exited (or the timeout); the
-    /// record has it as `duration_ms`.
-    #[serde(skip)]
-    pub duration: Duration,
-    pub problems: Vec<String>,
-}
+pub type Seen = campaign::Pair<CliResult>;
 
 /// What a matrix record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -305,10 +290,7 @@ impl Campaign for Driven<Args> {
             return seen;
         }
         let grace = Duration::from_secs_f64(self.args.peer_grace_s.max(0.0));
-        let end = campaign::settle(procs, (started, deadline, grace), &mut seen.problems);
-        (seen.timed_out, seen.duration) = (end.timed_out, end.duration);
-        (seen.b, seen.a) = (end.b, end.a.unwrap_or_default());
-        seen
+        campaign::settle(procs, (started, deadline, grace), seen.problems)
     }
 
     fn judge(&self, case: &Case, run: u32, seen: Seen, problems: Vec<String>) -> Record<Detail> {
@@ -364,15 +346,9 @@ impl CleanFailure {
 
 /// Turn what the peers did into a record (pure: unit-tested without root).
 pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<Detail> {
-    let (a, b, duration) = (&seen.a, &seen.b, seen.duration);
-    v.extend(seen.problems.iter().cloned());
-    v.extend(a.violations("A"));
-    v.extend(b.violations("B"));
-    let outcome = campaign::outcome(a, b, seen.timed_out, &mut v);
-    if seen.timed_out {
-        v.push(format!("timed out after {:.1} s", duration.as_secs_f64()));
-    }
-    let (ra, rb) = (a.result.as_ref(), b.result.as_ref());
+    let outcome = seen.judged(&mut v);
+    let duration = seen.duration;
+    let (ra, rb) = (seen.a.result.as_ref(), seen.b.result.as_ref());
     // In a hole punch A is the client and B the server; in the unilateral
     // direct dial B dials A, so B is the client there.
     let unilateral = [ra, rb].iter().flatten().any(|r| r.ok && r.unilateral);
@@ -461,8 +437,7 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
 pub fn table(records: &[Record<Detail>]) -> String {
     type Runs<'a> = [&'a Record<Detail>];
     let med = |runs: &Runs, f: fn(&Record<Detail>) -> Option<f64>, decimals| {
-        let values: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
-        campaign::num(median(&values), decimals)
+        campaign::median_cell(runs, f, decimals)
     };
     let outcomes = |_: &str, runs: &Runs| match runs {
         [one] => one.outcome.to_string(),
@@ -472,7 +447,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
         let report_only = runs[0].detail.expect == Expect::Clean;
         campaign::verdict(runs, if report_only { "report" } else { "PASS" })
     };
-    let (header, rows) = campaign::rows(
+    campaign::table(
         records,
         &[
             ("case", &|case, _| case.to_owned()),
@@ -497,10 +472,6 @@ pub fn table(records: &[Record<Detail>]) -> String {
             }),
             ("verdict", &verdict),
         ],
-    );
-    campaign::markdown(
-        &header,
-        &rows,
         "ratio = time to direct / (1.5 R + D); medians over runs; R, D, time to direct from B (A if B has none).",
     )
 }
@@ -508,7 +479,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::fixture;
+    use crate::contract::{CliRun, fixture};
 
     /// A peer's run: exit 0 with an upgrade in `role`, or (`attempts` >
     /// 0 and not `ok`) exit 1 with a clean failure.
@@ -548,10 +519,6 @@ mod tests {
             ..Seen::default()
         };
         judge(&case, 1, seen, vec![])
-    }
-
-    fn has(r: &Record<Detail>, needle: &str) -> bool {
-        r.violations.iter().any(|v| v.contains(needle))
     }
 
     /// With `edit` applied to the run's result.
@@ -627,7 +594,7 @@ mod tests {
             ),
         ] {
             let r = run_with(true, "symmetric/symmetric", a, b, secs);
-            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+            assert!(r.has(needle), "{needle}: {:?}", r.violations);
         }
         // Other pairs keep their expectation with --stun.
         let cone = run_with(true, "cone/cone", up("client"), up("server"), 1);
@@ -649,9 +616,9 @@ mod tests {
         let b = with(up("client"), |r| r.transport = "quic".into());
         let r = run("cone/cone", up("server"), b, 1);
         assert_eq!(r.outcome, Outcome::Upgraded);
-        assert!(has(&r, "A reported role server, expected client"));
-        assert!(has(&r, "B reported role client, expected server"));
-        assert!(has(&r, "B reported transport quic, expected tcp"));
+        assert!(r.has("A reported role server, expected client"));
+        assert!(r.has("B reported role client, expected server"));
+        assert!(r.has("B reported transport quic, expected tcp"));
     }
 
     #[test]
@@ -674,7 +641,7 @@ mod tests {
             ),
         ] {
             let r = run("cone/public", a, b, 1);
-            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+            assert!(r.has(needle), "{needle}: {:?}", r.violations);
         }
     }
 
@@ -709,7 +676,7 @@ mod tests {
             ),
         ] {
             let r = run(sym, a, b, secs);
-            assert!(has(&r, needle), "{needle}: {:?}", r.violations);
+            assert!(r.has(needle), "{needle}: {:?}", r.violations);
         }
     }
 
@@ -718,7 +685,7 @@ mod tests {
         let crash = CliRun::parse(Some(101), &["thread panicked".to_string()]);
         let r = run("symmetric/cone", crash, down("server", 3), 1);
         assert_eq!(r.outcome, Outcome::Error);
-        assert!(has(&r, "exit code 101") && has(&r, "expected an upgrade or a clean failure"));
+        assert!(r.has("exit code 101") && r.has("expected an upgrade or a clean failure"));
         let seen = Seen {
             timed_out: true,
             duration: Duration::from_secs(40),
@@ -727,14 +694,14 @@ mod tests {
         let hung = judge(&all_cases()[0], 1, seen, vec!["lab: x".into()]);
         assert_eq!(hung.outcome, Outcome::Timeout);
         assert_eq!(hung.violations[0], "lab: x");
-        assert!(has(&hung, "timed out after 40.0 s"));
+        assert!(hung.has("timed out after 40.0 s"));
         let split = run("symmetric/cone", up("client"), down("server", 3), 1);
         assert_eq!(split.outcome, Outcome::Error);
-        assert!(has(&split, "disagree"));
+        assert!(split.has("disagree"));
         let mut lie = down("client", 3);
         lie.exit = Some(0);
         let r = run("symmetric/cone", lie, down("server", 3), 1);
-        assert!(has(&r, "exit 0 but result ok=false"));
+        assert!(r.has("exit 0 but result ok=false"));
     }
 
     #[test]

@@ -88,19 +88,17 @@ fn peer(relay: &str, transport: &str, extra: &[&str]) -> Proc {
     Proc::spawn(&[&common[..], extra].concat())
 }
 
+/// `lab-dcutr relay` on loopback with `extra`, and its `listening` line.
+fn relay(extra: &[&str]) -> (Proc, Value) {
+    let mut relay = Proc::spawn(&[&["relay", "--listen", "127.0.0.1:0", "--json"], extra].concat());
+    let listening = relay.wait_for("listening");
+    (relay, listening)
+}
+
 /// B on `b_rt`, A on `a_rt`, through a relay that adds `delay_ms` each
 /// way: both results and exit codes.
 fn pair(transport: &str, b_rt: &str, a_rt: &str, delay_ms: u64) -> [(Value, i32); 2] {
-    let delay = delay_ms.to_string();
-    let mut relay = Proc::spawn(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--delay-ms",
-        &delay,
-    ]);
-    let listening = relay.wait_for("listening");
+    let (_relay, listening) = relay(&["--delay-ms", &delay_ms.to_string()]);
     assert_eq!(listening["delay_ms"], delay_ms, "{listening}");
     let addr = listening["addr"].as_str().unwrap().to_owned();
     let peer = |pairing: &str, runtime: &str| {
@@ -142,18 +140,8 @@ fn peers_on_smol_and_async_std_upgrade_with_each_other_and_with_tokio() {
 
 #[test]
 fn the_relay_cut_ends_both_peers_cleanly_on_the_relay() {
-    let mut relay = Proc::spawn(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--cut-after-bytes",
-        "0",
-    ]);
-    let addr = relay.wait_for("listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut relay, listening) = relay(&["--cut-after-bytes", "0"]);
+    let addr = listening["addr"].as_str().unwrap().to_owned();
     let peer = |pairing: &str| peer(&addr, "tcp", &[pairing, "32-lab-cut"]);
     let mut b = peer("--code");
     b.wait_for("registered");

@@ -48,12 +48,8 @@ fn stock_and_ours_reach_a_direct_connection_behind_cone_nats_in_both_roles() {
     let _lab = lab();
     let (run, run_id) = natlab_libp2p(&["--runs", "1"]);
     let records = run.records();
-    let pairings: Vec<&str> = records
-        .iter()
-        .map(|r| r["case"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        pairings,
+        run.cases(),
         [
             "stock-B/ours-A tcp",
             "ours-B/stock-A tcp",
@@ -117,12 +113,8 @@ fn ours_fails_at_once_on_both_sides_behind_two_symmetric_nats() {
     // --symmetric --runs 5` measures the two against each other.
     let (run, run_id) = natlab_libp2p(&["--symmetric", "--filter", "ours-B", "--runs", "1"]);
     let records = run.records();
-    let cases: Vec<&str> = records
-        .iter()
-        .map(|r| r["case"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        cases,
+        run.cases(),
         ["ours-B/ours-A tcp sym/sym", "ours-B/ours-A quic sym/sym"]
     );
     for r in &records {

@@ -110,6 +110,14 @@ impl Run {
             .collect()
     }
 
+    /// The records' case names, in order.
+    pub fn cases(&self) -> Vec<&str> {
+        let records = self.records().into_iter();
+        records
+            .map(|r| r["case"].as_str().expect("a case name"))
+            .collect()
+    }
+
     /// The exit code.
     pub fn code(&self) -> Option<i32> {
         self.out.status.code()
