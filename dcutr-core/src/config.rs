@@ -121,7 +121,12 @@ pub enum QuicServerPunch {
     /// [`Role::Server`](crate::Role::Server) per QUIC target instead of the
     /// datagrams, for stacks that punch inside their transport (libp2p-quic
     /// turns such a dial into a spray from the listening socket and an
-    /// accept).
+    /// accept). When that punch has no direct connection after
+    /// [`QUIC_CLIENT_FALLBACK`](crate::settings::QUIC_CLIENT_FALLBACK) plus
+    /// two relayed round trips, the
+    /// initiator also dials each of its QUIC targets once with
+    /// [`Role::Client`](crate::Role::Client), in case the client's first
+    /// Initial arrived before the spray.
     DialAsServer,
     /// Dial the peer's QUIC addresses as a QUIC client, as stock
     /// rust-libp2p does (both sides end up clients of their own

@@ -127,6 +127,8 @@ pub mod record {
 
 /// The modes of [`Config`] and the bounds its fields must stay within.
 pub mod settings {
+    pub use crate::initiator::{QUIC_CLIENT_FALLBACK, QUIC_CLIENT_FALLBACK_RTTS};
+
     pub use crate::codec::{FINGERPRINT_LEN, HELLO_VERSION};
     pub use crate::config::{
         Capabilities, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION,

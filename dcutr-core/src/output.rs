@@ -317,6 +317,11 @@ pub enum TimerKind {
     Unilateral,
     /// End of the grace period; then the relay closes.
     GracePeriod,
+    /// The initiator's QUIC server punch has run for
+    /// [`QUIC_CLIENT_FALLBACK`](crate::settings::QUIC_CLIENT_FALLBACK)
+    /// plus its round trips with no direct connection: dial its QUIC
+    /// targets once as a client too.
+    QuicClientFallback,
     /// A dial or identity check of one direct connection times out.
     DirectDeadline,
 }

@@ -109,7 +109,7 @@ impl Upgrade {
                     State::Responder(Responding::AwaitSync { peer }) => std::mem::take(peer),
                     _ => PeerAddrs::default(),
                 };
-                self.punch(peer);
+                self.punch(peer, None);
                 Ok(())
             }
             (_, msg) => Err(ProtocolError::UnexpectedMessage {

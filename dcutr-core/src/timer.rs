@@ -9,11 +9,12 @@ use std::time::Instant;
 use crate::output::{Timeout, TimerKind};
 
 /// The kinds with a slot, in the order expired timers are handled.
-const SLOTS: [TimerKind; 6] = [
+const SLOTS: [TimerKind; 7] = [
     TimerKind::StepTimeout,
     TimerKind::Unilateral,
     TimerKind::SyncDelay,
     TimerKind::SprayTick,
+    TimerKind::QuicClientFallback,
     TimerKind::PunchWindow,
     TimerKind::GracePeriod,
 ];

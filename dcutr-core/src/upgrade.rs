@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -100,6 +100,9 @@ pub(crate) struct Punch {
     /// nothing to dial.
     received: usize,
     dropped: RejectionCounts,
+    /// Every address this attempt dialled, once per dial: the targets of
+    /// the QUIC client fallback and its per-IP budget.
+    dialled: Vec<Candidate>,
 }
 
 /// One DCUtR upgrade of one relayed connection, on one side.
@@ -1001,13 +1004,14 @@ impl Upgrade {
     fn peer_addrs(&self) -> Option<&PeerAddrs> {
         match &self.state {
             State::Responder(Responding::AwaitSync { peer })
-            | State::Initiator(Initiating::SyncDelay { peer }) => Some(peer),
+            | State::Initiator(Initiating::SyncDelay { peer, .. }) => Some(peer),
             _ => None,
         }
     }
 
-    /// Dials and sprays the peer's addresses of this attempt.
-    pub(crate) fn punch(&mut self, peer: PeerAddrs) {
+    /// Dials and sprays the peer's addresses of this attempt; `rtt` is the
+    /// relayed round trip the initiator measured (the responder has none).
+    pub(crate) fn punch(&mut self, peer: PeerAddrs, rtt: Option<Duration>) {
         let window_end = self.now + self.config.direct_timeout;
         self.timers.set(TimerKind::PunchWindow, window_end);
         if let Some(a) = self.timeline.attempt_mut() {
@@ -1018,6 +1022,8 @@ impl Upgrade {
             Side::Responder => Role::Client,
         };
         let mut dials = 0;
+        let mut dialled: Vec<Candidate> = Vec::new();
+        let mut quic_server_dials = false;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
         let remote = peer.accepted;
         // A unilateral dial still pending to one of these stays: in the
@@ -1038,8 +1044,17 @@ impl Upgrade {
                 (Transport::Quic, Side::Initiator, QuicServerPunch::DialAsClient) => Role::Client,
                 _ => role,
             };
+            quic_server_dials |= to.transport == Transport::Quic && dial_role == Role::Server;
             self.dial(to, dial_role, DialPurpose::HolePunch, window_end);
+            dialled.push(to);
             dials += 1;
+        }
+        if let (true, Some(rtt)) = (quic_server_dials, rtt) {
+            let wait = rtt
+                .saturating_mul(crate::initiator::QUIC_CLIENT_FALLBACK_RTTS)
+                .saturating_add(crate::initiator::QUIC_CLIENT_FALLBACK);
+            self.timers
+                .set(TimerKind::QuicClientFallback, self.now + wait);
         }
         let spray_count = spray_targets.len();
         tracing::debug!(
@@ -1063,6 +1078,7 @@ impl Upgrade {
             crossing: false,
             received: peer.received,
             dropped: peer.dropped,
+            dialled,
         });
         self.spray_round();
         self.check_progress();
@@ -1140,6 +1156,63 @@ impl Upgrade {
                 .rng
                 .random_range(self.config.spray_interval_min..=self.config.spray_interval_max);
             self.timers.set(TimerKind::SprayTick, self.now + pause);
+        }
+    }
+
+    /// Our QUIC server punch has run for [`QUIC_CLIENT_FALLBACK`] plus two
+    /// relayed round trips with no direct connection: the peer's first Initial may have reached our
+    /// NAT before the punch opened it and been dropped, and its re-send is
+    /// about a second away. Dial each QUIC target of the server punch that
+    /// is still waiting once as a client, from the listening socket, as
+    /// stock rust-libp2p's B does: the peer's mapping is open by now. Within
+    /// the per-IP and per-upgrade dial budgets; never to an address the
+    /// punch did not aim at.
+    ///
+    /// [`QUIC_CLIENT_FALLBACK`]: crate::settings::QUIC_CLIENT_FALLBACK
+    fn quic_client_fallback(&mut self) {
+        let attempt = self.attempt;
+        let State::Punching(punch) = &self.state else {
+            return;
+        };
+        // A connection already in its identity check needs no help.
+        if self.directs.iter().any(|d| !d.is_dialing()) {
+            return;
+        }
+        let waiting: Vec<Candidate> = self
+            .directs
+            .iter()
+            .filter(|d| {
+                d.attempt == attempt
+                    && d.is_dialing()
+                    && d.role == Role::Server
+                    && d.to.transport == Transport::Quic
+                    && d.origin == Origin::Dial(DialPurpose::HolePunch)
+            })
+            .map(|d| d.to)
+            .collect();
+        let mut dialled = punch.dialled.clone();
+        let Some(window_end) = self.timers.deadline(TimerKind::PunchWindow) else {
+            return;
+        };
+        let mut added = 0;
+        for to in waiting {
+            let on_ip = dialled
+                .iter()
+                .filter(|c| c.addr.ip() == to.addr.ip())
+                .count();
+            let room = self.dials_made < self.config.max_dials_per_upgrade;
+            if on_ip >= self.config.max_punches_per_ip || !room {
+                tracing::debug!(attempt, %to, "no QUIC client fallback: over the dial budget");
+                continue;
+            }
+            self.dial(to, Role::Client, DialPurpose::HolePunch, window_end);
+            dialled.push(to);
+            added += 1;
+        }
+        tracing::debug!(attempt, dials = added, "QUIC client fallback");
+        if let State::Punching(punch) = &mut self.state {
+            punch.dials += added;
+            punch.dialled = dialled;
         }
     }
 
@@ -1228,12 +1301,13 @@ impl Upgrade {
             TimerKind::StepTimeout => self.step_timed_out(),
             TimerKind::Unilateral => self.unilateral_over(),
             TimerKind::SyncDelay => {
-                if let State::Initiator(Initiating::SyncDelay { peer }) = &mut self.state {
-                    let peer = std::mem::take(peer);
-                    self.punch(peer);
+                if let State::Initiator(Initiating::SyncDelay { peer, rtt }) = &mut self.state {
+                    let (peer, rtt) = (std::mem::take(peer), *rtt);
+                    self.punch(peer, Some(rtt));
                 }
             }
             TimerKind::SprayTick => self.spray_round(),
+            TimerKind::QuicClientFallback => self.quic_client_fallback(),
             TimerKind::PunchWindow => {
                 if matches!(self.state, State::Punching(_)) {
                     let after = self.config.direct_timeout;
@@ -1307,6 +1381,7 @@ impl Upgrade {
         self.cancel_pending_dials();
         for kind in [
             TimerKind::SprayTick,
+            TimerKind::QuicClientFallback,
             TimerKind::PunchWindow,
             TimerKind::SyncDelay,
             TimerKind::StepTimeout,

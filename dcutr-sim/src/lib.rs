@@ -28,6 +28,14 @@
 //! * **QUIC dials** send Initials at the same offsets; an admitted Initial
 //!   becomes an inbound connection at the peer's endpoint. Spray
 //!   datagrams pass through both NATs too; the endpoint drops them.
+//! * **QUIC dials as server** ([`Role::Server`], the libp2p mode
+//!   [`QuicServerPunch::DialAsServer`](dcutr_core::settings::QuicServerPunch)),
+//!   as libp2p-quic carries them out: random datagrams from the QUIC
+//!   socket at the same offsets instead of Initials, and the peer's
+//!   Initial from the dialled address, once admitted, completes this dial
+//!   instead of arriving as an inbound connection. An Initial that meets
+//!   our NAT before our first datagram opened it is lost until its
+//!   re-send a second later.
 //! * **Pinned TLS** (the identity check of
 //!   [`IdentityCheck::PinnedTls`](dcutr_core::settings::IdentityCheck::PinnedTls)):
 //!   one round trip (`2 × direct_one_way`) after a side's core learnt of a
@@ -121,7 +129,7 @@ use bytes::Bytes;
 use dcutr_core::nat::SequentialPredictor;
 use dcutr_core::{
     Candidate, Carrier, Config, Dial, DialError, DialPurpose, DirectId, Event, Outcome, Output,
-    Side, SprayPayload, Transport, Upgrade, reason::StreamUnavailable, record::Timeline,
+    Role, Side, SprayPayload, Transport, Upgrade, reason::StreamUnavailable, record::Timeline,
     settings::FINGERPRINT_LEN,
 };
 
@@ -148,6 +156,12 @@ const NAT_SALT_RESPONDER: u64 = 0x4e41_5432_0000_0002;
 pub fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
+}
+
+/// Whether `dial` is libp2p-quic's server punch: datagrams, then the
+/// peer's connection from the dialled address.
+fn is_quic_server_punch(dial: &Dial) -> bool {
+    dial.role == Role::Server && dial.to.transport == Transport::Quic
 }
 
 /// SYN / Initial retransmission offsets from the start of a dial.
@@ -836,19 +850,29 @@ impl Sim {
     /// its NAT, and, unless the path drops it, on to the other peer.
     fn send_dial_packet(&mut self, i: usize, dial: DirectId, to: Candidate, arrives: bool) {
         let now = self.now;
+        let server_punch = self.peers[i]
+            .dials
+            .get(&dial)
+            .is_some_and(is_quic_server_punch);
         let Some(src) = self.peers[i].send(now, to.transport, to.addr, i) else {
             return;
         };
         if arrives && self.peers[1 - i].owns_ip(to.addr.ip()) {
-            self.schedule(
-                self.direct_one_way,
+            let ev = if server_punch {
+                Ev::Datagram {
+                    from: i,
+                    src,
+                    to: to.addr,
+                }
+            } else {
                 Ev::Arrive {
                     from: i,
                     dial,
                     src,
                     to,
-                },
-            );
+                }
+            };
+            self.schedule(self.direct_one_way, ev);
         }
     }
 
@@ -1003,15 +1027,15 @@ impl Sim {
             Inbound::Router | Inbound::Dropped | Inbound::Misrouted => return,
         }
         // Simultaneous open: the other side is dialling us over TCP too.
-        let crossing = (to.transport == Transport::Tcp)
-            .then(|| {
-                self.peers[other]
-                    .dials
-                    .iter()
-                    .find(|(id, c)| c.to == src && !self.peers[other].links.contains_key(*id))
-                    .map(|(id, _)| *id)
+        // Over QUIC, its server punch to our address takes our connection.
+        let crossing = self.peers[other]
+            .dials
+            .iter()
+            .find(|(id, c)| {
+                let takes = to.transport == Transport::Tcp || is_quic_server_punch(c);
+                takes && c.to == src && !self.peers[other].links.contains_key(*id)
             })
-            .flatten();
+            .map(|(id, _)| *id);
         let other_id = match crossing {
             Some(id) => {
                 self.schedule(Duration::ZERO, Ev::DialSucceeded { to: other, id });

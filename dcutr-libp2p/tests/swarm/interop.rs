@@ -132,8 +132,12 @@ async fn ours_b_stock_a(net: Net) {
     .await;
     let stock_conn = seen.stock_ok(Who::A).unwrap();
     assert!(seen.is_direct(Who::A, stock_conn));
-    // B is the spec's B: the server on the direct connection.
-    assert!(!dialer_role(&seen, Who::B, conn), "{seen:#?}");
+    // B is the spec's B: the server on the direct connection, unless its
+    // QUIC client fallback won (its swarm busy past the fallback's wait).
+    assert!(
+        !dialer_role(&seen, Who::B, conn) || quic_client_fallback(&seen, net, Who::B, conn),
+        "{seen:#?}"
+    );
 }
 
 #[tokio::test]
@@ -158,29 +162,67 @@ async fn ours_against_ours(net: Net) {
     // The spec's roles on top of the direct connection: A is the client
     // (dialer), B the server (listener): either B's listening socket
     // accepted A's dial, or B's own dial carried `override_role()`.
-    assert!(dialer_role(&seen, Who::A, on_a), "{seen:#?}");
-    assert!(!dialer_role(&seen, Who::B, on_b), "{seen:#?}");
+    let fallback_won = quic_client_fallback(&seen, net, Who::B, on_b);
+    assert!(
+        dialer_role(&seen, Who::A, on_a) || fallback_won,
+        "{seen:#?}"
+    );
+    assert!(
+        !dialer_role(&seen, Who::B, on_b) || fallback_won,
+        "{seen:#?}"
+    );
     if net == Net::Quic {
         // The spec's QUIC punch: B's listening socket sprays and accepts
-        // A's connection, so there is one direct connection on each side
-        // and B never dialled as a client (that would make a second one).
-        // B's listener takes A's connection as the result of B's own dial,
-        // or, when A's first packet beats B's dial on loopback, as a plain
-        // inbound connection.
+        // A's connection. B's listener takes A's connection as the result
+        // of B's own dial, or, when A's first packet beats B's dial on
+        // loopback, as a plain inbound connection. B dials as a client
+        // only in its QUIC client fallback, once, when that punch was not
+        // up after the fallback's wait (on loopback only when the test
+        // machine is slow): then B has that one connection more.
         let on_b_all: Vec<_> = seen.direct.iter().filter(|(w, ..)| *w == Who::B).collect();
-        assert_eq!(on_b_all.len(), 1, "{seen:#?}");
+        let (server, client): (Vec<_>, Vec<_>) =
+            on_b_all.into_iter().partition(|(.., endpoint)| {
+                matches!(
+                    endpoint,
+                    ConnectedPoint::Dialer {
+                        role_override: Endpoint::Listener,
+                        port_use: PortUse::New,
+                        ..
+                    } | ConnectedPoint::Listener { .. }
+                )
+            });
+        assert!(server.len() <= 1, "{seen:#?}");
+        assert!(client.len() <= 1, "{seen:#?}");
         assert!(
-            matches!(
-                on_b_all[0].2,
-                ConnectedPoint::Dialer {
-                    role_override: Endpoint::Listener,
-                    port_use: PortUse::New,
-                    ..
-                } | ConnectedPoint::Listener { .. }
-            ),
+            client
+                .iter()
+                .all(|(_, c, _)| quic_client_fallback(&seen, net, Who::B, *c)),
             "{seen:#?}"
         );
+        if fallback_won {
+            assert_eq!(client.len(), 1, "{seen:#?}");
+        } else {
+            assert_eq!(server.len(), 1, "{seen:#?}");
+        }
     }
+}
+
+/// Whether `id` on `who` is a QUIC dial as a client from the listening
+/// port: what our B's QUIC client fallback makes.
+fn quic_client_fallback(seen: &Seen, net: Net, who: Who, id: ConnectionId) -> bool {
+    net == Net::Quic
+        && seen.direct.iter().any(|(w, c, endpoint)| {
+            *w == who
+                && *c == id
+                && matches!(
+                    endpoint,
+                    ConnectedPoint::Dialer {
+                        role_override: Endpoint::Dialer,
+                        port_use: PortUse::Reuse,
+                        ..
+                    }
+                )
+        })
 }
 
 /// Whether `who` is the dialer for security and muxer negotiation on `id`.
