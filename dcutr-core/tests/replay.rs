@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 use dcutr_core::{Config, Output, Transport};
-use dcutr_sim::{Record, Sim, SimConfig};
+use dcutr_sim::{Protocol, Record, Sim, SimConfig};
 
 fn run(seed: u64, transport: Transport) -> Vec<Record> {
     let mut cfg = SimConfig::two_nats(
-        &Config::shared_stream(),
+        &Config::default(),
         Duration::from_millis(40),
         Duration::from_millis(7),
     )
+    .protocol(Protocol::Session)
     .only(transport);
     cfg.seed = seed;
     cfg.blocked_attempts = vec![1];

@@ -122,9 +122,9 @@ pub struct Args {
     pub common: Common,
 }
 
-/// The bounds of `dcutr peer`'s config, `Config::shared_stream()`.
+/// The bounds of `dcutr peer`'s config, `Config::default()`.
 pub fn bounds() -> Bounds {
-    Bounds::from_config(&dcutr_core::Config::shared_stream())
+    Bounds::from_config(&dcutr_core::Config::default())
 }
 
 /// The time limits every run is judged against, from the core's config.
@@ -149,7 +149,7 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    /// The bounds for `config` (the CLI runs `Config::shared_stream()`).
+    /// The bounds for `config` (the CLI runs `Config::default()`).
     pub fn from_config(config: &dcutr_core::Config) -> Self {
         let (step, direct) = (config.step_timeout, config.direct_timeout);
         let attempts = u32::from(config.max_attempts);
@@ -263,7 +263,7 @@ fn phase_of(output: &CliRun) -> ErrorPhase {
 pub fn cut_after_connect(transport: Transport, b_observed: SocketAddr) -> u64 {
     use dcutr_core::wire::{FINGERPRINT_LEN, MAX_MESSAGE_SIZE, encode_connect, encode_hello};
     use dcutr_core::{Candidate, Side};
-    let max_attempts = dcutr_core::Config::shared_stream().max_attempts;
+    let max_attempts = dcutr_core::Config::default().max_attempts;
     let hello = encode_hello(max_attempts, Side::Initiator, &[0; FINGERPRINT_LEN]).len();
     let candidate = match transport {
         Transport::Tcp => Candidate::tcp(b_observed),
