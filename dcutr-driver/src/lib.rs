@@ -183,7 +183,10 @@ impl<L> Options<L> {
     /// authenticates the peer (for example TLS with known certificates):
     /// skips the pinned TLS of the driver, and the winner comes back as a
     /// plain [`DirectConnection::Tcp`] stream or a QUIC connection of the
-    /// endpoint's own configs ([`QuicSocket::with_tls`]). Off by default.
+    /// endpoint's own configs ([`QuicSocket::with_tls`]). Off by default;
+    /// together with [`Options::identity`] or [`Options::peer_fingerprint`]
+    /// the upgrade fails at once with
+    /// [`UpgradeFailure::CallerAuthenticatesWithPin`].
     pub fn caller_authenticates(mut self, yes: bool) -> Self {
         self.caller_authenticates = yes;
         self
@@ -317,6 +320,13 @@ pub enum UpgradeFailure {
     /// Neither a TCP listener nor a QUIC endpoint was given.
     #[error("neither a TCP listener nor a QUIC endpoint was given")]
     NoTransport,
+    /// [`Options::caller_authenticates`] skips the pinned TLS that
+    /// [`Options::identity`] or [`Options::peer_fingerprint`] configure:
+    /// the options contradict each other, and neither is dropped silently.
+    #[error(
+        "caller_authenticates skips the pinned TLS that identity / peer_fingerprint configure: set one or the other"
+    )]
+    CallerAuthenticatesWithPin,
     /// A local socket failed.
     #[error("local socket error: {0}")]
     Io(io::Error),
@@ -382,6 +392,11 @@ where
     };
     if options.tcp.is_none() && options.quic.is_none() {
         return Err(fail(UpgradeFailure::NoTransport, relay));
+    }
+    if options.caller_authenticates
+        && (options.identity.is_some() || options.peer_fingerprint.is_some())
+    {
+        return Err(fail(UpgradeFailure::CallerAuthenticatesWithPin, relay));
     }
     // The relayed stream's actor takes its commands from here: the core's
     // writes, wants and close, sent from the first output on.
@@ -481,6 +496,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
         let mut config = options.config;
         // Pinned TLS, with our certificate, unless the caller's own
         // handshake authenticates the peer.
+        // (`drive` refused caller_authenticates with an identity.)
         let identity = match (options.caller_authenticates, options.identity) {
             (true, _) => None,
             (false, Some(identity)) => Some(identity),
