@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn options(side: Side, transport: Transport) -> std::io::Result<Options> {
     let config = Config {
         address_policy: AddressPolicy::permissive(),
-        ..Config::shared_stream()
+        ..Config::default()
     };
     let any: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
     let options = Options::new(side).config(config);

@@ -329,9 +329,11 @@ where
         .filter_map(|s| s.parse::<dcutr_core::filter::Multiaddr>().ok())
         .filter_map(|m| Candidate::from_multiaddr(&m).ok())
         .collect();
-    let mut config = Config::shared_stream();
-    config.address_policy = policy(&args);
-    config.unilateral = !args.reach.no_unilateral;
+    let config = Config {
+        address_policy: policy(&args),
+        unilateral: !args.reach.no_unilateral,
+        ..Config::default()
+    };
     let plan = Plan {
         side,
         config,

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use dcutr_core::{Config, Event, Outcome, Output, Side, Transport};
-use dcutr_sim::{Record, Sim, SimConfig};
+use dcutr_sim::{Protocol, Record, Sim, SimConfig};
 
 fn describe(record: &Record) -> Option<String> {
     let who = match record.side {
@@ -65,8 +65,9 @@ fn main() {
     println!("both peers behind firewalled NATs; time is simulated, nothing sleeps\n");
     for transport in [Transport::Tcp, Transport::Quic] {
         println!("== {} ==", transport.to_string().to_uppercase());
-        let cfg =
-            SimConfig::two_nats(&Config::shared_stream(), rtt / 2, direct_one_way).only(transport);
+        let cfg = SimConfig::two_nats(&Config::default(), rtt / 2, direct_one_way)
+            .protocol(Protocol::Session)
+            .only(transport);
         let mut sim = Sim::new(cfg);
         let finished = sim.run(Duration::from_secs(120));
         let mut sprays = 0;

@@ -137,7 +137,7 @@ pub const HELLO_VERSION: u32 = 3;
 
 /// The dcutr-rs `Hello` frame (not in the libp2p specification), the first
 /// frame of a shared relayed stream when the core checks identities
-/// ([`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls)).
+/// ([`UpgradeBuilder::dcutr_session`](crate::UpgradeBuilder::dcutr_session)).
 ///
 /// # Wire versions
 ///

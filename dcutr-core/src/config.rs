@@ -39,75 +39,6 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Hard ceiling for [`Config::max_attempts`].
 pub const MAX_ATTEMPTS_LIMIT: u8 = 10;
 
-/// How the `/libp2p/dcutr` messages travel over the relayed connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RelayChannel {
-    /// One new stream per attempt, as in libp2p: the initiator opens a
-    /// stream ([`Output::OpenStream`](crate::Output::OpenStream)) for each
-    /// attempt and finishes it after Sync. A protocol error ends only that
-    /// attempt.
-    #[default]
-    StreamPerAttempt,
-    /// One byte stream carries all attempts, one after the other (a relay
-    /// that splices two TCP connections gives you exactly this). The core
-    /// never reads past its own messages (see
-    /// [`Upgrade::stream_bytes_wanted`](crate::Upgrade::stream_bytes_wanted)),
-    /// so the stream stays usable for the application after a failure. A
-    /// protocol error or step timeout ends the whole upgrade, since the
-    /// framing can no longer be trusted.
-    SharedStream,
-}
-
-/// How a direct connection is shown to reach the peer at the other end of
-/// the relayed connection rather than a stranger (a scanner, or another
-/// host behind the same NAT).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IdentityCheck {
-    /// The caller's own handshake on the direct connection authenticates
-    /// the peer (libp2p's Noise or TLS does). The first direct connection
-    /// that the caller reports as established wins. Nothing makes both
-    /// sides pick the same one when several form at once (TCP and QUIC
-    /// together, several addresses): dials still in flight at the outcome
-    /// are therefore not cancelled but left to the caller, who may end up
-    /// with more than one direct connection (libp2p keeps them all).
-    #[default]
-    CallerAuthenticates,
-    /// dcutr-rs proves it with mutual TLS 1.3 pinned to fingerprints sent
-    /// over the relayed stream. Each side makes an ephemeral certificate
-    /// and gives the SHA-256 of it to the core
-    /// ([`UpgradeBuilder::local_fingerprint`](crate::UpgradeBuilder::local_fingerprint)),
-    /// which sends it in the `Hello` frame. The carrier runs a TLS
-    /// handshake on every direct connection, as the TLS client where the
-    /// core's [`Role`](crate::Role) is the client, requiring a certificate
-    /// from the other end, and reports the fingerprint of the certificate
-    /// the other end proved it holds
-    /// ([`Upgrade::handle_direct_authenticated`](crate::Upgrade::handle_direct_authenticated))
-    /// or that the handshake failed
-    /// ([`Upgrade::handle_direct_handshake_failed`](crate::Upgrade::handle_direct_handshake_failed)).
-    /// The core keeps only a connection whose fingerprint is the one in the
-    /// peer's `Hello`; then, inside TLS, the server marks the connection it
-    /// keeps with one select byte.
-    ///
-    /// This binds the direct connection to whoever wrote the `Hello` on
-    /// the relayed stream: a stranger at an advertised address can neither
-    /// read nor take over the connection. The relay itself could swap the
-    /// fingerprints; authenticate the relayed stream (the CLI pairs with a
-    /// PAKE) when the relay is not trusted. Requires
-    /// [`RelayChannel::SharedStream`] and dcutr-rs on both ends.
-    PinnedTls,
-}
-
-impl IdentityCheck {
-    /// Whether dcutr-rs itself checks who is at the other end of a direct
-    /// connection (both sides then agree on the one connection they keep).
-    #[must_use]
-    pub fn is_checked(self) -> bool {
-        matches!(self, IdentityCheck::PinnedTls)
-    }
-}
-
 /// What the QUIC server side (the initiator, spec's B) does at the punch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -136,49 +67,48 @@ pub enum QuicServerPunch {
 
 /// What a carrier can carry out, for [`Config::validate_for`] and
 /// [`UpgradeBuilder::capabilities`](crate::UpgradeBuilder::capabilities):
-/// the modes of a [`Config`] that it cannot serve are refused at the start
-/// with a [`ConfigError`] naming the fix, instead of each carrier checking
-/// the mode enums itself.
+/// what it cannot serve is refused at the start with a [`ConfigError`]
+/// naming the fix, instead of each carrier checking for itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// How its relayed connection carries the messages.
-    pub channel: RelayChannel,
     /// It sends datagrams from its QUIC socket
     /// ([`Output::SendDatagram`](crate::Output::SendDatagram)), as
     /// [`QuicServerPunch::Spray`] needs.
     pub datagrams: bool,
-    /// It runs the TLS handshake of [`IdentityCheck::PinnedTls`] on direct
-    /// connections.
-    pub pinned_tls: bool,
+    /// It carries the dcutr-rs session
+    /// ([`UpgradeBuilder::dcutr_session`](crate::UpgradeBuilder::dcutr_session)):
+    /// every attempt on one relayed byte stream, and the pinned-TLS
+    /// handshake on direct connections.
+    pub session: bool,
 }
 
 impl Capabilities {
-    /// A libp2p swarm: a `/libp2p/dcutr` stream per attempt, no datagrams
-    /// of its own (libp2p-quic sprays inside a dial as listener), and
-    /// Noise/TLS of its own on direct connections.
+    /// A libp2p swarm: a `/libp2p/dcutr` stream per attempt (the spec
+    /// only), no datagrams of its own (libp2p-quic sprays inside a dial as
+    /// listener), and Noise/TLS of its own on direct connections.
     pub const LIBP2P: Capabilities = Capabilities {
-        channel: RelayChannel::StreamPerAttempt,
         datagrams: false,
-        pinned_tls: false,
+        session: false,
     };
 
     /// A standalone runtime adapter (`dcutr-driver`): one relayed byte
     /// stream, its own QUIC socket, and pinned TLS.
     pub const STANDALONE: Capabilities = Capabilities {
-        channel: RelayChannel::SharedStream,
         datagrams: true,
-        pinned_tls: true,
+        session: true,
     };
 }
 
 /// Limits and timeouts of one upgrade.
 ///
-/// `Config::default()` follows the specification and the field's numbers
-/// (the libp2p mode: a stream per attempt, the caller's own handshake
-/// authenticates the direct connection); [`Config::shared_stream`] is the
-/// standalone mode the runtime adapters use. Each field documents its
-/// default and why; change what you need with struct update syntax, and
+/// Only the specification's parameters: `Config::default()` holds the
+/// spec's and the field's numbers, for libp2p and standalone carriers
+/// alike. Whether an upgrade runs the dcutr-rs session on top of the spec
+/// is not a config field but one builder call,
+/// [`UpgradeBuilder::dcutr_session`](crate::UpgradeBuilder::dcutr_session)
+/// (`dcutr-driver` makes it itself). Each field documents its default and
+/// why; change what you need with struct update syntax, and
 /// [`Config::validate`] (or the upgrade's start) names any field out of
 /// range:
 ///
@@ -207,10 +137,12 @@ pub struct Config {
     pub max_local_addrs: usize,
     /// Hole-punch attempts before giving up. Default 3 (the spec: the
     /// initiator retries twice). 97.6 % of successes in the field come on
-    /// the first attempt, so more rarely pays. On a shared stream both
-    /// sides must stop after the same attempt: with the pinned-TLS check
-    /// they agree on the smaller of their limits through the `Hello`;
-    /// without it, configure the same value on both.
+    /// the first attempt, so more rarely pays. On the dcutr-rs session's
+    /// shared stream both sides must stop after the same attempt: with
+    /// its pinned-TLS handshake they agree on the smaller of their limits
+    /// through the `Hello`; without it
+    /// ([`UpgradeBuilder::dcutr_session_unpinned`](crate::UpgradeBuilder::dcutr_session_unpinned)),
+    /// configure the same value on both.
     pub max_attempts: u8,
     /// How long to wait for each message of the exchange (Hello, Connect,
     /// Sync) and for a stream to open. Default 10 s, as rust-libp2p.
@@ -261,10 +193,6 @@ pub struct Config {
     pub address_policy: AddressPolicy,
     /// Which transports and IP families we have sockets for (default: all).
     pub dialable: Dialable,
-    /// How messages travel over the relayed connection.
-    pub channel: RelayChannel,
-    /// How a direct connection is shown to reach the right peer.
-    pub identity_check: IdentityCheck,
     /// What the QUIC server side does at the punch (default: spray).
     pub quic_server_punch: QuicServerPunch,
 }
@@ -290,48 +218,22 @@ impl Default for Config {
             relay_grace_period: Duration::from_secs(5),
             address_policy: AddressPolicy::public_only(),
             dialable: Dialable::all(),
-            channel: RelayChannel::StreamPerAttempt,
-            identity_check: IdentityCheck::CallerAuthenticates,
             quic_server_punch: QuicServerPunch::Spray,
         }
     }
 }
 
 impl Config {
-    /// The defaults for one shared relayed byte stream with the pinned-TLS
-    /// identity check: the standalone mode that the runtime adapters and
-    /// the simulator run. The upgrade then needs our certificate's
-    /// fingerprint ([`UpgradeBuilder::local_fingerprint`](crate::UpgradeBuilder::local_fingerprint)).
-    #[must_use]
-    pub fn shared_stream() -> Self {
-        Config {
-            channel: RelayChannel::SharedStream,
-            identity_check: IdentityCheck::PinnedTls,
-            ..Config::default()
-        }
-    }
-
     /// Checks every field against its bounds, then that a carrier with
-    /// `caps` can serve the modes.
+    /// `caps` can serve them.
     ///
     /// # Errors
     /// The first [`ConfigError`] found: [`Config::validate`]'s, or
-    /// [`ConfigError::ChannelUnsupported`],
-    /// [`ConfigError::SprayUnsupported`],
-    /// [`ConfigError::PinnedTlsUnsupported`].
+    /// [`ConfigError::SprayUnsupported`].
     pub fn validate_for(&self, caps: Capabilities) -> Result<(), ConfigError> {
         self.validate()?;
-        if self.channel != caps.channel {
-            return Err(ConfigError::ChannelUnsupported {
-                configured: self.channel,
-                carried: caps.channel,
-            });
-        }
         if self.quic_server_punch == QuicServerPunch::Spray && !caps.datagrams {
             return Err(ConfigError::SprayUnsupported);
-        }
-        if self.identity_check == IdentityCheck::PinnedTls && !caps.pinned_tls {
-            return Err(ConfigError::PinnedTlsUnsupported);
         }
         Ok(())
     }
@@ -389,9 +291,6 @@ impl Config {
                 reason: "must not exceed spray_interval_max",
             });
         }
-        if self.identity_check.is_checked() && self.channel != RelayChannel::SharedStream {
-            return Err(ConfigError::IdentityCheckNeedsSharedStream);
-        }
         Ok(())
     }
 }
@@ -408,33 +307,19 @@ pub enum ConfigError {
         /// The bound it breaks.
         reason: &'static str,
     },
-    /// [`IdentityCheck::PinnedTls`] needs [`RelayChannel::SharedStream`]:
-    /// the fingerprints ride in the first frame of the one shared stream.
-    #[error("the identity check needs the shared-stream relay channel")]
-    IdentityCheckNeedsSharedStream,
-    /// The carrier carries the relayed messages another way
-    /// ([`Capabilities::channel`]): set [`Config::channel`] to `carried`.
-    #[error(
-        "config channel {configured:?}, but the carrier has {carried:?}: set `channel` to {carried:?}"
-    )]
-    ChannelUnsupported {
-        /// [`Config::channel`].
-        configured: RelayChannel,
-        /// What the carrier has.
-        carried: RelayChannel,
-    },
     /// The carrier cannot send the QUIC spray itself
     /// ([`Capabilities::datagrams`]).
     #[error(
         "the carrier cannot send datagrams: set `quic_server_punch` to DialAsServer or DialAsClient"
     )]
     SprayUnsupported,
-    /// The carrier does not run the pinned TLS handshake
-    /// ([`Capabilities::pinned_tls`]).
+    /// The carrier carries only the spec ([`Capabilities::session`] is
+    /// off: a stream per attempt, its own handshake on direct
+    /// connections), and the upgrade was built with the dcutr-rs session.
     #[error(
-        "the carrier authenticates direct connections itself: set `identity_check` to CallerAuthenticates"
+        "the carrier carries only the spec: build the upgrade without `dcutr_session` / `dcutr_session_unpinned`"
     )]
-    PinnedTlsUnsupported,
+    SessionUnsupported,
 }
 
 #[cfg(test)]
@@ -444,7 +329,6 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(Config::default().validate(), Ok(()));
-        assert_eq!(Config::shared_stream().validate(), Ok(()));
     }
 
     #[test]
@@ -484,9 +368,9 @@ mod tests {
     }
 
     #[test]
-    fn a_carrier_refuses_the_modes_it_cannot_serve_naming_the_fix() {
+    fn a_carrier_without_datagrams_refuses_the_spray_naming_the_fix() {
         assert_eq!(
-            Config::shared_stream().validate_for(Capabilities::STANDALONE),
+            Config::default().validate_for(Capabilities::STANDALONE),
             Ok(())
         );
         let libp2p = Config {
@@ -494,45 +378,14 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(libp2p.validate_for(Capabilities::LIBP2P), Ok(()));
+        assert_eq!(libp2p.validate_for(Capabilities::STANDALONE), Ok(()));
         assert_eq!(
             Config::default().validate_for(Capabilities::LIBP2P),
             Err(ConfigError::SprayUnsupported)
         );
-        assert_eq!(
-            Config::shared_stream().validate_for(Capabilities::LIBP2P),
-            Err(ConfigError::ChannelUnsupported {
-                configured: RelayChannel::SharedStream,
-                carried: RelayChannel::StreamPerAttempt,
-            })
-        );
-        assert_eq!(
-            libp2p.validate_for(Capabilities::STANDALONE),
-            Err(ConfigError::ChannelUnsupported {
-                configured: RelayChannel::StreamPerAttempt,
-                carried: RelayChannel::SharedStream,
-            })
-        );
-        let no_tls = Capabilities {
-            pinned_tls: false,
-            ..Capabilities::STANDALONE
-        };
-        assert_eq!(
-            Config::shared_stream().validate_for(no_tls),
-            Err(ConfigError::PinnedTlsUnsupported)
-        );
         let text = ConfigError::SprayUnsupported.to_string();
         assert!(text.contains("quic_server_punch"), "{text}");
-    }
-
-    #[test]
-    fn pinned_tls_needs_a_shared_stream() {
-        let c = Config {
-            identity_check: IdentityCheck::PinnedTls,
-            ..Config::default()
-        };
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::IdentityCheckNeedsSharedStream)
-        );
+        let text = ConfigError::SessionUnsupported.to_string();
+        assert!(text.contains("dcutr_session"), "{text}");
     }
 }

@@ -2,7 +2,8 @@
 //! runs first on each of them.
 //!
 //! ## Pinned TLS
-//! With [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls) each
+//! In the dcutr-rs session
+//! ([`UpgradeBuilder::dcutr_session`](crate::UpgradeBuilder::dcutr_session)) each
 //! side learned the SHA-256 fingerprint of the other's certificate from the
 //! `Hello` frame on the relayed stream. On a direct connection the carrier
 //! runs a mutual TLS 1.3 handshake (the core's client is the TLS client)

@@ -73,6 +73,17 @@
 //! assert_eq!(upgraded, 2);
 //! ```
 //!
+//! ## The spec, and the dcutr-rs session
+//! [`Config`] holds only the specification's parameters, and an upgrade
+//! runs exactly libp2p's DCUtR (a stream per attempt, the caller's own
+//! handshake authenticates the direct connection): all a stock peer can
+//! meet. Two dcutr-rs peers on one relayed byte stream add the dcutr-rs
+//! session with one builder call,
+//! `Upgrade::builder(side, Config::default(), seed).dcutr_session(fingerprint)`
+//! ([`UpgradeBuilder::dcutr_session`]): every attempt on that stream, a
+//! versioned `Hello`, and pinned TLS on direct connections. `dcutr-driver`
+//! makes that call itself; start from `Config::default()` either way.
+//!
 //! See [`Upgrade`] for the driving rules, [`Config`] for every limit and
 //! its default, and the `addr` module for the address filtering that
 //! keeps a hostile peer from aiming our dials and datagrams at third
@@ -125,14 +136,16 @@ pub mod record {
     pub use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 }
 
-/// The modes of [`Config`] and the bounds its fields must stay within.
+/// The modes of [`Config`], the bounds its fields must stay within, what
+/// a carrier can carry, and the constants of the dcutr-rs session
+/// ([`UpgradeBuilder::dcutr_session`]).
 pub mod settings {
     pub use crate::initiator::{QUIC_CLIENT_FALLBACK, QUIC_CLIENT_FALLBACK_RTTS};
 
     pub use crate::codec::{FINGERPRINT_LEN, HELLO_VERSION};
     pub use crate::config::{
-        Capabilities, IdentityCheck, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION,
-        MAX_FRAME_LEN, MAX_PUNCHES_PER_IP, QuicServerPunch, RelayChannel, SPRAY_PACKET_LEN,
+        Capabilities, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION, MAX_FRAME_LEN,
+        MAX_PUNCHES_PER_IP, QuicServerPunch, SPRAY_PACKET_LEN,
     };
 }
 

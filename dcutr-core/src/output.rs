@@ -99,8 +99,9 @@ pub struct Dial {
 pub enum Output {
     /// Open a new `/libp2p/dcutr` stream on the relayed connection, then
     /// report it with `handle_stream_opened` (or its failure with
-    /// `handle_stream_closed`). Only with
-    /// [`RelayChannel::StreamPerAttempt`](crate::settings::RelayChannel::StreamPerAttempt).
+    /// `handle_stream_closed`). Only in the spec's stream per attempt, not
+    /// in the dcutr-rs session
+    /// ([`UpgradeBuilder::dcutr_session`](crate::UpgradeBuilder::dcutr_session)).
     OpenStream,
     /// Write these bytes to the relayed stream.
     WriteStream(Bytes),
@@ -201,7 +202,8 @@ pub enum DirectRejection {
     /// Not the peer: the TLS certificate the other end presented is not
     /// the one pinned by the peer's `Hello` (a stranger, or a man in the middle).
     IdentityMismatch,
-    /// The TLS handshake of [`IdentityCheck::PinnedTls`](crate::settings::IdentityCheck::PinnedTls)
+    /// The TLS handshake of the dcutr-rs session
+    /// ([`UpgradeBuilder::dcutr_session`](crate::UpgradeBuilder::dcutr_session))
     /// failed before any certificate could be compared (the other end does
     /// not speak TLS, sent no certificate, or could not prove its key).
     HandshakeFailed,

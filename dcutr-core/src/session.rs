@@ -2,9 +2,9 @@
 //!
 //! A stock libp2p peer only ever meets the spec's DCUtR: a stream per
 //! attempt carrying `Connect` and `Sync`, and a direct connection that the
-//! caller authenticates. With [`IdentityCheck::PinnedTls`] (standalone
-//! adapters, dcutr-rs on both ends) an upgrade also runs a session
-//! handshake, held here:
+//! caller authenticates. Built with [`UpgradeBuilder::dcutr_session`]
+//! (standalone adapters, dcutr-rs on both ends) an upgrade also runs a
+//! session handshake, held here:
 //!
 //! 1. Each side's first frame on the shared relayed stream is a `Hello`:
 //!    its wire version, its side, its attempt limit and the SHA-256
@@ -29,9 +29,12 @@
 //! wrapper around it: the pin decides which direct connection the
 //! orchestrator may keep, and the attempt limit bounds the attempts it
 //! starts, so the two share the orchestrator's state. Whether an upgrade
-//! runs the extension is decided once, from the config at the start; the
-//! orchestrator then asks its [`Extension`] (crate-private hooks), never
-//! the config's mode fields. An upgrade without one runs exactly the spec.
+//! runs the extension is decided once, by the builder call at the start
+//! ([`UpgradeBuilder::dcutr_session`], or
+//! [`UpgradeBuilder::dcutr_session_unpinned`] for the shared stream
+//! alone); the orchestrator then asks its [`Extension`] (crate-private
+//! hooks). [`Config`](crate::Config) holds only the spec's parameters. An
+//! upgrade without a session runs exactly the spec.
 //! The extension's inputs (`handle_direct_authenticated`,
 //! `handle_direct_handshake_failed`, `handle_direct_data`), its getters
 //! and its handling of the peer's `Hello` are the `impl Upgrade` block of
@@ -57,7 +60,8 @@
 //! Field 1 (a bearer token, versions 1 and 2) is no longer sent and is
 //! skipped if received. Unknown fields are skipped, as protobuf does.
 //!
-//! [`IdentityCheck::PinnedTls`]: crate::settings::IdentityCheck::PinnedTls
+//! [`UpgradeBuilder::dcutr_session`]: crate::UpgradeBuilder::dcutr_session
+//! [`UpgradeBuilder::dcutr_session_unpinned`]: crate::UpgradeBuilder::dcutr_session_unpinned
 //! [`CodecError::UnsupportedHelloVersion`]: crate::reason::CodecError::UnsupportedHelloVersion
 //! [`ProtocolError::SameSide`]: crate::ProtocolError::SameSide
 //! [`HELLO_VERSION`]: crate::settings::HELLO_VERSION
@@ -74,11 +78,11 @@ use crate::upgrade::{State, Upgrade};
 
 // Only for the links in the docs of the methods below.
 #[cfg(doc)]
-use crate::settings::IdentityCheck;
+use crate::UpgradeBuilder;
 
 /// The dcutr-rs extension an upgrade runs under, decided once, at its
-/// start, from the config: the orchestrator asks this, never the config's
-/// mode fields. An upgrade without one runs exactly the spec.
+/// start, by the builder: the orchestrator asks this. An upgrade
+/// without one runs exactly the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Extension {
     /// The session handshake, when dcutr-rs checks who is at the other end
@@ -89,6 +93,30 @@ pub(crate) struct Extension {
 
 /// A certificate fingerprint: SHA-256 of a DER certificate.
 pub(crate) type Fingerprint = [u8; FINGERPRINT_LEN];
+
+/// The session the builder was asked for
+/// ([`UpgradeBuilder::dcutr_session`](crate::UpgradeBuilder::dcutr_session),
+/// [`UpgradeBuilder::dcutr_session_unpinned`](crate::UpgradeBuilder::dcutr_session_unpinned)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Requested {
+    /// The whole session: the `Hello` pinning our certificate, whose
+    /// fingerprint this is.
+    Pinned(Fingerprint),
+    /// Only the shared stream: the caller authenticates direct
+    /// connections.
+    Unpinned,
+}
+
+impl Extension {
+    /// The extension `side` runs for `requested`, offering `max_attempts`.
+    pub(crate) fn new(requested: Requested, side: Side, max_attempts: u8) -> Self {
+        let handshake = match requested {
+            Requested::Pinned(fingerprint) => Some(Handshake::new(side, max_attempts, fingerprint)),
+            Requested::Unpinned => None,
+        };
+        Extension { handshake }
+    }
+}
 
 /// What the pin says of a certificate a direct connection presented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,7 +205,7 @@ impl Handshake {
 /// the hooks the rest of [`Upgrade`] asks instead of the config's modes.
 impl Upgrade {
     /// Bytes arrived on direct connection `id`: the server's select byte,
-    /// on the client, under [`IdentityCheck::PinnedTls`]. Anything else
+    /// on the client, under the pinned session ([`UpgradeBuilder::dcutr_session`]). Anything else
     /// (more bytes, or bytes the core did not ask for with
     /// [`Upgrade::direct_bytes_wanted`]) rejects the connection.
     pub fn handle_direct_data(&mut self, now: Instant, id: DirectId, data: &[u8]) {
@@ -195,7 +223,7 @@ impl Upgrade {
         }
     }
 
-    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
+    /// In the pinned session ([`UpgradeBuilder::dcutr_session`]): the TLS handshake on direct connection
     /// `id` completed, and the other end proved it holds the certificate
     /// whose SHA-256 is `fingerprint`. The connection goes on only if that
     /// is the fingerprint from the peer's `Hello` (once it has arrived);
@@ -213,7 +241,7 @@ impl Upgrade {
         }
     }
 
-    /// [`IdentityCheck::PinnedTls`]: the TLS handshake on direct connection
+    /// In the pinned session ([`UpgradeBuilder::dcutr_session`]): the TLS handshake on direct connection
     /// `id` failed. `presented` is the fingerprint of the certificate the
     /// other end presented, if it got that far: a certificate other than
     /// the pinned one is [`DirectRejection::IdentityMismatch`], anything
@@ -240,7 +268,7 @@ impl Upgrade {
         self.reject(id, reason);
     }
 
-    /// [`IdentityCheck::PinnedTls`]: the fingerprint of the peer's
+    /// In the pinned session ([`UpgradeBuilder::dcutr_session`]): the fingerprint of the peer's
     /// certificate, from its `Hello`, once that arrived. A carrier pins it
     /// in its TLS verifiers; before it is known, it reports whatever
     /// certificate a handshake presents and the core compares later.
@@ -250,7 +278,7 @@ impl Upgrade {
     }
 
     /// Our role on direct connection `id` while it is being set up or
-    /// checked: under [`IdentityCheck::PinnedTls`] the carrier takes the
+    /// checked: under the pinned session ([`UpgradeBuilder::dcutr_session`]) the carrier takes the
     /// TLS client's part where this is [`Role::Client`].
     #[must_use]
     pub fn direct_role(&self, id: DirectId) -> Option<Role> {

@@ -92,8 +92,8 @@ pub enum DialResult {
     Cancelled,
     /// Still in flight when another connection won, and left to finish:
     /// without the identity check the peer may have taken this one, so it is
-    /// the caller's to keep or close
-    /// ([`IdentityCheck::CallerAuthenticates`](crate::settings::IdentityCheck::CallerAuthenticates)).
+    /// the caller's to keep or close (the spec, or
+    /// [`UpgradeBuilder::dcutr_session_unpinned`](crate::UpgradeBuilder::dcutr_session_unpinned)).
     Released,
 }
 

@@ -16,9 +16,7 @@ use crate::addr::{
     Transport, local_addrs_to_send,
 };
 use crate::codec::{self, FINGERPRINT_LEN, FrameDecoder};
-use crate::config::{
-    Capabilities, Config, ConfigError, IdentityCheck, QuicServerPunch, RelayChannel,
-};
+use crate::config::{Capabilities, Config, ConfigError, QuicServerPunch};
 use crate::direct::{self, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 use crate::nat::NatBehaviour;
@@ -26,7 +24,7 @@ use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
     Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
-use crate::session::{Extension, Handshake};
+use crate::session::{Extension, Requested};
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
 use crate::timer::Timers;
 
@@ -113,7 +111,8 @@ pub(crate) struct Punch {
 ///
 /// # Methods by group
 /// * **Construction:** [`Upgrade::builder`], then
-///   [`UpgradeBuilder::start`].
+///   [`UpgradeBuilder::start`]: exactly the spec, unless
+///   [`UpgradeBuilder::dcutr_session`] adds the dcutr-rs session.
 /// * **Inputs (`handle_*`):** [`handle_stream_opened`],
 ///   [`handle_stream_data`], [`handle_stream_closed`],
 ///   [`handle_dial_succeeded`], [`handle_dial_failed`], [`handle_inbound`],
@@ -230,26 +229,70 @@ pub struct UpgradeBuilder {
     remote_public: Vec<Candidate>,
     predictor: Box<dyn AddressPredictor>,
     nat: Option<NatBehaviour>,
-    fingerprint: Option<[u8; FINGERPRINT_LEN]>,
+    session: Option<Requested>,
     capabilities: Option<Capabilities>,
 }
 
 impl UpgradeBuilder {
     /// What the carrier can carry out: [`UpgradeBuilder::start`] then
-    /// refuses a config whose modes it cannot serve
-    /// ([`Config::validate_for`]), with a [`ConfigError`] that names the
-    /// field to change. Default: no check beyond [`Config::validate`].
+    /// refuses a config or a session it cannot serve
+    /// ([`Config::validate_for`], [`ConfigError::SessionUnsupported`]),
+    /// with a [`ConfigError`] that names the fix. Default: no check beyond
+    /// [`Config::validate`].
     pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
         self.capabilities = Some(capabilities);
         self
     }
 
-    /// The SHA-256 fingerprint of the certificate we present on direct
-    /// connections, sent to the peer in the `Hello`. Required with
-    /// [`IdentityCheck::PinnedTls`], ignored otherwise. Make a fresh key
-    /// and certificate per upgrade.
-    pub fn local_fingerprint(mut self, fingerprint: [u8; FINGERPRINT_LEN]) -> Self {
-        self.fingerprint = Some(fingerprint);
+    /// Runs the **dcutr-rs session** on top of the spec, for two dcutr-rs
+    /// peers on one relayed byte stream (a relay that splices two TCP
+    /// connections); `dcutr-driver` makes this call itself. Without it
+    /// the upgrade is exactly libp2p's DCUtR, the only thing a stock peer
+    /// can meet.
+    ///
+    /// `fingerprint` is the SHA-256 of the DER certificate we present on
+    /// direct connections: make a fresh key and certificate per upgrade.
+    /// The session then
+    /// * carries every attempt on the one stream, one after the other,
+    ///   and never reads past its own messages
+    ///   ([`Upgrade::stream_bytes_wanted`]), so the stream stays usable
+    ///   for the application after a failure; a protocol error or step
+    ///   timeout ends the whole upgrade, since the framing can no longer
+    ///   be trusted;
+    /// * opens it with a versioned `Hello` carrying our side, our attempt
+    ///   limit and `fingerprint` (both sides keep the smaller limit; two
+    ///   initiators or two responders fail at once with
+    ///   [`ProtocolError::SameSide`]);
+    /// * keeps a direct connection only if the carrier's mutual TLS 1.3
+    ///   handshake on it proves the certificate the peer's `Hello` pinned
+    ///   ([`Upgrade::handle_direct_authenticated`],
+    ///   [`Upgrade::handle_direct_handshake_failed`]; the TLS client is
+    ///   the side whose [`Upgrade::direct_role`] is the client), and the
+    ///   server then marks the one it keeps with a select byte inside TLS
+    ///   ([`Upgrade::handle_direct_data`]).
+    ///
+    /// This binds the direct connection to whoever wrote the `Hello` on
+    /// the relayed stream: a stranger at an advertised address can neither
+    /// read nor take over the connection. The relay itself could swap the
+    /// fingerprints; authenticate the relayed stream (the CLI pairs with a
+    /// PAKE) when the relay is not trusted. The later of this call and
+    /// [`UpgradeBuilder::dcutr_session_unpinned`] wins.
+    pub fn dcutr_session(mut self, fingerprint: [u8; FINGERPRINT_LEN]) -> Self {
+        self.session = Some(Requested::Pinned(fingerprint));
+        self
+    }
+
+    /// The dcutr-rs session's one shared relayed stream
+    /// ([`UpgradeBuilder::dcutr_session`]) without its `Hello` and pinned
+    /// TLS: the caller's own handshake on the direct connection
+    /// authenticates the peer (`dcutr-driver`'s
+    /// `Options::caller_authenticates`). The first direct connection the
+    /// caller reports as established wins, and dials still in flight then
+    /// are left to the caller. Both sides must configure the same
+    /// [`Config::max_attempts`]. The later of this call and
+    /// [`UpgradeBuilder::dcutr_session`] wins.
+    pub fn dcutr_session_unpinned(mut self) -> Self {
+        self.session = Some(Requested::Unpinned);
         self
     }
 
@@ -292,31 +335,29 @@ impl UpgradeBuilder {
     ///
     /// # Errors
     /// [`ConfigError`] when the config is out of bounds, or asks for what
-    /// the carrier cannot do ([`UpgradeBuilder::capabilities`]).
+    /// the carrier cannot do ([`UpgradeBuilder::capabilities`]):
+    /// [`ConfigError::SessionUnsupported`] for a session on a carrier of
+    /// the spec only.
     pub fn start(self, now: Instant) -> Result<Upgrade, ConfigError> {
         match self.capabilities {
-            Some(caps) => self.config.validate_for(caps)?,
+            Some(caps) => {
+                self.config.validate_for(caps)?;
+                if self.session.is_some() && !caps.session {
+                    return Err(ConfigError::SessionUnsupported);
+                }
+            }
             None => self.config.validate()?,
-        }
-        if self.config.identity_check == IdentityCheck::PinnedTls && self.fingerprint.is_none() {
-            return Err(ConfigError::OutOfRange {
-                field: "identity_check",
-                reason: "PinnedTls needs our certificate's fingerprint (local_fingerprint)",
-            });
         }
         let rng = ChaCha8Rng::from_seed(self.seed);
         let mut observed = ObservedAddrs::new(self.config.max_local_addrs);
         for c in self.observed.iter().rev() {
             observed.observe(*c);
         }
-        let shared = self.config.channel == RelayChannel::SharedStream;
         let max_attempts = self.config.max_attempts;
-        let extension = shared.then(|| Extension {
-            handshake: self
-                .fingerprint
-                .filter(|_| self.config.identity_check.is_checked())
-                .map(|fp| Handshake::new(self.side, max_attempts, fp)),
-        });
+        let extension = self
+            .session
+            .map(|requested| Extension::new(requested, self.side, max_attempts));
+        let shared = extension.is_some();
         let mut up = Upgrade {
             side: self.side,
             decoder: FrameDecoder::new(self.config.max_message_size),
@@ -378,7 +419,7 @@ impl Upgrade {
             remote_public: Vec::new(),
             predictor: Box::new(NoPrediction),
             nat: None,
-            fingerprint: None,
+            session: None,
             capabilities: None,
         }
     }
@@ -582,8 +623,8 @@ impl Upgrade {
     /// The relayed stream for the current attempt is open: on the
     /// initiator, the one [`Output::OpenStream`] asked for; on the
     /// responder, a new inbound `/libp2p/dcutr` stream. Only with
-    /// [`RelayChannel::StreamPerAttempt`]; a shared stream is open from the
-    /// start. A stream that is not wanted is answered with
+    /// the spec's stream per attempt; the shared stream of
+    /// [`UpgradeBuilder::dcutr_session`] is open from the start. A stream that is not wanted is answered with
     /// [`Output::ResetStream`].
     pub fn handle_stream_opened(&mut self, now: Instant) {
         self.advance(now);

@@ -3,18 +3,12 @@
 mod common;
 
 use common::*;
-use dcutr_core::{
-    AttemptFailure, Config, DialError, Event, Outcome, Output, Side, settings::RelayChannel,
-};
+use dcutr_core::{AttemptFailure, Config, DialError, Event, Outcome, Output, Side};
 
 /// A responder on a shared stream, caller-authenticated, that has just
 /// punched: one TCP dial in flight. Returns it with the dial's id.
 fn punching_responder() -> (dcutr_core::Upgrade, dcutr_core::DirectId) {
-    let config = Config {
-        channel: RelayChannel::SharedStream,
-        ..Config::default()
-    };
-    let mut up = start(Side::Responder, config);
+    let mut up = start_unpinned(Side::Responder, Config::default());
     drain(&mut up);
     let connect = connect_frame(&[tcp("203.0.113.5:4001")]);
     up.handle_stream_data(at(10), &[&connect[..], &sync_frame()[..]].concat());

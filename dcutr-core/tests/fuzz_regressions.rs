@@ -16,7 +16,7 @@ use dcutr_core::filter::filter_remote;
 use dcutr_core::{
     AddressPolicy, Candidate, Config, Dialable, Outcome, Output, Side, Transport, Upgraded,
 };
-use dcutr_sim::{Sim, SimConfig};
+use dcutr_sim::{Protocol, Sim, SimConfig};
 
 /// Both outcomes of a finished simulation, which must both be upgrades.
 fn both_upgraded(sim: &Sim) -> (Upgraded, Upgraded) {
@@ -40,16 +40,13 @@ fn both_transports_without_identity_check_upgrade_on_different_connections() {
     // connections (nothing on the wire can make them agree), but neither
     // closes anything at its outcome any more, so the connection the peer
     // kept stays open. Dials still in flight are left to the caller.
-    for config in [Config::default(), {
-        let mut c = Config::shared_stream();
-        c.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
-        c
-    }] {
+    for protocol in [Protocol::Spec, Protocol::SessionUnpinned] {
         let world = SimConfig::two_nats(
-            &config,
+            &Config::default(),
             Duration::from_millis(50),
             Duration::from_millis(10),
-        );
+        )
+        .protocol(protocol);
         let mut sim = Sim::new(world);
         assert!(sim.run(Duration::from_secs(60)));
         let (b, a) = both_upgraded(&sim);
@@ -71,7 +68,7 @@ fn both_transports_without_identity_check_upgrade_on_different_connections() {
             assert!(
                 closed.is_empty(),
                 "{:?}: {side} closed {closed:?} at its outcome (winners: initiator {:?} {}, responder {:?} {})",
-                config.channel,
+                protocol,
                 b.transport,
                 b.id,
                 a.transport,
@@ -97,16 +94,17 @@ fn both_transports_without_identity_check_upgrade_on_different_connections() {
 /// the control for the test above (it must keep passing).
 #[test]
 fn one_transport_or_the_identity_check_agrees() {
-    for (config, transport) in [
-        (Config::default(), Some(Transport::Tcp)),
-        (Config::default(), Some(Transport::Quic)),
-        (Config::shared_stream(), None),
+    for (protocol, transport) in [
+        (Protocol::Spec, Some(Transport::Tcp)),
+        (Protocol::Spec, Some(Transport::Quic)),
+        (Protocol::Session, None),
     ] {
         let mut world = SimConfig::two_nats(
-            &config,
+            &Config::default(),
             Duration::from_millis(50),
             Duration::from_millis(10),
-        );
+        )
+        .protocol(protocol);
         if let Some(t) = transport {
             world = world.only(t);
         }
@@ -213,13 +211,16 @@ fn streams_reopened_before_any_connect_end_the_upgrade() {
 /// public address, but the responder is firewalled, so the unilateral dial
 /// runs its full 5 s and fails; both sides use a 3 s step timeout.
 fn unilateral_then_punch(responder_unilateral: bool) -> Sim {
-    let mut config = Config::shared_stream();
-    config.step_timeout = Duration::from_secs(3);
+    let config = Config {
+        step_timeout: Duration::from_secs(3),
+        ..Config::default()
+    };
     let mut world = SimConfig::two_nats(
         &config,
         Duration::from_millis(50),
         Duration::from_millis(10),
     )
+    .protocol(Protocol::Session)
     .only(Transport::Tcp);
     world.initiator.remote_public = world.responder.addrs.clone();
     world.responder.config.unilateral = responder_unilateral;
@@ -318,10 +319,11 @@ fn peers_with_equal_attempt_limits_retry_on_the_shared_stream() {
 fn fewer_responder_attempts(responder_attempts: u8) -> Sim {
     let world = {
         let mut w = SimConfig::two_nats(
-            &Config::shared_stream(),
+            &Config::default(),
             Duration::from_millis(50),
             Duration::from_millis(10),
         )
+        .protocol(Protocol::Session)
         .only(Transport::Quic);
         w.blocked_attempts = vec![1];
         w.responder.config.max_attempts = responder_attempts;

@@ -188,7 +188,7 @@ fn a_stream_closed_early_ends_the_attempt_and_the_initiator_retries() {
 
 #[test]
 fn a_shared_stream_closed_early_fails_the_upgrade_cleanly() {
-    let mut up = start(Side::Initiator, Config::shared_stream());
+    let mut up = start_session(Side::Initiator, Config::default());
     drain(&mut up);
     up.handle_stream_closed(at(10));
     drain(&mut up);
@@ -222,7 +222,7 @@ fn a_silent_peer_hits_the_step_timeout() {
 
 #[test]
 fn on_a_shared_stream_a_protocol_error_ends_the_upgrade() {
-    let mut up = start(Side::Responder, Config::shared_stream());
+    let mut up = start_session(Side::Responder, Config::default());
     drain(&mut up);
     // A valid Hello, then a Sync where a Connect must come.
     let hello = peer_hello(Side::Responder, 3);
@@ -239,7 +239,7 @@ fn on_a_shared_stream_a_protocol_error_ends_the_upgrade() {
 
 #[test]
 fn a_hello_of_an_older_wire_version_is_refused() {
-    let mut up = start(Side::Responder, Config::shared_stream());
+    let mut up = start_session(Side::Responder, Config::default());
     drain(&mut up);
     // A v2 Hello: a 3-byte token (tag 1), and no version field.
     let out = feed(&mut up, &[5, 0x0a, 3, 1, 2, 3]);
@@ -331,9 +331,7 @@ fn punches_stay_within_the_per_ip_and_per_upgrade_budgets() {
 
 #[test]
 fn after_three_attempts_the_responder_reads_no_more() {
-    let mut config = Config::shared_stream();
-    config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
-    let mut up = start(Side::Responder, config);
+    let mut up = start_unpinned(Side::Responder, Config::default());
     drain(&mut up);
     // Three exchanges whose punches get nowhere (no usable address).
     let connect = connect_frame(&[]);
@@ -354,9 +352,7 @@ fn after_three_attempts_the_responder_reads_no_more() {
 
 #[test]
 fn a_fourth_attempt_is_refused() {
-    let mut config = Config::shared_stream();
-    config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
-    let mut up = start(Side::Responder, config);
+    let mut up = start_unpinned(Side::Responder, Config::default());
     drain(&mut up);
     // Each Connect arrives while the previous punch is still dialling, so
     // it supersedes it; the fourth is one too many.

@@ -11,16 +11,17 @@ use dcutr_core::{
     Candidate, Config, Event, Outcome, Output, Side, Transport, reason::DirectRejection,
     reason::InboundRejected,
 };
-use dcutr_sim::{INITIATOR, RESPONDER, Sim, SimConfig, Stranger};
+use dcutr_sim::{INITIATOR, Protocol, RESPONDER, Sim, SimConfig, Stranger};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn world(transport: Transport) -> SimConfig {
     SimConfig::two_nats(
-        &Config::shared_stream(),
+        &Config::default(),
         Duration::from_millis(50),
         Duration::from_millis(10),
     )
+    .protocol(Protocol::Session)
     .only(transport)
 }
 
@@ -148,9 +149,11 @@ fn a_stranger_at_the_responder_is_sent_nothing() {
 fn a_flood_of_strangers_is_capped() {
     // A peer that stays silent past the confirm timeout, so that only the
     // strangers' deadlines matter here.
-    let mut config = Config::shared_stream();
-    config.step_timeout = config.confirm_timeout * 2;
-    let mut up = start(Side::Initiator, config.clone());
+    let config = Config {
+        step_timeout: Config::default().confirm_timeout * 2,
+        ..Config::default()
+    };
+    let mut up = start_session(Side::Initiator, config.clone());
     drain(&mut up);
     let max = config.max_pending_inbound;
     let mut accepted = 0;
@@ -180,10 +183,11 @@ fn a_flood_of_strangers_is_capped() {
 fn with_no_direct_delay_a_unilateral_dial_is_kept_by_both_sides() {
     for transport in [Transport::Tcp, Transport::Quic] {
         let mut cfg = SimConfig::two_nats(
-            &Config::shared_stream(),
+            &Config::default(),
             Duration::from_millis(159),
             Duration::ZERO,
         )
+        .protocol(Protocol::Session)
         .only(transport);
         cfg.responder.nat = dcutr_sim::Nat::Public;
         cfg.initiator.remote_public = cfg.responder.addrs.clone();

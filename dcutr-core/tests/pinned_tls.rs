@@ -13,7 +13,8 @@ use dcutr_core::wire::{
 };
 use dcutr_core::{
     AddressPolicy, Candidate, Config, ConfigError, DirectId, Event, Failure, Output, ProtocolError,
-    Role, Side, Upgrade, reason::DirectRejection, settings::IdentityCheck,
+    Role, Side, Upgrade, reason::DirectRejection, settings::Capabilities,
+    settings::QuicServerPunch,
 };
 
 const OURS: [u8; FINGERPRINT_LEN] = [0x11; FINGERPRINT_LEN];
@@ -21,15 +22,15 @@ const PEERS: [u8; FINGERPRINT_LEN] = [0x22; FINGERPRINT_LEN];
 const STRANGERS: [u8; FINGERPRINT_LEN] = [0x33; FINGERPRINT_LEN];
 
 fn config() -> Config {
-    let mut config = Config::shared_stream();
-    config.identity_check = IdentityCheck::PinnedTls;
-    config.address_policy = AddressPolicy::permissive();
-    config
+    Config {
+        address_policy: AddressPolicy::permissive(),
+        ..Config::default()
+    }
 }
 
 fn responder(start: Instant) -> Upgrade {
     Upgrade::builder(Side::Responder, config(), [3; 32])
-        .local_fingerprint(OURS)
+        .dcutr_session(OURS)
         .local_addrs([Candidate::tcp("127.0.0.1:4001".parse().unwrap())])
         .start(start)
         .unwrap()
@@ -67,18 +68,35 @@ fn our_hello_carries_our_fingerprint() {
     assert_eq!(decode_hello(&payload).unwrap().fingerprint, OURS);
 }
 
+/// The session needs our fingerprint by construction
+/// (`dcutr_session(fingerprint)`); a carrier of the spec only (libp2p)
+/// refuses a session build at the start, naming the fix.
 #[test]
-fn pinned_tls_needs_our_fingerprint() {
-    let result = Upgrade::builder(Side::Responder, config(), [3; 32]).start(t0());
+fn a_session_on_a_carrier_of_the_spec_only_is_refused_naming_the_fix() {
+    let config = Config {
+        quic_server_punch: QuicServerPunch::DialAsServer,
+        ..config()
+    };
+    let build = |caps: Capabilities| {
+        Upgrade::builder(Side::Responder, config.clone(), [3; 32]).capabilities(caps)
+    };
+    let refused = build(Capabilities::LIBP2P).dcutr_session(OURS).start(t0());
+    assert_eq!(refused.err(), Some(ConfigError::SessionUnsupported));
+    let refused = build(Capabilities::LIBP2P)
+        .dcutr_session_unpinned()
+        .start(t0());
+    assert_eq!(refused.err(), Some(ConfigError::SessionUnsupported));
+    assert!(build(Capabilities::LIBP2P).start(t0()).is_ok(), "the spec");
     assert!(
-        matches!(
-            result,
-            Err(ConfigError::OutOfRange {
-                field: "identity_check",
-                ..
-            })
-        ),
-        "{result:?}"
+        build(Capabilities::STANDALONE)
+            .dcutr_session(OURS)
+            .start(t0())
+            .is_ok()
+    );
+    assert!(
+        ConfigError::SessionUnsupported
+            .to_string()
+            .contains("without `dcutr_session`")
     );
 }
 

@@ -21,11 +21,8 @@ use dcutr_core::wire::{
     FrameDecoder, HolePunch, MAX_MESSAGE_SIZE, Message, MessageType, decode_hello, decode_message,
     encode_connect, encode_hello, encode_sync,
 };
-use dcutr_core::{
-    Candidate, Config, DirectId, Outcome, Output, Role, Side, Transport, Upgrade,
-    settings::IdentityCheck, settings::RelayChannel,
-};
-use dcutr_sim::{Block, INITIATOR, Record, Sim, SimConfig, Stranger};
+use dcutr_core::{Candidate, Config, DirectId, Outcome, Output, Role, Side, Transport, Upgrade};
+use dcutr_sim::{Block, INITIATOR, Protocol, Record, Sim, SimConfig, Stranger};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message as _;
@@ -148,15 +145,11 @@ enum Mode {
 }
 
 impl Mode {
-    fn config(self) -> Config {
+    fn protocol(self) -> Protocol {
         match self {
-            Mode::Libp2p => Config::default(),
-            Mode::Shared => {
-                let mut c = Config::shared_stream();
-                c.identity_check = IdentityCheck::CallerAuthenticates;
-                c
-            }
-            Mode::Pinned => Config::shared_stream(),
+            Mode::Libp2p => Protocol::Spec,
+            Mode::Shared => Protocol::SessionUnpinned,
+            Mode::Pinned => Protocol::Session,
         }
     }
 }
@@ -197,7 +190,8 @@ fn honest_world(
     direct_one_way: Duration,
     seed: u64,
 ) -> SimConfig {
-    let mut world = SimConfig::two_nats(&mode.config(), relay_one_way, direct_one_way);
+    let mut world = SimConfig::two_nats(&Config::default(), relay_one_way, direct_one_way)
+        .protocol(mode.protocol());
     if let Some(t) = transport {
         world = world.only(t);
     }
@@ -336,22 +330,18 @@ fn drain(up: &mut Upgrade, log: &mut Vec<String>, dials: &mut Vec<DirectId>) {
 }
 
 /// Every output and every wakeup of one upgrade under `script`.
-fn scripted(
-    side: Side,
-    seed: [u8; 32],
-    channel: RelayChannel,
-    script: &[(u16, Poke)],
-) -> Vec<String> {
+fn scripted(side: Side, seed: [u8; 32], shared: bool, script: &[(u16, Poke)]) -> Vec<String> {
     let config = Config {
-        channel,
         address_policy: dcutr_core::AddressPolicy::permissive(),
         ..Config::default()
     };
-    let mut up = Upgrade::builder(side, config, seed)
+    let mut builder = Upgrade::builder(side, config, seed)
         .local_addrs([tcp("198.51.100.9:4001"), common::quic("198.51.100.9:4001")])
-        .remote_public_addrs([tcp("203.0.113.1:4001")])
-        .start(t0())
-        .unwrap();
+        .remote_public_addrs([tcp("203.0.113.1:4001")]);
+    if shared {
+        builder = builder.dcutr_session_unpinned();
+    }
+    let mut up = builder.start(t0()).unwrap();
     let mut log = Vec::new();
     let mut now = t0();
     let mut dials = Vec::new();
@@ -396,9 +386,8 @@ proptest! {
         script in vec((0u16..3000, poke()), 0..40),
     ) {
         let side = if initiator { Side::Initiator } else { Side::Responder };
-        let channel = if shared { RelayChannel::SharedStream } else { RelayChannel::StreamPerAttempt };
-        let first = scripted(side, seed, channel, &script);
-        let second = scripted(side, seed, channel, &script);
+        let first = scripted(side, seed, shared, &script);
+        let second = scripted(side, seed, shared, &script);
         prop_assert_eq!(first, second);
     }
 }

@@ -5,14 +5,16 @@ mod common;
 use std::time::Duration;
 
 use dcutr_core::{AttemptFailure, Config, Event, Failure, Outcome, Output, Role, Side, Transport};
-use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER, Sim, SimConfig};
+use dcutr_sim::{Block, INITIATOR, Nat, Protocol, RESPONDER, Sim, SimConfig};
 
 const RELAY_ONE_WAY: Duration = Duration::from_millis(50);
 const DIRECT_ONE_WAY: Duration = Duration::from_millis(10);
 const LIMIT: Duration = Duration::from_secs(300);
 
-fn world(config: &Config, transport: Transport) -> SimConfig {
-    SimConfig::two_nats(config, RELAY_ONE_WAY, DIRECT_ONE_WAY).only(transport)
+fn world(protocol: Protocol, transport: Transport) -> SimConfig {
+    SimConfig::two_nats(&Config::default(), RELAY_ONE_WAY, DIRECT_ONE_WAY)
+        .protocol(protocol)
+        .only(transport)
 }
 
 fn attempt_failures(outcome: Option<&Outcome>) -> Vec<AttemptFailure> {
@@ -24,9 +26,9 @@ fn attempt_failures(outcome: Option<&Outcome>) -> Vec<AttemptFailure> {
 
 #[test]
 fn attempts_one_and_two_fail_and_the_third_succeeds() {
-    for config in [Config::default(), Config::shared_stream()] {
+    for protocol in [Protocol::Spec, Protocol::Session] {
         for transport in [Transport::Tcp, Transport::Quic] {
-            let mut cfg = world(&config, transport);
+            let mut cfg = world(protocol, transport);
             cfg.blocked_attempts = vec![1, 2];
             let mut sim = Sim::new(cfg);
             assert!(sim.run(LIMIT));
@@ -54,8 +56,8 @@ fn attempts_one_and_two_fail_and_the_third_succeeds() {
 fn three_failed_attempts_end_the_upgrade_after_the_expected_time() {
     let rtt = 2 * RELAY_ONE_WAY;
     let direct_timeout = Config::default().direct_timeout;
-    for config in [Config::default(), Config::shared_stream()] {
-        let mut cfg = world(&config, Transport::Tcp);
+    for protocol in [Protocol::Spec, Protocol::Session] {
+        let mut cfg = world(protocol, Transport::Tcp);
         cfg.blocked_attempts = vec![1, 2, 3];
         let mut sim = Sim::new(cfg);
         assert!(sim.run(LIMIT));
@@ -67,7 +69,7 @@ fn three_failed_attempts_end_the_upgrade_after_the_expected_time() {
         // then the whole direct window.
         let per_attempt = rtt + rtt / 2 + direct_timeout;
         let decided = sim.upgrade(INITIATOR).timeline().duration().unwrap();
-        assert_eq!(decided, 3 * per_attempt, "{:?}", config.channel);
+        assert_eq!(decided, 3 * per_attempt, "{protocol:?}");
         // The relay stays in use: nobody reset or closed it.
         assert!(
             !sim.log
@@ -82,7 +84,7 @@ fn three_failed_attempts_end_the_upgrade_after_the_expected_time() {
 
 #[test]
 fn refused_dials_end_an_attempt_early() {
-    let mut cfg = world(&Config::shared_stream(), Transport::Tcp);
+    let mut cfg = world(Protocol::Session, Transport::Tcp);
     cfg.blocked_attempts = vec![1, 2, 3];
     cfg.block = Block::Refuse;
     let mut sim = Sim::new(cfg);
@@ -99,8 +101,8 @@ fn refused_dials_end_an_attempt_early() {
 
 #[test]
 fn a_unilateral_dial_that_works_wins_in_both_modes() {
-    for config in [Config::default(), Config::shared_stream()] {
-        let mut cfg = world(&config, Transport::Tcp);
+    for protocol in [Protocol::Spec, Protocol::Session] {
+        let mut cfg = world(protocol, Transport::Tcp);
         cfg.responder.nat = Nat::Public;
         cfg.initiator.remote_public = cfg.responder.addrs.clone();
         let mut sim = Sim::new(cfg);
@@ -119,7 +121,7 @@ fn a_unilateral_dial_that_works_wins_in_both_modes() {
 
 #[test]
 fn in_the_spec_mode_the_unilateral_dial_runs_alongside_the_first_attempt() {
-    let mut cfg = world(&Config::default(), Transport::Tcp);
+    let mut cfg = world(Protocol::Spec, Transport::Tcp);
     cfg.responder.nat = Nat::Public;
     cfg.initiator.remote_public = cfg.responder.addrs.clone();
     let mut sim = Sim::new(cfg);
@@ -139,7 +141,7 @@ fn in_the_spec_mode_the_unilateral_dial_runs_alongside_the_first_attempt() {
 
 #[test]
 fn with_the_identity_check_a_unilateral_dial_comes_before_any_attempt() {
-    let mut cfg = world(&Config::shared_stream(), Transport::Tcp);
+    let mut cfg = world(Protocol::Session, Transport::Tcp);
     cfg.responder.nat = Nat::Public;
     cfg.initiator.remote_public = cfg.responder.addrs.clone();
     let mut sim = Sim::new(cfg);
@@ -154,7 +156,7 @@ fn with_the_identity_check_a_unilateral_dial_comes_before_any_attempt() {
 
 #[test]
 fn public_addresses_that_arrive_during_the_exchange_are_dialled_at_once() {
-    let mut cfg = world(&Config::default(), Transport::Tcp);
+    let mut cfg = world(Protocol::Spec, Transport::Tcp);
     cfg.responder.nat = Nat::Public;
     let addrs = cfg.responder.addrs.clone();
     let mut sim = Sim::new(cfg);
@@ -184,8 +186,8 @@ fn public_addresses_that_arrive_during_the_exchange_are_dialled_at_once() {
 
 #[test]
 fn a_unilateral_dial_that_fails_falls_back_to_hole_punching() {
-    let config = Config::shared_stream();
-    let mut cfg = world(&config, Transport::Tcp);
+    let config = Config::default();
+    let mut cfg = world(Protocol::Session, Transport::Tcp);
     cfg.initiator.remote_public = cfg.responder.addrs.clone();
     // The responder is firewalled: the unilateral SYNs are dropped.
     let mut sim = Sim::new(cfg);
@@ -206,7 +208,7 @@ fn a_unilateral_dial_that_fails_falls_back_to_hole_punching() {
 
 #[test]
 fn in_the_spec_mode_a_failing_unilateral_dial_costs_the_hole_punch_nothing() {
-    let plain = world(&Config::default(), Transport::Tcp);
+    let plain = world(Protocol::Spec, Transport::Tcp);
     let mut with_dial = plain.clone();
     // The responder is firewalled: the unilateral SYNs are dropped.
     with_dial.initiator.remote_public = with_dial.responder.addrs.clone();

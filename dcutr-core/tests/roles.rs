@@ -8,8 +8,8 @@ use common::{drain, t0, tcp};
 use dcutr_core::{Config, Failure, Outcome, Output, ProtocolError, Side, Upgrade};
 
 fn peer(side: Side, seed: u8, addr: &str) -> Upgrade {
-    Upgrade::builder(side, Config::shared_stream(), [seed; 32])
-        .local_fingerprint([seed; 32])
+    Upgrade::builder(side, Config::default(), [seed; 32])
+        .dcutr_session([seed; 32])
         .local_addrs([tcp(addr)])
         .start(t0())
         .unwrap()

@@ -7,11 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PEER_FINGERPRINT, drain, events, peer_hello, start, t0};
+use common::{PEER_FINGERPRINT, drain, events, peer_hello, start, start_session, t0};
 use dcutr_core::reason::CodecError;
 use dcutr_core::wire::{self, FrameDecoder, Message};
 use dcutr_core::{Config, Event, Failure, Outcome, Output, ProtocolError, Side, Transport};
-use dcutr_sim::{INITIATOR, RESPONDER, Sim, SimConfig};
+use dcutr_sim::{INITIATOR, Protocol, RESPONDER, Sim, SimConfig};
 
 const RELAY_ONE_WAY: Duration = Duration::from_millis(50);
 const DIRECT_ONE_WAY: Duration = Duration::from_millis(10);
@@ -45,7 +45,7 @@ fn hellos_received(sim: &Sim, side: Side) -> bool {
 #[test]
 fn a_hello_of_session_version_2_fails_the_upgrade_at_its_first_frame() {
     for side in [Side::Initiator, Side::Responder] {
-        let mut up = start(side, Config::shared_stream());
+        let mut up = start_session(side, Config::default());
         drain(&mut up);
         let payload = FrameDecoder::new(4096)
             .decode(&mut &peer_hello(side, 3)[..])
@@ -75,7 +75,7 @@ fn a_hello_of_session_version_2_fails_the_upgrade_at_its_first_frame() {
 #[test]
 fn our_hello_is_the_first_frame_and_the_peers_pins_its_fingerprint() {
     for side in [Side::Initiator, Side::Responder] {
-        let mut up = start(side, Config::shared_stream());
+        let mut up = start_session(side, Config::default());
         let first = frames(&drain(&mut up));
         let ours = wire::decode_hello(&first[0]).expect("a Hello first");
         assert_eq!(ours.side, Some(side));
@@ -90,8 +90,9 @@ fn our_hello_is_the_first_frame_and_the_peers_pins_its_fingerprint() {
 
 #[test]
 fn one_shared_stream_carries_three_attempts_of_both_sides() {
-    let config = Config::shared_stream();
-    let mut cfg = SimConfig::two_nats(&config, RELAY_ONE_WAY, DIRECT_ONE_WAY).only(Transport::Tcp);
+    let mut cfg = SimConfig::two_nats(&Config::default(), RELAY_ONE_WAY, DIRECT_ONE_WAY)
+        .protocol(Protocol::Session)
+        .only(Transport::Tcp);
     cfg.blocked_attempts = vec![1, 2];
     let mut sim = Sim::new(cfg);
     assert!(sim.run(LIMIT));
@@ -114,8 +115,10 @@ fn one_shared_stream_carries_three_attempts_of_both_sides() {
 
 #[test]
 fn the_smaller_attempt_limit_of_the_two_ends_the_session_on_both_sides() {
-    let mut config = Config::shared_stream();
-    let mut cfg = SimConfig::two_nats(&config, RELAY_ONE_WAY, DIRECT_ONE_WAY).only(Transport::Tcp);
+    let mut config = Config::default();
+    let mut cfg = SimConfig::two_nats(&config, RELAY_ONE_WAY, DIRECT_ONE_WAY)
+        .protocol(Protocol::Session)
+        .only(Transport::Tcp);
     config.max_attempts = 1;
     cfg.responder.config = config;
     cfg.blocked_attempts = vec![1, 2, 3];

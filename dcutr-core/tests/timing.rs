@@ -4,17 +4,10 @@
 
 use std::time::Duration;
 
-use dcutr_core::{Config, Event, Outcome, Output, Role, Side, Transport, settings::RelayChannel};
-use dcutr_sim::{Sim, SimConfig};
+use dcutr_core::{Config, Event, Outcome, Output, Role, Side, Transport};
+use dcutr_sim::{Protocol, Sim, SimConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn config(channel: RelayChannel) -> Config {
-    Config {
-        channel,
-        ..Config::default()
-    }
-}
 
 fn is_connect(o: &Output) -> bool {
     // The first stream write of each attempt is the Connect.
@@ -28,9 +21,10 @@ struct Timing {
     responder_punch: Duration,
 }
 
-fn run(transport: Transport, rtt: Duration, channel: RelayChannel) -> (Sim, Timing) {
-    let cfg =
-        SimConfig::two_nats(&config(channel), rtt / 2, Duration::from_millis(20)).only(transport);
+fn run(transport: Transport, rtt: Duration, protocol: Protocol) -> (Sim, Timing) {
+    let cfg = SimConfig::two_nats(&Config::default(), rtt / 2, Duration::from_millis(20))
+        .protocol(protocol)
+        .only(transport);
     let mut sim = Sim::new(cfg);
     assert!(sim.run(LIMIT), "both sides finish");
     let connect = sim
@@ -64,9 +58,9 @@ fn run(transport: Transport, rtt: Duration, channel: RelayChannel) -> (Sim, Timi
 
 fn assert_timing(transport: Transport, rtt_ms: u64) {
     let rtt = Duration::from_millis(rtt_ms);
-    for channel in [RelayChannel::StreamPerAttempt, RelayChannel::SharedStream] {
-        let (sim, t) = run(transport, rtt, channel);
-        let ctx = format!("{transport} rtt={rtt_ms}ms {channel:?}");
+    for protocol in [Protocol::Spec, Protocol::SessionUnpinned] {
+        let (sim, t) = run(transport, rtt, protocol);
+        let ctx = format!("{transport} rtt={rtt_ms}ms {protocol:?}");
         assert_eq!(
             t.sync - t.connect,
             rtt,

@@ -13,9 +13,10 @@
 //! cancels every dial and closes every socket it opened.
 //!
 //! ## Identity of the direct connection
-//! By default the driver runs the core with
-//! [`IdentityCheck::PinnedTls`](dcutr_core::settings::IdentityCheck::PinnedTls): a
-//! fresh [`Identity`] (ECDSA P-256 key, self-signed certificate) per
+//! The driver always runs the core's dcutr-rs session
+//! ([`UpgradeBuilder::dcutr_session`](dcutr_core::UpgradeBuilder::dcutr_session)):
+//! every attempt on the one relayed stream you hand it, and by default the
+//! session's pinned TLS, with a fresh [`Identity`] (ECDSA P-256 key, self-signed certificate) per
 //! upgrade, whose [`fingerprint`] the core sends in its `Hello`; mutual
 //! TLS 1.3 on every direct connection, accepting exactly the certificate
 //! the peer pinned (QUIC in its own handshake, with per-upgrade configs;
@@ -126,13 +127,14 @@ pub struct Options<L> {
 }
 
 impl<L> Options<L> {
-    /// Options for `side`, with [`Config::shared_stream`] (all attempts
-    /// on the one relayed stream) and the pinned mutual TLS identity check
-    /// ([`dcutr_core::settings::IdentityCheck::PinnedTls`]).
+    /// Options for `side`, with `Config::default()` and the pinned mutual
+    /// TLS identity check of the dcutr-rs session (all attempts on the one
+    /// relayed stream, see
+    /// [`UpgradeBuilder::dcutr_session`](dcutr_core::UpgradeBuilder::dcutr_session)).
     pub fn new(side: Side) -> Self {
         Options {
             side,
-            config: Config::shared_stream(),
+            config: Config::default(),
             local_addrs: Vec::new(),
             remote_public_addrs: Vec::new(),
             tcp: None,
@@ -161,14 +163,11 @@ impl<L> Options<L> {
         self
     }
 
-    /// Replaces the config. Its channel must be
-    /// [`RelayChannel::SharedStream`](dcutr_core::settings::RelayChannel::SharedStream):
-    /// this driver has one relayed stream (the core refuses any other
-    /// with [`ConfigError::ChannelUnsupported`]).
-    /// Its `identity_check` is the one the driver runs
-    /// ([`dcutr_core::settings::IdentityCheck::PinnedTls`] in
-    /// [`Config::shared_stream`]); [`Options::caller_authenticates`] turns it
-    /// to the caller's own check.
+    /// Replaces the config (default: `Config::default()`); start from it
+    /// with struct update syntax, `Config { .., ..Config::default() }`.
+    /// The config holds only the spec's limits and timeouts: the driver
+    /// itself runs the dcutr-rs session on the relayed stream, with pinned
+    /// TLS unless [`Options::caller_authenticates`] says otherwise.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -202,7 +201,10 @@ impl<L> Options<L> {
     /// authenticates the peer (for example TLS with known certificates):
     /// skips the pinned TLS of the driver, and the winner comes back as a
     /// plain [`DirectConnection::Tcp`] stream or a QUIC connection of the
-    /// endpoint's own configs ([`QuicSocket::with_tls`]). Off by default.
+    /// endpoint's own configs ([`QuicSocket::with_tls`]). Off by default;
+    /// together with [`Options::identity`] or [`Options::peer_fingerprint`]
+    /// the upgrade fails at once with
+    /// [`UpgradeFailure::CallerAuthenticatesWithPin`].
     pub fn caller_authenticates(mut self, yes: bool) -> Self {
         self.caller_authenticates = yes;
         self
@@ -336,6 +338,13 @@ pub enum UpgradeFailure {
     /// Neither a TCP listener nor a QUIC endpoint was given.
     #[error("neither a TCP listener nor a QUIC endpoint was given")]
     NoTransport,
+    /// [`Options::caller_authenticates`] skips the pinned TLS that
+    /// [`Options::identity`] or [`Options::peer_fingerprint`] configure:
+    /// the options contradict each other, and neither is dropped silently.
+    #[error(
+        "caller_authenticates skips the pinned TLS that identity / peer_fingerprint configure: set one or the other"
+    )]
+    CallerAuthenticatesWithPin,
     /// A local socket failed.
     #[error("local socket error: {0}")]
     Io(io::Error),
@@ -407,6 +416,11 @@ where
     };
     if options.tcp.is_none() && options.quic.is_none() {
         return Err(fail(UpgradeFailure::NoTransport, relay));
+    }
+    if options.caller_authenticates
+        && (options.identity.is_some() || options.peer_fingerprint.is_some())
+    {
+        return Err(fail(UpgradeFailure::CallerAuthenticatesWithPin, relay));
     }
     let ticket = match admission::admit(options.peer) {
         Ok(ticket) => ticket,
@@ -513,15 +527,10 @@ impl<'r, R: Runtime> Driver<'r, R> {
         relay_cmds: mpsc::UnboundedSender<Cmd>,
     ) -> Result<Self, UpgradeFailure> {
         let mut config = options.config;
-        // A config that says the caller authenticates means it, whether it
-        // came through `Options::config` or `caller_authenticates`;
-        // otherwise the config's check (pinned TLS) stands.
-        let caller_authenticates =
-            options.caller_authenticates || !config.identity_check.is_checked();
-        if options.caller_authenticates {
-            config.identity_check = dcutr_core::settings::IdentityCheck::CallerAuthenticates;
-        }
-        let identity = match (caller_authenticates, options.identity) {
+        // Pinned TLS, with our certificate, unless the caller's own
+        // handshake authenticates the peer.
+        // (`drive` refused caller_authenticates with an identity.)
+        let identity = match (options.caller_authenticates, options.identity) {
             (true, _) => None,
             (false, Some(identity)) => Some(identity),
             (false, None) => Some(
@@ -574,9 +583,11 @@ impl<'r, R: Runtime> Driver<'r, R> {
             .capabilities(dcutr_core::settings::Capabilities::STANDALONE)
             .local_addrs(options.local_addrs)
             .remote_public_addrs(options.remote_public_addrs);
-        if let Some(identity) = &identity {
-            builder = builder.local_fingerprint(identity.fingerprint());
-        }
+        // The driver carries one relayed byte stream: always the session.
+        builder = match &identity {
+            Some(identity) => builder.dcutr_session(identity.fingerprint()),
+            None => builder.dcutr_session_unpinned(),
+        };
         if let Some(nat) = options.nat {
             builder = builder.nat_behaviour(nat);
         }
@@ -987,7 +998,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
     /// from an address the peer did not name, so that a newcomer (which
     /// may be the peer) is not refused.
     fn make_room_for_inbound(&mut self, now: Instant, newcomer_peer_named: bool) {
-        if !self.core.config().identity_check.is_checked() {
+        if self.identity.is_none() {
             return; // no pending slots to run out of
         }
         let directs = &self.directs;

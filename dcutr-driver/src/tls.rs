@@ -1,5 +1,5 @@
 //! Mutual TLS 1.3 pinned to the fingerprints sent over the relayed stream
-//! ([`dcutr_core::settings::IdentityCheck::PinnedTls`]).
+//! (the dcutr-rs session, [`dcutr_core::UpgradeBuilder::dcutr_session`]).
 //!
 //! Each upgrade makes an ephemeral key and a self-signed certificate
 //! ([`Identity`]); the core sends the SHA-256 of the certificate in its

@@ -807,9 +807,10 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
     }
 
     fn write_direct(&mut self, id: DirectId, _data: Bytes) {
-        // Unreachable: the core writes to a direct connection only under
-        // `IdentityCheck::PinnedTls`, which `Config::validate` refuses
-        // (libp2p's own Noise/TLS authenticates direct connections).
+        // Unreachable: the core writes to a direct connection only in the
+        // dcutr-rs session (`UpgradeBuilder::dcutr_session`), which this
+        // behaviour never builds (libp2p's own Noise/TLS authenticates
+        // direct connections).
         tracing::warn!(direct = %id, "bytes for a direct connection (pinned TLS) are not available through libp2p; skipped");
     }
 
@@ -1046,17 +1047,20 @@ mod tests {
 
     #[test]
     fn an_invalid_config_is_refused() {
+        // The dcutr-rs session is not a config field: the behaviour
+        // builds plain spec upgrades, so it cannot be asked for one.
         let mut config = Config::default();
-        config.core.channel = dcutr_core::settings::RelayChannel::SharedStream;
+        config.core.max_attempts = 0;
         let err = Behaviour::<Event>::with_config(PeerId::random(), config).err();
-        assert_eq!(
-            err,
-            Some(ConfigError::Core(
-                dcutr_core::ConfigError::ChannelUnsupported {
-                    configured: dcutr_core::settings::RelayChannel::SharedStream,
-                    carried: dcutr_core::settings::RelayChannel::StreamPerAttempt,
-                }
-            ))
+        assert!(
+            matches!(
+                err,
+                Some(ConfigError::Core(dcutr_core::ConfigError::OutOfRange {
+                    field: "max_attempts",
+                    ..
+                }))
+            ),
+            "{err:?}"
         );
         let spray =
             Config::default().with_quic_server_punch(dcutr_core::settings::QuicServerPunch::Spray);

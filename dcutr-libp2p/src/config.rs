@@ -8,18 +8,15 @@ use dcutr_core::{AddressPolicy, Dialable, settings::Capabilities, settings::Quic
 /// Configuration of a [`Behaviour`](crate::Behaviour).
 ///
 /// `Config::default()` is the core's [`dcutr_core::Config::default()`]
-/// (three attempts, 10 s per step, public addresses only, one
-/// `/libp2p/dcutr` stream per attempt, libp2p's own handshake as the
-/// identity check), with the QUIC punch done inside libp2p-quic (see
-/// [`Config::core`]).
+/// (three attempts, 10 s per step, public addresses only), with the QUIC
+/// punch done inside libp2p-quic (see [`Config::core`]). The behaviour
+/// runs exactly the spec: one `/libp2p/dcutr` stream per attempt, and
+/// libp2p's own handshake as the identity check.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Config {
-    /// The core's limits and timeouts. Its `channel` must stay
-    /// [`RelayChannel::StreamPerAttempt`](dcutr_core::settings::RelayChannel::StreamPerAttempt)
-    /// and its `identity_check`
-    /// [`IdentityCheck::CallerAuthenticates`](dcutr_core::settings::IdentityCheck::CallerAuthenticates):
-    /// that is how libp2p carries
+    /// The core's limits and timeouts. The behaviour builds plain spec
+    /// upgrades (never the dcutr-rs session): that is how libp2p carries
     /// DCUtR, and Noise/TLS authenticate every direct connection.
     ///
     /// TCP and QUIC candidates are both sent and dialled (`dialable`

@@ -36,8 +36,11 @@
 //!   instead of arriving as an inbound connection. An Initial that meets
 //!   our NAT before our first datagram opened it is lost until its
 //!   re-send a second later.
-//! * **Pinned TLS** (the identity check of
-//!   [`IdentityCheck::PinnedTls`](dcutr_core::settings::IdentityCheck::PinnedTls)):
+//! * **Protocol** ([`PeerSpec::protocol`]): the spec's stream per
+//!   attempt, or the dcutr-rs session on one shared stream, with or
+//!   without its pinned TLS ([`Protocol`]).
+//! * **Pinned TLS** (the identity check of the dcutr-rs session,
+//!   [`UpgradeBuilder::dcutr_session`](dcutr_core::UpgradeBuilder::dcutr_session)):
 //!   one round trip (`2 × direct_one_way`) after a side's core learnt of a
 //!   direct connection, the simulated handshake reports the certificate
 //!   of the other peer ([`Sim::fingerprint`]) to it. The report goes to
@@ -206,6 +209,23 @@ pub const RELAY_ADDR: SocketAddr = SocketAddr::new(
     443,
 );
 
+/// What a simulated peer runs over its relayed connection: which
+/// builder call its upgrade gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Exactly the spec: a stream per attempt, and the caller (here: the
+    /// first direct connection to form) authenticates. No session call.
+    #[default]
+    Spec,
+    /// The dcutr-rs session's one shared stream without its pinned TLS
+    /// ([`UpgradeBuilder::dcutr_session_unpinned`](dcutr_core::UpgradeBuilder::dcutr_session_unpinned)).
+    SessionUnpinned,
+    /// The dcutr-rs session with the peer's simulated certificate
+    /// ([`UpgradeBuilder::dcutr_session`](dcutr_core::UpgradeBuilder::dcutr_session)
+    /// with [`fingerprint`]): what the standalone adapters run.
+    Session,
+}
+
 /// One simulated peer.
 #[derive(Clone, Debug)]
 pub struct PeerSpec {
@@ -226,6 +246,8 @@ pub struct PeerSpec {
     pub remote_public: Vec<Candidate>,
     /// Its core config.
     pub config: Config,
+    /// The spec, or the dcutr-rs session (default: the spec).
+    pub protocol: Protocol,
     /// Guesses of its NAT's next ports that it sends in Connect after
     /// what it advertises (dcutr-core's sequential predictor, as an adapter
     /// would set it from discovery); `None`: advertised addresses only.
@@ -272,7 +294,8 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// Two firewalled peers with one TCP and one QUIC address each, the
-    /// given delays, and `config` on both sides.
+    /// given delays, and `config` on both sides, running the spec (see
+    /// [`SimConfig::protocol`]).
     #[must_use]
     pub fn two_nats(config: &Config, relay_one_way: Duration, direct_one_way: Duration) -> Self {
         SimConfig {
@@ -287,6 +310,7 @@ impl SimConfig {
                 nat: Nat::Firewalled,
                 remote_public: Vec::new(),
                 config: config.clone(),
+                protocol: Protocol::Spec,
                 predictor: None,
                 nat_behaviour: None,
             },
@@ -298,6 +322,7 @@ impl SimConfig {
                 nat: Nat::Firewalled,
                 remote_public: Vec::new(),
                 config: config.clone(),
+                protocol: Protocol::Spec,
                 predictor: None,
                 nat_behaviour: None,
             },
@@ -305,6 +330,14 @@ impl SimConfig {
             block: Block::Drop,
             seed: 1,
         }
+    }
+
+    /// Runs `protocol` on both sides.
+    #[must_use]
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.initiator.protocol = protocol;
+        self.responder.protocol = protocol;
+        self
     }
 
     /// Keeps only the addresses of one transport on both sides.
@@ -604,9 +637,13 @@ impl Sim {
                 Side::Responder => RESPONDER,
             };
             let mut builder = Upgrade::builder(side, spec.config.clone(), seed)
-                .local_fingerprint(fingerprint(index))
                 .local_addrs(own.iter().copied())
                 .remote_public_addrs(remote_public.iter().copied());
+            builder = match spec.protocol {
+                Protocol::Spec => builder,
+                Protocol::SessionUnpinned => builder.dcutr_session_unpinned(),
+                Protocol::Session => builder.dcutr_session(fingerprint(index)),
+            };
             if let Some(p) = spec.predictor {
                 builder = builder.predictor(Box::new(p));
             }

@@ -24,7 +24,7 @@ use dcutr_core::{Config, Event, Outcome, Output, Side, Transport};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{INITIATOR, Nat, NatModel, RESPONDER, Sim, SimConfig};
+use crate::{INITIATOR, Nat, NatModel, Protocol, RESPONDER, Sim, SimConfig};
 
 /// Shortest and longest one-way delay of the relayed path, in
 /// milliseconds, drawn uniformly per seed: from a relay next door to one
@@ -249,7 +249,8 @@ pub fn world(
     seed: u64,
 ) -> SimConfig {
     let w = World::for_seed(seed);
-    let mut cfg = SimConfig::two_nats(&Config::shared_stream(), w.relay_forward, w.direct_one_way)
+    let mut cfg = SimConfig::two_nats(&Config::default(), w.relay_forward, w.direct_one_way)
+        .protocol(Protocol::Session)
         .only(transport);
     cfg.relay_back = Some(w.relay_back);
     cfg.initiator.nat = initiator.nat();

@@ -38,8 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (b_relayed, a_relayed) = (b_relayed?, a_relayed?.0);
 
     // B received the relayed connection and starts DCUtR (the initiator);
-    // A answers. The standalone adapters run one shared stream with the
-    // pinned-TLS check: `Config::shared_stream()` is that mode.
+    // A answers. The config is `Config::default()` with loopback allowed:
+    // the driver runs the dcutr-rs session (one shared stream, pinned TLS)
+    // itself.
     let b = options(Side::Initiator, transport)?;
     let a = options(Side::Responder, transport)?;
     let (b, a) = tokio::time::timeout(UPGRADE_LIMIT, async {
@@ -87,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn options(side: Side, transport: Transport) -> std::io::Result<Options> {
     let config = Config {
         address_policy: AddressPolicy::permissive(),
-        ..Config::shared_stream()
+        ..Config::default()
     };
     let any: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
     let options = Options::new(side).config(config);

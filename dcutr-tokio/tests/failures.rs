@@ -226,6 +226,36 @@ async fn a_hello_that_pins_another_certificate_than_the_authenticated_one_fails_
     );
 }
 
+/// `caller_authenticates` with a pinned identity or peer fingerprint is a
+/// typed error before anything is sent: neither setting is dropped.
+#[tokio::test]
+async fn caller_authenticates_with_a_pin_is_refused_before_anything_is_sent() {
+    init_tracing();
+    for pin in ["identity", "peer_fingerprint"] {
+        let (ours, _theirs) = relayed_pair().await;
+        let (options, _) = peer(Side::Responder, Transport::Tcp, loopback_config());
+        let options = options.caller_authenticates(true);
+        let options = match pin {
+            "identity" => options.identity(dcutr_driver::Identity::generate().unwrap()),
+            _ => options.peer_fingerprint([7; 32]),
+        };
+        let error = tokio::time::timeout(TEST_LIMIT, dcutr_tokio::upgrade(ours, options))
+            .await
+            .unwrap()
+            .expect_err("contradicting options");
+        assert!(
+            matches!(error.reason, UpgradeFailure::CallerAuthenticatesWithPin),
+            "{pin}: {:?}",
+            error.reason
+        );
+        assert!(
+            error.relay.is_some(),
+            "{pin}: the relayed stream comes back"
+        );
+        assert!(error.report.timeline.dials().is_empty(), "{pin}");
+    }
+}
+
 /// A config whose `dialable` allows none of the sockets given is a typed
 /// error before anything is sent, not a silent replacement.
 #[tokio::test]

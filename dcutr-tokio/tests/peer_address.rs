@@ -9,12 +9,14 @@ use dcutr_tokio::{AddressPolicy, Candidate, Config, Side};
 
 #[test]
 fn only_addresses_the_peer_named_count_as_the_peers() {
-    let mut config = Config::shared_stream();
-    config.address_policy = AddressPolicy::permissive();
+    let config = Config {
+        address_policy: AddressPolicy::permissive(),
+        ..Config::default()
+    };
     let start = Instant::now();
     let ours = Candidate::quic("127.0.0.1:4000".parse().unwrap());
     let mut b = dcutr_core::Upgrade::builder(Side::Initiator, config, [7; 32])
-        .local_fingerprint([7; 32])
+        .dcutr_session([7; 32])
         .local_addrs([ours])
         .start(start)
         .unwrap();

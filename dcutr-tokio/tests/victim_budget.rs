@@ -363,7 +363,7 @@ struct Measured {
 }
 
 async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
-    let config = Config::shared_stream();
+    let config = Config::default();
     let side = match attack {
         Attack::OnInitiator => Side::Initiator,
         Attack::SupersedingOnResponder | Attack::PacedOnResponder => Side::Responder,
@@ -517,7 +517,7 @@ fn inner(victim: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let config = Config::shared_stream();
+    let config = Config::default();
     let bound = worst_case_bytes(&config);
     for attack in [
         Attack::OnInitiator,

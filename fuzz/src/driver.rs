@@ -43,10 +43,9 @@ use dcutr_core::filter::filter_remote;
 use dcutr_core::wire::{self, FrameDecoder, Message};
 use dcutr_core::{
     AttemptFailure, Candidate, Config, Dial, DialError, DialPurpose, DirectId, Event, Output,
-    ProtocolError, Role, Side, Transport, Upgrade,
-    settings::RelayChannel,
-    settings::{FINGERPRINT_LEN, IdentityCheck},
+    ProtocolError, Role, Side, Transport, Upgrade, settings::FINGERPRINT_LEN,
 };
+use dcutr_sim::Protocol;
 
 /// How the upgrade under test is set up.
 #[derive(Clone, Debug)]
@@ -55,6 +54,9 @@ pub struct Setup {
     pub side: Side,
     /// The core's config (must be valid).
     pub config: Config,
+    /// The spec, or the dcutr-rs session (with [`OWN_FINGERPRINT`], or
+    /// without its pin): the builder call the upgrade gets.
+    pub protocol: Protocol,
     /// The core's seed.
     pub seed: [u8; 32],
     /// Our observed addresses.
@@ -197,6 +199,7 @@ pub struct Driver {
     up: Upgrade,
     side: Side,
     config: Config,
+    protocol: Protocol,
     respect_wanted: bool,
     punctual: bool,
     start: Instant,
@@ -238,10 +241,15 @@ impl Driver {
     #[must_use]
     pub fn new(setup: Setup, start: Instant) -> Self {
         let config = setup.config.clone();
-        let up = Upgrade::builder(setup.side, config.clone(), setup.seed)
-            .local_fingerprint(OWN_FINGERPRINT)
+        let builder = Upgrade::builder(setup.side, config.clone(), setup.seed)
             .local_addrs(setup.local.iter().copied())
-            .remote_public_addrs(setup.remote_public.iter().copied())
+            .remote_public_addrs(setup.remote_public.iter().copied());
+        let builder = match setup.protocol {
+            Protocol::Spec => builder,
+            Protocol::SessionUnpinned => builder.dcutr_session_unpinned(),
+            Protocol::Session => builder.dcutr_session(OWN_FINGERPRINT),
+        };
+        let up = builder
             .start(start)
             .expect("the harness builds valid configs");
         let unilateral_ok = setup
@@ -254,6 +262,7 @@ impl Driver {
             up,
             side: setup.side,
             config,
+            protocol: setup.protocol,
             respect_wanted: setup.respect_wanted,
             punctual: setup.punctual,
             start,
@@ -318,7 +327,7 @@ impl Driver {
         format!(
             "trace {} {:?} attempts={} punch={} dials={} spray={} direct_writes={} {outcome}",
             self.side,
-            self.config.identity_check,
+            self.protocol,
             self.attempts,
             count(|o| matches!(o, Output::Event(Event::Punch { .. }))),
             self.dials.len().min(9),
@@ -429,8 +438,8 @@ impl Driver {
 
     /// What an honest peer does next, given what the core has said.
     fn honest_move(&mut self) -> Input {
-        let pinned = self.config.identity_check == IdentityCheck::PinnedTls;
-        let per_attempt = self.config.channel == RelayChannel::StreamPerAttempt;
+        let pinned = self.protocol == Protocol::Session;
+        let per_attempt = self.protocol == Protocol::Spec;
         let h = &mut self.honest;
         if pinned && !h.hello_sent {
             h.hello_sent = true;
@@ -714,8 +723,8 @@ impl Driver {
                     "only the initiator opens streams"
                 );
                 assert_eq!(
-                    cfg.channel,
-                    RelayChannel::StreamPerAttempt,
+                    self.protocol,
+                    Protocol::Spec,
                     "OpenStream on a shared stream"
                 );
             }
@@ -727,7 +736,7 @@ impl Driver {
                     .unwrap_or_else(|e| panic!("we wrote an invalid frame: {e}"))
                     .expect("we wrote an incomplete frame");
                 assert!(input.is_empty(), "one write carries exactly one frame");
-                let pinned = cfg.identity_check == IdentityCheck::PinnedTls;
+                let pinned = self.protocol == Protocol::Session;
                 if pinned && !self.hello_written {
                     self.hello_written = true;
                     let hello = wire::decode_hello(&payload).expect("the first write is a Hello");
@@ -772,8 +781,8 @@ impl Driver {
             }
             Output::WriteDirect { id, data } => {
                 assert_eq!(
-                    cfg.identity_check,
-                    IdentityCheck::PinnedTls,
+                    self.protocol,
+                    Protocol::Session,
                     "direct writes only happen for the pinned-TLS check"
                 );
                 assert!(
@@ -921,7 +930,7 @@ impl Driver {
                 };
                 assert_eq!((up.transport, up.remote), (to.transport, to.addr));
                 assert_eq!(up.role, role, "role on the winning connection");
-                if self.config.identity_check == IdentityCheck::PinnedTls {
+                if self.protocol == Protocol::Session {
                     assert!(self.proven(up.id), "won on {} without the check", up.id);
                     if up.role == Role::Client {
                         let rx = &self.direct_rx[&up.id];

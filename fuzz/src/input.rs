@@ -10,11 +10,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use dcutr_core::settings::FINGERPRINT_LEN;
-use dcutr_core::{
-    AddressPolicy, Candidate, Config, DialError, Dialable, Side, Transport,
-    settings::IdentityCheck, settings::RelayChannel,
-};
-use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER};
+use dcutr_core::{AddressPolicy, Candidate, Config, DialError, Dialable, Side, Transport};
+use dcutr_sim::{Block, INITIATOR, Nat, Protocol, RESPONDER};
 
 use crate::driver::{DirectPayload, Frame, Input, Setup, Step, Target};
 use crate::world::{Stranger, World};
@@ -344,6 +341,16 @@ impl StepIn {
 }
 
 /// A duration of `base + x` milliseconds, at least 1 ms.
+/// The protocol two knobs choose: `pinned` is the whole dcutr-rs
+/// session, `shared` alone its stream without the pin, neither the spec.
+fn protocol(shared: bool, pinned: bool) -> Protocol {
+    match (shared, pinned) {
+        (_, true) => Protocol::Session,
+        (true, false) => Protocol::SessionUnpinned,
+        (false, false) => Protocol::Spec,
+    }
+}
+
 fn millis(x: u16, base: u64) -> Duration {
     Duration::from_millis(base + u64::from(x)).max(Duration::from_millis(1))
 }
@@ -373,24 +380,17 @@ pub struct ConfigIn {
 }
 
 impl ConfigIn {
+    /// The spec, or the dcutr-rs session with or without its pin: the
+    /// builder call the knobs choose.
+    #[must_use]
+    pub fn protocol(&self) -> Protocol {
+        protocol(self.shared, self.pinned)
+    }
+
     /// A valid config from the knobs.
     #[must_use]
     pub fn config(&self) -> Config {
-        let mut c = if self.shared || self.pinned {
-            Config::shared_stream()
-        } else {
-            Config::default()
-        };
-        c.channel = if self.shared || self.pinned {
-            RelayChannel::SharedStream
-        } else {
-            RelayChannel::StreamPerAttempt
-        };
-        c.identity_check = if self.pinned {
-            IdentityCheck::PinnedTls
-        } else {
-            IdentityCheck::CallerAuthenticates
-        };
+        let mut c = Config::default();
         c.max_attempts = 1 + self.max_attempts % dcutr_core::settings::MAX_ATTEMPTS_LIMIT;
         c.unilateral = self.unilateral;
         c.address_policy = if self.permissive {
@@ -451,6 +451,7 @@ impl UpgradeCase {
         Setup {
             side,
             config: self.config.config(),
+            protocol: self.config.protocol(),
             seed,
             local: self.local.iter().map(|a| a.candidate()).collect(),
             remote_public: self.remote_public.iter().map(|a| a.candidate()).collect(),
@@ -523,14 +524,8 @@ impl WorldCase {
     /// The world.
     #[must_use]
     pub fn world(&self) -> World {
-        let mut config = if self.shared || self.pinned {
-            Config::shared_stream()
-        } else {
-            Config::default()
-        };
-        if !self.pinned {
-            config.identity_check = IdentityCheck::CallerAuthenticates;
-        }
+        let protocol = protocol(self.shared, self.pinned);
+        let mut config = Config::default();
         config.max_attempts = 1 + self.max_attempts % 4;
         let relay = Duration::from_millis(u64::from(self.relay_ms % 2001));
         let direct = Duration::from_millis(u64::from(self.direct_ms % 501));
@@ -542,6 +537,7 @@ impl WorldCase {
         let blocked = (0..=4u8).filter(|i| self.blocked & (1 << i) != 0).collect();
         let mut sim = crate::world::world(
             &config,
+            protocol,
             relay,
             direct,
             match self.transports % 3 {
@@ -571,7 +567,7 @@ impl WorldCase {
             self.seed,
         );
         if let Some(limits) = &self.responder {
-            let shared = sim.responder.config.channel == RelayChannel::SharedStream;
+            let shared = protocol != Protocol::Spec;
             let c = &mut sim.responder.config;
             // On a shared stream the sides agree on the smaller limit through
             // the identity check's Hello (fuzz_regressions::

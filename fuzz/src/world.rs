@@ -5,11 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dcutr_core::{
-    Candidate, Config, Outcome, Output, Role, Side, Transport, settings::IdentityCheck,
-    settings::RelayChannel,
-};
-use dcutr_sim::{Block, INITIATOR, Nat, RESPONDER, Sim, SimConfig};
+use dcutr_core::{Candidate, Config, Outcome, Output, Role, Side, Transport};
+use dcutr_sim::{Block, INITIATOR, Nat, Protocol, RESPONDER, Sim, SimConfig};
 
 /// A stranger that connects to one side's punch port.
 #[derive(Clone, Debug)]
@@ -69,7 +66,7 @@ fn independent_winners(world: &World) -> bool {
         addrs.iter().any(|c| c.transport == Transport::Tcp)
             && addrs.iter().any(|c| c.transport == Transport::Quic)
     };
-    world.sim.initiator.config.identity_check == IdentityCheck::CallerAuthenticates
+    world.sim.initiator.protocol != Protocol::Session
         && transports(&world.sim.initiator.addrs)
         && transports(&world.sim.responder.addrs)
 }
@@ -79,10 +76,7 @@ fn independent_winners(world: &World) -> bool {
 /// the peer to dial.
 fn unilateral_alongside(world: &World) -> bool {
     let b = &world.sim.initiator;
-    b.config.identity_check == IdentityCheck::CallerAuthenticates
-        && b.config.channel == dcutr_core::settings::RelayChannel::StreamPerAttempt
-        && b.config.unilateral
-        && !b.remote_public.is_empty()
+    b.protocol == Protocol::Spec && b.config.unilateral && !b.remote_public.is_empty()
 }
 
 /// Runs `world` and checks termination, agreement and roles.
@@ -112,9 +106,8 @@ pub fn run(world: &World) -> Run {
         };
         let (b, a) = sim.outcomes();
         eprintln!(
-            "trace {:?}/{:?} strangers={} {} {}",
-            world.sim.initiator.config.channel,
-            world.sim.initiator.config.identity_check,
+            "trace {:?} strangers={} {} {}",
+            world.sim.initiator.protocol,
             world.strangers.len().min(3),
             kind(b),
             kind(a)
@@ -255,7 +248,7 @@ fn check(world: &World, sim: &Sim) {
     }
     // A shared stream may carry application bytes after a failure: neither
     // side may reset it.
-    let shared = cfg.channel == RelayChannel::SharedStream;
+    let shared = world.sim.initiator.protocol != Protocol::Spec;
     if shared && matches!(b, Some(Outcome::Failed(_))) && world.strangers.is_empty() {
         let nat_free = world.sim.blocked_attempts.is_empty();
         if nat_free && world.sim.relay_one_way * 2 < cfg.step_timeout {
@@ -281,6 +274,7 @@ fn side_of(index: usize) -> Side {
 #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
 pub fn world(
     config: &Config,
+    protocol: Protocol,
     relay_one_way: Duration,
     direct_one_way: Duration,
     transports: (bool, bool),
@@ -290,7 +284,7 @@ pub fn world(
     block: Block,
     seed: u64,
 ) -> SimConfig {
-    let mut sim = SimConfig::two_nats(config, relay_one_way, direct_one_way);
+    let mut sim = SimConfig::two_nats(config, relay_one_way, direct_one_way).protocol(protocol);
     match transports {
         (true, false) => sim = sim.only(Transport::Tcp),
         (false, true) => sim = sim.only(Transport::Quic),

@@ -117,9 +117,9 @@ pub struct Args {
     pub common: Common,
 }
 
-/// The bounds of `dcutr peer`'s config, `Config::shared_stream()`.
+/// The bounds of `dcutr peer`'s config, `Config::default()`.
 pub fn bounds() -> Bounds {
-    Bounds::from_config(&dcutr_core::Config::shared_stream())
+    Bounds::from_config(&dcutr_core::Config::default())
 }
 
 /// The time limits every run is judged against, from the core's config.
@@ -144,7 +144,7 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    /// The bounds for `config` (the CLI runs `Config::shared_stream()`).
+    /// The bounds for `config` (the CLI runs `Config::default()`).
     pub fn from_config(config: &dcutr_core::Config) -> Self {
         let (step, direct) = (config.step_timeout, config.direct_timeout);
         let attempts = u32::from(config.max_attempts);
@@ -178,7 +178,7 @@ impl Bounds {
         let (proof, drain) = (s(CLI_PROOF_TIMEOUT), s(CLI_QUIC_DRAIN_LIMIT));
         let (upgrade, cut, vanish) = (s(self.upgrade), s(self.relay_cut), s(self.vanish));
         format!(
-            "bounds from dcutr-core Config::shared_stream() (= default timeouts): step_timeout {step}, direct_timeout {direct}, max_attempts {n}\n\
+            "bounds from dcutr-core Config::default(): step_timeout {step}, direct_timeout {direct}, max_attempts {n}\n\
              - loss (per peer, paired -> exit):  {n} x (step {step} + direct {direct}) + CLI proof {proof} + QUIC drain {drain} = {upgrade}\n\
              - relay cut (per peer, paired -> exit): step {step} = {cut} (the close must end it, not a timeout)\n\
              - peer gone (A vanished -> B exit): step {step} + direct {direct} + CLI proof {proof} = {vanish}\n\
@@ -258,7 +258,7 @@ fn phase_of(output: &CliRun) -> ErrorPhase {
 pub fn cut_after_connect(transport: Transport, b_observed: SocketAddr) -> u64 {
     use dcutr_core::wire::{FINGERPRINT_LEN, MAX_MESSAGE_SIZE, encode_connect, encode_hello};
     use dcutr_core::{Candidate, Side};
-    let max_attempts = dcutr_core::Config::shared_stream().max_attempts;
+    let max_attempts = dcutr_core::Config::default().max_attempts;
     let hello = encode_hello(max_attempts, Side::Initiator, &[0; FINGERPRINT_LEN]).len();
     let candidate = match transport {
         Transport::Tcp => Candidate::tcp(b_observed),

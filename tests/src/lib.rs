@@ -108,10 +108,11 @@ pub struct PeerReport {
 /// so that failure scenarios end quickly.
 #[must_use]
 pub fn config() -> Config {
-    let mut config = Config::shared_stream();
-    config.address_policy = AddressPolicy::permissive();
-    config.direct_timeout = Duration::from_secs(2);
-    config
+    Config {
+        address_policy: AddressPolicy::permissive(),
+        direct_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
 }
 
 /// A relayed stream: the two ends of one loopback TCP connection.

@@ -23,7 +23,7 @@ pub fn quic(s: &str) -> Candidate {
     Candidate::quic(s.parse().unwrap())
 }
 
-/// The fingerprint [`start`] gives the upgrade (used under pinned TLS).
+/// The fingerprint [`start_session`] gives the upgrade.
 pub const OWN_FINGERPRINT: [u8; 32] = [0x77; 32];
 
 /// The fingerprint the scripted peer of the tests pins in its `Hello`.
@@ -38,12 +38,31 @@ pub fn peer_hello(side: Side, max_attempts: u8) -> Bytes {
     dcutr_core::wire::encode_hello(max_attempts, peer, &PEER_FINGERPRINT)
 }
 
+/// A spec upgrade of `side` (a stream per attempt).
 pub fn start(side: Side, config: Config) -> Upgrade {
-    Upgrade::builder(side, config, [7; 32])
-        .local_fingerprint(OWN_FINGERPRINT)
-        .local_addrs([tcp("198.51.100.9:4001"), quic("198.51.100.9:4001")])
+    builder(side, config).start(t0()).unwrap()
+}
+
+/// An upgrade of `side` in the dcutr-rs session, pinning
+/// [`OWN_FINGERPRINT`]: its first output is its `Hello`.
+pub fn start_session(side: Side, config: Config) -> Upgrade {
+    builder(side, config)
+        .dcutr_session(OWN_FINGERPRINT)
         .start(t0())
         .unwrap()
+}
+
+/// An upgrade of `side` on the session's shared stream without its pin.
+pub fn start_unpinned(side: Side, config: Config) -> Upgrade {
+    builder(side, config)
+        .dcutr_session_unpinned()
+        .start(t0())
+        .unwrap()
+}
+
+fn builder(side: Side, config: Config) -> dcutr_core::UpgradeBuilder {
+    Upgrade::builder(side, config, [7; 32])
+        .local_addrs([tcp("198.51.100.9:4001"), quic("198.51.100.9:4001")])
 }
 
 pub fn drain(up: &mut Upgrade) -> Vec<Output> {

@@ -9,11 +9,12 @@ use dcutr_tokio::{AddressPolicy, Candidate, Config, Options, Side, Transport};
 /// A config for two peers on one machine: loopback allowed, short
 /// timeouts so failure paths end quickly.
 pub fn loopback_config() -> Config {
-    let mut config = Config::shared_stream();
-    config.address_policy = AddressPolicy::permissive();
-    config.direct_timeout = Duration::from_secs(2);
-    config.relay_grace_period = Duration::from_millis(300);
-    config
+    Config {
+        address_policy: AddressPolicy::permissive(),
+        direct_timeout: Duration::from_secs(2),
+        relay_grace_period: Duration::from_millis(300),
+        ..Config::default()
+    }
 }
 
 pub fn init_tracing() {
