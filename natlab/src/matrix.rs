@@ -155,10 +155,12 @@ pub const PAIRS: &[(&str, Site, Site, Expect)] = &[
         Site::SYMMETRIC,
         Expect::Upgrade { unilateral: false },
     ),
+    // Full cone as B and address-restricted as A: each role once. (Not
+    // "full-cone/cone": `--filter cone/cone` must keep meaning cone/cone.)
     (
-        "full-cone/cone",
-        Site::FULL_CONE,
+        "cone/full-cone",
         Site::CONE,
+        Site::FULL_CONE,
         Expect::Upgrade { unilateral: false },
     ),
     (
@@ -607,10 +609,32 @@ mod tests {
             "cone/cone quic rtt100 smol",
             "symmetric/full-cone tcp rtt100",
             "address-restricted/symmetric quic rtt0",
-            "full-cone/cone quic rtt0",
+            "cone/full-cone quic rtt0",
         ] {
             assert!(names.contains(&n.to_string()), "{n}");
         }
+    }
+
+    #[test]
+    fn a_pair_name_and_a_space_filters_only_that_pair() {
+        // The root tests and the README filter by "cone/cone tcp" and the like.
+        for (index, (pair, ..)) in PAIRS.iter().enumerate() {
+            let filter = format!("{pair} ");
+            let others: Vec<String> = all_cases()
+                .iter()
+                .filter(|c| c.name().contains(&filter) && c.pair != index)
+                .map(Named::name)
+                .collect();
+            assert!(
+                others.is_empty(),
+                "--filter {filter:?} also matches {others:?}"
+            );
+        }
+        let cone_tcp = all_cases()
+            .iter()
+            .filter(|c| c.name().contains("cone/cone tcp"))
+            .count();
+        assert_eq!(cone_tcp, 4, "cone/cone tcp on tokio and smol");
     }
 
     #[test]
