@@ -80,7 +80,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct Up {
-    /// Site 1: cone, cone-no-firewall, symmetric, symmetric-no-firewall, public.
+    /// Site 1: cone, symmetric, full-cone, address-restricted (each also with
+    /// -no-firewall), public.
     #[arg(long, default_value = "cone")]
     site1: Site,
     /// Site 2.

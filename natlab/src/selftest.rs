@@ -266,6 +266,115 @@ fn early_peer_packet(lab: &Lab) -> Result<PingReport> {
     r.into_iter().next().context("no report")
 }
 
+/// Which of three inside UDP sockets a third party's packets reached; see
+/// [`inbound_filtering`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FilterSeen {
+    /// The socket that sent only to the relay: any source may use its port.
+    mapped_elsewhere: bool,
+    /// The socket that sent to another port of the prober's IP: the IP may.
+    contacted_ip: bool,
+    /// The socket that never sent: no mapping, nothing may get in.
+    unmapped: bool,
+}
+
+impl FilterSeen {
+    /// Conntrack only (exact remote address and port).
+    const PORT_RESTRICTED: FilterSeen = FilterSeen {
+        mapped_elsewhere: false,
+        contacted_ip: false,
+        unmapped: false,
+    };
+    /// Endpoint-independent filtering.
+    const FULL_CONE: FilterSeen = FilterSeen {
+        mapped_elsewhere: true,
+        contacted_ip: true,
+        unmapped: false,
+    };
+    /// Address-dependent filtering.
+    const ADDRESS_RESTRICTED: FilterSeen = FilterSeen {
+        mapped_elsewhere: false,
+        contacted_ip: true,
+        unmapped: false,
+    };
+
+    fn describe(&self) -> &'static str {
+        match (self.mapped_elsewhere, self.contacted_ip) {
+            (true, _) => "any address reaches a mapped port, an unmapped one stays closed",
+            (false, true) => {
+                "only an IP the socket sent to (any of its ports) gets in, unmapped stays closed"
+            }
+            (false, false) => "only the exact address the socket sent to gets in",
+        }
+    }
+}
+
+/// What [`inbound_filtering`] measured.
+struct Filtering {
+    /// Ping reports of the prober to the three WAN ports, in
+    /// [`FilterSeen`]'s field order.
+    reports: Vec<PingReport>,
+}
+
+impl Filtering {
+    fn seen(&self) -> Option<FilterSeen> {
+        let got = |i: usize| self.reports.get(i).map(|r| r.received > 0);
+        Some(FilterSeen {
+            mapped_elsewhere: got(0)?,
+            contacted_ip: got(1)?,
+            unmapped: got(2)?,
+        })
+    }
+
+    fn matches(&self, want: &FilterSeen) -> bool {
+        self.reports.iter().all(|r| r.sent > 0) && self.seen().as_ref() == Some(want)
+    }
+
+    fn detail(&self, lab: &Lab) -> String {
+        let what = [
+            "socket that sent only to the relay",
+            "socket that sent to another port of p2's IP",
+            "socket that never sent",
+        ];
+        let parts: Vec<String> = self
+            .reports
+            .iter()
+            .zip(what)
+            .map(|(r, w)| format!("{} ({w}): {}/{} answered", r.to, r.received, r.sent))
+            .collect();
+        format!(
+            "p2 from port {PEER_PORT} to {}; router conntrack: {}",
+            parts.join("; "),
+            conntrack_udp(lab, 1)
+        )
+    }
+}
+
+/// The filtering check: three UDP echo sockets on site 1's inside host, one
+/// that sent to the relay, one that sent to p2's IP at a port other than
+/// the one p2 probes from, one that never sent; then p2 pings the WAN port
+/// of each (masquerade keeps the inside port, see the mapping checks).
+fn inbound_filtering(lab: &Lab) -> Result<Filtering> {
+    let h1 = (lab.host_ns(1), lab.host_ip(1));
+    let p2_ip = lab.host_ip(2);
+    let sockets = [
+        (INSIDE_PORT, Some(sa(RELAY_IP, ECHO_PORT))),
+        (INSIDE_PORT + 2, Some(sa(p2_ip, PEER_PORT + 1))),
+        (INSIDE_PORT + 4, None),
+    ];
+    let mut servers = Vec::new();
+    for (port, hello) in sockets {
+        let who = format!("h1 :{port}");
+        servers.push(echo(lab, "udp-echo", (&who, &h1.0), sa(h1.1, port), hello)?);
+    }
+    // Let the hellos leave before the prober starts.
+    std::thread::sleep(Duration::from_millis(50));
+    let to = sockets.map(|(port, _)| sa(lab.public_ip(1), port));
+    let reports = udp_ping(lab, &lab.host_ns(2), sa(p2_ip, PEER_PORT), &to, 5, 20)?;
+    drop(servers);
+    Ok(Filtering { reports })
+}
+
 fn conntrack_udp(lab: &Lab, site: u8) -> String {
     lab.router_ns(site)
         .and_then(|ns| lab.run(&ns, "conntrack", &["-L", "-p", "udp"]).ok())
@@ -339,10 +448,24 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let d = args.delay_ms;
     let mut baseline_rtt = None;
 
-    // Cone: endpoint-independent mapping, port preserved; symmetric:
+    // Cone kinds: endpoint-independent mapping, port preserved; symmetric:
     // endpoint-dependent. One topology each, checked over UDP and TCP.
-    for (site, nat) in [(Site::CONE, "cone keeps"), (Site::SYMMETRIC, "symmetric")] {
-        if !c.wants(nat) {
+    let mapping_sites = [
+        Site::CONE,
+        Site::FULL_CONE,
+        Site::ADDRESS_RESTRICTED,
+        Site::SYMMETRIC,
+    ];
+    for site in mapping_sites {
+        let keeps = site != Site::SYMMETRIC;
+        let check_name = |proto: &str| {
+            if keeps {
+                format!("{site} keeps the {proto} source port towards two destinations")
+            } else {
+                format!("{site} changes the {proto} source port per destination")
+            }
+        };
+        if !["UDP", "TCP"].iter().any(|p| c.wants(&check_name(p))) {
             continue;
         }
         let lab = build(&mut names, site, Site::Public, None)?;
@@ -357,30 +480,37 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 .map(|(seen, _)| seen[i])
                 .map_err(|e| anyhow::anyhow!("{e:#}"));
             let said = |s: [SocketAddr; 2]| format!("relay saw {}, public host saw {}", s[0], s[1]);
-            if site == Site::CONE {
+            if keeps {
                 let want = sa(wan, INSIDE_PORT + i as u16);
-                c.check(
-                    &format!("cone keeps the {proto} source port towards two destinations"),
-                    || {
-                        let s = seen?;
-                        Ok((
-                            s == [want; 2],
-                            format!("{} (want {want} for both)", said(s)),
-                        ))
-                    },
-                );
+                c.check(&check_name(proto), || {
+                    let s = seen?;
+                    Ok((
+                        s == [want; 2],
+                        format!("{} (want {want} for both)", said(s)),
+                    ))
+                });
             } else {
-                c.check(
-                    &format!("symmetric changes the {proto} source port per destination"),
-                    || {
-                        let s = seen?;
-                        let ok = s[0].port() != s[1].port()
-                            && s.iter().all(|a| a.ip() == IpAddr::V4(wan));
-                        Ok((ok, said(s)))
-                    },
-                );
+                c.check(&check_name(proto), || {
+                    let s = seen?;
+                    let ok =
+                        s[0].port() != s[1].port() && s.iter().all(|a| a.ip() == IpAddr::V4(wan));
+                    Ok((ok, said(s)))
+                });
             }
         }
+    }
+
+    // Filtering of the cone kinds: who may use a mapped port.
+    for (site, want) in [
+        (Site::CONE, FilterSeen::PORT_RESTRICTED),
+        (Site::FULL_CONE, FilterSeen::FULL_CONE),
+        (Site::ADDRESS_RESTRICTED, FilterSeen::ADDRESS_RESTRICTED),
+    ] {
+        c.check(&format!("{site} filtering: {}", want.describe()), || {
+            let lab = build(&mut names, site, Site::Public, None)?;
+            let seen = inbound_filtering(&lab)?;
+            Ok((seen.matches(&want), seen.detail(&lab)))
+        });
     }
 
     // Firewall: unsolicited inbound never reaches the host.
