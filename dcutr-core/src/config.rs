@@ -320,6 +320,13 @@ pub enum ConfigError {
         "the carrier carries only the spec: build the upgrade without `dcutr_session` / `dcutr_session_unpinned`"
     )]
     SessionUnsupported,
+    /// The builder was asked for two different sessions
+    /// (`dcutr_session` and `dcutr_session_unpinned`, or `dcutr_session`
+    /// with two fingerprints).
+    #[error(
+        "two different dcutr-rs sessions were asked for: call `dcutr_session(fingerprint)` or `dcutr_session_unpinned()` once"
+    )]
+    SessionConflict,
 }
 
 #[cfg(test)]

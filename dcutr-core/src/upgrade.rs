@@ -230,6 +230,8 @@ pub struct UpgradeBuilder {
     predictor: Box<dyn AddressPredictor>,
     nat: Option<NatBehaviour>,
     session: Option<Requested>,
+    /// Two different sessions were asked for; `start` refuses the build.
+    session_conflict: bool,
     capabilities: Option<Capabilities>,
 }
 
@@ -275,11 +277,12 @@ impl UpgradeBuilder {
     /// the relayed stream: a stranger at an advertised address can neither
     /// read nor take over the connection. The relay itself could swap the
     /// fingerprints; authenticate the relayed stream (the CLI pairs with a
-    /// PAKE) when the relay is not trusted. The later of this call and
-    /// [`UpgradeBuilder::dcutr_session_unpinned`] wins.
-    pub fn dcutr_session(mut self, fingerprint: [u8; FINGERPRINT_LEN]) -> Self {
-        self.session = Some(Requested::Pinned(fingerprint));
-        self
+    /// PAKE) when the relay is not trusted. Asking for another session
+    /// on the same builder ([`UpgradeBuilder::dcutr_session_unpinned`],
+    /// or another fingerprint) makes [`UpgradeBuilder::start`] fail with
+    /// [`ConfigError::SessionConflict`].
+    pub fn dcutr_session(self, fingerprint: [u8; FINGERPRINT_LEN]) -> Self {
+        self.request_session(Requested::Pinned(fingerprint))
     }
 
     /// The dcutr-rs session's one shared relayed stream
@@ -289,10 +292,20 @@ impl UpgradeBuilder {
     /// `Options::caller_authenticates`). The first direct connection the
     /// caller reports as established wins, and dials still in flight then
     /// are left to the caller. Both sides must configure the same
-    /// [`Config::max_attempts`]. The later of this call and
-    /// [`UpgradeBuilder::dcutr_session`] wins.
-    pub fn dcutr_session_unpinned(mut self) -> Self {
-        self.session = Some(Requested::Unpinned);
+    /// [`Config::max_attempts`]. Together with
+    /// [`UpgradeBuilder::dcutr_session`] on the same builder,
+    /// [`UpgradeBuilder::start`] fails with [`ConfigError::SessionConflict`].
+    pub fn dcutr_session_unpinned(self) -> Self {
+        self.request_session(Requested::Unpinned)
+    }
+
+    fn request_session(mut self, requested: Requested) -> Self {
+        // Asking twice for the same session is harmless; asking for two
+        // different ones is a mistake that no choice of ours would fix.
+        if self.session.is_some_and(|earlier| earlier != requested) {
+            self.session_conflict = true;
+        }
+        self.session = Some(requested);
         self
     }
 
@@ -337,8 +350,12 @@ impl UpgradeBuilder {
     /// [`ConfigError`] when the config is out of bounds, or asks for what
     /// the carrier cannot do ([`UpgradeBuilder::capabilities`]):
     /// [`ConfigError::SessionUnsupported`] for a session on a carrier of
-    /// the spec only.
+    /// the spec only, [`ConfigError::SessionConflict`] when two different
+    /// sessions were asked for.
     pub fn start(self, now: Instant) -> Result<Upgrade, ConfigError> {
+        if self.session_conflict {
+            return Err(ConfigError::SessionConflict);
+        }
         match self.capabilities {
             Some(caps) => {
                 self.config.validate_for(caps)?;
@@ -420,6 +437,7 @@ impl Upgrade {
             predictor: Box::new(NoPrediction),
             nat: None,
             session: None,
+            session_conflict: false,
             capabilities: None,
         }
     }

@@ -100,6 +100,46 @@ fn a_session_on_a_carrier_of_the_spec_only_is_refused_naming_the_fix() {
     );
 }
 
+/// Two different sessions asked of one builder are refused, whichever
+/// came last, instead of the later one silently winning; the same one
+/// twice is fine.
+#[test]
+fn two_different_sessions_on_one_builder_are_refused_naming_the_fix() {
+    let build = || Upgrade::builder(Side::Initiator, config(), [3; 32]);
+    let conflicts = [
+        build().dcutr_session(OURS).dcutr_session_unpinned(),
+        build().dcutr_session_unpinned().dcutr_session(OURS),
+        build()
+            .dcutr_session(OURS)
+            .dcutr_session([0x22; FINGERPRINT_LEN]),
+    ];
+    for builder in conflicts {
+        assert_eq!(
+            builder.start(t0()).err(),
+            Some(ConfigError::SessionConflict)
+        );
+    }
+    assert!(
+        build()
+            .dcutr_session(OURS)
+            .dcutr_session(OURS)
+            .start(t0())
+            .is_ok()
+    );
+    assert!(
+        build()
+            .dcutr_session_unpinned()
+            .dcutr_session_unpinned()
+            .start(t0())
+            .is_ok()
+    );
+    assert!(
+        ConfigError::SessionConflict
+            .to_string()
+            .contains("call `dcutr_session(fingerprint)` or `dcutr_session_unpinned()` once")
+    );
+}
+
 #[test]
 fn a_hello_without_a_fingerprint_is_a_protocol_error() {
     let start = t0();
