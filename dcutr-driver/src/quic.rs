@@ -325,6 +325,35 @@ pub fn insecure_self_signed_configs() -> (quinn::ServerConfig, quinn::ClientConf
 /// acknowledgement sets the real RTT.
 pub const HOLE_PUNCH_INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(33);
 
+/// Most datagrams one punch QUIC dial sends to an address that never
+/// answers, within `lifetime` (the attempt's
+/// [`direct_timeout`](dcutr_core::Config::direct_timeout), after which the
+/// driver drops the dial): the first Initial; two probe datagrams per probe
+/// timeout, which starts at three [`HOLE_PUNCH_INITIAL_RTT`]s (quinn's
+/// smoothed RTT plus four times half of it, with no acknowledgement yet)
+/// and doubles each time; the close the endpoint may send when the dial is
+/// dropped; and [`PROBE_SLACK_DATAGRAMS`] for timers that fire a little
+/// early. For the default 5 s: 1 + 2 × 5 + 1 + 2 = 14 (the lab measures
+/// 12). This is what a hostile peer can make one QUIC dial cost a victim.
+#[must_use]
+pub fn max_datagrams_per_quic_dial(lifetime: std::time::Duration) -> u64 {
+    let mut probes = 0;
+    let mut timeout = 3 * HOLE_PUNCH_INITIAL_RTT;
+    let mut at = timeout;
+    // The probe timeout doubles, so this runs about log2(lifetime / 99 ms)
+    // times: 16 for the one-hour ceiling on configured durations.
+    while at <= lifetime {
+        probes += 1;
+        timeout *= 2;
+        at += timeout;
+    }
+    1 + 2 * probes + 1 + PROBE_SLACK_DATAGRAMS
+}
+
+/// The slack in [`max_datagrams_per_quic_dial`]: one probe's two datagrams,
+/// for a probe timer that fires a little before its nominal time.
+pub const PROBE_SLACK_DATAGRAMS: u64 = 2;
+
 /// The punch transport of the default [`QuicLimits`]; see
 /// [`punch_transport`].
 #[must_use]
@@ -419,5 +448,25 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_quic_dial_to_a_silent_address_sends_at_most_its_probes_a_close_and_slack() {
+        // Probes at 99, 297, 693, 1485 and 3069 ms; the next, at 6237 ms,
+        // is past the default 5 s direct phase.
+        assert_eq!(max_datagrams_per_quic_dial(Duration::from_secs(5)), 14);
+        assert_eq!(max_datagrams_per_quic_dial(Duration::from_millis(98)), 4);
+        assert_eq!(max_datagrams_per_quic_dial(Duration::from_millis(99)), 6);
+        assert_eq!(
+            max_datagrams_per_quic_dial(dcutr_core::settings::MAX_DURATION),
+            1 + 2 * 15 + 1 + PROBE_SLACK_DATAGRAMS,
+            "bounded for the longest configurable phase"
+        );
     }
 }

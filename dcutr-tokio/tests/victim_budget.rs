@@ -24,7 +24,7 @@
 //! Per upgrade it asserts the core's budgets on what it asked for
 //! (`MAX_DIALS_PER_UPGRADE`, `MAX_PUNCHES_PER_IP` per attempt, the spray
 //! budget) and on what the victim saw: at most the SYNs [`syns_within`] the direct
-//! timeout gives per TCP dial, [`INITIALS_PER_QUIC_DIAL`] datagrams per QUIC dial, exactly
+//! timeout gives per TCP dial, [`max_datagrams_per_quic_dial`] datagrams per QUIC dial, exactly
 //! the spray the report counts, and nothing left over once the upgrade is
 //! done. It prints the measured numbers (SECURITY.md quotes them):
 //!
@@ -44,6 +44,7 @@ use dcutr_core::wire::{
     FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello,
     encode_sync,
 };
+use dcutr_driver::quic::max_datagrams_per_quic_dial;
 use dcutr_tokio::{Candidate, Config, Options, Side, Transport, UpgradeFailure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -104,13 +105,6 @@ fn syns_within(window: Duration) -> u64 {
 /// Bytes of one SYN at the IP layer: 20 of IPv4 header, 40 of TCP header
 /// with Linux's options (MSS, SACK, timestamps, window scale).
 const SYN_IP_BYTES: u64 = 60;
-
-/// Datagrams one QUIC dial sends to a silent address before the driver
-/// drops it (the attempt's `direct_timeout`, 5 s, or
-/// `PUNCH_HANDSHAKE_TIMEOUT`): quinn's Initial and its probe
-/// retransmissions (two datagrams per probe timeout, doubling from about
-/// 3 × `HOLE_PUNCH_INITIAL_RTT`), plus the close it may send on drop.
-const INITIALS_PER_QUIC_DIAL: u64 = 14;
 
 /// Bytes of one client Initial at the IP layer: quinn pads it to 1200
 /// bytes of UDP payload; 8 of UDP and 20 of IPv4 header.
@@ -485,9 +479,10 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         m.quic_dials == 0 || m.quic.packets > 0,
         "QUIC dials reach the victim (the lab works): {m:?}"
     );
+    let per_quic_dial = max_datagrams_per_quic_dial(config.direct_timeout);
     assert!(
-        m.quic.packets <= m.quic_dials * INITIALS_PER_QUIC_DIAL,
-        "more than {INITIALS_PER_QUIC_DIAL} datagrams per QUIC dial: {m:?}"
+        m.quic.packets <= m.quic_dials * per_quic_dial,
+        "more than {per_quic_dial} datagrams per QUIC dial: {m:?}"
     );
     assert!(m.quic.bytes <= m.quic.packets * 1500, "{m:?}");
     assert_eq!(
@@ -503,7 +498,8 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
 /// budgets: every dial the costlier kind, plus the whole spray budget.
 fn worst_case_bytes(config: &Config) -> u64 {
     let syns_per_dial = syns_within(config.direct_timeout);
-    let per_dial = (syns_per_dial * SYN_IP_BYTES).max(INITIALS_PER_QUIC_DIAL * INITIAL_IP_BYTES);
+    let per_dial = (syns_per_dial * SYN_IP_BYTES)
+        .max(max_datagrams_per_quic_dial(config.direct_timeout) * INITIAL_IP_BYTES);
     let spray = u64::from(config.max_attempts)
         * u64::from(config.max_spray_packets_per_attempt)
         * (SPRAY_PACKET_LEN as u64 + 28);
