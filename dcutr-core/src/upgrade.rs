@@ -201,6 +201,10 @@ pub struct Upgrade {
     pub(crate) directs: Directs,
     /// Dials made in this upgrade, for [`Config::max_dials_per_upgrade`].
     pub(crate) dials_made: usize,
+    /// Every address dialled in this upgrade, once each, for
+    /// [`Upgrade::is_peer_address`]; at most `dials_made` entries. Kept
+    /// apart from the timeline, which the core only writes.
+    pub(crate) dialled: Vec<Candidate>,
     /// A unilateral dial is running and its end is not recorded yet.
     pub(crate) unilateral_running: bool,
     pub(crate) timers: Timers,
@@ -396,6 +400,7 @@ impl UpgradeBuilder {
             seen_connect: false,
             directs: Directs::default(),
             dials_made: 0,
+            dialled: Vec::new(),
             unilateral_running: false,
             timers: Timers::default(),
             outputs: VecDeque::new(),
@@ -520,6 +525,7 @@ impl Upgrade {
             + self.failures.capacity() * size_of::<AttemptFailure>()
             + self.peer_addrs().map_or(0, |p| p.accepted.capacity()) * size_of::<Candidate>()
             + self.unilateral_targets.capacity() * size_of::<Candidate>()
+            + self.dialled.capacity() * size_of::<Candidate>()
             + self.outputs.capacity() * size_of::<Output>()
             + self.timeline.dials.capacity() * size_of::<DialRecord>()
             + self.timeline.attempts.capacity() * size_of::<AttemptRecord>()
@@ -1155,6 +1161,9 @@ impl Upgrade {
             DialPurpose::HolePunch => self.attempt,
         };
         self.dials_made += 1;
+        if !self.dialled.contains(&to) {
+            self.dialled.push(to);
+        }
         let id = self.directs.insert(
             to,
             role,
@@ -1699,7 +1708,7 @@ impl Upgrade {
     pub fn is_peer_address(&self, addr: &Candidate) -> bool {
         self.peer_addrs().is_some_and(|p| p.accepted.contains(addr))
             || self.unilateral_targets.contains(addr)
-            || self.timeline.dials.iter().any(|d| d.to == *addr)
+            || self.dialled.contains(addr)
             || (addr.transport == Transport::Quic
                 && self.spray().is_some_and(|s| s.targets.contains(&addr.addr)))
     }

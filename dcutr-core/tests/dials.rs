@@ -61,3 +61,32 @@ fn io_errors_of_a_taken_address_pair_map_to_addr_in_use() {
         DialError::AddrInUse
     );
 }
+
+/// An address the peer had us dial stays the peer's after its attempt is
+/// over and the next Connect names another one: the driver still prefers
+/// a late connection from there over a stranger's.
+#[test]
+fn an_address_dialled_in_an_earlier_attempt_stays_the_peers() {
+    let (mut up, dial) = punching_responder();
+    let first = tcp("203.0.113.5:4001");
+    up.handle_dial_failed(at(20), dial, DialError::Refused);
+    drain(&mut up);
+    let second = tcp("203.0.113.6:4001");
+    let connect = connect_frame(&[second]);
+    up.handle_stream_data(at(30), &[&connect[..], &sync_frame()[..]].concat());
+    let dialled: Vec<_> = drain(&mut up)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Dial(d) => Some(d.to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dialled,
+        [second],
+        "the second attempt dials its own address"
+    );
+    assert!(up.is_peer_address(&first), "dialled in attempt 1");
+    assert!(up.is_peer_address(&second));
+    assert!(!up.is_peer_address(&tcp("203.0.113.7:4001")));
+}

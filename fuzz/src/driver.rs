@@ -988,6 +988,8 @@ impl Driver {
             + 4 * c.max_remote_addrs * size_of::<Candidate>()
             + 2 * outputs * size_of::<Output>()
             + 2 * attempts * c.max_remote_addrs * size_of::<dcutr_core::record::DialRecord>()
+            // The addresses dialled, once each, for `is_peer_address`.
+            + 2 * attempts * c.max_remote_addrs * size_of::<Candidate>()
             + 2 * attempts * size_of::<dcutr_core::record::AttemptRecord>()
     }
 
