@@ -169,6 +169,27 @@ pub const PAIRS: &[(&str, Site, Site, Expect)] = &[
         Site::CONE,
         Expect::Upgrade { unilateral: false },
     ),
+    // A carrier-grade NAT in front of a home router, in each role and on
+    // both sides (issue 13: the CGNAT stack among the endpoint-independent
+    // kinds).
+    (
+        "cgnat/cone",
+        Site::Cgnat,
+        Site::CONE,
+        Expect::Upgrade { unilateral: false },
+    ),
+    (
+        "cone/cgnat",
+        Site::CONE,
+        Site::Cgnat,
+        Expect::Upgrade { unilateral: false },
+    ),
+    (
+        "cgnat/cgnat",
+        Site::Cgnat,
+        Site::Cgnat,
+        Expect::Upgrade { unilateral: false },
+    ),
 ];
 
 /// Pairs whose QUIC cases cannot upgrade until the library learns
@@ -597,12 +618,12 @@ mod tests {
     }
 
     #[test]
-    fn the_matrix_has_forty_eight_cases_with_unique_names() {
+    fn the_matrix_has_sixty_cases_with_unique_names() {
         let mut names: Vec<String> = all_cases().iter().map(Named::name).collect();
-        assert_eq!(names.len(), 48, "44 on tokio, 4 cone/cone on smol");
+        assert_eq!(names.len(), 60, "56 on tokio, 4 cone/cone on smol");
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 48);
+        assert_eq!(names.len(), 60);
         for n in [
             "symmetric/symmetric quic rtt100",
             "cone/public tcp rtt0",
@@ -610,6 +631,7 @@ mod tests {
             "symmetric/full-cone tcp rtt100",
             "address-restricted/symmetric quic rtt0",
             "cone/full-cone quic rtt0",
+            "cgnat/cgnat quic rtt100",
         ] {
             assert!(names.contains(&n.to_string()), "{n}");
         }
@@ -654,9 +676,9 @@ mod tests {
             ]
         );
         let default = matrix_cases(false, false);
-        assert_eq!(default.len(), 44);
+        assert_eq!(default.len(), 56);
         assert!(default.iter().all(|c| !c.known_gap()));
-        assert_eq!(matrix_cases(true, true).len(), 48);
+        assert_eq!(matrix_cases(true, true).len(), 60);
         assert!(matrix_cases(true, true).iter().all(|c| c.stun));
         // Report only over QUIC; the same pairs over TCP, and the other
         // role over QUIC, must upgrade.

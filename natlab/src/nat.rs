@@ -69,6 +69,13 @@ pub enum Site {
         /// every new inbound flow their filtering does not admit.
         firewall: bool,
     },
+    /// A host behind two NATs: a home router ([`Site::CONE`]) whose WAN
+    /// side sits in the shared address space of RFC 6598 (100.64.0.0/10),
+    /// behind a carrier-grade NAT that is a [`Site::CONE`] too. Carriers
+    /// are asked for endpoint-independent mapping (RFC 6888, REQ-4 by way
+    /// of RFC 4787), and the home router's firewall stays on, so this is a
+    /// port-restricted cone seen through two translations.
+    Cgnat,
     /// A host directly on the public segment, no NAT.
     Public,
 }
@@ -105,6 +112,9 @@ impl Site {
 /// Suffix of a site name whose firewall is off.
 const NO_FIREWALL: &str = "-no-firewall";
 
+/// Name of [`Site::Cgnat`].
+const CGNAT: &str = "cgnat";
+
 impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -115,6 +125,7 @@ impl fmt::Display for Site {
                 }
                 Ok(())
             }
+            Site::Cgnat => f.write_str(CGNAT),
             Site::Public => f.write_str("public"),
         }
     }
@@ -123,8 +134,10 @@ impl fmt::Display for Site {
 impl FromStr for Site {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        if s == "public" {
-            return Ok(Site::Public);
+        match s {
+            "public" => return Ok(Site::Public),
+            CGNAT => return Ok(Site::Cgnat),
+            _ => {}
         }
         let (kind, firewall) = match s.strip_suffix(NO_FIREWALL) {
             Some(kind) => (kind, false),
@@ -135,7 +148,7 @@ impl FromStr for Site {
             None => {
                 let names: Vec<&str> = NatKind::ALL.iter().map(|k| k.name()).collect();
                 bail!(
-                    "unknown site {s:?} ({}, each optionally with {NO_FIREWALL}, or public)",
+                    "unknown site {s:?} ({}, each optionally with {NO_FIREWALL}, {CGNAT} or public)",
                     names.join(", ")
                 )
             }
@@ -269,12 +282,19 @@ mod tests {
             "full-cone-no-firewall",
             "address-restricted",
             "address-restricted-no-firewall",
+            "cgnat",
             "public",
         ] {
             assert_eq!(name.parse::<Site>().unwrap().to_string(), name);
         }
         assert_eq!("full-cone".parse::<Site>().unwrap(), Site::FULL_CONE);
-        for bad in ["fullcone", "public-no-firewall", "-no-firewall", ""] {
+        for bad in [
+            "fullcone",
+            "public-no-firewall",
+            "cgnat-no-firewall",
+            "-no-firewall",
+            "",
+        ] {
             assert!(bad.parse::<Site>().is_err(), "{bad}");
         }
     }

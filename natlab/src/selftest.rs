@@ -455,6 +455,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Site::FULL_CONE,
         Site::ADDRESS_RESTRICTED,
         Site::SYMMETRIC,
+        Site::Cgnat,
     ];
     for site in mapping_sites {
         let keeps = site != Site::SYMMETRIC;
@@ -505,6 +506,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         (Site::CONE, FilterSeen::PORT_RESTRICTED),
         (Site::FULL_CONE, FilterSeen::FULL_CONE),
         (Site::ADDRESS_RESTRICTED, FilterSeen::ADDRESS_RESTRICTED),
+        (Site::Cgnat, FilterSeen::PORT_RESTRICTED),
     ] {
         c.check(&format!("{site} filtering: {}", want.describe()), || {
             let lab = build(&mut names, site, Site::Public, None)?;
@@ -512,6 +514,30 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             Ok((seen.matches(&want), seen.detail(&lab)))
         });
     }
+
+    // CGNAT: the host's packets cross two NATs.
+    c.check(
+        "cgnat translates twice: the carrier sees the home router's shared address",
+        || {
+            let lab = build(&mut names, Site::Cgnat, Site::Public, None)?;
+            let relay = sa(RELAY_IP, ECHO_PORT);
+            let _echo = echo(&lab, "udp-echo", ("relay", &lab.relay_ns()), relay, None)?;
+            let bind = sa(lab.host_ip(1), INSIDE_PORT);
+            let r = udp_ping(&lab, &lab.host_ns(1), bind, &[relay], 3, 10)?;
+            let m = single_mapping(&r[0])?;
+            let carrier = lab.carrier_ns(1).context("a CGNAT site has a carrier")?;
+            let ct = lab.run(&carrier, "conntrack", &["-L", "-p", "udp"])?;
+            let home = topo::home_wan_ip(1);
+            let want = sa(lab.public_ip(1), INSIDE_PORT);
+            Ok((
+                m == want && ct.contains(&format!("src={home} ")),
+                format!(
+                    "relay saw {m} (want {want}); carrier conntrack (want src={home}): {}",
+                    ct.trim()
+                ),
+            ))
+        },
+    );
 
     // Firewall: unsolicited inbound never reaches the host.
     c.check("firewall drops unsolicited inbound (mapped port and routed inside address)", || {

@@ -13,6 +13,12 @@
 //!                           <p>h1 eth0 10.0.1.2      <p>h2 eth0 10.0.2.2
 //! ```
 //!
+//! A CGNAT site ([`Site::Cgnat`]) puts one more NAT between the bridge and
+//! the home router: `<p>c<site>` holds the public WAN address
+//! (203.0.113.1x) and its `lan` 100.64.<site>.1, and the home router's `wan`
+//! is 100.64.<site>.2 (RFC 6598 shared address space) with its default
+//! route through the carrier.
+//!
 //! Every interface has a fixed MAC derived from its IPv4 address, and every
 //! host knows its neighbours' MACs as permanent entries, so no packet waits
 //! for ARP. IPv6 address generation is off on every interface (no DAD, no
@@ -29,7 +35,7 @@ use tracing::{debug, warn};
 
 use crate::cmd;
 use crate::names;
-use crate::nat::{Site, router_ruleset};
+use crate::nat::{NatKind, Site, router_ruleset};
 use crate::proc::Proc;
 
 /// Where `ip netns` keeps its namespace handles.
@@ -101,7 +107,7 @@ fn idx(site: u8) -> usize {
 pub fn site_public_ip(site: u8, kind: Site) -> Ipv4Addr {
     let _ = idx(site);
     match kind {
-        Site::Nat { .. } => Ipv4Addr::new(203, 0, 113, 10 + site),
+        Site::Nat { .. } | Site::Cgnat => Ipv4Addr::new(203, 0, 113, 10 + site),
         Site::Public => Ipv4Addr::new(203, 0, 113, 20 + site),
     }
 }
@@ -114,6 +120,16 @@ pub fn lan_router_ip(site: u8) -> Ipv4Addr {
 /// The host's address at a NAT site.
 pub fn lan_host_ip(site: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, site, 2)
+}
+
+/// The carrier NAT's inside address at a CGNAT site (RFC 6598 shared space).
+pub fn carrier_inside_ip(site: u8) -> Ipv4Addr {
+    Ipv4Addr::new(100, 64, site, 1)
+}
+
+/// The home router's WAN address at a CGNAT site, behind the carrier.
+pub fn home_wan_ip(site: u8) -> Ipv4Addr {
+    Ipv4Addr::new(100, 64, site, 2)
 }
 
 /// The fixed MAC of the interface that holds `ip`: locally administered
@@ -196,19 +212,37 @@ impl Lab {
         self.role("relay")
     }
 
-    /// Namespace of site `site`'s router, if it has one.
+    /// Namespace of site `site`'s (home) router, if it has one.
     pub fn router_ns(&self, site: u8) -> Option<String> {
         match self.spec.sites[idx(site)] {
-            Site::Nat { .. } => Some(self.role(&format!("r{site}"))),
+            Site::Nat { .. } | Site::Cgnat => Some(self.role(&format!("r{site}"))),
             Site::Public => None,
+        }
+    }
+
+    /// Namespace of site `site`'s carrier-grade NAT, if it has one.
+    pub fn carrier_ns(&self, site: u8) -> Option<String> {
+        match self.spec.sites[idx(site)] {
+            Site::Cgnat => Some(self.role(&format!("c{site}"))),
+            Site::Nat { .. } | Site::Public => None,
         }
     }
 
     /// Namespace of the host at site `site` (behind the NAT, or public).
     pub fn host_ns(&self, site: u8) -> String {
         match self.spec.sites[idx(site)] {
-            Site::Nat { .. } => self.role(&format!("h{site}")),
+            Site::Nat { .. } | Site::Cgnat => self.role(&format!("h{site}")),
             Site::Public => self.role(&format!("p{site}")),
+        }
+    }
+
+    /// The namespace and interface of site `site` on the public segment:
+    /// the carrier's, the router's or the public host's.
+    fn edge(&self, site: u8) -> (String, &'static str) {
+        match self.spec.sites[idx(site)] {
+            Site::Cgnat => (self.role(&format!("c{site}")), "wan"),
+            Site::Nat { .. } => (self.role(&format!("r{site}")), "wan"),
+            Site::Public => (self.role(&format!("p{site}")), "eth0"),
         }
     }
 
@@ -220,7 +254,7 @@ impl Lab {
     /// The host's own address at site `site`.
     pub fn host_ip(&self, site: u8) -> Ipv4Addr {
         match self.spec.sites[idx(site)] {
-            Site::Nat { .. } => lan_host_ip(site),
+            Site::Nat { .. } | Site::Cgnat => lan_host_ip(site),
             Site::Public => site_public_ip(site, Site::Public),
         }
     }
@@ -265,6 +299,11 @@ impl Lab {
                     roles.push(format!("r{site}"));
                     roles.push(format!("h{site}"));
                 }
+                Site::Cgnat => {
+                    roles.push(format!("c{site}"));
+                    roles.push(format!("r{site}"));
+                    roles.push(format!("h{site}"));
+                }
                 Site::Public => roles.push(format!("p{site}")),
             }
         }
@@ -284,11 +323,7 @@ impl Lab {
         // Public segment members: (ip, namespace, interface).
         let mut members = vec![(RELAY_IP, self.relay_ns(), "eth0".to_owned())];
         for site in [1u8, 2] {
-            let ifname = match spec.sites[idx(site)] {
-                Site::Nat { .. } => "wan",
-                Site::Public => "eth0",
-            };
-            let ns = self.router_ns(site).unwrap_or_else(|| self.host_ns(site));
+            let (ns, ifname) = self.edge(site);
             members.push((self.public_ip(site), ns, ifname.to_owned()));
         }
 
@@ -340,16 +375,23 @@ impl Lab {
             cmd::ip_batch(Some(&dns), &script, false)?;
         }
 
-        // 4. Public segment members: address, MAC, static neighbours.
-        for (ip, ns, ifname) in &members {
+        // 4. Public segment members: address, MAC, static neighbours. A
+        //    NAT on the segment gets its `lan` veth towards the next hop
+        //    inside: the host, or a CGNAT's home router.
+        for (site, (ip, ns, ifname)) in (0u8..).zip(&members) {
             let mut script = String::new();
             writeln!(script, "link set lo up")?;
             if ifname == "wan" {
-                let site = if ns.ends_with("r1") { 1 } else { 2 };
+                let (inside_ns, inside_if) = match self.carrier_ns(site) {
+                    Some(_) => (
+                        self.router_ns(site).expect("a CGNAT site has a router"),
+                        "wan",
+                    ),
+                    None => (self.host_ns(site), "eth0"),
+                };
                 writeln!(
                     script,
-                    "link add name lan type veth peer name eth0 netns {}",
-                    self.host_ns(site)
+                    "link add name lan type veth peer name {inside_if} netns {inside_ns}"
                 )?;
             }
             let others = members.iter().map(|m| m.0).filter(|o| o != ip);
@@ -357,15 +399,30 @@ impl Lab {
             cmd::ip_batch(Some(ns), &script, false)?;
         }
 
-        // 5. NAT sites: router LAN side, inside host, forwarding, nftables.
+        // 5. NAT sites: router LAN side, inside host, forwarding, nftables;
+        //    at a CGNAT site first the carrier, then the home router's WAN
+        //    side behind it.
         for site in [1u8, 2] {
-            let Site::Nat { kind, firewall } = spec.sites[idx(site)] else {
-                continue;
+            let (kind, firewall) = match spec.sites[idx(site)] {
+                Site::Nat { kind, firewall } => (kind, firewall),
+                Site::Cgnat => (NatKind::Cone, true),
+                Site::Public => continue,
             };
             let rns = self.router_ns(site).expect("NAT site has a router");
             let hns = self.host_ns(site);
             let (rip, hip) = (lan_router_ip(site), lan_host_ip(site));
             let mut script = String::new();
+            if let Some(cns) = self.carrier_ns(site) {
+                self.build_carrier(site, &cns)?;
+                let (wan, gateway) = (home_wan_ip(site), carrier_inside_ip(site));
+                writeln!(script, "link set lo up")?;
+                writeln!(
+                    script,
+                    "link add name lan type veth peer name eth0 netns {hns}"
+                )?;
+                address(&mut script, "wan", wan, [gateway])?;
+                writeln!(script, "route add default via {gateway} dev wan")?;
+            }
             address(&mut script, "lan", rip, [hip])?;
             cmd::ip_batch(Some(&rns), &script, false)?;
 
@@ -435,15 +492,33 @@ impl Lab {
         Ok(())
     }
 
+    /// A CGNAT site's carrier: its inside address towards the home
+    /// router, forwarding, and a cone NAT with the firewall on.
+    fn build_carrier(&self, site: u8, cns: &str) -> Result<()> {
+        let mut script = String::new();
+        address(
+            &mut script,
+            "lan",
+            carrier_inside_ip(site),
+            [home_wan_ip(site)],
+        )?;
+        cmd::ip_batch(Some(cns), &script, false)?;
+        cmd::netns_run(cns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)?;
+        let rules = router_ruleset(NatKind::Cone, true, "wan");
+        cmd::netns_run(cns, "nft", &["-f", "-"], Some(&rules))
+            .with_context(|| format!("loading the ruleset of {cns}"))?;
+        Ok(())
+    }
+
     /// The routers' nftables rulesets and conntrack tables, the delay lines'
     /// logs and every namespace's addresses: enough to diagnose a failed case
     /// from a CI log.
     pub fn diagnostics(&self) -> String {
         let mut out = format!("===== lab {}* =====\n", self.prefix);
-        for site in [1u8, 2] {
-            let Some(rns) = self.router_ns(site) else {
-                continue;
-            };
+        let routers = [1u8, 2]
+            .into_iter()
+            .flat_map(|site| [self.carrier_ns(site), self.router_ns(site)]);
+        for rns in routers.flatten() {
             let _ = writeln!(out, "----- {rns}: nft list ruleset -----");
             out.push_str(&cmd::run_for_diagnostics(
                 "ip",
@@ -580,6 +655,12 @@ mod tests {
         );
         assert_eq!(lan_host_ip(2), Ipv4Addr::new(10, 0, 2, 2));
         assert_eq!(lan_router_ip(1), Ipv4Addr::new(10, 0, 1, 1));
+        assert_eq!(
+            site_public_ip(2, Site::Cgnat),
+            Ipv4Addr::new(203, 0, 113, 12)
+        );
+        assert_eq!(home_wan_ip(1), Ipv4Addr::new(100, 64, 1, 2));
+        assert_eq!(carrier_inside_ip(1), Ipv4Addr::new(100, 64, 1, 1));
     }
 
     #[test]
