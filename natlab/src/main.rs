@@ -6,6 +6,7 @@
 //! through a matrix of NAT pairs (`natlab matrix`) and broken networks
 //! (`natlab broken`). See README.md.
 
+mod birthday;
 mod broken;
 mod campaign;
 mod cmd;
@@ -23,7 +24,7 @@ mod stats;
 mod stun;
 mod topo;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,6 +59,9 @@ enum Command {
     /// Stock rust-libp2p DCUtR behind one cone NAT and ours (dcutr-libp2p)
     /// behind the other, both roles, over TCP and QUIC (`dcutr libp2p`).
     Libp2p(libp2p::Args),
+    /// The birthday punch's raw datagrams through a hard and an easy NAT:
+    /// how often and how fast they meet.
+    Birthday(birthday::Args),
     /// Remove every leftover lab namespace (nlXXXXXX-*) and the processes in it.
     Cleanup,
     /// Build one topology, print its namespaces, hold it, tear it down.
@@ -157,6 +161,41 @@ enum Probe {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// The birthday punch's hard side: many sockets, one prime each to
+    /// `--to`, then answer probes.
+    BirthdayHard {
+        /// Local IP (each socket takes an ephemeral port).
+        #[arg(long)]
+        bind: IpAddr,
+        /// The easy side's public address.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Number of sockets.
+        #[arg(long, default_value_t = birthday::DEFAULT_SOCKETS)]
+        sockets: u16,
+        /// Exit after this many ms.
+        #[arg(long, default_value_t = 10_000)]
+        lifetime_ms: u64,
+    },
+    /// The birthday punch's easy side: paced probes to random ports of
+    /// `--target` until one is answered; prints one JSON line.
+    BirthdayEasy {
+        /// Local address (fixes the source port).
+        #[arg(long)]
+        bind: SocketAddr,
+        /// The hard side's public IP.
+        #[arg(long)]
+        target: IpAddr,
+        /// Number of probes.
+        #[arg(long, default_value_t = birthday::DEFAULT_PROBES)]
+        probes: u32,
+        /// Gap between probes, microseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_us: u64,
+        /// Seed of the probe ports.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -248,6 +287,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Matrix(a) => campaign::run_with(a.common.clone(), a, contract::locate_dcutr),
         Command::Broken(a) => campaign::run_with(a.common.clone(), a, contract::locate_dcutr),
         Command::Libp2p(a) => campaign::run_with(a.common.clone(), a, libp2p::locate_dcutr),
+        Command::Birthday(a) => birthday::run(&a),
         Command::Cleanup => {
             let removed = topo::cleanup_all()?;
             let list = removed.iter().map(|n| format!(" {n}")).collect::<String>();
@@ -314,6 +354,22 @@ fn run_probe(p: Probe) -> Result<ExitCode> {
             to,
             timeout_ms,
         } => print_json(&probe::tcp_connect(bind, &to, millis(timeout_ms))?)?,
+        Probe::BirthdayHard {
+            bind,
+            to,
+            sockets,
+            lifetime_ms,
+        } => birthday::hard(bind, to, sockets, millis(lifetime_ms))?,
+        Probe::BirthdayEasy {
+            bind,
+            target,
+            probes,
+            interval_us,
+            seed,
+        } => {
+            let interval = Duration::from_micros(interval_us);
+            print_json(&[birthday::easy(bind, target, probes, interval, seed)?])?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

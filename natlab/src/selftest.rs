@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::birthday;
 use crate::names::{self, RunNames};
 use crate::nat::Site;
 use crate::probe::{ConnectReport, PingReport};
@@ -26,6 +27,13 @@ pub const DELAY_TOLERANCE_MS: f64 = 5.0;
 
 /// How long a probe server may take to print `ready`.
 const PROBE_READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Probes of the birthday check: with 256 sockets, 2048 probes meet with
+/// probability 1 - (1 - 256/64512)^2048 = 99.97 %, so the check that must
+/// meet fails by chance about once in 3,400 runs.
+const BIRTHDAY_CHECK_PROBES: u32 = 2048;
+/// Gap between the check's probes: 2048 of them in about 1 s.
+const BIRTHDAY_CHECK_INTERVAL_US: u64 = 500;
 
 /// UDP port of the echo servers.
 const ECHO_PORT: u16 = 3478;
@@ -538,6 +546,44 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             ))
         },
     );
+
+    // The birthday punch's raw datagrams (src/birthday.rs): they meet
+    // through a symmetric NAT and a cone, and never through two symmetric
+    // NATs, where each probe leaves from a fresh port no prime expects.
+    for (easy, want_met) in [(Site::CONE, true), (Site::SYMMETRIC, false)] {
+        let args = birthday::Args {
+            trials: 1,
+            sockets: birthday::DEFAULT_SOCKETS,
+            probes: BIRTHDAY_CHECK_PROBES,
+            interval_us: BIRTHDAY_CHECK_INTERVAL_US,
+            hard: Site::SYMMETRIC,
+            easy,
+            seed: 1,
+            json: false,
+        };
+        let verb = if want_met { "meet" } else { "never meet" };
+        let name = format!(
+            "birthday datagrams {verb}: symmetric ({} sockets) against {easy} ({} probes)",
+            args.sockets, args.probes
+        );
+        c.check(&name, || {
+            let t = birthday::trial(&mut names, &args, 0)?;
+            Ok((
+                t.met() == want_met && (want_met || t.hard_sockets_hit == 0),
+                format!(
+                    "{} after {} probes in {:.1} ms, {} hard sockets reached{}",
+                    if t.met() { "met" } else { "no answer" },
+                    t.easy.probes_sent,
+                    t.easy.elapsed_ms,
+                    t.hard_sockets_hit,
+                    t.easy
+                        .hit
+                        .map(|h| format!(", answer from {h}"))
+                        .unwrap_or_default()
+                ),
+            ))
+        });
+    }
 
     // Firewall: unsolicited inbound never reaches the host.
     c.check("firewall drops unsolicited inbound (mapped port and routed inside address)", || {
