@@ -14,8 +14,12 @@
 //! With `N` sockets, `M` probes and `R` = [`WAN_PORTS`] ports the chance to
 //! meet is `1 - (1 - N/R)^M` (98.3 % for 256 x 1024), and the first hit
 //! comes after about `R/N` = 252 probes, so the probe interval decides the
-//! time to meet. This measures both over real sockets; the probes are
-//! plain datagrams (`NLB`/`NLP`/`NLA` + a number), no QUIC or TCP yet.
+//! time to meet. This measures both over real sockets. Over UDP the probes
+//! are plain datagrams (`NLB`/`NLP`/`NLA` + a number), no QUIC yet. Over
+//! TCP (`--tcp`) each hard socket's prime is a connect (its SYN opens the
+//! mapping), each probe is a connect from the easy side's one port, and a
+//! probe that hits meets a socket in `SYN_SENT`: a simultaneous open, the
+//! same handshake the library's TCP punch completes.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::ExitCode;
@@ -64,12 +68,25 @@ pub const EASY_PORT: u16 = 40_000;
 /// How long the hard probe may take to open its sockets and print `ready`.
 const HARD_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the hard side's `hit` line may trail the easy side's report:
+/// a poll round and a print, normally well under a millisecond.
+const HIT_LINE_GRACE: Duration = Duration::from_secs(1);
+
 /// Priming datagram magic (hard -> easy, dropped by the easy firewall).
 const PRIME: &[u8; 3] = b"NLB";
 /// Probe magic (easy -> hard).
 const PROBE: &[u8; 3] = b"NLP";
 /// Answer magic (hard -> easy).
 const ANSWER: &[u8; 3] = b"NLA";
+
+/// Over TCP, how many of the easy side's probe connects stay open at once:
+/// a hit is answered within a round trip, so older probes can go, and the
+/// window keeps the probe below the default 1024 open files. 512 at 1 ms
+/// spans 0.5 s, above any round trip in the lab.
+pub const TCP_PROBE_WINDOW: usize = 512;
+
+/// Pause of the TCP probes' poll loops when nothing changed.
+const TCP_POLL: Duration = Duration::from_micros(100);
 
 /// `natlab birthday` options.
 #[derive(Debug, clap::Args)]
@@ -95,6 +112,9 @@ pub struct Args {
     /// Seed of the first trial's probe ports (trial k uses seed + k).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// TCP connects (simultaneous open) instead of datagrams.
+    #[arg(long)]
+    pub tcp: bool,
     /// One JSON line per trial and a summary, instead of text.
     #[arg(long)]
     pub json: bool,
@@ -255,6 +275,120 @@ pub fn easy(
     Ok(report)
 }
 
+/// A nonblocking TCP socket bound to `bind` (shared with other sockets of
+/// the same port, as a hole-punching TCP stack binds), connecting to `to`.
+fn tcp_connect_from(bind: SocketAddr, to: SocketAddr) -> Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&bind.into())
+        .with_context(|| format!("binding {bind}"))?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) => return Err(e).with_context(|| format!("connecting to {to}")),
+    }
+    Ok(sock)
+}
+
+/// Whether a nonblocking connect has completed (it has a peer).
+fn tcp_connected(sock: &socket2::Socket) -> Option<SocketAddr> {
+    sock.peer_addr().ok().and_then(|a| a.as_socket())
+}
+
+/// [`hard`] over TCP: each socket's connect to `to` is its prime; prints
+/// `hit` for each one a probe's SYN completed (simultaneous open).
+pub fn hard_tcp(bind: IpAddr, to: SocketAddr, sockets: u16, lifetime: Duration) -> Result<()> {
+    let mut open = Vec::with_capacity(usize::from(sockets));
+    for _ in 0..sockets {
+        open.push((tcp_connect_from(SocketAddr::new(bind, 0), to)?, false));
+    }
+    println!(
+        "{}",
+        json!({"event": "ready", "probe": "birthday-hard", "sockets": sockets, "tcp": true})
+    );
+    let end = Instant::now() + lifetime;
+    while Instant::now() < end {
+        for (sock, hit) in &mut open {
+            if *hit {
+                continue;
+            }
+            if let Some(from) = tcp_connected(sock) {
+                *hit = true;
+                let local = sock
+                    .local_addr()?
+                    .as_socket()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                println!(
+                    "{}",
+                    json!({"event": "hit", "local": local, "from": from.to_string()})
+                );
+            }
+        }
+        std::thread::sleep(TCP_POLL);
+    }
+    Ok(())
+}
+
+/// [`easy`] over TCP: each probe is a connect from `bind` to a random port
+/// of `target`; the newest [`TCP_PROBE_WINDOW`] stay open; the first one
+/// that completes is the hit.
+pub fn easy_tcp(
+    bind: SocketAddr,
+    target: IpAddr,
+    probes: u32,
+    interval: Duration,
+    seed: u64,
+) -> Result<EasyReport> {
+    let ports = probe_ports(seed, probes);
+    let started = Instant::now();
+    let mut report = EasyReport {
+        event: "birthday-easy".into(),
+        met: false,
+        probes_sent: 0,
+        hit: None,
+        elapsed_ms: 0.0,
+    };
+    let mut window = std::collections::VecDeque::with_capacity(TCP_PROBE_WINDOW);
+    let finish = |report: &mut EasyReport, hit: Option<SocketAddr>| {
+        report.met = hit.is_some();
+        report.hit = hit;
+        report.elapsed_ms = ms(started.elapsed());
+    };
+    for (i, port) in (1u32..).zip(&ports) {
+        if window.len() == TCP_PROBE_WINDOW {
+            window.pop_front();
+        }
+        window.push_back(tcp_connect_from(bind, SocketAddr::new(target, *port))?);
+        report.probes_sent = i;
+        let next = started + interval * i;
+        loop {
+            if let Some(hit) = window.iter().find_map(tcp_connected) {
+                finish(&mut report, Some(hit));
+                return Ok(report);
+            }
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            std::thread::sleep((next - now).min(TCP_POLL));
+        }
+    }
+    let end = Instant::now() + EASY_LINGER;
+    while Instant::now() < end {
+        if let Some(hit) = window.iter().find_map(tcp_connected) {
+            finish(&mut report, Some(hit));
+            return Ok(report);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    finish(&mut report, None);
+    Ok(report)
+}
+
 /// One trial in a fresh topology: hard side at site 1, easy at site 2.
 pub fn trial(names: &mut RunNames, args: &Args, trial: u32) -> Result<Trial> {
     let lab = Lab::build(
@@ -263,7 +397,7 @@ pub fn trial(names: &mut RunNames, args: &Args, trial: u32) -> Result<Trial> {
     )?;
     let easy_public = SocketAddr::V4(SocketAddrV4::new(lab.public_ip(2), EASY_PORT));
     let exe = self_exe()?.to_string_lossy().into_owned();
-    let hard_args: Vec<String> = [
+    let mut hard_args: Vec<String> = [
         "probe",
         "birthday-hard",
         "--bind",
@@ -277,6 +411,9 @@ pub fn trial(names: &mut RunNames, args: &Args, trial: u32) -> Result<Trial> {
     ]
     .map(str::to_owned)
     .to_vec();
+    if args.tcp {
+        hard_args.push("--tcp".into());
+    }
     let mut hard = lab.spawn("birthday hard", &lab.host_ns(1), &exe, &hard_args)?;
     hard.wait_for_line(Instant::now() + HARD_READY_TIMEOUT, "ready line", |l| {
         l.contains("\"event\":\"ready\"")
@@ -284,7 +421,7 @@ pub fn trial(names: &mut RunNames, args: &Args, trial: u32) -> Result<Trial> {
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", hard.dump()))?;
     let seed = args.seed + u64::from(trial);
     let easy_bind = SocketAddr::V4(SocketAddrV4::new(lab.host_ip(2), EASY_PORT));
-    let easy_args = [
+    let mut easy_args = vec![
         "probe".to_owned(),
         "birthday-easy".into(),
         "--bind".into(),
@@ -298,6 +435,9 @@ pub fn trial(names: &mut RunNames, args: &Args, trial: u32) -> Result<Trial> {
         "--seed".into(),
         seed.to_string(),
     ];
+    if args.tcp {
+        easy_args.push("--tcp".into());
+    }
     let easy_args: Vec<&str> = easy_args.iter().map(String::as_str).collect();
     let out = lab.run(&lab.host_ns(2), &exe, &easy_args)?;
     let line = out.lines().rev().find(|l| !l.trim().is_empty());
@@ -305,6 +445,13 @@ pub fn trial(names: &mut RunNames, args: &Args, trial: u32) -> Result<Trial> {
         Some(l) => serde_json::from_str(l).with_context(|| format!("easy output {l:?}"))?,
         None => bail!("the easy side printed nothing"),
     };
+    if easy.met {
+        // The hard side answers (or completes the handshake) before it
+        // prints, so its line may trail the easy side's report.
+        let _ = hard.wait_for_line(Instant::now() + HIT_LINE_GRACE, "hit line", |l| {
+            l.contains("\"event\":\"hit\"")
+        });
+    }
     hard.kill();
     hard.join_readers(Duration::from_secs(1));
     let hard_sockets_hit = hard
@@ -346,10 +493,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let median_ms = crate::stats::median(&times);
     let median_probes = crate::stats::median(&probes);
     let expected = expected_success(args.sockets, args.probes);
+    let transport = if args.tcp { "tcp" } else { "udp" };
     if args.json {
         println!(
             "{}",
-            json!({"event": "summary", "hard": args.hard.to_string(), "easy": args.easy.to_string(),
+            json!({"event": "summary", "transport": transport, "hard": args.hard.to_string(), "easy": args.easy.to_string(),
                    "sockets": args.sockets, "probes": args.probes, "interval_us": args.interval_us,
                    "trials": trials.len(), "met": met.len(), "expected_success": expected,
                    "median_ms_to_meet": median_ms, "median_probes_to_meet": median_probes})
@@ -357,7 +505,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     } else {
         let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
         println!(
-            "birthday {}/{}: {} sockets x {} probes every {} us: met {}/{} (expected {:.1} %), median {} ms and {} probes to meet",
+            "birthday {}/{} {transport}: {} sockets x {} probes every {} us: met {}/{} (expected {:.1} %), median {} ms and {} probes to meet",
             args.hard,
             args.easy,
             args.sockets,

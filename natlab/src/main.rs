@@ -176,6 +176,9 @@ enum Probe {
         /// Exit after this many ms.
         #[arg(long, default_value_t = 10_000)]
         lifetime_ms: u64,
+        /// Connects instead of datagrams.
+        #[arg(long)]
+        tcp: bool,
     },
     /// The birthday punch's easy side: paced probes to random ports of
     /// `--target` until one is answered; prints one JSON line.
@@ -195,6 +198,9 @@ enum Probe {
         /// Seed of the probe ports.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Connects instead of datagrams.
+        #[arg(long)]
+        tcp: bool,
     },
 }
 
@@ -359,16 +365,30 @@ fn run_probe(p: Probe) -> Result<ExitCode> {
             to,
             sockets,
             lifetime_ms,
-        } => birthday::hard(bind, to, sockets, millis(lifetime_ms))?,
+            tcp,
+        } => {
+            let hard = if tcp {
+                birthday::hard_tcp
+            } else {
+                birthday::hard
+            };
+            hard(bind, to, sockets, millis(lifetime_ms))?
+        }
         Probe::BirthdayEasy {
             bind,
             target,
             probes,
             interval_us,
             seed,
+            tcp,
         } => {
             let interval = Duration::from_micros(interval_us);
-            print_json(&[birthday::easy(bind, target, probes, interval, seed)?])?
+            let easy = if tcp {
+                birthday::easy_tcp
+            } else {
+                birthday::easy
+            };
+            print_json(&[easy(bind, target, probes, interval, seed)?])?
         }
     }
     Ok(ExitCode::SUCCESS)

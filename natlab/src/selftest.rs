@@ -550,7 +550,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     // The birthday punch's raw datagrams (src/birthday.rs): they meet
     // through a symmetric NAT and a cone, and never through two symmetric
     // NATs, where each probe leaves from a fresh port no prime expects.
-    for (easy, want_met) in [(Site::CONE, true), (Site::SYMMETRIC, false)] {
+    let birthday_cases = [true, false].into_iter().flat_map(|tcp| {
+        [(Site::CONE, true), (Site::SYMMETRIC, false)].map(|(easy, met)| (tcp, easy, met))
+    });
+    for (tcp, easy, want_met) in birthday_cases {
         let args = birthday::Args {
             trials: 1,
             sockets: birthday::DEFAULT_SOCKETS,
@@ -559,11 +562,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             hard: Site::SYMMETRIC,
             easy,
             seed: 1,
+            tcp,
             json: false,
         };
         let verb = if want_met { "meet" } else { "never meet" };
+        let what = if tcp { "connects" } else { "datagrams" };
         let name = format!(
-            "birthday datagrams {verb}: symmetric ({} sockets) against {easy} ({} probes)",
+            "birthday {what} {verb}: symmetric ({} sockets) against {easy} ({} probes)",
             args.sockets, args.probes
         );
         c.check(&name, || {
