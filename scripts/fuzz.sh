@@ -2,7 +2,7 @@
 # Fuzzing with cargo-fuzz (libFuzzer) of dcutr-core, the rendezvous relay and
 # the libp2p behaviour; the targets live in fuzz/.
 #
-#   scripts/fuzz.sh smoke               every target for FUZZ_SMOKE_SECONDS (default 30) s: what CI runs
+#   scripts/fuzz.sh smoke               every target for FUZZ_SMOKE_SECONDS (default 20) s: what CI runs
 #   scripts/fuzz.sh long [SECONDS]      every target for SECONDS (default 3600) s, one after the other
 #   scripts/fuzz.sh run TARGET [SECONDS]  one target (default 300 s)
 #   scripts/fuzz.sh build               only build every target (test-all.sh builds them
@@ -40,7 +40,7 @@ usage() {
 
 mode=${1:-}
 case "$mode" in
-    smoke) seconds=${FUZZ_SMOKE_SECONDS:-30}; targets=(${FUZZ_TARGETS:-${ALL_TARGETS[*]}}) ;;
+    smoke) seconds=${FUZZ_SMOKE_SECONDS:-20}; targets=(${FUZZ_TARGETS:-${ALL_TARGETS[*]}}) ;;
     long) seconds=${2:-3600}; targets=(${FUZZ_TARGETS:-${ALL_TARGETS[*]}}) ;;
     run) [ -n "${2:-}" ] || usage; targets=("$2"); seconds=${3:-300} ;;
     build) targets=() ;;
