@@ -119,8 +119,16 @@
 //! the peers run today's core with observed addresses only
 //! ([`sweep::TODAY`]); [`sweep::Options::predict_sequential`] (`--predict`)
 //! lets a sequential side send its predicted ports
-//! ([`PeerSpec::predictor`]). The birthday punch is not in the core yet, so
-//! the sweep cannot run it.
+//! ([`PeerSpec::predictor`]).
+//!
+//! ## The birthday punch
+//! [`birthday`] runs dcutr-core's birthday machines
+//! ([`dcutr_core::birthday`]) against each other through a
+//! symmetric-random and a port-restricted [`NatState`], with seeded loss
+//! and jitter, in both roles; `nat-sweep --birthday` prints its rows and
+//! the measured numbers are in that module's docs. The upgrade itself
+//! does not run the birthday punch yet, so the main sweep's
+//! symmetric-random rows still show today's core.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -136,6 +144,7 @@ use dcutr_core::{
     settings::FINGERPRINT_LEN,
 };
 
+pub mod birthday;
 pub mod nat;
 pub mod sweep;
 
