@@ -32,7 +32,10 @@
 //! until the outcome; on `Met` only the winning one stays.
 //!
 //! ## Validation
-//! A datagram counts only when it comes from the peer's IP, carries this
+//! The easy side probes exactly the IP it is given: pass the hard side's
+//! IP as an observer saw it (the relay, or a STUN server), never one the
+//! peer merely claims, so a hostile peer cannot point the probes at a
+//! third party. A datagram counts only when it comes from the peer's IP, carries this
 //! punch's [`BirthdayConfig::token`], is of the kind the role expects, and
 //! (easy side) answers a port it probed. Everything else is refused with a
 //! typed [`Refusal`] and counted ([`Birthday::refusals`]).
@@ -525,6 +528,12 @@ pub struct Birthday {
     refusals: RefusalCounts,
 }
 
+/// `t + d`, or `t` itself where an `Instant` cannot hold the sum (a
+/// caller's clock at the end of its range): never a panic.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or(t)
+}
+
 fn unpunchable(ip: IpAddr) -> bool {
     ip.is_unspecified()
         || ip.is_multicast()
@@ -693,7 +702,7 @@ impl Birthday {
             }
             if burst == MAX_PROBE_BURST {
                 // Late: restart the schedule from now instead of catching up.
-                self.next_probe = Some(now + self.config.probe_interval);
+                self.next_probe = Some(later(now, self.config.probe_interval));
                 break;
             }
             if self.sent >= self.config.probes {
@@ -707,7 +716,7 @@ impl Birthday {
             self.send_probe(now, SocketAddr::new(ip, port));
             burst += 1;
             self.next_probe = if self.sent < self.config.probes {
-                Some(at + self.config.probe_interval)
+                Some(later(at, self.config.probe_interval))
             } else {
                 None
             };
@@ -736,9 +745,9 @@ impl Birthday {
         if self.outcome.is_some() {
             return answer;
         }
-        let deadline = start + self.config.deadline;
+        let deadline = later(start, self.config.deadline);
         let grace = match (self.next_probe, self.last_probe) {
-            (None, Some(last)) => Some(last + ANSWER_GRACE),
+            (None, Some(last)) => Some(later(last, ANSWER_GRACE)),
             _ => None,
         };
         [self.next_probe, grace, Some(deadline)]
@@ -755,12 +764,12 @@ impl Birthday {
             && now >= at
         {
             self.queue.push_back(t);
-            self.answers = (left > 1).then(|| (left - 1, now + ANSWER_INTERVAL, t));
+            self.answers = (left > 1).then(|| (left - 1, later(now, ANSWER_INTERVAL), t));
         }
         if self.outcome.is_some() {
             return;
         }
-        if now >= start + self.config.deadline {
+        if now >= later(start, self.config.deadline) {
             self.finish(Outcome::TimedOut);
             return;
         }
@@ -769,7 +778,7 @@ impl Birthday {
             && self.role() == Role::Easy
             && self
                 .last_probe
-                .is_some_and(|last| now >= last + ANSWER_GRACE)
+                .is_some_and(|last| now >= later(last, ANSWER_GRACE))
         {
             self.finish(Outcome::Exhausted);
         }
@@ -834,8 +843,8 @@ impl Birthday {
                 };
                 let answer = self.transmit(local, from, DatagramKind::Answer, i);
                 self.queue.push_back(answer);
-                self.answers =
-                    (ANSWER_COPIES > 1).then(|| (ANSWER_COPIES - 1, now + ANSWER_INTERVAL, answer));
+                self.answers = (ANSWER_COPIES > 1)
+                    .then(|| (ANSWER_COPIES - 1, later(now, ANSWER_INTERVAL), answer));
                 self.finish(Outcome::Met {
                     local,
                     remote: from,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use dcutr_core::Side;
 use dcutr_core::Transport;
-use dcutr_sim::birthday::{BirthdayCell, birthday_cell, birthday_rows};
+use dcutr_sim::birthday::{BirthdayCell, birthday_cell, birthday_rows, easy_label};
 use dcutr_sim::sweep::{
     Cell, DIRECT_MIN_MS, NatKind, Options, RELAY_ASYMMETRY, RELAY_ONE_WAY_MS, sweep,
 };
@@ -220,6 +220,8 @@ fn birthday_json(o: &Args, cells: &[BirthdayCell], wall: Duration) -> String {
             let p = &c.params;
             serde_json::json!({
                 "hard_side": side(p.hard),
+                "easy_nat": easy_label(p),
+                "low_ttl_priming": p.low_ttl_priming,
                 "sockets": p.config.sockets,
                 "probes": p.config.probes,
                 "probe_interval_us": u64::try_from(p.config.probe_interval.as_micros()).unwrap_or(u64::MAX),
@@ -239,7 +241,6 @@ fn birthday_json(o: &Args, cells: &[BirthdayCell], wall: Duration) -> String {
     let doc = serde_json::json!({
         "seeds": { "first": o.first_seed, "count": o.seeds },
         "hard_nat": "symmetric-random",
-        "easy_nat": "port-restricted",
         "wall_ms": u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
         "rows": rows,
     });
@@ -248,23 +249,24 @@ fn birthday_json(o: &Args, cells: &[BirthdayCell], wall: Duration) -> String {
 
 fn birthday_table(o: &Args, cells: &[BirthdayCell], wall: Duration) -> String {
     let mut out = format!(
-        "birthday punch: hard side symmetric-random, easy side port-restricted; seeds {}..{} per row; {:.1} s wall\n\n",
+        "birthday punch: hard side symmetric-random; seeds {}..{} per row; {:.1} s wall\n\n",
         o.first_seed,
         o.first_seed + o.seeds,
         wall.as_secs_f64(),
     );
     out.push_str(
-        "hard side      N x M       met      theory   median ms  p90 ms  split  probes/run\n",
+        "hard side      easy side                  N x M       met      theory   median ms  p90 ms  split  probes/run\n",
     );
     out.push_str(
-        "-------------  ----------  -------  -------  ---------  ------  -----  ----------\n",
+        "-------------  -------------------------  ----------  -------  -------  ---------  ------  -----  ----------\n",
     );
     for c in cells {
         let p = &c.params;
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         out.push_str(&format!(
-            "{:<13}  {:<10}  {:>6.2}%  {:>6.2}%  {:>9}  {:>6}  {:>5}  {:>10.1}\n",
+            "{:<13}  {:<25}  {:<10}  {:>6.2}%  {:>6.2}%  {:>9}  {:>6}  {:>5}  {:>10.1}\n",
             side(p.hard),
+            easy_label(p),
             format!("{} x {}", p.config.sockets, p.config.probes),
             100.0 * c.rate(),
             100.0 * p.theory(),

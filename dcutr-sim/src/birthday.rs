@@ -25,27 +25,41 @@
 //!
 //! ## Measured
 //! `cargo run --release -p dcutr-sim --example nat-sweep -- --birthday
-//! --seeds 5000` (16 s wall on a shared core), 1 % loss each way, 0–5 ms
-//! jitter, hard side symmetric-random, easy side port-restricted, seeds
-//! 0..5000 per row:
+//! --seeds 5000` (74 s wall on a shared core; `--json` for JSON), 1 %
+//! loss each way, 0–5 ms jitter, hard side symmetric-random, seeds
+//! 0..5000 per row ([`birthday_rows`]):
 //!
 //! ```text
-//! hard side      N x M       met      theory   median ms  p90 ms  split  probes/run
-//! -------------  ----------  -------  -------  ---------  ------  -----  ----------
-//! B (initiator)  256 x 1024   98.34%   98.22%        276     642      0       330.5
-//! B (initiator)  64 x 256     23.16%   22.24%        211     354      0       239.8
-//! A (responder)  256 x 1024   98.36%   98.22%        277     643      0       330.9
-//! A (responder)  64 x 256     23.16%   22.24%        211     358      0       239.8
+//! hard side      easy side                  N x M       met      theory   median ms  p90 ms  split  probes/run
+//! -------------  -------------------------  ----------  -------  -------  ---------  ------  -----  ----------
+//! B (initiator)  port-restricted            256 x 1024   98.34%   98.22%        276     642      0       330.5
+//! B (initiator)  port-restricted            64 x 256     23.16%   22.24%        211     354      0       239.8
+//! B (initiator)  full-cone                  256 x 1024   99.86%   98.22%        124     299      0       373.2
+//! B (initiator)  cone-no-firewall           256 x 1024   19.22%   98.22%        188     496      0       873.3
+//! B (initiator)  cone-no-firewall, low TTL  256 x 1024   98.36%   98.22%        276     644      0       330.6
+//! A (responder)  port-restricted            256 x 1024   98.36%   98.22%        277     643      0       330.9
+//! A (responder)  port-restricted            64 x 256     23.16%   22.24%        211     358      0       239.8
+//! A (responder)  full-cone                  256 x 1024   99.94%   98.22%        123     299      0       372.0
+//! A (responder)  cone-no-firewall           256 x 1024   19.68%   98.22%        188     547      0       870.2
+//! A (responder)  cone-no-firewall, low TTL  256 x 1024   98.38%   98.22%        277     644      0       330.7
 //! ```
 //!
 //! The theory column is `P = 1 − (1 − (1 − loss)·N/R)^M`: a probe meets
 //! when it lands on one of the `N` mappings and is not lost; three answer
-//! copies make a lost answer negligible. Times are simulated, from the
-//! first punch to the later `Met`: the median sits near `ln 2 · R/N` ≈ 176
-//! probes (1 ms apart) plus a round trip and the start skew. Both roles
-//! share each seed's port draws and differ only in who starts first, so
-//! their rates agree closely. The `birthday_sweep` tests pin these rows
-//! over fewer seeds.
+//! copies make a lost answer negligible. It holds where the easy side's
+//! filter drops the priming datagrams (port-restricted cone) or they never
+//! reach it (low TTL). A full cone beats it: the priming gets in and the
+//! easy side probes its source at once (a failure needs the easy side to
+//! start after the priming arrived). A router without a firewall falls far
+//! below it unless the priming has a low TTL: the router takes the
+//! priming for itself, and the easy side's later probe to that port is
+//! remapped, so the hard side's filter drops it.
+//!
+//! Times are simulated, from the first punch to the later `Met`: the
+//! median sits near `ln 2 · R/N` ≈ 176 probes (1 ms apart) plus a round
+//! trip and the start skew. Both roles share each seed's port draws and
+//! differ only in who starts first, so their rates agree closely. The
+//! `birthday_sweep` tests pin these rows over fewer seeds.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -55,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use dcutr_core::Side;
 use dcutr_core::Transport;
-use dcutr_core::birthday::{Birthday, BirthdayConfig, Local, Outcome, Transmit};
+use dcutr_core::birthday::{Birthday, BirthdayConfig, DatagramKind, Local, Outcome, Transmit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -109,6 +123,13 @@ pub struct BirthdayParams {
     pub loss: f64,
     /// Most extra delay per datagram.
     pub jitter: Duration,
+    /// The hard side's priming datagrams expire before the easy side's
+    /// NAT (a low TTL that only reaches our own NAT): they open the hard
+    /// side's mappings and go no further. Off, they reach the easy side's
+    /// NAT, whose filter drops them, lets them in (full cone), or, on a
+    /// router without a firewall, takes them and remaps the easy side's
+    /// later probe to that port.
+    pub low_ttl_priming: bool,
 }
 
 impl BirthdayParams {
@@ -124,7 +145,23 @@ impl BirthdayParams {
             easy_nat: NatModel::port_restricted(),
             loss: DEFAULT_LOSS,
             jitter: DEFAULT_JITTER,
+            low_ttl_priming: false,
         }
+    }
+
+    /// The same against another easy-side NAT.
+    #[must_use]
+    pub fn easy(mut self, nat: NatModel) -> Self {
+        self.easy_nat = nat;
+        self
+    }
+
+    /// The same with low-TTL priming on or off
+    /// ([`BirthdayParams::low_ttl_priming`]).
+    #[must_use]
+    pub fn low_ttl(mut self, on: bool) -> Self {
+        self.low_ttl_priming = on;
+        self
     }
 
     /// The same with `sockets` and `probes` as the budget.
@@ -302,6 +339,7 @@ pub fn run_birthday(params: &BirthdayParams, seed: u64) -> BirthdayRun {
                     local,
                     destination,
                     payload,
+                    kind,
                     ..
                 } = t;
                 let Some(src) =
@@ -310,6 +348,10 @@ pub fn run_birthday(params: &BirthdayParams, seed: u64) -> BirthdayRun {
                 else {
                     continue;
                 };
+                if params.low_ttl_priming && kind == DatagramKind::Priming {
+                    // Expired past our own NAT: the mapping is open.
+                    continue;
+                }
                 if path.random_bool(params.loss.clamp(0.0, 1.0)) {
                     continue;
                 }
@@ -447,8 +489,11 @@ pub fn birthday_cell(params: &BirthdayParams, seeds: Range<u64>) -> BirthdayCell
 pub const SMALL_BUDGET: (u16, u16) = (64, 256);
 
 /// The rows `nat-sweep --birthday` prints and the tests pin: for each
-/// role of the hard side (B, then A), the default budget and
-/// [`SMALL_BUDGET`].
+/// role of the hard side (B, then A), against the port-restricted cone
+/// the default budget and [`SMALL_BUDGET`]; against a full cone (the
+/// priming gets in, and the easy side probes its source); against the
+/// router without a firewall with priming that reaches it and with
+/// low-TTL priming.
 #[must_use]
 pub fn birthday_rows() -> Vec<BirthdayParams> {
     let mut rows = Vec::new();
@@ -456,6 +501,29 @@ pub fn birthday_rows() -> Vec<BirthdayParams> {
         let default = BirthdayParams::new(hard);
         rows.push(default);
         rows.push(default.budget(SMALL_BUDGET.0, SMALL_BUDGET.1));
+        rows.push(default.easy(NatModel::full_cone()));
+        rows.push(default.easy(NatModel::cone_no_firewall()));
+        rows.push(default.easy(NatModel::cone_no_firewall()).low_ttl(true));
     }
     rows
+}
+
+/// A short name of the easy-side NAT of `params`, for tables and JSON.
+#[must_use]
+pub fn easy_label(params: &BirthdayParams) -> String {
+    let nat = params.easy_nat;
+    let name = [
+        (NatModel::full_cone(), "full-cone"),
+        (NatModel::address_restricted(), "addr-restricted"),
+        (NatModel::port_restricted(), "port-restricted"),
+        (NatModel::cone_no_firewall(), "cone-no-firewall"),
+    ]
+    .into_iter()
+    .find(|(m, _)| *m == nat)
+    .map_or("custom", |(_, n)| n);
+    if params.low_ttl_priming {
+        format!("{name}, low TTL")
+    } else {
+        name.to_string()
+    }
 }

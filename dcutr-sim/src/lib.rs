@@ -101,10 +101,12 @@
 //!   and [`NatModel::symmetric_random`] are the usual kinds.
 //!
 //! Not modelled: packet loss and jitter (delays are fixed per run; the
-//! sweep varies them across seeds); other hosts behind the same NAT
+//! sweep varies them across seeds; only the [`birthday`] runs add seeded
+//! loss and jitter on their direct path); other hosts behind the same NAT
 //! taking ports (a sequential NAT's next port is always ours); hairpinning
 //! and both peers behind one NAT; stacked NATs (CGNAT); TTL (a low-TTL
-//! priming packet behaves like a normal one); ICMP errors killing a QUIC
+//! priming packet behaves like a normal one, except in [`birthday`] runs
+//! with [`birthday::BirthdayParams::low_ttl_priming`]); ICMP errors killing a QUIC
 //! dial; inbound refresh of mappings; the relay's own connection dropping
 //! or its mappings expiring; TCP RSTs from the peer host itself (a SYN to
 //! a port nobody listens on is dropped). Addresses are IPv4 in practice;
