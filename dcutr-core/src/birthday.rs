@@ -35,8 +35,8 @@
 //! The easy side probes exactly the IP it is given: pass the hard side's
 //! IP as an observer saw it (the relay, or a STUN server), never one the
 //! peer merely claims, so a hostile peer cannot point the probes at a
-//! third party. A datagram counts only when it comes from the peer's IP, carries this
-//! punch's [`BirthdayConfig::token`], is of the kind the role expects, and
+//! third party. A datagram counts only when it comes from the peer's IP,
+//! carries this punch's [`BirthdayConfig::token`], is of the kind the role expects, and
 //! (easy side) answers a port it probed. Everything else is refused with a
 //! typed [`Refusal`] and counted ([`Birthday::refusals`]).
 //!
@@ -52,14 +52,24 @@
 //! | hard side (answers) | [`ANSWER_COPIES`] = 3 | 48 | to the prober's own address only |
 //!
 //! Probes draw distinct ports, so no port of the victim gets more than one
-//! probe per punch (a priming datagram from the peer adds at most one
-//! probe to its source, inside the same budget). With IP and UDP headers
-//! (28 bytes for IPv4) one punch is at most 1024 × 44 = 45 056 bytes on
-//! the wire. Per minute, the budgets above the machine (one birthday
-//! punch at a time, with a cooldown, per the safety rules) bound
-//! how many punches there are; the machine bounds each one by
-//! [`MAX_PROBES`] packets and [`BirthdayConfig::deadline`] in time,
-//! whatever the config.
+//! probe per punch. A priming datagram that reaches the easy side adds a
+//! probe to its source at once, unpaced but inside the same budget of
+//! [`BirthdayConfig::probes`], and only to the hard side's IP (it passed
+//! the IP check). With IP and UDP headers (28 bytes for IPv4) one punch
+//! is at most 1024 × 44 = 45 056 bytes on the wire, over at least
+//! 1.023 s.
+//!
+//! Per minute, the machine alone bounds only the pace: punches run one
+//! after another at the default interval send at most about 1000 probes
+//! a second, so at most 60 000 probes (2.6 MB on the wire) a minute at one
+//! IP. The budgets above the machine (one birthday punch at a time, a
+//! cooldown between punches, a per-IP and per-process cap, per the
+//! issue's safety rules) must bring that down; with a cooldown of `C`
+//! seconds after each punch of at most 1.5 s (probing plus
+//! [`ANSWER_GRACE`]) a minute holds at most `60 / (1.5 + C)` punches of
+//! 1024 probes each. Whatever the config, one punch is bounded by
+//! [`MAX_PROBES`] packets, [`MIN_PROBE_INTERVAL`] pacing and
+//! [`MAX_DEADLINE`] in time.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
@@ -444,6 +454,10 @@ pub enum Refusal {
     /// Easy side: an answer from a port it never probed.
     #[error("answer from port {0}, which was never probed")]
     NotProbed(u16),
+    /// Easy side: a priming datagram from a port already probed, or
+    /// with the probe budget spent; it adds no probe.
+    #[error("priming from port {0} adds no probe (already probed, or budget spent)")]
+    Redundant(u16),
 }
 
 /// How many datagrams were refused, by reason.
@@ -458,7 +472,8 @@ pub struct RefusalCounts {
     pub unknown_socket: u32,
     /// [`Refusal::Malformed`] and [`Refusal::WrongToken`].
     pub malformed: u32,
-    /// [`Refusal::UnexpectedKind`] and [`Refusal::NotProbed`].
+    /// [`Refusal::UnexpectedKind`], [`Refusal::NotProbed`] and
+    /// [`Refusal::Redundant`].
     pub unexpected: u32,
 }
 
@@ -479,7 +494,9 @@ impl RefusalCounts {
             Refusal::WrongIp { .. } => &mut self.wrong_ip,
             Refusal::UnknownSocket(_) => &mut self.unknown_socket,
             Refusal::Malformed | Refusal::WrongToken => &mut self.malformed,
-            Refusal::UnexpectedKind(_) | Refusal::NotProbed(_) => &mut self.unexpected,
+            Refusal::UnexpectedKind(_) | Refusal::NotProbed(_) | Refusal::Redundant(_) => {
+                &mut self.unexpected
+            }
         };
         *slot = slot.saturating_add(1);
     }
@@ -659,31 +676,34 @@ impl Birthday {
         }
     }
 
-    /// A port not probed yet, uniformly among those left.
+    /// A port of the range not probed yet, uniformly among those left.
     ///
     /// Draws over the whole range and redraws a port already probed
     /// (at most [`MAX_PROBES`] of at least as many ports are taken, so a
     /// draw is rarely wasted); after [`MAX_REDRAWS`] misses it takes the
     /// k-th free port instead, which is as uniform and always ends.
+    /// Reflexive probes may have gone to ports outside the range; only
+    /// those inside count as taken.
     fn draw_port(&mut self) -> Option<u16> {
-        let first = u32::from(self.config.first_port);
+        let (first, last) = (self.config.first_port, self.config.last_port);
         let range = self.config.range();
-        let taken = u32::try_from(self.probed.len()).unwrap_or(u32::MAX);
-        let left = range.saturating_sub(taken);
-        if left == 0 {
-            return None;
-        }
         for _ in 0..MAX_REDRAWS {
-            let port = u16::try_from(first + self.rng.random_range(0..range)).ok()?;
+            let port = u16::try_from(u32::from(first) + self.rng.random_range(0..range)).ok()?;
             if !self.probed.contains(&port) {
                 return Some(port);
             }
         }
-        // The k-th free port, k uniform: walk the probed ports (sorted)
-        // to skip the taken ones.
-        let mut port = first + self.rng.random_range(0..left);
-        for &p in &self.probed {
-            if u32::from(p) <= port {
+        let inside = self.probed.range(first..=last);
+        let taken = u32::try_from(inside.clone().count()).unwrap_or(u32::MAX);
+        let left = range.saturating_sub(taken);
+        if left == 0 {
+            return None;
+        }
+        // The k-th free port, k uniform: walk the probed ports of the
+        // range (sorted) to skip the taken ones.
+        let mut port = u32::from(first) + self.rng.random_range(0..left);
+        for p in inside {
+            if u32::from(*p) <= port {
                 port += 1;
             } else {
                 break;
@@ -864,11 +884,8 @@ impl Birthday {
             (Peer::Hard(_), DatagramKind::Priming) => {
                 // Our filter let the hard side's mapping in: probe it
                 // directly, within the same budget, once.
-                if self.probed.contains(&from.port()) {
-                    return Err(Refusal::UnexpectedKind(kind));
-                }
-                if self.sent >= self.config.probes {
-                    return Err(Refusal::UnexpectedKind(kind));
+                if self.probed.contains(&from.port()) || self.sent >= self.config.probes {
+                    return Err(Refusal::Redundant(from.port()));
                 }
                 self.send_probe(now, from);
                 if self.sent >= self.config.probes {

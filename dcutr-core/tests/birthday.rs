@@ -358,18 +358,19 @@ fn a_priming_datagram_through_an_open_filter_is_probed_back_inside_the_budget() 
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].destination, from);
     // Once per port.
-    assert!(
-        e.handle_datagram(t0(), Local::Punch, from, &dgram(PRIMING, 4, TOKEN))
-            .is_err()
+    assert_eq!(
+        e.handle_datagram(t0(), Local::Punch, from, &dgram(PRIMING, 4, TOKEN)),
+        Err(Refusal::Redundant(50_000))
     );
     // The budget holds: one drawn probe, one reflexive, one left.
     e.handle_timeout(t0() + ms(1));
     assert_eq!(drain(&mut e).len(), 1);
     assert_eq!(e.probes_sent(), 3);
     let more = SocketAddr::new(hard_ip(), 50_001);
-    assert!(
-        e.handle_datagram(t0() + ms(1), Local::Punch, more, &dgram(PRIMING, 5, TOKEN))
-            .is_err()
+    assert_eq!(
+        e.handle_datagram(t0() + ms(1), Local::Punch, more, &dgram(PRIMING, 5, TOKEN)),
+        Err(Refusal::Redundant(50_001)),
+        "budget spent"
     );
     assert!(e.poll_transmit().is_none());
     // Its answer meets.
@@ -573,5 +574,37 @@ proptest! {
             usize::from(probes)
         };
         prop_assert!(sent <= most, "{sent} sent, at most {most}");
+    }
+}
+
+#[test]
+fn reflexive_probes_outside_the_range_do_not_disturb_the_draws() {
+    // A range of 10 ports and a budget of 10: a priming datagram from a
+    // port outside the range takes one probe, the other 9 are drawn. As
+    // the range fills up, draws fall back to picking among the free ports
+    // directly, and the outside port must not shift that pick onto a
+    // port already probed or out of the range.
+    let mut c = config();
+    (c.first_port, c.last_port, c.probes) = (3000, 3009, 10);
+    for seed in 0..32 {
+        let mut e = Birthday::easy(c, hard_ip(), [seed; 32]).unwrap();
+        e.start(t0()).unwrap();
+        let mut ports: Vec<u16> = drain(&mut e).iter().map(|t| t.destination.port()).collect();
+        let from = SocketAddr::new(hard_ip(), 80);
+        assert_eq!(
+            e.handle_datagram(t0(), Local::Punch, from, &dgram(PRIMING, 0, TOKEN)),
+            Ok(Accepted::Reflexive)
+        );
+        while let Some(at) = e.poll_timeout() {
+            e.handle_timeout(at);
+            ports.extend(drain(&mut e).iter().map(|t| t.destination.port()));
+        }
+        assert_eq!(e.probes_sent(), 10, "seed {seed}");
+        assert_eq!(ports.len(), 10, "seed {seed}");
+        let mut drawn: Vec<u16> = ports.iter().copied().filter(|p| *p != 80).collect();
+        drawn.sort_unstable();
+        drawn.dedup();
+        assert_eq!(drawn.len(), 9, "seed {seed}: {ports:?}");
+        assert!(drawn.iter().all(|p| (3000..=3009).contains(p)), "{ports:?}");
     }
 }
