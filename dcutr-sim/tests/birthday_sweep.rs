@@ -152,7 +152,9 @@ fn a_router_without_firewall_needs_low_ttl_priming() {
     // priming arrives can meet. Low-TTL priming never gets there, and the
     // formula holds again.
     let nofw = BirthdayParams::new(Side::Responder).easy(NatModel::cone_no_firewall());
-    let reached = birthday_cell(&nofw, 0..THEORY_SEEDS);
+    // About 20 % over 5000 seeds; 100 seeds (each of which probes nearly
+    // the whole budget) are plenty to stay below half.
+    let reached = birthday_cell(&nofw, 0..100);
     assert!(reached.rate() < 0.5, "{:.2} %", 100.0 * reached.rate());
     let low = birthday_cell(&nofw.low_ttl(true), 0..THEORY_SEEDS);
     assert_theory(&low);
