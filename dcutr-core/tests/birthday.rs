@@ -101,6 +101,21 @@ fn the_easy_side_paces_its_probes_exactly_then_gives_up_after_the_grace() {
         assert_eq!(p.destination.ip(), hard_ip());
         assert_eq!(p.payload, dgram(PROBE, u16::try_from(i).unwrap(), TOKEN));
     }
+    // What a silent victim at the hard side's IP gets from one punch:
+    // the documented worst case, each port once.
+    let bytes: usize = probes.iter().map(|p| p.payload.len()).sum();
+    assert_eq!(bytes, usize::from(DEFAULT_PROBES) * DATAGRAM_LEN);
+    assert_eq!(bytes, 16_384);
+    let ports: BTreeSet<u16> = probes.iter().map(|p| p.destination.port()).collect();
+    assert_eq!(ports.len(), probes.len());
+    // And nothing more, whatever arrives or however long it runs.
+    let from = SocketAddr::new(hard_ip(), probes[0].destination.port());
+    assert_eq!(
+        b.handle_datagram(last + ms(600), Local::Punch, from, &dgram(ANSWER, 0, TOKEN)),
+        Err(Refusal::Finished)
+    );
+    b.handle_timeout(last + Duration::from_secs(60));
+    assert!(b.poll_transmit().is_none());
 }
 
 #[test]
