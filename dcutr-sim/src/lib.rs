@@ -126,9 +126,11 @@
 //! ## The birthday punch
 //! [`birthday`] runs dcutr-core's birthday machines
 //! ([`dcutr_core::birthday`]) against each other through a
-//! symmetric-random and a port-restricted [`NatState`], with seeded loss
-//! and jitter, in both roles; `nat-sweep --birthday` prints its rows and
-//! the measured numbers are in that module's docs. The upgrade itself
+//! symmetric-random [`NatState`] and an endpoint-independent one
+//! (port-restricted; full cone and a router without firewall, with and
+//! without low-TTL priming, as extra rows), with seeded loss and jitter,
+//! in both roles; `nat-sweep --birthday` prints its rows and the measured
+//! numbers are in that module's docs. The upgrade itself
 //! does not run the birthday punch yet, so the main sweep's
 //! symmetric-random rows still show today's core.
 
