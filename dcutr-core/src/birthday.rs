@@ -38,7 +38,10 @@
 //! third party. A datagram counts only when it comes from the peer's IP,
 //! carries this punch's [`BirthdayConfig::token`], is of the kind the role expects, and
 //! (easy side) answers a port it probed. Everything else is refused with a
-//! typed [`Refusal`] and counted ([`Birthday::refusals`]).
+//! typed [`Refusal`] and counted ([`Birthday::refusals`]). The token only
+//! tells this punch's datagrams from stray ones; it travels in the clear
+//! and authenticates nothing: the handshake of the direct connection on
+//! the pair that met does.
 //!
 //! ## What a hostile peer can aim at a victim
 //! The easy side's probes are a port scan of one IP, and the hard side's
