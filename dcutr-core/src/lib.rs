@@ -88,11 +88,19 @@
 //! its default, and the `addr` module for the address filtering that
 //! keeps a hostile peer from aiming our dials and datagrams at third
 //! parties.
+//!
+//! ## Hard NATs
+//! The [`nat`] module classifies a NAT from observations and chooses a
+//! strategy from both peers' behaviours; [`birthday`] is the Sans-IO
+//! machine of the birthday punch that strategy asks for when one side's
+//! NAT maps each destination to a random port: the hard side opens many
+//! sockets, the easy side probes many ports, paced and bounded.
 
 #![forbid(unsafe_code)]
 
 mod addr;
 pub mod admission;
+pub mod birthday;
 mod carrier;
 mod codec;
 mod config;

@@ -11,13 +11,18 @@
 //!   --predict         sequential sides send their next ports in Connect
 //!                     (dcutr-core's SequentialPredictor; off: today's
 //!                     adapters, observed addresses only)
+//!   --birthday        the birthday punch rows instead (dcutr-core's
+//!                     birthday machines through a symmetric-random and a
+//!                     port-restricted NAT, both roles; dcutr_sim::birthday)
 //!   --json            JSON instead of the table
 //! ```
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use dcutr_core::Side;
 use dcutr_core::Transport;
+use dcutr_sim::birthday::{BirthdayCell, birthday_cell, birthday_rows, easy_label};
 use dcutr_sim::sweep::{
     Cell, DIRECT_MIN_MS, NatKind, Options, RELAY_ASYMMETRY, RELAY_ONE_WAY_MS, sweep,
 };
@@ -33,6 +38,7 @@ struct Args {
     transports: Vec<Transport>,
     kinds: Vec<NatKind>,
     options: Options,
+    birthday: bool,
     json: bool,
 }
 
@@ -43,6 +49,7 @@ fn parse() -> Result<Args, String> {
         transports: vec![Transport::Tcp, Transport::Quic],
         kinds: NatKind::ALL.to_vec(),
         options: Options::default(),
+        birthday: false,
         json: false,
     };
     let mut args = std::env::args().skip(1);
@@ -67,10 +74,11 @@ fn parse() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--json" => o.json = true,
+            "--birthday" => o.birthday = true,
             "--predict" => o.options.predict_sequential = true,
             "-h" | "--help" => {
                 return Err("usage: nat-sweep [--seeds N] [--first-seed S] \
-                            [--transport tcp|quic] [--kinds a,b,...] [--predict] [--json]"
+                            [--transport tcp|quic] [--kinds a,b,...] [--predict] [--birthday] [--json]"
                     .into());
             }
             other => return Err(format!("unknown option {other}")),
@@ -198,6 +206,79 @@ fn table(o: &Args, cells: &[Cell], wall: Duration) -> String {
     out
 }
 
+fn side(s: Side) -> &'static str {
+    match s {
+        Side::Initiator => "B (initiator)",
+        Side::Responder => "A (responder)",
+    }
+}
+
+fn birthday_json(o: &Args, cells: &[BirthdayCell], wall: Duration) -> String {
+    let rows: Vec<_> = cells
+        .iter()
+        .map(|c| {
+            let p = &c.params;
+            serde_json::json!({
+                "hard_side": side(p.hard),
+                "easy_nat": easy_label(p),
+                "low_ttl_priming": p.low_ttl_priming,
+                "sockets": p.config.sockets,
+                "probes": p.config.probes,
+                "probe_interval_us": u64::try_from(p.config.probe_interval.as_micros()).unwrap_or(u64::MAX),
+                "loss": p.loss,
+                "jitter_ms": ms(Some(p.jitter)),
+                "runs": c.runs,
+                "met": c.met,
+                "rate": c.rate(),
+                "theory": p.theory(),
+                "split": c.split,
+                "median_ms": ms(c.median),
+                "p90_ms": ms(c.p90),
+                "mean_probes": c.mean_probes,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "seeds": { "first": o.first_seed, "count": o.seeds },
+        "hard_nat": "symmetric-random",
+        "wall_ms": u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
+        "rows": rows,
+    });
+    serde_json::to_string_pretty(&doc).expect("JSON values serialise")
+}
+
+fn birthday_table(o: &Args, cells: &[BirthdayCell], wall: Duration) -> String {
+    let mut out = format!(
+        "birthday punch: hard side symmetric-random; seeds {}..{} per row; {:.1} s wall\n\n",
+        o.first_seed,
+        o.first_seed + o.seeds,
+        wall.as_secs_f64(),
+    );
+    out.push_str(
+        "hard side      easy side                  N x M       met      theory   median ms  p90 ms  split  probes/run\n",
+    );
+    out.push_str(
+        "-------------  -------------------------  ----------  -------  -------  ---------  ------  -----  ----------\n",
+    );
+    for c in cells {
+        let p = &c.params;
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        out.push_str(&format!(
+            "{:<13}  {:<25}  {:<10}  {:>6.2}%  {:>6.2}%  {:>9}  {:>6}  {:>5}  {:>10.1}\n",
+            side(p.hard),
+            easy_label(p),
+            format!("{} x {}", p.config.sockets, p.config.probes),
+            100.0 * c.rate(),
+            100.0 * p.theory(),
+            opt(ms(c.median)),
+            opt(ms(c.p90)),
+            c.split,
+            c.mean_probes,
+        ));
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let o = match parse() {
         Ok(o) => o,
@@ -207,6 +288,20 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
+    if o.birthday {
+        let seeds = o.first_seed..o.first_seed + o.seeds;
+        let cells: Vec<_> = birthday_rows()
+            .iter()
+            .map(|p| birthday_cell(p, seeds.clone()))
+            .collect();
+        let wall = started.elapsed();
+        if o.json {
+            println!("{}", birthday_json(&o, &cells, wall));
+        } else {
+            print!("{}", birthday_table(&o, &cells, wall));
+        }
+        return ExitCode::SUCCESS;
+    }
     let cells = sweep(
         o.options,
         &o.kinds,

@@ -101,10 +101,12 @@
 //!   and [`NatModel::symmetric_random`] are the usual kinds.
 //!
 //! Not modelled: packet loss and jitter (delays are fixed per run; the
-//! sweep varies them across seeds); other hosts behind the same NAT
+//! sweep varies them across seeds; only the [`birthday`] runs add seeded
+//! loss and jitter on their direct path); other hosts behind the same NAT
 //! taking ports (a sequential NAT's next port is always ours); hairpinning
 //! and both peers behind one NAT; stacked NATs (CGNAT); TTL (a low-TTL
-//! priming packet behaves like a normal one); ICMP errors killing a QUIC
+//! priming packet behaves like a normal one, except in [`birthday`] runs
+//! with [`birthday::BirthdayParams::low_ttl_priming`]); ICMP errors killing a QUIC
 //! dial; inbound refresh of mappings; the relay's own connection dropping
 //! or its mappings expiring; TCP RSTs from the peer host itself (a SYN to
 //! a port nobody listens on is dropped). Addresses are IPv4 in practice;
@@ -119,8 +121,18 @@
 //! the peers run today's core with observed addresses only
 //! ([`sweep::TODAY`]); [`sweep::Options::predict_sequential`] (`--predict`)
 //! lets a sequential side send its predicted ports
-//! ([`PeerSpec::predictor`]). The birthday punch is not in the core yet, so
-//! the sweep cannot run it.
+//! ([`PeerSpec::predictor`]).
+//!
+//! ## The birthday punch
+//! [`birthday`] runs dcutr-core's birthday machines
+//! ([`dcutr_core::birthday`]) against each other through a
+//! symmetric-random [`NatState`] and an endpoint-independent one
+//! (port-restricted; full cone and a router without firewall, with and
+//! without low-TTL priming, as extra rows), with seeded loss and jitter,
+//! in both roles; `nat-sweep --birthday` prints its rows and the measured
+//! numbers are in that module's docs. The upgrade itself
+//! does not run the birthday punch yet, so the main sweep's
+//! symmetric-random rows still show today's core.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -136,6 +148,7 @@ use dcutr_core::{
     settings::FINGERPRINT_LEN,
 };
 
+pub mod birthday;
 pub mod nat;
 pub mod sweep;
 

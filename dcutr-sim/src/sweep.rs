@@ -347,7 +347,7 @@ impl Cell {
 }
 
 /// The `q`-quantile (0 to 1) of sorted `values`, nearest rank.
-fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
+pub(crate) fn quantile(sorted: &[Duration], q: f64) -> Option<Duration> {
     if sorted.is_empty() {
         return None;
     }
