@@ -2,8 +2,7 @@
 # The real-NAT lab: builds network namespaces with nftables NAT and runs,
 # one after the other, natlab's selftest, the matrix of NAT pairs x
 # transports x relayed RTTs driving the dcutr CLI (extra arguments go to
-# `natlab matrix`, e.g. --runs 10; the QUIC cases that wait on
-# peer-reflexive learning need `--known-gaps`), the symmetric/symmetric cases again
+# `natlab matrix`, e.g. --runs 10), the symmetric/symmetric cases again
 # with coturn on the relay host and `dcutr peer --stun` (`natlab matrix
 # --stun`: both must fail at once), and stock rust-libp2p against
 # dcutr-libp2p (`natlab libp2p --runs 1`).

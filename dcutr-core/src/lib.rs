@@ -155,6 +155,8 @@ pub mod settings {
         Capabilities, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION, MAX_FRAME_LEN,
         MAX_PUNCHES_PER_IP, QuicServerPunch, SPRAY_PACKET_LEN,
     };
+    pub use crate::output::SPRAY_MARKER;
+    pub use crate::upgrade::MAX_PEER_REFLEXIVE_DIALS;
 }
 
 /// The detailed reasons inside [`Failure`], [`Event`] and the
@@ -163,7 +165,7 @@ pub mod reason {
     pub use crate::carrier::StreamUnavailable;
     pub use crate::codec::CodecError;
     pub use crate::error::Step;
-    pub use crate::output::{DirectRejection, InboundRejected};
+    pub use crate::output::{DirectRejection, InboundRejected, PeerReflexiveRefused};
 }
 
 /// The wire format (framing, the `HolePunch` protobuf, the dcutr-rs

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::addr::{Candidate, RejectionCounts, Transport};
+use crate::addr::{AddrRejection, Candidate, RejectionCounts, Transport};
 use crate::config::SPRAY_PACKET_LEN;
 use crate::error::{AttemptFailure, DialError, Failure};
 
@@ -139,6 +139,17 @@ pub enum Output {
     Event(Event),
 }
 
+/// The first bytes of every spray datagram: how the peer's punch socket
+/// tells our spray from other traffic and learns the address it came from
+/// ([`Upgrade::handle_peer_reflexive`](crate::Upgrade::handle_peer_reflexive)).
+///
+/// The first byte is 0, so the QUIC fixed bit is clear: a QUIC endpoint
+/// drops the datagram as malformed without answering it (no stateless
+/// reset, no version negotiation). The marker proves nothing about the
+/// sender, who can be anyone: the core's checks of the source are the
+/// guard.
+pub const SPRAY_MARKER: [u8; 8] = *b"\0dcutr-p";
+
 /// The random content of one spray datagram.
 ///
 /// Held as a 64-bit seed drawn from the upgrade's RNG, so that a queued
@@ -148,14 +159,24 @@ pub enum Output {
 pub struct SprayPayload(pub(crate) u64);
 
 impl SprayPayload {
-    /// The [`SPRAY_PACKET_LEN`] bytes to send: a deterministic expansion
-    /// of the seed, so replays send the same bytes.
+    /// The [`SPRAY_PACKET_LEN`] bytes to send: [`SPRAY_MARKER`], then a
+    /// deterministic expansion of the seed, so replays send the same
+    /// bytes.
     #[must_use]
     pub fn bytes(&self) -> [u8; SPRAY_PACKET_LEN] {
         use rand::{RngCore, SeedableRng};
         let mut out = [0u8; SPRAY_PACKET_LEN];
-        rand_chacha::ChaCha8Rng::seed_from_u64(self.0).fill_bytes(&mut out);
+        let (marker, rest) = out.split_at_mut(SPRAY_MARKER.len());
+        marker.copy_from_slice(&SPRAY_MARKER);
+        rand_chacha::ChaCha8Rng::seed_from_u64(self.0).fill_bytes(rest);
         out
+    }
+
+    /// Whether `datagram` looks like a spray datagram of a dcutr-rs peer:
+    /// [`SPRAY_PACKET_LEN`] bytes that start with [`SPRAY_MARKER`].
+    #[must_use]
+    pub fn is_spray(datagram: &[u8]) -> bool {
+        datagram.len() == SPRAY_PACKET_LEN && datagram.starts_with(&SPRAY_MARKER)
     }
 }
 
@@ -193,6 +214,42 @@ pub enum InboundRejected {
     /// Too many inbound connections are waiting for the identity check.
     #[error("too many inbound connections pending the identity check")]
     TooManyPending,
+}
+
+/// Why a punch datagram's source was not dialled as a peer-reflexive
+/// candidate ([`Upgrade::handle_peer_reflexive`](crate::Upgrade::handle_peer_reflexive)).
+/// Each refusal is counted in the timeline
+/// ([`Timeline::peer_reflexive_refused`](crate::record::Timeline::peer_reflexive_refused)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerReflexiveRefused {
+    /// No attempt is punching: before the punch, between attempts, or
+    /// after the outcome.
+    #[error("no attempt is punching")]
+    NotPunching,
+    /// The source's IP is not the IP of any address the peer's Connect of
+    /// this attempt named for that transport. A symmetric NAT keeps its
+    /// IP and changes only the port; another IP is a stranger, or a
+    /// hostile peer aiming our dials at a third party.
+    #[error("not an IP the peer named for this transport")]
+    NotPeerIp,
+    /// That address was dialled in this upgrade already, or is one the
+    /// punch aims at anyway.
+    #[error("address already dialled or punched")]
+    AlreadyKnown,
+    /// We are the QUIC server of this punch: the peer dials us, and the
+    /// endpoint accepts its connection from whatever port it arrives.
+    #[error("we are the QUIC server of this punch: the peer dials")]
+    PeerDials,
+    /// The address policy or our sockets refuse the address.
+    #[error("refused by the address policy: {0}")]
+    Policy(AddrRejection),
+    /// This attempt made its
+    /// [`MAX_PEER_REFLEXIVE_DIALS`](crate::settings::MAX_PEER_REFLEXIVE_DIALS)
+    /// peer-reflexive dials already, or the per-IP or per-upgrade dial
+    /// budget is spent.
+    #[error("peer-reflexive or dial budget spent")]
+    BudgetSpent,
 }
 
 /// Why a direct connection was closed before it could win.
@@ -268,6 +325,17 @@ pub enum Event {
         dials: usize,
         /// Addresses sprayed.
         spray_targets: usize,
+    },
+    /// A punch datagram of the peer arrived from an address its Connect
+    /// did not name (its symmetric NAT gave the punch a fresh port), and
+    /// we dial it as a peer-reflexive candidate.
+    PeerReflexive {
+        /// Attempt number.
+        attempt: u8,
+        /// The dial made to it.
+        id: DirectId,
+        /// Where the datagram came from, and the dial goes.
+        to: Candidate,
     },
     /// A dial failed.
     DialFailed {

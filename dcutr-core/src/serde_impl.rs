@@ -218,6 +218,11 @@ impl Serialize for Event {
                 map.serialize_entry("dials", dials)?;
                 map.serialize_entry("spray_targets", spray_targets)?;
             }
+            Event::PeerReflexive { attempt, id, to } => {
+                map.serialize_entry("attempt", attempt)?;
+                map.serialize_entry("id", id)?;
+                map.serialize_entry("to", to)?;
+            }
             Event::DialFailed { id, to, error } => {
                 map.serialize_entry("id", id)?;
                 map.serialize_entry("to", to)?;
@@ -301,6 +306,7 @@ impl Serialize for Dialled<'_> {
         map.serialize_entry("started_ms", &Since(base, d.started))?;
         map.serialize_entry("ended_ms", &since(base, d.ended))?;
         map.serialize_entry("result", &d.result)?;
+        map.serialize_entry("peer_reflexive", &d.peer_reflexive)?;
         map.end()
     }
 }
@@ -319,6 +325,7 @@ impl Serialize for Timeline {
         map.serialize_entry("dials", &dials)?;
         map.serialize_entry("inbound_accepted", &self.inbound_accepted)?;
         map.serialize_entry("inbound_rejected", &self.inbound_rejected)?;
+        map.serialize_entry("peer_reflexive_refused", &self.peer_reflexive_refused)?;
         map.serialize_entry("decided_ms", &since(base, self.decided))?;
         map.end()
     }

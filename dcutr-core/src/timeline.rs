@@ -27,6 +27,8 @@ pub struct Timeline {
     pub(crate) inbound_accepted: u32,
     /// Inbound connections refused or closed by the identity check.
     pub(crate) inbound_rejected: u32,
+    /// Punch datagram sources not dialled as peer-reflexive candidates.
+    pub(crate) peer_reflexive_refused: u32,
     /// When the outcome was decided.
     pub(crate) decided: Option<Instant>,
 }
@@ -116,6 +118,9 @@ pub struct DialRecord {
     pub(crate) ended: Option<Instant>,
     /// Its latest result.
     pub(crate) result: Option<DialResult>,
+    /// Whether it goes to a peer-reflexive candidate: the source of a
+    /// punch datagram of the peer, not an address its Connect named.
+    pub(crate) peer_reflexive: bool,
 }
 
 impl Timeline {
@@ -129,6 +134,7 @@ impl Timeline {
             dials: Vec::new(),
             inbound_accepted: 0,
             inbound_rejected: 0,
+            peer_reflexive_refused: 0,
             decided: None,
         }
     }
@@ -212,6 +218,14 @@ impl Timeline {
     #[must_use]
     pub fn decided(&self) -> Option<Instant> {
         self.decided
+    }
+
+    /// Punch datagram sources that were not dialled as peer-reflexive
+    /// candidates, for any [`PeerReflexiveRefused`](crate::reason::PeerReflexiveRefused)
+    /// reason (saturating).
+    #[must_use]
+    pub fn peer_reflexive_refused(&self) -> u32 {
+        self.peer_reflexive_refused
     }
 }
 
@@ -332,6 +346,14 @@ impl DialRecord {
     #[must_use]
     pub fn result(&self) -> Option<DialResult> {
         self.result
+    }
+
+    /// Whether it went to a peer-reflexive candidate (the source of one of
+    /// the peer's punch datagrams) rather than to an address the peer
+    /// named.
+    #[must_use]
+    pub fn is_peer_reflexive(&self) -> bool {
+        self.peer_reflexive
     }
 }
 

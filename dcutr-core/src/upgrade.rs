@@ -21,8 +21,8 @@ use crate::direct::{self, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
 use crate::nat::NatBehaviour;
 use crate::output::{
-    Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output, Role,
-    Side, SprayPayload, Timeout, TimerKind, Upgraded,
+    Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output,
+    PeerReflexiveRefused, Role, Side, SprayPayload, Timeout, TimerKind, Upgraded,
 };
 use crate::session::{Extension, Requested};
 use crate::timeline::{AttemptRecord, DialRecord, DialResult, Timeline};
@@ -30,6 +30,16 @@ use crate::timer::Timers;
 
 pub(crate) use crate::initiator::Initiating;
 pub(crate) use crate::responder::Responding;
+
+/// Most peer-reflexive dials in one attempt
+/// ([`Upgrade::handle_peer_reflexive`]). Default 2: the peer's symmetric
+/// NAT gives its punch socket one fresh port towards us, so a real peer
+/// yields one candidate per attempt; the second covers a NAT that remaps
+/// the flow during the punch. Each must come from an IP the peer named,
+/// so a hostile peer or a spoofer of its datagrams gets at most this many
+/// extra dials per attempt out of us, all on IPs the punch aims at
+/// anyway, and within the per-IP and per-upgrade dial budgets.
+pub const MAX_PEER_REFLEXIVE_DIALS: usize = 2;
 
 /// Output slots kept allocated between bursts (at least; a spray round to
 /// more targets keeps room for itself).
@@ -101,6 +111,11 @@ pub(crate) struct Punch {
     /// Every address this attempt dialled, once per dial: the targets of
     /// the QUIC client fallback and its per-IP budget.
     dialled: Vec<Candidate>,
+    /// The usable addresses of the peer's Connect: the IPs a
+    /// peer-reflexive candidate may come from.
+    advertised: Vec<Candidate>,
+    /// Peer-reflexive dials made, for [`MAX_PEER_REFLEXIVE_DIALS`].
+    reflexive: usize,
 }
 
 /// One DCUtR upgrade of one relayed connection, on one side.
@@ -117,7 +132,8 @@ pub(crate) struct Punch {
 ///   [`handle_stream_data`], [`handle_stream_closed`],
 ///   [`handle_dial_succeeded`], [`handle_dial_failed`], [`handle_inbound`],
 ///   [`handle_direct_closed`], [`handle_relay_closed`],
-///   [`handle_remote_public_addrs`], [`handle_timeout`]; also
+///   [`handle_remote_public_addrs`], [`handle_peer_reflexive`],
+///   [`handle_timeout`]; also
 ///   [`observe_local`] for a newly observed address of ours.
 /// * **Session extension inputs** (pinned TLS on a shared stream, see
 ///   `session.rs`; a spec upgrade never needs them):
@@ -153,6 +169,7 @@ pub(crate) struct Punch {
 /// [`handle_direct_data`]: Upgrade::handle_direct_data
 /// [`handle_direct_closed`]: Upgrade::handle_direct_closed
 /// [`handle_timeout`]: Upgrade::handle_timeout
+/// [`handle_peer_reflexive`]: Upgrade::handle_peer_reflexive
 /// [`handle_direct_authenticated`]: Upgrade::handle_direct_authenticated
 /// [`handle_direct_handshake_failed`]: Upgrade::handle_direct_handshake_failed
 /// [`peer_fingerprint`]: Upgrade::peer_fingerprint
@@ -524,6 +541,10 @@ impl Upgrade {
             + self.observed.heap_bytes()
             + self.failures.capacity() * size_of::<AttemptFailure>()
             + self.peer_addrs().map_or(0, |p| p.accepted.capacity()) * size_of::<Candidate>()
+            + self
+                .punching()
+                .map_or(0, |p| p.advertised.capacity() + p.dialled.capacity())
+                * size_of::<Candidate>()
             + self.unilateral_targets.capacity() * size_of::<Candidate>()
             + self.dialled.capacity() * size_of::<Candidate>()
             + self.outputs.capacity() * size_of::<Output>()
@@ -854,6 +875,108 @@ impl Upgrade {
         Ok(id)
     }
 
+    /// A datagram that claims to be the peer's punch (a dcutr-rs spray
+    /// datagram, [`SprayPayload::is_spray`]) arrived on our punch socket
+    /// from `from`, an address the peer may never have named: its
+    /// symmetric NAT gave the punch a fresh port. While an attempt punches
+    /// this dials `from` as a **peer-reflexive candidate**, with the
+    /// normal [`Output::Dial`] (and an [`Event::PeerReflexive`]), so every
+    /// check of a dial applies; the timeline marks the dial
+    /// ([`DialRecord::is_peer_reflexive`](crate::record::DialRecord::is_peer_reflexive)).
+    ///
+    /// Anyone can send such a datagram, so `from` is dialled only if its
+    /// IP is one the peer's Connect named for that transport, it was not
+    /// dialled before, the address policy allows it, and the attempt has
+    /// peer-reflexive dials left ([`MAX_PEER_REFLEXIVE_DIALS`]) as well as
+    /// room in the per-IP and per-upgrade dial budgets.
+    ///
+    /// # Errors
+    /// [`PeerReflexiveRefused`] when `from` is not dialled; counted in
+    /// [`Timeline::peer_reflexive_refused`](crate::record::Timeline::peer_reflexive_refused).
+    pub fn handle_peer_reflexive(
+        &mut self,
+        now: Instant,
+        from: Candidate,
+    ) -> Result<DirectId, PeerReflexiveRefused> {
+        self.advance(now);
+        let result = self.peer_reflexive(from);
+        match result {
+            Ok(id) => tracing::debug!(%id, %from, "dialling a peer-reflexive candidate"),
+            Err(reason) => {
+                self.timeline.peer_reflexive_refused =
+                    self.timeline.peer_reflexive_refused.saturating_add(1);
+                tracing::debug!(%from, %reason, "peer-reflexive candidate refused");
+            }
+        }
+        result
+    }
+
+    fn peer_reflexive(&mut self, from: Candidate) -> Result<DirectId, PeerReflexiveRefused> {
+        let State::Punching(punch) = &self.state else {
+            return Err(PeerReflexiveRefused::NotPunching);
+        };
+        let window_end = self
+            .timers
+            .deadline(TimerKind::PunchWindow)
+            .ok_or(PeerReflexiveRefused::NotPunching)?;
+        let named_ip = punch
+            .advertised
+            .iter()
+            .any(|c| c.transport == from.transport && c.addr.ip() == from.addr.ip());
+        if !named_ip {
+            return Err(PeerReflexiveRefused::NotPeerIp);
+        }
+        let sprayed = from.transport == Transport::Quic
+            && punch
+                .spray
+                .as_ref()
+                .is_some_and(|s| s.targets.contains(&from.addr));
+        if self.dialled.contains(&from) || punch.advertised.contains(&from) || sprayed {
+            return Err(PeerReflexiveRefused::AlreadyKnown);
+        }
+        let role = match (from.transport, self.side, self.config.quic_server_punch) {
+            (Transport::Quic, Side::Initiator, QuicServerPunch::Spray) => {
+                return Err(PeerReflexiveRefused::PeerDials);
+            }
+            (Transport::Quic, Side::Initiator, QuicServerPunch::DialAsClient) => Role::Client,
+            (_, Side::Initiator, _) => Role::Server,
+            (_, Side::Responder, _) => Role::Client,
+        };
+        self.config
+            .address_policy
+            .check(&from)
+            .map_err(PeerReflexiveRefused::Policy)?;
+        if !self.config.dialable.allows(&from) {
+            return Err(PeerReflexiveRefused::Policy(AddrRejection::NotDialable));
+        }
+        let on_ip = punch
+            .dialled
+            .iter()
+            .filter(|c| c.addr.ip() == from.addr.ip())
+            .count();
+        if punch.reflexive >= MAX_PEER_REFLEXIVE_DIALS
+            || on_ip >= self.config.max_punches_per_ip
+            || self.dials_made >= self.config.max_dials_per_upgrade
+        {
+            return Err(PeerReflexiveRefused::BudgetSpent);
+        }
+        let id = self.dial(from, role, DialPurpose::HolePunch, window_end);
+        if let Some(record) = self.timeline.dial_mut(id) {
+            record.peer_reflexive = true;
+        }
+        if let State::Punching(punch) = &mut self.state {
+            punch.dials += 1;
+            punch.dialled.push(from);
+            punch.reflexive += 1;
+        }
+        self.outputs.push_back(Output::Event(Event::PeerReflexive {
+            attempt: self.attempt,
+            id,
+            to: from,
+        }));
+        Ok(id)
+    }
+
     /// Direct connection `id` closed (before it won, or we do not care).
     pub fn handle_direct_closed(&mut self, now: Instant, id: DirectId) {
         self.advance(now);
@@ -1091,6 +1214,7 @@ impl Upgrade {
         let mut quic_server_dials = false;
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
         let remote = peer.accepted;
+        let advertised = remote.clone();
         // A unilateral dial still pending to one of these stays: in the
         // spec's mode the responder takes any connection at once, so the
         // dial may already be the connection it chose (libp2p cannot
@@ -1144,6 +1268,8 @@ impl Upgrade {
             received: peer.received,
             dropped: peer.dropped,
             dialled,
+            advertised,
+            reflexive: 0,
         });
         self.spray_round();
         self.check_progress();
@@ -1155,7 +1281,7 @@ impl Upgrade {
         role: Role,
         purpose: DialPurpose,
         deadline: Instant,
-    ) {
+    ) -> DirectId {
         let attempt = match purpose {
             DialPurpose::Unilateral => 0,
             DialPurpose::HolePunch => self.attempt,
@@ -1181,6 +1307,7 @@ impl Upgrade {
             started: self.now,
             ended: None,
             result: None,
+            peer_reflexive: false,
         });
         self.outputs.push_back(Output::Dial(Dial {
             id,
@@ -1189,6 +1316,16 @@ impl Upgrade {
             purpose,
             attempt,
         }));
+        id
+    }
+
+    /// The punch of the current attempt, while it runs.
+    #[cfg(feature = "internals")]
+    fn punching(&self) -> Option<&Punch> {
+        match &self.state {
+            State::Punching(punch) => Some(punch),
+            _ => None,
+        }
     }
 
     /// The spray of the attempt being punched, if it has one.

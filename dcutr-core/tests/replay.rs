@@ -86,7 +86,9 @@ fn wire_digest(log: &[Record]) -> (usize, u64) {
 /// before the session became a builder call (issue 11: dcutr-core at
 /// 09f88f6, `Config::default()` and `Config::shared_stream()` in the same
 /// world): moving the mode out of `Config` changed no byte, and a change
-/// to the wire shows up here.
+/// to the wire shows up here. The QUIC rows changed once since, on
+/// purpose: spray datagrams now start with `SPRAY_MARKER` (peer-reflexive
+/// learning, issue 13); the TCP rows did not move.
 #[test]
 fn seeded_runs_put_the_recorded_bytes_on_the_wire() {
     for (protocol, transport, recorded) in [
@@ -98,7 +100,7 @@ fn seeded_runs_put_the_recorded_bytes_on_the_wire() {
         (
             Protocol::Spec,
             Transport::Quic,
-            (62, 7_971_547_567_119_990_099),
+            (62, 3_820_342_349_844_723_969),
         ),
         (
             Protocol::Session,
@@ -108,7 +110,7 @@ fn seeded_runs_put_the_recorded_bytes_on_the_wire() {
         (
             Protocol::Session,
             Transport::Quic,
-            (65, 16_162_765_868_441_878_216),
+            (65, 805_152_438_145_379_502),
         ),
     ] {
         let log = run_as(protocol, 42, transport);

@@ -516,6 +516,9 @@ enum Wake<T> {
     /// A pinned inbound QUIC handshake failed after the other end
     /// presented a certificate.
     QuicRefused(SocketAddr, Option<Fingerprint>),
+    /// A spray datagram of a dcutr-rs peer arrived at the QUIC socket
+    /// from this address: maybe a peer-reflexive candidate.
+    PunchSource(SocketAddr),
     ListenerFailed(io::Error),
 }
 
@@ -594,6 +597,9 @@ impl<'r, R: Runtime> Driver<'r, R> {
         let core = builder.start(start).map_err(UpgradeFailure::Config)?;
         let (events_tx, events_rx) = mpsc::unbounded();
         let quic_accept = options.quic.as_ref().map(|q| accept_next(&q.endpoint));
+        if let Some(quic) = &options.quic {
+            quic.clear_punch_sources();
+        }
         Ok(Driver {
             runtime,
             core,
@@ -810,6 +816,11 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 None => self.quic_accept = None,
             }
         }
+        if let Some(quic) = &self.quic
+            && let Poll::Ready(from) = quic.poll_punch_source(cx)
+        {
+            return Poll::Ready(Wake::PunchSource(from));
+        }
         while let Poll::Ready(Some((number, conn))) = self.quic_handshakes.poll_next_unpin(cx) {
             let Some(pos) = self.handshakes.iter().position(|h| h.number == number) else {
                 continue; // evicted
@@ -922,6 +933,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 // Tell the core, so the refusal is typed and counted.
                 if let Ok(id) = self.core.handle_inbound(now, Candidate::quic(from)) {
                     self.core.handle_direct_handshake_failed(now, id, presented);
+                }
+            }
+            Wake::PunchSource(from) => {
+                // The core decides, logs and counts; a dial it makes is
+                // carried out with the other outputs.
+                if let Err(reason) = self.core.handle_peer_reflexive(now, Candidate::quic(from)) {
+                    tracing::trace!(%from, %reason, "punch source not dialled");
                 }
             }
             Wake::ListenerFailed(error) => {

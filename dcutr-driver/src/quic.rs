@@ -21,11 +21,30 @@
 //! datagram support, the idle timeout): those are the application's from
 //! the start, and the connection-wide window is what bounds them until
 //! the check passes.
+//!
+//! ## Peer-reflexive sources
+//! A symmetric NAT in front of the peer sends its spray from a fresh port
+//! that the peer could not advertise. quinn drops spray datagrams (they
+//! are not QUIC), so the endpoint's socket is wrapped (`PunchSocket`): it
+//! hands every datagram to quinn unchanged and notes the source of each
+//! one that carries the spray marker
+//! ([`dcutr_core::SprayPayload::is_spray`]), at most
+//! [`PUNCH_SOURCES_QUEUED`] at a time, for the driver to pass to the core
+//! ([`dcutr_core::Upgrade::handle_peer_reflexive`]), which decides whether
+//! to dial it.
 
-use std::io;
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use dcutr_core::SprayPayload;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -77,6 +96,14 @@ pub const PUNCH_INCOMING_BUFFER: u64 = 4 << 10;
 /// Bytes quinn may buffer for all queued connection attempts together.
 /// Default 64 KiB.
 pub const PUNCH_INCOMING_BUFFER_TOTAL: u64 = 64 << 10;
+
+/// Sources of marked spray datagrams the punch socket holds for the
+/// driver; more are dropped until it takes some. Default 16: a real peer
+/// sprays from one or two ports, and the core dials at most
+/// [`MAX_PEER_REFLEXIVE_DIALS`](dcutr_core::settings::MAX_PEER_REFLEXIVE_DIALS)
+/// of them per attempt, so a flood of marked datagrams costs 16 addresses
+/// of memory and no dial the core did not allow.
+pub const PUNCH_SOURCES_QUEUED: usize = 16;
 
 /// What a QUIC connection allows once it won the upgrade, or, for what
 /// quinn fixes at the handshake, from the start.
@@ -137,6 +164,7 @@ pub struct QuicSocket {
     server_config: quinn::ServerConfig,
     limits: QuicLimits,
     spray: UdpSocket,
+    sources: Arc<PunchSources>,
 }
 
 impl QuicSocket {
@@ -193,10 +221,15 @@ impl QuicSocket {
         let spray = socket.try_clone()?;
         spray.set_nonblocking(true)?;
         harden(&mut server_config, &mut client_config, &limits);
-        let endpoint = quinn::Endpoint::new(
+        let sources = Arc::new(PunchSources::default());
+        let wrapped = Arc::new(PunchSocket {
+            inner: runtime.wrap_udp_socket(socket)?,
+            sources: sources.clone(),
+        });
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server_config.clone()),
-            socket,
+            wrapped,
             runtime,
         )?;
         Ok(QuicSocket {
@@ -205,6 +238,7 @@ impl QuicSocket {
             server_config,
             limits,
             spray,
+            sources,
         })
     }
 
@@ -259,6 +293,18 @@ impl QuicSocket {
         self.endpoint.local_addr()
     }
 
+    /// The source of the next marked spray datagram that arrived, or
+    /// `Pending` (and a wake-up when one arrives).
+    pub(crate) fn poll_punch_source(&self, cx: &mut Context<'_>) -> Poll<SocketAddr> {
+        self.sources.poll_next(cx)
+    }
+
+    /// Forgets the sources noted so far: they arrived before this
+    /// upgrade started and belong to no punch of it.
+    pub(crate) fn clear_punch_sources(&self) {
+        self.sources.clear();
+    }
+
     /// Sends one spray datagram, without waiting: a full send buffer drops
     /// it, which a spray tolerates.
     pub(crate) fn spray(&self, payload: &[u8], to: SocketAddr) {
@@ -269,6 +315,124 @@ impl QuicSocket {
             }
             Err(e) => tracing::debug!(%to, error = %e, "spray datagram failed"),
         }
+    }
+}
+
+/// The sources of marked spray datagrams, between the socket and the
+/// driver: a bounded queue and the waker of the task that waits on it.
+#[derive(Debug, Default)]
+struct PunchSources {
+    inner: Mutex<SourcesInner>,
+}
+
+#[derive(Debug, Default)]
+struct SourcesInner {
+    queue: VecDeque<SocketAddr>,
+    /// Marked datagrams whose source did not fit in the queue.
+    dropped: u64,
+    waker: Option<Waker>,
+}
+
+impl PunchSources {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SourcesInner> {
+        // Nothing panics while holding the lock; recover anyway.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, from: SocketAddr) {
+        let mut inner = self.lock();
+        if inner.queue.len() >= PUNCH_SOURCES_QUEUED {
+            inner.dropped = inner.dropped.saturating_add(1);
+            tracing::debug!(%from, dropped = inner.dropped, "punch source queue full: dropped");
+            return;
+        }
+        tracing::debug!(%from, "marked punch datagram");
+        inner.queue.push_back(from);
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<SocketAddr> {
+        let mut inner = self.lock();
+        match inner.queue.pop_front() {
+            Some(from) => Poll::Ready(from),
+            None => {
+                inner.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.lock().queue.clear();
+    }
+}
+
+/// The QUIC endpoint's socket: everything goes to and from quinn
+/// unchanged, and the sources of received spray datagrams
+/// ([`SprayPayload::is_spray`]) are noted for the driver.
+struct PunchSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    sources: Arc<PunchSources>,
+}
+
+impl fmt::Debug for PunchSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PunchSocket")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncUdpSocket for PunchSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let received = self.inner.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(count)) = &received {
+            for (buf, m) in bufs.iter().zip(meta.iter()).take(*count) {
+                if m.stride == 0 {
+                    continue;
+                }
+                let len = m.len.min(buf.len());
+                // With GRO one buffer holds several datagrams, `stride`
+                // bytes apart.
+                if buf[..len].chunks(m.stride).any(SprayPayload::is_spray) {
+                    self.sources.push(m.addr);
+                }
+            }
+        }
+        received
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
     }
 }
 

@@ -261,7 +261,11 @@ async fn a_man_in_the_middle_over_quic_is_refused_on_both_sides() {
     let a_quic = dcutr_tokio::quic_socket(dcutr_tokio::udp_socket(any).unwrap()).unwrap();
     let (b_addr, a_addr) = (b_quic.local_addr().unwrap(), a_quic.local_addr().unwrap());
     let (server, _) = strangers::pinned_server_config();
-    let m_server = quinn::Endpoint::server(server, any).unwrap();
+    // On another IP than B's real socket: A learns that socket from B's
+    // spray, and would reach B directly (peer-reflexive learning) if B
+    // named its IP; naming only the attacker's keeps A dialling it.
+    let m_any: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let m_server = quinn::Endpoint::server(server, m_any).unwrap();
     let m_addr = m_server.local_addr().unwrap();
     let m_client = strangers::stranger_endpoint_with_certificate();
     let m_client_addr = m_client.local_addr().unwrap();

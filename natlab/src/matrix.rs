@@ -73,11 +73,6 @@ pub struct Args {
     /// (scripts/install-coturn.sh).
     #[arg(long)]
     pub stun: bool,
-    /// Also run the report-only cases that wait on peer-reflexive
-    /// learning ([`QUIC_NEEDS_PEER_REFLEXIVE`]): 4 cases of ~15 s each
-    /// (three failing attempts), kept out of the default matrix's time.
-    #[arg(long)]
-    pub known_gaps: bool,
     /// Filter ("cone/public", "quic", "rtt100"), output and run id.
     #[command(flatten)]
     pub common: Common,
@@ -192,16 +187,6 @@ pub const PAIRS: &[(&str, Site, Site, Expect)] = &[
     ),
 ];
 
-/// Pairs whose QUIC cases cannot upgrade until the library learns
-/// peer-reflexive candidates (issue 13 §2): A, the QUIC client, sits behind
-/// endpoint-independent filtering and only dials B's advertised address,
-/// whose symmetric WAN port is the one towards the relay; B's punch packets
-/// do reach A's socket through A's NAT, from a fresh port that A never
-/// dials. Over TCP the same packet is B's SYN and A's listener accepts it,
-/// so TCP upgrades. Report only (must be clean) until then.
-pub const QUIC_NEEDS_PEER_REFLEXIVE: &[&str] =
-    &["full-cone/symmetric", "address-restricted/symmetric"];
-
 /// One cell of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Case {
@@ -241,17 +226,9 @@ impl Case {
         // Knowing both NATs, the peers see that no punch can meet.
         if self.stun && a == Site::SYMMETRIC && b == Site::SYMMETRIC {
             Expect::CannotMeet
-        } else if self.known_gap() {
-            Expect::Clean
         } else {
             expect
         }
-    }
-
-    /// One of the [`QUIC_NEEDS_PEER_REFLEXIVE`] cases.
-    #[must_use]
-    pub fn known_gap(&self) -> bool {
-        self.transport == Transport::Quic && QUIC_NEEDS_PEER_REFLEXIVE.contains(&PAIRS[self.pair].0)
     }
 }
 
@@ -275,12 +252,11 @@ pub fn all_cases() -> Vec<Case> {
         .collect()
 }
 
-/// The cases `natlab matrix` runs: [`all_cases`], without the known gaps
-/// unless `known_gaps`, each with `stun` set as given.
-pub fn matrix_cases(known_gaps: bool, stun: bool) -> Vec<Case> {
+/// The cases `natlab matrix` runs: [`all_cases`], each with `stun` set as
+/// given.
+pub fn matrix_cases(stun: bool) -> Vec<Case> {
     all_cases()
         .into_iter()
-        .filter(|case| known_gaps || !case.known_gap())
         .map(|case| Case { stun, ..case })
         .collect()
 }
@@ -326,7 +302,7 @@ impl Campaign for Driven<Args> {
     const BUDGET: Option<Duration> = Some(MATRIX_BUDGET);
 
     fn cases(&self) -> Vec<Case> {
-        matrix_cases(self.args.known_gaps, self.args.stun)
+        matrix_cases(self.args.stun)
     }
 
     fn topology(&self, case: &Case, _run: u32) -> TopologySpec {
@@ -660,61 +636,48 @@ mod tests {
     }
 
     #[test]
-    fn the_known_gaps_are_report_only_quic_cases_outside_the_default_matrix() {
-        let gaps: Vec<String> = all_cases()
+    fn symmetric_b_behind_an_endpoint_independent_a_must_upgrade_over_quic_too() {
+        // Once the 4 known gaps (A dialled only B's dead relay mapping);
+        // peer-reflexive learning makes them upgrade, and the default
+        // matrix runs every case.
+        assert_eq!(matrix_cases(false).len(), 60);
+        assert!(matrix_cases(true).iter().all(|c| c.stun));
+        let mut upgrades = Vec::new();
+        for pair in ["full-cone/symmetric", "address-restricted/symmetric"] {
+            let pair = PAIRS.iter().position(|p| p.0 == pair).unwrap();
+            for case in all_cases().into_iter().filter(|c| c.pair == pair) {
+                assert_eq!(
+                    case.expect(),
+                    Expect::Upgrade { unilateral: false },
+                    "{}",
+                    case.name()
+                );
+                upgrades.push(case);
+            }
+        }
+        assert_eq!(upgrades.len(), 8, "both pairs, both transports, both RTTs");
+        // A clean failure of such a QUIC case is now a failed case.
+        let quic = upgrades
             .iter()
-            .filter(|c| c.known_gap())
-            .map(Named::name)
-            .collect();
-        assert_eq!(
-            gaps,
-            [
-                "full-cone/symmetric quic rtt0",
-                "full-cone/symmetric quic rtt100",
-                "address-restricted/symmetric quic rtt0",
-                "address-restricted/symmetric quic rtt100",
-            ]
-        );
-        let default = matrix_cases(false, false);
-        assert_eq!(default.len(), 56);
-        assert!(default.iter().all(|c| !c.known_gap()));
-        assert_eq!(matrix_cases(true, true).len(), 60);
-        assert!(matrix_cases(true, true).iter().all(|c| c.stun));
-        // Report only over QUIC; the same pairs over TCP, and the other
-        // role over QUIC, must upgrade.
-        let gap = all_cases().into_iter().find(Case::known_gap).unwrap();
-        assert_eq!(gap.expect(), Expect::Clean);
-        let tcp = Case {
-            transport: Transport::Tcp,
-            ..gap
-        };
-        assert_eq!(tcp.expect(), Expect::Upgrade { unilateral: false });
-        let other_role = PAIRS
-            .iter()
-            .position(|p| p.0 == "symmetric/full-cone")
+            .find(|c| c.transport == Transport::Quic)
+            .copied()
             .unwrap();
-        let other = Case {
-            pair: other_role,
-            ..gap
-        };
-        assert_eq!(other.expect(), Expect::Upgrade { unilateral: false });
-        // A failing run of a gap case passes as long as it is clean.
-        let pair = "full-cone/symmetric";
-        let quic_down = Seen {
+        let mut quic_down = Seen {
             a: down("client", 3),
             b: down("server", 3),
             duration: Duration::from_secs(15),
             ..Seen::default()
         };
-        let mut quic_down = quic_down;
         for r in [&mut quic_down.a, &mut quic_down.b] {
             r.result.as_mut().unwrap().transport = "quic".into();
         }
-        let r = judge(&gap, 1, quic_down, vec![]);
-        assert_eq!(PAIRS[gap.pair].0, pair);
-        assert!(r.passed(), "{:?}", r.violations);
-        let tcp_down = run(pair, down("client", 3), down("server", 3), 15);
-        assert!(tcp_down.has("expected an upgrade, got failed-clean"));
+        let r = judge(&quic, 1, quic_down, vec![]);
+        assert!(!r.passed());
+        assert!(
+            r.has("expected an upgrade, got failed-clean"),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]
