@@ -73,6 +73,11 @@ pub struct Args {
     /// (scripts/install-coturn.sh).
     #[arg(long)]
     pub stun: bool,
+    /// Also run every ordered pair of the endpoint-independent kinds
+    /// ([`EI_KINDS`]) that the default pairs lack: 18 pairs, 72 cases on
+    /// tokio, named "A vs B" (issue 13: every such pair must upgrade).
+    #[arg(long)]
+    pub ei_grid: bool,
     /// Filter ("cone/public", "quic", "rtt100"), output and run id.
     #[command(flatten)]
     pub common: Common,
@@ -187,10 +192,51 @@ pub const PAIRS: &[(&str, Site, Site, Expect)] = &[
     ),
 ];
 
+/// A pair's name, A's site, B's site and what it must show.
+pub type Pair = (&'static str, Site, Site, Expect);
+
+/// The endpoint-independent kinds (mapping and, but for no-firewall,
+/// filtering) whose every pair issue 13 asks to upgrade.
+pub const EI_KINDS: [Site; 5] = [
+    Site::CONE,
+    Site::CONE_NO_FIREWALL,
+    Site::FULL_CONE,
+    Site::ADDRESS_RESTRICTED,
+    Site::Cgnat,
+];
+
+/// Every pair the matrix knows: [`PAIRS`] (the default matrix), then each
+/// ordered pair of [`EI_KINDS`] that `PAIRS` lacks (`--ei-grid`). A grid
+/// pair is named "A vs B", so that `--filter "cone/cone "` keeps matching
+/// only cone/cone; it must upgrade, except that a pair with a router
+/// without firewall is report only, as cone/cone-no-firewall is (an
+/// early packet from the peer can move that router's mapping).
+pub fn pairs() -> &'static [Pair] {
+    static ALL: std::sync::LazyLock<Vec<Pair>> = std::sync::LazyLock::new(|| {
+        let mut all = PAIRS.to_vec();
+        for a in EI_KINDS {
+            for b in EI_KINDS {
+                if all.iter().any(|p| (p.1, p.2) == (a, b)) {
+                    continue;
+                }
+                let name: &'static str = Box::leak(format!("{a} vs {b}").into_boxed_str());
+                let expect = if a == Site::CONE_NO_FIREWALL || b == Site::CONE_NO_FIREWALL {
+                    Expect::Clean
+                } else {
+                    Expect::Upgrade { unilateral: false }
+                };
+                all.push((name, a, b, expect));
+            }
+        }
+        all
+    });
+    &ALL
+}
+
 /// One cell of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Case {
-    /// Index into [`PAIRS`].
+    /// Index into [`pairs`].
     pub pair: usize,
     pub transport: Transport,
     /// One-way delay the relay adds (0 or [`RELAY_DELAY_MS`]).
@@ -206,7 +252,7 @@ impl Named for Case {
     fn name(&self) -> String {
         let mut name = format!(
             "{} {} rtt{}",
-            PAIRS[self.pair].0,
+            pairs()[self.pair].0,
             self.transport,
             2 * self.relay_delay_ms
         );
@@ -222,7 +268,7 @@ impl Named for Case {
 
 impl Case {
     fn expect(&self) -> Expect {
-        let (_, a, b, expect) = PAIRS[self.pair];
+        let (_, a, b, expect) = pairs()[self.pair];
         // Knowing both NATs, the peers see that no punch can meet.
         if self.stun && a == Site::SYMMETRIC && b == Site::SYMMETRIC {
             Expect::CannotMeet
@@ -237,19 +283,28 @@ impl Case {
 pub fn all_cases() -> Vec<Case> {
     let runs = (0..PAIRS.len()).map(|p| (p, DEFAULT_RUNTIME));
     let extra = EXTRA_RUNTIMES.iter().map(|&r| (0, r));
-    runs.chain(extra)
-        .flat_map(|(pair, runtime)| {
-            TRANSPORTS.into_iter().flat_map(move |transport| {
-                [0, RELAY_DELAY_MS].map(|relay_delay_ms| Case {
-                    pair,
-                    transport,
-                    relay_delay_ms,
-                    runtime,
-                    stun: false,
-                })
+    cells(runs.chain(extra))
+}
+
+/// The cases of the pairs [`pairs`] adds to [`PAIRS`], on tokio.
+pub fn grid_cases() -> Vec<Case> {
+    cells((PAIRS.len()..pairs().len()).map(|p| (p, DEFAULT_RUNTIME)))
+}
+
+/// Each (pair, runtime) over both transports and both relayed RTTs.
+fn cells(runs: impl Iterator<Item = (usize, &'static str)>) -> Vec<Case> {
+    runs.flat_map(|(pair, runtime)| {
+        TRANSPORTS.into_iter().flat_map(move |transport| {
+            [0, RELAY_DELAY_MS].map(|relay_delay_ms| Case {
+                pair,
+                transport,
+                relay_delay_ms,
+                runtime,
+                stun: false,
             })
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// The cases `natlab matrix` runs: [`all_cases`], each with `stun` set as
@@ -302,11 +357,16 @@ impl Campaign for Driven<Args> {
     const BUDGET: Option<Duration> = Some(MATRIX_BUDGET);
 
     fn cases(&self) -> Vec<Case> {
-        matrix_cases(self.args.stun)
+        let mut cases = matrix_cases(self.args.stun);
+        if self.args.ei_grid {
+            let stun = self.args.stun;
+            cases.extend(grid_cases().into_iter().map(|case| Case { stun, ..case }));
+        }
+        cases
     }
 
     fn topology(&self, case: &Case, _run: u32) -> TopologySpec {
-        let (_, a, b, _) = PAIRS[case.pair];
+        let (_, a, b, _) = pairs()[case.pair];
         let mut spec = TopologySpec::new(a, b);
         spec.delay[0] = self.args.direct_delay_ms.map(DelaySpec::fixed);
         spec
@@ -475,7 +535,7 @@ pub fn judge(case: &Case, run: u32, seen: Seen, mut v: Vec<String>) -> Record<De
     let pick = |f: fn(&CliResult) -> Option<f64>| rb.and_then(f).or_else(|| ra.and_then(f));
     let (rtt_ms, direct_rtt_ms) = (pick(|r| r.rtt_ms), pick(|r| r.direct_rtt_ms));
     let time_to_direct_ms = pick(|r| r.time_to_direct_ms);
-    let (name, a_site, b_site, _) = PAIRS[case.pair];
+    let (name, a_site, b_site, _) = pairs()[case.pair];
     let expect = case.expect();
     let detail = Detail {
         pair: name.into(),
@@ -610,6 +670,32 @@ mod tests {
             "cgnat/cgnat quic rtt100",
         ] {
             assert!(names.contains(&n.to_string()), "{n}");
+        }
+    }
+
+    #[test]
+    fn the_grid_adds_every_missing_ordered_pair_of_the_independent_kinds() {
+        let grid = &pairs()[PAIRS.len()..];
+        // 25 ordered pairs, 7 of them already default pairs.
+        assert_eq!(grid.len(), 18);
+        for a in EI_KINDS {
+            for b in EI_KINDS {
+                let n = pairs().iter().filter(|p| (p.1, p.2) == (a, b)).count();
+                assert_eq!(n, 1, "{a}/{b}");
+            }
+        }
+        assert_eq!(grid_cases().len(), 72);
+        let names: Vec<String> = grid_cases().iter().map(Named::name).collect();
+        assert!(names.contains(&"full-cone vs cone quic rtt100".to_owned()));
+        assert!(names.iter().all(|n| !n.contains("cone/cone ")));
+        for (name, a, b, expect) in grid {
+            let no_firewall = *a == Site::CONE_NO_FIREWALL || *b == Site::CONE_NO_FIREWALL;
+            let want = if no_firewall {
+                Expect::Clean
+            } else {
+                Expect::Upgrade { unilateral: false }
+            };
+            assert_eq!(*expect, want, "{name}");
         }
     }
 
