@@ -127,6 +127,9 @@ pub enum Input {
     DialFailed(Target, DialError),
     /// A connection arrived from this address.
     Inbound(Candidate),
+    /// A spray datagram arrived at the punch socket from this address
+    /// (`Upgrade::handle_peer_reflexive`).
+    PeerReflexive(Candidate),
     /// Bytes on a direct connection.
     DirectData(Target, DirectPayload),
     /// A direct connection closed.
@@ -228,6 +231,10 @@ pub struct Driver {
     attempts: u8,
     spray_in_attempt: u32,
     punch_dials_in_attempt: usize,
+    /// The source of the spray datagram being applied: the only address
+    /// a hole-punch dial may go to without a Connect naming it.
+    reflexive_source: Option<Candidate>,
+    reflexive_dials_in_attempt: usize,
     unilateral_dials: usize,
     /// Every output, in order, for replay comparisons.
     pub log: Vec<Output>,
@@ -287,6 +294,8 @@ impl Driver {
             attempts: 0,
             spray_in_attempt: 0,
             punch_dials_in_attempt: 0,
+            reflexive_source: None,
+            reflexive_dials_in_attempt: 0,
             unilateral_dials: 0,
             log: Vec::new(),
         };
@@ -353,6 +362,7 @@ impl Driver {
         self.now = target;
         self.apply(&step.input);
         self.drain();
+        self.reflexive_source = None;
         self.check_state();
     }
 
@@ -394,6 +404,10 @@ impl Driver {
                     self.connected.insert(id);
                     self.known.push(id);
                 }
+            }
+            Input::PeerReflexive(from) => {
+                self.reflexive_source = Some(*from);
+                let _ = self.up.handle_peer_reflexive(now, *from);
             }
             Input::DirectData(t, payload) => {
                 let id = self.resolve(*t);
@@ -844,11 +858,30 @@ impl Driver {
                 assert!(self.unilateral_dials <= cfg.max_remote_addrs);
             }
             DialPurpose::HolePunch => {
-                assert!(
-                    self.named_by_a_connect(&dial.to),
-                    "hole-punch dial to {}, which no Connect named",
-                    dial.to
-                );
+                let named = self.named_by_a_connect(&dial.to);
+                if !named {
+                    // Only the source of the spray datagram just applied,
+                    // on an IP a Connect named, within its own budget.
+                    assert_eq!(
+                        self.reflexive_source,
+                        Some(dial.to),
+                        "hole-punch dial to {}, which no Connect named",
+                        dial.to
+                    );
+                    assert!(
+                        self.allowed.iter().any(|c| c.transport == dial.to.transport
+                            && c.addr.ip() == dial.to.addr.ip()),
+                        "peer-reflexive dial to {}, on an IP no Connect named",
+                        dial.to
+                    );
+                    self.reflexive_dials_in_attempt += 1;
+                    assert!(
+                        self.reflexive_dials_in_attempt
+                            <= dcutr_core::settings::MAX_PEER_REFLEXIVE_DIALS,
+                        "{} peer-reflexive dials in one attempt",
+                        self.reflexive_dials_in_attempt
+                    );
+                }
                 assert!(
                     dial.attempt >= 1 && dial.attempt == self.attempts,
                     "dial for attempt {} during attempt {}",
@@ -866,7 +899,8 @@ impl Driver {
                 );
                 self.punch_dials_in_attempt += 1;
                 assert!(
-                    self.punch_dials_in_attempt <= cfg.max_remote_addrs,
+                    self.punch_dials_in_attempt
+                        <= cfg.max_remote_addrs + dcutr_core::settings::MAX_PEER_REFLEXIVE_DIALS,
                     "{} dials in one attempt",
                     self.punch_dials_in_attempt
                 );
@@ -896,6 +930,7 @@ impl Driver {
                 );
                 self.spray_in_attempt = 0;
                 self.punch_dials_in_attempt = 0;
+                self.reflexive_dials_in_attempt = 0;
             }
             Event::RemoteAddrs { accepted, .. } => {
                 assert!(accepted.len() <= self.config.max_remote_addrs);

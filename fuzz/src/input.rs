@@ -265,6 +265,8 @@ pub enum InputIn {
     ObserveLocal(AddrIn),
     /// The honest peer's next move.
     Honest,
+    /// A spray datagram arrived at the punch socket from this address.
+    PeerReflexive(AddrIn),
 }
 
 /// How far time moves before an input.
@@ -317,6 +319,7 @@ impl StepIn {
                 },
             ),
             InputIn::Inbound(a) => Input::Inbound(a.candidate()),
+            InputIn::PeerReflexive(a) => Input::PeerReflexive(a.candidate()),
             InputIn::DirectData(t, d) => Input::DirectData(
                 t.target(),
                 match d {
