@@ -15,9 +15,9 @@
 //!
 //! A CGNAT site ([`Site::Cgnat`]) puts one more NAT between the bridge and
 //! the home router: `<p>c<site>` holds the public WAN address
-//! (203.0.113.1x) and its `lan` 100.64.<site>.1, and the home router's `wan`
-//! is 100.64.<site>.2 (RFC 6598 shared address space) with its default
-//! route through the carrier.
+//! (203.0.113.1x) and its `lan` `100.64.<site>.1`, and the home router's
+//! `wan` is `100.64.<site>.2` (RFC 6598 shared address space) with its
+//! default route through the carrier.
 //!
 //! Every interface has a fixed MAC derived from its IPv4 address, and every
 //! host knows its neighbours' MACs as permanent entries, so no packet waits
