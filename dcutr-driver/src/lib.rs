@@ -1260,6 +1260,22 @@ impl<R: Runtime> Carrier for Io<'_, R> {
         Ok(())
     }
 
+    fn send_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
+        // Not carried out yet: fresh sockets are not opened, and a
+        // datagram from the punch socket is not sent. The core's punch
+        // then ends Exhausted or TimedOut with a typed reason.
+        tracing::debug!(local = %transmit.local, to = %transmit.destination, "birthday datagram not sent: fresh sockets not implemented");
+    }
+
+    fn close_fresh(&mut self, _keep: Option<u16>) {
+        // No fresh socket is ever opened (see `send_birthday`).
+    }
+
+    fn dial_fresh(&mut self, socket: u16, dial: dcutr_core::Dial) -> Result<(), DialError> {
+        tracing::debug!(socket, to = %dial.to, "dial from a birthday socket not implemented");
+        Err(DialError::Io(std::io::ErrorKind::Unsupported))
+    }
+
     fn send_datagram(&mut self, to: SocketAddr, payload: dcutr_core::SprayPayload) {
         if let Some(quic) = self.quic {
             quic.spray(&payload.bytes(), to);
