@@ -519,6 +519,8 @@ enum Wake<T> {
     /// A spray datagram of a dcutr-rs peer arrived at the QUIC socket
     /// from this address: maybe a peer-reflexive candidate.
     PunchSource(SocketAddr),
+    /// A birthday-punch datagram arrived at the QUIC socket.
+    Birthday(SocketAddr, [u8; dcutr_core::birthday::DATAGRAM_LEN]),
     ListenerFailed(io::Error),
 }
 
@@ -821,6 +823,11 @@ impl<'r, R: Runtime> Driver<'r, R> {
         {
             return Poll::Ready(Wake::PunchSource(from));
         }
+        if let Some(quic) = &self.quic
+            && let Poll::Ready((from, bytes)) = quic.poll_birthday(cx)
+        {
+            return Poll::Ready(Wake::Birthday(from, bytes));
+        }
         while let Poll::Ready(Some((number, conn))) = self.quic_handshakes.poll_next_unpin(cx) {
             let Some(pos) = self.handshakes.iter().position(|h| h.number == number) else {
                 continue; // evicted
@@ -940,6 +947,13 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 // carried out with the other outputs.
                 if let Err(reason) = self.core.handle_peer_reflexive(now, Candidate::quic(from)) {
                     tracing::trace!(%from, %reason, "punch source not dialled");
+                }
+            }
+            Wake::Birthday(from, bytes) => {
+                // The core checks IP, token and kind, and counts refusals.
+                let local = dcutr_core::birthday::Local::Punch;
+                if let Err(reason) = self.core.handle_birthday_datagram(now, local, from, &bytes) {
+                    tracing::trace!(%from, %reason, "birthday datagram refused");
                 }
             }
             Wake::ListenerFailed(error) => {
@@ -1261,10 +1275,19 @@ impl<R: Runtime> Carrier for Io<'_, R> {
     }
 
     fn send_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
-        // Not carried out yet: fresh sockets are not opened, and a
-        // datagram from the punch socket is not sent. The core's punch
-        // then ends Exhausted or TimedOut with a typed reason.
-        tracing::debug!(local = %transmit.local, to = %transmit.destination, "birthday datagram not sent: fresh sockets not implemented");
+        match (transmit.local, self.quic) {
+            // The easy side's probes leave from the QUIC punch socket,
+            // whose mapping the peer observed; its answers come back
+            // there (`Wake::Birthday`).
+            (dcutr_core::birthday::Local::Punch, Some(quic)) => {
+                quic.spray(&transmit.payload, transmit.destination);
+            }
+            // Not carried out yet: the hard side's fresh sockets are not
+            // opened. Its punch then ends TimedOut with a typed reason.
+            (local, _) => {
+                tracing::debug!(%local, to = %transmit.destination, "birthday datagram not sent: no such socket in this driver");
+            }
+        }
     }
 
     fn close_fresh(&mut self, _keep: Option<u16>) {
