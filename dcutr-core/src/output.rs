@@ -138,9 +138,11 @@ pub enum Output {
         /// [`Output::DialFresh`] dials from.
         keep: Option<u16>,
     },
-    /// Birthday punch, hard side: a QUIC dial (always
-    /// [`Role::Client`]) that must leave from fresh socket `socket`, the
-    /// one whose NAT mapping met the peer. Report it like any
+    /// Birthday punch, hard side: a QUIC dial (we are the QUIC client)
+    /// that must leave from fresh socket `socket`, the one whose NAT
+    /// mapping met the peer. Its [`Dial::role`] is the identity check's,
+    /// by side ([`Role::Server`] on the initiator), as the easy side
+    /// labels the inbound connection. Report it like any
     /// [`Output::Dial`].
     DialFresh {
         /// The fresh socket to dial from.

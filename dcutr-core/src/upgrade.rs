@@ -1509,7 +1509,7 @@ impl Upgrade {
         }
     }
 
-    /// Hard side, met: the QUIC dial from fresh socket `socket` to the
+    /// Hard side, met: the QUIC dial (we are the QUIC client) from fresh socket `socket` to the
     /// easy side's `remote`, within the address policy and dial budget.
     fn birthday_dial(&mut self, socket: u16, remote: SocketAddr) {
         let to = Candidate {
@@ -1529,13 +1529,15 @@ impl Upgrade {
             }
             return;
         };
-        let id = self.dial_from(
-            to,
-            Role::Client,
-            DialPurpose::HolePunch,
-            window_end,
-            Some(socket),
-        );
+        // The roles of the connection's identity check follow the sides,
+        // as on every punch connection (the initiator is the server, the
+        // responder the client), whichever end is the QUIC client: the
+        // easy side labels the inbound connection the same way.
+        let role = match self.side {
+            Side::Initiator => Role::Server,
+            Side::Responder => Role::Client,
+        };
+        let id = self.dial_from(to, role, DialPurpose::HolePunch, window_end, Some(socket));
         if let State::Punching(punch) = &mut self.state {
             punch.dials += 1;
             punch.dialled.push(to);

@@ -186,6 +186,8 @@ pub struct QuicSocket {
     limits: QuicLimits,
     spray: UdpSocket,
     sources: Arc<PunchSources>,
+    /// The runtime, for the birthday punch's fresh sockets and endpoint.
+    runtime: Arc<dyn quinn::Runtime>,
 }
 
 impl QuicSocket {
@@ -251,7 +253,7 @@ impl QuicSocket {
             quinn::EndpointConfig::default(),
             Some(server_config.clone()),
             wrapped,
-            runtime,
+            runtime.clone(),
         )?;
         Ok(QuicSocket {
             endpoint,
@@ -260,6 +262,7 @@ impl QuicSocket {
             limits,
             spray,
             sources,
+            runtime,
         })
     }
 
@@ -326,6 +329,33 @@ impl QuicSocket {
         self.sources.poll_birthday(cx)
     }
 
+    /// A fresh UDP socket on the punch socket's IP, at an ephemeral port,
+    /// on the endpoint's runtime.
+    fn fresh_socket(&self) -> io::Result<(UdpSocket, Arc<dyn AsyncUdpSocket>)> {
+        let ip = self.endpoint.local_addr()?.ip();
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let send = socket.try_clone()?;
+        send.set_nonblocking(true)?;
+        Ok((send, self.runtime.wrap_udp_socket(socket)?))
+    }
+
+    /// A client-only endpoint on fresh socket `socket`: the birthday
+    /// punch's hard side dials from the socket that met.
+    ///
+    /// # Errors
+    /// When the endpoint cannot start.
+    pub(crate) fn fresh_endpoint(
+        &self,
+        socket: Arc<dyn AsyncUdpSocket>,
+    ) -> io::Result<quinn::Endpoint> {
+        quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            self.runtime.clone(),
+        )
+    }
+
     /// Forgets the sources noted so far: they arrived before this
     /// upgrade started and belong to no punch of it.
     pub(crate) fn clear_punch_sources(&self) {
@@ -342,6 +372,95 @@ impl QuicSocket {
             }
             Err(e) => tracing::debug!(%to, error = %e, "spray datagram failed"),
         }
+    }
+}
+
+/// The hard side's fresh sockets of one birthday punch
+/// ([`dcutr_core::Output::SendBirthday`]): UDP sockets on the punch
+/// socket's IP at ephemeral ports, at most
+/// [`MAX_SOCKETS`](dcutr_core::birthday::MAX_SOCKETS) (the core's bound),
+/// closed on [`dcutr_core::Output::CloseFresh`] or with the upgrade.
+#[derive(Default)]
+pub(crate) struct FreshSockets {
+    /// Socket number, a clone that sends at once (as the spray does: the
+    /// runtime's socket refuses a send before it polled writable), and
+    /// the runtime's socket that receives.
+    open: Vec<(u16, UdpSocket, Arc<dyn AsyncUdpSocket>)>,
+    /// Where the next receive poll starts, so that no socket starves.
+    next: usize,
+}
+
+impl fmt::Debug for FreshSockets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FreshSockets")
+            .field("open", &self.open.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FreshSockets {
+    /// Sends `payload` to `to` from fresh socket `i`, opening it first
+    /// when it is new. A send that fails is dropped: the punch tolerates
+    /// lost datagrams.
+    pub(crate) fn send(&mut self, quic: &QuicSocket, i: u16, to: SocketAddr, payload: &[u8]) {
+        if !self.open.iter().any(|(n, _, _)| *n == i) {
+            if self.open.len() >= usize::from(dcutr_core::birthday::MAX_SOCKETS) {
+                return;
+            }
+            match quic.fresh_socket() {
+                Ok((send, recv)) => self.open.push((i, send, recv)),
+                Err(error) => {
+                    tracing::debug!(i, %error, "fresh socket not opened");
+                    return;
+                }
+            }
+        }
+        let Some((_, socket, _)) = self.open.iter().find(|(n, _, _)| *n == i) else {
+            return;
+        };
+        if let Err(error) = socket.send_to(payload, to) {
+            tracing::debug!(i, %to, %error, "birthday datagram from a fresh socket dropped");
+        }
+    }
+
+    /// Closes every fresh socket but `keep`.
+    pub(crate) fn close_all_but(&mut self, keep: Option<u16>) {
+        self.open.retain(|(n, _, _)| Some(*n) == keep);
+    }
+
+    /// Takes fresh socket `i` out (for the dial from it).
+    pub(crate) fn take(&mut self, i: u16) -> Option<Arc<dyn AsyncUdpSocket>> {
+        let pos = self.open.iter().position(|(n, _, _)| *n == i)?;
+        Some(self.open.swap_remove(pos).2)
+    }
+
+    /// The next birthday datagram that arrived on a fresh socket; other
+    /// datagrams are read and dropped (at most one per socket per call).
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<(u16, BirthdayDatagram)> {
+        let count = self.open.len();
+        for k in 0..count {
+            let idx = (self.next + k) % count;
+            let (i, _, socket) = &self.open[idx];
+            let mut buf = [0u8; 64];
+            let mut meta = [RecvMeta::default()];
+            let mut bufs = [IoSliceMut::new(&mut buf)];
+            if let Poll::Ready(Ok(n)) = socket.poll_recv(cx, &mut bufs, &mut meta)
+                && n > 0
+            {
+                let m = &meta[0];
+                let len = m.len.min(buf.len());
+                self.next = (idx + 1) % count;
+                if let Ok(bytes) = <[u8; dcutr_core::birthday::DATAGRAM_LEN]>::try_from(&buf[..len])
+                    && dcutr_core::birthday::is_birthday_datagram(&bytes)
+                {
+                    return Poll::Ready((*i, (m.addr, bytes)));
+                }
+                // Not ours: dropped; wake again to read on.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        Poll::Pending
     }
 }
 
