@@ -68,6 +68,27 @@ fn punching(ours: Option<NatBehaviour>, peer: &NatBehaviour) -> (Upgrade, Vec<Ou
     (up, out)
 }
 
+/// A spec initiator behind `ours` that got the peer's Connect (declaring
+/// `peer`) at 10 ms and punched after its Sync delay (rtt/2).
+fn punching_initiator(ours: NatBehaviour, peer: &NatBehaviour) -> (Upgrade, Vec<Output>) {
+    let mut up = Upgrade::builder(Side::Initiator, Config::default(), [7; 32])
+        .local_addrs([tcp(OURS), quic(OURS)])
+        .nat_behaviour(ours)
+        .start(t0())
+        .unwrap();
+    drain(&mut up);
+    up.handle_stream_opened(at(0));
+    drain(&mut up);
+    up.handle_stream_data(at(10), &connect_with_nat(&[quic(PEER)], peer));
+    let mut out = drain(&mut up);
+    let t = up.poll_timeout().unwrap();
+    assert_eq!(t.kind, dcutr_core::TimerKind::SyncDelay);
+    assert!(transmits(&out).is_empty(), "nothing before the punch time");
+    up.handle_timeout(t.at);
+    out.extend(drain(&mut up));
+    (up, out)
+}
+
 fn transmits(out: &[Output]) -> Vec<Transmit> {
     out.iter()
         .filter_map(|o| match o {
@@ -297,4 +318,40 @@ fn without_both_behaviours_no_birthday_punch_runs() {
             .iter()
             .any(|e| matches!(e, Event::StrategyChosen { .. }))
     );
+}
+
+#[test]
+fn an_initiator_runs_either_side_at_its_punch_time_and_dials_as_the_server_of_the_check() {
+    // Easy initiator: probes from its punch socket.
+    let (_, out) = punching_initiator(cone(), &random());
+    let probes = transmits(&out);
+    assert!(!probes.is_empty());
+    assert!(
+        probes
+            .iter()
+            .all(|t| t.kind == DatagramKind::Probe && t.local == Local::Punch)
+    );
+
+    // Hard initiator: primes, meets, and dials from the socket that met
+    // with the initiator's role in the identity check (server), as the
+    // responder labels the inbound connection.
+    let (mut up, out) = punching_initiator(random(), &cone());
+    assert_eq!(transmits(&out).len(), 256);
+    let mut easy = Birthday::easy(BirthdayConfig::new(token()), addr(OURS).ip(), [9; 32]).unwrap();
+    easy.start(at(15)).unwrap();
+    let probe = easy.poll_transmit().unwrap();
+    up.handle_birthday_datagram(at(20), Local::Fresh(200), addr(PEER), &probe.payload)
+        .unwrap();
+    let out = drain(&mut up);
+    assert_eq!(closes(&out), [Some(200)]);
+    let dialled = fresh_dials(&out);
+    assert_eq!(dialled.len(), 1, "{out:?}");
+    assert_eq!((dialled[0].0, dialled[0].1.role), (200, Role::Server));
+    // The attempt ends without a winner: the met socket closes too.
+    let rest = run_timers(&mut up, 10_000, |o| {
+        events(o)
+            .iter()
+            .any(|e| matches!(e, Event::AttemptFailed { attempt: 1, .. }))
+    });
+    assert_eq!(closes(&rest), [None], "{rest:?}");
 }
