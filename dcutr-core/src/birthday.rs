@@ -187,6 +187,15 @@ const MAGIC: [u8; 4] = *b"DCBP";
 /// Version of the datagram layout.
 const VERSION: u8 = 1;
 
+/// Whether `datagram` looks like a datagram of a birthday punch
+/// ([`DATAGRAM_LEN`] bytes with this module's magic), so a carrier can
+/// take it out of its QUIC socket's traffic and pass it to the core. It
+/// proves nothing about the sender: the machine checks IP and token.
+#[must_use]
+pub fn is_birthday_datagram(datagram: &[u8]) -> bool {
+    datagram.len() == DATAGRAM_LEN && datagram.starts_with(&MAGIC)
+}
+
 /// Which side of the birthday punch this machine plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::birthday::Transmit;
 use crate::error::DialError;
 use crate::output::{Dial, DirectId, Event, Output, SprayPayload};
 use crate::timeline::Timeline;
@@ -50,6 +51,18 @@ pub trait Carrier {
     fn dial(&mut self, dial: Dial) -> Result<(), DialError>;
     /// Send this datagram from the socket the QUIC endpoint listens on.
     fn send_datagram(&mut self, to: SocketAddr, payload: SprayPayload);
+    /// Birthday punch: send this datagram from the socket it names
+    /// (opening fresh socket `i` on its first, priming, transmit); see
+    /// [`Output::SendBirthday`].
+    fn send_birthday(&mut self, transmit: Transmit);
+    /// Birthday punch: close every fresh socket but `keep`.
+    fn close_fresh(&mut self, keep: Option<u16>);
+    /// Birthday punch, hard side: dial from fresh socket `socket`; report
+    /// it like [`Carrier::dial`].
+    ///
+    /// # Errors
+    /// As [`Carrier::dial`]; also when this carrier has no fresh sockets.
+    fn dial_fresh(&mut self, socket: u16, dial: Dial) -> Result<(), DialError>;
     /// Write these bytes to direct connection `id`.
     fn write_direct(&mut self, id: DirectId, data: Bytes);
     /// Cancel dial `id`, or close direct connection `id`.
@@ -82,6 +95,13 @@ impl Upgrade {
                     }
                 }
                 Output::SendDatagram { to, payload } => carrier.send_datagram(to, payload),
+                Output::SendBirthday(transmit) => carrier.send_birthday(transmit),
+                Output::CloseFresh { keep } => carrier.close_fresh(keep),
+                Output::DialFresh { socket, dial } => {
+                    if let Err(error) = carrier.dial_fresh(socket, dial) {
+                        self.handle_dial_failed(now, dial.id, error);
+                    }
+                }
                 Output::WriteDirect { id, data } => carrier.write_direct(id, data),
                 Output::CloseDirect { id } => carrier.close_direct(id),
                 Output::CloseRelay => carrier.close_relay(),

@@ -184,6 +184,17 @@ pub enum AttemptFailure {
         /// How the peer's does, as it declared it.
         peer: crate::nat::Allocation,
     },
+    /// The birthday punch ([`crate::nat::Strategy::Birthday`]) ended
+    /// without a meeting: every probe was sent unanswered, or its
+    /// deadline passed.
+    #[error("the birthday punch did not meet ({outcome:?} after {probes_sent} probes)")]
+    BirthdayMissed {
+        /// [`Exhausted`](crate::birthday::Outcome::Exhausted) or
+        /// [`TimedOut`](crate::birthday::Outcome::TimedOut).
+        outcome: crate::birthday::Outcome,
+        /// Probes this side sent (0 on the hard side).
+        probes_sent: u16,
+    },
     /// Every dial failed and no inbound connection came.
     #[error("all {dials} direct dials failed")]
     AllDialsFailed {

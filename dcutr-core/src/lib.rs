@@ -156,7 +156,7 @@ pub mod settings {
         MAX_PUNCHES_PER_IP, QuicServerPunch, SPRAY_PACKET_LEN,
     };
     pub use crate::output::SPRAY_MARKER;
-    pub use crate::upgrade::MAX_PEER_REFLEXIVE_DIALS;
+    pub use crate::upgrade::{BIRTHDAY_TOKEN, MAX_PEER_REFLEXIVE_DIALS};
 }
 
 /// The detailed reasons inside [`Failure`], [`Event`] and the

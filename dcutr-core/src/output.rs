@@ -119,6 +119,37 @@ pub enum Output {
         /// The random bytes to send; see [`SprayPayload::bytes`].
         payload: SprayPayload,
     },
+    /// Birthday punch ([`crate::birthday`]): send this datagram. From
+    /// [`Local::Punch`](crate::birthday::Local::Punch), the UDP socket the
+    /// QUIC endpoint listens on; from
+    /// [`Local::Fresh(i)`](crate::birthday::Local::Fresh), fresh socket
+    /// `i`, which its first transmit (a
+    /// [`Priming`](crate::birthday::DatagramKind::Priming) one) opens: a
+    /// new UDP socket on the punch socket's IP at an ephemeral port. Read
+    /// what arrives on the fresh sockets (and birthday datagrams,
+    /// [`is_birthday_datagram`](crate::birthday::is_birthday_datagram), on
+    /// the punch socket) into
+    /// [`Upgrade::handle_birthday_datagram`](crate::Upgrade::handle_birthday_datagram).
+    SendBirthday(crate::birthday::Transmit),
+    /// Birthday punch: close every fresh socket but `keep` (all of them
+    /// when `None`).
+    CloseFresh {
+        /// The fresh socket that stays open: the one that met, which a
+        /// [`Output::DialFresh`] dials from.
+        keep: Option<u16>,
+    },
+    /// Birthday punch, hard side: a QUIC dial (we are the QUIC client)
+    /// that must leave from fresh socket `socket`, the one whose NAT
+    /// mapping met the peer. Its [`Dial::role`] is the identity check's,
+    /// by side ([`Role::Server`] on the initiator), as the easy side
+    /// labels the inbound connection. Report it like any
+    /// [`Output::Dial`].
+    DialFresh {
+        /// The fresh socket to dial from.
+        socket: u16,
+        /// The dial.
+        dial: Dial,
+    },
     /// Write these bytes to a direct connection (the identity check).
     WriteDirect {
         /// Which connection.
@@ -337,6 +368,37 @@ pub enum Event {
         /// Where the datagram came from, and the dial goes.
         to: Candidate,
     },
+    /// Both sides' NAT behaviours are known and call for a punch other
+    /// than the spec's: this attempt runs it (today only the birthday
+    /// punch, [`crate::nat::Strategy::Birthday`]).
+    StrategyChosen {
+        /// Attempt number.
+        attempt: u8,
+        /// What both behaviours allow.
+        strategy: crate::nat::Strategy,
+    },
+    /// The birthday punch of this attempt started, in this role.
+    BirthdayStarted {
+        /// Attempt number.
+        attempt: u8,
+        /// Hard (many fresh sockets) or easy (many probes).
+        role: crate::birthday::Role,
+        /// Hard side: the easy side's address. Easy side: the hard side's
+        /// IP, with port 0.
+        peer: SocketAddr,
+    },
+    /// The birthday punch of this attempt ended.
+    BirthdayEnded {
+        /// Attempt number.
+        attempt: u8,
+        /// Met (then, hard side, the QUIC dial from the socket that met
+        /// follows), exhausted or timed out.
+        outcome: crate::birthday::Outcome,
+        /// Probes sent (easy side; 0 on the hard side).
+        probes_sent: u16,
+        /// Fresh sockets opened (hard side; 0 on the easy side).
+        sockets_opened: u16,
+    },
     /// A dial failed.
     DialFailed {
         /// The dial.
@@ -394,6 +456,8 @@ pub enum TimerKind {
     QuicClientFallback,
     /// A dial or identity check of one direct connection times out.
     DirectDeadline,
+    /// The birthday punch's next probe, answer copy or deadline.
+    Birthday,
 }
 
 /// When to call [`Upgrade::handle_timeout`](crate::Upgrade::handle_timeout)

@@ -9,12 +9,13 @@ use std::time::Instant;
 use crate::output::{Timeout, TimerKind};
 
 /// The kinds with a slot, in the order expired timers are handled.
-const SLOTS: [TimerKind; 7] = [
+const SLOTS: [TimerKind; 8] = [
     TimerKind::StepTimeout,
     TimerKind::Unilateral,
     TimerKind::SyncDelay,
     TimerKind::SprayTick,
     TimerKind::QuicClientFallback,
+    TimerKind::Birthday,
     TimerKind::PunchWindow,
     TimerKind::GracePeriod,
 ];

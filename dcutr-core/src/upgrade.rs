@@ -19,7 +19,7 @@ use crate::codec::{self, FINGERPRINT_LEN, FrameDecoder};
 use crate::config::{Capabilities, Config, ConfigError, QuicServerPunch};
 use crate::direct::{self, DirectState, Directs, Origin};
 use crate::error::{AttemptFailure, DialError, Failure, ProtocolError, Step};
-use crate::nat::NatBehaviour;
+use crate::nat::{HardSide, NatBehaviour};
 use crate::output::{
     Dial, DialPurpose, DirectId, DirectRejection, Event, InboundRejected, Outcome, Output,
     PeerReflexiveRefused, Role, Side, SprayPayload, Timeout, TimerKind, Upgraded,
@@ -227,6 +227,38 @@ pub struct Upgrade {
     pub(crate) timers: Timers,
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) timeline: Timeline,
+    /// The birthday punch of the current attempt, when both behaviours
+    /// call for one ([`crate::nat::Strategy::Birthday`]). Boxed: most
+    /// upgrades never run one.
+    birthday: Option<Box<BirthdayRun>>,
+}
+
+/// The token both sides put in their birthday datagrams for attempt `n`
+/// is this value XOR `n`: it only tells this attempt's datagrams from
+/// stray ones (it authenticates nothing; the pinned TLS handshake of the
+/// direct connection does), so a fixed value both sides know suffices.
+pub const BIRTHDAY_TOKEN: u64 = 0x6463_7574_722d_6270;
+
+/// A birthday punch run by an [`Upgrade`] for one attempt.
+#[derive(Debug)]
+struct BirthdayRun {
+    machine: crate::birthday::Birthday,
+    /// The outcome was reported (and acted on) already.
+    reported: bool,
+    /// Hard side: fresh sockets the carrier holds open: all, one, or none.
+    fresh: FreshOpen,
+    /// Hard side: the QUIC dial from the socket that met.
+    dial: Option<DirectId>,
+    /// Why it failed, once it did: the attempt's reason if nothing else wins.
+    missed: Option<AttemptFailure>,
+}
+
+/// Which fresh sockets of a birthday punch are open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FreshOpen {
+    None,
+    All,
+    Only(u16),
 }
 
 impl std::fmt::Debug for Upgrade {
@@ -422,6 +454,7 @@ impl UpgradeBuilder {
             timers: Timers::default(),
             outputs: VecDeque::new(),
             timeline: Timeline::empty(now),
+            birthday: None,
         };
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
@@ -1215,6 +1248,7 @@ impl Upgrade {
         let mut spray_targets: Vec<SocketAddr> = Vec::new();
         let remote = peer.accepted;
         let advertised = remote.clone();
+        let birthday = self.birthday_plan(&advertised);
         // A unilateral dial still pending to one of these stays: in the
         // spec's mode the responder takes any connection at once, so the
         // dial may already be the connection it chose (libp2p cannot
@@ -1271,6 +1305,9 @@ impl Upgrade {
             advertised,
             reflexive: 0,
         });
+        if let Some((hard_side, peer)) = birthday {
+            self.start_birthday(hard_side, peer);
+        }
         self.spray_round();
         self.check_progress();
     }
@@ -1281,6 +1318,19 @@ impl Upgrade {
         role: Role,
         purpose: DialPurpose,
         deadline: Instant,
+    ) -> DirectId {
+        self.dial_from(to, role, purpose, deadline, None)
+    }
+
+    /// [`Upgrade::dial`], from fresh socket `fresh` of the birthday punch
+    /// when it is `Some`.
+    fn dial_from(
+        &mut self,
+        to: Candidate,
+        role: Role,
+        purpose: DialPurpose,
+        deadline: Instant,
+        fresh: Option<u16>,
     ) -> DirectId {
         let attempt = match purpose {
             DialPurpose::Unilateral => 0,
@@ -1309,14 +1359,251 @@ impl Upgrade {
             result: None,
             peer_reflexive: false,
         });
-        self.outputs.push_back(Output::Dial(Dial {
+        let dial = Dial {
             id,
             to,
             role,
             purpose,
             attempt,
-        }));
+        };
+        self.outputs.push_back(match fresh {
+            None => Output::Dial(dial),
+            Some(socket) => Output::DialFresh { socket, dial },
+        });
         id
+    }
+
+    /// Whether this attempt runs the birthday punch: both behaviours are
+    /// known and one side's mapping is random
+    /// ([`crate::nat::Strategy::Birthday`]), and the peer named a QUIC
+    /// address. Then the hard side and the peer's QUIC address (the easy
+    /// side's punch address, or the hard side's IP). Of the peer's QUIC
+    /// addresses, one whose IP an observer saw for the peer (the
+    /// unilateral targets, from the relay) is preferred, so probes go to
+    /// an IP the peer does not merely claim.
+    fn birthday_plan(&self, peer: &[Candidate]) -> Option<(HardSide, SocketAddr)> {
+        let (ours, theirs) = (self.own_nat.as_deref()?, self.peer_nat.as_deref()?);
+        let crate::nat::Strategy::Birthday { hard_side } =
+            crate::nat::Strategy::choose(ours, theirs)
+        else {
+            return None;
+        };
+        let quic = || peer.iter().filter(|c| c.transport == Transport::Quic);
+        let observed = quic().find(|c| {
+            self.unilateral_targets
+                .iter()
+                .any(|u| u.addr.ip() == c.addr.ip())
+        });
+        let to = observed.or_else(|| quic().next())?;
+        Some((hard_side, to.addr))
+    }
+
+    /// Starts this attempt's birthday punch now, at the spec's punch time.
+    fn start_birthday(&mut self, hard_side: HardSide, peer: SocketAddr) {
+        use crate::birthday::{Birthday, BirthdayConfig, Role as BRole};
+        let config = BirthdayConfig::new(BIRTHDAY_TOKEN ^ u64::from(self.attempt));
+        let (machine, role, shown) = match hard_side {
+            HardSide::Ours => (Birthday::hard(config, peer), BRole::Hard, peer),
+            HardSide::Peer => {
+                let mut seed = [0u8; 32];
+                self.rng.fill_bytes(&mut seed);
+                let shown = SocketAddr::new(peer.ip(), 0);
+                (Birthday::easy(config, peer.ip(), seed), BRole::Easy, shown)
+            }
+        };
+        let mut machine = match machine {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::debug!(%error, %peer, "no birthday punch");
+                return;
+            }
+        };
+        if let Err(error) = machine.start(self.now) {
+            tracing::debug!(%error, "birthday punch did not start");
+            return;
+        }
+        self.outputs.push_back(Output::Event(Event::StrategyChosen {
+            attempt: self.attempt,
+            strategy: crate::nat::Strategy::Birthday { hard_side },
+        }));
+        self.outputs
+            .push_back(Output::Event(Event::BirthdayStarted {
+                attempt: self.attempt,
+                role,
+                peer: shown,
+            }));
+        let fresh = match role {
+            BRole::Hard => FreshOpen::All,
+            BRole::Easy => FreshOpen::None,
+        };
+        self.birthday = Some(Box::new(BirthdayRun {
+            machine,
+            reported: false,
+            fresh,
+            dial: None,
+            missed: None,
+        }));
+        self.pump_birthday();
+    }
+
+    /// Moves the birthday machine's transmits to the outputs, re-arms its
+    /// timer, and acts on its outcome once.
+    fn pump_birthday(&mut self) {
+        let Some(run) = self.birthday.as_mut() else {
+            return;
+        };
+        while let Some(t) = run.machine.poll_transmit() {
+            self.outputs.push_back(Output::SendBirthday(t));
+        }
+        match run.machine.poll_timeout() {
+            // Never due again at the same instant: the timer loop would
+            // not end.
+            Some(at) => self.timers.set(
+                TimerKind::Birthday,
+                at.max(self.now + Duration::from_micros(1)),
+            ),
+            None => self.timers.clear(TimerKind::Birthday),
+        }
+        if run.reported {
+            return;
+        }
+        let Some(outcome) = run.machine.outcome() else {
+            return;
+        };
+        run.reported = true;
+        let (probes_sent, sockets_opened) =
+            (run.machine.probes_sent(), run.machine.sockets_opened());
+        let hard = run.machine.role() == crate::birthday::Role::Hard;
+        tracing::debug!(
+            ?outcome,
+            probes_sent,
+            sockets_opened,
+            "birthday punch ended"
+        );
+        self.outputs.push_back(Output::Event(Event::BirthdayEnded {
+            attempt: self.attempt,
+            outcome,
+            probes_sent,
+            sockets_opened,
+        }));
+        match outcome {
+            crate::birthday::Outcome::Met {
+                local: crate::birthday::Local::Fresh(socket),
+                remote,
+            } if hard => {
+                self.set_fresh(FreshOpen::Only(socket));
+                self.birthday_dial(socket, remote);
+            }
+            // Easy side: the hard side dials us from the socket that met;
+            // our QUIC endpoint accepts it (`handle_inbound`).
+            crate::birthday::Outcome::Met { .. } => {}
+            crate::birthday::Outcome::Exhausted | crate::birthday::Outcome::TimedOut => {
+                self.set_fresh(FreshOpen::None);
+                if let Some(run) = self.birthday.as_mut() {
+                    run.missed = Some(AttemptFailure::BirthdayMissed {
+                        outcome,
+                        probes_sent,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Hard side, met: the QUIC dial (we are the QUIC client) from fresh socket `socket` to the
+    /// easy side's `remote`, within the address policy and dial budget.
+    fn birthday_dial(&mut self, socket: u16, remote: SocketAddr) {
+        let to = Candidate {
+            transport: Transport::Quic,
+            addr: remote,
+        };
+        let allowed = self.config.address_policy.check(&to).is_ok()
+            && self.config.dialable.allows(&to)
+            && self.dials_made < self.config.max_dials_per_upgrade;
+        let window_end = self.timers.deadline(TimerKind::PunchWindow);
+        let (true, Some(window_end), State::Punching(_)) = (allowed, window_end, &self.state)
+        else {
+            tracing::debug!(%to, "birthday meeting not dialled: policy, budget or phase");
+            self.set_fresh(FreshOpen::None);
+            if let Some(run) = self.birthday.as_mut() {
+                run.missed = Some(AttemptFailure::AllDialsFailed { dials: 0 });
+            }
+            return;
+        };
+        // The roles of the connection's identity check follow the sides,
+        // as on every punch connection (the initiator is the server, the
+        // responder the client), whichever end is the QUIC client: the
+        // easy side labels the inbound connection the same way.
+        let role = match self.side {
+            Side::Initiator => Role::Server,
+            Side::Responder => Role::Client,
+        };
+        let id = self.dial_from(to, role, DialPurpose::HolePunch, window_end, Some(socket));
+        if let State::Punching(punch) = &mut self.state {
+            punch.dials += 1;
+            punch.dialled.push(to);
+        }
+        if let Some(run) = self.birthday.as_mut() {
+            run.dial = Some(id);
+        }
+    }
+
+    /// Closes fresh sockets down to `to`, if that closes any.
+    fn set_fresh(&mut self, to: FreshOpen) {
+        let Some(run) = self.birthday.as_mut() else {
+            return;
+        };
+        let keep = match (run.fresh, to) {
+            (FreshOpen::None, _) => return,
+            (from, to) if from == to => return,
+            (_, FreshOpen::Only(i)) => Some(i),
+            (_, FreshOpen::None | FreshOpen::All) => None,
+        };
+        run.fresh = if keep.is_some() { to } else { FreshOpen::None };
+        self.outputs.push_back(Output::CloseFresh { keep });
+    }
+
+    /// The attempt (or the upgrade) is over: drop its birthday punch and
+    /// close its fresh sockets, but the one under `winner`, the winning
+    /// connection.
+    fn end_birthday(&mut self, winner: Option<DirectId>) {
+        let Some(run) = self.birthday.as_ref() else {
+            return;
+        };
+        let keep = match (run.fresh, run.dial) {
+            (FreshOpen::Only(i), Some(dial)) if Some(dial) == winner => FreshOpen::Only(i),
+            _ => FreshOpen::None,
+        };
+        self.set_fresh(keep);
+        self.timers.clear(TimerKind::Birthday);
+        self.birthday = None;
+    }
+
+    /// A datagram of the birthday punch
+    /// ([`is_birthday_datagram`](crate::birthday::is_birthday_datagram))
+    /// arrived on `local` (the QUIC punch socket, or fresh socket `i`)
+    /// from `from`.
+    ///
+    /// # Errors
+    /// [`Refusal::NotStarted`](crate::birthday::Refusal::NotStarted) when
+    /// no birthday punch runs, else the machine's [`Refusal`](crate::birthday::Refusal)
+    /// (wrong IP, token, socket or kind); nothing changes then.
+    pub fn handle_birthday_datagram(
+        &mut self,
+        now: Instant,
+        local: crate::birthday::Local,
+        from: SocketAddr,
+        payload: &[u8],
+    ) -> Result<crate::birthday::Accepted, crate::birthday::Refusal> {
+        self.advance(now);
+        let Some(run) = self.birthday.as_mut() else {
+            return Err(crate::birthday::Refusal::NotStarted);
+        };
+        let accepted = run
+            .machine
+            .handle_datagram(self.now, local, from, payload)?;
+        self.pump_birthday();
+        self.check_progress();
+        Ok(accepted)
     }
 
     /// The punch of the current attempt, while it runs.
@@ -1516,7 +1803,12 @@ impl Upgrade {
             TimerKind::PunchWindow => {
                 if matches!(self.state, State::Punching(_)) {
                     let after = self.config.direct_timeout;
-                    self.fail_attempt(AttemptFailure::DirectTimeout { after });
+                    let reason = self
+                        .birthday
+                        .as_ref()
+                        .and_then(|run| run.missed.clone())
+                        .unwrap_or(AttemptFailure::DirectTimeout { after });
+                    self.fail_attempt(reason);
                 }
             }
             TimerKind::GracePeriod => {
@@ -1524,6 +1816,13 @@ impl Upgrade {
                 self.outputs.push_back(Output::CloseRelay);
             }
             TimerKind::DirectDeadline => {}
+            TimerKind::Birthday => {
+                if let Some(run) = self.birthday.as_mut() {
+                    run.machine.handle_timeout(self.now);
+                }
+                self.pump_birthday();
+                self.check_progress();
+            }
         }
     }
 
@@ -1584,7 +1883,9 @@ impl Upgrade {
     pub(crate) fn abandon_attempt(&mut self, reason: AttemptFailure) {
         let attempt = self.attempt;
         self.cancel_pending_dials();
+        self.end_birthday(None);
         for kind in [
+            TimerKind::Birthday,
             TimerKind::SprayTick,
             TimerKind::QuicClientFallback,
             TimerKind::PunchWindow,
@@ -1693,6 +1994,11 @@ impl Upgrade {
         // connection the peer just took (TCP on one side, QUIC on the
         // other). Such dials are left to finish and belong to the caller,
         // whose stack (libp2p) deals with a second connection.
+        let winner = match &outcome {
+            Outcome::Upgraded(up) => Some(up.id),
+            Outcome::Failed(_) => None,
+        };
+        self.end_birthday(winner);
         let release_dials = matches!(outcome, Outcome::Upgraded(_)) && !self.checks_identity();
         for d in self.directs.drain_where(|_| true) {
             if release_dials && d.is_dialing() {
@@ -1760,7 +2066,13 @@ impl Upgrade {
                 // A dial that found its address pair taken means the
                 // peer's connection is arriving through our listener: wait
                 // for it (until the window ends) rather than give up.
+                let birthday_busy = self
+                    .birthday
+                    .as_ref()
+                    .is_some_and(|run| run.missed.is_none());
+                let missed = self.birthday.as_ref().and_then(|run| run.missed.clone());
                 let busy = punch.spray.is_some()
+                    || birthday_busy
                     || punch.crossing
                     || self
                         .directs
@@ -1768,6 +2080,10 @@ impl Upgrade {
                         .any(|d| d.attempt == attempt || !d.is_dialing());
                 if !busy {
                     let (dials, received, dropped) = (punch.dials, punch.received, punch.dropped);
+                    if let Some(reason) = missed {
+                        self.fail_attempt(reason);
+                        return;
+                    }
                     if dials > 0 {
                         self.fail_attempt(AttemptFailure::AllDialsFailed { dials });
                         return;

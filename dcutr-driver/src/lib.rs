@@ -459,6 +459,8 @@ struct Driver<'r, R: Runtime> {
     tcp: Option<R::TcpListener>,
     tcp_local: Option<SocketAddr>,
     quic: Option<QuicSocket>,
+    /// The birthday punch's fresh sockets (hard side).
+    fresh: quic::FreshSockets,
     on_event: Option<EventCallback>,
     events_tx: mpsc::UnboundedSender<(Key, ActorEvent)>,
     events_rx: mpsc::UnboundedReceiver<(Key, ActorEvent)>,
@@ -519,6 +521,10 @@ enum Wake<T> {
     /// A spray datagram of a dcutr-rs peer arrived at the QUIC socket
     /// from this address: maybe a peer-reflexive candidate.
     PunchSource(SocketAddr),
+    /// A birthday-punch datagram arrived at the QUIC socket.
+    Birthday(SocketAddr, [u8; dcutr_core::birthday::DATAGRAM_LEN]),
+    /// A birthday-punch datagram arrived on fresh socket `.0`.
+    Fresh(u16, SocketAddr, [u8; dcutr_core::birthday::DATAGRAM_LEN]),
     ListenerFailed(io::Error),
 }
 
@@ -607,6 +613,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             tcp: options.tcp,
             tcp_local,
             quic: options.quic,
+            fresh: quic::FreshSockets::default(),
             on_event: options.on_event,
             events_tx,
             events_rx,
@@ -821,6 +828,14 @@ impl<'r, R: Runtime> Driver<'r, R> {
         {
             return Poll::Ready(Wake::PunchSource(from));
         }
+        if let Some(quic) = &self.quic
+            && let Poll::Ready((from, bytes)) = quic.poll_birthday(cx)
+        {
+            return Poll::Ready(Wake::Birthday(from, bytes));
+        }
+        if let Poll::Ready((i, (from, bytes))) = self.fresh.poll_recv(cx) {
+            return Poll::Ready(Wake::Fresh(i, from, bytes));
+        }
         while let Poll::Ready(Some((number, conn))) = self.quic_handshakes.poll_next_unpin(cx) {
             let Some(pos) = self.handshakes.iter().position(|h| h.number == number) else {
                 continue; // evicted
@@ -940,6 +955,19 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 // carried out with the other outputs.
                 if let Err(reason) = self.core.handle_peer_reflexive(now, Candidate::quic(from)) {
                     tracing::trace!(%from, %reason, "punch source not dialled");
+                }
+            }
+            Wake::Birthday(from, bytes) => {
+                // The core checks IP, token and kind, and counts refusals.
+                let local = dcutr_core::birthday::Local::Punch;
+                if let Err(reason) = self.core.handle_birthday_datagram(now, local, from, &bytes) {
+                    tracing::trace!(%from, %reason, "birthday datagram refused");
+                }
+            }
+            Wake::Fresh(i, from, bytes) => {
+                let local = dcutr_core::birthday::Local::Fresh(i);
+                if let Err(reason) = self.core.handle_birthday_datagram(now, local, from, &bytes) {
+                    tracing::trace!(i, %from, %reason, "birthday datagram refused");
                 }
             }
             Wake::ListenerFailed(error) => {
@@ -1105,6 +1133,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             relay_reset,
             identity,
             expected_peer,
+            fresh,
             ..
         } = self;
         let mut io = Io {
@@ -1112,6 +1141,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             start: *start,
             tcp_local: *tcp_local,
             quic: quic.as_ref(),
+            fresh,
             identity: identity.as_ref(),
             peer_fingerprint: expected_peer.or(core.peer_fingerprint()),
             on_event,
@@ -1171,6 +1201,7 @@ struct Io<'a, R: Runtime> {
     start: Instant,
     tcp_local: Option<SocketAddr>,
     quic: Option<&'a QuicSocket>,
+    fresh: &'a mut quic::FreshSockets,
     identity: Option<&'a Identity>,
     peer_fingerprint: Option<Fingerprint>,
     on_event: &'a mut Option<EventCallback>,
@@ -1184,6 +1215,22 @@ struct Io<'a, R: Runtime> {
 impl<R: Runtime> Io<'_, R> {
     fn actor(&self, id: DirectId) -> Option<&DirectActor> {
         self.directs.iter().find(|(i, _)| *i == id).map(|(_, a)| a)
+    }
+
+    /// The client config of one QUIC dial: pinned TLS (and what it
+    /// presents) when the driver authenticates, else the caller's.
+    fn quic_client_config(
+        &self,
+        quic: &QuicSocket,
+    ) -> (quinn::ClientConfig, Option<tls::Presented>) {
+        match self.identity {
+            Some(identity) => {
+                let pinned = Pinned::new(identity, self.peer_fingerprint, &[tls::ALPN]);
+                let config = quic.pinned_client(&pinned);
+                (config, Some(pinned.presented))
+            }
+            None => (quic.client_config.clone(), None),
+        }
     }
 }
 
@@ -1224,15 +1271,8 @@ impl<R: Runtime> Carrier for Io<'_, R> {
             }
             Transport::Quic => {
                 let quic = self.quic.ok_or(DialError::Unreachable)?;
-                let config = match self.identity {
-                    Some(identity) => {
-                        let pinned = Pinned::new(identity, self.peer_fingerprint, &[tls::ALPN]);
-                        let config = quic.pinned_client(&pinned);
-                        presented = Some(pinned.presented);
-                        config
-                    }
-                    None => quic.client_config.clone(),
-                };
+                let (config, shown) = self.quic_client_config(quic);
+                presented = shown;
                 let connecting = quic
                     .endpoint
                     .connect_with(config, dial.to.addr, SERVER_NAME);
@@ -1249,6 +1289,62 @@ impl<R: Runtime> Carrier for Io<'_, R> {
             }
         };
         tracing::debug!(id = %dial.id, to = %dial.to, role = %dial.role, "dial");
+        spawn_actor(
+            self.directs,
+            self.actors,
+            self.events_tx,
+            dial.id,
+            start,
+            presented,
+        );
+        Ok(())
+    }
+
+    fn send_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
+        match (transmit.local, self.quic) {
+            // The easy side's probes leave from the QUIC punch socket,
+            // whose mapping the peer observed; its answers come back
+            // there (`Wake::Birthday`).
+            (dcutr_core::birthday::Local::Punch, Some(quic)) => {
+                quic.spray(&transmit.payload, transmit.destination);
+            }
+            // The hard side's fresh socket `i`: opened on its first
+            // (priming) datagram, read into `Wake::Fresh`.
+            (dcutr_core::birthday::Local::Fresh(i), Some(quic)) => {
+                self.fresh
+                    .send(quic, i, transmit.destination, &transmit.payload);
+            }
+            (local, None) => {
+                tracing::debug!(%local, to = %transmit.destination, "birthday datagram not sent: no QUIC socket");
+            }
+        }
+    }
+
+    fn close_fresh(&mut self, keep: Option<u16>) {
+        self.fresh.close_all_but(keep);
+    }
+
+    fn dial_fresh(&mut self, socket: u16, dial: dcutr_core::Dial) -> Result<(), DialError> {
+        let quic = self.quic.ok_or(DialError::Unreachable)?;
+        let fresh = self.fresh.take(socket).ok_or(DialError::Unreachable)?;
+        let endpoint = quic
+            .fresh_endpoint(fresh)
+            .map_err(|e| DialError::Io(e.kind()))?;
+        let (config, presented) = self.quic_client_config(quic);
+        let connecting = endpoint.connect_with(config, dial.to.addr, SERVER_NAME);
+        let start = Start::Dial(
+            async move {
+                let conn = connecting
+                    .map_err(|_| DialError::Unreachable)?
+                    .await
+                    .map_err(quic_dial_error)?;
+                // The connection keeps the endpoint's driver running.
+                drop(endpoint);
+                Ok(DirectConn::Quic(QuicDirect::new(conn)))
+            }
+            .boxed(),
+        );
+        tracing::debug!(id = %dial.id, to = %dial.to, socket, "dial from the birthday socket that met");
         spawn_actor(
             self.directs,
             self.actors,

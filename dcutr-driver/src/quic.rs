@@ -105,6 +105,27 @@ pub const PUNCH_INCOMING_BUFFER_TOTAL: u64 = 64 << 10;
 /// of memory and no dial the core did not allow.
 pub const PUNCH_SOURCES_QUEUED: usize = 16;
 
+/// Birthday-punch datagrams
+/// ([`is_birthday_datagram`](dcutr_core::birthday::is_birthday_datagram))
+/// the punch socket holds for the driver; more are dropped until it takes
+/// some. Default 64: the easy side waits for at most
+/// [`ANSWER_COPIES`](dcutr_core::birthday::ANSWER_COPIES) answers, and a
+/// hard side's priming datagrams that get through (up to its
+/// [`DEFAULT_SOCKETS`](dcutr_core::birthday::DEFAULT_SOCKETS)) each only
+/// add a probe the core budgets anyway, so dropping some loses little.
+/// 64 × 16 bytes plus addresses is all a flood can hold.
+pub const BIRTHDAY_DATAGRAMS_QUEUED: usize = 64;
+
+// quinn answers an unknown short-header packet with a stateless reset only
+// when it can pad one at least 1 byte shorter than the packet: its 16-byte
+// reset token plus at least 5 bytes of padding. A birthday datagram (whose
+// first byte has the QUIC fixed bit set) leaves no room, so quinn drops it
+// silently and the core alone handles it.
+const _: () = assert!(dcutr_core::birthday::DATAGRAM_LEN <= 16 + 5);
+
+/// One birthday datagram taken from the punch socket: its source and bytes.
+pub(crate) type BirthdayDatagram = (SocketAddr, [u8; dcutr_core::birthday::DATAGRAM_LEN]);
+
 /// What a QUIC connection allows once it won the upgrade, or, for what
 /// quinn fixes at the handshake, from the start.
 ///
@@ -165,6 +186,8 @@ pub struct QuicSocket {
     limits: QuicLimits,
     spray: UdpSocket,
     sources: Arc<PunchSources>,
+    /// The runtime, for the birthday punch's fresh sockets and endpoint.
+    runtime: Arc<dyn quinn::Runtime>,
 }
 
 impl QuicSocket {
@@ -230,7 +253,7 @@ impl QuicSocket {
             quinn::EndpointConfig::default(),
             Some(server_config.clone()),
             wrapped,
-            runtime,
+            runtime.clone(),
         )?;
         Ok(QuicSocket {
             endpoint,
@@ -239,6 +262,7 @@ impl QuicSocket {
             limits,
             spray,
             sources,
+            runtime,
         })
     }
 
@@ -299,6 +323,39 @@ impl QuicSocket {
         self.sources.poll_next(cx)
     }
 
+    /// The next birthday datagram that arrived at the punch socket, or
+    /// `Pending` (and a wake-up when one arrives).
+    pub(crate) fn poll_birthday(&self, cx: &mut Context<'_>) -> Poll<BirthdayDatagram> {
+        self.sources.poll_birthday(cx)
+    }
+
+    /// A fresh UDP socket on the punch socket's IP, at an ephemeral port,
+    /// on the endpoint's runtime.
+    fn fresh_socket(&self) -> io::Result<(UdpSocket, Arc<dyn AsyncUdpSocket>)> {
+        let ip = self.endpoint.local_addr()?.ip();
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let send = socket.try_clone()?;
+        send.set_nonblocking(true)?;
+        Ok((send, self.runtime.wrap_udp_socket(socket)?))
+    }
+
+    /// A client-only endpoint on fresh socket `socket`: the birthday
+    /// punch's hard side dials from the socket that met.
+    ///
+    /// # Errors
+    /// When the endpoint cannot start.
+    pub(crate) fn fresh_endpoint(
+        &self,
+        socket: Arc<dyn AsyncUdpSocket>,
+    ) -> io::Result<quinn::Endpoint> {
+        quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            self.runtime.clone(),
+        )
+    }
+
     /// Forgets the sources noted so far: they arrived before this
     /// upgrade started and belong to no punch of it.
     pub(crate) fn clear_punch_sources(&self) {
@@ -318,6 +375,95 @@ impl QuicSocket {
     }
 }
 
+/// The hard side's fresh sockets of one birthday punch
+/// ([`dcutr_core::Output::SendBirthday`]): UDP sockets on the punch
+/// socket's IP at ephemeral ports, at most
+/// [`MAX_SOCKETS`](dcutr_core::birthday::MAX_SOCKETS) (the core's bound),
+/// closed on [`dcutr_core::Output::CloseFresh`] or with the upgrade.
+#[derive(Default)]
+pub(crate) struct FreshSockets {
+    /// Socket number, a clone that sends at once (as the spray does: the
+    /// runtime's socket refuses a send before it polled writable), and
+    /// the runtime's socket that receives.
+    open: Vec<(u16, UdpSocket, Arc<dyn AsyncUdpSocket>)>,
+    /// Where the next receive poll starts, so that no socket starves.
+    next: usize,
+}
+
+impl fmt::Debug for FreshSockets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FreshSockets")
+            .field("open", &self.open.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FreshSockets {
+    /// Sends `payload` to `to` from fresh socket `i`, opening it first
+    /// when it is new. A send that fails is dropped: the punch tolerates
+    /// lost datagrams.
+    pub(crate) fn send(&mut self, quic: &QuicSocket, i: u16, to: SocketAddr, payload: &[u8]) {
+        if !self.open.iter().any(|(n, _, _)| *n == i) {
+            if self.open.len() >= usize::from(dcutr_core::birthday::MAX_SOCKETS) {
+                return;
+            }
+            match quic.fresh_socket() {
+                Ok((send, recv)) => self.open.push((i, send, recv)),
+                Err(error) => {
+                    tracing::debug!(i, %error, "fresh socket not opened");
+                    return;
+                }
+            }
+        }
+        let Some((_, socket, _)) = self.open.iter().find(|(n, _, _)| *n == i) else {
+            return;
+        };
+        if let Err(error) = socket.send_to(payload, to) {
+            tracing::debug!(i, %to, %error, "birthday datagram from a fresh socket dropped");
+        }
+    }
+
+    /// Closes every fresh socket but `keep`.
+    pub(crate) fn close_all_but(&mut self, keep: Option<u16>) {
+        self.open.retain(|(n, _, _)| Some(*n) == keep);
+    }
+
+    /// Takes fresh socket `i` out (for the dial from it).
+    pub(crate) fn take(&mut self, i: u16) -> Option<Arc<dyn AsyncUdpSocket>> {
+        let pos = self.open.iter().position(|(n, _, _)| *n == i)?;
+        Some(self.open.swap_remove(pos).2)
+    }
+
+    /// The next birthday datagram that arrived on a fresh socket; other
+    /// datagrams are read and dropped (at most one per socket per call).
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<(u16, BirthdayDatagram)> {
+        let count = self.open.len();
+        for k in 0..count {
+            let idx = (self.next + k) % count;
+            let (i, _, socket) = &self.open[idx];
+            let mut buf = [0u8; 64];
+            let mut meta = [RecvMeta::default()];
+            let mut bufs = [IoSliceMut::new(&mut buf)];
+            if let Poll::Ready(Ok(n)) = socket.poll_recv(cx, &mut bufs, &mut meta)
+                && n > 0
+            {
+                let m = &meta[0];
+                let len = m.len.min(buf.len());
+                self.next = (idx + 1) % count;
+                if let Ok(bytes) = <[u8; dcutr_core::birthday::DATAGRAM_LEN]>::try_from(&buf[..len])
+                    && dcutr_core::birthday::is_birthday_datagram(&bytes)
+                {
+                    return Poll::Ready((*i, (m.addr, bytes)));
+                }
+                // Not ours: dropped; wake again to read on.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        Poll::Pending
+    }
+}
+
 /// The sources of marked spray datagrams, between the socket and the
 /// driver: a bounded queue and the waker of the task that waits on it.
 #[derive(Debug, Default)]
@@ -328,6 +474,8 @@ struct PunchSources {
 #[derive(Debug, Default)]
 struct SourcesInner {
     queue: VecDeque<SocketAddr>,
+    /// Birthday datagrams, at most [`BIRTHDAY_DATAGRAMS_QUEUED`].
+    birthday: VecDeque<BirthdayDatagram>,
     /// Marked datagrams whose source did not fit in the queue.
     dropped: u64,
     waker: Option<Waker>,
@@ -366,8 +514,37 @@ impl PunchSources {
         }
     }
 
+    fn push_birthday(&self, from: SocketAddr, datagram: &[u8]) {
+        let Ok(bytes) = <[u8; dcutr_core::birthday::DATAGRAM_LEN]>::try_from(datagram) else {
+            return;
+        };
+        let mut inner = self.lock();
+        if inner.birthday.len() >= BIRTHDAY_DATAGRAMS_QUEUED {
+            inner.dropped = inner.dropped.saturating_add(1);
+            tracing::debug!(%from, "birthday datagram queue full: dropped");
+            return;
+        }
+        inner.birthday.push_back((from, bytes));
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn poll_birthday(&self, cx: &mut Context<'_>) -> Poll<BirthdayDatagram> {
+        let mut inner = self.lock();
+        match inner.birthday.pop_front() {
+            Some(d) => Poll::Ready(d),
+            None => {
+                inner.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
     fn clear(&self) {
-        self.lock().queue.clear();
+        let mut inner = self.lock();
+        inner.queue.clear();
+        inner.birthday.clear();
     }
 }
 
@@ -413,6 +590,15 @@ impl AsyncUdpSocket for PunchSocket {
                 // bytes apart.
                 if buf[..len].chunks(m.stride).any(SprayPayload::is_spray) {
                     self.sources.push(m.addr);
+                }
+                // Birthday datagrams are 16 bytes: too short for quinn to
+                // answer (no stateless reset), so it drops them; the core
+                // gets a copy.
+                for d in buf[..len]
+                    .chunks(m.stride)
+                    .filter(|d| dcutr_core::birthday::is_birthday_datagram(d))
+                {
+                    self.sources.push_birthday(m.addr, d);
                 }
             }
         }
@@ -632,5 +818,35 @@ mod tests {
             1 + 2 * 15 + 1 + PROBE_SLACK_DATAGRAMS,
             "bounded for the longest configurable phase"
         );
+    }
+
+    #[test]
+    fn birthday_datagrams_queue_in_order_up_to_their_bound() {
+        let sources = PunchSources::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(sources.poll_birthday(&mut cx).is_pending());
+        let from = |i: u16| SocketAddr::from(([192, 0, 2, 1], i));
+        // Not 16 bytes: never queued (the socket filters on
+        // `is_birthday_datagram` first; this is the second guard).
+        sources.push_birthday(from(1), &[0u8; 17]);
+        assert!(sources.poll_birthday(&mut cx).is_pending());
+        for i in 0..=BIRTHDAY_DATAGRAMS_QUEUED {
+            let mut d = [0u8; dcutr_core::birthday::DATAGRAM_LEN];
+            d[15] = u8::try_from(i % 256).unwrap();
+            sources.push_birthday(from(u16::try_from(i).unwrap() + 10), &d);
+        }
+        assert_eq!(sources.lock().dropped, 1, "one past the bound is dropped");
+        for i in 0..BIRTHDAY_DATAGRAMS_QUEUED {
+            let Poll::Ready((src, d)) = sources.poll_birthday(&mut cx) else {
+                panic!("datagram {i} missing");
+            };
+            assert_eq!(src, from(u16::try_from(i).unwrap() + 10));
+            assert_eq!(usize::from(d[15]), i % 256);
+        }
+        assert!(sources.poll_birthday(&mut cx).is_pending());
+        // Clearing at the start of an upgrade forgets them too.
+        sources.push_birthday(from(2), &[0u8; 16]);
+        sources.clear();
+        assert!(sources.poll_birthday(&mut cx).is_pending());
     }
 }

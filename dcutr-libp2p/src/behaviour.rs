@@ -801,6 +801,22 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
         Ok(())
     }
 
+    fn send_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
+        // The birthday punch needs raw UDP sockets next to the QUIC
+        // endpoint, which libp2p's transports do not expose; the
+        // behaviour runs the spec only.
+        tracing::warn!(to = %transmit.destination, "birthday punch datagrams are not available through libp2p; skipped");
+    }
+
+    fn close_fresh(&mut self, _keep: Option<u16>) {
+        // No fresh sockets are ever opened here (see `send_birthday`).
+    }
+
+    fn dial_fresh(&mut self, socket: u16, dial: Dial) -> Result<(), DialError> {
+        tracing::warn!(socket, to = %dial.to, "dial from a birthday socket is not available through libp2p");
+        Err(DialError::Io(std::io::ErrorKind::Unsupported))
+    }
+
     fn send_datagram(&mut self, to: SocketAddr, _payload: SprayPayload) {
         // Unreachable: `Config::validate` refuses `Spray`.
         tracing::warn!(%to, "UDP spray is not available through libp2p; skipped");

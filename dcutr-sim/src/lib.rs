@@ -1254,6 +1254,22 @@ impl Carrier for SimSide<'_> {
         Ok(())
     }
 
+    fn send_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
+        // The birthday punch is simulated on its own
+        // (`crate::birthday`); the upgrade's carrier here does not model
+        // fresh sockets yet, so the datagram is logged and dropped.
+        self.log(Output::SendBirthday(transmit));
+    }
+
+    fn close_fresh(&mut self, keep: Option<u16>) {
+        self.log(Output::CloseFresh { keep });
+    }
+
+    fn dial_fresh(&mut self, socket: u16, dial: Dial) -> Result<(), DialError> {
+        self.log(Output::DialFresh { socket, dial });
+        Err(DialError::Io(std::io::ErrorKind::Unsupported))
+    }
+
     fn send_datagram(&mut self, to: SocketAddr, payload: SprayPayload) {
         self.log(Output::SendDatagram { to, payload });
         let (i, other) = (self.i, self.other());
