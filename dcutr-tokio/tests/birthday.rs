@@ -63,15 +63,7 @@ async fn the_hard_side_dials_from_the_fresh_socket_that_met() {
     ));
     let (a, a_events) = recording(a);
 
-    let (relay_b, relay_a) = relayed_pair().await;
-    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
-        tokio::join!(
-            dcutr_tokio::upgrade(relay_b, b),
-            dcutr_tokio::upgrade(relay_a, a)
-        )
-    })
-    .await
-    .expect("upgrades finish");
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
     let (b, a) = (
         b.expect("the hard side upgrades"),
         a.expect("the easy side upgrades"),

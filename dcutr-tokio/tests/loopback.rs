@@ -18,17 +18,9 @@ async fn upgrade_both(
     dcutr_tokio::Upgraded<tokio::net::TcpStream>,
 ) {
     init_tracing();
-    let (relay_b, relay_a) = relayed_pair().await;
     let (b, _) = peer(Side::Initiator, transport, loopback_config());
     let (a, _) = peer(Side::Responder, transport, loopback_config());
-    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
-        tokio::join!(
-            dcutr_tokio::upgrade(relay_b, b),
-            dcutr_tokio::upgrade(relay_a, a)
-        )
-    })
-    .await
-    .expect("upgrades finish");
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
     (
         b.expect("initiator upgrades"),
         a.expect("responder upgrades"),

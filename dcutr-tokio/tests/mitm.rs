@@ -171,17 +171,9 @@ async fn a_man_in_the_middle_relaying_both_dials_is_refused_on_both_sides() {
         tokio::spawn(intercept(m_as_a, a_addr, loot.clone())),
     ];
 
-    let (relay_b, relay_a) = relayed_pair().await;
     let (b, b_refused) = victim(Side::Initiator, b_listener, [m_as_b_addr, silent_b_addr]);
     let (a, a_refused) = victim(Side::Responder, a_listener, [m_as_a_addr, silent_a_addr]);
-    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
-        tokio::join!(
-            dcutr_tokio::upgrade(relay_b, b),
-            dcutr_tokio::upgrade(relay_a, a)
-        )
-    })
-    .await
-    .expect("both upgrades end");
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
     for task in attacker {
         task.abort();
     }
@@ -294,7 +286,6 @@ async fn a_man_in_the_middle_over_quic_is_refused_on_both_sides() {
         })
     };
 
-    let (relay_b, relay_a) = relayed_pair().await;
     let refusals = |side: Side, quic, advertised: SocketAddr| {
         let mut config = loopback_config();
         config.max_attempts = 1;
@@ -314,14 +305,7 @@ async fn a_man_in_the_middle_over_quic_is_refused_on_both_sides() {
     // B advertises the attacker's address; A its own.
     let (b, b_refused) = refusals(Side::Initiator, b_quic, m_addr);
     let (a, a_refused) = refusals(Side::Responder, a_quic, a_addr);
-    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
-        tokio::join!(
-            dcutr_tokio::upgrade(relay_b, b),
-            dcutr_tokio::upgrade(relay_a, a)
-        )
-    })
-    .await
-    .expect("both upgrades end");
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
     attacker.abort();
 
     // B sprays to A's real address but A only dials the attacker: no

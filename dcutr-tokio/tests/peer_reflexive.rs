@@ -40,15 +40,7 @@ async fn the_responder_dials_the_spray_source_its_peer_never_advertised() {
     let hole = silent("127.0.0.1");
     let (b, b_real) = initiator(loopback_config(), hole.local_addr().unwrap());
     let (a, _) = peer(Side::Responder, Transport::Quic, loopback_config());
-    let (relay_b, relay_a) = relayed_pair().await;
-    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
-        tokio::join!(
-            dcutr_tokio::upgrade(relay_b, b),
-            dcutr_tokio::upgrade(relay_a, a)
-        )
-    })
-    .await
-    .expect("upgrades finish");
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
     let (b, a) = (
         b.expect("initiator upgrades"),
         a.expect("responder upgrades"),
@@ -88,15 +80,7 @@ async fn a_spray_from_an_ip_the_peer_did_not_name_is_not_dialled() {
     };
     let (b, b_real) = initiator(config.clone(), hole.local_addr().unwrap());
     let (a, _) = peer(Side::Responder, Transport::Quic, config);
-    let (relay_b, relay_a) = relayed_pair().await;
-    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
-        tokio::join!(
-            dcutr_tokio::upgrade(relay_b, b),
-            dcutr_tokio::upgrade(relay_a, a)
-        )
-    })
-    .await
-    .expect("upgrades finish");
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
     let a = a.expect_err("nothing answers at the named address");
     b.expect_err("and B's spray alone makes no connection");
     let dials = a.report.timeline.dials();

@@ -127,17 +127,9 @@ async fn streams_flow(from: &quinn::Connection, to: &quinn::Connection) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_winning_connection_gets_the_application_limits() {
     init_tracing();
-    let (relay_b, relay_a) = relayed_pair().await;
     let (b, _) = peer(Side::Initiator, Transport::Quic, loopback_config());
     let (a, _) = peer(Side::Responder, Transport::Quic, loopback_config());
-    let (b, a) = tokio::time::timeout(TEST_LIMIT, async {
-        tokio::join!(
-            dcutr_tokio::upgrade(relay_b, b),
-            dcutr_tokio::upgrade(relay_a, a)
-        )
-    })
-    .await
-    .expect("upgrades finish");
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
     let (Direct::Quic(b), Direct::Quic(a)) = (b.unwrap().connection, a.unwrap().connection) else {
         panic!("QUIC on both sides");
     };

@@ -59,6 +59,26 @@ pub async fn relayed_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     (a.unwrap(), b.unwrap().0)
 }
 
+/// What one upgrade over a loopback relayed stream gives.
+pub type Outcome = Result<
+    dcutr_tokio::Upgraded<tokio::net::TcpStream>,
+    dcutr_tokio::UpgradeError<tokio::net::TcpStream>,
+>;
+
+/// Upgrades B (`b`) and A (`a`) against each other over a fresh relayed
+/// pair, both at once; panics if that takes longer than `limit`.
+pub async fn upgrade_pair(b: Options, a: Options, limit: Duration) -> (Outcome, Outcome) {
+    let (relay_b, relay_a) = relayed_pair().await;
+    tokio::time::timeout(limit, async {
+        tokio::join!(
+            dcutr_tokio::upgrade(relay_b, b),
+            dcutr_tokio::upgrade(relay_a, a)
+        )
+    })
+    .await
+    .expect("both upgrades finish in time")
+}
+
 /// Runs an upgrade with `options` against a peer that writes only garbage,
 /// and returns its error, which must be a protocol error.
 pub async fn upgrade_against_garbage(
