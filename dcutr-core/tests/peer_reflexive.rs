@@ -27,6 +27,21 @@ fn dials(outputs: &[Output]) -> Vec<Dial> {
         .collect()
 }
 
+/// An initiator (the QUIC server of a spray punch) that got the peer's
+/// Connect naming `PEER` over QUIC and reached its punch time; what the
+/// punch put out.
+fn spraying_initiator() -> (Upgrade, Vec<Output>) {
+    let mut up = start(Side::Initiator, Config::default());
+    drain(&mut up);
+    up.handle_stream_opened(at(0));
+    drain(&mut up);
+    up.handle_stream_data(at(6), &connect_frame(&[quic(PEER)]));
+    drain(&mut up);
+    up.handle_timeout(at(9));
+    let punch = drain(&mut up);
+    (up, punch)
+}
+
 /// A responder (the QUIC client) that got the peer's Connect naming
 /// `peer` and its Sync at 10 ms, and punched; returns it and the
 /// punch's dials.
@@ -265,14 +280,7 @@ fn outside_the_punch_a_punch_datagram_dials_nothing() {
 fn the_spraying_quic_server_leaves_the_dial_to_the_peer() {
     // The initiator is the QUIC server of a spray punch: the peer's
     // Initial arrives from whatever port its NAT picks, and is accepted.
-    let mut up = start(Side::Initiator, Config::default());
-    drain(&mut up);
-    up.handle_stream_opened(at(0));
-    drain(&mut up);
-    up.handle_stream_data(at(6), &connect_frame(&[quic(PEER)]));
-    drain(&mut up);
-    up.handle_timeout(at(9));
-    let out = drain(&mut up);
+    let (mut up, out) = spraying_initiator();
     assert!(
         out.iter()
             .any(|o| matches!(o, Output::SendDatagram { to, .. } if *to == quic(PEER).addr)),
@@ -287,14 +295,8 @@ fn the_spraying_quic_server_leaves_the_dial_to_the_peer() {
 
 #[test]
 fn spray_datagrams_carry_the_marker_and_nothing_else_passes_for_one() {
-    let mut up = start(Side::Initiator, Config::default());
-    drain(&mut up);
-    up.handle_stream_opened(at(0));
-    drain(&mut up);
-    up.handle_stream_data(at(6), &connect_frame(&[quic(PEER)]));
-    drain(&mut up);
-    up.handle_timeout(at(9));
-    let payloads: Vec<SprayPayload> = drain(&mut up)
+    let (_, punch) = spraying_initiator();
+    let payloads: Vec<SprayPayload> = punch
         .into_iter()
         .filter_map(|o| match o {
             Output::SendDatagram { payload, .. } => Some(payload),

@@ -146,6 +146,19 @@ pub struct Trial {
     pub hard_sockets_hit: usize,
 }
 
+impl EasyReport {
+    /// Nothing sent, nothing answered yet.
+    fn unanswered() -> Self {
+        EasyReport {
+            event: "birthday-easy".into(),
+            met: false,
+            probes_sent: 0,
+            hit: None,
+            elapsed_ms: 0.0,
+        }
+    }
+}
+
 impl Trial {
     /// Met on both sides: the easy side got an answer and the hard side
     /// saw the probe that caused it.
@@ -232,13 +245,7 @@ pub fn easy(
     let ports = probe_ports(seed, probes);
     let started = Instant::now();
     let mut buf = [0u8; 64];
-    let mut report = EasyReport {
-        event: "birthday-easy".into(),
-        met: false,
-        probes_sent: 0,
-        hit: None,
-        elapsed_ms: 0.0,
-    };
+    let mut report = EasyReport::unanswered();
     let mut answered = |report: &mut EasyReport| -> bool {
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             if n >= 7 && &buf[..3] == ANSWER {
@@ -345,13 +352,7 @@ pub fn easy_tcp(
 ) -> Result<EasyReport> {
     let ports = probe_ports(seed, probes);
     let started = Instant::now();
-    let mut report = EasyReport {
-        event: "birthday-easy".into(),
-        met: false,
-        probes_sent: 0,
-        hit: None,
-        elapsed_ms: 0.0,
-    };
+    let mut report = EasyReport::unanswered();
     let mut window = std::collections::VecDeque::with_capacity(TCP_PROBE_WINDOW);
     let finish = |report: &mut EasyReport, hit: Option<SocketAddr>| {
         report.met = hit.is_some();
