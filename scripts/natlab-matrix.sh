@@ -4,7 +4,8 @@
 # transports x relayed RTTs driving the dcutr CLI (extra arguments go to
 # `natlab matrix`, e.g. --runs 10), the symmetric/symmetric cases again
 # with coturn on the relay host and `dcutr peer --stun` (`natlab matrix
-# --stun`: both must fail at once), and stock rust-libp2p against
+# --stun`: both must fail at once), the birthday punch's QUIC cases in
+# both roles with --stun (both must upgrade), and stock rust-libp2p against
 # dcutr-libp2p (`natlab libp2p --runs 1`).
 # Needs root (it creates namespaces); otherwise it prints
 # "natlab: skipped (needs root)" and exits 0. Installs missing lab tools
@@ -33,4 +34,10 @@ timed "$target/debug/natlab" selftest
 timed "$target/debug/natlab" matrix --markdown "$target/natlab-report.md" "$@"
 timed "$target/debug/natlab" matrix --stun --filter symmetric/symmetric \
     --markdown "$target/natlab-stun.md"
+# The birthday punch over QUIC, in both roles (issue 13): it needs both
+# NATs known, so these cases run with --stun.
+timed "$target/debug/natlab" matrix --stun --filter "symmetric/cone quic" \
+    --markdown "$target/natlab-birthday-hard-a.md"
+timed "$target/debug/natlab" matrix --stun --filter "port-restricted/symmetric quic" \
+    --markdown "$target/natlab-birthday-hard-b.md"
 timed "$target/debug/natlab" libp2p --runs 1 --markdown "$target/natlab-libp2p.md"
