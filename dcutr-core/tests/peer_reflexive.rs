@@ -17,16 +17,6 @@ use dcutr_core::{
 /// The peer's one advertised QUIC address.
 const PEER: &str = "203.0.113.5:4001";
 
-fn dials(outputs: &[Output]) -> Vec<Dial> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Dial(d) => Some(*d),
-            _ => None,
-        })
-        .collect()
-}
-
 /// An initiator (the QUIC server of a spray punch) that got the peer's
 /// Connect naming `PEER` over QUIC and reached its punch time; what the
 /// punch put out.

@@ -22,16 +22,6 @@ fn config(mode: QuicServerPunch) -> Config {
     }
 }
 
-fn dials(outputs: &[Output]) -> Vec<Dial> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Dial(d) => Some(*d),
-            _ => None,
-        })
-        .collect()
-}
-
 /// An initiator with `config` that sent its Connect at 0 ms, got the
 /// peer's Connect naming `peer` at `rtt_ms` and punched at
 /// `rtt_ms + rtt_ms / 2`; returns it and the punch's dials.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dcutr_core::wire::{encode_connect, encode_sync};
-use dcutr_core::{Candidate, Config, Event, Output, Side, Upgrade};
+use dcutr_core::{Candidate, Config, Dial, Event, Output, Side, Upgrade};
 
 pub fn t0() -> Instant {
     dcutr_sim::epoch()
@@ -74,6 +74,17 @@ pub fn events(outputs: &[Output]) -> Vec<Event> {
         .iter()
         .filter_map(|o| match o {
             Output::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The dials among `outputs`, in order.
+pub fn dials(outputs: &[Output]) -> Vec<Dial> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Dial(d) => Some(*d),
             _ => None,
         })
         .collect()
