@@ -452,6 +452,15 @@ impl Plan {
         self.reporter
     }
 
+    /// Makes at most `max` hole-punch attempts instead of the default
+    /// (the session handshake agrees on the smaller of both sides'
+    /// limits). For test fixtures such as natlab's `lab-dcutr`, which
+    /// gives a report-only lab case one attempt; `dcutr peer` keeps the
+    /// default.
+    pub fn limit_attempts(&mut self, max: u8) {
+        self.config.max_attempts = max;
+    }
+
     /// The upgrade's options for any adapter: `listener` hands the punch
     /// listener to the runtime, `quic` builds the endpoint on it. Also
     /// returns a handle on the endpoint, for [`conclude`] to drain.

@@ -8,7 +8,10 @@
 //!   stream once N bytes were forwarded on it (a relay failing
 //!   mid-protocol; 0 closes them right after `paired`);
 //! - `peer --runtime tokio|smol|async-std`: the runtime of the upgrade and
-//!   its proof (the rendezvous and pairing stay on tokio).
+//!   its proof (the rendezvous and pairing stay on tokio);
+//! - `peer --max-attempts N`: at most N hole-punch attempts (the session
+//!   agrees on the smaller of both peers' limits), so that a case whose
+//!   outcome is only reported does not spend three attempts on it.
 //!
 //! natlab's `matrix` and `broken` run it (`--dcutr` overrides it).
 
@@ -44,6 +47,10 @@ enum Command {
         /// Async runtime of the upgrade and its proof.
         #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
         runtime: Runtime,
+        /// At most this many hole-punch attempts (default: the library's).
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u8).range(1..=i64::from(dcutr_core::settings::MAX_ATTEMPTS_LIMIT)))]
+        max_attempts: Option<u8>,
     },
 }
 
@@ -88,16 +95,39 @@ fn main() -> ExitCode {
             }
             dcutr_cli::block_on_reporting(relay.json, dcutr_cli::run_relay(&relay, config))
         }
-        Command::Peer { peer, runtime } => {
+        Command::Peer {
+            peer,
+            runtime,
+            max_attempts,
+        } => {
             let json = peer.json;
-            dcutr_cli::block_on_reporting(json, async move {
-                match runtime {
-                    Runtime::Tokio => peer::run(peer).await,
-                    rt => peer::run_on(peer, move |plan, relay| on_async_io(rt, plan, relay)).await,
+            let limit = move |plan: &mut Plan| {
+                if let Some(max) = max_attempts {
+                    plan.limit_attempts(max);
                 }
-            })
+            };
+            dcutr_block(json, peer, runtime, limit)
         }
     }
+}
+
+/// `dcutr peer` on `runtime`, with `fixture` applied to the plan first.
+fn dcutr_block(
+    json: bool,
+    peer: dcutr_cli::PeerArgs,
+    runtime: Runtime,
+    fixture: impl FnOnce(&mut Plan) + Send + 'static,
+) -> ExitCode {
+    dcutr_cli::block_on_reporting(json, async move {
+        peer::run_on(peer, move |mut plan, relay| async move {
+            fixture(&mut plan);
+            match runtime {
+                Runtime::Tokio => peer::upgrade_on_tokio(plan, relay).await,
+                rt => on_async_io(rt, plan, relay).await,
+            }
+        })
+        .await
+    })
 }
 
 /// The upgrade and its proof on smol or async-std, on a thread of their
