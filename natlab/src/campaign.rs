@@ -450,6 +450,10 @@ pub struct PeerRun<R> {
     pub events: Vec<String>,
     /// The result, if a valid one was printed.
     pub result: Option<R>,
+    /// What the peer's NAT discovery found ([`nat_summary`] of its
+    /// `nat_observed` line, or `unknown` after `nat_unknown`); `None` when
+    /// it did not run (no `--stun`).
+    pub nat: Option<String>,
     /// Contract violations found in the output.
     pub problems: Vec<String>,
 }
@@ -473,6 +477,11 @@ impl<R: PeerResult> PeerRun<R> {
                 out.problems.push(format!(
                     "event {name:?} after the result (the result must be last)"
                 ));
+            }
+            match name.as_str() {
+                NAT_OBSERVED_EVENT => out.nat = Some(nat_summary(&value)),
+                NAT_UNKNOWN_EVENT => out.nat = Some("unknown".into()),
+                _ => {}
             }
             if name == RESULT_EVENT {
                 match serde_json::from_value::<R>(value) {
@@ -550,6 +559,41 @@ pub fn outcome<R: PeerResult>(
         }
         Outcome::Error
     }
+}
+
+/// The line a peer prints when STUN found its NAT's behaviour.
+pub const NAT_OBSERVED_EVENT: &str = "nat_observed";
+/// The line a peer prints when no STUN server answered.
+pub const NAT_UNKNOWN_EVENT: &str = "nat_unknown";
+
+/// A `nat_observed` line in a table cell's few words, RFC 4787's
+/// abbreviations: mapping (`EIM`, `EDM`), allocation (`preserving`,
+/// `seq+N`, `random`) and, when known, filtering (`EIF`, `ADF`, `APDF`);
+/// `?` for what the observations could not tell.
+pub fn nat_summary(line: &Value) -> String {
+    let field = |name: &str| line.get(name).and_then(Value::as_str).unwrap_or("unknown");
+    let mapping = match field("mapping") {
+        "endpoint-independent" => "EIM".to_owned(),
+        "endpoint-dependent" => "EDM".to_owned(),
+        _ => "?".to_owned(),
+    };
+    let allocation = match (
+        field("allocation"),
+        line.get("allocation_delta").and_then(Value::as_i64),
+    ) {
+        ("sequential", Some(delta)) => format!("seq{delta:+}"),
+        ("port-preserving", _) => "preserving".to_owned(),
+        ("unknown", _) => "?".to_owned(),
+        (other, _) => other.to_owned(),
+    };
+    let mut words = vec![mapping, allocation];
+    match field("filtering") {
+        "endpoint-independent" => words.push("EIF".into()),
+        "address-dependent" => words.push("ADF".into()),
+        "address-and-port-dependent" => words.push("APDF".into()),
+        _ => {}
+    }
+    words.join(" ")
 }
 
 /// The event name of one stdout line, and the parsed object.
@@ -729,11 +773,20 @@ pub fn tally(labels: impl IntoIterator<Item = String>) -> Vec<(String, usize)> {
 
 /// `ok 3, none 2`.
 pub fn tally_text(labels: impl IntoIterator<Item = String>) -> String {
-    tally(labels)
-        .iter()
-        .map(|(l, n)| format!("{l} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    counted(&tally(labels))
+}
+
+fn counted(tally: &[(String, usize)]) -> String {
+    let words: Vec<String> = tally.iter().map(|(l, n)| format!("{l} {n}")).collect();
+    words.join(", ")
+}
+
+/// The one label when all agree, else [`tally_text`] (`a 3, b 1`).
+pub fn distinct_text(labels: impl IntoIterator<Item = String>) -> String {
+    match &tally(labels)[..] {
+        [(only, _)] => only.clone(),
+        many => counted(many),
+    }
 }
 
 /// `FAIL (n/N)` when some of `runs` failed, else `pass`.
@@ -857,6 +910,52 @@ mod tests {
         assert!(bad.problems[0].starts_with("malformed result"));
         assert!(is_event(r#"{"event":"listening","a":1}"#, "listening"));
         assert!(!is_event(r#"{"event":"listening2"}"#, "listening") && !is_event("x", "x"));
+    }
+
+    #[test]
+    fn the_nat_a_peer_found_is_read_from_the_clis_own_line() {
+        use dcutr_cli::report::Line;
+        let observed = |mapping: &str, allocation: &str, delta, filtering: &str| {
+            dcutr_cli::report::json_line(&Line::NatObserved {
+                transport: dcutr_core::Transport::Quic,
+                public: vec!["203.0.113.11:4000".parse().unwrap()],
+                mapping: mapping.into(),
+                allocation: allocation.into(),
+                allocation_delta: delta,
+                filtering: filtering.into(),
+            })
+        };
+        let ok = r#"{"event":"result","ok":true}"#.to_owned();
+        let nat_of = |line: String| PeerRun::<R>::parse(Some(0), &[line, ok.clone()]).nat;
+        let hard = observed(
+            "endpoint-dependent",
+            "random",
+            None,
+            "address-and-port-dependent",
+        );
+        assert_eq!(nat_of(hard).as_deref(), Some("EDM random APDF"));
+        let seq = observed("endpoint-dependent", "sequential", Some(2), "unknown");
+        assert_eq!(nat_of(seq).as_deref(), Some("EDM seq+2"));
+        let easy = observed(
+            "endpoint-independent",
+            "port-preserving",
+            None,
+            "endpoint-independent",
+        );
+        assert_eq!(nat_of(easy).as_deref(), Some("EIM preserving EIF"));
+        let unknown = dcutr_cli::report::json_line(&Line::NatUnknown {
+            reason: "no answer".into(),
+        });
+        assert_eq!(nat_of(unknown).as_deref(), Some("unknown"));
+        assert_eq!(
+            PeerRun::<R>::parse(Some(0), std::slice::from_ref(&ok)).nat,
+            None
+        );
+        assert_eq!(distinct_text(["x".to_owned(), "x".to_owned()]), "x");
+        assert_eq!(
+            distinct_text(["x".to_owned(), "y".to_owned(), "x".to_owned()]),
+            "x 2, y 1"
+        );
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub mod fixture {
             exit: Some(exit),
             events,
             result: Some(r),
+            nat: None,
             problems: vec![],
         }
     }

@@ -895,6 +895,7 @@ mod tests {
             exit,
             events: vec!["result".into()],
             result: Some(result),
+            nat: None,
             problems: vec![],
         }
     }

@@ -619,6 +619,14 @@ pub fn table(records: &[Record<Detail>]) -> String {
             ("A", &|_, runs| runs[0].detail.a_site.clone()),
             ("B", &|_, runs| runs[0].detail.b_site.clone()),
             ("runtime", &|_, runs| runs[0].detail.runtime.clone()),
+            ("NAT seen by A / B", &|_, runs| {
+                let seen = |r: &&Record<Detail>| {
+                    let nat =
+                        |p: &campaign::PeerRun<CliResult>| p.nat.clone().unwrap_or("-".into());
+                    format!("{} / {}", nat(&r.detail.seen.a), nat(&r.detail.seen.b))
+                };
+                campaign::distinct_text(runs.iter().map(seen))
+            }),
             ("upgraded", &|_, runs| {
                 campaign::share(runs, |r| r.outcome == Outcome::Upgraded)
             }),
@@ -637,7 +645,7 @@ pub fn table(records: &[Record<Detail>]) -> String {
             }),
             ("verdict", &verdict),
         ],
-        "ratio = time to direct / (1.5 R + D); medians over runs; R, D, time to direct from B (A if B has none).",
+        "ratio = time to direct / (1.5 R + D); medians over runs; R, D, time to direct from B (A if B has none); NAT seen = what each peer's STUN discovery (`--stun`) found for its punch socket (mapping, allocation, filtering in RFC 4787's terms), - without --stun.",
     )
 }
 
