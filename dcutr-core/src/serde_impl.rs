@@ -273,6 +273,7 @@ impl Serialize for Attempt<'_> {
         map.serialize_entry("punch_ms", &since(base, a.punch))?;
         map.serialize_entry("remote_addrs", &a.remote_addrs)?;
         map.serialize_entry("spray_packets", &a.spray_packets)?;
+        map.serialize_entry("birthday_datagrams", &a.birthday_datagrams)?;
         map.serialize_entry("ended_ms", &since(base, a.ended))?;
         map.serialize_entry("failure", &a.failure)?;
         map.end()

@@ -54,6 +54,8 @@ pub struct AttemptRecord {
     pub(crate) remote_addrs: usize,
     /// Spray datagrams sent.
     pub(crate) spray_packets: u32,
+    /// Birthday-punch datagrams asked for (probes, priming, answers).
+    pub(crate) birthday_datagrams: u32,
     /// When it ended (success or failure).
     pub(crate) ended: Option<Instant>,
     /// Why it failed, if it did.
@@ -72,6 +74,7 @@ impl AttemptRecord {
             punch: None,
             remote_addrs: 0,
             spray_packets: 0,
+            birthday_datagrams: 0,
             ended: None,
             failure: None,
         }
@@ -283,6 +286,14 @@ impl AttemptRecord {
     #[must_use]
     pub fn spray_packets(&self) -> u32 {
         self.spray_packets
+    }
+
+    /// Birthday-punch datagrams the core asked for in this attempt:
+    /// probes (easy side), priming datagrams and answers (hard side).
+    /// A carrier's process-wide budget may have held some back.
+    #[must_use]
+    pub fn birthday_datagrams(&self) -> u32 {
+        self.birthday_datagrams
     }
 
     /// When the attempt ended (success or failure).

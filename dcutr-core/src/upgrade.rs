@@ -1377,10 +1377,12 @@ impl Upgrade {
     /// known and one side's mapping is random
     /// ([`crate::nat::Strategy::Birthday`]), and the peer named a QUIC
     /// address. Then the hard side and the peer's QUIC address (the easy
-    /// side's punch address, or the hard side's IP). Of the peer's QUIC
-    /// addresses, one whose IP an observer saw for the peer (the
-    /// unilateral targets, from the relay) is preferred, so probes go to
-    /// an IP the peer does not merely claim.
+    /// side's punch address, or the hard side's IP). When an observer saw
+    /// the peer (the unilateral targets, from the relay), only a QUIC
+    /// address on an IP it saw will do, so that the probes go to an IP the
+    /// peer does not merely claim; with no observation, the peer's first
+    /// QUIC address, and the process's `admission::BirthdayBudget` bounds
+    /// what a lie can aim at a third party.
     fn birthday_plan(&self, peer: &[Candidate]) -> Option<(HardSide, SocketAddr)> {
         let (ours, theirs) = (self.own_nat.as_deref()?, self.peer_nat.as_deref()?);
         let crate::nat::Strategy::Birthday { hard_side } =
@@ -1388,14 +1390,20 @@ impl Upgrade {
         else {
             return None;
         };
-        let quic = || peer.iter().filter(|c| c.transport == Transport::Quic);
-        let observed = quic().find(|c| {
-            self.unilateral_targets
-                .iter()
-                .any(|u| u.addr.ip() == c.addr.ip())
-        });
-        let to = observed.or_else(|| quic().next())?;
-        Some((hard_side, to.addr))
+        let mut quic = peer.iter().filter(|c| c.transport == Transport::Quic);
+        let seen = &self.unilateral_targets;
+        let to = if seen.is_empty() {
+            quic.next()
+        } else {
+            quic.find(|c| seen.iter().any(|u| u.addr.ip() == c.addr.ip()))
+        };
+        if to.is_none() {
+            tracing::debug!(
+                observed = seen.len(),
+                "no birthday punch: no QUIC address of the peer's on an IP an observer saw"
+            );
+        }
+        Some((hard_side, to?.addr))
     }
 
     /// Starts this attempt's birthday punch now, at the spec's punch time.
@@ -1452,8 +1460,13 @@ impl Upgrade {
         let Some(run) = self.birthday.as_mut() else {
             return;
         };
+        let mut asked = 0u32;
         while let Some(t) = run.machine.poll_transmit() {
             self.outputs.push_back(Output::SendBirthday(t));
+            asked += 1;
+        }
+        if let Some(a) = self.timeline.attempts.last_mut() {
+            a.birthday_datagrams = a.birthday_datagrams.saturating_add(asked);
         }
         match run.machine.poll_timeout() {
             // Never due again at the same instant: the timer loop would

@@ -52,8 +52,20 @@ fn connect_with_nat(addrs: &[Candidate], nat: &NatBehaviour) -> bytes::Bytes {
 /// A spec responder behind `ours` that got the peer's Connect (declaring
 /// `peer`) and its Sync at 10 ms, and punched.
 fn punching(ours: Option<NatBehaviour>, peer: &NatBehaviour) -> (Upgrade, Vec<Output>) {
+    punching_seen(ours, peer, &[], &[quic(PEER)])
+}
+
+/// [`punching`], with the relay having seen the peer at `observed`, and
+/// the peer's Connect naming `named`.
+fn punching_seen(
+    ours: Option<NatBehaviour>,
+    peer: &NatBehaviour,
+    observed: &[Candidate],
+    named: &[Candidate],
+) -> (Upgrade, Vec<Output>) {
     let mut b = Upgrade::builder(Side::Responder, Config::default(), [7; 32])
-        .local_addrs([tcp(OURS), quic(OURS)]);
+        .local_addrs([tcp(OURS), quic(OURS)])
+        .remote_public_addrs(observed.iter().copied());
     if let Some(ours) = ours {
         b = b.nat_behaviour(ours);
     }
@@ -61,7 +73,7 @@ fn punching(ours: Option<NatBehaviour>, peer: &NatBehaviour) -> (Upgrade, Vec<Ou
     drain(&mut up);
     up.handle_stream_opened(at(0));
     drain(&mut up);
-    up.handle_stream_data(at(5), &connect_with_nat(&[quic(PEER)], peer));
+    up.handle_stream_data(at(5), &connect_with_nat(named, peer));
     drain(&mut up);
     up.handle_stream_data(at(10), &sync_frame());
     let out = drain(&mut up);
@@ -242,6 +254,7 @@ fn easy_side_probes_only_the_hard_ip_and_fails_typed_when_unanswered() {
     ports.sort_unstable();
     ports.dedup();
     assert_eq!(ports.len(), 1024, "no port probed twice");
+    assert_eq!(up.timeline().attempts()[0].birthday_datagrams(), 1024);
     let failed = events(&all)
         .into_iter()
         .find_map(|e| match e {
@@ -301,6 +314,43 @@ fn easy_side_meets_on_the_answer_and_takes_the_hard_sides_dial() {
         panic!("{:?}", up.outcome());
     };
     assert_eq!(won.id, id);
+}
+
+#[test]
+fn with_an_observed_ip_the_easy_side_probes_only_that_ip() {
+    // The peer names a third party first and its observed IP second: the
+    // probes go to the observed one.
+    let victim = quic("198.51.100.77:4001");
+    let seen = [tcp("203.0.113.5:9000")];
+    let (mut up, out) = punching_seen(Some(cone()), &random(), &seen, &[victim, quic(PEER)]);
+    let mut all = out;
+    all.extend(run_timers(&mut up, 2_000, |o| !transmits(o).is_empty()));
+    let probes = transmits(&all);
+    assert!(!probes.is_empty());
+    assert!(probes.iter().all(|t| t.destination.ip() == addr(PEER).ip()));
+    // It names only third parties: no birthday punch at all.
+    let (mut up, out) = punching_seen(Some(cone()), &random(), &seen, &[victim]);
+    let mut all = out;
+    all.extend(run_timers(&mut up, 2_000, |o| {
+        events(o)
+            .iter()
+            .any(|e| matches!(e, Event::AttemptFailed { .. }))
+    }));
+    assert!(transmits(&all).is_empty(), "no probe at the third party");
+    assert!(
+        !events(&all)
+            .iter()
+            .any(|e| matches!(e, Event::BirthdayStarted { .. }))
+    );
+    // Without an observation the peer's word is all there is (the
+    // process's BirthdayBudget caps it).
+    let (_, out) = punching_seen(Some(cone()), &random(), &[], &[victim]);
+    assert!(
+        transmits(&out)
+            .iter()
+            .all(|t| t.destination.ip() == victim.addr.ip())
+    );
+    assert!(!transmits(&out).is_empty());
 }
 
 #[test]

@@ -7,13 +7,18 @@
 //! relayed stream itself carries no identity a stranger could not make up.
 //! An upgrade without a name counts only towards the cap.
 //!
+//! The same module keeps the process's [`BirthdayBudget`]: every
+//! birthday-punch datagram any upgrade sends is counted against it first,
+//! per destination IP and in all, and a refused one is not sent.
+//!
 //! [`Options::peer`]: crate::Options::peer
 //! [`MAX_CONCURRENT_UPGRADES`]: dcutr_core::admission::MAX_CONCURRENT_UPGRADES
 
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use dcutr_core::admission::{Admission, Refusal};
+use dcutr_core::admission::{Admission, BirthdayBudget, BirthdayRefusal, Refusal};
 
 /// A peer's name as the guard keeps it: the SHA-256 of the caller's bytes,
 /// so that every name costs the same 32 bytes however long it is, or a
@@ -90,6 +95,16 @@ impl Drop for Ticket {
             gate().admission.finish(&self.key, Instant::now(), true);
         }
     }
+}
+
+static BIRTHDAY: Mutex<BirthdayBudget> = Mutex::new(BirthdayBudget::new());
+
+/// Counts one birthday-punch packet to `to`, against the process-wide
+/// [`BirthdayBudget`] of every upgrade this process drives.
+pub(crate) fn admit_birthday(now: Instant, to: IpAddr) -> Result<(), BirthdayRefusal> {
+    // Consistent across a panic elsewhere, as the gate is.
+    let mut budget = BIRTHDAY.lock().unwrap_or_else(PoisonError::into_inner);
+    budget.admit(now, to)
 }
 
 /// How many standalone upgrades this process runs now, at most

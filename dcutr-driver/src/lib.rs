@@ -1301,6 +1301,11 @@ impl<R: Runtime> Carrier for Io<'_, R> {
     }
 
     fn send_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
+        let to = transmit.destination;
+        if let Err(refusal) = admission::admit_birthday(self.runtime.now(), to.ip()) {
+            tracing::debug!(%to, %refusal, "birthday datagram not sent");
+            return;
+        }
         match (transmit.local, self.quic) {
             // The easy side's probes leave from the QUIC punch socket,
             // whose mapping the peer observed; its answers come back

@@ -21,6 +21,14 @@
 //!   our Hello allows) so that each attempt supersedes the last within
 //!   milliseconds, the fastest it can make us dial.
 //!
+//! Three more against our initiator run the birthday punch: the hostile
+//! responder declares a NAT with random ports (we are the easy side and
+//! probe a victim IP), once with the relay having seen it elsewhere (then
+//! nothing may reach the victim) and once without; and it declares a cone
+//! while we map at random (we send priming datagrams at the victim). All
+//! three aim at one victim IP within a minute, so together they get exactly
+//! the process's `BIRTHDAY_PACKETS_PER_IP` there.
+//!
 //! Per upgrade it asserts the core's budgets on what it asked for
 //! (`MAX_DIALS_PER_UPGRADE`, `MAX_PUNCHES_PER_IP` per attempt, the spray
 //! budget) and on what the victim saw: at most the SYNs [`syns_within`] the direct
@@ -39,10 +47,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use dcutr_core::admission::BIRTHDAY_PACKETS_PER_IP;
+use dcutr_core::birthday::DATAGRAM_LEN;
+use dcutr_core::nat::{Allocation, Filtering, Mapping, NatBehaviour};
 use dcutr_core::settings::{MAX_DIALS_PER_UPGRADE, MAX_PUNCHES_PER_IP, SPRAY_PACKET_LEN};
 use dcutr_core::wire::{
-    FrameDecoder, MAX_MESSAGE_SIZE, Message, decode_message, encode_connect, encode_hello,
-    encode_sync,
+    FrameDecoder, MAX_MESSAGE_SIZE, Message, NatWire, decode_message, encode_connect_with,
+    encode_hello, encode_sync,
 };
 use dcutr_driver::quic::max_datagrams_per_quic_dial;
 use dcutr_tokio::{Candidate, Config, Options, Side, Transport, UpgradeFailure};
@@ -59,6 +70,11 @@ const INNER_ENV: &str = "DCUTR_VICTIM_NETNS";
 
 /// Our peer's address in its namespace.
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// Where the relay saw the hostile peer, in the birthday attacks that
+/// have an observation (documentation space, not the victim's).
+const HOSTILE_SEEN_AT: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)), 4000);
 
 /// The victim's addresses: four, so that the per-IP cap and the
 /// per-upgrade dial cap both bind.
@@ -182,6 +198,7 @@ impl Lab {
         }
         let rules = "table inet victim {
             counter tcp_in {}
+            counter birthday_in {}
             counter spray_in {}
             counter quic_in {}
             counter other_in {}
@@ -189,7 +206,8 @@ impl Lab {
             chain input {
                 type filter hook input priority -300; policy drop;
                 meta l4proto tcp counter name tcp_in
-                udp length < 200 counter name spray_in
+                udp length 24 counter name birthday_in
+                udp length > 24 udp length < 200 counter name spray_in
                 udp length >= 200 counter name quic_in
                 meta l4proto != { tcp, udp } counter name other_in
             }
@@ -247,7 +265,7 @@ fn counters(victim: &str) -> BTreeMap<String, Count> {
             counts.insert(n.clone(), Count { packets, bytes });
         }
     }
-    assert_eq!(counts.len(), 5, "every counter read: {text}");
+    assert_eq!(counts.len(), 6, "every counter read: {text}");
     counts
 }
 
@@ -260,7 +278,7 @@ fn delta(after: &BTreeMap<String, Count>, before: &BTreeMap<String, Count>, name
 
 /// The Connect of the hostile peer: 16 victim addresses (the core's
 /// `max_remote_addrs`), TCP and QUIC ports on each of the four IPs.
-fn victim_connect() -> Vec<u8> {
+fn victim_connect(nat: Option<&NatBehaviour>) -> Vec<u8> {
     let mut addrs = Vec::new();
     for port in 0..2u16 {
         for ip in VICTIM_IPS {
@@ -272,7 +290,8 @@ fn victim_connect() -> Vec<u8> {
             }
         }
     }
-    encode_connect(addrs.iter().map(Vec::as_slice), MAX_MESSAGE_SIZE)
+    let nat = nat.map(NatWire::from_behaviour);
+    encode_connect_with(addrs.iter().map(Vec::as_slice), nat, MAX_MESSAGE_SIZE)
         .0
         .to_vec()
 }
@@ -287,15 +306,17 @@ async fn next_frame(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> Optio
     }
 }
 
-/// Against our initiator: answers each of its Connects with the victims.
-async fn hostile_responder(mut stream: TcpStream) {
+/// Against our initiator: answers each of its Connects with the victims,
+/// declaring `nat` as its NAT's behaviour if given.
+async fn hostile_responder(mut stream: TcpStream, nat: Option<NatBehaviour>) {
     let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
     let _hello = next_frame(&mut stream, &mut decoder).await;
     let hello = encode_hello(10, Side::Responder, &[9; 32]);
     stream.write_all(&hello).await.unwrap();
+    let connect = victim_connect(nat.as_ref());
     while let Some(frame) = next_frame(&mut stream, &mut decoder).await {
         if let Message::Connect(_) = decode_message(&frame).unwrap()
-            && stream.write_all(&victim_connect()).await.is_err()
+            && stream.write_all(&connect).await.is_err()
         {
             return;
         }
@@ -322,7 +343,7 @@ async fn hostile_initiator(stream: TcpStream, attempts: u8, pause: Duration) {
             now.clear();
             tokio::time::sleep(pause).await;
         }
-        now.extend_from_slice(&victim_connect());
+        now.extend_from_slice(&victim_connect(None));
         now.extend_from_slice(&encode_sync());
     }
     let _ = write.write_all(&now).await;
@@ -334,6 +355,14 @@ async fn hostile_initiator(stream: TcpStream, attempts: u8, pause: Duration) {
 enum Attack {
     /// A responder answering our initiator's Connects with the victims.
     OnInitiator,
+    /// The same, declaring a NAT with random ports while ours is a cone:
+    /// we are the birthday punch's easy side and probe the first victim
+    /// IP's ports. `observed`: the relay saw the hostile peer's own
+    /// address, so only that IP may be probed.
+    BirthdayProbes { observed: bool },
+    /// The same, declaring a cone while ours maps at random: we are the
+    /// hard side and send priming datagrams at the victim address.
+    BirthdayPriming,
     /// An initiator sending every attempt at once against our responder.
     SupersedingOnResponder,
     /// An initiator starting each attempt just after our responder's
@@ -344,6 +373,10 @@ enum Attack {
 /// What one hostile upgrade got out of us.
 #[derive(Debug)]
 struct Measured {
+    /// Birthday datagrams the core asked for (the timeline's count).
+    birthday_sent: u64,
+    /// Birthday datagrams at the victim.
+    birthday: Count,
     tcp_dials: u64,
     quic_dials: u64,
     sprayed: u64,
@@ -356,10 +389,30 @@ struct Measured {
     sent: Count,
 }
 
+/// A behaviour declared for `local`: a cone, or random ports.
+fn declared(random: bool, local: SocketAddr) -> NatBehaviour {
+    let (mapping, allocation, filtering) = if random {
+        (
+            Mapping::EndpointDependent,
+            Allocation::Random,
+            Filtering::AddressAndPortDependent,
+        )
+    } else {
+        (
+            Mapping::EndpointIndependent,
+            Allocation::Preserving,
+            Filtering::AddressAndPortDependent,
+        )
+    };
+    NatBehaviour::declared(mapping, allocation, filtering, local)
+}
+
 async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
     let config = Config::default();
     let side = match attack {
-        Attack::OnInitiator => Side::Initiator,
+        Attack::OnInitiator | Attack::BirthdayProbes { .. } | Attack::BirthdayPriming => {
+            Side::Initiator
+        }
         Attack::SupersedingOnResponder | Attack::PacedOnResponder => Side::Responder,
     };
     let any = SocketAddr::new(IpAddr::V4(PEER_IP), 0);
@@ -367,18 +420,36 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
     let tcp = listener.local_addr().unwrap();
     let quic = dcutr_tokio::quic_socket(dcutr_tokio::udp_socket(any).unwrap()).unwrap();
     let udp = quic.local_addr().unwrap();
-    let options = Options::new(side)
+    let mut options = Options::new(side)
         .config(config.clone())
         .local_addrs([Candidate::tcp(tcp), Candidate::quic(udp)])
         .tcp(listener)
         .quic(quic);
     let (ours, theirs) = common::relayed_pair().await;
+    let hostile_nat = match attack {
+        Attack::BirthdayProbes { observed } => {
+            options = options.nat_behaviour(declared(false, udp));
+            if observed {
+                // Where the relay saw the hostile peer: off this lab's
+                // segment, so the unilateral dial there fails at once.
+                options = options.remote_public_addrs([Candidate::tcp(HOSTILE_SEEN_AT)]);
+            }
+            Some(declared(true, udp))
+        }
+        Attack::BirthdayPriming => {
+            options = options.nat_behaviour(declared(true, udp));
+            Some(declared(false, udp))
+        }
+        _ => None,
+    };
     let before = counters(victim);
     let started = std::time::Instant::now();
     let attempts = config.max_attempts;
     let paced = config.direct_timeout + Duration::from_millis(200);
     let attacker = match attack {
-        Attack::OnInitiator => tokio::spawn(hostile_responder(theirs)),
+        Attack::OnInitiator | Attack::BirthdayProbes { .. } | Attack::BirthdayPriming => {
+            tokio::spawn(hostile_responder(theirs, hostile_nat))
+        }
         Attack::SupersedingOnResponder => {
             tokio::spawn(hostile_initiator(theirs, attempts, Duration::ZERO))
         }
@@ -407,10 +478,13 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
     );
     let mut per_ip: BTreeMap<(u8, IpAddr), usize> = BTreeMap::new();
     for d in timeline.dials() {
+        let victim = VICTIM_IPS
+            .iter()
+            .any(|v| IpAddr::V4(*v) == d.to().addr.ip());
+        // The unilateral dial goes where the relay saw the peer.
+        let observed = d.to().addr == HOSTILE_SEEN_AT;
         assert!(
-            VICTIM_IPS
-                .iter()
-                .any(|v| IpAddr::V4(*v) == d.to().addr.ip()),
+            victim || observed,
             "a dial to an address nobody named: {}",
             d.to()
         );
@@ -439,7 +513,14 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         u64::from(config.max_attempts) * u64::from(config.max_spray_packets_per_attempt);
     assert!(sprayed <= spray_budget, "{sprayed} spray datagrams");
 
+    let birthday_sent: u64 = timeline
+        .attempts()
+        .iter()
+        .map(|a| u64::from(a.birthday_datagrams()))
+        .sum();
     let m = Measured {
+        birthday_sent,
+        birthday: delta(&after, &before, "birthday_in"),
         tcp_dials: count(Transport::Tcp),
         quic_dials: count(Transport::Quic),
         sprayed,
@@ -491,11 +572,44 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         "only TCP and UDP reach the victim"
     );
     assert_eq!(m.sent, Count::default(), "the victim stays silent");
+    let birthday_ip_bytes = DATAGRAM_LEN as u64 + 28;
+    assert_eq!(
+        m.birthday.bytes,
+        m.birthday.packets * birthday_ip_bytes,
+        "{m:?}"
+    );
+    match attack {
+        Attack::BirthdayProbes { observed: true } => {
+            assert_eq!(
+                m.birthday,
+                Count::default(),
+                "the observed IP is not the victim's"
+            );
+        }
+        Attack::BirthdayPriming => {
+            // The first birthday packets of the process at this IP: the
+            // budget lets every one through (the lab works).
+            assert!(m.birthday_sent > 0, "{m:?}");
+            assert_eq!(m.birthday.packets, m.birthday_sent, "{m:?}");
+        }
+        Attack::BirthdayProbes { observed: false } => {
+            assert!(
+                m.birthday.packets > 0,
+                "the birthday punch ran (the lab works): {m:?}"
+            );
+            assert!(
+                m.birthday.packets < m.birthday_sent,
+                "the budget held some back: {m:?}"
+            );
+        }
+        _ => assert_eq!(m.birthday, Count::default(), "{m:?}"),
+    }
     m
 }
 
 /// The worst case one hostile upgrade can get out of us, from the named
-/// budgets: every dial the costlier kind, plus the whole spray budget.
+/// budgets: every dial the costlier kind, plus the whole spray budget,
+/// plus the process's birthday budget for one IP.
 fn worst_case_bytes(config: &Config) -> u64 {
     let syns_per_dial = syns_within(config.direct_timeout);
     let per_dial = (syns_per_dial * SYN_IP_BYTES)
@@ -503,7 +617,8 @@ fn worst_case_bytes(config: &Config) -> u64 {
     let spray = u64::from(config.max_attempts)
         * u64::from(config.max_spray_packets_per_attempt)
         * (SPRAY_PACKET_LEN as u64 + 28);
-    config.max_dials_per_upgrade as u64 * per_dial + spray
+    let birthday = u64::from(BIRTHDAY_PACKETS_PER_IP) * (DATAGRAM_LEN as u64 + 28);
+    config.max_dials_per_upgrade as u64 * per_dial + spray + birthday
 }
 
 fn inner(victim: &str) {
@@ -515,14 +630,24 @@ fn inner(victim: &str) {
         .unwrap();
     let config = Config::default();
     let bound = worst_case_bytes(&config);
+    // The birthday attacks come last, within one BIRTHDAY_WINDOW (about
+    // 45 s), all aimed at the first victim IP: the process's budget for
+    // that IP carries over from one upgrade to the next, so together they
+    // get exactly BIRTHDAY_PACKETS_PER_IP there, whatever they ask for.
+    let mut birthday = (0, 0);
     for attack in [
         Attack::OnInitiator,
         Attack::SupersedingOnResponder,
         Attack::PacedOnResponder,
+        Attack::BirthdayProbes { observed: true },
+        Attack::BirthdayPriming,
+        Attack::BirthdayProbes { observed: false },
     ] {
         let m = rt.block_on(hostile_upgrade(victim, attack));
-        let total = m.tcp.bytes + m.spray.bytes + m.quic.bytes;
-        let packets = m.tcp.packets + m.spray.packets + m.quic.packets;
+        birthday.0 += m.birthday_sent;
+        birthday.1 += m.birthday.packets;
+        let total = m.tcp.bytes + m.spray.bytes + m.quic.bytes + m.birthday.bytes;
+        let packets = m.tcp.packets + m.spray.packets + m.quic.packets + m.birthday.packets;
         println!(
             "victim ({attack:?}): {packets} packets, {total} bytes in {:.1} s over {} attempts \
              (worst case from the budgets: {bound} bytes)",
@@ -531,6 +656,20 @@ fn inner(victim: &str) {
         );
         assert!(total <= bound, "{total} bytes at the victim, bound {bound}");
     }
+    let (asked, arrived) = birthday;
+    println!(
+        "birthday packets at {}: {arrived} of the {asked} asked for (BIRTHDAY_PACKETS_PER_IP {})",
+        VICTIM_IPS[0], BIRTHDAY_PACKETS_PER_IP
+    );
+    assert!(
+        asked > u64::from(BIRTHDAY_PACKETS_PER_IP),
+        "the attacks ask for more than the budget"
+    );
+    assert_eq!(
+        arrived,
+        u64::from(BIRTHDAY_PACKETS_PER_IP),
+        "the budget per IP holds exactly"
+    );
 }
 
 #[test]
