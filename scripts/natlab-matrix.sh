@@ -5,7 +5,8 @@
 # `natlab matrix`, e.g. --runs 10), the symmetric/symmetric cases again
 # with coturn on the relay host and `dcutr peer --stun` (`natlab matrix
 # --stun`: both must fail at once), the birthday punch's QUIC cases in
-# both roles with --stun (both must upgrade), and stock rust-libp2p against
+# both roles with --stun (both must upgrade), the sequential-NAT pairs
+# with --stun (all must upgrade), and stock rust-libp2p against
 # dcutr-libp2p (`natlab libp2p --runs 1`).
 # Needs root (it creates namespaces); otherwise it prints
 # "natlab: skipped (needs root)" and exits 0. Installs missing lab tools
@@ -40,4 +41,8 @@ timed "$target/debug/natlab" matrix --stun --filter "symmetric/cone quic" \
     --markdown "$target/natlab-birthday-hard-a.md"
 timed "$target/debug/natlab" matrix --stun --filter "port-restricted/symmetric quic" \
     --markdown "$target/natlab-birthday-hard-b.md"
+# A sequential symmetric NAT on either side (issue 13): the core predicts
+# its next mappings from what the STUN servers saw; --stun only.
+timed "$target/debug/natlab" matrix --stun --filter sequential \
+    --markdown "$target/natlab-sequential.md"
 timed "$target/debug/natlab" libp2p --runs 1 --markdown "$target/natlab-libp2p.md"

@@ -718,6 +718,60 @@ impl SequentialPredictor {
     }
 }
 
+/// Ports the core guesses on its own when our NAT is sequential and the
+/// caller set no predictor of its own: the peer dials at most
+/// `MAX_PUNCHES_PER_IP` = 4 of our addresses on one IP per attempt, and
+/// our Connect carries the observed address first, so three guesses are
+/// what the peer can try.
+pub const OWN_NAT_PREDICTED_PORTS: u8 = 3;
+
+/// Guesses for our own sequential NAT, from what discovery saw: the
+/// mapping our next new flow gets follows the last one an observer saw
+/// (the NAT's most recent), `delta` on. Unlike [`SequentialPredictor`],
+/// which continues from the address we advertise, this starts from the
+/// evidence, since the advertised address may be older (the relay's
+/// observation, made before the STUN servers').
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OwnNatPredictor {
+    last: SocketAddr,
+    delta: i32,
+}
+
+impl OwnNatPredictor {
+    /// `Some` for an endpoint-dependent mapping with sequential allocation
+    /// and at least one observation.
+    pub(crate) fn for_behaviour(b: &NatBehaviour) -> Option<Self> {
+        let (Mapping::EndpointDependent, Allocation::Sequential { delta }) =
+            (b.mapping, b.allocation)
+        else {
+            return None;
+        };
+        let last = b.evidence.observations.last()?.mapped;
+        Some(OwnNatPredictor { last, delta })
+    }
+}
+
+impl AddressPredictor for OwnNatPredictor {
+    /// For each transport we advertise an address of on the observed IP:
+    /// the next [`OWN_NAT_PREDICTED_PORTS`] mappings.
+    fn predict(&mut self, observed: &[Candidate], out: &mut Vec<Candidate>) {
+        for transport in [Transport::Tcp, Transport::Quic] {
+            let advertised = observed
+                .iter()
+                .any(|c| c.transport == transport && c.addr.ip() == self.last.ip());
+            if !advertised {
+                continue;
+            }
+            let base = Candidate {
+                transport,
+                addr: self.last,
+            };
+            SequentialPredictor::new(transport, self.delta, OWN_NAT_PREDICTED_PORTS)
+                .predict(&[base], out);
+        }
+    }
+}
+
 impl AddressPredictor for SequentialPredictor {
     fn predict(&mut self, observed: &[Candidate], out: &mut Vec<Candidate>) {
         let Some(last) = observed.iter().find(|c| c.transport == self.transport) else {

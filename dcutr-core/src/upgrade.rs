@@ -280,7 +280,8 @@ pub struct UpgradeBuilder {
     seed: [u8; 32],
     observed: Vec<Candidate>,
     remote_public: Vec<Candidate>,
-    predictor: Box<dyn AddressPredictor>,
+    /// The caller's; `None`: derived from our NAT ([`own_nat_predictor`]).
+    predictor: Option<Box<dyn AddressPredictor>>,
     nat: Option<NatBehaviour>,
     session: Option<Requested>,
     /// Two different sessions were asked for; `start` refuses the build.
@@ -390,9 +391,12 @@ impl UpgradeBuilder {
         self
     }
 
-    /// Adds predicted addresses to the ones we send (default: none).
+    /// Adds predicted addresses to the ones we send. Default: none, or,
+    /// when [`UpgradeBuilder::nat_behaviour`] says our NAT allocates
+    /// sequentially, the next few mappings after the last one its
+    /// observers saw ([`crate::nat::OWN_NAT_PREDICTED_PORTS`]).
     pub fn predictor(mut self, predictor: Box<dyn AddressPredictor>) -> Self {
-        self.predictor = predictor;
+        self.predictor = Some(predictor);
         self
     }
 
@@ -442,7 +446,9 @@ impl UpgradeBuilder {
             relay_closed: false,
             extension,
             observed,
-            predictor: self.predictor,
+            predictor: self
+                .predictor
+                .unwrap_or_else(|| own_nat_predictor(self.nat.as_ref())),
             own_nat: self.nat.map(Box::new),
             peer_nat: None,
             unilateral_targets: Vec::new(),
@@ -476,6 +482,17 @@ impl UpgradeBuilder {
     }
 }
 
+/// The predictor for our own NAT's next mappings, when it is sequential.
+fn own_nat_predictor(nat: Option<&NatBehaviour>) -> Box<dyn AddressPredictor> {
+    match nat.and_then(crate::nat::OwnNatPredictor::for_behaviour) {
+        Some(p) => {
+            tracing::debug!(predictor = ?p, "our NAT is sequential: predicting its next mappings");
+            Box::new(p)
+        }
+        None => Box::new(NoPrediction),
+    }
+}
+
 impl Upgrade {
     /// Prepares an upgrade for `side`.
     ///
@@ -489,7 +506,7 @@ impl Upgrade {
             seed,
             observed: Vec::new(),
             remote_public: Vec::new(),
-            predictor: Box::new(NoPrediction),
+            predictor: None,
             nat: None,
             session: None,
             session_conflict: false,

@@ -210,6 +210,26 @@ pub const PAIRS: &[(&str, Site, Site, Expect)] = &[
 /// A pair's name, A's site, B's site and what it must show.
 pub type Pair = (&'static str, Site, Site, Expect);
 
+/// Pairs with a sequential symmetric NAT on one side, in each role. They
+/// run only with `--stun` (`natlab matrix --stun`): the core predicts the
+/// sequential side's next mappings from what the STUN servers saw, so they
+/// must upgrade; without discovery there is nothing to predict from, and
+/// the outcome would be the symmetric pairs' (report only).
+pub const SEQUENTIAL_PAIRS: &[Pair] = &[
+    (
+        "sequential/cone",
+        Site::SEQUENTIAL,
+        Site::CONE,
+        Expect::Upgrade { unilateral: false },
+    ),
+    (
+        "cone/sequential",
+        Site::CONE,
+        Site::SEQUENTIAL,
+        Expect::Upgrade { unilateral: false },
+    ),
+];
+
 /// The endpoint-independent kinds (mapping and, but for no-firewall,
 /// filtering) whose every pair issue 13 asks to upgrade.
 pub const EI_KINDS: [Site; 5] = [
@@ -229,6 +249,7 @@ pub const EI_KINDS: [Site; 5] = [
 pub fn pairs() -> &'static [Pair] {
     static ALL: std::sync::LazyLock<Vec<Pair>> = std::sync::LazyLock::new(|| {
         let mut all = PAIRS.to_vec();
+        all.extend_from_slice(SEQUENTIAL_PAIRS);
         for a in EI_KINDS {
             for b in EI_KINDS {
                 if all.iter().any(|p| (p.1, p.2) == (a, b)) {
@@ -311,9 +332,21 @@ pub fn all_cases() -> Vec<Case> {
     cells(runs.chain(extra))
 }
 
-/// The cases of the pairs [`pairs`] adds to [`PAIRS`], on tokio.
+/// The cases of the pairs [`pairs`] adds to [`PAIRS`] and
+/// [`SEQUENTIAL_PAIRS`] (the `--ei-grid`), on tokio.
 pub fn grid_cases() -> Vec<Case> {
-    cells((PAIRS.len()..pairs().len()).map(|p| (p, DEFAULT_RUNTIME)))
+    let first = PAIRS.len() + SEQUENTIAL_PAIRS.len();
+    cells((first..pairs().len()).map(|p| (p, DEFAULT_RUNTIME)))
+}
+
+/// The cases of [`SEQUENTIAL_PAIRS`], on tokio, with `--stun`.
+pub fn sequential_cases() -> Vec<Case> {
+    let pairs = PAIRS.len()..PAIRS.len() + SEQUENTIAL_PAIRS.len();
+    let cases = cells(pairs.map(|p| (p, DEFAULT_RUNTIME)));
+    cases
+        .into_iter()
+        .map(|c| Case { stun: true, ..c })
+        .collect()
 }
 
 /// Each (pair, runtime) over both transports and both relayed RTTs.
@@ -383,6 +416,9 @@ impl Campaign for Driven<Args> {
 
     fn cases(&self) -> Vec<Case> {
         let mut cases = matrix_cases(self.args.stun);
+        if self.args.stun {
+            cases.extend(sequential_cases());
+        }
         if self.args.ei_grid {
             let stun = self.args.stun;
             cases.extend(grid_cases().into_iter().map(|case| Case { stun, ..case }));
@@ -722,7 +758,7 @@ mod tests {
 
     #[test]
     fn the_grid_adds_every_missing_ordered_pair_of_the_independent_kinds() {
-        let grid = &pairs()[PAIRS.len()..];
+        let grid = &pairs()[PAIRS.len() + SEQUENTIAL_PAIRS.len()..];
         // 25 ordered pairs, 7 of them already default pairs.
         assert_eq!(grid.len(), 18);
         for a in EI_KINDS {
@@ -744,6 +780,42 @@ mod tests {
             };
             assert_eq!(*expect, want, "{name}");
         }
+    }
+
+    #[test]
+    fn the_sequential_pairs_run_only_with_stun_in_both_roles_and_must_upgrade() {
+        let cases = sequential_cases();
+        assert_eq!(cases.len(), 2 * 2 * 2, "2 pairs x 2 transports x 2 RTTs");
+        assert!(cases.iter().all(|c| c.stun));
+        assert!(
+            cases
+                .iter()
+                .all(|c| c.expect() == Expect::Upgrade { unilateral: false })
+        );
+        let names: Vec<String> = cases.iter().map(Named::name).collect();
+        assert!(names.contains(&"sequential/cone tcp rtt0 stun".to_owned()));
+        assert!(names.contains(&"cone/sequential quic rtt100 stun".to_owned()));
+        let kinds = |c: &Case| (pairs()[c.pair].1, pairs()[c.pair].2);
+        assert!(
+            cases
+                .iter()
+                .all(|c| kinds(c) == (Site::SEQUENTIAL, Site::CONE)
+                    || kinds(c) == (Site::CONE, Site::SEQUENTIAL))
+        );
+        let plain = matrix_cases(false);
+        assert!(plain.iter().all(|c| !matches!(
+            kinds(c).0,
+            Site::Nat {
+                kind: crate::nat::NatKind::Sequential,
+                ..
+            }
+        ) && !matches!(
+            kinds(c).1,
+            Site::Nat {
+                kind: crate::nat::NatKind::Sequential,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -1027,10 +1099,10 @@ mod tests {
         hung.detail.rtt_ms = None;
         let md = table(&[ok(), slow, hung]);
         let lines: Vec<&str> = md.lines().collect();
-        assert!(lines[0].starts_with("| case | A | B | runtime | upgraded |"));
+        assert!(lines[0].starts_with("| case | A | B | runtime | NAT seen by A / B | upgraded |"));
         assert_eq!(
             lines[2],
-            "| cone/cone tcp rtt100 | cone | cone | tokio | 2/3 | upgraded 2, timeout 1 | 1 | 100.0 | 10.00 | 200.0 | 1.25 | 1.00 | FAIL (1/3) |"
+            "| cone/cone tcp rtt100 | cone | cone | tokio | - / - | 2/3 | upgraded 2, timeout 1 | 1 | 100.0 | 10.00 | 200.0 | 1.25 | 1.00 | FAIL (1/3) |"
         );
         assert_eq!(lines[0].matches('|').count(), lines[2].matches('|').count());
     }

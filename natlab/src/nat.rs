@@ -28,15 +28,32 @@ pub enum NatKind {
     /// from outside IP X reaches the inside socket once the socket has sent
     /// to X, from any of X's ports (address-dependent filtering).
     AddressRestricted,
+    /// Symmetric with sequential allocation: every new flow (per
+    /// protocol) gets the next WAN port of a fixed range, whatever its
+    /// destination (endpoint-dependent mapping, port delta +1), as some
+    /// carrier and enterprise NATs allocate. Linux has no such masquerade
+    /// mode; the ruleset counts flows with `numgen inc` (see
+    /// [`router_ruleset`]).
+    Sequential,
 }
+
+/// The first WAN port [`NatKind::Sequential`] hands out.
+pub const SEQUENTIAL_FIRST_PORT: u16 = 20_000;
+
+/// How many WAN ports [`NatKind::Sequential`] cycles through per protocol
+/// before it starts again at [`SEQUENTIAL_FIRST_PORT`]: far more new flows
+/// than one lab run makes (a relay connection, three STUN requests and a
+/// punch's few dials), so no port comes round twice within a run.
+pub const SEQUENTIAL_PORTS: u16 = 256;
 
 impl NatKind {
     /// Every kind, for parsing and tests.
-    pub const ALL: [NatKind; 4] = [
+    pub const ALL: [NatKind; 5] = [
         NatKind::Cone,
         NatKind::Symmetric,
         NatKind::FullCone,
         NatKind::AddressRestricted,
+        NatKind::Sequential,
     ];
 
     /// The kind's name in site names (`cone`, `full-cone`, ...).
@@ -47,6 +64,7 @@ impl NatKind {
             NatKind::Symmetric => "symmetric",
             NatKind::FullCone => "full-cone",
             NatKind::AddressRestricted => "address-restricted",
+            NatKind::Sequential => "sequential",
         }
     }
 
@@ -107,6 +125,11 @@ impl Site {
         kind: NatKind::AddressRestricted,
         firewall: true,
     };
+    /// Symmetric NAT with sequential allocation, firewall on.
+    pub const SEQUENTIAL: Site = Site::Nat {
+        kind: NatKind::Sequential,
+        firewall: true,
+    };
 }
 
 /// Suffix of a site name whose firewall is off.
@@ -162,6 +185,27 @@ impl FromStr for Site {
 /// admission lasts as long as the mapping it admits to.
 pub const MAPPING_TIMEOUT_S: u32 = 120;
 
+/// [`NatKind::Sequential`]'s postrouting rules: per protocol, a flow
+/// counter (`numgen inc`, which nat rules evaluate once per new flow) picks
+/// the WAN port through a map. The map is needed: a port computed as
+/// `numgen inc offset N` lands in the port field in host byte order, so
+/// consecutive flows would get ports 256 apart.
+fn sequential_masquerade(wan: &str) -> String {
+    let ports: Vec<String> = (0..SEQUENTIAL_PORTS)
+        .map(|i| format!("{i} : {}", SEQUENTIAL_FIRST_PORT + i))
+        .collect();
+    let map = ports.join(", ");
+    let mut rules = String::new();
+    for proto in ["udp", "tcp"] {
+        rules.push_str(&format!(
+            "meta l4proto {proto} masquerade to : numgen inc mod {SEQUENTIAL_PORTS} map {{ {map} }}\n\t\toifname \"{wan}\" "
+        ));
+    }
+    // Everything else (ICMP) as a cone.
+    rules.push_str("masquerade");
+    rules
+}
+
 /// The nftables ruleset of a NAT router whose WAN interface is `wan`.
 ///
 /// The firewall drops new inbound flows on the WAN in *both* `forward` (flows
@@ -194,8 +238,9 @@ pub const MAPPING_TIMEOUT_S: u32 = 120;
 /// map: their `ct original` is the remote side.
 pub fn router_ruleset(kind: NatKind, firewall: bool, wan: &str) -> String {
     let masq = match kind {
-        NatKind::Cone | NatKind::FullCone | NatKind::AddressRestricted => "masquerade",
-        NatKind::Symmetric => "masquerade fully-random",
+        NatKind::Cone | NatKind::FullCone | NatKind::AddressRestricted => "masquerade".to_owned(),
+        NatKind::Symmetric => "masquerade fully-random".to_owned(),
+        NatKind::Sequential => sequential_masquerade(wan),
     };
     let mut rules = String::from("table ip natlab {\n");
     if kind.admits_inbound() {
@@ -282,6 +327,7 @@ mod tests {
             "full-cone-no-firewall",
             "address-restricted",
             "address-restricted-no-firewall",
+            "sequential",
             "cgnat",
             "public",
         ] {
@@ -304,6 +350,27 @@ mod tests {
         let start = r.find(&format!("chain {name} {{")).unwrap();
         let len = r[start..].find("\n\t}").unwrap();
         &r[start..start + len]
+    }
+
+    #[test]
+    fn a_sequential_nat_counts_flows_per_protocol_into_a_port_map() {
+        let r = router_ruleset(NatKind::Sequential, true, "wan");
+        let post = chain(&r, "postrouting");
+        for proto in ["udp", "tcp"] {
+            let rule = format!(
+                "oifname \"wan\" meta l4proto {proto} masquerade to : numgen inc mod {SEQUENTIAL_PORTS} map {{ 0 : {SEQUENTIAL_FIRST_PORT}, 1 : {}, ",
+                SEQUENTIAL_FIRST_PORT + 1
+            );
+            assert!(post.contains(&rule), "{post}");
+        }
+        let last = format!(
+            "{} : {} }}",
+            SEQUENTIAL_PORTS - 1,
+            SEQUENTIAL_FIRST_PORT + SEQUENTIAL_PORTS - 1
+        );
+        assert_eq!(post.matches(&last).count(), 2);
+        assert!(post.ends_with("oifname \"wan\" masquerade"), "{post}");
+        assert!(chain(&r, "forward").contains("iifname \"wan\" ct state new drop"));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! coturn, Debian's STUN server, on the relay host (`natlab matrix
 //! --stun`): what `dcutr peer --stun` asks for our NAT's behaviour.
 //!
-//! Two instances on the relay's one address, at [`STUN_PORTS`]: a NAT that
-//! maps each destination to a port of its own shows two mapped ports, which
-//! is all the classifier needs to call the mapping endpoint-dependent. (Two
+//! Three instances on the relay's one address, at [`STUN_PORTS`]: a NAT that
+//! maps each destination to a port of its own shows three mapped ports,
+//! which is what the classifier needs to call the mapping
+//! endpoint-dependent (two would do) and to tell sequential allocation
+//! from random (`dcutr_core::nat::MIN_PATTERN_PORTS` = 3). (Two
 //! addresses with RFC 5780 would also tell filtering, which no strategy of
 //! ours reads yet, and need a second address on the public segment.)
 
@@ -15,8 +17,9 @@ use anyhow::{Result, bail};
 use crate::proc::Proc;
 use crate::topo::{Lab, RELAY_IP};
 
-/// Where the two coturn instances listen (UDP and TCP), on [`RELAY_IP`].
-pub const STUN_PORTS: [u16; 2] = [3478, 3479];
+/// Where the three coturn instances listen (UDP and TCP), on [`RELAY_IP`].
+pub const STUN_PORTS: [u16; 3] = [3478, 3479, 3480];
+const _: () = assert!(STUN_PORTS.len() >= dcutr_core::nat::MIN_PATTERN_PORTS);
 
 /// How long coturn may take to open its listeners: it reads no config and
 /// no database in `--stun-only` mode, normally well under a second.
@@ -25,7 +28,7 @@ pub const STUN_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often readiness is polled.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The `--stun` arguments that name both instances, for a peer.
+/// The `--stun` arguments that name every instance, for a peer.
 #[must_use]
 pub fn peer_args() -> Vec<String> {
     STUN_PORTS
@@ -34,7 +37,7 @@ pub fn peer_args() -> Vec<String> {
         .collect()
 }
 
-/// Starts both instances in the relay's namespace and waits until each
+/// Starts every instance in the relay's namespace and waits until each
 /// listens on UDP and TCP. They stop when the returned processes drop.
 ///
 /// # Errors
