@@ -277,17 +277,25 @@ fn delta(after: &BTreeMap<String, Count>, before: &BTreeMap<String, Count>, name
 }
 
 /// The Connect of the hostile peer: 16 victim addresses (the core's
-/// `max_remote_addrs`), TCP and QUIC ports on each of the four IPs.
-fn victim_connect(nat: Option<&NatBehaviour>) -> Vec<u8> {
+/// `max_remote_addrs`), TCP and QUIC ports on each of the four IPs, or
+/// (`quic_only`) four QUIC ports on each, the costliest kind of dial.
+fn victim_connect(nat: Option<&NatBehaviour>, quic_only: bool) -> Vec<u8> {
     let mut addrs = Vec::new();
     for port in 0..2u16 {
         for ip in VICTIM_IPS {
-            for c in [
-                Candidate::tcp(SocketAddr::new(IpAddr::V4(ip), 1001 + port)),
-                Candidate::quic(SocketAddr::new(IpAddr::V4(ip), 2001 + port)),
-            ] {
-                addrs.push(c.to_multiaddr().to_vec());
-            }
+            let ip = IpAddr::V4(ip);
+            let pair = if quic_only {
+                [
+                    Candidate::quic(SocketAddr::new(ip, 3001 + port)),
+                    Candidate::quic(SocketAddr::new(ip, 2001 + port)),
+                ]
+            } else {
+                [
+                    Candidate::tcp(SocketAddr::new(ip, 1001 + port)),
+                    Candidate::quic(SocketAddr::new(ip, 2001 + port)),
+                ]
+            };
+            addrs.extend(pair.iter().map(|c| c.to_multiaddr().to_vec()));
         }
     }
     let nat = nat.map(NatWire::from_behaviour);
@@ -313,7 +321,7 @@ async fn hostile_responder(mut stream: TcpStream, nat: Option<NatBehaviour>) {
     let _hello = next_frame(&mut stream, &mut decoder).await;
     let hello = encode_hello(10, Side::Responder, &[9; 32]);
     stream.write_all(&hello).await.unwrap();
-    let connect = victim_connect(nat.as_ref());
+    let connect = victim_connect(nat.as_ref(), false);
     while let Some(frame) = next_frame(&mut stream, &mut decoder).await {
         if let Message::Connect(_) = decode_message(&frame).unwrap()
             && stream.write_all(&connect).await.is_err()
@@ -325,7 +333,7 @@ async fn hostile_responder(mut stream: TcpStream, nat: Option<NatBehaviour>) {
 
 /// Against our responder: each attempt's Connect and Sync, `pause` apart
 /// (zero: every attempt at once, each superseding the last).
-async fn hostile_initiator(stream: TcpStream, attempts: u8, pause: Duration) {
+async fn hostile_initiator(stream: TcpStream, attempts: u8, pause: Duration, quic_only: bool) {
     let (mut read, mut write) = stream.into_split();
     // Drain what our peer says, so it never blocks on the stream.
     let drain = tokio::spawn(async move {
@@ -343,7 +351,7 @@ async fn hostile_initiator(stream: TcpStream, attempts: u8, pause: Duration) {
             now.clear();
             tokio::time::sleep(pause).await;
         }
-        now.extend_from_slice(&victim_connect(None));
+        now.extend_from_slice(&victim_connect(None, quic_only));
         now.extend_from_slice(&encode_sync());
     }
     let _ = write.write_all(&now).await;
@@ -368,6 +376,9 @@ enum Attack {
     /// An initiator starting each attempt just after our responder's
     /// direct phase of the last one ended, so that no dial is cut short.
     PacedOnResponder,
+    /// The same with QUIC addresses only: every dial a QUIC one, whose
+    /// Initials and retransmissions cost the most.
+    PacedQuicOnResponder,
 }
 
 /// What one hostile upgrade got out of us.
@@ -413,7 +424,9 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         Attack::OnInitiator | Attack::BirthdayProbes { .. } | Attack::BirthdayPriming => {
             Side::Initiator
         }
-        Attack::SupersedingOnResponder | Attack::PacedOnResponder => Side::Responder,
+        Attack::SupersedingOnResponder
+        | Attack::PacedOnResponder
+        | Attack::PacedQuicOnResponder => Side::Responder,
     };
     let any = SocketAddr::new(IpAddr::V4(PEER_IP), 0);
     let listener = dcutr_tokio::tcp_listener(any).unwrap();
@@ -451,9 +464,12 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
             tokio::spawn(hostile_responder(theirs, hostile_nat))
         }
         Attack::SupersedingOnResponder => {
-            tokio::spawn(hostile_initiator(theirs, attempts, Duration::ZERO))
+            tokio::spawn(hostile_initiator(theirs, attempts, Duration::ZERO, false))
         }
-        Attack::PacedOnResponder => tokio::spawn(hostile_initiator(theirs, attempts, paced)),
+        Attack::PacedOnResponder => tokio::spawn(hostile_initiator(theirs, attempts, paced, false)),
+        Attack::PacedQuicOnResponder => {
+            tokio::spawn(hostile_initiator(theirs, attempts, paced, true))
+        }
     };
     let result = tokio::time::timeout(UPGRADE_LIMIT, dcutr_tokio::upgrade(ours, options))
         .await
@@ -535,7 +551,12 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
     println!("victim ({attack:?}): {m:?}");
 
     // What reached the victim, against what the core asked for.
-    assert!(m.tcp_dials > 0, "the hostile Connects made us dial TCP");
+    let quic_only = matches!(attack, Attack::PacedQuicOnResponder);
+    assert_eq!(
+        m.tcp_dials > 0,
+        !quic_only,
+        "the hostile Connects made us dial TCP: {m:?}"
+    );
     assert!(
         m.tcp.packets >= m.tcp_dials,
         "every TCP dial reaches the victim (the lab works): {m:?}"
@@ -639,6 +660,7 @@ fn inner(victim: &str) {
         Attack::OnInitiator,
         Attack::SupersedingOnResponder,
         Attack::PacedOnResponder,
+        Attack::PacedQuicOnResponder,
         Attack::BirthdayProbes { observed: true },
         Attack::BirthdayPriming,
         Attack::BirthdayProbes { observed: false },
