@@ -96,3 +96,56 @@ async fn the_hard_side_dials_from_the_fresh_socket_that_met() {
     assert_eq!(a_local, Local::Punch);
     assert_eq!(a_remote, a.remote, "the dial came from the socket that met");
 }
+
+/// The birthday punch over TCP: the initiator declares the random NAT
+/// (the hard side), the responder the endpoint-independent one. On
+/// loopback the spec's own TCP dials may win the race too, so this pins
+/// what only the birthday punch does: both sides run it in their roles,
+/// the hard side's 256 fresh connects go to the easy side's punch port
+/// and the first that completes meets there, and the upgrade ends on a
+/// direct TCP connection to that port.
+#[tokio::test]
+async fn over_tcp_a_fresh_socket_meets_the_easy_sides_punch_port() {
+    init_tracing();
+    let (b, b_real) = peer(Side::Initiator, Transport::Tcp, loopback_config());
+    let b = b.nat_behaviour(nat(Mapping::EndpointDependent, Allocation::Random, b_real));
+    let (b, b_events) = recording(b);
+    let (a, a_real) = peer(Side::Responder, Transport::Tcp, loopback_config());
+    let a = a.nat_behaviour(nat(
+        Mapping::EndpointIndependent,
+        Allocation::Preserving,
+        a_real,
+    ));
+    let (a, a_events) = recording(a);
+
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
+    let (b, a) = (
+        b.expect("the hard side upgrades"),
+        a.expect("the easy side upgrades"),
+    );
+    assert_eq!((a.transport, b.transport), (Transport::Tcp, Transport::Tcp));
+    assert_eq!(
+        b.remote, a_real,
+        "the hard side reached the easy side's punch port"
+    );
+    let started = |events: &Events| {
+        events.lock().unwrap().iter().find_map(|e| match e {
+            Event::BirthdayStarted { role, .. } => Some(*role),
+            _ => None,
+        })
+    };
+    assert_eq!(started(&b_events), Some(dcutr_core::birthday::Role::Hard));
+    assert_eq!(started(&a_events), Some(dcutr_core::birthday::Role::Easy));
+    let met = b_events.lock().unwrap().iter().find_map(|e| match e {
+        Event::BirthdayEnded {
+            outcome: BOutcome::Met { local, remote },
+            sockets_opened,
+            ..
+        } => Some((*local, *remote, *sockets_opened)),
+        _ => None,
+    });
+    let (local, remote, opened) = met.expect("the hard side met");
+    assert!(matches!(local, Local::Fresh(_)), "{local:?}");
+    assert_eq!(remote, a_real);
+    assert_eq!(opened, dcutr_core::birthday::DEFAULT_SOCKETS);
+}
