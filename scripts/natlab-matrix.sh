@@ -40,4 +40,9 @@ timed "$target/debug/natlab" matrix --stun --filter "symmetric/cone quic" \
     --markdown "$target/natlab-birthday-hard-a.md"
 timed "$target/debug/natlab" matrix --stun --filter "port-restricted/symmetric quic" \
     --markdown "$target/natlab-birthday-hard-b.md"
+# The same over TCP (TCP simultaneous open from the many connects).
+timed "$target/debug/natlab" matrix --stun --filter "symmetric/cone tcp" \
+    --markdown "$target/natlab-birthday-tcp-hard-a.md"
+timed "$target/debug/natlab" matrix --stun --filter "port-restricted/symmetric tcp" \
+    --markdown "$target/natlab-birthday-tcp-hard-b.md"
 timed "$target/debug/natlab" libp2p --runs 1 --markdown "$target/natlab-libp2p.md"
