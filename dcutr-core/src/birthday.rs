@@ -77,6 +77,9 @@
 //! | hard side (priming) | [`DEFAULT_SOCKETS`] = 256 | 256 × 16 = 4 096 | one burst at start |
 //! | hard side (answers) | [`ANSWER_COPIES`] = 3 | 48 | to the prober's own address only |
 //!
+//! | over TCP, easy side (probe connects) | at most 1024 SYNs, one each: a probe lives [`TCP_DEFAULT_PROBE_LIFETIME`] = 500 ms, below Linux's first SYN retransmission (1 s) | 1024 × 60 = 61 440 bytes on the wire | as above; at most [`TCP_DEFAULT_MAX_IN_FLIGHT`] = 512 alive |
+//! | over TCP, hard side (fresh connects) | 256 sockets × at most 3 SYNs (0, 1 s, 3 s, until [`DEFAULT_DEADLINE`]) = 768 | 768 × 60 = 46 080 bytes on the wire | one burst at start, then the kernel's retransmissions |
+//!
 //! Probes draw distinct ports, so no port of the victim gets more than one
 //! probe per punch. A priming datagram that reaches the easy side adds a
 //! probe to its source at once, unpaced but inside the same budget of

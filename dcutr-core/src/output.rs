@@ -401,8 +401,9 @@ pub enum Event {
     BirthdayEnded {
         /// Attempt number.
         attempt: u8,
-        /// Met (then, hard side, the QUIC dial from the socket that met
-        /// follows), exhausted or timed out.
+        /// Met (then, over QUIC, the hard side's dial from the socket
+        /// that met follows; over TCP the connection that met is the
+        /// attempt's already), exhausted or timed out.
         outcome: crate::birthday::Outcome,
         /// Probes sent (easy side; 0 on the hard side).
         probes_sent: u16,

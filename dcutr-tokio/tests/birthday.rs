@@ -98,18 +98,16 @@ async fn the_hard_side_dials_from_the_fresh_socket_that_met() {
 }
 
 /// The birthday punch over TCP: the initiator declares the random NAT
-/// (the hard side), the responder the endpoint-independent one. On
-/// loopback the spec's own TCP dials may win the race too, so this pins
-/// what only the birthday punch does: both sides run it in their roles,
-/// the hard side's 256 fresh connects go to the easy side's punch port
-/// and the first that completes meets there, and the upgrade ends on a
-/// direct TCP connection to that port.
+/// (the hard side), the responder the endpoint-independent one. Neither
+/// spec dial can win: the hard side advertises a closed port (the easy
+/// side's dial there is refused), and the test holds the one connection
+/// from the hard side's punch port to the easy side's, so the hard
+/// side's own dial finds its address pair taken. Only a connect from one
+/// of the hard side's fresh TCP sockets can become the connection.
 #[tokio::test]
-async fn over_tcp_a_fresh_socket_meets_the_easy_sides_punch_port() {
+async fn over_tcp_the_connection_comes_from_a_fresh_socket_that_connected() {
     init_tracing();
-    let (b, b_real) = peer(Side::Initiator, Transport::Tcp, loopback_config());
-    let b = b.nat_behaviour(nat(Mapping::EndpointDependent, Allocation::Random, b_real));
-    let (b, b_events) = recording(b);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let (a, a_real) = peer(Side::Responder, Transport::Tcp, loopback_config());
     let a = a.nat_behaviour(nat(
         Mapping::EndpointIndependent,
@@ -117,8 +115,22 @@ async fn over_tcp_a_fresh_socket_meets_the_easy_sides_punch_port() {
         a_real,
     ));
     let (a, a_events) = recording(a);
+    // The hard side's punch port, and the pair its spec dial would use.
+    let b_listener = dcutr_tokio::tcp_listener(any).unwrap();
+    let b_real = b_listener.local_addr().unwrap();
+    let held = dcutr_tokio::tcp_connect_from(b_real, a_real).await.unwrap();
+    // A closed TCP port: bound, never listening.
+    let hole = dcutr_driver::net::reuse_stream_socket(any).unwrap();
+    let hole = hole.local_addr().unwrap().as_socket().unwrap();
+    let b = Options::new(Side::Initiator)
+        .config(loopback_config())
+        .local_addrs([Candidate::tcp(hole)])
+        .tcp(b_listener)
+        .nat_behaviour(nat(Mapping::EndpointDependent, Allocation::Random, b_real));
+    let (b, b_events) = recording(b);
 
     let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
+    drop(held);
     let (b, a) = (
         b.expect("the hard side upgrades"),
         a.expect("the easy side upgrades"),
@@ -128,6 +140,8 @@ async fn over_tcp_a_fresh_socket_meets_the_easy_sides_punch_port() {
         b.remote, a_real,
         "the hard side reached the easy side's punch port"
     );
+    assert_ne!(a.remote, b_real, "not from the hard side's punch port");
+    assert_ne!(a.remote, hole);
     let started = |events: &Events| {
         events.lock().unwrap().iter().find_map(|e| match e {
             Event::BirthdayStarted { role, .. } => Some(*role),
