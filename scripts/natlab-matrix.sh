@@ -41,6 +41,11 @@ timed "$target/debug/natlab" matrix --stun --filter "symmetric/cone quic" \
     --markdown "$target/natlab-birthday-hard-a.md"
 timed "$target/debug/natlab" matrix --stun --filter "port-restricted/symmetric quic" \
     --markdown "$target/natlab-birthday-hard-b.md"
+# The same over TCP (TCP simultaneous open from the many connects).
+timed "$target/debug/natlab" matrix --stun --filter "symmetric/cone tcp" \
+    --markdown "$target/natlab-birthday-tcp-hard-a.md"
+timed "$target/debug/natlab" matrix --stun --filter "port-restricted/symmetric tcp" \
+    --markdown "$target/natlab-birthday-tcp-hard-b.md"
 # A sequential symmetric NAT on either side (issue 13): the core predicts
 # its next mappings from what the STUN servers saw; --stun only.
 timed "$target/debug/natlab" matrix --stun --filter sequential \

@@ -31,6 +31,29 @@
 //! give byte-identical outputs. The hard side keeps all its sockets open
 //! until the outcome; on `Met` only the winning one stays.
 //!
+//! ## Over TCP
+//! With [`BirthdayConfig::tcp`] the same machine punches TCP: every
+//! [`Transmit`] is then a **connect** ([`Transmit::transport`] is
+//! [`Transport::Tcp`]) instead of a datagram. The hard side's
+//! [`DatagramKind::Priming`] transmits are `N` connects from fresh TCP
+//! sockets to the easy side's punch address (each SYN opens a mapping);
+//! the easy side's [`DatagramKind::Probe`] transmits are `M` connects
+//! from its punch socket (port reuse) to random ports of the hard side's
+//! IP. A probe's SYN that lands on an open mapping meets a socket in
+//! `SYN_SENT`: a TCP simultaneous open, and both connects complete. The
+//! carrier reports each completed connect with
+//! [`Birthday::handle_connected`]; the first that passes the checks is
+//! [`Outcome::Met`]. There are no answers: both ends see the connection.
+//!
+//! A connect in `SYN_SENT` retransmits its SYN on its own (Linux: after
+//! 1 s, then 2 s more, doubling). The carrier closes every connect at
+//! its [`Transmit::expires`]: a probe lives [`BirthdayConfig::probe_lifetime`]
+//! (default [`TCP_DEFAULT_PROBE_LIFETIME`], below the first retransmission,
+//! so a probe is exactly one SYN), a fresh socket until the deadline. At
+//! most [`BirthdayConfig::max_in_flight`] probes are unexpired at once
+//! (the machine holds the next probe back until one expires), which also
+//! bounds the file descriptors a punch takes.
+//!
 //! ## Validation
 //! The easy side probes exactly the IP it is given: pass the hard side's
 //! IP as an observer saw it (the relay, or a STUN server), never one the
@@ -53,6 +76,9 @@
 //! | easy side (probes) | at most [`DEFAULT_PROBES`] = 1024 | 1024 × [`DATAGRAM_LEN`] = 16 384 | at most [`MAX_PROBE_BURST`] back to back, then one per 1 ms ([`DEFAULT_PROBE_INTERVAL`]) |
 //! | hard side (priming) | [`DEFAULT_SOCKETS`] = 256 | 256 × 16 = 4 096 | one burst at start |
 //! | hard side (answers) | [`ANSWER_COPIES`] = 3 | 48 | to the prober's own address only |
+//!
+//! | over TCP, easy side (probe connects) | at most 1024 SYNs, one each: a probe lives [`TCP_DEFAULT_PROBE_LIFETIME`] = 500 ms, below Linux's first SYN retransmission (1 s) | 1024 × 60 = 61 440 bytes on the wire | as above; at most [`TCP_DEFAULT_MAX_IN_FLIGHT`] = 512 alive |
+//! | over TCP, hard side (fresh connects) | 256 sockets × at most 3 SYNs (0, 1 s, 3 s, until [`DEFAULT_DEADLINE`]) = 768 | 768 × 60 = 46 080 bytes on the wire | one burst at start, then the kernel's retransmissions |
 //!
 //! Probes draw distinct ports, so no port of the victim gets more than one
 //! probe per punch. A priming datagram that reaches the easy side adds a
@@ -81,6 +107,8 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use crate::addr::Transport;
 
 /// Fresh sockets the hard side opens by default: 256.
 ///
@@ -163,6 +191,37 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3);
 /// Longest deadline a config may ask for: 30 s, the longest a punch's
 /// mappings are worth holding (UDP mappings live 120 s at least).
 pub const MAX_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Over TCP, how long a probe connect lives before the carrier closes it
+/// by default: 500 ms.
+///
+/// A probe that lands needs one round trip on the direct path (our SYN
+/// in, the hard side's SYN-ACK back) before its connect completes; 500 ms
+/// covers any terrestrial path with queueing. It stays below Linux's
+/// initial retransmission timeout (1 s), so a probe is exactly one SYN
+/// on the wire.
+pub const TCP_DEFAULT_PROBE_LIFETIME: Duration = Duration::from_millis(500);
+
+/// Shortest probe lifetime a config may ask for: 10 ms, about the
+/// shortest direct round trip worth punching through two NATs.
+pub const TCP_MIN_PROBE_LIFETIME: Duration = Duration::from_millis(10);
+
+/// Longest probe lifetime a config may ask for: 900 ms, still below
+/// Linux's initial retransmission timeout of 1 s, so no config makes a
+/// probe send a second SYN.
+pub const TCP_MAX_PROBE_LIFETIME: Duration = Duration::from_millis(900);
+
+/// Over TCP, probe connects unexpired at once by default: 512.
+///
+/// The default lifetime over the default interval is 500 probes alive;
+/// 512 leaves room for a late timer's burst ([`MAX_PROBE_BURST`]). Each
+/// is a file descriptor of the easy side (the carrier raises its limit
+/// to fit), and a conntrack entry on its NAT.
+pub const TCP_DEFAULT_MAX_IN_FLIGHT: u16 = 512;
+
+/// Most probe connects a config may keep unexpired at once: 1024, as
+/// many descriptors as Linux's default soft limit.
+pub const TCP_MAX_IN_FLIGHT: u16 = 1024;
 
 /// Copies of the hard side's answer: 3, [`ANSWER_INTERVAL`] apart.
 ///
@@ -275,8 +334,18 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// What it is.
     pub kind: DatagramKind,
-    /// The bytes to send ([`DATAGRAM_LEN`]).
+    /// The bytes to send ([`DATAGRAM_LEN`]); over TCP unused (a connect
+    /// carries no payload).
     pub payload: [u8; DATAGRAM_LEN],
+    /// [`Transport::Quic`]: send `payload` as a UDP datagram.
+    /// [`Transport::Tcp`]: a connect from `local` to `destination`
+    /// (from [`Local::Punch`], the TCP punch socket with port reuse; from
+    /// [`Local::Fresh`], a new TCP socket at an ephemeral port), reported
+    /// with [`Birthday::handle_connected`] when it completes.
+    pub transport: Transport,
+    /// Over TCP: close the connect at this instant unless it completed
+    /// (its SYN retransmissions end with it). `None` over QUIC.
+    pub expires: Option<Instant>,
 }
 
 /// How a birthday punch ended.
@@ -321,6 +390,18 @@ pub struct BirthdayConfig {
     /// A value both sides agree on for this punch (from the relayed
     /// exchange); datagrams with another token are refused.
     pub token: u64,
+    /// Datagrams ([`Transport::Quic`], the default) or connects
+    /// ([`Transport::Tcp`], see [the module](self#over-tcp)).
+    pub transport: Transport,
+    /// Over TCP, how long each probe connect lives:
+    /// [`TCP_MIN_PROBE_LIFETIME`] to [`TCP_MAX_PROBE_LIFETIME`], default
+    /// [`TCP_DEFAULT_PROBE_LIFETIME`]. Unused over QUIC.
+    pub probe_lifetime: Duration,
+    /// Over TCP, most probe connects unexpired at once: 1 to
+    /// [`TCP_MAX_IN_FLIGHT`], and at least `probe_lifetime /
+    /// probe_interval` so the cap never slows the nominal pacing; default
+    /// [`TCP_DEFAULT_MAX_IN_FLIGHT`]. Unused over QUIC.
+    pub max_in_flight: u16,
 }
 
 impl BirthdayConfig {
@@ -335,6 +416,30 @@ impl BirthdayConfig {
             first_port: 1024,
             last_port: 65535,
             token,
+            transport: Transport::Quic,
+            probe_lifetime: TCP_DEFAULT_PROBE_LIFETIME,
+            max_in_flight: TCP_DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+
+    /// The defaults over TCP ([the module](self#over-tcp)), with the
+    /// punch's shared `token`: the same `N`, `M`, pacing and deadline as
+    /// over QUIC, probes living [`TCP_DEFAULT_PROBE_LIFETIME`], at most
+    /// [`TCP_DEFAULT_MAX_IN_FLIGHT`] at once.
+    #[must_use]
+    pub const fn tcp(token: u64) -> Self {
+        let mut config = BirthdayConfig::new(token);
+        config.transport = Transport::Tcp;
+        config
+    }
+
+    /// How long the easy side waits after its last probe: over QUIC
+    /// [`ANSWER_GRACE`] for the answer, over TCP the probe's lifetime.
+    #[must_use]
+    pub fn grace(&self) -> Duration {
+        match self.transport {
+            Transport::Quic => ANSWER_GRACE,
+            Transport::Tcp => self.probe_lifetime,
         }
     }
 
@@ -375,7 +480,22 @@ impl BirthdayConfig {
         if !(MIN_PROBE_INTERVAL..=MAX_PROBE_INTERVAL).contains(&self.probe_interval) {
             return Err(BirthdayError::ProbeInterval(self.probe_interval));
         }
-        let needed = self.probing_time().saturating_add(ANSWER_GRACE);
+        if self.transport == Transport::Tcp {
+            if !(TCP_MIN_PROBE_LIFETIME..=TCP_MAX_PROBE_LIFETIME).contains(&self.probe_lifetime) {
+                return Err(BirthdayError::ProbeLifetime(self.probe_lifetime));
+            }
+            let alive = self
+                .probe_lifetime
+                .as_nanos()
+                .div_ceil(self.probe_interval.as_nanos().max(1));
+            if self.max_in_flight == 0
+                || self.max_in_flight > TCP_MAX_IN_FLIGHT
+                || u128::from(self.max_in_flight) < alive
+            {
+                return Err(BirthdayError::InFlight(self.max_in_flight));
+            }
+        }
+        let needed = self.probing_time().saturating_add(self.grace());
         if self.deadline < needed || self.deadline > MAX_DEADLINE {
             return Err(BirthdayError::Deadline {
                 deadline: self.deadline,
@@ -427,6 +547,16 @@ pub enum BirthdayError {
     /// (hard side) has port 0.
     #[error("peer address {0} cannot be punched")]
     PeerAddress(SocketAddr),
+    /// Over TCP, the probe lifetime is outside
+    /// [`TCP_MIN_PROBE_LIFETIME`]..=[`TCP_MAX_PROBE_LIFETIME`].
+    #[error("probe lifetime {0:?} out of bounds")]
+    ProbeLifetime(Duration),
+    /// Over TCP, `max_in_flight` is 0, above [`TCP_MAX_IN_FLIGHT`], or
+    /// below the probes one lifetime holds at the configured pacing.
+    #[error(
+        "{0} probes in flight: must be 1 to {TCP_MAX_IN_FLIGHT} and hold one lifetime's probes"
+    )]
+    InFlight(u16),
     /// [`Birthday::start`] was called twice.
     #[error("already started")]
     AlreadyStarted,
@@ -463,9 +593,14 @@ pub enum Refusal {
     /// the easy side answers and priming).
     #[error("unexpected {0:?}")]
     UnexpectedKind(DatagramKind),
-    /// Easy side: an answer from a port it never probed.
-    #[error("answer from port {0}, which was never probed")]
+    /// Easy side: an answer (or TCP connection) from a port it never
+    /// probed; hard side over TCP: a connection to a port other than the
+    /// easy side's.
+    #[error("port {0} was never probed or connected to")]
     NotProbed(u16),
+    /// A datagram in a TCP punch, or a TCP connection in a QUIC one.
+    #[error("not of this punch's transport")]
+    WrongTransport,
     /// Easy side: a priming datagram from a port already probed, or
     /// with the probe budget spent; it adds no probe.
     #[error("priming from port {0} adds no probe (already probed, or budget spent)")]
@@ -484,8 +619,8 @@ pub struct RefusalCounts {
     pub unknown_socket: u32,
     /// [`Refusal::Malformed`] and [`Refusal::WrongToken`].
     pub malformed: u32,
-    /// [`Refusal::UnexpectedKind`], [`Refusal::NotProbed`] and
-    /// [`Refusal::Redundant`].
+    /// [`Refusal::UnexpectedKind`], [`Refusal::NotProbed`],
+    /// [`Refusal::Redundant`] and [`Refusal::WrongTransport`].
     pub unexpected: u32,
 }
 
@@ -506,9 +641,10 @@ impl RefusalCounts {
             Refusal::WrongIp { .. } => &mut self.wrong_ip,
             Refusal::UnknownSocket(_) => &mut self.unknown_socket,
             Refusal::Malformed | Refusal::WrongToken => &mut self.malformed,
-            Refusal::UnexpectedKind(_) | Refusal::NotProbed(_) | Refusal::Redundant(_) => {
-                &mut self.unexpected
-            }
+            Refusal::UnexpectedKind(_)
+            | Refusal::NotProbed(_)
+            | Refusal::Redundant(_)
+            | Refusal::WrongTransport => &mut self.unexpected,
         };
         *slot = slot.saturating_add(1);
     }
@@ -554,6 +690,9 @@ pub struct Birthday {
     next_probe: Option<Instant>,
     /// Easy side: when the last probe went out.
     last_probe: Option<Instant>,
+    /// Easy side over TCP: when each unexpired probe connect expires,
+    /// oldest first; at most [`BirthdayConfig::max_in_flight`].
+    in_flight: VecDeque<Instant>,
     refusals: RefusalCounts,
 }
 
@@ -620,6 +759,7 @@ impl Birthday {
             probed: BTreeSet::new(),
             next_probe: None,
             last_probe: None,
+            in_flight: VecDeque::new(),
             refusals: RefusalCounts::default(),
         }
     }
@@ -651,8 +791,12 @@ impl Birthday {
         self.started = Some(now);
         match self.peer {
             Peer::Easy(easy) => {
+                let expires = later(now, self.config.deadline);
                 for i in 0..self.config.sockets {
-                    let t = self.transmit(Local::Fresh(i), easy, DatagramKind::Priming, i);
+                    let mut t = self.transmit(Local::Fresh(i), easy, DatagramKind::Priming, i);
+                    if t.transport == Transport::Tcp {
+                        t.expires = Some(expires);
+                    }
                     self.queue.push_back(t);
                 }
                 self.opened = self.config.sockets;
@@ -685,6 +829,8 @@ impl Birthday {
             destination,
             kind,
             payload,
+            transport: self.config.transport,
+            expires: None,
         }
     }
 
@@ -741,6 +887,11 @@ impl Birthday {
                 self.next_probe = None;
                 break;
             }
+            if self.in_flight_full(now) {
+                // Held back until the oldest probe connect expires
+                // (`poll_timeout`); the schedule resumes from then.
+                break;
+            }
             let Some(port) = self.draw_port() else {
                 self.next_probe = None;
                 break;
@@ -755,9 +906,38 @@ impl Birthday {
         }
     }
 
+    /// Over TCP: drops the expired probe connects and tells whether
+    /// [`BirthdayConfig::max_in_flight`] are still alive.
+    fn in_flight_full(&mut self, now: Instant) -> bool {
+        if self.config.transport != Transport::Tcp {
+            return false;
+        }
+        while self.in_flight.front().is_some_and(|at| *at <= now) {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.len() >= usize::from(self.config.max_in_flight)
+    }
+
+    /// When the next probe may go: its slot, or later while
+    /// [`BirthdayConfig::max_in_flight`] probe connects are alive.
+    fn next_probe_at(&self) -> Option<Instant> {
+        let at = self.next_probe?;
+        let full = self.config.transport == Transport::Tcp
+            && self.in_flight.len() >= usize::from(self.config.max_in_flight);
+        match (full, self.in_flight.front()) {
+            (true, Some(oldest)) => Some(at.max(*oldest)),
+            _ => Some(at),
+        }
+    }
+
     fn send_probe(&mut self, now: Instant, to: SocketAddr) {
         self.probed.insert(to.port());
-        let t = self.transmit(Local::Punch, to, DatagramKind::Probe, self.sent);
+        let mut t = self.transmit(Local::Punch, to, DatagramKind::Probe, self.sent);
+        if t.transport == Transport::Tcp {
+            let expires = later(now, self.config.probe_lifetime);
+            t.expires = Some(expires);
+            self.in_flight.push_back(expires);
+        }
         self.queue.push_back(t);
         self.sent += 1;
         self.last_probe = Some(now);
@@ -779,10 +959,10 @@ impl Birthday {
         }
         let deadline = later(start, self.config.deadline);
         let grace = match (self.next_probe, self.last_probe) {
-            (None, Some(last)) => Some(later(last, ANSWER_GRACE)),
+            (None, Some(last)) => Some(later(last, self.config.grace())),
             _ => None,
         };
-        [self.next_probe, grace, Some(deadline)]
+        [self.next_probe_at(), grace, Some(deadline)]
             .into_iter()
             .flatten()
             .min()
@@ -810,7 +990,7 @@ impl Birthday {
             && self.role() == Role::Easy
             && self
                 .last_probe
-                .is_some_and(|last| now >= later(last, ANSWER_GRACE))
+                .is_some_and(|last| now >= later(last, self.config.grace()))
         {
             self.finish(Outcome::Exhausted);
         }
@@ -854,6 +1034,9 @@ impl Birthday {
         }
         if self.outcome.is_some() {
             return Err(Refusal::Finished);
+        }
+        if self.config.transport != Transport::Quic {
+            return Err(Refusal::WrongTransport);
         }
         let expected = match self.peer {
             Peer::Easy(a) => a.ip(),
@@ -907,6 +1090,72 @@ impl Birthday {
             }
             _ => Err(Refusal::UnexpectedKind(kind)),
         }
+    }
+
+    /// Over TCP: the connect from `local` to `remote` completed at `now`
+    /// (a simultaneous open, or the peer's listener took it). The first
+    /// that passes the checks is [`Outcome::Met`]: the carrier keeps that
+    /// connection and closes every other connect of the punch.
+    ///
+    /// # Errors
+    /// The [`Refusal`] when it does not count (not a TCP punch, not
+    /// running, another IP, a socket this side never opened, a port never
+    /// connected to); counted in [`Birthday::refusals`]. The carrier
+    /// closes a refused connection.
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        local: Local,
+        remote: SocketAddr,
+    ) -> Result<Accepted, Refusal> {
+        let verdict = self.accept_connected(now, local, remote);
+        if let Err(reason) = verdict {
+            tracing::debug!(%reason, %remote, %local, "birthday punch refused a connection");
+            self.refusals.count(reason);
+        }
+        verdict
+    }
+
+    fn accept_connected(
+        &mut self,
+        _now: Instant,
+        local: Local,
+        remote: SocketAddr,
+    ) -> Result<Accepted, Refusal> {
+        if self.started.is_none() {
+            return Err(Refusal::NotStarted);
+        }
+        if self.outcome.is_some() {
+            return Err(Refusal::Finished);
+        }
+        if self.config.transport != Transport::Tcp {
+            return Err(Refusal::WrongTransport);
+        }
+        let expected = match self.peer {
+            Peer::Easy(a) => a.ip(),
+            Peer::Hard(ip) => ip,
+        };
+        if remote.ip() != expected {
+            return Err(Refusal::WrongIp {
+                from: remote,
+                expected,
+            });
+        }
+        match (self.peer, local) {
+            (Peer::Easy(easy), Local::Fresh(i)) if i < self.opened => {
+                if remote.port() != easy.port() {
+                    return Err(Refusal::NotProbed(remote.port()));
+                }
+            }
+            (Peer::Hard(_), Local::Punch) => {
+                if !self.probed.contains(&remote.port()) {
+                    return Err(Refusal::NotProbed(remote.port()));
+                }
+            }
+            _ => return Err(Refusal::UnknownSocket(local)),
+        }
+        self.finish(Outcome::Met { local, remote });
+        Ok(Accepted::Met)
     }
 
     fn parse(&self, payload: &[u8]) -> Result<DatagramKind, Refusal> {

@@ -130,9 +130,19 @@ pub enum Output {
     /// [`is_birthday_datagram`](crate::birthday::is_birthday_datagram), on
     /// the punch socket) into
     /// [`Upgrade::handle_birthday_datagram`](crate::Upgrade::handle_birthday_datagram).
+    ///
+    /// Over TCP ([`Transmit::transport`](crate::birthday::Transmit::transport)
+    /// is [`Transport::Tcp`](crate::Transport::Tcp)) it is a connect
+    /// instead: from the TCP punch socket (port reuse) or from a new
+    /// fresh TCP socket `i` at an ephemeral port, to the destination,
+    /// closed at its [`expires`](crate::birthday::Transmit::expires)
+    /// unless it completed; report a completed one with
+    /// [`Upgrade::handle_birthday_connected`](crate::Upgrade::handle_birthday_connected).
     SendBirthday(crate::birthday::Transmit),
     /// Birthday punch: close every fresh socket but `keep` (all of them
-    /// when `None`).
+    /// when `None`); over TCP also every pending connect of the punch
+    /// (the easy side's probes). A connection already handed to the core
+    /// is not among them.
     CloseFresh {
         /// The fresh socket that stays open: the one that met, which a
         /// [`Output::DialFresh`] dials from.
@@ -391,8 +401,9 @@ pub enum Event {
     BirthdayEnded {
         /// Attempt number.
         attempt: u8,
-        /// Met (then, hard side, the QUIC dial from the socket that met
-        /// follows), exhausted or timed out.
+        /// Met (then, over QUIC, the hard side's dial from the socket
+        /// that met follows; over TCP the connection that met is the
+        /// attempt's already), exhausted or timed out.
         outcome: crate::birthday::Outcome,
         /// Probes sent (easy side; 0 on the hard side).
         probes_sent: u16,

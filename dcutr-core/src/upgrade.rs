@@ -1349,6 +1349,34 @@ impl Upgrade {
         deadline: Instant,
         fresh: Option<u16>,
     ) -> DirectId {
+        let id = self.register_dial(to, role, purpose, deadline);
+        let attempt = match purpose {
+            DialPurpose::Unilateral => 0,
+            DialPurpose::HolePunch => self.attempt,
+        };
+        let dial = Dial {
+            id,
+            to,
+            role,
+            purpose,
+            attempt,
+        };
+        self.outputs.push_back(match fresh {
+            None => Output::Dial(dial),
+            Some(socket) => Output::DialFresh { socket, dial },
+        });
+        id
+    }
+
+    /// Records a dial to `to` (budget count, direct entry, timeline)
+    /// without asking the carrier for it.
+    fn register_dial(
+        &mut self,
+        to: Candidate,
+        role: Role,
+        purpose: DialPurpose,
+        deadline: Instant,
+    ) -> DirectId {
         let attempt = match purpose {
             DialPurpose::Unilateral => 0,
             DialPurpose::HolePunch => self.attempt,
@@ -1376,57 +1404,54 @@ impl Upgrade {
             result: None,
             peer_reflexive: false,
         });
-        let dial = Dial {
-            id,
-            to,
-            role,
-            purpose,
-            attempt,
-        };
-        self.outputs.push_back(match fresh {
-            None => Output::Dial(dial),
-            Some(socket) => Output::DialFresh { socket, dial },
-        });
         id
     }
 
     /// Whether this attempt runs the birthday punch: both behaviours are
     /// known and one side's mapping is random
     /// ([`crate::nat::Strategy::Birthday`]), and the peer named a QUIC
-    /// address. Then the hard side and the peer's QUIC address (the easy
-    /// side's punch address, or the hard side's IP). When an observer saw
-    /// the peer (the unilateral targets, from the relay), only a QUIC
-    /// address on an IP it saw will do, so that the probes go to an IP the
-    /// peer does not merely claim; with no observation, the peer's first
-    /// QUIC address, and the process's `admission::BirthdayBudget` bounds
-    /// what a lie can aim at a third party.
-    fn birthday_plan(&self, peer: &[Candidate]) -> Option<(HardSide, SocketAddr)> {
+    /// or else a TCP address. Then the hard side and the peer's address
+    /// of that transport (the easy side's punch address, or the hard
+    /// side's IP): QUIC when the peer named both, the punch proven
+    /// first. When an observer saw the peer (the unilateral targets, from
+    /// the relay), only an address on an IP it saw will do, so that the
+    /// probes go to an IP the peer does not merely claim; with no
+    /// observation, the peer's first address of the transport, and the
+    /// process's `admission::BirthdayBudget` bounds what a lie can aim at
+    /// a third party.
+    fn birthday_plan(&self, peer: &[Candidate]) -> Option<(HardSide, Candidate)> {
         let (ours, theirs) = (self.own_nat.as_deref()?, self.peer_nat.as_deref()?);
         let crate::nat::Strategy::Birthday { hard_side } =
             crate::nat::Strategy::choose(ours, theirs)
         else {
             return None;
         };
-        let mut quic = peer.iter().filter(|c| c.transport == Transport::Quic);
         let seen = &self.unilateral_targets;
-        let to = if seen.is_empty() {
-            quic.next()
-        } else {
-            quic.find(|c| seen.iter().any(|u| u.addr.ip() == c.addr.ip()))
-        };
+        let acceptable =
+            |c: &&Candidate| seen.is_empty() || seen.iter().any(|u| u.addr.ip() == c.addr.ip());
+        let to = [Transport::Quic, Transport::Tcp].into_iter().find_map(|t| {
+            peer.iter()
+                .filter(|c| c.transport == t)
+                .find(acceptable)
+        });
         if to.is_none() {
             tracing::debug!(
                 observed = seen.len(),
-                "no birthday punch: no QUIC address of the peer's on an IP an observer saw"
+                "no birthday punch: no address of the peer's on an IP an observer saw"
             );
         }
-        Some((hard_side, to?.addr))
+        Some((hard_side, *to?))
     }
 
     /// Starts this attempt's birthday punch now, at the spec's punch time.
-    fn start_birthday(&mut self, hard_side: HardSide, peer: SocketAddr) {
+    fn start_birthday(&mut self, hard_side: HardSide, to: Candidate) {
         use crate::birthday::{Birthday, BirthdayConfig, Role as BRole};
-        let config = BirthdayConfig::new(BIRTHDAY_TOKEN ^ u64::from(self.attempt));
+        let token = BIRTHDAY_TOKEN ^ u64::from(self.attempt);
+        let peer = to.addr;
+        let config = match to.transport {
+            Transport::Quic => BirthdayConfig::new(token),
+            Transport::Tcp => BirthdayConfig::tcp(token),
+        };
         let (machine, role, shown) = match hard_side {
             HardSide::Ours => (Birthday::hard(config, peer), BRole::Hard, peer),
             HardSide::Peer => {
@@ -1457,9 +1482,11 @@ impl Upgrade {
                 role,
                 peer: shown,
             }));
-        let fresh = match role {
-            BRole::Hard => FreshOpen::All,
-            BRole::Easy => FreshOpen::None,
+        // Over TCP the easy side's probe connects are the carrier's to
+        // close too (`Output::CloseFresh`).
+        let fresh = match (role, to.transport) {
+            (BRole::Hard, _) | (BRole::Easy, Transport::Tcp) => FreshOpen::All,
+            (BRole::Easy, Transport::Quic) => FreshOpen::None,
         };
         self.birthday = Some(Box::new(BirthdayRun {
             machine,
@@ -1504,6 +1531,7 @@ impl Upgrade {
         let (probes_sent, sockets_opened) =
             (run.machine.probes_sent(), run.machine.sockets_opened());
         let hard = run.machine.role() == crate::birthday::Role::Hard;
+        let tcp = run.machine.config().transport == Transport::Tcp;
         tracing::debug!(
             ?outcome,
             probes_sent,
@@ -1517,6 +1545,9 @@ impl Upgrade {
             sockets_opened,
         }));
         match outcome {
+            // Over TCP the connection that met is the attempt's already
+            // (`handle_birthday_connected`): close every other connect.
+            crate::birthday::Outcome::Met { .. } if tcp => self.set_fresh(FreshOpen::None),
             crate::birthday::Outcome::Met {
                 local: crate::birthday::Local::Fresh(socket),
                 remote,
@@ -1634,6 +1665,63 @@ impl Upgrade {
         self.pump_birthday();
         self.check_progress();
         Ok(accepted)
+    }
+
+    /// Over TCP: the birthday punch's connect from `local` (the TCP
+    /// punch socket, or fresh socket `i`) to `remote` completed
+    /// (`Transmit::transport` [`Transport::Tcp`]). The first one the
+    /// machine takes ([`crate::birthday::Birthday::handle_connected`]) and
+    /// the address policy and dial budget allow becomes this attempt's
+    /// direct TCP connection, recorded as a hole-punch dial that
+    /// connected: the carrier keeps it under the returned id and runs the
+    /// identity check on it as on any dialled connection (roles by side,
+    /// the initiator the server). Every other connect of the punch is
+    /// closed ([`Output::CloseFresh`]).
+    ///
+    /// # Errors
+    /// [`Refusal::NotStarted`](crate::birthday::Refusal::NotStarted)
+    /// when no birthday punch runs, [`Refusal::Finished`](crate::birthday::Refusal::Finished)
+    /// when this attempt no longer punches or policy or budget refuse
+    /// `remote`, else the machine's refusal; the carrier closes the
+    /// connection then.
+    pub fn handle_birthday_connected(
+        &mut self,
+        now: Instant,
+        local: crate::birthday::Local,
+        remote: SocketAddr,
+    ) -> Result<DirectId, crate::birthday::Refusal> {
+        use crate::birthday::Refusal;
+        self.advance(now);
+        let Some(run) = self.birthday.as_mut() else {
+            return Err(Refusal::NotStarted);
+        };
+        let to = Candidate::tcp(remote);
+        let allowed = self.config.address_policy.check(&to).is_ok()
+            && self.config.dialable.allows(&to)
+            && self.dials_made < self.config.max_dials_per_upgrade;
+        let window_end = self.timers.deadline(TimerKind::PunchWindow);
+        let (true, Some(window_end), State::Punching(_)) = (allowed, window_end, &self.state)
+        else {
+            tracing::debug!(%to, "birthday connection refused: policy, budget or phase");
+            return Err(Refusal::Finished);
+        };
+        run.machine.handle_connected(self.now, local, remote)?;
+        let role = match self.side {
+            Side::Initiator => Role::Server,
+            Side::Responder => Role::Client,
+        };
+        let id = self.register_dial(to, role, DialPurpose::HolePunch, window_end);
+        if let State::Punching(punch) = &mut self.state {
+            punch.dials += 1;
+            punch.dialled.push(to);
+        }
+        if let Some(run) = self.birthday.as_mut() {
+            run.dial = Some(id);
+        }
+        tracing::debug!(%id, %to, %local, "birthday punch met over TCP");
+        self.pump_birthday();
+        self.handle_dial_succeeded(now, id);
+        Ok(id)
     }
 
     /// The punch of the current attempt, while it runs.

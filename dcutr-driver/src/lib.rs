@@ -32,6 +32,7 @@
 
 mod actor;
 mod admission;
+pub mod fdlimit;
 pub mod net;
 pub mod quic;
 mod report;
@@ -442,6 +443,28 @@ where
 
 type ActorFuture<D> = BoxFuture<'static, (Key, Option<D>)>;
 
+/// A TCP connect of the birthday punch: the stream when it completed
+/// before its expiry, `None` when it failed or expired (the socket is
+/// closed with the future).
+type BirthdayConnect<T> = BoxFuture<'static, Option<(dcutr_core::birthday::Local, SocketAddr, T)>>;
+
+/// The birthday punch's TCP connects in flight.
+struct BirthdayConnects<T> {
+    pending: FuturesUnordered<BirthdayConnect<T>>,
+    /// The descriptor limit was checked for this punch: `Err` when it
+    /// cannot hold the budget (its connects are then not made).
+    fds: Option<Result<(), fdlimit::FdLimitError>>,
+}
+
+impl<T> Default for BirthdayConnects<T> {
+    fn default() -> Self {
+        BirthdayConnects {
+            pending: FuturesUnordered::new(),
+            fds: None,
+        }
+    }
+}
+
 struct DirectActor {
     cmds: mpsc::UnboundedSender<Cmd>,
     /// Bytes the actor may still read, as we last told it minus what it
@@ -461,6 +484,9 @@ struct Driver<'r, R: Runtime> {
     quic: Option<QuicSocket>,
     /// The birthday punch's fresh sockets (hard side).
     fresh: quic::FreshSockets,
+    /// The birthday punch's pending TCP connects (fresh sockets or
+    /// probes), each ending at its expiry.
+    birthday_tcp: BirthdayConnects<R::TcpStream>,
     on_event: Option<EventCallback>,
     events_tx: mpsc::UnboundedSender<(Key, ActorEvent)>,
     events_rx: mpsc::UnboundedReceiver<(Key, ActorEvent)>,
@@ -525,6 +551,8 @@ enum Wake<T> {
     Birthday(SocketAddr, [u8; dcutr_core::birthday::DATAGRAM_LEN]),
     /// A birthday-punch datagram arrived on fresh socket `.0`.
     Fresh(u16, SocketAddr, [u8; dcutr_core::birthday::DATAGRAM_LEN]),
+    /// A birthday-punch TCP connect from `.0` to `.1` completed.
+    BirthdayConnected(dcutr_core::birthday::Local, SocketAddr, DirectConn<T>),
     ListenerFailed(io::Error),
 }
 
@@ -614,6 +642,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             tcp_local,
             quic: options.quic,
             fresh: quic::FreshSockets::default(),
+            birthday_tcp: BirthdayConnects::default(),
             on_event: options.on_event,
             events_tx,
             events_rx,
@@ -836,6 +865,15 @@ impl<'r, R: Runtime> Driver<'r, R> {
         if let Poll::Ready((i, (from, bytes))) = self.fresh.poll_recv(cx) {
             return Poll::Ready(Wake::Fresh(i, from, bytes));
         }
+        while let Poll::Ready(Some(done)) = self.birthday_tcp.pending.poll_next_unpin(cx) {
+            if let Some((local, to, stream)) = done {
+                return Poll::Ready(Wake::BirthdayConnected(
+                    local,
+                    to,
+                    DirectConn::Tcp(Stream(stream)),
+                ));
+            }
+        }
         while let Poll::Ready(Some((number, conn))) = self.quic_handshakes.poll_next_unpin(cx) {
             let Some(pos) = self.handshakes.iter().position(|h| h.number == number) else {
                 continue; // evicted
@@ -968,6 +1006,20 @@ impl<'r, R: Runtime> Driver<'r, R> {
                 let local = dcutr_core::birthday::Local::Fresh(i);
                 if let Err(reason) = self.core.handle_birthday_datagram(now, local, from, &bytes) {
                     tracing::trace!(i, %from, %reason, "birthday datagram refused");
+                }
+            }
+            Wake::BirthdayConnected(local, to, conn) => {
+                // The core checks IP, socket and port; the first it takes
+                // is the attempt's direct connection, a refused one is
+                // dropped (closed) here.
+                match self.core.handle_birthday_connected(now, local, to) {
+                    Ok(id) => {
+                        self.start_actor(id, Start::Ready(conn));
+                        self.start_handshake(id);
+                    }
+                    Err(reason) => {
+                        tracing::debug!(%local, %to, %reason, "birthday connection refused");
+                    }
                 }
             }
             Wake::ListenerFailed(error) => {
@@ -1134,6 +1186,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             identity,
             expected_peer,
             fresh,
+            birthday_tcp,
             ..
         } = self;
         let mut io = Io {
@@ -1142,6 +1195,7 @@ impl<'r, R: Runtime> Driver<'r, R> {
             tcp_local: *tcp_local,
             quic: quic.as_ref(),
             fresh,
+            birthday_tcp,
             identity: identity.as_ref(),
             peer_fingerprint: expected_peer.or(core.peer_fingerprint()),
             on_event,
@@ -1202,6 +1256,7 @@ struct Io<'a, R: Runtime> {
     tcp_local: Option<SocketAddr>,
     quic: Option<&'a QuicSocket>,
     fresh: &'a mut quic::FreshSockets,
+    birthday_tcp: &'a mut BirthdayConnects<R::TcpStream>,
     identity: Option<&'a Identity>,
     peer_fingerprint: Option<Fingerprint>,
     on_event: &'a mut Option<EventCallback>,
@@ -1231,6 +1286,56 @@ impl<R: Runtime> Io<'_, R> {
             }
             None => (quic.client_config.clone(), None),
         }
+    }
+}
+
+impl<R: Runtime> Io<'_, R> {
+    /// A TCP connect of the birthday punch (see
+    /// [`dcutr_core::Output::SendBirthday`]): from the TCP punch port with
+    /// port reuse, or from a fresh socket at an ephemeral port of its IP;
+    /// dropped at its expiry unless it completed first.
+    fn connect_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
+        use dcutr_core::birthday::Local;
+        let to = transmit.destination;
+        // Fresh sockets need no punch port: an ephemeral port on the
+        // punch socket's IP, or on any when there is no TCP listener.
+        let from = match (transmit.local, self.tcp_local) {
+            (Local::Punch, Some(punch)) => punch,
+            (Local::Fresh(_), Some(punch)) => SocketAddr::new(punch.ip(), 0),
+            (Local::Fresh(_), None) if to.is_ipv4() => {
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+            }
+            (Local::Fresh(_), None) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            (Local::Punch, None) => {
+                tracing::debug!(to = %to, "birthday probe not made: no TCP punch socket");
+                return;
+            }
+        };
+        let fds = self
+            .birthday_tcp
+            .fds
+            .get_or_insert_with(|| fdlimit::ensure(fdlimit::tcp_birthday_fd_budget()).map(|_| ()));
+        if let Err(error) = fds {
+            tracing::warn!(%error, "birthday punch over TCP skipped its connects");
+            return;
+        }
+        let local = transmit.local;
+        let connecting = self.runtime.connect_from(from, to);
+        let expiry = transmit
+            .expires
+            .map(|at| self.runtime.sleep_until(at))
+            .unwrap_or_else(|| std::future::pending().boxed());
+        self.birthday_tcp.pending.push(
+            async move {
+                match futures_util::future::select(connecting, expiry).await {
+                    futures_util::future::Either::Left((Ok(stream), _)) => {
+                        Some((local, to, stream))
+                    }
+                    _ => None,
+                }
+            }
+            .boxed(),
+        );
     }
 }
 
@@ -1301,9 +1406,15 @@ impl<R: Runtime> Carrier for Io<'_, R> {
     }
 
     fn send_birthday(&mut self, transmit: dcutr_core::birthday::Transmit) {
+        // Every birthday packet, a TCP connect's SYN as a datagram,
+        // counts against the process's budget first.
         let to = transmit.destination;
         if let Err(refusal) = admission::admit_birthday(self.runtime.now(), to.ip()) {
-            tracing::debug!(%to, %refusal, "birthday datagram not sent");
+            tracing::debug!(%to, %refusal, "birthday packet not sent");
+            return;
+        }
+        if transmit.transport == Transport::Tcp {
+            self.connect_birthday(transmit);
             return;
         }
         match (transmit.local, self.quic) {
@@ -1327,6 +1438,11 @@ impl<R: Runtime> Carrier for Io<'_, R> {
 
     fn close_fresh(&mut self, keep: Option<u16>) {
         self.fresh.close_all_but(keep);
+        // Over TCP the core keeps none: the connect that met was handed
+        // over already. Dropping the futures closes their sockets.
+        if keep.is_none() {
+            *self.birthday_tcp = BirthdayConnects::default();
+        }
     }
 
     fn dial_fresh(&mut self, socket: u16, dial: dcutr_core::Dial) -> Result<(), DialError> {

@@ -96,3 +96,70 @@ async fn the_hard_side_dials_from_the_fresh_socket_that_met() {
     assert_eq!(a_local, Local::Punch);
     assert_eq!(a_remote, a.remote, "the dial came from the socket that met");
 }
+
+/// The birthday punch over TCP: the initiator declares the random NAT
+/// (the hard side), the responder the endpoint-independent one. Neither
+/// spec dial can win: the hard side advertises a closed port (the easy
+/// side's dial there is refused), and the test holds the one connection
+/// from the hard side's punch port to the easy side's, so the hard
+/// side's own dial finds its address pair taken. Only a connect from one
+/// of the hard side's fresh TCP sockets can become the connection.
+#[tokio::test]
+async fn over_tcp_the_connection_comes_from_a_fresh_socket_that_connected() {
+    init_tracing();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (a, a_real) = peer(Side::Responder, Transport::Tcp, loopback_config());
+    let a = a.nat_behaviour(nat(
+        Mapping::EndpointIndependent,
+        Allocation::Preserving,
+        a_real,
+    ));
+    let (a, a_events) = recording(a);
+    // The hard side's punch port, and the pair its spec dial would use.
+    let b_listener = dcutr_tokio::tcp_listener(any).unwrap();
+    let b_real = b_listener.local_addr().unwrap();
+    let held = dcutr_tokio::tcp_connect_from(b_real, a_real).await.unwrap();
+    // A closed TCP port: bound, never listening.
+    let hole = dcutr_driver::net::reuse_stream_socket(any).unwrap();
+    let hole = hole.local_addr().unwrap().as_socket().unwrap();
+    let b = Options::new(Side::Initiator)
+        .config(loopback_config())
+        .local_addrs([Candidate::tcp(hole)])
+        .tcp(b_listener)
+        .nat_behaviour(nat(Mapping::EndpointDependent, Allocation::Random, b_real));
+    let (b, b_events) = recording(b);
+
+    let (b, a) = upgrade_pair(b, a, TEST_LIMIT).await;
+    drop(held);
+    let (b, a) = (
+        b.expect("the hard side upgrades"),
+        a.expect("the easy side upgrades"),
+    );
+    assert_eq!((a.transport, b.transport), (Transport::Tcp, Transport::Tcp));
+    assert_eq!(
+        b.remote, a_real,
+        "the hard side reached the easy side's punch port"
+    );
+    assert_ne!(a.remote, b_real, "not from the hard side's punch port");
+    assert_ne!(a.remote, hole);
+    let started = |events: &Events| {
+        events.lock().unwrap().iter().find_map(|e| match e {
+            Event::BirthdayStarted { role, .. } => Some(*role),
+            _ => None,
+        })
+    };
+    assert_eq!(started(&b_events), Some(dcutr_core::birthday::Role::Hard));
+    assert_eq!(started(&a_events), Some(dcutr_core::birthday::Role::Easy));
+    let met = b_events.lock().unwrap().iter().find_map(|e| match e {
+        Event::BirthdayEnded {
+            outcome: BOutcome::Met { local, remote },
+            sockets_opened,
+            ..
+        } => Some((*local, *remote, *sockets_opened)),
+        _ => None,
+    });
+    let (local, remote, opened) = met.expect("the hard side met");
+    assert!(matches!(local, Local::Fresh(_)), "{local:?}");
+    assert_eq!(remote, a_real);
+    assert_eq!(opened, dcutr_core::birthday::DEFAULT_SOCKETS);
+}

@@ -309,14 +309,13 @@ impl Case {
         if self.stun && a == Site::SYMMETRIC && b == Site::SYMMETRIC {
             Expect::CannotMeet
         } else if self.stun
-            && self.transport == Transport::Quic
             && matches!(
                 (a, b),
                 (Site::SYMMETRIC, Site::CONE) | (Site::CONE, Site::SYMMETRIC)
             )
         {
-            // Knowing both NATs, the birthday punch (QUIC only so far)
-            // must get through; TCP stays report-only.
+            // Knowing both NATs, the birthday punch must get through,
+            // over QUIC (datagrams) and over TCP (simultaneous open).
             Expect::Upgrade { unilateral: false }
         } else {
             expect
@@ -944,14 +943,14 @@ mod tests {
     }
 
     #[test]
-    fn with_stun_the_birthday_pairs_must_upgrade_over_quic_in_both_roles() {
+    fn with_stun_the_birthday_pairs_must_upgrade_over_both_transports_in_both_roles() {
         for pair in ["symmetric/cone", "port-restricted/symmetric"] {
             let index = PAIRS.iter().position(|p| p.0 == pair).unwrap();
-            for case in matrix_cases(true).into_iter().filter(|c| c.pair == index) {
-                let want = match case.transport {
-                    Transport::Quic => Expect::Upgrade { unilateral: false },
-                    Transport::Tcp => Expect::Clean,
-                };
+            let cases = matrix_cases(true);
+            let cases: Vec<_> = cases.into_iter().filter(|c| c.pair == index).collect();
+            assert!(cases.iter().any(|c| c.transport == Transport::Tcp));
+            for case in cases {
+                let want = Expect::Upgrade { unilateral: false };
                 assert_eq!(case.expect(), want, "{}", case.name());
             }
             for case in matrix_cases(false).into_iter().filter(|c| c.pair == index) {
