@@ -81,22 +81,30 @@ pub struct Capabilities {
     /// every attempt on one relayed byte stream, and the pinned-TLS
     /// handshake on direct connections.
     pub session: bool,
+    /// It opens sockets of its own for the birthday punch
+    /// ([`Output::SendBirthday`](crate::Output::SendBirthday),
+    /// [`Output::DialFresh`](crate::Output::DialFresh)). Without, an
+    /// attempt whose NATs call for the birthday punch punches as the spec
+    /// does instead.
+    pub fresh_sockets: bool,
 }
 
 impl Capabilities {
     /// A libp2p swarm: a `/libp2p/dcutr` stream per attempt (the spec
-    /// only), no datagrams of its own (libp2p-quic sprays inside a dial as
-    /// listener), and Noise/TLS of its own on direct connections.
+    /// only), no datagrams or sockets of its own (libp2p-quic sprays inside
+    /// a dial as listener), and Noise/TLS of its own on direct connections.
     pub const LIBP2P: Capabilities = Capabilities {
         datagrams: false,
         session: false,
+        fresh_sockets: false,
     };
 
     /// A standalone runtime adapter (`dcutr-driver`): one relayed byte
-    /// stream, its own QUIC socket, and pinned TLS.
+    /// stream, its own QUIC socket and fresh sockets, and pinned TLS.
     pub const STANDALONE: Capabilities = Capabilities {
         datagrams: true,
         session: true,
+        fresh_sockets: true,
     };
 }
 

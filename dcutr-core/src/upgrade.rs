@@ -231,6 +231,9 @@ pub struct Upgrade {
     /// call for one ([`crate::nat::Strategy::Birthday`]). Boxed: most
     /// upgrades never run one.
     birthday: Option<Box<BirthdayRun>>,
+    /// The carrier opens sockets for the birthday punch
+    /// ([`Capabilities::fresh_sockets`]; true when it did not say).
+    fresh_sockets: bool,
 }
 
 /// The token both sides put in their birthday datagrams for attempt `n`
@@ -461,6 +464,7 @@ impl UpgradeBuilder {
             outputs: VecDeque::new(),
             timeline: Timeline::empty(now),
             birthday: None,
+            fresh_sockets: self.capabilities.is_none_or(|c| c.fresh_sockets),
         };
         up.add_unilateral_targets(self.remote_public);
         tracing::debug!(side = %up.side, "dcutr upgrade started");
@@ -1426,14 +1430,19 @@ impl Upgrade {
         else {
             return None;
         };
+        if !self.fresh_sockets {
+            tracing::debug!(
+                "the NATs call for the birthday punch, which this carrier cannot open \
+                 sockets for: punching as the spec does"
+            );
+            return None;
+        }
         let seen = &self.unilateral_targets;
         let acceptable =
             |c: &&Candidate| seen.is_empty() || seen.iter().any(|u| u.addr.ip() == c.addr.ip());
-        let to = [Transport::Quic, Transport::Tcp].into_iter().find_map(|t| {
-            peer.iter()
-                .filter(|c| c.transport == t)
-                .find(acceptable)
-        });
+        let to = [Transport::Quic, Transport::Tcp]
+            .into_iter()
+            .find_map(|t| peer.iter().filter(|c| c.transport == t).find(acceptable));
         if to.is_none() {
             tracing::debug!(
                 observed = seen.len(),

@@ -354,6 +354,43 @@ fn with_an_observed_ip_the_easy_side_probes_only_that_ip() {
 }
 
 #[test]
+fn a_carrier_without_fresh_sockets_punches_as_the_spec_does() {
+    use dcutr_core::settings::{Capabilities, QuicServerPunch};
+    // A libp2p carrier's config: its QUIC server dials rather than sprays.
+    let config = Config {
+        quic_server_punch: QuicServerPunch::DialAsServer,
+        ..Config::default()
+    };
+    let mut up = Upgrade::builder(Side::Responder, config, [7; 32])
+        .local_addrs([tcp(OURS), quic(OURS)])
+        .nat_behaviour(cone())
+        .capabilities(Capabilities::LIBP2P)
+        .start(t0())
+        .unwrap();
+    drain(&mut up);
+    up.handle_stream_opened(at(0));
+    drain(&mut up);
+    up.handle_stream_data(at(5), &connect_with_nat(&[quic(PEER)], &random()));
+    drain(&mut up);
+    up.handle_stream_data(at(10), &sync_frame());
+    let out = drain(&mut up);
+    assert!(transmits(&out).is_empty(), "no birthday datagram");
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::BirthdayStarted { .. }))
+    );
+    assert_eq!(
+        dials(&out).len(),
+        1,
+        "the spec's QUIC dial to the peer: {out:?}"
+    );
+    // The same upgrade on a carrier that can, for contrast.
+    let (_, out) = punching(Some(cone()), &random());
+    assert!(!transmits(&out).is_empty());
+}
+
+#[test]
 fn without_both_behaviours_no_birthday_punch_runs() {
     for ours in [None, Some(cone())] {
         let (_, out) = punching(ours.clone(), &random());
