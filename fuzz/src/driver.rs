@@ -39,8 +39,10 @@ use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use dcutr_core::birthday::{Local, Transmit};
 use dcutr_core::filter::filter_remote;
-use dcutr_core::wire::{self, FrameDecoder, Message};
+use dcutr_core::nat::NatBehaviour;
+use dcutr_core::wire::{self, FrameDecoder, Message, NatWire};
 use dcutr_core::{
     AttemptFailure, Candidate, Config, Dial, DialError, DialPurpose, DirectId, Event, Output,
     ProtocolError, Role, Side, Transport, Upgrade, settings::FINGERPRINT_LEN,
@@ -63,6 +65,9 @@ pub struct Setup {
     pub local: Vec<Candidate>,
     /// The peer's public addresses (unilateral dial).
     pub remote_public: Vec<Candidate>,
+    /// Our NAT's behaviour, if known (with the peer's, it may call for
+    /// the birthday punch).
+    pub nat: Option<NatBehaviour>,
     /// Feed stream bytes no faster than `stream_bytes_wanted()` allows,
     /// as a careful driver on a shared stream does.
     pub respect_wanted: bool,
@@ -80,9 +85,24 @@ pub enum Frame {
     Hello([u8; FINGERPRINT_LEN]),
     /// A Connect carrying these raw `ObsAddrs` entries.
     Connect(Vec<Vec<u8>>),
+    /// A Connect that also declares the sender's NAT (the dcutr-rs
+    /// extension field).
+    ConnectNat(Vec<Vec<u8>>, NatWire),
     /// A Sync.
     Sync,
     /// Raw bytes, framed or not.
+    Raw(Vec<u8>),
+}
+
+/// What a birthday datagram carries.
+#[derive(Clone, Debug)]
+pub enum BirthdayPayload {
+    /// The payload of the core's `n`-th birthday transmit (modulo the
+    /// count), with byte `at` (modulo the length) xored with `flip`: the
+    /// peer's answers look like ours, so this reaches the checks past
+    /// the marker and token.
+    Echo { n: u16, at: u8, flip: u8 },
+    /// Anything.
     Raw(Vec<u8>),
 }
 
@@ -139,6 +159,10 @@ pub enum Input {
     /// The TLS handshake on a direct connection failed, after the other
     /// end presented this certificate (if it got that far).
     HandshakeFailed(Target, Option<[u8; FINGERPRINT_LEN]>),
+    /// A birthday datagram arrived at our socket `local` from `from`.
+    BirthdayDatagram(Local, Candidate, BirthdayPayload),
+    /// A birthday connect of ours from `local` completed with `remote`.
+    BirthdayConnected(Local, Candidate),
     /// Jump to the next timeout and fire it.
     Timeout,
     /// A newly observed address of ours.
@@ -236,6 +260,10 @@ pub struct Driver {
     reflexive_source: Option<Candidate>,
     reflexive_dials_in_attempt: usize,
     unilateral_dials: usize,
+    /// Every birthday transmit, in order (inputs echo them).
+    birthday: Vec<Transmit>,
+    /// Every IP a Connect or the observer named for the peer.
+    peer_ips: BTreeSet<std::net::IpAddr>,
     /// Every output, in order, for replay comparisons.
     pub log: Vec<Output>,
 }
@@ -251,6 +279,10 @@ impl Driver {
         let builder = Upgrade::builder(setup.side, config.clone(), setup.seed)
             .local_addrs(setup.local.iter().copied())
             .remote_public_addrs(setup.remote_public.iter().copied());
+        let builder = match setup.nat.clone() {
+            Some(nat) => builder.nat_behaviour(nat),
+            None => builder,
+        };
         let builder = match setup.protocol {
             Protocol::Spec => builder,
             Protocol::SessionUnpinned => builder.dcutr_session_unpinned(),
@@ -297,6 +329,8 @@ impl Driver {
             reflexive_source: None,
             reflexive_dials_in_attempt: 0,
             unilateral_dials: 0,
+            birthday: Vec::new(),
+            peer_ips: setup.remote_public.iter().map(|c| c.addr.ip()).collect(),
             log: Vec::new(),
         };
         d.drain();
@@ -408,6 +442,37 @@ impl Driver {
             Input::PeerReflexive(from) => {
                 self.reflexive_source = Some(*from);
                 let _ = self.up.handle_peer_reflexive(now, *from);
+            }
+            Input::BirthdayDatagram(local, from, payload) => {
+                let bytes = match payload {
+                    BirthdayPayload::Raw(raw) => raw.clone(),
+                    BirthdayPayload::Echo { n, at, flip } => {
+                        let Some(t) = self
+                            .birthday
+                            .get(usize::from(*n) % self.birthday.len().max(1))
+                        else {
+                            return;
+                        };
+                        let mut bytes = t.payload.to_vec();
+                        let at = usize::from(*at) % bytes.len();
+                        bytes[at] ^= flip;
+                        bytes
+                    }
+                };
+                let _ = self
+                    .up
+                    .handle_birthday_datagram(now, *local, from.addr, &bytes);
+            }
+            Input::BirthdayConnected(local, remote) => {
+                if let Ok(id) = self.up.handle_birthday_connected(now, *local, remote.addr) {
+                    assert!(
+                        !self.dial_by_id.contains_key(&id) && !self.inbound.contains_key(&id),
+                        "a birthday connection got an id already in use: {id}"
+                    );
+                    // Ours: it counts as the hole-punch dial that connected.
+                    self.connected.insert(id);
+                    self.known.push(id);
+                }
             }
             Input::DirectData(t, payload) => {
                 let id = self.resolve(*t);
@@ -607,21 +672,8 @@ impl Driver {
                         fingerprint,
                     ));
                 }
-                Frame::Connect(raw) => {
-                    let (frame, count) = wire::encode_connect(
-                        raw.iter().map(Vec::as_slice),
-                        self.config.max_message_size,
-                    );
-                    let accepted = filter_remote(
-                        raw[..count].iter().map(Vec::as_slice),
-                        &self.config.address_policy,
-                        &self.config.dialable,
-                        self.config.max_remote_addrs,
-                    )
-                    .accepted;
-                    self.allowed.extend(accepted);
-                    bytes.extend_from_slice(&frame);
-                }
+                Frame::Connect(raw) => self.encode_connect(raw, None, &mut bytes),
+                Frame::ConnectNat(raw, nat) => self.encode_connect(raw, Some(*nat), &mut bytes),
                 Frame::Sync => bytes.extend_from_slice(&wire::encode_sync()),
                 Frame::Raw(raw) => bytes.extend_from_slice(raw),
             }
@@ -680,6 +732,25 @@ impl Driver {
     /// Makes sure `to` came from a Connect we fed: first among the frames
     /// the driver built, then by scanning every byte offset of the stream
     /// for a Connect that junk may have spelled out.
+    /// Appends a Connect with `raw` (and `nat`) to `bytes`, and allows
+    /// what the core will accept of it.
+    fn encode_connect(&mut self, raw: &[Vec<u8>], nat: Option<NatWire>, bytes: &mut Vec<u8>) {
+        let (frame, count) = wire::encode_connect_with(
+            raw.iter().map(Vec::as_slice),
+            nat,
+            self.config.max_message_size,
+        );
+        let accepted = filter_remote(
+            raw[..count].iter().map(Vec::as_slice),
+            &self.config.address_policy,
+            &self.config.dialable,
+            self.config.max_remote_addrs,
+        )
+        .accepted;
+        self.allowed.extend(accepted);
+        bytes.extend_from_slice(&frame);
+    }
+
     fn named_by_a_connect(&mut self, to: &Candidate) -> bool {
         if self.allowed.contains(to) {
             return true;
@@ -824,6 +895,28 @@ impl Driver {
                 self.close_relay += 1;
                 assert_eq!(self.close_relay, 1, "CloseRelay twice");
             }
+            Output::SendBirthday(t) => {
+                // Refresh what the Connects named (the fallback scan).
+                let _ = self.named_by_a_connect(&Candidate::quic(t.destination));
+                let ip = t.destination.ip();
+                let named = self.allowed.iter().any(|c| c.addr.ip() == ip);
+                assert!(
+                    named || self.peer_ips.contains(&ip),
+                    "birthday packet to {}, an IP nobody named for the peer",
+                    t.destination
+                );
+                let per_attempt = usize::from(dcutr_core::birthday::MAX_PROBES)
+                    + usize::from(dcutr_core::birthday::MAX_SOCKETS)
+                    + usize::from(dcutr_core::birthday::ANSWER_COPIES);
+                self.birthday.push(*t);
+                assert!(
+                    self.birthday.len() <= per_attempt * usize::from(cfg.max_attempts),
+                    "{} birthday packets",
+                    self.birthday.len()
+                );
+            }
+            Output::DialFresh { dial, .. } => self.check_dial(dial),
+            Output::CloseFresh { .. } => {}
             Output::Event(event) => self.check_event(event),
             other => panic!("unknown output {other:?}"),
         }

@@ -9,11 +9,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
+use dcutr_core::birthday::Local;
+use dcutr_core::nat::{Allocation, Filtering, Mapping, NatBehaviour};
 use dcutr_core::settings::FINGERPRINT_LEN;
+use dcutr_core::wire::NatWire;
 use dcutr_core::{AddressPolicy, Candidate, Config, DialError, Dialable, Side, Transport};
 use dcutr_sim::{Block, INITIATOR, Nat, Protocol, RESPONDER};
 
-use crate::driver::{DirectPayload, Frame, Input, Setup, Step, Target};
+use crate::driver::{BirthdayPayload, DirectPayload, Frame, Input, Setup, Step, Target};
 use crate::world::{Stranger, World};
 
 /// An IP address: from a pool of interesting ones, or any.
@@ -134,6 +137,64 @@ impl ObsAddrIn {
     }
 }
 
+/// A NAT behaviour, declared: the mapping and allocation decide the
+/// strategy (random against independent runs the birthday punch).
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub struct NatIn {
+    dependent: bool,
+    allocation: u8,
+    delta: i8,
+}
+
+impl NatIn {
+    /// The behaviour.
+    #[must_use]
+    pub fn behaviour(self) -> NatBehaviour {
+        let mapping = if self.dependent {
+            Mapping::EndpointDependent
+        } else {
+            Mapping::EndpointIndependent
+        };
+        let allocation = match self.allocation % 4 {
+            0 => Allocation::Random,
+            1 => Allocation::Preserving,
+            2 => Allocation::Sequential {
+                delta: i32::from(self.delta),
+            },
+            _ => Allocation::Unknown,
+        };
+        let local = "0.0.0.0:0".parse().expect("an address");
+        NatBehaviour::declared(mapping, allocation, Filtering::Unknown, local)
+    }
+}
+
+/// Which of our sockets a birthday input arrives at.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+pub enum LocalIn {
+    /// The punch socket.
+    Punch,
+    /// Fresh socket `n`.
+    Fresh(u16),
+}
+
+impl LocalIn {
+    fn local(self) -> Local {
+        match self {
+            LocalIn::Punch => Local::Punch,
+            LocalIn::Fresh(n) => Local::Fresh(n),
+        }
+    }
+}
+
+/// A birthday datagram's bytes.
+#[derive(Arbitrary, Clone, Debug)]
+pub enum BirthdayPayloadIn {
+    /// One of the core's own transmits, one byte changed.
+    Echo(u16, u8, u8),
+    /// Anything.
+    Raw(Vec<u8>),
+}
+
 /// A frame from the peer.
 #[derive(Arbitrary, Clone, Debug)]
 pub enum FrameIn {
@@ -143,6 +204,8 @@ pub enum FrameIn {
     Connect(Vec<ObsAddrIn>),
     /// Connect with `n` copies of one address (thousands of addresses).
     ConnectMany(AddrIn, u16),
+    /// Connect declaring the sender's NAT.
+    ConnectNat(Vec<ObsAddrIn>, NatIn),
     /// Sync.
     Sync,
     /// Junk.
@@ -154,6 +217,10 @@ impl FrameIn {
         match self {
             FrameIn::Hello(c) => Frame::Hello(c.fingerprint()),
             FrameIn::Connect(addrs) => Frame::Connect(addrs.iter().map(ObsAddrIn::bytes).collect()),
+            FrameIn::ConnectNat(addrs, nat) => Frame::ConnectNat(
+                addrs.iter().map(ObsAddrIn::bytes).collect(),
+                NatWire::from_behaviour(&nat.behaviour()),
+            ),
             FrameIn::ConnectMany(a, n) => {
                 let base = a.candidate();
                 let raw = (0..*n % 600)
@@ -267,6 +334,10 @@ pub enum InputIn {
     Honest,
     /// A spray datagram arrived at the punch socket from this address.
     PeerReflexive(AddrIn),
+    /// A birthday datagram arrived.
+    BirthdayDatagram(LocalIn, AddrIn, BirthdayPayloadIn),
+    /// A birthday connect completed.
+    BirthdayConnected(LocalIn, AddrIn),
 }
 
 /// How far time moves before an input.
@@ -320,6 +391,19 @@ impl StepIn {
             ),
             InputIn::Inbound(a) => Input::Inbound(a.candidate()),
             InputIn::PeerReflexive(a) => Input::PeerReflexive(a.candidate()),
+            InputIn::BirthdayDatagram(l, a, p) => Input::BirthdayDatagram(
+                l.local(),
+                a.candidate(),
+                match p {
+                    BirthdayPayloadIn::Echo(n, at, flip) => BirthdayPayload::Echo {
+                        n: *n,
+                        at: *at,
+                        flip: *flip,
+                    },
+                    BirthdayPayloadIn::Raw(raw) => BirthdayPayload::Raw(raw.clone()),
+                },
+            ),
+            InputIn::BirthdayConnected(l, a) => Input::BirthdayConnected(l.local(), a.candidate()),
             InputIn::DirectData(t, d) => Input::DirectData(
                 t.target(),
                 match d {
@@ -442,6 +526,7 @@ pub struct UpgradeCase {
     remote_public: Vec<AddrIn>,
     respect_wanted: bool,
     late_driver: bool,
+    nat: Option<NatIn>,
     steps: Vec<StepIn>,
 }
 
@@ -458,6 +543,7 @@ impl UpgradeCase {
             seed,
             local: self.local.iter().map(|a| a.candidate()).collect(),
             remote_public: self.remote_public.iter().map(|a| a.candidate()).collect(),
+            nat: self.nat.map(NatIn::behaviour),
             respect_wanted: self.respect_wanted,
             punctual: !self.late_driver,
         }
