@@ -123,7 +123,10 @@ pub enum Output {
     /// limit) `ttl`, set on this packet only, never on the socket. From
     /// the socket the punch will use: for QUIC one
     /// [`SPRAY_MARKER`]-marked datagram of [`SPRAY_PACKET_LEN`] bytes
-    /// from the QUIC socket, for TCP one SYN from the punch port. The
+    /// from the QUIC socket, for TCP one SYN from the punch port (the core
+    /// primes QUIC targets only today: a TCP priming SYN from another
+    /// socket than the dial's leaves the NAT's conntrack entry with a
+    /// sequence number our later SYN-ACK does not match). The
     /// packet passes our NAT, which creates the mapping the punch will
     /// use, and expires before the peer's NAT
     /// ([`DEFAULT_PRIME_TTL`](crate::settings::DEFAULT_PRIME_TTL) has

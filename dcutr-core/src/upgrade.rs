@@ -1231,7 +1231,8 @@ impl Upgrade {
     /// each address the punch will aim at, so that our NAT holds the
     /// mapping before the peer's first punch packet reaches it (a NAT
     /// without an inbound firewall would otherwise create state for that
-    /// inbound flow and remap ours). Within the punch's own budget: the
+    /// inbound flow and remap ours). QUIC targets only (see the loop for
+    /// why not TCP). Within the punch's own budget: the
     /// targets are exactly [`Upgrade::within_budget`]'s, one packet each,
     /// and the QUIC ones count against (and stop at) the spray's datagram
     /// budget, [`Config::max_spray_packets_per_attempt`]. Not
@@ -1246,7 +1247,22 @@ impl Upgrade {
         }
         let mut seen: Vec<Candidate> = Vec::new();
         for to in self.within_budget(peer.accepted.clone()) {
-            if seen.contains(&to) {
+            // QUIC only. A TCP priming SYN must come from a socket of its
+            // own (the punch's dial starts later, at full TTL), and NAT
+            // routers track TCP sequence numbers: the conntrack entry that
+            // SYN creates holds its initial sequence number, and the
+            // SYN-ACK our listener sends for the peer's early SYN starts
+            // from a later one (Linux's ISN clock runs at one per 64 ns; a
+            // SYN announces at most 65,535 bytes of window, so after about
+            // 4 ms it is out of window). Linux conntrack then marks it
+            // INVALID and the router no longer translates the flow: in the
+            // NAT lab, cone/cone-no-firewall over TCP fell from 5/10 and
+            // 7/10 (RTT 0 and 100 ms) to 1/10 and 0/4 with TCP priming,
+            // the router's conntrack left in SYN_SENT2. Priming from the dial
+            // socket itself would keep the sequence number, but its first
+            // full-TTL SYN would then leave only at the retransmission, a
+            // second later.
+            if seen.contains(&to) || to.transport != Transport::Quic {
                 continue;
             }
             if to.transport == Transport::Quic {

@@ -27,8 +27,12 @@ fn position(outputs: &[Output], pred: impl Fn(&Output) -> bool) -> usize {
         .unwrap_or_else(|| panic!("not found in {outputs:?}"))
 }
 
-fn peer() -> [Candidate; 2] {
-    [tcp("203.0.113.5:4001"), quic("203.0.113.5:4002")]
+fn peer() -> [Candidate; 3] {
+    [
+        tcp("203.0.113.5:4001"),
+        quic("203.0.113.5:4002"),
+        quic("203.0.113.6:4003"),
+    ]
 }
 
 /// An initiator (spec streams) that sent its Connect at 0 ms; returns it
@@ -62,13 +66,15 @@ fn responder_on_connect(config: Config, addrs: &[Candidate]) -> (Upgrade, Vec<Ou
 }
 
 #[test]
-fn the_initiator_primes_every_punch_target_on_the_peers_connect_before_sync() {
+fn the_initiator_primes_every_quic_punch_target_on_the_peers_connect_before_sync() {
     let (up, out) = initiator_on_connect(Config::default(), &peer(), 40);
+    // QUIC targets only: a TCP priming SYN would pin the NAT's conntrack
+    // entry to a sequence number the punch's SYN-ACK does not continue.
     assert_eq!(
         primes(&out),
         vec![
-            (peer()[0], DEFAULT_PRIME_TTL),
-            (peer()[1], DEFAULT_PRIME_TTL)
+            (peer()[1], DEFAULT_PRIME_TTL),
+            (peer()[2], DEFAULT_PRIME_TTL)
         ]
     );
     // At the Connect's arrival (40 ms), before Sync leaves: the punch is
@@ -89,8 +95,8 @@ fn the_responder_primes_on_the_initiators_connect_before_its_sync() {
     assert_eq!(
         primes(&out),
         vec![
-            (peer()[0], DEFAULT_PRIME_TTL),
-            (peer()[1], DEFAULT_PRIME_TTL)
+            (peer()[1], DEFAULT_PRIME_TTL),
+            (peer()[2], DEFAULT_PRIME_TTL)
         ]
     );
     // Our own Connect goes out first, then the priming packets; the punch
@@ -137,10 +143,10 @@ fn nothing_to_punch_means_nothing_to_prime() {
 
 #[test]
 fn priming_stays_within_the_per_ip_punch_budget() {
-    // A peer naming ten TCP ports of one IP: the punch aims at
+    // A peer naming ten QUIC ports of one IP: the punch aims at
     // MAX_PUNCHES_PER_IP of them, and so does the priming.
     let many: Vec<Candidate> = (0..10)
-        .map(|i| tcp(&format!("203.0.113.9:{}", 5000 + i)))
+        .map(|i| quic(&format!("203.0.113.9:{}", 5000 + i)))
         .collect();
     let (_, out) = responder_on_connect(Config::default(), &many);
     let primed = primes(&out);
@@ -207,4 +213,16 @@ fn priming_changes_nothing_else_the_core_outputs() {
             .any(|o| matches!(o, Output::Dial(d) if d.to.transport == Transport::Tcp)),
         "a real punch: {with:?}"
     );
+}
+
+#[test]
+fn tcp_targets_are_not_primed() {
+    let tcp_only = [tcp("203.0.113.5:4001"), tcp("203.0.113.6:4001")];
+    let (_, out) = initiator_on_connect(Config::default(), &tcp_only, 10);
+    assert!(primes(&out).is_empty(), "{out:?}");
+    let (mut up, out) = responder_on_connect(Config::default(), &tcp_only);
+    assert!(primes(&out).is_empty(), "{out:?}");
+    // The punch itself still dials both.
+    up.handle_stream_data(at(10), &sync_frame());
+    assert_eq!(dials(&drain(&mut up)).len(), 2);
 }

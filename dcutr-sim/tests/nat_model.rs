@@ -124,9 +124,8 @@ fn a_router_without_firewall_resets_an_early_syn() {
         ))
         .is_none()
     );
-    // With priming (the default), the responder's NAT maps the flow when
-    // the initiator's Connect arrives, long before its SYN: the SYN
-    // matches that mapping, nothing is reset, and the punch goes through.
+    // TCP is not primed (dcutr-core primes QUIC only), so the default
+    // world loses the same way.
     let mut sim = Sim::new(world(
         TODAY,
         NatKind::PortRestricted,
@@ -137,17 +136,9 @@ fn a_router_without_firewall_resets_an_early_syn() {
     sim.run(dcutr_sim::sweep::RUN_LIMIT);
     assert!(
         sim.first(Side::Responder, |o| matches!(o, Output::Prime { .. }))
-            .is_some()
+            .is_none()
     );
-    let stats = sim.nat_stats(RESPONDER).expect("behind a NAT");
-    assert_eq!(stats.remaps, 0, "{stats:?}");
-    assert!(
-        sim.first(Side::Initiator, |o| matches!(
-            o,
-            Output::Event(Event::Upgraded(_))
-        ))
-        .is_some()
-    );
+    assert!(sim.nat_stats(RESPONDER).expect("behind a NAT").remaps >= 1);
     // The same world with a firewall drops the SYN instead, and the punch
     // goes through.
     let mut sim = Sim::new(unprimed(
