@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::addr::Candidate;
 use crate::birthday::Transmit;
 use crate::error::DialError;
 use crate::output::{Dial, DirectId, Event, Output, SprayPayload};
@@ -51,6 +52,10 @@ pub trait Carrier {
     fn dial(&mut self, dial: Dial) -> Result<(), DialError>;
     /// Send this datagram from the socket the QUIC endpoint listens on.
     fn send_datagram(&mut self, to: SocketAddr, payload: SprayPayload);
+    /// Send one priming packet with IP TTL `ttl` to `to`, from the
+    /// socket the punch will use; see [`Output::Prime`]. Best effort:
+    /// nothing is reported back.
+    fn prime(&mut self, to: Candidate, ttl: u8);
     /// Birthday punch: send this datagram from the socket it names
     /// (opening fresh socket `i` on its first, priming, transmit); see
     /// [`Output::SendBirthday`].
@@ -95,6 +100,7 @@ impl Upgrade {
                     }
                 }
                 Output::SendDatagram { to, payload } => carrier.send_datagram(to, payload),
+                Output::Prime { to, ttl } => carrier.prime(to, ttl),
                 Output::SendBirthday(transmit) => carrier.send_birthday(transmit),
                 Output::CloseFresh { keep } => carrier.close_fresh(keep),
                 Output::DialFresh { socket, dial } => {

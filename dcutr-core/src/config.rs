@@ -26,6 +26,29 @@ pub const MAX_PUNCHES_PER_IP: usize = 4;
 /// QUIC dial up to about 12 Initials of 1,228 bytes in 5 s).
 pub const MAX_DIALS_PER_UPGRADE: usize = 24;
 
+/// Default [`Config::prime_ttl`]: 2, the IP TTL (IPv6 hop limit) of the
+/// priming packet ([`Output::Prime`](crate::Output::Prime)).
+///
+/// Derivation: a router forwards a packet only while its TTL stays above
+/// zero after the decrement, and a NAT creates its mapping only for a
+/// packet it forwards (Linux conntrack confirms the entry at the output
+/// hook). Sent with TTL `t`, the packet is forwarded by the first `t - 1`
+/// routers and expires at router `t`. TTL 2 is therefore forwarded by
+/// exactly one router, the first hop: the home NAT (whose mapping must
+/// exist before the peer's first packet arrives, or a NAT without an
+/// inbound firewall remaps our flow), and expires at the next router, the
+/// access network's. The peer's NAT is at least two routers further on
+/// any path that leaves our network (our ISP's router, theirs), so the
+/// packet never reaches it and creates nothing there. Behind a
+/// carrier-grade NAT as well, set 3 (the CGN is then the second hop).
+pub const DEFAULT_PRIME_TTL: u8 = 2;
+
+/// Largest [`Config::prime_ttl`]: 8. Half of a typical Internet path of
+/// 15 or more hops: a TTL above it no longer dies near our own network,
+/// and may reach the peer's NAT and create the inbound state priming is
+/// meant to prevent.
+pub const MAX_PRIME_TTL: u8 = 8;
+
 /// The largest frame on the relayed stream, length prefix included: what
 /// a driver reads at most in one go.
 pub const MAX_FRAME_LEN: usize = crate::codec::MAX_MESSAGE_SIZE + crate::codec::MAX_PREFIX_LEN;
@@ -203,6 +226,15 @@ pub struct Config {
     pub dialable: Dialable,
     /// What the QUIC server side does at the punch (default: spray).
     pub quic_server_punch: QuicServerPunch,
+    /// The TTL of the priming packets ([`Output::Prime`](crate::Output::Prime)):
+    /// as soon as the peer's Connect arrives, one packet with this IP TTL
+    /// to each address the punch will aim at, so that our own NAT holds
+    /// the mapping before the peer's first punch packet reaches it.
+    /// Default `Some(`[`DEFAULT_PRIME_TTL`]`)`; between 1 and
+    /// [`MAX_PRIME_TTL`]; `None` sends no priming packets (the spec's
+    /// behaviour). A carrier that cannot set a per-packet TTL ignores the
+    /// command.
+    pub prime_ttl: Option<u8>,
 }
 
 impl Default for Config {
@@ -227,6 +259,7 @@ impl Default for Config {
             address_policy: AddressPolicy::public_only(),
             dialable: Dialable::all(),
             quic_server_punch: QuicServerPunch::Spray,
+            prime_ttl: Some(DEFAULT_PRIME_TTL),
         }
     }
 }
@@ -292,6 +325,14 @@ impl Config {
                     reason: "must be above zero and at most one hour",
                 });
             }
+        }
+        if let Some(ttl) = self.prime_ttl
+            && !(1..=MAX_PRIME_TTL).contains(&ttl)
+        {
+            return Err(ConfigError::OutOfRange {
+                field: "prime_ttl",
+                reason: "must be between 1 and 8",
+            });
         }
         if self.spray_interval_min > self.spray_interval_max {
             return Err(ConfigError::OutOfRange {
@@ -380,6 +421,18 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        for (ttl, ok) in [(0, false), (1, true), (MAX_PRIME_TTL, true), (9, false)] {
+            let c = Config {
+                prime_ttl: Some(ttl),
+                ..Config::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "prime_ttl {ttl}");
+        }
+        let c = Config {
+            prime_ttl: None,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -170,11 +170,13 @@ impl Upgrade {
             attempt: self.attempt,
             rtt,
         }));
-        let peer = self.take_remote_addrs(raw);
+        let mut peer = self.take_remote_addrs(raw);
         if let Some(reason) = self.nats_cannot_meet() {
             self.give_up(reason);
             return Ok(());
         }
+        // Before Sync leaves: the responder punches when it arrives.
+        self.prime(&mut peer);
         self.outputs
             .push_back(Output::WriteStream(codec::encode_sync()));
         if !self.on_shared_stream() {

@@ -152,8 +152,8 @@ pub mod settings {
 
     pub use crate::codec::{FINGERPRINT_LEN, HELLO_VERSION};
     pub use crate::config::{
-        Capabilities, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION, MAX_FRAME_LEN,
-        MAX_PUNCHES_PER_IP, QuicServerPunch, SPRAY_PACKET_LEN,
+        Capabilities, DEFAULT_PRIME_TTL, MAX_ATTEMPTS_LIMIT, MAX_DIALS_PER_UPGRADE, MAX_DURATION,
+        MAX_FRAME_LEN, MAX_PRIME_TTL, MAX_PUNCHES_PER_IP, QuicServerPunch, SPRAY_PACKET_LEN,
     };
     pub use crate::output::SPRAY_MARKER;
     pub use crate::upgrade::{BIRTHDAY_TOKEN, MAX_PEER_REFLEXIVE_DIALS};

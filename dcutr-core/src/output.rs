@@ -119,6 +119,27 @@ pub enum Output {
         /// The random bytes to send; see [`SprayPayload::bytes`].
         payload: SprayPayload,
     },
+    /// Prime our own NAT: send one packet to `to` with IP TTL (IPv6 hop
+    /// limit) `ttl`, set on this packet only, never on the socket. From
+    /// the socket the punch will use: for QUIC one
+    /// [`SPRAY_MARKER`]-marked datagram of [`SPRAY_PACKET_LEN`] bytes
+    /// from the QUIC socket, for TCP one SYN from the punch port (the core
+    /// primes QUIC targets only today: a TCP priming SYN from another
+    /// socket than the dial's leaves the NAT's conntrack entry with a
+    /// sequence number our later SYN-ACK does not match). The
+    /// packet passes our NAT, which creates the mapping the punch will
+    /// use, and expires before the peer's NAT
+    /// ([`DEFAULT_PRIME_TTL`](crate::settings::DEFAULT_PRIME_TTL) has
+    /// the derivation). Issued as soon as the peer's Connect arrives, on
+    /// both sides, once per address the punch will aim at; nothing is
+    /// reported back, and a carrier that cannot set a per-packet TTL
+    /// drops the command.
+    Prime {
+        /// Transport and address: one the punch of this attempt aims at.
+        to: Candidate,
+        /// The TTL, from [`Config::prime_ttl`](crate::Config::prime_ttl).
+        ttl: u8,
+    },
     /// Birthday punch ([`crate::birthday`]): send this datagram. From
     /// [`Local::Punch`](crate::birthday::Local::Punch), the UDP socket the
     /// QUIC endpoint listens on; from

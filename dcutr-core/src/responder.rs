@@ -62,7 +62,7 @@ impl Upgrade {
                 }
                 self.begin_attempt_record();
                 self.seen_connect = true;
-                let peer = self.take_remote_addrs(&raw);
+                let mut peer = self.take_remote_addrs(&raw);
                 let addrs = match self.addrs_to_send() {
                     Ok(addrs) => addrs,
                     Err(dropped) => {
@@ -83,6 +83,9 @@ impl Upgrade {
                     self.final_failure(crate::error::Failure::GaveUp { attempts });
                     return Ok(());
                 }
+                // The initiator punches half a round trip after our
+                // Connect reaches it: prime now, well before.
+                self.prime(&mut peer);
                 self.state = State::Responder(Responding::AwaitSync { peer });
                 self.timers
                     .set(TimerKind::StepTimeout, self.now + self.config.step_timeout);

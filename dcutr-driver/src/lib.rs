@@ -1358,6 +1358,31 @@ impl<R: Runtime> Carrier for Io<'_, R> {
         let _ = self.relay_cmds.unbounded_send(Cmd::Close);
     }
 
+    fn prime(&mut self, to: dcutr_core::Candidate, ttl: u8) {
+        match to.transport {
+            Transport::Quic => match self.quic {
+                Some(quic) => quic.prime(to.addr, ttl),
+                None => tracing::debug!(%to, "no priming: no QUIC socket"),
+            },
+            // Where the TTL does reach the peer (same LAN, loopback) the
+            // priming SYN can complete a handshake that its abortive close
+            // then resets. With pinned TLS the peer's identity check drops
+            // that connection like a stranger's; a caller who
+            // authenticates itself gets plain TCP, where the peer would
+            // take the first connection, this one: no TCP priming then.
+            Transport::Tcp if self.identity.is_none() => {
+                tracing::debug!(%to, "no TCP priming: the caller authenticates the connection");
+            }
+            Transport::Tcp => match self.tcp_local {
+                Some(local) => {
+                    let sent = net::prime_tcp(local, to.addr, ttl);
+                    tracing::debug!(%to, ttl, ?sent, "priming SYN");
+                }
+                None => tracing::debug!(%to, "no priming: no TCP punch port"),
+            },
+        }
+    }
+
     fn dial(&mut self, dial: dcutr_core::Dial) -> Result<(), DialError> {
         let mut presented = None;
         let start = match dial.to.transport {

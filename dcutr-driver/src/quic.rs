@@ -373,6 +373,24 @@ impl QuicSocket {
             Err(e) => tracing::debug!(%to, error = %e, "spray datagram failed"),
         }
     }
+
+    /// Sends one priming datagram ([`dcutr_core::Output::Prime`]) from
+    /// the punch socket with IP TTL (IPv6 hop limit) `ttl` on this packet
+    /// alone, in an `IP_TTL` / `IPV6_HOPLIMIT` control message: the
+    /// socket's own TTL, which quinn's packets use, is never touched, so
+    /// nothing races quinn's sends. The payload is a spray datagram's
+    /// ([`SPRAY_MARKER`](dcutr_core::settings::SPRAY_MARKER), then
+    /// zeros): should it reach the peer after all, the peer's endpoint
+    /// drops it like any spray datagram, and its peer-reflexive logic sees
+    /// an address we advertised, which it already punches (refused as
+    /// already known). Best effort: a failure is only logged.
+    pub(crate) fn prime(&self, to: SocketAddr, ttl: u8) {
+        let mut payload = [0u8; dcutr_core::settings::SPRAY_PACKET_LEN];
+        payload[..dcutr_core::settings::SPRAY_MARKER.len()]
+            .copy_from_slice(&dcutr_core::settings::SPRAY_MARKER);
+        let sent = crate::net::send_with_ttl(&self.spray, &payload, to, ttl);
+        tracing::debug!(%to, ttl, ?sent, "priming datagram");
+    }
 }
 
 /// The hard side's fresh sockets of one birthday punch

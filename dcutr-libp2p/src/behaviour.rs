@@ -817,6 +817,14 @@ impl<E: FromReport> Carrier for SwarmSide<'_, E> {
         Err(DialError::Io(std::io::ErrorKind::Unsupported))
     }
 
+    fn prime(&mut self, to: Candidate, ttl: u8) {
+        // libp2p's transports (libp2p-tcp, libp2p-quic) own their sockets
+        // and offer no per-packet TTL, nor a way to send a bare SYN or
+        // datagram from the listening port: the priming packet cannot be
+        // sent through a swarm. The punch works as stock libp2p's does.
+        tracing::debug!(%to, ttl, "no priming through libp2p's transports; skipped");
+    }
+
     fn send_datagram(&mut self, to: SocketAddr, _payload: SprayPayload) {
         // Unreachable: `Config::validate` refuses `Spray`.
         tracing::warn!(%to, "UDP spray is not available through libp2p; skipped");

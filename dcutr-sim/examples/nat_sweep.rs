@@ -11,6 +11,8 @@
 //!   --predict         sequential sides send their next ports in Connect
 //!                     (dcutr-core's SequentialPredictor; off: today's
 //!                     adapters, observed addresses only)
+//!   --unprimed        both sides without low-TTL priming (the spec's
+//!                     punch; the no-firewall rows then lose)
 //!   --birthday        the birthday punch rows instead (dcutr-core's
 //!                     birthday machines through a symmetric-random and a
 //!                     port-restricted NAT, both roles; dcutr_sim::birthday)
@@ -76,9 +78,10 @@ fn parse() -> Result<Args, String> {
             "--json" => o.json = true,
             "--birthday" => o.birthday = true,
             "--predict" => o.options.predict_sequential = true,
+            "--unprimed" => o.options.unprimed = true,
             "-h" | "--help" => {
                 return Err("usage: nat-sweep [--seeds N] [--first-seed S] \
-                            [--transport tcp|quic] [--kinds a,b,...] [--predict] [--birthday] [--json]"
+                            [--transport tcp|quic] [--kinds a,b,...] [--predict] [--unprimed] [--birthday] [--json]"
                     .into());
             }
             other => return Err(format!("unknown option {other}")),
@@ -123,6 +126,7 @@ fn json(o: &Args, cells: &[Cell], wall: Duration) -> String {
     let doc = serde_json::json!({
         "seeds": { "first": o.first_seed, "count": o.seeds },
         "predict_sequential": o.options.predict_sequential,
+        "unprimed": o.options.unprimed,
         "world": {
             "relay_one_way_ms": [RELAY_ONE_WAY_MS.start(), RELAY_ONE_WAY_MS.end()],
             "relay_asymmetry": RELAY_ASYMMETRY,

@@ -1270,6 +1270,16 @@ impl Carrier for SimSide<'_> {
         Err(DialError::Io(std::io::ErrorKind::Unsupported))
     }
 
+    fn prime(&mut self, to: Candidate, ttl: u8) {
+        self.log(Output::Prime { to, ttl });
+        // The packet passes our own NAT, which maps it, and expires before
+        // the peer's: nothing is delivered. The simulated path has no
+        // hops between the NATs to count, so every TTL the core allows
+        // counts as "our NAT, not the peer's".
+        let (i, now) = (self.i, self.sim.now);
+        let _ = self.sim.peers[i].send(now, to.transport, to.addr, i);
+    }
+
     fn send_datagram(&mut self, to: SocketAddr, payload: SprayPayload) {
         self.log(Output::SendDatagram { to, payload });
         let (i, other) = (self.i, self.other());

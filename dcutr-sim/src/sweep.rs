@@ -217,11 +217,24 @@ pub struct Options {
     /// [`SequentialPredictor`]), as [`Strategy::PredictSequential`] asks.
     /// The NAT's true delta stands in for discovery.
     pub predict_sequential: bool,
+    /// Both sides turn low-TTL priming off
+    /// ([`Config::prime_ttl`](dcutr_core::Config::prime_ttl) `None`): the
+    /// spec's punch, in which a NAT without a firewall remaps a flow
+    /// whose peer's packet arrived first.
+    pub unprimed: bool,
 }
 
-/// Today's core as the adapters run it: observed addresses only.
+/// Today's core as the adapters run it: observed addresses only, and
+/// low-TTL priming (the core's default).
 pub const TODAY: Options = Options {
     predict_sequential: false,
+    unprimed: false,
+};
+
+/// [`TODAY`] without low-TTL priming: the spec's punch.
+pub const UNPRIMED: Options = Options {
+    predict_sequential: false,
+    unprimed: true,
 };
 
 /// The result of one run.
@@ -256,6 +269,10 @@ pub fn world(
     cfg.initiator.nat = initiator.nat();
     cfg.responder.nat = responder.nat();
     cfg.seed = seed;
+    if options.unprimed {
+        cfg.initiator.config.prime_ttl = None;
+        cfg.responder.config.prime_ttl = None;
+    }
     if options.predict_sequential {
         for (spec, kind) in [
             (&mut cfg.initiator, initiator),

@@ -14,6 +14,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn libp2p_mode() -> Config {
     Config {
         quic_server_punch: QuicServerPunch::DialAsServer,
+        // dcutr-libp2p cannot send priming packets (libp2p's transports
+        // have no per-packet TTL), so the libp2p mode runs without them:
+        // the early Initial this file is about is what priming prevents.
+        prime_ttl: None,
         ..Config::default()
     }
 }

@@ -120,9 +120,15 @@ fn with_rejection_signal(options: Options) -> (Options, tokio::sync::oneshot::Re
 async fn a_tcp_stranger_on_the_punch_port_is_refused_and_the_peer_still_wins() {
     init_tracing();
     let (relay_b, relay_a) = relayed_pair().await;
-    let (b, b_addr) = peer(Side::Initiator, Transport::Tcp, loopback_config());
+    // No priming: on loopback A's priming SYN reaches B's listener itself
+    // (no NAT on the way to stop it) and would be a second stranger.
+    let config = dcutr_core::Config {
+        prime_ttl: None,
+        ..loopback_config()
+    };
+    let (b, b_addr) = peer(Side::Initiator, Transport::Tcp, config.clone());
     let (b, rejected) = with_rejection_signal(b);
-    let (a, a_addr) = peer(Side::Responder, Transport::Tcp, loopback_config());
+    let (a, a_addr) = peer(Side::Responder, Transport::Tcp, config);
     // The stranger connects first and sends 24 bytes that are no TLS handshake.
     let mut stranger = tokio::net::TcpStream::connect(b_addr).await.unwrap();
     stranger.write_all(&[0x42; 24]).await.unwrap();

@@ -134,6 +134,10 @@ enum Probe {
         /// Send one request to this address first (repeatable).
         #[arg(long)]
         hello: Vec<SocketAddr>,
+        /// IP TTL of the hello requests (a priming packet's: it must pass
+        /// our NAT and expire before the peer's).
+        #[arg(long)]
+        hello_ttl: Option<u32>,
         /// Exit after this many seconds.
         #[arg(long, default_value_t = probe::SERVER_LIFETIME.as_secs())]
         lifetime_s: u64,
@@ -344,8 +348,9 @@ fn run_probe(p: Probe) -> Result<ExitCode> {
         Probe::UdpEcho {
             listen,
             hello,
+            hello_ttl,
             lifetime_s,
-        } => probe::udp_echo(listen, &hello, secs(lifetime_s))?,
+        } => probe::udp_echo(listen, &hello, hello_ttl, secs(lifetime_s))?,
         Probe::UdpPing(u) => {
             let (interval, linger) = (millis(u.interval_ms), millis(u.linger_ms));
             let reports = probe::udp_ping(u.bind, &u.to, u.count, interval, linger)?;

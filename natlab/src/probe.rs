@@ -74,15 +74,26 @@ fn ready(kind: &str, addr: SocketAddr) {
 }
 
 /// UDP echo server; first sends one request to each `hello` address (to open
-/// a mapping or plant a conntrack entry from this socket).
-pub fn udp_echo(listen: SocketAddr, hello: &[SocketAddr], lifetime: Duration) -> Result<()> {
+/// a mapping or plant a conntrack entry from this socket), with IP TTL
+/// `hello_ttl` if given (the socket's default TTL is restored afterwards).
+pub fn udp_echo(
+    listen: SocketAddr,
+    hello: &[SocketAddr],
+    hello_ttl: Option<u32>,
+    lifetime: Duration,
+) -> Result<()> {
     let sock = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
+    let default_ttl = sock.ttl()?;
+    if let Some(ttl) = hello_ttl {
+        sock.set_ttl(ttl)?;
+    }
     for h in hello {
         let mut msg = REQ.to_vec();
         msg.extend_from_slice(&u32::MAX.to_be_bytes());
         sock.send_to(&msg, h)
             .with_context(|| format!("hello to {h}"))?;
     }
+    sock.set_ttl(default_ttl)?;
     sock.set_read_timeout(Some(SERVER_POLL))?;
     ready("udp-echo", sock.local_addr()?);
     let end = Instant::now() + lifetime;

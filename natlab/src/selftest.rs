@@ -383,6 +383,69 @@ fn inbound_filtering(lab: &Lab) -> Result<Filtering> {
     Ok(Filtering { reports })
 }
 
+/// `InHdrErrors` of the IP counters in namespace `ns`: among them, every
+/// packet whose TTL expired there instead of being forwarded.
+fn ttl_expired(lab: &Lab, ns: &str) -> Result<u64> {
+    let snmp = lab.run(ns, "cat", &["/proc/net/snmp"])?;
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next(), ip.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Ip lines in /proc/net/snmp of {ns}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InHdrErrors")
+        .context("no InHdrErrors counter")?
+        .1
+        .parse()
+        .context("InHdrErrors is not a number")
+}
+
+/// Where one UDP datagram with IP TTL `ttl` from site 1's host to site 2's
+/// public address went: the TTL-expired counts of the two transit hops it
+/// added (site 1's, site 2's), and whether each router's conntrack holds
+/// its flow.
+fn low_ttl_datagram(lab: &Lab, ttl: u32, port: u16) -> Result<([u64; 2], [bool; 2])> {
+    let transit = |site| lab.transit_ns(site).context("a NAT site has a transit hop");
+    let (t1, t2) = (transit(1)?, transit(2)?);
+    let before = [ttl_expired(lab, &t1)?, ttl_expired(lab, &t2)?];
+    let peer = sa(lab.public_ip(2), PEER_PORT);
+    let args: Vec<String> = [
+        "probe",
+        "udp-echo",
+        "--listen",
+        &sa(lab.host_ip(1), port).to_string(),
+        "--hello",
+        &peer.to_string(),
+        "--hello-ttl",
+        &ttl.to_string(),
+        "--lifetime-s",
+        "5",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    let p = lab.spawn(
+        "udp-echo h1 (low TTL)",
+        &lab.host_ns(1),
+        &self_exe()?.to_string_lossy(),
+        &args,
+    )?;
+    p.wait_for_line(Instant::now() + PROBE_READY_TIMEOUT, "ready line", |l| {
+        l.contains("\"event\":\"ready\"")
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", p.dump()))?;
+    // The hello left before the ready line; let it cross the hops.
+    std::thread::sleep(Duration::from_millis(50));
+    let after = [ttl_expired(lab, &t1)?, ttl_expired(lab, &t2)?];
+    let flow = format!("sport={port} dport={PEER_PORT}");
+    let ours = conntrack_udp(lab, 1).contains(&format!("src={} ", lab.host_ip(1)))
+        && conntrack_udp(lab, 1).contains(&flow);
+    let theirs = conntrack_udp(lab, 2).contains(&format!("src={} ", lab.public_ip(1)));
+    Ok(([after[0] - before[0], after[1] - before[1]], [ours, theirs]))
+}
+
 fn conntrack_udp(lab: &Lab, site: u8) -> String {
     lab.router_ns(site)
         .and_then(|ns| lab.run(&ns, "conntrack", &["-L", "-p", "udp"]).ok())
@@ -652,6 +715,31 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             Ok((
                 m.ip() == planned.ip() && m.port() != INSIDE_PORT,
                 format!("peer saw {m}, not {planned}; router conntrack: {ct}"),
+            ))
+        },
+    );
+
+    // Low-TTL priming: DEFAULT_PRIME_TTL passes our own NAT and expires at
+    // the transit hop behind it, never reaching the peer's NAT.
+    c.check(
+        "a TTL-2 datagram passes its own NAT (mapped in conntrack) and expires at its transit hop, before the peer's",
+        || {
+            let lab = build(&mut names, Site::CONE_NO_FIREWALL, Site::CONE_NO_FIREWALL, None)?;
+            let ttl = u32::from(dcutr_core::settings::DEFAULT_PRIME_TTL);
+            let (expired, [ours, theirs]) = low_ttl_datagram(&lab, ttl, INSIDE_PORT)?;
+            // The same datagram with one hop more dies at the peer's
+            // transit: the counters tell the hops apart.
+            let (further, _) = low_ttl_datagram(&lab, ttl + 1, INSIDE_PORT + 1)?;
+            Ok((
+                expired == [1, 0] && ours && !theirs && further == [0, 1],
+                format!(
+                    "TTL {ttl}: expired at transit 1/2: {}/{}, our router mapped it: {ours}, peer's router saw it: {theirs} (want 1/0, true, false); TTL {}: expired at 1/2: {}/{} (want 0/1)",
+                    expired[0],
+                    expired[1],
+                    ttl + 1,
+                    further[0],
+                    further[1]
+                ),
             ))
         },
     );

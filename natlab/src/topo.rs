@@ -13,6 +13,18 @@
 //!                           <p>h1 eth0 10.0.1.2      <p>h2 eth0 10.0.2.2
 //! ```
 //!
+//! Between every NAT site's edge (its router, or its carrier) and the
+//! bridge sits a transit router `<p>t<site>`, the site's ISP: no NAT, only
+//! forwarding. On the bridge it answers for the site's public address
+//! (its `pub` interface carries that address's MAC, and an address of its
+//! own, 203.0.113.3x); towards the site, its `site` interface
+//! (198.18.<site>.1) routes the public address (and the LAN prefix, for
+//! the firewall checks) to the edge, whose `wan` holds the public address
+//! as a /32 with its default route through the transit. It is the hop
+//! where a low-TTL priming packet (TTL 2: forwarded by our NAT only)
+//! expires, so that it never reaches the peer's NAT. A public site has
+//! none: its host is on the bridge like the relay.
+//!
 //! A CGNAT site ([`Site::Cgnat`]) puts one more NAT between the bridge and
 //! the home router: `<p>c<site>` holds the public WAN address
 //! (203.0.113.1x) and its `lan` `100.64.<site>.1`, and the home router's
@@ -132,6 +144,17 @@ pub fn home_wan_ip(site: u8) -> Ipv4Addr {
     Ipv4Addr::new(100, 64, site, 2)
 }
 
+/// The transit router's address towards site `site` (RFC 2544 benchmarking
+/// space, neither public nor one of the LANs).
+pub fn transit_site_ip(site: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, site, 1)
+}
+
+/// The transit router's own address on the public segment.
+pub fn transit_pub_ip(site: u8) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, 30 + site)
+}
+
 /// The fixed MAC of the interface that holds `ip`: locally administered
 /// (`02:`), then `6c` for "lab", then the four address bytes. Unique because
 /// the lab's addresses are.
@@ -228,6 +251,15 @@ impl Lab {
         }
     }
 
+    /// Namespace of site `site`'s transit router (its ISP, between its
+    /// edge and the bridge), if it has one: every NAT site.
+    pub fn transit_ns(&self, site: u8) -> Option<String> {
+        match self.spec.sites[idx(site)] {
+            Site::Nat { .. } | Site::Cgnat => Some(self.role(&format!("t{site}"))),
+            Site::Public => None,
+        }
+    }
+
     /// Namespace of the host at site `site` (behind the NAT, or public).
     pub fn host_ns(&self, site: u8) -> String {
         match self.spec.sites[idx(site)] {
@@ -296,10 +328,12 @@ impl Lab {
             }
             match spec.sites[idx(site)] {
                 Site::Nat { .. } => {
+                    roles.push(format!("t{site}"));
                     roles.push(format!("r{site}"));
                     roles.push(format!("h{site}"));
                 }
                 Site::Cgnat => {
+                    roles.push(format!("t{site}"));
                     roles.push(format!("c{site}"));
                     roles.push(format!("r{site}"));
                     roles.push(format!("h{site}"));
@@ -320,10 +354,15 @@ impl Lab {
         }
         cmd::ip_batch(None, &script, false)?;
 
-        // Public segment members: (ip, namespace, interface).
+        // Public segment members: (ip, namespace, interface). A NAT site's
+        // member is its transit router, which answers for the site's
+        // public address.
         let mut members = vec![(RELAY_IP, self.relay_ns(), "eth0".to_owned())];
         for site in [1u8, 2] {
-            let (ns, ifname) = self.edge(site);
+            let (ns, ifname) = match self.transit_ns(site) {
+                Some(tns) => (tns, "pub"),
+                None => self.edge(site),
+            };
             members.push((self.public_ip(site), ns, ifname.to_owned()));
         }
 
@@ -379,6 +418,11 @@ impl Lab {
         //    NAT on the segment gets its `lan` veth towards the next hop
         //    inside: the host, or a CGNAT's home router.
         for (site, (ip, ns, ifname)) in (0u8..).zip(&members) {
+            if ifname == "pub" {
+                let others = members.iter().map(|m| m.0).filter(|o| o != ip);
+                self.build_transit(site, ns, *ip, others)?;
+                continue;
+            }
             let mut script = String::new();
             writeln!(script, "link set lo up")?;
             if ifname == "wan" {
@@ -489,6 +533,95 @@ impl Lab {
             )
             .map_err(|e| anyhow::anyhow!("{e}\n{}", proc.dump()))?;
         }
+        Ok(())
+    }
+
+    /// Site `site`'s transit router in `tns`: its `pub` interface on the
+    /// bridge answers for the site's public address `public` (that
+    /// address's MAC, which every member pins; `others` are the other
+    /// members), its `site` veth leads to the edge's `wan`, which gets
+    /// `public` as a /32 and its default route through the transit (and,
+    /// at a plain NAT site, the `lan` veth to the host). No NAT, no
+    /// firewall: forwarding only.
+    fn build_transit(
+        &self,
+        site: u8,
+        tns: &str,
+        public: Ipv4Addr,
+        others: impl IntoIterator<Item = Ipv4Addr>,
+    ) -> Result<()> {
+        let (edge_ns, _) = self.edge(site);
+        let inside = transit_site_ip(site);
+        let mut script = String::new();
+        writeln!(script, "link set lo up")?;
+        writeln!(
+            script,
+            "link add name site type veth peer name wan netns {edge_ns}"
+        )?;
+        writeln!(script, "link set pub address {}", mac_for(public))?;
+        writeln!(script, "link set pub addrgenmode none")?;
+        writeln!(
+            script,
+            "addr add {}/{PREFIX_LEN} dev pub",
+            transit_pub_ip(site)
+        )?;
+        writeln!(script, "link set pub up")?;
+        for n in others {
+            writeln!(
+                script,
+                "neigh replace {n} lladdr {} dev pub nud permanent",
+                mac_for(n)
+            )?;
+        }
+        writeln!(script, "link set site address {}", mac_for(inside))?;
+        writeln!(script, "link set site addrgenmode none")?;
+        writeln!(script, "addr add {inside}/{PREFIX_LEN} dev site")?;
+        writeln!(script, "link set site up")?;
+        writeln!(script, "route add {public}/32 dev site")?;
+        writeln!(
+            script,
+            "neigh replace {public} lladdr {} dev site nud permanent",
+            mac_for(public)
+        )?;
+        if let Site::Nat { .. } = self.spec.sites[idx(site)] {
+            // What an ISP router does for its customer: the whole site is
+            // behind the public address (the firewall checks route the
+            // LAN prefix at it from the bridge).
+            writeln!(
+                script,
+                "route add 10.0.{site}.0/{PREFIX_LEN} via {public} dev site"
+            )?;
+        }
+        cmd::ip_batch(Some(tns), &script, false)?;
+        cmd::netns_run(tns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"], None)?;
+
+        let mut script = String::new();
+        writeln!(script, "link set lo up")?;
+        if self.carrier_ns(site).is_none() {
+            writeln!(
+                script,
+                "link add name lan type veth peer name eth0 netns {}",
+                self.host_ns(site)
+            )?;
+        } else {
+            let rns = self.router_ns(site).expect("a CGNAT site has a router");
+            writeln!(
+                script,
+                "link add name lan type veth peer name wan netns {rns}"
+            )?;
+        }
+        writeln!(script, "link set wan address {}", mac_for(public))?;
+        writeln!(script, "link set wan addrgenmode none")?;
+        writeln!(script, "addr add {public}/32 dev wan")?;
+        writeln!(script, "link set wan up")?;
+        writeln!(script, "route add {inside}/32 dev wan")?;
+        writeln!(
+            script,
+            "neigh replace {inside} lladdr {} dev wan nud permanent",
+            mac_for(inside)
+        )?;
+        writeln!(script, "route add default via {inside} dev wan")?;
+        cmd::ip_batch(Some(&edge_ns), &script, false)?;
         Ok(())
     }
 
@@ -661,6 +794,16 @@ mod tests {
         );
         assert_eq!(home_wan_ip(1), Ipv4Addr::new(100, 64, 1, 2));
         assert_eq!(carrier_inside_ip(1), Ipv4Addr::new(100, 64, 1, 1));
+        assert_eq!(transit_site_ip(2), Ipv4Addr::new(198, 18, 2, 1));
+        assert_eq!(transit_pub_ip(1), Ipv4Addr::new(203, 0, 113, 31));
+        // The transit's own public address is no site's nor the relay's.
+        for site in [1, 2] {
+            for kind in [Site::CONE, Site::Public] {
+                assert_ne!(transit_pub_ip(site), site_public_ip(1, kind));
+                assert_ne!(transit_pub_ip(site), site_public_ip(2, kind));
+            }
+            assert_ne!(transit_pub_ip(site), RELAY_IP);
+        }
     }
 
     #[test]
