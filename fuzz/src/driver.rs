@@ -915,6 +915,14 @@ impl Driver {
                     self.birthday.len()
                 );
             }
+            Output::Prime { to, ttl } => {
+                assert!(
+                    self.named_by_a_connect(to),
+                    "priming towards {to}, which no Connect named"
+                );
+                assert_eq!(Some(*ttl), cfg.prime_ttl, "the configured TTL");
+                assert!(*ttl <= dcutr_core::settings::MAX_PRIME_TTL);
+            }
             Output::DialFresh { dial, .. } => self.check_dial(dial),
             Output::CloseFresh { .. } => {}
             Output::Event(event) => self.check_event(event),

@@ -464,6 +464,8 @@ pub struct ConfigIn {
     grace: u16,
     max_pending_inbound: u8,
     small_frames: Option<u16>,
+    /// `None`: priming off; else a TTL in range.
+    prime_ttl: Option<u8>,
 }
 
 impl ConfigIn {
@@ -500,6 +502,9 @@ impl ConfigIn {
         c.max_remote_addrs = 1 + usize::from(self.max_remote_addrs % 32);
         c.max_local_addrs = 1 + usize::from(self.max_local_addrs % 32);
         c.max_spray_packets_per_attempt = 1 + u32::from(self.max_spray % 400);
+        c.prime_ttl = self
+            .prime_ttl
+            .map(|t| 1 + t % dcutr_core::settings::MAX_PRIME_TTL);
         c.spray_interval_min = Duration::from_millis(1 + u64::from(self.spray_min));
         c.spray_interval_max =
             c.spray_interval_min + Duration::from_millis(u64::from(self.spray_extra));
