@@ -317,6 +317,16 @@ impl Case {
             // Knowing both NATs, the birthday punch must get through,
             // over QUIC (datagrams) and over TCP (simultaneous open).
             Expect::Upgrade { unilateral: false }
+        } else if expect == Expect::Clean
+            && self.transport == Transport::Quic
+            && (a == Site::CONE_NO_FIREWALL || b == Site::CONE_NO_FIREWALL)
+        {
+            // The low-TTL priming datagram opens our own mapping before
+            // the peer's first packet reaches a router without firewall,
+            // so QUIC must get through; TCP stays report only (a primed
+            // SYN leaves the router's entry with the wrong sequence
+            // number).
+            Expect::Upgrade { unilateral: false }
         } else {
             expect
         }
@@ -1075,6 +1085,31 @@ mod tests {
         assert!(!clean.is_empty() && !rest.is_empty());
         assert!(clean.iter().all(&limited));
         assert!(rest.iter().all(|c| !limited(c)));
+    }
+
+    #[test]
+    fn a_router_without_firewall_must_upgrade_over_quic_and_is_reported_over_tcp() {
+        let no_firewall = |c: &Case| {
+            let (_, a, b, _) = pairs()[c.pair];
+            a == Site::CONE_NO_FIREWALL || b == Site::CONE_NO_FIREWALL
+        };
+        let cases: Vec<Case> = all_cases()
+            .into_iter()
+            .chain(grid_cases())
+            .filter(no_firewall)
+            .collect();
+        assert_eq!(
+            cases.len(),
+            4 + 4 * 8,
+            "cone/cone-no-firewall and 8 grid pairs, 4 cases each"
+        );
+        for c in cases {
+            let want = match c.transport {
+                Transport::Quic => Expect::Upgrade { unilateral: false },
+                Transport::Tcp => Expect::Clean,
+            };
+            assert_eq!(c.expect(), want, "{}", c.name());
+        }
     }
 
     #[test]
