@@ -18,7 +18,7 @@
 //! forwarding. On the bridge it answers for the site's public address
 //! (its `pub` interface carries that address's MAC, and an address of its
 //! own, 203.0.113.3x); towards the site, its `site` interface
-//! (198.18.<site>.1) routes the public address (and the LAN prefix, for
+//! (`198.18.<site>.1`) routes the public address (and the LAN prefix, for
 //! the firewall checks) to the edge, whose `wan` holds the public address
 //! as a /32 with its default route through the transit. It is the hop
 //! where a low-TTL priming packet (TTL 2: forwarded by our NAT only)
