@@ -446,16 +446,16 @@ impl Driver {
             Input::BirthdayDatagram(local, from, payload) => {
                 let bytes = match payload {
                     BirthdayPayload::Raw(raw) => raw.clone(),
+                    // Nothing to echo yet: an empty datagram (the core
+                    // must still see `now`).
                     BirthdayPayload::Echo { n, at, flip } => {
-                        let Some(t) = self
-                            .birthday
-                            .get(usize::from(*n) % self.birthday.len().max(1))
-                        else {
-                            return;
-                        };
-                        let mut bytes = t.payload.to_vec();
-                        let at = usize::from(*at) % bytes.len();
-                        bytes[at] ^= flip;
+                        let index = usize::from(*n) % self.birthday.len().max(1);
+                        let echoed = self.birthday.get(index);
+                        let mut bytes = echoed.map(|t| t.payload.to_vec()).unwrap_or_default();
+                        if !bytes.is_empty() {
+                            let at = usize::from(*at) % bytes.len();
+                            bytes[at] ^= flip;
+                        }
                         bytes
                     }
                 };
