@@ -1641,6 +1641,18 @@ impl Upgrade {
         }
     }
 
+    /// The end of this attempt's punch window, when a birthday meeting
+    /// with `to` may become a dial: the attempt punches, and the address
+    /// policy and the dial budget allow `to`.
+    fn birthday_window(&self, to: &Candidate) -> Option<Instant> {
+        let allowed = self.config.address_policy.check(to).is_ok()
+            && self.config.dialable.allows(to)
+            && self.dials_made < self.config.max_dials_per_upgrade;
+        let punching = matches!(self.state, State::Punching(_));
+        let window_end = self.timers.deadline(TimerKind::PunchWindow);
+        window_end.filter(|_| allowed && punching)
+    }
+
     /// Hard side, met: the QUIC dial (we are the QUIC client) from fresh socket `socket` to the
     /// easy side's `remote`, within the address policy and dial budget.
     fn birthday_dial(&mut self, socket: u16, remote: SocketAddr) {
@@ -1648,12 +1660,7 @@ impl Upgrade {
             transport: Transport::Quic,
             addr: remote,
         };
-        let allowed = self.config.address_policy.check(&to).is_ok()
-            && self.config.dialable.allows(&to)
-            && self.dials_made < self.config.max_dials_per_upgrade;
-        let window_end = self.timers.deadline(TimerKind::PunchWindow);
-        let (true, Some(window_end), State::Punching(_)) = (allowed, window_end, &self.state)
-        else {
+        let Some(window_end) = self.birthday_window(&to) else {
             tracing::debug!(%to, "birthday meeting not dialled: policy, budget or phase");
             self.set_fresh(FreshOpen::None);
             if let Some(run) = self.birthday.as_mut() {
@@ -1763,18 +1770,16 @@ impl Upgrade {
     ) -> Result<DirectId, crate::birthday::Refusal> {
         use crate::birthday::Refusal;
         self.advance(now);
-        let Some(run) = self.birthday.as_mut() else {
+        if self.birthday.is_none() {
             return Err(Refusal::NotStarted);
-        };
+        }
         let to = Candidate::tcp(remote);
-        let allowed = self.config.address_policy.check(&to).is_ok()
-            && self.config.dialable.allows(&to)
-            && self.dials_made < self.config.max_dials_per_upgrade;
-        let window_end = self.timers.deadline(TimerKind::PunchWindow);
-        let (true, Some(window_end), State::Punching(_)) = (allowed, window_end, &self.state)
-        else {
+        let Some(window_end) = self.birthday_window(&to) else {
             tracing::debug!(%to, "birthday connection refused: policy, budget or phase");
             return Err(Refusal::Finished);
+        };
+        let Some(run) = self.birthday.as_mut() else {
+            return Err(Refusal::NotStarted);
         };
         run.machine.handle_connected(self.now, local, remote)?;
         let role = match self.side {

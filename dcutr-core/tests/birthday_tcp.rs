@@ -17,11 +17,7 @@ use dcutr_core::birthday::{
     TCP_MAX_PROBE_LIFETIME, TCP_MIN_PROBE_LIFETIME, Transmit,
 };
 use dcutr_core::nat::{HardSide, NatBehaviour, Strategy};
-use dcutr_core::wire::{NatWire, encode_connect_with};
-use dcutr_core::{
-    AttemptFailure, Candidate, Config, Event, Outcome, Output, Side, Transport, Upgrade,
-};
-use dcutr_sim::nat::NatModel;
+use dcutr_core::{AttemptFailure, Config, Event, Outcome, Output, Side, Transport, Upgrade};
 use proptest::prelude::*;
 
 const TOKEN: u64 = 0x0123_4567_89ab_cdef;
@@ -307,21 +303,11 @@ const PEER: &str = "203.0.113.5:4001";
 const OURS: &str = "198.51.100.9:4001";
 
 fn random() -> NatBehaviour {
-    NatModel::symmetric_random().behaviour(addr(OURS))
+    random_nat(OURS)
 }
 
 fn cone() -> NatBehaviour {
-    NatModel::port_restricted().behaviour(addr(OURS))
-}
-
-fn connect_with_nat(addrs: &[Candidate], nat: &NatBehaviour) -> bytes::Bytes {
-    let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
-    encode_connect_with(
-        raw.iter().map(Vec::as_slice),
-        Some(NatWire::from_behaviour(nat)),
-        4096,
-    )
-    .0
+    cone_nat(OURS)
 }
 
 /// A responder behind `ours` that got the peer's Connect (naming only

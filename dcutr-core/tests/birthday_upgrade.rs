@@ -16,11 +16,9 @@ use dcutr_core::birthday::{
 };
 use dcutr_core::nat::{HardSide, NatBehaviour, Strategy};
 use dcutr_core::settings::BIRTHDAY_TOKEN;
-use dcutr_core::wire::{NatWire, encode_connect_with};
 use dcutr_core::{
     AttemptFailure, Candidate, Config, Dial, Event, Outcome, Output, Role, Side, Upgrade,
 };
-use dcutr_sim::nat::NatModel;
 
 /// The peer's one advertised QUIC address.
 const PEER: &str = "203.0.113.5:4001";
@@ -32,21 +30,11 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn random() -> NatBehaviour {
-    NatModel::symmetric_random().behaviour(addr(OURS))
+    random_nat(OURS)
 }
 
 fn cone() -> NatBehaviour {
-    NatModel::port_restricted().behaviour(addr(OURS))
-}
-
-fn connect_with_nat(addrs: &[Candidate], nat: &NatBehaviour) -> bytes::Bytes {
-    let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
-    encode_connect_with(
-        raw.iter().map(Vec::as_slice),
-        Some(NatWire::from_behaviour(nat)),
-        4096,
-    )
-    .0
+    cone_nat(OURS)
 }
 
 /// A spec responder behind `ours` that got the peer's Connect (declaring

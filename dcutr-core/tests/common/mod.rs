@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dcutr_core::wire::{encode_connect, encode_sync};
+use dcutr_core::nat::NatBehaviour;
+use dcutr_core::wire::{NatWire, encode_connect, encode_connect_with, encode_sync};
 use dcutr_core::{Candidate, Config, Dial, Event, Output, Side, Upgrade};
 
 pub fn t0() -> Instant {
@@ -97,4 +98,25 @@ pub fn connect_frame(addrs: &[Candidate]) -> Bytes {
 
 pub fn sync_frame() -> Bytes {
     encode_sync()
+}
+
+/// A symmetric NAT with random ports, seen from `local` (dcutr-sim's model).
+pub fn random_nat(local: &str) -> NatBehaviour {
+    dcutr_sim::nat::NatModel::symmetric_random().behaviour(local.parse().unwrap())
+}
+
+/// A port-restricted cone, seen from `local` (dcutr-sim's model).
+pub fn cone_nat(local: &str) -> NatBehaviour {
+    dcutr_sim::nat::NatModel::port_restricted().behaviour(local.parse().unwrap())
+}
+
+/// A Connect frame with `addrs` that declares the sender's `nat`.
+pub fn connect_with_nat(addrs: &[Candidate], nat: &NatBehaviour) -> Bytes {
+    let raw: Vec<Vec<u8>> = addrs.iter().map(|c| c.to_multiaddr().to_vec()).collect();
+    encode_connect_with(
+        raw.iter().map(Vec::as_slice),
+        Some(NatWire::from_behaviour(nat)),
+        4096,
+    )
+    .0
 }
