@@ -328,24 +328,6 @@ fn punching_tcp(ours: NatBehaviour, peer: &NatBehaviour) -> (Upgrade, Vec<Output
     (up, out)
 }
 
-fn transmits(out: &[Output]) -> Vec<Transmit> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::SendBirthday(t) => Some(*t),
-            _ => None,
-        })
-        .collect()
-}
-
-fn closes(out: &[Output]) -> Vec<Option<u16>> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::CloseFresh { keep } => Some(*keep),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn upgrade_hard_side_over_tcp_keeps_the_fresh_socket_that_connected() {
     let (mut up, out) = punching_tcp(random(), &cone());

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use common::*;
 use dcutr_core::birthday::{
     Birthday, BirthdayConfig, DatagramKind, Local, Outcome as BOutcome, Refusal, Role as BRole,
-    Transmit, is_birthday_datagram,
+    is_birthday_datagram,
 };
 use dcutr_core::nat::{HardSide, NatBehaviour, Strategy};
 use dcutr_core::settings::BIRTHDAY_TOKEN;
@@ -89,28 +89,10 @@ fn punching_initiator(ours: NatBehaviour, peer: &NatBehaviour) -> (Upgrade, Vec<
     (up, out)
 }
 
-fn transmits(out: &[Output]) -> Vec<Transmit> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::SendBirthday(t) => Some(*t),
-            _ => None,
-        })
-        .collect()
-}
-
 fn fresh_dials(out: &[Output]) -> Vec<(u16, Dial)> {
     out.iter()
         .filter_map(|o| match o {
             Output::DialFresh { socket, dial } => Some((*socket, *dial)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn closes(out: &[Output]) -> Vec<Option<u16>> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::CloseFresh { keep } => Some(*keep),
             _ => None,
         })
         .collect()

@@ -108,9 +108,21 @@ fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
 fn echo(
     lab: &Lab,
     kind: &str,
+    who: (&str, &str),
+    listen: SocketAddr,
+    hello: Option<SocketAddr>,
+) -> Result<Proc> {
+    echo_with(lab, kind, who, listen, hello, &[])
+}
+
+/// [`echo`], with `extra` arguments for the probe.
+fn echo_with(
+    lab: &Lab,
+    kind: &str,
     (who, ns): (&str, &str),
     listen: SocketAddr,
     hello: Option<SocketAddr>,
+    extra: &[String],
 ) -> Result<Proc> {
     let mut args = vec![
         "probe".to_owned(),
@@ -123,6 +135,7 @@ fn echo(
             .iter()
             .flat_map(|h| ["--hello".to_owned(), h.to_string()]),
     );
+    args.extend_from_slice(extra);
     let p = lab.spawn(
         &format!("{kind} {who}"),
         ns,
@@ -411,31 +424,15 @@ fn low_ttl_datagram(lab: &Lab, ttl: u32, port: u16) -> Result<([u64; 2], [bool; 
     let (t1, t2) = (transit(1)?, transit(2)?);
     let before = [ttl_expired(lab, &t1)?, ttl_expired(lab, &t2)?];
     let peer = sa(lab.public_ip(2), PEER_PORT);
-    let args: Vec<String> = [
-        "probe",
-        "udp-echo",
-        "--listen",
-        &sa(lab.host_ip(1), port).to_string(),
-        "--hello",
-        &peer.to_string(),
-        "--hello-ttl",
-        &ttl.to_string(),
-        "--lifetime-s",
-        "5",
-    ]
-    .iter()
-    .map(|a| (*a).to_owned())
-    .collect();
-    let p = lab.spawn(
-        "udp-echo h1 (low TTL)",
-        &lab.host_ns(1),
-        &self_exe()?.to_string_lossy(),
-        &args,
-    )?;
-    p.wait_for_line(Instant::now() + PROBE_READY_TIMEOUT, "ready line", |l| {
-        l.contains("\"event\":\"ready\"")
-    })
-    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", p.dump()))?;
+    let extra = [
+        "--hello-ttl".to_owned(),
+        ttl.to_string(),
+        "--lifetime-s".into(),
+        "5".into(),
+    ];
+    let who = ("h1 (low TTL)", lab.host_ns(1));
+    let listen = sa(lab.host_ip(1), port);
+    let _p = echo_with(lab, "udp-echo", (who.0, &who.1), listen, Some(peer), &extra)?;
     // The hello left before the ready line; let it cross the hops.
     std::thread::sleep(Duration::from_millis(50));
     let after = [ttl_expired(lab, &t1)?, ttl_expired(lab, &t2)?];

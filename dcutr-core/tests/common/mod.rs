@@ -120,3 +120,23 @@ pub fn connect_with_nat(addrs: &[Candidate], nat: &NatBehaviour) -> Bytes {
     )
     .0
 }
+
+/// The birthday datagrams and connects among `out`.
+pub fn transmits(out: &[Output]) -> Vec<dcutr_core::birthday::Transmit> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SendBirthday(t) => Some(*t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `keep` of every `CloseFresh` among `out`.
+pub fn closes(out: &[Output]) -> Vec<Option<u16>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::CloseFresh { keep } => Some(*keep),
+            _ => None,
+        })
+        .collect()
+}
