@@ -25,6 +25,15 @@ pub const SETUP_TEARDOWN_BUDGET: Duration = Duration::from_secs(1);
 /// wake-up latency, twice per direction, on a loaded 2-core machine.
 pub const DELAY_TOLERANCE_MS: f64 = 5.0;
 
+/// Extra time a TCP handshake through the delay line may take beyond
+/// twice its one-way delay. The handshake is not judged against a
+/// baseline as the UDP check is, and it pays more wake-ups (SYN and
+/// SYN-ACK each read and written by the delay line, plus both ends'
+/// scheduling): on this 2-core machine under CI load three connects took
+/// 105.9, 108.4 and 114.4 ms for 100 ms. 15 ms is still far below a
+/// second delay (50 ms), the fault this bound catches.
+pub const TCP_DELAY_TOLERANCE_MS: f64 = 15.0;
+
 /// How long a probe server may take to print `ready`.
 const PROBE_READY_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -776,11 +785,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             let times: Vec<f64> = r.iter().filter_map(|c| c.connect_ms).collect();
             let med = crate::stats::median(&times).unwrap_or(f64::NAN);
             Ok((
-                errors.is_empty() && r.iter().all(|c| c.ok) && med >= 2.0 * d && med <= 2.0 * d + DELAY_TOLERANCE_MS,
+                errors.is_empty() && r.iter().all(|c| c.ok) && med >= 2.0 * d && med <= 2.0 * d + TCP_DELAY_TOLERANCE_MS,
                 format!(
                     "connect median {med:.2} ms of {times:.2?} (want {:.0}..{:.0}), errors {errors:?}",
                     2.0 * d,
-                    2.0 * d + DELAY_TOLERANCE_MS
+                    2.0 * d + TCP_DELAY_TOLERANCE_MS
                 ),
             ))
         },
