@@ -200,6 +200,7 @@ impl Lab {
             counter tcp_in {}
             counter birthday_in {}
             counter spray_in {}
+            counter prime_in {}
             counter quic_in {}
             counter other_in {}
             counter sent {}
@@ -207,7 +208,8 @@ impl Lab {
                 type filter hook input priority -300; policy drop;
                 meta l4proto tcp counter name tcp_in
                 udp length 24 counter name birthday_in
-                udp length > 24 udp length < 200 counter name spray_in
+                ip ttl >= 16 udp length > 24 udp length < 200 counter name spray_in
+                ip ttl < 16 udp length > 24 udp length < 200 counter name prime_in
                 udp length >= 200 counter name quic_in
                 meta l4proto != { tcp, udp } counter name other_in
             }
@@ -265,7 +267,7 @@ fn counters(victim: &str) -> BTreeMap<String, Count> {
             counts.insert(n.clone(), Count { packets, bytes });
         }
     }
-    assert_eq!(counts.len(), 6, "every counter read: {text}");
+    assert_eq!(counts.len(), 7, "every counter read: {text}");
     counts
 }
 
@@ -392,6 +394,9 @@ struct Measured {
     quic_dials: u64,
     sprayed: u64,
     attempts: usize,
+    /// Low-TTL priming datagrams at the victim (`Config::prime_ttl`: they
+    /// reach only a victim this close, one hop away).
+    primed: Count,
     took: Duration,
     tcp: Count,
     spray: Count,
@@ -544,6 +549,7 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         took,
         tcp: delta(&after, &before, "tcp_in"),
         spray: delta(&after, &before, "spray_in"),
+        primed: delta(&after, &before, "prime_in"),
         quic: delta(&after, &before, "quic_in"),
         other: delta(&after, &before, "other_in"),
         sent: delta(&after, &before, "sent"),
@@ -566,14 +572,31 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
         "more SYNs than {syns_per_dial} per dial: {m:?}"
     );
     assert!(m.tcp.bytes <= m.tcp.packets * SYN_IP_BYTES, "{m:?}");
+    // Priming datagrams are spray-sized, and the initiator's spray budget
+    // (and report) counts them; the responder has no spray, and primes at
+    // most each of its QUIC punch targets once per attempt.
+    let small = m.spray.packets + m.primed.packets;
+    match side {
+        Side::Initiator => assert_eq!(
+            small, m.sprayed,
+            "the report counts every spray and priming datagram: {m:?}"
+        ),
+        Side::Responder => {
+            assert_eq!(
+                m.spray,
+                Count::default(),
+                "the responder never sprays: {m:?}"
+            );
+            assert!(
+                m.primed.packets <= m.quic_dials,
+                "a priming datagram per QUIC punch target at most: {m:?}"
+            );
+        }
+    }
     assert_eq!(
-        m.spray.packets, m.sprayed,
-        "the report counts every spray datagram"
-    );
-    assert_eq!(
-        m.spray.bytes,
-        m.sprayed * (SPRAY_PACKET_LEN as u64 + 28),
-        "spray datagrams are {SPRAY_PACKET_LEN} bytes"
+        m.spray.bytes + m.primed.bytes,
+        small * (SPRAY_PACKET_LEN as u64 + 28),
+        "spray and priming datagrams are {SPRAY_PACKET_LEN} bytes"
     );
     // A QUIC endpoint sends its Initial a moment after the dial starts, and
     // a superseded dial may be dropped before that: only some must show.
@@ -630,7 +653,8 @@ async fn hostile_upgrade(victim: &str, attack: Attack) -> Measured {
 
 /// The worst case one hostile upgrade can get out of us, from the named
 /// budgets: every dial the costlier kind, plus the whole spray budget,
-/// plus the process's birthday budget for one IP.
+/// plus the process's birthday budget for one IP, plus a priming
+/// datagram per dial.
 fn worst_case_bytes(config: &Config) -> u64 {
     let syns_per_dial = syns_within(config.direct_timeout);
     let per_dial = (syns_per_dial * SYN_IP_BYTES)
@@ -639,7 +663,10 @@ fn worst_case_bytes(config: &Config) -> u64 {
         * u64::from(config.max_spray_packets_per_attempt)
         * (SPRAY_PACKET_LEN as u64 + 28);
     let birthday = u64::from(BIRTHDAY_PACKETS_PER_IP) * (DATAGRAM_LEN as u64 + 28);
-    config.max_dials_per_upgrade as u64 * per_dial + spray + birthday
+    // The responder's priming datagrams, one per punch target, outside a
+    // spray budget (the initiator's count against its spray's).
+    let priming = config.max_dials_per_upgrade as u64 * (SPRAY_PACKET_LEN as u64 + 28);
+    config.max_dials_per_upgrade as u64 * per_dial + spray + birthday + priming
 }
 
 fn inner(victim: &str) {
@@ -668,8 +695,9 @@ fn inner(victim: &str) {
         let m = rt.block_on(hostile_upgrade(victim, attack));
         birthday.0 += m.birthday_sent;
         birthday.1 += m.birthday.packets;
-        let total = m.tcp.bytes + m.spray.bytes + m.quic.bytes + m.birthday.bytes;
-        let packets = m.tcp.packets + m.spray.packets + m.quic.packets + m.birthday.packets;
+        let counted = [m.tcp, m.spray, m.primed, m.quic, m.birthday];
+        let total: u64 = counted.iter().map(|c| c.bytes).sum();
+        let packets: u64 = counted.iter().map(|c| c.packets).sum();
         println!(
             "victim ({attack:?}): {packets} packets, {total} bytes in {:.1} s over {} attempts \
              (worst case from the budgets: {bound} bytes)",
