@@ -70,7 +70,9 @@ fn matrix_passes_a_good_upgrade_and_tears_down() {
     let _ = std::fs::remove_file(&md);
     assert!(
         table.contains("| cone/cone tcp rtt0 | cone | cone | tokio | - / - | 1/1 | upgraded |")
-            && table.contains("| cone/cone tcp rtt0 smol | cone | cone | smol | - / - | 1/1 | upgraded |"),
+            && table.contains(
+                "| cone/cone tcp rtt0 smol | cone | cone | smol | - / - | 1/1 | upgraded |"
+            ),
         "{table}"
     );
     assert!(table.contains("PASS"));
